@@ -1,0 +1,248 @@
+//! Operations for operators and trusted first-party backends: client management, grants
+//! issued directly to a subject, and revocation by grant or by subject.
+
+use crate::authority::Authority;
+use crate::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use crate::error::{Error, StoreError};
+use crate::grant::{Grant, Revocation};
+use crate::grant_flow::IssuedTokens;
+use crate::id::{ClientId, GrantId, Subject, TenantId};
+use crate::scope::Scope;
+use crate::secret::{generate_secret, hash_secret};
+
+/// A client to register. Missing secrets of confidential clients are generated.
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The client id.
+    pub id: ClientId,
+    /// How it authenticates.
+    pub auth_method: AuthMethod,
+    /// The secret: in clear (it will be hashed), already hashed, or none.
+    pub secret: SecretSpec,
+    /// Grant types it may use.
+    pub grant_types: Vec<GrantType>,
+    /// Its widest scope.
+    pub scope: Scope,
+    /// Redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Access token lifetime in seconds.
+    pub access_token_ttl: u32,
+    /// Refresh token lifetime in seconds.
+    pub refresh_token_ttl: u32,
+    /// Rotation grace in seconds.
+    pub rotation_grace: u32,
+    /// What revoking one of its access tokens kills.
+    pub access_token_revocation: AccessTokenRevocation,
+}
+
+/// How a client's secret is given.
+#[derive(Clone)]
+pub enum SecretSpec {
+    /// Generate one and return it once.
+    Generate,
+    /// This secret, in clear.
+    Plain(String),
+    /// This argon2id hash (from a configuration file).
+    Hashed(SecretHash),
+}
+
+impl std::fmt::Debug for SecretSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SecretSpec::Generate => "Generate",
+            SecretSpec::Plain(_) => "Plain(<secret>)",
+            SecretSpec::Hashed(_) => "Hashed(<argon2id>)",
+        })
+    }
+}
+
+impl Authority {
+    async fn require_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
+        if self.store.tenant_exists(tenant).await? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("no tenant {tenant}").into()))
+        }
+    }
+
+    /// Builds a client from a spec; returns it and the secret in clear when one was
+    /// generated or given in clear.
+    fn build_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
+        let (secret, plain) = match (spec.auth_method.is_confidential(), spec.secret) {
+            (false, SecretSpec::Generate) => (None, None),
+            (false, _) => {
+                return Err(Error::invalid_request(
+                    "a public client (token_endpoint_auth_method none) cannot have a secret",
+                ))
+            }
+            (true, SecretSpec::Generate) => {
+                let s = generate_secret();
+                (Some(hash_secret(&s)), Some(s))
+            }
+            (true, SecretSpec::Plain(s)) => {
+                if s.is_empty() {
+                    return Err(Error::invalid_request("client_secret is empty"));
+                }
+                (Some(hash_secret(&s)), Some(s))
+            }
+            (true, SecretSpec::Hashed(h)) => (Some(h), None),
+        };
+        if spec.grant_types.is_empty() {
+            return Err(Error::invalid_request("grant_types is empty"));
+        }
+        let client = Client {
+            tenant: spec.tenant,
+            id: spec.id,
+            secret,
+            auth_method: spec.auth_method,
+            grant_types: spec.grant_types,
+            scope: spec.scope,
+            redirect_uris: spec.redirect_uris,
+            access_token_ttl: spec.access_token_ttl.max(1),
+            refresh_token_ttl: spec.refresh_token_ttl.max(1),
+            rotation_grace: spec.rotation_grace,
+            access_token_revocation: spec.access_token_revocation,
+            created_at: self.clock.now(),
+        };
+        client.validate()?;
+        Ok((client, plain))
+    }
+
+    /// Registers a new client. Returns it with the secret in clear if one was generated (it
+    /// is shown once and never stored).
+    pub async fn create_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
+        self.require_tenant(&spec.tenant).await?;
+        let generated = matches!(spec.secret, SecretSpec::Generate);
+        let (client, plain) = self.build_client(spec)?;
+        match self.store.create_client(&client).await {
+            Ok(()) => Ok((client, plain.filter(|_| generated))),
+            Err(StoreError::Conflict) => Err(Error::Conflict(
+                format!("client {} already exists", client.id).into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Registers or replaces a client from declarative configuration.
+    pub async fn upsert_client(&self, spec: ClientSpec) -> Result<Client, Error> {
+        self.require_tenant(&spec.tenant).await?;
+        let (client, _) = self.build_client(spec)?;
+        self.store.upsert_client(&client).await?;
+        self.secrets.forget(&client.tenant, &client.id);
+        Ok(client)
+    }
+
+    /// One client.
+    pub async fn client(&self, tenant: &TenantId, id: &ClientId) -> Result<Client, Error> {
+        self.require_tenant(tenant).await?;
+        self.store
+            .client(tenant, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no client {id}").into()))
+    }
+
+    /// A tenant's clients.
+    pub async fn clients(&self, tenant: &TenantId) -> Result<Vec<Client>, Error> {
+        self.require_tenant(tenant).await?;
+        Ok(self.store.list_clients(tenant).await?)
+    }
+
+    /// Replaces a confidential client's secret (generated when `None`) and returns the new
+    /// secret in clear. The old secret stops working at once.
+    pub async fn rotate_secret(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        new_secret: Option<String>,
+    ) -> Result<String, Error> {
+        let client = self.client(tenant, id).await?;
+        if !client.is_confidential() {
+            return Err(Error::invalid_request("a public client has no secret"));
+        }
+        let secret = match new_secret {
+            Some(s) if s.is_empty() => return Err(Error::invalid_request("client_secret is empty")),
+            Some(s) => s,
+            None => generate_secret(),
+        };
+        let hash = hash_secret(&secret);
+        if !self.store.set_client_secret(tenant, id, &hash).await? {
+            return Err(Error::NotFound(format!("no client {id}").into()));
+        }
+        self.secrets.forget(tenant, id);
+        Ok(secret)
+    }
+
+    /// Removes a client and revokes every grant it holds. Returns how many grants died.
+    pub async fn delete_client(&self, tenant: &TenantId, id: &ClientId) -> Result<u64, Error> {
+        self.require_tenant(tenant).await?;
+        let revoked = self
+            .store
+            .delete_client(tenant, id, self.clock.now())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no client {id}").into()))?;
+        self.secrets.forget(tenant, id);
+        Ok(revoked)
+    }
+
+    /// Issues tokens for a subject that a trusted backend signed in itself. A refresh token is
+    /// included when the client may use the `refresh_token` grant.
+    pub async fn issue_for_subject(
+        &self,
+        tenant: &TenantId,
+        client_id: &ClientId,
+        subject: Subject,
+        requested: Option<&Scope>,
+    ) -> Result<IssuedTokens, Error> {
+        let client = self.client(tenant, client_id).await?;
+        let scope = Scope::narrow(&client.scope, requested)?;
+        let with_refresh = client.allows(GrantType::RefreshToken);
+        self.new_grant(&client, subject, scope, with_refresh).await
+    }
+
+    /// A subject's live grants.
+    pub async fn live_grants(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+    ) -> Result<Vec<Grant>, Error> {
+        self.require_tenant(tenant).await?;
+        Ok(self
+            .store
+            .live_grants(tenant, subject, self.clock.now())
+            .await?)
+    }
+
+    /// Revokes one grant. `NotFound` when the tenant has no such grant; revoking a dead grant
+    /// again succeeds and kills nothing.
+    pub async fn revoke_grant(&self, tenant: &TenantId, id: &GrantId) -> Result<u64, Error> {
+        self.require_tenant(tenant).await?;
+        if self.store.grant(tenant, id).await?.is_none() {
+            return Err(Error::NotFound(format!("no grant {id}").into()));
+        }
+        Ok(self
+            .store
+            .revoke(&Revocation::Grant(id.clone()), self.clock.now())
+            .await?)
+    }
+
+    /// Revokes every grant of a subject ("log out everywhere"). Returns how many died.
+    pub async fn logout_everywhere(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+    ) -> Result<u64, Error> {
+        self.require_tenant(tenant).await?;
+        Ok(self
+            .store
+            .revoke(
+                &Revocation::Subject {
+                    tenant: tenant.clone(),
+                    subject: subject.clone(),
+                },
+                self.clock.now(),
+            )
+            .await?)
+    }
+}

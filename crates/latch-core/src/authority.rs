@@ -1,0 +1,118 @@
+//! [`Authority`]: the entry point of the domain. It holds storage, the clock and the secret
+//! verifier; each OAuth flow adds its methods in its own module (`grant/`, `revoke.rs`,
+//! `introspect.rs`, `admin.rs`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::client::Client;
+use crate::clock::{Clock, UnixTime};
+use crate::error::Error;
+use crate::id::{ClientId, TenantId};
+use crate::secret::SecretVerifier;
+use crate::store::Storage;
+
+/// Client credentials as presented, before they are checked. Extracting them from a request
+/// (Basic header, form body) is the HTTP layer's job; deciding whether they are good is ours.
+#[derive(Clone)]
+pub enum Credentials {
+    /// `client_secret_basic`: id and secret from the `Authorization: Basic` header, already
+    /// form-decoded (RFC 6749 §2.3.1).
+    Basic {
+        /// The client id.
+        id: String,
+        /// The secret.
+        secret: String,
+    },
+    /// `client_secret_post`: id and secret from the form body.
+    Post {
+        /// The client id.
+        id: String,
+        /// The secret.
+        secret: String,
+    },
+    /// `none`: a public client names itself with `client_id` and proves nothing.
+    Public {
+        /// The client id.
+        id: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Basic { id, .. } => write!(f, "Basic({id:?}, <secret>)"),
+            Credentials::Post { id, .. } => write!(f, "Post({id:?}, <secret>)"),
+            Credentials::Public { id } => write!(f, "Public({id:?})"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The client id the caller claims.
+    pub fn client_id(&self) -> &str {
+        match self {
+            Credentials::Basic { id, .. }
+            | Credentials::Post { id, .. }
+            | Credentials::Public { id } => id,
+        }
+    }
+}
+
+/// The OAuth 2.0 authorization server's domain logic.
+pub struct Authority {
+    pub(crate) store: Arc<dyn Storage>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) secrets: SecretVerifier,
+}
+
+impl Authority {
+    /// An authority over the given storage and clock.
+    pub fn new(store: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            secrets: SecretVerifier::new(),
+        }
+    }
+
+    /// The storage, for operations outside the OAuth flows (readiness, tenants).
+    pub fn store(&self) -> &Arc<dyn Storage> {
+        &self.store
+    }
+
+    /// Now, by the authority's clock.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Authenticates a client of `tenant`. Every failure is the same `invalid_client`, so the
+    /// answer does not tell an unknown client from a wrong secret.
+    ///
+    /// A confidential client may present its secret by Basic or in the body (both prove
+    /// possession); a public client may only name itself; a confidential client that
+    /// presents no secret, and a public client that presents one, are refused.
+    pub async fn authenticate(
+        &self,
+        tenant: &TenantId,
+        credentials: &Credentials,
+    ) -> Result<Client, Error> {
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let client = self
+            .store
+            .client(tenant, &id)
+            .await?
+            .ok_or(Error::InvalidClient)?;
+        let ok = match credentials {
+            Credentials::Basic { secret, .. } | Credentials::Post { secret, .. } => {
+                client.is_confidential() && self.secrets.verify(&client, secret).await
+            }
+            Credentials::Public { .. } => !client.is_confidential(),
+        };
+        if ok {
+            Ok(client)
+        } else {
+            Err(Error::InvalidClient)
+        }
+    }
+}

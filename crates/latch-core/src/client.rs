@@ -1,0 +1,203 @@
+//! OAuth clients: how they authenticate and what they may do.
+
+use std::fmt;
+
+use crate::clock::UnixTime;
+use crate::error::Error;
+use crate::id::{ClientId, TenantId};
+use crate::scope::Scope;
+
+/// How a client authenticates at the token, revocation and introspection endpoints
+/// (RFC 7591 §2 names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic with the RFC 6749 §2.3.1 form-encoded id and secret.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+    /// A public client: identified by `client_id`, proves nothing.
+    None,
+}
+
+impl AuthMethod {
+    /// The RFC 7591 name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::None => "none",
+        }
+    }
+
+    /// Parses an RFC 7591 name.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "client_secret_basic" => Ok(AuthMethod::ClientSecretBasic),
+            "client_secret_post" => Ok(AuthMethod::ClientSecretPost),
+            "none" => Ok(AuthMethod::None),
+            _ => Err(Error::invalid_request(
+                "token_endpoint_auth_method must be client_secret_basic, client_secret_post or none",
+            )),
+        }
+    }
+
+    /// True for methods that prove the client's identity with a secret.
+    pub const fn is_confidential(self) -> bool {
+        !matches!(self, AuthMethod::None)
+    }
+}
+
+/// A grant type a client may use at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantType {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 6749 §6.
+    RefreshToken,
+}
+
+impl GrantType {
+    /// Every grant type latch implements, for metadata.
+    pub const ALL: [GrantType; 2] = [GrantType::ClientCredentials, GrantType::RefreshToken];
+
+    /// The RFC 6749 name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+
+    /// Parses an RFC 6749 name; unknown names are `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_credentials" => Some(GrantType::ClientCredentials),
+            "refresh_token" => Some(GrantType::RefreshToken),
+            _ => None,
+        }
+    }
+}
+
+/// What revoking an access token kills. RFC 7009 §2.1 allows either; the default is the
+/// narrowest, so that revoking one access token never signs a user out as a side effect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AccessTokenRevocation {
+    /// Only the presented access token.
+    #[default]
+    Token,
+    /// The presented token's whole grant, refresh token included.
+    Grant,
+}
+
+impl AccessTokenRevocation {
+    /// The configuration name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AccessTokenRevocation::Token => "token",
+            AccessTokenRevocation::Grant => "grant",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "token" => Ok(AccessTokenRevocation::Token),
+            "grant" => Ok(AccessTokenRevocation::Grant),
+            _ => Err(Error::invalid_request(
+                "access_token_revocation must be token or grant",
+            )),
+        }
+    }
+}
+
+/// An argon2id hash of a client secret, as a PHC string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    /// Wraps a PHC string, checking that it is an argon2id hash.
+    pub fn parse(phc: &str) -> Result<Self, Error> {
+        argon2::PasswordHash::new(phc)
+            .ok()
+            .filter(|h| h.algorithm.as_str() == "argon2id")
+            .map(|_| Self(phc.to_owned()))
+            .ok_or_else(|| Error::invalid_request("client secret hash must be an argon2id PHC string"))
+    }
+
+    /// The PHC string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretHash(<argon2id>)")
+    }
+}
+
+/// Token lifetimes and the default policies for new clients.
+pub mod defaults {
+    /// Access token lifetime: one hour.
+    pub const ACCESS_TOKEN_TTL: u32 = 3600;
+    /// Refresh token lifetime: thirty days.
+    pub const REFRESH_TOKEN_TTL: u32 = 30 * 24 * 3600;
+    /// Refresh rotation grace: none (strict rotation, RFC 9700 §4.14.2).
+    pub const ROTATION_GRACE: u32 = 0;
+}
+
+/// A registered client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// The tenant the client belongs to.
+    pub tenant: TenantId,
+    /// The client id, unique within the tenant.
+    pub id: ClientId,
+    /// The secret's hash; `None` for public clients.
+    pub secret: Option<SecretHash>,
+    /// How the client authenticates.
+    pub auth_method: AuthMethod,
+    /// Grant types it may use at the token endpoint.
+    pub grant_types: Vec<GrantType>,
+    /// The widest scope it may obtain.
+    pub scope: Scope,
+    /// Registered redirect URIs (kept for authorization-code support; unused by the
+    /// grants latch serves today).
+    pub redirect_uris: Vec<String>,
+    /// Access token lifetime in seconds.
+    pub access_token_ttl: u32,
+    /// Refresh token lifetime in seconds.
+    pub refresh_token_ttl: u32,
+    /// Seconds after a rotation during which the previous refresh token is accepted once
+    /// more. 0 is strict rotation.
+    pub rotation_grace: u32,
+    /// What revoking one of its access tokens kills.
+    pub access_token_revocation: AccessTokenRevocation,
+    /// When the client was registered.
+    pub created_at: UnixTime,
+}
+
+impl Client {
+    /// True when the client may use the grant type.
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+
+    /// True for confidential clients.
+    pub fn is_confidential(&self) -> bool {
+        self.auth_method.is_confidential()
+    }
+
+    /// Checks internal consistency: a confidential client has a secret, a public one has none.
+    pub fn validate(&self) -> Result<(), Error> {
+        match (self.auth_method.is_confidential(), self.secret.is_some()) {
+            (true, false) => Err(Error::invalid_request(
+                "a confidential client needs a secret",
+            )),
+            (false, true) => Err(Error::invalid_request(
+                "a public client (token_endpoint_auth_method none) cannot have a secret",
+            )),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Grants and the stored state of tokens.
+
+use crate::clock::UnixTime;
+use crate::id::{ClientId, GrantId, Subject, TenantId};
+use crate::scope::Scope;
+use crate::token::{TokenHash, TokenKind};
+
+/// The family of tokens one authorization produced. Revoking a grant kills every token in it.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// The grant's id.
+    pub id: GrantId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// The client it was issued to.
+    pub client_id: ClientId,
+    /// The resource owner.
+    pub subject: Subject,
+    /// Everything the resource owner granted; refreshed access tokens may narrow it.
+    pub scope: Scope,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When its last token expires; after that the grant is dead without being revoked.
+    pub expires_at: UnixTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// A token to be stored.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    /// The hash of the token string; the only form that is stored.
+    pub hash: TokenHash,
+    /// Access or refresh.
+    pub kind: TokenKind,
+    /// The token's scope (an access token's may be narrower than its grant's).
+    pub scope: Scope,
+    /// Issue time.
+    pub issued_at: UnixTime,
+    /// Expiry time.
+    pub expires_at: UnixTime,
+    /// For refresh tokens: how many rotations precede it in its grant (0 for the first).
+    pub generation: u32,
+}
+
+/// A stored token, looked up by hash, together with its grant's state.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    /// The token's hash.
+    pub hash: TokenHash,
+    /// Access or refresh, as stored.
+    pub kind: TokenKind,
+    /// The grant it belongs to.
+    pub grant_id: GrantId,
+    /// The grant's tenant.
+    pub tenant: TenantId,
+    /// The client the grant was issued to.
+    pub client_id: ClientId,
+    /// The grant's subject.
+    pub subject: Subject,
+    /// The token's scope.
+    pub scope: Scope,
+    /// Issue time.
+    pub issued_at: UnixTime,
+    /// Expiry time.
+    pub expires_at: UnixTime,
+    /// When this token alone was revoked.
+    pub revoked_at: Option<UnixTime>,
+    /// When its grant was revoked.
+    pub grant_revoked_at: Option<UnixTime>,
+    /// Refresh tokens: when it was exchanged for a new one.
+    pub rotated_at: Option<UnixTime>,
+    /// Refresh tokens: whether its one use within the rotation grace period was spent.
+    pub grace_used: bool,
+    /// Refresh tokens: its place in the rotation chain.
+    pub generation: u32,
+    /// The newest refresh generation of the grant.
+    pub grant_generation: u32,
+}
+
+impl TokenRecord {
+    /// True when the token or its grant was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some() || self.grant_revoked_at.is_some()
+    }
+
+    /// True when the token is usable now: not revoked, its grant not revoked, not expired,
+    /// and (refresh tokens) not yet rotated.
+    pub fn is_active(&self, now: UnixTime) -> bool {
+        !self.is_revoked() && now < self.expires_at && self.rotated_at.is_none()
+    }
+}
+
+/// What a revocation kills.
+#[derive(Clone, Debug)]
+pub enum Revocation {
+    /// One token.
+    Token(TokenHash),
+    /// One grant, with every token in it.
+    Grant(GrantId),
+    /// Every grant of a subject in a tenant, across all clients ("log out everywhere").
+    Subject {
+        /// The tenant.
+        tenant: TenantId,
+        /// The subject.
+        subject: Subject,
+    },
+    /// Every grant issued to a client (the client is being removed).
+    Client {
+        /// The tenant.
+        tenant: TenantId,
+        /// The client.
+        client_id: ClientId,
+    },
+}
+
+/// The condition under which a refresh token may be exchanged, checked atomically by storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotationPrecondition {
+    /// The token has never been used.
+    Unused,
+    /// The token was rotated, its grace use is unspent, and it is the grant's newest
+    /// rotated token (its successor is the grant's current generation).
+    GraceUnspent,
+}
+
+/// An atomic refresh-token exchange: mark the old token used and store the new ones, or do
+/// nothing if the precondition no longer holds (a concurrent use won the race).
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    /// The grant.
+    pub grant_id: GrantId,
+    /// The refresh token being exchanged.
+    pub old: TokenHash,
+    /// Its generation, as read.
+    pub old_generation: u32,
+    /// What must still hold for the exchange to happen.
+    pub precondition: RotationPrecondition,
+    /// The tokens to store (a new access token and a new refresh token).
+    pub new_tokens: Vec<NewToken>,
+    /// When the grant now expires.
+    pub grant_expires_at: UnixTime,
+    /// The time of the exchange.
+    pub now: UnixTime,
+}
+
+/// The result of [`Rotation`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotationOutcome {
+    /// The exchange happened.
+    Rotated,
+    /// The precondition failed: someone else used the token first, or the grant died.
+    Lost,
+}

@@ -1,0 +1,221 @@
+//! The `refresh_token` grant (RFC 6749 §6) with rotation and reuse detection
+//! (RFC 9700 §4.14.2).
+//!
+//! Every use of a refresh token returns a new one and retires the old. Presenting a retired
+//! token means two parties hold it, one of them likely a thief, so the whole grant dies.
+//! A client may be given a grace period in which the token it just rotated is accepted once
+//! more, for apps that race their own refreshes.
+
+use super::{mint, require_grant_type, IssuedTokens};
+use crate::authority::Authority;
+use crate::client::{Client, GrantType};
+use crate::clock::UnixTime;
+use crate::error::Error;
+use crate::grant::{Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord};
+use crate::scope::Scope;
+use crate::token::{PresentedToken, TokenKind};
+
+/// How many times a lost race is re-examined before giving up. A second look always
+/// resolves it (the winner's write is visible), so this bound is never reached in practice.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What may be done with a presented refresh token.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Exchange it under this precondition.
+    Exchange(RotationPrecondition),
+    /// It was already used outside the grace period: revoke the grant.
+    Reuse,
+    /// It is revoked or expired.
+    Dead,
+}
+
+/// Applies the rotation rule to a token's stored state.
+fn judge(record: &TokenRecord, client: &Client, now: UnixTime) -> Verdict {
+    if record.is_revoked() || now >= record.expires_at {
+        return Verdict::Dead;
+    }
+    let Some(rotated_at) = record.rotated_at else {
+        return Verdict::Exchange(RotationPrecondition::Unused);
+    };
+    let in_grace = client.rotation_grace > 0
+        && now - rotated_at <= i64::from(client.rotation_grace)
+        && !record.grace_used
+        && record.generation + 1 == record.grant_generation;
+    if in_grace {
+        Verdict::Exchange(RotationPrecondition::GraceUnspent)
+    } else {
+        Verdict::Reuse
+    }
+}
+
+fn invalid_grant(msg: &'static str) -> Error {
+    Error::InvalidGrant(msg.into())
+}
+
+impl Authority {
+    /// Exchanges a refresh token for a new access token and a new refresh token.
+    pub async fn refresh(
+        &self,
+        client: &Client,
+        refresh_token: &str,
+        requested: Option<&Scope>,
+    ) -> Result<IssuedTokens, Error> {
+        require_grant_type(client, GrantType::RefreshToken)?;
+        let presented = PresentedToken::parse(refresh_token)
+            .filter(|p| p.kind == TokenKind::Refresh)
+            .ok_or_else(|| invalid_grant("the refresh token is invalid"))?;
+
+        for _ in 0..MAX_ATTEMPTS {
+            let record = self
+                .store
+                .token(&presented.hash)
+                .await?
+                .filter(|r| r.kind == TokenKind::Refresh && r.tenant == client.tenant)
+                .ok_or_else(|| invalid_grant("the refresh token is invalid"))?;
+            if record.client_id != client.id {
+                return Err(invalid_grant(
+                    "the refresh token was not issued to this client",
+                ));
+            }
+            let now = self.clock.now();
+            let precondition = match judge(&record, client, now) {
+                Verdict::Dead => {
+                    return Err(invalid_grant("the refresh token is expired or revoked"))
+                }
+                Verdict::Reuse => {
+                    self.store
+                        .revoke(&Revocation::Grant(record.grant_id.clone()), now)
+                        .await?;
+                    tracing::warn!(
+                        grant_id = %record.grant_id,
+                        client_id = %client.id,
+                        "refresh token reuse detected; grant revoked"
+                    );
+                    return Err(invalid_grant(
+                        "the refresh token was already used; the grant has been revoked",
+                    ));
+                }
+                Verdict::Exchange(p) => p,
+            };
+            // The refresh token keeps the whole grant (§6: a new refresh token carries the
+            // original scope); only the access token narrows.
+            let access_scope = Scope::narrow(&record.scope, requested)?;
+            let (access, access_rec) =
+                mint(TokenKind::Access, &access_scope, now, client.access_token_ttl, 0);
+            let (refresh, refresh_rec) = mint(
+                TokenKind::Refresh,
+                &record.scope,
+                now,
+                client.refresh_token_ttl,
+                record.generation + 1,
+            );
+            let rotation = Rotation {
+                grant_id: record.grant_id.clone(),
+                old: record.hash,
+                old_generation: record.generation,
+                precondition,
+                grant_expires_at: refresh_rec.expires_at,
+                new_tokens: vec![access_rec, refresh_rec],
+                now,
+            };
+            match self.store.rotate(&rotation).await? {
+                RotationOutcome::Rotated => {
+                    return Ok(IssuedTokens {
+                        grant_id: record.grant_id,
+                        access_token: access,
+                        expires_in: client.access_token_ttl,
+                        refresh_token: Some(refresh),
+                        scope: access_scope,
+                    })
+                }
+                // A concurrent use won; look again: that is now a reuse (or a grace use).
+                RotationOutcome::Lost => continue,
+            }
+        }
+        Err(invalid_grant("the refresh token is invalid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{AccessTokenRevocation, AuthMethod};
+    use crate::id::{ClientId, GrantId, Subject, TenantId};
+    use crate::token::TokenHash;
+
+    fn client(grace: u32) -> Client {
+        Client {
+            tenant: TenantId::default_tenant(),
+            id: ClientId::parse("app").unwrap(),
+            secret: None,
+            auth_method: AuthMethod::None,
+            grant_types: vec![GrantType::RefreshToken],
+            scope: Scope::default(),
+            redirect_uris: vec![],
+            access_token_ttl: 60,
+            refresh_token_ttl: 600,
+            rotation_grace: grace,
+            access_token_revocation: AccessTokenRevocation::Token,
+            created_at: 0,
+        }
+    }
+
+    fn record(rotated_at: Option<i64>, generation: u32, grant_generation: u32) -> TokenRecord {
+        TokenRecord {
+            hash: TokenHash::of("t"),
+            kind: TokenKind::Refresh,
+            grant_id: GrantId::generate(),
+            tenant: TenantId::default_tenant(),
+            client_id: ClientId::parse("app").unwrap(),
+            subject: Subject::parse("u").unwrap(),
+            scope: Scope::default(),
+            issued_at: 0,
+            expires_at: 1000,
+            revoked_at: None,
+            grant_revoked_at: None,
+            rotated_at,
+            grace_used: false,
+            generation,
+            grant_generation,
+        }
+    }
+
+    #[test]
+    fn an_unused_token_is_exchanged() {
+        assert_eq!(
+            judge(&record(None, 0, 0), &client(0), 10),
+            Verdict::Exchange(RotationPrecondition::Unused)
+        );
+    }
+
+    #[test]
+    fn strict_rotation_treats_any_second_use_as_reuse() {
+        assert_eq!(judge(&record(Some(10), 0, 1), &client(0), 10), Verdict::Reuse);
+    }
+
+    #[test]
+    fn grace_allows_one_more_use_of_the_previous_token_only() {
+        let c = client(30);
+        assert_eq!(
+            judge(&record(Some(10), 0, 1), &c, 40),
+            Verdict::Exchange(RotationPrecondition::GraceUnspent)
+        );
+        // Past the window.
+        assert_eq!(judge(&record(Some(10), 0, 1), &c, 41), Verdict::Reuse);
+        // Not the immediately previous token: its successor was rotated too.
+        assert_eq!(judge(&record(Some(10), 0, 2), &c, 11), Verdict::Reuse);
+        // Its grace use is spent.
+        let mut spent = record(Some(10), 0, 1);
+        spent.grace_used = true;
+        assert_eq!(judge(&spent, &c, 11), Verdict::Reuse);
+    }
+
+    #[test]
+    fn revoked_or_expired_tokens_are_dead_not_reused() {
+        let mut r = record(None, 0, 0);
+        r.grant_revoked_at = Some(5);
+        assert_eq!(judge(&r, &client(0), 10), Verdict::Dead);
+        assert_eq!(judge(&record(None, 0, 0), &client(0), 1000), Verdict::Dead);
+    }
+}

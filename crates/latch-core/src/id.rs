@@ -1,0 +1,183 @@
+//! Identifiers. Each is a validated string newtype so that a client id can never be passed
+//! where a subject is expected, and so that malformed input is rejected at the edge.
+
+use std::fmt;
+
+use crate::error::Error;
+
+/// The longest identifier latch accepts (client ids, subjects). Longer input is a client error.
+pub const MAX_ID_LEN: usize = 255;
+
+fn check_printable(what: &'static str, s: &str, max: usize) -> Result<(), Error> {
+    if s.is_empty() {
+        return Err(Error::invalid_request(format!("{what} is empty")));
+    }
+    if s.len() > max {
+        return Err(Error::invalid_request(format!(
+            "{what} is longer than {max} bytes"
+        )));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::invalid_request(format!(
+            "{what} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The identifier as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A tenant (an "account" in the seed documents). Tokens and clients never cross tenants.
+    TenantId
+);
+string_id!(
+    /// An OAuth client identifier, unique within its tenant.
+    ClientId
+);
+string_id!(
+    /// The resource owner a grant was issued for (a user id, or the client itself for
+    /// `client_credentials`).
+    Subject
+);
+string_id!(
+    /// The identifier of a grant: the family of tokens one authorization produced.
+    GrantId
+);
+
+impl TenantId {
+    /// The tenant that always exists and that the root OAuth paths serve.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Parses a tenant id: 1 to 64 characters of `[A-Za-z0-9._-]`, so it is safe in a URL path.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(Error::invalid_request(
+                "tenant id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+            ))
+        }
+    }
+
+    /// The `default` tenant.
+    pub fn default_tenant() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl ClientId {
+    /// Parses a client id: 1 to 255 bytes, no control characters.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        check_printable("client_id", s, MAX_ID_LEN)?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl Subject {
+    /// Parses a subject: 1 to 255 bytes, no control characters.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        check_printable("subject", s, MAX_ID_LEN)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The subject of a `client_credentials` grant: the client itself.
+    pub fn of_client(client: &ClientId) -> Self {
+        Self(client.0.clone())
+    }
+}
+
+impl GrantId {
+    /// A fresh grant id: `g_` and 128 random bits.
+    pub fn generate() -> Self {
+        Self(format!("g_{}", crate::token::random_b64(16)))
+    }
+
+    /// Parses a grant id given by an operator (admin API). Unknown ids simply match nothing.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        check_printable("grant_id", s, 64)?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Wraps an id read back from storage.
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Conversions used by storage back-ends for values they wrote themselves.
+macro_rules! from_stored {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// Wraps a value read back from storage, where it was validated on the way in.
+            pub fn from_stored(s: String) -> Self {
+                Self(s)
+            }
+        }
+    )*};
+}
+from_stored!(TenantId, ClientId, Subject);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_are_url_safe() {
+        assert!(TenantId::parse("acme-prod_1.eu").is_ok());
+        for bad in ["", "a/b", "a b", "ä", &"x".repeat(65)] {
+            assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn client_ids_reject_control_characters_and_huge_input() {
+        assert!(ClientId::parse("d51186e9-e1a1-421e-8b1d-161ade532012").is_ok());
+        assert!(ClientId::parse("has space and ü").is_ok());
+        assert!(ClientId::parse("a\nb").is_err());
+        assert!(ClientId::parse("\0").is_err());
+        assert!(ClientId::parse(&"c".repeat(256)).is_err());
+        assert!(ClientId::parse("").is_err());
+    }
+
+    #[test]
+    fn grant_ids_are_unique() {
+        assert_ne!(GrantId::generate(), GrantId::generate());
+        assert!(GrantId::generate().as_str().starts_with("g_"));
+    }
+}

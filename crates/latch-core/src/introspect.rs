@@ -1,0 +1,66 @@
+//! Token introspection (RFC 7662).
+
+use crate::authority::Authority;
+use crate::client::Client;
+use crate::clock::UnixTime;
+use crate::error::Error;
+use crate::id::{ClientId, GrantId, Subject};
+use crate::scope::Scope;
+use crate::token::{PresentedToken, TokenKind};
+
+/// What introspection reveals about an active token. An inactive token reveals nothing.
+#[derive(Clone, Debug)]
+pub struct ActiveToken {
+    /// Access or refresh.
+    pub kind: TokenKind,
+    /// Its scope.
+    pub scope: Scope,
+    /// The client it was issued to.
+    pub client_id: ClientId,
+    /// The resource owner.
+    pub subject: Subject,
+    /// Expiry.
+    pub exp: UnixTime,
+    /// Issue time.
+    pub iat: UnixTime,
+    /// A public identifier of this token.
+    pub jti: String,
+    /// Its grant.
+    pub grant_id: GrantId,
+}
+
+impl Authority {
+    /// Introspects `token` for an authenticated `caller`. Only confidential clients may
+    /// introspect, and only tokens of their own tenant are ever active.
+    ///
+    /// `Ok(None)` is "inactive"; a storage failure is an `Err`, never "inactive": answering
+    /// inactive because the database hiccupped would log every user out.
+    pub async fn introspect(
+        &self,
+        caller: &Client,
+        token: &str,
+    ) -> Result<Option<ActiveToken>, Error> {
+        if !caller.is_confidential() {
+            return Err(Error::InvalidClient);
+        }
+        let Some(presented) = PresentedToken::parse(token) else {
+            return Ok(None);
+        };
+        let Some(record) = self.store.token(&presented.hash).await? else {
+            return Ok(None);
+        };
+        if record.tenant != caller.tenant || !record.is_active(self.clock.now()) {
+            return Ok(None);
+        }
+        Ok(Some(ActiveToken {
+            kind: record.kind,
+            jti: record.hash.jti(),
+            scope: record.scope,
+            client_id: record.client_id,
+            subject: record.subject,
+            exp: record.expires_at,
+            iat: record.issued_at,
+            grant_id: record.grant_id,
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! The revocation engine (RFC 7009). Every revocation route, standard or seed profile, ends
+//! here; a route only chooses the [`Effect`].
+
+use crate::authority::Authority;
+use crate::client::{AccessTokenRevocation, Client};
+use crate::error::Error;
+use crate::grant::{Revocation, TokenRecord};
+use crate::id::{GrantId, Subject};
+use crate::token::{PresentedToken, TokenKind};
+
+/// What a successful revocation request kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// RFC 7009: a refresh token takes its whole grant with it; an access token takes itself
+    /// or its grant, as the owning client is configured.
+    Token,
+    /// Every live grant of the token's subject in the tenant, across all clients: the user is
+    /// logged out of every application.
+    AllGrantsOfSubject,
+}
+
+/// What a revocation request did. Every variant is answered `200` by RFC 7009 routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Something was revoked, durably.
+    Revoked(Revoked),
+    /// The token exists but was already revoked, rotated or expired: nothing to do.
+    AlreadyInactive,
+    /// The token is malformed, unknown, or of another tenant.
+    Unknown,
+    /// The token belongs to another client and the caller is public: nothing was done, and
+    /// the caller is not told (it proves no identity, so it must not learn which tokens exist).
+    NotOwned,
+}
+
+/// The details of a revocation, for the response and the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// The grant of the presented token.
+    pub grant_id: GrantId,
+    /// Its subject.
+    pub subject: Subject,
+    /// The kind of the presented token.
+    pub kind: TokenKind,
+    /// How much was killed: one token, one grant, or several grants.
+    pub scope: RevokedScope,
+    /// How many live tokens or grants the write killed.
+    pub count: u64,
+}
+
+/// How far a revocation reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokedScope {
+    /// Only the presented token.
+    Token,
+    /// The presented token's grant.
+    Grant,
+    /// Every grant of the subject.
+    Subject,
+}
+
+impl Authority {
+    /// Revokes `token` on behalf of an authenticated `caller`.
+    ///
+    /// The token type hint is deliberately not taken: a latch token's kind is in its prefix
+    /// and both kinds live under one key, so one lookup finds either, and a wrong or unknown
+    /// hint cannot change the outcome (RFC 7009 §2.2).
+    ///
+    /// Returns only once the revocation is durable. A token of another client is never
+    /// revoked: a confidential caller gets `invalid_request`, a public one [`Outcome::NotOwned`].
+    pub async fn revoke(
+        &self,
+        caller: &Client,
+        token: &str,
+        effect: Effect,
+    ) -> Result<Outcome, Error> {
+        let Some(presented) = PresentedToken::parse(token) else {
+            return Ok(Outcome::Unknown);
+        };
+        let Some(record) = self.store.token(&presented.hash).await? else {
+            return Ok(Outcome::Unknown);
+        };
+        if record.tenant != caller.tenant {
+            return Ok(Outcome::Unknown);
+        }
+        if record.client_id != caller.id {
+            return if caller.is_confidential() {
+                Err(Error::invalid_request(
+                    "the token was not issued to this client",
+                ))
+            } else {
+                Ok(Outcome::NotOwned)
+            };
+        }
+        let now = self.clock.now();
+        if !record.is_active(now) {
+            return Ok(Outcome::AlreadyInactive);
+        }
+
+        let (revocation, scope) = decide(caller, &record, effect);
+        let count = self.store.revoke(&revocation, now).await?;
+        Ok(Outcome::Revoked(Revoked {
+            grant_id: record.grant_id,
+            subject: record.subject,
+            kind: record.kind,
+            scope,
+            count,
+        }))
+    }
+}
+
+/// The one place that decides what a revocation kills.
+fn decide(caller: &Client, record: &TokenRecord, effect: Effect) -> (Revocation, RevokedScope) {
+    let grant = || (Revocation::Grant(record.grant_id.clone()), RevokedScope::Grant);
+    match (effect, record.kind, caller.access_token_revocation) {
+        (Effect::AllGrantsOfSubject, _, _) => (
+            Revocation::Subject {
+                tenant: record.tenant.clone(),
+                subject: record.subject.clone(),
+            },
+            RevokedScope::Subject,
+        ),
+        (Effect::Token, TokenKind::Refresh, _) => grant(),
+        (Effect::Token, TokenKind::Access, AccessTokenRevocation::Grant) => grant(),
+        (Effect::Token, TokenKind::Access, AccessTokenRevocation::Token) => {
+            (Revocation::Token(record.hash), RevokedScope::Token)
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Client secrets: argon2id hashing and a verification cache.
+//!
+//! argon2id costs tens of milliseconds by design. Running it on every request would cap
+//! latch at a few hundred requests per second, so a successful verification is remembered as
+//! a keyed SHA-256 MAC over (tenant, client, stored hash, presented secret), with a key that
+//! lives only in this process's memory. A later request with the same secret costs one
+//! SHA-256 and a constant-time compare. Because the stored hash is part of the MAC, rotating a
+//! secret or re-creating a client invalidates the entry by construction, even when the change
+//! was made by another process; [`SecretVerifier::forget`] drops it eagerly as well.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+use crate::client::{Client, SecretHash};
+use crate::id::{ClientId, TenantId};
+
+/// Hashes a client secret with argon2id and a random salt.
+pub fn hash_secret(secret: &str) -> SecretHash {
+    let salt = SaltString::generate(&mut OsRng);
+    let phc = Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .expect("argon2id with default parameters and a fresh salt cannot fail")
+        .to_string();
+    SecretHash::parse(&phc).expect("argon2 produced a valid PHC string")
+}
+
+/// A new random client secret: 256 bits, unpadded base64url.
+pub fn generate_secret() -> String {
+    crate::token::random_b64(32)
+}
+
+/// Entries kept at most; past this the cache starts over (a rare, cheap event).
+const MAX_ENTRIES: usize = 100_000;
+
+/// Verifies client secrets, caching successes. Failures are never cached.
+pub struct SecretVerifier {
+    key: [u8; 32],
+    verified: Mutex<HashMap<[u8; 32], [u8; 32]>>,
+    /// Bounds concurrent argon2 runs to the core count, so a flood of bad secrets queues
+    /// instead of starving every other request of CPU.
+    slots: Arc<Semaphore>,
+}
+
+impl Default for SecretVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SecretVerifier {
+    /// A verifier with a fresh random key and an empty cache.
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            key,
+            verified: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    fn slot_of(&self, tenant: &TenantId, client: &ClientId) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(b"slot\0");
+        h.update(tenant.as_str());
+        h.update(b"\0");
+        h.update(client.as_str());
+        h.finalize().into()
+    }
+
+    fn mac_of(&self, slot: &[u8; 32], stored: &SecretHash, presented: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(slot);
+        h.update(stored.as_str());
+        h.update(b"\0");
+        h.update(presented.as_bytes());
+        h.finalize().into()
+    }
+
+    /// True when `presented` is the client's secret. A client without a secret never
+    /// verifies.
+    pub async fn verify(&self, client: &Client, presented: &str) -> bool {
+        let Some(stored) = &client.secret else {
+            return false;
+        };
+        let slot = self.slot_of(&client.tenant, &client.id);
+        let mac = self.mac_of(&slot, stored, presented);
+        if let Some(known) = self.lock().get(&slot) {
+            if bool::from(known.ct_eq(&mac)) {
+                return true;
+            }
+        }
+
+        let Ok(_permit) = self.slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let phc = stored.as_str().to_owned();
+        let secret = presented.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc)
+                .map(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+
+        if ok {
+            let mut cache = self.lock();
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(slot, mac);
+        }
+        ok
+    }
+
+    /// Drops what is cached for a client (its secret was rotated or it was removed).
+    pub fn forget(&self, tenant: &TenantId, client: &ClientId) {
+        let slot = self.slot_of(tenant, client);
+        self.lock().remove(&slot);
+    }
+
+    /// Drops everything cached (e.g. after losing the cross-node invalidation feed).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], [u8; 32]>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is safe to keep using.
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{AccessTokenRevocation, AuthMethod};
+    use crate::scope::Scope;
+
+    fn client(secret: &str) -> Client {
+        Client {
+            tenant: TenantId::default_tenant(),
+            id: ClientId::parse("c1").unwrap(),
+            secret: Some(hash_secret(secret)),
+            auth_method: AuthMethod::ClientSecretBasic,
+            grant_types: vec![],
+            scope: Scope::default(),
+            redirect_uris: vec![],
+            access_token_ttl: 60,
+            refresh_token_ttl: 60,
+            rotation_grace: 0,
+            access_token_revocation: AccessTokenRevocation::Token,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_right_secret_and_rejects_wrong_one_even_after_caching() {
+        let v = SecretVerifier::new();
+        let c = client("s3cret");
+        assert!(v.verify(&c, "s3cret").await);
+        assert!(v.verify(&c, "s3cret").await, "cached path");
+        assert!(!v.verify(&c, "s3cret ").await);
+        assert!(!v.verify(&c, "").await);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_secret_invalidates_the_cache_by_construction() {
+        let v = SecretVerifier::new();
+        let old = client("old");
+        assert!(v.verify(&old, "old").await);
+        let mut rotated = old.clone();
+        rotated.secret = Some(hash_secret("new"));
+        assert!(!v.verify(&rotated, "old").await);
+        assert!(v.verify(&rotated, "new").await);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_the_entry() {
+        let v = SecretVerifier::new();
+        let c = client("s");
+        assert!(v.verify(&c, "s").await);
+        v.forget(&c.tenant, &c.id);
+        assert!(v.lock().is_empty());
+    }
+
+    #[test]
+    fn hashes_are_argon2id_and_salted() {
+        let a = hash_secret("x");
+        let b = hash_secret("x");
+        assert!(a.as_str().starts_with("$argon2id$"));
+        assert_ne!(a, b);
+    }
+}

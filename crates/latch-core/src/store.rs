@@ -1,0 +1,95 @@
+//! The storage latch needs, as narrow traits, one per capability (as ory/fosite separates its
+//! storage interfaces). `latch-store` implements them once per database.
+//!
+//! Every write method returns only after its effect is durable; an `Err` means it did not
+//! happen.
+
+use async_trait::async_trait;
+
+use crate::client::{Client, SecretHash};
+use crate::clock::UnixTime;
+use crate::error::StoreError;
+use crate::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
+use crate::id::{ClientId, GrantId, Subject, TenantId};
+use crate::token::TokenHash;
+
+/// Shorthand for storage results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Tenants.
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// True when the tenant exists.
+    async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool>;
+    /// All tenants, sorted.
+    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>>;
+    /// Creates a tenant; `Conflict` if it exists.
+    async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
+    /// Removes a tenant, revoking all of its grants and removing its clients. `false` when it
+    /// did not exist.
+    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool>;
+}
+
+/// Registered clients.
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    /// One client.
+    async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>>;
+    /// A tenant's clients, sorted by id.
+    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>>;
+    /// Registers a new client; `Conflict` if the id is taken in that tenant.
+    async fn create_client(&self, client: &Client) -> StoreResult<()>;
+    /// Registers or replaces a client (declarative configuration).
+    async fn upsert_client(&self, client: &Client) -> StoreResult<()>;
+    /// Replaces a client's secret hash. `false` when there is no such client.
+    async fn set_client_secret(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        secret: &SecretHash,
+    ) -> StoreResult<bool>;
+    /// Removes a client and revokes every grant issued to it, in one transaction. `None`
+    /// when there is no such client, else the number of grants revoked.
+    async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        now: UnixTime,
+    ) -> StoreResult<Option<u64>>;
+}
+
+/// Grants and their tokens.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Looks a token up by hash, with its grant's state.
+    async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>>;
+    /// Stores a new grant with its first tokens.
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()>;
+    /// Exchanges a refresh token atomically; see [`Rotation`].
+    async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome>;
+    /// One grant of a tenant.
+    async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>>;
+    /// A subject's live grants (not revoked, not expired), newest first.
+    async fn live_grants(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        now: UnixTime,
+    ) -> StoreResult<Vec<Grant>>;
+}
+
+/// Revocation: the one write that must be durable before latch answers, and the one that
+/// storage should batch (group commit).
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Applies a revocation. Returns how many live grants or tokens it killed (0 when all
+    /// were already dead).
+    async fn revoke(&self, revocation: &Revocation, now: UnixTime) -> StoreResult<u64>;
+}
+
+/// Everything the engine needs, as one object.
+#[async_trait]
+pub trait Storage: TenantStore + ClientStore + TokenStore + RevocationStore {
+    /// Succeeds when the database answers a query (for readiness).
+    async fn ping(&self) -> StoreResult<()>;
+}
