@@ -1,0 +1,178 @@
+//! [`ClientStore`] on SQLite.
+
+use async_trait::async_trait;
+use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use latch_core::clock::UnixTime;
+use latch_core::grant::Revocation;
+use latch_core::id::{ClientId, TenantId};
+use latch_core::scope::Scope;
+use latch_core::store::{ClientStore, StoreResult};
+use rusqlite::types::Type;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{join, revocations, SqliteStore};
+
+const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
+     redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
+     access_token_revocation, created_at";
+
+fn corrupt(col: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, Type::Text, what.to_owned().into())
+}
+
+fn client_from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
+    let secret: Option<String> = r.get(2)?;
+    let secret = secret
+        .map(|s| SecretHash::parse(&s).map_err(|_| corrupt(2, "secret_hash")))
+        .transpose()?;
+    let auth_method =
+        AuthMethod::parse(&r.get::<_, String>(3)?).map_err(|_| corrupt(3, "auth_method"))?;
+    let grant_types = r
+        .get::<_, String>(4)?
+        .split(' ')
+        .filter_map(GrantType::parse)
+        .collect();
+    let redirect_uris = r
+        .get::<_, String>(6)?
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let access_token_revocation = AccessTokenRevocation::parse(&r.get::<_, String>(10)?)
+        .map_err(|_| corrupt(10, "access_token_revocation"))?;
+    Ok(Client {
+        tenant: TenantId::from_stored(r.get(0)?),
+        id: ClientId::from_stored(r.get(1)?),
+        secret,
+        auth_method,
+        grant_types,
+        scope: Scope::from_stored(&r.get::<_, String>(5)?),
+        redirect_uris,
+        access_token_ttl: r.get(7)?,
+        refresh_token_ttl: r.get(8)?,
+        rotation_grace: r.get(9)?,
+        access_token_revocation,
+        created_at: r.get(11)?,
+    })
+}
+
+/// A client's columns, owned, so they can travel to the writer thread.
+struct ClientRow {
+    values: (
+        String,
+        String,
+        Option<String>,
+        &'static str,
+        String,
+        String,
+        String,
+        u32,
+        u32,
+        u32,
+        &'static str,
+        UnixTime,
+    ),
+}
+
+impl ClientRow {
+    fn of(c: &Client) -> Self {
+        Self {
+            values: (
+                c.tenant.to_string(),
+                c.id.to_string(),
+                c.secret.as_ref().map(|s| s.as_str().to_owned()),
+                c.auth_method.as_str(),
+                join(c.grant_types.iter().map(|g| g.as_str())),
+                c.scope.to_string(),
+                join(&c.redirect_uris),
+                c.access_token_ttl,
+                c.refresh_token_ttl,
+                c.rotation_grace,
+                c.access_token_revocation.as_str(),
+                c.created_at,
+            ),
+        }
+    }
+
+    fn insert(&self, c: &rusqlite::Connection, verb: &str) -> rusqlite::Result<usize> {
+        let v = &self.values;
+        c.prepare_cached(&format!(
+            "{verb} INTO clients ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ))?
+        .execute(params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11])
+    }
+}
+
+#[async_trait]
+impl ClientStore for SqliteStore {
+    async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 AND client_id = ?2"
+            ))?
+            .query_row([tenant.as_str(), id.as_str()], client_from_row)
+            .optional()
+        })
+    }
+
+    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 ORDER BY client_id"
+            ))?;
+            let rows = stmt.query_map([tenant.as_str()], client_from_row)?;
+            rows.collect()
+        })
+    }
+
+    async fn create_client(&self, client: &Client) -> StoreResult<()> {
+        let row = ClientRow::of(client);
+        self.write(move |c| row.insert(c, "INSERT").map(|_| ())).await
+    }
+
+    async fn upsert_client(&self, client: &Client) -> StoreResult<()> {
+        let row = ClientRow::of(client);
+        self.write(move |c| row.insert(c, "INSERT OR REPLACE").map(|_| ()))
+            .await
+    }
+
+    async fn set_client_secret(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        secret: &SecretHash,
+    ) -> StoreResult<bool> {
+        let (t, i, s) = (tenant.to_string(), id.to_string(), secret.as_str().to_owned());
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE clients SET secret_hash = ?3 WHERE tenant_id = ?1 AND client_id = ?2",
+                params![t, i, s],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        now: UnixTime,
+    ) -> StoreResult<Option<u64>> {
+        let (t, i) = (tenant.to_string(), id.to_string());
+        let revocation = Revocation::Client {
+            tenant: tenant.clone(),
+            client_id: id.clone(),
+        };
+        self.write(move |c| {
+            let deleted = c.execute(
+                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
+                params![t, i],
+            )?;
+            if deleted == 0 {
+                return Ok(None);
+            }
+            Ok(Some(revocations::apply(c, &revocation, now)? as u64))
+        })
+        .await
+    }
+}

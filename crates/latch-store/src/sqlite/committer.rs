@@ -1,0 +1,153 @@
+//! Group commit: one writer thread owns the write connection and commits whatever writes are
+//! queued in one transaction.
+//!
+//! A `200` for a revocation must mean the revocation is on disk (`synchronous=FULL`), and one
+//! fsync per request caps SQLite at a few thousand writes per second. So writers queue their
+//! work here; the thread takes everything queued (up to [`MAX_BATCH`]), runs each write in its
+//! own savepoint (one failing write cannot spoil the others), commits once, and only then
+//! answers every waiter. Under light load a batch is one write and adds no latency; under heavy
+//! load dozens of requests share one fsync. If the commit fails, every waiter gets the error.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use latch_core::store::StoreResult;
+use latch_core::StoreError;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::unavailable;
+
+/// The most writes committed in one transaction. Large enough to amortise an fsync over a
+/// burst from many clients, small enough to keep a batch's latency well under a millisecond.
+const MAX_BATCH: usize = 256;
+
+/// Writes waiting for the writer thread; past this, writers wait for room (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+/// A queued write: run inside the batch's transaction, then told how the commit went.
+trait PendingWrite: Send {
+    fn apply(&mut self, conn: &Connection);
+    fn finish(self: Box<Self>, commit: Result<(), &StoreError>);
+}
+
+struct Write<F, T> {
+    work: Option<F>,
+    result: Option<StoreResult<T>>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<F, T> PendingWrite for Write<F, T>
+where
+    F: FnOnce(&Connection) -> StoreResult<T> + Send,
+    T: Send,
+{
+    fn apply(&mut self, conn: &Connection) {
+        if let Some(work) = self.work.take() {
+            self.result = Some(in_savepoint(conn, work));
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &StoreError>) {
+        let answer = match (commit, self.result) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(unavailable("write was not applied")),
+        };
+        // The waiter may have gone away (client disconnected); the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    conn.execute_batch("SAVEPOINT w").map_err(super::store_error)?;
+    let result = work(conn);
+    let end = if result.is_ok() {
+        "RELEASE w"
+    } else {
+        "ROLLBACK TO w; RELEASE w"
+    };
+    conn.execute_batch(end).map_err(super::store_error)?;
+    result
+}
+
+/// The handle writers use to reach the writer thread.
+#[derive(Clone)]
+pub(crate) struct Committer {
+    queue: mpsc::Sender<Box<dyn PendingWrite>>,
+}
+
+impl Committer {
+    /// Starts the writer thread over `conn`. The thread stops when every handle is dropped.
+    pub(crate) fn start(conn: Arc<Mutex<Connection>>) -> std::io::Result<Self> {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        thread::Builder::new()
+            .name("latch-committer".into())
+            .spawn(move || run(&conn, rx))?;
+        Ok(Self { queue })
+    }
+
+    /// Runs `work` in the next batch and returns its result once the batch is durable.
+    pub(crate) async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let write = Box::new(Write {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.queue
+            .send(write)
+            .await
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the writer stopped before answering"))?
+    }
+}
+
+fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Box<dyn PendingWrite>>) {
+    let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = commit_batch(&conn, &mut batch);
+        drop(conn);
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
+        }
+        for write in batch.drain(..) {
+            write.finish(outcome.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: &mut [Box<dyn PendingWrite>]) -> StoreResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(super::store_error)?;
+    for write in batch.iter_mut() {
+        // Some errors (disk full, I/O) make SQLite roll the whole transaction back. Applying
+        // further writes would then run in autocommit mode, outside this batch's atomicity.
+        if conn.is_autocommit() {
+            return Err(unavailable("the transaction was aborted by the database"));
+        }
+        write.apply(conn);
+    }
+    conn.execute_batch("COMMIT").map_err(|e| {
+        // Leave the connection usable for the next batch.
+        let _ = conn.execute_batch("ROLLBACK");
+        super::store_error(e)
+    })
+}

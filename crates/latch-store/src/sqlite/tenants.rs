@@ -1,0 +1,52 @@
+//! [`TenantStore`] on SQLite.
+
+use async_trait::async_trait;
+use latch_core::clock::UnixTime;
+use latch_core::id::TenantId;
+use latch_core::store::{StoreResult, TenantStore};
+use rusqlite::{params, OptionalExtension};
+
+use super::SqliteStore;
+
+#[async_trait]
+impl TenantStore for SqliteStore {
+    async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
+        self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+                .query_row([tenant.as_str()], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        })
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT id FROM tenants ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|r| r.map(TenantId::from_stored)).collect()
+        })
+    }
+
+    async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()> {
+        let id = tenant.as_str().to_owned();
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO tenants (id, created_at) VALUES (?1, ?2)")?
+                .execute(params![id, now])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool> {
+        let id = tenant.as_str().to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE grants SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )?;
+            c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
+            Ok(c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,188 @@
+//! [`TokenStore`] on SQLite.
+
+use async_trait::async_trait;
+use latch_core::clock::UnixTime;
+use latch_core::grant::{
+    Grant, NewToken, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
+};
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::scope::Scope;
+use latch_core::store::{StoreResult, TokenStore};
+use latch_core::token::{TokenHash, TokenKind};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::SqliteStore;
+
+fn kind_code(kind: TokenKind) -> i64 {
+    match kind {
+        TokenKind::Access => 0,
+        TokenKind::Refresh => 1,
+    }
+}
+
+fn insert_tokens(c: &Connection, grant: &GrantId, tokens: &[NewToken]) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for t in tokens {
+        stmt.execute(params![
+            &t.hash.0[..],
+            grant.as_str(),
+            kind_code(t.kind),
+            t.scope.to_string(),
+            t.issued_at,
+            t.expires_at,
+            t.generation,
+        ])?;
+    }
+    Ok(())
+}
+
+const GRANT_COLUMNS: &str =
+    "id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at";
+
+fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: GrantId::from_stored(r.get(0)?),
+        tenant: TenantId::from_stored(r.get(1)?),
+        client_id: ClientId::from_stored(r.get(2)?),
+        subject: Subject::from_stored(r.get(3)?),
+        scope: Scope::from_stored(&r.get::<_, String>(4)?),
+        created_at: r.get(5)?,
+        expires_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
+                        t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
+                        t.grace_used, t.generation, g.refresh_generation \
+                 FROM tokens t JOIN grants g ON g.id = t.grant_id \
+                 WHERE t.hash = ?1",
+            )?
+            .query_row([&hash.0[..]], |r| {
+                Ok(TokenRecord {
+                    hash: *hash,
+                    kind: if r.get::<_, i64>(0)? == 1 {
+                        TokenKind::Refresh
+                    } else {
+                        TokenKind::Access
+                    },
+                    grant_id: GrantId::from_stored(r.get(1)?),
+                    tenant: TenantId::from_stored(r.get(2)?),
+                    client_id: ClientId::from_stored(r.get(3)?),
+                    subject: Subject::from_stored(r.get(4)?),
+                    scope: Scope::from_stored(&r.get::<_, String>(5)?),
+                    issued_at: r.get(6)?,
+                    expires_at: r.get(7)?,
+                    revoked_at: r.get(8)?,
+                    grant_revoked_at: r.get(9)?,
+                    rotated_at: r.get(10)?,
+                    grace_used: r.get(11)?,
+                    generation: r.get(12)?,
+                    grant_generation: r.get(13)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
+        let (grant, tokens) = (grant.clone(), tokens.to_vec());
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                grant.id.as_str(),
+                grant.tenant.as_str(),
+                grant.client_id.as_str(),
+                grant.subject.as_str(),
+                grant.scope.to_string(),
+                grant.created_at,
+                grant.expires_at,
+                grant.revoked_at,
+            ])?;
+            insert_tokens(c, &grant.id, &tokens)
+        })
+        .await
+    }
+
+    async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome> {
+        let r = rotation.clone();
+        self.write(move |c| {
+            // The precondition and the mark are one UPDATE, so of two concurrent exchanges
+            // of one token exactly one sees its row change.
+            let claimed = match r.precondition {
+                RotationPrecondition::Unused => c
+                    .prepare_cached(
+                        "UPDATE tokens SET rotated_at = ?3 \
+                         WHERE hash = ?1 AND kind = 1 AND rotated_at IS NULL \
+                           AND revoked_at IS NULL \
+                           AND EXISTS (SELECT 1 FROM grants \
+                                       WHERE id = ?2 AND revoked_at IS NULL)",
+                    )?
+                    .execute(params![&r.old.0[..], r.grant_id.as_str(), r.now])?,
+                RotationPrecondition::GraceUnspent => c
+                    .prepare_cached(
+                        "UPDATE tokens SET grace_used = 1 \
+                         WHERE hash = ?1 AND kind = 1 AND rotated_at IS NOT NULL \
+                           AND grace_used = 0 AND revoked_at IS NULL \
+                           AND EXISTS (SELECT 1 FROM grants WHERE id = ?2 \
+                                       AND revoked_at IS NULL \
+                                       AND refresh_generation = ?3 + 1)",
+                    )?
+                    .execute(params![&r.old.0[..], r.grant_id.as_str(), r.old_generation])?,
+            };
+            if claimed == 0 {
+                return Ok(RotationOutcome::Lost);
+            }
+            insert_tokens(c, &r.grant_id, &r.new_tokens)?;
+            c.prepare_cached(
+                "UPDATE grants SET refresh_generation = max(refresh_generation, ?2), \
+                                   expires_at = max(expires_at, ?3) \
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                r.grant_id.as_str(),
+                r.old_generation + 1,
+                r.grant_expires_at
+            ])?;
+            Ok(RotationOutcome::Rotated)
+        })
+        .await
+    }
+
+    async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1 AND tenant_id = ?2"
+            ))?
+            .query_row([id.as_str(), tenant.as_str()], grant_from_row)
+            .optional()
+        })
+    }
+
+    async fn live_grants(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        now: UnixTime,
+    ) -> StoreResult<Vec<Grant>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {GRANT_COLUMNS} FROM grants \
+                 WHERE tenant_id = ?1 AND subject = ?2 AND revoked_at IS NULL AND expires_at > ?3 \
+                 ORDER BY created_at DESC, id"
+            ))?;
+            let rows = stmt.query_map(params![tenant.as_str(), subject.as_str(), now], grant_from_row)?;
+            rows.collect()
+        })
+    }
+}
