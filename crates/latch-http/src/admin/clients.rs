@@ -1,0 +1,190 @@
+//! `/admin/v1/tenants/{tenant}/clients[/{client_id}[/secret]]`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use latch_core::admin::{ClientSpec, SecretSpec};
+use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, Client, GrantType};
+use latch_core::id::{ClientId, TenantId};
+use latch_core::scope::Scope;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Admin, JsonBody, Params};
+use crate::error::ApiError;
+use crate::{no_store, AppState};
+
+/// A client as the admin API shows it. The secret never appears.
+#[derive(Serialize)]
+pub(crate) struct ClientView {
+    client_id: String,
+    tenant: String,
+    token_endpoint_auth_method: &'static str,
+    grant_types: Vec<&'static str>,
+    scope: String,
+    redirect_uris: Vec<String>,
+    access_token_ttl: u32,
+    refresh_token_ttl: u32,
+    rotation_grace_period: u32,
+    access_token_revocation: &'static str,
+    created_at: i64,
+}
+
+impl From<&Client> for ClientView {
+    fn from(c: &Client) -> Self {
+        Self {
+            client_id: c.id.to_string(),
+            tenant: c.tenant.to_string(),
+            token_endpoint_auth_method: c.auth_method.as_str(),
+            grant_types: c.grant_types.iter().map(|g| g.as_str()).collect(),
+            scope: c.scope.to_string(),
+            redirect_uris: c.redirect_uris.clone(),
+            access_token_ttl: c.access_token_ttl,
+            refresh_token_ttl: c.refresh_token_ttl,
+            rotation_grace_period: c.rotation_grace,
+            access_token_revocation: c.access_token_revocation.as_str(),
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// `POST …/clients` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewClient {
+    client_id: String,
+    client_secret: Option<String>,
+    token_endpoint_auth_method: Option<String>,
+    grant_types: Option<Vec<String>>,
+    scope: Option<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    access_token_ttl: Option<u32>,
+    refresh_token_ttl: Option<u32>,
+    rotation_grace_period: Option<u32>,
+    access_token_revocation: Option<String>,
+}
+
+impl NewClient {
+    fn into_spec(self, tenant: TenantId) -> Result<ClientSpec, latch_core::Error> {
+        let auth_method = self
+            .token_endpoint_auth_method
+            .as_deref()
+            .map_or(Ok(AuthMethod::ClientSecretBasic), AuthMethod::parse)?;
+        let grant_types = match self.grant_types {
+            None => vec![GrantType::ClientCredentials],
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    GrantType::parse(n).ok_or_else(|| {
+                        latch_core::Error::invalid_request(format!("unsupported grant type {n:?}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if self.redirect_uris.iter().any(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(latch_core::Error::invalid_request(
+                "redirect_uris must be non-empty and contain no whitespace",
+            ));
+        }
+        Ok(ClientSpec {
+            tenant,
+            id: ClientId::parse(&self.client_id)?,
+            auth_method,
+            secret: self.client_secret.map_or(SecretSpec::Generate, SecretSpec::Plain),
+            grant_types,
+            scope: Scope::parse(self.scope.as_deref().unwrap_or(""))?,
+            redirect_uris: self.redirect_uris,
+            access_token_ttl: self.access_token_ttl.unwrap_or(defaults::ACCESS_TOKEN_TTL),
+            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(defaults::REFRESH_TOKEN_TTL),
+            rotation_grace: self.rotation_grace_period.unwrap_or(defaults::ROTATION_GRACE),
+            access_token_revocation: self
+                .access_token_revocation
+                .as_deref()
+                .map_or(Ok(AccessTokenRevocation::default()), AccessTokenRevocation::parse)?,
+        })
+    }
+}
+
+fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))
+}
+
+fn client_id_of(raw: &str) -> Result<ClientId, ApiError> {
+    ClientId::parse(raw).map_err(|_| ApiError::not_found("no such client"))
+}
+
+pub(crate) async fn create(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params(tenant): Params<String>,
+    JsonBody(body): JsonBody<NewClient>,
+) -> Result<Response, ApiError> {
+    let spec = body.into_spec(tenant_of(&tenant)?)?;
+    let (client, generated) = state.authority.create_client(spec).await?;
+    let mut view = serde_json::to_value(ClientView::from(&client)).unwrap_or_default();
+    if let (Some(secret), Some(obj)) = (generated, view.as_object_mut()) {
+        // Shown once; only its hash is stored.
+        obj.insert("client_secret".into(), secret.into());
+    }
+    Ok(no_store((StatusCode::CREATED, Json(view)).into_response()))
+}
+
+pub(crate) async fn list(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params(tenant): Params<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let clients = state.authority.clients(&tenant_of(&tenant)?).await?;
+    let views: Vec<ClientView> = clients.iter().map(ClientView::from).collect();
+    Ok(Json(json!({ "clients": views })))
+}
+
+pub(crate) async fn show(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, client_id)): Params<(String, String)>,
+) -> Result<Json<ClientView>, ApiError> {
+    let client = state
+        .authority
+        .client(&tenant_of(&tenant)?, &client_id_of(&client_id)?)
+        .await?;
+    Ok(Json(ClientView::from(&client)))
+}
+
+pub(crate) async fn remove(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, client_id)): Params<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let revoked = state
+        .authority
+        .delete_client(&tenant_of(&tenant)?, &client_id_of(&client_id)?)
+        .await?;
+    Ok(Json(json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked })))
+}
+
+/// `POST …/clients/{id}/secret` body: a new secret, or none to generate one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewSecret {
+    client_secret: Option<String>,
+}
+
+pub(crate) async fn rotate_secret(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, client_id)): Params<(String, String)>,
+    JsonBody(body): JsonBody<NewSecret>,
+) -> Result<Response, ApiError> {
+    let secret = state
+        .authority
+        .rotate_secret(&tenant_of(&tenant)?, &client_id_of(&client_id)?, body.client_secret)
+        .await?;
+    Ok(no_store(
+        Json(json!({ "client_id": client_id, "client_secret": secret })).into_response(),
+    ))
+}

@@ -1,0 +1,112 @@
+//! `/admin/v1/tenants/{tenant}/grants[/{grant_id}]` and
+//! `/admin/v1/tenants/{tenant}/subjects/{subject}/grants`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use latch_core::grant::Grant;
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::scope::Scope;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Admin, JsonBody, Params};
+use crate::error::ApiError;
+use crate::oauth2::TokenResponse;
+use crate::{no_store, AppState};
+
+/// `POST …/grants` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewGrant {
+    client_id: String,
+    subject: String,
+    scope: Option<String>,
+}
+
+/// A grant as the admin API shows it; never a token value.
+#[derive(Serialize)]
+struct GrantView<'a> {
+    grant_id: &'a str,
+    client_id: &'a str,
+    subject: &'a str,
+    scope: String,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl<'a> From<&'a Grant> for GrantView<'a> {
+    fn from(g: &'a Grant) -> Self {
+        Self {
+            grant_id: g.id.as_str(),
+            client_id: g.client_id.as_str(),
+            subject: g.subject.as_str(),
+            scope: g.scope.to_string(),
+            created_at: g.created_at,
+            expires_at: g.expires_at,
+        }
+    }
+}
+
+fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))
+}
+
+pub(crate) async fn create(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params(tenant): Params<String>,
+    JsonBody(body): JsonBody<NewGrant>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_of(&tenant)?;
+    let client_id = ClientId::parse(&body.client_id)?;
+    let subject = Subject::parse(&body.subject)?;
+    let scope = body.scope.as_deref().map(Scope::parse).transpose()?;
+    let issued = state
+        .authority
+        .issue_for_subject(&tenant, &client_id, subject, scope.as_ref())
+        .await?;
+    Ok(no_store(
+        (StatusCode::CREATED, Json(TokenResponse::new(&issued, true))).into_response(),
+    ))
+}
+
+pub(crate) async fn revoke(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, grant_id)): Params<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = GrantId::parse(&grant_id).map_err(|_| ApiError::not_found("no such grant"))?;
+    let revoked = state.authority.revoke_grant(&tenant_of(&tenant)?, &id).await?;
+    Ok(Json(json!({ "grant_id": grant_id, "revoked": revoked > 0 })))
+}
+
+pub(crate) async fn list_for_subject(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, subject)): Params<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let subject = Subject::parse(&subject)?;
+    let grants = state
+        .authority
+        .live_grants(&tenant_of(&tenant)?, &subject)
+        .await?;
+    let views: Vec<GrantView<'_>> = grants.iter().map(GrantView::from).collect();
+    Ok(Json(json!({ "subject": subject.as_str(), "grants": views })))
+}
+
+pub(crate) async fn logout_everywhere(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params((tenant, subject)): Params<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let subject = Subject::parse(&subject)?;
+    let revoked = state
+        .authority
+        .logout_everywhere(&tenant_of(&tenant)?, &subject)
+        .await?;
+    Ok(Json(json!({ "subject": subject.as_str(), "revoked_grants": revoked })))
+}

@@ -1,0 +1,125 @@
+//! The admin API, for operators and trusted first-party backends. Every route needs
+//! `Authorization: Bearer <admin token>`; JSON in, JSON out.
+
+mod clients;
+mod grants;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::form::read_body;
+use crate::AppState;
+
+/// The admin routes, mounted under `/admin/v1`.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/tenants/{tenant}/clients",
+            post(clients::create).get(clients::list),
+        )
+        .route(
+            "/tenants/{tenant}/clients/{client_id}",
+            get(clients::show).delete(clients::remove),
+        )
+        .route(
+            "/tenants/{tenant}/clients/{client_id}/secret",
+            post(clients::rotate_secret),
+        )
+        .route("/tenants/{tenant}/grants", post(grants::create))
+        .route("/tenants/{tenant}/grants/{grant_id}", delete(grants::revoke))
+        .route(
+            "/tenants/{tenant}/subjects/{subject}/grants",
+            get(grants::list_for_subject).delete(grants::logout_everywhere),
+        )
+}
+
+/// Proof that the request carried the admin token. The token is compared as SHA-256
+/// digests in constant time, so neither its content nor its length leaks through timing.
+pub(crate) struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let expected = state.admin_token.ok_or_else(ApiError::admin_unauthorized)?;
+        let presented = bearer(&parts.headers).ok_or_else(ApiError::admin_unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if bool::from(digest.ct_eq(&expected)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::admin_unauthorized())
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Path parameters, with a JSON error instead of axum's plain-text rejection.
+pub(crate) struct Params<T>(pub T);
+
+impl<T> FromRequestParts<Arc<AppState>> for Params<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| Params(t))
+            .map_err(|e| ApiError::invalid_request(format!("bad path: {e}")))
+    }
+}
+
+/// The largest admin request body.
+const MAX_JSON_BYTES: usize = 64 * 1024;
+
+/// A JSON request body, with JSON errors for a wrong content type, an oversized body or
+/// malformed or unexpected fields.
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T> FromRequest<Arc<AppState>> for JsonBody<T>
+where
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (parts, body): (_, Body) = req.into_parts();
+        let is_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::invalid_request(
+                "Content-Type must be application/json",
+            ));
+        }
+        let bytes = read_body(&parts.headers, body, MAX_JSON_BYTES).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+    }
+}

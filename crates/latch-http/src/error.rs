@@ -1,0 +1,196 @@
+//! The one place where failures become HTTP responses: status, RFC 6749 §5.2 error code,
+//! JSON body, and headers.
+
+use std::borrow::Cow;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use latch_core::Error;
+use serde::Serialize;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    description: Cow<'static, str>,
+    /// `WWW-Authenticate` value for 401s.
+    challenge: Option<&'static str>,
+    /// `Retry-After` seconds.
+    retry_after: Option<u32>,
+}
+
+/// The body shape of an error. RFC 6749 §5.2 uses snake_case; a compatibility profile may
+/// need another spelling of the same two fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorStyle {
+    /// `{"error": ..., "error_description": ...}`.
+    #[default]
+    Rfc6749,
+    /// `{"error": ..., "errorDescription": ...}`.
+    CamelCase,
+}
+
+#[derive(Serialize)]
+struct Rfc6749Body<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+#[derive(Serialize)]
+struct CamelCaseBody<'a> {
+    error: &'a str,
+    #[serde(rename = "errorDescription")]
+    error_description: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// `400 invalid_request`.
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// `401 invalid_client`; with a Basic challenge when the client tried Basic
+    /// (RFC 6749 §5.2).
+    pub fn invalid_client(basic_attempted: bool) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+        if basic_attempted {
+            e.challenge = Some("Basic realm=\"latch\", charset=\"UTF-8\"");
+        }
+        e
+    }
+
+    /// `413` for an oversized body.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            format!("the request body exceeds {limit} bytes"),
+        )
+    }
+
+    /// `405` for a method the route does not serve.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "method not allowed",
+        )
+    }
+
+    /// `404`.
+    pub fn not_found(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", description)
+    }
+
+    /// `401` for the admin API (RFC 6750 §3.1 `invalid_token`).
+    pub fn admin_unauthorized() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a valid admin bearer token is required",
+        );
+        e.challenge = Some("Bearer realm=\"latch-admin\"");
+        e
+    }
+
+    /// `500`, for a handler that panicked (a bug; the server keeps serving).
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal error",
+        )
+    }
+
+    /// Adds the Basic challenge to an `invalid_client` error when Basic was attempted.
+    pub fn with_basic_challenge(mut self, basic_attempted: bool) -> Self {
+        if basic_attempted && self.code == "invalid_client" {
+            self.challenge = Some("Basic realm=\"latch\", charset=\"UTF-8\"");
+        }
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Renders the error in the given body style.
+    pub fn into_response_styled(self, style: ErrorStyle) -> Response {
+        let body = match style {
+            ErrorStyle::Rfc6749 => serde_json::to_vec(&Rfc6749Body {
+                error: self.code,
+                error_description: &self.description,
+            }),
+            ErrorStyle::CamelCase => serde_json::to_vec(&CamelCaseBody {
+                error: self.code,
+                error_description: &self.description,
+            }),
+        }
+        .unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_response_styled(ErrorStyle::Rfc6749)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let description = e.to_string();
+        match e {
+            Error::InvalidRequest(_) => Self::invalid_request(description),
+            Error::InvalidClient => Self::invalid_client(false),
+            Error::InvalidGrant(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description),
+            Error::UnauthorizedClient(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
+            }
+            Error::UnsupportedGrantType(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", description)
+            }
+            Error::InvalidScope(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description),
+            Error::NotFound(_) => Self::not_found(description),
+            Error::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", description),
+            Error::Storage(e) => {
+                // RFC 7009 §2.2.1: 503 tells the client to retry. Nothing was done.
+                tracing::error!(error = %e, "storage failure");
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "storage is unavailable; nothing was changed, retry later",
+                );
+                err.retry_after = Some(1);
+                err
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `application/x-www-form-urlencoded` request bodies, parsed strictly and once for every
+//! route and profile.
+//!
+//! Strict means: the content type must be a form (charset, if given, UTF-8); the body must
+//! fit the size limit; percent-encoding must be valid and decode to UTF-8; and no parameter
+//! may appear twice (RFC 6749 §3.2). A parameter with an empty value counts as absent
+//! (RFC 6749 §3.1).
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+
+use crate::error::ApiError;
+
+/// The largest form body accepted. Real requests are a few hundred bytes.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// A parsed form.
+#[derive(Debug, Default)]
+pub struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    /// A parameter's value; `None` when absent or empty.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A required parameter.
+    pub fn require(&self, key: &str) -> Result<&str, ApiError> {
+        self.get(key)
+            .ok_or_else(|| ApiError::invalid_request(format!("missing parameter: {key}")))
+    }
+
+    /// Parses a form body.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for part in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+            let (k, v) = match part.iter().position(|&b| b == b'=') {
+                Some(i) => (&part[..i], &part[i + 1..]),
+                None => (part, &b""[..]),
+            };
+            let key = decode_component(k)?;
+            let value = decode_component(v)?;
+            if pairs.iter().any(|(existing, _)| *existing == key) {
+                return Err(ApiError::invalid_request(format!(
+                    "parameter {} is given more than once",
+                    printable(&key)
+                )));
+            }
+            pairs.push((key, value));
+        }
+        Ok(Self { pairs })
+    }
+
+    /// Checks the content type and reads and parses the body.
+    pub async fn from_request(headers: &HeaderMap, body: Body) -> Result<Self, ApiError> {
+        check_content_type(headers)?;
+        let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
+        Self::parse(&bytes)
+    }
+}
+
+/// Keeps a parameter name safe to echo in an error message.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// Decodes one form component: `+` is a space, `%XX` a byte; the result must be UTF-8.
+pub fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::invalid_request("invalid percent-encoding"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::invalid_request("parameters must be UTF-8"))
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let wrong = || {
+        ApiError::invalid_request("Content-Type must be application/x-www-form-urlencoded")
+    };
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(wrong)?;
+    let mut parts = value.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or_default();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(wrong());
+    }
+    for param in parts {
+        if let Some((name, val)) = param.split_once('=') {
+            let val = val.trim().trim_matches('"');
+            if name.trim().eq_ignore_ascii_case("charset") && !val.eq_ignore_ascii_case("utf-8") {
+                return Err(ApiError::invalid_request("only the UTF-8 charset is supported"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a body of at most `limit` bytes; larger is `413`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` fails either because the limit was hit or because the connection broke.
+        if e.into_inner().is::<http_body_util::LengthLimitError>() {
+            ApiError::payload_too_large(limit)
+        } else {
+            ApiError::invalid_request("the request body could not be read")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_decodes() {
+        let f = Form::parse(b"a=1&b=hello+world&c=%C3%A9&d=").unwrap();
+        assert_eq!(f.get("a"), Some("1"));
+        assert_eq!(f.get("b"), Some("hello world"));
+        assert_eq!(f.get("c"), Some("é"));
+        assert_eq!(f.get("d"), None, "empty values count as absent");
+        assert_eq!(f.get("e"), None);
+    }
+
+    #[test]
+    fn rejects_duplicates_bad_escapes_and_non_utf8() {
+        assert!(Form::parse(b"token=a&token=b").is_err());
+        assert!(Form::parse(b"token=&token=b").is_err());
+        assert!(Form::parse(b"token=%zz").is_err());
+        assert!(Form::parse(b"token=%4").is_err());
+        assert!(Form::parse(b"token=%FF").is_err());
+        assert!(Form::parse(b"token=\xff").is_err());
+    }
+}

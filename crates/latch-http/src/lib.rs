@@ -1,0 +1,140 @@
+//! # latch-http: the HTTP face of latch
+//!
+//! This crate only translates: an HTTP request becomes a call on
+//! [`latch_core::Authority`], and its result (or [`error::ApiError`]) becomes a response.
+//! No OAuth rule is decided here.
+//!
+//! ## Layout
+//! - [`router`] wires every route; [`AppState`] is what handlers share.
+//! - [`form`]: strict form-body parsing (content type, size limit, duplicates, encoding),
+//!   and [`credentials`]: client credentials from Basic or the body. Both are written once
+//!   and used by every route.
+//! - [`error`]: the single mapping from domain errors to status codes and JSON bodies.
+//! - [`tenant`]: the tenant a request addresses (root paths are the `default` tenant).
+//! - `oauth2/`: one file per endpoint: `token.rs`, `revoke.rs`, `introspect.rs`,
+//!   `metadata.rs`.
+//! - `admin/`: the admin API, one file per resource: `clients.rs`, `grants.rs`.
+//! - `health.rs`: liveness and readiness.
+
+pub mod credentials;
+pub mod error;
+pub mod form;
+mod health;
+mod admin;
+mod oauth2;
+pub mod tenant;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use latch_core::id::TenantId;
+use latch_core::Authority;
+use sha2::{Digest, Sha256};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The domain.
+    pub authority: Arc<Authority>,
+    /// The issuer identifier of the `default` tenant, e.g. `http://127.0.0.1:8080`.
+    /// Other tenants' issuers are this plus `/tenants/{tenant}`.
+    pub issuer: String,
+    /// SHA-256 of the admin bearer token; `None` turns the admin API off.
+    admin_token: Option<[u8; 32]>,
+}
+
+impl AppState {
+    /// Builds the shared state. `admin_token` of `None` (or empty) disables the admin API.
+    pub fn new(authority: Arc<Authority>, issuer: String, admin_token: Option<&str>) -> Self {
+        Self {
+            authority,
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            admin_token: admin_token
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+        }
+    }
+
+    /// The path prefix under which a tenant's OAuth endpoints live.
+    pub fn tenant_path(tenant: &TenantId) -> String {
+        if tenant.as_str() == TenantId::DEFAULT {
+            String::new()
+        } else {
+            format!("/tenants/{tenant}")
+        }
+    }
+
+    /// A tenant's issuer identifier (RFC 8414 §2).
+    pub fn issuer_for(&self, tenant: &TenantId) -> String {
+        format!("{}{}", self.issuer, Self::tenant_path(tenant))
+    }
+}
+
+/// Marks a response as uncacheable (RFC 6749 §5.1): every response that carries a token or
+/// token metadata gets this.
+pub(crate) fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut response = ApiError::method_not_allowed().into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+/// The OAuth endpoints of one tenant, mounted at `/` (default tenant) and under
+/// `/tenants/{tenant}`.
+fn oauth_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/oauth2/token",
+            post(oauth2::token::handle).fallback(method_not_allowed),
+        )
+        .route(
+            "/oauth2/revoke",
+            post(oauth2::revoke::handle).fallback(method_not_allowed),
+        )
+        .route(
+            "/oauth2/introspect",
+            post(oauth2::introspect::handle).fallback(method_not_allowed),
+        )
+}
+
+/// Every route latch serves.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app = Router::new()
+        .merge(oauth_routes())
+        .nest("/tenants/{tenant}", oauth_routes())
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth2::metadata::handle),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/tenants/{tenant}",
+            get(oauth2::metadata::handle),
+        )
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready));
+    if state.admin_token.is_some() {
+        app = app.nest("/admin/v1", admin::routes());
+    }
+    app.fallback(not_found)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,71 @@
+//! `POST /oauth2/introspect` (RFC 7662).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use latch_core::token::TokenKind;
+use serde::Serialize;
+
+use super::authenticate;
+use crate::error::ApiError;
+use crate::form::Form;
+use crate::tenant::Tenant;
+use crate::{no_store, AppState};
+
+#[derive(Serialize)]
+struct Active<'a> {
+    active: bool,
+    scope: String,
+    client_id: &'a str,
+    sub: &'a str,
+    exp: i64,
+    iat: i64,
+    /// `Bearer` for access tokens (RFC 6749 §7.1); refresh tokens have no such type.
+    token_type: &'static str,
+    /// Which kind of token this is, in RFC 7009 hint vocabulary.
+    token_use: &'static str,
+    iss: String,
+    jti: &'a str,
+    grant_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Inactive {
+    active: bool,
+}
+
+pub(crate) async fn handle(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let form = Form::from_request(&headers, body).await?;
+    let token = form.require("token")?;
+    let client = authenticate(&state, &tenant, &headers, &form).await?;
+    let response = match state.authority.introspect(&client, token).await? {
+        Some(t) => Json(Active {
+            active: true,
+            scope: t.scope.to_string(),
+            client_id: t.client_id.as_str(),
+            sub: t.subject.as_str(),
+            exp: t.exp,
+            iat: t.iat,
+            token_type: match t.kind {
+                TokenKind::Access => "Bearer",
+                TokenKind::Refresh => "refresh_token",
+            },
+            token_use: t.kind.hint_name(),
+            iss: state.issuer_for(&tenant),
+            jti: &t.jti,
+            grant_id: t.grant_id.as_str(),
+        })
+        .into_response(),
+        None => Json(Inactive { active: false }).into_response(),
+    };
+    Ok(no_store(response))
+}

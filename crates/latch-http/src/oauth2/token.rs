@@ -1,0 +1,50 @@
+//! `POST /oauth2/token` (RFC 6749 §4.4 `client_credentials`, §6 `refresh_token`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use latch_core::client::GrantType;
+use latch_core::scope::Scope;
+
+use super::{authenticate, TokenResponse};
+use crate::error::ApiError;
+use crate::form::Form;
+use crate::tenant::Tenant;
+use crate::{no_store, AppState};
+
+pub(crate) async fn handle(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let form = Form::from_request(&headers, body).await?;
+    // Check the request's shape before spending anything on client authentication.
+    let grant_type = form.require("grant_type")?;
+    let grant = GrantType::parse(grant_type).ok_or_else(|| {
+        ApiError::from(latch_core::Error::UnsupportedGrantType(
+            "supported grant types: client_credentials, refresh_token".into(),
+        ))
+    })?;
+    let scope = form
+        .get("scope")
+        .map(Scope::parse)
+        .transpose()
+        .map_err(ApiError::from)?;
+    let refresh_token = match grant {
+        GrantType::RefreshToken => Some(form.require("refresh_token")?),
+        GrantType::ClientCredentials => None,
+    };
+
+    let client = authenticate(&state, &tenant, &headers, &form).await?;
+    let authority = &state.authority;
+    let issued = match refresh_token {
+        Some(token) => authority.refresh(&client, token, scope.as_ref()).await?,
+        None => authority.client_credentials(&client, scope.as_ref()).await?,
+    };
+    Ok(no_store(Json(TokenResponse::new(&issued, false)).into_response()))
+}

@@ -1,0 +1,290 @@
+//! The command line: `latch serve`, `latch client …`, `latch hash-secret`.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use latch_core::admin::{ClientSpec, SecretSpec};
+use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType};
+use latch_core::clock::SystemClock;
+use latch_core::id::{ClientId, TenantId};
+use latch_core::scope::Scope;
+use latch_core::secret::hash_secret;
+use latch_core::Authority;
+use serde_json::json;
+
+use crate::config::{self, Overrides};
+use crate::server::{self, Server};
+
+/// latch: an OAuth 2.0 token server where a revoked token is dead everywhere, at once.
+#[derive(Debug, Parser)]
+#[command(name = "latch", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// latch's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage clients directly in the database (works while a server runs).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Hash a client secret with argon2id, for `client_secret_hash` in a config file.
+    /// Reads the secret from standard input when it is not given.
+    HashSecret {
+        /// The secret (prefer standard input: arguments show up in process lists).
+        secret: Option<String>,
+    },
+}
+
+/// `latch serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LATCH_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Issuer identifier [default: http://ADDR].
+    #[arg(long, env = "LATCH_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Bearer token for the admin API; without one the admin API is off.
+    #[arg(long, env = "LATCH_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
+    #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// `latch client …`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client. Prints it as JSON, with its secret if one was generated.
+    Add(AddClientArgs),
+    /// List a tenant's clients as JSON lines.
+    List {
+        /// Tenant.
+        #[arg(long, default_value = TenantId::DEFAULT)]
+        tenant: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Remove a client and revoke every grant it holds.
+    Remove {
+        /// Client id.
+        client_id: String,
+        /// Tenant.
+        #[arg(long, default_value = TenantId::DEFAULT)]
+        tenant: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Give a confidential client a new secret; the old one stops working at once.
+    RotateSecret {
+        /// Client id.
+        client_id: String,
+        /// Tenant.
+        #[arg(long, default_value = TenantId::DEFAULT)]
+        tenant: String,
+        /// The new secret; generated when omitted.
+        #[arg(long)]
+        secret: Option<String>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+/// `latch client add`.
+#[derive(Debug, clap::Args)]
+pub struct AddClientArgs {
+    /// Client id.
+    pub client_id: String,
+    /// Tenant.
+    #[arg(long, default_value = TenantId::DEFAULT)]
+    pub tenant: String,
+    /// client_secret_basic, client_secret_post or none (public client).
+    #[arg(long, default_value = "client_secret_basic")]
+    pub auth_method: String,
+    /// The secret; generated (and printed once) when omitted for a confidential client.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Allowed grant types (repeat or comma-separate).
+    #[arg(long = "grant-type", value_delimiter = ',', default_value = "client_credentials")]
+    pub grant_types: Vec<String>,
+    /// Space-separated scopes the client may obtain.
+    #[arg(long, default_value = "")]
+    pub scope: String,
+    /// Access token lifetime in seconds.
+    #[arg(long, default_value_t = defaults::ACCESS_TOKEN_TTL)]
+    pub access_token_ttl: u32,
+    /// Refresh token lifetime in seconds.
+    #[arg(long, default_value_t = defaults::REFRESH_TOKEN_TTL)]
+    pub refresh_token_ttl: u32,
+    /// Seconds during which a just-rotated refresh token is accepted once more (0 = strict).
+    #[arg(long, default_value_t = defaults::ROTATION_GRACE)]
+    pub rotation_grace: u32,
+    /// What revoking an access token kills: token or grant.
+    #[arg(long, default_value = "token")]
+    pub access_token_revocation: String,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+impl AddClientArgs {
+    fn to_spec(&self) -> anyhow::Result<ClientSpec> {
+        let auth_method = AuthMethod::parse(&self.auth_method)?;
+        Ok(ClientSpec {
+            tenant: TenantId::parse(&self.tenant)?,
+            id: ClientId::parse(&self.client_id)?,
+            auth_method,
+            secret: self.secret.clone().map_or(SecretSpec::Generate, SecretSpec::Plain),
+            grant_types: self
+                .grant_types
+                .iter()
+                .map(|g| GrantType::parse(g).with_context(|| format!("unknown grant type {g:?}")))
+                .collect::<anyhow::Result<_>>()?,
+            scope: Scope::parse(&self.scope)?,
+            redirect_uris: vec![],
+            access_token_ttl: self.access_token_ttl,
+            refresh_token_ttl: self.refresh_token_ttl,
+            rotation_grace: self.rotation_grace,
+            access_token_revocation: AccessTokenRevocation::parse(&self.access_token_revocation)?,
+        })
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries the command's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Opens the database for a CLI command (configured clients are not registered).
+async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
+    let file = config::load_file(overrides)?;
+    let url = config::database_url(overrides, &file)?;
+    let store = latch_store::open(&url).with_context(|| format!("cannot open {url:?}"))?;
+    Ok(Authority::new(store, Arc::new(SystemClock)))
+}
+
+fn client_json(c: &latch_core::client::Client) -> serde_json::Value {
+    json!({
+        "tenant": c.tenant.as_str(),
+        "client_id": c.id.as_str(),
+        "token_endpoint_auth_method": c.auth_method.as_str(),
+        "grant_types": c.grant_types.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "scope": c.scope.to_string(),
+        "access_token_ttl": c.access_token_ttl,
+        "refresh_token_ttl": c.refresh_token_ttl,
+        "rotation_grace_period": c.rotation_grace,
+        "access_token_revocation": c.access_token_revocation.as_str(),
+    })
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::HashSecret { secret } => {
+            let secret = match secret {
+                Some(s) => s,
+                None => {
+                    let mut s = String::new();
+                    std::io::stdin().read_to_string(&mut s)?;
+                    s.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            anyhow::ensure!(!secret.is_empty(), "the secret is empty");
+            println!("{}", hash_secret(&secret).as_str());
+            Ok(())
+        }
+        Command::Client(cmd) => {
+            init_logging("warn");
+            client(cmd).await
+        }
+    }
+}
+
+async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Add(args) => {
+            let (client, secret) = authority(&args.overrides)
+                .await?
+                .create_client(args.to_spec()?)
+                .await?;
+            let mut out = client_json(&client);
+            if let Some(secret) = secret {
+                out["client_secret"] = secret.into();
+            }
+            println!("{out}");
+        }
+        ClientCommand::List { tenant, overrides } => {
+            for c in authority(&overrides)
+                .await?
+                .clients(&TenantId::parse(&tenant)?)
+                .await?
+            {
+                println!("{}", client_json(&c));
+            }
+        }
+        ClientCommand::Remove {
+            client_id,
+            tenant,
+            overrides,
+        } => {
+            let revoked = authority(&overrides)
+                .await?
+                .delete_client(&TenantId::parse(&tenant)?, &ClientId::parse(&client_id)?)
+                .await?;
+            println!("{}", json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked }));
+        }
+        ClientCommand::RotateSecret {
+            client_id,
+            tenant,
+            secret,
+            overrides,
+        } => {
+            let secret = authority(&overrides)
+                .await?
+                .rotate_secret(&TenantId::parse(&tenant)?, &ClientId::parse(&client_id)?, secret)
+                .await?;
+            println!("{}", json!({ "client_id": client_id, "client_secret": secret }));
+        }
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = config::resolve(
+        &args.overrides,
+        args.listen.as_deref(),
+        args.issuer.as_deref(),
+        args.admin_token.as_deref(),
+        args.log.as_deref(),
+    )?;
+    init_logging(&settings.log);
+    let server = Server::start(&settings, Arc::new(SystemClock)).await?;
+    tracing::info!(
+        addr = %server.addr,
+        database = ?settings.database,
+        admin_api = settings.admin_token.is_some(),
+        "latch is serving"
+    );
+    // Scripts and tests read this line to learn the bound port.
+    println!("latch listening on http://{}", server.addr);
+    server::stop_signal().await;
+    tracing::info!("stopping: finishing in-flight requests");
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

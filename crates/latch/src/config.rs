@@ -1,0 +1,218 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden by flags.
+//! The file can also declare clients, which are registered (or updated) at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use latch_core::admin::{ClientSpec, SecretSpec};
+use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType, SecretHash};
+use latch_core::id::{ClientId, TenantId};
+use latch_core::scope::Scope;
+use latch_store::DatabaseUrl;
+use serde::Deserialize;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default data folder, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+/// The configuration file's shape. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Database URL (`sqlite://PATH`, `sqlite::memory:`).
+    pub database_url: Option<String>,
+    /// Folder for the default SQLite database.
+    pub data_dir: Option<PathBuf>,
+    /// Issuer identifier; defaults to `http://{listen}`.
+    pub issuer: Option<String>,
+    /// Admin API bearer token; without one the admin API is off.
+    pub admin_token: Option<String>,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: Option<String>,
+    /// Clients registered at start-up.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// A client declared in the configuration file. Secrets are given only as argon2id hashes
+/// (`latch hash-secret`), so the file holds nothing that authenticates by itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Tenant; `default` when omitted.
+    pub tenant: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// argon2id PHC hash of the secret; omit for public clients.
+    pub client_secret_hash: Option<String>,
+    /// `client_secret_basic` (default for clients with a secret), `client_secret_post`, or
+    /// `none` (default for clients without).
+    pub token_endpoint_auth_method: Option<String>,
+    /// Grant types; default `["client_credentials"]`.
+    pub grant_types: Option<Vec<String>>,
+    /// Space-separated scopes the client may obtain.
+    #[serde(default)]
+    pub scope: String,
+    /// Redirect URIs.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Access token lifetime, seconds.
+    pub access_token_ttl: Option<u32>,
+    /// Refresh token lifetime, seconds.
+    pub refresh_token_ttl: Option<u32>,
+    /// Rotation grace period, seconds (0 = strict).
+    pub rotation_grace_period: Option<u32>,
+    /// `token` (default) or `grant`: what revoking an access token kills.
+    pub access_token_revocation: Option<String>,
+}
+
+impl ClientConfig {
+    /// Turns the declaration into a spec for the domain.
+    pub fn to_spec(&self) -> anyhow::Result<ClientSpec> {
+        let ctx = || format!("client {:?} in the configuration", self.client_id);
+        let tenant = TenantId::parse(self.tenant.as_deref().unwrap_or(TenantId::DEFAULT))
+            .with_context(ctx)?;
+        let secret = match &self.client_secret_hash {
+            Some(h) => SecretSpec::Hashed(SecretHash::parse(h).with_context(ctx)?),
+            None => SecretSpec::Generate,
+        };
+        let auth_method = match (&self.token_endpoint_auth_method, &self.client_secret_hash) {
+            (Some(m), _) => AuthMethod::parse(m).with_context(ctx)?,
+            (None, Some(_)) => AuthMethod::ClientSecretBasic,
+            (None, None) => AuthMethod::None,
+        };
+        if auth_method.is_confidential() && self.client_secret_hash.is_none() {
+            bail!("{}: a confidential client needs client_secret_hash", ctx());
+        }
+        let grant_types = match &self.grant_types {
+            None => vec![GrantType::ClientCredentials],
+            Some(names) => names
+                .iter()
+                .map(|n| GrantType::parse(n).with_context(|| format!("{}: grant type {n:?}", ctx())))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(ClientSpec {
+            tenant,
+            id: ClientId::parse(&self.client_id).with_context(ctx)?,
+            auth_method,
+            secret,
+            grant_types,
+            scope: Scope::parse(&self.scope).with_context(ctx)?,
+            redirect_uris: self.redirect_uris.clone(),
+            access_token_ttl: self.access_token_ttl.unwrap_or(defaults::ACCESS_TOKEN_TTL),
+            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(defaults::REFRESH_TOKEN_TTL),
+            rotation_grace: self.rotation_grace_period.unwrap_or(defaults::ROTATION_GRACE),
+            access_token_revocation: self
+                .access_token_revocation
+                .as_deref()
+                .map_or(Ok(AccessTokenRevocation::default()), AccessTokenRevocation::parse)
+                .with_context(ctx)?,
+        })
+    }
+}
+
+impl FileConfig {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+}
+
+/// Settings that flags and environment variables can override.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "LATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH` or `sqlite::memory:`. Default: `DATA_DIR/latch.db`.
+    #[arg(long, env = "LATCH_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Folder for the default SQLite database [default: data].
+    #[arg(long, env = "LATCH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The fully resolved settings of a server.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The database.
+    pub database: DatabaseUrl,
+    /// The issuer identifier; `None` derives it from the bound address.
+    pub issuer: Option<String>,
+    /// The admin token, if the admin API is on.
+    pub admin_token: Option<String>,
+    /// Log filter.
+    pub log: String,
+    /// Clients to register at start-up.
+    pub clients: Vec<ClientSpec>,
+}
+
+/// Loads the file named by `overrides.config`, if any.
+pub fn load_file(overrides: &Overrides) -> anyhow::Result<FileConfig> {
+    overrides
+        .config
+        .as_deref()
+        .map_or(Ok(FileConfig::default()), FileConfig::load)
+}
+
+/// Resolves the database URL: flag/env, then file, then `DATA_DIR/latch.db`.
+pub fn database_url(overrides: &Overrides, file: &FileConfig) -> anyhow::Result<DatabaseUrl> {
+    let url = match overrides.database_url.clone().or_else(|| file.database_url.clone()) {
+        Some(url) => url,
+        None => {
+            let dir = overrides
+                .data_dir
+                .clone()
+                .or_else(|| file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            format!("sqlite://{}", dir.join("latch.db").display())
+        }
+    };
+    DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)
+}
+
+/// Resolves a server's settings.
+pub fn resolve(
+    overrides: &Overrides,
+    listen: Option<&str>,
+    issuer: Option<&str>,
+    admin_token: Option<&str>,
+    log: Option<&str>,
+) -> anyhow::Result<Settings> {
+    let file = load_file(overrides)?;
+    let listen_str = listen
+        .map(str::to_owned)
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_str
+        .parse()
+        .with_context(|| format!("invalid listen address {listen_str:?}"))?;
+    let issuer = issuer.map(str::to_owned).or_else(|| file.issuer.clone());
+    let clients = file
+        .clients
+        .iter()
+        .map(ClientConfig::to_spec)
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Settings {
+        listen,
+        database: database_url(overrides, &file)?,
+        issuer,
+        admin_token: admin_token
+            .map(str::to_owned)
+            .or_else(|| file.admin_token.clone())
+            .filter(|t| !t.is_empty()),
+        log: log
+            .map(str::to_owned)
+            .or_else(|| file.log.clone())
+            .unwrap_or_else(|| "info".to_owned()),
+        clients,
+    })
+}

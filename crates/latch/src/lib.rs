@@ -1,0 +1,17 @@
+//! # latch
+//!
+//! An OAuth 2.0 token server built around one promise: when a token is revoked, it is dead
+//! everywhere, at once, and revoking is cheap. This crate is the binary and its wiring; see
+//! `ARCHITECTURE.md` at the repository root for the bird's-eye view.
+//!
+//! ## Crates
+//! - `latch-core`: the OAuth domain (tokens, clients, grants, the revocation engine) and the
+//!   storage traits. No HTTP, no SQL.
+//! - `latch-store`: the storage traits on SQLite, with group commit.
+//! - `latch-http`: axum routes that translate HTTP to domain calls.
+//! - `latch` (this crate): [`config`] (TOML, environment, flags), [`cli`] (the commands),
+//!   [`server`] (opening storage, registering configured clients, serving, shutdown).
+
+pub mod cli;
+pub mod config;
+pub mod server;

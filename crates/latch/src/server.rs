@@ -1,0 +1,109 @@
+//! Wiring: open storage, register configured clients, build the router, serve with graceful
+//! shutdown. Nothing here decides anything about OAuth.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use latch_core::clock::Clock;
+use latch_core::Authority;
+use latch_http::AppState;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+
+/// Opens the database named in the settings and registers the configured clients.
+pub async fn open_authority(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Authority>> {
+    let store = latch_store::open(&settings.database)
+        .with_context(|| format!("cannot open the database {:?}", settings.database))?;
+    let authority = Arc::new(Authority::new(store, clock));
+    for spec in &settings.clients {
+        let id = spec.id.clone();
+        authority
+            .upsert_client(spec.clone())
+            .await
+            .with_context(|| format!("cannot register configured client {id}"))?;
+    }
+    Ok(authority)
+}
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its domain object, for tests that inspect state.
+    pub authority: Arc<Authority>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds `settings.listen` and starts serving in the background.
+    pub async fn start(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let authority = open_authority(settings, clock).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let issuer = settings
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let state = Arc::new(AppState::new(
+            authority.clone(),
+            issuer,
+            settings.admin_token.as_deref(),
+        ));
+        let app = latch_http::router(state);
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = signal.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            authority,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and returns.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
