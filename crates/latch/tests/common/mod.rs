@@ -1,0 +1,428 @@
+//! The black-box test harness: a real latch server on an ephemeral port with a fresh database,
+//! driven over HTTP.
+//!
+//! [`TestServer::start`] runs the server in-process (so tests control its clock instead of
+//! sleeping); [`Process`] runs the real `latch` binary for what only a process shows (CLI,
+//! stdout/stderr, signals).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use latch::config::Settings;
+use latch::server::Server;
+use latch_core::clock::ManualClock;
+use latch_store::DatabaseUrl;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+/// The admin token every test server uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A client the tests registered, with its secret in clear.
+#[derive(Clone, Debug)]
+pub struct TestClient {
+    pub id: String,
+    pub secret: Option<String>,
+}
+
+/// How a request authenticates its client.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    /// `Authorization: Basic` with the RFC 6749 §2.3.1 encoding.
+    Basic(&'a TestClient),
+    /// `client_id` and `client_secret` in the body.
+    Post(&'a TestClient),
+    /// Only `client_id` in the body (public clients).
+    Public(&'a TestClient),
+    /// No credentials.
+    None,
+}
+
+/// A running server with a fresh database in a temporary folder.
+pub struct TestServer {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub db_path: PathBuf,
+    /// A confidential client that exists only to introspect.
+    pub introspector: TestClient,
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+}
+
+/// Percent-encodes for `application/x-www-form-urlencoded` (and RFC 6749 §2.3.1).
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Builds a form body from pairs.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The `Authorization: Basic` value for a client (RFC 6749 §2.3.1).
+pub fn basic_header(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let raw = format!("{}:{}", form_encode(id), form_encode(secret));
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
+impl TestServer {
+    /// Starts a server on a fresh SQLite file.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_path = dir.path().join("latch.db");
+        Self::start_on(dir, db_path).await
+    }
+
+    /// Starts a server on an existing database file (e.g. after a restart).
+    pub async fn start_on(dir: tempfile::TempDir, db_path: PathBuf) -> Self {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: DatabaseUrl::SqliteFile(db_path.clone()),
+            issuer: None,
+            admin_token: Some(ADMIN_TOKEN.into()),
+            log: "warn".into(),
+            clients: vec![],
+        };
+        let clock = Arc::new(ManualClock::starting_now());
+        let server = Server::start(&settings, clock.clone())
+            .await
+            .expect("server starts");
+        let addr = server.addr;
+        let mut this = Self {
+            base: format!("http://{addr}"),
+            addr,
+            clock,
+            http: reqwest::Client::new(),
+            db_path,
+            introspector: TestClient {
+                id: String::new(),
+                secret: None,
+            },
+            server: Some(server),
+            _dir: dir,
+        };
+        this.introspector = this
+            .ensure_client(json!({
+                "client_id": "introspector",
+                "client_secret": "introspector-secret",
+                "grant_types": ["client_credentials"],
+            }))
+            .await;
+        this
+    }
+
+    /// Stops the server (graceful shutdown) and hands back its database folder.
+    pub async fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.expect("clean shutdown");
+        }
+        (self._dir, self.db_path)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Moves the server's clock forward.
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(secs);
+    }
+
+    // ---- admin API -------------------------------------------------------------------
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Response {
+        let mut req = self
+            .http
+            .request(method, self.url(&format!("/admin/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("admin request")
+    }
+
+    /// Registers a client through the admin API in tenant `default`, returning its
+    /// credentials. `spec` is the admin API's JSON; a `client_secret` in it is kept.
+    pub async fn create_client(&self, tenant: &str, spec: Value) -> TestClient {
+        let resp = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/tenants/{tenant}/clients"),
+                Some(spec.clone()),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "create client {spec}");
+        let body: Value = resp.json().await.unwrap();
+        let secret = spec["client_secret"]
+            .as_str()
+            .or(body["client_secret"].as_str())
+            .map(str::to_owned);
+        TestClient {
+            id: body["client_id"].as_str().unwrap().to_owned(),
+            secret,
+        }
+    }
+
+    async fn ensure_client(&self, spec: Value) -> TestClient {
+        self.create_client("default", spec).await
+    }
+
+    /// A confidential client allowed both grants, with the given scope.
+    pub async fn confidential(&self, id: &str, scope: &str) -> TestClient {
+        self.ensure_client(json!({
+            "client_id": id,
+            "client_secret": format!("{id}-secret"),
+            "grant_types": ["client_credentials", "refresh_token"],
+            "scope": scope,
+        }))
+        .await
+    }
+
+    /// A public client allowed the refresh grant.
+    pub async fn public(&self, id: &str, scope: &str) -> TestClient {
+        self.ensure_client(json!({
+            "client_id": id,
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["refresh_token"],
+            "scope": scope,
+        }))
+        .await
+    }
+
+    /// Issues a grant for a user through the admin API; returns the token response.
+    pub async fn grant_for(&self, client: &TestClient, subject: &str, scope: Option<&str>) -> Value {
+        self.grant_in("default", client, subject, scope).await
+    }
+
+    pub async fn grant_in(
+        &self,
+        tenant: &str,
+        client: &TestClient,
+        subject: &str,
+        scope: Option<&str>,
+    ) -> Value {
+        let mut body = json!({ "client_id": client.id, "subject": subject });
+        if let Some(s) = scope {
+            body["scope"] = s.into();
+        }
+        let resp = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/tenants/{tenant}/grants"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json().await.unwrap()
+    }
+
+    // ---- OAuth endpoints ------------------------------------------------------------
+
+    /// POSTs a form to `path` with the given client authentication.
+    pub async fn post_form(&self, path: &str, auth: Auth<'_>, pairs: &[(&str, &str)]) -> Response {
+        let mut pairs: Vec<(&str, &str)> = pairs.to_vec();
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded");
+        match auth {
+            Auth::Basic(c) => {
+                req = req.header(
+                    "authorization",
+                    basic_header(&c.id, c.secret.as_deref().unwrap_or("")),
+                )
+            }
+            Auth::Post(c) => {
+                pairs.push(("client_id", &c.id));
+                pairs.push(("client_secret", c.secret.as_deref().unwrap_or("")));
+            }
+            Auth::Public(c) => pairs.push(("client_id", &c.id)),
+            Auth::None => {}
+        }
+        req.body(form(&pairs)).send().await.expect("request")
+    }
+
+    /// POSTs a raw body with arbitrary headers.
+    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Response {
+        let mut req = self.http.post(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(body).send().await.expect("request")
+    }
+
+    /// `client_credentials` token response (asserting success).
+    pub async fn client_credentials(&self, client: &TestClient) -> Value {
+        let resp = self
+            .post_form("/oauth2/token", Auth::Basic(client), &[("grant_type", "client_credentials")])
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    /// Exchanges a refresh token; returns the raw response.
+    pub async fn refresh(&self, auth: Auth<'_>, refresh_token: &str) -> Response {
+        self.post_form(
+            "/oauth2/token",
+            auth,
+            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+        )
+        .await
+    }
+
+    /// Revokes a token; returns the raw response.
+    pub async fn revoke(&self, auth: Auth<'_>, token: &str) -> Response {
+        self.post_form("/oauth2/revoke", auth, &[("token", token)]).await
+    }
+
+    /// Introspects as the harness's introspector client (asserting 200).
+    pub async fn introspect(&self, token: &str) -> Value {
+        self.introspect_at("", token).await
+    }
+
+    /// Introspects at a tenant path prefix ("" or "/tenants/x") as `introspector`.
+    pub async fn introspect_at(&self, prefix: &str, token: &str) -> Value {
+        let resp = self
+            .post_form(
+                &format!("{prefix}/oauth2/introspect"),
+                Auth::Basic(&self.introspector),
+                &[("token", token)],
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.unwrap()
+    }
+
+    /// True when introspection says the token is active.
+    pub async fn is_active(&self, token: &str) -> bool {
+        self.introspect(token).await["active"] == json!(true)
+    }
+}
+
+/// Reads an error response and checks its status and `error` code.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(ct.as_deref(), Some("application/json"), "error content type");
+    let body: Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["error"], code, "error code in {body}");
+    assert!(body["error_description"].is_string(), "error_description in {body}");
+    body
+}
+
+/// The path of the `latch` binary under test.
+pub fn latch_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_latch")
+}
+
+/// The real `latch` binary running `serve`, killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+    pub stderr_path: PathBuf,
+}
+
+impl Process {
+    /// Starts `latch serve` with extra args and env, on an ephemeral port, waiting for its
+    /// "listening" line. Its stderr (logs) goes to `stderr_path`.
+    pub fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let stderr_path = dir.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(latch_bin());
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir)
+            .env_remove("LATCH_LISTEN")
+            .env_remove("LATCH_DATABASE_URL")
+            .env_remove("LATCH_ADMIN_TOKEN")
+            .env_remove("LATCH_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn latch");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("latch listening on ")
+            .unwrap_or_else(|| {
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("latch did not start: {line:?}\n{err}")
+            })
+            .to_owned();
+        Self {
+            child,
+            base,
+            stderr_path,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `latch` binary to completion (CLI commands).
+pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(latch_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LATCH_DATABASE_URL")
+        .env_remove("LATCH_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn latch");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
