@@ -246,3 +246,45 @@ impl Authority {
             .await?)
     }
 }
+
+impl Authority {
+    /// All tenants.
+    pub async fn tenants(&self) -> Result<Vec<TenantId>, Error> {
+        Ok(self.store.list_tenants().await?)
+    }
+
+    /// Creates a tenant; `Conflict` if it exists.
+    pub async fn create_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
+        match self.store.create_tenant(tenant, self.clock.now()).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => {
+                Err(Error::Conflict(format!("tenant {tenant} already exists").into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a tenant unless it exists (declarative configuration).
+    pub async fn ensure_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
+        match self.create_tenant(tenant).await {
+            Err(Error::Conflict(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Removes a tenant: every grant in it is revoked and every client removed, in one
+    /// transaction. The `default` tenant cannot be removed.
+    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
+        if tenant.as_str() == TenantId::DEFAULT {
+            return Err(Error::invalid_request("the default tenant cannot be removed"));
+        }
+        if self.store.delete_tenant(tenant, self.clock.now()).await? {
+            // Its clients are gone; their cached verifications can never match again, but
+            // drop them rather than wait for eviction.
+            self.secrets.clear();
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!("no tenant {tenant}").into()))
+        }
+    }
+}

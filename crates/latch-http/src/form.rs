@@ -38,12 +38,28 @@ impl Form {
 
     /// Parses a form body.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_with(body, false)
+    }
+
+    /// Parses a form body, ignoring raw (unencoded) whitespace around names and values.
+    /// Raw whitespace is not valid form encoding, so this only changes the reading of
+    /// malformed bodies, such as a line break pasted into a `curl -d` argument.
+    pub fn parse_trimming(body: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_with(body, true)
+    }
+
+    fn parse_with(body: &[u8], trim: bool) -> Result<Self, ApiError> {
         let mut pairs: Vec<(String, String)> = Vec::new();
-        for part in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        for part in body.split(|&b| b == b'&') {
+            let part = if trim { part.trim_ascii() } else { part };
+            if part.is_empty() {
+                continue;
+            }
             let (k, v) = match part.iter().position(|&b| b == b'=') {
                 Some(i) => (&part[..i], &part[i + 1..]),
                 None => (part, &b""[..]),
             };
+            let (k, v) = if trim { (k.trim_ascii(), v.trim_ascii()) } else { (k, v) };
             let key = decode_component(k)?;
             let value = decode_component(v)?;
             if pairs.iter().any(|(existing, _)| *existing == key) {
@@ -62,6 +78,16 @@ impl Form {
         check_content_type(headers)?;
         let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
         Self::parse(&bytes)
+    }
+
+    /// Like [`Form::from_request`], with [`Form::parse_trimming`].
+    pub async fn from_request_trimming(
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Self, ApiError> {
+        check_content_type(headers)?;
+        let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
+        Self::parse_trimming(&bytes)
     }
 }
 
@@ -162,5 +188,14 @@ mod tests {
         assert!(Form::parse(b"token=%4").is_err());
         assert!(Form::parse(b"token=%FF").is_err());
         assert!(Form::parse(b"token=\xff").is_err());
+    }
+
+    #[test]
+    fn trimming_ignores_raw_whitespace_only() {
+        let f = Form::parse_trimming(b"client_secret=abc\n         &token=x+y").unwrap();
+        assert_eq!(f.get("client_secret"), Some("abc"));
+        assert_eq!(f.get("token"), Some("x y"), "encoded spaces are kept");
+        let strict = Form::parse(b"client_secret=abc\n  &token=x").unwrap();
+        assert_eq!(strict.get("client_secret"), Some("abc\n  "));
     }
 }

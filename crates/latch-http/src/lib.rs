@@ -13,7 +13,9 @@
 //! - [`tenant`]: the tenant a request addresses (root paths are the `default` tenant).
 //! - `oauth2/`: one file per endpoint: `token.rs`, `revoke.rs`, `introspect.rs`,
 //!   `metadata.rs`.
-//! - `admin/`: the admin API, one file per resource: `clients.rs`, `grants.rs`.
+//! - `profiles/`: the seed documents' revocation APIs, one file each (`sentinel.rs`,
+//!   `id_v1.rs`, `api_v1_0.rs`); each translates shapes and calls the shared revocation path.
+//! - `admin/`: the admin API, one file per resource: `tenants.rs`, `clients.rs`, `grants.rs`.
 //! - `health.rs`: liveness and readiness.
 
 pub mod credentials;
@@ -22,6 +24,7 @@ pub mod form;
 mod health;
 mod admin;
 mod oauth2;
+pub mod profiles;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -36,7 +39,8 @@ use sha2::{Digest, Sha256};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use error::ApiError;
+use error::{ApiError, ErrorStyle};
+pub use profiles::Profiles;
 
 /// What every handler shares.
 pub struct AppState {
@@ -47,6 +51,8 @@ pub struct AppState {
     pub issuer: String,
     /// SHA-256 of the admin bearer token; `None` turns the admin API off.
     admin_token: Option<[u8; 32]>,
+    /// The compatibility profiles served.
+    pub profiles: Profiles,
 }
 
 impl AppState {
@@ -58,7 +64,14 @@ impl AppState {
             admin_token: admin_token
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
+            profiles: Profiles::default(),
         }
+    }
+
+    /// Chooses the compatibility profiles to serve.
+    pub fn with_profiles(mut self, profiles: Profiles) -> Self {
+        self.profiles = profiles;
+        self
     }
 
     /// The path prefix under which a tenant's OAuth endpoints live.
@@ -89,18 +102,36 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-pub(crate) async fn method_not_allowed() -> Response {
-    let mut response = ApiError::method_not_allowed().into_response();
+/// `405` for the POST-only endpoints, in the given error style.
+pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
+    let mut response = ApiError::method_not_allowed().into_response_styled(style);
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST"));
     response
 }
 
+pub(crate) async fn method_not_allowed() -> Response {
+    method_not_allowed_styled(ErrorStyle::Rfc6749)
+}
+
 /// The OAuth endpoints of one tenant, mounted at `/` (default tenant) and under
-/// `/tenants/{tenant}`.
-fn oauth_routes() -> Router<Arc<AppState>> {
-    Router::new()
+/// `/tenants/{tenant}`, with the tenant-scoped profiles that are on.
+fn oauth_routes(profiles: Profiles) -> Router<Arc<AppState>> {
+    let mut routes = Router::new();
+    if profiles.id_v1 {
+        routes = routes.route(
+            "/api/id/v1/auth/token/revoke",
+            post(profiles::id_v1::handle).fallback(profiles::id_v1::method_not_allowed),
+        );
+    }
+    if profiles.api_v1_0 {
+        routes = routes.route(
+            "/api/v1.0/oauth2/revoke",
+            post(profiles::api_v1_0::handle).fallback(method_not_allowed),
+        );
+    }
+    routes
         .route(
             "/oauth2/token",
             post(oauth2::token::handle).fallback(method_not_allowed),
@@ -117,9 +148,10 @@ fn oauth_routes() -> Router<Arc<AppState>> {
 
 /// Every route latch serves.
 pub fn router(state: Arc<AppState>) -> Router {
+    let profiles = state.profiles;
     let mut app = Router::new()
-        .merge(oauth_routes())
-        .nest("/tenants/{tenant}", oauth_routes())
+        .merge(oauth_routes(profiles))
+        .nest("/tenants/{tenant}", oauth_routes(profiles))
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth2::metadata::handle),
@@ -130,6 +162,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready));
+    if profiles.sentinel {
+        app = app.route(
+            "/sentinel/api/account/{accountid}/token/revoke",
+            post(profiles::sentinel::handle).fallback(method_not_allowed),
+        );
+    }
     if state.admin_token.is_some() {
         app = app.nest("/admin/v1", admin::routes());
     }

@@ -26,18 +26,35 @@ impl FromRequestParts<Arc<AppState>> for Tenant {
         let Some((_, raw)) = params.iter().find(|(name, _)| *name == "tenant") else {
             return Ok(Self(TenantId::default_tenant()));
         };
-        let tenant = TenantId::parse(raw).map_err(|_| ApiError::not_found("no such tenant"))?;
-        // `default` always exists; any other tenant costs one indexed lookup.
-        if tenant.as_str() != TenantId::DEFAULT
-            && !state
-                .authority
-                .store()
-                .tenant_exists(&tenant)
-                .await
-                .map_err(|e| ApiError::from(latch_core::Error::from(e)))?
-        {
-            return Err(ApiError::not_found(format!("no tenant {tenant}")));
-        }
-        Ok(Self(tenant))
+        let raw = raw.to_owned();
+        let raw = raw.as_str();
+        resolve(state, raw)
+            .await?
+            .map(Self)
+            .ok_or_else(|| ApiError::not_found(format!("no tenant {}", printable(raw))))
     }
+}
+
+/// Looks a tenant up by its path segment: `None` when it does not exist (or cannot, being
+/// malformed). A route decides how to answer that (404 by default; a profile may say 401).
+pub async fn resolve(state: &AppState, raw: &str) -> Result<Option<TenantId>, ApiError> {
+    let Ok(tenant) = TenantId::parse(raw) else {
+        return Ok(None);
+    };
+    // `default` always exists; any other tenant costs one indexed lookup.
+    if tenant.as_str() == TenantId::DEFAULT {
+        return Ok(Some(tenant));
+    }
+    let exists = state
+        .authority
+        .store()
+        .tenant_exists(&tenant)
+        .await
+        .map_err(|e| ApiError::from(latch_core::Error::from(e)))?;
+    Ok(exists.then_some(tenant))
+}
+
+/// Keeps a path segment safe to echo in an error message.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
 }

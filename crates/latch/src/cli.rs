@@ -34,6 +34,9 @@ pub enum Command {
     /// Manage clients directly in the database (works while a server runs).
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Manage tenants directly in the database (works while a server runs).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Hash a client secret with argon2id, for `client_secret_hash` in a config file.
     /// Reads the secret from standard input when it is not given.
     HashSecret {
@@ -94,6 +97,30 @@ pub enum ClientCommand {
         /// The new secret; generated when omitted.
         #[arg(long)]
         secret: Option<String>,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+}
+
+/// `latch tenant …`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (1 to 64 characters of A-Z a-z 0-9 . _ -).
+    Add {
+        /// Tenant id.
+        tenant: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// List tenants, one per line.
+    List {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Remove a tenant: revoke all of its grants and remove its clients.
+    Remove {
+        /// Tenant id.
+        tenant: String,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -212,7 +239,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn");
             client(cmd).await
         }
+        Command::Tenant(cmd) => {
+            init_logging("warn");
+            tenant(cmd).await
+        }
     }
+}
+
+async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::Add { tenant, overrides } => {
+            let id = TenantId::parse(&tenant)?;
+            authority(&overrides).await?.create_tenant(&id).await?;
+            println!("{}", json!({ "tenant_id": tenant }));
+        }
+        TenantCommand::List { overrides } => {
+            for t in authority(&overrides).await?.tenants().await? {
+                println!("{t}");
+            }
+        }
+        TenantCommand::Remove { tenant, overrides } => {
+            let id = TenantId::parse(&tenant)?;
+            authority(&overrides).await?.delete_tenant(&id).await?;
+            println!("{}", json!({ "tenant_id": tenant, "deleted": true }));
+        }
+    }
+    Ok(())
 }
 
 async fn client(cmd: ClientCommand) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ use latch_core::admin::{ClientSpec, SecretSpec};
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType, SecretHash};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
+use latch_http::Profiles;
 use latch_store::DatabaseUrl;
 use serde::Deserialize;
 
@@ -33,9 +34,48 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
+    /// Tenants created at start-up if missing (`default` always exists).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Which compatibility profiles are served; all are on by default.
+    #[serde(default)]
+    pub profiles: ProfilesConfig,
     /// Clients registered at start-up.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+/// `[profiles]`: switch each seed document's API on or off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilesConfig {
+    /// `POST /sentinel/api/account/{accountid}/token/revoke` (seed 000).
+    pub sentinel: bool,
+    /// `POST /api/id/v1/auth/token/revoke` (seed 001).
+    pub id_v1: bool,
+    /// `POST /api/v1.0/oauth2/revoke` (seed 002).
+    pub api_v1_0: bool,
+}
+
+impl Default for ProfilesConfig {
+    fn default() -> Self {
+        let on = Profiles::default();
+        Self {
+            sentinel: on.sentinel,
+            id_v1: on.id_v1,
+            api_v1_0: on.api_v1_0,
+        }
+    }
+}
+
+impl From<&ProfilesConfig> for Profiles {
+    fn from(p: &ProfilesConfig) -> Self {
+        Profiles {
+            sentinel: p.sentinel,
+            id_v1: p.id_v1,
+            api_v1_0: p.api_v1_0,
+        }
+    }
 }
 
 /// A client declared in the configuration file. Secrets are given only as argon2id hashes
@@ -151,6 +191,10 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Log filter.
     pub log: String,
+    /// Tenants to create at start-up.
+    pub tenants: Vec<TenantId>,
+    /// Compatibility profiles to serve.
+    pub profiles: Profiles,
     /// Clients to register at start-up.
     pub clients: Vec<ClientSpec>,
 }
@@ -213,6 +257,12 @@ pub fn resolve(
             .map(str::to_owned)
             .or_else(|| file.log.clone())
             .unwrap_or_else(|| "info".to_owned()),
+        tenants: file
+            .tenants
+            .iter()
+            .map(|t| TenantId::parse(t).with_context(|| format!("tenant {t:?} in the configuration")))
+            .collect::<anyhow::Result<_>>()?,
+        profiles: Profiles::from(&file.profiles),
         clients,
     })
 }

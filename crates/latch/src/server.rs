@@ -22,6 +22,12 @@ pub async fn open_authority(
     let store = latch_store::open(&settings.database)
         .with_context(|| format!("cannot open the database {:?}", settings.database))?;
     let authority = Arc::new(Authority::new(store, clock));
+    for tenant in &settings.tenants {
+        authority
+            .ensure_tenant(tenant)
+            .await
+            .with_context(|| format!("cannot create configured tenant {tenant}"))?;
+    }
     for spec in &settings.clients {
         let id = spec.id.clone();
         authority
@@ -54,11 +60,10 @@ impl Server {
             .issuer
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
-        let state = Arc::new(AppState::new(
-            authority.clone(),
-            issuer,
-            settings.admin_token.as_deref(),
-        ));
+        let state = Arc::new(
+            AppState::new(authority.clone(), issuer, settings.admin_token.as_deref())
+                .with_profiles(settings.profiles),
+        );
         let app = latch_http::router(state);
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -3,6 +3,7 @@
 
 mod clients;
 mod grants;
+mod tenants;
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ use crate::AppState;
 /// The admin routes, mounted under `/admin/v1`.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/tenants", post(tenants::create).get(tenants::list))
+        .route("/tenants/{tenant}", delete(tenants::remove))
         .route(
             "/tenants/{tenant}/clients",
             post(clients::create).get(clients::list),

@@ -6,7 +6,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use latch_core::revoke::Effect;
+use latch_core::id::TenantId;
+use latch_core::revoke::{Effect, Outcome};
 
 use super::authenticate;
 use crate::error::ApiError;
@@ -21,15 +22,29 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request(&headers, body).await?;
+    revoke(&state, &tenant, &headers, &form, Effect::Token).await?;
+    Ok(revoked())
+}
+
+/// The revocation every route shares, standard or profile: the form's `token`, revoked on
+/// behalf of the authenticated client with the given effect.
+///
+/// `token_type_hint` is read by no one here: any value, known or not, leaves the outcome
+/// unchanged (RFC 7009 §2.2). Every outcome that is not an error (revoked, already dead,
+/// unknown, or a public caller's foreign token) is the same success.
+pub(crate) async fn revoke(
+    state: &AppState,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    form: &Form,
+    effect: Effect,
+) -> Result<Outcome, ApiError> {
     let token = form.require("token")?;
-    // `token_type_hint` is read by no one: any value, known or not, leaves the outcome
-    // unchanged (RFC 7009 §2.2).
-    let client = authenticate(&state, &tenant, &headers, &form).await?;
-    // Every outcome that is not an error (revoked, already dead, unknown, or a public
-    // caller's foreign token) is the same empty 200 (RFC 7009 §2.2).
-    state
-        .authority
-        .revoke(&client, token, Effect::Token)
-        .await?;
-    Ok(no_store(StatusCode::OK.into_response()))
+    let client = authenticate(state, tenant, headers, form).await?;
+    Ok(state.authority.revoke(&client, token, effect).await?)
+}
+
+/// RFC 7009's success: `200` with an empty body.
+pub(crate) fn revoked() -> Response {
+    no_store(StatusCode::OK.into_response())
 }

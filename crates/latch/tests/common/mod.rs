@@ -105,6 +105,8 @@ impl TestServer {
             issuer: None,
             admin_token: Some(ADMIN_TOKEN.into()),
             log: "warn".into(),
+            tenants: vec![],
+            profiles: Default::default(),
             clients: vec![],
         };
         let clock = Arc::new(ManualClock::starting_now());

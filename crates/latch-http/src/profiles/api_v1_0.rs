@@ -1,0 +1,32 @@
+//! Profile for seed `002_c340f25d330ec403.txt`: `POST /api/v1.0/oauth2/revoke`.
+//!
+//! RFC 7009 semantics (revoking a refresh token revokes its access tokens) with the
+//! document's parameters: `client_id`, `client_secret` (confidential clients only), `token`,
+//! and an optional `token_type` hint, which, like `token_type_hint`, cannot change the
+//! outcome. The document's second `curl` example puts a line break inside the `-d` body, so
+//! raw whitespace around names and values is ignored here.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use latch_core::revoke::Effect;
+
+use crate::error::ApiError;
+use crate::form::Form;
+use crate::oauth2::revoke::{revoke, revoked};
+use crate::tenant::Tenant;
+use crate::AppState;
+
+pub(crate) async fn handle(
+    State(state): State<Arc<AppState>>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let form = Form::from_request_trimming(&headers, body).await?;
+    revoke(&state, &tenant, &headers, &form, Effect::Token).await?;
+    Ok(revoked())
+}

@@ -1,0 +1,72 @@
+//! Profile for seed `001_433190c9bdaff277.txt`: `POST /api/id/v1/auth/token/revoke`.
+//!
+//! Form body with `token` and the token type (`token_type_hint` or `token_type`; only
+//! `access_token` and `refresh_token` are allowed). Client credentials are required (Basic or
+//! body); a public client proves nothing and is refused. Every error body is the document's
+//! camelCase `{"error": ..., "errorDescription": ...}`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use latch_core::id::TenantId;
+use latch_core::revoke::Effect;
+use latch_core::token::TokenKind;
+
+use crate::error::{ApiError, ErrorStyle};
+use crate::form::Form;
+use crate::oauth2::revoke::{revoke, revoked};
+use crate::tenant::Tenant;
+use crate::AppState;
+
+pub(crate) async fn handle(
+    state: axum::extract::State<Arc<AppState>>,
+    tenant: Result<Tenant, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = match tenant {
+        Ok(Tenant(tenant)) => serve(&state, &tenant, &headers, body).await,
+        Err(e) => Err(e),
+    };
+    result.unwrap_or_else(|e| e.into_response_styled(ErrorStyle::CamelCase))
+}
+
+async fn serve(
+    state: &AppState,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let form = Form::from_request(headers, body).await?;
+    form.require("token")?;
+    let kinds: Vec<&str> = ["token_type_hint", "token_type"]
+        .iter()
+        .filter_map(|k| form.get(k))
+        .collect();
+    for kind in &kinds {
+        if TokenKind::from_hint(kind).is_none() {
+            return Err(ApiError::invalid_request(
+                "the token type must be access_token or refresh_token",
+            ));
+        }
+    }
+    if kinds.len() == 2 && kinds[0] != kinds[1] {
+        return Err(ApiError::invalid_request(
+            "token_type_hint and token_type disagree",
+        ));
+    }
+    let has_secret =
+        headers.contains_key(header::AUTHORIZATION) || form.get("client_secret").is_some();
+    if !has_secret {
+        return Err(ApiError::invalid_client(false));
+    }
+    revoke(state, tenant, headers, &form, Effect::Token).await?;
+    Ok(revoked())
+}
+
+/// `405` in this profile's error shape.
+pub(crate) async fn method_not_allowed() -> Response {
+    crate::method_not_allowed_styled(ErrorStyle::CamelCase)
+}

@@ -1,0 +1,79 @@
+//! Profile for seed `000_eae351095e2c7941.txt`:
+//! `POST /sentinel/api/account/{accountid}/token/revoke?v=1.0`.
+//!
+//! The account is the tenant. `token`, `client_id` and `client_secret` are required form
+//! fields. The effect is the document's: the user's session dies in *all* applications of the
+//! account, so every live grant of the token's subject in the tenant is revoked. An unknown
+//! account, an unknown client or a wrong secret is `401` ("Bad Authentication (invalid site
+//! or application id)"); an unknown or already revoked token is a `200`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use latch_core::revoke::Effect;
+
+use crate::error::ApiError;
+use crate::form::Form;
+use crate::oauth2::revoke::{revoke, revoked};
+use crate::tenant;
+use crate::AppState;
+
+/// Checks the version query parameter. The document's URL reads `?v1.0` while its table
+/// names a parameter `v` with default `1.0`, so `?v=1.0`, the literal `?v1.0` and no version
+/// are all accepted; any other version is a `400`.
+fn check_version(query: Option<&str>) -> Result<(), ApiError> {
+    let form = Form::parse(query.unwrap_or_default().as_bytes())
+        .map_err(|_| ApiError::invalid_request("malformed query string"))?;
+    match form.get("v") {
+        None | Some("1.0") | Some("1") => {}
+        Some(_) => return Err(ApiError::invalid_request("unsupported API version; use v=1.0")),
+    }
+    // Literal `?v1.0` (a name with no value); another `v<version>` name is a wrong version.
+    let bare_versions = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.contains('=') && p.starts_with('v') && p.len() > 1);
+    for bare in bare_versions {
+        if bare != "v1.0" {
+            return Err(ApiError::invalid_request("unsupported API version; use v=1.0"));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn handle(
+    State(state): State<Arc<AppState>>,
+    Path(account): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_version(query.as_deref())?;
+    let form = Form::from_request(&headers, body).await?;
+    for field in ["token", "client_id", "client_secret"] {
+        form.require(field)?;
+    }
+    let tenant = tenant::resolve(&state, &account)
+        .await?
+        .ok_or_else(|| ApiError::invalid_client(false))?;
+    revoke(&state, &tenant, &headers, &form, Effect::AllGrantsOfSubject).await?;
+    Ok(revoked())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_version;
+
+    #[test]
+    fn versions() {
+        for ok in [None, Some(""), Some("v=1.0"), Some("v1.0"), Some("v=1"), Some("x=y&v1.0")] {
+            assert!(check_version(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [Some("v=2.0"), Some("v2.0"), Some("v=1.0&v=1.0"), Some("v=abc"), Some("v=%zz")] {
+            assert!(check_version(bad).is_err(), "{bad:?}");
+        }
+    }
+}
