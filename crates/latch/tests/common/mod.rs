@@ -99,7 +99,22 @@ impl TestServer {
 
     /// Starts a server on an existing database file (e.g. after a restart).
     pub async fn start_on(dir: tempfile::TempDir, db_path: PathBuf) -> Self {
-        let settings = Settings {
+        Self::start_configured(dir, db_path, |_| {}).await
+    }
+
+    /// Starts a server on a fresh database with settings adjusted by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db_path = dir.path().join("latch.db");
+        Self::start_configured(dir, db_path, configure).await
+    }
+
+    async fn start_configured(
+        dir: tempfile::TempDir,
+        db_path: PathBuf,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: DatabaseUrl::SqliteFile(db_path.clone()),
             issuer: None,
@@ -109,6 +124,7 @@ impl TestServer {
             profiles: Default::default(),
             clients: vec![],
         };
+        configure(&mut settings);
         let clock = Arc::new(ManualClock::starting_now());
         let server = Server::start(&settings, clock.clone())
             .await
