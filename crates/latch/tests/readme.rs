@@ -59,6 +59,14 @@ fn the_quickstart_walkthrough_works_as_written() {
     assert_eq!(lines[3], r#"{"active":false}"#, "introspect after revoke");
     assert!(lines[4].contains(r#""refresh_token":"latch_rt_"#), "refresh: {}", lines[4]);
     assert!(lines[5].contains(r#""subject":"alice""#) && lines[5].contains("grant_id"), "grants: {}", lines[5]);
-    assert_eq!(lines[6], r#"{"subject":"alice","revoked_grants":1}"#, "logout everywhere");
+    let json = |line: &str| -> serde_json::Value { serde_json::from_str(line).expect(line) };
+    assert_eq!(json(lines[6]), serde_json::json!({"subject": "alice", "revoked_grants": 1}), "logout everywhere");
+    assert_eq!(lines[7], "200", "seed 002 example 1");
+    assert_eq!(lines[8], "200", "seed 002 example 2");
+    assert_eq!(lines[9], r#"{"active":false}"#, "seed 002 refresh token revoked");
+    assert_eq!(lines[10].trim(), "2", "erin signed in to two applications");
+    assert_eq!(lines[11], "200", "seed 000 revocation");
+    assert_eq!(json(lines[12]), serde_json::json!({"subject": "erin", "grants": []}), "erin logged out everywhere");
+    assert_eq!(lines.len(), 13, "{stdout}");
     assert!(dir.path().join("data/latch.db").exists(), "database in the data folder");
 }
