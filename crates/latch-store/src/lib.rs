@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn parses_database_urls() {
-        assert_eq!(DatabaseUrl::parse("sqlite::memory:"), Ok(DatabaseUrl::SqliteMemory));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite::memory:"),
+            Ok(DatabaseUrl::SqliteMemory)
+        );
         assert_eq!(
             DatabaseUrl::parse("sqlite://data/latch.db"),
             Ok(DatabaseUrl::SqliteFile("data/latch.db".into()))

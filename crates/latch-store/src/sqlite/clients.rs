@@ -58,48 +58,56 @@ fn client_from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
 
 /// A client's columns, owned, so they can travel to the writer thread.
 struct ClientRow {
-    values: (
-        String,
-        String,
-        Option<String>,
-        &'static str,
-        String,
-        String,
-        String,
-        u32,
-        u32,
-        u32,
-        &'static str,
-        UnixTime,
-    ),
+    tenant_id: String,
+    client_id: String,
+    secret_hash: Option<String>,
+    auth_method: &'static str,
+    grant_types: String,
+    scope: String,
+    redirect_uris: String,
+    access_token_ttl: u32,
+    refresh_token_ttl: u32,
+    rotation_grace: u32,
+    access_token_revocation: &'static str,
+    created_at: UnixTime,
 }
 
 impl ClientRow {
     fn of(c: &Client) -> Self {
         Self {
-            values: (
-                c.tenant.to_string(),
-                c.id.to_string(),
-                c.secret.as_ref().map(|s| s.as_str().to_owned()),
-                c.auth_method.as_str(),
-                join(c.grant_types.iter().map(|g| g.as_str())),
-                c.scope.to_string(),
-                join(&c.redirect_uris),
-                c.access_token_ttl,
-                c.refresh_token_ttl,
-                c.rotation_grace,
-                c.access_token_revocation.as_str(),
-                c.created_at,
-            ),
+            tenant_id: c.tenant.to_string(),
+            client_id: c.id.to_string(),
+            secret_hash: c.secret.as_ref().map(|s| s.as_str().to_owned()),
+            auth_method: c.auth_method.as_str(),
+            grant_types: join(c.grant_types.iter().map(|g| g.as_str())),
+            scope: c.scope.to_string(),
+            redirect_uris: join(&c.redirect_uris),
+            access_token_ttl: c.access_token_ttl,
+            refresh_token_ttl: c.refresh_token_ttl,
+            rotation_grace: c.rotation_grace,
+            access_token_revocation: c.access_token_revocation.as_str(),
+            created_at: c.created_at,
         }
     }
 
     fn insert(&self, c: &rusqlite::Connection, verb: &str) -> rusqlite::Result<usize> {
-        let v = &self.values;
         c.prepare_cached(&format!(
             "{verb} INTO clients ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?
-        .execute(params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11])
+        .execute(params![
+            self.tenant_id,
+            self.client_id,
+            self.secret_hash,
+            self.auth_method,
+            self.grant_types,
+            self.scope,
+            self.redirect_uris,
+            self.access_token_ttl,
+            self.refresh_token_ttl,
+            self.rotation_grace,
+            self.access_token_revocation,
+            self.created_at,
+        ])
     }
 }
 
@@ -127,7 +135,8 @@ impl ClientStore for SqliteStore {
 
     async fn create_client(&self, client: &Client) -> StoreResult<()> {
         let row = ClientRow::of(client);
-        self.write(move |c| row.insert(c, "INSERT").map(|_| ())).await
+        self.write(move |c| row.insert(c, "INSERT").map(|_| ()))
+            .await
     }
 
     async fn upsert_client(&self, client: &Client) -> StoreResult<()> {
@@ -142,7 +151,11 @@ impl ClientStore for SqliteStore {
         id: &ClientId,
         secret: &SecretHash,
     ) -> StoreResult<bool> {
-        let (t, i, s) = (tenant.to_string(), id.to_string(), secret.as_str().to_owned());
+        let (t, i, s) = (
+            tenant.to_string(),
+            id.to_string(),
+            secret.as_str().to_owned(),
+        );
         self.write(move |c| {
             Ok(c.execute(
                 "UPDATE clients SET secret_hash = ?3 WHERE tenant_id = ?1 AND client_id = ?2",

@@ -63,7 +63,8 @@ fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT w").map_err(super::store_error)?;
+    conn.execute_batch("SAVEPOINT w")
+        .map_err(super::store_error)?;
     let result = work(conn);
     let end = if result.is_ok() {
         "RELEASE w"

@@ -41,7 +41,10 @@ pub(crate) fn store_error(e: rusqlite::Error) -> StoreError {
 /// Where reads are served from.
 enum Readers {
     /// A file database: independent WAL readers, opened on demand and reused.
-    Pool { path: PathBuf, idle: Mutex<Vec<Connection>> },
+    Pool {
+        path: PathBuf,
+        idle: Mutex<Vec<Connection>>,
+    },
     /// An in-memory database has exactly one connection, shared with the writer. The writer
     /// holds it for a whole batch, so a read never sees a batch half-applied.
     Shared(Arc<Mutex<Connection>>),
@@ -85,9 +88,8 @@ impl SqliteStore {
     /// Opens (creating if needed) a database file and applies pending migrations.
     pub fn open_file(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path).map_err(store_error)?;
         configure_writer(&conn).map_err(store_error)?;

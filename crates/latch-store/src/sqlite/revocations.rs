@@ -10,7 +10,11 @@ use rusqlite::{params, Connection};
 use super::SqliteStore;
 
 /// Applies a revocation inside the current transaction; returns how many live rows died.
-pub(super) fn apply(c: &Connection, revocation: &Revocation, now: UnixTime) -> rusqlite::Result<usize> {
+pub(super) fn apply(
+    c: &Connection,
+    revocation: &Revocation,
+    now: UnixTime,
+) -> rusqlite::Result<usize> {
     match revocation {
         Revocation::Token(hash) => c
             .prepare_cached(

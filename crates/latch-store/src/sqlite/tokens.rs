@@ -181,7 +181,10 @@ impl TokenStore for SqliteStore {
                  WHERE tenant_id = ?1 AND subject = ?2 AND revoked_at IS NULL AND expires_at > ?3 \
                  ORDER BY created_at DESC, id"
             ))?;
-            let rows = stmt.query_map(params![tenant.as_str(), subject.as_str(), now], grant_from_row)?;
+            let rows = stmt.query_map(
+                params![tenant.as_str(), subject.as_str(), now],
+                grant_from_row,
+            )?;
             rows.collect()
         })
     }
