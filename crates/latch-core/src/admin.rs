@@ -162,7 +162,9 @@ impl Authority {
             return Err(Error::invalid_request("a public client has no secret"));
         }
         let secret = match new_secret {
-            Some(s) if s.is_empty() => return Err(Error::invalid_request("client_secret is empty")),
+            Some(s) if s.is_empty() => {
+                return Err(Error::invalid_request("client_secret is empty"))
+            }
             Some(s) => s,
             None => generate_secret(),
         };
@@ -257,9 +259,9 @@ impl Authority {
     pub async fn create_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
         match self.store.create_tenant(tenant, self.clock.now()).await {
             Ok(()) => Ok(()),
-            Err(StoreError::Conflict) => {
-                Err(Error::Conflict(format!("tenant {tenant} already exists").into()))
-            }
+            Err(StoreError::Conflict) => Err(Error::Conflict(
+                format!("tenant {tenant} already exists").into(),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -276,7 +278,9 @@ impl Authority {
     /// transaction. The `default` tenant cannot be removed.
     pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
         if tenant.as_str() == TenantId::DEFAULT {
-            return Err(Error::invalid_request("the default tenant cannot be removed"));
+            return Err(Error::invalid_request(
+                "the default tenant cannot be removed",
+            ));
         }
         if self.store.delete_tenant(tenant, self.clock.now()).await? {
             // Its clients are gone; their cached verifications can never match again, but

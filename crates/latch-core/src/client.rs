@@ -121,7 +121,9 @@ impl SecretHash {
             .ok()
             .filter(|h| h.algorithm.as_str() == "argon2id")
             .map(|_| Self(phc.to_owned()))
-            .ok_or_else(|| Error::invalid_request("client secret hash must be an argon2id PHC string"))
+            .ok_or_else(|| {
+                Error::invalid_request("client secret hash must be an argon2id PHC string")
+            })
     }
 
     /// The PHC string.

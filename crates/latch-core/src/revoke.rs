@@ -111,7 +111,12 @@ impl Authority {
 
 /// The one place that decides what a revocation kills.
 fn decide(caller: &Client, record: &TokenRecord, effect: Effect) -> (Revocation, RevokedScope) {
-    let grant = || (Revocation::Grant(record.grant_id.clone()), RevokedScope::Grant);
+    let grant = || {
+        (
+            Revocation::Grant(record.grant_id.clone()),
+            RevokedScope::Grant,
+        )
+    };
     match (effect, record.kind, caller.access_token_revocation) {
         (Effect::AllGrantsOfSubject, _, _) => (
             Revocation::Subject {
@@ -124,6 +129,85 @@ fn decide(caller: &Client, record: &TokenRecord, effect: Effect) -> (Revocation,
         (Effect::Token, TokenKind::Access, AccessTokenRevocation::Grant) => grant(),
         (Effect::Token, TokenKind::Access, AccessTokenRevocation::Token) => {
             (Revocation::Token(record.hash), RevokedScope::Token)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::AuthMethod;
+    use crate::id::{ClientId, TenantId};
+    use crate::scope::Scope;
+    use crate::token::TokenHash;
+
+    fn caller(access: AccessTokenRevocation) -> Client {
+        Client {
+            tenant: TenantId::default_tenant(),
+            id: ClientId::parse("app").unwrap(),
+            secret: None,
+            auth_method: AuthMethod::None,
+            grant_types: vec![],
+            scope: Scope::default(),
+            redirect_uris: vec![],
+            access_token_ttl: 60,
+            refresh_token_ttl: 60,
+            rotation_grace: 0,
+            access_token_revocation: access,
+            created_at: 0,
+        }
+    }
+
+    fn record(kind: TokenKind) -> TokenRecord {
+        TokenRecord {
+            hash: TokenHash::of("t"),
+            kind,
+            grant_id: GrantId::generate(),
+            tenant: TenantId::default_tenant(),
+            client_id: ClientId::parse("app").unwrap(),
+            subject: Subject::parse("alice").unwrap(),
+            scope: Scope::default(),
+            issued_at: 0,
+            expires_at: 100,
+            revoked_at: None,
+            grant_revoked_at: None,
+            rotated_at: None,
+            grace_used: false,
+            generation: 0,
+            grant_generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_refresh_token_always_takes_its_grant() {
+        for setting in [AccessTokenRevocation::Token, AccessTokenRevocation::Grant] {
+            let (rev, scope) = decide(&caller(setting), &record(TokenKind::Refresh), Effect::Token);
+            assert!(matches!(rev, Revocation::Grant(_)));
+            assert_eq!(scope, RevokedScope::Grant);
+        }
+    }
+
+    #[test]
+    fn an_access_token_takes_itself_or_its_grant_as_configured() {
+        let r = record(TokenKind::Access);
+        let (rev, _) = decide(&caller(AccessTokenRevocation::Token), &r, Effect::Token);
+        assert!(matches!(rev, Revocation::Token(h) if h == r.hash));
+        let (rev, _) = decide(&caller(AccessTokenRevocation::Grant), &r, Effect::Token);
+        assert!(matches!(rev, Revocation::Grant(id) if id == r.grant_id));
+    }
+
+    #[test]
+    fn logout_everywhere_takes_every_grant_of_the_subject() {
+        for kind in [TokenKind::Access, TokenKind::Refresh] {
+            let (rev, scope) = decide(
+                &caller(AccessTokenRevocation::Token),
+                &record(kind),
+                Effect::AllGrantsOfSubject,
+            );
+            assert!(
+                matches!(rev, Revocation::Subject { ref subject, .. } if subject.as_str() == "alice")
+            );
+            assert_eq!(scope, RevokedScope::Subject);
         }
     }
 }

@@ -109,7 +109,11 @@ impl SecretVerifier {
         let secret = presented.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc)
-                .map(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(secret.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await

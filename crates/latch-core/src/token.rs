@@ -178,8 +178,14 @@ mod tests {
 
     #[test]
     fn hints_parse_and_unknown_hints_are_ignored() {
-        assert_eq!(TokenKind::from_hint("refresh_token"), Some(TokenKind::Refresh));
-        assert_eq!(TokenKind::from_hint("access_token"), Some(TokenKind::Access));
+        assert_eq!(
+            TokenKind::from_hint("refresh_token"),
+            Some(TokenKind::Refresh)
+        );
+        assert_eq!(
+            TokenKind::from_hint("access_token"),
+            Some(TokenKind::Access)
+        );
         assert_eq!(TokenKind::from_hint("id_token"), None);
     }
 }

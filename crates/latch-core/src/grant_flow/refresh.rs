@@ -101,8 +101,13 @@ impl Authority {
             // The refresh token keeps the whole grant (§6: a new refresh token carries the
             // original scope); only the access token narrows.
             let access_scope = Scope::narrow(&record.scope, requested)?;
-            let (access, access_rec) =
-                mint(TokenKind::Access, &access_scope, now, client.access_token_ttl, 0);
+            let (access, access_rec) = mint(
+                TokenKind::Access,
+                &access_scope,
+                now,
+                client.access_token_ttl,
+                0,
+            );
             let (refresh, refresh_rec) = mint(
                 TokenKind::Refresh,
                 &record.scope,
@@ -191,7 +196,10 @@ mod tests {
 
     #[test]
     fn strict_rotation_treats_any_second_use_as_reuse() {
-        assert_eq!(judge(&record(Some(10), 0, 1), &client(0), 10), Verdict::Reuse);
+        assert_eq!(
+            judge(&record(Some(10), 0, 1), &client(0), 10),
+            Verdict::Reuse
+        );
     }
 
     #[test]
