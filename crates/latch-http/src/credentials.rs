@@ -78,7 +78,10 @@ fn parse_basic(value: &[u8]) -> Result<(String, String), ApiError> {
     }
     let malformed = || ApiError::invalid_request("malformed Basic credentials");
     let decoded = STANDARD.decode(rest.trim()).map_err(|_| malformed())?;
-    let colon = decoded.iter().position(|&b| b == b':').ok_or_else(malformed)?;
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or_else(malformed)?;
     let id = decode_component(&decoded[..colon]).map_err(|_| malformed())?;
     let secret = decode_component(&decoded[colon + 1..]).map_err(|_| malformed())?;
     if id.is_empty() {
@@ -118,7 +121,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert!(extract(&h, &Form::default()).is_err());
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         let e = extract(&h, &Form::default()).unwrap_err();
         assert_eq!(e.status(), 401);
     }

@@ -45,7 +45,11 @@ struct CamelCaseBody<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<Cow<'static, str>>) -> Self {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -145,11 +149,17 @@ impl ApiError {
         .unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
         if let Some(challenge) = self.challenge {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -170,14 +180,20 @@ impl From<Error> for ApiError {
         match e {
             Error::InvalidRequest(_) => Self::invalid_request(description),
             Error::InvalidClient => Self::invalid_client(false),
-            Error::InvalidGrant(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description),
+            Error::InvalidGrant(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+            }
             Error::UnauthorizedClient(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
             }
-            Error::UnsupportedGrantType(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", description)
+            Error::UnsupportedGrantType(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                description,
+            ),
+            Error::InvalidScope(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
             }
-            Error::InvalidScope(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description),
             Error::NotFound(_) => Self::not_found(description),
             Error::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", description),
             Error::Storage(e) => {

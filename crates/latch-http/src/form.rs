@@ -59,7 +59,11 @@ impl Form {
                 Some(i) => (&part[..i], &part[i + 1..]),
                 None => (part, &b""[..]),
             };
-            let (k, v) = if trim { (k.trim_ascii(), v.trim_ascii()) } else { (k, v) };
+            let (k, v) = if trim {
+                (k.trim_ascii(), v.trim_ascii())
+            } else {
+                (k, v)
+            };
             let key = decode_component(k)?;
             let value = decode_component(v)?;
             if pairs.iter().any(|(existing, _)| *existing == key) {
@@ -81,10 +85,7 @@ impl Form {
     }
 
     /// Like [`Form::from_request`], with [`Form::parse_trimming`].
-    pub async fn from_request_trimming(
-        headers: &HeaderMap,
-        body: Body,
-    ) -> Result<Self, ApiError> {
+    pub async fn from_request_trimming(headers: &HeaderMap, body: Body) -> Result<Self, ApiError> {
         check_content_type(headers)?;
         let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
         Self::parse_trimming(&bytes)
@@ -120,9 +121,8 @@ pub fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let wrong = || {
-        ApiError::invalid_request("Content-Type must be application/x-www-form-urlencoded")
-    };
+    let wrong =
+        || ApiError::invalid_request("Content-Type must be application/x-www-form-urlencoded");
     let value = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -136,7 +136,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         if let Some((name, val)) = param.split_once('=') {
             let val = val.trim().trim_matches('"');
             if name.trim().eq_ignore_ascii_case("charset") && !val.eq_ignore_ascii_case("utf-8") {
-                return Err(ApiError::invalid_request("only the UTF-8 charset is supported"));
+                return Err(ApiError::invalid_request(
+                    "only the UTF-8 charset is supported",
+                ));
             }
         }
     }

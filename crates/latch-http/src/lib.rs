@@ -18,11 +18,11 @@
 //! - `admin/`: the admin API, one file per resource: `tenants.rs`, `clients.rs`, `grants.rs`.
 //! - `health.rs`: liveness and readiness.
 
+mod admin;
 pub mod credentials;
 pub mod error;
 pub mod form;
 mod health;
-mod admin;
 mod oauth2;
 pub mod profiles;
 pub mod tenant;
@@ -173,6 +173,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     app.fallback(not_found)
         .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal().into_response()
+        }))
         .layer(TraceLayer::new_for_http())
 }

@@ -55,7 +55,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LATCH_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
     /// Bearer token for the admin API; without one the admin API is off.
-    #[arg(long, env = "LATCH_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LATCH_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
     #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
@@ -141,7 +146,11 @@ pub struct AddClientArgs {
     #[arg(long)]
     pub secret: Option<String>,
     /// Allowed grant types (repeat or comma-separate).
-    #[arg(long = "grant-type", value_delimiter = ',', default_value = "client_credentials")]
+    #[arg(
+        long = "grant-type",
+        value_delimiter = ',',
+        default_value = "client_credentials"
+    )]
     pub grant_types: Vec<String>,
     /// Space-separated scopes the client may obtain.
     #[arg(long, default_value = "")]
@@ -169,7 +178,10 @@ impl AddClientArgs {
             tenant: TenantId::parse(&self.tenant)?,
             id: ClientId::parse(&self.client_id)?,
             auth_method,
-            secret: self.secret.clone().map_or(SecretSpec::Generate, SecretSpec::Plain),
+            secret: self
+                .secret
+                .clone()
+                .map_or(SecretSpec::Generate, SecretSpec::Plain),
             grant_types: self
                 .grant_types
                 .iter()
@@ -298,7 +310,10 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                 .await?
                 .delete_client(&TenantId::parse(&tenant)?, &ClientId::parse(&client_id)?)
                 .await?;
-            println!("{}", json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked }));
+            println!(
+                "{}",
+                json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked })
+            );
         }
         ClientCommand::RotateSecret {
             client_id,
@@ -308,9 +323,16 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
         } => {
             let secret = authority(&overrides)
                 .await?
-                .rotate_secret(&TenantId::parse(&tenant)?, &ClientId::parse(&client_id)?, secret)
+                .rotate_secret(
+                    &TenantId::parse(&tenant)?,
+                    &ClientId::parse(&client_id)?,
+                    secret,
+                )
                 .await?;
-            println!("{}", json!({ "client_id": client_id, "client_secret": secret }));
+            println!(
+                "{}",
+                json!({ "client_id": client_id, "client_secret": secret })
+            );
         }
     }
     Ok(())

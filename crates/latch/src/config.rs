@@ -132,7 +132,9 @@ impl ClientConfig {
             None => vec![GrantType::ClientCredentials],
             Some(names) => names
                 .iter()
-                .map(|n| GrantType::parse(n).with_context(|| format!("{}: grant type {n:?}", ctx())))
+                .map(|n| {
+                    GrantType::parse(n).with_context(|| format!("{}: grant type {n:?}", ctx()))
+                })
                 .collect::<anyhow::Result<_>>()?,
         };
         Ok(ClientSpec {
@@ -144,12 +146,19 @@ impl ClientConfig {
             scope: Scope::parse(&self.scope).with_context(ctx)?,
             redirect_uris: self.redirect_uris.clone(),
             access_token_ttl: self.access_token_ttl.unwrap_or(defaults::ACCESS_TOKEN_TTL),
-            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(defaults::REFRESH_TOKEN_TTL),
-            rotation_grace: self.rotation_grace_period.unwrap_or(defaults::ROTATION_GRACE),
+            refresh_token_ttl: self
+                .refresh_token_ttl
+                .unwrap_or(defaults::REFRESH_TOKEN_TTL),
+            rotation_grace: self
+                .rotation_grace_period
+                .unwrap_or(defaults::ROTATION_GRACE),
             access_token_revocation: self
                 .access_token_revocation
                 .as_deref()
-                .map_or(Ok(AccessTokenRevocation::default()), AccessTokenRevocation::parse)
+                .map_or(
+                    Ok(AccessTokenRevocation::default()),
+                    AccessTokenRevocation::parse,
+                )
                 .with_context(ctx)?,
         })
     }
@@ -160,7 +169,8 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
     }
 }
 
@@ -209,7 +219,11 @@ pub fn load_file(overrides: &Overrides) -> anyhow::Result<FileConfig> {
 
 /// Resolves the database URL: flag/env, then file, then `DATA_DIR/latch.db`.
 pub fn database_url(overrides: &Overrides, file: &FileConfig) -> anyhow::Result<DatabaseUrl> {
-    let url = match overrides.database_url.clone().or_else(|| file.database_url.clone()) {
+    let url = match overrides
+        .database_url
+        .clone()
+        .or_else(|| file.database_url.clone())
+    {
         Some(url) => url,
         None => {
             let dir = overrides
@@ -260,7 +274,9 @@ pub fn resolve(
         tenants: file
             .tenants
             .iter()
-            .map(|t| TenantId::parse(t).with_context(|| format!("tenant {t:?} in the configuration")))
+            .map(|t| {
+                TenantId::parse(t).with_context(|| format!("tenant {t:?} in the configuration"))
+            })
             .collect::<anyhow::Result<_>>()?,
         profiles: Profiles::from(&file.profiles),
         clients,

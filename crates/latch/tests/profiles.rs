@@ -13,7 +13,9 @@ const SENTINEL_CLIENT: &str = "d51186e9-e1a1-421e-8b1d-161ade532012";
 const SENTINEL_SECRET: &str = "r7ufeqb32ore583r6ljmkm72i9";
 
 async fn tenant(s: &TestServer, id: &str) {
-    let resp = s.admin(Method::POST, "/tenants", Some(json!({ "tenant_id": id }))).await;
+    let resp = s
+        .admin(Method::POST, "/tenants", Some(json!({ "tenant_id": id })))
+        .await;
     assert_eq!(resp.status(), 201);
 }
 
@@ -32,9 +34,17 @@ async fn app_in(s: &TestServer, tenant: &str, id: &str, secret: &str) -> TestCli
 }
 
 async fn active_in(s: &TestServer, tenant: &str, introspector: &TestClient, token: &str) -> bool {
-    let prefix = if tenant == "default" { String::new() } else { format!("/tenants/{tenant}") };
+    let prefix = if tenant == "default" {
+        String::new()
+    } else {
+        format!("/tenants/{tenant}")
+    };
     let resp = s
-        .post_form(&format!("{prefix}/oauth2/introspect"), Auth::Basic(introspector), &[("token", token)])
+        .post_form(
+            &format!("{prefix}/oauth2/introspect"),
+            Auth::Basic(introspector),
+            &[("token", token)],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     resp.json::<Value>().await.unwrap()["active"] == json!(true)
@@ -45,7 +55,8 @@ fn field<'a>(grant: &'a Value, name: &str) -> &'a str {
 }
 
 async fn post(s: &TestServer, path: &str, body: String) -> Response {
-    s.post_raw(path, &[("content-type", FORM)], body.into_bytes()).await
+    s.post_raw(path, &[("content-type", FORM)], body.into_bytes())
+        .await
 }
 
 // ---- Profile 1: seed 000, /sentinel/api/account/{accountid}/token/revoke ---------------------
@@ -92,11 +103,17 @@ async fn sentinel_logs_the_user_out_of_every_application_of_the_account() {
 
     for g in [&alice_a, &alice_b] {
         for t in ["access_token", "refresh_token"] {
-            assert!(!active_in(&s, "12345678", &acct.introspector, field(g, t)).await, "alice {t} lives");
+            assert!(
+                !active_in(&s, "12345678", &acct.introspector, field(g, t)).await,
+                "alice {t} lives"
+            );
         }
     }
     for t in ["access_token", "refresh_token"] {
-        assert!(active_in(&s, "12345678", &acct.introspector, field(&bob_a, t)).await, "bob's {t} died");
+        assert!(
+            active_in(&s, "12345678", &acct.introspector, field(&bob_a, t)).await,
+            "bob's {t} died"
+        );
     }
 }
 
@@ -107,14 +124,24 @@ async fn sentinel_accepts_the_documented_version_spellings_only() {
     for query in ["?v=1.0", "?v1.0", ""] {
         let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
         let path = format!("/sentinel/api/account/acct/token/revoke{query}");
-        let resp = post(&s, &path, sentinel_body(&acct.app_a, field(&g, "refresh_token"))).await;
+        let resp = post(
+            &s,
+            &path,
+            sentinel_body(&acct.app_a, field(&g, "refresh_token")),
+        )
+        .await;
         assert_eq!(resp.status(), 200, "{query:?}");
         assert!(!active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
     }
     let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
     for query in ["?v=2.0", "?v2.0", "?v=abc"] {
         let path = format!("/sentinel/api/account/acct/token/revoke{query}");
-        let resp = post(&s, &path, sentinel_body(&acct.app_a, field(&g, "refresh_token"))).await;
+        let resp = post(
+            &s,
+            &path,
+            sentinel_body(&acct.app_a, field(&g, "refresh_token")),
+        )
+        .await;
         assert_error(resp, 400, "invalid_request").await;
     }
     assert!(active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
@@ -129,23 +156,41 @@ async fn sentinel_requires_every_field_and_good_credentials() {
     let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
 
     for missing in ["token", "client_id", "client_secret"] {
-        let body: Vec<String> = [("client_id", SENTINEL_CLIENT), ("client_secret", SENTINEL_SECRET), ("token", rt)]
-            .iter()
-            .filter(|(k, _)| *k != missing)
-            .map(|(k, v)| format!("{k}={}", form_encode(v)))
-            .collect();
+        let body: Vec<String> = [
+            ("client_id", SENTINEL_CLIENT),
+            ("client_secret", SENTINEL_SECRET),
+            ("token", rt),
+        ]
+        .iter()
+        .filter(|(k, _)| *k != missing)
+        .map(|(k, v)| format!("{k}={}", form_encode(v)))
+        .collect();
         assert_error(post(&s, path, body.join("&")).await, 400, "invalid_request").await;
     }
     // Bad authentication: unknown account, unknown client, wrong secret.
-    let wrong = TestClient { id: SENTINEL_CLIENT.into(), secret: Some("wrong".into()) };
-    let ghost = TestClient { id: "ghost".into(), secret: Some("x".into()) };
+    let wrong = TestClient {
+        id: SENTINEL_CLIENT.into(),
+        secret: Some("wrong".into()),
+    };
+    let ghost = TestClient {
+        id: "ghost".into(),
+        secret: Some("x".into()),
+    };
     let cases = [
-        ("/sentinel/api/account/no-such-account/token/revoke?v=1.0", &acct.app_a),
+        (
+            "/sentinel/api/account/no-such-account/token/revoke?v=1.0",
+            &acct.app_a,
+        ),
         (path, &ghost),
         (path, &wrong),
     ];
     for (p, client) in cases {
-        assert_error(post(&s, p, sentinel_body(client, rt)).await, 401, "invalid_client").await;
+        assert_error(
+            post(&s, p, sentinel_body(client, rt)).await,
+            401,
+            "invalid_client",
+        )
+        .await;
     }
     assert!(active_in(&s, "acct", &acct.introspector, rt).await);
 
@@ -165,7 +210,8 @@ async fn sentinel_parses_the_documents_example_body_and_unknown_tokens_change_no
     assert_eq!(token.len(), 544);
     let longer = format!("{token}{}", &token[..56]);
     for token in [token, longer.as_str()] {
-        let body = format!("client_id={SENTINEL_CLIENT}&client_secret={SENTINEL_SECRET}&token={token}");
+        let body =
+            format!("client_id={SENTINEL_CLIENT}&client_secret={SENTINEL_SECRET}&token={token}");
         let resp = post(&s, "/sentinel/api/account/acct/token/revoke?v1.0", body).await;
         assert_eq!(resp.status(), 200);
     }
@@ -174,10 +220,28 @@ async fn sentinel_parses_the_documents_example_body_and_unknown_tokens_change_no
     // Already revoked: 200, and alice's other grant is not touched by the replay.
     let rt = field(&g, "refresh_token");
     let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
-    assert_eq!(post(&s, path, sentinel_body(&acct.app_a, rt)).await.status(), 200);
+    assert_eq!(
+        post(&s, path, sentinel_body(&acct.app_a, rt))
+            .await
+            .status(),
+        200
+    );
     let later = s.grant_in("acct", &acct.app_b, "alice", None).await;
-    assert_eq!(post(&s, path, sentinel_body(&acct.app_a, rt)).await.status(), 200);
-    assert!(active_in(&s, "acct", &acct.introspector, field(&later, "refresh_token")).await);
+    assert_eq!(
+        post(&s, path, sentinel_body(&acct.app_a, rt))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        active_in(
+            &s,
+            "acct",
+            &acct.introspector,
+            field(&later, "refresh_token")
+        )
+        .await
+    );
 }
 
 #[tokio::test]
@@ -187,7 +251,12 @@ async fn sentinel_never_crosses_accounts() {
     let two = account(&s, "two").await; // the same client id and secret exist in both
     let g = s.grant_in("one", &one.app_a, "alice", None).await;
     let rt = field(&g, "refresh_token");
-    let resp = post(&s, "/sentinel/api/account/two/token/revoke?v=1.0", sentinel_body(&two.app_a, rt)).await;
+    let resp = post(
+        &s,
+        "/sentinel/api/account/two/token/revoke?v=1.0",
+        sentinel_body(&two.app_a, rt),
+    )
+    .await;
     assert_eq!(resp.status(), 200, "unknown in account two");
     assert!(active_in(&s, "one", &one.introspector, rt).await);
 }
@@ -200,7 +269,10 @@ async fn assert_camel_error(resp: Response, status: u16) -> Value {
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().await.unwrap();
     let obj = body.as_object().unwrap();
-    assert!(obj["error"].is_string() && obj["errorDescription"].is_string(), "{body}");
+    assert!(
+        obj["error"].is_string() && obj["errorDescription"].is_string(),
+        "{body}"
+    );
     assert_eq!(obj.len(), 2, "exactly the document's fields: {body}");
     body
 }
@@ -213,21 +285,47 @@ async fn id_v1_revokes_with_basic_or_body_credentials_and_either_type_parameter(
 
     let g = s.grant_for(&svc, "alice", None).await;
     let resp = s
-        .post_form(path, Auth::Basic(&svc), &[("token", field(&g, "refresh_token")), ("token_type_hint", "refresh_token")])
+        .post_form(
+            path,
+            Auth::Basic(&svc),
+            &[
+                ("token", field(&g, "refresh_token")),
+                ("token_type_hint", "refresh_token"),
+            ],
+        )
         .await;
     assert_eq!(resp.status(), 200);
-    assert!(!s.is_active(field(&g, "access_token")).await, "refresh revokes the grant");
+    assert!(
+        !s.is_active(field(&g, "access_token")).await,
+        "refresh revokes the grant"
+    );
 
     let g = s.grant_for(&svc, "bob", None).await;
     let resp = s
-        .post_form(path, Auth::Post(&svc), &[("token", field(&g, "access_token")), ("token_type", "access_token")])
+        .post_form(
+            path,
+            Auth::Post(&svc),
+            &[
+                ("token", field(&g, "access_token")),
+                ("token_type", "access_token"),
+            ],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(field(&g, "access_token")).await);
-    assert!(s.is_active(field(&g, "refresh_token")).await, "an access token takes only itself");
+    assert!(
+        s.is_active(field(&g, "refresh_token")).await,
+        "an access token takes only itself"
+    );
 
     let at = s.client_credentials(&svc).await;
-    let resp = s.post_form(path, Auth::Basic(&svc), &[("token", field(&at, "access_token"))]).await;
+    let resp = s
+        .post_form(
+            path,
+            Auth::Basic(&svc),
+            &[("token", field(&at, "access_token"))],
+        )
+        .await;
     assert_eq!(resp.status(), 200, "the type is optional");
 }
 
@@ -242,31 +340,74 @@ async fn id_v1_errors_are_camel_case_for_every_status() {
 
     // 400: missing token, a type outside the allowed values, disagreeing type parameters.
     assert_camel_error(s.post_form(path, Auth::Basic(&svc), &[]).await, 400).await;
-    let bad_type = s.post_form(path, Auth::Basic(&svc), &[("token", rt), ("token_type", "id_token")]).await;
-    assert_eq!(assert_camel_error(bad_type, 400).await["error"], "invalid_request");
-    let disagree = [("token", rt), ("token_type", "access_token"), ("token_type_hint", "refresh_token")];
+    let bad_type = s
+        .post_form(
+            path,
+            Auth::Basic(&svc),
+            &[("token", rt), ("token_type", "id_token")],
+        )
+        .await;
+    assert_eq!(
+        assert_camel_error(bad_type, 400).await["error"],
+        "invalid_request"
+    );
+    let disagree = [
+        ("token", rt),
+        ("token_type", "access_token"),
+        ("token_type_hint", "refresh_token"),
+    ];
     assert_camel_error(s.post_form(path, Auth::Basic(&svc), &disagree).await, 400).await;
-    let json_body = s.post_raw(path, &[("content-type", "application/json")], b"{}".to_vec()).await;
+    let json_body = s
+        .post_raw(
+            path,
+            &[("content-type", "application/json")],
+            b"{}".to_vec(),
+        )
+        .await;
     assert_camel_error(json_body, 400).await;
 
     // 401: no credentials, a public client, a wrong secret.
     assert_camel_error(s.post_form(path, Auth::None, &[("token", rt)]).await, 401).await;
-    assert_camel_error(s.post_form(path, Auth::Public(&spa), &[("token", rt)]).await, 401).await;
-    let wrong = TestClient { id: "svc".into(), secret: Some("nope".into()) };
-    let body = assert_camel_error(s.post_form(path, Auth::Basic(&wrong), &[("token", rt)]).await, 401).await;
+    assert_camel_error(
+        s.post_form(path, Auth::Public(&spa), &[("token", rt)])
+            .await,
+        401,
+    )
+    .await;
+    let wrong = TestClient {
+        id: "svc".into(),
+        secret: Some("nope".into()),
+    };
+    let body = assert_camel_error(
+        s.post_form(path, Auth::Basic(&wrong), &[("token", rt)])
+            .await,
+        401,
+    )
+    .await;
     assert_eq!(body["error"], "invalid_client");
 
     // 405 and an unknown tenant, in the same shape.
     assert_camel_error(s.http.get(s.url(path)).send().await.unwrap(), 405).await;
-    let unknown = s.post_form("/tenants/nope/api/id/v1/auth/token/revoke", Auth::Basic(&svc), &[("token", rt)]).await;
+    let unknown = s
+        .post_form(
+            "/tenants/nope/api/id/v1/auth/token/revoke",
+            Auth::Basic(&svc),
+            &[("token", rt)],
+        )
+        .await;
     assert_camel_error(unknown, 404).await;
 
     // A storage failure (the document's 500 row): camelCase too, and nothing happens.
     let db = rusqlite::Connection::open(&s.db_path).unwrap();
-    db.execute_batch("CREATE TRIGGER broken BEFORE UPDATE ON grants BEGIN SELECT RAISE(ABORT, 'disk'); END;")
-        .unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER broken BEFORE UPDATE ON grants BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+    )
+    .unwrap();
     let failed = s.post_form(path, Auth::Basic(&svc), &[("token", rt)]).await;
-    assert_eq!(assert_camel_error(failed, 503).await["error"], "temporarily_unavailable");
+    assert_eq!(
+        assert_camel_error(failed, 503).await["error"],
+        "temporarily_unavailable"
+    );
     db.execute_batch("DROP TRIGGER broken;").unwrap();
     assert!(s.is_active(rt).await);
 }
@@ -279,7 +420,11 @@ async fn id_v1_is_tenant_scoped() {
     let acme_svc = app_in(&s, "acme", "svc", "svc-secret").await;
     let g = s.grant_for(&svc, "alice", None).await;
     let resp = s
-        .post_form("/tenants/acme/api/id/v1/auth/token/revoke", Auth::Post(&acme_svc), &[("token", field(&g, "refresh_token"))])
+        .post_form(
+            "/tenants/acme/api/id/v1/auth/token/revoke",
+            Auth::Post(&acme_svc),
+            &[("token", field(&g, "refresh_token"))],
+        )
         .await;
     assert_eq!(resp.status(), 200, "unknown in acme");
     assert!(s.is_active(field(&g, "refresh_token")).await);
@@ -295,14 +440,19 @@ async fn api_v1_0_public_client_revokes_an_access_token_as_in_the_first_example(
     let at = field(&g, "access_token");
     let body = format!("client_id=io8MvuTN3reflIaESwe5tGd&token={at}");
     let resp = s
-        .post_raw("/api/v1.0/oauth2/revoke", &[("content-type", "application/x-www-form-urlencoded")], body.into_bytes())
+        .post_raw(
+            "/api/v1.0/oauth2/revoke",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.into_bytes(),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(at).await);
 }
 
 #[tokio::test]
-async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tokens_as_in_the_second_example() {
+async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tokens_as_in_the_second_example(
+) {
     let s = TestServer::start().await;
     let conf = app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
     let g = s.grant_for(&conf, "alice", None).await;
@@ -310,7 +460,11 @@ async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tok
     // The document's body, line break and indentation included, as its curl would send it.
     let body = format!("client_id=YMirwQ-beCp5Rxiw4yH&client_secret=nS8cz9Fa5Wl2fbHrM\n         &token={rt}&token_type=refresh_token");
     let resp = s
-        .post_raw("/api/v1.0/oauth2/revoke", &[("content-type", "application/x-www-form-urlencoded")], body.into_bytes())
+        .post_raw(
+            "/api/v1.0/oauth2/revoke",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body.into_bytes(),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(rt).await && !s.is_active(at).await);
@@ -326,14 +480,41 @@ async fn api_v1_0_follows_rfc_7009_errors_and_ownership() {
     let path = "/api/v1.0/oauth2/revoke";
 
     // A confidential client must send its secret.
-    assert_error(s.post_form(path, Auth::Public(&conf), &[("token", rt)]).await, 401, "invalid_client").await;
+    assert_error(
+        s.post_form(path, Auth::Public(&conf), &[("token", rt)])
+            .await,
+        401,
+        "invalid_client",
+    )
+    .await;
     // A public client cannot revoke another client's token, and is not told.
-    assert_eq!(s.post_form(path, Auth::Public(&public), &[("token", rt)]).await.status(), 200);
+    assert_eq!(
+        s.post_form(path, Auth::Public(&public), &[("token", rt)])
+            .await
+            .status(),
+        200
+    );
     assert!(s.is_active(rt).await);
     // Missing token; unknown token; a wrong token_type hint still revokes.
-    assert_error(s.post_form(path, Auth::Post(&conf), &[]).await, 400, "invalid_request").await;
-    assert_eq!(s.post_form(path, Auth::Post(&conf), &[("token", "Q4lxNpch72FUwhO")]).await.status(), 200);
-    let resp = s.post_form(path, Auth::Post(&conf), &[("token", rt), ("token_type", "access_token")]).await;
+    assert_error(
+        s.post_form(path, Auth::Post(&conf), &[]).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(
+        s.post_form(path, Auth::Post(&conf), &[("token", "Q4lxNpch72FUwhO")])
+            .await
+            .status(),
+        200
+    );
+    let resp = s
+        .post_form(
+            path,
+            Auth::Post(&conf),
+            &[("token", rt), ("token_type", "access_token")],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(rt).await);
 }
@@ -346,7 +527,13 @@ async fn api_v1_0_is_tenant_scoped() {
     let acme_conf = app_in(&s, "acme", "c", "c-secret").await;
     let g = s.grant_for(&conf, "alice", None).await;
     let rt = field(&g, "refresh_token");
-    let resp = s.post_form("/tenants/acme/api/v1.0/oauth2/revoke", Auth::Post(&acme_conf), &[("token", rt)]).await;
+    let resp = s
+        .post_form(
+            "/tenants/acme/api/v1.0/oauth2/revoke",
+            Auth::Post(&acme_conf),
+            &[("token", rt)],
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(s.is_active(rt).await);
 }
@@ -371,5 +558,10 @@ async fn each_profile_can_be_switched_off() {
         assert_error(resp, 404, "not_found").await;
     }
     // The standard endpoint is unaffected.
-    assert_eq!(s.post_form("/oauth2/revoke", Auth::Post(&svc), &[("token", "x")]).await.status(), 200);
+    assert_eq!(
+        s.post_form("/oauth2/revoke", Auth::Post(&svc), &[("token", "x")])
+            .await
+            .status(),
+        200
+    );
 }

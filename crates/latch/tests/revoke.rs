@@ -18,7 +18,10 @@ async fn revoking_an_access_token_makes_it_inactive() {
     let resp = s.revoke(Auth::Basic(&svc), &at).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
-    assert!(resp.text().await.unwrap().is_empty(), "RFC 7009 §2.2: empty body");
+    assert!(
+        resp.text().await.unwrap().is_empty(),
+        "RFC 7009 §2.2: empty body"
+    );
     assert_eq!(s.introspect(&at).await, json!({ "active": false }));
 }
 
@@ -27,7 +30,10 @@ async fn revoking_a_refresh_token_kills_its_whole_grant() {
     let s = TestServer::start().await;
     let svc = s.confidential("svc", "read").await;
     let g = s.grant_for(&svc, "alice", None).await;
-    let (at, rt) = (g["access_token"].as_str().unwrap(), g["refresh_token"].as_str().unwrap());
+    let (at, rt) = (
+        g["access_token"].as_str().unwrap(),
+        g["refresh_token"].as_str().unwrap(),
+    );
     // A second access token in the same grant, via rotation.
     let refreshed: serde_json::Value = s.refresh(Auth::Basic(&svc), rt).await.json().await.unwrap();
     let (at2, rt2) = (
@@ -51,14 +57,25 @@ async fn a_wrong_or_unknown_hint_still_revokes() {
     let g = s.grant_for(&svc, "alice", None).await;
     let rt = g["refresh_token"].as_str().unwrap();
     let resp = s
-        .post_form("/oauth2/revoke", Auth::Basic(&svc), &[("token", rt), ("token_type_hint", "access_token")])
+        .post_form(
+            "/oauth2/revoke",
+            Auth::Basic(&svc),
+            &[("token", rt), ("token_type_hint", "access_token")],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(rt).await);
 
-    let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
+    let at = s.client_credentials(&svc).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let resp = s
-        .post_form("/oauth2/revoke", Auth::Basic(&svc), &[("token", &at), ("token_type_hint", "id_token")])
+        .post_form(
+            "/oauth2/revoke",
+            Auth::Basic(&svc),
+            &[("token", &at), ("token_type_hint", "id_token")],
+        )
         .await;
     assert_eq!(resp.status(), 200);
     assert!(!s.is_active(&at).await);
@@ -77,7 +94,10 @@ async fn unknown_malformed_and_already_revoked_tokens_get_an_empty_200() {
         assert_eq!(resp.status(), 200, "{t}");
         assert!(resp.text().await.unwrap().is_empty());
     }
-    let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
+    let at = s.client_credentials(&svc).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(s.revoke(Auth::Basic(&svc), &at).await.status(), 200);
     assert_eq!(s.revoke(Auth::Basic(&svc), &at).await.status(), 200);
 }
@@ -86,7 +106,10 @@ async fn unknown_malformed_and_already_revoked_tokens_get_an_empty_200() {
 async fn an_expired_token_revokes_to_200() {
     let s = TestServer::start().await;
     let svc = s.confidential("svc", "read").await;
-    let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
+    let at = s.client_credentials(&svc).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     s.advance(3601);
     assert!(!s.is_active(&at).await);
     assert_eq!(s.revoke(Auth::Basic(&svc), &at).await.status(), 200);
@@ -97,10 +120,16 @@ async fn a_confidential_client_cannot_revoke_another_clients_token_and_is_told()
     let s = TestServer::start().await;
     let owner = s.confidential("owner", "read").await;
     let other = s.confidential("other", "read").await;
-    let at = s.client_credentials(&owner).await["access_token"].as_str().unwrap().to_owned();
+    let at = s.client_credentials(&owner).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let resp = s.revoke(Auth::Basic(&other), &at).await;
     assert_error(resp, 400, "invalid_request").await;
-    assert!(s.is_active(&at).await, "token must survive a foreign revoke");
+    assert!(
+        s.is_active(&at).await,
+        "token must survive a foreign revoke"
+    );
 }
 
 #[tokio::test]
@@ -127,9 +156,17 @@ async fn access_token_revocation_kills_only_the_token_by_default_or_the_grant_wh
     let s = TestServer::start().await;
     let narrow = s.confidential("narrow", "read").await;
     let g = s.grant_for(&narrow, "alice", None).await;
-    assert_eq!(s.revoke(Auth::Basic(&narrow), g["access_token"].as_str().unwrap()).await.status(), 200);
+    assert_eq!(
+        s.revoke(Auth::Basic(&narrow), g["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
     assert!(!s.is_active(g["access_token"].as_str().unwrap()).await);
-    assert!(s.is_active(g["refresh_token"].as_str().unwrap()).await, "default: the token only");
+    assert!(
+        s.is_active(g["refresh_token"].as_str().unwrap()).await,
+        "default: the token only"
+    );
 
     let wide = s
         .create_client(
@@ -143,8 +180,16 @@ async fn access_token_revocation_kills_only_the_token_by_default_or_the_grant_wh
         )
         .await;
     let g = s.grant_for(&wide, "bob", None).await;
-    assert_eq!(s.revoke(Auth::Basic(&wide), g["access_token"].as_str().unwrap()).await.status(), 200);
-    assert!(!s.is_active(g["refresh_token"].as_str().unwrap()).await, "grant setting: all of it");
+    assert_eq!(
+        s.revoke(Auth::Basic(&wide), g["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        !s.is_active(g["refresh_token"].as_str().unwrap()).await,
+        "grant setting: all of it"
+    );
 }
 
 #[tokio::test]
@@ -153,10 +198,16 @@ async fn request_errors() {
     let svc = s.confidential("svc", "read").await;
 
     // Missing token.
-    assert_error(s.post_form("/oauth2/revoke", Auth::Basic(&svc), &[]).await, 400, "invalid_request").await;
+    assert_error(
+        s.post_form("/oauth2/revoke", Auth::Basic(&svc), &[]).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     // Empty token counts as missing (RFC 6749 §3.1).
     assert_error(
-        s.post_form("/oauth2/revoke", Auth::Basic(&svc), &[("token", "")]).await,
+        s.post_form("/oauth2/revoke", Auth::Basic(&svc), &[("token", "")])
+            .await,
         400,
         "invalid_request",
     )
@@ -177,7 +228,10 @@ async fn request_errors() {
     let resp = s
         .post_raw(
             "/oauth2/revoke",
-            &[("content-type", "application/json"), ("authorization", &common::basic_header("svc", "svc-secret"))],
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &common::basic_header("svc", "svc-secret")),
+            ],
             br#"{"token":"x"}"#.to_vec(),
         )
         .await;
@@ -189,7 +243,11 @@ async fn request_errors() {
     // Oversized body.
     let big = format!("token={}", "a".repeat(200 * 1024));
     let resp = s
-        .post_raw("/oauth2/revoke", &[("content-type", "application/x-www-form-urlencoded")], big.into_bytes())
+        .post_raw(
+            "/oauth2/revoke",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            big.into_bytes(),
+        )
         .await;
     assert_error(resp, 413, "invalid_request").await;
 }
@@ -198,22 +256,44 @@ async fn request_errors() {
 async fn client_authentication_failures_are_401_with_a_basic_challenge_when_basic_was_used() {
     let s = TestServer::start().await;
     let svc = s.confidential("svc", "read").await;
-    let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
-    let wrong = common::TestClient { id: "svc".into(), secret: Some("nope".into()) };
-    let unknown = common::TestClient { id: "ghost".into(), secret: Some("x".into()) };
+    let at = s.client_credentials(&svc).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong = common::TestClient {
+        id: "svc".into(),
+        secret: Some("nope".into()),
+    };
+    let unknown = common::TestClient {
+        id: "ghost".into(),
+        secret: Some("x".into()),
+    };
 
     let resp = s.revoke(Auth::Basic(&wrong), &at).await;
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic"));
     assert_error(resp, 401, "invalid_client").await;
 
     let resp = s.revoke(Auth::Post(&wrong), &at).await;
     assert!(resp.headers().get("www-authenticate").is_none());
     assert_error(resp, 401, "invalid_client").await;
 
-    assert_error(s.revoke(Auth::Basic(&unknown), &at).await, 401, "invalid_client").await;
+    assert_error(
+        s.revoke(Auth::Basic(&unknown), &at).await,
+        401,
+        "invalid_client",
+    )
+    .await;
     assert_error(s.revoke(Auth::None, &at).await, 401, "invalid_client").await;
     // A confidential client naming itself without its secret.
-    assert_error(s.revoke(Auth::Public(&svc), &at).await, 401, "invalid_client").await;
+    assert_error(
+        s.revoke(Auth::Public(&svc), &at).await,
+        401,
+        "invalid_client",
+    )
+    .await;
     assert!(s.is_active(&at).await);
 }
 
@@ -233,7 +313,10 @@ async fn a_revocation_that_cannot_be_stored_is_503_and_changes_nothing() {
     let resp = s.revoke(Auth::Basic(&svc), rt).await;
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_error(resp, 503, "temporarily_unavailable").await;
-    assert!(s.is_active(rt).await, "a failed revocation must not half-happen");
+    assert!(
+        s.is_active(rt).await,
+        "a failed revocation must not half-happen"
+    );
 
     // The database recovers; the retried revocation works without a restart.
     db.execute_batch("DROP TRIGGER broken;").unwrap();

@@ -85,7 +85,11 @@ impl NewClient {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        if self.redirect_uris.iter().any(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+        if self
+            .redirect_uris
+            .iter()
+            .any(|u| u.is_empty() || u.contains(char::is_whitespace))
+        {
             return Err(latch_core::Error::invalid_request(
                 "redirect_uris must be non-empty and contain no whitespace",
             ));
@@ -94,17 +98,23 @@ impl NewClient {
             tenant,
             id: ClientId::parse(&self.client_id)?,
             auth_method,
-            secret: self.client_secret.map_or(SecretSpec::Generate, SecretSpec::Plain),
+            secret: self
+                .client_secret
+                .map_or(SecretSpec::Generate, SecretSpec::Plain),
             grant_types,
             scope: Scope::parse(self.scope.as_deref().unwrap_or(""))?,
             redirect_uris: self.redirect_uris,
             access_token_ttl: self.access_token_ttl.unwrap_or(defaults::ACCESS_TOKEN_TTL),
-            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(defaults::REFRESH_TOKEN_TTL),
-            rotation_grace: self.rotation_grace_period.unwrap_or(defaults::ROTATION_GRACE),
-            access_token_revocation: self
-                .access_token_revocation
-                .as_deref()
-                .map_or(Ok(AccessTokenRevocation::default()), AccessTokenRevocation::parse)?,
+            refresh_token_ttl: self
+                .refresh_token_ttl
+                .unwrap_or(defaults::REFRESH_TOKEN_TTL),
+            rotation_grace: self
+                .rotation_grace_period
+                .unwrap_or(defaults::ROTATION_GRACE),
+            access_token_revocation: self.access_token_revocation.as_deref().map_or(
+                Ok(AccessTokenRevocation::default()),
+                AccessTokenRevocation::parse,
+            )?,
         })
     }
 }
@@ -164,7 +174,9 @@ pub(crate) async fn remove(
         .authority
         .delete_client(&tenant_of(&tenant)?, &client_id_of(&client_id)?)
         .await?;
-    Ok(Json(json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked })))
+    Ok(Json(
+        json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked }),
+    ))
 }
 
 /// `POST …/clients/{id}/secret` body: a new secret, or none to generate one.
@@ -182,7 +194,11 @@ pub(crate) async fn rotate_secret(
 ) -> Result<Response, ApiError> {
     let secret = state
         .authority
-        .rotate_secret(&tenant_of(&tenant)?, &client_id_of(&client_id)?, body.client_secret)
+        .rotate_secret(
+            &tenant_of(&tenant)?,
+            &client_id_of(&client_id)?,
+            body.client_secret,
+        )
         .await?;
     Ok(no_store(
         Json(json!({ "client_id": client_id, "client_secret": secret })).into_response(),

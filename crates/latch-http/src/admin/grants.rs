@@ -80,8 +80,13 @@ pub(crate) async fn revoke(
     Params((tenant, grant_id)): Params<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = GrantId::parse(&grant_id).map_err(|_| ApiError::not_found("no such grant"))?;
-    let revoked = state.authority.revoke_grant(&tenant_of(&tenant)?, &id).await?;
-    Ok(Json(json!({ "grant_id": grant_id, "revoked": revoked > 0 })))
+    let revoked = state
+        .authority
+        .revoke_grant(&tenant_of(&tenant)?, &id)
+        .await?;
+    Ok(Json(
+        json!({ "grant_id": grant_id, "revoked": revoked > 0 }),
+    ))
 }
 
 pub(crate) async fn list_for_subject(
@@ -95,7 +100,9 @@ pub(crate) async fn list_for_subject(
         .live_grants(&tenant_of(&tenant)?, &subject)
         .await?;
     let views: Vec<GrantView<'_>> = grants.iter().map(GrantView::from).collect();
-    Ok(Json(json!({ "subject": subject.as_str(), "grants": views })))
+    Ok(Json(
+        json!({ "subject": subject.as_str(), "grants": views }),
+    ))
 }
 
 pub(crate) async fn logout_everywhere(
@@ -108,5 +115,7 @@ pub(crate) async fn logout_everywhere(
         .authority
         .logout_everywhere(&tenant_of(&tenant)?, &subject)
         .await?;
-    Ok(Json(json!({ "subject": subject.as_str(), "revoked_grants": revoked })))
+    Ok(Json(
+        json!({ "subject": subject.as_str(), "revoked_grants": revoked }),
+    ))
 }

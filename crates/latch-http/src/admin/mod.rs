@@ -39,7 +39,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             post(clients::rotate_secret),
         )
         .route("/tenants/{tenant}/grants", post(grants::create))
-        .route("/tenants/{tenant}/grants/{grant_id}", delete(grants::revoke))
+        .route(
+            "/tenants/{tenant}/grants/{grant_id}",
+            delete(grants::revoke),
+        )
         .route(
             "/tenants/{tenant}/subjects/{subject}/grants",
             get(grants::list_for_subject).delete(grants::logout_everywhere),

@@ -47,7 +47,8 @@ pub(crate) async fn remove(
     State(state): State<Arc<AppState>>,
     Params(tenant): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
+    let id =
+        TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
     state.authority.delete_tenant(&id).await?;
     Ok(Json(json!({ "tenant_id": tenant, "deleted": true })))
 }

@@ -49,12 +49,19 @@ pub(crate) async fn handle(
         grant_types_supported: GrantType::ALL.iter().map(|g| g.as_str()).collect(),
         response_types_supported: [],
         scopes_supported,
-        token_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post", "none"],
+        token_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
         revocation_endpoint_auth_methods_supported: [
             "client_secret_basic",
             "client_secret_post",
             "none",
         ],
-        introspection_endpoint_auth_methods_supported: ["client_secret_basic", "client_secret_post"],
+        introspection_endpoint_auth_methods_supported: [
+            "client_secret_basic",
+            "client_secret_post",
+        ],
     }))
 }

@@ -44,7 +44,13 @@ pub(crate) async fn handle(
     let authority = &state.authority;
     let issued = match refresh_token {
         Some(token) => authority.refresh(&client, token, scope.as_ref()).await?,
-        None => authority.client_credentials(&client, scope.as_ref()).await?,
+        None => {
+            authority
+                .client_credentials(&client, scope.as_ref())
+                .await?
+        }
     };
-    Ok(no_store(Json(TokenResponse::new(&issued, false)).into_response()))
+    Ok(no_store(
+        Json(TokenResponse::new(&issued, false)).into_response(),
+    ))
 }

@@ -29,7 +29,11 @@ fn check_version(query: Option<&str>) -> Result<(), ApiError> {
         .map_err(|_| ApiError::invalid_request("malformed query string"))?;
     match form.get("v") {
         None | Some("1.0") | Some("1") => {}
-        Some(_) => return Err(ApiError::invalid_request("unsupported API version; use v=1.0")),
+        Some(_) => {
+            return Err(ApiError::invalid_request(
+                "unsupported API version; use v=1.0",
+            ))
+        }
     }
     // Literal `?v1.0` (a name with no value); another `v<version>` name is a wrong version.
     let bare_versions = query
@@ -38,7 +42,9 @@ fn check_version(query: Option<&str>) -> Result<(), ApiError> {
         .filter(|p| !p.contains('=') && p.starts_with('v') && p.len() > 1);
     for bare in bare_versions {
         if bare != "v1.0" {
-            return Err(ApiError::invalid_request("unsupported API version; use v=1.0"));
+            return Err(ApiError::invalid_request(
+                "unsupported API version; use v=1.0",
+            ));
         }
     }
     Ok(())
@@ -69,10 +75,23 @@ mod tests {
 
     #[test]
     fn versions() {
-        for ok in [None, Some(""), Some("v=1.0"), Some("v1.0"), Some("v=1"), Some("x=y&v1.0")] {
+        for ok in [
+            None,
+            Some(""),
+            Some("v=1.0"),
+            Some("v1.0"),
+            Some("v=1"),
+            Some("x=y&v1.0"),
+        ] {
             assert!(check_version(ok).is_ok(), "{ok:?}");
         }
-        for bad in [Some("v=2.0"), Some("v2.0"), Some("v=1.0&v=1.0"), Some("v=abc"), Some("v=%zz")] {
+        for bad in [
+            Some("v=2.0"),
+            Some("v2.0"),
+            Some("v=1.0&v=1.0"),
+            Some("v=abc"),
+            Some("v=%zz"),
+        ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
     }

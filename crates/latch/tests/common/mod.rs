@@ -172,7 +172,12 @@ impl TestServer {
 
     // ---- admin API -------------------------------------------------------------------
 
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Response {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
         let mut req = self
             .http
             .request(method, self.url(&format!("/admin/v1{path}")))
@@ -232,7 +237,12 @@ impl TestServer {
     }
 
     /// Issues a grant for a user through the admin API; returns the token response.
-    pub async fn grant_for(&self, client: &TestClient, subject: &str, scope: Option<&str>) -> Value {
+    pub async fn grant_for(
+        &self,
+        client: &TestClient,
+        subject: &str,
+        scope: Option<&str>,
+    ) -> Value {
         self.grant_in("default", client, subject, scope).await
     }
 
@@ -296,7 +306,11 @@ impl TestServer {
     /// `client_credentials` token response (asserting success).
     pub async fn client_credentials(&self, client: &TestClient) -> Value {
         let resp = self
-            .post_form("/oauth2/token", Auth::Basic(client), &[("grant_type", "client_credentials")])
+            .post_form(
+                "/oauth2/token",
+                Auth::Basic(client),
+                &[("grant_type", "client_credentials")],
+            )
             .await;
         assert_eq!(resp.status(), StatusCode::OK);
         resp.json().await.unwrap()
@@ -307,14 +321,18 @@ impl TestServer {
         self.post_form(
             "/oauth2/token",
             auth,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh_token)],
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
         )
         .await
     }
 
     /// Revokes a token; returns the raw response.
     pub async fn revoke(&self, auth: Auth<'_>, token: &str) -> Response {
-        self.post_form("/oauth2/revoke", auth, &[("token", token)]).await
+        self.post_form("/oauth2/revoke", auth, &[("token", token)])
+            .await
     }
 
     /// Introspects as the harness's introspector client (asserting 200).
@@ -348,10 +366,17 @@ pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(ct.as_deref(), Some("application/json"), "error content type");
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/json"),
+        "error content type"
+    );
     let body: Value = resp.json().await.expect("JSON error body");
     assert_eq!(body["error"], code, "error code in {body}");
-    assert!(body["error_description"].is_string(), "error_description in {body}");
+    assert!(
+        body["error_description"].is_string(),
+        "error_description in {body}"
+    );
     body
 }
 
@@ -439,7 +464,12 @@ pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::
         .spawn()
         .expect("spawn latch");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
