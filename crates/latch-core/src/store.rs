@@ -87,9 +87,27 @@ pub trait RevocationStore: Send + Sync {
     async fn revoke(&self, revocation: &Revocation, now: UnixTime) -> StoreResult<u64>;
 }
 
+/// What one clean-up batch deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Expired token rows deleted.
+    pub tokens: u64,
+    /// Expired grant rows deleted.
+    pub grants: u64,
+}
+
+/// Deleting what can never be active again.
+#[async_trait]
+pub trait CleanupStore: Send + Sync {
+    /// Deletes at most `limit` expired tokens and at most `limit` grants whose every token
+    /// has expired (`expires_at <= now`), in one short transaction. Only expired rows go:
+    /// a revoked but unexpired token keeps its row, so it keeps reading as revoked.
+    async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged>;
+}
+
 /// Everything the engine needs, as one object.
 #[async_trait]
-pub trait Storage: TenantStore + ClientStore + TokenStore + RevocationStore {
+pub trait Storage: TenantStore + ClientStore + TokenStore + RevocationStore + CleanupStore {
     /// Succeeds when the database answers a query (for readiness).
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -2,10 +2,13 @@
 //!
 //! Implements the `latch-core` storage traits. [`open`] picks the back-end from a database URL.
 //!
+//! - [`postgres`]: PostgreSQL, for several latch nodes on one database. Reads on a pool;
+//!   writes through a per-node committer task (`postgres/committer.rs`) doing group commit.
 //! - [`sqlite`]: embedded SQLite (the default). One writer thread does group commit
 //!   (`sqlite/committer.rs`); reads run inline on a pool of WAL reader connections. One file
 //!   per trait: `tenants.rs`, `clients.rs`, `tokens.rs`, `revocations.rs`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use latch_core::store::Storage;
 use latch_core::StoreError;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A parsed `--database-url`.
@@ -23,6 +27,8 @@ pub enum DatabaseUrl {
     SqliteMemory,
     /// `sqlite://PATH`, `sqlite:PATH` or a bare path: a database file.
     SqliteFile(PathBuf),
+    /// `postgres://…` or `postgresql://…`: a PostgreSQL database (libpq URL syntax).
+    Postgres(String),
 }
 
 impl DatabaseUrl {
@@ -41,9 +47,12 @@ impl DatabaseUrl {
             }
             return Ok(Self::SqliteFile(PathBuf::from(path)));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
         if url.contains("://") {
             return Err(format!(
-                "unsupported database URL scheme in {:?}: use sqlite://PATH or sqlite::memory:",
+                "unsupported database URL scheme in {:?}: use sqlite://PATH, sqlite::memory: or postgres://…",
                 url.split("://").next().unwrap_or_default()
             ));
         }
@@ -51,12 +60,38 @@ impl DatabaseUrl {
     }
 }
 
-/// Opens the database a URL names, applying migrations.
-pub fn open(url: &DatabaseUrl) -> Result<Arc<dyn Storage>, StoreError> {
+/// Opens the database a URL names, applying migrations. Must run within a tokio runtime.
+pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Storage>, StoreError> {
     Ok(match url {
         DatabaseUrl::SqliteMemory => Arc::new(SqliteStore::open_memory()?),
         DatabaseUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file(path)?),
+        DatabaseUrl::Postgres(url) => Arc::new(PgStore::connect(url).await?),
     })
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    /// The URL without any password, for logs and errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::SqliteMemory => f.write_str("sqlite::memory:"),
+            DatabaseUrl::SqliteFile(p) => write!(f, "sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -78,5 +113,15 @@ mod tests {
             Ok(DatabaseUrl::SqliteFile("/tmp/x.db".into()))
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:pw@h/db"),
+            Ok(DatabaseUrl::Postgres("postgres://u:pw@h/db".into()))
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u:pw@h/db")
+                .unwrap()
+                .to_string(),
+            "postgres://u:***@h/db"
+        );
     }
 }

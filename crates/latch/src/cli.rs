@@ -212,7 +212,9 @@ fn init_logging(filter: &str) {
 async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
     let file = config::load_file(overrides)?;
     let url = config::database_url(overrides, &file)?;
-    let store = latch_store::open(&url).with_context(|| format!("cannot open {url:?}"))?;
+    let store = latch_store::open(&url)
+        .await
+        .with_context(|| format!("cannot open {url}"))?;
     Ok(Authority::new(store, Arc::new(SystemClock)))
 }
 
@@ -350,7 +352,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = Server::start(&settings, Arc::new(SystemClock)).await?;
     tracing::info!(
         addr = %server.addr,
-        database = ?settings.database,
+        database = %settings.database,
         admin_api = settings.admin_token.is_some(),
         "latch is serving"
     );

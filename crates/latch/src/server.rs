@@ -20,7 +20,8 @@ pub async fn open_authority(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<Authority>> {
     let store = latch_store::open(&settings.database)
-        .with_context(|| format!("cannot open the database {:?}", settings.database))?;
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database))?;
     let authority = Arc::new(Authority::new(store, clock));
     for tenant in &settings.tenants {
         authority

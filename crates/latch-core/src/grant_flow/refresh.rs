@@ -120,7 +120,7 @@ impl Authority {
                 old: record.hash,
                 old_generation: record.generation,
                 precondition,
-                grant_expires_at: refresh_rec.expires_at,
+                grant_expires_at: refresh_rec.expires_at.max(access_rec.expires_at),
                 new_tokens: vec![access_rec, refresh_rec],
                 now,
             };

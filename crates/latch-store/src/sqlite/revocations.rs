@@ -49,3 +49,32 @@ impl RevocationStore for SqliteStore {
             .await
     }
 }
+
+#[async_trait]
+impl latch_core::store::CleanupStore for SqliteStore {
+    async fn purge_expired(
+        &self,
+        now: UnixTime,
+        limit: u32,
+    ) -> StoreResult<latch_core::store::Purged> {
+        self.write(move |c| {
+            let tokens = c
+                .prepare_cached(
+                    "DELETE FROM tokens WHERE hash IN \
+                     (SELECT hash FROM tokens WHERE expires_at <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![now, limit])?;
+            let grants = c
+                .prepare_cached(
+                    "DELETE FROM grants WHERE id IN \
+                     (SELECT id FROM grants WHERE expires_at <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![now, limit])?;
+            Ok(latch_core::store::Purged {
+                tokens: tokens as u64,
+                grants: grants as u64,
+            })
+        })
+        .await
+    }
+}

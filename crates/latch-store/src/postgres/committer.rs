@@ -1,0 +1,519 @@
+//! Group commit on PostgreSQL: one task per node owns a dedicated connection, drains the
+//! queue of writes, applies them in one transaction and commits once, then answers every
+//! waiter. Writes are data ([`Op`]), not closures, so a batch that PostgreSQL aborts for a
+//! deadlock or serialization failure (possible when several nodes write the same rows) can
+//! simply be applied again.
+//!
+//! If the connection is lost, the batch in flight answers `Unavailable` (nothing is reported
+//! committed that might not be) and the next batch reconnects.
+
+use latch_core::client::{Client, SecretHash};
+use latch_core::clock::UnixTime;
+use latch_core::grant::{
+    Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
+};
+use latch_core::id::{ClientId, TenantId};
+use latch_core::store::{Purged, StoreResult};
+use latch_core::token::TokenKind;
+use latch_core::StoreError;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
+
+use super::store_error;
+
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Writes waiting for the committer; past this, writers wait (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+/// How often a batch aborted by a deadlock or serialization failure is retried.
+const MAX_RETRIES: usize = 3;
+
+/// A write.
+pub(crate) enum Op {
+    CreateTenant(TenantId, UnixTime),
+    DeleteTenant(TenantId, UnixTime),
+    /// A client; `true` to replace an existing one.
+    PutClient(Client, bool),
+    SetSecret(TenantId, ClientId, SecretHash),
+    DeleteClient(TenantId, ClientId, UnixTime),
+    Issue(Grant, Vec<NewToken>),
+    Rotate(Rotation),
+    Revoke(Revocation, UnixTime),
+    Purge(UnixTime, u32),
+}
+
+impl Op {
+    /// Writes that can hit a constraint and must fail alone run in a savepoint.
+    fn may_conflict(&self) -> bool {
+        matches!(
+            self,
+            Op::CreateTenant(..) | Op::PutClient(..) | Op::Issue(..)
+        )
+    }
+}
+
+/// A write's result.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Done,
+    Flag(bool),
+    Count(u64),
+    MaybeCount(Option<u64>),
+    Rotation(RotationOutcome),
+    Purged(Purged),
+}
+
+impl Reply {
+    pub(crate) fn flag(self) -> StoreResult<bool> {
+        match self {
+            Reply::Flag(b) => Ok(b),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub(crate) fn count(self) -> StoreResult<u64> {
+        match self {
+            Reply::Count(n) => Ok(n),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub(crate) fn unexpected(self) -> StoreError {
+        StoreError::Unavailable(format!("internal: unexpected write reply {self:?}"))
+    }
+}
+
+/// Statements prepared on the committer's connection, so each write is one round trip.
+#[derive(Default)]
+struct Statements(HashMap<String, Statement>);
+
+impl Statements {
+    async fn execute(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = match self.0.get(sql) {
+            Some(stmt) => stmt.clone(),
+            None => {
+                let stmt = tx.prepare(sql).await?;
+                self.0.insert(sql.to_owned(), stmt.clone());
+                stmt
+            }
+        };
+        tx.execute(&stmt, params).await
+    }
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<StoreResult<Reply>>,
+}
+
+/// The handle writers use to reach the committer task.
+pub(crate) struct Committer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the committer task on the current runtime.
+    pub(crate) fn start(config: tokio_postgres::Config) -> Self {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(config, rx));
+        Self { queue }
+    }
+
+    /// Applies `op` in the next batch; returns once the batch is committed.
+    pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Pending { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))?
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "writer connection closed");
+        }
+    });
+    Ok(client)
+}
+
+async fn run(config: tokio_postgres::Config, mut rx: mpsc::Receiver<Pending>) {
+    let mut client: Option<PgClient> = None;
+    let mut statements = Statements::default();
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        if client.as_ref().is_none_or(PgClient::is_closed) {
+            statements = Statements::default();
+            client = match connect(&config).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let err = store_error(&e);
+                    for p in batch.drain(..) {
+                        let _ = p.reply.send(Err(err.clone()));
+                    }
+                    continue;
+                }
+            };
+        }
+        let Some(conn) = client.as_mut() else {
+            continue;
+        };
+        let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
+        let mut attempt = 0;
+        let outcome = loop {
+            match commit_batch(conn, &mut statements, &ops).await {
+                Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(replies) => {
+                for (p, r) in batch.drain(..).zip(replies) {
+                    let _ = p.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
+                let err = StoreError::Unavailable(e.to_string());
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// Applies a batch in one transaction. The outer error aborts the whole batch; per-write
+/// errors (constraint violations in a savepoint) are in the replies.
+async fn commit_batch(
+    client: &mut PgClient,
+    st: &mut Statements,
+    ops: &[&Op],
+) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
+    let mut tx = client.transaction().await?;
+    let mut replies = Vec::with_capacity(ops.len());
+    for op in ops {
+        if op.may_conflict() {
+            let sp = tx.savepoint("w").await?;
+            match apply(&sp, st, op).await {
+                Ok(reply) => {
+                    sp.commit().await?;
+                    replies.push(Ok(reply));
+                }
+                Err(e)
+                    if e.code().is_some_and(|c| {
+                        *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION
+                    }) =>
+                {
+                    sp.rollback().await?;
+                    replies.push(Err(StoreError::Conflict));
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            replies.push(Ok(apply(&tx, st, op).await?));
+        }
+    }
+    tx.commit().await?;
+    Ok(replies)
+}
+
+fn kind_code(kind: TokenKind) -> i16 {
+    match kind {
+        TokenKind::Access => 0,
+        TokenKind::Refresh => 1,
+    }
+}
+
+async fn insert_tokens(
+    tx: &Transaction<'_>,
+    st: &mut Statements,
+    grant: &str,
+    tokens: &[NewToken],
+) -> Result<(), tokio_postgres::Error> {
+    for t in tokens {
+        st.execute(
+            tx,
+            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &&t.hash.0[..],
+                &grant,
+                &kind_code(t.kind),
+                &t.scope.to_string(),
+                &t.issued_at,
+                &t.expires_at,
+                &i64::from(t.generation),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies a revocation inside a transaction; returns how many live rows died.
+async fn revoke(
+    tx: &Transaction<'_>,
+    st: &mut Statements,
+    revocation: &Revocation,
+    now: UnixTime,
+) -> Result<u64, tokio_postgres::Error> {
+    match revocation {
+        Revocation::Token(hash) => {
+            st.execute(
+                tx,
+                "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+                &[&&hash.0[..], &now],
+            )
+            .await
+        }
+        Revocation::Grant(id) => {
+            st.execute(
+                tx,
+                "UPDATE grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id.as_str(), &now],
+            )
+            .await
+        }
+        Revocation::Subject { tenant, subject } => {
+            st.execute(
+                tx,
+                "UPDATE grants SET revoked_at = $3 \
+                 WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL",
+                &[&tenant.as_str(), &subject.as_str(), &now],
+            )
+            .await
+        }
+        Revocation::Client { tenant, client_id } => {
+            st.execute(
+                tx,
+                "UPDATE grants SET revoked_at = $3 \
+                 WHERE tenant_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+                &[&tenant.as_str(), &client_id.as_str(), &now],
+            )
+            .await
+        }
+    }
+}
+
+fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|s| s.as_ref().to_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn apply(
+    tx: &Transaction<'_>,
+    st: &mut Statements,
+    op: &Op,
+) -> Result<Reply, tokio_postgres::Error> {
+    Ok(match op {
+        Op::CreateTenant(t, now) => {
+            st.execute(
+                tx,
+                "INSERT INTO tenants (id, created_at) VALUES ($1, $2)",
+                &[&t.as_str(), now],
+            )
+            .await?;
+            Reply::Done
+        }
+        Op::DeleteTenant(t, now) => {
+            st.execute(
+                tx,
+                "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL",
+                &[&t.as_str(), now],
+            )
+            .await?;
+            st.execute(
+                tx,
+                "DELETE FROM clients WHERE tenant_id = $1",
+                &[&t.as_str()],
+            )
+            .await?;
+            Reply::Flag(
+                st.execute(tx, "DELETE FROM tenants WHERE id = $1", &[&t.as_str()])
+                    .await?
+                    > 0,
+            )
+        }
+        Op::PutClient(c, replace) => {
+            let conflict = if *replace {
+                "ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
+                   secret_hash = EXCLUDED.secret_hash, auth_method = EXCLUDED.auth_method, \
+                   grant_types = EXCLUDED.grant_types, scope = EXCLUDED.scope, \
+                   redirect_uris = EXCLUDED.redirect_uris, \
+                   access_token_ttl = EXCLUDED.access_token_ttl, \
+                   refresh_token_ttl = EXCLUDED.refresh_token_ttl, \
+                   rotation_grace = EXCLUDED.rotation_grace, \
+                   access_token_revocation = EXCLUDED.access_token_revocation"
+            } else {
+                ""
+            };
+            st.execute(
+                tx,
+                &format!(
+                    "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, \
+                       grant_types, scope, redirect_uris, access_token_ttl, refresh_token_ttl, \
+                       rotation_grace, access_token_revocation, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {conflict}"
+                ),
+                &[
+                    &c.tenant.as_str(),
+                    &c.id.as_str(),
+                    &c.secret.as_ref().map(|s| s.as_str()),
+                    &c.auth_method.as_str(),
+                    &join(c.grant_types.iter().map(|g| g.as_str())),
+                    &c.scope.to_string(),
+                    &join(&c.redirect_uris),
+                    &i64::from(c.access_token_ttl),
+                    &i64::from(c.refresh_token_ttl),
+                    &i64::from(c.rotation_grace),
+                    &c.access_token_revocation.as_str(),
+                    &c.created_at,
+                ],
+            )
+            .await?;
+            Reply::Done
+        }
+        Op::SetSecret(t, id, secret) => Reply::Flag(
+            st.execute(
+                tx,
+                "UPDATE clients SET secret_hash = $3 WHERE tenant_id = $1 AND client_id = $2",
+                &[&t.as_str(), &id.as_str(), &secret.as_str()],
+            )
+            .await?
+                > 0,
+        ),
+        Op::DeleteClient(t, id, now) => {
+            let deleted = tx
+                .execute(
+                    "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2",
+                    &[&t.as_str(), &id.as_str()],
+                )
+                .await?;
+            if deleted == 0 {
+                Reply::MaybeCount(None)
+            } else {
+                let rev = Revocation::Client {
+                    tenant: t.clone(),
+                    client_id: id.clone(),
+                };
+                Reply::MaybeCount(Some(revoke(tx, st, &rev, *now).await?))
+            }
+        }
+        Op::Issue(g, tokens) => {
+            st.execute(
+                tx,
+                "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+                   expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &g.id.as_str(),
+                    &g.tenant.as_str(),
+                    &g.client_id.as_str(),
+                    &g.subject.as_str(),
+                    &g.scope.to_string(),
+                    &g.created_at,
+                    &g.expires_at,
+                    &g.revoked_at,
+                ],
+            )
+            .await?;
+            insert_tokens(tx, st, g.id.as_str(), tokens).await?;
+            Reply::Done
+        }
+        Op::Rotate(r) => {
+            let old = &r.old.0[..];
+            let gid = r.grant_id.as_str();
+            let claimed = match r.precondition {
+                RotationPrecondition::Unused => {
+                    st.execute(
+                        tx,
+                        "UPDATE tokens SET rotated_at = $3 \
+                         WHERE hash = $1 AND kind = 1 AND rotated_at IS NULL \
+                           AND revoked_at IS NULL \
+                           AND EXISTS (SELECT 1 FROM grants WHERE id = $2 AND revoked_at IS NULL)",
+                        &[&old, &gid, &r.now],
+                    )
+                    .await?
+                }
+                RotationPrecondition::GraceUnspent => {
+                    st.execute(
+                        tx,
+                        "UPDATE tokens SET grace_used = TRUE \
+                         WHERE hash = $1 AND kind = 1 AND rotated_at IS NOT NULL \
+                           AND NOT grace_used AND revoked_at IS NULL \
+                           AND EXISTS (SELECT 1 FROM grants WHERE id = $2 \
+                                       AND revoked_at IS NULL \
+                                       AND refresh_generation = $3 + 1)",
+                        &[&old, &gid, &i64::from(r.old_generation)],
+                    )
+                    .await?
+                }
+            };
+            if claimed == 0 {
+                Reply::Rotation(RotationOutcome::Lost)
+            } else {
+                insert_tokens(tx, st, gid, &r.new_tokens).await?;
+                st.execute(
+                    tx,
+                    "UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $2), \
+                                       expires_at = GREATEST(expires_at, $3) \
+                     WHERE id = $1",
+                    &[
+                        &gid,
+                        &(i64::from(r.old_generation) + 1),
+                        &r.grant_expires_at,
+                    ],
+                )
+                .await?;
+                Reply::Rotation(RotationOutcome::Rotated)
+            }
+        }
+        Op::Revoke(rev, now) => Reply::Count(revoke(tx, st, rev, *now).await?),
+        Op::Purge(now, limit) => {
+            let limit = i64::from(*limit);
+            let tokens = tx
+                .execute(
+                    "DELETE FROM tokens WHERE hash IN \
+                     (SELECT hash FROM tokens WHERE expires_at <= $1 LIMIT $2)",
+                    &[now, &limit],
+                )
+                .await?;
+            let grants = tx
+                .execute(
+                    "DELETE FROM grants WHERE id IN \
+                     (SELECT id FROM grants WHERE expires_at <= $1 LIMIT $2)",
+                    &[now, &limit],
+                )
+                .await?;
+            Reply::Purged(Purged { tokens, grants })
+        }
+    })
+}

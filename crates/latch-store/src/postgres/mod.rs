@@ -1,0 +1,270 @@
+//! The PostgreSQL back-end, for several stateless latch nodes on one database.
+//!
+//! Reads use a connection pool. Writes go through a per-node committer ([`committer`]): one
+//! dedicated connection that applies every queued write in one transaction and commits once,
+//! as the SQLite back-end does. Atomicity across nodes comes from PostgreSQL's row locks: the
+//! conditional UPDATEs (`rotated_at IS NULL`, `revoked_at IS NULL`) re-check their condition
+//! after waiting for a concurrent writer, so of two nodes exchanging one refresh token exactly
+//! one sees its row change.
+
+mod committer;
+mod reads;
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use latch_core::client::{Client, SecretHash};
+use latch_core::clock::UnixTime;
+use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::store::{
+    CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult, TenantStore,
+    TokenStore,
+};
+use latch_core::token::TokenHash;
+use latch_core::StoreError;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use committer::{Committer, Op, Reply};
+
+/// Schema migrations, applied in order at start-up under an advisory lock, so nodes starting
+/// together do not race.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+/// Connections in the read pool of one node.
+const POOL_SIZE: usize = 16;
+
+/// An arbitrary constant naming latch's migration lock.
+const MIGRATION_LOCK: i64 = 0x6c61_7463_68;
+
+pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {
+            StoreError::Conflict
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// latch's storage on PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    committer: Committer,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore")
+    }
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations and starts the committer. Must be called within
+    /// a tokio runtime.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        migrate(&config).await?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(Self {
+            pool,
+            committer: Committer::start(config),
+        })
+    }
+
+    async fn read_client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+    }
+
+    async fn write(&self, op: Op) -> StoreResult<Reply> {
+        self.committer.submit(op).await
+    }
+}
+
+async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| store_error(&e))?;
+    let conn = tokio::spawn(connection);
+    let result = async {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS latch_migrations (\
+               version INTEGER PRIMARY KEY, \
+               applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let current: i32 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM latch_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO latch_migrations (version) VALUES ($1)",
+                &[&(i as i32 + 1)],
+            )
+            .await?;
+            tracing::info!(version = i + 1, "applied schema migration");
+        }
+        tx.commit().await
+    }
+    .await;
+    drop(client);
+    let _ = conn.await;
+    result.map_err(|e| store_error(&e))
+}
+
+#[async_trait]
+impl TenantStore for PgStore {
+    async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
+        reads::tenant_exists(&*self.read_client().await?, tenant).await
+    }
+
+    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>> {
+        reads::list_tenants(&*self.read_client().await?).await
+    }
+
+    async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()> {
+        self.write(Op::CreateTenant(tenant.clone(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool> {
+        self.write(Op::DeleteTenant(tenant.clone(), now))
+            .await?
+            .flag()
+    }
+}
+
+#[async_trait]
+impl ClientStore for PgStore {
+    async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
+        reads::client(&*self.read_client().await?, tenant, id).await
+    }
+
+    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {
+        reads::list_clients(&*self.read_client().await?, tenant).await
+    }
+
+    async fn create_client(&self, client: &Client) -> StoreResult<()> {
+        self.write(Op::PutClient(client.clone(), false))
+            .await
+            .map(|_| ())
+    }
+
+    async fn upsert_client(&self, client: &Client) -> StoreResult<()> {
+        self.write(Op::PutClient(client.clone(), true))
+            .await
+            .map(|_| ())
+    }
+
+    async fn set_client_secret(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        secret: &SecretHash,
+    ) -> StoreResult<bool> {
+        self.write(Op::SetSecret(tenant.clone(), id.clone(), secret.clone()))
+            .await?
+            .flag()
+    }
+
+    async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        now: UnixTime,
+    ) -> StoreResult<Option<u64>> {
+        match self
+            .write(Op::DeleteClient(tenant.clone(), id.clone(), now))
+            .await?
+        {
+            Reply::MaybeCount(n) => Ok(n),
+            other => Err(other.unexpected()),
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+        reads::token(&*self.read_client().await?, hash).await
+    }
+
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
+        self.write(Op::Issue(grant.clone(), tokens.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome> {
+        match self.write(Op::Rotate(rotation.clone())).await? {
+            Reply::Rotation(outcome) => Ok(outcome),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>> {
+        reads::grant(&*self.read_client().await?, tenant, id).await
+    }
+
+    async fn live_grants(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        now: UnixTime,
+    ) -> StoreResult<Vec<Grant>> {
+        reads::live_grants(&*self.read_client().await?, tenant, subject, now).await
+    }
+}
+
+#[async_trait]
+impl RevocationStore for PgStore {
+    async fn revoke(&self, revocation: &Revocation, now: UnixTime) -> StoreResult<u64> {
+        self.write(Op::Revoke(revocation.clone(), now))
+            .await?
+            .count()
+    }
+}
+
+#[async_trait]
+impl CleanupStore for PgStore {
+    async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
+        match self.write(Op::Purge(now, limit)).await? {
+            Reply::Purged(p) => Ok(p),
+            other => Err(other.unexpected()),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.read_client().await?;
+        client
+            .query_one("SELECT count(*) FROM tenants", &[])
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error(&e))
+    }
+}

@@ -1,0 +1,205 @@
+//! Reads on a pooled connection, each one prepared (and cached) statement.
+
+use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use latch_core::clock::UnixTime;
+use latch_core::grant::{Grant, TokenRecord};
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::scope::Scope;
+use latch_core::store::StoreResult;
+use latch_core::token::{TokenHash, TokenKind};
+use latch_core::StoreError;
+use tokio_postgres::Row;
+
+use super::store_error;
+
+type Conn = deadpool_postgres::ClientWrapper;
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("corrupt {what} in the database"))
+}
+
+fn u32_of(v: i64, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| corrupt(what))
+}
+
+pub(super) async fn tenant_exists(c: &Conn, tenant: &TenantId) -> StoreResult<bool> {
+    let stmt = c
+        .prepare_cached("SELECT 1 FROM tenants WHERE id = $1")
+        .await
+        .map_err(|e| store_error(&e))?;
+    c.query_opt(&stmt, &[&tenant.as_str()])
+        .await
+        .map(|r| r.is_some())
+        .map_err(|e| store_error(&e))
+}
+
+pub(super) async fn list_tenants(c: &Conn) -> StoreResult<Vec<TenantId>> {
+    let rows = c
+        .query("SELECT id FROM tenants ORDER BY id", &[])
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(rows
+        .iter()
+        .map(|r| TenantId::from_stored(r.get(0)))
+        .collect())
+}
+
+const CLIENT_COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, \
+     scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
+     access_token_revocation, created_at";
+
+fn client_from_row(r: &Row) -> StoreResult<Client> {
+    let secret: Option<String> = r.get(2);
+    let secret = secret
+        .map(|s| SecretHash::parse(&s).map_err(|_| corrupt("secret_hash")))
+        .transpose()?;
+    let auth_method: String = r.get(3);
+    let grant_types: String = r.get(4);
+    let scope: String = r.get(5);
+    let redirect_uris: String = r.get(6);
+    let access: String = r.get(10);
+    Ok(Client {
+        tenant: TenantId::from_stored(r.get(0)),
+        id: ClientId::from_stored(r.get(1)),
+        secret,
+        auth_method: AuthMethod::parse(&auth_method).map_err(|_| corrupt("auth_method"))?,
+        grant_types: grant_types
+            .split(' ')
+            .filter_map(GrantType::parse)
+            .collect(),
+        scope: Scope::from_stored(&scope),
+        redirect_uris: redirect_uris
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        access_token_ttl: u32_of(r.get(7), "access_token_ttl")?,
+        refresh_token_ttl: u32_of(r.get(8), "refresh_token_ttl")?,
+        rotation_grace: u32_of(r.get(9), "rotation_grace")?,
+        access_token_revocation: AccessTokenRevocation::parse(&access)
+            .map_err(|_| corrupt("access_token_revocation"))?,
+        created_at: r.get(11),
+    })
+}
+
+pub(super) async fn client(
+    c: &Conn,
+    tenant: &TenantId,
+    id: &ClientId,
+) -> StoreResult<Option<Client>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {CLIENT_COLUMNS} FROM clients WHERE tenant_id = $1 AND client_id = $2"
+        ))
+        .await
+        .map_err(|e| store_error(&e))?;
+    c.query_opt(&stmt, &[&tenant.as_str(), &id.as_str()])
+        .await
+        .map_err(|e| store_error(&e))?
+        .as_ref()
+        .map(client_from_row)
+        .transpose()
+}
+
+pub(super) async fn list_clients(c: &Conn, tenant: &TenantId) -> StoreResult<Vec<Client>> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {CLIENT_COLUMNS} FROM clients WHERE tenant_id = $1 ORDER BY client_id"
+            ),
+            &[&tenant.as_str()],
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    rows.iter().map(client_from_row).collect()
+}
+
+pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
+                    t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
+                    t.grace_used, t.generation, g.refresh_generation \
+             FROM tokens t JOIN grants g ON g.id = t.grant_id \
+             WHERE t.hash = $1",
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    let Some(r) = c
+        .query_opt(&stmt, &[&&hash.0[..]])
+        .await
+        .map_err(|e| store_error(&e))?
+    else {
+        return Ok(None);
+    };
+    let scope: String = r.get(5);
+    Ok(Some(TokenRecord {
+        hash: *hash,
+        kind: if r.get::<_, i16>(0) == 1 {
+            TokenKind::Refresh
+        } else {
+            TokenKind::Access
+        },
+        grant_id: GrantId::from_stored(r.get(1)),
+        tenant: TenantId::from_stored(r.get(2)),
+        client_id: ClientId::from_stored(r.get(3)),
+        subject: Subject::from_stored(r.get(4)),
+        scope: Scope::from_stored(&scope),
+        issued_at: r.get(6),
+        expires_at: r.get(7),
+        revoked_at: r.get(8),
+        grant_revoked_at: r.get(9),
+        rotated_at: r.get(10),
+        grace_used: r.get(11),
+        generation: u32_of(r.get(12), "generation")?,
+        grant_generation: u32_of(r.get(13), "refresh_generation")?,
+    }))
+}
+
+const GRANT_COLUMNS: &str =
+    "id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at";
+
+fn grant_from_row(r: &Row) -> Grant {
+    let scope: String = r.get(4);
+    Grant {
+        id: GrantId::from_stored(r.get(0)),
+        tenant: TenantId::from_stored(r.get(1)),
+        client_id: ClientId::from_stored(r.get(2)),
+        subject: Subject::from_stored(r.get(3)),
+        scope: Scope::from_stored(&scope),
+        created_at: r.get(5),
+        expires_at: r.get(6),
+        revoked_at: r.get(7),
+    }
+}
+
+pub(super) async fn grant(c: &Conn, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>> {
+    let row = c
+        .query_opt(
+            &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1 AND tenant_id = $2"),
+            &[&id.as_str(), &tenant.as_str()],
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(row.as_ref().map(grant_from_row))
+}
+
+pub(super) async fn live_grants(
+    c: &Conn,
+    tenant: &TenantId,
+    subject: &Subject,
+    now: UnixTime,
+) -> StoreResult<Vec<Grant>> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {GRANT_COLUMNS} FROM grants \
+                 WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL AND expires_at > $3 \
+                 ORDER BY created_at DESC, id"
+            ),
+            &[&tenant.as_str(), &subject.as_str(), &now],
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(rows.iter().map(grant_from_row).collect())
+}
