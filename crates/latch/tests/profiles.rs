@@ -1,5 +1,6 @@
 //! The seed documents' revocation APIs (`shared/seeds/`), served as compatibility profiles.
 
+#[macro_use]
 mod common;
 
 use common::{assert_error, form_encode, Auth, TestClient, TestServer};
@@ -85,180 +86,185 @@ fn sentinel_body(client: &TestClient, token: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn sentinel_logs_the_user_out_of_every_application_of_the_account() {
-    let s = TestServer::start().await;
-    let acct = account(&s, "12345678").await;
-    let alice_a = s.grant_in("12345678", &acct.app_a, "alice", None).await;
-    let alice_b = s.grant_in("12345678", &acct.app_b, "alice", None).await;
-    let bob_a = s.grant_in("12345678", &acct.app_a, "bob", None).await;
+backend_test! {
+    async fn sentinel_logs_the_user_out_of_every_application_of_the_account() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "12345678").await;
+        let alice_a = s.grant_in("12345678", &acct.app_a, "alice", None).await;
+        let alice_b = s.grant_in("12345678", &acct.app_b, "alice", None).await;
+        let bob_a = s.grant_in("12345678", &acct.app_a, "bob", None).await;
 
-    let resp = post(
-        &s,
-        "/sentinel/api/account/12345678/token/revoke?v=1.0",
-        sentinel_body(&acct.app_a, field(&alice_a, "refresh_token")),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
+        let resp = post(
+            &s,
+            "/sentinel/api/account/12345678/token/revoke?v=1.0",
+            sentinel_body(&acct.app_a, field(&alice_a, "refresh_token")),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
 
-    for g in [&alice_a, &alice_b] {
+        for g in [&alice_a, &alice_b] {
+            for t in ["access_token", "refresh_token"] {
+                assert!(
+                    !active_in(&s, "12345678", &acct.introspector, field(g, t)).await,
+                    "alice {t} lives"
+                );
+            }
+        }
         for t in ["access_token", "refresh_token"] {
             assert!(
-                !active_in(&s, "12345678", &acct.introspector, field(g, t)).await,
-                "alice {t} lives"
+                active_in(&s, "12345678", &acct.introspector, field(&bob_a, t)).await,
+                "bob's {t} died"
             );
         }
     }
-    for t in ["access_token", "refresh_token"] {
+}
+
+backend_test! {
+    async fn sentinel_accepts_the_documented_version_spellings_only() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        for query in ["?v=1.0", "?v1.0", ""] {
+            let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
+            let path = format!("/sentinel/api/account/acct/token/revoke{query}");
+            let resp = post(
+                &s,
+                &path,
+                sentinel_body(&acct.app_a, field(&g, "refresh_token")),
+            )
+            .await;
+            assert_eq!(resp.status(), 200, "{query:?}");
+            assert!(!active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
+        }
+        let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        for query in ["?v=2.0", "?v2.0", "?v=abc"] {
+            let path = format!("/sentinel/api/account/acct/token/revoke{query}");
+            let resp = post(
+                &s,
+                &path,
+                sentinel_body(&acct.app_a, field(&g, "refresh_token")),
+            )
+            .await;
+            assert_error(resp, 400, "invalid_request").await;
+        }
+        assert!(active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
+    }
+}
+
+backend_test! {
+    async fn sentinel_requires_every_field_and_good_credentials() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        let rt = field(&g, "refresh_token");
+        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
+
+        for missing in ["token", "client_id", "client_secret"] {
+            let body: Vec<String> = [
+                ("client_id", SENTINEL_CLIENT),
+                ("client_secret", SENTINEL_SECRET),
+                ("token", rt),
+            ]
+            .iter()
+            .filter(|(k, _)| *k != missing)
+            .map(|(k, v)| format!("{k}={}", form_encode(v)))
+            .collect();
+            assert_error(post(&s, path, body.join("&")).await, 400, "invalid_request").await;
+        }
+        // Bad authentication: unknown account, unknown client, wrong secret.
+        let wrong = TestClient {
+            id: SENTINEL_CLIENT.into(),
+            secret: Some("wrong".into()),
+        };
+        let ghost = TestClient {
+            id: "ghost".into(),
+            secret: Some("x".into()),
+        };
+        let cases = [
+            (
+                "/sentinel/api/account/no-such-account/token/revoke?v=1.0",
+                &acct.app_a,
+            ),
+            (path, &ghost),
+            (path, &wrong),
+        ];
+        for (p, client) in cases {
+            assert_error(
+                post(&s, p, sentinel_body(client, rt)).await,
+                401,
+                "invalid_client",
+            )
+            .await;
+        }
+        assert!(active_in(&s, "acct", &acct.introspector, rt).await);
+
+        let resp = s.http.get(s.url(path)).send().await.unwrap();
+        assert_error(resp, 405, "invalid_request").await;
+    }
+}
+
+backend_test! {
+    async fn sentinel_parses_the_documents_example_body_and_unknown_tokens_change_nothing() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
+
+        // Exactly the document's example: UUID client id, 26-character secret, 600 hex digits.
+        let token = "8fb45b320af23091091b9c163a29a73e70bbd03ddbe6bcc832ecb2ffb9829d03a4d9f82c0f548afded21ab42a6965e7107ae5cc23dd2c2d16de1843814046cf341c24a14631c0f74bccf41339d7efae39cb19ffa4bf6886e919e185f8a517fae6982150a06346c7e12e00796aad03bc2f65f28ae7cabc03f2fea1047b41ef3d30f6c99c0f05ad61e8f39e0a805c04fefb3981fce96801d822c0057e7bff68db7544aa067e659b20a7919848aee7c2830a35466556857a3007b23501fdcb00722004dc50d7b22cac50dce564be5784bf4f530fe73b204e7bbb24fdac94c9a20bff95c52208ab64ab1f03a246bd64a9893460ee64e8f21cf88705c51e6f3ae13f870fe4ea10cd2217f808f999c3026931c";
+        // (The issue says 600 characters; the document's token has 544. Both lengths are tried.)
+        assert_eq!(token.len(), 544);
+        let longer = format!("{token}{}", &token[..56]);
+        for token in [token, longer.as_str()] {
+            let body =
+                format!("client_id={SENTINEL_CLIENT}&client_secret={SENTINEL_SECRET}&token={token}");
+            let resp = post(&s, "/sentinel/api/account/acct/token/revoke?v1.0", body).await;
+            assert_eq!(resp.status(), 200);
+        }
+        assert!(active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
+
+        // Already revoked: 200, and alice's other grant is not touched by the replay.
+        let rt = field(&g, "refresh_token");
+        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
+        assert_eq!(
+            post(&s, path, sentinel_body(&acct.app_a, rt))
+                .await
+                .status(),
+            200
+        );
+        let later = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        assert_eq!(
+            post(&s, path, sentinel_body(&acct.app_a, rt))
+                .await
+                .status(),
+            200
+        );
         assert!(
-            active_in(&s, "12345678", &acct.introspector, field(&bob_a, t)).await,
-            "bob's {t} died"
+            active_in(
+                &s,
+                "acct",
+                &acct.introspector,
+                field(&later, "refresh_token")
+            )
+            .await
         );
     }
 }
 
-#[tokio::test]
-async fn sentinel_accepts_the_documented_version_spellings_only() {
-    let s = TestServer::start().await;
-    let acct = account(&s, "acct").await;
-    for query in ["?v=1.0", "?v1.0", ""] {
-        let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
-        let path = format!("/sentinel/api/account/acct/token/revoke{query}");
+backend_test! {
+    async fn sentinel_never_crosses_accounts() {
+        let s = TestServer::start().await;
+        let one = account(&s, "one").await;
+        let two = account(&s, "two").await; // the same client id and secret exist in both
+        let g = s.grant_in("one", &one.app_a, "alice", None).await;
+        let rt = field(&g, "refresh_token");
         let resp = post(
             &s,
-            &path,
-            sentinel_body(&acct.app_a, field(&g, "refresh_token")),
+            "/sentinel/api/account/two/token/revoke?v=1.0",
+            sentinel_body(&two.app_a, rt),
         )
         .await;
-        assert_eq!(resp.status(), 200, "{query:?}");
-        assert!(!active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
+        assert_eq!(resp.status(), 200, "unknown in account two");
+        assert!(active_in(&s, "one", &one.introspector, rt).await);
     }
-    let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
-    for query in ["?v=2.0", "?v2.0", "?v=abc"] {
-        let path = format!("/sentinel/api/account/acct/token/revoke{query}");
-        let resp = post(
-            &s,
-            &path,
-            sentinel_body(&acct.app_a, field(&g, "refresh_token")),
-        )
-        .await;
-        assert_error(resp, 400, "invalid_request").await;
-    }
-    assert!(active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
-}
-
-#[tokio::test]
-async fn sentinel_requires_every_field_and_good_credentials() {
-    let s = TestServer::start().await;
-    let acct = account(&s, "acct").await;
-    let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
-    let rt = field(&g, "refresh_token");
-    let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
-
-    for missing in ["token", "client_id", "client_secret"] {
-        let body: Vec<String> = [
-            ("client_id", SENTINEL_CLIENT),
-            ("client_secret", SENTINEL_SECRET),
-            ("token", rt),
-        ]
-        .iter()
-        .filter(|(k, _)| *k != missing)
-        .map(|(k, v)| format!("{k}={}", form_encode(v)))
-        .collect();
-        assert_error(post(&s, path, body.join("&")).await, 400, "invalid_request").await;
-    }
-    // Bad authentication: unknown account, unknown client, wrong secret.
-    let wrong = TestClient {
-        id: SENTINEL_CLIENT.into(),
-        secret: Some("wrong".into()),
-    };
-    let ghost = TestClient {
-        id: "ghost".into(),
-        secret: Some("x".into()),
-    };
-    let cases = [
-        (
-            "/sentinel/api/account/no-such-account/token/revoke?v=1.0",
-            &acct.app_a,
-        ),
-        (path, &ghost),
-        (path, &wrong),
-    ];
-    for (p, client) in cases {
-        assert_error(
-            post(&s, p, sentinel_body(client, rt)).await,
-            401,
-            "invalid_client",
-        )
-        .await;
-    }
-    assert!(active_in(&s, "acct", &acct.introspector, rt).await);
-
-    let resp = s.http.get(s.url(path)).send().await.unwrap();
-    assert_error(resp, 405, "invalid_request").await;
-}
-
-#[tokio::test]
-async fn sentinel_parses_the_documents_example_body_and_unknown_tokens_change_nothing() {
-    let s = TestServer::start().await;
-    let acct = account(&s, "acct").await;
-    let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
-
-    // Exactly the document's example: UUID client id, 26-character secret, 600 hex digits.
-    let token = "8fb45b320af23091091b9c163a29a73e70bbd03ddbe6bcc832ecb2ffb9829d03a4d9f82c0f548afded21ab42a6965e7107ae5cc23dd2c2d16de1843814046cf341c24a14631c0f74bccf41339d7efae39cb19ffa4bf6886e919e185f8a517fae6982150a06346c7e12e00796aad03bc2f65f28ae7cabc03f2fea1047b41ef3d30f6c99c0f05ad61e8f39e0a805c04fefb3981fce96801d822c0057e7bff68db7544aa067e659b20a7919848aee7c2830a35466556857a3007b23501fdcb00722004dc50d7b22cac50dce564be5784bf4f530fe73b204e7bbb24fdac94c9a20bff95c52208ab64ab1f03a246bd64a9893460ee64e8f21cf88705c51e6f3ae13f870fe4ea10cd2217f808f999c3026931c";
-    // (The issue says 600 characters; the document's token has 544. Both lengths are tried.)
-    assert_eq!(token.len(), 544);
-    let longer = format!("{token}{}", &token[..56]);
-    for token in [token, longer.as_str()] {
-        let body =
-            format!("client_id={SENTINEL_CLIENT}&client_secret={SENTINEL_SECRET}&token={token}");
-        let resp = post(&s, "/sentinel/api/account/acct/token/revoke?v1.0", body).await;
-        assert_eq!(resp.status(), 200);
-    }
-    assert!(active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
-
-    // Already revoked: 200, and alice's other grant is not touched by the replay.
-    let rt = field(&g, "refresh_token");
-    let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
-    assert_eq!(
-        post(&s, path, sentinel_body(&acct.app_a, rt))
-            .await
-            .status(),
-        200
-    );
-    let later = s.grant_in("acct", &acct.app_b, "alice", None).await;
-    assert_eq!(
-        post(&s, path, sentinel_body(&acct.app_a, rt))
-            .await
-            .status(),
-        200
-    );
-    assert!(
-        active_in(
-            &s,
-            "acct",
-            &acct.introspector,
-            field(&later, "refresh_token")
-        )
-        .await
-    );
-}
-
-#[tokio::test]
-async fn sentinel_never_crosses_accounts() {
-    let s = TestServer::start().await;
-    let one = account(&s, "one").await;
-    let two = account(&s, "two").await; // the same client id and secret exist in both
-    let g = s.grant_in("one", &one.app_a, "alice", None).await;
-    let rt = field(&g, "refresh_token");
-    let resp = post(
-        &s,
-        "/sentinel/api/account/two/token/revoke?v=1.0",
-        sentinel_body(&two.app_a, rt),
-    )
-    .await;
-    assert_eq!(resp.status(), 200, "unknown in account two");
-    assert!(active_in(&s, "one", &one.introspector, rt).await);
 }
 
 // ---- Profile 2: seed 001, /api/id/v1/auth/token/revoke ---------------------------------------
@@ -277,177 +283,177 @@ async fn assert_camel_error(resp: Response, status: u16) -> Value {
     body
 }
 
-#[tokio::test]
-async fn id_v1_revokes_with_basic_or_body_credentials_and_either_type_parameter() {
-    let s = TestServer::start().await;
-    let svc = s.confidential("svc", "read").await;
-    let path = "/api/id/v1/auth/token/revoke";
+backend_test! {
+    async fn id_v1_revokes_with_basic_or_body_credentials_and_either_type_parameter() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let path = "/api/id/v1/auth/token/revoke";
 
-    let g = s.grant_for(&svc, "alice", None).await;
-    let resp = s
-        .post_form(
-            path,
-            Auth::Basic(&svc),
-            &[
-                ("token", field(&g, "refresh_token")),
-                ("token_type_hint", "refresh_token"),
-            ],
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    assert!(
-        !s.is_active(field(&g, "access_token")).await,
-        "refresh revokes the grant"
-    );
+        let g = s.grant_for(&svc, "alice", None).await;
+        let resp = s
+            .post_form(
+                path,
+                Auth::Basic(&svc),
+                &[
+                    ("token", field(&g, "refresh_token")),
+                    ("token_type_hint", "refresh_token"),
+                ],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(
+            !s.is_active(field(&g, "access_token")).await,
+            "refresh revokes the grant"
+        );
 
-    let g = s.grant_for(&svc, "bob", None).await;
-    let resp = s
-        .post_form(
-            path,
-            Auth::Post(&svc),
-            &[
-                ("token", field(&g, "access_token")),
-                ("token_type", "access_token"),
-            ],
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    assert!(!s.is_active(field(&g, "access_token")).await);
-    assert!(
-        s.is_active(field(&g, "refresh_token")).await,
-        "an access token takes only itself"
-    );
+        let g = s.grant_for(&svc, "bob", None).await;
+        let resp = s
+            .post_form(
+                path,
+                Auth::Post(&svc),
+                &[
+                    ("token", field(&g, "access_token")),
+                    ("token_type", "access_token"),
+                ],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(!s.is_active(field(&g, "access_token")).await);
+        assert!(
+            s.is_active(field(&g, "refresh_token")).await,
+            "an access token takes only itself"
+        );
 
-    let at = s.client_credentials(&svc).await;
-    let resp = s
-        .post_form(
-            path,
-            Auth::Basic(&svc),
-            &[("token", field(&at, "access_token"))],
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "the type is optional");
+        let at = s.client_credentials(&svc).await;
+        let resp = s
+            .post_form(
+                path,
+                Auth::Basic(&svc),
+                &[("token", field(&at, "access_token"))],
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "the type is optional");
+    }
 }
 
-#[tokio::test]
-async fn id_v1_errors_are_camel_case_for_every_status() {
-    let s = TestServer::start().await;
-    let svc = s.confidential("svc", "read").await;
-    let spa = s.public("spa", "read").await;
-    let path = "/api/id/v1/auth/token/revoke";
-    let g = s.grant_for(&svc, "alice", None).await;
-    let rt = field(&g, "refresh_token");
+backend_test! {
+    async fn id_v1_errors_are_camel_case_for_every_status() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let spa = s.public("spa", "read").await;
+        let path = "/api/id/v1/auth/token/revoke";
+        let g = s.grant_for(&svc, "alice", None).await;
+        let rt = field(&g, "refresh_token");
 
-    // 400: missing token, a type outside the allowed values, disagreeing type parameters.
-    assert_camel_error(s.post_form(path, Auth::Basic(&svc), &[]).await, 400).await;
-    let bad_type = s
-        .post_form(
-            path,
-            Auth::Basic(&svc),
-            &[("token", rt), ("token_type", "id_token")],
+        // 400: missing token, a type outside the allowed values, disagreeing type parameters.
+        assert_camel_error(s.post_form(path, Auth::Basic(&svc), &[]).await, 400).await;
+        let bad_type = s
+            .post_form(
+                path,
+                Auth::Basic(&svc),
+                &[("token", rt), ("token_type", "id_token")],
+            )
+            .await;
+        assert_eq!(
+            assert_camel_error(bad_type, 400).await["error"],
+            "invalid_request"
+        );
+        let disagree = [
+            ("token", rt),
+            ("token_type", "access_token"),
+            ("token_type_hint", "refresh_token"),
+        ];
+        assert_camel_error(s.post_form(path, Auth::Basic(&svc), &disagree).await, 400).await;
+        let json_body = s
+            .post_raw(
+                path,
+                &[("content-type", "application/json")],
+                b"{}".to_vec(),
+            )
+            .await;
+        assert_camel_error(json_body, 400).await;
+
+        // 401: no credentials, a public client, a wrong secret.
+        assert_camel_error(s.post_form(path, Auth::None, &[("token", rt)]).await, 401).await;
+        assert_camel_error(
+            s.post_form(path, Auth::Public(&spa), &[("token", rt)])
+                .await,
+            401,
         )
         .await;
-    assert_eq!(
-        assert_camel_error(bad_type, 400).await["error"],
-        "invalid_request"
-    );
-    let disagree = [
-        ("token", rt),
-        ("token_type", "access_token"),
-        ("token_type_hint", "refresh_token"),
-    ];
-    assert_camel_error(s.post_form(path, Auth::Basic(&svc), &disagree).await, 400).await;
-    let json_body = s
-        .post_raw(
-            path,
-            &[("content-type", "application/json")],
-            b"{}".to_vec(),
+        let wrong = TestClient {
+            id: "svc".into(),
+            secret: Some("nope".into()),
+        };
+        let body = assert_camel_error(
+            s.post_form(path, Auth::Basic(&wrong), &[("token", rt)])
+                .await,
+            401,
         )
         .await;
-    assert_camel_error(json_body, 400).await;
+        assert_eq!(body["error"], "invalid_client");
 
-    // 401: no credentials, a public client, a wrong secret.
-    assert_camel_error(s.post_form(path, Auth::None, &[("token", rt)]).await, 401).await;
-    assert_camel_error(
-        s.post_form(path, Auth::Public(&spa), &[("token", rt)])
-            .await,
-        401,
-    )
-    .await;
-    let wrong = TestClient {
-        id: "svc".into(),
-        secret: Some("nope".into()),
-    };
-    let body = assert_camel_error(
-        s.post_form(path, Auth::Basic(&wrong), &[("token", rt)])
-            .await,
-        401,
-    )
-    .await;
-    assert_eq!(body["error"], "invalid_client");
+        // 405 and an unknown tenant, in the same shape.
+        assert_camel_error(s.http.get(s.url(path)).send().await.unwrap(), 405).await;
+        let unknown = s
+            .post_form(
+                "/tenants/nope/api/id/v1/auth/token/revoke",
+                Auth::Basic(&svc),
+                &[("token", rt)],
+            )
+            .await;
+        assert_camel_error(unknown, 404).await;
 
-    // 405 and an unknown tenant, in the same shape.
-    assert_camel_error(s.http.get(s.url(path)).send().await.unwrap(), 405).await;
-    let unknown = s
-        .post_form(
-            "/tenants/nope/api/id/v1/auth/token/revoke",
-            Auth::Basic(&svc),
-            &[("token", rt)],
-        )
-        .await;
-    assert_camel_error(unknown, 404).await;
-
-    // A storage failure (the document's 500 row): camelCase too, and nothing happens.
-    let db = rusqlite::Connection::open(&s.db_path).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER broken BEFORE UPDATE ON grants BEGIN SELECT RAISE(ABORT, 'disk'); END;",
-    )
-    .unwrap();
-    let failed = s.post_form(path, Auth::Basic(&svc), &[("token", rt)]).await;
-    assert_eq!(
-        assert_camel_error(failed, 503).await["error"],
-        "temporarily_unavailable"
-    );
-    db.execute_batch("DROP TRIGGER broken;").unwrap();
-    assert!(s.is_active(rt).await);
+        // A storage failure (the document's 500 row): camelCase too, and nothing happens.
+        s.db.break_updates("grants").await;
+        let failed = s.post_form(path, Auth::Basic(&svc), &[("token", rt)]).await;
+        assert_eq!(
+            assert_camel_error(failed, 503).await["error"],
+            "temporarily_unavailable"
+        );
+        s.db.heal_updates("grants").await;
+        assert!(s.is_active(rt).await);
+    }
 }
 
-#[tokio::test]
-async fn id_v1_is_tenant_scoped() {
-    let s = TestServer::start().await;
-    tenant(&s, "acme").await;
-    let svc = s.confidential("svc", "read").await;
-    let acme_svc = app_in(&s, "acme", "svc", "svc-secret").await;
-    let g = s.grant_for(&svc, "alice", None).await;
-    let resp = s
-        .post_form(
-            "/tenants/acme/api/id/v1/auth/token/revoke",
-            Auth::Post(&acme_svc),
-            &[("token", field(&g, "refresh_token"))],
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "unknown in acme");
-    assert!(s.is_active(field(&g, "refresh_token")).await);
+backend_test! {
+    async fn id_v1_is_tenant_scoped() {
+        let s = TestServer::start().await;
+        tenant(&s, "acme").await;
+        let svc = s.confidential("svc", "read").await;
+        let acme_svc = app_in(&s, "acme", "svc", "svc-secret").await;
+        let g = s.grant_for(&svc, "alice", None).await;
+        let resp = s
+            .post_form(
+                "/tenants/acme/api/id/v1/auth/token/revoke",
+                Auth::Post(&acme_svc),
+                &[("token", field(&g, "refresh_token"))],
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "unknown in acme");
+        assert!(s.is_active(field(&g, "refresh_token")).await);
+    }
 }
 
 // ---- Profile 3: seed 002, /api/v1.0/oauth2/revoke --------------------------------------------
 
-#[tokio::test]
-async fn api_v1_0_public_client_revokes_an_access_token_as_in_the_first_example() {
-    let s = TestServer::start().await;
-    let public = s.public("io8MvuTN3reflIaESwe5tGd", "read").await;
-    let g = s.grant_for(&public, "alice", None).await;
-    let at = field(&g, "access_token");
-    let body = format!("client_id=io8MvuTN3reflIaESwe5tGd&token={at}");
-    let resp = s
-        .post_raw(
-            "/api/v1.0/oauth2/revoke",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body.into_bytes(),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    assert!(!s.is_active(at).await);
+backend_test! {
+    async fn api_v1_0_public_client_revokes_an_access_token_as_in_the_first_example() {
+        let s = TestServer::start().await;
+        let public = s.public("io8MvuTN3reflIaESwe5tGd", "read").await;
+        let g = s.grant_for(&public, "alice", None).await;
+        let at = field(&g, "access_token");
+        let body = format!("client_id=io8MvuTN3reflIaESwe5tGd&token={at}");
+        let resp = s
+            .post_raw(
+                "/api/v1.0/oauth2/revoke",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                body.into_bytes(),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(!s.is_active(at).await);
+    }
 }
 
 #[tokio::test]
@@ -470,98 +476,101 @@ async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tok
     assert!(!s.is_active(rt).await && !s.is_active(at).await);
 }
 
-#[tokio::test]
-async fn api_v1_0_follows_rfc_7009_errors_and_ownership() {
-    let s = TestServer::start().await;
-    let conf = app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
-    let public = s.public("io8MvuTN3reflIaESwe5tGd", "read").await;
-    let g = s.grant_for(&conf, "alice", None).await;
-    let rt = field(&g, "refresh_token");
-    let path = "/api/v1.0/oauth2/revoke";
+backend_test! {
+    async fn api_v1_0_follows_rfc_7009_errors_and_ownership() {
+        let s = TestServer::start().await;
+        let conf = app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
+        let public = s.public("io8MvuTN3reflIaESwe5tGd", "read").await;
+        let g = s.grant_for(&conf, "alice", None).await;
+        let rt = field(&g, "refresh_token");
+        let path = "/api/v1.0/oauth2/revoke";
 
-    // A confidential client must send its secret.
-    assert_error(
-        s.post_form(path, Auth::Public(&conf), &[("token", rt)])
-            .await,
-        401,
-        "invalid_client",
-    )
-    .await;
-    // A public client cannot revoke another client's token, and is not told.
-    assert_eq!(
-        s.post_form(path, Auth::Public(&public), &[("token", rt)])
-            .await
-            .status(),
-        200
-    );
-    assert!(s.is_active(rt).await);
-    // Missing token; unknown token; a wrong token_type hint still revokes.
-    assert_error(
-        s.post_form(path, Auth::Post(&conf), &[]).await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    assert_eq!(
-        s.post_form(path, Auth::Post(&conf), &[("token", "Q4lxNpch72FUwhO")])
-            .await
-            .status(),
-        200
-    );
-    let resp = s
-        .post_form(
-            path,
-            Auth::Post(&conf),
-            &[("token", rt), ("token_type", "access_token")],
+        // A confidential client must send its secret.
+        assert_error(
+            s.post_form(path, Auth::Public(&conf), &[("token", rt)])
+                .await,
+            401,
+            "invalid_client",
         )
         .await;
-    assert_eq!(resp.status(), 200);
-    assert!(!s.is_active(rt).await);
+        // A public client cannot revoke another client's token, and is not told.
+        assert_eq!(
+            s.post_form(path, Auth::Public(&public), &[("token", rt)])
+                .await
+                .status(),
+            200
+        );
+        assert!(s.is_active(rt).await);
+        // Missing token; unknown token; a wrong token_type hint still revokes.
+        assert_error(
+            s.post_form(path, Auth::Post(&conf), &[]).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        assert_eq!(
+            s.post_form(path, Auth::Post(&conf), &[("token", "Q4lxNpch72FUwhO")])
+                .await
+                .status(),
+            200
+        );
+        let resp = s
+            .post_form(
+                path,
+                Auth::Post(&conf),
+                &[("token", rt), ("token_type", "access_token")],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(!s.is_active(rt).await);
+    }
 }
 
-#[tokio::test]
-async fn api_v1_0_is_tenant_scoped() {
-    let s = TestServer::start().await;
-    tenant(&s, "acme").await;
-    let conf = app_in(&s, "default", "c", "c-secret").await;
-    let acme_conf = app_in(&s, "acme", "c", "c-secret").await;
-    let g = s.grant_for(&conf, "alice", None).await;
-    let rt = field(&g, "refresh_token");
-    let resp = s
-        .post_form(
-            "/tenants/acme/api/v1.0/oauth2/revoke",
-            Auth::Post(&acme_conf),
-            &[("token", rt)],
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    assert!(s.is_active(rt).await);
+backend_test! {
+    async fn api_v1_0_is_tenant_scoped() {
+        let s = TestServer::start().await;
+        tenant(&s, "acme").await;
+        let conf = app_in(&s, "default", "c", "c-secret").await;
+        let acme_conf = app_in(&s, "acme", "c", "c-secret").await;
+        let g = s.grant_for(&conf, "alice", None).await;
+        let rt = field(&g, "refresh_token");
+        let resp = s
+            .post_form(
+                "/tenants/acme/api/v1.0/oauth2/revoke",
+                Auth::Post(&acme_conf),
+                &[("token", rt)],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert!(s.is_active(rt).await);
+    }
 }
 
 // ---- All profiles -----------------------------------------------------------------------------
 
-#[tokio::test]
-async fn each_profile_can_be_switched_off() {
-    let s = TestServer::start_with(|settings| {
-        settings.profiles.sentinel = false;
-        settings.profiles.id_v1 = false;
-        settings.profiles.api_v1_0 = false;
-    })
-    .await;
-    let svc = s.confidential("svc", "read").await;
-    for path in [
-        "/sentinel/api/account/default/token/revoke?v=1.0",
-        "/api/id/v1/auth/token/revoke",
-        "/api/v1.0/oauth2/revoke",
-    ] {
-        let resp = s.post_form(path, Auth::Post(&svc), &[("token", "x")]).await;
-        assert_error(resp, 404, "not_found").await;
+backend_test! {
+    async fn each_profile_can_be_switched_off() {
+        let s = TestServer::start_with(|settings| {
+            settings.profiles.sentinel = false;
+            settings.profiles.id_v1 = false;
+            settings.profiles.api_v1_0 = false;
+        })
+        .await;
+        let svc = s.confidential("svc", "read").await;
+        for path in [
+            "/sentinel/api/account/default/token/revoke?v=1.0",
+            "/api/id/v1/auth/token/revoke",
+            "/api/v1.0/oauth2/revoke",
+        ] {
+            let resp = s.post_form(path, Auth::Post(&svc), &[("token", "x")]).await;
+            assert_error(resp, 404, "not_found").await;
+        }
+        // The standard endpoint is unaffected.
+        assert_eq!(
+            s.post_form("/oauth2/revoke", Auth::Post(&svc), &[("token", "x")])
+                .await
+                .status(),
+            200
+        );
     }
-    // The standard endpoint is unaffected.
-    assert_eq!(
-        s.post_form("/oauth2/revoke", Auth::Post(&svc), &[("token", "x")])
-            .await
-            .status(),
-        200
-    );
 }

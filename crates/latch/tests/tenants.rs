@@ -1,5 +1,6 @@
 //! Tenants: creation, per-tenant endpoints and metadata, and absolute isolation.
 
+#[macro_use]
 mod common;
 
 use common::{assert_error, Auth, TestClient, TestServer};
@@ -40,79 +41,81 @@ async fn introspect(s: &TestServer, prefix: &str, as_client: &TestClient, token:
     resp.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn tenants_are_created_listed_and_validated() {
-    let s = TestServer::start().await;
-    let created = create_tenant(&s, "acme").await;
-    assert_eq!(created["tenant_id"], "acme");
-    assert_eq!(created["issuer"], format!("{}/tenants/acme", s.base));
+backend_test! {
+    async fn tenants_are_created_listed_and_validated() {
+        let s = TestServer::start().await;
+        let created = create_tenant(&s, "acme").await;
+        assert_eq!(created["tenant_id"], "acme");
+        assert_eq!(created["issuer"], format!("{}/tenants/acme", s.base));
 
-    let dup = s
-        .admin(
-            Method::POST,
-            "/tenants",
-            Some(json!({ "tenant_id": "acme" })),
-        )
-        .await;
-    assert_error(dup, 409, "conflict").await;
-    let bad = s
-        .admin(
-            Method::POST,
-            "/tenants",
-            Some(json!({ "tenant_id": "a/b" })),
-        )
-        .await;
-    assert_error(bad, 400, "invalid_request").await;
+        let dup = s
+            .admin(
+                Method::POST,
+                "/tenants",
+                Some(json!({ "tenant_id": "acme" })),
+            )
+            .await;
+        assert_error(dup, 409, "conflict").await;
+        let bad = s
+            .admin(
+                Method::POST,
+                "/tenants",
+                Some(json!({ "tenant_id": "a/b" })),
+            )
+            .await;
+        assert_error(bad, 400, "invalid_request").await;
 
-    let list: Value = s
-        .admin(Method::GET, "/tenants", None)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list["tenants"], json!(["acme", "default"]));
+        let list: Value = s
+            .admin(Method::GET, "/tenants", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["tenants"], json!(["acme", "default"]));
+    }
 }
 
-#[tokio::test]
-async fn each_tenant_has_its_own_issuer_and_metadata() {
-    let s = TestServer::start().await;
-    create_tenant(&s, "acme").await;
-    let meta: Value = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server/tenants/acme"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let issuer = format!("{}/tenants/acme", s.base);
-    assert_eq!(meta["issuer"], issuer);
-    assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
-    assert_eq!(
-        meta["revocation_endpoint"],
-        format!("{issuer}/oauth2/revoke")
-    );
-    assert_eq!(
-        meta["introspection_endpoint"],
-        format!("{issuer}/oauth2/introspect")
-    );
+backend_test! {
+    async fn each_tenant_has_its_own_issuer_and_metadata() {
+        let s = TestServer::start().await;
+        create_tenant(&s, "acme").await;
+        let meta: Value = s
+            .http
+            .get(s.url("/.well-known/oauth-authorization-server/tenants/acme"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let issuer = format!("{}/tenants/acme", s.base);
+        assert_eq!(meta["issuer"], issuer);
+        assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
+        assert_eq!(
+            meta["revocation_endpoint"],
+            format!("{issuer}/oauth2/revoke")
+        );
+        assert_eq!(
+            meta["introspection_endpoint"],
+            format!("{issuer}/oauth2/introspect")
+        );
 
-    let unknown = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server/tenants/nope"))
-        .send()
-        .await
-        .unwrap();
-    assert_error(unknown, 404, "not_found").await;
+        let unknown = s
+            .http
+            .get(s.url("/.well-known/oauth-authorization-server/tenants/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(unknown, 404, "not_found").await;
 
-    // The tenant's tokens carry its issuer.
-    let app = client_in(&s, "acme", "app", "acme-secret").await;
-    let at = token_at(&s, "/tenants/acme", &app).await;
-    assert_eq!(
-        introspect(&s, "/tenants/acme", &app, &at).await["iss"],
-        issuer
-    );
+        // The tenant's tokens carry its issuer.
+        let app = client_in(&s, "acme", "app", "acme-secret").await;
+        let at = token_at(&s, "/tenants/acme", &app).await;
+        assert_eq!(
+            introspect(&s, "/tenants/acme", &app, &at).await["iss"],
+            issuer
+        );
+    }
 }
 
 async fn token_at(s: &TestServer, prefix: &str, client: &TestClient) -> String {
@@ -128,144 +131,148 @@ async fn token_at(s: &TestServer, prefix: &str, client: &TestClient) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn the_same_client_id_in_two_tenants_is_two_clients() {
-    let s = TestServer::start().await;
-    create_tenant(&s, "x").await;
-    create_tenant(&s, "y").await;
-    let in_x = client_in(&s, "x", "app", "secret-x").await;
-    let in_y = client_in(&s, "y", "app", "secret-y").await;
+backend_test! {
+    async fn the_same_client_id_in_two_tenants_is_two_clients() {
+        let s = TestServer::start().await;
+        create_tenant(&s, "x").await;
+        create_tenant(&s, "y").await;
+        let in_x = client_in(&s, "x", "app", "secret-x").await;
+        let in_y = client_in(&s, "y", "app", "secret-y").await;
 
-    token_at(&s, "/tenants/x", &in_x).await;
-    token_at(&s, "/tenants/y", &in_y).await;
-    // Each secret works only in its own tenant; a tenant's client is unknown at the root.
-    let cross = s
-        .post_form(
-            "/tenants/y/oauth2/token",
-            Auth::Basic(&in_x),
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
-    assert_error(cross, 401, "invalid_client").await;
-    let root = s
-        .post_form(
-            "/oauth2/token",
-            Auth::Basic(&in_x),
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
-    assert_error(root, 401, "invalid_client").await;
-}
-
-#[tokio::test]
-async fn a_token_of_one_tenant_is_never_active_at_nor_revocable_through_another() {
-    let s = TestServer::start().await;
-    create_tenant(&s, "x").await;
-    create_tenant(&s, "y").await;
-    let in_x = client_in(&s, "x", "app", "secret-x").await;
-    let in_y = client_in(&s, "y", "app", "secret-y").await;
-    let grant = s.grant_in("x", &in_x, "alice", None).await;
-    let (at, rt) = (
-        grant["access_token"].as_str().unwrap(),
-        grant["refresh_token"].as_str().unwrap(),
-    );
-
-    for t in [at, rt] {
-        assert_eq!(
-            introspect(&s, "/tenants/y", &in_y, t).await,
-            json!({ "active": false })
-        );
-        assert_eq!(
-            s.introspect(t).await,
-            json!({ "active": false }),
-            "default tenant"
-        );
-        // Same client id, other tenant: unknown there, so a 200 that changes nothing.
-        let resp = s
+        token_at(&s, "/tenants/x", &in_x).await;
+        token_at(&s, "/tenants/y", &in_y).await;
+        // Each secret works only in its own tenant; a tenant's client is unknown at the root.
+        let cross = s
             .post_form(
-                "/tenants/y/oauth2/revoke",
-                Auth::Basic(&in_y),
-                &[("token", t)],
+                "/tenants/y/oauth2/token",
+                Auth::Basic(&in_x),
+                &[("grant_type", "client_credentials")],
             )
             .await;
-        assert_eq!(resp.status(), 200);
+        assert_error(cross, 401, "invalid_client").await;
+        let root = s
+            .post_form(
+                "/oauth2/token",
+                Auth::Basic(&in_x),
+                &[("grant_type", "client_credentials")],
+            )
+            .await;
+        assert_error(root, 401, "invalid_client").await;
     }
-    // Refreshing through the other tenant fails too.
-    let resp = s
-        .post_form(
-            "/tenants/y/oauth2/token",
-            Auth::Basic(&in_y),
-            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
-        )
-        .await;
-    assert_error(resp, 400, "invalid_grant").await;
-    // Admin log-out in the other tenant does not touch it either.
-    s.admin(Method::DELETE, "/tenants/y/subjects/alice/grants", None)
-        .await;
-
-    assert_eq!(
-        introspect(&s, "/tenants/x", &in_x, at).await["active"],
-        true
-    );
-    assert_eq!(
-        introspect(&s, "/tenants/x", &in_x, rt).await["active"],
-        true
-    );
 }
 
-#[tokio::test]
-async fn unknown_tenants_are_404_with_a_json_error() {
-    let s = TestServer::start().await;
-    let svc = s.confidential("svc", "read").await;
-    for path in [
-        "/tenants/nope/oauth2/token",
-        "/tenants/nope/oauth2/revoke",
-        "/tenants/nope/oauth2/introspect",
-    ] {
+backend_test! {
+    async fn a_token_of_one_tenant_is_never_active_at_nor_revocable_through_another() {
+        let s = TestServer::start().await;
+        create_tenant(&s, "x").await;
+        create_tenant(&s, "y").await;
+        let in_x = client_in(&s, "x", "app", "secret-x").await;
+        let in_y = client_in(&s, "y", "app", "secret-y").await;
+        let grant = s.grant_in("x", &in_x, "alice", None).await;
+        let (at, rt) = (
+            grant["access_token"].as_str().unwrap(),
+            grant["refresh_token"].as_str().unwrap(),
+        );
+
+        for t in [at, rt] {
+            assert_eq!(
+                introspect(&s, "/tenants/y", &in_y, t).await,
+                json!({ "active": false })
+            );
+            assert_eq!(
+                s.introspect(t).await,
+                json!({ "active": false }),
+                "default tenant"
+            );
+            // Same client id, other tenant: unknown there, so a 200 that changes nothing.
+            let resp = s
+                .post_form(
+                    "/tenants/y/oauth2/revoke",
+                    Auth::Basic(&in_y),
+                    &[("token", t)],
+                )
+                .await;
+            assert_eq!(resp.status(), 200);
+        }
+        // Refreshing through the other tenant fails too.
         let resp = s
             .post_form(
-                path,
-                Auth::Basic(&svc),
-                &[("token", "x"), ("grant_type", "client_credentials")],
+                "/tenants/y/oauth2/token",
+                Auth::Basic(&in_y),
+                &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+            )
+            .await;
+        assert_error(resp, 400, "invalid_grant").await;
+        // Admin log-out in the other tenant does not touch it either.
+        s.admin(Method::DELETE, "/tenants/y/subjects/alice/grants", None)
+            .await;
+
+        assert_eq!(
+            introspect(&s, "/tenants/x", &in_x, at).await["active"],
+            true
+        );
+        assert_eq!(
+            introspect(&s, "/tenants/x", &in_x, rt).await["active"],
+            true
+        );
+    }
+}
+
+backend_test! {
+    async fn unknown_tenants_are_404_with_a_json_error() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        for path in [
+            "/tenants/nope/oauth2/token",
+            "/tenants/nope/oauth2/revoke",
+            "/tenants/nope/oauth2/introspect",
+        ] {
+            let resp = s
+                .post_form(
+                    path,
+                    Auth::Basic(&svc),
+                    &[("token", "x"), ("grant_type", "client_credentials")],
+                )
+                .await;
+            assert_error(resp, 404, "not_found").await;
+        }
+        let resp = s.admin(Method::GET, "/tenants/nope/clients", None).await;
+        assert_error(resp, 404, "not_found").await;
+    }
+}
+
+backend_test! {
+    async fn removing_a_tenant_kills_its_tokens_for_good() {
+        let s = TestServer::start().await;
+        create_tenant(&s, "gone").await;
+        let app = client_in(&s, "gone", "app", "s1").await;
+        let grant = s.grant_in("gone", &app, "alice", None).await;
+        let rt = grant["refresh_token"].as_str().unwrap();
+
+        let resp = s.admin(Method::DELETE, "/tenants/gone", None).await;
+        assert_eq!(resp.status(), 200);
+        let resp = s
+            .post_form(
+                "/tenants/gone/oauth2/introspect",
+                Auth::Basic(&app),
+                &[("token", rt)],
             )
             .await;
         assert_error(resp, 404, "not_found").await;
+
+        // Re-creating the tenant and the client revives nothing.
+        create_tenant(&s, "gone").await;
+        let app = client_in(&s, "gone", "app", "s1").await;
+        assert_eq!(
+            introspect(&s, "/tenants/gone", &app, rt).await,
+            json!({ "active": false })
+        );
+
+        let resp = s.admin(Method::DELETE, "/tenants/default", None).await;
+        assert_error(resp, 400, "invalid_request").await;
+        let resp = s.admin(Method::DELETE, "/tenants/never", None).await;
+        assert_error(resp, 404, "not_found").await;
     }
-    let resp = s.admin(Method::GET, "/tenants/nope/clients", None).await;
-    assert_error(resp, 404, "not_found").await;
-}
-
-#[tokio::test]
-async fn removing_a_tenant_kills_its_tokens_for_good() {
-    let s = TestServer::start().await;
-    create_tenant(&s, "gone").await;
-    let app = client_in(&s, "gone", "app", "s1").await;
-    let grant = s.grant_in("gone", &app, "alice", None).await;
-    let rt = grant["refresh_token"].as_str().unwrap();
-
-    let resp = s.admin(Method::DELETE, "/tenants/gone", None).await;
-    assert_eq!(resp.status(), 200);
-    let resp = s
-        .post_form(
-            "/tenants/gone/oauth2/introspect",
-            Auth::Basic(&app),
-            &[("token", rt)],
-        )
-        .await;
-    assert_error(resp, 404, "not_found").await;
-
-    // Re-creating the tenant and the client revives nothing.
-    create_tenant(&s, "gone").await;
-    let app = client_in(&s, "gone", "app", "s1").await;
-    assert_eq!(
-        introspect(&s, "/tenants/gone", &app, rt).await,
-        json!({ "active": false })
-    );
-
-    let resp = s.admin(Method::DELETE, "/tenants/default", None).await;
-    assert_error(resp, 400, "invalid_request").await;
-    let resp = s.admin(Method::DELETE, "/tenants/never", None).await;
-    assert_error(resp, 404, "not_found").await;
 }
 
 #[test]

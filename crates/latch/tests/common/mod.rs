@@ -19,6 +19,193 @@ use latch_store::DatabaseUrl;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
+/// The database a test runs on. Every HTTP test runs once per back-end: the
+/// [`backend_test!`] macro generates `name::sqlite` and `name::postgres` from one body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+tokio::task_local! {
+    /// The back-end of the running test (set by `backend_test!`).
+    pub static BACKEND: Backend;
+}
+
+/// The PostgreSQL server the tests use (trust auth, database `test`).
+pub const PG_BASE: &str = "postgres://root@127.0.0.1:5432/test";
+
+/// Runs a test body on a back-end.
+pub async fn on_backend<F: std::future::Future<Output = ()>>(backend: Backend, body: F) {
+    BACKEND.scope(backend, body).await
+}
+
+/// Defines an HTTP test once and runs it on both back-ends, as `NAME::sqlite` and
+/// `NAME::postgres`.
+macro_rules! backend_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        async fn $name() $body
+
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::common::on_backend($crate::common::Backend::Sqlite, super::$name()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                $crate::common::on_backend($crate::common::Backend::Postgres, super::$name()).await
+            }
+        }
+    };
+}
+
+/// A database for one test: a SQLite file in a temporary folder, or a PostgreSQL schema of
+/// its own (dropped afterwards), so tests run in parallel and leave nothing behind.
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    /// The SQLite file (SQLite only).
+    pub path: Option<PathBuf>,
+    /// The PostgreSQL schema (PostgreSQL only).
+    pub schema: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    /// A fresh database on the current test's back-end.
+    pub async fn fresh() -> Self {
+        Self::fresh_on(BACKEND.try_with(|b| *b).unwrap_or(Backend::Sqlite)).await
+    }
+
+    pub async fn fresh_on(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => {
+                let path = dir.path().join("latch.db");
+                Self {
+                    url: DatabaseUrl::SqliteFile(path.clone()),
+                    path: Some(path),
+                    schema: None,
+                    _dir: dir,
+                }
+            }
+            Backend::Postgres => {
+                let schema = format!("t_{}", random_suffix());
+                pg_execute(&format!("CREATE SCHEMA {schema}")).await;
+                Self {
+                    url: DatabaseUrl::Postgres(pg_url(&schema)),
+                    path: None,
+                    schema: Some(schema),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    /// The URL as `--database-url` takes it.
+    pub fn url_string(&self) -> String {
+        match &self.url {
+            DatabaseUrl::Postgres(u) => u.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Runs SQL directly on the database, behind latch's back (to break or inspect it).
+    pub async fn execute(&self, sql: &str) {
+        match (&self.path, &self.schema) {
+            (Some(path), _) => rusqlite::Connection::open(path)
+                .and_then(|c| c.execute_batch(sql))
+                .expect("sqlite statement"),
+            (_, Some(schema)) => pg_execute(&format!("SET search_path TO {schema}; {sql}")).await,
+            _ => unreachable!("a test database is SQLite or PostgreSQL"),
+        }
+    }
+
+    /// Makes every UPDATE of `table` fail, as a broken disk would.
+    pub async fn break_updates(&self, table: &str) {
+        match self.schema {
+            None => {
+                self.execute(&format!(
+                    "CREATE TRIGGER broken_{table} BEFORE UPDATE ON {table}                      BEGIN SELECT RAISE(ABORT, 'disk failure'); END;"
+                ))
+                .await
+            }
+            Some(_) => {
+                self.execute(&format!(
+                    "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS                      $$ BEGIN RAISE EXCEPTION 'disk failure'; END $$;                      CREATE TRIGGER broken_{table} BEFORE UPDATE ON {table}                      FOR EACH ROW EXECUTE FUNCTION broken();"
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Undoes [`TestDb::break_updates`].
+    pub async fn heal_updates(&self, table: &str) {
+        match self.schema {
+            None => self.execute(&format!("DROP TRIGGER broken_{table};")).await,
+            Some(_) => {
+                self.execute(&format!(
+                    "DROP TRIGGER broken_{table} ON {table}; DROP FUNCTION broken();"
+                ))
+                .await
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(schema) = self.schema.take() {
+            // Drop can't await; a short-lived thread with its own runtime does the clean-up.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(pg_execute(&format!(
+                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    )))
+            })
+            .join();
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The URL of a schema in the test database.
+pub fn pg_url(schema: &str) -> String {
+    format!("{PG_BASE}?options=-c%20search_path%3D{schema}")
+}
+
+/// Runs SQL on the test PostgreSQL server.
+pub async fn pg_execute(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(PG_BASE, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
+    let conn = tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .expect("PostgreSQL statement");
+    drop(client);
+    let _ = conn.await;
+}
+
 /// The admin token every test server uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -42,17 +229,16 @@ pub enum Auth<'a> {
     None,
 }
 
-/// A running server with a fresh database in a temporary folder.
+/// A running server with a fresh database.
 pub struct TestServer {
+    server: Option<Server>,
     pub base: String,
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
-    pub db_path: PathBuf,
+    pub db: TestDb,
     /// A confidential client that exists only to introspect.
     pub introspector: TestClient,
-    server: Option<Server>,
-    _dir: tempfile::TempDir,
 }
 
 /// Percent-encodes for `application/x-www-form-urlencoded` (and RFC 6749 §2.3.1).
@@ -90,33 +276,25 @@ pub fn basic_header(id: &str, secret: &str) -> String {
 }
 
 impl TestServer {
-    /// Starts a server on a fresh SQLite file.
+    /// Starts a server on a fresh database of the test's back-end.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db_path = dir.path().join("latch.db");
-        Self::start_on(dir, db_path).await
+        Self::start_on(TestDb::fresh().await).await
     }
 
-    /// Starts a server on an existing database file (e.g. after a restart).
-    pub async fn start_on(dir: tempfile::TempDir, db_path: PathBuf) -> Self {
-        Self::start_configured(dir, db_path, |_| {}).await
+    /// Starts a server on an existing database (e.g. after a restart).
+    pub async fn start_on(db: TestDb) -> Self {
+        Self::start_configured(db, |_| {}).await
     }
 
     /// Starts a server on a fresh database with settings adjusted by `configure`.
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db_path = dir.path().join("latch.db");
-        Self::start_configured(dir, db_path, configure).await
+        Self::start_configured(TestDb::fresh().await, configure).await
     }
 
-    async fn start_configured(
-        dir: tempfile::TempDir,
-        db_path: PathBuf,
-        configure: impl FnOnce(&mut Settings),
-    ) -> Self {
+    async fn start_configured(db: TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
-            database: DatabaseUrl::SqliteFile(db_path.clone()),
+            database: db.url.clone(),
             issuer: None,
             admin_token: Some(ADMIN_TOKEN.into()),
             log: "warn".into(),
@@ -135,13 +313,12 @@ impl TestServer {
             addr,
             clock,
             http: reqwest::Client::new(),
-            db_path,
+            db,
             introspector: TestClient {
                 id: String::new(),
                 secret: None,
             },
             server: Some(server),
-            _dir: dir,
         };
         this.introspector = this
             .ensure_client(json!({
@@ -153,12 +330,12 @@ impl TestServer {
         this
     }
 
-    /// Stops the server (graceful shutdown) and hands back its database folder.
-    pub async fn stop(mut self) -> (tempfile::TempDir, PathBuf) {
+    /// Stops the server (graceful shutdown) and hands back its database.
+    pub async fn stop(mut self) -> TestDb {
         if let Some(s) = self.server.take() {
             s.shutdown().await.expect("clean shutdown");
         }
-        (self._dir, self.db_path)
+        self.db
     }
 
     pub fn url(&self, path: &str) -> String {
