@@ -3,6 +3,7 @@
 
 use crate::authority::Authority;
 use crate::client::{AccessTokenRevocation, Client};
+use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::{Revocation, TokenRecord};
 use crate::id::{GrantId, Subject};
@@ -24,7 +25,8 @@ pub enum Effect {
 pub enum Outcome {
     /// Something was revoked, durably.
     Revoked(Revoked),
-    /// The token exists but was already revoked, rotated or expired: nothing to do.
+    /// The token exists but was already revoked or expired (or is a used access token):
+    /// nothing to do.
     AlreadyInactive,
     /// The token is malformed, unknown, or of another tenant.
     Unknown,
@@ -93,7 +95,7 @@ impl Authority {
             };
         }
         let now = self.clock.now();
-        if !record.is_active(now) {
+        if !revocable(&record, now) {
             return Ok(Outcome::AlreadyInactive);
         }
 
@@ -106,6 +108,17 @@ impl Authority {
             scope,
             count,
         }))
+    }
+}
+
+/// Whether revoking this token can still kill something. An access token must be active. A
+/// refresh token that was already exchanged still names its grant: the grant lives on in
+/// the successor, and a client revoking the old token (say, racing its own refresh) wants
+/// that grant dead, so an unexpired, unrevoked refresh token is revocable even if rotated.
+fn revocable(record: &TokenRecord, now: UnixTime) -> bool {
+    match record.kind {
+        TokenKind::Access => record.is_active(now),
+        TokenKind::Refresh => !record.is_revoked() && now < record.expires_at,
     }
 }
 

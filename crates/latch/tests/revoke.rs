@@ -54,6 +54,22 @@ backend_test! {
 }
 
 backend_test! {
+    async fn revoking_an_already_rotated_refresh_token_still_kills_its_grant() {
+        // A client that revokes while its own refresh is in flight must not leave the
+        // refreshed tokens alive.
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let g = s.grant_for(&svc, "alice", None).await;
+        let old = g["refresh_token"].as_str().unwrap();
+        let new: serde_json::Value = s.refresh(Auth::Basic(&svc), old).await.json().await.unwrap();
+        assert_eq!(s.revoke(Auth::Basic(&svc), old).await.status(), 200);
+        for t in ["access_token", "refresh_token"] {
+            assert!(!s.is_active(new[t].as_str().unwrap()).await, "{t} survived");
+        }
+    }
+}
+
+backend_test! {
     async fn a_wrong_or_unknown_hint_still_revokes() {
         let s = TestServer::start().await;
         let svc = s.confidential("svc", "read").await;
