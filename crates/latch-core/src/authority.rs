@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::cleanup::CleanupStats;
 use crate::client::Client;
 use crate::clock::{Clock, UnixTime};
 use crate::error::Error;
@@ -64,6 +65,7 @@ pub struct Authority {
     pub(crate) store: Arc<dyn Storage>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) secrets: SecretVerifier,
+    pub(crate) cleanup: CleanupStats,
 }
 
 impl Authority {
@@ -73,6 +75,7 @@ impl Authority {
             store,
             clock,
             secrets: SecretVerifier::new(),
+            cleanup: CleanupStats::default(),
         }
     }
 

@@ -14,12 +14,14 @@
 //! - [`store`]: the storage traits, one per capability.
 //! - [`Authority`] (in `authority.rs`) with one module per flow: `grant_flow/` (token
 //!   endpoint grants: `client_credentials.rs`, `refresh.rs`), [`revoke`] (the revocation
-//!   engine every revocation route ends in), [`introspect`], [`admin`].
+//!   engine every revocation route ends in), [`introspect`], [`admin`], [`cleanup`]
+//!   (deleting expired rows in bounded batches).
 //! - [`error`]: the domain error enum; the HTTP layer maps it to OAuth error responses.
 //! - [`clock`]: time, injectable so tests move it instead of sleeping.
 
 pub mod admin;
 mod authority;
+pub mod cleanup;
 pub mod client;
 pub mod clock;
 pub mod error;

@@ -15,14 +15,16 @@
 //!   `metadata.rs`.
 //! - `profiles/`: the seed documents' revocation APIs, one file each (`sentinel.rs`,
 //!   `id_v1.rs`, `api_v1_0.rs`); each translates shapes and calls the shared revocation path.
-//! - `admin/`: the admin API, one file per resource: `tenants.rs`, `clients.rs`, `grants.rs`.
-//! - `health.rs`: liveness and readiness.
+//! - `admin/`: the admin API, one file per resource: `tenants.rs`, `clients.rs`, `grants.rs`,
+//!   `cleanup.rs`.
+//! - `health.rs`: liveness and readiness; `metrics.rs`: `/metrics` (Prometheus text).
 
 mod admin;
 pub mod credentials;
 pub mod error;
 pub mod form;
 mod health;
+mod metrics;
 mod oauth2;
 pub mod profiles;
 pub mod tenant;
@@ -161,7 +163,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(oauth2::metadata::handle),
         )
         .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready));
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::handle));
     if profiles.sentinel {
         app = app.route(
             "/sentinel/api/account/{accountid}/token/revoke",

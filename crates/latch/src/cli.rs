@@ -37,6 +37,12 @@ pub enum Command {
     /// Manage tenants directly in the database (works while a server runs).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Delete expired tokens and grants now, in bounded batches (the server also does this
+    /// periodically). Safe while servers run.
+    Gc {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Hash a client secret with argon2id, for `client_secret_hash` in a config file.
     /// Reads the secret from standard input when it is not given.
     HashSecret {
@@ -65,6 +71,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
     #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Seconds between expiry clean-up runs; 0 turns it off [default: 300].
+    #[arg(long, env = "LATCH_CLEANUP_INTERVAL", value_name = "SECS")]
+    pub cleanup_interval: Option<u64>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -253,6 +262,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging("warn");
             client(cmd).await
         }
+        Command::Gc { overrides } => {
+            init_logging("warn");
+            let purged = authority(&overrides).await?.purge_expired().await?;
+            println!(
+                "{}",
+                json!({ "tokens_deleted": purged.tokens, "grants_deleted": purged.grants })
+            );
+            Ok(())
+        }
         Command::Tenant(cmd) => {
             init_logging("warn");
             tenant(cmd).await
@@ -347,6 +365,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.issuer.as_deref(),
         args.admin_token.as_deref(),
         args.log.as_deref(),
+        args.cleanup_interval,
     )?;
     init_logging(&settings.log);
     let server = Server::start(&settings, Arc::new(SystemClock)).await?;

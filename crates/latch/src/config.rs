@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Seconds between expiry clean-up runs by default.
+pub const DEFAULT_CLEANUP_INTERVAL: u64 = 300;
 /// The default data folder, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "data";
 
@@ -34,6 +36,8 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
+    /// Seconds between expiry clean-up runs; 0 turns the background job off.
+    pub cleanup_interval: Option<u64>,
     /// Tenants created at start-up if missing (`default` always exists).
     #[serde(default)]
     pub tenants: Vec<String>,
@@ -201,6 +205,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Log filter.
     pub log: String,
+    /// Seconds between expiry clean-up runs; 0 = off.
+    pub cleanup_interval: u64,
     /// Tenants to create at start-up.
     pub tenants: Vec<TenantId>,
     /// Compatibility profiles to serve.
@@ -244,6 +250,7 @@ pub fn resolve(
     issuer: Option<&str>,
     admin_token: Option<&str>,
     log: Option<&str>,
+    cleanup_interval: Option<u64>,
 ) -> anyhow::Result<Settings> {
     let file = load_file(overrides)?;
     let listen_str = listen
@@ -271,6 +278,9 @@ pub fn resolve(
             .map(str::to_owned)
             .or_else(|| file.log.clone())
             .unwrap_or_else(|| "info".to_owned()),
+        cleanup_interval: cleanup_interval
+            .or(file.cleanup_interval)
+            .unwrap_or(DEFAULT_CLEANUP_INTERVAL),
         tenants: file
             .tenants
             .iter()

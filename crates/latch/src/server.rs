@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use latch_core::clock::Clock;
@@ -47,6 +48,19 @@ pub struct Server {
     pub authority: Arc<Authority>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    cleanup: Option<JoinHandle<()>>,
+}
+
+/// Deletes expired rows every `interval`. A failed run is logged and retried next time.
+async fn cleanup_loop(authority: Arc<Authority>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = authority.purge_expired().await {
+            tracing::warn!(error = %e, "expiry clean-up failed; retrying next interval");
+        }
+    }
 }
 
 impl Server {
@@ -66,6 +80,12 @@ impl Server {
                 .with_profiles(settings.profiles),
         );
         let app = latch_http::router(state);
+        let cleanup = (settings.cleanup_interval > 0).then(|| {
+            tokio::spawn(cleanup_loop(
+                authority.clone(),
+                Duration::from_secs(settings.cleanup_interval),
+            ))
+        });
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -79,6 +99,7 @@ impl Server {
             authority,
             shutdown: Some(shutdown),
             task,
+            cleanup,
         })
     }
 
@@ -86,6 +107,9 @@ impl Server {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup.abort();
         }
         (&mut self.task).await??;
         Ok(())

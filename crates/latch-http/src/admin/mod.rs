@@ -1,6 +1,7 @@
 //! The admin API, for operators and trusted first-party backends. Every route needs
 //! `Authorization: Bearer <admin token>`; JSON in, JSON out.
 
+mod cleanup;
 mod clients;
 mod grants;
 mod tenants;
@@ -24,6 +25,7 @@ use crate::AppState;
 /// The admin routes, mounted under `/admin/v1`.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/cleanup", post(cleanup::run))
         .route("/tenants", post(tenants::create).get(tenants::list))
         .route("/tenants/{tenant}", delete(tenants::remove))
         .route(

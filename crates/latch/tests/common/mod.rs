@@ -42,6 +42,7 @@ pub async fn on_backend<F: std::future::Future<Output = ()>>(backend: Backend, b
 
 /// Defines an HTTP test once and runs it on both back-ends, as `NAME::sqlite` and
 /// `NAME::postgres`.
+#[allow(unused_macros)]
 macro_rules! backend_test {
     ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
         $(#[$meta])*
@@ -118,6 +119,32 @@ impl TestDb {
                 .and_then(|c| c.execute_batch(sql))
                 .expect("sqlite statement"),
             (_, Some(schema)) => pg_execute(&format!("SET search_path TO {schema}; {sql}")).await,
+            _ => unreachable!("a test database is SQLite or PostgreSQL"),
+        }
+    }
+
+    /// True on PostgreSQL (for the few tests whose raw SQL differs by dialect).
+    pub fn is_postgres(&self) -> bool {
+        self.schema.is_some()
+    }
+
+    /// Runs a query returning one integer, directly on the database.
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        match (&self.path, &self.schema) {
+            (Some(path), _) => rusqlite::Connection::open(path)
+                .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+                .expect("sqlite query"),
+            (_, Some(schema)) => {
+                let (client, conn) =
+                    tokio_postgres::connect(&pg_url(schema), tokio_postgres::NoTls)
+                        .await
+                        .expect("PostgreSQL");
+                let conn = tokio::spawn(conn);
+                let v: i64 = client.query_one(sql, &[]).await.expect("pg query").get(0);
+                drop(client);
+                let _ = conn.await;
+                v
+            }
             _ => unreachable!("a test database is SQLite or PostgreSQL"),
         }
     }
@@ -298,6 +325,7 @@ impl TestServer {
             issuer: None,
             admin_token: Some(ADMIN_TOKEN.into()),
             log: "warn".into(),
+            cleanup_interval: 0,
             tenants: vec![],
             profiles: Default::default(),
             clients: vec![],

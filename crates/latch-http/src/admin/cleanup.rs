@@ -1,0 +1,23 @@
+//! `POST /admin/v1/cleanup`: delete expired rows now (the background job does this
+//! periodically).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::Admin;
+use crate::error::ApiError;
+use crate::AppState;
+
+pub(crate) async fn run(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    let purged = state.authority.purge_expired().await?;
+    Ok(Json(json!({
+        "tokens_deleted": purged.tokens,
+        "grants_deleted": purged.grants,
+    })))
+}
