@@ -383,14 +383,7 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> Response {
-        let mut req = self
-            .http
-            .request(method, self.url(&format!("/admin/v1{path}")))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        req.send().await.expect("admin request")
+        admin_at(&self.http, &self.base, method, path, body).await
     }
 
     /// Registers a client through the admin API in tenant `default`, returning its
@@ -477,26 +470,7 @@ impl TestServer {
 
     /// POSTs a form to `path` with the given client authentication.
     pub async fn post_form(&self, path: &str, auth: Auth<'_>, pairs: &[(&str, &str)]) -> Response {
-        let mut pairs: Vec<(&str, &str)> = pairs.to_vec();
-        let mut req = self
-            .http
-            .post(self.url(path))
-            .header("content-type", "application/x-www-form-urlencoded");
-        match auth {
-            Auth::Basic(c) => {
-                req = req.header(
-                    "authorization",
-                    basic_header(&c.id, c.secret.as_deref().unwrap_or("")),
-                )
-            }
-            Auth::Post(c) => {
-                pairs.push(("client_id", &c.id));
-                pairs.push(("client_secret", c.secret.as_deref().unwrap_or("")));
-            }
-            Auth::Public(c) => pairs.push(("client_id", &c.id)),
-            Auth::None => {}
-        }
-        req.body(form(&pairs)).send().await.expect("request")
+        post_form_at(&self.http, &self.base, path, auth, pairs).await
     }
 
     /// POSTs a raw body with arbitrary headers.
@@ -562,6 +536,52 @@ impl TestServer {
     pub async fn is_active(&self, token: &str) -> bool {
         self.introspect(token).await["active"] == json!(true)
     }
+}
+
+/// Calls the admin API of the server at `base`.
+pub async fn admin_at(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Response {
+    let mut req = http
+        .request(method, format!("{base}/admin/v1{path}"))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.expect("admin request")
+}
+
+/// POSTs a form to `base` + `path` with the given client authentication.
+pub async fn post_form_at(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    auth: Auth<'_>,
+    pairs: &[(&str, &str)],
+) -> Response {
+    let mut pairs: Vec<(&str, &str)> = pairs.to_vec();
+    let mut req = http
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    match auth {
+        Auth::Basic(c) => {
+            req = req.header(
+                "authorization",
+                basic_header(&c.id, c.secret.as_deref().unwrap_or("")),
+            )
+        }
+        Auth::Post(c) => {
+            pairs.push(("client_id", &c.id));
+            pairs.push(("client_secret", c.secret.as_deref().unwrap_or("")));
+        }
+        Auth::Public(c) => pairs.push(("client_id", &c.id)),
+        Auth::None => {}
+    }
+    req.body(form(&pairs)).send().await.expect("request")
 }
 
 /// Reads an error response and checks its status and `error` code.
