@@ -36,8 +36,8 @@ const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
 /// Connections in the read pool of one node.
 const POOL_SIZE: usize = 16;
 
-/// An arbitrary constant naming latch's migration lock.
-const MIGRATION_LOCK: i64 = 0x6c61_7463_68;
+/// The advisory lock that serialises migrations ("latch" in ASCII).
+const MIGRATION_LOCK: i64 = 0x006c_6174_6368;
 
 pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
     match e.code() {
