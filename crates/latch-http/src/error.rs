@@ -112,6 +112,17 @@ impl ApiError {
         e
     }
 
+    /// `429` after too many failed authentications; retry after `secs`.
+    pub fn too_many_requests(secs: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!("too many failed client authentications; retry in {secs} seconds"),
+        );
+        e.retry_after = Some(secs.max(1));
+        e
+    }
+
     /// `500`, for a handler that panicked (a bug; the server keeps serving).
     pub fn internal() -> Self {
         Self::new(

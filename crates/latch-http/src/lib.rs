@@ -9,6 +9,7 @@
 //! - [`form`]: strict form-body parsing (content type, size limit, duplicates, encoding),
 //!   and [`credentials`]: client credentials from Basic or the body. Both are written once
 //!   and used by every route.
+//! - [`ratelimit`]: failed client authentication, limited per client id and source address.
 //! - [`error`]: the single mapping from domain errors to status codes and JSON bodies.
 //! - [`tenant`]: the tenant a request addresses (root paths are the `default` tenant).
 //! - `oauth2/`: one file per endpoint: `token.rs`, `revoke.rs`, `introspect.rs`,
@@ -27,6 +28,7 @@ mod health;
 mod metrics;
 mod oauth2;
 pub mod profiles;
+pub mod ratelimit;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ use tower_http::trace::TraceLayer;
 
 use error::{ApiError, ErrorStyle};
 pub use profiles::Profiles;
+pub use ratelimit::{AuthLimiter, AuthLimits};
 
 /// What every handler shares.
 pub struct AppState {
@@ -55,6 +58,8 @@ pub struct AppState {
     admin_token: Option<[u8; 32]>,
     /// The compatibility profiles served.
     pub profiles: Profiles,
+    /// Counters of failed client authentication.
+    pub auth_limiter: AuthLimiter,
 }
 
 impl AppState {
@@ -67,7 +72,14 @@ impl AppState {
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
             profiles: Profiles::default(),
+            auth_limiter: AuthLimiter::new(AuthLimits::default()),
         }
+    }
+
+    /// Sets the limits on failed client authentication.
+    pub fn with_auth_limits(mut self, limits: AuthLimits) -> Self {
+        self.auth_limiter = AuthLimiter::new(limits);
+        self
     }
 
     /// Chooses the compatibility profiles to serve.
@@ -88,6 +100,26 @@ impl AppState {
     /// A tenant's issuer identifier (RFC 8414 §2).
     pub fn issuer_for(&self, tenant: &TenantId) -> String {
         format!("{}{}", self.issuer, Self::tenant_path(tenant))
+    }
+}
+
+/// The address a request came from, when the server recorded it (never fails).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 

@@ -9,7 +9,7 @@ use latch_core::admin::{ClientSpec, SecretSpec};
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType, SecretHash};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
-use latch_http::Profiles;
+use latch_http::{AuthLimits, Profiles};
 use latch_store::DatabaseUrl;
 use serde::Deserialize;
 
@@ -41,12 +41,38 @@ pub struct FileConfig {
     /// Tenants created at start-up if missing (`default` always exists).
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Limits on failed client authentication.
+    #[serde(default)]
+    pub auth_limits: AuthLimitsConfig,
     /// Which compatibility profiles are served; all are on by default.
     #[serde(default)]
     pub profiles: ProfilesConfig,
     /// Clients registered at start-up.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+}
+
+/// `[auth_limits]`: failed client authentications allowed per window before `429`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthLimitsConfig {
+    /// Failures per client id per window.
+    pub per_client: u32,
+    /// Failures per source address per window.
+    pub per_address: u32,
+    /// Window length in seconds.
+    pub window: u32,
+}
+
+impl Default for AuthLimitsConfig {
+    fn default() -> Self {
+        let d = AuthLimits::default();
+        Self {
+            per_client: d.per_client,
+            per_address: d.per_address,
+            window: d.window,
+        }
+    }
 }
 
 /// `[profiles]`: switch each seed document's API on or off.
@@ -211,6 +237,8 @@ pub struct Settings {
     pub tenants: Vec<TenantId>,
     /// Compatibility profiles to serve.
     pub profiles: Profiles,
+    /// Limits on failed client authentication.
+    pub auth_limits: AuthLimits,
     /// Clients to register at start-up.
     pub clients: Vec<ClientSpec>,
 }
@@ -289,6 +317,11 @@ pub fn resolve(
             })
             .collect::<anyhow::Result<_>>()?,
         profiles: Profiles::from(&file.profiles),
+        auth_limits: AuthLimits {
+            per_client: file.auth_limits.per_client,
+            per_address: file.auth_limits.per_address,
+            window: file.auth_limits.window.max(1),
+        },
         clients,
     })
 }

@@ -77,7 +77,8 @@ impl Server {
             .unwrap_or_else(|| format!("http://{addr}"));
         let state = Arc::new(
             AppState::new(authority.clone(), issuer, settings.admin_token.as_deref())
-                .with_profiles(settings.profiles),
+                .with_profiles(settings.profiles)
+                .with_auth_limits(settings.auth_limits),
         );
         let app = latch_http::router(state);
         let cleanup = (settings.cleanup_interval > 0).then(|| {
@@ -88,11 +89,14 @@ impl Server {
         });
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = signal.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = signal.await;
+            })
+            .await
         });
         Ok(Self {
             addr,

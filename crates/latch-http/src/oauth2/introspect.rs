@@ -14,7 +14,7 @@ use super::authenticate;
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::Tenant;
-use crate::{no_store, AppState};
+use crate::{no_store, AppState, Peer};
 
 #[derive(Serialize)]
 struct Active<'a> {
@@ -41,12 +41,13 @@ struct Inactive {
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request(&headers, body).await?;
     let token = form.require("token")?;
-    let client = authenticate(&state, &tenant, &headers, &form).await?;
+    let client = authenticate(&state, &tenant, &headers, &form, peer).await?;
     let response = match state.authority.introspect(&client, token).await? {
         Some(t) => Json(Active {
             active: true,

@@ -14,22 +14,37 @@ use serde::Serialize;
 use crate::credentials;
 use crate::error::ApiError;
 use crate::form::Form;
-use crate::AppState;
+use crate::{AppState, Peer};
 
 /// Extracts and checks the client's credentials. The one client-authentication path of every
-/// OAuth route and profile.
+/// OAuth route and profile, and so the one place failures are rate-limited.
 pub(crate) async fn authenticate(
     state: &AppState,
     tenant: &TenantId,
     headers: &HeaderMap,
     form: &Form,
+    peer: Peer,
 ) -> Result<Client, ApiError> {
     let presented = credentials::extract(headers, form)?;
-    state
+    let client_id = presented.credentials.client_id();
+    let limiter = &state.auth_limiter;
+    if let Some(wait) = limiter.blocked(tenant, client_id, peer.0, state.authority.now()) {
+        return Err(ApiError::too_many_requests(wait));
+    }
+    match state
         .authority
         .authenticate(tenant, &presented.credentials)
         .await
-        .map_err(|e| ApiError::from(e).with_basic_challenge(presented.basic))
+    {
+        Ok(client) => Ok(client),
+        Err(e) => {
+            if matches!(e, latch_core::Error::InvalidClient) {
+                limiter.failed(tenant, client_id, peer.0, state.authority.now());
+                tracing::info!(tenant = %tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+            }
+            Err(ApiError::from(e).with_basic_challenge(presented.basic))
+        }
+    }
 }
 
 /// A successful token response (RFC 6749 §5.1).

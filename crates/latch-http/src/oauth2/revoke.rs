@@ -13,16 +13,17 @@ use super::authenticate;
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::Tenant;
-use crate::{no_store, AppState};
+use crate::{no_store, AppState, Peer};
 
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request(&headers, body).await?;
-    revoke(&state, &tenant, &headers, &form, Effect::Token).await?;
+    revoke(&state, &tenant, peer, &headers, &form, Effect::Token).await?;
     Ok(revoked())
 }
 
@@ -35,12 +36,13 @@ pub(crate) async fn handle(
 pub(crate) async fn revoke(
     state: &AppState,
     tenant: &TenantId,
+    peer: Peer,
     headers: &HeaderMap,
     form: &Form,
     effect: Effect,
 ) -> Result<Outcome, ApiError> {
     let token = form.require("token")?;
-    let client = authenticate(state, tenant, headers, form).await?;
+    let client = authenticate(state, tenant, headers, form, peer).await?;
     Ok(state.authority.revoke(&client, token, effect).await?)
 }
 

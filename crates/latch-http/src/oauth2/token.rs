@@ -14,11 +14,12 @@ use super::{authenticate, TokenResponse};
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::Tenant;
-use crate::{no_store, AppState};
+use crate::{no_store, AppState, Peer};
 
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -40,7 +41,7 @@ pub(crate) async fn handle(
         GrantType::ClientCredentials => None,
     };
 
-    let client = authenticate(&state, &tenant, &headers, &form).await?;
+    let client = authenticate(&state, &tenant, &headers, &form, peer).await?;
     let authority = &state.authority;
     let issued = match refresh_token {
         Some(token) => authority.refresh(&client, token, scope.as_ref()).await?,

@@ -18,15 +18,16 @@ use crate::error::ApiError;
 use crate::form::Form;
 use crate::oauth2::revoke::{revoke, revoked};
 use crate::tenant::Tenant;
-use crate::AppState;
+use crate::{AppState, Peer};
 
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request_trimming(&headers, body).await?;
-    revoke(&state, &tenant, &headers, &form, Effect::Token).await?;
+    revoke(&state, &tenant, peer, &headers, &form, Effect::Token).await?;
     Ok(revoked())
 }

@@ -18,16 +18,17 @@ use crate::error::{ApiError, ErrorStyle};
 use crate::form::Form;
 use crate::oauth2::revoke::{revoke, revoked};
 use crate::tenant::Tenant;
-use crate::AppState;
+use crate::{AppState, Peer};
 
 pub(crate) async fn handle(
     state: axum::extract::State<Arc<AppState>>,
     tenant: Result<Tenant, ApiError>,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result = match tenant {
-        Ok(Tenant(tenant)) => serve(&state, &tenant, &headers, body).await,
+        Ok(Tenant(tenant)) => serve(&state, &tenant, peer, &headers, body).await,
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| e.into_response_styled(ErrorStyle::CamelCase))
@@ -36,6 +37,7 @@ pub(crate) async fn handle(
 async fn serve(
     state: &AppState,
     tenant: &TenantId,
+    peer: Peer,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -62,7 +64,7 @@ async fn serve(
     if !has_secret {
         return Err(ApiError::invalid_client(false));
     }
-    revoke(state, tenant, headers, &form, Effect::Token).await?;
+    revoke(state, tenant, peer, headers, &form, Effect::Token).await?;
     Ok(revoked())
 }
 

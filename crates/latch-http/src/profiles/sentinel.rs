@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::form::Form;
 use crate::oauth2::revoke::{revoke, revoked};
 use crate::tenant;
-use crate::AppState;
+use crate::{AppState, Peer};
 
 /// Checks the version query parameter. The document's URL reads `?v1.0` while its table
 /// names a parameter `v` with default `1.0`, so `?v=1.0`, the literal `?v1.0` and no version
@@ -54,6 +54,7 @@ pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Path(account): Path<String>,
     RawQuery(query): RawQuery,
+    peer: Peer,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -65,7 +66,15 @@ pub(crate) async fn handle(
     let tenant = tenant::resolve(&state, &account)
         .await?
         .ok_or_else(|| ApiError::invalid_client(false))?;
-    revoke(&state, &tenant, &headers, &form, Effect::AllGrantsOfSubject).await?;
+    revoke(
+        &state,
+        &tenant,
+        peer,
+        &headers,
+        &form,
+        Effect::AllGrantsOfSubject,
+    )
+    .await?;
     Ok(revoked())
 }
 

@@ -328,6 +328,7 @@ impl TestServer {
             cleanup_interval: 0,
             tenants: vec![],
             profiles: Default::default(),
+            auth_limits: Default::default(),
             clients: vec![],
         };
         configure(&mut settings);
