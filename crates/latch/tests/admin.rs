@@ -1,0 +1,934 @@
+//! The admin API under `/admin/v1`: the bearer token, client management (never showing a
+//! secret), secret rotation, client removal, grants issued for a subject, and revocation by
+//! grant or by subject.
+
+#[macro_use]
+mod common;
+
+use common::{assert_error, Auth, Process, TestClient, TestServer, ADMIN_TOKEN};
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+
+/// A request to the admin API with exactly the given `Authorization` header (or none).
+async fn admin_as(
+    s: &TestServer,
+    method: Method,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<Value>,
+) -> Response {
+    let mut req = s.http.request(method, s.url(&format!("/admin/v1{path}")));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.expect("admin request")
+}
+
+/// POSTs a raw body to the admin API with the admin token and the given content type.
+async fn admin_raw(s: &TestServer, path: &str, content_type: Option<&str>, body: &str) -> Response {
+    let mut req = s
+        .http
+        .post(s.url(&format!("/admin/v1{path}")))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.body(body.to_owned())
+        .send()
+        .await
+        .expect("admin request")
+}
+
+/// The body of a response as text, after checking its status.
+async fn text_of(resp: Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    resp.text().await.unwrap()
+}
+
+/// A `client_credentials` request; returns the raw response.
+async fn token_request(s: &TestServer, auth: Auth<'_>) -> Response {
+    s.post_form(
+        "/oauth2/token",
+        auth,
+        &[("grant_type", "client_credentials")],
+    )
+    .await
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+}
+
+/// A subject's live grants, as the admin API lists them; also checks no token leaks.
+async fn live_grants(s: &TestServer, subject: &str) -> Vec<Value> {
+    let resp = s
+        .admin(
+            Method::GET,
+            &format!("/tenants/default/subjects/{subject}/grants"),
+            None,
+        )
+        .await;
+    let text = text_of(resp, 200).await;
+    assert!(
+        !text.contains("latch_at_") && !text.contains("latch_rt_"),
+        "a grant listing shows token values: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["subject"], subject);
+    body["grants"].as_array().expect("grants array").clone()
+}
+
+fn grant_ids(grants: &[Value]) -> Vec<&str> {
+    let mut ids: Vec<&str> = grants.iter().map(|g| str_of(g, "grant_id")).collect();
+    ids.sort_unstable();
+    ids
+}
+
+backend_test! {
+    async fn the_admin_api_needs_the_admin_bearer_token() {
+        let s = TestServer::start().await;
+        let routes: [(Method, &str, Option<Value>); 5] = [
+            (Method::GET, "/tenants/default/clients", None),
+            (
+                Method::POST,
+                "/tenants/default/clients",
+                Some(json!({ "client_id": "sneaky", "client_secret": "x" })),
+            ),
+            (Method::GET, "/tenants", None),
+            (
+                Method::POST,
+                "/tenants/default/grants",
+                Some(json!({ "client_id": "introspector", "subject": "alice" })),
+            ),
+            (Method::DELETE, "/tenants/default/subjects/alice/grants", None),
+        ];
+        let wrong_bearer = "Bearer not-the-admin-token".to_owned();
+        let prefix_bearer = format!("Bearer {}", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1]);
+        let basic = common::basic_header("admin", ADMIN_TOKEN);
+        let bare = ADMIN_TOKEN.to_owned();
+        for (method, path, body) in routes {
+            for authorization in [
+                None,
+                Some("Bearer"),
+                Some("Bearer "),
+                Some(wrong_bearer.as_str()),
+                Some(prefix_bearer.as_str()),
+                Some(basic.as_str()),
+                Some(bare.as_str()),
+            ] {
+                let resp = admin_as(&s, method.clone(), path, authorization, body.clone()).await;
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                assert!(
+                    challenge.starts_with("Bearer"),
+                    "{method} {path} with {authorization:?}: challenge {challenge:?}"
+                );
+                assert_error(resp, 401, "invalid_token").await;
+            }
+        }
+
+        // Nothing happened behind the 401s.
+        let list = s
+            .admin(Method::GET, "/tenants/default/clients", None)
+            .await;
+        let text = text_of(list, 200).await;
+        assert!(!text.contains("sneaky"), "{text}");
+
+        // The right token, with the scheme in any case, works.
+        let resp = admin_as(
+            &s,
+            Method::GET,
+            "/tenants/default/clients",
+            Some(&format!("bearer {ADMIN_TOKEN}")),
+            None,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_an_admin_token_has_no_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &["--data-dir", data.path().to_str().unwrap()],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (Method::GET, "/admin/v1/tenants/default/clients"),
+        (Method::POST, "/admin/v1/tenants/default/clients"),
+        (Method::GET, "/admin/v1/tenants"),
+        (
+            Method::DELETE,
+            "/admin/v1/tenants/default/subjects/alice/grants",
+        ),
+    ] {
+        for token in [Some(ADMIN_TOKEN), Some(""), None] {
+            let mut req = http.request(method.clone(), format!("{}{path}", p.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if method == Method::POST {
+                req = req.json(&json!({ "client_id": "x", "client_secret": "y" }));
+            }
+            let resp = req.send().await.unwrap();
+            assert_error(resp, 404, "not_found").await;
+        }
+    }
+    // The server itself is up.
+    let resp = http
+        .get(format!("{}/healthz", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+backend_test! {
+    async fn creating_clients_shows_a_generated_secret_once_and_never_again() {
+        let s = TestServer::start().await;
+
+        // A confidential client without a secret: one is generated and shown once.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients",
+                Some(json!({
+                    "client_id": "gen",
+                    "grant_types": ["client_credentials"],
+                    "scope": "read write",
+                })),
+            )
+            .await;
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let created: Value = resp.json().await.unwrap();
+        assert_eq!(created["client_id"], "gen");
+        assert_eq!(created["tenant"], "default");
+        assert_eq!(created["token_endpoint_auth_method"], "client_secret_basic");
+        assert_eq!(created["grant_types"], json!(["client_credentials"]));
+        assert_eq!(created["scope"], "read write");
+        let generated = str_of(&created, "client_secret").to_owned();
+        assert!(generated.len() >= 32, "a weak generated secret: {generated:?}");
+        assert!(!created.to_string().contains("argon2"), "{created}");
+
+        // The generated secret works at the token endpoint, with both auth methods' shapes.
+        let gen = TestClient {
+            id: "gen".into(),
+            secret: Some(generated.clone()),
+        };
+        let tok = token_request(&s, Auth::Basic(&gen)).await;
+        assert_eq!(tok.status(), 200);
+        let tok: Value = tok.json().await.unwrap();
+        assert!(s.is_active(str_of(&tok, "access_token")).await);
+
+        // A confidential client with its own secret: the secret is not echoed.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients",
+                Some(json!({
+                    "client_id": "chosen",
+                    "client_secret": "chosen-secret-value",
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "scope": "read",
+                })),
+            )
+            .await;
+        let text = text_of(resp, 201).await;
+        assert!(!text.contains("chosen-secret-value"), "{text}");
+        assert!(!text.contains("argon2"), "{text}");
+        let chosen: Value = serde_json::from_str(&text).unwrap();
+        assert!(chosen.get("client_secret").is_none(), "{chosen}");
+
+        // A public client: no secret at all.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients",
+                Some(json!({
+                    "client_id": "spa",
+                    "token_endpoint_auth_method": "none",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                })),
+            )
+            .await;
+        let spa: Value = serde_json::from_str(&text_of(resp, 201).await).unwrap();
+        assert_eq!(spa["token_endpoint_auth_method"], "none");
+        assert!(spa.get("client_secret").is_none(), "{spa}");
+
+        // Reading clients back never shows a secret or its hash.
+        let secrets = [
+            generated.as_str(),
+            "chosen-secret-value",
+            "introspector-secret",
+            "argon2",
+            "client_secret\"",
+            "$argon",
+        ];
+        let list = text_of(
+            s.admin(Method::GET, "/tenants/default/clients", None).await,
+            200,
+        )
+        .await;
+        for needle in secrets {
+            assert!(!list.contains(needle), "list shows {needle:?}: {list}");
+        }
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let mut ids: Vec<&str> = list["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| str_of(c, "client_id"))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["chosen", "gen", "introspector", "spa"]);
+
+        for id in ["gen", "chosen", "spa", "introspector"] {
+            let one = text_of(
+                s.admin(Method::GET, &format!("/tenants/default/clients/{id}"), None)
+                    .await,
+                200,
+            )
+            .await;
+            for needle in secrets {
+                assert!(!one.contains(needle), "GET {id} shows {needle:?}: {one}");
+            }
+            let one: Value = serde_json::from_str(&one).unwrap();
+            assert_eq!(one["client_id"], id);
+        }
+        let missing = s
+            .admin(Method::GET, "/tenants/default/clients/nobody", None)
+            .await;
+        assert_error(missing, 404, "not_found").await;
+    }
+}
+
+backend_test! {
+    async fn invalid_client_registrations_are_rejected_with_json_errors() {
+        let s = TestServer::start().await;
+        s.confidential("taken", "read").await;
+
+        // Duplicate id.
+        let dup = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients",
+                Some(json!({ "client_id": "taken", "client_secret": "other" })),
+            )
+            .await;
+        assert_error(dup, 409, "conflict").await;
+        // The original keeps its secret.
+        let taken = TestClient {
+            id: "taken".into(),
+            secret: Some("taken-secret".into()),
+        };
+        assert_eq!(token_request(&s, Auth::Basic(&taken)).await.status(), 200);
+
+        let bad_bodies = [
+            (
+                "unknown grant type",
+                json!({ "client_id": "a1", "grant_types": ["password"] }),
+            ),
+            (
+                "unknown grant type among known ones",
+                json!({ "client_id": "a2", "grant_types": ["client_credentials", "implicit"] }),
+            ),
+            (
+                "unknown field",
+                json!({ "client_id": "a3", "client_secret": "s", "is_admin": true }),
+            ),
+            (
+                "public client with a secret",
+                json!({
+                    "client_id": "a4",
+                    "token_endpoint_auth_method": "none",
+                    "client_secret": "s",
+                    "grant_types": ["refresh_token"],
+                }),
+            ),
+            (
+                "unknown auth method",
+                json!({ "client_id": "a5", "token_endpoint_auth_method": "private_key_jwt" }),
+            ),
+            ("missing client_id", json!({ "client_secret": "s" })),
+            (
+                "wrong type",
+                json!({ "client_id": "a6", "grant_types": "client_credentials" }),
+            ),
+        ];
+        for (what, body) in bad_bodies {
+            let resp = s
+                .admin(Method::POST, "/tenants/default/clients", Some(body))
+                .await;
+            assert_eq!(resp.status(), 400, "{what}");
+            assert_error(resp, 400, "invalid_request").await;
+        }
+
+        // Malformed JSON, and a wrong or missing content type.
+        let raw = [
+            ("malformed JSON", Some("application/json"), r#"{"client_id": "a7","#),
+            ("empty body", Some("application/json"), ""),
+            (
+                "form content type",
+                Some("application/x-www-form-urlencoded"),
+                r#"{"client_id":"a8","client_secret":"s"}"#,
+            ),
+            (
+                "text content type",
+                Some("text/plain"),
+                r#"{"client_id":"a9","client_secret":"s"}"#,
+            ),
+            (
+                "no content type",
+                None,
+                r#"{"client_id":"a10","client_secret":"s"}"#,
+            ),
+        ];
+        for (what, ct, body) in raw {
+            let resp = admin_raw(&s, "/tenants/default/clients", ct, body).await;
+            assert_eq!(resp.status(), 400, "{what}");
+            assert_error(resp, 400, "invalid_request").await;
+        }
+
+        // Unknown tenant.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/nowhere/clients",
+                Some(json!({ "client_id": "lost", "client_secret": "s" })),
+            )
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        let resp = s.admin(Method::GET, "/tenants/nowhere/clients", None).await;
+        assert_error(resp, 404, "not_found").await;
+
+        // None of the rejected clients exists.
+        let list: Value = s
+            .admin(Method::GET, "/tenants/default/clients", None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let mut ids: Vec<&str> = list["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| str_of(c, "client_id"))
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["introspector", "taken"]);
+    }
+}
+
+backend_test! {
+    async fn rotating_a_secret_stops_the_old_one_at_once() {
+        let s = TestServer::start().await;
+        let old = s.confidential("svc", "read").await;
+        // Used once, so the verification cache knows it.
+        assert_eq!(token_request(&s, Auth::Basic(&old)).await.status(), 200);
+        assert_eq!(token_request(&s, Auth::Post(&old)).await.status(), 200);
+
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients/svc/secret",
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["client_id"], "svc");
+        let new = TestClient {
+            id: "svc".into(),
+            secret: Some(str_of(&body, "client_secret").to_owned()),
+        };
+        assert_ne!(new.secret, old.secret);
+
+        assert_error(token_request(&s, Auth::Basic(&old)).await, 401, "invalid_client").await;
+        assert_error(token_request(&s, Auth::Post(&old)).await, 401, "invalid_client").await;
+        assert_eq!(token_request(&s, Auth::Basic(&new)).await.status(), 200);
+        assert_eq!(token_request(&s, Auth::Post(&new)).await.status(), 200);
+
+        // A chosen secret replaces the generated one the same way.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients/svc/secret",
+                Some(json!({ "client_secret": "third-secret" })),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["client_secret"], "third-secret");
+        let third = TestClient {
+            id: "svc".into(),
+            secret: Some("third-secret".into()),
+        };
+        assert_error(token_request(&s, Auth::Basic(&new)).await, 401, "invalid_client").await;
+        assert_error(token_request(&s, Auth::Basic(&old)).await, 401, "invalid_client").await;
+        assert_eq!(token_request(&s, Auth::Basic(&third)).await.status(), 200);
+
+        // The old secrets no longer work at the other endpoints either.
+        let at = s.client_credentials(&third).await;
+        let at = str_of(&at, "access_token");
+        assert_error(s.revoke(Auth::Basic(&old), at).await, 401, "invalid_client").await;
+        assert!(s.is_active(at).await);
+
+        // Errors: unknown client, public client, unknown field.
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients/nobody/secret",
+                Some(json!({})),
+            )
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        s.public("spa", "read").await;
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients/spa/secret",
+                Some(json!({})),
+            )
+            .await;
+        assert_error(resp, 400, "invalid_request").await;
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/clients/svc/secret",
+                Some(json!({ "secret": "x" })),
+            )
+            .await;
+        assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(token_request(&s, Auth::Basic(&third)).await.status(), 200);
+    }
+}
+
+backend_test! {
+    async fn deleting_a_client_revokes_its_grants_and_its_credentials() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let other = s.confidential("other", "read").await;
+        let cc = s.client_credentials(&svc).await;
+        let g = s.grant_for(&svc, "alice", None).await;
+        let kept = s.grant_for(&other, "alice", None).await;
+        let tokens = [
+            str_of(&cc, "access_token"),
+            str_of(&g, "access_token"),
+            str_of(&g, "refresh_token"),
+        ];
+        for t in tokens {
+            assert!(s.is_active(t).await);
+        }
+
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/clients/svc", None)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["client_id"], "svc");
+        assert_eq!(body["deleted"], true);
+        assert!(
+            body["revoked_grants"].as_u64().unwrap() >= 1,
+            "revoked_grants in {body}"
+        );
+
+        for t in tokens {
+            assert_eq!(s.introspect(t).await, json!({ "active": false }), "{t}");
+        }
+        let resp = s
+            .admin(Method::GET, "/tenants/default/clients/svc", None)
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        assert_error(token_request(&s, Auth::Basic(&svc)).await, 401, "invalid_client").await;
+        assert_error(token_request(&s, Auth::Post(&svc)).await, 401, "invalid_client").await;
+        assert_error(
+            s.refresh(Auth::Basic(&svc), str_of(&g, "refresh_token")).await,
+            401,
+            "invalid_client",
+        )
+        .await;
+
+        // The other client's grant for the same subject is untouched.
+        assert!(s.is_active(str_of(&kept, "access_token")).await);
+        assert!(s.is_active(str_of(&kept, "refresh_token")).await);
+        assert_eq!(grant_ids(&live_grants(&s, "alice").await), [str_of(&kept, "grant_id")]);
+
+        // Deleting again: 404.
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/clients/svc", None)
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        let resp = s
+            .admin(Method::DELETE, "/tenants/nowhere/clients/other", None)
+            .await;
+        assert_error(resp, 404, "not_found").await;
+    }
+}
+
+backend_test! {
+    async fn recreating_a_deleted_client_does_not_revive_its_tokens() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let cc = s.client_credentials(&svc).await;
+        let g = s.grant_for(&svc, "alice", None).await;
+        let old = [
+            str_of(&cc, "access_token").to_owned(),
+            str_of(&g, "access_token").to_owned(),
+            str_of(&g, "refresh_token").to_owned(),
+        ];
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/clients/svc", None)
+            .await;
+        assert_eq!(resp.status(), 200);
+
+        // Same id, same secret, same grant types.
+        let again = s.confidential("svc", "read").await;
+        for t in &old {
+            assert_eq!(s.introspect(t).await, json!({ "active": false }), "{t} revived");
+        }
+        assert_error(
+            s.refresh(Auth::Basic(&again), &old[2]).await,
+            400,
+            "invalid_grant",
+        )
+        .await;
+        assert!(live_grants(&s, "alice").await.is_empty());
+
+        // The new client works, with new tokens.
+        let fresh = s.client_credentials(&again).await;
+        assert!(s.is_active(str_of(&fresh, "access_token")).await);
+        for t in &old {
+            assert!(!s.is_active(t).await, "{t} revived");
+        }
+    }
+}
+
+backend_test! {
+    async fn issuing_a_grant_for_a_subject_returns_tokens_and_its_grant_id() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read write").await;
+
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/default/grants",
+                Some(json!({ "client_id": "svc", "subject": "alice", "scope": "read" })),
+            )
+            .await;
+        assert_eq!(resp.status(), 201);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let g: Value = resp.json().await.unwrap();
+        assert!(str_of(&g, "grant_id").starts_with("g_"), "{g}");
+        assert!(str_of(&g, "access_token").starts_with("latch_at_"), "{g}");
+        assert!(str_of(&g, "refresh_token").starts_with("latch_rt_"), "{g}");
+        assert_eq!(g["token_type"], "Bearer");
+        assert_eq!(g["expires_in"], 3600);
+        assert_eq!(g["scope"], "read");
+
+        let info = s.introspect(str_of(&g, "access_token")).await;
+        assert_eq!(info["active"], true);
+        assert_eq!(info["sub"], "alice");
+        assert_eq!(info["client_id"], "svc");
+        assert_eq!(info["scope"], "read");
+
+        // Without a scope: the client's whole scope.
+        let all = s.grant_for(&svc, "bob", None).await;
+        let mut scope: Vec<&str> = str_of(&all, "scope").split(' ').collect();
+        scope.sort_unstable();
+        assert_eq!(scope, ["read", "write"]);
+        assert_ne!(all["grant_id"], g["grant_id"]);
+
+        // The refresh token works at the token endpoint.
+        let resp = s
+            .refresh(Auth::Basic(&svc), str_of(&g, "refresh_token"))
+            .await;
+        assert_eq!(resp.status(), 200);
+        let refreshed: Value = resp.json().await.unwrap();
+        assert!(s.is_active(str_of(&refreshed, "access_token")).await);
+    }
+}
+
+backend_test! {
+    async fn grant_issuance_errors() {
+        let s = TestServer::start().await;
+        s.confidential("svc", "read").await;
+
+        let post = |body: Value| {
+            let s = &s;
+            async move {
+                s.admin(Method::POST, "/tenants/default/grants", Some(body))
+                    .await
+            }
+        };
+        // Wider than the client's scope.
+        assert_error(
+            post(json!({ "client_id": "svc", "subject": "alice", "scope": "read admin" })).await,
+            400,
+            "invalid_scope",
+        )
+        .await;
+        assert_error(
+            post(json!({ "client_id": "svc", "subject": "alice", "scope": "admin" })).await,
+            400,
+            "invalid_scope",
+        )
+        .await;
+        // Unknown client, unknown tenant.
+        assert_error(
+            post(json!({ "client_id": "ghost", "subject": "alice" })).await,
+            404,
+            "not_found",
+        )
+        .await;
+        let resp = s
+            .admin(
+                Method::POST,
+                "/tenants/nowhere/grants",
+                Some(json!({ "client_id": "svc", "subject": "alice" })),
+            )
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        // Shape errors.
+        for body in [
+            json!({ "client_id": "svc" }),
+            json!({ "subject": "alice" }),
+            json!({ "client_id": "svc", "subject": "alice", "ttl": 5 }),
+        ] {
+            assert_error(post(body).await, 400, "invalid_request").await;
+        }
+        let resp = admin_raw(&s, "/tenants/default/grants", Some("application/json"), "{").await;
+        assert_error(resp, 400, "invalid_request").await;
+
+        // Nothing was issued.
+        assert!(live_grants(&s, "alice").await.is_empty());
+    }
+}
+
+backend_test! {
+    async fn a_client_without_the_refresh_grant_gets_no_refresh_token() {
+        let s = TestServer::start().await;
+        let cc_only = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "cc-only",
+                    "client_secret": "cc-only-secret",
+                    "grant_types": ["client_credentials"],
+                    "scope": "read",
+                }),
+            )
+            .await;
+        let g = s.grant_for(&cc_only, "alice", None).await;
+        assert!(g.get("refresh_token").is_none(), "{g}");
+        assert!(g["grant_id"].is_string(), "{g}");
+        assert!(s.is_active(str_of(&g, "access_token")).await);
+    }
+}
+
+backend_test! {
+    async fn a_subjects_grants_are_listed_without_tokens_and_revoked_ones_vanish() {
+        let s = TestServer::start().await;
+        let a = s.confidential("app-a", "read").await;
+        let b = s.confidential("app-b", "read").await;
+        assert!(live_grants(&s, "alice").await.is_empty());
+
+        let g1 = s.grant_for(&a, "alice", None).await;
+        let g2 = s.grant_for(&b, "alice", None).await;
+        let g3 = s.grant_for(&a, "alice", None).await;
+        let other = s.grant_for(&a, "bob", None).await;
+
+        let listed = live_grants(&s, "alice").await;
+        let mut expected = vec![
+            str_of(&g1, "grant_id"),
+            str_of(&g2, "grant_id"),
+            str_of(&g3, "grant_id"),
+        ];
+        expected.sort_unstable();
+        assert_eq!(grant_ids(&listed), expected);
+        for g in &listed {
+            assert_eq!(g["subject"], "alice");
+            assert_eq!(g["scope"], "read");
+            assert!(g["client_id"] == "app-a" || g["client_id"] == "app-b", "{g}");
+            assert!(g["created_at"].is_i64() && g["expires_at"].is_i64(), "{g}");
+        }
+        assert_eq!(grant_ids(&live_grants(&s, "bob").await), [str_of(&other, "grant_id")]);
+
+        // Revoked through RFC 7009: gone from the list.
+        assert_eq!(
+            s.revoke(Auth::Basic(&b), str_of(&g2, "refresh_token"))
+                .await
+                .status(),
+            200
+        );
+        let mut expected = vec![str_of(&g1, "grant_id"), str_of(&g3, "grant_id")];
+        expected.sort_unstable();
+        assert_eq!(grant_ids(&live_grants(&s, "alice").await), expected);
+
+        // Revoked through the admin API: gone too.
+        let resp = s
+            .admin(
+                Method::DELETE,
+                &format!("/tenants/default/grants/{}", str_of(&g1, "grant_id")),
+                None,
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(grant_ids(&live_grants(&s, "alice").await), [str_of(&g3, "grant_id")]);
+
+        // Refreshing keeps the grant listed once.
+        let resp = s.refresh(Auth::Basic(&a), str_of(&g3, "refresh_token")).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(grant_ids(&live_grants(&s, "alice").await), [str_of(&g3, "grant_id")]);
+
+        // An unknown tenant.
+        let resp = s
+            .admin(Method::GET, "/tenants/nowhere/subjects/alice/grants", None)
+            .await;
+        assert_error(resp, 404, "not_found").await;
+    }
+}
+
+backend_test! {
+    async fn logging_out_everywhere_revokes_every_grant_of_the_subject_and_nothing_else() {
+        let s = TestServer::start().await;
+        let a = s.confidential("app-a", "read").await;
+        let b = s.confidential("app-b", "read").await;
+        let alice_a = s.grant_for(&a, "alice", None).await;
+        let alice_b = s.grant_for(&b, "alice", None).await;
+        // A rotated pair in one of alice's grants.
+        let rotated: Value = s
+            .refresh(Auth::Basic(&a), str_of(&alice_a, "refresh_token"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let bob_a = s.grant_for(&a, "bob", None).await;
+        let bob_b = s.grant_for(&b, "bob", None).await;
+        let svc_token = s.client_credentials(&a).await;
+
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/subjects/alice/grants", None)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["subject"], "alice");
+        assert_eq!(body["revoked_grants"], 2);
+
+        for (what, t) in [
+            ("alice@a access", str_of(&alice_a, "access_token")),
+            ("alice@a refresh", str_of(&alice_a, "refresh_token")),
+            ("alice@a rotated access", str_of(&rotated, "access_token")),
+            ("alice@a rotated refresh", str_of(&rotated, "refresh_token")),
+            ("alice@b access", str_of(&alice_b, "access_token")),
+            ("alice@b refresh", str_of(&alice_b, "refresh_token")),
+        ] {
+            assert_eq!(s.introspect(t).await, json!({ "active": false }), "{what}");
+        }
+        assert_error(
+            s.refresh(Auth::Basic(&b), str_of(&alice_b, "refresh_token")).await,
+            400,
+            "invalid_grant",
+        )
+        .await;
+        for (what, t) in [
+            ("bob@a access", str_of(&bob_a, "access_token")),
+            ("bob@a refresh", str_of(&bob_a, "refresh_token")),
+            ("bob@b access", str_of(&bob_b, "access_token")),
+            ("bob@b refresh", str_of(&bob_b, "refresh_token")),
+            ("client token", str_of(&svc_token, "access_token")),
+        ] {
+            assert!(s.is_active(t).await, "{what} was revoked too");
+        }
+        assert!(live_grants(&s, "alice").await.is_empty());
+        assert_eq!(live_grants(&s, "bob").await.len(), 2);
+
+        // Again: nothing left to revoke.
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/subjects/alice/grants", None)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["revoked_grants"], 0);
+        // A subject with no grants at all.
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/subjects/nobody/grants", None)
+            .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["revoked_grants"], 0);
+
+        // Alice can sign in again afterwards.
+        let back = s.grant_for(&a, "alice", None).await;
+        assert!(s.is_active(str_of(&back, "access_token")).await);
+    }
+}
+
+backend_test! {
+    async fn revoking_one_grant_leaves_the_subjects_other_grants_alive() {
+        let s = TestServer::start().await;
+        let a = s.confidential("app-a", "read").await;
+        let g1 = s.grant_for(&a, "alice", None).await;
+        let g2 = s.grant_for(&a, "alice", None).await;
+
+        let path = format!("/tenants/default/grants/{}", str_of(&g1, "grant_id"));
+        let resp = s.admin(Method::DELETE, &path, None).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["grant_id"], g1["grant_id"]);
+        assert_eq!(body["revoked"], true);
+
+        for t in ["access_token", "refresh_token"] {
+            assert_eq!(
+                s.introspect(str_of(&g1, t)).await,
+                json!({ "active": false }),
+                "{t}"
+            );
+            assert!(s.is_active(str_of(&g2, t)).await, "the other grant's {t}");
+        }
+        assert_eq!(grant_ids(&live_grants(&s, "alice").await), [str_of(&g2, "grant_id")]);
+
+        // Revoking a dead grant again is fine and kills nothing.
+        let resp = s.admin(Method::DELETE, &path, None).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["revoked"], false);
+        assert!(s.is_active(str_of(&g2, "access_token")).await);
+
+        // Unknown grants: 404.
+        for id in ["g_AAAAAAAAAAAAAAAAAAAAAA", "no-such-grant"] {
+            let resp = s
+                .admin(Method::DELETE, &format!("/tenants/default/grants/{id}"), None)
+                .await;
+            assert_error(resp, 404, "not_found").await;
+        }
+        // A grant addressed through another tenant: 404, and it survives.
+        let resp = s
+            .admin(Method::POST, "/tenants", Some(json!({ "tenant_id": "acme" })))
+            .await;
+        assert_eq!(resp.status(), 201);
+        let resp = s
+            .admin(
+                Method::DELETE,
+                &format!("/tenants/acme/grants/{}", str_of(&g2, "grant_id")),
+                None,
+            )
+            .await;
+        assert_error(resp, 404, "not_found").await;
+        assert!(s.is_active(str_of(&g2, "access_token")).await);
+    }
+}

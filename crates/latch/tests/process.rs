@@ -1,0 +1,709 @@
+//! The real `latch` binary: help texts, `hash-secret`, the Quickstart configuration, the
+//! `client` commands on a live database, environment overrides, SIGTERM, and secrets that
+//! never reach the logs or the database file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{admin_at, post_form_at, run_cli, Auth, Process, TestClient, ADMIN_TOKEN};
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The checked-in development configuration, as an absolute path.
+fn dev_config() -> String {
+    repo_root()
+        .join("config/dev.toml")
+        .canonicalize()
+        .expect("config/dev.toml")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Runs a CLI command that must succeed; returns its stdout.
+fn cli_ok(dir: &Path, args: &[&str]) -> String {
+    let out = run_cli(dir, args, None);
+    assert!(
+        out.status.success(),
+        "latch {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a CLI command that prints one JSON object.
+fn cli_json(dir: &Path, args: &[&str]) -> Value {
+    let out = cli_ok(dir, args);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?} printed {out:?}: {e}"))
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+}
+
+fn client(id: &str, secret: &str) -> TestClient {
+    TestClient {
+        id: id.into(),
+        secret: Some(secret.into()),
+    }
+}
+
+/// A running `latch serve` seen over HTTP.
+struct Node<'a> {
+    p: &'a Process,
+    http: reqwest::Client,
+}
+
+impl<'a> Node<'a> {
+    fn new(p: &'a Process) -> Self {
+        Self {
+            p,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn form(&self, path: &str, auth: Auth<'_>, pairs: &[(&str, &str)]) -> Response {
+        post_form_at(&self.http, &self.p.base, path, auth, pairs).await
+    }
+
+    async fn token(&self, auth: Auth<'_>) -> Response {
+        self.form(
+            "/oauth2/token",
+            auth,
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+    }
+
+    /// A `client_credentials` access token (asserting success).
+    async fn access_token(&self, auth: Auth<'_>) -> String {
+        let resp = self.token(auth).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        str_of(&body, "access_token").to_owned()
+    }
+
+    async fn introspect(&self, auth: Auth<'_>, token: &str) -> Value {
+        let resp = self
+            .form("/oauth2/introspect", auth, &[("token", token)])
+            .await;
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.p.base))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["client", "--help"],
+        &["client", "add", "--help"],
+        &["client", "list", "--help"],
+        &["client", "remove", "--help"],
+        &["client", "rotate-secret", "--help"],
+        &["hash-secret", "--help"],
+    ] {
+        let out = run_cli(dir.path(), args, None);
+        assert!(out.status.success(), "latch {args:?}: {:?}", out.status);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.trim().is_empty(), "latch {args:?} printed nothing");
+        assert!(text.contains("Usage"), "latch {args:?}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_secret_reads_the_secret_from_stdin_and_its_hash_works_in_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "stdin-secret-4b7e1d";
+    let out = run_cli(dir.path(), &["hash-secret"], Some(&format!("{secret}\n")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let hash = stdout.trim();
+    assert!(hash.starts_with("$argon2id$"), "{stdout:?}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(!stdout.contains(secret));
+
+    // Two runs salt differently.
+    let again = run_cli(dir.path(), &["hash-secret"], Some(secret));
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.trim().starts_with("$argon2id$"));
+    assert_ne!(again.trim(), hash);
+
+    // An empty secret is refused.
+    let empty = run_cli(dir.path(), &["hash-secret"], Some("\n"));
+    assert!(!empty.status.success());
+
+    // The hash authenticates the secret (and only it) once put in a config file.
+    let config = dir.path().join("latch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[clients]]\nclient_id = \"hashed\"\nclient_secret_hash = \"{hash}\"\n\
+             grant_types = [\"client_credentials\"]\nscope = \"read\"\n"
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let n = Node::new(&p);
+    assert_eq!(
+        n.token(Auth::Basic(&client("hashed", secret)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        n.token(Auth::Basic(&client("hashed", "stdin-secret")))
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_config_runs_the_life_of_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--config",
+            &dev_config(),
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let n = Node::new(&p);
+    let service = client("demo-service", "demo-service-secret");
+    let introspector = client("demo-introspector", "demo-introspector-secret");
+
+    let at = n.access_token(Auth::Basic(&service)).await;
+    assert!(at.starts_with("latch_at_"), "{at}");
+    let info = n.introspect(Auth::Basic(&introspector), &at).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["client_id"], "demo-service");
+
+    let resp = n
+        .form("/oauth2/revoke", Auth::Basic(&service), &[("token", &at)])
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        n.introspect(Auth::Basic(&introspector), &at).await,
+        json!({ "active": false })
+    );
+
+    // The config's listen address was overridden, its data_dir too: the database is in ours.
+    assert!(p.base.starts_with("http://127.0.0.1:"), "{}", p.base);
+    assert!(data.path().join("latch.db").is_file(), "no database file");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the config's data_dir was used"
+    );
+    // The config's admin token is on.
+    let resp = n
+        .http
+        .get(format!("{}/admin/v1/tenants/default/clients", p.base))
+        .bearer_auth("dev-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_act_on_the_database_of_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&db.path().join("x.db"));
+    let d = dir.path();
+
+    let added = cli_json(
+        d,
+        &[
+            "client",
+            "add",
+            "myapp",
+            "--database-url",
+            &url,
+            "--grant-type",
+            "client_credentials",
+            "--scope",
+            "read",
+        ],
+    );
+    assert_eq!(added["client_id"], "myapp");
+    assert_eq!(added["grant_types"], json!(["client_credentials"]));
+    assert_eq!(added["scope"], "read");
+    let first_secret = str_of(&added, "client_secret").to_owned();
+    assert!(first_secret.len() >= 32, "{first_secret:?}");
+    let checker_json = cli_json(d, &["client", "add", "checker", "--database-url", &url]);
+    let checker = client("checker", str_of(&checker_json, "client_secret"));
+
+    let list = cli_ok(d, &["client", "list", "--database-url", &url]);
+    let listed: Vec<Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(listed.iter().any(|c| c["client_id"] == "myapp"), "{list}");
+    assert!(
+        !list.contains(&first_secret)
+            && !list.contains("argon2")
+            && !list.contains("\"client_secret\""),
+        "client list shows a secret: {list}"
+    );
+
+    let p = Process::serve(d, &["--database-url", &url], &[]);
+    let n = Node::new(&p);
+    let old = client("myapp", &first_secret);
+    let at = n.access_token(Auth::Basic(&old)).await;
+    assert_eq!(
+        n.introspect(Auth::Basic(&checker), &at).await["active"],
+        true
+    );
+
+    // Rotation from the CLI: the running server refuses the old secret at once.
+    let rotated = cli_json(
+        d,
+        &["client", "rotate-secret", "myapp", "--database-url", &url],
+    );
+    assert_eq!(rotated["client_id"], "myapp");
+    let new = client("myapp", str_of(&rotated, "client_secret"));
+    assert_ne!(new.secret, old.secret);
+    assert_eq!(n.token(Auth::Basic(&old)).await.status(), 401);
+    assert_eq!(n.token(Auth::Post(&old)).await.status(), 401);
+    let at2 = n.access_token(Auth::Basic(&new)).await;
+
+    // Removal from the CLI: tokens die, credentials fail.
+    let removed = cli_json(d, &["client", "remove", "myapp", "--database-url", &url]);
+    assert_eq!(removed["deleted"], true);
+    assert!(
+        removed["revoked_grants"].as_u64().unwrap() >= 1,
+        "{removed}"
+    );
+    for t in [&at, &at2] {
+        assert_eq!(
+            n.introspect(Auth::Basic(&checker), t).await,
+            json!({ "active": false })
+        );
+    }
+    assert_eq!(n.token(Auth::Basic(&new)).await.status(), 401);
+    assert_eq!(n.token(Auth::Basic(&old)).await.status(), 401);
+
+    let list = cli_ok(d, &["client", "list", "--database-url", &url]);
+    assert!(!list.contains("myapp"), "{list}");
+    assert!(list.contains("checker"), "{list}");
+    // Removing it again fails.
+    let again = run_cli(
+        d,
+        &["client", "remove", "myapp", "--database-url", &url],
+        None,
+    );
+    assert!(!again.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_database_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--database-url",
+            "sqlite::memory:",
+            "--admin-token",
+            ADMIN_TOKEN,
+        ],
+        &[],
+    );
+    let n = Node::new(&p);
+    assert_eq!(n.get("/readyz").await.status(), 200);
+    for (id, secret) in [("mem", "mem-secret"), ("mem-checker", "mem-checker-secret")] {
+        let resp = admin_at(
+            &n.http,
+            &p.base,
+            Method::POST,
+            "/tenants/default/clients",
+            Some(json!({ "client_id": id, "client_secret": secret, "scope": "read" })),
+        )
+        .await;
+        assert_eq!(resp.status(), 201);
+    }
+    let mem = client("mem", "mem-secret");
+    let checker = client("mem-checker", "mem-checker-secret");
+    let at = n.access_token(Auth::Basic(&mem)).await;
+    assert_eq!(
+        n.introspect(Auth::Basic(&checker), &at).await["active"],
+        true
+    );
+    assert_eq!(
+        n.form("/oauth2/revoke", Auth::Basic(&mem), &[("token", &at)])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        n.introspect(Auth::Basic(&checker), &at).await,
+        json!({ "active": false })
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "a file database was made"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_set_the_admin_token_and_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let db_path = db.path().join("env.db");
+    let url = sqlite_url(&db_path);
+    cli_json(
+        dir.path(),
+        &[
+            "client",
+            "add",
+            "envapp",
+            "--database-url",
+            &url,
+            "--secret",
+            "envapp-secret",
+        ],
+    );
+
+    let p = Process::serve(
+        dir.path(),
+        &[],
+        &[
+            ("LATCH_DATABASE_URL", &url),
+            ("LATCH_ADMIN_TOKEN", "env-admin-token"),
+        ],
+    );
+    let n = Node::new(&p);
+    let resp = n
+        .http
+        .get(format!("{}/admin/v1/tenants/default/clients", p.base))
+        .bearer_auth("env-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client_id"] == "envapp"),
+        "the server is not on LATCH_DATABASE_URL: {body}"
+    );
+    let resp = n
+        .http
+        .get(format!("{}/admin/v1/tenants/default/clients", p.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    assert_eq!(
+        n.token(Auth::Basic(&client("envapp", "envapp-secret")))
+            .await
+            .status(),
+        200
+    );
+    assert!(db_path.is_file());
+    assert!(
+        !dir.path().join("data").exists(),
+        "the default database was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let args = ["--data-dir", data_dir, "--admin-token", ADMIN_TOKEN];
+    let p = Process::serve(dir.path(), &args, &[]);
+    let http = reqwest::Client::new();
+    let resp = admin_at(
+        &http,
+        &p.base,
+        Method::POST,
+        "/tenants/default/clients",
+        Some(json!({ "client_id": "keep", "client_secret": "keep-secret" })),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+
+    let status = p.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(status.code(), Some(0));
+
+    // What it stored survives the stop.
+    let p = Process::serve(dir.path(), &args, &[]);
+    let n = Node::new(&p);
+    assert_eq!(
+        n.token(Auth::Basic(&client("keep", "keep-secret")))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(p.terminate().code(), Some(0));
+}
+
+/// Every file of the SQLite database (main file, WAL, shared memory) under `dir`.
+fn database_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("latch.db"))
+        })
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--log",
+            "trace",
+        ],
+        &[("LATCH_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    let n = Node::new(&p);
+    let admin = |method: Method, path: &str, body: Option<Value>| {
+        let (http, base, path) = (n.http.clone(), p.base.clone(), path.to_owned());
+        async move { admin_at(&http, &base, method, &path, body).await }
+    };
+    let mut secrets: Vec<String> = vec![ADMIN_TOKEN.to_owned()];
+    let mut tokens: Vec<String> = vec![];
+
+    // Clients: a chosen secret, a generated one, and a rotated one.
+    let resp = admin(
+        Method::POST,
+        "/tenants/default/clients",
+        Some(json!({
+            "client_id": "svc",
+            "client_secret": "svc-chosen-secret-91c2",
+            "grant_types": ["client_credentials", "refresh_token"],
+            "scope": "read write",
+        })),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    secrets.push("svc-chosen-secret-91c2".into());
+    let resp = admin(
+        Method::POST,
+        "/tenants/default/clients",
+        Some(json!({ "client_id": "checker" })),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    let checker = client("checker", str_of(&body, "client_secret"));
+    secrets.push(checker.secret.clone().unwrap());
+    let svc_old = client("svc", "svc-chosen-secret-91c2");
+
+    // client_credentials, with Basic and in the body.
+    tokens.push(n.access_token(Auth::Basic(&svc_old)).await);
+    tokens.push(n.access_token(Auth::Post(&svc_old)).await);
+
+    // Rotation: a generated secret comes back.
+    let resp = admin(
+        Method::POST,
+        "/tenants/default/clients/svc/secret",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let svc = client("svc", str_of(&body, "client_secret"));
+    secrets.push(svc.secret.clone().unwrap());
+    tokens.push(n.access_token(Auth::Post(&svc)).await);
+
+    // An admin grant for a subject, then a refresh.
+    let mut grants = vec![];
+    for _ in 0..2 {
+        let resp = admin(
+            Method::POST,
+            "/tenants/default/grants",
+            Some(json!({ "client_id": "svc", "subject": "alice", "scope": "read" })),
+        )
+        .await;
+        assert_eq!(resp.status(), 201);
+        let g: Value = resp.json().await.unwrap();
+        tokens.push(str_of(&g, "access_token").into());
+        tokens.push(str_of(&g, "refresh_token").into());
+        grants.push(g);
+    }
+    let resp = n
+        .form(
+            "/oauth2/token",
+            Auth::Post(&svc),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", str_of(&grants[0], "refresh_token")),
+            ],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let refreshed: Value = resp.json().await.unwrap();
+    tokens.push(str_of(&refreshed, "access_token").into());
+    tokens.push(str_of(&refreshed, "refresh_token").into());
+
+    // Introspection of everything, with both auth styles.
+    for (i, t) in tokens.iter().enumerate() {
+        let auth = if i % 2 == 0 {
+            Auth::Basic(&checker)
+        } else {
+            Auth::Post(&checker)
+        };
+        n.introspect(auth, t).await;
+    }
+
+    // RFC 7009 revocation, by access token and by refresh token.
+    for t in [tokens[0].as_str(), str_of(&refreshed, "refresh_token")] {
+        let resp = n
+            .form("/oauth2/revoke", Auth::Basic(&svc), &[("token", t)])
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+    // Log out everywhere.
+    let resp = admin(
+        Method::DELETE,
+        "/tenants/default/subjects/alice/grants",
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    for t in &tokens[3..] {
+        assert_eq!(
+            n.introspect(Auth::Basic(&checker), t).await,
+            json!({ "active": false })
+        );
+    }
+
+    // Failed authentications: a wrong secret (Basic and body), the old secret, a wrong admin
+    // token.
+    let wrong = client("svc", "wrong-secret-5e0d77");
+    secrets.push(wrong.secret.clone().unwrap());
+    assert_eq!(n.token(Auth::Basic(&wrong)).await.status(), 401);
+    assert_eq!(n.token(Auth::Post(&wrong)).await.status(), 401);
+    assert_eq!(n.token(Auth::Basic(&svc_old)).await.status(), 401);
+    let resp = n
+        .form(
+            "/oauth2/introspect",
+            Auth::Post(&wrong),
+            &[("token", &tokens[1])],
+        )
+        .await;
+    assert_eq!(resp.status(), 401);
+    let resp = n
+        .http
+        .get(format!("{}/admin/v1/tenants", p.base))
+        .bearer_auth("wrong-admin-token-3a9f")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    secrets.push("wrong-admin-token-3a9f".into());
+
+    let logs = p.logs();
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace logging is not on:\n{logs}"
+    );
+    for needle in tokens.iter().chain(&secrets) {
+        assert!(
+            !logs.contains(needle.as_str()),
+            "the logs contain {needle:?}"
+        );
+    }
+    // Nor any form of a token that still identifies it (its random part).
+    for t in &tokens {
+        let random = t
+            .trim_start_matches("latch_at_")
+            .trim_start_matches("latch_rt_");
+        assert!(!logs.contains(random), "the logs contain the body of {t:?}");
+    }
+
+    let files = database_files(data.path());
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("latch.db")),
+        "no database in {}",
+        data.path().display()
+    );
+    for (path, bytes) in &files {
+        for needle in tokens.iter().chain(&secrets) {
+            assert!(
+                !contains_bytes(bytes, needle.as_bytes()),
+                "{} contains {needle:?}",
+                path.display()
+            );
+        }
+    }
+
+    // After a clean stop (the WAL checkpointed into the main file), still nothing.
+    assert!(p.terminate().success());
+    for (path, bytes) in &database_files(data.path()) {
+        for needle in tokens.iter().chain(&secrets) {
+            assert!(
+                !contains_bytes(bytes, needle.as_bytes()),
+                "{} contains {needle:?} after the stop",
+                path.display()
+            );
+        }
+    }
+}
