@@ -1,6 +1,7 @@
 //! Operations for operators and trusted first-party backends: client management, grants
 //! issued directly to a subject, and revocation by grant or by subject.
 
+use crate::audit::{self, AuditEvent, AuditQuery, Killed, Origin, Reason};
 use crate::authority::Authority;
 use crate::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use crate::error::{Error, StoreError};
@@ -9,6 +10,9 @@ use crate::grant_flow::IssuedTokens;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
 use crate::secret::{generate_secret, hash_secret};
+
+/// The actor recorded for operator actions.
+const ADMIN: &str = "admin";
 
 /// A client to register. Missing secrets of confidential clients are generated.
 #[derive(Clone, Debug)]
@@ -176,16 +180,25 @@ impl Authority {
         Ok(secret)
     }
 
-    /// Removes a client and revokes every grant it holds. Returns how many grants died.
-    pub async fn delete_client(&self, tenant: &TenantId, id: &ClientId) -> Result<u64, Error> {
+    /// Removes a client and revokes every grant it holds. Returns what died.
+    pub async fn delete_client(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        origin: Origin,
+    ) -> Result<Killed, Error> {
         self.require_tenant(tenant).await?;
-        let revoked = self
+        let context = self.audit_context(tenant, ADMIN, origin, Reason::ClientRemoved);
+        let event = self
             .store
-            .delete_client(tenant, id, self.clock.now())
+            .delete_client(tenant, id, &context)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no client {id}").into()))?;
         self.secrets.forget(tenant, id);
-        Ok(revoked)
+        if let Some(e) = &event {
+            audit::log(e);
+        }
+        Ok(audit::killed(&event))
     }
 
     /// Issues tokens for a subject that a trusted backend signed in itself. A refresh token is
@@ -218,34 +231,45 @@ impl Authority {
 
     /// Revokes one grant. `NotFound` when the tenant has no such grant; revoking a dead grant
     /// again succeeds and kills nothing.
-    pub async fn revoke_grant(&self, tenant: &TenantId, id: &GrantId) -> Result<u64, Error> {
+    pub async fn revoke_grant(
+        &self,
+        tenant: &TenantId,
+        id: &GrantId,
+        origin: Origin,
+    ) -> Result<Killed, Error> {
         self.require_tenant(tenant).await?;
         if self.store.grant(tenant, id).await?.is_none() {
             return Err(Error::NotFound(format!("no grant {id}").into()));
         }
-        Ok(self
-            .store
-            .revoke(&Revocation::Grant(id.clone()), self.clock.now())
-            .await?)
+        let context = self.audit_context(tenant, ADMIN, origin, Reason::Admin);
+        self.revoke_audited(&Revocation::Grant(id.clone()), &context)
+            .await
     }
 
-    /// Revokes every grant of a subject ("log out everywhere"). Returns how many died.
+    /// Revokes every grant of a subject ("log out everywhere"). Returns what died.
     pub async fn logout_everywhere(
         &self,
         tenant: &TenantId,
         subject: &Subject,
-    ) -> Result<u64, Error> {
+        origin: Origin,
+    ) -> Result<Killed, Error> {
         self.require_tenant(tenant).await?;
-        Ok(self
-            .store
-            .revoke(
-                &Revocation::Subject {
-                    tenant: tenant.clone(),
-                    subject: subject.clone(),
-                },
-                self.clock.now(),
-            )
-            .await?)
+        let context = self.audit_context(tenant, ADMIN, origin, Reason::LogoutEverywhere);
+        let revocation = Revocation::Subject {
+            tenant: tenant.clone(),
+            subject: subject.clone(),
+        };
+        self.revoke_audited(&revocation, &context).await
+    }
+
+    /// A page of a tenant's audit trail.
+    pub async fn audit_events(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        self.require_tenant(tenant).await?;
+        Ok(self.store.audit_events(tenant, query).await?)
     }
 }
 
@@ -276,19 +300,24 @@ impl Authority {
 
     /// Removes a tenant: every grant in it is revoked and every client removed, in one
     /// transaction. The `default` tenant cannot be removed.
-    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<(), Error> {
+    pub async fn delete_tenant(&self, tenant: &TenantId, origin: Origin) -> Result<(), Error> {
         if tenant.as_str() == TenantId::DEFAULT {
             return Err(Error::invalid_request(
                 "the default tenant cannot be removed",
             ));
         }
-        if self.store.delete_tenant(tenant, self.clock.now()).await? {
-            // Its clients are gone; their cached verifications can never match again, but
-            // drop them rather than wait for eviction.
-            self.secrets.clear();
-            Ok(())
-        } else {
-            Err(Error::NotFound(format!("no tenant {tenant}").into()))
+        let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
+        let event = self
+            .store
+            .delete_tenant(tenant, &context)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no tenant {tenant}").into()))?;
+        // Its clients are gone; their cached verifications can never match again, but drop
+        // them rather than wait for eviction.
+        self.secrets.clear();
+        if let Some(e) = &event {
+            audit::log(e);
         }
+        Ok(())
     }
 }

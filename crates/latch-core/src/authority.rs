@@ -5,10 +5,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::audit::{self, AuditContext, Killed, Origin, Reason};
 use crate::cleanup::CleanupStats;
 use crate::client::Client;
 use crate::clock::{Clock, UnixTime};
 use crate::error::Error;
+use crate::grant::Revocation;
 use crate::id::{ClientId, TenantId};
 use crate::secret::SecretVerifier;
 use crate::store::Storage;
@@ -87,6 +89,38 @@ impl Authority {
     /// Now, by the authority's clock.
     pub fn now(&self) -> UnixTime {
         self.clock.now()
+    }
+
+    /// The audit context of a revocation happening now.
+    pub(crate) fn audit_context(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        origin: Origin,
+        reason: Reason,
+    ) -> AuditContext {
+        AuditContext {
+            tenant: tenant.clone(),
+            actor: actor.to_owned(),
+            route: origin.route,
+            reason,
+            address: origin.address,
+            at: self.clock.now(),
+        }
+    }
+
+    /// Applies a revocation, durably and audited, and emits its audit log event. Every
+    /// revocation in the domain goes through here.
+    pub(crate) async fn revoke_audited(
+        &self,
+        revocation: &Revocation,
+        context: &AuditContext,
+    ) -> Result<Killed, Error> {
+        let event = self.store.revoke(revocation, context).await?;
+        if let Some(e) = &event {
+            audit::log(e);
+        }
+        Ok(audit::killed(&event))
     }
 
     /// Authenticates a client of `tenant`. Every failure is the same `invalid_client`, so the

@@ -105,6 +105,8 @@ pub enum Revocation {
         /// The subject.
         subject: Subject,
     },
+    /// Every grant of a tenant (the tenant is being removed).
+    Tenant(TenantId),
     /// Every grant issued to a client (the client is being removed).
     Client {
         /// The tenant.

@@ -16,10 +16,13 @@
 //!   endpoint grants: `client_credentials.rs`, `refresh.rs`), [`revoke`] (the revocation
 //!   engine every revocation route ends in), [`introspect`], [`admin`], [`cleanup`]
 //!   (deleting expired rows in bounded batches).
+//! - [`audit`]: the audit trail's types; storage records every revocation with it, in the
+//!   same transaction.
 //! - [`error`]: the domain error enum; the HTTP layer maps it to OAuth error responses.
 //! - [`clock`]: time, injectable so tests move it instead of sleeping.
 
 pub mod admin;
+pub mod audit;
 mod authority;
 pub mod cleanup;
 pub mod client;

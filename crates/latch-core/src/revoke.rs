@@ -1,6 +1,7 @@
 //! The revocation engine (RFC 7009). Every revocation route, standard or seed profile, ends
 //! here; a route only chooses the [`Effect`].
 
+use crate::audit::{Killed, Origin, Reason};
 use crate::authority::Authority;
 use crate::client::{AccessTokenRevocation, Client};
 use crate::clock::UnixTime;
@@ -46,8 +47,8 @@ pub struct Revoked {
     pub kind: TokenKind,
     /// How much was killed: one token, one grant, or several grants.
     pub scope: RevokedScope,
-    /// How many live tokens or grants the write killed.
-    pub count: u64,
+    /// What the write killed (all zero if a concurrent request killed it first).
+    pub killed: Killed,
 }
 
 /// How far a revocation reached.
@@ -75,6 +76,7 @@ impl Authority {
         caller: &Client,
         token: &str,
         effect: Effect,
+        origin: Origin,
     ) -> Result<Outcome, Error> {
         let Some(presented) = PresentedToken::parse(token) else {
             return Ok(Outcome::Unknown);
@@ -100,13 +102,18 @@ impl Authority {
         }
 
         let (revocation, scope) = decide(caller, &record, effect);
-        let count = self.store.revoke(&revocation, now).await?;
+        let reason = match effect {
+            Effect::Token => Reason::ClientRequest,
+            Effect::AllGrantsOfSubject => Reason::LogoutEverywhere,
+        };
+        let context = self.audit_context(&caller.tenant, caller.id.as_str(), origin, reason);
+        let killed = self.revoke_audited(&revocation, &context).await?;
         Ok(Outcome::Revoked(Revoked {
             grant_id: record.grant_id,
             subject: record.subject,
             kind: record.kind,
             scope,
-            count,
+            killed,
         }))
     }
 }

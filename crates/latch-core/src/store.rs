@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 
+use crate::audit::{AuditContext, AuditEvent, AuditQuery};
 use crate::client::{Client, SecretHash};
 use crate::clock::UnixTime;
 use crate::error::StoreError;
@@ -25,9 +26,14 @@ pub trait TenantStore: Send + Sync {
     async fn list_tenants(&self) -> StoreResult<Vec<TenantId>>;
     /// Creates a tenant; `Conflict` if it exists.
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
-    /// Removes a tenant, revoking all of its grants and removing its clients. `false` when it
-    /// did not exist.
-    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool>;
+    /// Removes a tenant, revoking all of its grants (audited) and removing its clients. `None`
+    /// when it did not exist, else the revocation's audit record (`None` inside when no grant
+    /// was alive).
+    async fn delete_tenant(
+        &self,
+        tenant: &TenantId,
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>>;
 }
 
 /// Registered clients.
@@ -48,14 +54,15 @@ pub trait ClientStore: Send + Sync {
         id: &ClientId,
         secret: &SecretHash,
     ) -> StoreResult<bool>;
-    /// Removes a client and revokes every grant issued to it, in one transaction. `None`
-    /// when there is no such client, else the number of grants revoked.
+    /// Removes a client and revokes every grant issued to it (audited), in one transaction.
+    /// `None` when there is no such client, else the revocation's audit record (`None` inside
+    /// when no grant was alive).
     async fn delete_client(
         &self,
         tenant: &TenantId,
         id: &ClientId,
-        now: UnixTime,
-    ) -> StoreResult<Option<u64>>;
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>>;
 }
 
 /// Grants and their tokens.
@@ -82,9 +89,25 @@ pub trait TokenStore: Send + Sync {
 /// storage should batch (group commit).
 #[async_trait]
 pub trait RevocationStore: Send + Sync {
-    /// Applies a revocation. Returns how many live grants or tokens it killed (0 when all
-    /// were already dead).
-    async fn revoke(&self, revocation: &Revocation, now: UnixTime) -> StoreResult<u64>;
+    /// Applies a revocation at `audit.at` and, in the same transaction, records it in the
+    /// audit trail with what died. Returns the record, or `None` when nothing was alive to
+    /// kill (then nothing is recorded).
+    async fn revoke(
+        &self,
+        revocation: &Revocation,
+        audit: &AuditContext,
+    ) -> StoreResult<Option<AuditEvent>>;
+}
+
+/// Reading the audit trail.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// A tenant's audit events, oldest first, filtered and paged by `query`.
+    async fn audit_events(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+    ) -> StoreResult<Vec<AuditEvent>>;
 }
 
 /// What one clean-up batch deleted.
@@ -107,7 +130,9 @@ pub trait CleanupStore: Send + Sync {
 
 /// Everything the engine needs, as one object.
 #[async_trait]
-pub trait Storage: TenantStore + ClientStore + TokenStore + RevocationStore + CleanupStore {
+pub trait Storage:
+    TenantStore + ClientStore + TokenStore + RevocationStore + AuditStore + CleanupStore
+{
     /// Succeeds when the database answers a query (for readiness).
     async fn ping(&self) -> StoreResult<()>;
 }

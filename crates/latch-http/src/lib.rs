@@ -180,6 +180,12 @@ fn oauth_routes(profiles: Profiles) -> Router<Arc<AppState>> {
         )
 }
 
+/// The span of a request: method and path only. The query string is left out, so a client
+/// that wrongly puts a token or secret there does not get it written to the logs.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+}
+
 /// Every route latch serves.
 pub fn router(state: Arc<AppState>) -> Router {
     let profiles = state.profiles;
@@ -211,5 +217,5 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
 }

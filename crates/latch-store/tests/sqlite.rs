@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use latch_core::audit::{AuditContext, Reason};
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
@@ -21,6 +22,17 @@ fn grant(subject: &str) -> Grant {
         created_at: 100,
         expires_at: 10_000,
         revoked_at: None,
+    }
+}
+
+fn audit(at: i64) -> AuditContext {
+    AuditContext {
+        tenant: TenantId::default_tenant(),
+        actor: "app".into(),
+        route: "test",
+        reason: Reason::ClientRequest,
+        address: None,
+        at,
     }
 }
 
@@ -54,13 +66,17 @@ async fn concurrent_revocations_are_all_committed_and_survive_a_reopen() {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .revoke(&Revocation::Token(TokenHash::of(&format!("t{i}"))), 200)
+                    .revoke(
+                        &Revocation::Token(TokenHash::of(&format!("t{i}"))),
+                        &audit(200),
+                    )
                     .await
             })
         })
         .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 1);
+        let event = t.await.unwrap().unwrap().expect("recorded");
+        assert_eq!((event.grants, event.tokens), (0, 1));
     }
     drop(store);
 
@@ -155,12 +171,13 @@ async fn memory_databases_work_and_are_private() {
     assert!(a.token(&TokenHash::of("m")).await.unwrap().is_some());
     assert!(b.token(&TokenHash::of("m")).await.unwrap().is_none());
     let rec = a.token(&TokenHash::of("m")).await.unwrap().unwrap();
-    assert_eq!(
-        a.revoke(&Revocation::Grant(rec.grant_id.clone()), 5)
-            .await
-            .unwrap(),
-        1
-    );
+    let event = a
+        .revoke(&Revocation::Grant(rec.grant_id.clone()), &audit(5))
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!((event.grants, event.tokens), (1, 1));
+    assert_eq!(event.subject.unwrap().as_str(), "u");
     assert!(a
         .token(&TokenHash::of("m"))
         .await

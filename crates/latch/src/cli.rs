@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use latch_core::admin::{ClientSpec, SecretSpec};
+use latch_core::audit::Origin;
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType};
 use latch_core::clock::SystemClock;
 use latch_core::id::{ClientId, TenantId};
@@ -292,7 +293,10 @@ async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
         }
         TenantCommand::Remove { tenant, overrides } => {
             let id = TenantId::parse(&tenant)?;
-            authority(&overrides).await?.delete_tenant(&id).await?;
+            authority(&overrides)
+                .await?
+                .delete_tenant(&id, Origin::internal("cli"))
+                .await?;
             println!("{}", json!({ "tenant_id": tenant, "deleted": true }));
         }
     }
@@ -326,13 +330,22 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
             tenant,
             overrides,
         } => {
-            let revoked = authority(&overrides)
+            let killed = authority(&overrides)
                 .await?
-                .delete_client(&TenantId::parse(&tenant)?, &ClientId::parse(&client_id)?)
+                .delete_client(
+                    &TenantId::parse(&tenant)?,
+                    &ClientId::parse(&client_id)?,
+                    Origin::internal("cli"),
+                )
                 .await?;
             println!(
                 "{}",
-                json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked })
+                json!({
+                    "client_id": client_id,
+                    "deleted": true,
+                    "revoked_grants": killed.grants,
+                    "revoked_tokens": killed.tokens,
+                })
             );
         }
         ClientCommand::RotateSecret {

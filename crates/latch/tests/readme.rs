@@ -82,7 +82,7 @@ fn the_quickstart_walkthrough_works_as_written() {
     let json = |line: &str| -> serde_json::Value { serde_json::from_str(line).expect(line) };
     assert_eq!(
         json(lines[6]),
-        serde_json::json!({"subject": "alice", "revoked_grants": 1}),
+        serde_json::json!({"subject": "alice", "revoked_grants": 1, "revoked_tokens": 3}),
         "logout everywhere"
     );
     assert_eq!(lines[7], "200", "seed 002 example 1");

@@ -7,6 +7,7 @@
 //! more, for apps that race their own refreshes.
 
 use super::{mint, require_grant_type, IssuedTokens};
+use crate::audit::{Origin, Reason};
 use crate::authority::Authority;
 use crate::client::{Client, GrantType};
 use crate::clock::UnixTime;
@@ -60,6 +61,7 @@ impl Authority {
         client: &Client,
         refresh_token: &str,
         requested: Option<&Scope>,
+        origin: Origin,
     ) -> Result<IssuedTokens, Error> {
         require_grant_type(client, GrantType::RefreshToken)?;
         let presented = PresentedToken::parse(refresh_token)
@@ -84,8 +86,13 @@ impl Authority {
                     return Err(invalid_grant("the refresh token is expired or revoked"))
                 }
                 Verdict::Reuse => {
-                    self.store
-                        .revoke(&Revocation::Grant(record.grant_id.clone()), now)
+                    let context = self.audit_context(
+                        &client.tenant,
+                        client.id.as_str(),
+                        origin,
+                        Reason::ReuseDetected,
+                    );
+                    self.revoke_audited(&Revocation::Grant(record.grant_id.clone()), &context)
                         .await?;
                     tracing::warn!(
                         grant_id = %record.grant_id,

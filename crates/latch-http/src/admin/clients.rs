@@ -13,9 +13,9 @@ use latch_core::scope::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Admin, JsonBody, Params};
+use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
-use crate::{no_store, AppState};
+use crate::{no_store, AppState, Peer};
 
 /// A client as the admin API shows it. The secret never appears.
 #[derive(Serialize)]
@@ -168,15 +168,23 @@ pub(crate) async fn show(
 pub(crate) async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    peer: Peer,
     Params((tenant, client_id)): Params<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let revoked = state
+    let killed = state
         .authority
-        .delete_client(&tenant_of(&tenant)?, &client_id_of(&client_id)?)
+        .delete_client(
+            &tenant_of(&tenant)?,
+            &client_id_of(&client_id)?,
+            origin(peer),
+        )
         .await?;
-    Ok(Json(
-        json!({ "client_id": client_id, "deleted": true, "revoked_grants": revoked }),
-    ))
+    Ok(Json(json!({
+        "client_id": client_id,
+        "deleted": true,
+        "revoked_grants": killed.grants,
+        "revoked_tokens": killed.tokens,
+    })))
 }
 
 /// `POST …/clients/{id}/secret` body: a new secret, or none to generate one.

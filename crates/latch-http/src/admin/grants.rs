@@ -13,10 +13,10 @@ use latch_core::scope::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Admin, JsonBody, Params};
+use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
 use crate::oauth2::TokenResponse;
-use crate::{no_store, AppState};
+use crate::{no_store, AppState, Peer};
 
 /// `POST …/grants` body.
 #[derive(Deserialize)]
@@ -77,16 +77,19 @@ pub(crate) async fn create(
 pub(crate) async fn revoke(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    peer: Peer,
     Params((tenant, grant_id)): Params<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = GrantId::parse(&grant_id).map_err(|_| ApiError::not_found("no such grant"))?;
-    let revoked = state
+    let killed = state
         .authority
-        .revoke_grant(&tenant_of(&tenant)?, &id)
+        .revoke_grant(&tenant_of(&tenant)?, &id, origin(peer))
         .await?;
-    Ok(Json(
-        json!({ "grant_id": grant_id, "revoked": revoked > 0 }),
-    ))
+    Ok(Json(json!({
+        "grant_id": grant_id,
+        "revoked": killed.grants > 0,
+        "revoked_tokens": killed.tokens,
+    })))
 }
 
 pub(crate) async fn list_for_subject(
@@ -108,14 +111,17 @@ pub(crate) async fn list_for_subject(
 pub(crate) async fn logout_everywhere(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    peer: Peer,
     Params((tenant, subject)): Params<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let subject = Subject::parse(&subject)?;
-    let revoked = state
+    let killed = state
         .authority
-        .logout_everywhere(&tenant_of(&tenant)?, &subject)
+        .logout_everywhere(&tenant_of(&tenant)?, &subject, origin(peer))
         .await?;
-    Ok(Json(
-        json!({ "subject": subject.as_str(), "revoked_grants": revoked }),
-    ))
+    Ok(Json(json!({
+        "subject": subject.as_str(),
+        "revoked_grants": killed.grants,
+        "revoked_tokens": killed.tokens,
+    })))
 }

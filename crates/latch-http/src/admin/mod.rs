@@ -1,6 +1,7 @@
 //! The admin API, for operators and trusted first-party backends. Every route needs
 //! `Authorization: Bearer <admin token>`; JSON in, JSON out.
 
+mod audit;
 mod cleanup;
 mod clients;
 mod grants;
@@ -40,6 +41,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/clients/{client_id}/secret",
             post(clients::rotate_secret),
         )
+        .route("/tenants/{tenant}/audit", get(audit::list))
         .route("/tenants/{tenant}/grants", post(grants::create))
         .route(
             "/tenants/{tenant}/grants/{grant_id}",
@@ -49,6 +51,14 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/subjects/{subject}/grants",
             get(grants::list_for_subject).delete(grants::logout_everywhere),
         )
+}
+
+/// The audit origin of an admin request.
+pub(crate) fn origin(peer: crate::Peer) -> latch_core::audit::Origin {
+    latch_core::audit::Origin {
+        route: "admin",
+        address: peer.0,
+    }
 }
 
 /// Proof that the request carried the admin token. The token is compared as SHA-256

@@ -9,9 +9,9 @@ use latch_core::id::TenantId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Admin, JsonBody, Params};
+use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, Peer};
 
 /// `POST /admin/v1/tenants` body.
 #[derive(Deserialize)]
@@ -45,10 +45,11 @@ pub(crate) async fn list(
 pub(crate) async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    peer: Peer,
     Params(tenant): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id =
         TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
-    state.authority.delete_tenant(&id).await?;
+    state.authority.delete_tenant(&id, origin(peer)).await?;
     Ok(Json(json!({ "tenant_id": tenant, "deleted": true })))
 }

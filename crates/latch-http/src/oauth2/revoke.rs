@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use latch_core::audit::Origin;
 use latch_core::id::TenantId;
 use latch_core::revoke::{Effect, Outcome};
 
@@ -23,7 +24,16 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request(&headers, body).await?;
-    revoke(&state, &tenant, peer, &headers, &form, Effect::Token).await?;
+    revoke(
+        &state,
+        &tenant,
+        peer,
+        "oauth2/revoke",
+        &headers,
+        &form,
+        Effect::Token,
+    )
+    .await?;
     Ok(revoked())
 }
 
@@ -37,13 +47,21 @@ pub(crate) async fn revoke(
     state: &AppState,
     tenant: &TenantId,
     peer: Peer,
+    route: &'static str,
     headers: &HeaderMap,
     form: &Form,
     effect: Effect,
 ) -> Result<Outcome, ApiError> {
     let token = form.require("token")?;
     let client = authenticate(state, tenant, headers, form, peer).await?;
-    Ok(state.authority.revoke(&client, token, effect).await?)
+    let origin = Origin {
+        route,
+        address: peer.0,
+    };
+    Ok(state
+        .authority
+        .revoke(&client, token, effect, origin)
+        .await?)
 }
 
 /// RFC 7009's success: `200` with an empty body.

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use latch_core::audit::Origin;
 use latch_core::client::GrantType;
 use latch_core::scope::Scope;
 
@@ -44,7 +45,15 @@ pub(crate) async fn handle(
     let client = authenticate(&state, &tenant, &headers, &form, peer).await?;
     let authority = &state.authority;
     let issued = match refresh_token {
-        Some(token) => authority.refresh(&client, token, scope.as_ref()).await?,
+        Some(token) => {
+            let origin = Origin {
+                route: "oauth2/token",
+                address: peer.0,
+            };
+            authority
+                .refresh(&client, token, scope.as_ref(), origin)
+                .await?
+        }
         None => {
             authority
                 .client_credentials(&client, scope.as_ref())

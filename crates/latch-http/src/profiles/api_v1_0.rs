@@ -28,6 +28,15 @@ pub(crate) async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let form = Form::from_request_trimming(&headers, body).await?;
-    revoke(&state, &tenant, peer, &headers, &form, Effect::Token).await?;
+    revoke(
+        &state,
+        &tenant,
+        peer,
+        "api_v1_0",
+        &headers,
+        &form,
+        Effect::Token,
+    )
+    .await?;
     Ok(revoked())
 }

@@ -64,7 +64,7 @@ async fn serve(
     if !has_secret {
         return Err(ApiError::invalid_client(false));
     }
-    revoke(state, tenant, peer, headers, &form, Effect::Token).await?;
+    revoke(state, tenant, peer, "id_v1", headers, &form, Effect::Token).await?;
     Ok(revoked())
 }
 

@@ -70,6 +70,7 @@ pub(crate) async fn handle(
         &state,
         &tenant,
         peer,
+        "sentinel",
         &headers,
         &form,
         Effect::AllGrantsOfSubject,

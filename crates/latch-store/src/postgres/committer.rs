@@ -7,12 +7,13 @@
 //! If the connection is lost, the batch in flight answers `Unavailable` (nothing is reported
 //! committed that might not be) and the next batch reconnects.
 
+use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
-use latch_core::id::{ClientId, TenantId};
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{Purged, StoreResult};
 use latch_core::token::TokenKind;
 use latch_core::StoreError;
@@ -35,14 +36,14 @@ const MAX_RETRIES: usize = 3;
 /// A write.
 pub(crate) enum Op {
     CreateTenant(TenantId, UnixTime),
-    DeleteTenant(TenantId, UnixTime),
+    DeleteTenant(TenantId, AuditContext),
     /// A client; `true` to replace an existing one.
     PutClient(Client, bool),
     SetSecret(TenantId, ClientId, SecretHash),
-    DeleteClient(TenantId, ClientId, UnixTime),
+    DeleteClient(TenantId, ClientId, AuditContext),
     Issue(Grant, Vec<NewToken>),
     Rotate(Rotation),
-    Revoke(Revocation, UnixTime),
+    Revoke(Revocation, AuditContext),
     Purge(UnixTime, u32),
 }
 
@@ -61,8 +62,10 @@ impl Op {
 pub(crate) enum Reply {
     Done,
     Flag(bool),
-    Count(u64),
-    MaybeCount(Option<u64>),
+    /// A revocation's audit record (`None` when nothing was alive).
+    Audited(Option<AuditEvent>),
+    /// A removal: `None` when the thing did not exist.
+    Removed(Option<Option<AuditEvent>>),
     Rotation(RotationOutcome),
     Purged(Purged),
 }
@@ -75,9 +78,9 @@ impl Reply {
         }
     }
 
-    pub(crate) fn count(self) -> StoreResult<u64> {
+    pub(crate) fn removed(self) -> StoreResult<Option<Option<AuditEvent>>> {
         match self {
-            Reply::Count(n) => Ok(n),
+            Reply::Removed(r) => Ok(r),
             other => Err(other.unexpected()),
         }
     }
@@ -98,15 +101,42 @@ impl Statements {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, tokio_postgres::Error> {
-        let stmt = match self.0.get(sql) {
-            Some(stmt) => stmt.clone(),
-            None => {
-                let stmt = tx.prepare(sql).await?;
-                self.0.insert(sql.to_owned(), stmt.clone());
-                stmt
-            }
-        };
+        let stmt = self.prepared(tx, sql).await?;
         tx.execute(&stmt, params).await
+    }
+
+    async fn prepared(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.0.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = tx.prepare(sql).await?;
+        self.0.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+
+    async fn query_opt(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+        let stmt = self.prepared(tx, sql).await?;
+        tx.query_opt(&stmt, params).await
+    }
+
+    async fn count(
+        &mut self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = self.prepared(tx, sql).await?;
+        let n: i64 = tx.query_one(&stmt, params).await?.get(0);
+        Ok(n as u64)
     }
 }
 
@@ -276,49 +306,163 @@ async fn insert_tokens(
     Ok(())
 }
 
-/// Applies a revocation inside a transaction; returns how many live rows died.
+/// Live tokens of the grants a revocation is about to kill (counted before the UPDATE).
+const LIVE_TOKENS: &str = "SELECT count(*) FROM tokens t JOIN grants g ON g.id = t.grant_id \
+     WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
+       AND t.expires_at > $1 AND ";
+
+/// Applies a revocation inside a transaction and records it in the audit trail. Returns the
+/// audit record, or `None` when nothing was alive (nothing is recorded then).
 async fn revoke(
     tx: &Transaction<'_>,
     st: &mut Statements,
     revocation: &Revocation,
-    now: UnixTime,
-) -> Result<u64, tokio_postgres::Error> {
-    match revocation {
-        Revocation::Token(hash) => {
-            st.execute(
-                tx,
-                "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
-                &[&&hash.0[..], &now],
-            )
-            .await
-        }
-        Revocation::Grant(id) => {
-            st.execute(
-                tx,
-                "UPDATE grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                &[&id.as_str(), &now],
-            )
-            .await
-        }
-        Revocation::Subject { tenant, subject } => {
-            st.execute(
-                tx,
-                "UPDATE grants SET revoked_at = $3 \
-                 WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL",
-                &[&tenant.as_str(), &subject.as_str(), &now],
-            )
-            .await
-        }
-        Revocation::Client { tenant, client_id } => {
-            st.execute(
-                tx,
-                "UPDATE grants SET revoked_at = $3 \
-                 WHERE tenant_id = $1 AND client_id = $2 AND revoked_at IS NULL",
-                &[&tenant.as_str(), &client_id.as_str(), &now],
-            )
-            .await
-        }
+    audit: &AuditContext,
+) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
+    let now = audit.at;
+    let (grant_id, subject, grants, tokens): (Option<String>, Option<String>, u64, u64) =
+        match revocation {
+            Revocation::Token(hash) => {
+                let owner = st
+                    .query_opt(
+                        tx,
+                        "SELECT t.grant_id, g.subject FROM tokens t \
+                         JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1",
+                        &[&&hash.0[..]],
+                    )
+                    .await?
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+                let n = st
+                    .execute(
+                        tx,
+                        "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+                        &[&&hash.0[..], &now],
+                    )
+                    .await?;
+                let (g, s) = owner.unzip();
+                (g, s, 0, n)
+            }
+            Revocation::Grant(id) => {
+                let tokens = st
+                    .count(
+                        tx,
+                        &format!("{LIVE_TOKENS}g.id = $2"),
+                        &[&now, &id.as_str()],
+                    )
+                    .await?;
+                let subject = st
+                    .query_opt(
+                        tx,
+                        "SELECT subject FROM grants WHERE id = $1",
+                        &[&id.as_str()],
+                    )
+                    .await?
+                    .map(|r| r.get::<_, String>(0));
+                let n = st
+                    .execute(
+                        tx,
+                        "UPDATE grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                        &[&id.as_str(), &now],
+                    )
+                    .await?;
+                (
+                    Some(id.to_string()),
+                    subject,
+                    n,
+                    if n > 0 { tokens } else { 0 },
+                )
+            }
+            Revocation::Subject { tenant, subject } => {
+                let tokens = st
+                    .count(
+                        tx,
+                        &format!("{LIVE_TOKENS}g.tenant_id = $2 AND g.subject = $3"),
+                        &[&now, &tenant.as_str(), &subject.as_str()],
+                    )
+                    .await?;
+                let n = st
+                    .execute(
+                        tx,
+                        "UPDATE grants SET revoked_at = $3 \
+                         WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL",
+                        &[&tenant.as_str(), &subject.as_str(), &now],
+                    )
+                    .await?;
+                (None, Some(subject.to_string()), n, tokens)
+            }
+            Revocation::Client { tenant, client_id } => {
+                let tokens = st
+                    .count(
+                        tx,
+                        &format!("{LIVE_TOKENS}g.tenant_id = $2 AND g.client_id = $3"),
+                        &[&now, &tenant.as_str(), &client_id.as_str()],
+                    )
+                    .await?;
+                let n = st
+                    .execute(
+                        tx,
+                        "UPDATE grants SET revoked_at = $3 \
+                         WHERE tenant_id = $1 AND client_id = $2 AND revoked_at IS NULL",
+                        &[&tenant.as_str(), &client_id.as_str(), &now],
+                    )
+                    .await?;
+                (None, None, n, tokens)
+            }
+            Revocation::Tenant(tenant) => {
+                let tokens = st
+                    .count(
+                        tx,
+                        &format!("{LIVE_TOKENS}g.tenant_id = $2"),
+                        &[&now, &tenant.as_str()],
+                    )
+                    .await?;
+                let n = st
+                    .execute(
+                        tx,
+                        "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL",
+                        &[&tenant.as_str(), &now],
+                    )
+                    .await?;
+                (None, None, n, tokens)
+            }
+        };
+    if grants == 0 && tokens == 0 {
+        return Ok(None);
     }
+    let address = audit.address.map(|a| a.to_string());
+    let id: i64 = st
+        .query_opt(
+            tx,
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &[
+                &audit.tenant.as_str(),
+                &now,
+                &audit.actor,
+                &audit.route,
+                &audit.reason.as_str(),
+                &grant_id,
+                &subject,
+                &(grants as i64),
+                &(tokens as i64),
+                &address,
+            ],
+        )
+        .await?
+        .map_or(0, |r| r.get(0));
+    Ok(Some(AuditEvent {
+        id,
+        tenant: audit.tenant.clone(),
+        at: now,
+        actor: audit.actor.clone(),
+        route: audit.route.to_owned(),
+        reason: audit.reason,
+        grant_id: grant_id.map(GrantId::from_stored),
+        subject: subject.map(Subject::from_stored),
+        grants,
+        tokens,
+        address,
+    }))
 }
 
 fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
@@ -344,24 +488,23 @@ async fn apply(
             .await?;
             Reply::Done
         }
-        Op::DeleteTenant(t, now) => {
-            st.execute(
-                tx,
-                "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL",
-                &[&t.as_str(), now],
-            )
-            .await?;
+        Op::DeleteTenant(t, audit) => {
             st.execute(
                 tx,
                 "DELETE FROM clients WHERE tenant_id = $1",
                 &[&t.as_str()],
             )
             .await?;
-            Reply::Flag(
-                st.execute(tx, "DELETE FROM tenants WHERE id = $1", &[&t.as_str()])
-                    .await?
-                    > 0,
-            )
+            if st
+                .execute(tx, "DELETE FROM tenants WHERE id = $1", &[&t.as_str()])
+                .await?
+                == 0
+            {
+                Reply::Removed(None)
+            } else {
+                let rev = Revocation::Tenant(t.clone());
+                Reply::Removed(Some(revoke(tx, st, &rev, audit).await?))
+            }
         }
         Op::PutClient(c, replace) => {
             let conflict = if *replace {
@@ -411,7 +554,7 @@ async fn apply(
             .await?
                 > 0,
         ),
-        Op::DeleteClient(t, id, now) => {
+        Op::DeleteClient(t, id, audit) => {
             let deleted = tx
                 .execute(
                     "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2",
@@ -419,13 +562,13 @@ async fn apply(
                 )
                 .await?;
             if deleted == 0 {
-                Reply::MaybeCount(None)
+                Reply::Removed(None)
             } else {
                 let rev = Revocation::Client {
                     tenant: t.clone(),
                     client_id: id.clone(),
                 };
-                Reply::MaybeCount(Some(revoke(tx, st, &rev, *now).await?))
+                Reply::Removed(Some(revoke(tx, st, &rev, audit).await?))
             }
         }
         Op::Issue(g, tokens) => {
@@ -496,7 +639,7 @@ async fn apply(
                 Reply::Rotation(RotationOutcome::Rotated)
             }
         }
-        Op::Revoke(rev, now) => Reply::Count(revoke(tx, st, rev, *now).await?),
+        Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, limit) => {
             let limit = i64::from(*limit);
             let tokens = tx

@@ -14,13 +14,14 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use latch_core::audit::{AuditContext, AuditEvent, AuditQuery};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
-    CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult, TenantStore,
-    TokenStore,
+    AuditStore, CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult,
+    TenantStore, TokenStore,
 };
 use latch_core::token::TokenHash;
 use latch_core::StoreError;
@@ -31,7 +32,7 @@ use committer::{Committer, Op, Reply};
 
 /// Schema migrations, applied in order at start-up under an advisory lock, so nodes starting
 /// together do not race.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// Connections in the read pool of one node.
 const POOL_SIZE: usize = 16;
@@ -149,10 +150,14 @@ impl TenantStore for PgStore {
             .map(|_| ())
     }
 
-    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool> {
-        self.write(Op::DeleteTenant(tenant.clone(), now))
+    async fn delete_tenant(
+        &self,
+        tenant: &TenantId,
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>> {
+        self.write(Op::DeleteTenant(tenant.clone(), audit.clone()))
             .await?
-            .flag()
+            .removed()
     }
 }
 
@@ -193,15 +198,11 @@ impl ClientStore for PgStore {
         &self,
         tenant: &TenantId,
         id: &ClientId,
-        now: UnixTime,
-    ) -> StoreResult<Option<u64>> {
-        match self
-            .write(Op::DeleteClient(tenant.clone(), id.clone(), now))
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>> {
+        self.write(Op::DeleteClient(tenant.clone(), id.clone(), audit.clone()))
             .await?
-        {
-            Reply::MaybeCount(n) => Ok(n),
-            other => Err(other.unexpected()),
-        }
+            .removed()
     }
 }
 
@@ -240,10 +241,29 @@ impl TokenStore for PgStore {
 
 #[async_trait]
 impl RevocationStore for PgStore {
-    async fn revoke(&self, revocation: &Revocation, now: UnixTime) -> StoreResult<u64> {
-        self.write(Op::Revoke(revocation.clone(), now))
+    async fn revoke(
+        &self,
+        revocation: &Revocation,
+        audit: &AuditContext,
+    ) -> StoreResult<Option<AuditEvent>> {
+        match self
+            .write(Op::Revoke(revocation.clone(), audit.clone()))
             .await?
-            .count()
+        {
+            Reply::Audited(event) => Ok(event),
+            other => Err(other.unexpected()),
+        }
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn audit_events(
+        &self,
+        tenant: &TenantId,
+        query: &AuditQuery,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        reads::audit_events(&*self.read_client().await?, tenant, query).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! Reads on a pooled connection, each one prepared (and cached) statement.
 
+use latch_core::audit::{AuditEvent, AuditQuery, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
@@ -202,4 +203,46 @@ pub(super) async fn live_grants(
         .await
         .map_err(|e| store_error(&e))?;
     Ok(rows.iter().map(grant_from_row).collect())
+}
+
+pub(super) async fn audit_events(
+    c: &Conn,
+    tenant: &TenantId,
+    query: &AuditQuery,
+) -> StoreResult<Vec<AuditEvent>> {
+    let rows = c
+        .query(
+            "SELECT id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
+                    address FROM audit \
+             WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR subject = $2) \
+               AND ($3::BIGINT IS NULL OR at >= $3) AND id > $4 \
+             ORDER BY id LIMIT $5",
+            &[
+                &tenant.as_str(),
+                &query.subject.as_ref().map(|s| s.as_str()),
+                &query.since,
+                &query.after.unwrap_or(0),
+                &i64::from(query.limit),
+            ],
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    rows.iter()
+        .map(|r| {
+            let reason: String = r.get(5);
+            Ok(AuditEvent {
+                id: r.get(0),
+                tenant: TenantId::from_stored(r.get(1)),
+                at: r.get(2),
+                actor: r.get(3),
+                route: r.get(4),
+                reason: Reason::parse(&reason).ok_or_else(|| corrupt("audit reason"))?,
+                grant_id: r.get::<_, Option<String>>(6).map(GrantId::from_stored),
+                subject: r.get::<_, Option<String>>(7).map(Subject::from_stored),
+                grants: r.get::<_, i64>(8) as u64,
+                tokens: r.get::<_, i64>(9) as u64,
+                address: r.get(10),
+            })
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! [`ClientStore`] on SQLite.
 
 use async_trait::async_trait;
+use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
@@ -169,13 +170,14 @@ impl ClientStore for SqliteStore {
         &self,
         tenant: &TenantId,
         id: &ClientId,
-        now: UnixTime,
-    ) -> StoreResult<Option<u64>> {
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>> {
         let (t, i) = (tenant.to_string(), id.to_string());
         let revocation = Revocation::Client {
             tenant: tenant.clone(),
             client_id: id.clone(),
         };
+        let audit = audit.clone();
         self.write(move |c| {
             let deleted = c.execute(
                 "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
@@ -184,7 +186,7 @@ impl ClientStore for SqliteStore {
             if deleted == 0 {
                 return Ok(None);
             }
-            Ok(Some(revocations::apply(c, &revocation, now)? as u64))
+            Ok(Some(revocations::apply(c, &revocation, &audit)?))
         })
         .await
     }

@@ -19,7 +19,11 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use committer::Committer;
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// How long a connection waits for a lock held by another process before giving up.
 const BUSY_TIMEOUT_MS: u32 = 5_000;

@@ -1,12 +1,14 @@
 //! [`TenantStore`] on SQLite.
 
 use async_trait::async_trait;
+use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::clock::UnixTime;
+use latch_core::grant::Revocation;
 use latch_core::id::TenantId;
 use latch_core::store::{StoreResult, TenantStore};
 use rusqlite::{params, OptionalExtension};
 
-use super::SqliteStore;
+use super::{revocations, SqliteStore};
 
 #[async_trait]
 impl TenantStore for SqliteStore {
@@ -37,15 +39,27 @@ impl TenantStore for SqliteStore {
         .await
     }
 
-    async fn delete_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<bool> {
+    async fn delete_tenant(
+        &self,
+        tenant: &TenantId,
+        audit: &AuditContext,
+    ) -> StoreResult<Option<Option<AuditEvent>>> {
         let id = tenant.as_str().to_owned();
+        let revocation = Revocation::Tenant(tenant.clone());
+        let audit = audit.clone();
         self.write(move |c| {
-            c.execute(
-                "UPDATE grants SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
-                params![id, now],
-            )?;
+            let exists = c
+                .query_row("SELECT 1 FROM tenants WHERE id = ?1", [&id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+            let event = revocations::apply(c, &revocation, &audit)?;
+            // Clients reference the tenant, so they go first.
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
-            Ok(c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? > 0)
+            c.execute("DELETE FROM tenants WHERE id = ?1", [&id])?;
+            Ok(Some(event))
         })
         .await
     }

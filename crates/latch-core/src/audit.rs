@@ -1,0 +1,171 @@
+//! The audit trail: every revocation is recorded in the same transaction that performs it,
+//! and emitted as one structured log event (target `latch::audit`). No token value is ever
+//! part of either.
+
+use std::net::IpAddr;
+
+use crate::clock::UnixTime;
+use crate::id::{GrantId, Subject, TenantId};
+
+/// Why something was revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A client asked (RFC 7009 or a compatibility profile).
+    ClientRequest,
+    /// A refresh token was used twice outside the grace period (RFC 9700 §4.14.2).
+    ReuseDetected,
+    /// An operator revoked a grant through the admin API.
+    Admin,
+    /// Every grant of a subject, by the admin API or a logout-everywhere profile.
+    LogoutEverywhere,
+    /// The client was removed.
+    ClientRemoved,
+    /// The tenant was removed.
+    TenantRemoved,
+}
+
+impl Reason {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::ClientRequest => "client_request",
+            Reason::ReuseDetected => "reuse_detected",
+            Reason::Admin => "admin",
+            Reason::LogoutEverywhere => "logout_everywhere",
+            Reason::ClientRemoved => "client_removed",
+            Reason::TenantRemoved => "tenant_removed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "client_request" => Reason::ClientRequest,
+            "reuse_detected" => Reason::ReuseDetected,
+            "admin" => Reason::Admin,
+            "logout_everywhere" => Reason::LogoutEverywhere,
+            "client_removed" => Reason::ClientRemoved,
+            "tenant_removed" => Reason::TenantRemoved,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a request came from: the route (or profile) and the source address. The HTTP layer
+/// fills it in; the domain records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The route or profile, e.g. `oauth2/revoke`, `sentinel`, `admin`.
+    pub route: &'static str,
+    /// The peer address, when known.
+    pub address: Option<IpAddr>,
+}
+
+impl Origin {
+    /// An origin with no address (CLI, background work).
+    pub const fn internal(route: &'static str) -> Self {
+        Self {
+            route,
+            address: None,
+        }
+    }
+}
+
+/// Who asked and why: handed to storage with a revocation, which adds what died.
+#[derive(Clone, Debug)]
+pub struct AuditContext {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The client id that asked, or `admin`.
+    pub actor: String,
+    /// The route or profile.
+    pub route: &'static str,
+    /// Why.
+    pub reason: Reason,
+    /// The source address.
+    pub address: Option<IpAddr>,
+    /// When.
+    pub at: UnixTime,
+}
+
+/// A recorded revocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Increasing id, for paging.
+    pub id: i64,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// When.
+    pub at: UnixTime,
+    /// The client id that asked, or `admin`.
+    pub actor: String,
+    /// The route or profile.
+    pub route: String,
+    /// Why.
+    pub reason: Reason,
+    /// The grant, when one grant (or one of its tokens) was revoked.
+    pub grant_id: Option<GrantId>,
+    /// The subject, when the revocation concerned one.
+    pub subject: Option<Subject>,
+    /// Grants revoked.
+    pub grants: u64,
+    /// Live tokens that died (a grant's live tokens all count).
+    pub tokens: u64,
+    /// The source address.
+    pub address: Option<String>,
+}
+
+/// What one revocation killed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Killed {
+    /// Grants revoked.
+    pub grants: u64,
+    /// Live tokens that died.
+    pub tokens: u64,
+}
+
+impl Killed {
+    /// True when nothing was alive to kill.
+    pub fn is_nothing(&self) -> bool {
+        self.grants == 0 && self.tokens == 0
+    }
+}
+
+/// Emits the structured log event for a recorded revocation.
+pub(crate) fn log(event: &AuditEvent) {
+    tracing::info!(
+        target: "latch::audit",
+        audit_id = event.id,
+        tenant = %event.tenant,
+        actor = %event.actor.escape_debug(),
+        route = %event.route,
+        reason = event.reason.as_str(),
+        grant_id = event.grant_id.as_ref().map(|g| g.as_str()),
+        subject = event.subject.as_ref().map(|s| s.as_str()),
+        grants = event.grants,
+        tokens = event.tokens,
+        address = event.address.as_deref(),
+        "revoked"
+    );
+}
+
+/// What a revocation killed, from its audit record (nothing when there is none).
+pub fn killed(event: &Option<AuditEvent>) -> Killed {
+    event.as_ref().map_or(Killed::default(), |e| Killed {
+        grants: e.grants,
+        tokens: e.tokens,
+    })
+}
+
+/// A page of the audit trail.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    /// Only events about this subject.
+    pub subject: Option<Subject>,
+    /// Only events at or after this time.
+    pub since: Option<UnixTime>,
+    /// Only events after this id (the previous page's last).
+    pub after: Option<i64>,
+    /// At most this many events.
+    pub limit: u32,
+}

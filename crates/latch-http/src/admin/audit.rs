@@ -1,0 +1,89 @@
+//! `GET /admin/v1/tenants/{tenant}/audit?subject=…&since=…&after=…&limit=…`: the revocation
+//! audit trail, oldest first, paged by id (`next_after` is the cursor for the next page).
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use latch_core::audit::{AuditEvent, AuditQuery};
+use latch_core::id::{Subject, TenantId};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{Admin, Params};
+use crate::error::ApiError;
+use crate::form::Form;
+use crate::AppState;
+
+/// Events per page by default, and at most.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1_000;
+
+#[derive(Serialize)]
+struct EventView<'a> {
+    id: i64,
+    at: i64,
+    actor: &'a str,
+    route: &'a str,
+    reason: &'static str,
+    grant_id: Option<&'a str>,
+    subject: Option<&'a str>,
+    grants: u64,
+    tokens: u64,
+    address: Option<&'a str>,
+}
+
+impl<'a> From<&'a AuditEvent> for EventView<'a> {
+    fn from(e: &'a AuditEvent) -> Self {
+        Self {
+            id: e.id,
+            at: e.at,
+            actor: &e.actor,
+            route: &e.route,
+            reason: e.reason.as_str(),
+            grant_id: e.grant_id.as_ref().map(|g| g.as_str()),
+            subject: e.subject.as_ref().map(|s| s.as_str()),
+            grants: e.grants,
+            tokens: e.tokens,
+            address: e.address.as_deref(),
+        }
+    }
+}
+
+fn number<T: std::str::FromStr>(form: &Form, key: &str) -> Result<Option<T>, ApiError> {
+    form.get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::invalid_request(format!("{key} must be a number")))
+        })
+        .transpose()
+}
+
+pub(crate) async fn list(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Params(tenant): Params<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let tenant =
+        TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
+    let form = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let limit = number::<u32>(&form, "limit")?.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::invalid_request(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let query = AuditQuery {
+        subject: form.get("subject").map(Subject::parse).transpose()?,
+        since: number(&form, "since")?,
+        after: number(&form, "after")?,
+        limit,
+    };
+    let events = state.authority.audit_events(&tenant, &query).await?;
+    let next_after = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let views: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
+    Ok(Json(json!({ "events": views, "next_after": next_after })))
+}

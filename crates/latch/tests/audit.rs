@@ -1,0 +1,251 @@
+//! The audit trail: every revocation is recorded (who, what died, when, from where, why),
+//! never with a token value, and read back through the admin API with filters and paging.
+
+#[macro_use]
+mod common;
+
+use common::{Auth, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn audit(s: &TestServer, query: &str) -> Value {
+    let resp = s
+        .admin(Method::GET, &format!("/tenants/default/audit{query}"), None)
+        .await;
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+fn events(page: &Value) -> Vec<Value> {
+    page["events"].as_array().unwrap().clone()
+}
+
+backend_test! {
+    async fn every_kind_of_revocation_is_recorded_with_who_what_and_why() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let g = s.grant_for(&svc, "alice", None).await;
+        let (at, rt) = (g["access_token"].as_str().unwrap(), g["refresh_token"].as_str().unwrap());
+        let grant_id = g["grant_id"].as_str().unwrap();
+
+        // A client revokes a refresh token: the grant and its two live tokens die.
+        assert_eq!(s.revoke(Auth::Basic(&svc), rt).await.status(), 200);
+        // Unknown and already-dead tokens record nothing.
+        assert_eq!(s.revoke(Auth::Basic(&svc), rt).await.status(), 200);
+        assert_eq!(s.revoke(Auth::Basic(&svc), "garbage").await.status(), 200);
+        let page = audit(&s, "").await;
+        let e = &events(&page)[0];
+        assert_eq!(events(&page).len(), 1, "{page}");
+        assert_eq!(e["actor"], "svc");
+        assert_eq!(e["route"], "oauth2/revoke");
+        assert_eq!(e["reason"], "client_request");
+        assert_eq!(e["grant_id"], grant_id);
+        assert_eq!(e["subject"], "alice");
+        assert_eq!((e["grants"].as_u64(), e["tokens"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(e["address"], "127.0.0.1");
+        assert!(e["at"].as_i64().unwrap() > 0);
+        assert!(!page.to_string().contains(at) && !page.to_string().contains("latch_"));
+
+        // Reuse detection.
+        let g2 = s.grant_for(&svc, "bob", None).await;
+        let old = g2["refresh_token"].as_str().unwrap();
+        assert_eq!(s.refresh(Auth::Basic(&svc), old).await.status(), 200);
+        assert_eq!(s.refresh(Auth::Basic(&svc), old).await.status(), 400);
+        // Log out everywhere, by an operator.
+        s.grant_for(&svc, "carol", None).await;
+        s.grant_for(&svc, "carol", None).await;
+        s.admin(Method::DELETE, "/tenants/default/subjects/carol/grants", None).await;
+        // A removed client.
+        let gone = s.confidential("gone", "read").await;
+        s.grant_for(&gone, "dave", None).await;
+        s.admin(Method::DELETE, "/tenants/default/clients/gone", None).await;
+
+        let all = events(&audit(&s, "").await);
+        let summary: Vec<(String, String, String, u64)> = all
+            .iter()
+            .map(|e| {
+                (
+                    e["actor"].as_str().unwrap().to_owned(),
+                    e["route"].as_str().unwrap().to_owned(),
+                    e["reason"].as_str().unwrap().to_owned(),
+                    e["grants"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let expect = |a: &str, r: &str, why: &str, n: u64| (a.to_owned(), r.to_owned(), why.to_owned(), n);
+        assert_eq!(
+            summary,
+            vec![
+                expect("svc", "oauth2/revoke", "client_request", 1),
+                expect("svc", "oauth2/token", "reuse_detected", 1),
+                expect("admin", "admin", "logout_everywhere", 2),
+                expect("admin", "admin", "client_removed", 1),
+            ]
+        );
+        assert_eq!(all[1]["subject"], "bob");
+        assert_eq!(all[2]["subject"], "carol");
+        assert_eq!(all[2]["tokens"], 4, "two grants, an access and a refresh token each");
+    }
+}
+
+backend_test! {
+    async fn an_access_token_revocation_records_one_token() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(s.revoke(Auth::Post(&svc), &at).await.status(), 200);
+        let e = &events(&audit(&s, "").await)[0];
+        assert_eq!((e["grants"].as_u64(), e["tokens"].as_u64()), (Some(0), Some(1)));
+        assert_eq!(e["subject"], "svc");
+    }
+}
+
+backend_test! {
+    async fn the_trail_filters_by_subject_and_time_and_pages() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        for subject in ["alice", "bob", "alice", "alice"] {
+            let g = s.grant_for(&svc, subject, None).await;
+            s.revoke(Auth::Basic(&svc), g["refresh_token"].as_str().unwrap()).await;
+            s.advance(10);
+        }
+        assert_eq!(events(&audit(&s, "?subject=alice").await).len(), 3);
+        assert_eq!(events(&audit(&s, "?subject=bob").await).len(), 1);
+        let first_at = events(&audit(&s, "").await)[0]["at"].as_i64().unwrap();
+        let since = events(&audit(&s, &format!("?since={}", first_at + 15)).await);
+        assert_eq!(since.len(), 2, "the last two, 20 and 30 s after the first");
+
+        let page1 = audit(&s, "?limit=3").await;
+        assert_eq!(events(&page1).len(), 3);
+        let cursor = page1["next_after"].as_i64().expect("a next page");
+        let page2 = audit(&s, &format!("?limit=3&after={cursor}")).await;
+        assert_eq!(events(&page2).len(), 1);
+        assert_eq!(page2["next_after"], Value::Null);
+
+        for bad in ["?limit=0", "?limit=5000", "?since=yesterday", "?after=x", "?limit=1&limit=2"] {
+            let resp = s.admin(Method::GET, &format!("/tenants/default/audit{bad}"), None).await;
+            common::assert_error(resp, 400, "invalid_request").await;
+        }
+        let resp = s.admin(Method::GET, "/tenants/nope/audit", None).await;
+        common::assert_error(resp, 404, "not_found").await;
+        let none = s.http.get(s.url("/admin/v1/tenants/default/audit")).send().await.unwrap();
+        assert_eq!(none.status(), 401);
+    }
+}
+
+backend_test! {
+    async fn the_sentinel_profile_records_a_logout_everywhere() {
+        let s = TestServer::start().await;
+        let app = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "app",
+                    "client_secret": "app-secret",
+                    "token_endpoint_auth_method": "client_secret_post",
+                    "grant_types": ["refresh_token"],
+                }),
+            )
+            .await;
+        let g = s.grant_for(&app, "erin", None).await;
+        s.grant_for(&app, "erin", None).await;
+        let resp = s
+            .post_form(
+                "/sentinel/api/account/default/token/revoke?v=1.0",
+                Auth::Post(&app),
+                &[("token", g["refresh_token"].as_str().unwrap())],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let e = &events(&audit(&s, "").await)[0];
+        assert_eq!(e["route"], "sentinel");
+        assert_eq!(e["reason"], "logout_everywhere");
+        assert_eq!(e["actor"], "app");
+        assert_eq!(e["grants"], 2);
+    }
+}
+
+#[tokio::test]
+async fn each_revocation_is_one_structured_log_event_without_token_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::Process::serve(
+        dir.path(),
+        &[
+            "--admin-token",
+            common::ADMIN_TOKEN,
+            "--database-url",
+            "sqlite://latch.db",
+            "--log",
+            "trace",
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let resp = common::admin_at(
+        &http,
+        &p.base,
+        Method::POST,
+        "/tenants/default/clients",
+        Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["refresh_token"] })),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let svc = common::TestClient {
+        id: "svc".into(),
+        secret: Some("svc-secret".into()),
+    };
+    let g: Value = common::admin_at(
+        &http,
+        &p.base,
+        Method::POST,
+        "/tenants/default/grants",
+        Some(json!({ "client_id": "svc", "subject": "alice" })),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let rt = g["refresh_token"].as_str().unwrap();
+    let resp = common::post_form_at(
+        &http,
+        &p.base,
+        "/oauth2/revoke",
+        Auth::Basic(&svc),
+        &[("token", rt)],
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // A token wrongly sent in a query string is not logged either (spans carry the path only).
+    http.get(format!("{}/healthz?token=leak-me-not", p.base))
+        .send()
+        .await
+        .unwrap();
+    let status = p.terminate();
+    assert!(status.success());
+
+    let logs = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let events: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("latch::audit"))
+        .collect();
+    assert_eq!(events.len(), 1, "{logs}");
+    for field in [
+        "client_request",
+        "oauth2/revoke",
+        "alice",
+        g["grant_id"].as_str().unwrap(),
+        "127.0.0.1",
+    ] {
+        assert!(
+            events[0].contains(field),
+            "{field} missing from {}",
+            events[0]
+        );
+    }
+    assert!(!logs.contains(rt) && !logs.contains(g["access_token"].as_str().unwrap()));
+    assert!(!logs.contains("svc-secret"));
+    assert!(
+        !logs.contains("leak-me-not") && logs.contains("/healthz"),
+        "path logged, query not"
+    );
+}
