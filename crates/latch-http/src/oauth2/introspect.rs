@@ -24,8 +24,10 @@ struct Active<'a> {
     sub: &'a str,
     exp: i64,
     iat: i64,
-    /// `Bearer` for access tokens (RFC 6749 §7.1); refresh tokens have no such type.
-    token_type: &'static str,
+    /// `Bearer` for access tokens (RFC 6749 §7.1). Refresh tokens have no RFC 6749 §5.1
+    /// token type, so the field is absent for them; `token_use` tells the kinds apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
     /// Which kind of token this is, in RFC 7009 hint vocabulary.
     token_use: &'static str,
     iss: String,
@@ -56,10 +58,7 @@ pub(crate) async fn handle(
             sub: t.subject.as_str(),
             exp: t.exp,
             iat: t.iat,
-            token_type: match t.kind {
-                TokenKind::Access => "Bearer",
-                TokenKind::Refresh => "refresh_token",
-            },
+            token_type: (t.kind == TokenKind::Access).then_some("Bearer"),
             token_use: t.kind.hint_name(),
             iss: state.issuer_for(&tenant),
             jti: &t.jti,

@@ -614,7 +614,7 @@ async fn apply(
                            AND NOT grace_used AND revoked_at IS NULL \
                            AND EXISTS (SELECT 1 FROM grants WHERE id = $2 \
                                        AND revoked_at IS NULL \
-                                       AND refresh_generation = $3 + 1)",
+                                       AND refresh_generation = $3::BIGINT + 1)",
                         &[&old, &gid, &i64::from(r.old_generation)],
                     )
                     .await?

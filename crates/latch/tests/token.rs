@@ -1,0 +1,687 @@
+//! `POST /oauth2/token`: the `client_credentials` grant (RFC 6749 §4.4), the token response
+//! (§5.1) and its errors (§5.2), and the `refresh_token` grant (§6) with rotation and reuse
+//! detection (RFC 9700 §4.14.2), including concurrent refreshes of one token.
+
+#[macro_use]
+mod common;
+
+use common::{assert_error, basic_header, Auth, TestClient, TestServer};
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+/// A string field of a JSON body, owned.
+fn field(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {v}"))
+        .to_owned()
+}
+
+/// POSTs to the token endpoint.
+async fn token(s: &TestServer, auth: Auth<'_>, pairs: &[(&str, &str)]) -> Response {
+    s.post_form("/oauth2/token", auth, pairs).await
+}
+
+/// A refresh that must succeed; returns the token response.
+async fn refresh_ok(s: &TestServer, client: &TestClient, rt: &str) -> Value {
+    let resp = s.refresh(Auth::Basic(client), rt).await;
+    assert_eq!(resp.status(), StatusCode::OK, "refresh of {rt}");
+    resp.json().await.unwrap()
+}
+
+/// A refresh that must fail with `invalid_grant`.
+async fn refresh_rejected(s: &TestServer, client: &TestClient, rt: &str) {
+    assert_error(
+        s.refresh(Auth::Basic(client), rt).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+}
+
+/// Asserts that every token is inactive.
+async fn assert_all_inactive(s: &TestServer, tokens: &[&str]) {
+    for t in tokens {
+        assert!(!s.is_active(t).await, "{t} is still active");
+    }
+}
+
+/// Asserts that every token is active.
+async fn assert_all_active(s: &TestServer, tokens: &[&str]) {
+    for t in tokens {
+        assert!(s.is_active(t).await, "{t} is not active");
+    }
+}
+
+/// A confidential client with both grants and a rotation grace period.
+async fn client_with_grace(s: &TestServer, id: &str, grace: u32) -> TestClient {
+    s.create_client(
+        "default",
+        json!({
+            "client_id": id,
+            "client_secret": format!("{id}-secret"),
+            "grant_types": ["client_credentials", "refresh_token"],
+            "scope": "read write",
+            "rotation_grace_period": grace,
+        }),
+    )
+    .await
+}
+
+// ---- client_credentials (RFC 6749 §4.4, §5.1) ------------------------------------------
+
+backend_test! {
+    async fn client_credentials_issues_a_bearer_access_token_and_no_refresh_token() {
+        let s = TestServer::start().await;
+        let svc = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "svc",
+                    "client_secret": "svc-secret",
+                    "grant_types": ["client_credentials"],
+                    "scope": "read write",
+                    "access_token_ttl": 600,
+                }),
+            )
+            .await;
+
+        let resp = token(&s, Auth::Basic(&svc), &[("grant_type", "client_credentials")]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(resp.headers()["pragma"], "no-cache");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: Value = resp.json().await.unwrap();
+        let at = field(&body, "access_token");
+        assert!(at.starts_with("latch_at_"), "{at}");
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 600);
+        assert_eq!(body["scope"], "read write");
+        assert!(
+            body.get("refresh_token").is_none(),
+            "§4.4.3: no refresh token: {body}"
+        );
+
+        let info = s.introspect(&at).await;
+        assert_eq!(info["active"], true);
+        assert_eq!(info["sub"], "svc");
+        assert_eq!(info["client_id"], "svc");
+        assert_eq!(info["scope"], "read write");
+    }
+}
+
+backend_test! {
+    async fn client_credentials_accepts_client_secret_post() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let resp = token(&s, Auth::Post(&svc), &[("grant_type", "client_credentials")]).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let body: Value = resp.json().await.unwrap();
+        let at = field(&body, "access_token");
+        assert!(at.starts_with("latch_at_"));
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["expires_in"].as_u64().is_some_and(|n| n > 0), "{body}");
+        assert!(body.get("refresh_token").is_none());
+        let info = s.introspect(&at).await;
+        assert_eq!(info["active"], true);
+        assert_eq!(info["sub"], "svc");
+    }
+}
+
+backend_test! {
+    async fn client_credentials_is_refused_to_public_clients_and_clients_without_the_grant() {
+        let s = TestServer::start().await;
+        // §4.4: "MUST only be used by confidential clients", even one registered for it.
+        let spa = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "spa",
+                    "token_endpoint_auth_method": "none",
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "scope": "read",
+                }),
+            )
+            .await;
+        let resp = token(&s, Auth::Public(&spa), &[("grant_type", "client_credentials")]).await;
+        assert_error(resp, 400, "unauthorized_client").await;
+
+        // A confidential client registered for refresh_token only.
+        let refresher = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "refresher",
+                    "client_secret": "refresher-secret",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                }),
+            )
+            .await;
+        let resp = token(
+            &s,
+            Auth::Basic(&refresher),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+        assert_error(resp, 400, "unauthorized_client").await;
+    }
+}
+
+backend_test! {
+    async fn the_refresh_token_grant_is_refused_to_a_client_without_it() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let rt = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        // The harness's introspector is registered for client_credentials only.
+        let resp = s.refresh(Auth::Basic(&s.introspector), &rt).await;
+        assert_error(resp, 400, "unauthorized_client").await;
+        assert!(s.is_active(&rt).await);
+    }
+}
+
+// ---- scope (RFC 6749 §3.3) --------------------------------------------------------------
+
+backend_test! {
+    async fn requesting_a_subset_of_the_clients_scope_narrows_the_token() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read write admin").await;
+        let resp = token(
+            &s,
+            Auth::Basic(&svc),
+            &[("grant_type", "client_credentials"), ("scope", "write read")],
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["scope"], "read write");
+        let info = s.introspect(&field(&body, "access_token")).await;
+        assert_eq!(info["scope"], "read write");
+
+        // No scope parameter: the client's whole scope.
+        let body = s.client_credentials(&svc).await;
+        assert_eq!(body["scope"], "admin read write");
+    }
+}
+
+backend_test! {
+    async fn a_scope_beyond_the_clients_or_with_forbidden_characters_is_invalid_scope() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        for scope in ["read write", "admin", "a\"b", "a\\b", "caf\u{e9}"] {
+            let resp = token(
+                &s,
+                Auth::Basic(&svc),
+                &[("grant_type", "client_credentials"), ("scope", scope)],
+            )
+            .await;
+            assert_error(resp, 400, "invalid_scope").await;
+        }
+    }
+}
+
+// ---- request errors (RFC 6749 §5.2) -----------------------------------------------------
+
+backend_test! {
+    async fn malformed_requests_are_invalid_request_or_unsupported_grant_type() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+
+        // Missing grant_type, and an empty one (§3.1: empty counts as absent).
+        assert_error(token(&s, Auth::Basic(&svc), &[]).await, 400, "invalid_request").await;
+        assert_error(
+            token(&s, Auth::Basic(&svc), &[("grant_type", "")]).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        // Grant types latch does not support.
+        for grant in ["password", "authorization_code", "CLIENT_CREDENTIALS", "nope"] {
+            let resp = token(&s, Auth::Basic(&svc), &[("grant_type", grant)]).await;
+            assert_error(resp, 400, "unsupported_grant_type").await;
+        }
+        // The refresh grant without its refresh_token.
+        assert_error(
+            token(&s, Auth::Basic(&svc), &[("grant_type", "refresh_token")]).await,
+            400,
+            "invalid_request",
+        )
+        .await;
+        // A parameter twice (§3.2).
+        for body in [
+            &b"grant_type=client_credentials&grant_type=client_credentials"[..],
+            &b"grant_type=client_credentials&scope=read&scope=read"[..],
+        ] {
+            let resp = s
+                .post_raw(
+                    "/oauth2/token",
+                    &[
+                        ("content-type", "application/x-www-form-urlencoded"),
+                        ("authorization", &basic_header("svc", "svc-secret")),
+                    ],
+                    body.to_vec(),
+                )
+                .await;
+            assert_error(resp, 400, "invalid_request").await;
+        }
+        // GET.
+        let resp = s.http.get(s.url("/oauth2/token")).send().await.unwrap();
+        assert_eq!(resp.headers()["allow"], "POST");
+        assert_error(resp, 405, "invalid_request").await;
+    }
+}
+
+backend_test! {
+    async fn bad_client_credentials_are_401_invalid_client_with_a_basic_challenge_for_basic() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let wrong = TestClient {
+            id: "svc".into(),
+            secret: Some("nope".into()),
+        };
+        let ghost = TestClient {
+            id: "ghost".into(),
+            secret: Some("x".into()),
+        };
+        let cc = [("grant_type", "client_credentials")];
+
+        let resp = token(&s, Auth::Basic(&wrong), &cc).await;
+        assert!(resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic"));
+        assert_error(resp, 401, "invalid_client").await;
+
+        let resp = token(&s, Auth::Basic(&ghost), &cc).await;
+        assert!(resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic"));
+        assert_error(resp, 401, "invalid_client").await;
+
+        let resp = token(&s, Auth::Post(&wrong), &cc).await;
+        assert!(resp.headers().get("www-authenticate").is_none());
+        assert_error(resp, 401, "invalid_client").await;
+
+        assert_error(token(&s, Auth::None, &cc).await, 401, "invalid_client").await;
+        // A confidential client naming itself without its secret.
+        assert_error(token(&s, Auth::Public(&svc), &cc).await, 401, "invalid_client").await;
+
+        // A refresh with bad credentials is refused before the token is looked at, and
+        // does not consume it.
+        let rt = field(&s.grant_for(&svc, "alice", None).await, "refresh_token");
+        assert_error(s.refresh(Auth::Basic(&wrong), &rt).await, 401, "invalid_client").await;
+        refresh_ok(&s, &svc, &rt).await;
+    }
+}
+
+// ---- refresh rotation (RFC 6749 §6, RFC 9700 §4.14.2) -----------------------------------
+
+backend_test! {
+    async fn refreshing_rotates_both_tokens_and_retires_the_old_refresh_token() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read write").await;
+        let g = s.grant_for(&app, "alice", None).await;
+        let (at0, rt0) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        assert!(rt0.starts_with("latch_rt_"), "{rt0}");
+
+        let resp = s.refresh(Auth::Basic(&app), &rt0).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        assert_eq!(resp.headers()["pragma"], "no-cache");
+        let body: Value = resp.json().await.unwrap();
+        let (at1, rt1) = (field(&body, "access_token"), field(&body, "refresh_token"));
+        assert!(at1.starts_with("latch_at_"), "{at1}");
+        assert!(rt1.starts_with("latch_rt_"), "{rt1}");
+        assert_ne!(at1, at0);
+        assert_ne!(rt1, rt0);
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["expires_in"].as_u64().is_some_and(|n| n > 0), "{body}");
+        assert_eq!(body["scope"], "read write");
+
+        assert!(!s.is_active(&rt0).await, "the rotated refresh token is retired");
+        assert_all_active(&s, &[&at1, &rt1]).await;
+        let info = s.introspect(&at1).await;
+        assert_eq!(info["sub"], "alice");
+        assert_eq!(info["client_id"], "app");
+        assert_eq!(info["grant_id"], g["grant_id"]);
+
+        // The new refresh token works in turn (with client_secret_post this time).
+        let resp = s.refresh(Auth::Post(&app), &rt1).await;
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+backend_test! {
+    async fn a_public_client_refreshes_with_its_client_id_alone() {
+        let s = TestServer::start().await;
+        let spa = s.public("spa", "read").await;
+        let rt = field(&s.grant_for(&spa, "alice", None).await, "refresh_token");
+        let resp = s.refresh(Auth::Public(&spa), &rt).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert!(s.is_active(&field(&body, "refresh_token")).await);
+        assert!(!s.is_active(&rt).await);
+    }
+}
+
+backend_test! {
+    async fn a_narrowed_refresh_narrows_the_access_token_only() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read write").await;
+        let rt0 = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+
+        let resp = token(
+            &s,
+            Auth::Basic(&app),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &rt0),
+                ("scope", "read"),
+            ],
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["scope"], "read");
+        let (at1, rt1) = (field(&body, "access_token"), field(&body, "refresh_token"));
+        assert_eq!(s.introspect(&at1).await["scope"], "read");
+        // §6: the new refresh token carries the original scope.
+        assert_eq!(s.introspect(&rt1).await["scope"], "read write");
+
+        // So the next refresh, without a scope, gets the whole grant back.
+        let body = refresh_ok(&s, &app, &rt1).await;
+        assert_eq!(body["scope"], "read write");
+        assert_eq!(
+            s.introspect(&field(&body, "access_token")).await["scope"],
+            "read write"
+        );
+    }
+}
+
+backend_test! {
+    async fn widening_the_scope_on_refresh_is_invalid_scope_and_consumes_nothing() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read write").await;
+        let rt = field(
+            &s.grant_for(&app, "alice", Some("read")).await,
+            "refresh_token",
+        );
+        for scope in ["read write", "admin", "a\"b"] {
+            let resp = token(
+                &s,
+                Auth::Basic(&app),
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &rt),
+                    ("scope", scope),
+                ],
+            )
+            .await;
+            assert_error(resp, 400, "invalid_scope").await;
+        }
+        // The refused requests neither rotated the token nor counted as a reuse.
+        let body = refresh_ok(&s, &app, &rt).await;
+        assert_eq!(body["scope"], "read");
+    }
+}
+
+// ---- reuse detection ----------------------------------------------------------------------
+
+backend_test! {
+    async fn reusing_a_rotated_refresh_token_revokes_the_whole_grant() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let g = s.grant_for(&app, "alice", None).await;
+        let (at0, rt0) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        let r1 = refresh_ok(&s, &app, &rt0).await;
+        let (at1, rt1) = (field(&r1, "access_token"), field(&r1, "refresh_token"));
+        assert_all_active(&s, &[&at0, &at1, &rt1]).await;
+
+        // Strict rotation (grace 0): a second use, even immediately, is a reuse.
+        let body = assert_error(s.refresh(Auth::Basic(&app), &rt0).await, 400, "invalid_grant").await;
+        assert!(!body["error_description"].as_str().unwrap().is_empty());
+
+        assert_all_inactive(&s, &[&rt0, &rt1, &at0, &at1]).await;
+        // The legitimate holder of the latest token is locked out too.
+        refresh_rejected(&s, &app, &rt1).await;
+        // Other grants of the same client and subject are untouched.
+        let other = s.grant_for(&app, "alice", None).await;
+        refresh_ok(&s, &app, &field(&other, "refresh_token")).await;
+    }
+}
+
+// ---- grace period --------------------------------------------------------------------------
+
+backend_test! {
+    async fn within_the_grace_period_the_previous_refresh_token_works_once_more() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        let g = s.grant_for(&app, "alice", None).await;
+        let rt0 = field(&g, "refresh_token");
+        let r1 = refresh_ok(&s, &app, &rt0).await;
+
+        s.advance(10);
+        let r2 = refresh_ok(&s, &app, &rt0).await;
+        let (at2, rt2) = (field(&r2, "access_token"), field(&r2, "refresh_token"));
+        assert!(rt2.starts_with("latch_rt_"));
+        assert_eq!(r2["scope"], "read write");
+        assert_all_active(&s, &[&at2, &rt2]).await;
+
+        // The grace use is spent: a third use of rt0 is a reuse.
+        refresh_rejected(&s, &app, &rt0).await;
+        assert_all_inactive(
+            &s,
+            &[
+                &field(&g, "access_token"),
+                &field(&r1, "access_token"),
+                &field(&r1, "refresh_token"),
+                &at2,
+                &rt2,
+            ],
+        )
+        .await;
+    }
+}
+
+backend_test! {
+    async fn after_the_grace_period_the_previous_refresh_token_is_a_reuse() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        let rt0 = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        let r1 = refresh_ok(&s, &app, &rt0).await;
+
+        s.advance(31);
+        refresh_rejected(&s, &app, &rt0).await;
+        assert_all_inactive(
+            &s,
+            &[&field(&r1, "access_token"), &field(&r1, "refresh_token")],
+        )
+        .await;
+    }
+}
+
+backend_test! {
+    async fn the_grace_period_covers_only_the_immediately_previous_refresh_token() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        let rt0 = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        let r1 = refresh_ok(&s, &app, &rt0).await;
+        let r2 = refresh_ok(&s, &app, &field(&r1, "refresh_token")).await;
+
+        // rt0 is two rotations old: a reuse, well within 30 s.
+        refresh_rejected(&s, &app, &rt0).await;
+        assert_all_inactive(
+            &s,
+            &[
+                &field(&r1, "access_token"),
+                &field(&r2, "access_token"),
+                &field(&r2, "refresh_token"),
+            ],
+        )
+        .await;
+        refresh_rejected(&s, &app, &field(&r2, "refresh_token")).await;
+    }
+}
+
+// ---- invalid refresh tokens ----------------------------------------------------------------
+
+backend_test! {
+    async fn another_clients_refresh_token_is_invalid_grant_and_stays_usable_by_its_owner() {
+        let s = TestServer::start().await;
+        let owner = s.confidential("owner", "read").await;
+        let thief = s.confidential("thief", "read").await;
+        let g = s.grant_for(&owner, "alice", None).await;
+        let rt = field(&g, "refresh_token");
+
+        refresh_rejected(&s, &thief, &rt).await;
+        assert_all_active(&s, &[&rt, &field(&g, "access_token")]).await;
+        refresh_ok(&s, &owner, &rt).await;
+    }
+}
+
+backend_test! {
+    async fn an_expired_refresh_token_is_invalid_grant() {
+        let s = TestServer::start().await;
+        let app = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "app",
+                    "client_secret": "app-secret",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                    "refresh_token_ttl": 100,
+                }),
+            )
+            .await;
+        let fresh = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        let stale = field(&s.grant_for(&app, "bob", None).await, "refresh_token");
+
+        s.advance(99);
+        refresh_ok(&s, &app, &fresh).await;
+        s.advance(2);
+        refresh_rejected(&s, &app, &stale).await;
+    }
+}
+
+backend_test! {
+    async fn an_access_token_or_garbage_as_refresh_token_is_invalid_grant() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let g = s.grant_for(&app, "alice", None).await;
+        let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+
+        let unknown = format!("latch_rt_{}", "A".repeat(rt.len() - "latch_rt_".len()));
+        let relabelled = rt.replacen("latch_rt_", "latch_at_", 1);
+        for bad in [
+            at.as_str(),
+            "garbage",
+            &unknown,
+            &relabelled,
+            "latch_rt_",
+            &rt[..rt.len() - 1],
+        ] {
+            refresh_rejected(&s, &app, bad).await;
+        }
+        // None of that touched the real grant.
+        assert_all_active(&s, &[&at, &rt]).await;
+    }
+}
+
+backend_test! {
+    async fn a_revoked_refresh_token_is_invalid_grant() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let rt = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        assert_eq!(s.revoke(Auth::Basic(&app), &rt).await.status(), 200);
+        refresh_rejected(&s, &app, &rt).await;
+    }
+}
+
+// ---- concurrency ---------------------------------------------------------------------------
+
+/// Fires `n` refreshes of one token at once, each on its own task and connection pool, and
+/// returns their statuses and bodies.
+async fn race(s: &TestServer, client: &TestClient, rt: &str, n: usize) -> Vec<(u16, Value)> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, base, client, rt, start) = (
+                reqwest::Client::new(),
+                s.base.clone(),
+                client.clone(),
+                rt.to_owned(),
+                start.clone(),
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                let resp = common::post_form_at(
+                    &http,
+                    &base,
+                    "/oauth2/token",
+                    Auth::Basic(&client),
+                    &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                )
+                .await;
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Runs `rounds` races of `n` refreshes, each on a fresh grant, and checks the outcome:
+/// exactly one winner, every loser `invalid_grant`, and the grant dead afterwards (a loser's
+/// attempt is a reuse).
+async fn concurrent_refreshes(n: usize, rounds: usize) {
+    let s = TestServer::start().await;
+    let app = s.confidential("app", "read").await;
+    for round in 0..rounds {
+        let g = s.grant_for(&app, &format!("user{round}"), None).await;
+        let rt = field(&g, "refresh_token");
+        let results = race(&s, &app, &rt, n).await;
+
+        let winners: Vec<&Value> = results
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for (status, body) in results.iter().filter(|(status, _)| *status != 200) {
+            assert_eq!(*status, 400, "round {round}: {body}");
+            assert_eq!(body["error"], "invalid_grant", "round {round}: {body}");
+            assert!(body["error_description"].is_string());
+        }
+        let winner = winners[0];
+        assert_all_inactive(
+            &s,
+            &[
+                &rt,
+                &field(&g, "access_token"),
+                &field(winner, "access_token"),
+                &field(winner, "refresh_token"),
+            ],
+        )
+        .await;
+        refresh_rejected(&s, &app, &field(winner, "refresh_token")).await;
+    }
+}
+
+backend_test! {
+    async fn two_simultaneous_refreshes_of_one_token_one_wins_and_the_grant_dies() {
+        concurrent_refreshes(2, 20).await;
+    }
+}
+
+backend_test! {
+    async fn four_simultaneous_refreshes_of_one_token_one_wins_and_the_grant_dies() {
+        concurrent_refreshes(4, 10).await;
+    }
+}
