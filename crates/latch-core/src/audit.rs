@@ -88,6 +88,31 @@ pub struct AuditContext {
     pub at: UnixTime,
 }
 
+impl AuditContext {
+    /// The audit record of this revocation, once storage has written it as row `id`.
+    pub fn event(
+        &self,
+        id: i64,
+        grant_id: Option<String>,
+        subject: Option<String>,
+        killed: Killed,
+    ) -> AuditEvent {
+        AuditEvent {
+            id,
+            tenant: self.tenant.clone(),
+            at: self.at,
+            actor: self.actor.clone(),
+            route: self.route.to_owned(),
+            reason: self.reason,
+            grant_id: grant_id.map(GrantId::from_stored),
+            subject: subject.map(Subject::from_stored),
+            grants: killed.grants,
+            tokens: killed.tokens,
+            address: self.address.map(|a| a.to_string()),
+        }
+    }
+}
+
 /// A recorded revocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {

@@ -76,6 +76,18 @@ impl GrantType {
             _ => None,
         }
     }
+
+    /// Parses a client's list of grant types; an unknown name is `invalid_request`.
+    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Vec<Self>, Error> {
+        names
+            .iter()
+            .map(|n| {
+                Self::parse(n.as_ref()).ok_or_else(|| {
+                    Error::invalid_request(format!("unsupported grant type {:?}", n.as_ref()))
+                })
+            })
+            .collect()
+    }
 }
 
 /// What revoking an access token kills. RFC 7009 §2.1 allows either; the default is the

@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod target;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -192,11 +192,7 @@ impl AddClientArgs {
                 .secret
                 .clone()
                 .map_or(SecretSpec::Generate, SecretSpec::Plain),
-            grant_types: self
-                .grant_types
-                .iter()
-                .map(|g| GrantType::parse(g).with_context(|| format!("unknown grant type {g:?}")))
-                .collect::<anyhow::Result<_>>()?,
+            grant_types: GrantType::parse_list(&self.grant_types)?,
             scope: Scope::parse(&self.scope)?,
             redirect_uris: vec![],
             access_token_ttl: self.access_token_ttl,

@@ -160,12 +160,7 @@ impl ClientConfig {
         }
         let grant_types = match &self.grant_types {
             None => vec![GrantType::ClientCredentials],
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    GrantType::parse(n).with_context(|| format!("{}: grant type {n:?}", ctx()))
-                })
-                .collect::<anyhow::Result<_>>()?,
+            Some(names) => GrantType::parse_list(names).with_context(ctx)?,
         };
         Ok(ClientSpec {
             tenant,

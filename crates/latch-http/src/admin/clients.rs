@@ -76,14 +76,7 @@ impl NewClient {
             .map_or(Ok(AuthMethod::ClientSecretBasic), AuthMethod::parse)?;
         let grant_types = match self.grant_types {
             None => vec![GrantType::ClientCredentials],
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    GrantType::parse(n).ok_or_else(|| {
-                        latch_core::Error::invalid_request(format!("unsupported grant type {n:?}"))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
+            Some(names) => GrantType::parse_list(&names)?,
         };
         if self
             .redirect_uris

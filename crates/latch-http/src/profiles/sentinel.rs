@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -52,7 +53,7 @@ fn check_version(query: Option<&str>) -> Result<(), ApiError> {
 
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     peer: Peer,
     headers: HeaderMap,
@@ -63,6 +64,10 @@ pub(crate) async fn handle(
     for field in ["token", "client_id", "client_secret"] {
         form.require(field)?;
     }
+    // An account id that cannot even be decoded names no account: the document's 401.
+    let Ok(Path(account)) = account else {
+        return Err(ApiError::invalid_client(false));
+    };
     let tenant = tenant::resolve(&state, &account)
         .await?
         .ok_or_else(|| ApiError::invalid_client(false))?;

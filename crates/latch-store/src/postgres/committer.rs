@@ -7,13 +7,13 @@
 //! If the connection is lost, the batch in flight answers `Unavailable` (nothing is reported
 //! committed that might not be) and the next batch reconnects.
 
-use latch_core::audit::{AuditContext, AuditEvent};
+use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
-use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::id::{ClientId, TenantId};
 use latch_core::store::{Purged, StoreResult};
 use latch_core::token::TokenKind;
 use latch_core::StoreError;
@@ -25,6 +25,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
 
 use super::store_error;
+use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -306,11 +307,6 @@ async fn insert_tokens(
     Ok(())
 }
 
-/// Live tokens of the grants a revocation is about to kill (counted before the UPDATE).
-const LIVE_TOKENS: &str = "SELECT count(*) FROM tokens t JOIN grants g ON g.id = t.grant_id \
-     WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
-       AND t.expires_at > $1 AND ";
-
 /// Applies a revocation inside a transaction and records it in the audit trail. Returns the
 /// audit record, or `None` when nothing was alive (nothing is recorded then).
 async fn revoke(
@@ -320,113 +316,66 @@ async fn revoke(
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     let now = audit.at;
-    let (grant_id, subject, grants, tokens): (Option<String>, Option<String>, u64, u64) =
-        match revocation {
-            Revocation::Token(hash) => {
-                let owner = st
-                    .query_opt(
-                        tx,
-                        "SELECT t.grant_id, g.subject FROM tokens t \
-                         JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1",
-                        &[&&hash.0[..]],
-                    )
-                    .await?
-                    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
-                let n = st
-                    .execute(
-                        tx,
-                        "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
-                        &[&&hash.0[..], &now],
-                    )
-                    .await?;
-                let (g, s) = owner.unzip();
-                (g, s, 0, n)
-            }
-            Revocation::Grant(id) => {
-                let tokens = st
-                    .count(
-                        tx,
-                        &format!("{LIVE_TOKENS}g.id = $2"),
-                        &[&now, &id.as_str()],
-                    )
-                    .await?;
-                let subject = st
+    let (grant_id, subject, killed) = match Target::of(revocation) {
+        Target::Token(hash) => {
+            let owner = st
+                .query_opt(
+                    tx,
+                    "SELECT t.grant_id, g.subject FROM tokens t \
+                     JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1",
+                    &[&&hash.0[..]],
+                )
+                .await?
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
+            let n = st
+                .execute(
+                    tx,
+                    "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
+                    &[&&hash.0[..], &now],
+                )
+                .await?;
+            let (g, s) = owner.unzip();
+            (
+                g,
+                s,
+                Killed {
+                    grants: 0,
+                    tokens: n,
+                },
+            )
+        }
+        Target::Grants(columns) => {
+            let condition = grant_condition(&columns, |n| format!("${n}"));
+            let mut values: Vec<&(dyn ToSql + Sync)> = vec![&now];
+            values.extend(columns.iter().map(|(_, v)| v as &(dyn ToSql + Sync)));
+            // Count the live tokens first: after the UPDATE their grants are dead.
+            let tokens = st
+                .count(tx, &live_tokens_sql("$1", &condition), &values)
+                .await?;
+            let subject = match revocation {
+                Revocation::Grant(id) => st
                     .query_opt(
                         tx,
                         "SELECT subject FROM grants WHERE id = $1",
                         &[&id.as_str()],
                     )
                     .await?
-                    .map(|r| r.get::<_, String>(0));
-                let n = st
-                    .execute(
-                        tx,
-                        "UPDATE grants SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                        &[&id.as_str(), &now],
-                    )
-                    .await?;
-                (
-                    Some(id.to_string()),
-                    subject,
-                    n,
-                    if n > 0 { tokens } else { 0 },
-                )
-            }
-            Revocation::Subject { tenant, subject } => {
-                let tokens = st
-                    .count(
-                        tx,
-                        &format!("{LIVE_TOKENS}g.tenant_id = $2 AND g.subject = $3"),
-                        &[&now, &tenant.as_str(), &subject.as_str()],
-                    )
-                    .await?;
-                let n = st
-                    .execute(
-                        tx,
-                        "UPDATE grants SET revoked_at = $3 \
-                         WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL",
-                        &[&tenant.as_str(), &subject.as_str(), &now],
-                    )
-                    .await?;
-                (None, Some(subject.to_string()), n, tokens)
-            }
-            Revocation::Client { tenant, client_id } => {
-                let tokens = st
-                    .count(
-                        tx,
-                        &format!("{LIVE_TOKENS}g.tenant_id = $2 AND g.client_id = $3"),
-                        &[&now, &tenant.as_str(), &client_id.as_str()],
-                    )
-                    .await?;
-                let n = st
-                    .execute(
-                        tx,
-                        "UPDATE grants SET revoked_at = $3 \
-                         WHERE tenant_id = $1 AND client_id = $2 AND revoked_at IS NULL",
-                        &[&tenant.as_str(), &client_id.as_str(), &now],
-                    )
-                    .await?;
-                (None, None, n, tokens)
-            }
-            Revocation::Tenant(tenant) => {
-                let tokens = st
-                    .count(
-                        tx,
-                        &format!("{LIVE_TOKENS}g.tenant_id = $2"),
-                        &[&now, &tenant.as_str()],
-                    )
-                    .await?;
-                let n = st
-                    .execute(
-                        tx,
-                        "UPDATE grants SET revoked_at = $2 WHERE tenant_id = $1 AND revoked_at IS NULL",
-                        &[&tenant.as_str(), &now],
-                    )
-                    .await?;
-                (None, None, n, tokens)
-            }
-        };
-    if grants == 0 && tokens == 0 {
+                    .map(|r| r.get::<_, String>(0)),
+                Revocation::Subject { subject, .. } => Some(subject.to_string()),
+                _ => None,
+            };
+            let grants = st
+                .execute(tx, &revoke_grants_sql("$1", &condition), &values)
+                .await?;
+            let grant_id = match revocation {
+                Revocation::Grant(id) => Some(id.to_string()),
+                _ => None,
+            };
+            let tokens = if grants > 0 { tokens } else { 0 };
+            (grant_id, subject, Killed { grants, tokens })
+        }
+    };
+    if killed.is_nothing() {
         return Ok(None);
     }
     let address = audit.address.map(|a| a.to_string());
@@ -443,26 +392,14 @@ async fn revoke(
                 &audit.reason.as_str(),
                 &grant_id,
                 &subject,
-                &(grants as i64),
-                &(tokens as i64),
+                &(killed.grants as i64),
+                &(killed.tokens as i64),
                 &address,
             ],
         )
         .await?
         .map_or(0, |r| r.get(0));
-    Ok(Some(AuditEvent {
-        id,
-        tenant: audit.tenant.clone(),
-        at: now,
-        actor: audit.actor.clone(),
-        route: audit.route.to_owned(),
-        reason: audit.reason,
-        grant_id: grant_id.map(GrantId::from_stored),
-        subject: subject.map(Subject::from_stored),
-        grants,
-        tokens,
-        address,
-    }))
+    Ok(Some(audit.event(id, grant_id, subject, killed)))
 }
 
 fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {

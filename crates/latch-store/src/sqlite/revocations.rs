@@ -3,7 +3,7 @@
 //! write kills the whole family. Its audit row is written in the same transaction.
 
 use async_trait::async_trait;
-use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Reason};
+use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
 use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
 use latch_core::id::{GrantId, Subject, TenantId};
@@ -12,11 +12,7 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
-
-/// Live tokens of the grants a revocation is about to kill (counted before the UPDATE).
-const LIVE_TOKENS: &str = "SELECT count(*) FROM tokens t JOIN grants g ON g.id = t.grant_id \
-     WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
-       AND t.expires_at > ?1 AND ";
+use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
 /// Returns the audit record, or `None` when nothing was alive (nothing is recorded then).
@@ -26,14 +22,8 @@ pub(super) fn apply(
     audit: &AuditContext,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
-    let count = |filter: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<u64> {
-        let mut all: Vec<&dyn rusqlite::ToSql> = vec![&now];
-        all.extend_from_slice(p);
-        c.prepare_cached(&format!("{LIVE_TOKENS}{filter}"))?
-            .query_row(all.as_slice(), |r| r.get(0))
-    };
-    let (grant_id, subject, grants, tokens) = match revocation {
-        Revocation::Token(hash) => {
+    let (grant_id, subject, killed) = match Target::of(revocation) {
+        Target::Token(hash) => {
             let owner: Option<(String, String)> = c
                 .prepare_cached(
                     "SELECT t.grant_id, g.subject FROM tokens t JOIN grants g ON g.id = t.grant_id \
@@ -47,66 +37,45 @@ pub(super) fn apply(
                 )?
                 .execute(params![&hash.0[..], now])?;
             let (g, s) = owner.unzip();
-            (g, s, 0, n as u64)
-        }
-        Revocation::Grant(id) => {
-            let tokens = count("g.id = ?2", &[&id.as_str()])?;
-            let subject: Option<String> = c
-                .prepare_cached("SELECT subject FROM grants WHERE id = ?1")?
-                .query_row([id.as_str()], |r| r.get(0))
-                .optional()?;
-            let n = c
-                .prepare_cached(
-                    "UPDATE grants SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![id.as_str(), now])?;
             (
-                Some(id.to_string()),
-                subject,
-                n as u64,
-                if n > 0 { tokens } else { 0 },
+                g,
+                s,
+                Killed {
+                    grants: 0,
+                    tokens: n as u64,
+                },
             )
         }
-        Revocation::Subject { tenant, subject } => {
-            let tokens = count(
-                "g.tenant_id = ?2 AND g.subject = ?3",
-                &[&tenant.as_str(), &subject.as_str()],
-            )?;
-            let n = c
-                .prepare_cached(
-                    "UPDATE grants SET revoked_at = ?3 \
-                     WHERE tenant_id = ?1 AND subject = ?2 AND revoked_at IS NULL",
-                )?
-                .execute(params![tenant.as_str(), subject.as_str(), now])?;
-            (None, Some(subject.to_string()), n as u64, tokens)
-        }
-        Revocation::Client { tenant, client_id } => {
-            let tokens = count(
-                "g.tenant_id = ?2 AND g.client_id = ?3",
-                &[&tenant.as_str(), &client_id.as_str()],
-            )?;
-            let n = c
-                .prepare_cached(
-                    "UPDATE grants SET revoked_at = ?3 \
-                     WHERE tenant_id = ?1 AND client_id = ?2 AND revoked_at IS NULL",
-                )?
-                .execute(params![tenant.as_str(), client_id.as_str(), now])?;
-            (None, None, n as u64, tokens)
-        }
-        Revocation::Tenant(tenant) => {
-            let tokens = count("g.tenant_id = ?2", &[&tenant.as_str()])?;
-            let n = c
-                .prepare_cached(
-                    "UPDATE grants SET revoked_at = ?2 WHERE tenant_id = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![tenant.as_str(), now])?;
-            (None, None, n as u64, tokens)
+        Target::Grants(columns) => {
+            let condition = grant_condition(&columns, |n| format!("?{n}"));
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
+            values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
+            // Count the live tokens first: after the UPDATE their grants are dead.
+            let tokens: u64 = c
+                .prepare_cached(&live_tokens_sql("?1", &condition))?
+                .query_row(values.as_slice(), |r| r.get(0))?;
+            let subject: Option<String> = match revocation {
+                Revocation::Grant(id) => c
+                    .prepare_cached("SELECT subject FROM grants WHERE id = ?1")?
+                    .query_row([id.as_str()], |r| r.get(0))
+                    .optional()?,
+                Revocation::Subject { subject, .. } => Some(subject.to_string()),
+                _ => None,
+            };
+            let grants = c
+                .prepare_cached(&revoke_grants_sql("?1", &condition))?
+                .execute(values.as_slice())? as u64;
+            let grant_id = match revocation {
+                Revocation::Grant(id) => Some(id.to_string()),
+                _ => None,
+            };
+            let tokens = if grants > 0 { tokens } else { 0 };
+            (grant_id, subject, Killed { grants, tokens })
         }
     };
-    if grants == 0 && tokens == 0 {
+    if killed.is_nothing() {
         return Ok(None);
     }
-    let address = audit.address.map(|a| a.to_string());
     c.prepare_cached(
         "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
            tokens, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -119,23 +88,16 @@ pub(super) fn apply(
         audit.reason.as_str(),
         grant_id,
         subject,
-        grants,
-        tokens,
-        address,
+        killed.grants,
+        killed.tokens,
+        audit.address.map(|a| a.to_string()),
     ])?;
-    Ok(Some(AuditEvent {
-        id: c.last_insert_rowid(),
-        tenant: audit.tenant.clone(),
-        at: now,
-        actor: audit.actor.clone(),
-        route: audit.route.to_owned(),
-        reason: audit.reason,
-        grant_id: grant_id.map(GrantId::from_stored),
-        subject: subject.map(Subject::from_stored),
-        grants,
-        tokens,
-        address,
-    }))
+    Ok(Some(audit.event(
+        c.last_insert_rowid(),
+        grant_id,
+        subject,
+        killed,
+    )))
 }
 
 #[async_trait]
