@@ -238,10 +238,14 @@ impl Authority {
         origin: Origin,
     ) -> Result<Killed, Error> {
         self.require_tenant(tenant).await?;
-        if self.store.grant(tenant, id).await?.is_none() {
-            return Err(Error::NotFound(format!("no grant {id}").into()));
-        }
-        let context = self.audit_context(tenant, ADMIN, origin, Reason::Admin);
+        let grant = self
+            .store
+            .grant(tenant, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no grant {id}").into()))?;
+        let context = self
+            .audit_context(tenant, ADMIN, origin, Reason::Admin)
+            .about(Some(id), Some(&grant.subject));
         self.revoke_audited(&Revocation::Grant(id.clone()), &context)
             .await
     }
@@ -254,7 +258,9 @@ impl Authority {
         origin: Origin,
     ) -> Result<Killed, Error> {
         self.require_tenant(tenant).await?;
-        let context = self.audit_context(tenant, ADMIN, origin, Reason::LogoutEverywhere);
+        let context = self
+            .audit_context(tenant, ADMIN, origin, Reason::LogoutEverywhere)
+            .about(None, Some(subject));
         let revocation = Revocation::Subject {
             tenant: tenant.clone(),
             subject: subject.clone(),

@@ -86,17 +86,22 @@ pub struct AuditContext {
     pub address: Option<IpAddr>,
     /// When.
     pub at: UnixTime,
+    /// The grant concerned, when the revocation is about one grant (or one of its tokens).
+    pub grant_id: Option<GrantId>,
+    /// The subject concerned, when the revocation is about one subject.
+    pub subject: Option<Subject>,
 }
 
 impl AuditContext {
+    /// Names the grant and subject the revocation is about (the domain has read them).
+    pub fn about(mut self, grant_id: Option<&GrantId>, subject: Option<&Subject>) -> Self {
+        self.grant_id = grant_id.cloned();
+        self.subject = subject.cloned();
+        self
+    }
+
     /// The audit record of this revocation, once storage has written it as row `id`.
-    pub fn event(
-        &self,
-        id: i64,
-        grant_id: Option<String>,
-        subject: Option<String>,
-        killed: Killed,
-    ) -> AuditEvent {
+    pub fn event(&self, id: i64, killed: Killed) -> AuditEvent {
         AuditEvent {
             id,
             tenant: self.tenant.clone(),
@@ -104,8 +109,8 @@ impl AuditContext {
             actor: self.actor.clone(),
             route: self.route.to_owned(),
             reason: self.reason,
-            grant_id: grant_id.map(GrantId::from_stored),
-            subject: subject.map(Subject::from_stored),
+            grant_id: self.grant_id.clone(),
+            subject: self.subject.clone(),
             grants: killed.grants,
             tokens: killed.tokens,
             address: self.address.map(|a| a.to_string()),

@@ -106,6 +106,8 @@ impl Authority {
             reason,
             address: origin.address,
             at: self.clock.now(),
+            grant_id: None,
+            subject: None,
         }
     }
 

@@ -106,7 +106,13 @@ impl Authority {
             Effect::Token => Reason::ClientRequest,
             Effect::AllGrantsOfSubject => Reason::LogoutEverywhere,
         };
-        let context = self.audit_context(&caller.tenant, caller.id.as_str(), origin, reason);
+        let grant = match scope {
+            RevokedScope::Subject => None,
+            RevokedScope::Token | RevokedScope::Grant => Some(&record.grant_id),
+        };
+        let context = self
+            .audit_context(&caller.tenant, caller.id.as_str(), origin, reason)
+            .about(grant, Some(&record.subject));
         let killed = self.revoke_audited(&revocation, &context).await?;
         Ok(Outcome::Revoked(Revoked {
             grant_id: record.grant_id,

@@ -86,12 +86,14 @@ impl Authority {
                     return Err(invalid_grant("the refresh token is expired or revoked"))
                 }
                 Verdict::Reuse => {
-                    let context = self.audit_context(
-                        &client.tenant,
-                        client.id.as_str(),
-                        origin,
-                        Reason::ReuseDetected,
-                    );
+                    let context = self
+                        .audit_context(
+                            &client.tenant,
+                            client.id.as_str(),
+                            origin,
+                            Reason::ReuseDetected,
+                        )
+                        .about(Some(&record.grant_id), Some(&record.subject));
                     self.revoke_audited(&Revocation::Grant(record.grant_id.clone()), &context)
                         .await?;
                     tracing::warn!(

@@ -316,17 +316,8 @@ async fn revoke(
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     let now = audit.at;
-    let (grant_id, subject, killed) = match Target::of(revocation) {
+    let killed = match Target::of(revocation) {
         Target::Token(hash) => {
-            let owner = st
-                .query_opt(
-                    tx,
-                    "SELECT t.grant_id, g.subject FROM tokens t \
-                     JOIN grants g ON g.id = t.grant_id WHERE t.hash = $1",
-                    &[&&hash.0[..]],
-                )
-                .await?
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)));
             let n = st
                 .execute(
                     tx,
@@ -334,15 +325,10 @@ async fn revoke(
                     &[&&hash.0[..], &now],
                 )
                 .await?;
-            let (g, s) = owner.unzip();
-            (
-                g,
-                s,
-                Killed {
-                    grants: 0,
-                    tokens: n,
-                },
-            )
+            Killed {
+                grants: 0,
+                tokens: n,
+            }
         }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("${n}"));
@@ -352,27 +338,13 @@ async fn revoke(
             let tokens = st
                 .count(tx, &live_tokens_sql("$1", &condition), &values)
                 .await?;
-            let subject = match revocation {
-                Revocation::Grant(id) => st
-                    .query_opt(
-                        tx,
-                        "SELECT subject FROM grants WHERE id = $1",
-                        &[&id.as_str()],
-                    )
-                    .await?
-                    .map(|r| r.get::<_, String>(0)),
-                Revocation::Subject { subject, .. } => Some(subject.to_string()),
-                _ => None,
-            };
             let grants = st
                 .execute(tx, &revoke_grants_sql("$1", &condition), &values)
                 .await?;
-            let grant_id = match revocation {
-                Revocation::Grant(id) => Some(id.to_string()),
-                _ => None,
-            };
-            let tokens = if grants > 0 { tokens } else { 0 };
-            (grant_id, subject, Killed { grants, tokens })
+            Killed {
+                grants,
+                tokens: if grants > 0 { tokens } else { 0 },
+            }
         }
     };
     if killed.is_nothing() {
@@ -390,8 +362,8 @@ async fn revoke(
                 &audit.actor,
                 &audit.route,
                 &audit.reason.as_str(),
-                &grant_id,
-                &subject,
+                &audit.grant_id.as_ref().map(|g| g.as_str()),
+                &audit.subject.as_ref().map(|s| s.as_str()),
                 &(killed.grants as i64),
                 &(killed.tokens as i64),
                 &address,
@@ -399,7 +371,7 @@ async fn revoke(
         )
         .await?
         .map_or(0, |r| r.get(0));
-    Ok(Some(audit.event(id, grant_id, subject, killed)))
+    Ok(Some(audit.event(id, killed)))
 }
 
 fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {

@@ -9,7 +9,7 @@ use latch_core::grant::Revocation;
 use latch_core::id::{GrantId, Subject, TenantId};
 use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult};
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
 use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
@@ -22,29 +22,17 @@ pub(super) fn apply(
     audit: &AuditContext,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
-    let (grant_id, subject, killed) = match Target::of(revocation) {
+    let killed = match Target::of(revocation) {
         Target::Token(hash) => {
-            let owner: Option<(String, String)> = c
-                .prepare_cached(
-                    "SELECT t.grant_id, g.subject FROM tokens t JOIN grants g ON g.id = t.grant_id \
-                     WHERE t.hash = ?1",
-                )?
-                .query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
             let n = c
                 .prepare_cached(
                     "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
                 )?
                 .execute(params![&hash.0[..], now])?;
-            let (g, s) = owner.unzip();
-            (
-                g,
-                s,
-                Killed {
-                    grants: 0,
-                    tokens: n as u64,
-                },
-            )
+            Killed {
+                grants: 0,
+                tokens: n as u64,
+            }
         }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("?{n}"));
@@ -54,23 +42,13 @@ pub(super) fn apply(
             let tokens: u64 = c
                 .prepare_cached(&live_tokens_sql("?1", &condition))?
                 .query_row(values.as_slice(), |r| r.get(0))?;
-            let subject: Option<String> = match revocation {
-                Revocation::Grant(id) => c
-                    .prepare_cached("SELECT subject FROM grants WHERE id = ?1")?
-                    .query_row([id.as_str()], |r| r.get(0))
-                    .optional()?,
-                Revocation::Subject { subject, .. } => Some(subject.to_string()),
-                _ => None,
-            };
             let grants = c
                 .prepare_cached(&revoke_grants_sql("?1", &condition))?
                 .execute(values.as_slice())? as u64;
-            let grant_id = match revocation {
-                Revocation::Grant(id) => Some(id.to_string()),
-                _ => None,
-            };
-            let tokens = if grants > 0 { tokens } else { 0 };
-            (grant_id, subject, Killed { grants, tokens })
+            Killed {
+                grants,
+                tokens: if grants > 0 { tokens } else { 0 },
+            }
         }
     };
     if killed.is_nothing() {
@@ -86,18 +64,13 @@ pub(super) fn apply(
         audit.actor,
         audit.route,
         audit.reason.as_str(),
-        grant_id,
-        subject,
+        audit.grant_id.as_ref().map(|g| g.as_str()),
+        audit.subject.as_ref().map(|s| s.as_str()),
         killed.grants,
         killed.tokens,
         audit.address.map(|a| a.to_string()),
     ])?;
-    Ok(Some(audit.event(
-        c.last_insert_rowid(),
-        grant_id,
-        subject,
-        killed,
-    )))
+    Ok(Some(audit.event(c.last_insert_rowid(), killed)))
 }
 
 #[async_trait]
