@@ -44,6 +44,12 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct SecretVerifier {
     key: [u8; 32],
     verified: Mutex<HashMap<[u8; 32], [u8; 32]>>,
+    /// One lock per verification in progress, keyed by its MAC: concurrent requests that
+    /// present the same secret (64 connections of one client after a restart) wait for one
+    /// argon2 run and then find the cache warm, instead of each running argon2.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// argon2 runs so far (for tests and diagnostics).
+    slow_runs: std::sync::atomic::AtomicU64,
     /// Bounds concurrent argon2 runs to the core count, so a flood of bad secrets queues
     /// instead of starving every other request of CPU.
     slots: Arc<Semaphore>,
@@ -64,6 +70,8 @@ impl SecretVerifier {
         Self {
             key,
             verified: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_runs: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(cores)),
         }
     }
@@ -96,18 +104,56 @@ impl SecretVerifier {
         };
         let slot = self.slot_of(&client.tenant, &client.id);
         let mac = self.mac_of(&slot, stored, presented);
-        if let Some(known) = self.lock().get(&slot) {
-            if bool::from(known.ct_eq(&mac)) {
-                return true;
-            }
+        if self.is_cached(&slot, &mac) {
+            return true;
         }
 
+        // Single flight per presented secret: wait for a verification of the same secret
+        // already running, then look at the cache again.
+        let flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(mac)
+            .or_default()
+            .clone();
+        let _flight = flight.lock().await;
+        if self.is_cached(&slot, &mac) {
+            return true;
+        }
+        let ok = self.verify_slow(stored, presented).await;
+        if ok {
+            let mut cache = self.lock();
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(slot, mac);
+        }
+        // The flight is over: whoever still waits on it holds it and will find the cache;
+        // whoever comes later starts from the cache, or a new flight after a failure.
+        let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(&mac).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&mac);
+        }
+        ok
+    }
+
+    fn is_cached(&self, slot: &[u8; 32], mac: &[u8; 32]) -> bool {
+        self.lock()
+            .get(slot)
+            .is_some_and(|known| bool::from(known.ct_eq(mac)))
+    }
+
+    /// Runs argon2 on the blocking pool, at most one per core at a time.
+    async fn verify_slow(&self, stored: &SecretHash, presented: &str) -> bool {
+        self.slow_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Ok(_permit) = self.slots.clone().acquire_owned().await else {
             return false;
         };
         let phc = stored.as_str().to_owned();
         let secret = presented.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
+        let ok: bool = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc)
                 .map(|h| {
                     Argon2::default()
@@ -118,14 +164,6 @@ impl SecretVerifier {
         })
         .await
         .unwrap_or(false);
-
-        if ok {
-            let mut cache = self.lock();
-            if cache.len() >= MAX_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(slot, mac);
-        }
         ok
     }
 
@@ -198,6 +236,25 @@ mod tests {
         assert!(v.verify(&c, "s").await);
         v.forget(&c.tenant, &c.id);
         assert!(v.lock().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_verifications_of_one_secret_run_argon2_once_and_leave_nothing_behind() {
+        let v = Arc::new(SecretVerifier::new());
+        let c = Arc::new(client("s"));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (v, c) = (v.clone(), c.clone());
+                tokio::spawn(async move { v.verify(&c, "s").await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(v.slow_runs.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(v.in_flight.lock().unwrap().is_empty());
+        assert!(!v.verify(&c, "wrong").await);
+        assert!(v.in_flight.lock().unwrap().is_empty());
     }
 
     #[test]
