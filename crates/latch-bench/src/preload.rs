@@ -100,7 +100,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<()> {
     }
     bar.finish();
     db.pragma_update(None, "synchronous", "FULL")?;
-    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
+    db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     Ok(())
 }
 

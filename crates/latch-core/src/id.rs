@@ -123,9 +123,15 @@ impl Subject {
 }
 
 impl GrantId {
-    /// A fresh grant id: `g_` and 128 random bits.
+    /// A fresh grant id: `g_`, the creation time in microseconds as 14 hex digits, and 96
+    /// random bits. Ids sort by creation time, so new grants (and the index entries of their
+    /// tokens) land at the right edge of the database's B-trees instead of on a random page
+    /// each: a write touches a few hot pages rather than one cold page per index.
     pub fn generate() -> Self {
-        Self(format!("g_{}", crate::token::random_b64(16)))
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        Self(format!("g_{micros:014x}{}", crate::token::random_b64(12)))
     }
 
     /// Parses a grant id given by an operator (admin API). Unknown ids simply match nothing.
@@ -176,8 +182,17 @@ mod tests {
     }
 
     #[test]
-    fn grant_ids_are_unique() {
-        assert_ne!(GrantId::generate(), GrantId::generate());
-        assert!(GrantId::generate().as_str().starts_with("g_"));
+    fn grant_ids_are_unique_and_sort_by_creation() {
+        let a = GrantId::generate();
+        let b = GrantId::generate();
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("g_"));
+        assert_eq!(a.as_str().len(), 2 + 14 + 16);
+        // Microsecond resolution: wait for the clock to move, then compare.
+        let mut c = GrantId::generate();
+        while c.as_str()[..16] == a.as_str()[..16] {
+            c = GrantId::generate();
+        }
+        assert!(a < c, "{a} < {c}");
     }
 }

@@ -146,8 +146,10 @@ impl SecretVerifier {
 
     /// Runs argon2 on the blocking pool, at most one per core at a time.
     async fn verify_slow(&self, stored: &SecretHash, presented: &str) -> bool {
-        self.slow_runs
+        let run = self
+            .slow_runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(run, "verifying a client secret with argon2id (cache miss)");
         let Ok(_permit) = self.slots.clone().acquire_owned().await else {
             return false;
         };
