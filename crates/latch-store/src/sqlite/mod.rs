@@ -89,6 +89,11 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     // The writer touches the same index pages batch after batch; keep them in memory
     // (64 MiB) instead of re-reading them from the OS.
     conn.pragma_update(None, "cache_size", -65_536)?;
+    // Each write in a batch runs in a savepoint, whose sub-journal (the pages' old contents,
+    // needed only to roll the savepoint back) would otherwise go to a temporary file: a
+    // pwrite per touched page, a quarter of the writer's time when measured. Durability
+    // is the WAL's job and is unaffected.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
