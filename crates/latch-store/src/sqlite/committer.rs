@@ -59,19 +59,24 @@ where
     }
 }
 
+/// Runs one statement from the connection's statement cache (parsed once, not per write).
+fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(super::store_error)
+}
+
 fn in_savepoint<T>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT w")
-        .map_err(super::store_error)?;
+    run_cached(conn, "SAVEPOINT w")?;
     let result = work(conn);
-    let end = if result.is_ok() {
-        "RELEASE w"
-    } else {
-        "ROLLBACK TO w; RELEASE w"
-    };
-    conn.execute_batch(end).map_err(super::store_error)?;
+    if result.is_err() {
+        run_cached(conn, "ROLLBACK TO w")?;
+    }
+    run_cached(conn, "RELEASE w")?;
     result
 }
 
@@ -136,8 +141,7 @@ fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Box<dyn PendingWrite>>) 
 }
 
 fn commit_batch(conn: &Connection, batch: &mut [Box<dyn PendingWrite>]) -> StoreResult<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(super::store_error)?;
+    run_cached(conn, "BEGIN IMMEDIATE")?;
     for write in batch.iter_mut() {
         // Some errors (disk full, I/O) make SQLite roll the whole transaction back. Applying
         // further writes would then run in autocommit mode, outside this batch's atomicity.
@@ -146,9 +150,8 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn PendingWrite>]) -> Store
         }
         write.apply(conn);
     }
-    conn.execute_batch("COMMIT").map_err(|e| {
+    run_cached(conn, "COMMIT").inspect_err(|_| {
         // Leave the connection usable for the next batch.
         let _ = conn.execute_batch("ROLLBACK");
-        super::store_error(e)
     })
 }
