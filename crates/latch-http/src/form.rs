@@ -92,8 +92,9 @@ impl Form {
     }
 }
 
-/// Keeps a parameter name safe to echo in an error message.
-fn printable(s: &str) -> String {
+/// Keeps client-supplied text (a parameter name, a path segment) safe and short enough to
+/// echo in an error message.
+pub(crate) fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 

@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use latch_core::id::TenantId;
 
 use crate::error::ApiError;
+use crate::form::printable;
 use crate::AppState;
 
 /// An existing tenant, resolved from the path.
@@ -54,7 +55,7 @@ pub async fn resolve(state: &AppState, raw: &str) -> Result<Option<TenantId>, Ap
     Ok(exists.then_some(tenant))
 }
 
-/// Keeps a path segment safe to echo in an error message.
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(64).collect()
+/// Parses a tenant id named in a path; a malformed one names no tenant (`404`).
+pub(crate) fn named(raw: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {}", printable(raw))))
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use latch_core::audit::{AuditEvent, AuditQuery};
-use latch_core::id::{Subject, TenantId};
+use latch_core::id::Subject;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Admin, Params};
 use crate::error::ApiError;
 use crate::form::Form;
+use crate::tenant::named;
 use crate::AppState;
 
 /// Events per page by default, and at most.
@@ -65,8 +66,7 @@ pub(crate) async fn list(
     Params(tenant): Params<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant =
-        TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
+    let tenant = named(&tenant)?;
     let form = Form::parse(query.unwrap_or_default().as_bytes())?;
     let limit = number::<u32>(&form, "limit")?.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
+use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
 
 /// A client as the admin API shows it. The secret never appears.
@@ -112,10 +113,6 @@ impl NewClient {
     }
 }
 
-fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))
-}
-
 fn client_id_of(raw: &str) -> Result<ClientId, ApiError> {
     ClientId::parse(raw).map_err(|_| ApiError::not_found("no such client"))
 }
@@ -126,7 +123,7 @@ pub(crate) async fn create(
     Params(tenant): Params<String>,
     JsonBody(body): JsonBody<NewClient>,
 ) -> Result<Response, ApiError> {
-    let spec = body.into_spec(tenant_of(&tenant)?)?;
+    let spec = body.into_spec(named(&tenant)?)?;
     let (client, generated) = state.authority.create_client(spec).await?;
     let mut view = serde_json::to_value(ClientView::from(&client)).unwrap_or_default();
     if let (Some(secret), Some(obj)) = (generated, view.as_object_mut()) {
@@ -141,7 +138,7 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Params(tenant): Params<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let clients = state.authority.clients(&tenant_of(&tenant)?).await?;
+    let clients = state.authority.clients(&named(&tenant)?).await?;
     let views: Vec<ClientView> = clients.iter().map(ClientView::from).collect();
     Ok(Json(json!({ "clients": views })))
 }
@@ -153,7 +150,7 @@ pub(crate) async fn show(
 ) -> Result<Json<ClientView>, ApiError> {
     let client = state
         .authority
-        .client(&tenant_of(&tenant)?, &client_id_of(&client_id)?)
+        .client(&named(&tenant)?, &client_id_of(&client_id)?)
         .await?;
     Ok(Json(ClientView::from(&client)))
 }
@@ -166,11 +163,7 @@ pub(crate) async fn remove(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let killed = state
         .authority
-        .delete_client(
-            &tenant_of(&tenant)?,
-            &client_id_of(&client_id)?,
-            origin(peer),
-        )
+        .delete_client(&named(&tenant)?, &client_id_of(&client_id)?, origin(peer))
         .await?;
     Ok(Json(json!({
         "client_id": client_id,
@@ -196,7 +189,7 @@ pub(crate) async fn rotate_secret(
     let secret = state
         .authority
         .rotate_secret(
-            &tenant_of(&tenant)?,
+            &named(&tenant)?,
             &client_id_of(&client_id)?,
             body.client_secret,
         )

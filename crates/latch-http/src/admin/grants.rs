@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::grant::Grant;
-use latch_core::id::{ClientId, GrantId, Subject, TenantId};
+use latch_core::id::{ClientId, GrantId, Subject};
 use latch_core::scope::Scope;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -16,6 +16,7 @@ use serde_json::json;
 use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
 use crate::oauth2::TokenResponse;
+use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
 
 /// `POST …/grants` body.
@@ -51,17 +52,13 @@ impl<'a> From<&'a Grant> for GrantView<'a> {
     }
 }
 
-fn tenant_of(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw).map_err(|_| ApiError::not_found(format!("no tenant {raw}")))
-}
-
 pub(crate) async fn create(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Params(tenant): Params<String>,
     JsonBody(body): JsonBody<NewGrant>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(&tenant)?;
+    let tenant = named(&tenant)?;
     let client_id = ClientId::parse(&body.client_id)?;
     let subject = Subject::parse(&body.subject)?;
     let scope = body.scope.as_deref().map(Scope::parse).transpose()?;
@@ -83,7 +80,7 @@ pub(crate) async fn revoke(
     let id = GrantId::parse(&grant_id).map_err(|_| ApiError::not_found("no such grant"))?;
     let killed = state
         .authority
-        .revoke_grant(&tenant_of(&tenant)?, &id, origin(peer))
+        .revoke_grant(&named(&tenant)?, &id, origin(peer))
         .await?;
     Ok(Json(json!({
         "grant_id": grant_id,
@@ -100,7 +97,7 @@ pub(crate) async fn list_for_subject(
     let subject = Subject::parse(&subject)?;
     let grants = state
         .authority
-        .live_grants(&tenant_of(&tenant)?, &subject)
+        .live_grants(&named(&tenant)?, &subject)
         .await?;
     let views: Vec<GrantView<'_>> = grants.iter().map(GrantView::from).collect();
     Ok(Json(
@@ -117,7 +114,7 @@ pub(crate) async fn logout_everywhere(
     let subject = Subject::parse(&subject)?;
     let killed = state
         .authority
-        .logout_everywhere(&tenant_of(&tenant)?, &subject, origin(peer))
+        .logout_everywhere(&named(&tenant)?, &subject, origin(peer))
         .await?;
     Ok(Json(json!({
         "subject": subject.as_str(),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{origin, Admin, JsonBody, Params};
 use crate::error::ApiError;
+use crate::tenant::named;
 use crate::{AppState, Peer};
 
 /// `POST /admin/v1/tenants` body.
@@ -48,8 +49,7 @@ pub(crate) async fn remove(
     peer: Peer,
     Params(tenant): Params<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id =
-        TenantId::parse(&tenant).map_err(|_| ApiError::not_found(format!("no tenant {tenant}")))?;
+    let id = named(&tenant)?;
     state.authority.delete_tenant(&id, origin(peer)).await?;
     Ok(Json(json!({ "tenant_id": tenant, "deleted": true })))
 }
