@@ -1,21 +1,25 @@
-//! The load generator: a fixed number of keep-alive HTTP/1.1 connections, each sending one
-//! request at a time for a fixed duration, recording every latency.
+//! The load generator: a fixed number of keep-alive HTTP/1.1 connections (hyper), each
+//! sending one request at a time for a fixed duration, recording every latency.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::HeaderValue;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::preload::{self, CLIENT, INTROSPECTOR, SECRET};
+use crate::preload::{self, Layout, CLIENT, INTROSPECTOR, INTROSPECTOR_SECRET, SECRET};
 
 /// What the load does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +28,7 @@ pub enum Workload {
     Ceiling,
     /// `client_credentials` token issuance.
     Issue,
-    /// Introspection of random preloaded (active) access tokens.
+    /// Introspection of random preloaded, never-revoked access tokens.
     Introspect,
     /// Revocation of distinct preloaded access tokens, each once.
     Revoke,
@@ -59,25 +63,27 @@ impl Workload {
         Self::ALL.into_iter().find(|w| w.name() == s)
     }
 
-    /// How many distinct items this workload can consume (`None`: unlimited).
-    fn supply(self, tokens: u64) -> Option<u64> {
-        match self {
-            Workload::Revoke | Workload::Refresh => Some(tokens),
-            Workload::Logout => Some(tokens / preload::GRANTS_PER_SUBJECT),
-            _ => None,
-        }
+    /// Whether each request uses up a preloaded item (a token, or a subject's grants).
+    pub fn consumes(self) -> bool {
+        matches!(
+            self,
+            Workload::Revoke | Workload::Refresh | Workload::Logout
+        )
     }
 }
 
 /// What one workload measured.
 pub struct Outcome {
-    pub workload: Workload,
     pub requests: u64,
     pub errors: u64,
     pub elapsed: Duration,
     pub latency_us: Histogram<u64>,
+    /// Items of the supply used (consuming workloads).
+    pub consumed: u64,
     /// True when the distinct items ran out before the duration did.
     pub exhausted: bool,
+    /// The first unexpected response, for the report.
+    pub first_error: Option<String>,
 }
 
 impl Outcome {
@@ -90,71 +96,115 @@ impl Outcome {
 pub struct Load {
     pub concurrency: usize,
     pub duration: Duration,
-    pub tokens: u64,
-    pub admin_token: String,
+    pub layout: Layout,
+    client_auth: HeaderValue,
+    introspector_auth: HeaderValue,
+    admin_auth: HeaderValue,
 }
 
-fn basic(id: &str, secret: &str) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
-}
-
-/// Builds the `k`th request of a workload; `None` when its supply is used up.
-fn request(
-    workload: Workload,
-    load: &Load,
-    host: &str,
-    k: u64,
-    random: u64,
-) -> Option<Request<Full<Bytes>>> {
-    if workload.supply(load.tokens).is_some_and(|s| k >= s) {
-        return None;
+impl Load {
+    pub fn new(
+        concurrency: usize,
+        duration: Duration,
+        layout: Layout,
+        admin_token: &str,
+    ) -> anyhow::Result<Self> {
+        let basic = |id: &str, secret: &str| {
+            HeaderValue::try_from(format!(
+                "Basic {}",
+                STANDARD.encode(format!("{id}:{secret}"))
+            ))
+        };
+        Ok(Self {
+            concurrency,
+            duration,
+            layout,
+            client_auth: basic(CLIENT, SECRET)?,
+            introspector_auth: basic(INTROSPECTOR, INTROSPECTOR_SECRET)?,
+            admin_auth: HeaderValue::try_from(format!("Bearer {admin_token}"))?,
+        })
     }
-    let form = |path: &str, auth: String, body: String| {
-        Request::post(path)
-            .header("host", host)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("authorization", auth)
-            .body(Full::new(Bytes::from(body)))
-            .ok()
-    };
-    let client = || basic(CLIENT, SECRET);
+}
+
+/// One request, independent of the client that sends it.
+struct Req {
+    method: &'static str,
+    path: String,
+    auth: HeaderValue,
+    /// A form body (`application/x-www-form-urlencoded`), if any.
+    form: Option<String>,
+}
+
+fn form(path: &str, auth: &HeaderValue, body: String) -> Req {
+    Req {
+        method: "POST",
+        path: path.into(),
+        auth: auth.clone(),
+        form: Some(body),
+    }
+}
+
+/// The request of `workload` for preloaded item `item` (a grant, or a subject for logout).
+fn request(workload: Workload, load: &Load, item: u64) -> Req {
     match workload {
+        // The same body as an introspection, so the ceiling does the same HTTP work.
         Workload::Ceiling => form(
             "/bare",
-            client(),
-            format!("token={}", preload::token("at", random)),
+            &load.introspector_auth,
+            format!("token={}", preload::token("at", item)),
         ),
         Workload::Issue => form(
             "/oauth2/token",
-            client(),
+            &load.client_auth,
             "grant_type=client_credentials".into(),
         ),
         Workload::Introspect => form(
             "/oauth2/introspect",
-            basic(INTROSPECTOR, "bench-introspector-secret"),
-            format!("token={}", preload::token("at", random % load.tokens)),
+            &load.introspector_auth,
+            format!("token={}", preload::token("at", item)),
         ),
         Workload::Revoke => form(
             "/oauth2/revoke",
-            client(),
-            format!("token={}", preload::token("at", k)),
+            &load.client_auth,
+            format!("token={}", preload::token("at", item)),
         ),
         Workload::Refresh => form(
             "/oauth2/token",
-            client(),
+            &load.client_auth,
             format!(
                 "grant_type=refresh_token&refresh_token={}",
-                preload::token("rt", k)
+                preload::token("rt", item)
             ),
         ),
-        Workload::Logout => Request::delete(format!(
-            "/admin/v1/tenants/default/subjects/{}/grants",
-            preload::subject(k * preload::GRANTS_PER_SUBJECT)
-        ))
-        .header("host", host)
-        .header("authorization", format!("Bearer {}", load.admin_token))
-        .body(Full::new(Bytes::new()))
-        .ok(),
+        Workload::Logout => Req {
+            method: "DELETE",
+            path: format!(
+                "/admin/v1/tenants/default/subjects/{}/grants",
+                preload::subject(item * preload::GRANTS_PER_SUBJECT)
+            ),
+            auth: load.admin_auth.clone(),
+            form: None,
+        },
+    }
+}
+
+/// A request that warms a connection up (and the server's secret-verification cache for the
+/// workload's client) without consuming or creating anything.
+fn warmup(workload: Workload, load: &Load) -> Req {
+    match workload {
+        Workload::Ceiling | Workload::Introspect => {
+            request(workload, load, load.layout.introspect().start)
+        }
+        // A malformed token: authenticated, then answered 200 without a lookup.
+        Workload::Issue | Workload::Revoke | Workload::Refresh => {
+            form("/oauth2/revoke", &load.client_auth, "token=warm-up".into())
+        }
+        Workload::Logout => Req {
+            method: "GET",
+            path: "/admin/v1/tenants/default/subjects/warm-up/grants".into(),
+            auth: load.admin_auth.clone(),
+            form: None,
+        },
     }
 }
 
@@ -169,81 +219,163 @@ fn succeeded(workload: Workload, status: u16, body: &[u8]) -> bool {
         }
 }
 
-/// Runs one workload against `addr` and measures it.
-pub async fn run(workload: Workload, addr: SocketAddr, load: Arc<Load>) -> anyhow::Result<Outcome> {
+/// A keep-alive HTTP/1.1 connection to the server (hyper 1's client connection).
+struct Conn(SendRequest<Full<Bytes>>);
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn(sender))
+    }
+
+    /// Sends `req` and returns the response's status and body.
+    async fn exchange(&mut self, req: &Req, host: &HeaderValue) -> anyhow::Result<(u16, Bytes)> {
+        let body = req.form.clone().map_or_else(Bytes::new, Bytes::from);
+        let mut r = Request::builder()
+            .method(req.method)
+            .uri(&req.path)
+            .body(Full::new(body))?;
+        let h = r.headers_mut();
+        h.insert("host", host.clone());
+        h.insert("authorization", req.auth.clone());
+        if req.form.is_some() {
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            );
+        }
+        self.0.ready().await?;
+        let resp = self.0.send_request(r).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+fn describe(status: u16, body: &[u8]) -> String {
+    let body = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    format!("{status} {body}")
+}
+
+struct PerConnection {
+    hist: Histogram<u64>,
+    requests: u64,
+    errors: u64,
+    exhausted: bool,
+    first_error: Option<String>,
+}
+
+/// Runs one workload against `addr` and measures it. A consuming workload takes the items
+/// of `supply` in order, each once, and stops early when they run out.
+pub async fn run(
+    workload: Workload,
+    addr: SocketAddr,
+    load: Arc<Load>,
+    supply: Option<Range<u64>>,
+) -> anyhow::Result<Outcome> {
     let next = Arc::new(AtomicU64::new(0));
+    let supply = Arc::new(supply);
     // Connections and warm-up happen before the clock starts.
     let start = Arc::new(tokio::sync::Barrier::new(load.concurrency + 1));
+    let host = HeaderValue::try_from(addr.to_string())?;
     let mut tasks = Vec::new();
     for c in 0..load.concurrency {
-        let (next, load, start) = (next.clone(), load.clone(), start.clone());
+        let (next, load, start, supply, host) = (
+            next.clone(),
+            load.clone(),
+            start.clone(),
+            supply.clone(),
+            host.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let (mut requests, mut errors, mut exhausted) = (0u64, 0u64, false);
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let host = addr.to_string();
-            let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
-            // Warm-up, not measured: one request on this connection that consumes nothing
-            // (client authentication's cache fills, the connection is established).
-            let warm = request(Workload::Issue, &load, &host, 0, random)
-                .filter(|_| workload != Workload::Ceiling);
-            if let Some(req) = warm {
-                let _ = sender.send_request(req).await?.into_body().collect().await;
+            let mut out = PerConnection {
+                hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+                requests: 0,
+                errors: 0,
+                exhausted: false,
+                first_error: None,
+            };
+            let setup = async {
+                let mut conn = Conn::connect(addr).await?;
+                let (status, body) = conn.exchange(&warmup(workload, &load), &host).await?;
+                anyhow::ensure!(
+                    status == 200,
+                    "warm-up request failed: {}",
+                    describe(status, &body)
+                );
+                anyhow::Ok(conn)
             }
+            .await;
+            // Meet at the barrier even on failure, so the others are not left waiting.
             start.wait().await;
+            let mut conn = setup.with_context(|| format!("{} connection {c}", workload.name()))?;
+            let introspect = load.layout.introspect();
+            let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
             let deadline = Instant::now() + load.duration;
             while Instant::now() < deadline {
                 random ^= random << 13;
                 random ^= random >> 7;
                 random ^= random << 17;
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(req) = request(workload, &load, &host, k, random) else {
-                    exhausted = true;
-                    break;
-                };
-                let t0 = Instant::now();
-                let ok = match sender.send_request(req).await {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-                        body.is_ok_and(|b| succeeded(workload, status, &b))
+                let item = match supply.as_ref() {
+                    Some(range) => {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= range.end - range.start {
+                            out.exhausted = true;
+                            break;
+                        }
+                        range.start + k
                     }
-                    Err(_) => false,
+                    None => introspect.start + random % (introspect.end - introspect.start),
                 };
-                hist.saturating_record(t0.elapsed().as_micros() as u64);
-                requests += 1;
-                if !ok {
-                    errors += 1;
-                }
-                if sender.ready().await.is_err() {
-                    errors += 1;
-                    break;
+                let req = request(workload, &load, item);
+                let t0 = Instant::now();
+                let result = conn.exchange(&req, &host).await;
+                out.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                out.requests += 1;
+                match result {
+                    Ok((status, body)) if succeeded(workload, status, &body) => {}
+                    Ok((status, body)) => {
+                        out.errors += 1;
+                        out.first_error
+                            .get_or_insert_with(|| describe(status, &body));
+                    }
+                    Err(e) => {
+                        out.errors += 1;
+                        out.first_error.get_or_insert_with(|| format!("{e:#}"));
+                        conn = Conn::connect(addr).await?;
+                    }
                 }
             }
-            anyhow::Ok((hist, requests, errors, exhausted))
+            anyhow::Ok(out)
         }));
     }
     start.wait().await;
     let started = Instant::now();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut requests, mut errors, mut exhausted) = (0, 0, false);
+    let (mut requests, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
     for t in tasks {
-        let (h, r, e, x) = t.await??;
-        total.add(h)?;
-        requests += r;
-        errors += e;
-        exhausted |= x;
+        let out = t.await??;
+        total.add(out.hist)?;
+        requests += out.requests;
+        errors += out.errors;
+        exhausted |= out.exhausted;
+        first_error = first_error.or(out.first_error);
     }
+    let elapsed = started.elapsed();
+    let consumed = match supply.as_ref() {
+        Some(range) => next.load(Ordering::Relaxed).min(range.end - range.start),
+        None => 0,
+    };
     Ok(Outcome {
-        workload,
         requests,
         errors,
-        elapsed: started.elapsed(),
+        elapsed,
         latency_us: total,
+        consumed,
         exhausted,
+        first_error,
     })
 }

@@ -3,7 +3,8 @@
 //! One command measures latch against the machine's own ceiling:
 //!
 //! ```text
-//! cargo run --release -p latch-bench -- --tokens 1000000
+//! cargo build --release -p latch -p latch-bench
+//! target/release/latch-bench --tokens 1000000
 //! ```
 //!
 //! 1. [`preload`]: a fresh SQLite database with N grants (an access and a refresh token each),
@@ -13,12 +14,17 @@
 //!    200 without storage.
 //! 3. [`load`]: the load generator, pinned to core 1, keep-alive connections at fixed
 //!    concurrency for a fixed duration, per workload.
-//! 4. A report: requests/s, p50, p99, errors, the ratio to the ceiling, and the server's peak
-//!    RSS, as JSON and as a markdown table under `target/bench/`.
+//! 4. [`report`]: requests/s, p50, p99, errors, the ratio to the ceiling (which runs before
+//!    every workload and at the end), CPU use of both sides, and the server's peak RSS, as
+//!    JSON and as a markdown table under `target/bench/`. See `docs/benchmarks.md`.
+//!
+//! Nothing here runs under `cargo test` except two small unit tests of the token layout.
 
 mod ceiling;
 mod load;
 mod preload;
+mod report;
+mod sys;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -29,8 +35,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use load::{Load, Outcome, Workload};
-use serde_json::json;
+use load::{Load, Workload};
+use preload::State;
+use report::{millis, Row, RunInfo};
+use sys::{CpuSample, CpuUse};
 
 /// Benchmarks latch's hot paths against a bare HTTP handler measured in the same run.
 #[derive(Debug, Parser)]
@@ -38,32 +46,39 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Grants to preload (each with an access and a refresh token).
-    #[arg(long, default_value_t = 1_000)]
-    tokens: u64,
+    /// Grants to preload, each with an access and a refresh token [default: 1000, or what
+    /// the kept database holds].
+    #[arg(long)]
+    tokens: Option<u64>,
     /// Seconds per workload.
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Workloads to run, comma-separated (ceiling always runs first).
+    /// Workloads to run, comma-separated, in order (the ceiling always runs first):
+    /// introspect, issue, revoke, refresh, logout.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "introspect,issue,revoke,refresh,logout"
     )]
     workloads: Vec<String>,
-    /// Database file; preloaded unless --reuse-db is given.
+    /// The SQLite database file (with `<db>.state.json` beside it).
     #[arg(long, default_value = "target/bench/bench.db")]
     db: PathBuf,
-    /// Use the database at --db as it is (preloaded by an earlier run with the same --tokens).
-    /// Consuming workloads (revoke, refresh, logout) need a fresh preload to measure again.
-    #[arg(long)]
-    reuse_db: bool,
-    /// The latch binary.
+    /// Reuse the database at --db if it exists (preloaded by an earlier run; its state file
+    /// records which tokens earlier runs consumed, so none is used twice), and keep it.
+    /// Without this flag every run preloads afresh.
+    #[arg(long, alias = "reuse-db")]
+    keep_db: bool,
+    /// The latch binary (`cargo build --release -p latch`).
     #[arg(long, default_value = "target/release/latch")]
     latch: PathBuf,
+    /// Before each workload, wait up to this many seconds for both cores to be idle (other
+    /// processes, e.g. a build, disturb the figures; the report flags it either way).
+    #[arg(long, default_value_t = 0)]
+    wait_idle: u64,
     /// Where to write the JSON and markdown reports.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -81,15 +96,26 @@ enum Cmd {
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const PINNED_ENV: &str = "LATCH_BENCH_PINNED";
 
-fn have_taskset() -> bool {
-    Command::new("taskset")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Child processes, killed when the benchmark ends, however it ends.
+#[derive(Default)]
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
-/// Starts a server (optionally pinned to core 0) and waits for its listening line.
-fn spawn(program: &str, args: &[&str], pin: bool) -> anyhow::Result<(Child, SocketAddr)> {
+/// Starts a server (pinned to core 0 if `pin`) and waits for its listening line.
+fn spawn(
+    children: &mut Children,
+    program: &str,
+    args: &[&str],
+    pin: bool,
+) -> anyhow::Result<(u32, SocketAddr)> {
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", "0", program]);
@@ -99,34 +125,29 @@ fn spawn(program: &str, args: &[&str], pin: bool) -> anyhow::Result<(Child, Sock
     };
     let mut child = cmd
         .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {program}"))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("no stdout")?;
+    children.0.push(child);
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    reader.read_line(&mut line)?;
     let addr = line
         .trim()
         .strip_prefix("latch listening on http://")
         .with_context(|| format!("{program} did not start: {line:?}"))?
         .parse()?;
-    Ok((child, addr))
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn millis(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+    // Keep draining its stdout, so a chatty server never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            eprintln!("{line}");
+        }
+    });
+    Ok((pid, addr))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -136,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // The load generator runs on core 1, the servers on core 0.
-    let pinned = have_taskset();
+    let pinned = sys::have_taskset();
     if pinned && std::env::var_os(PINNED_ENV).is_none() {
         let me = std::env::current_exe()?;
         let status = Command::new("taskset")
@@ -146,6 +167,9 @@ fn main() -> anyhow::Result<()> {
             .env(PINNED_ENV, "1")
             .status()?;
         std::process::exit(status.code().unwrap_or(1));
+    }
+    if !pinned {
+        eprintln!("warning: taskset not found; servers and load generator are NOT pinned");
     }
     if !cli.latch.exists() {
         bail!(
@@ -160,28 +184,71 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
 
     std::fs::create_dir_all(&cli.out)?;
-    if !cli.reuse_db {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", cli.db.display()));
-        }
-        if let Some(dir) = cli.db.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let t0 = std::time::Instant::now();
-        preload::preload(&cli.db, cli.tokens)?;
-        eprintln!(
-            "preloaded {} grants in {:.1} s",
-            cli.tokens,
-            t0.elapsed().as_secs_f64()
-        );
+    if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
+    let kept = if cli.keep_db && cli.db.exists() {
+        let state = match State::load(&cli.db)? {
+            Some(s) => s,
+            None => {
+                let tokens = cli.tokens.context(
+                    "the kept database has no state file: give --tokens (assumed unconsumed)",
+                )?;
+                eprintln!(
+                    "warning: no state file beside {}; assuming {tokens} unconsumed grants",
+                    cli.db.display()
+                );
+                State {
+                    tokens,
+                    ..State::default()
+                }
+            }
+        };
+        if let Some(t) = cli.tokens.filter(|&t| t != state.tokens) {
+            bail!(
+                "{} holds {} grants, not {t}: drop --keep-db to preload afresh, or pick another --db",
+                cli.db.display(),
+                state.tokens
+            );
+        }
+        eprintln!(
+            "reusing {} ({} grants, preloaded {}; already consumed: {} revoked, {} rotated, {} subjects logged out)",
+            cli.db.display(),
+            state.tokens,
+            state.preloaded_at,
+            state.revoked,
+            state.refreshed,
+            state.logged_out
+        );
+        Some(state)
+    } else {
+        None
+    };
+    let preloaded_now = kept.is_none();
+    let mut state = match kept {
+        Some(s) => s,
+        None => {
+            let n = cli.tokens.unwrap_or(1_000);
+            let s = preload::preload(&cli.db, n)?;
+            eprintln!("preloaded {n} grants in {:.1} s", s.preload_seconds);
+            s
+        }
+    };
+    let layout = state.layout();
+    let db_bytes = std::fs::metadata(&cli.db).map_or(0, |m| m.len());
 
+    let mut children = Children::default();
     let me = std::env::current_exe()?;
-    let (mut bare, bare_addr) = spawn(me.to_str().context("path")?, &["ceiling"], pinned)?;
+    let (bare_pid, bare_addr) = spawn(
+        &mut children,
+        me.to_str().context("path")?,
+        &["ceiling"],
+        pinned,
+    )?;
     let db_url = format!("sqlite://{}", cli.db.display());
-    let latch = cli.latch.to_str().context("path")?;
-    let (mut server, latch_addr) = spawn(
-        latch,
+    let (latch_pid, latch_addr) = spawn(
+        &mut children,
+        cli.latch.to_str().context("path")?,
         &[
             "serve",
             "--listen",
@@ -197,125 +264,140 @@ fn main() -> anyhow::Result<()> {
         ],
         pinned,
     )?;
+    let affinity = format!(
+        "latch server on CPU {}, ceiling server on CPU {}, load generator on CPU {}",
+        sys::cpus_allowed(&latch_pid.to_string()).unwrap_or_else(|| "?".into()),
+        sys::cpus_allowed(&bare_pid.to_string()).unwrap_or_else(|| "?".into()),
+        sys::cpus_allowed("self").unwrap_or_else(|| "?".into()),
+    );
+    eprintln!("{affinity}");
 
-    let load = Arc::new(Load {
-        concurrency: cli.concurrency,
-        duration: Duration::from_secs(cli.duration),
-        tokens: cli.tokens,
-        admin_token: ADMIN_TOKEN.into(),
-    });
+    let load = Arc::new(Load::new(
+        cli.concurrency,
+        Duration::from_secs(cli.duration),
+        layout,
+        ADMIN_TOKEN,
+    )?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut outcomes: Vec<Outcome> = Vec::new();
-    for w in std::iter::once(Workload::Ceiling).chain(workloads) {
-        let addr = if w == Workload::Ceiling {
-            bare_addr
+    let mut rows: Vec<Row> = Vec::new();
+    // The ceiling runs before every workload and at the end (see `report`).
+    let mut plan = Vec::new();
+    for w in &workloads {
+        if *w != Workload::Ceiling {
+            plan.push(Workload::Ceiling);
+        }
+        plan.push(*w);
+    }
+    plan.push(Workload::Ceiling);
+    for w in plan {
+        let (addr, pid) = if w == Workload::Ceiling {
+            (bare_addr, bare_pid)
         } else {
-            latch_addr
+            (latch_addr, latch_pid)
         };
-        let o = runtime.block_on(load::run(w, addr, load.clone()))?;
+        let supply = match w {
+            Workload::Revoke => {
+                Some(layout.consumable().start + state.revoked..layout.consumable().end)
+            }
+            Workload::Refresh => {
+                Some(layout.consumable().start + state.refreshed..layout.consumable().end)
+            }
+            Workload::Logout => Some(
+                layout.logout_subjects().start + state.logged_out..layout.logout_subjects().end,
+            ),
+            _ => None,
+        };
+        let available = supply.as_ref().map(|r| r.end.saturating_sub(r.start));
+        if available == Some(0) {
+            eprintln!(
+                "{:<10} skipped: every distinct item was used by earlier runs",
+                w.name()
+            );
+            rows.push(Row {
+                outcome: None,
+                workload: w,
+                cpu: CpuUse::default(),
+                note: "skipped: all distinct items used by earlier runs on this database; preload again".into(),
+            });
+            continue;
+        }
+        if cli.wait_idle > 0 && !sys::wait_idle(Duration::from_secs(cli.wait_idle)) {
+            eprintln!(
+                "warning: the machine was still busy after {} s; running {} anyway",
+                cli.wait_idle,
+                w.name()
+            );
+        }
+        let before = CpuSample::take(pid);
+        let o = runtime.block_on(load::run(w, addr, load.clone(), supply))?;
+        let cpu = before.until(&CpuSample::take(pid));
+        match w {
+            Workload::Revoke => state.revoked += o.consumed,
+            Workload::Refresh => state.refreshed += o.consumed,
+            Workload::Logout => state.logged_out += o.consumed,
+            _ => {}
+        }
+        if w.consumes() {
+            state.save(&cli.db)?;
+        }
+        let mut note = String::new();
+        if o.exhausted {
+            let what = if w == Workload::Logout {
+                "subjects"
+            } else {
+                "tokens"
+            };
+            note = format!(
+                "stopped after {:.2} s: all {} distinct {what} used",
+                o.elapsed.as_secs_f64(),
+                available.unwrap_or(0)
+            );
+        }
+        if let Some(e) = &o.first_error {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(&format!("first error: {}", e.replace('|', "/")));
+        }
         eprintln!(
-            "{:<10} {:>9.0} req/s  errors {}",
+            "{:<13} {:>9.0} req/s  p99 {:.2} ms  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",
             w.name(),
             o.rps(),
-            o.errors
-        );
-        outcomes.push(o);
-    }
-    let rss = peak_rss_kib(server.id());
-    let _ = server.kill();
-    let _ = bare.kill();
-    let _ = server.wait();
-    let _ = bare.wait();
-
-    report(&cli, &outcomes, rss, pinned)
-}
-
-fn report(
-    cli: &Cli,
-    outcomes: &[Outcome],
-    rss_kib: Option<u64>,
-    pinned: bool,
-) -> anyhow::Result<()> {
-    let ceiling = outcomes.first().map_or(1.0, Outcome::rps);
-    let date = String::from_utf8(
-        Command::new("date")
-            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .to_owned();
-    // The machine's cores (this process is pinned to one, so ask the system, not the affinity).
-    let cores = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
-        .unwrap_or(0);
-    let pinning = if pinned {
-        "servers pinned to core 0, load generator to core 1 (taskset)"
-    } else {
-        "not pinned (taskset missing)"
-    };
-    let rows: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| {
-            json!({
-                "workload": o.workload.name(),
-                "requests": o.requests,
-                "rps": o.rps().round(),
-                "ratio_to_ceiling": (o.rps() / ceiling * 100.0).round() / 100.0,
-                "p50_ms": millis(&o.latency_us, 0.5),
-                "p99_ms": millis(&o.latency_us, 0.99),
-                "errors": o.errors,
-                "seconds": (o.elapsed.as_secs_f64() * 100.0).round() / 100.0,
-                "supply_exhausted": o.exhausted,
-            })
-        })
-        .collect();
-    let doc = json!({
-        "date": date,
-        "tokens": cli.tokens,
-        "concurrency": cli.concurrency,
-        "duration_s": cli.duration,
-        "backend": "sqlite",
-        "machine": { "cores": cores, "pinning": pinning },
-        "server_peak_rss_kib": rss_kib,
-        "results": rows,
-    });
-    let mut md = format!(
-        "latch-bench, {date}: {} preloaded grants ({} tokens), SQLite, concurrency {}, {} s per \
-         workload, {cores} cores, {pinning}. Server peak RSS: {}.\n\n\
-         | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
-        cli.tokens,
-        cli.tokens * 2,
-        cli.concurrency,
-        cli.duration,
-        rss_kib.map_or("unknown".into(), |k| format!("{:.0} MB", k as f64 / 1024.0)),
-    );
-    for o in outcomes {
-        md.push_str(&format!(
-            "| {}{} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} |\n",
-            o.workload.name(),
-            if o.exhausted {
-                " (all distinct items used)"
-            } else {
-                ""
-            },
-            o.rps(),
-            o.rps() / ceiling,
-            millis(&o.latency_us, 0.5),
             millis(&o.latency_us, 0.99),
             o.errors,
-            o.requests,
-        ));
+            cpu.server * 100.0,
+            cpu.load * 100.0,
+        );
+        rows.push(Row {
+            outcome: Some(o),
+            workload: w,
+            cpu,
+            note,
+        });
     }
-    let stem = cli.out.join(format!("results-{}", cli.tokens));
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
-    std::fs::write(stem.with_extension("md"), &md)?;
-    println!("{md}");
-    Ok(())
+    let rss = sys::peak_rss_kib(latch_pid);
+    let ceiling_rss = sys::peak_rss_kib(bare_pid);
+    drop(children);
+
+    let pinning = if pinned {
+        format!("pinned with taskset: {affinity}")
+    } else {
+        "NOT pinned (taskset not found)".into()
+    };
+    let info = RunInfo {
+        concurrency: cli.concurrency,
+        duration: cli.duration,
+        db: cli.db.clone(),
+        out: cli.out.clone(),
+        state,
+        preloaded_now,
+        db_bytes,
+        rss_kib: rss,
+        ceiling_rss_kib: ceiling_rss,
+        pinning,
+        latch: cli.latch.clone(),
+    };
+    report::write(&info, &rows)
 }

@@ -1,0 +1,332 @@
+//! The report: JSON and a markdown table.
+//!
+//! The ceiling runs before every workload and once more at the end, and each workload's ratio
+//! is to the mean of the two ceiling runs beside it: on a shared virtual machine the speed of
+//! a core drifts by tens of percent within a minute (measured here: 49k to 89k req/s for the
+//! same bare handler, CPU shares unchanged), so a ratio to a ceiling measured a minute
+//! earlier would be mostly noise.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::load::{Outcome, Workload};
+use crate::preload::State;
+use crate::sys::{self, CpuUse};
+
+/// One run of one workload.
+pub struct Row {
+    pub workload: Workload,
+    /// `None`: skipped (see `note`).
+    pub outcome: Option<Outcome>,
+    pub cpu: CpuUse,
+    pub note: String,
+}
+
+/// What the report says about the run besides the rows.
+pub struct RunInfo {
+    pub concurrency: usize,
+    pub duration: u64,
+    pub db: PathBuf,
+    pub out: PathBuf,
+    pub state: State,
+    pub preloaded_now: bool,
+    pub db_bytes: u64,
+    pub rss_kib: Option<u64>,
+    pub ceiling_rss_kib: Option<u64>,
+    pub pinning: String,
+    /// The latch binary and when it was built.
+    pub latch: PathBuf,
+}
+
+/// Issue 5's targets: (workload, minimum ratio to the ceiling); p99 for each of them.
+const TARGETS: [(Workload, f64); 3] = [
+    (Workload::Introspect, 0.5),
+    (Workload::Revoke, 0.25),
+    (Workload::Issue, 0.25),
+];
+const TARGET_P99_MS: f64 = 5.0;
+
+pub fn millis(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// CPU counters tick at 100 Hz: a run shorter than a second says nothing about CPU.
+fn cpu_known(o: &Outcome) -> bool {
+    o.elapsed >= Duration::from_secs(1)
+}
+
+fn percent(o: &Outcome, share: f64) -> String {
+    if cpu_known(o) {
+        format!("{:.0}%", share * 100.0)
+    } else {
+        String::new()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+/// The mean rate of the ceiling runs nearest before and after row `i`.
+fn adjacent_ceiling(rows: &[Row], i: usize) -> Option<f64> {
+    let rate = |r: &Row| {
+        (r.workload == Workload::Ceiling)
+            .then(|| r.outcome.as_ref().map(Outcome::rps))
+            .flatten()
+    };
+    let before = rows[..i].iter().rev().find_map(rate);
+    let after = rows[i + 1..].iter().find_map(rate);
+    match (before, after) {
+        (Some(a), Some(b)) => Some((a + b) / 2.0),
+        (a, b) => a.or(b),
+    }
+}
+
+pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
+    let date = sys::utc_now();
+    let revision = sys::git_revision().unwrap_or_else(|| "unknown".into());
+    let cores = sys::cores();
+    let cpu = sys::cpu_model().unwrap_or_else(|| "unknown CPU".into());
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let built = sys::modified_utc(&ctx.latch).unwrap_or_else(|| "unknown".into());
+    let mb =
+        |kib: Option<u64>| kib.map_or("unknown".into(), |k| format!("{:.0} MB", k as f64 / 1024.0));
+    let preload = if ctx.preloaded_now {
+        format!("preloaded in {:.1} s", ctx.state.preload_seconds)
+    } else {
+        format!("kept database, preloaded {}", ctx.state.preloaded_at)
+    };
+
+    let ceilings: Vec<&Outcome> = rows
+        .iter()
+        .filter(|r| r.workload == Workload::Ceiling)
+        .filter_map(|r| r.outcome.as_ref())
+        .collect();
+    let ceiling_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.workload == Workload::Ceiling && r.outcome.is_some())
+        .collect();
+    let rates: Vec<f64> = ceilings.iter().map(|o| o.rps()).collect();
+    let ceiling_median = median(rates.clone());
+    let ceiling_min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let ceiling_max = rates.iter().copied().fold(0.0, f64::max);
+
+    // JSON: every run, in order.
+    let json_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match &r.outcome {
+            None => json!({ "workload": r.workload.name(), "skipped": true, "note": r.note }),
+            Some(o) => {
+                let beside = if r.workload == Workload::Ceiling {
+                    None
+                } else {
+                    adjacent_ceiling(rows, i)
+                };
+                json!({
+                    "workload": r.workload.name(),
+                    "requests": o.requests,
+                    "rps": o.rps().round(),
+                    "adjacent_ceiling_rps": beside.map(f64::round),
+                    "ratio_to_ceiling": beside.map(|c| round(o.rps() / c, 3)),
+                    "p50_ms": millis(&o.latency_us, 0.5),
+                    "p99_ms": millis(&o.latency_us, 0.99),
+                    "p999_ms": millis(&o.latency_us, 0.999),
+                    "max_ms": o.latency_us.max() as f64 / 1000.0,
+                    "mean_ms": round(o.latency_us.mean() / 1000.0, 3),
+                    "errors": o.errors,
+                    "first_error": o.first_error,
+                    "seconds": round(o.elapsed.as_secs_f64(), 3),
+                    "consumed": o.consumed,
+                    "supply_exhausted": o.exhausted,
+                    "cpu": cpu_known(o).then(|| json!({
+                        "server_share_of_core0": round(r.cpu.server, 3),
+                        "load_share_of_core1": round(r.cpu.load, 3),
+                        "core0_busy": round(r.cpu.core0_busy, 3),
+                        "core1_busy": round(r.cpu.core1_busy, 3),
+                        "core0_steal": round(r.cpu.core0_steal, 3),
+                        "core1_steal": round(r.cpu.core1_steal, 3),
+                    })),
+                    "note": r.note,
+                })
+            }
+        })
+        .collect();
+    let doc = json!({
+        "date": date,
+        "revision": revision,
+        "command": command,
+        "tokens": ctx.state.tokens,
+        "concurrency": ctx.concurrency,
+        "duration_s": ctx.duration,
+        "backend": "sqlite",
+        "database": {
+            "path": ctx.db,
+            "bytes": ctx.db_bytes,
+            "preloaded_now": ctx.preloaded_now,
+            "preload_seconds": round(ctx.state.preload_seconds, 1),
+            "preloaded_at": ctx.state.preloaded_at,
+        },
+        "machine": { "cores": cores, "cpu": cpu, "pinning": ctx.pinning },
+        "latch_binary": { "path": ctx.latch, "built": built },
+        "ceiling": {
+            "runs": ceilings.len(),
+            "median_rps": ceiling_median.round(),
+            "min_rps": ceiling_min.round(),
+            "max_rps": ceiling_max.round(),
+        },
+        "server_peak_rss_kib": ctx.rss_kib,
+        "ceiling_peak_rss_kib": ctx.ceiling_rss_kib,
+        "runs": json_rows,
+    });
+
+    // Markdown: the ceiling summarised in one row, then each workload.
+    let mut md = format!(
+        "latch-bench, {date}, revision {revision} (latch binary built {built}): `{command}`\n\n\
+         {} preloaded grants ({} tokens; {preload}; database {:.0} MB), SQLite, concurrency {}, \
+         {} s per run. Machine: {cores} cores ({cpu}), {}. latch peak RSS: {}.\n\n\
+         | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests | server CPU | load CPU | notes |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        ctx.state.tokens,
+        ctx.state.tokens * 2,
+        ctx.db_bytes as f64 / 1e6,
+        ctx.concurrency,
+        ctx.duration,
+        ctx.pinning,
+        mb(ctx.rss_kib),
+    );
+    if !ceilings.is_empty() {
+        let cpu_of = |f: fn(&CpuUse) -> f64| {
+            let v: Vec<f64> = ceiling_rows
+                .iter()
+                .filter(|r| r.outcome.as_ref().is_some_and(cpu_known))
+                .map(|r| f(&r.cpu))
+                .collect();
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!("{:.0}%", median(v) * 100.0)
+            }
+        };
+        md.push_str(&format!(
+            "| ceiling (median of {} runs) | {:.0} | 1.00 | {:.2} | {:.2} | {} | {} | {} | {} | runs: {:.0} to {:.0} req/s |\n",
+            ceilings.len(),
+            ceiling_median,
+            median(ceilings.iter().map(|o| millis(&o.latency_us, 0.5)).collect()),
+            median(ceilings.iter().map(|o| millis(&o.latency_us, 0.99)).collect()),
+            ceilings.iter().map(|o| o.errors).sum::<u64>(),
+            ceilings.iter().map(|o| o.requests).sum::<u64>(),
+            cpu_of(|c| c.server),
+            cpu_of(|c| c.load),
+            ceiling_min,
+            ceiling_max,
+        ));
+    }
+    let mut targets = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.workload == Workload::Ceiling {
+            continue;
+        }
+        let Some(o) = &r.outcome else {
+            md.push_str(&format!(
+                "| {} | | | | | | | | | {} |\n",
+                r.workload.name(),
+                r.note
+            ));
+            continue;
+        };
+        let beside = adjacent_ceiling(rows, i).unwrap_or(f64::NAN);
+        let ratio = o.rps() / beside;
+        let mut note = format!("ceiling beside it {beside:.0} req/s");
+        if !r.note.is_empty() {
+            note = format!("{note}; {}", r.note);
+        }
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            r.workload.name(),
+            o.rps(),
+            ratio,
+            millis(&o.latency_us, 0.5),
+            millis(&o.latency_us, 0.99),
+            o.errors,
+            o.requests,
+            percent(o, r.cpu.server),
+            percent(o, r.cpu.load),
+            note,
+        ));
+        if let Some((_, min)) = TARGETS.iter().find(|(w, _)| *w == r.workload) {
+            let p99 = millis(&o.latency_us, 0.99);
+            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+            targets.push(format!(
+                "- {}: {ratio:.2} × ceiling (target ≥ {min}): {}; p99 {p99:.2} ms (target ≤ {TARGET_P99_MS} ms): {}",
+                r.workload.name(),
+                verdict(ratio >= *min),
+                verdict(p99 <= TARGET_P99_MS),
+            ));
+        }
+    }
+    md.push_str(
+        "\n× ceiling: the workload's rate over the mean of the two ceiling runs beside it (the \
+         ceiling runs before every workload and at the end). server CPU: the server's share of \
+         core 0 (the bare handler for the ceiling, latch otherwise); load CPU: the load \
+         generator's share of core 1.\n",
+    );
+    let foreign: Vec<String> = rows
+        .iter()
+        .filter(|r| r.outcome.as_ref().is_some_and(cpu_known))
+        .filter_map(|r| {
+            let other0 = r.cpu.core0_busy - r.cpu.server;
+            let other1 = r.cpu.core1_busy - r.cpu.load;
+            (other0 > 0.1 || other1 > 0.1).then(|| {
+                format!(
+                    "{} (core 0: {:.0}%, of which steal {:.0}%; core 1: {:.0}%, of which steal {:.0}%)",
+                    r.workload.name(),
+                    other0 * 100.0,
+                    r.cpu.core0_steal * 100.0,
+                    other1 * 100.0,
+                    r.cpu.core1_steal * 100.0,
+                )
+            })
+        })
+        .collect();
+    if !foreign.is_empty() {
+        md.push_str(&format!(
+            "\n**Warning**: something other than the benchmark (another process, or the \
+             hypervisor: steal) used more than 10% of a benchmark core during: {}. Those \
+             figures are disturbed.\n",
+            foreign.join(", ")
+        ));
+    }
+    if !targets.is_empty() {
+        md.push_str("\nIssue 5's targets at this size:\n\n");
+        md.push_str(&targets.join("\n"));
+        md.push('\n');
+    }
+
+    let stem = ctx.out.join(format!("results-{}", ctx.state.tokens));
+    std::fs::write(
+        stem.with_extension("json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    std::fs::write(stem.with_extension("md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "wrote {} and {}",
+        stem.with_extension("json").display(),
+        stem.with_extension("md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! What the benchmark reads from the system: CPU pinning, CPU time, peak memory (Linux
+//! `/proc`), and the date.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Whether `taskset` (util-linux) can pin processes.
+pub fn have_taskset() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn status_field(pid: &str, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_owned())
+}
+
+/// The CPUs a process may run on, e.g. `"0"` (`"self"` for this process).
+pub fn cpus_allowed(pid: &str) -> Option<String> {
+    status_field(pid, "Cpus_allowed_list:")
+}
+
+/// A process's peak resident set size (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_field(&pid.to_string(), "VmHWM:")?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system, all threads) a process has used, in clock ticks.
+pub fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Per core: (busy, total, steal) clock ticks since boot, from `/proc/stat`. Busy includes
+/// steal (time the hypervisor gave to someone else).
+pub fn core_ticks() -> Vec<(u64, u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let get = |i: usize| v.get(i).copied().unwrap_or(0);
+            // user nice system idle iowait irq softirq steal
+            let idle = get(3) + get(4);
+            let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+            (busy, busy + idle, get(7))
+        })
+        .collect()
+}
+
+/// A reading of the CPU counters the report uses.
+#[derive(Clone, Debug)]
+pub struct CpuSample {
+    cores: Vec<(u64, u64, u64)>,
+    server: Option<u64>,
+    load: Option<u64>,
+}
+
+/// CPU use over an interval, each as a fraction of one core.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    /// Core 0 (the servers' core): busy fraction, by anyone.
+    pub core0_busy: f64,
+    /// Core 1 (the load generator's core): busy fraction, by anyone.
+    pub core1_busy: f64,
+    /// Core 0 and core 1: the share the hypervisor gave to other guests (steal).
+    pub core0_steal: f64,
+    pub core1_steal: f64,
+    /// The server under test.
+    pub server: f64,
+    /// The load generator (this process).
+    pub load: f64,
+}
+
+impl CpuSample {
+    pub fn take(server_pid: u32) -> Self {
+        Self {
+            cores: core_ticks(),
+            server: process_ticks(&server_pid.to_string()),
+            load: process_ticks("self"),
+        }
+    }
+
+    /// Use between `self` (earlier) and `later`.
+    pub fn until(&self, later: &CpuSample) -> CpuUse {
+        let core = |i: usize| -> (u64, u64, u64) {
+            match (self.cores.get(i), later.cores.get(i)) {
+                (Some(a), Some(b)) => (
+                    b.0.saturating_sub(a.0),
+                    b.1.saturating_sub(a.1),
+                    b.2.saturating_sub(a.2),
+                ),
+                _ => (0, 0, 0),
+            }
+        };
+        let frac = |num: u64, den: u64| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        let (busy0, total0, steal0) = core(0);
+        let (busy1, total1, steal1) = core(1);
+        let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        CpuUse {
+            core0_busy: frac(busy0, total0),
+            core1_busy: frac(busy1, total1),
+            core0_steal: frac(steal0, total0),
+            core1_steal: frac(steal1, total1),
+            server: frac(delta(self.server, later.server), total0),
+            load: frac(delta(self.load, later.load), total1),
+        }
+    }
+}
+
+/// The current time, UTC, to the minute.
+pub fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown date".into(), |s| s.trim().to_owned())
+}
+
+/// When a file was last modified, UTC, to the minute.
+pub fn modified_utc(path: &std::path::Path) -> Option<String> {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC", "-r"])
+        .arg(path)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+}
+
+/// The checked-out commit, with `-dirty` if the work tree has changes (`None` outside git).
+pub fn git_revision() -> Option<String> {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let head = out(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.trim().is_empty());
+    Some(format!(
+        "{}{}",
+        head.trim(),
+        if dirty { "-dirty" } else { "" }
+    ))
+}
+
+/// The processor's model name.
+pub fn cpu_model() -> Option<String> {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+}
+
+/// The machine's cores (this process may be pinned to one, so ask the system, not the
+/// affinity).
+pub fn cores() -> usize {
+    core_ticks().len()
+}
+
+/// Waits until both of the first two cores were less than 5% busy over a whole second, for at
+/// most `max`. Returns whether they were.
+pub fn wait_idle(max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        let before = core_ticks();
+        std::thread::sleep(Duration::from_secs(1));
+        let after = core_ticks();
+        let idle = before.iter().zip(&after).take(2).all(|(a, b)| {
+            let total = b.1.saturating_sub(a.1).max(1);
+            (b.0.saturating_sub(a.0) as f64) / (total as f64) < 0.05
+        });
+        if idle {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
