@@ -7,10 +7,11 @@
 //! ## Crates
 //! - `latch-core`: the OAuth domain (tokens, clients, grants, the revocation engine) and the
 //!   storage traits. No HTTP, no SQL.
-//! - `latch-store`: the storage traits on SQLite, with group commit.
+//! - `latch-store`: the storage traits on SQLite and PostgreSQL, with group commit.
 //! - `latch-http`: axum routes that translate HTTP to domain calls.
 //! - `latch` (this crate): [`config`] (TOML, environment, flags), [`cli`] (the commands),
 //!   [`server`] (opening storage, registering configured clients, serving, shutdown).
+//! - `latch-bench`: the benchmark (docs/benchmarks.md); not a dependency of anything.
 
 pub mod cli;
 pub mod config;
