@@ -24,18 +24,26 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_and_exits_zero() {
     );
     let addr = p.base.trim_start_matches("http://").to_owned();
 
-    // A request whose body is only half sent when the signal arrives.
+    // A request whose body is only half sent when the signal arrives. Connecting alone does
+    // not prove the server took the connection (it may still sit in the kernel's backlog and be
+    // reset when the listener closes), so the request asks for `100 Continue`: hyper sends it
+    // only once the handler starts reading the body, i.e. once the request is truly in flight.
     let body = "grant_type=client_credentials";
     let (first, rest) = body.split_at(10);
     let mut conn = TcpStream::connect(&addr).unwrap();
     write!(
         conn,
         "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{first}",
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
         basic_header("demo-service", "demo-service-secret"),
         body.len()
     )
     .unwrap();
+    conn.flush().unwrap();
+    let interim = read_until_blank_line(&mut conn);
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    conn.write_all(first.as_bytes()).unwrap();
     conn.flush().unwrap();
 
     let pid = p.child.id().to_string();
@@ -69,4 +77,22 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_and_exits_zero() {
     let mut p = p;
     let status = p.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status");
+}
+
+/// Reads one response head (up to and including the blank line), byte by byte so nothing
+/// of the next response is consumed.
+fn read_until_blank_line(conn: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = conn.read(&mut byte).unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
 }
