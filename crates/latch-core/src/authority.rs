@@ -10,10 +10,11 @@ use crate::cleanup::CleanupStats;
 use crate::client::Client;
 use crate::clock::{Clock, UnixTime};
 use crate::error::Error;
-use crate::grant::Revocation;
+use crate::grant::{Revocation, TokenRecord};
 use crate::id::{ClientId, TenantId};
 use crate::secret::SecretVerifier;
 use crate::store::Storage;
+use crate::token::PresentedToken;
 
 /// Client credentials as presented, before they are checked. Extracting them from a request
 /// (Basic header, form body) is the HTTP layer's job; deciding whether they are good is ours.
@@ -137,11 +138,37 @@ impl Authority {
         credentials: &Credentials,
     ) -> Result<Client, Error> {
         let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
-        let client = self
-            .store
-            .client(tenant, &id)
-            .await?
-            .ok_or(Error::InvalidClient)?;
+        let client = self.store.client(tenant, &id).await?;
+        self.check_credentials(client, credentials).await
+    }
+
+    /// [`Authority::authenticate`], plus the token the client presents, looked up in the
+    /// same read of the store. The token is `None` when it is malformed or unknown; what it
+    /// may reveal, and to whom, is the caller's (introspection's, revocation's) decision.
+    pub async fn authenticate_presenting(
+        &self,
+        tenant: &TenantId,
+        credentials: &Credentials,
+        token: &str,
+    ) -> Result<(Client, Option<TokenRecord>), Error> {
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let (client, record) = match PresentedToken::parse(token) {
+            Some(presented) => {
+                self.store
+                    .client_and_token(tenant, &id, &presented.hash)
+                    .await?
+            }
+            None => (self.store.client(tenant, &id).await?, None),
+        };
+        Ok((self.check_credentials(client, credentials).await?, record))
+    }
+
+    async fn check_credentials(
+        &self,
+        client: Option<Client>,
+        credentials: &Credentials,
+    ) -> Result<Client, Error> {
+        let client = client.ok_or(Error::InvalidClient)?;
         let ok = match credentials {
             Credentials::Basic { secret, .. } | Credentials::Post { secret, .. } => {
                 client.is_confidential() && self.secrets.verify(&client, secret).await

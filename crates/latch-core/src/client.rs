@@ -138,6 +138,13 @@ impl SecretHash {
             })
     }
 
+    /// Wraps a PHC string read back from storage, where [`SecretHash::parse`] checked it
+    /// when it was written; parsing it again would cost every authenticated request. A
+    /// stored value that is somehow not a valid hash simply never verifies.
+    pub fn from_stored(phc: String) -> Self {
+        Self(phc)
+    }
+
     /// The PHC string.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -4,9 +4,10 @@ use crate::authority::Authority;
 use crate::client::Client;
 use crate::clock::UnixTime;
 use crate::error::Error;
+use crate::grant::TokenRecord;
 use crate::id::{ClientId, GrantId, Subject};
 use crate::scope::Scope;
-use crate::token::{PresentedToken, TokenKind};
+use crate::token::TokenKind;
 
 /// What introspection reveals about an active token. An inactive token reveals nothing.
 #[derive(Clone, Debug)]
@@ -30,23 +31,22 @@ pub struct ActiveToken {
 }
 
 impl Authority {
-    /// Introspects `token` for an authenticated `caller`. Only confidential clients may
-    /// introspect, and only tokens of their own tenant are ever active.
+    /// Introspects a token for an authenticated `caller`: `record` is the presented token
+    /// as [`Authority::authenticate_presenting`] found it (`None`: malformed or unknown).
+    /// Only confidential clients may introspect, and only tokens of their own tenant are
+    /// ever active.
     ///
-    /// `Ok(None)` is "inactive"; a storage failure is an `Err`, never "inactive": answering
-    /// inactive because the database hiccupped would log every user out.
-    pub async fn introspect(
+    /// `Ok(None)` is "inactive"; a storage failure is an `Err` earlier, never "inactive":
+    /// answering inactive because the database hiccupped would log every user out.
+    pub fn introspect(
         &self,
         caller: &Client,
-        token: &str,
+        record: Option<TokenRecord>,
     ) -> Result<Option<ActiveToken>, Error> {
         if !caller.is_confidential() {
             return Err(Error::InvalidClient);
         }
-        let Some(presented) = PresentedToken::parse(token) else {
-            return Ok(None);
-        };
-        let Some(record) = self.store.token(&presented.hash).await? else {
+        let Some(record) = record else {
             return Ok(None);
         };
         if record.tenant != caller.tenant || !record.is_active(self.clock.now()) {

@@ -8,7 +8,7 @@ use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::{Revocation, TokenRecord};
 use crate::id::{GrantId, Subject};
-use crate::token::{PresentedToken, TokenKind};
+use crate::token::TokenKind;
 
 /// What a successful revocation request kills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,9 @@ pub enum RevokedScope {
 }
 
 impl Authority {
-    /// Revokes `token` on behalf of an authenticated `caller`.
+    /// Revokes a token on behalf of an authenticated `caller`: `record` is the presented
+    /// token as [`Authority::authenticate_presenting`] found it (`None`: malformed or
+    /// unknown, which revokes nothing).
     ///
     /// The token type hint is deliberately not taken: a latch token's kind is in its prefix
     /// and both kinds live under one key, so one lookup finds either, and a wrong or unknown
@@ -74,14 +76,11 @@ impl Authority {
     pub async fn revoke(
         &self,
         caller: &Client,
-        token: &str,
+        record: Option<TokenRecord>,
         effect: Effect,
         origin: Origin,
     ) -> Result<Outcome, Error> {
-        let Some(presented) = PresentedToken::parse(token) else {
-            return Ok(Outcome::Unknown);
-        };
-        let Some(record) = self.store.token(&presented.hash).await? else {
+        let Some(record) = record else {
             return Ok(Outcome::Unknown);
         };
         if record.tenant != caller.tenant {

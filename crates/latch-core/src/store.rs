@@ -135,4 +135,14 @@ pub trait Storage:
 {
     /// Succeeds when the database answers a query (for readiness).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// A client and a token, read together: [`ClientStore::client`] and
+    /// [`TokenStore::token`] in one read transaction (SQLite) or one round trip
+    /// (PostgreSQL). Introspection and revocation need both on every request.
+    async fn client_and_token(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        hash: &TokenHash,
+    ) -> StoreResult<(Option<Client>, Option<TokenRecord>)>;
 }

@@ -186,3 +186,74 @@ async fn memory_databases_work_and_are_private() {
         .unwrap()
         .is_revoked());
 }
+
+fn client() -> latch_core::client::Client {
+    latch_core::client::Client {
+        tenant: TenantId::default_tenant(),
+        id: ClientId::parse("app").unwrap(),
+        secret: None,
+        auth_method: latch_core::client::AuthMethod::None,
+        grant_types: vec![],
+        scope: Scope::parse("read").unwrap(),
+        redirect_uris: vec![],
+        access_token_ttl: 60,
+        refresh_token_ttl: 60,
+        rotation_grace: 0,
+        access_token_revocation: latch_core::client::AccessTokenRevocation::Token,
+        created_at: 100,
+    }
+}
+
+/// The combined read of introspection and revocation finds each half independently, and
+/// leaves no transaction open: on the in-memory store its connection is the writer's, so a
+/// read transaction left behind would make every later write fail.
+#[tokio::test]
+async fn client_and_token_read_together_and_leave_no_transaction_open() {
+    use latch_core::store::{ClientStore, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    for store in [
+        SqliteStore::open_file(&dir.path().join("latch.db")).unwrap(),
+        SqliteStore::open_memory().unwrap(),
+    ] {
+        let (tenant, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
+        let other = ClientId::parse("other").unwrap();
+        store.create_client(&client()).await.unwrap();
+        let g = grant("alice");
+        store
+            .issue(&g, &[token("live", TokenKind::Access)])
+            .await
+            .unwrap();
+
+        let (c, t) = store
+            .client_and_token(&tenant, &app, &TokenHash::of("live"))
+            .await
+            .unwrap();
+        assert_eq!(c.unwrap().id, app);
+        assert_eq!(t.unwrap().grant_id, g.id);
+
+        let (c, t) = store
+            .client_and_token(&tenant, &other, &TokenHash::of("live"))
+            .await
+            .unwrap();
+        assert!(c.is_none());
+        assert!(t.is_some());
+
+        let (c, t) = store
+            .client_and_token(&tenant, &app, &TokenHash::of("unknown"))
+            .await
+            .unwrap();
+        assert!(c.is_some());
+        assert!(t.is_none());
+
+        // Writes still commit after the reads.
+        store
+            .issue(&grant("bob"), &[token("later", TokenKind::Access)])
+            .await
+            .unwrap();
+        assert!(store
+            .token(&TokenHash::of("later"))
+            .await
+            .unwrap()
+            .is_some());
+    }
+}

@@ -10,7 +10,7 @@ use axum::Json;
 use latch_core::token::TokenKind;
 use serde::Serialize;
 
-use super::authenticate;
+use super::authenticate_presenting;
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::Tenant;
@@ -49,8 +49,9 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     let form = Form::from_request(&headers, body).await?;
     let token = form.require("token")?;
-    let client = authenticate(&state, &tenant, &headers, &form, peer).await?;
-    let response = match state.authority.introspect(&client, token).await? {
+    let (client, record) =
+        authenticate_presenting(&state, &tenant, &headers, &form, peer, token).await?;
+    let response = match state.authority.introspect(&client, record)? {
         Some(t) => Json(Active {
             active: true,
             scope: t.scope.to_string(),

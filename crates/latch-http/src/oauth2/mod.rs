@@ -7,6 +7,7 @@ pub(crate) mod token;
 
 use axum::http::HeaderMap;
 use latch_core::client::Client;
+use latch_core::grant::TokenRecord;
 use latch_core::id::TenantId;
 use latch_core::IssuedTokens;
 use serde::Serialize;
@@ -25,26 +26,58 @@ pub(crate) async fn authenticate(
     form: &Form,
     peer: Peer,
 ) -> Result<Client, ApiError> {
+    authenticate_and_find(state, tenant, headers, form, peer, None)
+        .await
+        .map(|(client, _)| client)
+}
+
+/// [`authenticate`], also looking up the `token` the client presents in the same read of
+/// the store (introspection and revocation need both).
+pub(crate) async fn authenticate_presenting(
+    state: &AppState,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    form: &Form,
+    peer: Peer,
+    token: &str,
+) -> Result<(Client, Option<TokenRecord>), ApiError> {
+    authenticate_and_find(state, tenant, headers, form, peer, Some(token)).await
+}
+
+async fn authenticate_and_find(
+    state: &AppState,
+    tenant: &TenantId,
+    headers: &HeaderMap,
+    form: &Form,
+    peer: Peer,
+    token: Option<&str>,
+) -> Result<(Client, Option<TokenRecord>), ApiError> {
     let presented = credentials::extract(headers, form)?;
-    let client_id = presented.credentials.client_id();
+    let credentials = &presented.credentials;
+    let client_id = credentials.client_id();
     let limiter = &state.auth_limiter;
     if let Some(wait) = limiter.blocked(tenant, client_id, peer.0, state.authority.now()) {
         return Err(ApiError::too_many_requests(wait));
     }
-    match state
-        .authority
-        .authenticate(tenant, &presented.credentials)
-        .await
-    {
-        Ok(client) => Ok(client),
-        Err(e) => {
-            if matches!(e, latch_core::Error::InvalidClient) {
-                limiter.failed(tenant, client_id, peer.0, state.authority.now());
-                tracing::info!(tenant = %tenant, client_id = %client_id.escape_debug(), "client authentication failed");
-            }
-            Err(ApiError::from(e).with_basic_challenge(presented.basic))
+    let authority = &state.authority;
+    let outcome = match token {
+        Some(token) => {
+            authority
+                .authenticate_presenting(tenant, credentials, token)
+                .await
         }
-    }
+        None => authority
+            .authenticate(tenant, credentials)
+            .await
+            .map(|client| (client, None)),
+    };
+    outcome.map_err(|e| {
+        if matches!(e, latch_core::Error::InvalidClient) {
+            limiter.failed(tenant, client_id, peer.0, state.authority.now());
+            tracing::info!(tenant = %tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+        }
+        ApiError::from(e).with_basic_challenge(presented.basic)
+    })
 }
 
 /// A successful token response (RFC 6749 §5.1).

@@ -287,4 +287,16 @@ impl Storage for PgStore {
             .map(|_| ())
             .map_err(|e| store_error(&e))
     }
+
+    async fn client_and_token(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        hash: &TokenHash,
+    ) -> StoreResult<(Option<Client>, Option<TokenRecord>)> {
+        // Both queries are sent before either answer is awaited (tokio-postgres pipelines
+        // requests on one connection): one round trip instead of two.
+        let c = self.read_client().await?;
+        tokio::try_join!(reads::client(&c, tenant, id), reads::token(&c, hash))
+    }
 }

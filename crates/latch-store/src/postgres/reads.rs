@@ -50,10 +50,7 @@ const CLIENT_COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, gr
      access_token_revocation, created_at";
 
 fn client_from_row(r: &Row) -> StoreResult<Client> {
-    let secret: Option<String> = r.get(2);
-    let secret = secret
-        .map(|s| SecretHash::parse(&s).map_err(|_| corrupt("secret_hash")))
-        .transpose()?;
+    let secret = r.get::<_, Option<String>>(2).map(SecretHash::from_stored);
     let auth_method: String = r.get(3);
     let grant_types: String = r.get(4);
     let scope: String = r.get(5);

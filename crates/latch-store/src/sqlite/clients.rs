@@ -1,5 +1,7 @@
 //! [`ClientStore`] on SQLite.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
@@ -9,7 +11,7 @@ use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::{ClientStore, StoreResult};
 use rusqlite::types::Type;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{join, revocations, SqliteStore};
 
@@ -17,15 +19,27 @@ const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_typ
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
      access_token_revocation, created_at";
 
+/// One client, on a connection already chosen.
+pub(super) fn select_client(
+    c: &Connection,
+    tenant: &TenantId,
+    id: &ClientId,
+) -> rusqlite::Result<Option<Client>> {
+    // Built once: this runs on every authenticated request.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 AND client_id = ?2")
+    });
+    c.prepare_cached(&SQL)?
+        .query_row([tenant.as_str(), id.as_str()], client_from_row)
+        .optional()
+}
+
 fn corrupt(col: usize, what: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(col, Type::Text, what.to_owned().into())
 }
 
 fn client_from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
-    let secret: Option<String> = r.get(2)?;
-    let secret = secret
-        .map(|s| SecretHash::parse(&s).map_err(|_| corrupt(2, "secret_hash")))
-        .transpose()?;
+    let secret = r.get::<_, Option<String>>(2)?.map(SecretHash::from_stored);
     let auth_method =
         AuthMethod::parse(&r.get::<_, String>(3)?).map_err(|_| corrupt(3, "auth_method"))?;
     let grant_types = r
@@ -115,13 +129,7 @@ impl ClientRow {
 #[async_trait]
 impl ClientStore for SqliteStore {
     async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
-        self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 AND client_id = ?2"
-            ))?
-            .query_row([tenant.as_str(), id.as_str()], client_from_row)
-            .optional()
-        })
+        self.read(|c| select_client(c, tenant, id))
     }
 
     async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {

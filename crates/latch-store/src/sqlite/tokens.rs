@@ -55,42 +55,48 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
     })
 }
 
+/// One token with its grant, on a connection already chosen.
+pub(super) fn select_token(
+    c: &Connection,
+    hash: &TokenHash,
+) -> rusqlite::Result<Option<TokenRecord>> {
+    c.prepare_cached(
+        "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
+                t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
+                t.grace_used, t.generation, g.refresh_generation \
+         FROM tokens t JOIN grants g ON g.id = t.grant_id \
+         WHERE t.hash = ?1",
+    )?
+    .query_row([&hash.0[..]], |r| {
+        Ok(TokenRecord {
+            hash: *hash,
+            kind: if r.get::<_, i64>(0)? == 1 {
+                TokenKind::Refresh
+            } else {
+                TokenKind::Access
+            },
+            grant_id: GrantId::from_stored(r.get(1)?),
+            tenant: TenantId::from_stored(r.get(2)?),
+            client_id: ClientId::from_stored(r.get(3)?),
+            subject: Subject::from_stored(r.get(4)?),
+            scope: Scope::from_stored(&r.get::<_, String>(5)?),
+            issued_at: r.get(6)?,
+            expires_at: r.get(7)?,
+            revoked_at: r.get(8)?,
+            grant_revoked_at: r.get(9)?,
+            rotated_at: r.get(10)?,
+            grace_used: r.get(11)?,
+            generation: r.get(12)?,
+            grant_generation: r.get(13)?,
+        })
+    })
+    .optional()
+}
+
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-        self.read(|c| {
-            c.prepare_cached(
-                "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
-                        t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
-                        t.grace_used, t.generation, g.refresh_generation \
-                 FROM tokens t JOIN grants g ON g.id = t.grant_id \
-                 WHERE t.hash = ?1",
-            )?
-            .query_row([&hash.0[..]], |r| {
-                Ok(TokenRecord {
-                    hash: *hash,
-                    kind: if r.get::<_, i64>(0)? == 1 {
-                        TokenKind::Refresh
-                    } else {
-                        TokenKind::Access
-                    },
-                    grant_id: GrantId::from_stored(r.get(1)?),
-                    tenant: TenantId::from_stored(r.get(2)?),
-                    client_id: ClientId::from_stored(r.get(3)?),
-                    subject: Subject::from_stored(r.get(4)?),
-                    scope: Scope::from_stored(&r.get::<_, String>(5)?),
-                    issued_at: r.get(6)?,
-                    expires_at: r.get(7)?,
-                    revoked_at: r.get(8)?,
-                    grant_revoked_at: r.get(9)?,
-                    rotated_at: r.get(10)?,
-                    grace_used: r.get(11)?,
-                    generation: r.get(12)?,
-                    grant_generation: r.get(13)?,
-                })
-            })
-            .optional()
-        })
+        self.read(|c| select_token(c, hash))
     }
 
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
