@@ -23,6 +23,7 @@
 mod ceiling;
 mod load;
 mod preload;
+mod preload_pg;
 mod report;
 mod sys;
 
@@ -67,6 +68,12 @@ struct Cli {
     /// The SQLite database file (with `<db>.state.json` beside it).
     #[arg(long, default_value = "target/bench/bench.db")]
     db: PathBuf,
+    /// Measure latch on PostgreSQL instead of SQLite: the database this URL names (e.g.
+    /// `postgres://root@127.0.0.1:5432/latch_bench`) is dropped, re-created and preloaded
+    /// (unless --keep-db finds it preloaded: its state is `<out>/postgres-<name>.state.json`).
+    /// PostgreSQL's processes are pinned to core 0 with latch for the run.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// Reuse the database at --db if it exists (preloaded by an earlier run; its state file
     /// records which tokens earlier runs consumed, so none is used twice), and keep it.
     /// Without this flag every run preloads afresh.
@@ -187,16 +194,34 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let kept = if cli.keep_db && cli.db.exists() {
-        let state = match State::load(&cli.db)? {
+    let described_db = match &cli.postgres {
+        Some(url) => preload_pg::redacted(url),
+        None => cli.db.display().to_string(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Where the state of the preloaded database is kept: beside the SQLite file, or under
+    // --out for a PostgreSQL database.
+    let state_key = match &cli.postgres {
+        Some(url) => cli
+            .out
+            .join(format!("postgres-{}", preload_pg::database_name(url)?)),
+        None => cli.db.clone(),
+    };
+    let preloaded = match &cli.postgres {
+        Some(_) => State::path(&state_key).exists(),
+        None => cli.db.exists(),
+    };
+    let kept = if cli.keep_db && preloaded {
+        let state = match State::load(&state_key)? {
             Some(s) => s,
             None => {
                 let tokens = cli.tokens.context(
                     "the kept database has no state file: give --tokens (assumed unconsumed)",
                 )?;
                 eprintln!(
-                    "warning: no state file beside {}; assuming {tokens} unconsumed grants",
-                    cli.db.display()
+                    "warning: no state file for {described_db}; assuming {tokens} unconsumed grants"
                 );
                 State {
                     tokens,
@@ -207,13 +232,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(t) = cli.tokens.filter(|&t| t != state.tokens) {
             bail!(
                 "{} holds {} grants, not {t}: drop --keep-db to preload afresh, or pick another --db",
-                cli.db.display(),
+                described_db,
                 state.tokens
             );
         }
         eprintln!(
             "reusing {} ({} grants, preloaded {}; already consumed: {} revoked, {} rotated, {} subjects logged out)",
-            cli.db.display(),
+            described_db,
             state.tokens,
             state.preloaded_at,
             state.revoked,
@@ -229,13 +254,23 @@ fn main() -> anyhow::Result<()> {
         Some(s) => s,
         None => {
             let n = cli.tokens.unwrap_or(1_000);
-            let s = preload::preload(&cli.db, n)?;
+            let s = match &cli.postgres {
+                Some(url) => runtime.block_on(preload_pg::preload(url, n))?,
+                None => preload::preload(&cli.db, n)?,
+            };
+            s.save(&state_key)?;
             eprintln!("preloaded {n} grants in {:.1} s", s.preload_seconds);
             s
         }
     };
     let layout = state.layout();
-    let db_bytes = std::fs::metadata(&cli.db).map_or(0, |m| m.len());
+    let db_bytes = match &cli.postgres {
+        Some(url) => runtime.block_on(preload_pg::database_bytes(url))?,
+        None => std::fs::metadata(&cli.db).map_or(0, |m| m.len()),
+    };
+    // PostgreSQL is part of the server under test: on core 0 with latch, for this run only.
+    let _pinned_postgres =
+        (pinned && cli.postgres.is_some()).then(|| sys::PinnedPostgres::pin("0"));
 
     let mut children = Children::default();
     let me = std::env::current_exe()?;
@@ -245,7 +280,10 @@ fn main() -> anyhow::Result<()> {
         &["ceiling"],
         pinned,
     )?;
-    let db_url = format!("sqlite://{}", cli.db.display());
+    let db_url = match &cli.postgres {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", cli.db.display()),
+    };
     let (latch_pid, latch_addr) = spawn(
         &mut children,
         cli.latch.to_str().context("path")?,
@@ -278,9 +316,6 @@ fn main() -> anyhow::Result<()> {
         layout,
         ADMIN_TOKEN,
     )?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let mut rows: Vec<Row> = Vec::new();
     // The ceiling runs before every workload and at the end (see `report`).
     let mut plan = Vec::new();
@@ -330,9 +365,16 @@ fn main() -> anyhow::Result<()> {
                 w.name()
             );
         }
-        let before = CpuSample::take(pid);
+        let server_pids = || {
+            let mut pids = vec![pid];
+            if cli.postgres.is_some() && w != Workload::Ceiling {
+                pids.extend(sys::postgres_pids());
+            }
+            pids
+        };
+        let before = CpuSample::take(&server_pids());
         let o = runtime.block_on(load::run(w, addr, load.clone(), supply))?;
-        let cpu = before.until(&CpuSample::take(pid));
+        let cpu = before.until(&CpuSample::take(&server_pids()));
         match w {
             Workload::Revoke => state.revoked += o.consumed,
             Workload::Refresh => state.refreshed += o.consumed,
@@ -340,7 +382,7 @@ fn main() -> anyhow::Result<()> {
             _ => {}
         }
         if w.consumes() {
-            state.save(&cli.db)?;
+            state.save(&state_key)?;
         }
         let mut note = String::new();
         if o.exhausted {
@@ -381,7 +423,9 @@ fn main() -> anyhow::Result<()> {
     let ceiling_rss = sys::peak_rss_kib(bare_pid);
     drop(children);
 
-    let pinning = if pinned {
+    let pinning = if pinned && cli.postgres.is_some() {
+        format!("pinned with taskset: {affinity}, PostgreSQL (every process) on CPU 0")
+    } else if pinned {
         format!("pinned with taskset: {affinity}")
     } else {
         "NOT pinned (taskset not found)".into()
@@ -389,7 +433,12 @@ fn main() -> anyhow::Result<()> {
     let info = RunInfo {
         concurrency: cli.concurrency,
         duration: cli.duration,
-        db: cli.db.clone(),
+        db: described_db,
+        backend: if cli.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         out: cli.out.clone(),
         state,
         preloaded_now,

@@ -55,7 +55,7 @@ pub fn subject(i: u64) -> String {
 }
 
 /// The id of the `i`th grant (zero-padded, so ids sort in the order they are inserted).
-fn grant_id(i: u64) -> String {
+pub(crate) fn grant_id(i: u64) -> String {
     format!("g_bench{i:010}")
 }
 
@@ -134,7 +134,7 @@ impl State {
     }
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let template = format!(
         "preload {what:<8} {{bar:40}} {{human_pos}}/{{human_len}} ({{per_sec}}, eta {{eta}})"
     );
@@ -162,9 +162,27 @@ fn leave_wal(db: &Connection) -> anyhow::Result<()> {
 
 /// Reports a finished preload phase (also when stderr is not a terminal and the progress
 /// bars stay hidden).
-fn phase(what: &str, clock: &mut Instant) {
+pub(crate) fn phase(what: &str, clock: &mut Instant) {
     eprintln!("preload: {what} in {:.1} s", clock.elapsed().as_secs_f64());
     *clock = Instant::now();
+}
+
+/// Every preloaded token as (its hash, `2 * grant + kind`), sorted by hash: inserted in this
+/// order, the tokens' primary key grows at its right edge.
+pub(crate) fn sorted_tokens(n: u64) -> Vec<([u8; 32], u64)> {
+    let progress = bar(n, "hashes");
+    let mut rows: Vec<([u8; 32], u64)> = Vec::with_capacity(2 * n as usize);
+    for k in 0..n {
+        for (kind, code) in [("at", 0), ("rt", 1)] {
+            rows.push((TokenHash::of(&token(kind, k)).0, 2 * k + code));
+        }
+        if k % 65_536 == 0 {
+            progress.set_position(k);
+        }
+    }
+    progress.finish_and_clear();
+    rows.sort_unstable_by_key(|r| r.0);
+    rows
 }
 
 /// Creates the database at `path` (latch's own migrations) and fills it with `n` grants.
@@ -243,18 +261,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     phase("grants", &mut clock);
 
     // 2. Token hashes, sorted: the primary key then grows at its right edge.
-    let progress = bar(n, "hashes");
-    let mut rows: Vec<([u8; 32], u64)> = Vec::with_capacity(2 * n as usize);
-    for k in 0..n {
-        for (kind, code) in [("at", 0), ("rt", 1)] {
-            rows.push((TokenHash::of(&token(kind, k)).0, 2 * k + code));
-        }
-        if k % 65_536 == 0 {
-            progress.set_position(k);
-        }
-    }
-    progress.finish_and_clear();
-    rows.sort_unstable_by_key(|r| r.0);
+    let rows = sorted_tokens(n);
     phase("token hashes, sorted", &mut clock);
 
     // 3. Tokens.

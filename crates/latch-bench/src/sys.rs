@@ -71,7 +71,8 @@ pub fn core_ticks() -> Vec<(u64, u64, u64)> {
 #[derive(Clone, Debug)]
 pub struct CpuSample {
     cores: Vec<(u64, u64, u64)>,
-    server: Option<u64>,
+    /// CPU ticks of each server process (latch, and PostgreSQL's processes when measured).
+    server: Vec<(u32, u64)>,
     load: Option<u64>,
 }
 
@@ -92,10 +93,14 @@ pub struct CpuUse {
 }
 
 impl CpuSample {
-    pub fn take(server_pid: u32) -> Self {
+    /// Reads the counters; `server_pids` are the processes that make up the server.
+    pub fn take(server_pids: &[u32]) -> Self {
         Self {
             cores: core_ticks(),
-            server: process_ticks(&server_pid.to_string()),
+            server: server_pids
+                .iter()
+                .filter_map(|&p| Some((p, process_ticks(&p.to_string())?)))
+                .collect(),
             load: process_ticks("self"),
         }
     }
@@ -130,9 +135,67 @@ impl CpuSample {
             core1_busy: frac(busy1, total1),
             core0_steal: frac(steal0, total0),
             core1_steal: frac(steal1, total1),
-            server: frac(delta(self.server, later.server), total0),
+            // A server process that started in between (a new PostgreSQL backend) counts
+            // from zero.
+            server: frac(
+                later
+                    .server
+                    .iter()
+                    .map(|(pid, t)| {
+                        let before = self.server.iter().find(|(p, _)| p == pid);
+                        t.saturating_sub(before.map_or(0, |b| b.1))
+                    })
+                    .sum(),
+                total0,
+            ),
             load: frac(delta(self.load, later.load), total1),
         }
+    }
+}
+
+/// The processes of the local PostgreSQL server (postmaster and backends).
+pub fn postgres_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .collect()
+}
+
+/// Pins every PostgreSQL process to `cpus` (new backends inherit the postmaster's
+/// affinity); dropping the guard gives them back `restore`.
+pub struct PinnedPostgres {
+    restore: String,
+}
+
+impl PinnedPostgres {
+    pub fn pin(cpus: &str) -> Self {
+        let restore = postgres_pids()
+            .first()
+            .and_then(|p| cpus_allowed(&p.to_string()))
+            .unwrap_or_else(|| "0-1".into());
+        set_affinity(&postgres_pids(), cpus);
+        Self { restore }
+    }
+}
+
+impl Drop for PinnedPostgres {
+    fn drop(&mut self) {
+        set_affinity(&postgres_pids(), &self.restore);
+    }
+}
+
+fn set_affinity(pids: &[u32], cpus: &str) {
+    for pid in pids {
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -1,0 +1,221 @@
+//! Preloading a PostgreSQL database directly, with exactly the rows [`crate::preload`] writes
+//! to SQLite (same clients, grants, subjects and tokens), so both back-ends are measured on
+//! the same data.
+//!
+//! The database named in the URL is dropped and re-created, then opened once through
+//! latch's own `PgStore` (so the schema is exactly latch's migrations). Rows go in as
+//! `INSERT … SELECT FROM unnest(…)` of 20,000-row arrays (tokens sorted by hash, their
+//! primary key), secondary indexes dropped during
+//! the load and rebuilt at the end, then `ANALYZE`.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use latch_core::secret::hash_secret;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::preload::{bar, grant_id, phase, subject, State, CLIENT, MIN_TOKENS};
+
+/// Rows per statement.
+const BATCH: u64 = 20_000;
+
+/// Connects to `url` (or, with `database`, to another database of the same server).
+pub async fn connect(url: &str, database: Option<&str>) -> anyhow::Result<Client> {
+    let mut config: Config = url
+        .parse()
+        .with_context(|| format!("not a PostgreSQL URL: {}", redacted(url)))?;
+    if let Some(db) = database {
+        config.dbname(db);
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redacted(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            eprintln!("postgres connection: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match url.split_once("://").and_then(|(s, rest)| {
+        let (auth, host) = rest.split_once('@')?;
+        let user = auth.split(':').next().unwrap_or("");
+        Some(format!("{s}://{user}@{host}"))
+    }) {
+        Some(r) => r,
+        None => url.to_owned(),
+    }
+}
+
+/// The database a URL names.
+pub fn database_name(url: &str) -> anyhow::Result<String> {
+    let config: Config = url
+        .parse()
+        .with_context(|| format!("not a PostgreSQL URL: {}", redacted(url)))?;
+    config.get_dbname().map(str::to_owned).context(
+        "the PostgreSQL URL names no database (e.g. postgres://root@127.0.0.1:5432/latch_bench)",
+    )
+}
+
+/// The database's size on disk, in bytes.
+pub async fn database_bytes(url: &str) -> anyhow::Result<u64> {
+    let c = connect(url, None).await?;
+    let n: i64 = c
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?
+        .get(0);
+    Ok(n.max(0) as u64)
+}
+
+/// (Re-)creates the database `url` names and fills it with `n` grants.
+pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
+    anyhow::ensure!(n >= MIN_TOKENS, "--tokens must be at least {MIN_TOKENS}");
+    let started = Instant::now();
+    let mut clock = Instant::now();
+    let name = database_name(url)?;
+    anyhow::ensure!(
+        name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "use a plain database name (letters, digits, _) for the benchmark, not {name:?}"
+    );
+    anyhow::ensure!(
+        !["postgres", "template0", "template1"].contains(&name.as_str()),
+        "the benchmark drops and re-creates its database; give it its own, not {name:?}"
+    );
+    {
+        let admin = connect(url, Some("postgres")).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+    }
+    // Opening through latch applies its migrations, so the schema is exactly latch's.
+    drop(
+        latch_store::open(&latch_store::DatabaseUrl::Postgres(url.to_owned()))
+            .await
+            .map_err(|e| anyhow::anyhow!("latch cannot open {}: {e}", redacted(url)))?,
+    );
+    let db = connect(url, None).await?;
+    // Only for the preload: the benchmark measures latch, not how fast its data got there.
+    db.batch_execute("SET synchronous_commit = off; SET maintenance_work_mem = '1GB'")
+        .await?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let far = now + 10 * 365 * 24 * 3600;
+    for (id, secret) in [
+        (CLIENT, crate::preload::SECRET),
+        (
+            crate::preload::INTROSPECTOR,
+            crate::preload::INTROSPECTOR_SECRET,
+        ),
+    ] {
+        db.execute(
+            "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, \
+               grant_types, scope, redirect_uris, access_token_ttl, refresh_token_ttl, \
+               rotation_grace, access_token_revocation, created_at) \
+             VALUES ('default', $1, $2, 'client_secret_basic', \
+               'client_credentials refresh_token', 'read', '', 3600, 31536000, 0, 'token', $3)",
+            &[&id, &hash_secret(secret).as_str(), &now],
+        )
+        .await?;
+    }
+
+    // Secondary indexes (not primary keys): dropped now, rebuilt from their definitions.
+    let indexes: Vec<(String, String)> = db
+        .query(
+            "SELECT i.relname::text, pg_get_indexdef(i.oid) FROM pg_index x \
+             JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+             WHERE t.relname IN ('grants', 'tokens') AND NOT x.indisprimary \
+               AND t.relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (name, _) in &indexes {
+        db.batch_execute(&format!("DROP INDEX \"{name}\"")).await?;
+    }
+
+    let progress = bar(n, "grants");
+    let insert_grants = db
+        .prepare(
+            "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, expires_at) \
+             SELECT id, 'default', $2, s, 'read', $3, $4 FROM unnest($1::text[], $5::text[]) AS u(id, s)",
+        )
+        .await?;
+    let mut i = 0;
+    while i < n {
+        let end = (i + BATCH).min(n);
+        let ids: Vec<String> = (i..end).map(grant_id).collect();
+        let subjects: Vec<String> = (i..end).map(subject).collect();
+        db.execute(&insert_grants, &[&ids, &CLIENT, &now, &far, &subjects])
+            .await?;
+        progress.set_position(end);
+        i = end;
+    }
+    progress.finish_and_clear();
+    phase("grants", &mut clock);
+
+    let rows = crate::preload::sorted_tokens(n);
+    phase("token hashes, sorted", &mut clock);
+    let progress = bar(2 * n, "tokens");
+    let insert_tokens = db
+        .prepare(
+            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
+             SELECT h, g, k, 'read', $4, $5 \
+             FROM unnest($1::bytea[], $2::text[], $3::int2[]) AS u(h, g, k)",
+        )
+        .await?;
+    for (b, chunk) in rows.chunks(BATCH as usize).enumerate() {
+        let hashes: Vec<&[u8]> = chunk.iter().map(|(h, _)| &h[..]).collect();
+        let grants: Vec<String> = chunk.iter().map(|(_, code)| grant_id(code / 2)).collect();
+        let kinds: Vec<i16> = chunk.iter().map(|(_, code)| (code % 2) as i16).collect();
+        db.execute(&insert_tokens, &[&hashes, &grants, &kinds, &now, &far])
+            .await?;
+        progress.set_position(((b + 1) * BATCH as usize).min(rows.len()) as u64);
+    }
+    progress.finish_and_clear();
+    drop(rows);
+    phase("tokens", &mut clock);
+
+    for (name, sql) in &indexes {
+        eprintln!("preload: building index {name}");
+        db.batch_execute(sql)
+            .await
+            .with_context(|| format!("rebuilding index {name}"))?;
+    }
+    db.batch_execute("ANALYZE").await?;
+    phase("indexes and ANALYZE", &mut clock);
+
+    Ok(State {
+        tokens: n,
+        preload_seconds: started.elapsed().as_secs_f64(),
+        preloaded_at: crate::sys::utc_now(),
+        ..State::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redacted("postgres://root:secret@127.0.0.1:5432/latch_bench"),
+            "postgres://root@127.0.0.1:5432/latch_bench"
+        );
+        assert_eq!(
+            database_name("postgres://root@127.0.0.1:5432/latch_bench").unwrap(),
+            "latch_bench"
+        );
+    }
+}
