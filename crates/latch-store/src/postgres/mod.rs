@@ -294,9 +294,6 @@ impl Storage for PgStore {
         id: &ClientId,
         hash: &TokenHash,
     ) -> StoreResult<(Option<Client>, Option<TokenRecord>)> {
-        // Both queries are sent before either answer is awaited (tokio-postgres pipelines
-        // requests on one connection): one round trip instead of two.
-        let c = self.read_client().await?;
-        tokio::try_join!(reads::client(&c, tenant, id), reads::token(&c, hash))
+        reads::client_and_token(&*self.read_client().await?, tenant, id, hash).await
     }
 }

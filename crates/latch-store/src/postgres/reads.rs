@@ -1,5 +1,7 @@
 //! Reads on a pooled connection, each one prepared (and cached) statement.
 
+use std::sync::LazyLock;
+
 use latch_core::audit::{AuditEvent, AuditQuery, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use latch_core::clock::UnixTime;
@@ -48,6 +50,7 @@ pub(super) async fn list_tenants(c: &Conn) -> StoreResult<Vec<TenantId>> {
 const CLIENT_COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, \
      scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
      access_token_revocation, created_at";
+const CLIENT_COLUMN_COUNT: usize = 12;
 
 fn client_from_row(r: &Row) -> StoreResult<Client> {
     let secret = r.get::<_, Option<String>>(2).map(SecretHash::from_stored);
@@ -112,46 +115,85 @@ pub(super) async fn list_clients(c: &Conn, tenant: &TenantId) -> StoreResult<Vec
     rows.iter().map(client_from_row).collect()
 }
 
+const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
+     t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, t.grace_used, \
+     t.generation, g.refresh_generation";
+
 pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
-                    t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
-                    t.grace_used, t.generation, g.refresh_generation \
-             FROM tokens t JOIN grants g ON g.id = t.grant_id \
-             WHERE t.hash = $1",
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t JOIN grants g ON g.id = t.grant_id \
+             WHERE t.hash = $1"
         )
-        .await
-        .map_err(|e| store_error(&e))?;
-    let Some(r) = c
-        .query_opt(&stmt, &[&&hash.0[..]])
+    });
+    let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
+    c.query_opt(&stmt, &[&&hash.0[..]])
         .await
         .map_err(|e| store_error(&e))?
-    else {
-        return Ok(None);
+        .map(|r| token_from_row(&r, 0, hash))
+        .transpose()
+}
+
+/// A client and a token in one statement (one round trip, one execution): each side is
+/// all NULLs when absent.
+pub(super) async fn client_and_token(
+    c: &Conn,
+    tenant: &TenantId,
+    id: &ClientId,
+    hash: &TokenHash,
+) -> StoreResult<(Option<Client>, Option<TokenRecord>)> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let client_columns = CLIENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "SELECT {client_columns}, {TOKEN_COLUMNS} FROM (SELECT 1) AS one \
+             LEFT JOIN clients c ON c.tenant_id = $1 AND c.client_id = $2 \
+             LEFT JOIN (tokens t JOIN grants g ON g.id = t.grant_id) ON t.hash = $3"
+        )
+    });
+    let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
+    let r = c
+        .query_one(&stmt, &[&tenant.as_str(), &id.as_str(), &&hash.0[..]])
+        .await
+        .map_err(|e| store_error(&e))?;
+    let client = match r.get::<_, Option<String>>(0) {
+        Some(_) => Some(client_from_row(&r)?),
+        None => None,
     };
-    let scope: String = r.get(5);
-    Ok(Some(TokenRecord {
+    let token = match r.get::<_, Option<i16>>(CLIENT_COLUMN_COUNT) {
+        Some(_) => Some(token_from_row(&r, CLIENT_COLUMN_COUNT, hash)?),
+        None => None,
+    };
+    Ok((client, token))
+}
+
+/// Decodes [`TOKEN_COLUMNS`] starting at column `base`.
+fn token_from_row(r: &Row, base: usize, hash: &TokenHash) -> StoreResult<TokenRecord> {
+    let scope: String = r.get(base + 5);
+    Ok(TokenRecord {
         hash: *hash,
-        kind: if r.get::<_, i16>(0) == 1 {
+        kind: if r.get::<_, i16>(base) == 1 {
             TokenKind::Refresh
         } else {
             TokenKind::Access
         },
-        grant_id: GrantId::from_stored(r.get(1)),
-        tenant: TenantId::from_stored(r.get(2)),
-        client_id: ClientId::from_stored(r.get(3)),
-        subject: Subject::from_stored(r.get(4)),
+        grant_id: GrantId::from_stored(r.get(base + 1)),
+        tenant: TenantId::from_stored(r.get(base + 2)),
+        client_id: ClientId::from_stored(r.get(base + 3)),
+        subject: Subject::from_stored(r.get(base + 4)),
         scope: Scope::from_stored(&scope),
-        issued_at: r.get(6),
-        expires_at: r.get(7),
-        revoked_at: r.get(8),
-        grant_revoked_at: r.get(9),
-        rotated_at: r.get(10),
-        grace_used: r.get(11),
-        generation: u32_of(r.get(12), "generation")?,
-        grant_generation: u32_of(r.get(13), "refresh_generation")?,
-    }))
+        issued_at: r.get(base + 6),
+        expires_at: r.get(base + 7),
+        revoked_at: r.get(base + 8),
+        grant_revoked_at: r.get(base + 9),
+        rotated_at: r.get(base + 10),
+        grace_used: r.get(base + 11),
+        generation: u32_of(r.get(base + 12), "generation")?,
+        grant_generation: u32_of(r.get(base + 13), "refresh_generation")?,
+    })
 }
 
 const GRANT_COLUMNS: &str =
