@@ -103,6 +103,30 @@ enum Cmd {
 const ADMIN_TOKEN: &str = "bench-admin-token";
 const PINNED_ENV: &str = "LATCH_BENCH_PINNED";
 
+/// Where a preloaded database's [`State`] lives.
+enum StateStore {
+    /// `<db>.state.json` beside a SQLite file.
+    File(PathBuf),
+    /// A table in the PostgreSQL database itself.
+    Postgres(String),
+}
+
+impl StateStore {
+    fn load(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Option<State>> {
+        match self {
+            StateStore::File(db) => State::load(db),
+            StateStore::Postgres(url) => rt.block_on(preload_pg::load_state(url)),
+        }
+    }
+
+    fn save(&self, rt: &tokio::runtime::Runtime, state: &State) -> anyhow::Result<()> {
+        match self {
+            StateStore::File(db) => state.save(db),
+            StateStore::Postgres(url) => rt.block_on(preload_pg::save_state(url, state)),
+        }
+    }
+}
+
 /// Child processes, killed when the benchmark ends, however it ends.
 #[derive(Default)]
 struct Children(Vec<Child>);
@@ -201,20 +225,21 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // Where the state of the preloaded database is kept: beside the SQLite file, or under
-    // --out for a PostgreSQL database.
-    let state_key = match &cli.postgres {
-        Some(url) => cli
-            .out
-            .join(format!("postgres-{}", preload_pg::database_name(url)?)),
-        None => cli.db.clone(),
+    // Where the state of the preloaded database is kept: beside the SQLite file, or in the
+    // PostgreSQL database itself, so it always describes the data it sits with.
+    let state_store = match &cli.postgres {
+        Some(url) => StateStore::Postgres(url.clone()),
+        None => StateStore::File(cli.db.clone()),
     };
-    let preloaded = match &cli.postgres {
-        Some(_) => State::path(&state_key).exists(),
-        None => cli.db.exists(),
+    let loaded = if cli.keep_db {
+        state_store.load(&runtime)?
+    } else {
+        None
     };
-    let kept = if cli.keep_db && preloaded {
-        let state = match State::load(&state_key)? {
+    // A SQLite file without its state file is still reused (with --tokens as its size).
+    let stateless_file = cli.postgres.is_none() && cli.db.exists();
+    let kept = if cli.keep_db && (loaded.is_some() || stateless_file) {
+        let state = match loaded {
             Some(s) => s,
             None => {
                 let tokens = cli.tokens.context(
@@ -258,7 +283,7 @@ fn main() -> anyhow::Result<()> {
                 Some(url) => runtime.block_on(preload_pg::preload(url, n))?,
                 None => preload::preload(&cli.db, n)?,
             };
-            s.save(&state_key)?;
+            state_store.save(&runtime, &s)?;
             eprintln!("preloaded {n} grants in {:.1} s", s.preload_seconds);
             s
         }
@@ -382,7 +407,7 @@ fn main() -> anyhow::Result<()> {
             _ => {}
         }
         if w.consumes() {
-            state.save(&state_key)?;
+            state_store.save(&runtime, &state)?;
         }
         let mut note = String::new();
         if o.exhausted {

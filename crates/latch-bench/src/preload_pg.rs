@@ -61,6 +61,43 @@ pub fn database_name(url: &str) -> anyhow::Result<String> {
     )
 }
 
+/// The benchmark's own table in the preloaded database, next to latch's: what the preload
+/// holds and what runs consumed (see [`State`]).
+const STATE_TABLE: &str = "latch_bench_state";
+
+/// The state kept in the database, if it was preloaded by this benchmark (`None` when the
+/// database or the table does not exist).
+pub async fn load_state(url: &str) -> anyhow::Result<Option<State>> {
+    let Ok(c) = connect(url, None).await else {
+        return Ok(None);
+    };
+    match c
+        .query_opt(&format!("SELECT state FROM {STATE_TABLE}"), &[])
+        .await
+    {
+        Ok(Some(row)) => Ok(Some(serde_json::from_str(row.get(0))?)),
+        Ok(None) => Ok(None),
+        // No such table: not a benchmark database.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Records the state in the database.
+pub async fn save_state(url: &str, state: &State) -> anyhow::Result<()> {
+    let c = connect(url, None).await?;
+    c.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (state TEXT NOT NULL); DELETE FROM {STATE_TABLE}"
+    ))
+    .await?;
+    c.execute(
+        &format!("INSERT INTO {STATE_TABLE} (state) VALUES ($1)"),
+        &[&serde_json::to_string(state)?],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The database's size on disk, in bytes.
 pub async fn database_bytes(url: &str) -> anyhow::Result<u64> {
     let c = connect(url, None).await?;

@@ -316,19 +316,38 @@ async fn revoke(
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     let now = audit.at;
+    let address = audit.address.map(|a| a.to_string());
     let killed = match Target::of(revocation) {
         Target::Token(hash) => {
-            let n = st
-                .execute(
+            // The commonest revocation (one access token) is one statement, one round trip:
+            // the UPDATE and, only if it killed the token, its audit row.
+            let id = st
+                .query_opt(
                     tx,
-                    "UPDATE tokens SET revoked_at = $2 WHERE hash = $1 AND revoked_at IS NULL",
-                    &[&&hash.0[..], &now],
+                    "WITH killed AS (UPDATE tokens SET revoked_at = $2 \
+                       WHERE hash = $1 AND revoked_at IS NULL RETURNING 1) \
+                     INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
+                       grants, tokens, address) \
+                     SELECT $3, $2, $4, $5, $6, $7, $8, 0, count(*), $9 FROM killed \
+                     HAVING count(*) > 0 RETURNING id",
+                    &[
+                        &&hash.0[..],
+                        &now,
+                        &audit.tenant.as_str(),
+                        &audit.actor,
+                        &audit.route,
+                        &audit.reason.as_str(),
+                        &audit.grant_id.as_ref().map(|g| g.as_str()),
+                        &audit.subject.as_ref().map(|s| s.as_str()),
+                        &address,
+                    ],
                 )
                 .await?;
-            Killed {
+            let killed = Killed {
                 grants: 0,
-                tokens: n,
-            }
+                tokens: 1,
+            };
+            return Ok(id.map(|r| audit.event(r.get(0), killed)));
         }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("${n}"));
@@ -350,7 +369,6 @@ async fn revoke(
     if killed.is_nothing() {
         return Ok(None);
     }
-    let address = audit.address.map(|a| a.to_string());
     let id: i64 = st
         .query_opt(
             tx,
