@@ -8,7 +8,8 @@
 //! ```
 //!
 //! 1. [`preload`]: a fresh SQLite database with N grants (an access and a refresh token each),
-//!    written directly, not over HTTP.
+//!    written directly, not over HTTP; with `--postgres URL`, [`preload_pg`] writes the same
+//!    rows to a PostgreSQL database, whose processes then share latch's core.
 //! 2. Two servers pinned to core 0 (`taskset -c 0`): the real `latch serve` on that database,
 //!    and [`ceiling`], a bare handler on the same HTTP stack that parses the form and answers
 //!    200 without storage.
