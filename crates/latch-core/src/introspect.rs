@@ -36,8 +36,9 @@ impl Authority {
     /// Only confidential clients may introspect, and only tokens of their own tenant are
     /// ever active.
     ///
-    /// `Ok(None)` is "inactive"; a storage failure is an `Err` earlier, never "inactive":
-    /// answering inactive because the database hiccupped would log every user out.
+    /// `Ok(None)` is "inactive". A storage failure never reaches here as "inactive" (the
+    /// read that found `record` fails with an `Err` instead): answering inactive because the
+    /// database hiccupped would log every user out.
     pub fn introspect(
         &self,
         caller: &Client,
