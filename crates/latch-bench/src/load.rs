@@ -72,6 +72,41 @@ impl Workload {
     }
 }
 
+/// Where the tokens of introspection and revocation requests come from.
+pub enum Tokens {
+    /// latch's preloaded tokens, re-derived from their index (see [`preload::token`]).
+    Preloaded,
+    /// Access tokens another server issued earlier in this run, collected from its
+    /// issuance responses: the first quarter is introspected, the rest revoked.
+    Issued(Vec<String>),
+}
+
+impl Tokens {
+    /// Access token number `item`.
+    fn access(&self, item: u64) -> String {
+        match self {
+            Tokens::Preloaded => preload::token("at", item),
+            Tokens::Issued(all) => all[item as usize].clone(),
+        }
+    }
+
+    /// The tokens introspection picks from at random (never revoked by any workload).
+    fn introspected(&self, layout: &Layout) -> Range<u64> {
+        match self {
+            Tokens::Preloaded => layout.introspect(),
+            Tokens::Issued(all) => 0..(all.len() as u64 / 4).max(1),
+        }
+    }
+
+    /// The tokens revocation consumes, each once.
+    pub fn revocable(&self, layout: &Layout) -> Range<u64> {
+        match self {
+            Tokens::Preloaded => layout.consumable(),
+            Tokens::Issued(all) => (all.len() as u64 / 4).max(1)..all.len() as u64,
+        }
+    }
+}
+
 /// What one workload measured.
 pub struct Outcome {
     pub requests: u64,
@@ -84,6 +119,8 @@ pub struct Outcome {
     pub exhausted: bool,
     /// The first unexpected response, for the report.
     pub first_error: Option<String>,
+    /// The access tokens issued, when the run was asked to collect them.
+    pub issued: Vec<String>,
 }
 
 impl Outcome {
@@ -93,6 +130,7 @@ impl Outcome {
 }
 
 /// Shared settings of a run.
+#[derive(Clone)]
 pub struct Load {
     pub concurrency: usize,
     pub duration: Duration,
@@ -124,6 +162,14 @@ impl Load {
             admin_auth: HeaderValue::try_from(format!("Bearer {admin_token}"))?,
         })
     }
+
+    /// The same settings for runs of another length.
+    pub fn with_duration(&self, duration: Duration) -> Self {
+        Self {
+            duration,
+            ..self.clone()
+        }
+    }
 }
 
 /// One request, independent of the client that sends it.
@@ -144,8 +190,8 @@ fn form(path: &str, auth: &HeaderValue, body: String) -> Req {
     }
 }
 
-/// The request of `workload` for preloaded item `item` (a grant, or a subject for logout).
-fn request(workload: Workload, load: &Load, item: u64) -> Req {
+/// The request of `workload` for item `item` (a token, or a subject for logout).
+fn request(workload: Workload, load: &Load, tokens: &Tokens, item: u64) -> Req {
     match workload {
         // The same body as an introspection, so the ceiling does the same HTTP work.
         Workload::Ceiling => form(
@@ -161,12 +207,12 @@ fn request(workload: Workload, load: &Load, item: u64) -> Req {
         Workload::Introspect => form(
             "/oauth2/introspect",
             &load.introspector_auth,
-            format!("token={}", preload::token("at", item)),
+            format!("token={}", tokens.access(item)),
         ),
         Workload::Revoke => form(
             "/oauth2/revoke",
             &load.client_auth,
-            format!("token={}", preload::token("at", item)),
+            format!("token={}", tokens.access(item)),
         ),
         Workload::Refresh => form(
             "/oauth2/token",
@@ -190,11 +236,14 @@ fn request(workload: Workload, load: &Load, item: u64) -> Req {
 
 /// A request that warms a connection up (and the server's secret-verification cache for the
 /// workload's client) without consuming or creating anything.
-fn warmup(workload: Workload, load: &Load) -> Req {
+fn warmup(workload: Workload, load: &Load, tokens: &Tokens) -> Req {
     match workload {
-        Workload::Ceiling | Workload::Introspect => {
-            request(workload, load, load.layout.introspect().start)
-        }
+        Workload::Ceiling | Workload::Introspect => request(
+            workload,
+            load,
+            tokens,
+            tokens.introspected(&load.layout).start,
+        ),
         // A malformed token: authenticated, then answered 200 without a lookup.
         Workload::Issue | Workload::Revoke | Workload::Refresh => {
             form("/oauth2/revoke", &load.client_auth, "token=warm-up".into())
@@ -266,15 +315,25 @@ struct PerConnection {
     errors: u64,
     exhausted: bool,
     first_error: Option<String>,
+    issued: Vec<String>,
+}
+
+/// The `access_token` of an issuance response.
+fn access_token(body: &[u8]) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(json.get("access_token")?.as_str()?.to_owned())
 }
 
 /// Runs one workload against `addr` and measures it. A consuming workload takes the items
-/// of `supply` in order, each once, and stops early when they run out.
+/// of `supply` in order, each once, and stops early when they run out. With `collect`, the
+/// access tokens of successful issuance responses are kept in [`Outcome::issued`].
 pub async fn run(
     workload: Workload,
     addr: SocketAddr,
     load: Arc<Load>,
+    tokens: Arc<Tokens>,
     supply: Option<Range<u64>>,
+    collect: bool,
 ) -> anyhow::Result<Outcome> {
     let next = Arc::new(AtomicU64::new(0));
     let supply = Arc::new(supply);
@@ -283,9 +342,10 @@ pub async fn run(
     let host = HeaderValue::try_from(addr.to_string())?;
     let mut tasks = Vec::new();
     for c in 0..load.concurrency {
-        let (next, load, start, supply, host) = (
+        let (next, load, tokens, start, supply, host) = (
             next.clone(),
             load.clone(),
+            tokens.clone(),
             start.clone(),
             supply.clone(),
             host.clone(),
@@ -297,10 +357,13 @@ pub async fn run(
                 errors: 0,
                 exhausted: false,
                 first_error: None,
+                issued: Vec::new(),
             };
             let setup = async {
                 let mut conn = Conn::connect(addr).await?;
-                let (status, body) = conn.exchange(&warmup(workload, &load), &host).await?;
+                let (status, body) = conn
+                    .exchange(&warmup(workload, &load, &tokens), &host)
+                    .await?;
                 anyhow::ensure!(
                     status == 200,
                     "warm-up request failed: {}",
@@ -312,7 +375,7 @@ pub async fn run(
             // Meet at the barrier even on failure, so the others are not left waiting.
             start.wait().await;
             let mut conn = setup.with_context(|| format!("{} connection {c}", workload.name()))?;
-            let introspect = load.layout.introspect();
+            let introspect = tokens.introspected(&load.layout);
             let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
             let deadline = Instant::now() + load.duration;
             while Instant::now() < deadline {
@@ -330,13 +393,17 @@ pub async fn run(
                     }
                     None => introspect.start + random % (introspect.end - introspect.start),
                 };
-                let req = request(workload, &load, item);
+                let req = request(workload, &load, &tokens, item);
                 let t0 = Instant::now();
                 let result = conn.exchange(&req, &host).await;
                 out.hist.saturating_record(t0.elapsed().as_micros() as u64);
                 out.requests += 1;
                 match result {
-                    Ok((status, body)) if succeeded(workload, status, &body) => {}
+                    Ok((status, body)) if succeeded(workload, status, &body) => {
+                        if collect {
+                            out.issued.extend(access_token(&body));
+                        }
+                    }
                     Ok((status, body)) => {
                         out.errors += 1;
                         out.first_error
@@ -356,8 +423,10 @@ pub async fn run(
     let started = Instant::now();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
+    let mut issued = Vec::new();
     for t in tasks {
         let out = t.await??;
+        issued.extend(out.issued);
         total.add(out.hist)?;
         requests += out.requests;
         errors += out.errors;
@@ -377,5 +446,6 @@ pub async fn run(
         consumed,
         exhausted,
         first_error,
+        issued,
     })
 }

@@ -15,7 +15,9 @@
 //!    200 without storage.
 //! 3. [`load`]: the load generator, pinned to core 1, keep-alive connections at fixed
 //!    concurrency for a fixed duration, per workload.
-//! 4. [`report`]: requests/s, p50, p99, errors, the ratio to the ceiling (which runs before
+//! 4. With `--oidc-provider`, [`oidc`]: issuance, introspection and revocation once more,
+//!    against panva's `oidc-provider` (npm) on core 0 with the same clients.
+//! 5. [`report`]: requests/s, p50, p99, errors, the ratio to the ceiling (which runs before
 //!    every workload and at the end), CPU use of both sides, and the server's peak RSS, as
 //!    JSON and as a markdown table under `target/bench/`. See `docs/benchmarks.md`.
 //!
@@ -23,6 +25,7 @@
 
 mod ceiling;
 mod load;
+mod oidc;
 mod preload;
 mod preload_pg;
 mod report;
@@ -37,9 +40,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use load::{Load, Workload};
+use load::{Load, Tokens, Workload};
 use preload::State;
-use report::{millis, Row, RunInfo};
+use report::{millis, Row, RunInfo, Server};
 use sys::{CpuSample, CpuUse};
 
 /// Benchmarks latch's hot paths against a bare HTTP handler measured in the same run.
@@ -90,6 +93,11 @@ struct Cli {
     /// Where to write the JSON and markdown reports.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Also run issuance, introspection and revocation against panva's oidc-provider (npm,
+    /// installed under `<out>/oidc-provider/` on first use; needs Node.js and npm), pinned to
+    /// core 0 like latch, with the same clients: a side-by-side from one run.
+    #[arg(long)]
+    oidc_provider: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,11 +149,13 @@ impl Drop for Children {
     }
 }
 
-/// Starts a server (pinned to core 0 if `pin`) and waits for its listening line.
+/// Starts a server (pinned to core 0 if `pin`) and waits for the line where it says
+/// `… listening on http://ADDR`.
 fn spawn(
     children: &mut Children,
     program: &str,
     args: &[&str],
+    env: &[(&str, &str)],
     pin: bool,
 ) -> anyhow::Result<(u32, SocketAddr)> {
     let mut cmd = if pin {
@@ -157,6 +167,7 @@ fn spawn(
     };
     let mut child = cmd
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -170,8 +181,9 @@ fn spawn(
     reader.read_line(&mut line)?;
     let addr = line
         .trim()
-        .strip_prefix("latch listening on http://")
+        .split_once(" listening on http://")
         .with_context(|| format!("{program} did not start: {line:?}"))?
+        .1
         .parse()?;
     // Keep draining its stdout, so a chatty server never blocks on a full pipe.
     std::thread::spawn(move || {
@@ -304,6 +316,7 @@ fn main() -> anyhow::Result<()> {
         &mut children,
         me.to_str().context("path")?,
         &["ceiling"],
+        &[],
         pinned,
     )?;
     let db_url = match &cli.postgres {
@@ -326,6 +339,7 @@ fn main() -> anyhow::Result<()> {
             "--cleanup-interval",
             "0",
         ],
+        &[],
         pinned,
     )?;
     let affinity = format!(
@@ -336,36 +350,87 @@ fn main() -> anyhow::Result<()> {
     );
     eprintln!("{affinity}");
 
+    let oidc = if cli.oidc_provider {
+        let install = oidc::install(&cli.out)?;
+        let script = install.script();
+        let (pid, addr) = spawn(
+            &mut children,
+            "node",
+            &[script.to_str().context("path")?],
+            &oidc::ENV,
+            pinned,
+        )?;
+        eprintln!(
+            "{} on CPU {}",
+            install.description,
+            sys::cpus_allowed(&pid.to_string()).unwrap_or_else(|| "?".into())
+        );
+        Some((pid, addr, install.description))
+    } else {
+        None
+    };
+
     let load = Arc::new(Load::new(
         cli.concurrency,
         Duration::from_secs(cli.duration),
         layout,
         ADMIN_TOKEN,
     )?);
+    let preloaded = Arc::new(Tokens::Preloaded);
+    // oidc-provider's tokens: those its issuance run handed out.
+    let mut issued_by_oidc: Option<Arc<Tokens>> = None;
     let mut rows: Vec<Row> = Vec::new();
     // The ceiling runs before every workload and at the end (see `report`).
     let mut plan = Vec::new();
-    for w in &workloads {
-        if *w != Workload::Ceiling {
-            plan.push(Workload::Ceiling);
+    let oidc_workloads = oidc.as_ref().map_or(&[][..], |_| &oidc::WORKLOADS[..]);
+    let runs = workloads
+        .iter()
+        .map(|w| (Server::Latch, *w))
+        .chain(oidc_workloads.iter().map(|w| (Server::OidcProvider, *w)));
+    for (server, w) in runs {
+        if w != Workload::Ceiling {
+            plan.push((Server::Latch, Workload::Ceiling));
         }
-        plan.push(*w);
+        plan.push((server, w));
     }
-    plan.push(Workload::Ceiling);
-    for w in plan {
-        let (addr, pid) = if w == Workload::Ceiling {
-            (bare_addr, bare_pid)
-        } else {
-            (latch_addr, latch_pid)
+    plan.push((Server::Latch, Workload::Ceiling));
+    for (server, w) in plan {
+        let (addr, pid) = match (server, &oidc) {
+            _ if w == Workload::Ceiling => (bare_addr, bare_pid),
+            (Server::OidcProvider, Some((pid, addr, _))) => (*addr, *pid),
+            _ => (latch_addr, latch_pid),
         };
-        let supply = match w {
-            Workload::Revoke => {
+        let tokens = match server {
+            Server::Latch => preloaded.clone(),
+            Server::OidcProvider => match (&issued_by_oidc, w) {
+                (Some(t), _) => t.clone(),
+                (None, Workload::Issue) => preloaded.clone(),
+                (None, _) => {
+                    eprintln!(
+                        "oidc-provider {:<10} skipped: it issued no tokens",
+                        w.name()
+                    );
+                    rows.push(Row {
+                        outcome: None,
+                        workload: w,
+                        server,
+                        cpu: CpuUse::default(),
+                        note: "skipped: oidc-provider's issuance run produced no tokens".into(),
+                    });
+                    continue;
+                }
+            },
+        };
+        let supply = match (server, w) {
+            (Server::OidcProvider, Workload::Revoke) => Some(tokens.revocable(&layout)),
+            (Server::OidcProvider, _) => None,
+            (_, Workload::Revoke) => {
                 Some(layout.consumable().start + state.revoked..layout.consumable().end)
             }
-            Workload::Refresh => {
+            (_, Workload::Refresh) => {
                 Some(layout.consumable().start + state.refreshed..layout.consumable().end)
             }
-            Workload::Logout => Some(
+            (_, Workload::Logout) => Some(
                 layout.logout_subjects().start + state.logged_out..layout.logout_subjects().end,
             ),
             _ => None,
@@ -379,6 +444,7 @@ fn main() -> anyhow::Result<()> {
             rows.push(Row {
                 outcome: None,
                 workload: w,
+                server,
                 cpu: CpuUse::default(),
                 note: "skipped: all distinct items used by earlier runs on this database; preload again".into(),
             });
@@ -393,22 +459,36 @@ fn main() -> anyhow::Result<()> {
         }
         let server_pids = || {
             let mut pids = vec![pid];
-            if cli.postgres.is_some() && w != Workload::Ceiling {
+            if cli.postgres.is_some() && server == Server::Latch && w != Workload::Ceiling {
                 pids.extend(sys::postgres_pids());
             }
             pids
         };
+        let collect = server == Server::OidcProvider && w == Workload::Issue;
         let before = CpuSample::take(&server_pids());
-        let o = runtime.block_on(load::run(w, addr, load.clone(), supply))?;
+        let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
         let cpu = before.until(&CpuSample::take(&server_pids()));
-        match w {
-            Workload::Revoke => state.revoked += o.consumed,
-            Workload::Refresh => state.refreshed += o.consumed,
-            Workload::Logout => state.logged_out += o.consumed,
-            _ => {}
+        if collect {
+            // Revocation uses tokens up faster than issuance makes them: top the supply up
+            // with an unmeasured issuance run twice as long.
+            let fill = Arc::new(load.with_duration(load.duration * 2));
+            let more = runtime.block_on(load::run(w, addr, fill, preloaded.clone(), None, true))?;
+            let mut issued = std::mem::take(&mut o.issued);
+            issued.extend(more.issued);
+            if !issued.is_empty() {
+                issued_by_oidc = Some(Arc::new(Tokens::Issued(issued)));
+            }
         }
-        if w.consumes() {
-            state_store.save(&runtime, &state)?;
+        if server == Server::Latch {
+            match w {
+                Workload::Revoke => state.revoked += o.consumed,
+                Workload::Refresh => state.refreshed += o.consumed,
+                Workload::Logout => state.logged_out += o.consumed,
+                _ => {}
+            }
+            if w.consumes() {
+                state_store.save(&runtime, &state)?;
+            }
         }
         let mut note = String::new();
         if o.exhausted {
@@ -429,9 +509,9 @@ fn main() -> anyhow::Result<()> {
             }
             note.push_str(&format!("first error: {}", e.replace('|', "/")));
         }
+        let label = report::label(server, w);
         eprintln!(
-            "{:<13} {:>9.0} req/s  p99 {:.2} ms  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",
-            w.name(),
+            "{label:<13} {:>9.0} req/s  p99 {:.2} ms  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",
             o.rps(),
             millis(&o.latency_us, 0.99),
             o.errors,
@@ -441,10 +521,14 @@ fn main() -> anyhow::Result<()> {
         rows.push(Row {
             outcome: Some(o),
             workload: w,
+            server,
             cpu,
             note,
         });
     }
+    let oidc_rss = oidc
+        .as_ref()
+        .and_then(|(pid, _, _)| sys::peak_rss_kib(*pid));
     let rss = sys::peak_rss_kib(latch_pid);
     let ceiling_rss = sys::peak_rss_kib(bare_pid);
     drop(children);
@@ -473,6 +557,7 @@ fn main() -> anyhow::Result<()> {
         ceiling_rss_kib: ceiling_rss,
         pinning,
         latch: cli.latch.clone(),
+        oidc_provider: oidc.map(|(_, _, description)| (description, oidc_rss)),
     };
     report::write(&info, &rows)
 }

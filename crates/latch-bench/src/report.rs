@@ -16,9 +16,28 @@ use crate::load::{Outcome, Workload};
 use crate::preload::State;
 use crate::sys::{self, CpuUse};
 
+/// Which server a run measured (the ceiling rows are the bare handler whatever this says).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Latch,
+    /// panva's oidc-provider (`--oidc-provider`).
+    OidcProvider,
+}
+
+/// How a run is named in the report: the workload, prefixed for oidc-provider's runs.
+pub fn label(server: Server, workload: Workload) -> String {
+    match server {
+        Server::OidcProvider if workload != Workload::Ceiling => {
+            format!("oidc-provider {}", workload.name())
+        }
+        _ => workload.name().into(),
+    }
+}
+
 /// One run of one workload.
 pub struct Row {
     pub workload: Workload,
+    pub server: Server,
     /// `None`: skipped (see `note`).
     pub outcome: Option<Outcome>,
     pub cpu: CpuUse,
@@ -42,6 +61,8 @@ pub struct RunInfo {
     pub pinning: String,
     /// The latch binary and when it was built.
     pub latch: PathBuf,
+    /// With `--oidc-provider`: what ran (versions) and its peak RSS.
+    pub oidc_provider: Option<(String, Option<u64>)>,
 }
 
 /// Issue 5's targets on SQLite: (workload, minimum ratio to the ceiling); p99 for each.
@@ -134,7 +155,9 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .map(|(i, r)| match &r.outcome {
-            None => json!({ "workload": r.workload.name(), "skipped": true, "note": r.note }),
+            None => {
+                json!({ "workload": label(r.server, r.workload), "skipped": true, "note": r.note })
+            }
             Some(o) => {
                 let beside = if r.workload == Workload::Ceiling {
                     None
@@ -142,7 +165,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
                     adjacent_ceiling(rows, i)
                 };
                 json!({
-                    "workload": r.workload.name(),
+                    "workload": label(r.server, r.workload),
                     "requests": o.requests,
                     "rps": o.rps().round(),
                     "adjacent_ceiling_rps": beside.map(f64::round),
@@ -195,6 +218,11 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         },
         "server_peak_rss_kib": ctx.rss_kib,
         "ceiling_peak_rss_kib": ctx.ceiling_rss_kib,
+        "oidc_provider": ctx.oidc_provider.as_ref().map(|(what, rss)| json!({
+            "version": what,
+            "peak_rss_kib": rss,
+            "storage": "in-process Map (no durability)",
+        })),
         "runs": json_rows,
     });
 
@@ -249,7 +277,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         let Some(o) = &r.outcome else {
             md.push_str(&format!(
                 "| {} | | | | | | | | | {} |\n",
-                r.workload.name(),
+                label(r.server, r.workload),
                 r.note
             ));
             continue;
@@ -262,7 +290,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         }
         md.push_str(&format!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
-            r.workload.name(),
+            label(r.server, r.workload),
             o.rps(),
             ratio,
             millis(&o.latency_us, 0.5),
@@ -273,7 +301,9 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             percent(o, r.cpu.load),
             note,
         ));
-        let targets_here = if ctx.backend == "PostgreSQL" {
+        let targets_here = if r.server != Server::Latch {
+            &[]
+        } else if ctx.backend == "PostgreSQL" {
             PG_TARGETS
         } else {
             TARGETS
@@ -292,7 +322,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     md.push_str(
         "\n× ceiling: the workload's rate over the mean of the two ceiling runs beside it (the \
          ceiling runs before every workload and at the end). server CPU: the server's share of \
-         core 0 (the bare handler for the ceiling, latch otherwise); load CPU: the load \
+         core 0 (the bare handler for the ceiling, otherwise latch or oidc-provider); load CPU: the load \
          generator's share of core 1.\n",
     );
     let foreign: Vec<String> = rows
@@ -304,7 +334,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             (other0 > 0.1 || other1 > 0.1).then(|| {
                 format!(
                     "{} (core 0: {:.0}%, of which steal {:.0}%; core 1: {:.0}%, of which steal {:.0}%)",
-                    r.workload.name(),
+                    label(r.server, r.workload),
                     other0 * 100.0,
                     r.cpu.core0_steal * 100.0,
                     other1 * 100.0,
@@ -319,6 +349,16 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
              hypervisor: steal) used more than 10% of a benchmark core during: {}. Those \
              figures are disturbed.\n",
             foreign.join(", ")
+        ));
+    }
+    if let Some((what, rss)) = &ctx.oidc_provider {
+        md.push_str(&format!(
+            "\noidc-provider rows: {what}, on core 0 like latch, same clients and requests \
+             (introspection and revocation use tokens its own issuance run handed out), peak \
+             RSS {}. It keeps tokens in an in-process `Map`: nothing is written to disk, so \
+             its writes carry no durability cost; latch's every write is a committed, \
+             fsynced transaction.\n",
+            mb(*rss)
         ));
     }
     if !targets.is_empty() {
