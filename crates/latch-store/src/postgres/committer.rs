@@ -15,7 +15,7 @@ use latch_core::grant::{
 };
 use latch_core::id::{ClientId, TenantId};
 use latch_core::store::{Purged, StoreResult};
-use latch_core::token::TokenKind;
+use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -249,7 +249,18 @@ async fn commit_batch(
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
     let mut tx = client.transaction().await?;
     let mut replies = Vec::with_capacity(ops.len());
-    for op in ops {
+    let mut rest = ops;
+    while let Some(op) = rest.first() {
+        let run = rest
+            .iter()
+            .take_while(|op| Pipelined::of(op).is_some())
+            .count();
+        if run > 1 {
+            replies.extend(pipeline(&tx, st, &rest[..run]).await?);
+            rest = &rest[run..];
+            continue;
+        }
+        rest = &rest[1..];
         if op.may_conflict() {
             let sp = tx.savepoint("w").await?;
             match apply(&sp, st, op).await {
@@ -273,6 +284,59 @@ async fn commit_batch(
     }
     tx.commit().await?;
     Ok(replies)
+}
+
+/// A write that is one statement, whose text and parameters depend on no earlier write's
+/// result, and that needs no savepoint: a run of them can be pipelined.
+enum Pipelined<'a> {
+    Issue(&'a Grant, &'a [NewToken]),
+    RevokeToken(&'a TokenHash, &'a AuditContext),
+}
+
+impl<'a> Pipelined<'a> {
+    fn of(op: &'a Op) -> Option<Self> {
+        match op {
+            Op::Issue(g, tokens) => Some(Pipelined::Issue(g, tokens)),
+            Op::Revoke(rev, audit) => match Target::of(rev) {
+                Target::Token(hash) => Some(Pipelined::RevokeToken(hash, audit)),
+                Target::Grants(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Runs a run of single-statement writes as one pipeline: every statement is sent before
+/// the first answer is awaited, and PostgreSQL executes them one after the other as they
+/// arrive, in one round trip instead of one each. The first error fails the whole batch, as
+/// it would one statement at a time.
+async fn pipeline(
+    tx: &Transaction<'_>,
+    st: &mut Statements,
+    ops: &[&Op],
+) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
+    let issue_stmt = st.prepared(tx, &ISSUE_SQL).await?;
+    let revoke_stmt = st.prepared(tx, REVOKE_TOKEN_SQL).await?;
+    let writes = ops.iter().filter_map(|op| Pipelined::of(op)).map(|w| {
+        let (issue_stmt, revoke_stmt) = (&issue_stmt, &revoke_stmt);
+        async move {
+            match w {
+                Pipelined::Issue(g, tokens) => issue(tx, issue_stmt, g, tokens).await,
+                Pipelined::RevokeToken(hash, audit) => revoke_token(tx, revoke_stmt, hash, audit)
+                    .await
+                    .map(Reply::Audited),
+            }
+        }
+    });
+    // `join_all` polls every future once before waiting on any, and a tokio-postgres query
+    // is sent at its first poll: all the statements are in flight together. Their order
+    // does not matter: an issuance touches only new rows, and of two revocations of one
+    // token the later finds nothing left to kill, whichever it is.
+    futures_util::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.map(Ok))
+        .collect()
 }
 
 fn kind_code(kind: TokenKind) -> i16 {
@@ -340,6 +404,88 @@ async fn insert_tokens(
     Ok(())
 }
 
+/// An issuance as one statement: the grant's INSERT as a data-modifying CTE, its tokens
+/// from arrays ([`TOKEN_ROWS`]).
+static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+           expires_at, revoked_at) VALUES ($1, $8, $9, $10, $11, $12, $13, $14)) \
+         INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
+         {TOKEN_ROWS}"
+    )
+});
+
+/// Stores a new grant and its tokens with [`ISSUE_SQL`], prepared as `stmt`.
+async fn issue(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    g: &Grant,
+    tokens: &[NewToken],
+) -> Result<Reply, tokio_postgres::Error> {
+    let a = TokenArrays::of(tokens);
+    tx.execute(
+        stmt,
+        &[
+            &g.id.as_str(),
+            &a.hashes,
+            &a.kinds,
+            &a.scopes,
+            &a.issued,
+            &a.expires,
+            &a.generations,
+            &g.tenant.as_str(),
+            &g.client_id.as_str(),
+            &g.subject.as_str(),
+            &g.scope.to_string(),
+            &g.created_at,
+            &g.expires_at,
+            &g.revoked_at,
+        ],
+    )
+    .await?;
+    Ok(Reply::Done)
+}
+
+/// The commonest revocation (one access token) as one statement: the UPDATE and, only if it
+/// killed the token, its audit row.
+const REVOKE_TOKEN_SQL: &str = "WITH killed AS (UPDATE tokens SET revoked_at = $2 \
+       WHERE hash = $1 AND revoked_at IS NULL RETURNING 1) \
+     INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
+       address) \
+     SELECT $3, $2, $4, $5, $6, $7, $8, 0, count(*), $9 FROM killed \
+     HAVING count(*) > 0 RETURNING id";
+
+/// Revokes one token with [`REVOKE_TOKEN_SQL`], prepared as `stmt`.
+async fn revoke_token(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    hash: &TokenHash,
+    audit: &AuditContext,
+) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
+    let address = audit.address.map(|a| a.to_string());
+    let id = tx
+        .query_opt(
+            stmt,
+            &[
+                &&hash.0[..],
+                &audit.at,
+                &audit.tenant.as_str(),
+                &audit.actor,
+                &audit.route,
+                &audit.reason.as_str(),
+                &audit.grant_id.as_ref().map(|g| g.as_str()),
+                &audit.subject.as_ref().map(|s| s.as_str()),
+                &address,
+            ],
+        )
+        .await?;
+    let killed = Killed {
+        grants: 0,
+        tokens: 1,
+    };
+    Ok(id.map(|r| audit.event(r.get(0), killed)))
+}
+
 /// Applies a revocation inside a transaction and records it in the audit trail. Returns the
 /// audit record, or `None` when nothing was alive (nothing is recorded then).
 async fn revoke(
@@ -352,35 +498,8 @@ async fn revoke(
     let address = audit.address.map(|a| a.to_string());
     let killed = match Target::of(revocation) {
         Target::Token(hash) => {
-            // The commonest revocation (one access token) is one statement, one round trip:
-            // the UPDATE and, only if it killed the token, its audit row.
-            let id = st
-                .query_opt(
-                    tx,
-                    "WITH killed AS (UPDATE tokens SET revoked_at = $2 \
-                       WHERE hash = $1 AND revoked_at IS NULL RETURNING 1) \
-                     INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
-                       grants, tokens, address) \
-                     SELECT $3, $2, $4, $5, $6, $7, $8, 0, count(*), $9 FROM killed \
-                     HAVING count(*) > 0 RETURNING id",
-                    &[
-                        &&hash.0[..],
-                        &now,
-                        &audit.tenant.as_str(),
-                        &audit.actor,
-                        &audit.route,
-                        &audit.reason.as_str(),
-                        &audit.grant_id.as_ref().map(|g| g.as_str()),
-                        &audit.subject.as_ref().map(|s| s.as_str()),
-                        &address,
-                    ],
-                )
-                .await?;
-            let killed = Killed {
-                grants: 0,
-                tokens: 1,
-            };
-            return Ok(id.map(|r| audit.event(r.get(0), killed)));
+            let stmt = st.prepared(tx, REVOKE_TOKEN_SQL).await?;
+            return revoke_token(tx, &stmt, hash, audit).await;
         }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("${n}"));
@@ -532,40 +651,8 @@ async fn apply(
             }
         }
         Op::Issue(g, tokens) => {
-            // The grant and its tokens in one statement: one round trip per issuance. The
-            // grant's own INSERT runs as a data-modifying CTE.
-            static SQL: LazyLock<String> = LazyLock::new(|| {
-                format!(
-                    "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
-                       created_at, expires_at, revoked_at) \
-                       VALUES ($1, $8, $9, $10, $11, $12, $13, $14)) \
-                     INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
-                       generation) {TOKEN_ROWS}"
-                )
-            });
-            let a = TokenArrays::of(tokens);
-            st.execute(
-                tx,
-                &SQL,
-                &[
-                    &g.id.as_str(),
-                    &a.hashes,
-                    &a.kinds,
-                    &a.scopes,
-                    &a.issued,
-                    &a.expires,
-                    &a.generations,
-                    &g.tenant.as_str(),
-                    &g.client_id.as_str(),
-                    &g.subject.as_str(),
-                    &g.scope.to_string(),
-                    &g.created_at,
-                    &g.expires_at,
-                    &g.revoked_at,
-                ],
-            )
-            .await?;
-            Reply::Done
+            let stmt = st.prepared(tx, &ISSUE_SQL).await?;
+            issue(tx, &stmt, g, tokens).await?
         }
         Op::Rotate(r) => {
             let old = &r.old.0[..];
