@@ -43,7 +43,7 @@ use clap::{Parser, Subcommand};
 use load::{Load, Tokens, Workload};
 use preload::State;
 use report::{millis, Row, RunInfo, Server};
-use sys::{CpuSample, CpuUse};
+use sys::CpuSample;
 
 /// Benchmarks latch's hot paths against a bare HTTP handler measured in the same run.
 #[derive(Debug, Parser)]
@@ -406,17 +406,11 @@ fn main() -> anyhow::Result<()> {
                 (Some(t), _) => t.clone(),
                 (None, Workload::Issue) => preloaded.clone(),
                 (None, _) => {
-                    eprintln!(
-                        "oidc-provider {:<10} skipped: it issued no tokens",
-                        w.name()
-                    );
-                    rows.push(Row {
-                        outcome: None,
-                        workload: w,
+                    rows.push(Row::skipped(
                         server,
-                        cpu: CpuUse::default(),
-                        note: "skipped: oidc-provider's issuance run produced no tokens".into(),
-                    });
+                        w,
+                        "oidc-provider's issuance run produced no tokens",
+                    ));
                     continue;
                 }
             },
@@ -437,17 +431,11 @@ fn main() -> anyhow::Result<()> {
         };
         let available = supply.as_ref().map(|r| r.end.saturating_sub(r.start));
         if available == Some(0) {
-            eprintln!(
-                "{:<10} skipped: every distinct item was used by earlier runs",
-                w.name()
-            );
-            rows.push(Row {
-                outcome: None,
-                workload: w,
+            rows.push(Row::skipped(
                 server,
-                cpu: CpuUse::default(),
-                note: "skipped: all distinct items used by earlier runs on this database; preload again".into(),
-            });
+                w,
+                "all distinct items used by earlier runs on this database; preload again",
+            ));
             continue;
         }
         if cli.wait_idle > 0 && !sys::wait_idle(Duration::from_secs(cli.wait_idle)) {

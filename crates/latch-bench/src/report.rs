@@ -44,6 +44,20 @@ pub struct Row {
     pub note: String,
 }
 
+impl Row {
+    /// A run that did not happen, and why.
+    pub fn skipped(server: Server, workload: Workload, note: &str) -> Self {
+        eprintln!("{:<13} skipped: {note}", label(server, workload));
+        Self {
+            workload,
+            server,
+            outcome: None,
+            cpu: CpuUse::default(),
+            note: format!("skipped: {note}"),
+        }
+    }
+}
+
 /// What the report says about the run besides the rows.
 pub struct RunInfo {
     pub concurrency: usize,

@@ -367,6 +367,19 @@ impl TokenArrays {
             generations: tokens.iter().map(|t| i64::from(t.generation)).collect(),
         }
     }
+
+    /// The parameters [`TOKEN_ROWS`] binds: `grant` as `$1`, the arrays as `$2`..`$7`.
+    fn params<'a>(&'a self, grant: &'a (dyn ToSql + Sync)) -> Vec<&'a (dyn ToSql + Sync)> {
+        vec![
+            grant,
+            &self.hashes,
+            &self.kinds,
+            &self.scopes,
+            &self.issued,
+            &self.expires,
+            &self.generations,
+        ]
+    }
 }
 
 /// The rows of the tokens being inserted, from the arrays bound at `$2`..`$7`.
@@ -387,20 +400,7 @@ async fn insert_tokens(
         )
     });
     let a = TokenArrays::of(tokens);
-    st.execute(
-        tx,
-        &SQL,
-        &[
-            &grant,
-            &a.hashes,
-            &a.kinds,
-            &a.scopes,
-            &a.issued,
-            &a.expires,
-            &a.generations,
-        ],
-    )
-    .await?;
+    st.execute(tx, &SQL, &a.params(&grant)).await?;
     Ok(())
 }
 
@@ -423,26 +423,24 @@ async fn issue(
     tokens: &[NewToken],
 ) -> Result<Reply, tokio_postgres::Error> {
     let a = TokenArrays::of(tokens);
-    tx.execute(
-        stmt,
-        &[
-            &g.id.as_str(),
-            &a.hashes,
-            &a.kinds,
-            &a.scopes,
-            &a.issued,
-            &a.expires,
-            &a.generations,
-            &g.tenant.as_str(),
-            &g.client_id.as_str(),
-            &g.subject.as_str(),
-            &g.scope.to_string(),
-            &g.created_at,
-            &g.expires_at,
-            &g.revoked_at,
-        ],
-    )
-    .await?;
+    let (id, tenant, client, subject) = (
+        g.id.as_str(),
+        g.tenant.as_str(),
+        g.client_id.as_str(),
+        g.subject.as_str(),
+    );
+    let scope = g.scope.to_string();
+    let mut params = a.params(&id);
+    params.extend([
+        &tenant as &(dyn ToSql + Sync),
+        &client,
+        &subject,
+        &scope,
+        &g.created_at,
+        &g.expires_at,
+        &g.revoked_at,
+    ]);
+    tx.execute(stmt, &params).await?;
     Ok(Reply::Done)
 }
 
