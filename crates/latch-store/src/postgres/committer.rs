@@ -291,12 +291,14 @@ async fn commit_batch(
 enum Pipelined<'a> {
     Issue(&'a Grant, &'a [NewToken]),
     RevokeToken(&'a TokenHash, &'a AuditContext),
+    Rotate(&'a Rotation),
 }
 
 impl<'a> Pipelined<'a> {
     fn of(op: &'a Op) -> Option<Self> {
         match op {
             Op::Issue(g, tokens) => Some(Pipelined::Issue(g, tokens)),
+            Op::Rotate(r) => Some(Pipelined::Rotate(r)),
             Op::Revoke(rev, audit) => match Target::of(rev) {
                 Target::Token(hash) => Some(Pipelined::RevokeToken(hash, audit)),
                 Target::Grants(_) => None,
@@ -317,21 +319,36 @@ async fn pipeline(
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
     let issue_stmt = st.prepared(tx, &ISSUE_SQL).await?;
     let revoke_stmt = st.prepared(tx, REVOKE_TOKEN_SQL).await?;
+    let rotate_unused = st
+        .prepared(tx, rotate_sql(RotationPrecondition::Unused))
+        .await?;
+    let rotate_grace = st
+        .prepared(tx, rotate_sql(RotationPrecondition::GraceUnspent))
+        .await?;
     let writes = ops.iter().filter_map(|op| Pipelined::of(op)).map(|w| {
         let (issue_stmt, revoke_stmt) = (&issue_stmt, &revoke_stmt);
+        let (rotate_unused, rotate_grace) = (&rotate_unused, &rotate_grace);
         async move {
             match w {
                 Pipelined::Issue(g, tokens) => issue(tx, issue_stmt, g, tokens).await,
                 Pipelined::RevokeToken(hash, audit) => revoke_token(tx, revoke_stmt, hash, audit)
                     .await
                     .map(Reply::Audited),
+                Pipelined::Rotate(r) => {
+                    let stmt = match r.precondition {
+                        RotationPrecondition::Unused => rotate_unused,
+                        RotationPrecondition::GraceUnspent => rotate_grace,
+                    };
+                    rotate(tx, stmt, r).await
+                }
             }
         }
     });
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
-    // does not matter: an issuance touches only new rows, and of two revocations of one
-    // token the later finds nothing left to kill, whichever it is.
+    // does not matter: an issuance touches only new rows; of two revocations of one token
+    // the later finds nothing left to kill, and of two exchanges of one refresh token the
+    // later finds it claimed, whichever it is.
     futures_util::future::join_all(writes)
         .await
         .into_iter()
@@ -346,7 +363,7 @@ fn kind_code(kind: TokenKind) -> i16 {
     }
 }
 
-/// The columns of [`insert_tokens`], as arrays: every token of a write in one statement.
+/// The columns of new tokens, as arrays: every token of a write in one statement.
 struct TokenArrays {
     hashes: Vec<Vec<u8>>,
     kinds: Vec<i16>,
@@ -386,24 +403,6 @@ impl TokenArrays {
 const TOKEN_ROWS: &str = "SELECT h, $1, k, s, i, e, n FROM unnest($2::BYTEA[], $3::SMALLINT[], \
      $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[]) AS t(h, k, s, i, e, n)";
 
-/// Inserts a grant's new tokens in one statement (one round trip for all of them).
-async fn insert_tokens(
-    tx: &Transaction<'_>,
-    st: &mut Statements,
-    grant: &str,
-    tokens: &[NewToken],
-) -> Result<(), tokio_postgres::Error> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
-             {TOKEN_ROWS}"
-        )
-    });
-    let a = TokenArrays::of(tokens);
-    st.execute(tx, &SQL, &a.params(&grant)).await?;
-    Ok(())
-}
-
 /// An issuance as one statement: the grant's INSERT as a data-modifying CTE, its tokens
 /// from arrays ([`TOKEN_ROWS`]).
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -442,6 +441,76 @@ async fn issue(
     ]);
     tx.execute(stmt, &params).await?;
     Ok(Reply::Done)
+}
+
+/// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
+/// that makes exactly one of two concurrent exchanges win) and, only if it was claimed,
+/// store the new tokens and move the grant's generation and expiry on. `$1` grant id,
+/// `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time
+/// (unused precondition) or the old generation (grace precondition), `$10` the new
+/// generation, `$11` the grant's new expiry. Answers how many tokens were claimed (0 or 1).
+fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
+    static UNUSED: LazyLock<String> = LazyLock::new(|| {
+        rotation(
+            "UPDATE tokens SET rotated_at = $9::BIGINT \
+             WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
+               AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)",
+        )
+    });
+    static GRACE: LazyLock<String> = LazyLock::new(|| {
+        rotation(
+            "UPDATE tokens SET grace_used = TRUE \
+             WHERE hash = $8 AND kind = 1 AND rotated_at IS NOT NULL \
+               AND NOT grace_used AND revoked_at IS NULL \
+               AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL \
+                           AND refresh_generation = $9::BIGINT + 1)",
+        )
+    });
+    fn rotation(claim: &str) -> String {
+        format!(
+            "WITH claimed AS ({claim} RETURNING 1), \
+             new_tokens AS (INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, \
+               expires_at, generation) {TOKEN_ROWS} WHERE EXISTS (SELECT 1 FROM claimed)), \
+             moved AS (UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $10), \
+               expires_at = GREATEST(expires_at, $11) \
+               WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)) \
+             SELECT count(*) FROM claimed"
+        )
+    }
+    match precondition {
+        RotationPrecondition::Unused => &UNUSED,
+        RotationPrecondition::GraceUnspent => &GRACE,
+    }
+}
+
+/// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`.
+async fn rotate(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    r: &Rotation,
+) -> Result<Reply, tokio_postgres::Error> {
+    let a = TokenArrays::of(&r.new_tokens);
+    let gid = r.grant_id.as_str();
+    let old_generation = i64::from(r.old_generation);
+    let condition = match r.precondition {
+        RotationPrecondition::Unused => r.now,
+        RotationPrecondition::GraceUnspent => old_generation,
+    };
+    let new_generation = old_generation + 1;
+    let old = &r.old.0[..];
+    let mut params = a.params(&gid);
+    params.extend([
+        &old as &(dyn ToSql + Sync),
+        &condition,
+        &new_generation,
+        &r.grant_expires_at,
+    ]);
+    let claimed: i64 = tx.query_one(stmt, &params).await?.get(0);
+    Ok(Reply::Rotation(if claimed == 0 {
+        RotationOutcome::Lost
+    } else {
+        RotationOutcome::Rotated
+    }))
 }
 
 /// The commonest revocation (one access token) as one statement: the UPDATE and, only if it
@@ -653,52 +722,8 @@ async fn apply(
             issue(tx, &stmt, g, tokens).await?
         }
         Op::Rotate(r) => {
-            let old = &r.old.0[..];
-            let gid = r.grant_id.as_str();
-            let claimed = match r.precondition {
-                RotationPrecondition::Unused => {
-                    st.execute(
-                        tx,
-                        "UPDATE tokens SET rotated_at = $3 \
-                         WHERE hash = $1 AND kind = 1 AND rotated_at IS NULL \
-                           AND revoked_at IS NULL \
-                           AND EXISTS (SELECT 1 FROM grants WHERE id = $2 AND revoked_at IS NULL)",
-                        &[&old, &gid, &r.now],
-                    )
-                    .await?
-                }
-                RotationPrecondition::GraceUnspent => {
-                    st.execute(
-                        tx,
-                        "UPDATE tokens SET grace_used = TRUE \
-                         WHERE hash = $1 AND kind = 1 AND rotated_at IS NOT NULL \
-                           AND NOT grace_used AND revoked_at IS NULL \
-                           AND EXISTS (SELECT 1 FROM grants WHERE id = $2 \
-                                       AND revoked_at IS NULL \
-                                       AND refresh_generation = $3::BIGINT + 1)",
-                        &[&old, &gid, &i64::from(r.old_generation)],
-                    )
-                    .await?
-                }
-            };
-            if claimed == 0 {
-                Reply::Rotation(RotationOutcome::Lost)
-            } else {
-                insert_tokens(tx, st, gid, &r.new_tokens).await?;
-                st.execute(
-                    tx,
-                    "UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $2), \
-                                       expires_at = GREATEST(expires_at, $3) \
-                     WHERE id = $1",
-                    &[
-                        &gid,
-                        &(i64::from(r.old_generation) + 1),
-                        &r.grant_expires_at,
-                    ],
-                )
-                .await?;
-                Reply::Rotation(RotationOutcome::Rotated)
-            }
+            let stmt = st.prepared(tx, rotate_sql(r.precondition)).await?;
+            rotate(tx, &stmt, r).await?
         }
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, limit) => {
