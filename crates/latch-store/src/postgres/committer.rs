@@ -253,7 +253,7 @@ async fn commit_batch(
     while let Some(op) = rest.first() {
         let run = rest
             .iter()
-            .take_while(|op| Pipelined::of(op).is_some())
+            .take_while(|op| OneStatement::of(op).is_some())
             .count();
         if run > 1 {
             replies.extend(pipeline(&tx, st, &rest[..run]).await?);
@@ -288,23 +288,57 @@ async fn commit_batch(
 
 /// A write that is one statement, whose text and parameters depend on no earlier write's
 /// result, and that needs no savepoint: a run of them can be pipelined.
-enum Pipelined<'a> {
+enum OneStatement<'a> {
     Issue(&'a Grant, &'a [NewToken]),
     RevokeToken(&'a TokenHash, &'a AuditContext),
     Rotate(&'a Rotation),
 }
 
-impl<'a> Pipelined<'a> {
+impl<'a> OneStatement<'a> {
     fn of(op: &'a Op) -> Option<Self> {
         match op {
-            Op::Issue(g, tokens) => Some(Pipelined::Issue(g, tokens)),
-            Op::Rotate(r) => Some(Pipelined::Rotate(r)),
+            Op::Issue(g, tokens) => Some(OneStatement::Issue(g, tokens)),
+            Op::Rotate(r) => Some(OneStatement::Rotate(r)),
             Op::Revoke(rev, audit) => match Target::of(rev) {
-                Target::Token(hash) => Some(Pipelined::RevokeToken(hash, audit)),
+                Target::Token(hash) => Some(OneStatement::RevokeToken(hash, audit)),
                 Target::Grants(_) => None,
             },
             _ => None,
         }
+    }
+
+    /// Its statement's text.
+    fn sql(&self) -> &'static str {
+        match self {
+            OneStatement::Issue(..) => &ISSUE_SQL,
+            OneStatement::RevokeToken(..) => REVOKE_TOKEN_SQL,
+            OneStatement::Rotate(r) => rotate_sql(r.precondition),
+        }
+    }
+
+    /// Runs it with [`Self::sql`], prepared as `stmt`.
+    async fn run(
+        &self,
+        tx: &Transaction<'_>,
+        stmt: &Statement,
+    ) -> Result<Reply, tokio_postgres::Error> {
+        match self {
+            OneStatement::Issue(g, tokens) => issue(tx, stmt, g, tokens).await,
+            OneStatement::RevokeToken(hash, audit) => revoke_token(tx, stmt, hash, audit)
+                .await
+                .map(Reply::Audited),
+            OneStatement::Rotate(r) => rotate(tx, stmt, r).await,
+        }
+    }
+
+    /// Prepares (once per connection) and runs it.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        st: &mut Statements,
+    ) -> Result<Reply, tokio_postgres::Error> {
+        let stmt = st.prepared(tx, self.sql()).await?;
+        self.run(tx, &stmt).await
     }
 }
 
@@ -317,39 +351,18 @@ async fn pipeline(
     st: &mut Statements,
     ops: &[&Op],
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
-    let issue_stmt = st.prepared(tx, &ISSUE_SQL).await?;
-    let revoke_stmt = st.prepared(tx, REVOKE_TOKEN_SQL).await?;
-    let rotate_unused = st
-        .prepared(tx, rotate_sql(RotationPrecondition::Unused))
-        .await?;
-    let rotate_grace = st
-        .prepared(tx, rotate_sql(RotationPrecondition::GraceUnspent))
-        .await?;
-    let writes = ops.iter().filter_map(|op| Pipelined::of(op)).map(|w| {
-        let (issue_stmt, revoke_stmt) = (&issue_stmt, &revoke_stmt);
-        let (rotate_unused, rotate_grace) = (&rotate_unused, &rotate_grace);
-        async move {
-            match w {
-                Pipelined::Issue(g, tokens) => issue(tx, issue_stmt, g, tokens).await,
-                Pipelined::RevokeToken(hash, audit) => revoke_token(tx, revoke_stmt, hash, audit)
-                    .await
-                    .map(Reply::Audited),
-                Pipelined::Rotate(r) => {
-                    let stmt = match r.precondition {
-                        RotationPrecondition::Unused => rotate_unused,
-                        RotationPrecondition::GraceUnspent => rotate_grace,
-                    };
-                    rotate(tx, stmt, r).await
-                }
-            }
-        }
-    });
+    let mut writes = Vec::with_capacity(ops.len());
+    for w in ops.iter().filter_map(|op| OneStatement::of(op)) {
+        // Prepared once per connection; afterwards a lookup, no round trip.
+        let stmt = st.prepared(tx, w.sql()).await?;
+        writes.push((w, stmt));
+    }
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
     // does not matter: an issuance touches only new rows; of two revocations of one token
     // the later finds nothing left to kill, and of two exchanges of one refresh token the
     // later finds it claimed, whichever it is.
-    futures_util::future::join_all(writes)
+    futures_util::future::join_all(writes.iter().map(|(w, stmt)| w.run(tx, stmt)))
         .await
         .into_iter()
         .map(|r| r.map(Ok))
@@ -717,14 +730,8 @@ async fn apply(
                 Reply::Removed(Some(revoke(tx, st, &rev, audit).await?))
             }
         }
-        Op::Issue(g, tokens) => {
-            let stmt = st.prepared(tx, &ISSUE_SQL).await?;
-            issue(tx, &stmt, g, tokens).await?
-        }
-        Op::Rotate(r) => {
-            let stmt = st.prepared(tx, rotate_sql(r.precondition)).await?;
-            rotate(tx, &stmt, r).await?
-        }
+        Op::Issue(g, tokens) => OneStatement::Issue(g, tokens).apply(tx, st).await?,
+        Op::Rotate(r) => OneStatement::Rotate(r).apply(tx, st).await?,
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, limit) => {
             let limit = i64::from(*limit);
