@@ -169,19 +169,19 @@ pub(crate) fn phase(what: &str, clock: &mut Instant) {
 
 /// Every preloaded token as (its hash, `2 * grant + kind`), sorted by hash: inserted in this
 /// order, the tokens' primary key grows at its right edge.
-pub(crate) fn sorted_tokens(n: u64) -> Vec<([u8; 32], u64)> {
+pub(crate) fn sorted_tokens(n: u64) -> Vec<(TokenHash, u64)> {
     let progress = bar(n, "hashes");
-    let mut rows: Vec<([u8; 32], u64)> = Vec::with_capacity(2 * n as usize);
+    let mut rows: Vec<(TokenHash, u64)> = Vec::with_capacity(2 * n as usize);
     for k in 0..n {
         for (kind, code) in [("at", 0), ("rt", 1)] {
-            rows.push((TokenHash::of(&token(kind, k)).0, 2 * k + code));
+            rows.push((TokenHash::of(&token(kind, k)), 2 * k + code));
         }
         if k % 65_536 == 0 {
             progress.set_position(k);
         }
     }
     progress.finish_and_clear();
-    rows.sort_unstable_by_key(|r| r.0);
+    rows.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     rows
 }
 
@@ -274,7 +274,13 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
                  VALUES (?1, ?2, ?3, 'read', ?4, ?5)",
             )?;
             for (hash, code) in chunk {
-                token_row.execute(params![&hash[..], grant_id(code / 2), code % 2, now, far])?;
+                token_row.execute(params![
+                    hash.as_bytes(),
+                    grant_id(code / 2),
+                    code % 2,
+                    now,
+                    far
+                ])?;
             }
         }
         tx.commit()?;

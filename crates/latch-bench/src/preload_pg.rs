@@ -212,7 +212,7 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
         )
         .await?;
     for (b, chunk) in rows.chunks(BATCH as usize).enumerate() {
-        let hashes: Vec<&[u8]> = chunk.iter().map(|(h, _)| &h[..]).collect();
+        let hashes: Vec<&[u8]> = chunk.iter().map(|(h, _)| h.as_bytes()).collect();
         let grants: Vec<String> = chunk.iter().map(|(_, code)| grant_id(code / 2)).collect();
         let kinds: Vec<i16> = chunk.iter().map(|(_, code)| (code % 2) as i16).collect();
         db.execute(&insert_tokens, &[&hashes, &grants, &kinds, &now, &far])

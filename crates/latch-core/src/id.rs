@@ -128,9 +128,7 @@ impl GrantId {
     /// tokens) land at the right edge of the database's B-trees instead of on a random page
     /// each: a write touches a few hot pages rather than one cold page per index.
     pub fn generate() -> Self {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
+        let micros = crate::token::micros_now();
         Self(format!("g_{micros:014x}{}", crate::token::random_b64(12)))
     }
 

@@ -1,9 +1,18 @@
 //! Token minting and hashing.
 //!
-//! A token is `latch_at_` or `latch_rt_` followed by 256 bits from the OS CSPRNG in unpadded
-//! base64url. The prefix makes leaked tokens recognisable to people and secret scanners.
-//! Storage only ever sees [`TokenHash`], the SHA-256 of the whole string: a token has enough
-//! entropy that a fast hash is safe, and a stolen database yields nothing usable.
+//! A token is `latch_at_` or `latch_rt_` followed, in unpadded base64url, by a 64-bit
+//! *locator* (its minting time in microseconds, big-endian) and 256 bits from the OS CSPRNG.
+//! The prefix makes leaked tokens recognisable to people and secret scanners.
+//!
+//! Storage only ever sees [`TokenHash`]: the locator followed by the SHA-256 of the whole
+//! string. A token has enough entropy that a fast hash is safe, and a stolen database yields
+//! nothing usable. The locator is there for the database: keys of new tokens sort by minting
+//! time, so an issuance appends to the tokens' primary-key B-tree instead of dirtying a
+//! random page of it (the same reason grant ids are time-ordered), and recent tokens, the
+//! ones applications present, share pages.
+//!
+//! Tokens minted before the locator existed (`latch_at_` + 43 characters: 256 random bits)
+//! are still recognised; their key is the SHA-256 alone.
 
 use std::fmt;
 
@@ -57,8 +66,24 @@ pub(crate) fn random_b64(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(&buf)
 }
 
-/// Length of a well-formed token: prefix (9) + 43 base64url characters.
-const TOKEN_LEN: usize = 9 + 43;
+/// Microseconds since the Unix epoch, by the system clock: the sort order of time-ordered
+/// identifiers (grant ids, token locators). Only locality depends on it, never correctness.
+pub(crate) fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Bytes of a token's locator.
+const LOCATOR: usize = 8;
+/// Bytes of a token's random part.
+const SECRET: usize = 32;
+/// Length of the token's prefix (`latch_at_`).
+const PREFIX_LEN: usize = 9;
+/// Length of a token: the prefix + base64url of locator and secret (40 bytes → 54 chars).
+const TOKEN_LEN: usize = PREFIX_LEN + (8 * (LOCATOR + SECRET)).div_ceil(6);
+/// Length of a token minted before locators: the prefix + base64url of 32 random bytes.
+const LEGACY_TOKEN_LEN: usize = PREFIX_LEN + (8 * SECRET).div_ceil(6);
 
 /// A freshly minted token in clear. It exists only on its way to the client: it is never
 /// stored or logged, and its `Debug` form is redacted.
@@ -66,11 +91,21 @@ const TOKEN_LEN: usize = 9 + 43;
 pub struct TokenSecret(String);
 
 impl TokenSecret {
-    /// Mints a new token of the given kind.
+    /// Mints a new token of the given kind, located at the current time.
     pub fn mint(kind: TokenKind) -> Self {
+        Self::mint_at(kind, micros_now())
+    }
+
+    /// Mints a token with the given locator (microseconds since the Unix epoch). Only the
+    /// sort order of the stored keys depends on it; a benchmark preloading tokens "minted"
+    /// over time uses it directly.
+    pub fn mint_at(kind: TokenKind, locator: u64) -> Self {
+        let mut raw = [0u8; LOCATOR + SECRET];
+        raw[..LOCATOR].copy_from_slice(&locator.to_be_bytes());
+        OsRng.fill_bytes(&mut raw[LOCATOR..]);
         let mut s = String::with_capacity(TOKEN_LEN);
         s.push_str(kind.prefix());
-        s.push_str(&random_b64(32));
+        URL_SAFE_NO_PAD.encode_string(raw, &mut s);
         Self(s)
     }
 
@@ -79,7 +114,7 @@ impl TokenSecret {
         &self.0
     }
 
-    /// The hash under which this token is stored.
+    /// The key under which this token is stored.
     pub fn hash(&self) -> TokenHash {
         TokenHash::of(&self.0)
     }
@@ -91,20 +126,59 @@ impl fmt::Debug for TokenSecret {
     }
 }
 
-/// The SHA-256 of a token string: the only form in which a token is stored.
+/// The key under which a token is stored, the only form in which a token reaches storage:
+/// its locator followed by the SHA-256 of the whole token string (40 bytes), or the SHA-256
+/// alone for a token minted before locators (and for any string that is not a token).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub [u8; 32]);
+pub struct TokenHash {
+    key: [u8; LOCATOR + 32],
+    len: u8,
+}
 
 impl TokenHash {
-    /// Hashes a token string.
+    /// The key of a token string.
     pub fn of(token: &str) -> Self {
-        Self(Sha256::digest(token.as_bytes()).into())
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut key = [0u8; LOCATOR + 32];
+        match locator(token) {
+            Some(locator) => {
+                key[..LOCATOR].copy_from_slice(&locator);
+                key[LOCATOR..].copy_from_slice(&digest);
+                Self {
+                    key,
+                    len: (LOCATOR + 32) as u8,
+                }
+            }
+            None => {
+                key[..32].copy_from_slice(&digest);
+                Self { key, len: 32 }
+            }
+        }
+    }
+
+    /// The stored key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.key[..usize::from(self.len)]
     }
 
     /// A short public identifier for the token (RFC 7662 `jti`): the first 128 bits of
-    /// the hash. It identifies the token without revealing it.
+    /// its SHA-256. It identifies the token without revealing it.
     pub fn jti(&self) -> String {
-        URL_SAFE_NO_PAD.encode(&self.0[..16])
+        let digest = &self.as_bytes()[usize::from(self.len) - 32..];
+        URL_SAFE_NO_PAD.encode(&digest[..16])
+    }
+}
+
+/// The locator of a well-formed token (the prefix is not checked here), or `None` for a token
+/// minted before locators and for anything else.
+fn locator(token: &str) -> Option<[u8; LOCATOR]> {
+    if token.len() != TOKEN_LEN {
+        return None;
+    }
+    let mut raw = [0u8; LOCATOR + SECRET];
+    match URL_SAFE_NO_PAD.decode_slice(&token.as_bytes()[PREFIX_LEN..], &mut raw) {
+        Ok(n) if n == raw.len() => raw[..LOCATOR].try_into().ok(),
+        _ => None,
     }
 }
 
@@ -127,7 +201,7 @@ impl PresentedToken {
     /// Classifies a presented token. Anything that cannot be a latch token (wrong prefix or
     /// length, so also every oversized input) is `None`: it is unknown without a lookup.
     pub fn parse(token: &str) -> Option<Self> {
-        if token.len() != TOKEN_LEN {
+        if token.len() != TOKEN_LEN && token.len() != LEGACY_TOKEN_LEN {
             return None;
         }
         let kind = if token.starts_with(TokenKind::Access.prefix()) {
@@ -174,6 +248,40 @@ mod tests {
         assert!(PresentedToken::parse("garbage").is_none());
         assert!(PresentedToken::parse(&"x".repeat(1 << 20)).is_none());
         assert!(PresentedToken::parse(&format!("latch_xx_{}", "a".repeat(43))).is_none());
+    }
+
+    #[test]
+    fn keys_of_new_tokens_sort_by_minting_time() {
+        let early = TokenSecret::mint_at(TokenKind::Access, 1_700_000_000_000_000);
+        let late = TokenSecret::mint_at(TokenKind::Refresh, 1_700_000_000_000_001);
+        let (early, late) = (early.hash(), late.hash());
+        assert_eq!(early.as_bytes().len(), 40);
+        assert_eq!(
+            early.as_bytes()[..8],
+            1_700_000_000_000_000u64.to_be_bytes()
+        );
+        assert!(early.as_bytes() < late.as_bytes());
+        // The locator is not secret, but the key's remainder is the SHA-256 of the whole token.
+        let t = TokenSecret::mint(TokenKind::Access);
+        let digest = Sha256::digest(t.expose().as_bytes());
+        assert_eq!(t.hash().as_bytes()[8..], digest[..]);
+        assert_eq!(t.hash().jti(), URL_SAFE_NO_PAD.encode(&digest[..16]));
+    }
+
+    #[test]
+    fn tokens_minted_before_locators_are_still_recognised() {
+        let legacy = format!("latch_rt_{}", URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert_eq!(legacy.len(), LEGACY_TOKEN_LEN);
+        let p = PresentedToken::parse(&legacy).unwrap();
+        assert_eq!(p.kind, TokenKind::Refresh);
+        assert_eq!(p.hash.as_bytes(), &Sha256::digest(legacy.as_bytes())[..]);
+        // A string of the new length that is not base64url has no locator; it is looked up
+        // (and found unknown) like any other string.
+        let odd = format!("latch_at_{}", "!".repeat(TOKEN_LEN - PREFIX_LEN));
+        assert_eq!(
+            PresentedToken::parse(&odd).unwrap().hash.as_bytes().len(),
+            32
+        );
     }
 
     #[test]

@@ -389,7 +389,7 @@ struct TokenArrays {
 impl TokenArrays {
     fn of(tokens: &[NewToken]) -> Self {
         Self {
-            hashes: tokens.iter().map(|t| t.hash.0.to_vec()).collect(),
+            hashes: tokens.iter().map(|t| t.hash.as_bytes().to_vec()).collect(),
             kinds: tokens.iter().map(|t| kind_code(t.kind)).collect(),
             scopes: tokens.iter().map(|t| t.scope.to_string()).collect(),
             issued: tokens.iter().map(|t| t.issued_at).collect(),
@@ -510,7 +510,7 @@ async fn rotate(
         RotationPrecondition::GraceUnspent => old_generation,
     };
     let new_generation = old_generation + 1;
-    let old = &r.old.0[..];
+    let old = r.old.as_bytes();
     let mut params = a.params(&gid);
     params.extend([
         &old as &(dyn ToSql + Sync),
@@ -547,7 +547,7 @@ async fn revoke_token(
         .query_opt(
             stmt,
             &[
-                &&hash.0[..],
+                &hash.as_bytes(),
                 &audit.at,
                 &audit.tenant.as_str(),
                 &audit.actor,

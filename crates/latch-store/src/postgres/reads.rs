@@ -127,7 +127,7 @@ pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<Toke
         )
     });
     let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
-    c.query_opt(&stmt, &[&&hash.0[..]])
+    c.query_opt(&stmt, &[&hash.as_bytes()])
         .await
         .map_err(|e| store_error(&e))?
         .map(|r| token_from_row(&r, 0, hash))
@@ -156,7 +156,7 @@ pub(super) async fn client_and_token(
     });
     let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
     let r = c
-        .query_one(&stmt, &[&tenant.as_str(), &id.as_str(), &&hash.0[..]])
+        .query_one(&stmt, &[&tenant.as_str(), &id.as_str(), &hash.as_bytes()])
         .await
         .map_err(|e| store_error(&e))?;
     let client = match r.get::<_, Option<String>>(0) {

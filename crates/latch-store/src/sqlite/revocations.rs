@@ -28,7 +28,7 @@ pub(super) fn apply(
                 .prepare_cached(
                     "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
                 )?
-                .execute(params![&hash.0[..], now])?;
+                .execute(params![hash.as_bytes(), now])?;
             Killed {
                 grants: 0,
                 tokens: n as u64,

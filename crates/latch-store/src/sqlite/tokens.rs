@@ -27,7 +27,7 @@ fn insert_tokens(c: &Connection, grant: &GrantId, tokens: &[NewToken]) -> rusqli
     )?;
     for t in tokens {
         stmt.execute(params![
-            &t.hash.0[..],
+            t.hash.as_bytes(),
             grant.as_str(),
             kind_code(t.kind),
             t.scope.to_string(),
@@ -67,7 +67,7 @@ pub(super) fn select_token(
          FROM tokens t JOIN grants g ON g.id = t.grant_id \
          WHERE t.hash = ?1",
     )?
-    .query_row([&hash.0[..]], |r| {
+    .query_row([hash.as_bytes()], |r| {
         Ok(TokenRecord {
             hash: *hash,
             kind: if r.get::<_, i64>(0)? == 1 {
@@ -134,7 +134,7 @@ impl TokenStore for SqliteStore {
                            AND EXISTS (SELECT 1 FROM grants \
                                        WHERE id = ?2 AND revoked_at IS NULL)",
                     )?
-                    .execute(params![&r.old.0[..], r.grant_id.as_str(), r.now])?,
+                    .execute(params![r.old.as_bytes(), r.grant_id.as_str(), r.now])?,
                 RotationPrecondition::GraceUnspent => c
                     .prepare_cached(
                         "UPDATE tokens SET grace_used = 1 \
@@ -144,7 +144,11 @@ impl TokenStore for SqliteStore {
                                        AND revoked_at IS NULL \
                                        AND refresh_generation = ?3 + 1)",
                     )?
-                    .execute(params![&r.old.0[..], r.grant_id.as_str(), r.old_generation])?,
+                    .execute(params![
+                        r.old.as_bytes(),
+                        r.grant_id.as_str(),
+                        r.old_generation
+                    ])?,
             };
             if claimed == 0 {
                 return Ok(RotationOutcome::Lost);
