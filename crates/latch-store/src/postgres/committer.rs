@@ -17,6 +17,7 @@ use latch_core::id::{ClientId, TenantId};
 use latch_core::store::{Purged, StoreResult};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
 
 use super::store_error;
-use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
+use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -118,27 +119,6 @@ impl Statements {
         let stmt = tx.prepare(sql).await?;
         self.0.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
-    }
-
-    async fn query_opt(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
-        let stmt = self.prepared(tx, sql).await?;
-        tx.query_opt(&stmt, params).await
-    }
-
-    async fn count(
-        &mut self,
-        tx: &Transaction<'_>,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error> {
-        let stmt = self.prepared(tx, sql).await?;
-        let n: i64 = tx.query_one(&stmt, params).await?.get(0);
-        Ok(n as u64)
     }
 }
 
@@ -290,7 +270,7 @@ async fn commit_batch(
 /// result, and that needs no savepoint: a run of them can be pipelined.
 enum OneStatement<'a> {
     Issue(&'a Grant, &'a [NewToken]),
-    RevokeToken(&'a TokenHash, &'a AuditContext),
+    Revoke(Target<'a>, &'a AuditContext),
     Rotate(&'a Rotation),
 }
 
@@ -299,20 +279,20 @@ impl<'a> OneStatement<'a> {
         match op {
             Op::Issue(g, tokens) => Some(OneStatement::Issue(g, tokens)),
             Op::Rotate(r) => Some(OneStatement::Rotate(r)),
-            Op::Revoke(rev, audit) => match Target::of(rev) {
-                Target::Token(hash) => Some(OneStatement::RevokeToken(hash, audit)),
-                Target::Grants(_) => None,
-            },
+            Op::Revoke(rev, audit) => Some(OneStatement::Revoke(Target::of(rev), audit)),
             _ => None,
         }
     }
 
     /// Its statement's text.
-    fn sql(&self) -> &'static str {
+    fn sql(&self) -> Cow<'static, str> {
         match self {
-            OneStatement::Issue(..) => &ISSUE_SQL,
-            OneStatement::RevokeToken(..) => REVOKE_TOKEN_SQL,
-            OneStatement::Rotate(r) => rotate_sql(r.precondition),
+            OneStatement::Issue(..) => Cow::Borrowed(&ISSUE_SQL),
+            OneStatement::Revoke(Target::Token(_), _) => Cow::Borrowed(REVOKE_TOKEN_SQL),
+            OneStatement::Revoke(Target::Grants(columns), _) => {
+                Cow::Owned(revoke_grants_audited_sql(columns))
+            }
+            OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r.precondition)),
         }
     }
 
@@ -324,7 +304,7 @@ impl<'a> OneStatement<'a> {
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
             OneStatement::Issue(g, tokens) => issue(tx, stmt, g, tokens).await,
-            OneStatement::RevokeToken(hash, audit) => revoke_token(tx, stmt, hash, audit)
+            OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
                 .await
                 .map(Reply::Audited),
             OneStatement::Rotate(r) => rotate(tx, stmt, r).await,
@@ -337,7 +317,7 @@ impl<'a> OneStatement<'a> {
         tx: &Transaction<'_>,
         st: &mut Statements,
     ) -> Result<Reply, tokio_postgres::Error> {
-        let stmt = st.prepared(tx, self.sql()).await?;
+        let stmt = st.prepared(tx, &self.sql()).await?;
         self.run(tx, &stmt).await
     }
 }
@@ -354,7 +334,7 @@ async fn pipeline(
     let mut writes = Vec::with_capacity(ops.len());
     for w in ops.iter().filter_map(|op| OneStatement::of(op)) {
         // Prepared once per connection; afterwards a lookup, no round trip.
-        let stmt = st.prepared(tx, w.sql()).await?;
+        let stmt = st.prepared(tx, &w.sql()).await?;
         writes.push((w, stmt));
     }
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
@@ -566,6 +546,67 @@ async fn revoke_token(
     Ok(id.map(|r| audit.event(r.get(0), killed)))
 }
 
+/// Revoking grants (a refresh token's, a subject's, a client's, a tenant's) as one
+/// statement: the UPDATE, the count of the live tokens that die with the grants, and, only
+/// if a grant died, the audit row. `$1` is the time, `$2`.. the condition's values, then the
+/// audit columns.
+fn revoke_grants_audited_sql(columns: &[(&'static str, &str)]) -> String {
+    let condition = grant_condition(columns, |n| format!("${n}"));
+    let a = columns.len() + 2;
+    format!(
+        "WITH dead AS ({update} RETURNING g.id), \
+         killed AS (SELECT (SELECT count(*) FROM dead) AS grants, \
+           (SELECT count(*) FROM tokens t JOIN dead ON t.grant_id = dead.id \
+            WHERE t.revoked_at IS NULL AND t.rotated_at IS NULL AND t.expires_at > $1) \
+           AS tokens), \
+         audited AS (INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, \
+           subject, grants, tokens, address) \
+           SELECT ${a}, $1, ${}, ${}, ${}, ${}, ${}, grants, tokens, ${} FROM killed \
+           WHERE grants > 0 RETURNING id) \
+         SELECT grants, tokens, (SELECT id FROM audited) FROM killed",
+        a + 1,
+        a + 2,
+        a + 3,
+        a + 4,
+        a + 5,
+        a + 6,
+        update = revoke_grants_sql("$1", &condition),
+    )
+}
+
+/// Revokes grants with [`revoke_grants_audited_sql`], prepared as `stmt`.
+async fn revoke_grants(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    columns: &[(&'static str, &str)],
+    audit: &AuditContext,
+) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
+    let address = audit.address.map(|a| a.to_string());
+    let (tenant, reason) = (audit.tenant.as_str(), audit.reason.as_str());
+    let (grant_id, subject) = (
+        audit.grant_id.as_ref().map(|g| g.as_str()),
+        audit.subject.as_ref().map(|s| s.as_str()),
+    );
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&audit.at];
+    params.extend(columns.iter().map(|(_, v)| v as &(dyn ToSql + Sync)));
+    params.extend([
+        &tenant as &(dyn ToSql + Sync),
+        &audit.actor,
+        &audit.route,
+        &reason,
+        &grant_id,
+        &subject,
+        &address,
+    ]);
+    let row = tx.query_one(stmt, &params).await?;
+    let (grants, tokens, id): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+    let killed = Killed {
+        grants: grants as u64,
+        tokens: tokens as u64,
+    };
+    Ok(id.map(|id| audit.event(id, killed)))
+}
+
 /// Applies a revocation inside a transaction and records it in the audit trail. Returns the
 /// audit record, or `None` when nothing was alive (nothing is recorded then).
 async fn revoke(
@@ -574,54 +615,23 @@ async fn revoke(
     revocation: &Revocation,
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
-    let now = audit.at;
-    let address = audit.address.map(|a| a.to_string());
-    let killed = match Target::of(revocation) {
-        Target::Token(hash) => {
-            let stmt = st.prepared(tx, REVOKE_TOKEN_SQL).await?;
-            return revoke_token(tx, &stmt, hash, audit).await;
-        }
-        Target::Grants(columns) => {
-            let condition = grant_condition(&columns, |n| format!("${n}"));
-            let mut values: Vec<&(dyn ToSql + Sync)> = vec![&now];
-            values.extend(columns.iter().map(|(_, v)| v as &(dyn ToSql + Sync)));
-            // Count the live tokens first: after the UPDATE their grants are dead.
-            let tokens = st
-                .count(tx, &live_tokens_sql("$1", &condition), &values)
-                .await?;
-            let grants = st
-                .execute(tx, &revoke_grants_sql("$1", &condition), &values)
-                .await?;
-            Killed {
-                grants,
-                tokens: if grants > 0 { tokens } else { 0 },
-            }
-        }
-    };
-    if killed.is_nothing() {
-        return Ok(None);
+    let target = Target::of(revocation);
+    let sql = OneStatement::Revoke(Target::of(revocation), audit).sql();
+    let stmt = st.prepared(tx, &sql).await?;
+    revoke_target(tx, &stmt, &target, audit).await
+}
+
+/// Runs a revocation's statement ([`OneStatement::sql`]), prepared as `stmt`.
+async fn revoke_target(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    target: &Target<'_>,
+    audit: &AuditContext,
+) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
+    match target {
+        Target::Token(hash) => revoke_token(tx, stmt, hash, audit).await,
+        Target::Grants(columns) => revoke_grants(tx, stmt, columns, audit).await,
     }
-    let id: i64 = st
-        .query_opt(
-            tx,
-            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-               tokens, address) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            &[
-                &audit.tenant.as_str(),
-                &now,
-                &audit.actor,
-                &audit.route,
-                &audit.reason.as_str(),
-                &audit.grant_id.as_ref().map(|g| g.as_str()),
-                &audit.subject.as_ref().map(|s| s.as_str()),
-                &(killed.grants as i64),
-                &(killed.tokens as i64),
-                &address,
-            ],
-        )
-        .await?
-        .map_or(0, |r| r.get(0));
-    Ok(Some(audit.event(id, killed)))
 }
 
 fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
