@@ -16,6 +16,7 @@ use latch_core::StoreError;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpointer::Checkpointer;
 use super::unavailable;
 
 /// The most writes committed in one transaction. Large enough to amortise an fsync over a
@@ -87,12 +88,16 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the writer thread over `conn`. The thread stops when every handle is dropped.
-    pub(crate) fn start(conn: Arc<Mutex<Connection>>) -> std::io::Result<Self> {
+    /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
+    /// after each commit. The thread stops when every handle is dropped.
+    pub(crate) fn start(
+        conn: Arc<Mutex<Connection>>,
+        checkpointer: Option<Checkpointer>,
+    ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("latch-committer".into())
-            .spawn(move || run(&conn, rx))?;
+            .spawn(move || run(&conn, rx, checkpointer.as_ref()))?;
         Ok(Self { queue })
     }
 
@@ -118,7 +123,11 @@ impl Committer {
     }
 }
 
-fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Box<dyn PendingWrite>>) {
+fn run(
+    conn: &Mutex<Connection>,
+    mut rx: mpsc::Receiver<Box<dyn PendingWrite>>,
+    checkpointer: Option<&Checkpointer>,
+) {
     let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -128,14 +137,17 @@ fn run(conn: &Mutex<Connection>, mut rx: mpsc::Receiver<Box<dyn PendingWrite>>) 
                 Err(_) => break,
             }
         }
-        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = commit_batch(&conn, &mut batch);
-        drop(conn);
+        let writer = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = commit_batch(&writer, &mut batch);
+        drop(writer);
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
         }
         for write in batch.drain(..) {
             write.finish(outcome.as_ref().map(|_| ()));
+        }
+        if let (Some(c), Ok(())) = (checkpointer, &outcome) {
+            c.after_commit(&conn.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (a primary-key lookup is a few microseconds, cheaper than a hop to another thread), and a
 //! single writer thread doing group commit ([`committer`]).
 
+mod checkpointer;
 mod clients;
 mod committer;
 mod revocations;
@@ -20,6 +21,7 @@ use latch_core::token::TokenHash;
 use latch_core::StoreError;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use checkpointer::Checkpointer;
 use committer::Committer;
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
@@ -125,7 +127,20 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(store_error)?;
         configure_writer(&conn).map_err(store_error)?;
         migrate(&mut conn).map_err(store_error)?;
-        let committer = Committer::start(Arc::new(Mutex::new(conn)))
+        // Checkpoints are the checkpointer's job; SQLite's automatic one stays as a backstop
+        // at ten times its usual threshold, should the checkpoint thread ever fall behind.
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            10 * checkpointer::REWIND_AT_PAGES,
+        )
+        .map_err(store_error)?;
+        let checkpoints = Connection::open(path)
+            .and_then(|c| configure(&c).map(|()| c))
+            .map_err(store_error)?;
+        let checkpointer = Checkpointer::start(checkpoints)
+            .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+        let committer = Committer::start(Arc::new(Mutex::new(conn)), Some(checkpointer))
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Readers::Pool {
@@ -144,7 +159,7 @@ impl SqliteStore {
             .map_err(store_error)?;
         migrate(&mut conn).map_err(store_error)?;
         let shared = Arc::new(Mutex::new(conn));
-        let committer = Committer::start(shared.clone())
+        let committer = Committer::start(shared.clone(), None)
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Readers::Shared(shared),
