@@ -40,19 +40,6 @@ impl Shared {
     /// Runs a passive checkpoint on `conn`, recording the WAL's length.
     fn checkpoint(&self, conn: &Connection) {
         let _running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        self.checkpoint_locked(conn);
-    }
-
-    /// [`Self::checkpoint`], unless another is running: then `false`, at once.
-    fn try_checkpoint(&self, conn: &Connection) -> bool {
-        let Ok(_running) = self.running.try_lock() else {
-            return false;
-        };
-        self.checkpoint_locked(conn);
-        true
-    }
-
-    fn checkpoint_locked(&self, conn: &Connection) {
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
             Ok(pages) => self.wal_pages.store(pages, Ordering::Relaxed),
             // Nothing is lost: the pages stay in the WAL for the next checkpoint.
@@ -88,11 +75,11 @@ impl Checkpointer {
     /// Called by the writer after each commit, once the batch is answered and before the next
     /// transaction begins, on the write connection.
     pub(crate) fn after_commit(&self, writer: &Connection) {
-        // When a background pass is running, waiting for it would stall the next batch;
-        // the next commit tries again.
-        if self.shared.wal_pages.load(Ordering::Relaxed) >= REWIND_AT_PAGES
-            && self.shared.try_checkpoint(writer)
-        {
+        if self.shared.wal_pages.load(Ordering::Relaxed) >= REWIND_AT_PAGES {
+            // Waits for a background pass in progress (it is copying the last few batches),
+            // then copies what is left. Skipping it instead when a pass is running was tried:
+            // with a pass nearly always running, the WAL then grew past 19 MB.
+            self.shared.checkpoint(writer);
             // Everything committed is copied, so the next transaction rewinds the WAL; until
             // a background pass says otherwise, assume it did.
             self.shared.wal_pages.store(0, Ordering::Relaxed);
