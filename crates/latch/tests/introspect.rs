@@ -353,3 +353,39 @@ backend_test! {
         assert!(s.is_active(&at).await);
     }
 }
+
+// ---- under concurrency ----------------------------------------------------------------------
+
+backend_test! {
+    async fn concurrent_introspections_each_get_their_own_tokens_answer() {
+        // Concurrent lookups share database statements (PostgreSQL batches them); every
+        // answer must still be the one for the token asked about.
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let mut tokens = Vec::new();
+        for i in 0..48 {
+            let issued = s.grant_for(&app, &format!("user{i}"), None).await;
+            tokens.push(field(&issued, "access_token"));
+        }
+        for t in tokens.iter().step_by(3) {
+            assert_eq!(s.revoke(Auth::Basic(&app), t).await.status(), 200);
+        }
+        let unknown = format!("latch_at_{}", "A".repeat(54));
+        let asked: Vec<&str> = tokens
+            .iter()
+            .map(String::as_str)
+            .chain([unknown.as_str(), "not-a-token"])
+            .collect();
+        let answers = futures_util::future::join_all(asked.iter().map(|t| s.introspect(t))).await;
+        for (i, answer) in answers.iter().enumerate() {
+            if i >= tokens.len() {
+                assert_eq!(answer, &json!({"active": false}), "{}", asked[i]);
+            } else if i % 3 == 0 {
+                assert_eq!(answer, &json!({"active": false}), "token {i} was revoked");
+            } else {
+                assert_eq!(answer["active"], true, "token {i}: {answer}");
+                assert_eq!(answer["sub"], format!("user{i}"), "token {i}: {answer}");
+            }
+        }
+    }
+}

@@ -9,10 +9,12 @@
 //! one sees its row change.
 
 mod committer;
+mod lookups;
 mod pipelined;
 mod reads;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -31,6 +33,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use committer::{Committer, Op, Reply};
+use lookups::Lookups;
 use pipelined::Pipelined;
 
 /// Schema migrations, applied in order at start-up under an advisory lock, so nodes starting
@@ -60,7 +63,8 @@ pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
 /// latch's storage on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
-    hot: Pipelined,
+    hot: Arc<Pipelined>,
+    lookups: Lookups,
     committer: Committer,
 }
 
@@ -88,8 +92,10 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let hot = Arc::new(Pipelined::new(pool.clone(), PIPELINED_CONNECTIONS));
         Ok(Self {
-            hot: Pipelined::new(pool.clone(), PIPELINED_CONNECTIONS),
+            lookups: Lookups::start(hot.clone()),
+            hot,
             pool,
             committer: Committer::start(config),
         })
@@ -304,6 +310,6 @@ impl Storage for PgStore {
         id: &ClientId,
         hash: &TokenHash,
     ) -> StoreResult<(Option<Client>, Option<TokenRecord>)> {
-        reads::client_and_token(&**self.hot.get().await?, tenant, id, hash).await
+        self.lookups.client_and_token(tenant, id, hash).await
     }
 }

@@ -134,40 +134,57 @@ pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<Toke
         .transpose()
 }
 
-/// A client and a token in one statement (one round trip, one execution): each side is
-/// all NULLs when absent.
-pub(super) async fn client_and_token(
+/// What [`clients_and_tokens`] looks up: a client and a token.
+pub(super) struct ClientAndToken {
+    pub(super) tenant: TenantId,
+    pub(super) client: ClientId,
+    pub(super) hash: TokenHash,
+}
+
+/// Many lookups of a client and a token in one statement (one round trip, one execution),
+/// answered in order; each side is `None` when absent. Every lookup is a primary-key probe
+/// (`LATERAL`, so the plan cannot turn into a scan however many keys there are).
+pub(super) async fn clients_and_tokens(
     c: &Conn,
-    tenant: &TenantId,
-    id: &ClientId,
-    hash: &TokenHash,
-) -> StoreResult<(Option<Client>, Option<TokenRecord>)> {
+    lookups: &[ClientAndToken],
+) -> StoreResult<Vec<(Option<Client>, Option<TokenRecord>)>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        let client_columns = CLIENT_COLUMNS
-            .split(", ")
-            .map(|c| format!("c.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
         format!(
-            "SELECT {client_columns}, {TOKEN_COLUMNS} FROM (SELECT 1) AS one \
-             LEFT JOIN clients c ON c.tenant_id = $1 AND c.client_id = $2 \
-             LEFT JOIN (tokens t JOIN grants g ON g.id = t.grant_id) ON t.hash = $3"
+            "SELECT c.*, tg.* \
+             FROM unnest($1::TEXT[], $2::TEXT[], $3::BYTEA[]) WITH ORDINALITY \
+               AS q(tenant, client, hash, i) \
+             LEFT JOIN LATERAL (SELECT {CLIENT_COLUMNS} FROM clients \
+               WHERE tenant_id = q.tenant AND client_id = q.client) c ON TRUE \
+             LEFT JOIN LATERAL (SELECT {TOKEN_COLUMNS} FROM tokens t \
+               JOIN grants g ON g.id = t.grant_id WHERE t.hash = q.hash) tg ON TRUE \
+             ORDER BY q.i"
         )
     });
+    let tenants: Vec<&str> = lookups.iter().map(|l| l.tenant.as_str()).collect();
+    let clients: Vec<&str> = lookups.iter().map(|l| l.client.as_str()).collect();
+    let hashes: Vec<&[u8]> = lookups.iter().map(|l| l.hash.as_bytes()).collect();
     let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
-    let r = c
-        .query_one(&stmt, &[&tenant.as_str(), &id.as_str(), &hash.as_bytes()])
+    let rows = c
+        .query(&stmt, &[&tenants, &clients, &hashes])
         .await
         .map_err(|e| store_error(&e))?;
-    let client = match r.get::<_, Option<String>>(0) {
-        Some(_) => Some(client_from_row(&r)?),
-        None => None,
-    };
-    let token = match r.get::<_, Option<i16>>(CLIENT_COLUMN_COUNT) {
-        Some(_) => Some(token_from_row(&r, CLIENT_COLUMN_COUNT, hash)?),
-        None => None,
-    };
-    Ok((client, token))
+    if rows.len() != lookups.len() {
+        return Err(corrupt("lookup result"));
+    }
+    rows.iter()
+        .zip(lookups)
+        .map(|(r, l)| {
+            let client = match r.get::<_, Option<String>>(0) {
+                Some(_) => Some(client_from_row(r)?),
+                None => None,
+            };
+            let token = match r.get::<_, Option<i16>>(CLIENT_COLUMN_COUNT) {
+                Some(_) => Some(token_from_row(r, CLIENT_COLUMN_COUNT, &l.hash)?),
+                None => None,
+            };
+            Ok((client, token))
+        })
+        .collect()
 }
 
 /// Decodes [`TOKEN_COLUMNS`] starting at column `base`.
