@@ -74,7 +74,7 @@ struct Cli {
     db: PathBuf,
     /// Measure latch on PostgreSQL instead of SQLite: the database this URL names (e.g.
     /// `postgres://root@127.0.0.1:5432/latch_bench`) is dropped, re-created and preloaded
-    /// (unless --keep-db finds it preloaded: its state is `<out>/postgres-<name>.state.json`).
+    /// (unless --keep-db finds it preloaded: its state is a table in that database).
     /// PostgreSQL's processes are pinned to core 0 with latch for the run.
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,

@@ -249,3 +249,42 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
         "path logged, query not"
     );
 }
+
+backend_test! {
+    async fn concurrent_revocations_are_each_recorded_once_with_their_own_details() {
+        // Concurrent one-token revocations share a statement on PostgreSQL; each killed token
+        // must still get exactly one audit row carrying its own revocation's details, and a
+        // token revoked twice at once is killed (and recorded) once.
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let mut tokens = Vec::new();
+        for i in 0..30 {
+            let g = s.grant_for(&svc, &format!("user{i}"), None).await;
+            tokens.push(g["access_token"].as_str().unwrap().to_owned());
+        }
+        let twice = tokens.iter().chain(tokens.iter().take(10));
+        let statuses = futures_util::future::join_all(
+            twice.map(|t| async { s.revoke(Auth::Basic(&svc), t).await.status() }),
+        )
+        .await;
+        assert!(statuses.iter().all(|st| *st == 200), "{statuses:?}");
+        for t in &tokens {
+            assert!(!s.is_active(t).await);
+        }
+        let page = audit(&s, "?limit=100").await;
+        let all = events(&page);
+        assert_eq!(all.len(), 30, "{page}");
+        let mut subjects: Vec<&str> = all.iter().map(|e| e["subject"].as_str().unwrap()).collect();
+        subjects.sort_unstable();
+        let mut expected: Vec<String> = (0..30).map(|i| format!("user{i}")).collect();
+        expected.sort_unstable();
+        assert_eq!(subjects, expected);
+        for e in &all {
+            assert_eq!((e["grants"].as_u64(), e["tokens"].as_u64()), (Some(0), Some(1)), "{e}");
+            assert_eq!(e["actor"], "svc");
+        }
+        let mut ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 30, "audit ids are distinct");
+    }
+}

@@ -326,27 +326,69 @@ impl<'a> OneStatement<'a> {
 /// the first answer is awaited, and PostgreSQL executes them one after the other as they
 /// arrive, in one round trip instead of one each. The first error fails the whole batch, as
 /// it would one statement at a time.
+///
+/// The run's one-token revocations (the commonest write) go in one statement of their own
+/// ([`REVOKE_TOKENS_SQL`]), since most of a small statement's cost in PostgreSQL is starting
+/// and finishing its execution.
 async fn pipeline(
     tx: &Transaction<'_>,
     st: &mut Statements,
     ops: &[&Op],
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
     let mut writes = Vec::with_capacity(ops.len());
-    for w in ops.iter().filter_map(|op| OneStatement::of(op)) {
-        // Prepared once per connection; afterwards a lookup, no round trip.
-        let stmt = st.prepared(tx, &w.sql()).await?;
-        writes.push((w, stmt));
+    let mut revocations = Vec::new();
+    for (i, w) in ops.iter().filter_map(|op| OneStatement::of(op)).enumerate() {
+        match w {
+            OneStatement::Revoke(Target::Token(hash), audit) => {
+                revocations.push((i, hash, audit));
+            }
+            w => {
+                // Prepared once per connection; afterwards a lookup, no round trip.
+                let stmt = st.prepared(tx, &w.sql()).await?;
+                writes.push((i, w, stmt));
+            }
+        }
     }
+    let revoke_tokens_stmt = match revocations.is_empty() {
+        true => None,
+        false => Some(st.prepared(tx, REVOKE_TOKENS_SQL).await?),
+    };
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
     // does not matter: an issuance touches only new rows; of two revocations of one token
     // the later finds nothing left to kill, and of two exchanges of one refresh token the
     // later finds it claimed, whichever it is.
-    futures_util::future::join_all(writes.iter().map(|(w, stmt)| w.run(tx, stmt)))
-        .await
+    let singles =
+        futures_util::future::join_all(writes.iter().map(|(i, w, stmt)| async move {
+            w.run(tx, stmt).await.map(|reply| vec![(*i, reply)])
+        }));
+    let batched = async {
+        let Some(stmt) = &revoke_tokens_stmt else {
+            return Ok(Vec::new());
+        };
+        let items: Vec<_> = revocations.iter().map(|(_, h, a)| (*h, *a)).collect();
+        let events = revoke_tokens(tx, stmt, &items).await?;
+        Ok(revocations
+            .iter()
+            .zip(events)
+            .map(|((i, _, _), event)| (*i, Reply::Audited(event)))
+            .collect::<Vec<_>>())
+    };
+    let (singles, batched) = futures_util::future::join(singles, batched).await;
+    let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
+    for (i, reply) in singles
         .into_iter()
-        .map(|r| r.map(Ok))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .chain(batched?)
+    {
+        replies[i] = Some(reply);
+    }
+    Ok(replies
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Unavailable("a write was not applied".into())))
+        .collect())
 }
 
 fn kind_code(kind: TokenKind) -> i16 {
@@ -514,6 +556,74 @@ const REVOKE_TOKEN_SQL: &str = "WITH killed AS (UPDATE tokens SET revoked_at = $
        address) \
      SELECT $3, $2, $4, $5, $6, $7, $8, 0, count(*), $9 FROM killed \
      HAVING count(*) > 0 RETURNING id";
+
+/// Any number of one-token revocations as one statement: the tokens' UPDATE, then an audit row
+/// for each that killed its token, with ids drawn beforehand so that each is matched to its
+/// revocation. Of two revocations of one token, one kills it and the other finds nothing.
+/// `$1`..`$9`: arrays of the hashes and of each revocation's audit columns.
+const REVOKE_TOKENS_SQL: &str = "WITH q AS (SELECT * FROM unnest($1::BYTEA[], $2::BIGINT[], \
+       $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[]) \
+       WITH ORDINALITY AS q(hash, at, tenant, actor, route, reason, grant_id, subject, \
+       address, i)), \
+     killed AS (UPDATE tokens t SET revoked_at = q.at FROM q \
+       WHERE t.hash = q.hash AND t.revoked_at IS NULL RETURNING q.i), \
+     numbered AS (SELECT q.*, nextval(pg_get_serial_sequence('audit', 'id')) AS id \
+       FROM q JOIN killed USING (i)), \
+     audited AS (INSERT INTO audit (id, tenant_id, at, actor, route, reason, grant_id, \
+       subject, grants, tokens, address) \
+       SELECT id, tenant, at, actor, route, reason, grant_id, subject, 0, 1, address \
+       FROM numbered) \
+     SELECT i, id FROM numbered";
+
+/// Revokes tokens with [`REVOKE_TOKENS_SQL`], prepared as `stmt`; the audit record of each
+/// revocation, in order (`None` where nothing was alive).
+async fn revoke_tokens(
+    tx: &Transaction<'_>,
+    stmt: &Statement,
+    items: &[(&TokenHash, &AuditContext)],
+) -> Result<Vec<Option<AuditEvent>>, tokio_postgres::Error> {
+    let hashes: Vec<&[u8]> = items.iter().map(|(h, _)| h.as_bytes()).collect();
+    let at: Vec<i64> = items.iter().map(|(_, a)| a.at).collect();
+    let tenant: Vec<&str> = items.iter().map(|(_, a)| a.tenant.as_str()).collect();
+    let actor: Vec<&str> = items.iter().map(|(_, a)| a.actor.as_str()).collect();
+    let route: Vec<&str> = items.iter().map(|(_, a)| a.route).collect();
+    let reason: Vec<&str> = items.iter().map(|(_, a)| a.reason.as_str()).collect();
+    let grant_id: Vec<Option<&str>> = items
+        .iter()
+        .map(|(_, a)| a.grant_id.as_ref().map(|g| g.as_str()))
+        .collect();
+    let subject: Vec<Option<&str>> = items
+        .iter()
+        .map(|(_, a)| a.subject.as_ref().map(|s| s.as_str()))
+        .collect();
+    let address: Vec<Option<String>> = items
+        .iter()
+        .map(|(_, a)| a.address.map(|a| a.to_string()))
+        .collect();
+    let rows = tx
+        .query(
+            stmt,
+            &[
+                &hashes, &at, &tenant, &actor, &route, &reason, &grant_id, &subject, &address,
+            ],
+        )
+        .await?;
+    let mut events: Vec<Option<AuditEvent>> = items.iter().map(|_| None).collect();
+    let killed = Killed {
+        grants: 0,
+        tokens: 1,
+    };
+    for r in rows {
+        let (i, id): (i64, i64) = (r.get(0), r.get(1));
+        if let Some((slot, (_, audit))) = usize::try_from(i - 1)
+            .ok()
+            .and_then(|i| events.get_mut(i).zip(items.get(i)))
+        {
+            *slot = Some(audit.event(id, killed));
+        }
+    }
+    Ok(events)
+}
 
 /// Revokes one token with [`REVOKE_TOKEN_SQL`], prepared as `stmt`.
 async fn revoke_token(
