@@ -167,14 +167,8 @@ async fn run(config: tokio_postgres::Config, mut rx: mpsc::Receiver<Pending>) {
     let mut client: Option<PgClient> = None;
     let mut statements = Statements::default();
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    // Waits for a write, then takes every other one already queued.
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         if client.as_ref().is_none_or(PgClient::is_closed) {
             statements = Statements::default();
             client = match connect(&config).await {

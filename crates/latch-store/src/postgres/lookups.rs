@@ -71,14 +71,8 @@ impl Lookups {
 
 async fn run(hot: Arc<Pipelined>, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    // Waits for a lookup, then takes every other one already queued.
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (lookups, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.lookup, p.reply)).unzip();
         let answers = match hot.get().await {

@@ -129,14 +129,8 @@ fn run(
     checkpointer: Option<&Checkpointer>,
 ) {
     let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
+    // Waits for a write, then takes every other one already queued.
+    while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let writer = conn.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = commit_batch(&writer, &mut batch);
         drop(writer);
