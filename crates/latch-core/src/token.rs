@@ -96,10 +96,9 @@ impl TokenSecret {
         Self::mint_at(kind, micros_now())
     }
 
-    /// Mints a token with the given locator (microseconds since the Unix epoch). Only the
-    /// sort order of the stored keys depends on it; a benchmark preloading tokens "minted"
-    /// over time uses it directly.
-    pub fn mint_at(kind: TokenKind, locator: u64) -> Self {
+    /// Mints a token with the given locator (microseconds since the Unix epoch): only the
+    /// sort order of the stored keys depends on it.
+    fn mint_at(kind: TokenKind, locator: u64) -> Self {
         let mut raw = [0u8; LOCATOR + SECRET];
         raw[..LOCATOR].copy_from_slice(&locator.to_be_bytes());
         OsRng.fill_bytes(&mut raw[LOCATOR..]);

@@ -282,10 +282,7 @@ impl<'a> OneStatement<'a> {
     fn sql(&self) -> Cow<'static, str> {
         match self {
             OneStatement::Issue(..) => Cow::Borrowed(&ISSUE_SQL),
-            OneStatement::Revoke(Target::Token(_), _) => Cow::Borrowed(REVOKE_TOKEN_SQL),
-            OneStatement::Revoke(Target::Grants(columns), _) => {
-                Cow::Owned(revoke_grants_audited_sql(columns))
-            }
+            OneStatement::Revoke(target, _) => revoke_sql(target),
             OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r.precondition)),
         }
     }
@@ -343,19 +340,21 @@ async fn pipeline(
             }
         }
     }
-    let revoke_tokens_stmt = match revocations.is_empty() {
-        true => None,
-        false => Some(st.prepared(tx, REVOKE_TOKENS_SQL).await?),
+    let revoke_tokens_stmt = if revocations.is_empty() {
+        None
+    } else {
+        Some(st.prepared(tx, REVOKE_TOKENS_SQL).await?)
     };
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
     // does not matter: an issuance touches only new rows; of two revocations of one token
     // the later finds nothing left to kill, and of two exchanges of one refresh token the
     // later finds it claimed, whichever it is.
-    let singles =
-        futures_util::future::join_all(writes.iter().map(|(i, w, stmt)| async move {
-            w.run(tx, stmt).await.map(|reply| vec![(*i, reply)])
-        }));
+    let singles = futures_util::future::join_all(
+        writes
+            .iter()
+            .map(|(i, w, stmt)| async move { Ok((*i, w.run(tx, stmt).await?)) }),
+    );
     let batched = async {
         let Some(stmt) = &revoke_tokens_stmt else {
             return Ok(Vec::new());
@@ -370,13 +369,11 @@ async fn pipeline(
     };
     let (singles, batched) = futures_util::future::join(singles, batched).await;
     let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
-    for (i, reply) in singles
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .chain(batched?)
-    {
+    for single in singles {
+        let (i, reply): (usize, Reply) = single?;
+        replies[i] = Some(reply);
+    }
+    for (i, reply) in batched? {
         replies[i] = Some(reply);
     }
     Ok(replies
@@ -720,12 +717,19 @@ async fn revoke(
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     let target = Target::of(revocation);
-    let sql = OneStatement::Revoke(Target::of(revocation), audit).sql();
-    let stmt = st.prepared(tx, &sql).await?;
+    let stmt = st.prepared(tx, &revoke_sql(&target)).await?;
     revoke_target(tx, &stmt, &target, audit).await
 }
 
-/// Runs a revocation's statement ([`OneStatement::sql`]), prepared as `stmt`.
+/// A revocation's statement: one token's, or the grants'.
+fn revoke_sql(target: &Target<'_>) -> Cow<'static, str> {
+    match target {
+        Target::Token(_) => Cow::Borrowed(REVOKE_TOKEN_SQL),
+        Target::Grants(columns) => Cow::Owned(revoke_grants_audited_sql(columns)),
+    }
+}
+
+/// Runs a revocation's statement ([`revoke_sql`]), prepared as `stmt`.
 async fn revoke_target(
     tx: &Transaction<'_>,
     stmt: &Statement,
