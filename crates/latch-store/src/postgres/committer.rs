@@ -539,15 +539,6 @@ async fn rotate(
     }))
 }
 
-/// The commonest revocation (one access token) as one statement: the UPDATE and, only if it
-/// killed the token, its audit row.
-const REVOKE_TOKEN_SQL: &str = "WITH killed AS (UPDATE tokens SET revoked_at = $2 \
-       WHERE hash = $1 AND revoked_at IS NULL RETURNING 1) \
-     INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
-       address) \
-     SELECT $3, $2, $4, $5, $6, $7, $8, 0, count(*), $9 FROM killed \
-     HAVING count(*) > 0 RETURNING id";
-
 /// Any number of one-token revocations as one statement: the tokens' UPDATE, then an audit row
 /// for each that killed its token, with ids drawn beforehand so that each is matched to its
 /// revocation. Of two revocations of one token, one kills it and the other finds nothing.
@@ -614,37 +605,6 @@ async fn revoke_tokens(
         }
     }
     Ok(events)
-}
-
-/// Revokes one token with [`REVOKE_TOKEN_SQL`], prepared as `stmt`.
-async fn revoke_token(
-    tx: &Transaction<'_>,
-    stmt: &Statement,
-    hash: &TokenHash,
-    audit: &AuditContext,
-) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
-    let address = audit.address.map(|a| a.to_string());
-    let id = tx
-        .query_opt(
-            stmt,
-            &[
-                &hash.as_bytes(),
-                &audit.at,
-                &audit.tenant.as_str(),
-                &audit.actor,
-                &audit.route,
-                &audit.reason.as_str(),
-                &audit.grant_id.as_ref().map(|g| g.as_str()),
-                &audit.subject.as_ref().map(|s| s.as_str()),
-                &address,
-            ],
-        )
-        .await?;
-    let killed = Killed {
-        grants: 0,
-        tokens: 1,
-    };
-    Ok(id.map(|r| audit.event(r.get(0), killed)))
 }
 
 /// Revoking grants (a refresh token's, a subject's, a client's, a tenant's) as one
@@ -724,7 +684,7 @@ async fn revoke(
 /// A revocation's statement: one token's, or the grants'.
 fn revoke_sql(target: &Target<'_>) -> Cow<'static, str> {
     match target {
-        Target::Token(_) => Cow::Borrowed(REVOKE_TOKEN_SQL),
+        Target::Token(_) => Cow::Borrowed(REVOKE_TOKENS_SQL),
         Target::Grants(columns) => Cow::Owned(revoke_grants_audited_sql(columns)),
     }
 }
@@ -737,7 +697,11 @@ async fn revoke_target(
     audit: &AuditContext,
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     match target {
-        Target::Token(hash) => revoke_token(tx, stmt, hash, audit).await,
+        // The statement that revokes a pipelined run's tokens, with a run of one.
+        Target::Token(hash) => Ok(revoke_tokens(tx, stmt, &[(*hash, audit)])
+            .await?
+            .pop()
+            .flatten()),
         Target::Grants(columns) => revoke_grants(tx, stmt, columns, audit).await,
     }
 }
