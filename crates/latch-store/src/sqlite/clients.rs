@@ -19,6 +19,9 @@ const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_typ
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
      access_token_revocation, created_at";
 
+/// How many columns [`COLUMNS`] names.
+pub(super) const COLUMN_COUNT: usize = 12;
+
 /// One client, on a connection already chosen.
 pub(super) fn select_client(
     c: &Connection,
@@ -39,35 +42,53 @@ fn corrupt(col: usize, what: &str) -> rusqlite::Error {
 }
 
 fn client_from_row(r: &Row<'_>) -> rusqlite::Result<Client> {
-    let secret = r.get::<_, Option<String>>(2)?.map(SecretHash::from_stored);
-    let auth_method =
-        AuthMethod::parse(&r.get::<_, String>(3)?).map_err(|_| corrupt(3, "auth_method"))?;
+    client_at(r, 0)
+}
+
+/// The client columns qualified by a table alias (`c.tenant_id, c.client_id, …`), for a
+/// statement that joins them with other tables; [`client_at`] reads them.
+pub(super) fn qualified_columns(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|column| format!("{alias}.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads a client from the row's [`COLUMN_COUNT`] columns from `base` on, in [`COLUMNS`]
+/// order.
+pub(super) fn client_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Client> {
+    let secret = r
+        .get::<_, Option<String>>(base + 2)?
+        .map(SecretHash::from_stored);
+    let auth_method = AuthMethod::parse(&r.get::<_, String>(base + 3)?)
+        .map_err(|_| corrupt(base + 3, "auth_method"))?;
     let grant_types = r
-        .get::<_, String>(4)?
+        .get::<_, String>(base + 4)?
         .split(' ')
         .filter_map(GrantType::parse)
         .collect();
     let redirect_uris = r
-        .get::<_, String>(6)?
+        .get::<_, String>(base + 6)?
         .split(' ')
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
-    let access_token_revocation = AccessTokenRevocation::parse(&r.get::<_, String>(10)?)
-        .map_err(|_| corrupt(10, "access_token_revocation"))?;
+    let access_token_revocation = AccessTokenRevocation::parse(&r.get::<_, String>(base + 10)?)
+        .map_err(|_| corrupt(base + 10, "access_token_revocation"))?;
     Ok(Client {
-        tenant: TenantId::from_stored(r.get(0)?),
-        id: ClientId::from_stored(r.get(1)?),
+        tenant: TenantId::from_stored(r.get(base)?),
+        id: ClientId::from_stored(r.get(base + 1)?),
         secret,
         auth_method,
         grant_types,
-        scope: Scope::from_stored(&r.get::<_, String>(5)?),
+        scope: Scope::from_stored(&r.get::<_, String>(base + 5)?),
         redirect_uris,
-        access_token_ttl: r.get(7)?,
-        refresh_token_ttl: r.get(8)?,
-        rotation_grace: r.get(9)?,
+        access_token_ttl: r.get(base + 7)?,
+        refresh_token_ttl: r.get(base + 8)?,
+        rotation_grace: r.get(base + 9)?,
         access_token_revocation,
-        created_at: r.get(11)?,
+        created_at: r.get(base + 11)?,
     })
 }
 
@@ -197,5 +218,16 @@ impl ClientStore for SqliteStore {
             Ok(Some(revocations::apply(c, &revocation, &audit)?))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_count_matches_the_column_list() {
+        assert_eq!(COLUMNS.split(", ").count(), COLUMN_COUNT);
+        assert!(qualified_columns("c").starts_with("c.tenant_id, c.client_id, "));
     }
 }

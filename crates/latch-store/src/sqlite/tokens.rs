@@ -1,5 +1,7 @@
 //! [`TokenStore`] on SQLite.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use latch_core::clock::UnixTime;
 use latch_core::grant::{
@@ -55,42 +57,55 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
     })
 }
 
+/// A token's columns and its grant's, as [`token_at`] reads them, from `tokens t` joined
+/// with `grants g`.
+pub(super) const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, \
+     t.scope, t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
+     t.grace_used, t.generation, g.refresh_generation";
+
 /// One token with its grant, on a connection already chosen.
 pub(super) fn select_token(
     c: &Connection,
     hash: &TokenHash,
 ) -> rusqlite::Result<Option<TokenRecord>> {
-    c.prepare_cached(
-        "SELECT t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
-                t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
-                t.grace_used, t.generation, g.refresh_generation \
-         FROM tokens t JOIN grants g ON g.id = t.grant_id \
-         WHERE t.hash = ?1",
-    )?
-    .query_row([hash.as_bytes()], |r| {
-        Ok(TokenRecord {
-            hash: *hash,
-            kind: if r.get::<_, i64>(0)? == 1 {
-                TokenKind::Refresh
-            } else {
-                TokenKind::Access
-            },
-            grant_id: GrantId::from_stored(r.get(1)?),
-            tenant: TenantId::from_stored(r.get(2)?),
-            client_id: ClientId::from_stored(r.get(3)?),
-            subject: Subject::from_stored(r.get(4)?),
-            scope: Scope::from_stored(&r.get::<_, String>(5)?),
-            issued_at: r.get(6)?,
-            expires_at: r.get(7)?,
-            revoked_at: r.get(8)?,
-            grant_revoked_at: r.get(9)?,
-            rotated_at: r.get(10)?,
-            grace_used: r.get(11)?,
-            generation: r.get(12)?,
-            grant_generation: r.get(13)?,
-        })
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t JOIN grants g ON g.id = t.grant_id \
+             WHERE t.hash = ?1"
+        )
+    });
+    c.prepare_cached(&SQL)?
+        .query_row([hash.as_bytes()], |r| token_at(r, 0, hash))
+        .optional()
+}
+
+/// Reads the token `hash` from the row's [`TOKEN_COLUMNS`], starting at column `base`.
+pub(super) fn token_at(
+    r: &Row<'_>,
+    base: usize,
+    hash: &TokenHash,
+) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        hash: *hash,
+        kind: if r.get::<_, i64>(base)? == 1 {
+            TokenKind::Refresh
+        } else {
+            TokenKind::Access
+        },
+        grant_id: GrantId::from_stored(r.get(base + 1)?),
+        tenant: TenantId::from_stored(r.get(base + 2)?),
+        client_id: ClientId::from_stored(r.get(base + 3)?),
+        subject: Subject::from_stored(r.get(base + 4)?),
+        scope: Scope::from_stored(&r.get::<_, String>(base + 5)?),
+        issued_at: r.get(base + 6)?,
+        expires_at: r.get(base + 7)?,
+        revoked_at: r.get(base + 8)?,
+        grant_revoked_at: r.get(base + 9)?,
+        rotated_at: r.get(base + 10)?,
+        grace_used: r.get(base + 11)?,
+        generation: r.get(base + 12)?,
+        grant_generation: r.get(base + 13)?,
     })
-    .optional()
 }
 
 #[async_trait]
