@@ -23,6 +23,10 @@
 //!
 //! Nothing here runs under `cargo test` except two small unit tests of the token layout.
 
+// The allocator latch's binary uses, so the bare handler runs on the same stack.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod ceiling;
 mod load;
 mod oidc;
