@@ -69,6 +69,8 @@ pub struct Authority {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) secrets: SecretVerifier,
     pub(crate) cleanup: CleanupStats,
+    /// How long audit records are kept, in seconds; `None`: for ever.
+    pub(crate) audit_retention: Option<u64>,
 }
 
 impl Authority {
@@ -79,7 +81,15 @@ impl Authority {
             clock,
             secrets: SecretVerifier::new(),
             cleanup: CleanupStats::default(),
+            audit_retention: None,
         }
+    }
+
+    /// Keeps audit records for `days` days: the clean-up deletes older ones. `None` (the
+    /// default) keeps them for ever.
+    pub fn with_audit_retention(mut self, days: Option<u32>) -> Self {
+        self.audit_retention = days.map(|d| u64::from(d) * 86_400);
+        self
     }
 
     /// The storage, for operations outside the OAuth flows (readiness, tenants).

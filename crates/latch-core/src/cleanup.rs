@@ -1,5 +1,6 @@
-//! Expiry clean-up: deleting rows that can never be active again, in bounded batches so the
-//! database is never locked for long and serving goes on.
+//! Expiry clean-up: deleting rows that can never be active again, and audit records past
+//! their retention period, in bounded batches so the database is never locked for long and
+//! serving goes on.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -15,6 +16,7 @@ pub const BATCH: u32 = 1_000;
 pub struct CleanupStats {
     tokens: AtomicU64,
     grants: AtomicU64,
+    audit: AtomicU64,
     runs: AtomicU64,
     last_run: AtomicI64,
 }
@@ -26,6 +28,8 @@ pub struct CleanupSnapshot {
     pub tokens_deleted: u64,
     /// Grant rows deleted since start-up.
     pub grants_deleted: u64,
+    /// Audit records deleted since start-up (past the retention period).
+    pub audit_deleted: u64,
     /// Completed runs since start-up.
     pub runs: u64,
     /// When the last run finished (Unix seconds; 0 = never).
@@ -38,6 +42,7 @@ impl CleanupStats {
         CleanupSnapshot {
             tokens_deleted: self.tokens.load(Ordering::Relaxed),
             grants_deleted: self.grants.load(Ordering::Relaxed),
+            audit_deleted: self.audit.load(Ordering::Relaxed),
             runs: self.runs.load(Ordering::Relaxed),
             last_run: self.last_run.load(Ordering::Relaxed),
         }
@@ -45,8 +50,9 @@ impl CleanupStats {
 }
 
 impl Authority {
-    /// Deletes every expired token and grant, [`BATCH`] rows at a time, until none is left.
-    /// Revoked but unexpired tokens stay, so they keep reading as revoked until they expire.
+    /// Deletes every expired token and grant, [`BATCH`] rows at a time, until none is left,
+    /// then the audit records older than the retention period, if one is set. Revoked but
+    /// unexpired tokens stay, so they keep reading as revoked until they expire.
     pub async fn purge_expired(&self) -> Result<Purged, Error> {
         let mut total = Purged::default();
         loop {
@@ -66,18 +72,40 @@ impl Authority {
             // Let queued requests' writes go first between batches.
             tokio::task::yield_now().await;
         }
+        if let Some(retention) = self.audit_retention {
+            total.audit = self.purge_audit(retention).await?;
+        }
         self.cleanup.runs.fetch_add(1, Ordering::Relaxed);
         self.cleanup
             .last_run
             .store(self.clock.now(), Ordering::Relaxed);
-        if total.tokens + total.grants > 0 {
+        if total.tokens + total.grants + total.audit > 0 {
             tracing::info!(
                 tokens = total.tokens,
                 grants = total.grants,
+                audit = total.audit,
                 "expired rows deleted"
             );
         }
         Ok(total)
+    }
+
+    /// Deletes the audit records older than `retention` seconds, [`BATCH`] at a time.
+    async fn purge_audit(&self, retention: u64) -> Result<u64, Error> {
+        let mut total = 0;
+        loop {
+            let before = self
+                .clock
+                .now()
+                .saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+            let deleted = self.store.purge_audit(before, BATCH).await?;
+            total += deleted;
+            self.cleanup.audit.fetch_add(deleted, Ordering::Relaxed);
+            if deleted < u64::from(BATCH) {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// The clean-up counters.

@@ -117,6 +117,8 @@ pub struct Purged {
     pub tokens: u64,
     /// Expired grant rows deleted.
     pub grants: u64,
+    /// Audit records deleted for being older than the retention period.
+    pub audit: u64,
 }
 
 /// Deleting what can never be active again.
@@ -126,6 +128,11 @@ pub trait CleanupStore: Send + Sync {
     /// has expired (`expires_at <= now`), in one short transaction. Only expired rows go:
     /// a revoked but unexpired token keeps its row, so it keeps reading as revoked.
     async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged>;
+
+    /// Deletes audit records written before `before`, at most `limit` of them, oldest first,
+    /// in one short transaction; returns how many went. Only the oldest `limit` records are
+    /// looked at, so a batch costs the same however long the trail is.
+    async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64>;
 }
 
 /// Everything the engine needs, as one object.
@@ -137,8 +144,8 @@ pub trait Storage:
     async fn ping(&self) -> StoreResult<()>;
 
     /// A client and a token, read together: [`ClientStore::client`] and
-    /// [`TokenStore::token`] in one read transaction (SQLite) or one round trip
-    /// (PostgreSQL). Introspection and revocation need both on every request.
+    /// [`TokenStore::token`] in one statement, so in one read transaction (SQLite) or one
+    /// round trip (PostgreSQL). Introspection and revocation need both on every request.
     async fn client_and_token(
         &self,
         tenant: &TenantId,

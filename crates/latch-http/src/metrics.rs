@@ -31,6 +31,12 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoRespo
         c.grants_deleted.into(),
     );
     counter(
+        "latch_cleanup_audit_deleted_total",
+        "Audit records past the retention period deleted by the clean-up since start-up.",
+        "counter",
+        c.audit_deleted.into(),
+    );
+    counter(
         "latch_cleanup_runs_total",
         "Completed clean-up runs since start-up.",
         "counter",

@@ -221,7 +221,8 @@ async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
     let store = latch_store::open(&url)
         .await
         .with_context(|| format!("cannot open {url}"))?;
-    Ok(Authority::new(store, Arc::new(SystemClock)))
+    let retention = config::audit_retention_days(overrides, &file)?;
+    Ok(Authority::new(store, Arc::new(SystemClock)).with_audit_retention(retention))
 }
 
 fn client_json(c: &latch_core::client::Client) -> serde_json::Value {
@@ -264,7 +265,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let purged = authority(&overrides).await?.purge_expired().await?;
             println!(
                 "{}",
-                json!({ "tokens_deleted": purged.tokens, "grants_deleted": purged.grants })
+                json!({
+                    "tokens_deleted": purged.tokens,
+                    "grants_deleted": purged.grants,
+                    "audit_deleted": purged.audit,
+                })
             );
             Ok(())
         }

@@ -38,6 +38,9 @@ pub struct FileConfig {
     pub log: Option<String>,
     /// Seconds between expiry clean-up runs; 0 turns the background job off.
     pub cleanup_interval: Option<u64>,
+    /// Days to keep audit records (at least 1); the clean-up deletes older ones. Left out:
+    /// kept for ever.
+    pub audit_retention_days: Option<u32>,
     /// Tenants created at start-up if missing (`default` always exists).
     #[serde(default)]
     pub tenants: Vec<String>,
@@ -211,6 +214,10 @@ pub struct Overrides {
     /// Folder for the default SQLite database [default: data].
     #[arg(long, env = "LATCH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Days to keep audit records; the clean-up deletes older ones. Unset: kept for ever.
+    #[arg(long, env = "LATCH_AUDIT_RETENTION_DAYS", value_name = "DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_days: Option<u32>,
 }
 
 /// The fully resolved settings of a server.
@@ -228,6 +235,8 @@ pub struct Settings {
     pub log: String,
     /// Seconds between expiry clean-up runs; 0 = off.
     pub cleanup_interval: u64,
+    /// Days to keep audit records; `None`: for ever.
+    pub audit_retention_days: Option<u32>,
     /// Tenants to create at start-up.
     pub tenants: Vec<TenantId>,
     /// Compatibility profiles to serve.
@@ -264,6 +273,19 @@ pub fn database_url(overrides: &Overrides, file: &FileConfig) -> anyhow::Result<
         }
     };
     DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)
+}
+
+/// Resolves the audit retention: flag/env, then file; `None` keeps records for ever.
+pub fn audit_retention_days(
+    overrides: &Overrides,
+    file: &FileConfig,
+) -> anyhow::Result<Option<u32>> {
+    match overrides.audit_retention_days.or(file.audit_retention_days) {
+        Some(0) => anyhow::bail!(
+            "audit_retention_days must be at least 1 (leave it out to keep records for ever)"
+        ),
+        days => Ok(days),
+    }
 }
 
 /// Resolves a server's settings.
@@ -304,6 +326,7 @@ pub fn resolve(
         cleanup_interval: cleanup_interval
             .or(file.cleanup_interval)
             .unwrap_or(DEFAULT_CLEANUP_INTERVAL),
+        audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file
             .tenants
             .iter()

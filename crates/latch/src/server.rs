@@ -23,7 +23,8 @@ pub async fn open_authority(
     let store = latch_store::open(&settings.database)
         .await
         .with_context(|| format!("cannot open the database {}", settings.database))?;
-    let authority = Arc::new(Authority::new(store, clock));
+    let authority =
+        Arc::new(Authority::new(store, clock).with_audit_retention(settings.audit_retention_days));
     for tenant in &settings.tenants {
         authority
             .ensure_tenant(tenant)

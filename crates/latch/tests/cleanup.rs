@@ -38,7 +38,7 @@ backend_test! {
 
         s.advance(121);
         let purged = cleanup(&s).await;
-        assert_eq!(purged, json!({ "tokens_deleted": 2, "grants_deleted": 1 }));
+        assert_eq!(purged, json!({ "tokens_deleted": 2, "grants_deleted": 1, "audit_deleted": 0 }));
         let left = s.db.query_i64("SELECT count(*) FROM tokens").await;
         // bob's two revoked tokens, the live access token, and the introspector's nothing.
         assert_eq!(left, 3, "only expired rows are deleted");
@@ -49,7 +49,10 @@ backend_test! {
         common::assert_error(again, 400, "invalid_grant").await;
         assert!(s.is_active(live["access_token"].as_str().unwrap()).await);
         assert!(!s.is_active(expiring["refresh_token"].as_str().unwrap()).await);
-        assert_eq!(cleanup(&s).await, json!({ "tokens_deleted": 0, "grants_deleted": 0 }));
+        assert_eq!(
+            cleanup(&s).await,
+            json!({ "tokens_deleted": 0, "grants_deleted": 0, "audit_deleted": 0 })
+        );
 
         let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("latch_cleanup_tokens_deleted_total 2"), "{metrics}");
@@ -102,7 +105,10 @@ backend_test! {
         let (purged, ()) = tokio::join!(purge, serve);
         // The purge may finish before all 100 requests were made; then their rows are
         // unexpired and stay. Either way exactly the 100,000 expired rows went.
-        assert_eq!(purged, json!({ "tokens_deleted": 100_000, "grants_deleted": 100_000 }));
+        assert_eq!(
+            purged,
+            json!({ "tokens_deleted": 100_000, "grants_deleted": 100_000, "audit_deleted": 0 })
+        );
         assert_eq!(s.db.query_i64("SELECT count(*) FROM tokens WHERE expires_at <= 2").await, 0);
         assert_eq!(s.db.query_i64("SELECT count(*) FROM tokens").await, 100);
     }
@@ -135,5 +141,89 @@ fn latch_gc_purges_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report, json!({ "tokens_deleted": 2, "grants_deleted": 1 }));
+    assert_eq!(
+        report,
+        json!({ "tokens_deleted": 2, "grants_deleted": 1, "audit_deleted": 0 })
+    );
+
+    // With a retention period, audit records older than it go too.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&old_audit_records_sql(3))
+        .unwrap();
+    let args = ["gc", "--database-url", &db, "--audit-retention-days", "30"];
+    let out = common::run_cli(dir.path(), &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["audit_deleted"], 3);
+
+    let args = ["gc", "--database-url", &db, "--audit-retention-days", "0"];
+    let out = common::run_cli(dir.path(), &args, None);
+    assert!(!out.status.success(), "a retention of 0 days is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit-retention-days"));
+}
+
+/// SQL adding `n` audit records from 1970 (SQLite and PostgreSQL alike).
+fn old_audit_records_sql(n: u32) -> String {
+    format!(
+        "WITH RECURSIVE seq(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM seq WHERE i < {n}) \
+         INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+                            tokens, address) \
+         SELECT 'default', 1, 'old', '/oauth2/revoke', 'client_request', NULL, 'old', 0, 1, \
+                NULL FROM seq"
+    )
+}
+
+async fn audit_subjects(s: &TestServer) -> Vec<String> {
+    let resp = s
+        .admin(Method::GET, "/tenants/default/audit?limit=1000", None)
+        .await;
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+backend_test! {
+    async fn audit_records_are_kept_for_ever_without_a_retention_period() {
+        let s = TestServer::start().await;
+        s.db.execute(&old_audit_records_sql(5)).await;
+        s.advance(10 * 365 * 86_400);
+        assert_eq!(cleanup(&s).await["audit_deleted"], 0);
+        assert_eq!(s.db.query_i64("SELECT count(*) FROM audit").await, 5);
+    }
+}
+
+backend_test! {
+    async fn audit_records_older_than_the_retention_period_go_in_batches() {
+        let s = TestServer::start_with(|settings| settings.audit_retention_days = Some(30)).await;
+        // More old records than one clean-up batch (1,000), so the batches must continue.
+        s.db.execute(&old_audit_records_sql(2_500)).await;
+        let svc = s.confidential("svc", "read").await;
+        let grant = s.grant_for(&svc, "alice", None).await;
+        let rt = grant["refresh_token"].as_str().unwrap();
+        assert_eq!(s.revoke(Auth::Basic(&svc), rt).await.status(), 200);
+
+        // 29 days on, the revocation is within the retention period; the 1970 records not.
+        s.advance(29 * 86_400);
+        assert_eq!(cleanup(&s).await["audit_deleted"], 2_500);
+        assert_eq!(audit_subjects(&s).await, ["alice"]);
+
+        // Past 30 days it goes as well; the revoked token still reads as revoked.
+        s.advance(2 * 86_400);
+        assert_eq!(cleanup(&s).await["audit_deleted"], 1);
+        assert!(audit_subjects(&s).await.is_empty());
+        assert!(!s.is_active(rt).await);
+
+        let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("latch_cleanup_audit_deleted_total 2501"), "{metrics}");
+    }
 }

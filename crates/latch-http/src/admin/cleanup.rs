@@ -1,4 +1,5 @@
-//! `POST /admin/v1/cleanup`: delete expired rows now (the background job does this
+//! `POST /admin/v1/cleanup`: delete expired rows (and audit records past their retention)
+//! now (the background job does this
 //! periodically).
 
 use std::sync::Arc;
@@ -19,5 +20,6 @@ pub(crate) async fn run(
     Ok(Json(json!({
         "tokens_deleted": purged.tokens,
         "grants_deleted": purged.grants,
+        "audit_deleted": purged.audit,
     })))
 }

@@ -48,6 +48,7 @@ pub(crate) enum Op {
     Rotate(Rotation),
     Revoke(Revocation, AuditContext),
     Purge(UnixTime, u32),
+    PurgeAudit(UnixTime, u32),
 }
 
 impl Op {
@@ -831,7 +832,26 @@ async fn apply(
                     &[now, &limit],
                 )
                 .await?;
-            Reply::Purged(Purged { tokens, grants })
+            Reply::Purged(Purged {
+                tokens,
+                grants,
+                audit: 0,
+            })
+        }
+        Op::PurgeAudit(before, limit) => {
+            // The oldest `limit` records only (ids grow with time): a batch reads `limit`
+            // rows of the primary key however long the trail is.
+            let audit = tx
+                .execute(
+                    "DELETE FROM audit WHERE at < $1 AND id IN \
+                     (SELECT id FROM audit ORDER BY id LIMIT $2)",
+                    &[before, &i64::from(*limit)],
+                )
+                .await?;
+            Reply::Purged(Purged {
+                audit,
+                ..Purged::default()
+            })
         }
     })
 }

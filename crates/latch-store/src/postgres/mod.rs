@@ -291,6 +291,13 @@ impl CleanupStore for PgStore {
             other => Err(other.unexpected()),
         }
     }
+
+    async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
+        match self.write(Op::PurgeAudit(before, limit)).await? {
+            Reply::Purged(p) => Ok(p.audit),
+            other => Err(other.unexpected()),
+        }
+    }
 }
 
 #[async_trait]

@@ -153,8 +153,22 @@ impl CleanupStore for SqliteStore {
             Ok(Purged {
                 tokens: tokens as u64,
                 grants: grants as u64,
+                audit: 0,
             })
         })
         .await
     }
+
+    async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(PURGE_AUDIT_SQL)?
+                .execute(params![before, limit])? as u64)
+        })
+        .await
+    }
 }
+
+/// Deletes the audit records written before `?1` among the `?2` oldest (ids grow with time,
+/// so the oldest are the ones to go, and a batch reads only `?2` rows of the primary key).
+const PURGE_AUDIT_SQL: &str = "DELETE FROM audit WHERE at < ?1 AND id IN \
+     (SELECT id FROM audit ORDER BY id LIMIT ?2)";

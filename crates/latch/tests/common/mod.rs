@@ -326,6 +326,7 @@ impl TestServer {
             admin_token: Some(ADMIN_TOKEN.into()),
             log: "warn".into(),
             cleanup_interval: 0,
+            audit_retention_days: None,
             tenants: vec![],
             profiles: Default::default(),
             auth_limits: Default::default(),
