@@ -70,7 +70,7 @@ pub struct Authority {
     pub(crate) secrets: SecretVerifier,
     pub(crate) cleanup: CleanupStats,
     /// How long audit records are kept, in seconds; `None`: for ever.
-    pub(crate) audit_retention: Option<u64>,
+    pub(crate) audit_retention: Option<UnixTime>,
 }
 
 impl Authority {
@@ -88,7 +88,7 @@ impl Authority {
     /// Keeps audit records for `days` days: the clean-up deletes older ones. `None` (the
     /// default) keeps them for ever.
     pub fn with_audit_retention(mut self, days: Option<u32>) -> Self {
-        self.audit_retention = days.map(|d| u64::from(d) * 86_400);
+        self.audit_retention = days.map(|d| UnixTime::from(d) * 86_400);
         self
     }
 

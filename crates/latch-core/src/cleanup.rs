@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::authority::Authority;
+use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::store::Purged;
 
@@ -91,13 +92,10 @@ impl Authority {
     }
 
     /// Deletes the audit records older than `retention` seconds, [`BATCH`] at a time.
-    async fn purge_audit(&self, retention: u64) -> Result<u64, Error> {
+    async fn purge_audit(&self, retention: UnixTime) -> Result<u64, Error> {
         let mut total = 0;
         loop {
-            let before = self
-                .clock
-                .now()
-                .saturating_sub(i64::try_from(retention).unwrap_or(i64::MAX));
+            let before = self.clock.now().saturating_sub(retention);
             let deleted = self.store.purge_audit(before, BATCH).await?;
             total += deleted;
             self.cleanup.audit.fetch_add(deleted, Ordering::Relaxed);
