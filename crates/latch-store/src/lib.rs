@@ -8,6 +8,7 @@
 //!   (`sqlite/committer.rs`); reads run inline on a pool of WAL reader connections. One file
 //!   per trait: `tenants.rs`, `clients.rs`, `tokens.rs`, `revocations.rs`.
 
+mod audit_query;
 pub mod postgres;
 pub mod sqlite;
 mod target;

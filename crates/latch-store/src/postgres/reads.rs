@@ -14,6 +14,7 @@ use latch_core::StoreError;
 use tokio_postgres::Row;
 
 use super::store_error;
+use crate::audit_query::audit_events_sql;
 
 type Conn = deadpool_postgres::ClientWrapper;
 
@@ -266,13 +267,14 @@ pub(super) async fn audit_events(
     tenant: &TenantId,
     query: &AuditQuery,
 ) -> StoreResult<Vec<AuditEvent>> {
+    let sql = audit_events_sql(query.subject.is_some(), |n| match n {
+        2 => "$2::TEXT".into(),
+        3 => "$3::BIGINT".into(),
+        n => format!("${n}"),
+    });
     let rows = c
         .query(
-            "SELECT id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
-                    address FROM audit \
-             WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR subject = $2) \
-               AND ($3::BIGINT IS NULL OR at >= $3) AND id > $4 \
-             ORDER BY id LIMIT $5",
+            sql.as_str(),
             &[
                 &tenant.as_str(),
                 &query.subject.as_ref().map(|s| s.as_str()),

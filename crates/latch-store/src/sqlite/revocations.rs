@@ -12,6 +12,7 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
+use crate::audit_query::audit_events_sql;
 use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
@@ -112,13 +113,8 @@ impl AuditStore for SqliteStore {
         query: &AuditQuery,
     ) -> StoreResult<Vec<AuditEvent>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-                        tokens, address FROM audit \
-                 WHERE tenant_id = ?1 AND (?2 IS NULL OR subject = ?2) \
-                   AND (?3 IS NULL OR at >= ?3) AND id > ?4 \
-                 ORDER BY id LIMIT ?5",
-            )?;
+            let sql = audit_events_sql(query.subject.is_some(), |n| format!("?{n}"));
+            let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(
                 params![
                     tenant.as_str(),
@@ -172,3 +168,39 @@ impl CleanupStore for SqliteStore {
 /// so the oldest are the ones to go, and a batch reads only `?2` rows of the primary key).
 const PURGE_AUDIT_SQL: &str = "DELETE FROM audit WHERE at < ?1 AND id IN \
      (SELECT id FROM audit ORDER BY id LIMIT ?2)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, by_subject: bool) -> String {
+        let sql = audit_events_sql(by_subject, |n| format!("?{n}"));
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map(params!["default", "alice", None::<i64>, 0, 10], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("; ")
+    }
+
+    #[test]
+    fn the_audit_query_reads_one_subject_through_its_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let by_subject = plan(&conn, true);
+        assert!(
+            by_subject
+                .contains("USING INDEX audit_by_subject (tenant_id=? AND subject=? AND id>?)"),
+            "{by_subject}"
+        );
+        let all = plan(&conn, false);
+        assert!(
+            all.contains("USING INDEX audit_by_tenant (tenant_id=? AND id>?)"),
+            "{all}"
+        );
+        assert!(!by_subject.contains("TEMP B-TREE") && !all.contains("TEMP B-TREE"));
+    }
+}
