@@ -1,6 +1,5 @@
-//! `POST /admin/v1/cleanup`: delete expired rows (and audit records past their retention)
-//! now (the background job does this
-//! periodically).
+//! `POST /admin/v1/cleanup`: delete expired rows, and audit records past their retention,
+//! now (the background job does this periodically).
 
 use std::sync::Arc;
 

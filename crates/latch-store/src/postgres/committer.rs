@@ -27,6 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
 
 use super::store_error;
+use crate::audit_query::purge_audit_sql;
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// The most writes committed in one transaction.
@@ -839,14 +840,9 @@ async fn apply(
             })
         }
         Op::PurgeAudit(before, limit) => {
-            // The oldest `limit` records only (ids grow with time): a batch reads `limit`
-            // rows of the primary key however long the trail is.
+            let sql = purge_audit_sql(|n| format!("${n}"));
             let audit = tx
-                .execute(
-                    "DELETE FROM audit WHERE at < $1 AND id IN \
-                     (SELECT id FROM audit ORDER BY id LIMIT $2)",
-                    &[before, &i64::from(*limit)],
-                )
+                .execute(sql.as_str(), &[before, &i64::from(*limit)])
                 .await?;
             Reply::Purged(Purged {
                 audit,

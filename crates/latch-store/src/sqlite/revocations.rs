@@ -12,7 +12,7 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
-use crate::audit_query::audit_events_sql;
+use crate::audit_query::{audit_events_sql, purge_audit_sql};
 use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
@@ -157,17 +157,12 @@ impl CleanupStore for SqliteStore {
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
         self.write(move |c| {
-            Ok(c.prepare_cached(PURGE_AUDIT_SQL)?
-                .execute(params![before, limit])? as u64)
+            let sql = purge_audit_sql(|n| format!("?{n}"));
+            Ok(c.prepare_cached(&sql)?.execute(params![before, limit])? as u64)
         })
         .await
     }
 }
-
-/// Deletes the audit records written before `?1` among the `?2` oldest (ids grow with time,
-/// so the oldest are the ones to go, and a batch reads only `?2` rows of the primary key).
-const PURGE_AUDIT_SQL: &str = "DELETE FROM audit WHERE at < ?1 AND id IN \
-     (SELECT id FROM audit ORDER BY id LIMIT ?2)";
 
 #[cfg(test)]
 mod tests {
