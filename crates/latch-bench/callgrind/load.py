@@ -1,0 +1,68 @@
+"""Fixed-count load for ir-per-request.sh: `warm` requests, then callgrind's counters are
+zeroed, `count` requests are made, and the counters are dumped. 16 keep-alive connections,
+so revocations still share commits as they do under latch-bench.
+
+Tokens are latch-bench's preloaded access tokens (`preload::token("at", i)`), from index
+`start` on; every request uses a distinct one.
+
+usage: load.py PORT introspect|revoke START COUNT WARM VALGRIND_PID
+"""
+
+import base64
+import hashlib
+import http.client
+import subprocess
+import sys
+import threading
+
+CLIENTS = {
+    "introspect": ("bench-introspector", "bench-introspector-secret"),
+    "revoke": ("bench-client", "bench-secret"),
+}
+CONNECTIONS = 16
+
+
+def token(i):
+    digest = hashlib.sha256(f"bench-at-{i}".encode()).digest()
+    return "latch_at_" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def main():
+    port, kind = int(sys.argv[1]), sys.argv[2]
+    start, count, warm, pid = (int(a) for a in sys.argv[3:7])
+    client_id, secret = CLIENTS[kind]
+    headers = {
+        "Authorization": "Basic "
+        + base64.b64encode(f"{client_id}:{secret}".encode()).decode(),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    failures = []
+
+    def connection(items):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in items:
+            c.request("POST", f"/oauth2/{kind}", body=f"token={token(i)}", headers=headers)
+            r = c.getresponse()
+            body = r.read()
+            if r.status != 200 or (kind == "introspect" and b'"active":true' not in body):
+                failures.append(f"{r.status} {body[:120]!r}")
+
+    def run(first, n):
+        threads = [
+            threading.Thread(target=connection, args=(range(first + k, first + n, CONNECTIONS),))
+            for k in range(CONNECTIONS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    run(start, warm)
+    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+    run(start + warm, count)
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    if failures:
+        sys.exit(f"{len(failures)} requests failed, first: {failures[0]}")
+
+
+main()
