@@ -1,11 +1,12 @@
 """Fixed-count load for ir-per-request.sh: `warm` requests, then callgrind's counters are
 zeroed, `count` requests are made, and the counters are dumped. 16 keep-alive connections,
-so revocations still share commits as they do under latch-bench.
+so writes still share commits as they do under latch-bench.
 
-Tokens are latch-bench's preloaded access tokens (`preload::token("at", i)`), from index
-`start` on; every request uses a distinct one.
+Introspection and revocation present latch-bench's preloaded access tokens
+(`preload::token("at", i)`), from index `start` on, a distinct one per request; issuance is
+`client_credentials`.
 
-usage: load.py PORT introspect|revoke START COUNT WARM VALGRIND_PID
+usage: load.py PORT introspect|revoke|issue START COUNT WARM VALGRIND_PID
 """
 
 import base64
@@ -18,7 +19,10 @@ import threading
 CLIENTS = {
     "introspect": ("bench-introspector", "bench-introspector-secret"),
     "revoke": ("bench-client", "bench-secret"),
+    "issue": ("bench-client", "bench-secret"),
 }
+PATHS = {"introspect": "/oauth2/introspect", "revoke": "/oauth2/revoke", "issue": "/oauth2/token"}
+EXPECTED = {"introspect": b'"active":true', "revoke": b"", "issue": b'"access_token"'}
 CONNECTIONS = 16
 
 
@@ -41,10 +45,11 @@ def main():
     def connection(items):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in items:
-            c.request("POST", f"/oauth2/{kind}", body=f"token={token(i)}", headers=headers)
+            form = "grant_type=client_credentials" if kind == "issue" else f"token={token(i)}"
+            c.request("POST", PATHS[kind], body=form, headers=headers)
             r = c.getresponse()
             body = r.read()
-            if r.status != 200 or (kind == "introspect" and b'"active":true' not in body):
+            if r.status != 200 or EXPECTED[kind] not in body:
                 failures.append(f"{r.status} {body[:120]!r}")
 
     def run(first, n):

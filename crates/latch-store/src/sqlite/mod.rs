@@ -195,10 +195,11 @@ impl SqliteStore {
         }
     }
 
-    /// Queues a write for the next group commit and waits until it is durable.
+    /// Queues a write for the next group commit and waits until it is durable. `work` may
+    /// run twice, the first run rolled back (see [`committer`]).
     async fn write<T, F>(&self, work: F) -> StoreResult<T>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         self.committer
