@@ -187,15 +187,12 @@ fn apply_batch(
     let aborted = || unavailable("the transaction was aborted by the database");
     run_cached(conn, "BEGIN IMMEDIATE")?;
     for write in batch.iter_mut() {
+        let applied = write.apply(conn, isolated);
         if conn.is_autocommit() {
             return Err(aborted());
         }
-        if !write.apply(conn, isolated) && !isolated {
-            return if conn.is_autocommit() {
-                Err(aborted())
-            } else {
-                Ok(false)
-            };
+        if !applied && !isolated {
+            return Ok(false);
         }
     }
     Ok(true)
