@@ -154,7 +154,7 @@ impl Authority {
 
     /// [`Authority::authenticate`], plus the token the client presents, looked up in the
     /// same read of the store. The token is `None` when it is malformed or unknown; what it
-    /// may reveal, and to whom, is the caller's (introspection's, revocation's) decision.
+    /// may reveal, and to whom, is the caller's (introspection's) decision.
     pub async fn authenticate_presenting(
         &self,
         tenant: &TenantId,
@@ -173,7 +173,7 @@ impl Authority {
         Ok((self.check_credentials(client, credentials).await?, record))
     }
 
-    async fn check_credentials(
+    pub(crate) async fn check_credentials(
         &self,
         client: Option<Client>,
         credentials: &Credentials,

@@ -1,14 +1,17 @@
 //! The revocation engine (RFC 7009). Every revocation route, standard or seed profile, ends
 //! here; a route only chooses the [`Effect`].
 
-use crate::audit::{Killed, Origin, Reason};
-use crate::authority::Authority;
+use std::sync::Arc;
+
+use crate::audit::{self, AuditContext, Killed, Origin, Reason};
+use crate::authority::{Authority, Credentials};
 use crate::client::{AccessTokenRevocation, Client};
 use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::{Revocation, TokenRecord};
-use crate::id::{GrantId, Subject};
-use crate::token::TokenKind;
+use crate::id::{ClientId, GrantId, Subject, TenantId};
+use crate::store::{RevocationPlan, TokenRead};
+use crate::token::{PresentedToken, TokenHash, TokenKind};
 
 /// What a successful revocation request kills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,64 +65,163 @@ pub enum RevokedScope {
     Subject,
 }
 
+/// A well-formed token presented for revocation, as [`Authority::authenticate_revoking`]
+/// found it: its hash, and the token itself if storage read it with the client.
+#[derive(Debug)]
+pub struct TokenToRevoke {
+    hash: TokenHash,
+    read: TokenRead,
+}
+
 impl Authority {
-    /// Revokes a token on behalf of an authenticated `caller`: `record` is the presented
-    /// token as [`Authority::authenticate_presenting`] found it (`None`: malformed or
-    /// unknown, which revokes nothing).
+    /// [`Authority::authenticate`], for a client that presents `token` for revocation. The
+    /// token is `None` when it is malformed (so unknown without a lookup); otherwise storage
+    /// may read it now, with the client, or later, inside the revoking write
+    /// ([`crate::store::Storage::client_for_revocation`]).
+    pub async fn authenticate_revoking(
+        &self,
+        tenant: &TenantId,
+        credentials: &Credentials,
+        token: &str,
+    ) -> Result<(Client, Option<TokenToRevoke>), Error> {
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let (client, token) = match PresentedToken::parse(token) {
+            Some(presented) => {
+                let (client, read) = self
+                    .store
+                    .client_for_revocation(tenant, &id, &presented.hash)
+                    .await?;
+                let token = TokenToRevoke {
+                    hash: presented.hash,
+                    read,
+                };
+                (client, Some(token))
+            }
+            None => (self.store.client(tenant, &id).await?, None),
+        };
+        Ok((self.check_credentials(client, credentials).await?, token))
+    }
+
+    /// Revokes a token on behalf of an authenticated `caller`: `token` as
+    /// [`Authority::authenticate_revoking`] found it (`None`: malformed, which revokes
+    /// nothing).
     ///
     /// The token type hint is deliberately not taken: a latch token's kind is in its prefix
     /// and both kinds live under one key, so one lookup finds either, and a wrong or unknown
     /// hint cannot change the outcome (RFC 7009 §2.2).
     ///
-    /// Returns only once the revocation is durable. A token of another client is never
-    /// revoked: a confidential caller gets `invalid_request`, a public one [`Outcome::NotOwned`].
+    /// Returns only once the revocation is durable. What dies is judged on the token as
+    /// storage reads it for the write ([`crate::store::Storage::revoke_presented`]). A token
+    /// of another client is never revoked: a confidential caller gets `invalid_request`, a
+    /// public one [`Outcome::NotOwned`].
     pub async fn revoke(
         &self,
         caller: &Client,
-        record: Option<TokenRecord>,
+        token: Option<TokenToRevoke>,
         effect: Effect,
         origin: Origin,
     ) -> Result<Outcome, Error> {
-        let Some(record) = record else {
+        let Some(token) = token else {
             return Ok(Outcome::Unknown);
         };
-        if record.tenant != caller.tenant {
-            return Ok(Outcome::Unknown);
-        }
-        if record.client_id != caller.id {
-            return if caller.is_confidential() {
-                Err(Error::invalid_request(
-                    "the token was not issued to this client",
-                ))
-            } else {
-                Ok(Outcome::NotOwned)
-            };
-        }
-        let now = self.clock.now();
-        if !revocable(&record, now) {
-            return Ok(Outcome::AlreadyInactive);
-        }
-
-        let (revocation, scope) = decide(caller, &record, effect);
         let reason = match effect {
             Effect::Token => Reason::ClientRequest,
             Effect::AllGrantsOfSubject => Reason::LogoutEverywhere,
         };
-        let grant = match scope {
-            RevokedScope::Subject => None,
-            RevokedScope::Token | RevokedScope::Grant => Some(&record.grant_id),
+        let request = Arc::new(Request {
+            caller: caller.clone(),
+            effect,
+            now: self.clock.now(),
+            context: self.audit_context(&caller.tenant, caller.id.as_str(), origin, reason),
+        });
+        let plan: RevocationPlan = {
+            let request = request.clone();
+            Arc::new(move |record| match request.judge(record) {
+                Judgement::Revoke(verdict) => Some((verdict.revocation, verdict.context)),
+                Judgement::Answer(_) | Judgement::Refuse(_) => None,
+            })
         };
-        let context = self
-            .audit_context(&caller.tenant, caller.id.as_str(), origin, reason)
-            .about(grant, Some(&record.subject));
-        let killed = self.revoke_audited(&revocation, &context).await?;
+        let (record, event) = self
+            .store
+            .revoke_presented(&token.hash, token.read, plan)
+            .await?;
+        let Some(record) = record else {
+            return Ok(Outcome::Unknown);
+        };
+        // The same judgement of the same record as the one storage acted on.
+        let scope = match request.judge(&record) {
+            Judgement::Revoke(verdict) => verdict.scope,
+            Judgement::Answer(outcome) => return Ok(outcome),
+            Judgement::Refuse(error) => return Err(error),
+        };
+        if let Some(e) = &event {
+            audit::log(e);
+        }
         Ok(Outcome::Revoked(Revoked {
             grant_id: record.grant_id,
             subject: record.subject,
             kind: record.kind,
             scope,
-            killed,
+            killed: audit::killed(&event),
         }))
+    }
+}
+
+/// A revocation request, judged against the presented token wherever storage reads it.
+struct Request {
+    caller: Client,
+    effect: Effect,
+    now: UnixTime,
+    context: AuditContext,
+}
+
+/// What a request makes of the token it presents.
+enum Judgement {
+    /// Revoke this.
+    Revoke(Verdict),
+    /// Revoke nothing; answer this.
+    Answer(Outcome),
+    /// Revoke nothing; fail with this.
+    Refuse(Error),
+}
+
+struct Verdict {
+    revocation: Revocation,
+    scope: RevokedScope,
+    context: AuditContext,
+}
+
+impl Request {
+    /// The one place that judges a revocation request. Pure: the same record always gets the
+    /// same judgement.
+    fn judge(&self, record: &TokenRecord) -> Judgement {
+        let caller = &self.caller;
+        if record.tenant != caller.tenant {
+            return Judgement::Answer(Outcome::Unknown);
+        }
+        if record.client_id != caller.id {
+            return if caller.is_confidential() {
+                Judgement::Refuse(Error::invalid_request(
+                    "the token was not issued to this client",
+                ))
+            } else {
+                Judgement::Answer(Outcome::NotOwned)
+            };
+        }
+        if !revocable(record, self.now) {
+            return Judgement::Answer(Outcome::AlreadyInactive);
+        }
+        let (revocation, scope) = decide(caller, record, self.effect);
+        let grant = match scope {
+            RevokedScope::Subject => None,
+            RevokedScope::Token | RevokedScope::Grant => Some(&record.grant_id),
+        };
+        let context = self.context.clone().about(grant, Some(&record.subject));
+        Judgement::Revoke(Verdict {
+            revocation,
+            scope,
+            context,
+        })
     }
 }
 

@@ -4,6 +4,8 @@
 //! Every write method returns only after its effect is durable; an `Err` means it did not
 //! happen.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::audit::{AuditContext, AuditEvent, AuditQuery};
@@ -16,6 +18,25 @@ use crate::token::TokenHash;
 
 /// Shorthand for storage results.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A token presented for revocation, as [`Storage::client_for_revocation`] left it.
+#[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved twice per revocation; a box would be an allocation for nothing"
+)]
+pub enum TokenRead {
+    /// Read with the client: the token as it was then (`None`: unknown).
+    Ahead(Option<TokenRecord>),
+    /// Not read yet: [`Storage::revoke_presented`] reads it inside its write.
+    InWrite,
+}
+
+/// What to revoke, decided from a presented token as storage reads it: a revocation and its
+/// audit context, or `None` to revoke nothing. A pure function of the token: storage may call
+/// it more than once (see [`Storage::revoke_presented`]).
+pub type RevocationPlan =
+    Arc<dyn Fn(&TokenRecord) -> Option<(Revocation, AuditContext)> + Send + Sync>;
 
 /// Tenants.
 #[async_trait]
@@ -145,11 +166,53 @@ pub trait Storage:
 
     /// A client and a token, read together: [`ClientStore::client`] and
     /// [`TokenStore::token`] in one statement, so in one read transaction (SQLite) or one
-    /// round trip (PostgreSQL). Introspection and revocation need both on every request.
+    /// round trip (PostgreSQL). Introspection needs both on every request.
     async fn client_and_token(
         &self,
         tenant: &TenantId,
         id: &ClientId,
         hash: &TokenHash,
     ) -> StoreResult<(Option<Client>, Option<TokenRecord>)>;
+
+    /// The client, ahead of revoking the token `hash` on its behalf, and the token too
+    /// unless the back-end reads it inside the revoking write. The default reads both now,
+    /// in one statement ([`Storage::client_and_token`]).
+    async fn client_for_revocation(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        hash: &TokenHash,
+    ) -> StoreResult<(Option<Client>, TokenRead)> {
+        let (client, token) = self.client_and_token(tenant, id, hash).await?;
+        Ok((client, TokenRead::Ahead(token)))
+    }
+
+    /// Applies what `plan` makes of the token `hash` (as `read` ahead, or read now), as
+    /// [`RevocationStore::revoke`] does: durably, audited. Returns the token as `plan` saw it
+    /// (`None`: unknown) and the audit record (`None`: nothing revoked).
+    ///
+    /// A back-end that reads the token inside the write transaction (SQLite: its writer's
+    /// page cache survives commits, where a reader's is emptied by each one, so the token's
+    /// pages are read once instead of once per connection) answers
+    /// [`Storage::client_for_revocation`] with [`TokenRead::InWrite`] and overrides this;
+    /// `plan` then sees the token exactly as the revocation finds it.
+    async fn revoke_presented(
+        &self,
+        hash: &TokenHash,
+        read: TokenRead,
+        plan: RevocationPlan,
+    ) -> StoreResult<(Option<TokenRecord>, Option<AuditEvent>)> {
+        let record = match read {
+            TokenRead::Ahead(record) => record,
+            TokenRead::InWrite => self.token(hash).await?,
+        };
+        let Some(record) = record else {
+            return Ok((None, None));
+        };
+        let event = match plan(&record) {
+            Some((revocation, audit)) => self.revoke(&revocation, &audit).await?,
+            None => None,
+        };
+        Ok((Some(record), event))
+    }
 }

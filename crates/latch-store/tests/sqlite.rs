@@ -8,7 +8,7 @@ use latch_core::grant::{
 };
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{RevocationStore, TokenStore};
+use latch_core::store::{RevocationPlan, RevocationStore, Storage, TokenRead, TokenStore};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_store::SqliteStore;
 
@@ -127,6 +127,60 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
         }
         assert_eq!(wins, 1, "round {round}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presented_token_is_judged_as_the_revoking_write_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    // Revoke only a live token, as the domain does.
+    let plan: RevocationPlan = Arc::new(|record| {
+        record
+            .revoked_at
+            .is_none()
+            .then(|| (Revocation::Token(record.hash), audit(200)))
+    });
+    for round in 0..10 {
+        let name = format!("p{round}");
+        store
+            .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, plan) = (store.clone(), plan.clone());
+                let hash = TokenHash::of(&name);
+                tokio::spawn(async move {
+                    store
+                        .revoke_presented(&hash, TokenRead::InWrite, plan)
+                        .await
+                })
+            })
+            .collect();
+        let (mut saw_live, mut recorded) = (0, 0);
+        for t in tasks {
+            let (record, event) = t.await.unwrap().unwrap();
+            let record = record.expect("the token exists");
+            if record.revoked_at.is_none() {
+                saw_live += 1;
+            }
+            if let Some(event) = event {
+                assert_eq!((event.grants, event.tokens), (0, 1));
+                recorded += 1;
+            }
+        }
+        // Read inside the write: after the first revocation, every later one reads it dead.
+        assert_eq!((saw_live, recorded), (1, 1), "round {round}");
+    }
+    let unknown = store
+        .revoke_presented(
+            &TokenHash::of("never issued"),
+            TokenRead::InWrite,
+            Arc::new(|_| panic!("nothing to judge")),
+        )
+        .await
+        .unwrap();
+    assert!(unknown.0.is_none() && unknown.1.is_none());
 }
 
 #[tokio::test]

@@ -99,9 +99,15 @@ mod tests {
         unsafe {
             let p = ffi::sqlite3_malloc(100);
             assert!(!p.is_null());
-            assert!(mi::mi_is_in_heap_region(p), "SQLite allocated outside mimalloc");
+            assert!(
+                mi::mi_is_in_heap_region(p),
+                "SQLite allocated outside mimalloc"
+            );
             ffi::sqlite3_free(p);
         }
-        assert!(!install(), "SQLite is in use: the allocator can no longer change");
+        assert!(
+            !install(),
+            "SQLite is in use: the allocator can no longer change"
+        );
     }
 }

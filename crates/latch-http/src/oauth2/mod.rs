@@ -9,7 +9,8 @@ use axum::http::HeaderMap;
 use latch_core::client::Client;
 use latch_core::grant::TokenRecord;
 use latch_core::id::TenantId;
-use latch_core::IssuedTokens;
+use latch_core::revoke::TokenToRevoke;
+use latch_core::{Credentials, IssuedTokens};
 use serde::Serialize;
 
 use crate::credentials;
@@ -17,8 +18,59 @@ use crate::error::ApiError;
 use crate::form::Form;
 use crate::{AppState, Peer};
 
-/// Extracts and checks the client's credentials. The one client-authentication path of every
-/// OAuth route and profile, and so the one place failures are rate-limited.
+/// One client authentication in progress: credentials extracted and the rate limit
+/// checked. Every OAuth route and profile authenticates through one of the functions below,
+/// so this is the one place failures are rate-limited.
+struct Attempt<'a> {
+    state: &'a AppState,
+    tenant: &'a TenantId,
+    peer: Peer,
+    presented: credentials::PresentedCredentials,
+}
+
+impl<'a> Attempt<'a> {
+    fn start(
+        state: &'a AppState,
+        tenant: &'a TenantId,
+        headers: &HeaderMap,
+        form: &Form,
+        peer: Peer,
+    ) -> Result<Self, ApiError> {
+        let presented = credentials::extract(headers, form)?;
+        let client_id = presented.credentials.client_id();
+        let now = state.authority.now();
+        if let Some(wait) = state.auth_limiter.blocked(tenant, client_id, peer.0, now) {
+            return Err(ApiError::too_many_requests(wait));
+        }
+        Ok(Self {
+            state,
+            tenant,
+            peer,
+            presented,
+        })
+    }
+
+    fn credentials(&self) -> &Credentials {
+        &self.presented.credentials
+    }
+
+    /// The attempt's answer; a failed authentication counts against the rate limit.
+    fn finish<T>(&self, outcome: Result<T, latch_core::Error>) -> Result<T, ApiError> {
+        outcome.map_err(|e| {
+            if matches!(e, latch_core::Error::InvalidClient) {
+                let client_id = self.credentials().client_id();
+                let now = self.state.authority.now();
+                self.state
+                    .auth_limiter
+                    .failed(self.tenant, client_id, self.peer.0, now);
+                tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+            }
+            ApiError::from(e).with_basic_challenge(self.presented.basic)
+        })
+    }
+}
+
+/// Extracts and checks the client's credentials.
 pub(crate) async fn authenticate(
     state: &AppState,
     tenant: &TenantId,
@@ -26,13 +78,16 @@ pub(crate) async fn authenticate(
     form: &Form,
     peer: Peer,
 ) -> Result<Client, ApiError> {
-    authenticate_and_find(state, tenant, headers, form, peer, None)
-        .await
-        .map(|(client, _)| client)
+    let attempt = Attempt::start(state, tenant, headers, form, peer)?;
+    let outcome = state
+        .authority
+        .authenticate(tenant, attempt.credentials())
+        .await;
+    attempt.finish(outcome)
 }
 
 /// [`authenticate`], also looking up the `token` the client presents in the same read of
-/// the store (introspection and revocation need both).
+/// the store (introspection needs both).
 pub(crate) async fn authenticate_presenting(
     state: &AppState,
     tenant: &TenantId,
@@ -41,43 +96,29 @@ pub(crate) async fn authenticate_presenting(
     peer: Peer,
     token: &str,
 ) -> Result<(Client, Option<TokenRecord>), ApiError> {
-    authenticate_and_find(state, tenant, headers, form, peer, Some(token)).await
+    let attempt = Attempt::start(state, tenant, headers, form, peer)?;
+    let outcome = state
+        .authority
+        .authenticate_presenting(tenant, attempt.credentials(), token)
+        .await;
+    attempt.finish(outcome)
 }
 
-async fn authenticate_and_find(
+/// [`authenticate`], for a client presenting `token` for revocation.
+pub(crate) async fn authenticate_revoking(
     state: &AppState,
     tenant: &TenantId,
     headers: &HeaderMap,
     form: &Form,
     peer: Peer,
-    token: Option<&str>,
-) -> Result<(Client, Option<TokenRecord>), ApiError> {
-    let presented = credentials::extract(headers, form)?;
-    let credentials = &presented.credentials;
-    let client_id = credentials.client_id();
-    let limiter = &state.auth_limiter;
-    if let Some(wait) = limiter.blocked(tenant, client_id, peer.0, state.authority.now()) {
-        return Err(ApiError::too_many_requests(wait));
-    }
-    let authority = &state.authority;
-    let outcome = match token {
-        Some(token) => {
-            authority
-                .authenticate_presenting(tenant, credentials, token)
-                .await
-        }
-        None => authority
-            .authenticate(tenant, credentials)
-            .await
-            .map(|client| (client, None)),
-    };
-    outcome.map_err(|e| {
-        if matches!(e, latch_core::Error::InvalidClient) {
-            limiter.failed(tenant, client_id, peer.0, state.authority.now());
-            tracing::info!(tenant = %tenant, client_id = %client_id.escape_debug(), "client authentication failed");
-        }
-        ApiError::from(e).with_basic_challenge(presented.basic)
-    })
+    token: &str,
+) -> Result<(Client, Option<TokenToRevoke>), ApiError> {
+    let attempt = Attempt::start(state, tenant, headers, form, peer)?;
+    let outcome = state
+        .authority
+        .authenticate_revoking(tenant, attempt.credentials(), token)
+        .await;
+    attempt.finish(outcome)
 }
 
 /// A successful token response (RFC 6749 §5.1).

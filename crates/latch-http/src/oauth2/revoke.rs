@@ -10,7 +10,7 @@ use latch_core::audit::Origin;
 use latch_core::id::TenantId;
 use latch_core::revoke::{Effect, Outcome};
 
-use super::authenticate_presenting;
+use super::authenticate_revoking;
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::Tenant;
@@ -53,15 +53,14 @@ pub(crate) async fn revoke(
     effect: Effect,
 ) -> Result<Outcome, ApiError> {
     let token = form.require("token")?;
-    let (client, record) =
-        authenticate_presenting(state, tenant, headers, form, peer, token).await?;
+    let (client, token) = authenticate_revoking(state, tenant, headers, form, peer, token).await?;
     let origin = Origin {
         route,
         address: peer.0,
     };
     Ok(state
         .authority
-        .revoke(&client, record, effect, origin)
+        .revoke(&client, token, effect, origin)
         .await?)
 }
 

@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
+use latch_core::audit::AuditEvent;
 use latch_core::client::Client;
 use latch_core::grant::TokenRecord;
 use latch_core::id::{ClientId, TenantId};
-use latch_core::store::{Storage, StoreResult};
+use latch_core::store::{ClientStore, RevocationPlan, Storage, StoreResult, TokenRead};
 use latch_core::token::TokenHash;
 use latch_core::StoreError;
 use rusqlite::types::ValueRef;
@@ -263,6 +264,39 @@ impl Storage for SqliteStore {
                 },
             )
         })
+    }
+
+    /// The client only: the token is read by [`Storage::revoke_presented`], in the write.
+    async fn client_for_revocation(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        _hash: &TokenHash,
+    ) -> StoreResult<(Option<Client>, TokenRead)> {
+        Ok((self.client(tenant, id).await?, TokenRead::InWrite))
+    }
+
+    /// The token is read in the write transaction, on the writer's connection, whatever was
+    /// read ahead: the writer's page cache survives commits (it makes them), where a
+    /// reader's is emptied by each one, so the token's pages are read once, not twice.
+    async fn revoke_presented(
+        &self,
+        hash: &TokenHash,
+        _read: TokenRead,
+        plan: RevocationPlan,
+    ) -> StoreResult<(Option<TokenRecord>, Option<AuditEvent>)> {
+        let hash = *hash;
+        self.write(move |c| {
+            let Some(record) = tokens::select_token(c, &hash)? else {
+                return Ok((None, None));
+            };
+            let event = match plan(&record) {
+                Some((revocation, audit)) => revocations::apply(c, &revocation, &audit)?,
+                None => None,
+            };
+            Ok((Some(record), event))
+        })
+        .await
     }
 }
 
