@@ -116,7 +116,7 @@ impl Authority {
     /// public one [`Outcome::NotOwned`].
     pub async fn revoke(
         &self,
-        caller: &Client,
+        caller: Client,
         token: Option<TokenToRevoke>,
         effect: Effect,
         origin: Origin,
@@ -128,11 +128,12 @@ impl Authority {
             Effect::Token => Reason::ClientRequest,
             Effect::AllGrantsOfSubject => Reason::LogoutEverywhere,
         };
+        let context = self.audit_context(&caller.tenant, caller.id.as_str(), origin, reason);
         let request = Arc::new(Request {
-            caller: caller.clone(),
+            caller,
             effect,
             now: self.clock.now(),
-            context: self.audit_context(&caller.tenant, caller.id.as_str(), origin, reason),
+            context,
         });
         let plan: RevocationPlan = {
             let request = request.clone();
@@ -303,6 +304,78 @@ mod tests {
             generation: 0,
             grant_generation: 0,
         }
+    }
+
+    fn request(caller: Client) -> Request {
+        Request {
+            context: AuditContext {
+                tenant: caller.tenant.clone(),
+                actor: caller.id.as_str().to_owned(),
+                route: "test",
+                reason: Reason::ClientRequest,
+                address: None,
+                at: 50,
+                grant_id: None,
+                subject: None,
+            },
+            caller,
+            effect: Effect::Token,
+            now: 50,
+        }
+    }
+
+    #[test]
+    fn a_token_of_another_client_is_refused_to_a_confidential_caller_and_ignored_for_a_public_one()
+    {
+        let mut other = record(TokenKind::Access);
+        other.client_id = ClientId::parse("someone-else").unwrap();
+        let mut confidential = caller(AccessTokenRevocation::Token);
+        confidential.auth_method = AuthMethod::ClientSecretBasic;
+        confidential.secret = Some(crate::client::SecretHash::from_stored("$argon2id$x".into()));
+        assert!(matches!(
+            request(confidential).judge(&other),
+            Judgement::Refuse(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            request(caller(AccessTokenRevocation::Token)).judge(&other),
+            Judgement::Answer(Outcome::NotOwned)
+        ));
+    }
+
+    #[test]
+    fn a_dead_or_foreign_tenant_token_revokes_nothing() {
+        let app = || request(caller(AccessTokenRevocation::Token));
+        let mut expired = record(TokenKind::Access);
+        expired.expires_at = 50;
+        assert!(matches!(
+            app().judge(&expired),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
+        let mut revoked = record(TokenKind::Refresh);
+        revoked.revoked_at = Some(10);
+        assert!(matches!(
+            app().judge(&revoked),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
+        let mut elsewhere = record(TokenKind::Access);
+        elsewhere.tenant = TenantId::parse("other").unwrap();
+        assert!(matches!(
+            app().judge(&elsewhere),
+            Judgement::Answer(Outcome::Unknown)
+        ));
+    }
+
+    #[test]
+    fn a_live_token_is_revoked_with_its_grant_and_subject_in_the_audit_context() {
+        let live = record(TokenKind::Refresh);
+        let Judgement::Revoke(verdict) = request(caller(AccessTokenRevocation::Token)).judge(&live)
+        else {
+            panic!("a live refresh token of the caller is revoked");
+        };
+        assert_eq!(verdict.scope, RevokedScope::Grant);
+        assert_eq!(verdict.context.grant_id.as_ref(), Some(&live.grant_id));
+        assert_eq!(verdict.context.subject.as_ref(), Some(&live.subject));
+        assert_eq!(verdict.context.at, 50);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub(crate) async fn revoke(
     };
     Ok(state
         .authority
-        .revoke(&client, token, effect, origin)
+        .revoke(client, token, effect, origin)
         .await?)
 }
 
