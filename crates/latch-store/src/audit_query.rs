@@ -1,5 +1,5 @@
-//! The audit trail's SQL, shared by both back-ends: the query and the retention purge. Each
-//! back-end renders the placeholders in its own syntax.
+//! The audit trail's query, shared by both back-ends (its retention purge is in
+//! [`crate::cleanup_sql`]). Each back-end renders the placeholders in its own syntax.
 
 /// Selects a tenant's audit events in id order. Parameters: 1 the tenant, 2 the subject (NULL
 /// for every subject), 3 the earliest time (or NULL), 4 the id to start after, 5 the limit;
@@ -25,16 +25,5 @@ pub(crate) fn audit_events_sql(by_subject: bool, param: impl Fn(usize) -> String
         param(4),
         param(5),
         since = param(3),
-    )
-}
-
-/// Deletes the audit records written before parameter 1 among the oldest (parameter 2)
-/// records. Ids grow with time, so the oldest are the ones to go, and a batch reads only
-/// that many rows of the primary key however long the trail is.
-pub(crate) fn purge_audit_sql(param: impl Fn(usize) -> String) -> String {
-    format!(
-        "DELETE FROM audit WHERE at < {} AND id IN (SELECT id FROM audit ORDER BY id LIMIT {})",
-        param(1),
-        param(2),
     )
 }

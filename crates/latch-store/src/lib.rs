@@ -9,6 +9,7 @@
 //!   per trait: `tenants.rs`, `clients.rs`, `tokens.rs`, `revocations.rs`.
 
 mod audit_query;
+mod cleanup_sql;
 pub mod postgres;
 pub mod sqlite;
 mod target;

@@ -27,7 +27,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
 
 use super::store_error;
-use crate::audit_query::purge_audit_sql;
+use crate::cleanup_sql::{purge_audit_sql, purge_expired_sql, Expiring};
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// The most writes committed in one transaction.
@@ -819,20 +819,15 @@ async fn apply(
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, limit) => {
             let limit = i64::from(*limit);
-            let tokens = tx
-                .execute(
-                    "DELETE FROM tokens WHERE hash IN \
-                     (SELECT hash FROM tokens WHERE expires_at <= $1 LIMIT $2)",
-                    &[now, &limit],
-                )
-                .await?;
-            let grants = tx
-                .execute(
-                    "DELETE FROM grants WHERE id IN \
-                     (SELECT id FROM grants WHERE expires_at <= $1 LIMIT $2)",
-                    &[now, &limit],
-                )
-                .await?;
+            let mut purged = [0; 2];
+            for (table, count) in [Expiring::Tokens, Expiring::Grants]
+                .into_iter()
+                .zip(&mut purged)
+            {
+                let sql = purge_expired_sql(table, |n| format!("${n}"));
+                *count = tx.execute(sql.as_str(), &[now, &limit]).await?;
+            }
+            let [tokens, grants] = purged;
             Reply::Purged(Purged {
                 tokens,
                 grants,

@@ -12,7 +12,8 @@ use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
-use crate::audit_query::{audit_events_sql, purge_audit_sql};
+use crate::audit_query::audit_events_sql;
+use crate::cleanup_sql::{purge_audit_sql, purge_expired_sql, Expiring};
 use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
@@ -134,18 +135,12 @@ impl AuditStore for SqliteStore {
 impl CleanupStore for SqliteStore {
     async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
         self.write(move |c| {
-            let tokens = c
-                .prepare_cached(
-                    "DELETE FROM tokens WHERE hash IN \
-                     (SELECT hash FROM tokens WHERE expires_at <= ?1 LIMIT ?2)",
-                )?
-                .execute(params![now, limit])?;
-            let grants = c
-                .prepare_cached(
-                    "DELETE FROM grants WHERE id IN \
-                     (SELECT id FROM grants WHERE expires_at <= ?1 LIMIT ?2)",
-                )?
-                .execute(params![now, limit])?;
+            let purge = |table| {
+                let sql = purge_expired_sql(table, |n| format!("?{n}"));
+                c.prepare_cached(&sql)?.execute(params![now, limit])
+            };
+            let tokens = purge(Expiring::Tokens)?;
+            let grants = purge(Expiring::Grants)?;
             Ok(Purged {
                 tokens: tokens as u64,
                 grants: grants as u64,
