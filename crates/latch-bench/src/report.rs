@@ -106,6 +106,17 @@ fn percent(o: &Outcome, share: f64) -> String {
     }
 }
 
+/// The server's CPU time per request in microseconds: its share of its core over the rate.
+/// Unlike the rate, it does not fall when the server waits (for the disk, say) rather than
+/// works, so it tells what a change saved even when the rate did not move.
+fn cpu_per_request(o: &Outcome, server_share: f64) -> String {
+    if cpu_known(o) && o.rps() > 0.0 {
+        format!("{:.1}", server_share * 1e6 / o.rps())
+    } else {
+        String::new()
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -245,8 +256,8 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         "latch-bench, {date}, revision {revision} (latch binary built {built}): `{command}`\n\n\
          {} preloaded grants ({} tokens; {preload}; database {:.0} MB), {}, concurrency {}, \
          {} s per run. Machine: {cores} cores ({cpu}), {}. latch peak RSS: {}.\n\n\
-         | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests | server CPU | load CPU | notes |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+         | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests | server CPU | server µs/req | load CPU | notes |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         ctx.state.tokens,
         ctx.state.tokens * 2,
         ctx.db_bytes as f64 / 1e6,
@@ -269,8 +280,19 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
                 format!("{:.0}%", median(v) * 100.0)
             }
         };
+        let ceiling_cpu_per_request: Vec<f64> = ceiling_rows
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().map(|o| (o, r.cpu.server)))
+            .filter(|(o, _)| cpu_known(o) && o.rps() > 0.0)
+            .map(|(o, share)| share * 1e6 / o.rps())
+            .collect();
+        let ceiling_cpu_per_request = if ceiling_cpu_per_request.is_empty() {
+            String::new()
+        } else {
+            format!("{:.1}", median(ceiling_cpu_per_request))
+        };
         md.push_str(&format!(
-            "| ceiling (median of {} runs) | {:.0} | 1.00 | {:.2} | {:.2} | {} | {} | {} | {} | runs: {:.0} to {:.0} req/s |\n",
+            "| ceiling (median of {} runs) | {:.0} | 1.00 | {:.2} | {:.2} | {} | {} | {} | {} | {} | runs: {:.0} to {:.0} req/s |\n",
             ceilings.len(),
             ceiling_median,
             median(ceilings.iter().map(|o| millis(&o.latency_us, 0.5)).collect()),
@@ -278,6 +300,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             ceilings.iter().map(|o| o.errors).sum::<u64>(),
             ceilings.iter().map(|o| o.requests).sum::<u64>(),
             cpu_of(|c| c.server),
+            ceiling_cpu_per_request,
             cpu_of(|c| c.load),
             ceiling_min,
             ceiling_max,
@@ -290,7 +313,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         }
         let Some(o) = &r.outcome else {
             md.push_str(&format!(
-                "| {} | | | | | | | | | {} |\n",
+                "| {} | | | | | | | | | | {} |\n",
                 label(r.server, r.workload),
                 r.note
             ));
@@ -303,7 +326,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             note = format!("{note}; {}", r.note);
         }
         md.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
             label(r.server, r.workload),
             o.rps(),
             ratio,
@@ -312,6 +335,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             o.errors,
             o.requests,
             percent(o, r.cpu.server),
+            cpu_per_request(o, r.cpu.server),
             percent(o, r.cpu.load),
             note,
         ));
@@ -336,8 +360,9 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     md.push_str(
         "\n× ceiling: the workload's rate over the mean of the two ceiling runs beside it (the \
          ceiling runs before every workload and at the end). server CPU: the server's share of \
-         core 0 (the bare handler for the ceiling, otherwise latch or oidc-provider); load CPU: the load \
-         generator's share of core 1.\n",
+         core 0 (the bare handler for the ceiling, otherwise latch or oidc-provider); server µs/req: \
+         that share over the rate, the server's CPU time per request (it does not drop when the \
+         server waits instead of working); load CPU: the load generator's share of core 1.\n",
     );
     let foreign: Vec<String> = rows
         .iter()
