@@ -109,12 +109,12 @@ fn percent(o: &Outcome, share: f64) -> String {
 /// The server's CPU time per request in microseconds: its share of its core over the rate.
 /// Unlike the rate, it does not fall when the server waits (for the disk, say) rather than
 /// works, so it tells what a change saved even when the rate did not move.
-fn cpu_per_request(o: &Outcome, server_share: f64) -> String {
-    if cpu_known(o) && o.rps() > 0.0 {
-        format!("{:.1}", server_share * 1e6 / o.rps())
-    } else {
-        String::new()
-    }
+fn cpu_per_request(o: &Outcome, server_share: f64) -> Option<f64> {
+    (cpu_known(o) && o.rps() > 0.0).then(|| server_share * 1e6 / o.rps())
+}
+
+fn micros(v: Option<f64>) -> String {
+    v.map_or_else(String::new, |v| format!("{v:.1}"))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -282,15 +282,10 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         };
         let ceiling_cpu_per_request: Vec<f64> = ceiling_rows
             .iter()
-            .filter_map(|r| r.outcome.as_ref().map(|o| (o, r.cpu.server)))
-            .filter(|(o, _)| cpu_known(o) && o.rps() > 0.0)
-            .map(|(o, share)| share * 1e6 / o.rps())
+            .filter_map(|r| cpu_per_request(r.outcome.as_ref()?, r.cpu.server))
             .collect();
-        let ceiling_cpu_per_request = if ceiling_cpu_per_request.is_empty() {
-            String::new()
-        } else {
-            format!("{:.1}", median(ceiling_cpu_per_request))
-        };
+        let ceiling_cpu_per_request =
+            micros((!ceiling_cpu_per_request.is_empty()).then(|| median(ceiling_cpu_per_request)));
         md.push_str(&format!(
             "| ceiling (median of {} runs) | {:.0} | 1.00 | {:.2} | {:.2} | {} | {} | {} | {} | {} | runs: {:.0} to {:.0} req/s |\n",
             ceilings.len(),
@@ -335,7 +330,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             o.errors,
             o.requests,
             percent(o, r.cpu.server),
-            cpu_per_request(o, r.cpu.server),
+            micros(cpu_per_request(o, r.cpu.server)),
             percent(o, r.cpu.load),
             note,
         ));

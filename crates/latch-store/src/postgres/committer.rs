@@ -819,15 +819,13 @@ async fn apply(
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, limit) => {
             let limit = i64::from(*limit);
-            let mut purged = [0; 2];
-            for (table, count) in [Expiring::Tokens, Expiring::Grants]
-                .into_iter()
-                .zip(&mut purged)
-            {
-                let sql = purge_expired_sql(table, |n| format!("${n}"));
-                *count = tx.execute(sql.as_str(), &[now, &limit]).await?;
-            }
-            let [tokens, grants] = purged;
+            let sql = |table| purge_expired_sql(table, |n| format!("${n}"));
+            let tokens = tx
+                .execute(sql(Expiring::Tokens).as_str(), &[now, &limit])
+                .await?;
+            let grants = tx
+                .execute(sql(Expiring::Grants).as_str(), &[now, &limit])
+                .await?;
             Reply::Purged(Purged {
                 tokens,
                 grants,
