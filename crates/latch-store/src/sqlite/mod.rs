@@ -8,6 +8,7 @@ mod committer;
 mod revocations;
 mod tenants;
 mod tokens;
+mod wal_writes;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -90,7 +91,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     configure(conn)?;
     // WAL lets readers run beside the writer; FULL fsyncs the WAL on every commit, so a
-    // committed revocation survives power loss, not only a process crash.
+    // committed revocation survives power loss, not only a process crash. The writer's
+    // VFS (`wal_writes`) also relies on that sync to publish its gathered WAL writes.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -126,8 +128,19 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut conn = Connection::open(path).map_err(store_error)?;
+        // The writer alone goes through the WAL-gathering VFS: it is the only connection
+        // that writes the WAL, and it syncs at every commit, which that VFS relies on.
+        wal_writes::register().map_err(unavailable)?;
+        let mut conn =
+            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), wal_writes::VFS_NAME)
+                .map_err(store_error)?;
         configure_writer(&conn).map_err(store_error)?;
+        debug_assert_eq!(
+            conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                .ok(),
+            Some(2),
+            "the WAL-gathering VFS needs the writer to sync at every commit"
+        );
         migrate(&mut conn).map_err(store_error)?;
         // Checkpoints are the checkpointer's job; SQLite's automatic one stays as a backstop
         // at ten times its usual threshold, should the checkpoint thread ever fall behind.
