@@ -316,8 +316,10 @@ unsafe extern "C" fn xWrite(
     len: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    let Ok(len) = usize::try_from(len) else {
-        return ffi::SQLITE_IOERR_WRITE;
+    let len = match usize::try_from(len) {
+        Ok(0) => return ffi::SQLITE_OK,
+        Ok(len) if !data.is_null() => len,
+        _ => return ffi::SQLITE_IOERR_WRITE,
     };
     let data = std::slice::from_raw_parts(data.cast::<u8>(), len);
     let (pending, real) = parts(file);
