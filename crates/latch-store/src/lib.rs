@@ -6,8 +6,9 @@
 //!   writes through a per-node committer task (`postgres/committer.rs`) doing group commit.
 //! - [`sqlite`]: embedded SQLite (the default). One writer thread does group commit
 //!   (`sqlite/committer.rs`), checkpoints run on another (`sqlite/checkpointer.rs`), and the
-//!   writer's WAL writes are gathered per commit (`sqlite/wal_writes.rs`); reads run inline
-//!   on a pool of WAL reader connections. One file per trait: `tenants.rs`, `clients.rs`,
+//!   writer's WAL writes are gathered per commit (`sqlite/wal_writes.rs`); reads run on a
+//!   pool of WAL reader connections, the hot path's concurrent ones in one shared read
+//!   transaction (`sqlite/read_batches.rs`). One file per trait: `tenants.rs`, `clients.rs`,
 //!   `tokens.rs`, `revocations.rs`.
 
 mod audit_query;

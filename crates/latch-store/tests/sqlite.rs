@@ -350,3 +350,39 @@ async fn the_wal_is_rewound_while_writes_keep_coming() {
         "checkpoints moved the pages into the database ({db} bytes)"
     );
 }
+
+/// Hot-path reads share read transactions across concurrent requests. Each must still see
+/// every write answered before it was asked: many tasks each issue a token, read it, revoke
+/// it and read it again, all at once, so that reads of different tasks share batches while
+/// writes commit between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reads_see_every_write_answered_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let name = format!("b{task}-{i}");
+                    let hash = TokenHash::of(&name);
+                    store
+                        .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+                        .await
+                        .unwrap();
+                    let issued = store.token(&hash).await.unwrap();
+                    assert_eq!(issued.map(|t| t.revoked_at), Some(None), "{name} issued");
+                    store
+                        .revoke(&Revocation::Token(hash), &audit(300))
+                        .await
+                        .unwrap();
+                    let revoked = store.token(&hash).await.unwrap();
+                    assert_eq!(revoked.map(|t| t.revoked_at), Some(Some(300)), "{name}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

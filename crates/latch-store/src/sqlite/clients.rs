@@ -150,7 +150,9 @@ impl ClientRow {
 #[async_trait]
 impl ClientStore for SqliteStore {
     async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
-        self.read(|c| select_client(c, tenant, id))
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read_batched(move |c| select_client(c, &tenant, &id))
+            .await
     }
 
     async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {

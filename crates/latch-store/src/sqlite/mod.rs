@@ -5,13 +5,14 @@
 mod checkpointer;
 mod clients;
 mod committer;
+mod read_batches;
 mod revocations;
 mod tenants;
 mod tokens;
 mod wal_writes;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use latch_core::audit::AuditEvent;
@@ -26,6 +27,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use checkpointer::Checkpointer;
 use committer::Committer;
+use read_batches::ReadBatches;
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -63,9 +65,44 @@ enum Readers {
     Shared(Arc<Mutex<Connection>>),
 }
 
+impl Readers {
+    /// Runs `f` on a read connection, on the calling thread.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> StoreResult<T> {
+        match self {
+            Readers::Shared(conn) => {
+                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&conn).map_err(store_error)
+            }
+            Readers::Pool { path, idle } => {
+                let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let conn = match pooled {
+                    Some(c) => c,
+                    None => open_reader(path).map_err(store_error)?,
+                };
+                let result = f(&conn).map_err(store_error);
+                // A connection that just failed may be broken (file replaced, I/O error):
+                // drop it rather than hand it to the next request.
+                if result.is_ok() {
+                    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                    if idle.len() < MAX_IDLE_READERS {
+                        idle.push(conn);
+                    }
+                }
+                result
+            }
+        }
+    }
+}
+
 /// latch's storage on SQLite.
 pub struct SqliteStore {
-    readers: Readers,
+    readers: Arc<Readers>,
+    /// Started on the first hot-path read (it needs the tokio runtime); `None` when that
+    /// read came from outside one.
+    batches: OnceLock<Option<ReadBatches>>,
     committer: Committer,
 }
 
@@ -158,10 +195,11 @@ impl SqliteStore {
         let committer = Committer::start(Arc::new(Mutex::new(conn)), Some(checkpointer))
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            readers: Readers::Pool {
+            readers: Arc::new(Readers::Pool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
-            },
+            }),
+            batches: OnceLock::new(),
             committer,
         })
     }
@@ -177,35 +215,29 @@ impl SqliteStore {
         let committer = Committer::start(shared.clone(), None)
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            readers: Readers::Shared(shared),
+            readers: Arc::new(Readers::Shared(shared)),
+            batches: OnceLock::new(),
             committer,
         })
     }
 
     /// Runs a read on a reader connection, on the calling thread.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
-        match &self.readers {
-            Readers::Shared(conn) => {
-                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&conn).map_err(store_error)
-            }
-            Readers::Pool { path, idle } => {
-                let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let conn = match pooled {
-                    Some(c) => c,
-                    None => open_reader(path).map_err(store_error)?,
-                };
-                let result = f(&conn).map_err(store_error);
-                // A connection that just failed may be broken (file replaced, I/O error):
-                // drop it rather than hand it to the next request.
-                if result.is_ok() {
-                    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-                    if idle.len() < MAX_IDLE_READERS {
-                        idle.push(conn);
-                    }
-                }
-                result
-            }
+        self.readers.with_connection(f)
+    }
+
+    /// Runs a hot-path read in the next shared read transaction ([`read_batches`]).
+    async fn read_batched<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self
+            .batches
+            .get_or_init(|| ReadBatches::start(self.readers.clone()))
+        {
+            Some(batches) => batches.read(f).await,
+            None => self.read(f),
         }
     }
 
@@ -259,7 +291,8 @@ impl Storage for SqliteStore {
             )
         });
         const TOKEN_BASE: usize = clients::COLUMN_COUNT;
-        self.read(|c| {
+        let (tenant, id, hash) = (tenant.clone(), id.clone(), *hash);
+        self.read_batched(move |c| {
             c.prepare_cached(&SQL)?.query_row(
                 params![tenant.as_str(), id.as_str(), hash.as_bytes()],
                 |r| {
@@ -271,12 +304,13 @@ impl Storage for SqliteStore {
                     };
                     let token = match r.get_ref(TOKEN_BASE + 2)? {
                         ValueRef::Null => None,
-                        _ => Some(tokens::token_at(r, TOKEN_BASE, hash)?),
+                        _ => Some(tokens::token_at(r, TOKEN_BASE, &hash)?),
                     };
                     Ok((client, token))
                 },
             )
         })
+        .await
     }
 
     /// The client only: the token is read by [`Storage::revoke_presented`], in the write.

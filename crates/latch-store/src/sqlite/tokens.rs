@@ -111,7 +111,8 @@ pub(super) fn token_at(
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-        self.read(|c| select_token(c, hash))
+        let hash = *hash;
+        self.read_batched(move |c| select_token(c, &hash)).await
     }
 
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
