@@ -7,9 +7,11 @@
 //! (`fstat`). Measured on the benchmark's 1M database: 25-27 µs per lookup each in its own
 //! transaction, 18-19 µs with 32 lookups per transaction.
 //!
-//! Requests queue their reads; one task takes everything queued (up to [`MAX_BATCH`]),
+//! Requests queue their reads; a task takes everything queued (up to [`MAX_BATCH`]),
 //! having first yielded once so that the other requests already runnable can queue theirs,
-//! and runs them all in one read transaction on one reader connection. Every read in a batch
+//! and runs them all in one read transaction on one reader connection. There is one such
+//! task (a lane) per core the process may run on, requests taking lanes in turn, so that
+//! reads still run in parallel on a machine with more cores than this one. Every read in a batch
 //! was queued before the transaction began, so each sees every write committed (and
 //! answered) before its request reached the store: batching changes no answer. Under light
 //! load a batch is one read, run as before.
@@ -17,6 +19,7 @@
 //! The same pattern as the PostgreSQL back-end's `postgres/lookups.rs`, where the shared
 //! cost is a statement's execution instead.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use latch_core::store::StoreResult;
@@ -34,19 +37,29 @@ const QUEUE_DEPTH: usize = 4096;
 /// A read and where its answer goes; it sends the answer itself.
 type Job = Box<dyn FnOnce(&Connection) + Send>;
 
-/// The handle requests use; the task stops when it is dropped.
+/// The handle requests use; the tasks stop when it is dropped.
 pub(super) struct ReadBatches {
-    queue: mpsc::Sender<Job>,
+    lanes: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
 }
 
 impl ReadBatches {
-    /// Starts the batching task on the current tokio runtime; `None` outside one (a store
-    /// opened by a synchronous caller then reads without batching).
+    /// Starts the batching tasks on the current tokio runtime; `None` outside one (a store
+    /// used from another executor then reads without batching).
     pub(super) fn start(readers: Arc<Readers>) -> Option<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        runtime.spawn(run(readers, rx));
-        Some(Self { queue })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = (0..cores)
+            .map(|_| {
+                let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+                runtime.spawn(run(readers.clone(), rx));
+                queue
+            })
+            .collect();
+        Some(Self {
+            lanes,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// Runs `read` in the next batch's transaction.
@@ -61,7 +74,8 @@ impl ReadBatches {
             let _ = reply.send(read(conn).map_err(store_error));
         });
         let stopped = || StoreError::Unavailable("the read task has stopped".into());
-        self.queue.send(job).await.map_err(|_| stopped())?;
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[lane].send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
