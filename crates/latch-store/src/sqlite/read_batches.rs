@@ -34,8 +34,9 @@ const MAX_BATCH: usize = 256;
 /// Reads waiting for the task; past this, requests wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
-/// A read and where its answer goes; it sends the answer itself.
-type Job = Box<dyn FnOnce(&Connection) + Send>;
+/// A read and where its answer goes; it sends the answer itself and returns whether the
+/// read succeeded.
+type Job = Box<dyn FnOnce(&Connection) -> bool + Send>;
 
 /// The handle requests use; the tasks stop when it is dropped.
 pub(super) struct ReadBatches {
@@ -70,10 +71,15 @@ impl ReadBatches {
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
+            let answer = read(conn).map_err(store_error);
+            let ok = answer.is_ok();
             // The request may have gone (client disconnected); its answer is then unwanted.
-            let _ = reply.send(read(conn).map_err(store_error));
+            let _ = reply.send(answer);
+            ok
         });
-        let stopped = || StoreError::Unavailable("the read task has stopped".into());
+        // The job was dropped unrun: no connection could be had, or the tasks have stopped
+        // (the runtime is shutting down).
+        let stopped = || StoreError::Unavailable("the read could not be run".into());
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         self.lanes[lane].send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
@@ -102,16 +108,62 @@ async fn run(readers: Arc<Readers>, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Runs the jobs in one read transaction (a lone job in its own implicit one). An error
-/// here only means the connection is not to be reused: each job has answered for itself.
+/// here only means the connection is not to be reused (as after any failed read): each job
+/// has answered for itself.
 fn run_batch(conn: &Connection, jobs: Vec<Job>) -> rusqlite::Result<()> {
     // DEFERRED: the read transaction (the snapshot) begins at the first job's statement,
     // after every job in the batch was queued.
     let shared = jobs.len() > 1 && conn.execute_batch("BEGIN DEFERRED").is_ok();
     // Without the transaction (a lone job, or BEGIN failed), each job runs in its own
     // implicit one and reports whatever is wrong with the connection itself.
-    jobs.into_iter().for_each(|job| job(conn));
+    let failed = jobs
+        .into_iter()
+        .map(|job| job(conn))
+        .filter(|ok| !ok)
+        .count();
     if shared {
         conn.execute_batch("COMMIT")?;
     }
-    Ok(())
+    match failed {
+        0 => Ok(()),
+        n => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!("{n} read(s) of the batch failed")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn job(ran: &Arc<AtomicUsize>, sql: &'static str) -> Job {
+        let ran = ran.clone();
+        Box::new(move |conn| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0)).is_ok()
+        })
+    }
+
+    #[test]
+    fn every_job_runs_and_one_failure_marks_the_connection_unfit() {
+        let conn = Connection::open_in_memory().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let good = || (0..3).map(|_| job(&ran, "SELECT 1")).collect::<Vec<_>>();
+        assert!(run_batch(&conn, good()).is_ok());
+        let mut mixed = good();
+        mixed.insert(1, job(&ran, "SELECT * FROM no_such_table"));
+        assert!(
+            run_batch(&conn, mixed).is_err(),
+            "a failed read is reported"
+        );
+        assert_eq!(
+            ran.load(Ordering::Relaxed),
+            7,
+            "the reads after it still ran"
+        );
+        // The batch's transaction was closed either way.
+        assert!(conn.is_autocommit());
+    }
 }
