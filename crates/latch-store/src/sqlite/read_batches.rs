@@ -97,20 +97,19 @@ async fn run(readers: Arc<Readers>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let jobs = std::mem::take(&mut batch);
-        // If no connection can be had, the jobs are dropped unrun and their requests get
-        // `Unavailable` (their reply senders are gone).
-        if let Err(e) = readers.with_connection(|conn| run_batch(conn, jobs)) {
+        if let Err(e) = readers.with_connection(|conn| run_batch(conn, batch.drain(..))) {
             tracing::warn!(error = %e, "a batch of reads failed");
         }
-        batch.reserve(MAX_BATCH);
+        // If no connection could be had, the jobs are dropped unrun and their requests get
+        // `Unavailable` (their reply senders are gone).
+        batch.clear();
     }
 }
 
 /// Runs the jobs in one read transaction (a lone job in its own implicit one). An error
 /// here only means the connection is not to be reused (as after any failed read): each job
 /// has answered for itself.
-fn run_batch(conn: &Connection, jobs: Vec<Job>) -> rusqlite::Result<()> {
+fn run_batch(conn: &Connection, jobs: impl ExactSizeIterator<Item = Job>) -> rusqlite::Result<()> {
     // DEFERRED: the read transaction (the snapshot) begins at the first job's statement,
     // after every job in the batch was queued.
     let shared = jobs.len() > 1 && conn.execute_batch("BEGIN DEFERRED").is_ok();
@@ -151,11 +150,11 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let good = || (0..3).map(|_| job(&ran, "SELECT 1")).collect::<Vec<_>>();
-        assert!(run_batch(&conn, good()).is_ok());
+        assert!(run_batch(&conn, good().into_iter()).is_ok());
         let mut mixed = good();
         mixed.insert(1, job(&ran, "SELECT * FROM no_such_table"));
         assert!(
-            run_batch(&conn, mixed).is_err(),
+            run_batch(&conn, mixed.into_iter()).is_err(),
             "a failed read is reported"
         );
         assert_eq!(
