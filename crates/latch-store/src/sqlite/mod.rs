@@ -26,6 +26,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use checkpointer::Checkpointer;
+pub use checkpointer::WalPolicy;
 use committer::Committer;
 use read_batches::ReadBatches;
 
@@ -161,6 +162,11 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) a database file and applies pending migrations.
     pub fn open_file(path: &Path) -> StoreResult<Self> {
+        Self::open_file_with(path, WalPolicy::default())
+    }
+
+    /// [`open_file`](Self::open_file), with the WAL checkpointed as `wal` says.
+    pub fn open_file_with(path: &Path, wal: WalPolicy) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -180,17 +186,13 @@ impl SqliteStore {
         );
         migrate(&mut conn).map_err(store_error)?;
         // Checkpoints are the checkpointer's job; SQLite's automatic one stays as a backstop
-        // at ten times its usual threshold, should the checkpoint thread ever fall behind.
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            10 * checkpointer::REWIND_AT_PAGES,
-        )
-        .map_err(store_error)?;
+        // at ten times the rewind threshold, should the checkpoint thread ever fall behind.
+        conn.pragma_update(None, "wal_autocheckpoint", 10 * wal.rewind_at_pages)
+            .map_err(store_error)?;
         let checkpoints = Connection::open(path)
             .and_then(|c| configure(&c).map(|()| c))
             .map_err(store_error)?;
-        let checkpointer = Checkpointer::start(checkpoints)
+        let checkpointer = Checkpointer::start(checkpoints, wal)
             .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let committer = Committer::start(Arc::new(Mutex::new(conn)), Some(checkpointer))
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
