@@ -9,13 +9,14 @@
 //! readers) of whatever the WAL holds. Each pass that copies everything ends with an fsync of
 //! the database file, which on this class of disk costs several commits' worth of fsync and
 //! delays the writer's own commit fsyncs behind it; so passes start at most every
-//! [`WalPolicy::pass_interval`], and a page rewritten by many commits in between is copied once.
+//! [`WalPolicy::pass_interval`], and a page rewritten by many commits in between is copied
+//! once.
 //!
 //! A background pass alone never catches up with a writer that keeps committing, and SQLite
 //! only rewinds the WAL when a write transaction starts with every page copied. So once the
-//! WAL is [`WalPolicy::rewind_at_pages`] long, the writer itself copies the pages committed since the
-//! last pass, after answering its batch and before starting the next one, and the next
-//! transaction rewinds the WAL. That copy stalls every write, so it is rare (a long WAL) and
+//! WAL is [`WalPolicy::rewind_at_pages`] long, the writer itself copies the pages committed
+//! since the last pass, after answering its batch and before starting the next one, and the
+//! next transaction rewinds the WAL. That copy stalls every write, so it is rare (a long WAL) and
 //! short: the writer takes it in a gap between background passes, when the pages left are the
 //! few committed since the last pass, and waits for a pass in progress only once the WAL is
 //! twice that long. The two never checkpoint at once (a mutex, so neither gets `SQLITE_BUSY`
@@ -38,7 +39,8 @@ use rusqlite::Connection;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalPolicy {
     /// WAL pages past which the writer copies the rest itself so that the WAL is rewound.
-    /// The WAL file can grow to about twice this.
+    /// The writer learns the WAL's length from the background passes, so the WAL file can
+    /// grow to about twice this, plus what is committed in one `pass_interval`.
     pub rewind_at_pages: i64,
     /// The least time from the start of one background pass to the start of the next.
     pub pass_interval: Duration,
