@@ -143,10 +143,14 @@ fn run(
     mut rx: mpsc::Receiver<Box<dyn PendingWrite>>,
     checkpointer: Option<&Checkpointer>,
 ) {
+    let lock = || conn.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = checkpointer {
+        c.watch(&lock());
+    }
     let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(MAX_BATCH);
     // Waits for a write, then takes every other one already queued.
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
-        let writer = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = lock();
         let outcome = commit_batch(&writer, &mut batch);
         drop(writer);
         if let Err(e) = &outcome {
@@ -156,8 +160,11 @@ fn run(
             write.finish(outcome.as_ref().map(|_| ()));
         }
         if let (Some(c), Ok(())) = (checkpointer, &outcome) {
-            c.after_commit(&conn.lock().unwrap_or_else(|p| p.into_inner()));
+            c.after_commit(&lock());
         }
+    }
+    if let Some(c) = checkpointer {
+        c.unwatch(&lock());
     }
 }
 

@@ -185,10 +185,9 @@ impl SqliteStore {
             "the WAL-gathering VFS needs the writer to sync at every commit"
         );
         migrate(&mut conn).map_err(store_error)?;
-        // Checkpoints are the checkpointer's job; SQLite's automatic one stays as a backstop
-        // at ten times the rewind threshold, should the checkpoint thread ever fall behind.
-        conn.pragma_update(None, "wal_autocheckpoint", 10 * wal.rewind_at_pages)
-            .map_err(store_error)?;
+        // Checkpoints are the checkpointer's job: its WAL hook on this connection replaces
+        // SQLite's automatic checkpoint (`wal_autocheckpoint`), and the writer itself copies
+        // what is left once the WAL grows long (`checkpointer`).
         let checkpoints = Connection::open(path)
             .and_then(|c| configure(&c).map(|()| c))
             .map_err(store_error)?;
