@@ -114,7 +114,7 @@ unsafe extern "C" fn on_commit(
 
 /// Lowers the calling thread's priority by 10 nice levels (Linux keeps a nice value per
 /// thread). Failing that, checkpoints merely compete with the rest as before.
-fn run_in_background() {
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: nice() changes the calling thread's scheduling priority only. It returns
@@ -148,7 +148,7 @@ impl Checkpointer {
         thread::Builder::new()
             .name("latch-checkpoint".into())
             .spawn(move || {
-                run_in_background();
+                lower_priority();
                 let _ = started.send(());
                 while nudges.recv().is_ok() {
                     let started = Instant::now();
