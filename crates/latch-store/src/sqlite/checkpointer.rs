@@ -67,7 +67,7 @@ impl Default for WalPolicy {
     }
 }
 
-/// What the writer and the checkpoint thread share.
+/// What the writer (with its WAL hook) and the checkpoint thread share.
 #[derive(Default)]
 struct Shared {
     /// Held for the length of a checkpoint, by whichever thread runs it.
@@ -144,12 +144,12 @@ impl Checkpointer {
         // One pending nudge at most: nudges that arrive during a pass coalesce into one more.
         let (nudge, nudges) = sync_channel::<()>(1);
         let background = shared.clone();
-        let (started, ready) = sync_channel::<()>(0);
+        let (lowered, ready) = sync_channel::<()>(0);
         thread::Builder::new()
             .name("latch-checkpoint".into())
             .spawn(move || {
                 lower_priority();
-                let _ = started.send(());
+                let _ = lowered.send(());
                 while nudges.recv().is_ok() {
                     let started = Instant::now();
                     background.checkpoint(&conn);
