@@ -37,7 +37,7 @@ mod sys;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -310,6 +310,26 @@ fn main() -> anyhow::Result<()> {
         Some(url) => runtime.block_on(preload_pg::database_bytes(url))?,
         None => std::fs::metadata(&cli.db).map_or(0, |m| m.len()),
     };
+    // Before any server runs, so that nothing else uses the disk. PostgreSQL's data directory
+    // is its own; the probe runs beside the reports, on this machine's one disk.
+    let probe_dir = match &cli.postgres {
+        Some(_) => cli.out.clone(),
+        None => cli
+            .db
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    std::fs::create_dir_all(&probe_dir)?;
+    let sync = sys::sync_latency(&probe_dir);
+    if let Some(s) = sync {
+        eprintln!(
+            "disk: a {} KB write and fsync takes {:.2} ms (p50), {:.2} ms (p99)",
+            sys::SYNC_PROBE_BYTES / 1000,
+            s.p50_ms,
+            s.p99_ms
+        );
+    }
     // PostgreSQL is part of the server under test: on core 0 with latch, for this run only.
     let _pinned_postgres =
         (pinned && cli.postgres.is_some()).then(|| sys::PinnedPostgres::pin("0"));
@@ -548,6 +568,7 @@ fn main() -> anyhow::Result<()> {
         rss_kib: rss,
         ceiling_rss_kib: ceiling_rss,
         pinning,
+        sync,
         latch: cli.latch.clone(),
         oidc_provider: oidc.map(|(_, _, description)| (description, oidc_rss)),
     };

@@ -73,6 +73,8 @@ pub struct RunInfo {
     pub rss_kib: Option<u64>,
     pub ceiling_rss_kib: Option<u64>,
     pub pinning: String,
+    /// The disk's sync latency, measured before the runs (`None`: could not be measured).
+    pub sync: Option<sys::SyncLatency>,
     /// The latch binary and when it was built.
     pub latch: PathBuf,
     /// With `--oidc-provider`: what ran (versions) and its peak RSS.
@@ -233,7 +235,16 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             "preload_seconds": round(ctx.state.preload_seconds, 1),
             "preloaded_at": ctx.state.preloaded_at,
         },
-        "machine": { "cores": cores, "cpu": cpu, "pinning": ctx.pinning },
+        "machine": {
+            "cores": cores,
+            "cpu": cpu,
+            "pinning": ctx.pinning,
+            "sync_probe": ctx.sync.map(|s| json!({
+                "bytes": sys::SYNC_PROBE_BYTES,
+                "p50_ms": round(s.p50_ms, 3),
+                "p99_ms": round(s.p99_ms, 3),
+            })),
+        },
         "latch_binary": { "path": ctx.latch, "built": built },
         "ceiling": {
             "runs": ceilings.len(),
@@ -251,11 +262,20 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         "runs": json_rows,
     });
 
+    let sync = match ctx.sync {
+        Some(s) => format!(
+            "disk: a {} KB write and fsync took {:.2} ms (p50), {:.2} ms (p99) before the runs",
+            sys::SYNC_PROBE_BYTES / 1000,
+            s.p50_ms,
+            s.p99_ms
+        ),
+        None => "disk sync latency not measured".into(),
+    };
     // Markdown: the ceiling summarised in one row, then each workload.
     let mut md = format!(
         "latch-bench, {date}, revision {revision} (latch binary built {built}): `{command}`\n\n\
          {} preloaded grants ({} tokens; {preload}; database {:.0} MB), {}, concurrency {}, \
-         {} s per run. Machine: {cores} cores ({cpu}), {}. latch peak RSS: {}.\n\n\
+         {} s per run. Machine: {cores} cores ({cpu}), {}; {sync}. latch peak RSS: {}.\n\n\
          | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests | server CPU | server µs/req | load CPU | notes |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         ctx.state.tokens,

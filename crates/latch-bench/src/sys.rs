@@ -1,5 +1,5 @@
 //! What the benchmark reads from the system: CPU pinning, CPU time, peak memory (Linux
-//! `/proc`), and the date.
+//! `/proc`), the disk's sync latency, and the date.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -274,5 +274,74 @@ pub fn wait_idle(max: Duration) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
+    }
+}
+
+/// How long the disk takes to make a group commit durable, measured directly: the latency of
+/// one write of [`SYNC_PROBE_BYTES`] followed by `fsync` (as SQLite syncs its WAL), in ms.
+#[derive(Clone, Copy, Debug)]
+pub struct SyncLatency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// About one group commit's WAL frames (35 revocations, a page and a half each).
+pub const SYNC_PROBE_BYTES: usize = 140_000;
+/// Probes per measurement: a fraction of a second on a disk like this machine's.
+const SYNC_PROBES: usize = 200;
+
+/// Measures [`SyncLatency`] with a scratch file in `dir` (the database's directory, so the
+/// same file system), rewriting the same ten slots in place as a WAL is rewritten, 1 ms
+/// apart. Write ratios depend on it, and it differs between machines far more than the CPU
+/// does, so the report gives it beside the ceiling. `None` if the directory is not writable.
+pub fn sync_latency(dir: &std::path::Path) -> Option<SyncLatency> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".latch-bench-sync-probe-{}", std::process::id()));
+    let measure = || -> std::io::Result<Vec<Duration>> {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let data = vec![0x5a_u8; SYNC_PROBE_BYTES];
+        for slot in 0..10 {
+            file.write_all_at(&data, (slot * SYNC_PROBE_BYTES) as u64)?;
+        }
+        file.sync_all()?;
+        (0..SYNC_PROBES)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(1));
+                let start = Instant::now();
+                file.write_all_at(&data, ((i % 10) * SYNC_PROBE_BYTES) as u64)?;
+                file.sync_all()?;
+                Ok(start.elapsed())
+            })
+            .collect()
+    };
+    let measured = measure();
+    let _ = std::fs::remove_file(&path);
+    let mut times = measured.ok()?;
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    Some(SyncLatency {
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_probe_measures_in_a_writable_directory_and_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("latch-bench-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let measured = sync_latency(&dir).expect("a writable directory is measured");
+        assert!(measured.p50_ms > 0.0 && measured.p50_ms <= measured.p99_ms);
+        let left = std::fs::read_dir(&dir).expect("listed").count();
+        std::fs::remove_dir(&dir).expect("removed");
+        assert_eq!(left, 0, "the scratch file is removed");
+        assert!(sync_latency(std::path::Path::new("/proc")).is_none());
     }
 }
