@@ -164,6 +164,15 @@ pub trait Storage:
     /// Succeeds when the database answers a query (for readiness).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Leaves the database self-contained on disk, for when the server stops, after its last
+    /// request: SQLite copies its write-ahead log into the database file and empties it, so
+    /// that the file alone holds every commit (a copy of it is a whole database). A write
+    /// after this still works and is still durable, in the log again. The default does
+    /// nothing (a server database needs nothing of the kind).
+    async fn close(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// A client and a token, read together: [`ClientStore::client`] and
     /// [`TokenStore::token`] in one statement, so in one read transaction (SQLite) or one
     /// round trip (PostgreSQL). Introspection needs both on every request.

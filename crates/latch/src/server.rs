@@ -108,7 +108,8 @@ impl Server {
         })
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, and returns.
+    /// Stops accepting connections, lets in-flight requests finish, leaves the database
+    /// self-contained on disk ([`latch_core::store::Storage::close`]), and returns.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -117,6 +118,11 @@ impl Server {
             cleanup.abort();
         }
         (&mut self.task).await??;
+        self.authority
+            .store()
+            .close()
+            .await
+            .context("cannot checkpoint the database on the way out")?;
         Ok(())
     }
 }

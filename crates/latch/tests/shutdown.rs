@@ -1,5 +1,5 @@
 //! Graceful shutdown: on SIGTERM latch stops accepting connections, finishes the requests
-//! already in flight, and exits 0.
+//! already in flight, empties SQLite's write-ahead log into the database file, and exits 0.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{basic_header, Process};
 
 #[test]
-fn sigterm_stops_accepting_finishes_in_flight_requests_and_exits_zero() {
+fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let p = Process::serve(
         dir.path(),
@@ -77,6 +77,19 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_and_exits_zero() {
     let mut p = p;
     let status = p.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status");
+
+    // The database file alone holds everything: the write-ahead log was copied into it and
+    // emptied on the way out, so a copy of the file is a whole database.
+    let data = dir.path().join("data");
+    let wal = std::fs::metadata(data.join("latch.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL is empty after a clean stop");
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(data.join("latch.db"), copy.path().join("latch.db")).unwrap();
+    let db = rusqlite::Connection::open(copy.path().join("latch.db")).unwrap();
+    let tokens: i64 = db
+        .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tokens, 1, "the token issued before the stop is in the file");
 }
 
 /// Reads one response head (up to and including the blank line), byte by byte so nothing

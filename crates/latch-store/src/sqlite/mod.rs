@@ -255,6 +255,23 @@ impl SqliteStore {
     }
 }
 
+/// Copies every committed page from the WAL into the database file and truncates the WAL
+/// to nothing (a `TRUNCATE` checkpoint), on a connection of its own; its busy timeout waits
+/// out a background pass or a write in progress.
+fn empty_the_wal(path: &Path) -> StoreResult<()> {
+    let conn = Connection::open(path).map_err(store_error)?;
+    configure(&conn).map_err(store_error)?;
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .map_err(store_error)?;
+    if busy != 0 {
+        return Err(unavailable(
+            "the write-ahead log could not be emptied: the database stayed busy",
+        ));
+    }
+    Ok(())
+}
+
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -269,6 +286,16 @@ impl Storage for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| c.query_row("SELECT count(*) FROM tenants", [], |r| r.get::<_, i64>(0)))
             .map(|_| ())
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        let Readers::Pool { path, .. } = &*self.readers else {
+            return Ok(()); // an in-memory database has no file
+        };
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || empty_the_wal(&path))
+            .await
+            .map_err(|e| unavailable(format!("the final checkpoint did not run: {e}")))?
     }
 
     async fn client_and_token(
