@@ -412,12 +412,22 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
     let wal_len = || std::fs::metadata(dir.path().join("latch.db-wal")).map_or(0, |m| m.len());
-    let store = SqliteStore::open_file(&path).unwrap();
-    for i in 0..50 {
-        store
-            .issue(&grant("u"), &[token(&format!("c{i}"), TokenKind::Access)])
-            .await
-            .unwrap();
+    let store = Arc::new(SqliteStore::open_file(&path).unwrap());
+    // Concurrent writes keep the background checkpoint passes busy when closing begins: the
+    // final checkpoint must wait its turn rather than fail.
+    let writes: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let name = format!("c{i}");
+                store
+                    .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+                    .await
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
     }
     assert!(wal_len() > 0, "the issuances are in the WAL");
     store.close().await.unwrap();
@@ -426,7 +436,7 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
     let copy = dir.path().join("copy.db");
     std::fs::copy(&path, &copy).unwrap();
     let alone = SqliteStore::open_file(&copy).unwrap();
-    for i in 0..50 {
+    for i in 0..200 {
         let found = alone.token(&TokenHash::of(&format!("c{i}"))).await.unwrap();
         assert!(found.is_some(), "c{i} is in the copied file");
     }

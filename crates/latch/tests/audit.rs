@@ -221,9 +221,9 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
         .await
         .unwrap();
     let status = p.terminate();
-    assert!(status.success());
-
     let logs = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(status.success(), "exit {status}; the server's log:\n{logs}");
+
     let events: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("latch::audit"))

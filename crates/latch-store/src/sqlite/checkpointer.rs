@@ -130,6 +130,19 @@ fn lower_priority() {
 }
 
 /// The writer's handle on the checkpoint thread.
+/// Turns at checkpointing, shared with a [`Checkpointer`]: SQLite answers a checkpoint
+/// started while another runs with `SQLITE_BUSY` at once, without waiting.
+#[derive(Clone)]
+pub(crate) struct Turns(Arc<Shared>);
+
+impl Turns {
+    /// Runs `checkpoint` once no other checkpoint runs, and none starts until it is done.
+    pub(crate) fn take<T>(&self, checkpoint: impl FnOnce() -> T) -> T {
+        let _turn = self.0.wait_turn();
+        checkpoint()
+    }
+}
+
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
     nudge: SyncSender<()>,
@@ -166,6 +179,12 @@ impl Checkpointer {
             nudge,
             rewind_at_pages: policy.rewind_at_pages,
         })
+    }
+
+    /// A handle for running a checkpoint of another kind ([`Turns::take`]) that never
+    /// overlaps a background pass or the writer's own copying.
+    pub(crate) fn turns(&self) -> Turns {
+        Turns(self.shared.clone())
     }
 
     /// Registers the WAL hook on the writer connection, so that [`after_commit`] knows the

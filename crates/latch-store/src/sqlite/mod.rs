@@ -25,8 +25,8 @@ use latch_core::StoreError;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
-use checkpointer::Checkpointer;
 pub use checkpointer::WalPolicy;
+use checkpointer::{Checkpointer, Turns};
 use committer::Committer;
 use read_batches::ReadBatches;
 
@@ -105,6 +105,8 @@ pub struct SqliteStore {
     /// read came from outside one.
     batches: OnceLock<Option<ReadBatches>>,
     committer: Committer,
+    /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
+    checkpoints: Option<Turns>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -193,6 +195,7 @@ impl SqliteStore {
             .map_err(store_error)?;
         let checkpointer = Checkpointer::start(checkpoints, wal)
             .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
+        let turns = checkpointer.turns();
         let committer = Committer::start(Arc::new(Mutex::new(conn)), Some(checkpointer))
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
@@ -200,6 +203,7 @@ impl SqliteStore {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            checkpoints: Some(turns),
             batches: OnceLock::new(),
             committer,
         })
@@ -219,6 +223,7 @@ impl SqliteStore {
             readers: Arc::new(Readers::Shared(shared)),
             batches: OnceLock::new(),
             committer,
+            checkpoints: None,
         })
     }
 
@@ -256,8 +261,9 @@ impl SqliteStore {
 }
 
 /// Copies every committed page from the WAL into the database file and truncates the WAL
-/// to nothing (a `TRUNCATE` checkpoint), on a connection of its own; its busy timeout waits
-/// out a background pass or a write in progress.
+/// to nothing (a `TRUNCATE` checkpoint), on a connection of its own. Run in its turn
+/// ([`Turns`]): a checkpoint running elsewhere would make it fail at once; a write in
+/// progress, or a read, it waits out (busy timeout).
 fn empty_the_wal(path: &Path) -> StoreResult<()> {
     let conn = Connection::open(path).map_err(store_error)?;
     configure(&conn).map_err(store_error)?;
@@ -289,11 +295,12 @@ impl Storage for SqliteStore {
     }
 
     async fn close(&self) -> StoreResult<()> {
-        let Readers::Pool { path, .. } = &*self.readers else {
+        let (Readers::Pool { path, .. }, Some(checkpoints)) = (&*self.readers, &self.checkpoints)
+        else {
             return Ok(()); // an in-memory database has no file
         };
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || empty_the_wal(&path))
+        let (path, checkpoints) = (path.clone(), checkpoints.clone());
+        tokio::task::spawn_blocking(move || checkpoints.take(|| empty_the_wal(&path)))
             .await
             .map_err(|e| unavailable(format!("the final checkpoint did not run: {e}")))?
     }
