@@ -29,6 +29,9 @@
 //! hook), so a pass slowed down by its low priority cannot let the WAL grow unseen. The two
 //! never checkpoint at once (a mutex, so neither gets `SQLITE_BUSY` from the other).
 //!
+//! When the server stops, [`Turns`] lets one last checkpoint (`TRUNCATE`, which empties the
+//! WAL into the database file) wait for a pass in progress instead of failing beside it.
+//!
 //! Durability does not depend on any of it: a commit is durable once its WAL frames are
 //! fsynced; a checkpoint only moves committed pages into the database file, and SQLite
 //! fsyncs the database file before it records a complete pass, after which the WAL may be
@@ -129,7 +132,6 @@ fn lower_priority() {
     }
 }
 
-/// The writer's handle on the checkpoint thread.
 /// Turns at checkpointing, shared with a [`Checkpointer`]: SQLite answers a checkpoint
 /// started while another runs with `SQLITE_BUSY` at once, without waiting.
 #[derive(Clone)]
@@ -143,6 +145,7 @@ impl Turns {
     }
 }
 
+/// The writer's handle on the checkpoint thread.
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
     nudge: SyncSender<()>,
