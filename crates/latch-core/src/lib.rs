@@ -11,7 +11,8 @@
 //!   verification cache that keeps argon2 off the hot path.
 //! - [`grant`]: grants (token families), stored token state, and the write commands
 //!   ([`grant::Revocation`], [`grant::Rotation`]) that storage executes atomically.
-//! - [`store`]: the storage traits, one per capability.
+//! - [`store`]: the storage traits, one per capability; [`commits`]: the counters a
+//!   back-end's group commit keeps for `/metrics`.
 //! - [`Authority`] (in `authority.rs`) with one module per flow: `grant_flow/` (token
 //!   endpoint grants: `client_credentials.rs`, `refresh.rs`), [`revoke`] (the revocation
 //!   engine every revocation route ends in), [`introspect`], [`admin`], [`cleanup`]
@@ -27,6 +28,7 @@ mod authority;
 pub mod cleanup;
 pub mod client;
 pub mod clock;
+pub mod commits;
 pub mod error;
 pub mod grant;
 mod grant_flow;

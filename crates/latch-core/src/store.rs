@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use crate::audit::{AuditContext, AuditEvent, AuditQuery};
 use crate::client::{Client, SecretHash};
 use crate::clock::UnixTime;
+use crate::commits::CommitStats;
 use crate::error::StoreError;
 use crate::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use crate::id::{ClientId, GrantId, Subject, TenantId};
@@ -171,6 +172,12 @@ pub trait Storage:
     /// nothing (a server database needs nothing of the kind).
     async fn close(&self) -> StoreResult<()> {
         Ok(())
+    }
+
+    /// How the group commit has gone since start-up. The default, for a back-end without
+    /// one, is all zeros.
+    fn commit_stats(&self) -> CommitStats {
+        CommitStats::default()
     }
 
     /// A client and a token, read together: [`ClientStore::client`] and

@@ -318,7 +318,8 @@ async fn client_and_token_read_together_and_leave_no_transaction_open() {
 /// passes at most every `pass_interval`, and checks that the WAL stayed within twice that
 /// (0.6-1.0 MB measured; never rewound, it ends at about 8.5 MB, and with SQLite's own
 /// automatic checkpoint, every 1,000 pages, at about 4.3 MB) while the pages reached the
-/// database file.
+/// database file. The store's commit counters show the writes, and the writer's own
+/// checkpoints that kept the WAL short.
 async fn assert_the_wal_stays_short(pass_interval: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let policy = WalPolicy {
@@ -351,6 +352,18 @@ async fn assert_the_wal_stays_short(pass_interval: Duration) {
     assert!(
         db > 1 << 20,
         "checkpoints moved the pages into the database ({db} bytes)"
+    );
+    let commits = store.commit_stats();
+    assert_eq!((commits.writes, commits.failed), (8000, 0), "{commits:?}");
+    assert!((1..=8000).contains(&commits.commits), "{commits:?}");
+    let batches: u64 = commits.duration_buckets.iter().sum();
+    assert_eq!(
+        batches, commits.commits,
+        "every batch timed once: {commits:?}"
+    );
+    assert!(
+        commits.writer_checkpoints > 0 && commits.writer_checkpoint_seconds > 0.0,
+        "the writer rewound the WAL itself: {commits:?}"
     );
 }
 

@@ -10,6 +10,7 @@
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
+use latch_core::commits::CommitMeter;
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
@@ -19,7 +20,8 @@ use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
@@ -135,10 +137,10 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task on the current runtime.
-    pub(crate) fn start(config: tokio_postgres::Config) -> Self {
+    /// Starts the committer task on the current runtime, counting its batches in `meter`.
+    pub(crate) fn start(config: tokio_postgres::Config, meter: Arc<CommitMeter>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(config, rx));
+        tokio::spawn(run(config, rx, meter));
         Self { queue }
     }
 
@@ -165,18 +167,24 @@ async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_post
     Ok(client)
 }
 
-async fn run(config: tokio_postgres::Config, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    config: tokio_postgres::Config,
+    mut rx: mpsc::Receiver<Pending>,
+    meter: Arc<CommitMeter>,
+) {
     let mut client: Option<PgClient> = None;
     let mut statements = Statements::default();
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // Waits for a write, then takes every other one already queued.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let started = Instant::now();
         if client.as_ref().is_none_or(PgClient::is_closed) {
             statements = Statements::default();
             client = match connect(&config).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let err = store_error(&e);
+                    meter.batch(batch.len(), started.elapsed(), false);
                     for p in batch.drain(..) {
                         let _ = p.reply.send(Err(err.clone()));
                     }
@@ -195,6 +203,7 @@ async fn run(config: tokio_postgres::Config, mut rx: mpsc::Receiver<Pending>) {
                 other => break other,
             }
         };
+        meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
         match outcome {
             Ok(replies) => {
                 for (p, r) in batch.drain(..).zip(replies) {

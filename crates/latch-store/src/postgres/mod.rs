@@ -21,6 +21,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
+use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
@@ -66,6 +67,8 @@ pub struct PgStore {
     hot: Arc<Pipelined>,
     lookups: Lookups,
     committer: Committer,
+    /// The committer's batches, counted.
+    commits: Arc<CommitMeter>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -93,11 +96,13 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let hot = Arc::new(Pipelined::new(pool.clone(), PIPELINED_CONNECTIONS));
+        let commits = Arc::new(CommitMeter::default());
         Ok(Self {
             lookups: Lookups::start(hot.clone()),
             hot,
             pool,
-            committer: Committer::start(config),
+            committer: Committer::start(config, commits.clone()),
+            commits,
         })
     }
 
@@ -309,6 +314,10 @@ impl Storage for PgStore {
             .await
             .map(|_| ())
             .map_err(|e| store_error(&e))
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        self.commits.snapshot()
     }
 
     async fn client_and_token(

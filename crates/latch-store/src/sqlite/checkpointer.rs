@@ -228,8 +228,9 @@ impl Checkpointer {
     }
 
     /// Called by the writer after each commit, once the batch is answered and before the next
-    /// transaction begins, on the write connection.
-    pub(crate) fn after_commit(&self, writer: &Connection) {
+    /// transaction begins, on the write connection. Returns whether the writer checkpointed
+    /// (copied the rest of the WAL itself, holding up every write meanwhile).
+    pub(crate) fn after_commit(&self, writer: &Connection) -> bool {
         let pages = self.shared.wal_pages.load(Ordering::Relaxed);
         if pages >= self.rewind_at_pages {
             let running = if pages >= 2 * self.rewind_at_pages {
@@ -248,10 +249,11 @@ impl Checkpointer {
                 // (unless a reader still holds an older snapshot: then a later commit tries
                 // again).
                 checkpoint_holding(running, writer);
-                return;
+                return true;
             }
         }
         let _ = self.nudge.try_send(());
+        false
     }
 }
 

@@ -16,7 +16,9 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
+use latch_core::commits::CommitMeter;
 use latch_core::store::StoreResult;
 use latch_core::StoreError;
 use rusqlite::Connection;
@@ -102,15 +104,17 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
-    /// after each commit. The thread stops when every handle is dropped.
+    /// after each commit and counting batches and checkpoints in `meter`. The thread stops
+    /// when every handle is dropped.
     pub(crate) fn start(
         conn: Arc<Mutex<Connection>>,
         checkpointer: Option<Checkpointer>,
+        meter: Arc<CommitMeter>,
     ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("latch-committer".into())
-            .spawn(move || run(&conn, rx, checkpointer.as_ref()))?;
+            .spawn(move || run(&conn, rx, checkpointer.as_ref(), &meter))?;
         Ok(Self { queue })
     }
 
@@ -142,6 +146,7 @@ fn run(
     conn: &Mutex<Connection>,
     mut rx: mpsc::Receiver<Box<dyn PendingWrite>>,
     checkpointer: Option<&Checkpointer>,
+    meter: &CommitMeter,
 ) {
     let lock = || conn.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = checkpointer {
@@ -150,9 +155,11 @@ fn run(
     let mut batch: Vec<Box<dyn PendingWrite>> = Vec::with_capacity(MAX_BATCH);
     // Waits for a write, then takes every other one already queued.
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        let started = Instant::now();
         let writer = lock();
         let outcome = commit_batch(&writer, &mut batch);
         drop(writer);
+        meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
         }
@@ -160,7 +167,10 @@ fn run(
             write.finish(outcome.as_ref().map(|_| ()));
         }
         if let (Some(c), Ok(())) = (checkpointer, &outcome) {
-            c.after_commit(&lock());
+            let started = Instant::now();
+            if c.after_commit(&lock()) {
+                meter.writer_checkpoint(started.elapsed());
+            }
         }
     }
     if let Some(c) = checkpointer {

@@ -17,6 +17,7 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use async_trait::async_trait;
 use latch_core::audit::AuditEvent;
 use latch_core::client::Client;
+use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::TokenRecord;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::store::{ClientStore, RevocationPlan, Storage, StoreResult, TokenRead};
@@ -105,6 +106,8 @@ pub struct SqliteStore {
     /// read came from outside one.
     batches: OnceLock<Option<ReadBatches>>,
     committer: Committer,
+    /// The writer's batches and checkpoints, counted.
+    commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
     checkpoints: Option<Turns>,
 }
@@ -196,8 +199,13 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(checkpoints, wal)
             .map_err(|e| unavailable(format!("cannot start the checkpoint thread: {e}")))?;
         let turns = checkpointer.turns();
-        let committer = Committer::start(Arc::new(Mutex::new(conn)), Some(checkpointer))
-            .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
+        let commits = Arc::new(CommitMeter::default());
+        let committer = Committer::start(
+            Arc::new(Mutex::new(conn)),
+            Some(checkpointer),
+            commits.clone(),
+        )
+        .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers::Pool {
                 path: path.to_owned(),
@@ -206,6 +214,7 @@ impl SqliteStore {
             checkpoints: Some(turns),
             batches: OnceLock::new(),
             committer,
+            commits,
         })
     }
 
@@ -217,12 +226,14 @@ impl SqliteStore {
             .map_err(store_error)?;
         migrate(&mut conn).map_err(store_error)?;
         let shared = Arc::new(Mutex::new(conn));
-        let committer = Committer::start(shared.clone(), None)
+        let commits = Arc::new(CommitMeter::default());
+        let committer = Committer::start(shared.clone(), None, commits.clone())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers::Shared(shared)),
             batches: OnceLock::new(),
             committer,
+            commits,
             checkpoints: None,
         })
     }
@@ -292,6 +303,10 @@ impl Storage for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| c.query_row("SELECT count(*) FROM tenants", [], |r| r.get::<_, i64>(0)))
             .map(|_| ())
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        self.commits.snapshot()
     }
 
     async fn close(&self) -> StoreResult<()> {
