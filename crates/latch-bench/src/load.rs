@@ -304,6 +304,65 @@ impl Conn {
     }
 }
 
+/// latch's group-commit counters, as its `/metrics` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Commits {
+    pub commits: f64,
+    pub writes: f64,
+    pub writer_checkpoints: f64,
+    pub writer_checkpoint_seconds: f64,
+}
+
+impl Commits {
+    /// Reads them from the latch server at `addr`.
+    pub async fn scrape(addr: SocketAddr) -> anyhow::Result<Self> {
+        let Conn(mut sender) = Conn::connect(addr).await?;
+        let req = Request::get("/metrics")
+            .header("host", addr.to_string())
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender.send_request(req).await?;
+        anyhow::ensure!(resp.status() == 200, "/metrics answered {}", resp.status());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Self::parse(&String::from_utf8_lossy(&body)))
+    }
+
+    /// The counters in a `/metrics` text; a missing one reads as zero.
+    fn parse(metrics: &str) -> Self {
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            commits: value("latch_store_commits_total"),
+            writes: value("latch_store_writes_total"),
+            writer_checkpoints: value("latch_store_writer_checkpoints_total"),
+            writer_checkpoint_seconds: value("latch_store_writer_checkpoint_seconds_total"),
+        }
+    }
+
+    /// What happened between `before` and these, for the report's notes: the mean batch,
+    /// and the writer's own checkpoints (SQLite's pauses in which no write commits). `None`
+    /// if nothing was committed.
+    pub fn since(&self, before: &Self) -> Option<String> {
+        let commits = self.commits - before.commits;
+        if commits <= 0.0 {
+            return None;
+        }
+        let batch = (self.writes - before.writes) / commits;
+        let mut note = format!("{commits:.0} commits of {batch:.1} writes on average");
+        let stalls = self.writer_checkpoints - before.writer_checkpoints;
+        if stalls > 0.0 {
+            let seconds = self.writer_checkpoint_seconds - before.writer_checkpoint_seconds;
+            note.push_str(&format!(
+                "; the writer's own checkpoints: {stalls:.0}, {seconds:.2} s"
+            ));
+        }
+        Some(note)
+    }
+}
+
 fn describe(status: u16, body: &[u8]) -> String {
     let body = String::from_utf8_lossy(&body[..body.len().min(200)]);
     format!("{status} {body}")
@@ -448,4 +507,41 @@ pub async fn run(
         first_error,
         issued,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_counters_are_read_from_metrics_and_noted_as_differences() {
+        let text = |commits, writes, stalls, seconds| {
+            format!(
+                "# TYPE latch_store_commits_total counter\nlatch_store_commits_total {commits}\n\
+                 latch_store_writes_total {writes}\n\
+                 latch_store_writer_checkpoints_total {stalls}\n\
+                 latch_store_writer_checkpoint_seconds_total {seconds}\n\
+                 latch_store_commit_duration_seconds_count {commits}\n"
+            )
+        };
+        let before = Commits::parse(&text(10, 12, 1, 0.25));
+        assert_eq!(before.commits, 10.0);
+        assert_eq!(before.writer_checkpoint_seconds, 0.25);
+        let after = Commits::parse(&text(110, 3212, 4, 1.5));
+        assert_eq!(
+            after.since(&before).as_deref(),
+            Some("100 commits of 32.0 writes on average; the writer's own checkpoints: 3, 1.25 s")
+        );
+        let quiet = Commits::parse(&text(110, 3212, 4, 1.5));
+        assert_eq!(
+            quiet.since(&after),
+            None,
+            "nothing committed, nothing to say"
+        );
+        assert_eq!(
+            Commits::parse("").commits,
+            0.0,
+            "missing counters read as zero"
+        );
+    }
 }

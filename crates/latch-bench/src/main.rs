@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use load::{Load, Tokens, Workload};
+use load::{Commits, Load, Tokens, Workload};
 use preload::State;
 use report::{millis, Row, RunInfo, Server};
 use sys::CpuSample;
@@ -477,9 +477,23 @@ fn main() -> anyhow::Result<()> {
             pids
         };
         let collect = server == Server::OidcProvider && w == Workload::Issue;
+        // latch's group-commit counters before and after, outside the measured window.
+        let scrape = || {
+            let latch_run = server == Server::Latch && w != Workload::Ceiling;
+            latch_run
+                .then(|| runtime.block_on(Commits::scrape(addr)))
+                .and_then(|r| {
+                    r.inspect_err(|e| eprintln!("warning: /metrics: {e:#}"))
+                        .ok()
+                })
+        };
+        let commits_before = scrape();
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
         let cpu = before.until(&CpuSample::take(&server_pids()));
+        let commits = scrape()
+            .zip(commits_before)
+            .and_then(|(after, before)| after.since(&before));
         if collect {
             // Revocation uses tokens up faster than issuance makes them: top the supply up
             // with an unmeasured issuance run twice as long.
@@ -514,6 +528,12 @@ fn main() -> anyhow::Result<()> {
                 o.elapsed.as_secs_f64(),
                 available.unwrap_or(0)
             );
+        }
+        if let Some(commits) = commits {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(&commits);
         }
         if let Some(e) = &o.first_error {
             if !note.is_empty() {
