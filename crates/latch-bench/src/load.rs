@@ -351,7 +351,8 @@ impl Commits {
             return None;
         }
         let batch = (self.writes - before.writes) / commits;
-        let mut note = format!("{commits:.0} commits of {batch:.1} writes on average");
+        let plural = if commits == 1.0 { "" } else { "s" };
+        let mut note = format!("{commits:.0} commit{plural} of {batch:.1} writes on average");
         let stalls = self.writer_checkpoints - before.writer_checkpoints;
         if stalls > 0.0 {
             let seconds = self.writer_checkpoint_seconds - before.writer_checkpoint_seconds;
@@ -542,6 +543,11 @@ mod tests {
             Commits::parse("").commits,
             0.0,
             "missing counters read as zero"
+        );
+        let one = Commits::parse(&text(111, 3262, 4, 1.5));
+        assert_eq!(
+            one.since(&after).as_deref(),
+            Some("1 commit of 50.0 writes on average")
         );
     }
 }

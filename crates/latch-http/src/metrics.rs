@@ -65,7 +65,7 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoRespo
     );
     counter(
         "latch_store_writes_total",
-        "Writes (issuances, rotations, revocations, admin changes) made durable by the group commits.",
+        "Writes (issuances, rotations, revocations, admin changes) in the committed batches.",
         "counter",
         &w.writes,
     );
