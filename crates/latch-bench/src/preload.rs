@@ -320,9 +320,68 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     Ok(state)
 }
 
+/// Checks that latch reads a preloaded database as its own: every token of a few sampled
+/// grants is found live under the key latch derives from the token string, in the right
+/// grant, for the right client and subject, and both clients' secrets verify. Shared by
+/// both preloads' tests.
+#[cfg(test)]
+pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n: u64) {
+    use latch_core::id::{ClientId, TenantId};
+    use latch_core::secret::SecretVerifier;
+    use latch_core::token::TokenKind;
+
+    let tenant = TenantId::default_tenant();
+    for i in [0, n / 2, n - 1] {
+        for (kind, expected) in [("at", TokenKind::Access), ("rt", TokenKind::Refresh)] {
+            let t = token(kind, i);
+            let record = store
+                .token(&TokenHash::of(&t))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("grant {i}'s {kind} token is not found"));
+            assert_eq!(record.kind, expected);
+            assert_eq!(record.grant_id.as_str(), grant_id(i));
+            assert_eq!(record.tenant, tenant);
+            assert_eq!(record.client_id.as_str(), CLIENT);
+            assert_eq!(record.subject.as_str(), subject(i));
+            assert_eq!(record.revoked_at, None);
+            assert_eq!(record.grant_revoked_at, None);
+            assert!(record.expires_at > record.issued_at + 365 * 24 * 3600);
+        }
+    }
+    // A token the preload never wrote is not there.
+    assert!(store
+        .token(&TokenHash::of(&token("at", n)))
+        .await
+        .unwrap()
+        .is_none());
+    let verifier = SecretVerifier::new();
+    for (id, secret) in [(CLIENT, SECRET), (INTROSPECTOR, INTROSPECTOR_SECRET)] {
+        let client = store
+            .client(&tenant, &ClientId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("client {id} is not found"));
+        assert!(verifier.verify(&client, secret).await, "{id}'s secret");
+        assert!(!verifier.verify(&client, "not-the-secret").await);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn latch_reads_the_preloaded_sqlite_database_as_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench.db");
+        let state = preload(&path, 100).unwrap();
+        assert_eq!(state.tokens, 100);
+        let store = latch_store::open(&latch_store::DatabaseUrl::SqliteFile(path))
+            .await
+            .unwrap();
+        assert_latch_reads(store.as_ref(), 100).await;
+    }
 
     #[test]
     fn tokens_have_latchs_shape() {

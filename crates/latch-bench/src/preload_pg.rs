@@ -255,6 +255,44 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
 mod tests {
     use super::*;
 
+    /// The local PostgreSQL server of the test suite (trust auth).
+    const SERVER: &str = "postgres://root@127.0.0.1:5432";
+
+    #[tokio::test]
+    async fn latch_reads_the_preloaded_postgres_database_as_its_own() {
+        let name = format!("latch_bench_test_{}", std::process::id());
+        let url = format!("{SERVER}/{name}");
+        let state = preload(&url, 100).await.unwrap();
+        assert_eq!(state.tokens, 100);
+        {
+            let store = latch_store::open(&latch_store::DatabaseUrl::Postgres(url.clone()))
+                .await
+                .unwrap();
+            crate::preload::assert_latch_reads(store.as_ref(), 100).await;
+
+            // Vacuumed before any measurement: no run meets autovacuum's first visit.
+            let db = connect(&url, None).await.unwrap();
+            for table in ["grants", "tokens"] {
+                let vacuumed: bool = db
+                    .query_one(
+                        "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables \
+                         WHERE relname = $1",
+                        &[&table],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert!(vacuumed, "{table} was not vacuumed");
+            }
+        }
+        connect(&url, Some("postgres"))
+            .await
+            .unwrap()
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(
