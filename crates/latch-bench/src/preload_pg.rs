@@ -284,6 +284,25 @@ mod tests {
                     .get(0);
                 assert!(vacuumed, "{table} was not vacuumed");
             }
+
+            // The warm-up before the first run reads at least every table and index.
+            let size: i64 = db
+                .query_one("SELECT pg_database_size(current_database())", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let relations: i64 = db
+                .query_one(
+                    "SELECT sum(pg_relation_size(oid))::int8 FROM pg_class \
+                     WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'i')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let read = crate::warm::postgres(&url).await.unwrap();
+            assert_eq!(read, relations as u64);
+            assert!(read > 0 && read <= size as u64, "{read} of {size} bytes");
         }
         connect(&url, Some("postgres"))
             .await
