@@ -221,7 +221,9 @@ pub fn modified_utc(path: &std::path::Path) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-/// The checked-out commit, with `-dirty` if the work tree has changes (`None` outside git).
+/// The checked-out commit, with `-dirty` if the code has uncommitted changes (`None`
+/// outside git). Only what is built counts (the crates and the Cargo files): an edit to the
+/// documentation during a run used to mark every report of it `-dirty`.
 pub fn git_revision() -> Option<String> {
     let out = |args: &[&str]| {
         Command::new("git")
@@ -232,8 +234,16 @@ pub fn git_revision() -> Option<String> {
             .and_then(|o| String::from_utf8(o.stdout).ok())
     };
     let head = out(&["rev-parse", "--short", "HEAD"])?;
-    let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|s| !s.trim().is_empty());
+    let dirty = out(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":/crates",
+        ":/Cargo.toml",
+        ":/Cargo.lock",
+    ])
+    .is_some_and(|s| !s.trim().is_empty());
     Some(format!(
         "{}{}",
         head.trim(),
