@@ -536,31 +536,24 @@ fn main() -> anyhow::Result<()> {
                 state_store.save(&runtime, &state)?;
             }
         }
-        let mut note = String::new();
+        let mut notes = Vec::new();
         if o.exhausted {
             let what = if w == Workload::Logout {
                 "subjects"
             } else {
                 "tokens"
             };
-            note = format!(
+            notes.push(format!(
                 "stopped after {:.2} s: all {} distinct {what} used",
                 o.elapsed.as_secs_f64(),
                 available.unwrap_or(0)
-            );
+            ));
         }
-        if let Some(commits) = commits {
-            if !note.is_empty() {
-                note.push_str("; ");
-            }
-            note.push_str(&commits);
-        }
+        notes.extend(commits);
         if let Some(e) = &o.first_error {
-            if !note.is_empty() {
-                note.push_str("; ");
-            }
-            note.push_str(&format!("first error: {}", e.replace('|', "/")));
+            notes.push(format!("first error: {}", e.replace('|', "/")));
         }
+        let note = notes.join("; ");
         let label = report::label(server, w);
         eprintln!(
             "{label:<13} {:>9.0} req/s  p99 {:.2} ms  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",

@@ -107,11 +107,16 @@ pub struct State {
     pub preloaded_at: String,
 }
 
+/// A file beside the database: its path with `suffix` appended (`-wal`, `.state.json`).
+pub fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
 impl State {
     pub fn path(db: &Path) -> PathBuf {
-        let mut p = db.as_os_str().to_owned();
-        p.push(".state.json");
-        PathBuf::from(p)
+        beside(db, ".state.json")
     }
 
     pub fn load(db: &Path) -> anyhow::Result<Option<Self>> {
@@ -192,9 +197,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     let started = Instant::now();
     let mut clock = Instant::now();
     for suffix in ["", "-wal", "-shm", "-journal", ".state.json"] {
-        let mut p = path.as_os_str().to_owned();
-        p.push(suffix);
-        match std::fs::remove_file(&p) {
+        match std::fs::remove_file(beside(path, suffix)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }

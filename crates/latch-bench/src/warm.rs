@@ -16,14 +16,13 @@ use std::path::Path;
 
 /// Reads a SQLite database and its WAL, if any, once through; returns the bytes read.
 pub fn sqlite(db: &Path) -> std::io::Result<u64> {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
+    let wal = crate::preload::beside(db, "-wal");
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0;
-    for path in [db, Path::new(&wal)] {
+    for path in [db, wal.as_path()] {
         let mut file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path != db => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == wal => continue,
             Err(e) => return Err(e),
         };
         loop {
