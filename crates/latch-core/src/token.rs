@@ -160,6 +160,20 @@ impl TokenHash {
         &self.key[..usize::from(self.len)]
     }
 
+    /// A key read back from storage ([`as_bytes`](Self::as_bytes)); `None` if `bytes` has
+    /// the length of neither form.
+    pub fn from_stored(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 32 && bytes.len() != LOCATOR + 32 {
+            return None;
+        }
+        let mut key = [0u8; LOCATOR + 32];
+        key[..bytes.len()].copy_from_slice(bytes);
+        Some(Self {
+            key,
+            len: bytes.len() as u8,
+        })
+    }
+
     /// A short public identifier for the token (RFC 7662 `jti`): the first 128 bits of
     /// its SHA-256. It identifies the token without revealing it.
     pub fn jti(&self) -> String {
@@ -236,6 +250,18 @@ mod tests {
     fn debug_never_shows_the_token() {
         let a = TokenSecret::mint(TokenKind::Access);
         assert!(!format!("{a:?}").contains(&a.expose()[9..]));
+    }
+
+    #[test]
+    fn a_stored_key_reads_back_as_the_same_hash() {
+        for hash in [
+            TokenSecret::mint(TokenKind::Access).hash(),
+            TokenHash::of("minted before locators"),
+        ] {
+            assert_eq!(TokenHash::from_stored(hash.as_bytes()), Some(hash));
+        }
+        assert_eq!(TokenHash::from_stored(&[0; 31]), None);
+        assert_eq!(TokenHash::from_stored(&[0; 41]), None);
     }
 
     #[test]

@@ -45,16 +45,6 @@ pub(crate) fn grant_condition(
         .join(" AND ")
 }
 
-/// Counts the live tokens of the live grants matching the condition (before the UPDATE that
-/// kills them); `now` is the placeholder of parameter 1.
-pub(crate) fn live_tokens_sql(now: &str, condition: &str) -> String {
-    format!(
-        "SELECT count(*) FROM tokens t JOIN grants g ON g.id = t.grant_id \
-         WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
-           AND t.expires_at > {now} AND {condition}"
-    )
-}
-
 /// Revokes the live grants matching the condition; `now` is the placeholder of parameter 1.
 pub(crate) fn revoke_grants_sql(now: &str, condition: &str) -> String {
     format!("UPDATE grants AS g SET revoked_at = {now} WHERE g.revoked_at IS NULL AND {condition}")

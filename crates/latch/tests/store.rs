@@ -10,10 +10,146 @@ use latch_core::audit::{AuditContext, Reason};
 use latch_core::grant::{Grant, NewToken, Revocation};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
+use latch_core::store::Storage;
 use latch_core::token::{TokenHash, TokenKind};
 
 fn subject(i: usize) -> Subject {
     Subject::parse(&format!("user{i}")).unwrap()
+}
+
+/// A grant of `subject(i)` to "app", with one token of each `(name, kind, expires_at)`.
+async fn issue(store: &dyn Storage, i: usize, tokens: &[(&str, TokenKind, i64)]) -> Vec<TokenHash> {
+    let grant = Grant {
+        id: GrantId::generate(),
+        tenant: TenantId::default_tenant(),
+        client_id: ClientId::parse("app").unwrap(),
+        subject: subject(i),
+        scope: Scope::parse("read").unwrap(),
+        created_at: 100,
+        expires_at: 20_000,
+        revoked_at: None,
+    };
+    let tokens: Vec<NewToken> = tokens
+        .iter()
+        .map(|&(name, kind, expires_at)| NewToken {
+            hash: TokenHash::of(name),
+            kind,
+            scope: Scope::parse("read").unwrap(),
+            issued_at: 100,
+            expires_at,
+            generation: 0,
+        })
+        .collect();
+    store.issue(&grant, &tokens).await.unwrap();
+    tokens.iter().map(|t| t.hash).collect()
+}
+
+fn audit(i: usize, reason: Reason, at: i64) -> AuditContext {
+    AuditContext {
+        tenant: TenantId::default_tenant(),
+        actor: format!("actor{i}"),
+        route: "test",
+        reason,
+        address: None,
+        at,
+        grant_id: None,
+        subject: Some(subject(i)),
+    }
+}
+
+/// When `store` reads the token `hash` as revoked, by both of the hot path's reads.
+async fn revoked_at(store: &dyn Storage, hash: &TokenHash) -> Option<i64> {
+    let tenant = TenantId::default_tenant();
+    let app = ClientId::parse("app").unwrap();
+    let alone = store.token(hash).await.unwrap().expect("the token exists");
+    let (_, with_client) = store.client_and_token(&tenant, &app, hash).await.unwrap();
+    let with_client = with_client.expect("the token exists");
+    assert_eq!(alone.revoked_at, with_client.revoked_at);
+    alone.revoked_at
+}
+
+backend_test! {
+    async fn a_revoked_token_reads_revoked_on_every_store_of_the_database_and_after_a_restart() {
+        let db = TestDb::fresh().await;
+        let (a, b) = (
+            latch_store::open(&db.url).await.unwrap(),
+            latch_store::open(&db.url).await.unwrap(),
+        );
+        let hashes = issue(&*a, 1, &[("at1", TokenKind::Access, 10_000)]).await;
+        let other = issue(&*a, 2, &[("at2", TokenKind::Access, 10_000)]).await;
+        // Both stores have read the token live (and caught up with the revocations so far).
+        assert_eq!(revoked_at(&*a, &hashes[0]).await, None);
+        assert_eq!(revoked_at(&*b, &hashes[0]).await, None);
+
+        let revoke = Revocation::Token(hashes[0]);
+        let event = a.revoke(&revoke, &audit(1, Reason::ClientRequest, 300)).await.unwrap();
+        assert_eq!(event.map(|e| (e.grants, e.tokens)), Some((0, 1)));
+        // The other store (another process on the SQLite file, another node on PostgreSQL)
+        // sees it at once, and finds nothing left to revoke.
+        assert_eq!(revoked_at(&*b, &hashes[0]).await, Some(300));
+        assert_eq!(revoked_at(&*a, &hashes[0]).await, Some(300));
+        let again = b.revoke(&revoke, &audit(1, Reason::ClientRequest, 400)).await.unwrap();
+        assert!(again.is_none(), "{again:?}");
+        assert_eq!(revoked_at(&*b, &other[0]).await, None, "only that token");
+
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        drop((a, b));
+        let restarted = latch_store::open(&db.url).await.unwrap();
+        assert_eq!(revoked_at(&*restarted, &hashes[0]).await, Some(300));
+        assert_eq!(revoked_at(&*restarted, &other[0]).await, None);
+        drop(restarted);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn logging_out_counts_only_the_tokens_still_alive() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let hashes = issue(
+            &*store,
+            1,
+            &[("at", TokenKind::Access, 10_000), ("rt", TokenKind::Refresh, 10_000)],
+        )
+        .await;
+        let single = Revocation::Token(hashes[0]);
+        store.revoke(&single, &audit(1, Reason::ClientRequest, 300)).await.unwrap();
+        let everywhere = Revocation::Subject {
+            tenant: TenantId::default_tenant(),
+            subject: subject(1),
+        };
+        let event = store
+            .revoke(&everywhere, &audit(1, Reason::LogoutEverywhere, 400))
+            .await
+            .unwrap()
+            .expect("the grant was alive");
+        assert_eq!((event.grants, event.tokens), (1, 1), "the access token was already dead");
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn the_clean_up_keeps_a_revoked_token_revoked_until_it_expires() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let soon = issue(&*store, 1, &[("soon", TokenKind::Access, 1_000)]).await;
+        let late = issue(&*store, 2, &[("late", TokenKind::Access, 10_000)]).await;
+        for (i, hash) in [(1, soon[0]), (2, late[0])] {
+            let revoke = Revocation::Token(hash);
+            store.revoke(&revoke, &audit(i, Reason::ClientRequest, 300)).await.unwrap();
+        }
+        let purged = store.purge_expired(5_000, 100).await.unwrap();
+        assert_eq!(purged.tokens, 1);
+        assert!(store.token(&soon[0]).await.unwrap().is_none());
+        assert_eq!(revoked_at(&*store, &late[0]).await, Some(300));
+        drop(store);
+        let restarted = latch_store::open(&db.url).await.unwrap();
+        assert_eq!(revoked_at(&*restarted, &late[0]).await, Some(300));
+        drop(restarted);
+        drop(db);
+    }
 }
 
 backend_test! {

@@ -209,6 +209,7 @@ impl ClientStore for SqliteStore {
             client_id: id.clone(),
         };
         let audit = audit.clone();
+        let marks = self.marks.clone();
         self.write(move |c| {
             let deleted = c.execute(
                 "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
@@ -217,7 +218,7 @@ impl ClientStore for SqliteStore {
             if deleted == 0 {
                 return Ok(None);
             }
-            Ok(Some(revocations::apply(c, &revocation, &audit)?))
+            Ok(Some(revocations::apply(c, &marks, &revocation, &audit)?))
         })
         .await
     }

@@ -34,6 +34,10 @@ const MAX_BATCH: usize = 256;
 /// Writes waiting for the writer thread; past this, writers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
+/// Run by the writer in each batch's transaction before any of its writes, so it sees only
+/// committed rows (the revocation marks catch up with their log there: `marks`).
+pub(super) type OnBegin = dyn Fn(&Connection) -> rusqlite::Result<()> + Send + Sync;
+
 /// A queued write: run inside the batch's transaction, then told how the commit went.
 trait PendingWrite: Send {
     /// Runs the write in the open transaction, in a savepoint of its own if `isolated`, and
@@ -104,17 +108,18 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
-    /// after each commit and counting batches and checkpoints in `meter`. The thread stops
-    /// when every handle is dropped.
+    /// after each commit, counting batches and checkpoints in `meter`, and running
+    /// `on_begin` at the start of each batch. The thread stops when every handle is dropped.
     pub(crate) fn start(
         conn: Arc<Mutex<Connection>>,
         checkpointer: Option<Checkpointer>,
         meter: Arc<CommitMeter>,
+        on_begin: Box<OnBegin>,
     ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("latch-committer".into())
-            .spawn(move || run(&conn, rx, checkpointer.as_ref(), &meter))?;
+            .spawn(move || run(&conn, rx, checkpointer.as_ref(), &meter, &*on_begin))?;
         Ok(Self { queue })
     }
 
@@ -147,6 +152,7 @@ fn run(
     mut rx: mpsc::Receiver<Box<dyn PendingWrite>>,
     checkpointer: Option<&Checkpointer>,
     meter: &CommitMeter,
+    on_begin: &OnBegin,
 ) {
     let lock = || conn.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = checkpointer {
@@ -157,7 +163,7 @@ fn run(
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let started = Instant::now();
         let writer = lock();
-        let outcome = commit_batch(&writer, &mut batch);
+        let outcome = commit_batch(&writer, &mut batch, on_begin);
         drop(writer);
         meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
         if let Err(e) = &outcome {
@@ -178,12 +184,16 @@ fn run(
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut [Box<dyn PendingWrite>]) -> StoreResult<()> {
-    if !apply_batch(conn, batch, false)? {
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut [Box<dyn PendingWrite>],
+    on_begin: &OnBegin,
+) -> StoreResult<()> {
+    if !apply_batch(conn, batch, false, on_begin)? {
         // A write failed, and only a rollback of everything can undo what it did before
         // failing: start again with each write in a savepoint.
         run_cached(conn, "ROLLBACK")?;
-        apply_batch(conn, batch, true)?;
+        apply_batch(conn, batch, true, on_begin)?;
     }
     run_cached(conn, "COMMIT").inspect_err(|_| {
         // Leave the connection usable for the next batch.
@@ -198,11 +208,16 @@ fn apply_batch(
     conn: &Connection,
     batch: &mut [Box<dyn PendingWrite>],
     isolated: bool,
+    on_begin: &OnBegin,
 ) -> StoreResult<bool> {
     // Some errors (disk full, I/O) make SQLite roll the whole transaction back. Applying
     // further writes would then run in autocommit mode, outside this batch's atomicity.
     let aborted = || unavailable("the transaction was aborted by the database");
     run_cached(conn, "BEGIN IMMEDIATE")?;
+    if let Err(e) = on_begin(conn) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(super::store_error(e));
+    }
     for write in batch.iter_mut() {
         let applied = write.apply(conn, isolated);
         if conn.is_autocommit() {
@@ -253,7 +268,7 @@ mod tests {
     }
 
     fn commit(conn: &Connection, mut batch: Vec<Box<dyn PendingWrite>>) {
-        let outcome = commit_batch(conn, &mut batch);
+        let outcome = commit_batch(conn, &mut batch, &|_| Ok(()));
         assert!(outcome.is_ok(), "{outcome:?}");
         for write in batch {
             write.finish(Ok(()));

@@ -5,6 +5,7 @@
 mod checkpointer;
 mod clients;
 mod committer;
+mod marks;
 mod read_batches;
 mod revocations;
 mod tenants;
@@ -29,6 +30,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 pub use checkpointer::WalPolicy;
 use checkpointer::{Checkpointer, Turns};
 use committer::Committer;
+use marks::RevocationMarks;
 use read_batches::ReadBatches;
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
@@ -36,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -106,6 +109,8 @@ pub struct SqliteStore {
     /// read came from outside one.
     batches: OnceLock<Option<ReadBatches>>,
     committer: Committer,
+    /// The in-memory index of single-token revocations ([`marks`]).
+    marks: Arc<RevocationMarks>,
     /// The writer's batches and checkpoints, counted.
     commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
@@ -154,6 +159,18 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > MIGRATIONS.len() {
+        // A newer latch wrote this database: this one would misread it (from version 4 on,
+        // it would not see the revocations in the log, and revoked tokens would read live).
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "the database's schema is version {current}, newer than this latch's {}: \
+                 run a latch at least as new as the one that last opened it",
+                MIGRATIONS.len()
+            )),
+        ));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
@@ -190,6 +207,7 @@ impl SqliteStore {
             "the WAL-gathering VFS needs the writer to sync at every commit"
         );
         migrate(&mut conn).map_err(store_error)?;
+        let marks = load_marks(&conn)?;
         // Checkpoints are the checkpointer's job: its WAL hook on this connection replaces
         // SQLite's automatic checkpoint (`wal_autocheckpoint`), and the writer itself copies
         // what is left once the WAL grows long (`checkpointer`).
@@ -204,6 +222,7 @@ impl SqliteStore {
             Arc::new(Mutex::new(conn)),
             Some(checkpointer),
             commits.clone(),
+            catch_up(&marks),
         )
         .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
@@ -214,6 +233,7 @@ impl SqliteStore {
             checkpoints: Some(turns),
             batches: OnceLock::new(),
             committer,
+            marks,
             commits,
         })
     }
@@ -225,14 +245,16 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(store_error)?;
         migrate(&mut conn).map_err(store_error)?;
+        let marks = load_marks(&conn)?;
         let shared = Arc::new(Mutex::new(conn));
         let commits = Arc::new(CommitMeter::default());
-        let committer = Committer::start(shared.clone(), None, commits.clone())
+        let committer = Committer::start(shared.clone(), None, commits.clone(), catch_up(&marks))
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers::Shared(shared)),
             batches: OnceLock::new(),
             committer,
+            marks,
             commits,
             checkpoints: None,
         })
@@ -243,7 +265,8 @@ impl SqliteStore {
         self.readers.with_connection(f)
     }
 
-    /// Runs a hot-path read in the next shared read transaction ([`read_batches`]).
+    /// Runs a hot-path read in the next shared read transaction ([`read_batches`]), after
+    /// the revocation marks have caught up with the log.
     async fn read_batched<T, F>(&self, f: F) -> StoreResult<T>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -251,10 +274,13 @@ impl SqliteStore {
     {
         match self
             .batches
-            .get_or_init(|| ReadBatches::start(self.readers.clone()))
+            .get_or_init(|| ReadBatches::start(self.readers.clone(), self.marks.clone()))
         {
             Some(batches) => batches.read(f).await,
-            None => self.read(f),
+            None => self.read(|c| {
+                self.marks.catch_up(c)?;
+                f(c)
+            }),
         }
     }
 
@@ -342,6 +368,7 @@ impl Storage for SqliteStore {
         });
         const TOKEN_BASE: usize = clients::COLUMN_COUNT;
         let (tenant, id, hash) = (tenant.clone(), id.clone(), *hash);
+        let marks = self.marks.clone();
         self.read_batched(move |c| {
             c.prepare_cached(&SQL)?.query_row(
                 params![tenant.as_str(), id.as_str(), hash.as_bytes()],
@@ -354,7 +381,11 @@ impl Storage for SqliteStore {
                     };
                     let token = match r.get_ref(TOKEN_BASE + 2)? {
                         ValueRef::Null => None,
-                        _ => Some(tokens::token_at(r, TOKEN_BASE, &hash)?),
+                        _ => {
+                            let mut token = tokens::token_at(r, TOKEN_BASE, &hash)?;
+                            marks.apply(&mut token);
+                            Some(token)
+                        }
                     };
                     Ok((client, token))
                 },
@@ -383,18 +414,33 @@ impl Storage for SqliteStore {
         plan: RevocationPlan,
     ) -> StoreResult<(Option<TokenRecord>, Option<AuditEvent>)> {
         let hash = *hash;
+        let marks = self.marks.clone();
         self.write(move |c| {
-            let Some(record) = tokens::select_token(c, &hash)? else {
+            let Some(mut record) = tokens::select_token(c, &hash)? else {
                 return Ok((None, None));
             };
+            marks.apply_in_write(&mut record);
             let event = match plan(&record) {
-                Some((revocation, audit)) => revocations::apply(c, &revocation, &audit)?,
+                Some((revocation, audit)) => revocations::apply(c, &marks, &revocation, &audit)?,
                 None => None,
             };
             Ok((Some(record), event))
         })
         .await
     }
+}
+
+/// The index of the revocation log, loaded at start-up rather than by the first request.
+fn load_marks(conn: &Connection) -> StoreResult<Arc<RevocationMarks>> {
+    let marks = RevocationMarks::new(marks::MAX_MARKS);
+    marks.catch_up(conn).map_err(store_error)?;
+    Ok(Arc::new(marks))
+}
+
+/// The writer's start of a batch: the revocation marks catch up with the log ([`marks`]).
+fn catch_up(marks: &Arc<RevocationMarks>) -> Box<committer::OnBegin> {
+    let marks = marks.clone();
+    Box::new(move |c| marks.begin_batch(c))
 }
 
 /// Joins identifiers for a space-separated column.
@@ -404,4 +450,26 @@ fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
         .map(|s| s.as_ref().to_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_written_by_a_newer_latch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        drop(SqliteStore::open_file(&path).unwrap());
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", newer)
+            .unwrap();
+        let error = SqliteStore::open_file(&path).unwrap_err();
+        assert!(
+            format!("{error:?}").contains(&format!("version {newer}, newer than this latch")),
+            "{error:?}"
+        );
+    }
 }

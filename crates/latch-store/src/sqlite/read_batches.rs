@@ -27,6 +27,7 @@ use latch_core::StoreError;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::marks::RevocationMarks;
 use super::{store_error, Readers};
 
 /// The most reads in one transaction.
@@ -46,14 +47,15 @@ pub(super) struct ReadBatches {
 
 impl ReadBatches {
     /// Starts the batching tasks on the current tokio runtime; `None` outside one (a store
-    /// used from another executor then reads without batching).
-    pub(super) fn start(readers: Arc<Readers>) -> Option<Self> {
+    /// used from another executor then reads without batching). Each batch begins by
+    /// bringing `marks` up to date with the revocation log.
+    pub(super) fn start(readers: Arc<Readers>, marks: Arc<RevocationMarks>) -> Option<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lanes = (0..cores)
             .map(|_| {
                 let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-                runtime.spawn(run(readers.clone(), rx));
+                runtime.spawn(run(readers.clone(), marks.clone(), rx));
                 queue
             })
             .collect();
@@ -86,7 +88,7 @@ impl ReadBatches {
     }
 }
 
-async fn run(readers: Arc<Readers>, mut rx: mpsc::Receiver<Job>) {
+async fn run(readers: Arc<Readers>, marks: Arc<RevocationMarks>, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Let the request tasks that are already runnable queue their reads too.
@@ -97,7 +99,9 @@ async fn run(readers: Arc<Readers>, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = readers.with_connection(|conn| run_batch(conn, batch.drain(..))) {
+        let catch_up = |conn: &Connection| marks.catch_up(conn);
+        if let Err(e) = readers.with_connection(|conn| run_batch(conn, &catch_up, batch.drain(..)))
+        {
             tracing::warn!(error = %e, "a batch of reads failed");
         }
         // If no connection could be had, the jobs are dropped unrun and their requests get
@@ -106,13 +110,24 @@ async fn run(readers: Arc<Readers>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs the jobs in one read transaction (a lone job in its own implicit one). An error
-/// here only means the connection is not to be reused (as after any failed read): each job
-/// has answered for itself.
-fn run_batch(conn: &Connection, jobs: impl ExactSizeIterator<Item = Job>) -> rusqlite::Result<()> {
-    // DEFERRED: the read transaction (the snapshot) begins at the first job's statement,
-    // after every job in the batch was queued.
+/// Runs `first`, then the jobs, in one read transaction (a lone job in its own implicit one).
+/// If `first` fails, no job runs (each gets `Unavailable`). Otherwise an error here only
+/// means the connection is not to be reused (as after any failed read): each job has
+/// answered for itself.
+fn run_batch(
+    conn: &Connection,
+    first: &dyn Fn(&Connection) -> rusqlite::Result<()>,
+    jobs: impl ExactSizeIterator<Item = Job>,
+) -> rusqlite::Result<()> {
+    // DEFERRED: the read transaction (the snapshot) begins at the first statement, after
+    // every job in the batch was queued.
     let shared = jobs.len() > 1 && conn.execute_batch("BEGIN DEFERRED").is_ok();
+    if let Err(e) = first(conn) {
+        if shared {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        return Err(e);
+    }
     // Without the transaction (a lone job, or BEGIN failed), each job runs in its own
     // implicit one and reports whatever is wrong with the connection itself.
     let failed = jobs
@@ -150,11 +165,11 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let good = || (0..3).map(|_| job(&ran, "SELECT 1")).collect::<Vec<_>>();
-        assert!(run_batch(&conn, good().into_iter()).is_ok());
+        assert!(run_batch(&conn, &|_| Ok(()), good().into_iter()).is_ok());
         let mut mixed = good();
         mixed.insert(1, job(&ran, "SELECT * FROM no_such_table"));
         assert!(
-            run_batch(&conn, mixed.into_iter()).is_err(),
+            run_batch(&conn, &|_| Ok(()), mixed.into_iter()).is_err(),
             "a failed read is reported"
         );
         assert_eq!(

@@ -1,6 +1,7 @@
-//! [`RevocationStore`], [`AuditStore`] and [`CleanupStore`] on SQLite. A revocation is a single
-//! UPDATE: revoking a grant marks the grant row, and every token lookup joins its grant, so one
-//! write kills the whole family. Its audit row is written in the same transaction.
+//! [`RevocationStore`], [`AuditStore`] and [`CleanupStore`] on SQLite. Revoking a grant is a
+//! single UPDATE: it marks the grant row, and every token lookup joins its grant, so one write
+//! kills the whole family. Revoking one token appends a row to the revocation log
+//! ([`super::marks`]). The audit row is written in the same transaction.
 
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
@@ -8,42 +9,44 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
 use latch_core::id::{GrantId, Subject, TenantId};
 use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult};
+use latch_core::token::TokenHash;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
+use super::marks::RevocationMarks;
 use super::SqliteStore;
 use crate::audit_query::audit_events_sql;
 use crate::cleanup_sql::{purge_audit_sql, purge_expired_sql, Expiring};
-use crate::target::{grant_condition, live_tokens_sql, revoke_grants_sql, Target};
+use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
 /// Returns the audit record, or `None` when nothing was alive (nothing is recorded then).
 pub(super) fn apply(
     c: &Connection,
+    marks: &RevocationMarks,
     revocation: &Revocation,
     audit: &AuditContext,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
     let killed = match Target::of(revocation) {
-        Target::Token(hash) => {
-            let n = c
-                .prepare_cached(
-                    "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
-                )?
-                .execute(params![hash.as_bytes(), now])?;
-            Killed {
-                grants: 0,
-                tokens: n as u64,
-            }
-        }
+        Target::Token(hash) => Killed {
+            grants: 0,
+            tokens: revoke_token(c, marks, hash, now)? as u64,
+        },
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
             // Count the live tokens first: after the UPDATE their grants are dead.
-            let tokens: u64 = c
-                .prepare_cached(&live_tokens_sql("?1", &condition))?
-                .query_row(values.as_slice(), |r| r.get(0))?;
+            let mut live = Vec::new();
+            {
+                let mut stmt = c.prepare_cached(&live_tokens_sql(&condition))?;
+                let mut rows = stmt.query(values.as_slice())?;
+                while let Some(row) = rows.next()? {
+                    live.extend(TokenHash::from_stored(row.get_ref(0)?.as_blob()?));
+                }
+            }
+            let tokens = marks.count_unmarked_in_write(&live) as u64;
             let grants = c
                 .prepare_cached(&revoke_grants_sql("?1", &condition))?
                 .execute(values.as_slice())? as u64;
@@ -72,7 +75,51 @@ pub(super) fn apply(
         killed.tokens,
         audit.address.map(|a| a.to_string()),
     ])?;
-    Ok(Some(audit.event(c.last_insert_rowid(), killed)))
+    let event = audit.event(c.last_insert_rowid(), killed);
+    if let Revocation::Token(hash) = revocation {
+        // Nothing of this write can fail any more: the batch may now count on the mark.
+        marks.marked_in_batch(hash, now);
+    }
+    Ok(Some(event))
+}
+
+/// Revokes one token, unless it is already revoked; returns whether it was (0 or 1). The mark
+/// is a row appended to the revocation log, or, once the index of the log is full, the
+/// token's own row ([`super::marks`]). Only access tokens are revoked alone (a refresh token
+/// takes its grant with it: `latch_core::revoke`), which is why a refresh token's rotation
+/// (`tokens.rs`), whose precondition reads the row alone, never has a log mark to miss.
+fn revoke_token(
+    c: &Connection,
+    marks: &RevocationMarks,
+    hash: &TokenHash,
+    now: UnixTime,
+) -> rusqlite::Result<usize> {
+    if marks.mark_in_write(hash).is_some() {
+        return Ok(0);
+    }
+    if !marks.has_room() {
+        return c
+            .prepare_cached(
+                "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![hash.as_bytes(), now]);
+    }
+    c.prepare_cached(
+        "INSERT INTO revocation_log (hash, revoked_at, expires_at) \
+         SELECT hash, ?2, expires_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![hash.as_bytes(), now])
+}
+
+/// The keys of the live tokens of the live grants matching the condition (before the UPDATE
+/// that kills them); the time of the revocation is parameter 1. Tokens revoked through the
+/// log are among them, for the caller to leave out.
+fn live_tokens_sql(condition: &str) -> String {
+    format!(
+        "SELECT t.hash FROM tokens t JOIN grants g ON g.id = t.grant_id \
+         WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
+           AND t.expires_at > ?1 AND {condition}"
+    )
 }
 
 #[async_trait]
@@ -83,7 +130,9 @@ impl RevocationStore for SqliteStore {
         audit: &AuditContext,
     ) -> StoreResult<Option<AuditEvent>> {
         let (revocation, audit) = (revocation.clone(), audit.clone());
-        self.write(move |c| apply(c, &revocation, &audit)).await
+        let marks = self.marks.clone();
+        self.write(move |c| apply(c, &marks, &revocation, &audit))
+            .await
     }
 }
 
@@ -131,23 +180,38 @@ impl AuditStore for SqliteStore {
     }
 }
 
+/// Deletes the revocation log's rows whose tokens expired at or before parameter 1, among its
+/// 4 × parameter 2 oldest: rows are appended while their tokens live, so the oldest are the
+/// first to expire, and a batch reads a bounded stretch of the log however long it is. The
+/// newest row stays, so that a new row never takes a `seq` a reader has already passed
+/// (`schema_v4.sql`).
+const PURGE_LOG_SQL: &str = "DELETE FROM revocation_log WHERE seq IN \
+     (SELECT seq FROM (SELECT seq, expires_at FROM revocation_log ORDER BY seq LIMIT ?2 * 4) \
+      WHERE expires_at <= ?1 AND seq < (SELECT max(seq) FROM revocation_log))";
+
 #[async_trait]
 impl CleanupStore for SqliteStore {
     async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
-        self.write(move |c| {
-            let purge = |table| {
-                let sql = purge_expired_sql(table, |n| format!("?{n}"));
-                c.prepare_cached(&sql)?.execute(params![now, limit])
-            };
-            let tokens = purge(Expiring::Tokens)?;
-            let grants = purge(Expiring::Grants)?;
-            Ok(Purged {
-                tokens: tokens as u64,
-                grants: grants as u64,
-                audit: 0,
+        let purged = self
+            .write(move |c| {
+                let purge = |table| {
+                    let sql = purge_expired_sql(table, |n| format!("?{n}"));
+                    c.prepare_cached(&sql)?.execute(params![now, limit])
+                };
+                let tokens = purge(Expiring::Tokens)?;
+                let grants = purge(Expiring::Grants)?;
+                c.prepare_cached(PURGE_LOG_SQL)?
+                    .execute(params![now, limit])?;
+                Ok(Purged {
+                    tokens: tokens as u64,
+                    grants: grants as u64,
+                    audit: 0,
+                })
             })
-        })
-        .await
+            .await?;
+        // An expired token is inactive whatever its mark says.
+        self.marks.forget_expired(now);
+        Ok(purged)
     }
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
@@ -192,5 +256,109 @@ mod tests {
             "{all}"
         );
         assert!(!by_subject.contains("TEMP B-TREE") && !all.contains("TEMP B-TREE"));
+    }
+
+    /// A migrated database holding one live access token per name, expiring at 1,000.
+    fn database(tokens: &[&str]) -> (Connection, Vec<TokenHash>) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+             expires_at) VALUES ('g', 'default', 'app', 'alice', 'read', 0, 1000)",
+            [],
+        )
+        .unwrap();
+        let hashes: Vec<TokenHash> = tokens.iter().map(|t| TokenHash::of(t)).collect();
+        for hash in &hashes {
+            conn.execute(
+                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
+                 VALUES (?1, 'g', 0, 'read', 0, 1000)",
+                [hash.as_bytes()],
+            )
+            .unwrap();
+        }
+        (conn, hashes)
+    }
+
+    fn audit() -> AuditContext {
+        AuditContext {
+            tenant: TenantId::default_tenant(),
+            actor: "app".into(),
+            route: "test",
+            reason: Reason::ClientRequest,
+            address: None,
+            at: 300,
+            grant_id: None,
+            subject: None,
+        }
+    }
+
+    /// Revokes `hash` in a batch of its own, as the writer would; returns the tokens killed.
+    fn revoke_in_batch(conn: &Connection, marks: &RevocationMarks, hash: TokenHash) -> u64 {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(conn).unwrap();
+        let event = apply(conn, marks, &Revocation::Token(hash), &audit()).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        event.map_or(0, |e| e.tokens)
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_revocation_appends_to_the_log_and_past_the_capacity_marks_the_row() {
+        let (conn, hashes) = database(&["a", "b"]);
+        let marks = RevocationMarks::new(1);
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[0]), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
+        let marked_rows = "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL";
+        assert_eq!(count(&conn, marked_rows), 0);
+        // The next batch loads that mark: the index is full.
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[1]), 1);
+        assert_eq!(marks.len(), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
+        assert_eq!(count(&conn, marked_rows), 1);
+        // Either way, a second revocation finds the token dead.
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[0]), 0);
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[1]), 0);
+        assert_eq!(count(&conn, "SELECT count(*) FROM audit"), 2);
+    }
+
+    #[test]
+    fn a_batch_replayed_after_a_rollback_forgets_the_marks_of_its_first_run() {
+        let (conn, hashes) = database(&["a"]);
+        let marks = RevocationMarks::new(10);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(&conn).unwrap();
+        apply(&conn, &marks, &Revocation::Token(hashes[0]), &audit()).unwrap();
+        assert!(
+            marks.mark_in_write(&hashes[0]).is_some(),
+            "seen within its batch"
+        );
+        conn.execute_batch("ROLLBACK").unwrap();
+        // The replay: the token is alive again, and its revocation counts.
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[0]), 1);
+        assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
+    }
+
+    #[test]
+    fn the_log_purge_takes_expired_rows_but_never_the_newest() {
+        let (conn, hashes) = database(&["a", "b", "c"]);
+        let marks = RevocationMarks::new(10);
+        for hash in &hashes {
+            assert_eq!(revoke_in_batch(&conn, &marks, *hash), 1);
+        }
+        let purge = |now: i64| conn.execute(PURGE_LOG_SQL, params![now, 100]).unwrap();
+        assert_eq!(purge(999), 0, "nothing has expired yet");
+        assert_eq!(purge(1000), 2);
+        assert_eq!(count(&conn, "SELECT max(seq) FROM revocation_log"), 3);
+        // So the next row is 4, past what every reader has seen.
+        conn.execute(
+            "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (x'00', 0, 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(count(&conn, "SELECT max(seq) FROM revocation_log"), 4);
     }
 }

@@ -47,6 +47,7 @@ impl TenantStore for SqliteStore {
         let id = tenant.as_str().to_owned();
         let revocation = Revocation::Tenant(tenant.clone());
         let audit = audit.clone();
+        let marks = self.marks.clone();
         self.write(move |c| {
             let exists = c
                 .query_row("SELECT 1 FROM tenants WHERE id = ?1", [&id], |_| Ok(()))
@@ -55,7 +56,7 @@ impl TenantStore for SqliteStore {
             if !exists {
                 return Ok(None);
             }
-            let event = revocations::apply(c, &revocation, &audit)?;
+            let event = revocations::apply(c, &marks, &revocation, &audit)?;
             // Clients reference the tenant, so they go first.
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
             c.execute("DELETE FROM tenants WHERE id = ?1", [&id])?;

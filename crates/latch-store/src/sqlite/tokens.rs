@@ -112,7 +112,15 @@ pub(super) fn token_at(
 impl TokenStore for SqliteStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
         let hash = *hash;
-        self.read_batched(move |c| select_token(c, &hash)).await
+        let marks = self.marks.clone();
+        self.read_batched(move |c| {
+            let mut record = select_token(c, &hash)?;
+            if let Some(record) = &mut record {
+                marks.apply(record);
+            }
+            Ok(record)
+        })
+        .await
     }
 
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
