@@ -156,46 +156,16 @@ backend_test! {
     async fn concurrent_revocations_each_return_their_own_audit_record() {
         let db = TestDb::fresh().await;
         let store = latch_store::open(&db.url).await.unwrap();
-        let tenant = TenantId::default_tenant();
-        let hashes: Vec<TokenHash> = (0..40).map(|i| TokenHash::of(&format!("t{i}"))).collect();
-        for (i, hash) in hashes.iter().enumerate() {
-            let grant = Grant {
-                id: GrantId::generate(),
-                tenant: tenant.clone(),
-                client_id: ClientId::parse("app").unwrap(),
-                subject: subject(i),
-                scope: Scope::parse("read").unwrap(),
-                created_at: 100,
-                expires_at: 10_000,
-                revoked_at: None,
-            };
-            let token = NewToken {
-                hash: *hash,
-                kind: TokenKind::Access,
-                scope: Scope::parse("read").unwrap(),
-                issued_at: 100,
-                expires_at: 10_000,
-                generation: 0,
-            };
-            store.issue(&grant, &[token]).await.unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..40 {
+            let name = format!("t{i}");
+            hashes.extend(issue(&*store, i, &[(&name, TokenKind::Access, 10_000)]).await);
         }
         // Every token once, and the first ten a second time, all at once.
         let asked: Vec<usize> = (0..40).chain(0..10).collect();
         let revocations: Vec<_> = asked
             .iter()
-            .map(|&i| {
-                let audit = AuditContext {
-                    tenant: tenant.clone(),
-                    actor: format!("actor{i}"),
-                    route: "test",
-                    reason: Reason::ClientRequest,
-                    address: None,
-                    at: 200,
-                    grant_id: None,
-                    subject: Some(subject(i)),
-                };
-                (Revocation::Token(hashes[i]), audit)
-            })
+            .map(|&i| (Revocation::Token(hashes[i]), audit(i, Reason::ClientRequest, 200)))
             .collect();
         let revoking = revocations.iter().map(|(r, a)| store.revoke(r, a));
         let answers = futures_util::future::join_all(revoking).await;
