@@ -146,15 +146,6 @@ impl RevocationMarks {
         }
     }
 
-    /// How many of `hashes` have no mark, in a write.
-    pub(super) fn count_unmarked_in_write(&self, hashes: &[TokenHash]) -> usize {
-        let (index, batch) = (self.index(), self.batch());
-        hashes
-            .iter()
-            .filter(|h| !index.marks.contains_key(h) && !batch.contains_key(h))
-            .count()
-    }
-
     /// Whether a new mark may go in the log (or must go in the token's row).
     pub(super) fn has_room(&self) -> bool {
         self.index().marks.len() + self.batch().len() < self.capacity

@@ -37,16 +37,20 @@ pub(super) fn apply(
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
-            // Count the live tokens first: after the UPDATE their grants are dead.
-            let mut live = Vec::new();
+            // Count the live tokens first: after the UPDATE their grants are dead. Row by
+            // row, as a tenant's may be millions, and without holding the marks' lock
+            // throughout, which every read takes.
+            let mut tokens = 0u64;
             {
                 let mut stmt = c.prepare_cached(&live_tokens_sql(&condition))?;
                 let mut rows = stmt.query(values.as_slice())?;
                 while let Some(row) = rows.next()? {
-                    live.extend(TokenHash::from_stored(row.get_ref(0)?.as_blob()?));
+                    let hash = TokenHash::from_stored(row.get_ref(0)?.as_blob()?);
+                    if hash.is_none_or(|h| marks.mark_in_write(&h).is_none()) {
+                        tokens += 1;
+                    }
                 }
             }
-            let tokens = marks.count_unmarked_in_write(&live) as u64;
             let grants = c
                 .prepare_cached(&revoke_grants_sql("?1", &condition))?
                 .execute(values.as_slice())? as u64;
