@@ -180,6 +180,13 @@ pub trait Storage:
         CommitStats::default()
     }
 
+    /// How many revocations of single tokens the back-end holds in memory to answer reads
+    /// (SQLite's index of its revocation log, which has a bound); zero for a back-end that
+    /// keeps none.
+    fn revocation_marks(&self) -> u64 {
+        0
+    }
+
     /// A client and a token, read together: [`ClientStore::client`] and
     /// [`TokenStore::token`] in one statement, so in one read transaction (SQLite) or one
     /// round trip (PostgreSQL). Introspection needs both on every request.

@@ -81,6 +81,14 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoRespo
         "counter",
         &w.writer_checkpoint_seconds,
     );
+    counter(
+        "latch_store_revocation_marks",
+        "SQLite: access tokens revoked alone whose marks are held in memory (the index of the \
+         revocation log) until they expire; at the bound (docs/deploy.md) a revocation marks \
+         the token's row instead.",
+        "gauge",
+        &state.authority.store().revocation_marks(),
+    );
     commit_histogram(&mut body, &w);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -65,5 +65,15 @@ backend_test! {
             assert_eq!(stalls, 0.0);
         }
         assert!(sample(&after, "latch_store_writer_checkpoint_seconds_total") >= 0.0);
+
+        // SQLite holds the 20 revocations in memory (the revocation log's index), each
+        // loaded by the first read or write after its commit: here, an introspection.
+        // PostgreSQL holds none.
+        let last = issued[19]["access_token"].as_str().unwrap();
+        assert_eq!(s.introspect(last).await["active"], false);
+        let now = metrics(&s).await;
+        let marks = if s.db.is_postgres() { 0.0 } else { 20.0 };
+        let held = sample(&now, "latch_store_revocation_marks");
+        assert_eq!(held - sample(&before, "latch_store_revocation_marks"), marks, "{now}");
     }
 }

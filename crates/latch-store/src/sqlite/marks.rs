@@ -160,7 +160,6 @@ impl RevocationMarks {
     }
 
     /// How many marks the index holds.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.index().marks.len()
     }

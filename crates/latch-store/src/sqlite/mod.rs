@@ -335,6 +335,10 @@ impl Storage for SqliteStore {
         self.commits.snapshot()
     }
 
+    fn revocation_marks(&self) -> u64 {
+        self.marks.len() as u64
+    }
+
     async fn close(&self) -> StoreResult<()> {
         let (Readers::Pool { path, .. }, Some(checkpoints)) = (&*self.readers, &self.checkpoints)
         else {
