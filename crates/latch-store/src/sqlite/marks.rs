@@ -151,12 +151,9 @@ impl RevocationMarks {
         self.index().marks.len() + self.batch().len() < self.capacity
     }
 
-    /// Drops the marks of tokens expired at `now`; returns how many.
-    pub(super) fn forget_expired(&self, now: UnixTime) -> usize {
-        let mut index = self.index();
-        let before = index.marks.len();
-        index.marks.retain(|_, m| m.expires_at > now);
-        before - index.marks.len()
+    /// Drops the marks of tokens expired at `now`.
+    pub(super) fn forget_expired(&self, now: UnixTime) {
+        self.index().marks.retain(|_, m| m.expires_at > now);
     }
 
     /// How many marks the index holds.
