@@ -262,6 +262,22 @@ mod tests {
     async fn latch_reads_the_preloaded_postgres_database_as_its_own() {
         let name = format!("latch_bench_test_{}", std::process::id());
         let url = format!("{SERVER}/{name}");
+        // The checks run as a task of their own so that a failing one still lets the
+        // database be dropped below, before its panic is passed on.
+        let checks = tokio::spawn(checks(url.clone()));
+        let outcome = checks.await;
+        connect(&url, Some("postgres"))
+            .await
+            .unwrap()
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+    }
+
+    async fn checks(url: String) {
         let state = preload(&url, 100).await.unwrap();
         assert_eq!(state.tokens, 100);
         {
@@ -304,12 +320,6 @@ mod tests {
             assert_eq!(read, relations as u64);
             assert!(read > 0 && read <= size as u64, "{read} of {size} bytes");
         }
-        connect(&url, Some("postgres"))
-            .await
-            .unwrap()
-            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .await
-            .unwrap();
     }
 
     #[test]
