@@ -30,9 +30,22 @@ use latch_core::grant::TokenRecord;
 use latch_core::token::TokenHash;
 use rusqlite::Connection;
 
-/// The most marks the index holds; past it, revocations write the token's row. A mark takes
-/// about 80 bytes of memory, so at most about 160 MB.
-pub(super) const MAX_MARKS: usize = 2_000_000;
+/// The most marks the index holds; past it, revocations write the token's row.
+///
+/// Measured, not estimated: a mark is 64 bytes in a hash table that keeps a power-of-two
+/// number of slots at most 7/8 full. One table of 2M marks held 268 MB (401 MB while it grew);
+/// [`SHARDS`] tables of up to 1.5M marks in all hold 135 MB, and grow one shard at a time
+/// (139 MB at most). That keeps a full index, with the rest of the server, under the 250 MB
+/// the server is meant to stay within.
+pub(super) const MAX_MARKS: usize = 1_500_000;
+
+/// The index is split by one byte of each token's SHA-256 into this many tables, so that no
+/// one growth doubles the whole index at once.
+const SHARDS: usize = 16;
+
+/// How many log rows a catch-up reads before putting them in the index, so that loading a
+/// long log at start-up holds no second copy of it.
+const LOAD_CHUNK: usize = 4096;
 
 /// A revoked token's mark.
 #[derive(Clone, Copy, Debug)]
@@ -41,11 +54,34 @@ struct Mark {
     expires_at: UnixTime,
 }
 
-#[derive(Default)]
 struct Index {
-    /// The last log row loaded; every committed row up to it is in `marks` (or has expired).
+    /// The last log row loaded; every committed row up to it is in `shards` (or has expired).
     through: i64,
-    marks: HashMap<TokenHash, Mark>,
+    shards: [HashMap<TokenHash, Mark>; SHARDS],
+}
+
+impl Index {
+    fn shard(&self, hash: &TokenHash) -> &HashMap<TokenHash, Mark> {
+        &self.shards[shard_of(hash)]
+    }
+
+    fn insert(&mut self, loaded: &mut Vec<(TokenHash, Mark)>) {
+        for (hash, mark) in loaded.drain(..) {
+            self.shards[shard_of(&hash)].entry(hash).or_insert(mark);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+}
+
+/// A token's shard: from the last byte of its key, which is always a byte of its SHA-256
+/// (the locator, when there is one, comes first and is not random).
+fn shard_of(hash: &TokenHash) -> usize {
+    hash.as_bytes()
+        .last()
+        .map_or(0, |b| usize::from(*b) % SHARDS)
 }
 
 /// The in-memory index of `revocation_log` (see the module documentation).
@@ -60,7 +96,10 @@ impl RevocationMarks {
     /// An empty index holding at most `capacity` marks; the first catch-up loads the log.
     pub(super) fn new(capacity: usize) -> Self {
         Self {
-            index: Mutex::new(Index::default()),
+            index: Mutex::new(Index {
+                through: 0,
+                shards: std::array::from_fn(|_| HashMap::new()),
+            }),
             batch: Mutex::new(HashMap::new()),
             capacity,
         }
@@ -85,6 +124,9 @@ impl RevocationMarks {
         let mut rows = stmt.query([from])?;
         let mut loaded = Vec::new();
         let mut last = from;
+        // Another catch-up may run meanwhile; marks are facts (each row is committed), so
+        // loading one twice, or before `through` covers it, is harmless, and `through` only
+        // moves forward, each catch-up having loaded every row up to its own end.
         while let Some(row) = rows.next()? {
             last = row.get(0)?;
             if let Some(hash) = TokenHash::from_stored(row.get_ref(1)?.as_blob()?) {
@@ -93,18 +135,16 @@ impl RevocationMarks {
                     expires_at: row.get(3)?,
                 };
                 loaded.push((hash, mark));
+                if loaded.len() == LOAD_CHUNK {
+                    self.index().insert(&mut loaded);
+                }
             }
         }
         if last == from {
             return Ok(());
         }
         let mut index = self.index();
-        // Another catch-up may have run meanwhile; marks are facts, so loading one twice is
-        // harmless, and `through` only moves forward, each catch-up having loaded every row
-        // up to its own end.
-        for (hash, mark) in loaded {
-            index.marks.entry(hash).or_insert(mark);
-        }
+        index.insert(&mut loaded);
         index.through = index.through.max(last);
         Ok(())
     }
@@ -128,14 +168,18 @@ impl RevocationMarks {
     /// catch-up).
     pub(super) fn apply(&self, record: &mut TokenRecord) {
         if record.revoked_at.is_none() {
-            record.revoked_at = self.index().marks.get(&record.hash).map(|m| m.revoked_at);
+            record.revoked_at = self
+                .index()
+                .shard(&record.hash)
+                .get(&record.hash)
+                .map(|m| m.revoked_at);
         }
     }
 
     /// The mark of `hash`, in a write: in the index (caught up when the batch began) or
     /// added by the batch itself.
     pub(super) fn mark_in_write(&self, hash: &TokenHash) -> Option<UnixTime> {
-        let committed = self.index().marks.get(hash).map(|m| m.revoked_at);
+        let committed = self.index().shard(hash).get(hash).map(|m| m.revoked_at);
         committed.or_else(|| self.batch().get(hash).copied())
     }
 
@@ -148,16 +192,61 @@ impl RevocationMarks {
 
     /// Whether a new mark may go in the log (or must go in the token's row).
     pub(super) fn has_room(&self) -> bool {
-        self.index().marks.len() + self.batch().len() < self.capacity
+        self.index().len() + self.batch().len() < self.capacity
     }
 
     /// Drops the marks of tokens expired at `now`.
     pub(super) fn forget_expired(&self, now: UnixTime) {
-        self.index().marks.retain(|_, m| m.expires_at > now);
+        for shard in &mut self.index().shards {
+            shard.retain(|_, m| m.expires_at > now);
+        }
     }
 
     /// How many marks the index holds.
     pub(super) fn len(&self) -> usize {
-        self.index().marks.len()
+        self.index().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latch_core::token::{TokenKind, TokenSecret};
+
+    #[test]
+    fn a_log_longer_than_a_load_chunk_is_loaded_whole_and_spread_over_the_shards() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let count = 2 * LOAD_CHUNK + 17;
+        let hashes: Vec<TokenHash> = (0..count)
+            .map(|_| TokenSecret::mint(TokenKind::Access).hash())
+            .collect();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, 1000)",
+            )
+            .unwrap();
+        for (at, hash) in hashes.iter().enumerate() {
+            insert.execute((hash.as_bytes(), at as i64)).unwrap();
+        }
+        drop(insert);
+
+        let marks = RevocationMarks::new(MAX_MARKS);
+        marks.catch_up(&conn).unwrap();
+        assert_eq!(marks.len(), count);
+        for (at, hash) in hashes.iter().enumerate() {
+            assert_eq!(marks.mark_in_write(hash), Some(at as i64));
+        }
+        assert_eq!(marks.index().through, count as i64);
+        let index = marks.index();
+        assert!(
+            index.shards.iter().all(|s| s.len() > count / SHARDS / 2),
+            "uneven shards: {:?}",
+            index.shards.iter().map(HashMap::len).collect::<Vec<_>>()
+        );
+        drop(index);
+
+        marks.forget_expired(1000);
+        assert_eq!(marks.len(), 0, "every mark expired at 1,000");
     }
 }
