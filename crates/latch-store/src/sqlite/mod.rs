@@ -149,10 +149,11 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     // (`pcache1TruncateUnsafe`), which took 10-12% of the writer thread's time during
     // issuance, more than the page reads the bigger cache saved.
     conn.pragma_update(None, "cache_size", -2_000)?;
-    // Each write in a batch runs in a savepoint, whose sub-journal (the pages' old contents,
-    // needed only to roll the savepoint back) would otherwise go to a temporary file: a
-    // pwrite per touched page, a quarter of the writer's time when measured. Durability
-    // is the WAL's job and is unaffected.
+    // A batch replayed after one of its writes failed runs each write in a savepoint
+    // (`committer`), whose sub-journal (the pages' old contents, needed only to roll the
+    // savepoint back) would otherwise go to a temporary file: a pwrite per touched page, a
+    // quarter of the writer's time when every write had one. Durability is the WAL's job
+    // and is unaffected.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
