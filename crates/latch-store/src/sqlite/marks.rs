@@ -16,7 +16,9 @@
 //!   they commit ([`RevocationMarks::mark_in_write`] sees both), recorded only once the
 //!   revocation's whole write has succeeded, and dropped when the next batch (or the replay
 //!   of a failed one) begins;
-//! - a mark leaves the index only once its token has expired, when it no longer matters.
+//! - a mark leaves the index only once its token has expired, when it no longer matters:
+//!   at each expiry clean-up, and when the index is full (at most once a minute), so that a
+//!   server whose own clean-up is off, the purge left to `latch gc`, does not stay full.
 //!
 //! So the index holds one entry per revoked, unexpired token revoked this way. To keep that
 //! bounded whatever clients do, past [`MAX_MARKS`] a revocation marks the token's row
@@ -47,6 +49,10 @@ const SHARDS: usize = 16;
 /// long log at start-up holds no second copy of it.
 const LOAD_CHUNK: usize = 4096;
 
+/// Seconds between two attempts of a full index to make room by forgetting expired marks;
+/// each walks the whole index (tens of milliseconds when full).
+const FULL_FORGET_INTERVAL: i64 = 60;
+
 /// A revoked token's mark.
 #[derive(Clone, Copy, Debug)]
 struct Mark {
@@ -58,6 +64,8 @@ struct Index {
     /// The last log row loaded; every committed row up to it is in `shards` (or has expired).
     through: i64,
     shards: [HashMap<TokenHash, Mark>; SHARDS],
+    /// When a full index may next try to make room (see [`RevocationMarks::has_room`]).
+    next_full_forget: UnixTime,
 }
 
 impl Index {
@@ -73,6 +81,12 @@ impl Index {
 
     fn len(&self) -> usize {
         self.shards.iter().map(HashMap::len).sum()
+    }
+
+    fn forget_expired(&mut self, now: UnixTime) {
+        for shard in &mut self.shards {
+            shard.retain(|_, m| m.expires_at > now);
+        }
     }
 }
 
@@ -99,6 +113,7 @@ impl RevocationMarks {
             index: Mutex::new(Index {
                 through: 0,
                 shards: std::array::from_fn(|_| HashMap::new()),
+                next_full_forget: UnixTime::MIN,
             }),
             batch: Mutex::new(HashMap::new()),
             capacity,
@@ -190,16 +205,26 @@ impl RevocationMarks {
         }
     }
 
-    /// Whether a new mark may go in the log (or must go in the token's row).
-    pub(super) fn has_room(&self) -> bool {
-        self.index().len() + self.batch().len() < self.capacity
+    /// Whether a new mark may go in the log at `now` (or must go in the token's row). A full
+    /// index first forgets the marks of tokens expired at `now`, at most once every
+    /// [`FULL_FORGET_INTERVAL`] seconds.
+    pub(super) fn has_room(&self, now: UnixTime) -> bool {
+        let batch = self.batch().len();
+        let mut index = self.index();
+        if index.len() + batch < self.capacity {
+            return true;
+        }
+        if now < index.next_full_forget {
+            return false;
+        }
+        index.next_full_forget = now.saturating_add(FULL_FORGET_INTERVAL);
+        index.forget_expired(now);
+        index.len() + batch < self.capacity
     }
 
     /// Drops the marks of tokens expired at `now`.
     pub(super) fn forget_expired(&self, now: UnixTime) {
-        for shard in &mut self.index().shards {
-            shard.retain(|_, m| m.expires_at > now);
-        }
+        self.index().forget_expired(now);
     }
 
     /// How many marks the index holds.
@@ -248,5 +273,40 @@ mod tests {
 
         marks.forget_expired(1000);
         assert_eq!(marks.len(), 0, "every mark expired at 1,000");
+    }
+
+    /// Appends a mark for a new token expiring at `expires_at`, and loads it.
+    fn log_mark(conn: &Connection, marks: &RevocationMarks, expires_at: i64) {
+        let hash = TokenSecret::mint(TokenKind::Access).hash();
+        conn.execute(
+            "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, 0, ?2)",
+            (hash.as_bytes(), expires_at),
+        )
+        .unwrap();
+        marks.catch_up(conn).unwrap();
+    }
+
+    #[test]
+    fn a_full_index_makes_room_by_forgetting_expired_marks_at_most_once_a_minute() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let marks = RevocationMarks::new(2);
+        log_mark(&conn, &marks, 1000);
+        assert!(marks.has_room(0));
+        log_mark(&conn, &marks, 2000);
+        assert!(!marks.has_room(999), "full, and nothing has expired");
+        assert_eq!(marks.len(), 2);
+
+        // The token expiring at 1,000 has; but the last attempt was under a minute ago.
+        assert!(!marks.has_room(1000));
+        assert_eq!(marks.len(), 2);
+        // A minute after that attempt, the full index forgets it and has room again.
+        assert!(marks.has_room(999 + FULL_FORGET_INTERVAL));
+        assert_eq!(marks.len(), 1);
+
+        // The mark that stays still counts; full again, and nothing to forget.
+        log_mark(&conn, &marks, 3000);
+        assert!(!marks.has_room(1100 + FULL_FORGET_INTERVAL));
+        assert_eq!(marks.len(), 2);
     }
 }

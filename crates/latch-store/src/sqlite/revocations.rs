@@ -101,7 +101,7 @@ fn revoke_token(
     if marks.mark_in_write(hash).is_some() {
         return Ok(0);
     }
-    if !marks.has_room() {
+    if !marks.has_room(now) {
         return c
             .prepare_cached(
                 "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
