@@ -18,7 +18,8 @@
 //!   of a failed one) begins;
 //! - a mark leaves the index only once its token has expired, when it no longer matters:
 //!   at each expiry clean-up, and when the index is full (at most once a minute), so that a
-//!   server whose own clean-up is off, the purge left to `latch gc`, does not stay full.
+//!   server whose own clean-up is off, the purge left to `latch gc`, does not stay full;
+//!   and at start-up the log's expired rows are not loaded ([`RevocationMarks::load`]).
 //!
 //! So the index holds one entry per revoked, unexpired token revoked this way. To keep that
 //! bounded whatever clients do, past [`MAX_MARKS`] a revocation marks the token's row
@@ -30,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use latch_core::clock::UnixTime;
 use latch_core::grant::TokenRecord;
 use latch_core::token::TokenHash;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 /// The most marks the index holds; past it, revocations write the token's row.
 ///
@@ -131,6 +132,28 @@ impl RevocationMarks {
     /// Loads the log rows committed since the last catch-up, as `conn` sees the log. Outside a
     /// write transaction, or in one before it has written, that is committed rows only.
     pub(super) fn catch_up(&self, conn: &Connection) -> rusqlite::Result<()> {
+        self.load_log(conn, UnixTime::MIN)
+    }
+
+    /// The first catch-up, at start-up: the whole log, except the marks of tokens that had
+    /// expired when the log's newest revocation was made (at a time the clock has passed).
+    /// Rows stay in the log until a clean-up purges them, and none may run (`latch gc` left
+    /// undone), so the log can be far longer than the index may be; its unexpired marks are
+    /// not, each having found room in the index when it was written.
+    pub(super) fn load(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let newest = conn
+            .query_row(
+                "SELECT revoked_at FROM revocation_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.load_log(conn, newest.unwrap_or(UnixTime::MIN))
+    }
+
+    /// Loads the log rows past the last one loaded, leaving out the marks of tokens expired
+    /// at `expired_at`.
+    fn load_log(&self, conn: &Connection, expired_at: UnixTime) -> rusqlite::Result<()> {
         let from = self.index().through;
         let mut stmt = conn.prepare_cached(
             "SELECT seq, hash, revoked_at, expires_at FROM revocation_log \
@@ -149,6 +172,9 @@ impl RevocationMarks {
                     revoked_at: row.get(2)?,
                     expires_at: row.get(3)?,
                 };
+                if mark.expires_at <= expired_at {
+                    continue;
+                }
                 loaded.push((hash, mark));
                 if loaded.len() == LOAD_CHUNK {
                     self.index().insert(&mut loaded);
@@ -275,15 +301,48 @@ mod tests {
         assert_eq!(marks.len(), 0, "every mark expired at 1,000");
     }
 
-    /// Appends a mark for a new token expiring at `expires_at`, and loads it.
-    fn log_mark(conn: &Connection, marks: &RevocationMarks, expires_at: i64) {
+    /// Appends a mark for a new token, revoked at `revoked_at` and expiring at `expires_at`.
+    fn append(conn: &Connection, revoked_at: i64, expires_at: i64) -> TokenHash {
         let hash = TokenSecret::mint(TokenKind::Access).hash();
         conn.execute(
-            "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, 0, ?2)",
-            (hash.as_bytes(), expires_at),
+            "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, ?3)",
+            (hash.as_bytes(), revoked_at, expires_at),
         )
         .unwrap();
+        hash
+    }
+
+    /// Appends a mark for a new token expiring at `expires_at`, and loads it.
+    fn log_mark(conn: &Connection, marks: &RevocationMarks, expires_at: i64) {
+        append(conn, 0, expires_at);
         marks.catch_up(conn).unwrap();
+    }
+
+    #[test]
+    fn the_start_up_load_leaves_out_tokens_expired_by_the_newest_revocation() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let expired = append(&conn, 0, 500);
+        let live = append(&conn, 100, 5000);
+        let newest = append(&conn, 600, 700);
+
+        let marks = RevocationMarks::new(MAX_MARKS);
+        marks.load(&conn).unwrap();
+        assert_eq!(
+            marks.mark_in_write(&expired),
+            None,
+            "expired at 500, before 600"
+        );
+        assert_eq!(marks.mark_in_write(&live), Some(100));
+        assert_eq!(marks.mark_in_write(&newest), Some(600));
+        assert_eq!(marks.len(), 2);
+
+        // Later catch-ups load every new row, and only those.
+        let later = append(&conn, 650, 660);
+        marks.catch_up(&conn).unwrap();
+        assert_eq!(marks.mark_in_write(&later), Some(650));
+        assert_eq!(marks.len(), 3);
+        assert_eq!(marks.index().through, 4);
     }
 
     #[test]

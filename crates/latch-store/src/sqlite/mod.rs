@@ -438,7 +438,7 @@ impl Storage for SqliteStore {
 /// The index of the revocation log, loaded at start-up rather than by the first request.
 fn load_marks(conn: &Connection) -> StoreResult<Arc<RevocationMarks>> {
     let marks = RevocationMarks::new(marks::MAX_MARKS);
-    marks.catch_up(conn).map_err(store_error)?;
+    marks.load(conn).map_err(store_error)?;
     Ok(Arc::new(marks))
 }
 
