@@ -270,17 +270,8 @@ mod tests {
         super::super::migrate(&mut conn).unwrap();
         let count = 2 * LOAD_CHUNK + 17;
         let hashes: Vec<TokenHash> = (0..count)
-            .map(|_| TokenSecret::mint(TokenKind::Access).hash())
+            .map(|at| append(&conn, at as i64, 1000))
             .collect();
-        let mut insert = conn
-            .prepare(
-                "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, 1000)",
-            )
-            .unwrap();
-        for (at, hash) in hashes.iter().enumerate() {
-            insert.execute((hash.as_bytes(), at as i64)).unwrap();
-        }
-        drop(insert);
 
         let marks = RevocationMarks::new(MAX_MARKS);
         marks.catch_up(&conn).unwrap();
