@@ -465,3 +465,34 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
         .unwrap()
         .is_some());
 }
+
+#[tokio::test]
+async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
+    use latch_core::store::CleanupStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = SqliteStore::open_file(&path).unwrap();
+    // The log's 4 oldest rows are for long-lived tokens, the 4 after them expired at 1,000
+    // (written by another connection, as another process would).
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.busy_timeout(Duration::from_secs(5)).unwrap();
+    for expires_at in [5000, 5000, 5000, 5000, 1000, 1000, 1000, 1000] {
+        other
+            .execute(
+                "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (x'00', 0, ?1)",
+                [expires_at],
+            )
+            .unwrap();
+    }
+    let log_rows = || -> i64 {
+        other
+            .query_row("SELECT count(*) FROM revocation_log", [], |r| r.get(0))
+            .unwrap()
+    };
+    // With a limit of 1, a clean-up batch reads 4 rows of the log: first the live ones,
+    // then the next 4, whose expired rows go (all but the newest row).
+    store.purge_expired(1000, 1).await.unwrap();
+    assert_eq!(log_rows(), 8);
+    store.purge_expired(1000, 1).await.unwrap();
+    assert_eq!(log_rows(), 5, "the clean-up stayed on the live rows");
+}

@@ -13,6 +13,7 @@ mod tokens;
 mod wal_writes;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -111,6 +112,8 @@ pub struct SqliteStore {
     committer: Committer,
     /// The in-memory index of single-token revocations ([`marks`]).
     marks: Arc<RevocationMarks>,
+    /// Where the next expiry clean-up looks for expired rows of the revocation log.
+    log_purge_from: AtomicI64,
     /// The writer's batches and checkpoints, counted.
     commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
@@ -235,6 +238,7 @@ impl SqliteStore {
             batches: OnceLock::new(),
             committer,
             marks,
+            log_purge_from: AtomicI64::new(0),
             commits,
         })
     }
@@ -256,6 +260,7 @@ impl SqliteStore {
             batches: OnceLock::new(),
             committer,
             marks,
+            log_purge_from: AtomicI64::new(0),
             commits,
             checkpoints: None,
         })

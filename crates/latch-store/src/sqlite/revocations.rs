@@ -3,6 +3,8 @@
 //! kills the whole family. Revoking one token appends a row to the revocation log
 //! ([`super::marks`]). The audit row is written in the same transaction.
 
+use std::sync::atomic::Ordering;
+
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
 use latch_core::clock::UnixTime;
@@ -184,19 +186,44 @@ impl AuditStore for SqliteStore {
     }
 }
 
-/// Deletes the revocation log's rows whose tokens expired at or before parameter 1, among its
-/// 4 × parameter 2 oldest: rows are appended while their tokens live, so the oldest are the
-/// first to expire, and a batch reads a bounded stretch of the log however long it is. The
-/// newest row stays, so that a new row never takes a `seq` a reader has already passed
+/// Deletes the revocation log's rows whose tokens expired at `now`, among the `4 × limit`
+/// rows past `from`, so that a clean-up batch reads a bounded stretch of the log however long
+/// it is. Returns how many it deleted and where the next batch starts: past this stretch, or
+/// back at the start once the end is reached. Rows are appended while their tokens live, so
+/// the oldest are usually the first to expire; but they need not be (a client's long-lived
+/// tokens), and a stretch that always began at the oldest row could stay stuck on live ones.
+/// The newest row stays, so that a new row never takes a `seq` a reader has already passed
 /// (`schema_v4.sql`).
-const PURGE_LOG_SQL: &str = "DELETE FROM revocation_log WHERE seq IN \
-     (SELECT seq FROM (SELECT seq, expires_at FROM revocation_log ORDER BY seq LIMIT ?2 * 4) \
-      WHERE expires_at <= ?1 AND seq < (SELECT max(seq) FROM revocation_log))";
+fn purge_log(
+    c: &Connection,
+    now: UnixTime,
+    limit: u32,
+    from: i64,
+) -> rusqlite::Result<(usize, i64)> {
+    let stretch = i64::from(limit) * 4;
+    let (rows, end): (i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT count(*), max(seq) FROM \
+             (SELECT seq FROM revocation_log WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+        )?
+        .query_row(params![from, stretch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let Some(end) = end else {
+        return Ok((0, 0));
+    };
+    let deleted = c
+        .prepare_cached(
+            "DELETE FROM revocation_log WHERE seq > ?1 AND seq <= ?2 AND expires_at <= ?3 \
+             AND seq < (SELECT max(seq) FROM revocation_log)",
+        )?
+        .execute(params![from, end, now])?;
+    Ok((deleted, if rows < stretch { 0 } else { end }))
+}
 
 #[async_trait]
 impl CleanupStore for SqliteStore {
     async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
-        let purged = self
+        let log_from = self.log_purge_from.load(Ordering::Relaxed);
+        let (purged, log_next) = self
             .write(move |c| {
                 let purge = |table| {
                     let sql = purge_expired_sql(table, |n| format!("?{n}"));
@@ -204,15 +231,17 @@ impl CleanupStore for SqliteStore {
                 };
                 let tokens = purge(Expiring::Tokens)?;
                 let grants = purge(Expiring::Grants)?;
-                c.prepare_cached(PURGE_LOG_SQL)?
-                    .execute(params![now, limit])?;
-                Ok(Purged {
+                let (_, log_next) = purge_log(c, now, limit, log_from)?;
+                let purged = Purged {
                     tokens: tokens as u64,
                     grants: grants as u64,
                     audit: 0,
-                })
+                };
+                Ok((purged, log_next))
             })
             .await?;
+        // Moved on only once the write has committed (a replayed batch runs it twice).
+        self.log_purge_from.store(log_next, Ordering::Relaxed);
         // An expired token is inactive whatever its mark says.
         self.marks.forget_expired(now);
         Ok(purged)
@@ -353,7 +382,7 @@ mod tests {
         for hash in &hashes {
             assert_eq!(revoke_in_batch(&conn, &marks, *hash), 1);
         }
-        let purge = |now: i64| conn.execute(PURGE_LOG_SQL, params![now, 100]).unwrap();
+        let purge = |now: i64| purge_log(&conn, now, 100, 0).unwrap().0;
         assert_eq!(purge(999), 0, "nothing has expired yet");
         assert_eq!(purge(1000), 2);
         assert_eq!(count(&conn, "SELECT max(seq) FROM revocation_log"), 3);
@@ -364,5 +393,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(count(&conn, "SELECT max(seq) FROM revocation_log"), 4);
+    }
+
+    #[test]
+    fn the_log_purge_moves_past_a_stretch_of_live_rows_and_comes_back() {
+        let (conn, _) = database(&[]);
+        // Rows 1-4 for long-lived tokens, 5-8 for tokens expired at 1,000.
+        for expires_at in [5000, 5000, 5000, 5000, 1000, 1000, 1000, 1000] {
+            conn.execute(
+                "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (x'00', 0, ?1)",
+                [expires_at],
+            )
+            .unwrap();
+        }
+        // A limit of 1 reads 4 rows a batch.
+        assert_eq!(
+            purge_log(&conn, 1000, 1, 0).unwrap(),
+            (0, 4),
+            "all four live"
+        );
+        assert_eq!(
+            purge_log(&conn, 1000, 1, 4).unwrap(),
+            (3, 8),
+            "the newest row stays"
+        );
+        assert_eq!(
+            purge_log(&conn, 1000, 1, 8).unwrap(),
+            (0, 0),
+            "the end: start again"
+        );
+        assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 5);
+        // Once the long-lived tokens have expired, the next sweep takes them.
+        assert_eq!(purge_log(&conn, 5000, 1, 0).unwrap(), (4, 4));
+        assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
     }
 }
