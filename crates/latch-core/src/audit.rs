@@ -93,6 +93,28 @@ pub struct AuditContext {
 }
 
 impl AuditContext {
+    /// The context of a revocation asked by `actor` through `route` at `at`, about no grant
+    /// or subject yet ([`about`](Self::about) names them).
+    pub fn new(
+        tenant: TenantId,
+        actor: impl Into<String>,
+        route: &'static str,
+        reason: Reason,
+        address: Option<IpAddr>,
+        at: UnixTime,
+    ) -> Self {
+        Self {
+            tenant,
+            actor: actor.into(),
+            route,
+            reason,
+            address,
+            at,
+            grant_id: None,
+            subject: None,
+        }
+    }
+
     /// Names the grant and subject the revocation is about (the domain has read them).
     pub fn about(mut self, grant_id: Option<&GrantId>, subject: Option<&Subject>) -> Self {
         self.grant_id = grant_id.cloned();

@@ -110,16 +110,14 @@ impl Authority {
         origin: Origin,
         reason: Reason,
     ) -> AuditContext {
-        AuditContext {
-            tenant: tenant.clone(),
-            actor: actor.to_owned(),
-            route: origin.route,
+        AuditContext::new(
+            tenant.clone(),
+            actor,
+            origin.route,
             reason,
-            address: origin.address,
-            at: self.clock.now(),
-            grant_id: None,
-            subject: None,
-        }
+            origin.address,
+            self.clock.now(),
+        )
     }
 
     /// Applies a revocation, durably and audited, and emits its audit log event. Every

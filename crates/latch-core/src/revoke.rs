@@ -308,16 +308,14 @@ mod tests {
 
     fn request(caller: Client) -> Request {
         Request {
-            context: AuditContext {
-                tenant: caller.tenant.clone(),
-                actor: caller.id.as_str().to_owned(),
-                route: "test",
-                reason: Reason::ClientRequest,
-                address: None,
-                at: 50,
-                grant_id: None,
-                subject: None,
-            },
+            context: AuditContext::new(
+                caller.tenant.clone(),
+                caller.id.as_str(),
+                "test",
+                Reason::ClientRequest,
+                None,
+                50,
+            ),
             caller,
             effect: Effect::Token,
             now: 50,

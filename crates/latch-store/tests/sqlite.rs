@@ -28,16 +28,8 @@ fn grant(subject: &str) -> Grant {
 }
 
 fn audit(at: i64) -> AuditContext {
-    AuditContext {
-        tenant: TenantId::default_tenant(),
-        actor: "app".into(),
-        route: "test",
-        reason: Reason::ClientRequest,
-        address: None,
-        at,
-        grant_id: None,
-        subject: None,
-    }
+    let tenant = TenantId::default_tenant();
+    AuditContext::new(tenant, "app", "test", Reason::ClientRequest, None, at)
 }
 
 fn token(name: &str, kind: TokenKind) -> NewToken {

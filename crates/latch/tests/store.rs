@@ -45,16 +45,15 @@ async fn issue(store: &dyn Storage, i: usize, tokens: &[(&str, TokenKind, i64)])
 }
 
 fn audit(i: usize, reason: Reason, at: i64) -> AuditContext {
-    AuditContext {
-        tenant: TenantId::default_tenant(),
-        actor: format!("actor{i}"),
-        route: "test",
+    AuditContext::new(
+        TenantId::default_tenant(),
+        format!("actor{i}"),
+        "test",
         reason,
-        address: None,
+        None,
         at,
-        grant_id: None,
-        subject: Some(subject(i)),
-    }
+    )
+    .about(None, Some(&subject(i)))
 }
 
 /// When `store` reads the token `hash` as revoked, by both of the hot path's reads.

@@ -314,16 +314,8 @@ mod tests {
     }
 
     fn audit() -> AuditContext {
-        AuditContext {
-            tenant: TenantId::default_tenant(),
-            actor: "app".into(),
-            route: "test",
-            reason: Reason::ClientRequest,
-            address: None,
-            at: 300,
-            grant_id: None,
-            subject: None,
-        }
+        let tenant = TenantId::default_tenant();
+        AuditContext::new(tenant, "app", "test", Reason::ClientRequest, None, 300)
     }
 
     /// Revokes `hash` in a batch of its own, as the writer would; returns the tokens killed.
