@@ -19,6 +19,9 @@ work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ "$kind" != introspect ]; then
   cp "$db" "$work/db"
+  # A kept database that later runs wrote to may have committed pages only in its WAL; the
+  # copy needs them (and no stale -shm, which SQLite rebuilds from the WAL).
+  [ -f "$db-wal" ] && cp "$db-wal" "$work/db-wal"
   db=$work/db
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
