@@ -488,3 +488,56 @@ async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
     store.purge_expired(1000, 1).await.unwrap();
     assert_eq!(log_rows(), 5, "the clean-up stayed on the live rows");
 }
+
+#[tokio::test]
+async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_and_only_if_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = SqliteStore::open_file(&path).unwrap();
+    let mut live = token("live", TokenKind::Access);
+    live.expires_at = 7_777;
+    let marked = token("marked in its row", TokenKind::Access);
+    store.issue(&grant("u"), &[live, marked]).await.unwrap();
+    // A row revoked in place (as when the log's index was full), by another connection.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.busy_timeout(Duration::from_secs(5)).unwrap();
+    other
+        .execute(
+            "UPDATE tokens SET revoked_at = 150 WHERE hash = ?1",
+            [TokenHash::of("marked in its row").as_bytes()],
+        )
+        .unwrap();
+    // A plan that revokes whatever it reads: storage alone must keep a dead token unlogged.
+    let plan: RevocationPlan =
+        Arc::new(|record| Some((Revocation::Token(record.hash), audit(200))));
+    let revoke = |name: &str| {
+        let (hash, plan, store) = (TokenHash::of(name), plan.clone(), &store);
+        async move {
+            store
+                .revoke_presented(&hash, TokenRead::InWrite, plan)
+                .await
+                .unwrap()
+        }
+    };
+    let (record, event) = revoke("live").await;
+    assert_eq!(
+        record.unwrap().revoked_at,
+        None,
+        "judged as read before the write"
+    );
+    assert_eq!(event.map(|e| e.tokens), Some(1));
+    let (record, event) = revoke("marked in its row").await;
+    assert_eq!(record.unwrap().revoked_at, Some(150));
+    assert!(event.is_none(), "nothing was alive, nothing recorded");
+    let logged: Vec<(Vec<u8>, i64, i64)> = other
+        .prepare("SELECT hash, revoked_at, expires_at FROM revocation_log")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // The expiry is the token's: the clean-up keeps the row as long as the token could be
+    // presented.
+    let live_key = TokenHash::of("live").as_bytes().to_vec();
+    assert_eq!(logged, vec![(live_key, 200, 7_777)]);
+}

@@ -431,7 +431,9 @@ impl Storage for SqliteStore {
             };
             marks.apply_in_write(&mut record);
             let event = match plan(&record) {
-                Some((revocation, audit)) => revocations::apply(c, &marks, &revocation, &audit)?,
+                Some((revocation, audit)) => {
+                    revocations::apply_to_read(c, &marks, &record, &revocation, &audit)?
+                }
                 None => None,
             };
             Ok((Some(record), event))

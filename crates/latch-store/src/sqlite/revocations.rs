@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
 use latch_core::clock::UnixTime;
-use latch_core::grant::Revocation;
+use latch_core::grant::{Revocation, TokenRecord};
 use latch_core::id::{GrantId, Subject, TenantId};
 use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult};
 use latch_core::token::TokenHash;
@@ -29,11 +29,33 @@ pub(super) fn apply(
     revocation: &Revocation,
     audit: &AuditContext,
 ) -> rusqlite::Result<Option<AuditEvent>> {
+    apply_knowing(c, marks, revocation, audit, None)
+}
+
+/// [`apply`], for a revocation judged on `read`, a token this transaction has read (with its
+/// marks applied): revoking that token needs no second lookup of its row.
+pub(super) fn apply_to_read(
+    c: &Connection,
+    marks: &RevocationMarks,
+    read: &TokenRecord,
+    revocation: &Revocation,
+    audit: &AuditContext,
+) -> rusqlite::Result<Option<AuditEvent>> {
+    apply_knowing(c, marks, revocation, audit, Some(read))
+}
+
+fn apply_knowing(
+    c: &Connection,
+    marks: &RevocationMarks,
+    revocation: &Revocation,
+    audit: &AuditContext,
+    read: Option<&TokenRecord>,
+) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
     let killed = match Target::of(revocation) {
         Target::Token(hash) => Killed {
             grants: 0,
-            tokens: revoke_token(c, marks, hash, now)? as u64,
+            tokens: revoke_token(c, marks, hash, now, read.filter(|t| t.hash == *hash))? as u64,
         },
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("?{n}"));
@@ -94,11 +116,13 @@ pub(super) fn apply(
 /// token's own row ([`super::marks`]). Only access tokens are revoked alone (a refresh token
 /// takes its grant with it: `latch_core::revoke`), which is why a refresh token's rotation
 /// (`tokens.rs`), whose precondition reads the row alone, never has a log mark to miss.
+/// `read` is the token as this transaction read it, if it did.
 fn revoke_token(
     c: &Connection,
     marks: &RevocationMarks,
     hash: &TokenHash,
     now: UnixTime,
+    read: Option<&TokenRecord>,
 ) -> rusqlite::Result<usize> {
     if marks.mark_in_write(hash).is_some() {
         return Ok(0);
@@ -110,11 +134,22 @@ fn revoke_token(
             )?
             .execute(params![hash.as_bytes(), now]);
     }
-    c.prepare_cached(
-        "INSERT INTO revocation_log (hash, revoked_at, expires_at) \
-         SELECT hash, ?2, expires_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
-    )?
-    .execute(params![hash.as_bytes(), now])
+    match read {
+        // Read in this transaction, which no other write can interleave with: the row is as
+        // read. Measured: the second lookup was 5-10% of a revocation's instructions.
+        Some(token) if token.revoked_at.is_some() => Ok(0),
+        Some(token) => c
+            .prepare_cached(
+                "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![hash.as_bytes(), now, token.expires_at]),
+        None => c
+            .prepare_cached(
+                "INSERT INTO revocation_log (hash, revoked_at, expires_at) \
+                 SELECT hash, ?2, expires_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![hash.as_bytes(), now]),
+    }
 }
 
 /// The keys of the live tokens of the live grants matching the condition (before the UPDATE
