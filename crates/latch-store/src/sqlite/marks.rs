@@ -72,8 +72,9 @@ struct Index {
 }
 
 impl Index {
-    fn shard(&self, hash: &TokenHash) -> &HashMap<TokenHash, Mark> {
-        &self.shards[shard_of(hash)]
+    /// When the token `hash` was revoked, if the index marks it.
+    fn revoked_at(&self, hash: &TokenHash) -> Option<UnixTime> {
+        self.shards[shard_of(hash)].get(hash).map(|m| m.revoked_at)
     }
 
     fn insert(&mut self, loaded: &mut Vec<(TokenHash, Mark)>) {
@@ -217,18 +218,14 @@ impl RevocationMarks {
     /// catch-up).
     pub(super) fn apply(&self, record: &mut TokenRecord) {
         if record.revoked_at.is_none() {
-            record.revoked_at = self
-                .index()
-                .shard(&record.hash)
-                .get(&record.hash)
-                .map(|m| m.revoked_at);
+            record.revoked_at = self.index().revoked_at(&record.hash);
         }
     }
 
     /// The mark of `hash`, in a write: in the index (caught up when the batch began) or
     /// added by the batch itself.
     pub(super) fn mark_in_write(&self, hash: &TokenHash) -> Option<UnixTime> {
-        let committed = self.index().shard(hash).get(hash).map(|m| m.revoked_at);
+        let committed = self.index().revoked_at(hash);
         committed.or_else(|| self.batch().get(hash).copied())
     }
 
