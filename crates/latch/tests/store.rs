@@ -7,6 +7,7 @@ mod common;
 
 use common::TestDb;
 use latch_core::audit::{AuditContext, Reason};
+use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
 use latch_core::grant::{Grant, NewToken, Revocation};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
@@ -188,6 +189,71 @@ backend_test! {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 40);
+        drop(store);
+        drop(db);
+    }
+}
+
+fn client(tenant: &TenantId, id: &str, ttl: u32) -> Client {
+    Client {
+        tenant: tenant.clone(),
+        id: ClientId::parse(id).unwrap(),
+        secret: None,
+        auth_method: AuthMethod::None,
+        grant_types: vec![],
+        scope: Scope::parse("read").unwrap(),
+        redirect_uris: vec![],
+        access_token_ttl: ttl,
+        refresh_token_ttl: 60,
+        rotation_grace: 0,
+        access_token_revocation: AccessTokenRevocation::Token,
+        created_at: 100,
+    }
+}
+
+backend_test! {
+    async fn concurrent_lookups_of_clients_and_tokens_each_get_their_own_answer() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let (home, away) = (TenantId::default_tenant(), TenantId::parse("away").unwrap());
+        store.create_tenant(&away, 100).await.unwrap();
+        // One client id in two tenants (told apart by their token lifetimes), and a second
+        // client in the first tenant.
+        for (tenant, id, ttl) in [(&home, "app", 1), (&away, "app", 2), (&home, "other", 3)] {
+            store.create_client(&client(tenant, id, ttl)).await.unwrap();
+        }
+        let mut hashes = Vec::new();
+        for i in 0..8 {
+            hashes.extend(issue(&*store, i, &[(&format!("t{i}"), TokenKind::Access, 10_000)]).await);
+        }
+        let asked: Vec<(&TenantId, &str, Option<u32>, TokenHash, bool)> = (0..48)
+            .map(|i| {
+                let (tenant, id, ttl) = match i % 4 {
+                    0 => (&home, "app", Some(1)),
+                    1 => (&away, "app", Some(2)),
+                    2 => (&home, "other", Some(3)),
+                    _ => (&home, "ghost", None),
+                };
+                let known = i % 3 != 0;
+                let hash = if known { hashes[i % 8] } else { TokenHash::of(&format!("none{i}")) };
+                (tenant, id, ttl, hash, known)
+            })
+            .collect();
+        // All at once, so that the PostgreSQL back-end answers them in shared statements.
+        let looking = asked.iter().map(|(tenant, id, _, hash, _)| {
+            let id = ClientId::parse(id).unwrap();
+            let store = &store;
+            async move { store.client_and_token(tenant, &id, hash).await }
+        });
+        let answers = futures_util::future::join_all(looking).await;
+        for ((tenant, id, ttl, hash, known), answer) in asked.iter().zip(answers) {
+            let (c, t) = answer.unwrap();
+            assert_eq!(
+                c.map(|c| (c.tenant, c.id.as_str().to_owned(), c.access_token_ttl)),
+                ttl.map(|ttl| ((*tenant).clone(), (*id).to_owned(), ttl)),
+            );
+            assert_eq!(t.map(|t| t.hash), known.then_some(*hash));
+        }
         drop(store);
         drop(db);
     }
