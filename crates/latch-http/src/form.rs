@@ -100,25 +100,35 @@ pub(crate) fn printable(s: &str) -> String {
 
 /// Decodes one form component: `+` is a space, `%XX` a byte; the result must be UTF-8.
 pub fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    // Runs without `+` or `%` (a whole token, usually) are copied at once.
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = raw
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ApiError::invalid_request("invalid percent-encoding"))?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
+    let mut rest = raw;
+    while let Some(at) = memchr::memchr2(b'+', b'%', rest) {
+        out.extend_from_slice(&rest[..at]);
+        if rest[at] == b'+' {
+            out.push(b' ');
+            rest = &rest[at + 1..];
+        } else {
+            let byte = match rest.get(at + 1..at + 3) {
+                Some(&[hi, lo]) => hex_digit(hi).zip(hex_digit(lo)).map(|(h, l)| h << 4 | l),
+                _ => None,
+            };
+            out.push(byte.ok_or_else(|| ApiError::invalid_request("invalid percent-encoding"))?);
+            rest = &rest[at + 3..];
         }
-        i += 1;
     }
+    out.extend_from_slice(rest);
     String::from_utf8(out).map_err(|_| ApiError::invalid_request("parameters must be UTF-8"))
+}
+
+/// The value of one hexadecimal digit (no sign, unlike `u8::from_str_radix`).
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -189,6 +199,11 @@ mod tests {
         assert!(Form::parse(b"token=&token=b").is_err());
         assert!(Form::parse(b"token=%zz").is_err());
         assert!(Form::parse(b"token=%4").is_err());
+        assert!(
+            Form::parse(b"token=%+F").is_err(),
+            "a sign is not a hex digit"
+        );
+        assert!(Form::parse(b"token=%-1").is_err());
         assert!(Form::parse(b"token=%FF").is_err());
         assert!(Form::parse(b"token=\xff").is_err());
     }
