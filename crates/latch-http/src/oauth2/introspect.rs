@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::token::TokenKind;
@@ -44,13 +42,15 @@ pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let form = Form::from_request(&headers, body).await?;
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let form = Form::from_request(headers, body).await?;
     let token = form.require("token")?;
     let (client, record) =
-        authenticate_presenting(&state, &tenant, &headers, &form, peer, token).await?;
+        authenticate_presenting(&state, &tenant, headers, &form, peer, token).await?;
     let response = match state.authority.introspect(&client, record)? {
         Some(t) => Json(Active {
             active: true,

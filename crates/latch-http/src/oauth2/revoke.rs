@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use latch_core::audit::Origin;
@@ -20,16 +19,18 @@ pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let form = Form::from_request(&headers, body).await?;
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let form = Form::from_request(headers, body).await?;
     revoke(
         &state,
         &tenant,
         peer,
         "oauth2/revoke",
-        &headers,
+        headers,
         &form,
         Effect::Token,
     )

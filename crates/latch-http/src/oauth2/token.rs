@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::audit::Origin;
@@ -21,10 +19,12 @@ pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let form = Form::from_request(&headers, body).await?;
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let form = Form::from_request(headers, body).await?;
     // Check the request's shape before spending anything on client authentication.
     let grant_type = form.require("grant_type")?;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
@@ -42,7 +42,7 @@ pub(crate) async fn handle(
         GrantType::ClientCredentials => None,
     };
 
-    let client = authenticate(&state, &tenant, &headers, &form, peer).await?;
+    let client = authenticate(&state, &tenant, headers, &form, peer).await?;
     let authority = &state.authority;
     let issued = match refresh_token {
         Some(token) => {

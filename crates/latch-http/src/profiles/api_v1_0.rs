@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::response::Response;
 use latch_core::revoke::Effect;
 
@@ -24,16 +22,18 @@ pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let form = Form::from_request_trimming(&headers, body).await?;
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let form = Form::from_request_trimming(headers, body).await?;
     revoke(
         &state,
         &tenant,
         peer,
         "api_v1_0",
-        &headers,
+        headers,
         &form,
         Effect::Token,
     )

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use latch_core::id::TenantId;
@@ -24,11 +25,13 @@ pub(crate) async fn handle(
     state: axum::extract::State<Arc<AppState>>,
     tenant: Result<Tenant, ApiError>,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let result = match tenant {
-        Ok(Tenant(tenant)) => serve(&state, &tenant, peer, &headers, body).await,
+        Ok(Tenant(tenant)) => serve(&state, &tenant, peer, headers, body).await,
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| e.into_response_styled(ErrorStyle::CamelCase))

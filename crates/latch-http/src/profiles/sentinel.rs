@@ -9,10 +9,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::response::Response;
 use latch_core::revoke::Effect;
 
@@ -56,11 +54,13 @@ pub(crate) async fn handle(
     account: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     peer: Peer,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     check_version(query.as_deref())?;
-    let form = Form::from_request(&headers, body).await?;
+    let form = Form::from_request(headers, body).await?;
     for field in ["token", "client_id", "client_secret"] {
         form.require(field)?;
     }
@@ -76,7 +76,7 @@ pub(crate) async fn handle(
         &tenant,
         peer,
         "sentinel",
-        &headers,
+        headers,
         &form,
         Effect::AllGrantsOfSubject,
     )
