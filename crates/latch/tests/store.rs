@@ -258,3 +258,39 @@ backend_test! {
         drop(db);
     }
 }
+
+backend_test! {
+    async fn concurrent_issuances_each_store_their_grant_with_its_own_tokens() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        // Grants with one token and with two, all at once, so that the PostgreSQL back-end
+        // stores them in shared statements.
+        let issuing = (0..40).map(|i| {
+            let store = &store;
+            async move {
+                let names = [format!("a{i}"), format!("r{i}")];
+                let tokens: Vec<_> = names[..1 + i % 2]
+                    .iter()
+                    .zip([TokenKind::Access, TokenKind::Refresh])
+                    .map(|(name, kind)| (name.as_str(), kind, 10_000 + i as i64))
+                    .collect();
+                issue(&**store, i, &tokens).await
+            }
+        });
+        let issued = futures_util::future::join_all(issuing).await;
+        for (i, hashes) in issued.iter().enumerate() {
+            assert_eq!(hashes.len(), 1 + i % 2);
+            let mut grants = Vec::new();
+            for (hash, kind) in hashes.iter().zip([TokenKind::Access, TokenKind::Refresh]) {
+                let token = store.token(hash).await.unwrap().expect("the token was stored");
+                assert_eq!((token.kind, token.expires_at), (kind, 10_000 + i as i64));
+                assert_eq!(token.subject, subject(i), "its grant's subject");
+                grants.push(token.grant_id);
+            }
+            grants.dedup();
+            assert_eq!(grants.len(), 1, "a grant's tokens share it");
+        }
+        drop(store);
+        drop(db);
+    }
+}

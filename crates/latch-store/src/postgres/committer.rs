@@ -292,7 +292,7 @@ impl<'a> OneStatement<'a> {
     /// Its statement's text.
     fn sql(&self) -> Cow<'static, str> {
         match self {
-            OneStatement::Issue(..) => Cow::Borrowed(&ISSUE_SQL),
+            OneStatement::Issue(..) => Cow::Borrowed(ISSUE_SQL),
             OneStatement::Revoke(target, _) => revoke_sql(target),
             OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r.precondition)),
         }
@@ -305,7 +305,9 @@ impl<'a> OneStatement<'a> {
         stmt: &Statement,
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
-            OneStatement::Issue(g, tokens) => issue(tx, stmt, g, tokens).await,
+            OneStatement::Issue(g, tokens) => {
+                issue(tx, stmt, &[(g, tokens)]).await.map(|()| Reply::Done)
+            }
             OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
                 .await
                 .map(Reply::Audited),
@@ -329,9 +331,9 @@ impl<'a> OneStatement<'a> {
 /// arrive, in one round trip instead of one each. The first error fails the whole batch, as
 /// it would one statement at a time.
 ///
-/// The run's one-token revocations (the commonest write) go in one statement of their own
-/// ([`REVOKE_TOKENS_SQL`]), since most of a small statement's cost in PostgreSQL is starting
-/// and finishing its execution.
+/// The run's one-token revocations and its issuances (the commonest writes) go in one
+/// statement of their own each ([`REVOKE_TOKENS_SQL`], [`ISSUE_SQL`]), since most of a
+/// small statement's cost in PostgreSQL is starting and finishing its execution.
 async fn pipeline(
     tx: &Transaction<'_>,
     st: &mut Statements,
@@ -339,11 +341,13 @@ async fn pipeline(
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
     let mut writes = Vec::with_capacity(ops.len());
     let mut revocations = Vec::new();
+    let mut issuances = Vec::new();
     for (i, w) in ops.iter().filter_map(|op| OneStatement::of(op)).enumerate() {
         match w {
             OneStatement::Revoke(Target::Token(hash), audit) => {
                 revocations.push((i, hash, audit));
             }
+            OneStatement::Issue(grant, tokens) => issuances.push((i, (grant, tokens))),
             w => {
                 // Prepared once per connection; afterwards a lookup, no round trip.
                 let stmt = st.prepared(tx, &w.sql()).await?;
@@ -355,6 +359,11 @@ async fn pipeline(
         None
     } else {
         Some(st.prepared(tx, REVOKE_TOKENS_SQL).await?)
+    };
+    let issue_stmt = if issuances.is_empty() {
+        None
+    } else {
+        Some(st.prepared(tx, ISSUE_SQL).await?)
     };
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
@@ -378,13 +387,24 @@ async fn pipeline(
             .map(|((i, _, _), event)| (*i, Reply::Audited(event)))
             .collect::<Vec<_>>())
     };
-    let (singles, batched) = futures_util::future::join(singles, batched).await;
+    let issued = async {
+        let Some(stmt) = &issue_stmt else {
+            return Ok(Vec::new());
+        };
+        let items: Vec<_> = issuances.iter().map(|(_, item)| *item).collect();
+        issue(tx, stmt, &items).await?;
+        Ok(issuances
+            .iter()
+            .map(|(i, _)| (*i, Reply::Done))
+            .collect::<Vec<_>>())
+    };
+    let (singles, batched, issued) = futures_util::future::join3(singles, batched, issued).await;
     let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
     for single in singles {
         let (i, reply): (usize, Reply) = single?;
         replies[i] = Some(reply);
     }
-    for (i, reply) in batched? {
+    for (i, reply) in batched?.into_iter().chain(issued?) {
         replies[i] = Some(reply);
     }
     Ok(replies
@@ -401,6 +421,7 @@ fn kind_code(kind: TokenKind) -> i16 {
 }
 
 /// The columns of new tokens, as arrays: every token of a write in one statement.
+#[derive(Default)]
 struct TokenArrays {
     hashes: Vec<Vec<u8>>,
     kinds: Vec<i16>,
@@ -411,18 +432,21 @@ struct TokenArrays {
 }
 
 impl TokenArrays {
-    fn of(tokens: &[NewToken]) -> Self {
-        Self {
-            hashes: tokens.iter().map(|t| t.hash.as_bytes().to_vec()).collect(),
-            kinds: tokens.iter().map(|t| kind_code(t.kind)).collect(),
-            scopes: tokens.iter().map(|t| t.scope.to_string()).collect(),
-            issued: tokens.iter().map(|t| t.issued_at).collect(),
-            expires: tokens.iter().map(|t| t.expires_at).collect(),
-            generations: tokens.iter().map(|t| i64::from(t.generation)).collect(),
+    fn of<'t>(tokens: impl IntoIterator<Item = &'t NewToken>) -> Self {
+        let mut a = Self::default();
+        for t in tokens {
+            a.hashes.push(t.hash.as_bytes().to_vec());
+            a.kinds.push(kind_code(t.kind));
+            a.scopes.push(t.scope.to_string());
+            a.issued.push(t.issued_at);
+            a.expires.push(t.expires_at);
+            a.generations.push(i64::from(t.generation));
         }
+        a
     }
 
-    /// The parameters [`TOKEN_ROWS`] binds: `grant` as `$1`, the arrays as `$2`..`$7`.
+    /// The parameters [`TOKEN_ROWS`] binds: `grant` as `$1`, the arrays as `$2`..`$7` (for
+    /// [`ISSUE_SQL`], `grant` is an array of each token's grant id).
     fn params<'a>(&'a self, grant: &'a (dyn ToSql + Sync)) -> Vec<&'a (dyn ToSql + Sync)> {
         vec![
             grant,
@@ -440,44 +464,45 @@ impl TokenArrays {
 const TOKEN_ROWS: &str = "SELECT h, $1, k, s, i, e, n FROM unnest($2::BYTEA[], $3::SMALLINT[], \
      $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[]) AS t(h, k, s, i, e, n)";
 
-/// An issuance as one statement: the grant's INSERT as a data-modifying CTE, its tokens
-/// from arrays ([`TOKEN_ROWS`]).
-static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
-           expires_at, revoked_at) VALUES ($1, $8, $9, $10, $11, $12, $13, $14)) \
-         INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
-         {TOKEN_ROWS}"
-    )
-});
+/// Issuances as one statement, however many: the grants' INSERT as a data-modifying CTE,
+/// then their tokens, each row from arrays (`$1`..`$8` the grants' columns, `$9` each
+/// token's grant id, `$10`..`$15` the tokens' columns). A pipelined run's issuances share
+/// it, as its one-token revocations share [`REVOKE_TOKENS_SQL`]; a lone issuance is a run
+/// of one.
+const ISSUE_SQL: &str = "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
+       created_at, expires_at, revoked_at) \
+       SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])) \
+     INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
+     SELECT h, g, k, s, i, e, n FROM unnest($9::TEXT[], $10::BYTEA[], $11::SMALLINT[], \
+       $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[]) AS t(g, h, k, s, i, e, n)";
 
-/// Stores a new grant and its tokens with [`ISSUE_SQL`], prepared as `stmt`.
+/// Stores new grants and their tokens with [`ISSUE_SQL`], prepared as `stmt`.
 async fn issue(
     tx: &Transaction<'_>,
     stmt: &Statement,
-    g: &Grant,
-    tokens: &[NewToken],
-) -> Result<Reply, tokio_postgres::Error> {
-    let a = TokenArrays::of(tokens);
-    let (id, tenant, client, subject) = (
-        g.id.as_str(),
-        g.tenant.as_str(),
-        g.client_id.as_str(),
-        g.subject.as_str(),
-    );
-    let scope = g.scope.to_string();
-    let mut params = a.params(&id);
-    params.extend([
-        &tenant as &(dyn ToSql + Sync),
-        &client,
-        &subject,
-        &scope,
-        &g.created_at,
-        &g.expires_at,
-        &g.revoked_at,
-    ]);
+    issuances: &[(&Grant, &[NewToken])],
+) -> Result<(), tokio_postgres::Error> {
+    let grants = || issuances.iter().map(|(g, _)| *g);
+    let ids: Vec<&str> = grants().map(|g| g.id.as_str()).collect();
+    let tenants: Vec<&str> = grants().map(|g| g.tenant.as_str()).collect();
+    let clients: Vec<&str> = grants().map(|g| g.client_id.as_str()).collect();
+    let subjects: Vec<&str> = grants().map(|g| g.subject.as_str()).collect();
+    let scopes: Vec<String> = grants().map(|g| g.scope.to_string()).collect();
+    let created: Vec<i64> = grants().map(|g| g.created_at).collect();
+    let expires: Vec<i64> = grants().map(|g| g.expires_at).collect();
+    let revoked: Vec<Option<i64>> = grants().map(|g| g.revoked_at).collect();
+    let token_grants: Vec<&str> = issuances
+        .iter()
+        .flat_map(|(g, tokens)| tokens.iter().map(|_| g.id.as_str()))
+        .collect();
+    let a = TokenArrays::of(issuances.iter().flat_map(|(_, tokens)| tokens.iter()));
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &ids, &tenants, &clients, &subjects, &scopes, &created, &expires, &revoked,
+    ];
+    params.extend(a.params(&token_grants));
     tx.execute(stmt, &params).await?;
-    Ok(Reply::Done)
+    Ok(())
 }
 
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
