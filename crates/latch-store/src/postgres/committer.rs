@@ -445,8 +445,9 @@ impl TokenArrays {
         a
     }
 
-    /// The parameters [`TOKEN_ROWS`] binds: `grant` as `$1`, the arrays as `$2`..`$7` (for
-    /// [`ISSUE_SQL`], `grant` is an array of each token's grant id).
+    /// The parameters [`TOKEN_ROWS`] binds: `grant` as `$1`, the arrays as `$2`..`$7`.
+    /// [`ISSUE_SQL`] binds the same after its grants' columns (`$9`..`$15`), `grant` then
+    /// being an array of each token's grant id.
     fn params<'a>(&'a self, grant: &'a (dyn ToSql + Sync)) -> Vec<&'a (dyn ToSql + Sync)> {
         vec![
             grant,
