@@ -44,10 +44,13 @@ const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schem
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
 const POOL_SIZE: usize = 16;
 
-/// Connections shared, pipelined, by the hot-path reads ([`pipelined`]). One already
-/// answered as fast as two on the benchmark's single shared core; two keep a second backend
-/// (a second core of the database server) in use.
-const PIPELINED_CONNECTIONS: usize = 2;
+/// Connections shared, pipelined, by the hot-path reads ([`pipelined`]). Nearly all of them
+/// are the batched lookups (`lookups`), one statement at a time, so a second connection
+/// bought no parallelism: it only handed alternate batches to a second backend whose caches
+/// were cold. One: introspection +5.5% (5 interleaved rounds on one core shared with
+/// PostgreSQL, order swapped in two; docs/benchmarks.md). A node's hot reads thus use one
+/// backend; more nodes use more.
+const PIPELINED_CONNECTIONS: usize = 1;
 
 /// The advisory lock that serialises migrations ("latch" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006c_6174_6368;

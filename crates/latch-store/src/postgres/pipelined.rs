@@ -6,7 +6,8 @@
 //! connection pipelines the queries of every request using it: they leave in one write, and
 //! one backend answers them back to back without sleeping in between. Measured on one core
 //! shared with PostgreSQL (docs/benchmarks.md): introspection 2,124 / 3,713 req/s on the pool,
-//! 5,235 / 6,363 on one shared connection, 6,674 / 5,827 on two.
+//! 5,235 / 6,363 on one shared connection, 6,674 / 5,827 on two. Since the lookups are
+//! batched (`lookups`), one connection is faster than two (`PIPELINED_CONNECTIONS`).
 //!
 //! Only short single-statement reads go here: a pipeline answers in order, so one slow query
 //! (an audit page, a client list) would hold up every request queued behind it. Those stay
