@@ -7,6 +7,8 @@
 //! (RFC 6749 §3.1).
 
 use axum::body::Body;
+use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 
 use crate::error::ApiError;
@@ -77,18 +79,24 @@ impl Form {
         Ok(Self { pairs })
     }
 
-    /// Checks the content type and reads and parses the body.
-    pub async fn from_request(headers: &HeaderMap, body: Body) -> Result<Self, ApiError> {
-        check_content_type(headers)?;
-        let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
-        Self::parse(&bytes)
+    /// Checks the content type and reads and parses the body; returns the request's head
+    /// beside the form, so that handlers borrow its headers (axum's `HeaderMap` extractor
+    /// would clone them for every request).
+    pub async fn from_request(request: Request) -> Result<(Parts, Self), ApiError> {
+        Self::read(request, false).await
     }
 
     /// Like [`Form::from_request`], with [`Form::parse_trimming`].
-    pub async fn from_request_trimming(headers: &HeaderMap, body: Body) -> Result<Self, ApiError> {
-        check_content_type(headers)?;
-        let bytes = read_body(headers, body, MAX_FORM_BYTES).await?;
-        Self::parse_trimming(&bytes)
+    pub async fn from_request_trimming(request: Request) -> Result<(Parts, Self), ApiError> {
+        Self::read(request, true).await
+    }
+
+    async fn read(request: Request, trim: bool) -> Result<(Parts, Self), ApiError> {
+        let (parts, body) = request.into_parts();
+        check_content_type(&parts.headers)?;
+        let bytes = read_body(&parts.headers, body, MAX_FORM_BYTES).await?;
+        let form = Self::parse_with(&bytes, trim)?;
+        Ok((parts, form))
     }
 }
 

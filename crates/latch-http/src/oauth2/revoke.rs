@@ -21,10 +21,8 @@ pub(crate) async fn handle(
     peer: Peer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
-    let (parts, body) = request.into_parts();
+    let (parts, form) = Form::from_request(request).await?;
     let headers = &parts.headers;
-    let form = Form::from_request(headers, body).await?;
     revoke(
         &state,
         &tenant,

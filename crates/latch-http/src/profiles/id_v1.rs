@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::Response;
 use latch_core::id::TenantId;
 use latch_core::revoke::Effect;
@@ -27,11 +26,8 @@ pub(crate) async fn handle(
     peer: Peer,
     request: Request,
 ) -> Response {
-    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
-    let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
     let result = match tenant {
-        Ok(Tenant(tenant)) => serve(&state, &tenant, peer, headers, body).await,
+        Ok(Tenant(tenant)) => serve(&state, &tenant, peer, request).await,
         Err(e) => Err(e),
     };
     result.unwrap_or_else(|e| e.into_response_styled(ErrorStyle::CamelCase))
@@ -41,10 +37,10 @@ async fn serve(
     state: &AppState,
     tenant: &TenantId,
     peer: Peer,
-    headers: &HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let form = Form::from_request(headers, body).await?;
+    let (parts, form) = Form::from_request(request).await?;
+    let headers = &parts.headers;
     form.require("token")?;
     let kinds: Vec<&str> = ["token_type_hint", "token_type"]
         .iter()

@@ -56,11 +56,9 @@ pub(crate) async fn handle(
     peer: Peer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The headers are borrowed from the request: axum's `HeaderMap` extractor clones them.
-    let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
     check_version(query.as_deref())?;
-    let form = Form::from_request(headers, body).await?;
+    let (parts, form) = Form::from_request(request).await?;
+    let headers = &parts.headers;
     for field in ["token", "client_id", "client_secret"] {
         form.require(field)?;
     }
