@@ -131,7 +131,7 @@ pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<Toke
     c.query_opt(&stmt, &[&hash.as_bytes()])
         .await
         .map_err(|e| store_error(&e))?
-        .map(|r| token_from_row(&r, 0, hash))
+        .map(|r| token_from_row(&r, hash))
         .transpose()
 }
 
@@ -209,7 +209,7 @@ pub(super) async fn clients_and_tokens(
                 .find(|c| c.tenant == l.tenant && c.id == l.client)
                 .cloned();
             let token = match r.get::<_, Option<i16>>(0) {
-                Some(_) => Some(token_from_row(r, 0, &l.hash)?),
+                Some(_) => Some(token_from_row(r, &l.hash)?),
                 None => None,
             };
             Ok((client, token))
@@ -217,29 +217,29 @@ pub(super) async fn clients_and_tokens(
         .collect()
 }
 
-/// Decodes [`TOKEN_COLUMNS`] starting at column `base`.
-fn token_from_row(r: &Row, base: usize, hash: &TokenHash) -> StoreResult<TokenRecord> {
-    let scope: String = r.get(base + 5);
+/// Decodes a row of [`TOKEN_COLUMNS`].
+fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
+    let scope: String = r.get(5);
     Ok(TokenRecord {
         hash: *hash,
-        kind: if r.get::<_, i16>(base) == 1 {
+        kind: if r.get::<_, i16>(0) == 1 {
             TokenKind::Refresh
         } else {
             TokenKind::Access
         },
-        grant_id: GrantId::from_stored(r.get(base + 1)),
-        tenant: TenantId::from_stored(r.get(base + 2)),
-        client_id: ClientId::from_stored(r.get(base + 3)),
-        subject: Subject::from_stored(r.get(base + 4)),
+        grant_id: GrantId::from_stored(r.get(1)),
+        tenant: TenantId::from_stored(r.get(2)),
+        client_id: ClientId::from_stored(r.get(3)),
+        subject: Subject::from_stored(r.get(4)),
         scope: Scope::from_stored(&scope),
-        issued_at: r.get(base + 6),
-        expires_at: r.get(base + 7),
-        revoked_at: r.get(base + 8),
-        grant_revoked_at: r.get(base + 9),
-        rotated_at: r.get(base + 10),
-        grace_used: r.get(base + 11),
-        generation: u32_of(r.get(base + 12), "generation")?,
-        grant_generation: u32_of(r.get(base + 13), "refresh_generation")?,
+        issued_at: r.get(6),
+        expires_at: r.get(7),
+        revoked_at: r.get(8),
+        grant_revoked_at: r.get(9),
+        rotated_at: r.get(10),
+        grace_used: r.get(11),
+        generation: u32_of(r.get(12), "generation")?,
+        grant_generation: u32_of(r.get(13), "refresh_generation")?,
     })
 }
 
