@@ -218,7 +218,7 @@ backend_test! {
         let (home, away) = (TenantId::default_tenant(), TenantId::parse("away").unwrap());
         store.create_tenant(&away, 100).await.unwrap();
         // One client id in two tenants (told apart by their token lifetimes), and a second
-        // client in the first tenant.
+        // client in the first tenant only.
         for (tenant, id, ttl) in [(&home, "app", 1), (&away, "app", 2), (&home, "other", 3)] {
             store.create_client(&client(tenant, id, ttl)).await.unwrap();
         }
@@ -226,12 +226,16 @@ backend_test! {
         for i in 0..8 {
             hashes.extend(issue(&*store, i, &[(&format!("t{i}"), TokenKind::Access, 10_000)]).await);
         }
-        let asked: Vec<(&TenantId, &str, Option<u32>, TokenHash, bool)> = (0..48)
+        // Five kinds of lookup in turn: an odd period, so that however SQLite's batches
+        // take turns between their lanes, each batch mixes them (it remembers the clients
+        // it has read, which must stay apart by tenant).
+        let asked: Vec<(&TenantId, &str, Option<u32>, TokenHash, bool)> = (0..60)
             .map(|i| {
-                let (tenant, id, ttl) = match i % 4 {
+                let (tenant, id, ttl) = match i % 5 {
                     0 => (&home, "app", Some(1)),
                     1 => (&away, "app", Some(2)),
                     2 => (&home, "other", Some(3)),
+                    3 => (&away, "other", None),
                     _ => (&home, "ghost", None),
                 };
                 let known = i % 3 != 0;
@@ -254,6 +258,30 @@ backend_test! {
             );
             assert_eq!(t.map(|t| t.hash), known.then_some(*hash));
         }
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn a_client_changed_between_two_reads_is_read_afresh() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let home = TenantId::default_tenant();
+        let id = ClientId::parse("app").unwrap();
+        let hash = issue(&*store, 0, &[("t0", TokenKind::Access, 10_000)]).await[0];
+        store.create_client(&client(&home, "app", 1)).await.unwrap();
+        let ttl = |c: Option<Client>| c.map(|c| c.access_token_ttl);
+        assert_eq!(ttl(store.client(&home, &id).await.unwrap()), Some(1));
+        assert_eq!(ttl(store.client_and_token(&home, &id, &hash).await.unwrap().0), Some(1));
+        // Changed, then removed: each read after the write sees it, never a copy read before.
+        store.upsert_client(&client(&home, "app", 2)).await.unwrap();
+        assert_eq!(ttl(store.client_and_token(&home, &id, &hash).await.unwrap().0), Some(2));
+        assert_eq!(ttl(store.client(&home, &id).await.unwrap()), Some(2));
+        let removal = audit(0, Reason::ClientRemoved, 200);
+        assert!(store.delete_client(&home, &id, &removal).await.unwrap().is_some());
+        assert_eq!(ttl(store.client(&home, &id).await.unwrap()), None);
+        assert_eq!(ttl(store.client_and_token(&home, &id, &hash).await.unwrap().0), None);
         drop(store);
         drop(db);
     }

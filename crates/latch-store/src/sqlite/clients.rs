@@ -151,8 +151,10 @@ impl ClientRow {
 impl ClientStore for SqliteStore {
     async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.read_batched(move |c| select_client(c, &tenant, &id))
-            .await
+        self.read_batched(move |c, memo| {
+            memo.client_or_read(&tenant, &id, || select_client(c, &tenant, &id))
+        })
+        .await
     }
 
     async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {

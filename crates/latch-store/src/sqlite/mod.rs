@@ -32,7 +32,7 @@ pub use checkpointer::WalPolicy;
 use checkpointer::{Checkpointer, Turns};
 use committer::Committer;
 use marks::RevocationMarks;
-use read_batches::ReadBatches;
+use read_batches::{ReadBatches, SnapshotMemo};
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -272,10 +272,11 @@ impl SqliteStore {
     }
 
     /// Runs a hot-path read in the next shared read transaction ([`read_batches`]), after
-    /// the revocation marks have caught up with the log.
+    /// the revocation marks have caught up with the log, with what the transaction's earlier
+    /// reads have read.
     async fn read_batched<T, F>(&self, f: F) -> StoreResult<T>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut SnapshotMemo) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         match self
@@ -285,7 +286,7 @@ impl SqliteStore {
             Some(batches) => batches.read(f).await,
             None => self.read(|c| {
                 self.marks.catch_up(c)?;
-                f(c)
+                f(c, &mut SnapshotMemo::default())
             }),
         }
     }
@@ -379,8 +380,17 @@ impl Storage for SqliteStore {
         const TOKEN_BASE: usize = clients::COLUMN_COUNT;
         let (tenant, id, hash) = (tenant.clone(), id.clone(), *hash);
         let marks = self.marks.clone();
-        self.read_batched(move |c| {
-            c.prepare_cached(&SQL)?.query_row(
+        self.read_batched(move |c, memo| {
+            let live = |mut token: TokenRecord| {
+                marks.apply(&mut token);
+                token
+            };
+            // An earlier read of the batch has the client: the token alone.
+            if let Some(client) = memo.client(&tenant, &id) {
+                let client = client.clone();
+                return Ok((client, tokens::select_token(c, &hash)?.map(live)));
+            }
+            let (client, token) = c.prepare_cached(&SQL)?.query_row(
                 params![tenant.as_str(), id.as_str(), hash.as_bytes()],
                 |r| {
                     // The client's id and the grant's tenant are NOT NULL: NULL means no row
@@ -391,15 +401,13 @@ impl Storage for SqliteStore {
                     };
                     let token = match r.get_ref(TOKEN_BASE + 2)? {
                         ValueRef::Null => None,
-                        _ => {
-                            let mut token = tokens::token_at(r, TOKEN_BASE, &hash)?;
-                            marks.apply(&mut token);
-                            Some(token)
-                        }
+                        _ => Some(live(tokens::token_at(r, TOKEN_BASE, &hash)?)),
                     };
                     Ok((client, token))
                 },
-            )
+            )?;
+            memo.remember_client(tenant, id, &client);
+            Ok((client, token))
         })
         .await
     }

@@ -16,12 +16,19 @@
 //! answered) before its request reached the store: batching changes no answer. Under light
 //! load a batch is one read, run as before.
 //!
+//! Since a batch's reads share one snapshot, what one of them read holds for the others: a
+//! [`SnapshotMemo`] keeps the clients read so far in the transaction, so a batch of one
+//! client's requests reads and decodes that client once, not once per request (as the
+//! PostgreSQL lookups do).
+//!
 //! The same pattern as the PostgreSQL back-end's `postgres/lookups.rs`, where the shared
 //! cost is a statement's execution instead.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use latch_core::client::Client;
+use latch_core::id::{ClientId, TenantId};
 use latch_core::store::StoreResult;
 use latch_core::StoreError;
 use rusqlite::Connection;
@@ -35,9 +42,58 @@ const MAX_BATCH: usize = 256;
 /// Reads waiting for the task; past this, requests wait (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
+/// The most clients a [`SnapshotMemo`] keeps; a batch naming more reads the others as if
+/// unbatched.
+const MEMO_CLIENTS: usize = 8;
+
 /// A read and where its answer goes; it sends the answer itself and returns whether the
 /// read succeeded.
-type Job = Box<dyn FnOnce(&Connection) -> bool + Send>;
+type Job = Box<dyn FnOnce(&Connection, &mut SnapshotMemo) -> bool + Send>;
+
+/// What the reads of one read transaction have read so far, for the reads after them in
+/// the same transaction: every one sees the same snapshot, so a client read once is the
+/// client for all of them. A read outside a shared transaction gets a memo of its own.
+#[derive(Default)]
+pub(super) struct SnapshotMemo {
+    clients: Vec<(TenantId, ClientId, Option<Client>)>,
+}
+
+impl SnapshotMemo {
+    /// The client as this snapshot has it (`Some(None)`: it does not exist), if read yet.
+    pub(super) fn client(&self, tenant: &TenantId, id: &ClientId) -> Option<&Option<Client>> {
+        self.clients
+            .iter()
+            .find(|(t, c, _)| c == id && t == tenant)
+            .map(|(_, _, client)| client)
+    }
+
+    /// Records what this snapshot holds for `tenant`/`id`.
+    pub(super) fn remember_client(
+        &mut self,
+        tenant: TenantId,
+        id: ClientId,
+        client: &Option<Client>,
+    ) {
+        if self.clients.len() < MEMO_CLIENTS && self.client(&tenant, &id).is_none() {
+            self.clients.push((tenant, id, client.clone()));
+        }
+    }
+
+    /// The client, read with `read` unless this snapshot already has it.
+    pub(super) fn client_or_read(
+        &mut self,
+        tenant: &TenantId,
+        id: &ClientId,
+        read: impl FnOnce() -> rusqlite::Result<Option<Client>>,
+    ) -> rusqlite::Result<Option<Client>> {
+        if let Some(client) = self.client(tenant, id) {
+            return Ok(client.clone());
+        }
+        let client = read()?;
+        self.remember_client(tenant.clone(), id.clone(), &client);
+        Ok(client)
+    }
+}
 
 /// The handle requests use; the tasks stop when it is dropped.
 pub(super) struct ReadBatches {
@@ -65,15 +121,15 @@ impl ReadBatches {
         })
     }
 
-    /// Runs `read` in the next batch's transaction.
+    /// Runs `read` in the next batch's transaction, with what the batch has read before it.
     pub(super) async fn read<T, F>(&self, read: F) -> StoreResult<T>
     where
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut SnapshotMemo) -> rusqlite::Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let answer = read(conn).map_err(store_error);
+        let job: Job = Box::new(move |conn, memo| {
+            let answer = read(conn, memo).map_err(store_error);
             let ok = answer.is_ok();
             // The request may have gone (client disconnected); its answer is then unwanted.
             let _ = reply.send(answer);
@@ -129,10 +185,17 @@ fn run_batch(
         return Err(e);
     }
     // Without the transaction (a lone job, or BEGIN failed), each job runs in its own
-    // implicit one and reports whatever is wrong with the connection itself.
+    // implicit one, with a memo of its own, and reports whatever is wrong with the connection
+    // itself.
+    let mut memo = SnapshotMemo::default();
     let failed = jobs
         .into_iter()
-        .map(|job| job(conn))
+        .map(|job| {
+            if !shared {
+                memo = SnapshotMemo::default();
+            }
+            job(conn, &mut memo)
+        })
         .filter(|ok| !ok)
         .count();
     if shared {
@@ -154,7 +217,7 @@ mod tests {
 
     fn job(ran: &Arc<AtomicUsize>, sql: &'static str) -> Job {
         let ran = ran.clone();
-        Box::new(move |conn| {
+        Box::new(move |conn, _| {
             ran.fetch_add(1, Ordering::Relaxed);
             conn.query_row(sql, [], |r| r.get::<_, i64>(0)).is_ok()
         })
@@ -179,5 +242,50 @@ mod tests {
         );
         // The batch's transaction was closed either way.
         assert!(conn.is_autocommit());
+    }
+
+    #[test]
+    fn the_reads_of_one_batch_share_a_memo_and_the_next_batch_starts_afresh() {
+        let conn = Connection::open_in_memory().unwrap();
+        let tenant = TenantId::default_tenant();
+        let id = ClientId::parse("app").unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Records whether the memo already had the client, then remembers it (as absent).
+        let job = || -> Job {
+            let (seen, tenant, id) = (seen.clone(), tenant.clone(), id.clone());
+            Box::new(move |_, memo| {
+                seen.lock()
+                    .unwrap()
+                    .push(memo.client(&tenant, &id).is_some());
+                memo.remember_client(tenant, id, &None);
+                true
+            })
+        };
+        run_batch(&conn, &|_| Ok(()), vec![job(), job(), job()].into_iter()).unwrap();
+        run_batch(&conn, &|_| Ok(()), vec![job()].into_iter()).unwrap();
+        run_batch(&conn, &|_| Ok(()), vec![job(), job()].into_iter()).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [false, true, true, false, false, true]
+        );
+    }
+
+    #[test]
+    fn a_memo_tells_tenants_apart_and_reads_what_it_lacks() {
+        let (home, away) = (TenantId::default_tenant(), TenantId::parse("away").unwrap());
+        let id = ClientId::parse("app").unwrap();
+        let mut memo = SnapshotMemo::default();
+        memo.remember_client(home.clone(), id.clone(), &None);
+        assert!(memo.client(&home, &id).is_some());
+        assert!(memo.client(&away, &id).is_none());
+        let mut reads = 0;
+        for _ in 0..2 {
+            let read = memo.client_or_read(&away, &id, || {
+                reads += 1;
+                Ok(None)
+            });
+            assert!(read.unwrap().is_none());
+        }
+        assert_eq!(reads, 1, "the second read comes from the memo");
     }
 }

@@ -113,7 +113,7 @@ impl TokenStore for SqliteStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
         let hash = *hash;
         let marks = self.marks.clone();
-        self.read_batched(move |c| {
+        self.read_batched(move |c, _| {
             let mut record = select_token(c, &hash)?;
             if let Some(record) = &mut record {
                 marks.apply(record);
