@@ -51,10 +51,35 @@ struct Window {
 /// Keys kept at most; past this, finished windows are pruned.
 const MAX_KEYS: usize = 100_000;
 
+/// The failure counters, and when the first of their windows ends.
+struct Windows {
+    by_key: HashMap<Key, Window>,
+    /// No window ends before this; then the finished ones are dropped, so that a server
+    /// whose clients stopped failing a window ago holds no counters and a success costs no
+    /// lookup.
+    first_end: UnixTime,
+}
+
+impl Windows {
+    /// Drops the windows that have ended by `now` (when the first of them has).
+    fn expire(&mut self, now: UnixTime, window: i64) {
+        if now < self.first_end {
+            return;
+        }
+        self.by_key.retain(|_, w| now < w.start + window);
+        self.first_end = self
+            .by_key
+            .values()
+            .map(|w| w.start + window)
+            .min()
+            .unwrap_or(UnixTime::MAX);
+    }
+}
+
 /// The failure counters.
 pub struct AuthLimiter {
     limits: AuthLimits,
-    windows: Mutex<HashMap<Key, Window>>,
+    windows: Mutex<Windows>,
 }
 
 impl AuthLimiter {
@@ -62,7 +87,10 @@ impl AuthLimiter {
     pub fn new(limits: AuthLimits) -> Self {
         Self {
             limits,
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(Windows {
+                by_key: HashMap::new(),
+                first_end: UnixTime::MAX,
+            }),
         }
     }
 
@@ -71,15 +99,13 @@ impl AuthLimiter {
         tenant: &TenantId,
         client_id: &str,
         address: Option<IpAddr>,
-    ) -> Vec<(Key, u32)> {
-        let mut keys = vec![(
+    ) -> impl Iterator<Item = (Key, u32)> {
+        let client = (
             Key::Client(tenant.clone(), client_id.to_owned()),
             self.limits.per_client,
-        )];
-        if let Some(ip) = address {
-            keys.push((Key::Address(ip), self.limits.per_address));
-        }
-        keys
+        );
+        let address = address.map(|ip| (Key::Address(ip), self.limits.per_address));
+        std::iter::once(client).chain(address)
     }
 
     /// `Some(seconds to wait)` when the client id or the address has used up its failures.
@@ -90,12 +116,16 @@ impl AuthLimiter {
         address: Option<IpAddr>,
         now: UnixTime,
     ) -> Option<u32> {
-        let windows = self.lock();
+        let window = i64::from(self.limits.window);
+        let mut windows = self.lock();
+        windows.expire(now, window);
+        if windows.by_key.is_empty() {
+            return None;
+        }
         self.keyed(tenant, client_id, address)
-            .into_iter()
             .filter_map(|(key, limit)| {
-                let w = windows.get(&key)?;
-                let end = w.start + i64::from(self.limits.window);
+                let w = windows.by_key.get(&key)?;
+                let end = w.start + window;
                 (now < end && w.failures >= limit).then(|| (end - now) as u32)
             })
             .max()
@@ -111,11 +141,12 @@ impl AuthLimiter {
     ) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
-        if windows.len() >= MAX_KEYS {
-            windows.retain(|_, w| now < w.start + window);
+        if windows.by_key.len() >= MAX_KEYS {
+            windows.first_end = UnixTime::MIN;
+            windows.expire(now, window);
         }
         for (key, _) in self.keyed(tenant, client_id, address) {
-            let w = windows.entry(key).or_insert(Window {
+            let w = windows.by_key.entry(key).or_insert(Window {
                 start: now,
                 failures: 0,
             });
@@ -126,10 +157,18 @@ impl AuthLimiter {
                 };
             }
             w.failures = w.failures.saturating_add(1);
+            let end = w.start + window;
+            windows.first_end = windows.first_end.min(end);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {
+    /// Counters held (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
         self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -153,6 +192,32 @@ mod tests {
         assert_eq!(l.blocked(&t, "c", None, 1010), Some(50));
         assert_eq!(l.blocked(&t, "other", None, 1010), None, "per client");
         assert_eq!(l.blocked(&t, "c", None, 1060), None, "released");
+        assert_eq!(l.len(), 0, "an ended window is dropped");
+    }
+
+    #[test]
+    fn keeps_each_window_until_it_ends() {
+        let l = AuthLimiter::new(AuthLimits {
+            per_client: 1,
+            per_address: 100,
+            window: 10,
+        });
+        let t = TenantId::default_tenant();
+        l.failed(&t, "early", None, 100);
+        l.failed(&t, "late", None, 105);
+        assert_eq!(
+            l.blocked(&t, "late", None, 110),
+            Some(5),
+            "the early one ended"
+        );
+        assert_eq!(l.len(), 1);
+        // A window restarted after the first end is kept until its own end.
+        l.failed(&t, "early", None, 111);
+        assert_eq!(l.blocked(&t, "early", None, 116), Some(5));
+        assert_eq!(l.blocked(&t, "late", None, 116), None);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.blocked(&t, "early", None, 121), None);
+        assert_eq!(l.len(), 0);
     }
 
     #[test]
