@@ -1,47 +1,56 @@
 //! Scopes (RFC 6749 §3.3): a space-delimited set of case-sensitive tokens.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::error::Error;
 
-/// A set of scope tokens, kept sorted so that its string form is canonical.
+/// A set of scope tokens, held as its canonical string: the tokens sorted, each once, one
+/// space apart. Tokens read back from storage (where that string is kept) cost no parsing
+/// and no allocation beyond the string itself; set operations walk two sorted lists.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Scope(BTreeSet<String>);
+pub struct Scope(String);
 
 impl Scope {
     /// Parses a `scope` parameter. Empty or whitespace-only input is the empty scope.
     ///
     /// Each token must be `%x21 / %x23-5B / %x5D-7E` (RFC 6749 §3.3).
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let mut set = BTreeSet::new();
-        for token in s.split(' ').filter(|t| !t.is_empty()) {
-            let valid = token
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-            if !valid {
-                return Err(Error::InvalidScope(
-                    "scope contains a character RFC 6749 §3.3 does not allow".into(),
-                ));
-            }
-            set.insert(token.to_owned());
+        let valid = s.bytes().all(|b| {
+            b == b' ' || b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b)
+        });
+        if !valid {
+            return Err(Error::InvalidScope(
+                "scope contains a character RFC 6749 §3.3 does not allow".into(),
+            ));
         }
-        Ok(Self(set))
+        Ok(Self::canonical(s))
     }
 
-    /// Wraps a scope string read back from storage, where it was validated on the way in.
-    pub fn from_stored(s: &str) -> Self {
-        Self(
-            s.split(' ')
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect(),
-        )
+    /// Wraps a scope string read back from storage, where it was validated on the way in
+    /// and written in canonical form (a string that is not is put in that form).
+    pub fn from_stored(s: impl Into<String>) -> Self {
+        let s = s.into();
+        if is_canonical(&s) {
+            Self(s)
+        } else {
+            Self::canonical(&s)
+        }
+    }
+
+    /// The tokens of `s`, sorted, each once, one space apart.
+    fn canonical(s: &str) -> Self {
+        let mut tokens: Vec<&str> = s.split(' ').filter(|t| !t.is_empty()).collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        Self(tokens.join(" "))
     }
 
     /// True when every token of `self` is in `other`.
     pub fn is_subset_of(&self, other: &Scope) -> bool {
-        self.0.is_subset(&other.0)
+        // Both lists are sorted: one pass over `other`.
+        let mut theirs = other.iter();
+        self.iter()
+            .all(|mine| theirs.by_ref().find(|t| *t >= mine) == Some(mine))
     }
 
     /// True when the scope has no token.
@@ -63,19 +72,33 @@ impl Scope {
 
     /// The scope tokens, sorted.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(String::as_str)
+        self.0.split(' ').filter(|t| !t.is_empty())
     }
+
+    /// The canonical string, as RFC 6749 responses and storage carry it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// True when `s` is tokens in strictly increasing order, one space apart.
+fn is_canonical(s: &str) -> bool {
+    if s.is_empty() {
+        return true;
+    }
+    let mut tokens = s.split(' ');
+    let mut previous = tokens.next().unwrap_or_default();
+    !previous.is_empty()
+        && tokens.all(|t| {
+            let increasing = !t.is_empty() && t > previous;
+            previous = t;
+            increasing
+        })
 }
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, t) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            f.write_str(t)?;
-        }
-        Ok(())
+        f.write_str(&self.0)
     }
 }
 
@@ -94,6 +117,43 @@ mod tests {
         let s = Scope::parse("write  read read").unwrap();
         assert_eq!(s.to_string(), "read write");
         assert!(Scope::parse("").unwrap().is_empty());
+        assert!(Scope::parse("   ").unwrap().is_empty());
+        assert_eq!(
+            Scope::parse("b a c").unwrap().iter().collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn a_stored_scope_is_taken_as_it_is_or_put_in_canonical_form() {
+        assert_eq!(
+            Scope::from_stored("read write"),
+            Scope::parse("write read").unwrap()
+        );
+        assert_eq!(Scope::from_stored(""), Scope::default());
+        for odd in [
+            "write read",
+            "read  write",
+            " read write",
+            "read write ",
+            "read read write",
+        ] {
+            assert_eq!(Scope::from_stored(odd).as_str(), "read write", "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn subsets() {
+        let set = |s| Scope::parse(s).unwrap();
+        assert!(set("b d").is_subset_of(&set("a b c d")));
+        assert!(set("").is_subset_of(&set("a")));
+        assert!(set("").is_subset_of(&set("")));
+        assert!(set("a b c d").is_subset_of(&set("a b c d")));
+        assert!(!set("a").is_subset_of(&set("")));
+        assert!(!set("b e").is_subset_of(&set("a b c d")));
+        assert!(!set("0").is_subset_of(&set("a b")));
+        assert!(!set("b a0").is_subset_of(&set("a b")));
+        assert!(!set("ab").is_subset_of(&set("a b")));
     }
 
     #[test]

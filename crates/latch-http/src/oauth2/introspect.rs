@@ -17,7 +17,7 @@ use crate::{no_store, AppState, Peer};
 #[derive(Serialize)]
 struct Active<'a> {
     active: bool,
-    scope: String,
+    scope: &'a str,
     client_id: &'a str,
     sub: &'a str,
     exp: i64,
@@ -52,7 +52,7 @@ pub(crate) async fn handle(
     let response = match state.authority.introspect(&client, record)? {
         Some(t) => Json(Active {
             active: true,
-            scope: t.scope.to_string(),
+            scope: t.scope.as_str(),
             client_id: t.client_id.as_str(),
             sub: t.subject.as_str(),
             exp: t.exp,

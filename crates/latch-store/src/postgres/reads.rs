@@ -69,7 +69,7 @@ fn client_from_row(r: &Row) -> StoreResult<Client> {
             .split(' ')
             .filter_map(GrantType::parse)
             .collect(),
-        scope: Scope::from_stored(&scope),
+        scope: Scope::from_stored(scope),
         redirect_uris: redirect_uris
             .split(' ')
             .filter(|s| !s.is_empty())
@@ -231,7 +231,7 @@ fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
         tenant: TenantId::from_stored(r.get(2)),
         client_id: ClientId::from_stored(r.get(3)),
         subject: Subject::from_stored(r.get(4)),
-        scope: Scope::from_stored(&scope),
+        scope: Scope::from_stored(scope),
         issued_at: r.get(6),
         expires_at: r.get(7),
         revoked_at: r.get(8),
@@ -253,7 +253,7 @@ fn grant_from_row(r: &Row) -> Grant {
         tenant: TenantId::from_stored(r.get(1)),
         client_id: ClientId::from_stored(r.get(2)),
         subject: Subject::from_stored(r.get(3)),
-        scope: Scope::from_stored(&scope),
+        scope: Scope::from_stored(scope),
         created_at: r.get(5),
         expires_at: r.get(6),
         revoked_at: r.get(7),

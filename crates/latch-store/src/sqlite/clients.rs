@@ -82,7 +82,7 @@ pub(super) fn client_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Client> {
         secret,
         auth_method,
         grant_types,
-        scope: Scope::from_stored(&r.get::<_, String>(base + 5)?),
+        scope: Scope::from_stored(r.get::<_, String>(base + 5)?),
         redirect_uris,
         access_token_ttl: r.get(base + 7)?,
         refresh_token_ttl: r.get(base + 8)?,
