@@ -61,11 +61,15 @@ struct Windows {
 }
 
 impl Windows {
-    /// Drops the windows that have ended by `now` (when the first of them has).
+    /// Drops the windows that have ended by `now`, if the first of them has.
     fn expire(&mut self, now: UnixTime, window: i64) {
-        if now < self.first_end {
-            return;
+        if now >= self.first_end {
+            self.drop_ended(now, window);
         }
+    }
+
+    /// Drops the windows that have ended by `now`.
+    fn drop_ended(&mut self, now: UnixTime, window: i64) {
         self.by_key.retain(|_, w| now < w.start + window);
         self.first_end = self
             .by_key
@@ -142,8 +146,7 @@ impl AuthLimiter {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
         if windows.by_key.len() >= MAX_KEYS {
-            windows.first_end = UnixTime::MIN;
-            windows.expire(now, window);
+            windows.drop_ended(now, window);
         }
         for (key, _) in self.keyed(tenant, client_id, address) {
             let w = windows.by_key.entry(key).or_insert(Window {

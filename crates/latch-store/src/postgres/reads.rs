@@ -219,7 +219,6 @@ pub(super) async fn clients_and_tokens(
 
 /// Decodes a row of [`TOKEN_COLUMNS`].
 fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
-    let scope: String = r.get(5);
     Ok(TokenRecord {
         hash: *hash,
         kind: if r.get::<_, i16>(0) == 1 {
@@ -231,7 +230,7 @@ fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
         tenant: TenantId::from_stored(r.get(2)),
         client_id: ClientId::from_stored(r.get(3)),
         subject: Subject::from_stored(r.get(4)),
-        scope: Scope::from_stored(scope),
+        scope: Scope::from_stored(r.get::<_, String>(5)),
         issued_at: r.get(6),
         expires_at: r.get(7),
         revoked_at: r.get(8),
@@ -247,13 +246,12 @@ const GRANT_COLUMNS: &str =
     "id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at";
 
 fn grant_from_row(r: &Row) -> Grant {
-    let scope: String = r.get(4);
     Grant {
         id: GrantId::from_stored(r.get(0)),
         tenant: TenantId::from_stored(r.get(1)),
         client_id: ClientId::from_stored(r.get(2)),
         subject: Subject::from_stored(r.get(3)),
-        scope: Scope::from_stored(scope),
+        scope: Scope::from_stored(r.get::<_, String>(4)),
         created_at: r.get(5),
         expires_at: r.get(6),
         revoked_at: r.get(7),
