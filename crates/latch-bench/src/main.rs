@@ -424,7 +424,7 @@ fn main() -> anyhow::Result<()> {
     }
     plan.push((Server::Latch, Workload::Ceiling));
     // Once, before the first run: a kept database may have sat idle long enough for the VM
-    // to page it out (see `warm`). Within one benchmark the runs keep it cached.
+    // to page it out (see `warm`).
     let started = Instant::now();
     let warmed = match &cli.postgres {
         Some(url) => runtime.block_on(warm::postgres(url)),
@@ -438,6 +438,26 @@ fn main() -> anyhow::Result<()> {
         ),
         Err(e) => eprintln!("warning: could not read the database ahead of the runs: {e:#}"),
     }
+    // And a SQLite database's pages kept in memory until every run is done (see `warm`).
+    let _locked_db = match &cli.postgres {
+        Some(_) => None,
+        None => match warm::Locked::file(&cli.db) {
+            Ok(p) => {
+                eprintln!(
+                    "locked the database's {} MB in memory for the runs",
+                    p.len() / 1_000_000
+                );
+                Some(p)
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: could not lock the database in memory ({e}); pages idle for a \
+                     minute may be paged out between runs"
+                );
+                None
+            }
+        },
+    };
     for (server, w) in plan {
         let (addr, pid) = match (server, &oidc) {
             _ if w == Workload::Ceiling => (bare_addr, bare_pid),
