@@ -22,7 +22,8 @@
 //!    JSON and as a markdown table under `target/bench/`. See `docs/benchmarks.md`.
 //!
 //! Before the first run, [`warm`] reads the database into the page cache (these VMs page out
-//! file cache left untouched for a while, so a kept database may start on disk).
+//! file cache left untouched for a while, so a kept database may start on disk), and keeps
+//! a SQLite database locked there until the last run.
 //!
 //! No benchmark runs under `cargo test`; the unit tests check the token layout, the preloads
 //! (latch reads what they wrote), the disk probe, the `/metrics` parsing and the warm-up.
