@@ -73,15 +73,25 @@ pub struct Locked {
 }
 
 impl Locked {
-    /// Maps and locks `path`, reading any page not yet in memory. Fails when the file is empty
-    /// or the lock is refused (an unprivileged user's `RLIMIT_MEMLOCK`).
+    /// Maps and locks `path`, reading any page not yet in memory. Fails when the file is
+    /// empty, when it is more than half the memory available (locked pages cannot be
+    /// reclaimed, so locking more could starve the servers under test), or when the lock is
+    /// refused (an unprivileged user's `RLIMIT_MEMLOCK`).
     pub fn file(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::other("file too large to map"))?;
+        let len = file.metadata()?.len();
         if len == 0 {
             return Err(std::io::Error::other("empty file"));
         }
+        let available = available_memory()?;
+        if len > available / 2 {
+            return Err(std::io::Error::other(format!(
+                "{} MB is more than half the {} MB of memory available",
+                len / 1_000_000,
+                available / 1_000_000
+            )));
+        }
+        let len = usize::try_from(len).map_err(|_| std::io::Error::other("file too large"))?;
         // SAFETY: a fresh read-only mapping of an open file; the kernel picks the address. The
         // mapping outlives the descriptor by design (closing does not unmap).
         let addr = unsafe {
@@ -110,6 +120,16 @@ impl Locked {
     pub fn len(&self) -> usize {
         self.len
     }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+fn available_memory() -> std::io::Result<u64> {
+    std::fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("no MemAvailable in /proc/meminfo"))
 }
 
 impl Drop for Locked {
@@ -150,6 +170,20 @@ mod tests {
         std::fs::write(&db, b"").unwrap();
         assert!(Locked::file(&db).is_err());
         assert!(Locked::file(&dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn refuses_a_file_larger_than_half_the_available_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.db");
+        // Sparse: no disk or memory is used until a page is read, and none is.
+        let file = File::create(&big).unwrap();
+        file.set_len(available_memory().unwrap() / 2 + (1 << 20))
+            .unwrap();
+        let before = locked_kb();
+        let err = Locked::file(&big).err().expect("refused");
+        assert!(err.to_string().contains("more than half"), "{err}");
+        assert_eq!(locked_kb(), before);
     }
 
     /// This process's locked memory (`VmLck`), in kB.
