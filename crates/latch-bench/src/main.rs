@@ -431,23 +431,24 @@ fn main() -> anyhow::Result<()> {
         Some(url) => runtime.block_on(warm::postgres(url)),
         None => warm::sqlite(&cli.db).map_err(Into::into),
     };
-    match warmed {
-        Ok(bytes) => eprintln!(
-            "read the database into the page cache: {} MB in {:.1} s",
+    let mut cache = match warmed {
+        Ok(bytes) => format!(
+            "database read into the page cache before the runs ({} MB in {:.1} s)",
             bytes / 1_000_000,
             started.elapsed().as_secs_f64()
         ),
-        Err(e) => eprintln!("warning: could not read the database ahead of the runs: {e:#}"),
-    }
+        Err(e) => {
+            eprintln!("warning: could not read the database ahead of the runs: {e:#}");
+            "database not read ahead".into()
+        }
+    };
+    eprintln!("{cache}");
     // And a SQLite database's pages kept in memory until every run is done (see `warm`).
     let _locked_db = match &cli.postgres {
         Some(_) => None,
         None => match warm::Locked::file(&cli.db) {
             Ok(p) => {
-                eprintln!(
-                    "locked the database's {} MB in memory for the runs",
-                    p.len() / 1_000_000
-                );
+                cache += &format!(" and locked there ({} MB)", p.len() / 1_000_000);
                 Some(p)
             }
             Err(e) => {
@@ -455,6 +456,7 @@ fn main() -> anyhow::Result<()> {
                     "warning: could not lock the database in memory ({e}); pages idle for a \
                      minute may be paged out between runs"
                 );
+                cache += &format!(", not locked there ({e})");
                 None
             }
         },
@@ -623,6 +625,7 @@ fn main() -> anyhow::Result<()> {
         ceiling_rss_kib: ceiling_rss,
         pinning,
         sync,
+        cache,
         latch: cli.latch.clone(),
         oidc_provider: oidc.map(|(_, _, description)| (description, oidc_rss)),
     };

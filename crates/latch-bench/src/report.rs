@@ -75,6 +75,8 @@ pub struct RunInfo {
     pub pinning: String,
     /// The disk's sync latency, measured before the runs (`None`: could not be measured).
     pub sync: Option<sys::SyncLatency>,
+    /// How the database was kept in memory for the runs (`warm`), in words.
+    pub cache: String,
     /// The latch binary and when it was built.
     pub latch: PathBuf,
     /// With `--oidc-provider`: what ran (versions) and its peak RSS.
@@ -239,6 +241,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             "cores": cores,
             "cpu": cpu,
             "pinning": ctx.pinning,
+            "database_cache": ctx.cache,
             "sync_probe": ctx.sync.map(|s| json!({
                 "bytes": sys::SYNC_PROBE_BYTES,
                 "p50_ms": round(s.p50_ms, 3),
@@ -275,7 +278,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     let mut md = format!(
         "latch-bench, {date}, revision {revision} (latch binary built {built}): `{command}`\n\n\
          {} preloaded grants ({} tokens; {preload}; database {:.0} MB), {}, concurrency {}, \
-         {} s per run. Machine: {cores} cores ({cpu}), {}; {sync}. latch peak RSS: {}.\n\n\
+         {} s per run. Machine: {cores} cores ({cpu}), {}; {sync}; {}. latch peak RSS: {}.\n\n\
          | workload | req/s | × ceiling | p50 ms | p99 ms | errors | requests | server CPU | server µs/req | load CPU | notes |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         ctx.state.tokens,
@@ -285,6 +288,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         ctx.concurrency,
         ctx.duration,
         ctx.pinning,
+        ctx.cache,
         mb(ctx.rss_kib),
     );
     if !ceilings.is_empty() {
