@@ -9,15 +9,15 @@
 //! database once, as a server in steady state would have them cached. A freshly preloaded
 //! database is already cached (read in 0.1 s at 1M).
 //!
-//! Within one benchmark, reading once is not enough at N = 10M: a revocation run touches one
-//! or two random pages of a 5.6 GB database per request, so a third of its pages go a minute
-//! untouched and are paged out while the runs go on, and the next run reads them from the
-//! disk (2026-12-02, 10M: revocation 5,374 req/s at 40% of core 0, p99 68 ms, with 1-3 MB/s
-//! read from the disk, against 22,595 at 1M). [`Locked`] holds a SQLite database's pages in
-//! memory for the whole benchmark (`mlock` on a mapping of the file, in the benchmark's
-//! process, so latch's own memory is not touched), as a server whose memory holds its
-//! database would have them. PostgreSQL's 1M database is re-read well within the minute by
-//! every run and is only read ahead.
+//! Within one benchmark, reading once is not enough at N = 10M: a run touches one to three
+//! random pages of a 5.6 GB database per request, so pages go a minute untouched, are paged
+//! out while the runs go on, and the writer reads some back from the disk in the middle of
+//! its batch (2026-12-02: up to 40 MB/s read during a 10M run; the rates moved within the
+//! VM's noise). [`Locked`] holds a SQLite database's pages in memory for the whole
+//! benchmark (`mlock` on a mapping of the file, in the benchmark's process, so latch's own
+//! memory is not touched), as a server whose memory holds its database would have them.
+//! PostgreSQL's 1M database is re-read well within the minute by every run and is only read
+//! ahead.
 
 use std::fs::File;
 use std::io::Read;
