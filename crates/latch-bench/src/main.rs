@@ -442,7 +442,6 @@ fn main() -> anyhow::Result<()> {
             "database not read ahead".into()
         }
     };
-    eprintln!("{cache}");
     // And a SQLite database's pages kept in memory until every run is done (see `warm`).
     let _locked_db = match &cli.postgres {
         Some(_) => None,
@@ -461,6 +460,7 @@ fn main() -> anyhow::Result<()> {
             }
         },
     };
+    eprintln!("{cache}");
     for (server, w) in plan {
         let (addr, pid) = match (server, &oidc) {
             _ if w == Workload::Ceiling => (bare_addr, bare_pid),
