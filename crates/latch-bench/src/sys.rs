@@ -13,11 +13,25 @@ pub fn have_taskset() -> bool {
 }
 
 fn status_field(pid: &str, field: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_field(&format!("/proc/{pid}/status"), field)
+}
+
+fn proc_field(path: &str, field: &str) -> Option<String> {
+    std::fs::read_to_string(path)
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .map(|v| v.trim().to_owned())
+}
+
+/// A `field: N kB` line of a `/proc` file such as `/proc/meminfo` or `/proc/self/status`,
+/// in KiB.
+pub fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    proc_field(path, field)?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The CPUs a process may run on, e.g. `"0"` (`"self"` for this process).
@@ -27,11 +41,7 @@ pub fn cpus_allowed(pid: &str) -> Option<String> {
 
 /// A process's peak resident set size (`VmHWM`), in KiB.
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    status_field(&pid.to_string(), "VmHWM:")?
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    proc_kib(&format!("/proc/{pid}/status"), "VmHWM:")
 }
 
 /// CPU time (user + system, all threads) a process has used, in clock ticks.

@@ -124,11 +124,8 @@ impl Locked {
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes.
 fn available_memory() -> std::io::Result<u64> {
-    std::fs::read_to_string("/proc/meminfo")?
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+    crate::sys::proc_kib("/proc/meminfo", "MemAvailable:")
+        .map(|kib| kib * 1024)
         .ok_or_else(|| std::io::Error::other("no MemAvailable in /proc/meminfo"))
 }
 
@@ -188,11 +185,6 @@ mod tests {
 
     /// This process's locked memory (`VmLck`), in kB.
     fn locked_kb() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmLck:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        crate::sys::proc_kib("/proc/self/status", "VmLck:").unwrap()
     }
 }
