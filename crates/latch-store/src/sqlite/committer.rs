@@ -34,9 +34,16 @@ const MAX_BATCH: usize = 256;
 /// Writes waiting for the writer thread; past this, writers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 4096;
 
-/// Run by the writer in each batch's transaction before any of its writes, so it sees only
-/// committed rows (the revocation marks catch up with their log there: `marks`).
-pub(super) type OnBegin = dyn Fn(&Connection) -> rusqlite::Result<()> + Send + Sync;
+/// What the writer tells the rest of the store about its batches (the revocation marks,
+/// which follow their log: `marks`).
+pub(super) trait BatchObserver: Send + Sync {
+    /// Runs in each batch's transaction before any of its writes, so it sees only committed
+    /// rows. An error aborts the batch.
+    fn begin(&self, conn: &Connection) -> rusqlite::Result<()>;
+
+    /// Runs once the batch has committed, before any of its writers is answered.
+    fn committed(&self);
+}
 
 /// A queued write: run inside the batch's transaction, then told how the commit went.
 trait PendingWrite: Send {
@@ -109,17 +116,17 @@ pub(crate) struct Committer {
 impl Committer {
     /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
     /// after each commit, counting batches and checkpoints in `meter`, and running
-    /// `on_begin` at the start of each batch. The thread stops when every handle is dropped.
+    /// telling `observer` of each batch. The thread stops when every handle is dropped.
     pub(crate) fn start(
         conn: Arc<Mutex<Connection>>,
         checkpointer: Option<Checkpointer>,
         meter: Arc<CommitMeter>,
-        on_begin: Box<OnBegin>,
+        observer: Arc<dyn BatchObserver>,
     ) -> std::io::Result<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         thread::Builder::new()
             .name("latch-committer".into())
-            .spawn(move || run(&conn, rx, checkpointer.as_ref(), &meter, &*on_begin))?;
+            .spawn(move || run(&conn, rx, checkpointer.as_ref(), &meter, &*observer))?;
         Ok(Self { queue })
     }
 
@@ -152,7 +159,7 @@ fn run(
     mut rx: mpsc::Receiver<Box<dyn PendingWrite>>,
     checkpointer: Option<&Checkpointer>,
     meter: &CommitMeter,
-    on_begin: &OnBegin,
+    observer: &dyn BatchObserver,
 ) {
     let lock = || conn.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(c) = checkpointer {
@@ -163,11 +170,14 @@ fn run(
     while rx.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         let started = Instant::now();
         let writer = lock();
-        let outcome = commit_batch(&writer, &mut batch, on_begin);
+        let outcome = commit_batch(&writer, &mut batch, observer);
         drop(writer);
         meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
+        match &outcome {
+            Ok(()) => observer.committed(),
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
+            }
         }
         for write in batch.drain(..) {
             write.finish(outcome.as_ref().map(|_| ()));
@@ -187,13 +197,13 @@ fn run(
 fn commit_batch(
     conn: &Connection,
     batch: &mut [Box<dyn PendingWrite>],
-    on_begin: &OnBegin,
+    observer: &dyn BatchObserver,
 ) -> StoreResult<()> {
-    if !apply_batch(conn, batch, false, on_begin)? {
+    if !apply_batch(conn, batch, false, observer)? {
         // A write failed, and only a rollback of everything can undo what it did before
         // failing: start again with each write in a savepoint.
         run_cached(conn, "ROLLBACK")?;
-        apply_batch(conn, batch, true, on_begin)?;
+        apply_batch(conn, batch, true, observer)?;
     }
     run_cached(conn, "COMMIT").inspect_err(|_| {
         // Leave the connection usable for the next batch.
@@ -208,13 +218,13 @@ fn apply_batch(
     conn: &Connection,
     batch: &mut [Box<dyn PendingWrite>],
     isolated: bool,
-    on_begin: &OnBegin,
+    observer: &dyn BatchObserver,
 ) -> StoreResult<bool> {
     // Some errors (disk full, I/O) make SQLite roll the whole transaction back. Applying
     // further writes would then run in autocommit mode, outside this batch's atomicity.
     let aborted = || unavailable("the transaction was aborted by the database");
     run_cached(conn, "BEGIN IMMEDIATE")?;
-    if let Err(e) = on_begin(conn) {
+    if let Err(e) = observer.begin(conn) {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(super::store_error(e));
     }
@@ -267,8 +277,19 @@ mod tests {
         rows.collect::<Result<_, _>>().unwrap()
     }
 
+    /// Observes nothing.
+    struct Blind;
+
+    impl BatchObserver for Blind {
+        fn begin(&self, _: &Connection) -> rusqlite::Result<()> {
+            Ok(())
+        }
+
+        fn committed(&self) {}
+    }
+
     fn commit(conn: &Connection, mut batch: Vec<Box<dyn PendingWrite>>) {
-        let outcome = commit_batch(conn, &mut batch, &|_| Ok(()));
+        let outcome = commit_batch(conn, &mut batch, &Blind);
         assert!(outcome.is_ok(), "{outcome:?}");
         for write in batch {
             write.finish(Ok(()));

@@ -16,6 +16,14 @@
 //!   they commit ([`RevocationMarks::mark_in_write`] sees both), recorded only once the
 //!   revocation's whole write has succeeded, and dropped when the next batch (or the replay
 //!   of a failed one) begins;
+//! - once the batch has committed, and before any of its writers is answered, the writer
+//!   puts its own marks in the index itself ([`RevocationMarks::batch_committed`]), so that
+//!   no read has to load from SQL the rows the writer has just appended (callgrind: 6.4% of
+//!   a revocation's instructions went into those catch-ups). It may do so only when its rows
+//!   are the whole of the log past the batch's catch-up: the write lock keeps any other
+//!   connection from appending meanwhile, and a new row's `seq` is one past the largest, so
+//!   they are `base + 1 ..= base + n` — which it checks, leaving them to the next catch-up
+//!   otherwise;
 //! - a mark leaves the index only once its token has expired, when it no longer matters:
 //!   at an expiry clean-up, and when the index is full, so that a server whose own clean-up
 //!   is off, the purge left to `latch gc`, does not stay full; either at most once a minute,
@@ -33,6 +41,8 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::TokenRecord;
 use latch_core::token::TokenHash;
 use rusqlite::{Connection, OptionalExtension};
+
+use super::committer::BatchObserver;
 
 /// The most marks the index holds; past it, revocations write the token's row.
 ///
@@ -61,6 +71,24 @@ const FORGET_INTERVAL: i64 = 60;
 struct Mark {
     revoked_at: UnixTime,
     expires_at: UnixTime,
+}
+
+/// Where the writer's open batch put a revocation of one token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Marked {
+    /// In the revocation log, as row `seq`; the token expires at `expires_at`.
+    Logged { seq: i64, expires_at: UnixTime },
+    /// In the token's own row (the index was full).
+    InRow,
+}
+
+/// The writer's open batch: what it has revoked, and where the log stood when it began.
+#[derive(Default)]
+struct Batch {
+    /// The log's last row when the batch began (after its catch-up): the batch's own rows
+    /// come after it.
+    base: i64,
+    marks: HashMap<TokenHash, (UnixTime, Marked)>,
 }
 
 struct Index {
@@ -112,7 +140,7 @@ fn shard_of(hash: &TokenHash) -> usize {
 pub(super) struct RevocationMarks {
     index: Mutex<Index>,
     /// The marks the writer's open batch has added (the writer thread's alone).
-    batch: Mutex<HashMap<TokenHash, UnixTime>>,
+    batch: Mutex<Batch>,
     capacity: usize,
 }
 
@@ -125,7 +153,7 @@ impl RevocationMarks {
                 shards: std::array::from_fn(|_| HashMap::new()),
                 next_forget: UnixTime::MIN,
             }),
-            batch: Mutex::new(HashMap::new()),
+            batch: Mutex::new(Batch::default()),
             capacity,
         }
     }
@@ -134,7 +162,7 @@ impl RevocationMarks {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn batch(&self) -> MutexGuard<'_, HashMap<TokenHash, UnixTime>> {
+    fn batch(&self) -> MutexGuard<'_, Batch> {
         self.batch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -203,15 +231,65 @@ impl RevocationMarks {
     /// the log (the previous batch's marks, committed, are in it now) and forgets the marks
     /// of the previous batch, or of this batch's first run if it is being replayed.
     pub(super) fn begin_batch(&self, conn: &Connection) -> rusqlite::Result<()> {
-        self.batch().clear();
-        self.catch_up(conn)
+        self.batch().marks.clear();
+        self.catch_up(conn)?;
+        // Caught up in a write transaction: `through` is now the log's last row.
+        let base = self.index().through;
+        self.batch().base = base;
+        Ok(())
     }
 
-    /// Records that the open batch has appended a mark for `hash` to the log. Call it only
-    /// once the revocation's write can no longer fail, so that a write rolled back alone (in
-    /// its savepoint) leaves no mark here.
-    pub(super) fn marked_in_batch(&self, hash: &TokenHash, revoked_at: UnixTime) {
-        self.batch().insert(*hash, revoked_at);
+    /// Records that the open batch has revoked the token `hash` at `revoked_at`, marked as
+    /// `marked`. Call it only once the revocation's write can no longer fail, so that a write
+    /// rolled back alone (in its savepoint) leaves no mark here.
+    pub(super) fn marked_in_batch(&self, hash: &TokenHash, revoked_at: UnixTime, marked: Marked) {
+        self.batch().marks.insert(*hash, (revoked_at, marked));
+    }
+
+    /// The writer's end of a batch that has committed, before its writers are answered: the
+    /// batch's log rows go into the index, and `through` past them, if they are exactly the
+    /// rows after the batch's base (see the module documentation); otherwise the next
+    /// catch-up loads them from the log, as it would any other process's.
+    pub(super) fn batch_committed(&self) {
+        let (base, mut logged) = {
+            let mut batch = self.batch();
+            let logged: Vec<(i64, TokenHash, Mark)> = batch
+                .marks
+                .drain()
+                .filter_map(|(hash, (revoked_at, marked))| match marked {
+                    Marked::Logged { seq, expires_at } => Some((
+                        seq,
+                        hash,
+                        Mark {
+                            revoked_at,
+                            expires_at,
+                        },
+                    )),
+                    Marked::InRow => None,
+                })
+                .collect();
+            (batch.base, logged)
+        };
+        logged.sort_unstable_by_key(|(seq, ..)| *seq);
+        let consecutive = logged
+            .iter()
+            .zip(base + 1..)
+            .all(|((seq, ..), expected)| *seq == expected);
+        let Some(last) = logged.last().map(|(seq, ..)| *seq) else {
+            return;
+        };
+        if !consecutive {
+            return;
+        }
+        let mut loaded: Vec<(TokenHash, Mark)> = logged
+            .into_iter()
+            .map(|(_, hash, mark)| (hash, mark))
+            .collect();
+        let mut index = self.index();
+        // Every row up to `base` is in already (`through` only moves forward, and was `base`
+        // when the batch began), and the rows after it up to `last` are these.
+        index.insert(&mut loaded);
+        index.through = index.through.max(last);
     }
 
     /// Sets a token's revocation time from its mark, if the index has one (reads, after a
@@ -226,7 +304,7 @@ impl RevocationMarks {
     /// added by the batch itself.
     pub(super) fn mark_in_write(&self, hash: &TokenHash) -> Option<UnixTime> {
         let committed = self.index().revoked_at(hash);
-        committed.or_else(|| self.batch().get(hash).copied())
+        committed.or_else(|| self.batch().marks.get(hash).map(|(at, _)| *at))
     }
 
     /// [`apply`](Self::apply), in a write ([`mark_in_write`](Self::mark_in_write)).
@@ -239,7 +317,7 @@ impl RevocationMarks {
     /// Whether a new mark may go in the log at `now` (or must go in the token's row). A full
     /// index first forgets the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
     pub(super) fn has_room(&self, now: UnixTime) -> bool {
-        let batch = self.batch().len();
+        let batch = self.batch().marks.len();
         let mut index = self.index();
         if index.len() + batch < self.capacity {
             return true;
@@ -256,6 +334,29 @@ impl RevocationMarks {
     /// How many marks the index holds.
     pub(super) fn len(&self) -> usize {
         self.index().len()
+    }
+
+    /// The index's mark of `hash`, as a read sees it without catching up first.
+    #[cfg(test)]
+    pub(super) fn indexed(&self, hash: &TokenHash) -> Option<UnixTime> {
+        self.index().revoked_at(hash)
+    }
+
+    /// The last log row the index accounts for.
+    #[cfg(test)]
+    pub(super) fn through(&self) -> i64 {
+        self.index().through
+    }
+}
+
+/// The writer's batches, as the marks follow them.
+impl BatchObserver for RevocationMarks {
+    fn begin(&self, conn: &Connection) -> rusqlite::Result<()> {
+        self.begin_batch(conn)
+    }
+
+    fn committed(&self) {
+        self.batch_committed();
     }
 }
 

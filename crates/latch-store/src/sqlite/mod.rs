@@ -226,7 +226,7 @@ impl SqliteStore {
             Arc::new(Mutex::new(conn)),
             Some(checkpointer),
             commits.clone(),
-            catch_up(&marks),
+            marks.clone(),
         )
         .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
@@ -253,7 +253,7 @@ impl SqliteStore {
         let marks = load_marks(&conn)?;
         let shared = Arc::new(Mutex::new(conn));
         let commits = Arc::new(CommitMeter::default());
-        let committer = Committer::start(shared.clone(), None, commits.clone(), catch_up(&marks))
+        let committer = Committer::start(shared.clone(), None, commits.clone(), marks.clone())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             readers: Arc::new(Readers::Shared(shared)),
@@ -455,12 +455,6 @@ fn load_marks(conn: &Connection) -> StoreResult<Arc<RevocationMarks>> {
     let marks = RevocationMarks::new(marks::MAX_MARKS);
     marks.load(conn).map_err(store_error)?;
     Ok(Arc::new(marks))
-}
-
-/// The writer's start of a batch: the revocation marks catch up with the log ([`marks`]).
-fn catch_up(marks: &Arc<RevocationMarks>) -> Box<committer::OnBegin> {
-    let marks = marks.clone();
-    Box::new(move |c| marks.begin_batch(c))
 }
 
 /// Joins identifiers for a space-separated column.

@@ -13,9 +13,9 @@ use latch_core::id::{GrantId, Subject, TenantId};
 use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult};
 use latch_core::token::TokenHash;
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::marks::RevocationMarks;
+use super::marks::{Marked, RevocationMarks};
 use super::SqliteStore;
 use crate::audit_query::audit_events_sql;
 use crate::cleanup_sql::{purge_audit_sql, purge_expired_sql, Expiring};
@@ -52,11 +52,15 @@ fn apply_knowing(
     read: Option<&TokenRecord>,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
+    let mut marked = None;
     let killed = match Target::of(revocation) {
-        Target::Token(hash) => Killed {
-            grants: 0,
-            tokens: revoke_token(c, marks, hash, now, read.filter(|t| t.hash == *hash))? as u64,
-        },
+        Target::Token(hash) => {
+            marked = revoke_token(c, marks, hash, now, read.filter(|t| t.hash == *hash))?;
+            Killed {
+                grants: 0,
+                tokens: u64::from(marked.is_some()),
+            }
+        }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
@@ -104,16 +108,16 @@ fn apply_knowing(
         audit.address.map(|a| a.to_string()),
     ])?;
     let event = audit.event(c.last_insert_rowid(), killed);
-    if let Revocation::Token(hash) = revocation {
+    if let (Revocation::Token(hash), Some(marked)) = (revocation, marked) {
         // Nothing of this write can fail any more: the batch may now count on the mark.
-        marks.marked_in_batch(hash, now);
+        marks.marked_in_batch(hash, now, marked);
     }
     Ok(Some(event))
 }
 
-/// Revokes one token, unless it is already revoked; returns whether it was (0 or 1). The mark
-/// is a row appended to the revocation log, or, once the index of the log is full, the
-/// token's own row ([`super::marks`]). Only access tokens are revoked alone (a refresh token
+/// Revokes one token, unless it is already revoked; returns where it was marked (`None`:
+/// nothing was revoked). The mark is a row appended to the revocation log, or, once the index
+/// of the log is full, the token's own row ([`super::marks`]). Only access tokens are revoked alone (a refresh token
 /// takes its grant with it: `latch_core::revoke`), which is why a refresh token's rotation
 /// (`tokens.rs`), whose precondition reads the row alone, never has a log mark to miss.
 /// `read` is the token as this transaction read it, if it did.
@@ -123,32 +127,45 @@ fn revoke_token(
     hash: &TokenHash,
     now: UnixTime,
     read: Option<&TokenRecord>,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<Option<Marked>> {
     if marks.mark_in_write(hash).is_some() {
-        return Ok(0);
+        return Ok(None);
     }
     if !marks.has_room(now) {
-        return c
+        let updated = c
             .prepare_cached(
                 "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
             )?
-            .execute(params![hash.as_bytes(), now]);
+            .execute(params![hash.as_bytes(), now])?;
+        return Ok((updated > 0).then_some(Marked::InRow));
     }
     match read {
         // Read in this transaction, which no other write can interleave with: the row is as
         // read. Measured: the second lookup was 5-10% of a revocation's instructions.
-        Some(token) if token.revoked_at.is_some() => Ok(0),
-        Some(token) => c
-            .prepare_cached(
+        Some(token) if token.revoked_at.is_some() => Ok(None),
+        Some(token) => {
+            c.prepare_cached(
                 "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![hash.as_bytes(), now, token.expires_at]),
+            .execute(params![hash.as_bytes(), now, token.expires_at])?;
+            Ok(Some(Marked::Logged {
+                seq: c.last_insert_rowid(),
+                expires_at: token.expires_at,
+            }))
+        }
         None => c
             .prepare_cached(
                 "INSERT INTO revocation_log (hash, revoked_at, expires_at) \
-                 SELECT hash, ?2, expires_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+                 SELECT hash, ?2, expires_at FROM tokens WHERE hash = ?1 AND revoked_at IS NULL \
+                 RETURNING seq, expires_at",
             )?
-            .execute(params![hash.as_bytes(), now]),
+            .query_row(params![hash.as_bytes(), now], |r| {
+                Ok(Marked::Logged {
+                    seq: r.get(0)?,
+                    expires_at: r.get(1)?,
+                })
+            })
+            .optional(),
     }
 }
 
@@ -359,7 +376,70 @@ mod tests {
         marks.begin_batch(conn).unwrap();
         let event = apply(conn, marks, &Revocation::Token(hash), &audit()).unwrap();
         conn.execute_batch("COMMIT").unwrap();
+        marks.batch_committed();
         event.map_or(0, |e| e.tokens)
+    }
+
+    #[test]
+    fn a_committed_batch_puts_its_own_marks_in_the_index_with_no_catch_up() {
+        let (conn, hashes) = database(&["a", "b", "c"]);
+        let marks = RevocationMarks::new(10);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(&conn).unwrap();
+        for hash in &hashes[..2] {
+            apply(&conn, &marks, &Revocation::Token(*hash), &audit()).unwrap();
+        }
+        assert_eq!(marks.indexed(&hashes[0]), None, "not before the commit");
+        conn.execute_batch("COMMIT").unwrap();
+        marks.batch_committed();
+        // A read that does not catch up (no SQL) already sees both, and the log's rows are
+        // accounted for: the next catch-up has nothing to load.
+        assert_eq!(marks.indexed(&hashes[0]), Some(300));
+        assert_eq!(marks.indexed(&hashes[1]), Some(300));
+        assert_eq!(marks.indexed(&hashes[2]), None);
+        assert_eq!(marks.through(), 2);
+        assert_eq!(marks.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_whose_rows_are_not_the_whole_log_after_its_base_leaves_them_to_the_catch_up() {
+        let (conn, hashes) = database(&["a", "b"]);
+        let marks = RevocationMarks::new(10);
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(&conn).unwrap();
+        // A row the batch's marks do not know of, before the batch's own (row 2).
+        conn.execute(
+            "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, 200, 1000)",
+            [hashes[1].as_bytes()],
+        )
+        .unwrap();
+        apply(&conn, &marks, &Revocation::Token(hashes[0]), &audit()).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        marks.batch_committed();
+        // Indexing row 2 and moving past row 1 would lose row 1 for good.
+        assert_eq!(marks.through(), 0);
+        assert_eq!(marks.indexed(&hashes[0]), None);
+        marks.catch_up(&conn).unwrap();
+        assert_eq!(marks.indexed(&hashes[1]), Some(200));
+        assert_eq!(marks.indexed(&hashes[0]), Some(300));
+        assert_eq!(marks.through(), 2);
+    }
+
+    #[test]
+    fn a_revocation_not_through_a_read_token_is_indexed_at_the_commit_too() {
+        // `apply` (admin and profile paths) finds the token's expiry in the log insert itself.
+        let (conn, hashes) = database(&["a"]);
+        let marks = RevocationMarks::new(10);
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[0]), 1);
+        assert_eq!(marks.indexed(&hashes[0]), Some(300));
+        assert_eq!(marks.through(), 1);
+        // And a row-marked revocation (the index full) leaves `through` alone.
+        let (conn, hashes) = database(&["a", "b"]);
+        let marks = RevocationMarks::new(1);
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[0]), 1);
+        assert_eq!(revoke_in_batch(&conn, &marks, hashes[1]), 1);
+        assert_eq!(marks.through(), 1);
+        assert_eq!(marks.len(), 1);
     }
 
     fn count(conn: &Connection, sql: &str) -> i64 {
@@ -374,7 +454,7 @@ mod tests {
         assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
         let marked_rows = "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL";
         assert_eq!(count(&conn, marked_rows), 0);
-        // The next batch loads that mark: the index is full.
+        // The commit put that mark in the index: it is full.
         assert_eq!(revoke_in_batch(&conn, &marks, hashes[1]), 1);
         assert_eq!(marks.len(), 1);
         assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
