@@ -322,3 +322,58 @@ backend_test! {
         drop(db);
     }
 }
+
+/// PostgreSQL compares identifiers byte by byte (schema version 3, the "C" collation, as
+/// SQLite's BINARY), and a database of version 2 holding tokens migrates to it intact.
+#[tokio::test]
+async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_version_2_database() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let hashes = issue(&*store, 1, &[("at1", TokenKind::Access, 10_000)]).await;
+    drop(store);
+    let in_c = "SELECT count(*) FROM information_schema.columns \
+                WHERE table_schema = current_schema() AND collation_name = 'C'";
+    // tenants.id; clients' two keys; grants' id, tenant, client and subject; tokens'
+    // grant; the audit trail's tenant, grant and subject.
+    assert_eq!(db.query_i64(in_c).await, 11);
+
+    // Back to version 2: every column in the database's collation, version 3 not recorded.
+    let mut to_default = String::new();
+    for (table, columns) in [
+        ("tenants", &["id"][..]),
+        ("clients", &["tenant_id", "client_id"]),
+        ("grants", &["id", "tenant_id", "client_id", "subject"]),
+        ("tokens", &["grant_id"]),
+        ("audit", &["tenant_id", "grant_id", "subject"]),
+    ] {
+        for column in columns {
+            to_default.push_str(&format!(
+                "ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"default\";"
+            ));
+        }
+    }
+    db.execute(&format!(
+        "{to_default} DELETE FROM latch_migrations WHERE version = 3"
+    ))
+    .await;
+    assert_eq!(db.query_i64(in_c).await, 0);
+
+    let store = latch_store::open(&db.url).await.unwrap();
+    assert_eq!(db.query_i64(in_c).await, 11);
+    assert_eq!(
+        db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
+            .await,
+        3
+    );
+    // The token is found through the rebuilt indexes, and revoked through them.
+    assert_eq!(revoked_at(&*store, &hashes[0]).await, None);
+    let revoke = Revocation::Token(hashes[0]);
+    let event = store
+        .revoke(&revoke, &audit(1, Reason::ClientRequest, 300))
+        .await
+        .unwrap();
+    assert_eq!(event.map(|e| e.tokens), Some(1));
+    assert_eq!(revoked_at(&*store, &hashes[0]).await, Some(300));
+    drop(store);
+    drop(db);
+}

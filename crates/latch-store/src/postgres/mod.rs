@@ -39,7 +39,11 @@ use pipelined::Pipelined;
 
 /// Schema migrations, applied in order at start-up under an advisory lock, so nodes starting
 /// together do not race.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
 const POOL_SIZE: usize = 16;
