@@ -324,14 +324,14 @@ impl RevocationMarks {
             (batch.base, logged)
         };
         logged.sort_unstable_by_key(|(seq, ..)| *seq);
-        let consecutive = logged
+        let Some(&(last, ..)) = logged.last() else {
+            return;
+        };
+        let right_after_base = logged
             .iter()
             .zip(base + 1..)
             .all(|((seq, ..), expected)| *seq == expected);
-        let Some(last) = logged.last().map(|(seq, ..)| *seq) else {
-            return;
-        };
-        if !consecutive {
+        if !right_after_base {
             return;
         }
         let mut loaded: Vec<(TokenHash, Mark)> = logged
