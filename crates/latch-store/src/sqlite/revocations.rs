@@ -117,10 +117,10 @@ fn apply_knowing(
 
 /// Revokes one token, unless it is already revoked; returns where it was marked (`None`:
 /// nothing was revoked). The mark is a row appended to the revocation log, or, once the index
-/// of the log is full, the token's own row ([`super::marks`]). Only access tokens are revoked alone (a refresh token
-/// takes its grant with it: `latch_core::revoke`), which is why a refresh token's rotation
-/// (`tokens.rs`), whose precondition reads the row alone, never has a log mark to miss.
-/// `read` is the token as this transaction read it, if it did.
+/// of the log is full, the token's own row ([`super::marks`]). Only access tokens are revoked
+/// alone (a refresh token takes its grant with it: `latch_core::revoke`), which is why a
+/// refresh token's rotation (`tokens.rs`), whose precondition reads the row alone, never has
+/// a log mark to miss. `read` is the token as this transaction read it, if it did.
 fn revoke_token(
     c: &Connection,
     marks: &RevocationMarks,
