@@ -242,6 +242,8 @@ fn apply_batch(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     fn database() -> Connection {
@@ -324,5 +326,59 @@ mod tests {
         assert_eq!(rd.try_recv().unwrap().unwrap(), 3);
         assert_eq!(keys(&conn), [1, 3]);
         assert!(conn.is_autocommit(), "the transaction is closed");
+    }
+
+    /// Counts the batches it is told of.
+    #[derive(Default)]
+    struct Counting {
+        begun: AtomicUsize,
+        committed: AtomicUsize,
+    }
+
+    impl BatchObserver for Counting {
+        fn begin(&self, _: &Connection) -> rusqlite::Result<()> {
+            self.begun.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn committed(&self) {
+            self.committed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_a_batch_that_committed_is_reported_committed() {
+        // A deferred foreign key: the insert succeeds, and its COMMIT fails.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = ON; \
+             CREATE TABLE p (k INTEGER PRIMARY KEY); \
+             CREATE TABLE c (k INTEGER REFERENCES p (k) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let observer = Arc::new(Counting::default());
+        let meter = Arc::new(CommitMeter::default());
+        let committer =
+            Committer::start(Arc::new(Mutex::new(conn)), None, meter, observer.clone()).unwrap();
+        let insert = |sql: &'static str| {
+            move |c: &Connection| c.execute(sql, []).map_err(crate::sqlite::store_error)
+        };
+
+        let dangling = committer
+            .write(insert("INSERT INTO c (k) VALUES (1)"))
+            .await;
+        assert!(dangling.is_err(), "{dangling:?}");
+        assert_eq!(observer.begun.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            observer.committed.load(Ordering::SeqCst),
+            0,
+            "its COMMIT failed"
+        );
+
+        committer
+            .write(insert("INSERT INTO p (k) VALUES (1)"))
+            .await
+            .unwrap();
+        assert_eq!(observer.committed.load(Ordering::SeqCst), 1);
     }
 }
