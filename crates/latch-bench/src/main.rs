@@ -316,6 +316,10 @@ fn main() -> anyhow::Result<()> {
         Some(url) => runtime.block_on(preload_pg::database_bytes(url))?,
         None => std::fs::metadata(&cli.db).map_or(0, |m| m.len()),
     };
+    let server = match &cli.postgres {
+        Some(url) => Some(runtime.block_on(preload_pg::describe_server(url))?),
+        None => None,
+    };
     // Before any server runs, so that nothing else uses the disk. PostgreSQL's data directory
     // is its own; the probe runs beside the reports, on this machine's one disk.
     let probe_dir = match &cli.postgres {
@@ -617,6 +621,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             "SQLite"
         },
+        server,
         out: cli.out.clone(),
         state,
         preloaded_now,

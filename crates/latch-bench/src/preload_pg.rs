@@ -108,6 +108,26 @@ pub async fn database_bytes(url: &str) -> anyhow::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
+/// The server, as a report names it: its version and the settings that most shape its share
+/// of a request (PostgreSQL runs on latch's core), e.g. `PostgreSQL 15.14 (shared_buffers
+/// 128MB, synchronous_commit on)`. The benchmark leaves them as the server has them.
+pub async fn describe_server(url: &str) -> anyhow::Result<String> {
+    let c = connect(url, None).await?;
+    let row = c
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('shared_buffers'), \
+             current_setting('synchronous_commit')",
+            &[],
+        )
+        .await?;
+    let (version, buffers, sync): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    // "15.14 (Debian 15.14-0+deb12u1)": the number is enough.
+    let version = version.split_whitespace().next().unwrap_or_default();
+    Ok(format!(
+        "PostgreSQL {version} (shared_buffers {buffers}, synchronous_commit {sync})"
+    ))
+}
+
 /// (Re-)creates the database `url` names and fills it with `n` grants.
 pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
     anyhow::ensure!(n >= MIN_TOKENS, "--tokens must be at least {MIN_TOKENS}");
@@ -257,6 +277,27 @@ mod tests {
 
     /// The local PostgreSQL server of the test suite (trust auth).
     const SERVER: &str = "postgres://root@127.0.0.1:5432";
+
+    #[tokio::test]
+    async fn the_report_names_the_server_with_its_version_and_main_settings() {
+        let described = describe_server(&format!("{SERVER}/postgres"))
+            .await
+            .unwrap();
+        let c = connect(&format!("{SERVER}/postgres"), None).await.unwrap();
+        let major: String = c
+            .query_one("SELECT current_setting('server_version_num')", &[])
+            .await
+            .unwrap()
+            .get(0);
+        // "150014" is 15.14.
+        let major = &major[..major.len() - 4];
+        assert!(
+            described.starts_with(&format!("PostgreSQL {major}.")),
+            "{described}"
+        );
+        assert!(described.contains("(shared_buffers "), "{described}");
+        assert!(described.contains(", synchronous_commit "), "{described}");
+    }
 
     #[tokio::test]
     async fn latch_reads_the_preloaded_postgres_database_as_its_own() {

@@ -66,6 +66,9 @@ pub struct RunInfo {
     pub db: String,
     /// `SQLite` or `PostgreSQL`.
     pub backend: &'static str,
+    /// PostgreSQL only: the server's version and main settings
+    /// ([`crate::preload_pg::describe_server`]).
+    pub server: Option<String>,
     pub out: PathBuf,
     pub state: State,
     pub preloaded_now: bool,
@@ -236,6 +239,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
             "preloaded_now": ctx.preloaded_now,
             "preload_seconds": round(ctx.state.preload_seconds, 1),
             "preloaded_at": ctx.state.preloaded_at,
+            "server": ctx.server,
         },
         "machine": {
             "cores": cores,
@@ -284,7 +288,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         ctx.state.tokens,
         ctx.state.tokens * 2,
         ctx.db_bytes as f64 / 1e6,
-        ctx.backend,
+        ctx.server.as_deref().unwrap_or(ctx.backend),
         ctx.concurrency,
         ctx.duration,
         ctx.pinning,
