@@ -52,10 +52,12 @@ fn apply_knowing(
     read: Option<&TokenRecord>,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
+    // The token this write marked revoked, and where (a revocation of one token).
     let mut marked = None;
     let killed = match Target::of(revocation) {
         Target::Token(hash) => {
-            marked = revoke_token(c, marks, hash, now, read.filter(|t| t.hash == *hash))?;
+            let read = read.filter(|t| t.hash == *hash);
+            marked = revoke_token(c, marks, hash, now, read)?.map(|m| (hash, m));
             Killed {
                 grants: 0,
                 tokens: u64::from(marked.is_some()),
@@ -108,7 +110,7 @@ fn apply_knowing(
         audit.address.map(|a| a.to_string()),
     ])?;
     let event = audit.event(c.last_insert_rowid(), killed);
-    if let (Revocation::Token(hash), Some(marked)) = (revocation, marked) {
+    if let Some((hash, marked)) = marked {
         // Nothing of this write can fail any more: the batch may now count on the mark.
         marks.marked_in_batch(hash, now, marked);
     }
