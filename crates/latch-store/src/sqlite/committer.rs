@@ -279,19 +279,8 @@ mod tests {
         rows.collect::<Result<_, _>>().unwrap()
     }
 
-    /// Observes nothing.
-    struct Blind;
-
-    impl BatchObserver for Blind {
-        fn begin(&self, _: &Connection) -> rusqlite::Result<()> {
-            Ok(())
-        }
-
-        fn committed(&self) {}
-    }
-
     fn commit(conn: &Connection, mut batch: Vec<Box<dyn PendingWrite>>) {
-        let outcome = commit_batch(conn, &mut batch, &Blind);
+        let outcome = commit_batch(conn, &mut batch, &Counting::default());
         assert!(outcome.is_ok(), "{outcome:?}");
         for write in batch {
             write.finish(Ok(()));
