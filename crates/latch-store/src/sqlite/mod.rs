@@ -470,6 +470,28 @@ fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
 mod tests {
     use super::*;
 
+    /// The build options `.cargo/config.toml` gives the bundled SQLite: without them every
+    /// page fetch takes a global mutex (measured in docs/benchmarks.md).
+    #[test]
+    fn sqlite_is_built_without_shared_page_caches_or_memory_statistics() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+    }
+
     #[test]
     fn a_database_written_by_a_newer_latch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
