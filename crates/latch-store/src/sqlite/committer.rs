@@ -115,8 +115,8 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
-    /// after each commit, counting batches and checkpoints in `meter`, and running
-    /// telling `observer` of each batch. The thread stops when every handle is dropped.
+    /// after each commit, counting batches and checkpoints in `meter`, and telling
+    /// `observer` of each batch. The thread stops when every handle is dropped.
     pub(crate) fn start(
         conn: Arc<Mutex<Connection>>,
         checkpointer: Option<Checkpointer>,

@@ -156,8 +156,8 @@ impl Index {
             .map(|m| m.revoked_at)
     }
 
-    fn insert(&mut self, loaded: &mut Vec<(TokenHash, Mark)>) {
-        for (hash, mark) in loaded.drain(..) {
+    fn insert(&mut self, loaded: impl IntoIterator<Item = (TokenHash, Mark)>) {
+        for (hash, mark) in loaded {
             self.shards[shard_of(&hash)]
                 .entry(Key(hash))
                 .or_insert(mark);
@@ -267,7 +267,7 @@ impl RevocationMarks {
                 }
                 loaded.push((hash, mark));
                 if loaded.len() == LOAD_CHUNK {
-                    self.index().insert(&mut loaded);
+                    self.index().insert(loaded.drain(..));
                 }
             }
         }
@@ -275,7 +275,7 @@ impl RevocationMarks {
             return Ok(());
         }
         let mut index = self.index();
-        index.insert(&mut loaded);
+        index.insert(loaded);
         index.through = index.through.max(last);
         Ok(())
     }
@@ -334,14 +334,10 @@ impl RevocationMarks {
         if !right_after_base {
             return;
         }
-        let mut loaded: Vec<(TokenHash, Mark)> = logged
-            .into_iter()
-            .map(|(_, hash, mark)| (hash, mark))
-            .collect();
         let mut index = self.index();
         // Every row up to `base` is in already (`through` only moves forward, and was `base`
         // when the batch began), and the rows after it up to `last` are these.
-        index.insert(&mut loaded);
+        index.insert(logged.into_iter().map(|(_, hash, mark)| (hash, mark)));
         index.through = index.through.max(last);
     }
 
