@@ -122,14 +122,28 @@ impl Subject {
     }
 }
 
+/// Length of a generated grant id: `g_`, 14 hex digits and 16 base64url characters.
+const GRANT_ID_LEN: usize = 2 + 14 + 16;
+
 impl GrantId {
     /// A fresh grant id: `g_`, the creation time in microseconds as 14 hex digits, and 96
     /// random bits. Ids sort by creation time, so new grants (and the index entries of their
     /// tokens) land at the right edge of the database's B-trees instead of on a random page
     /// each: a write touches a few hot pages rather than one cold page per index.
     pub fn generate() -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let micros = crate::token::micros_now();
-        Self(format!("g_{micros:014x}{}", crate::token::random_b64(12)))
+        // Written out rather than `format!("g_{micros:014x}…")`, whose formatting machinery
+        // was about 1% of an issuance's request handling. The low 56 bits (14 digits) hold
+        // the time until the year 4253.
+        let mut id = String::with_capacity(GRANT_ID_LEN);
+        id.push_str("g_");
+        id.extend((0..14).rev().map(|digit| {
+            let nibble = (micros >> (4 * digit)) & 0xf;
+            char::from(HEX[nibble as usize])
+        }));
+        crate::token::push_random_b64::<12>(&mut id);
+        Self(id)
     }
 
     /// Parses a grant id given by an operator (admin API). Unknown ids simply match nothing.
@@ -185,7 +199,17 @@ mod tests {
         let b = GrantId::generate();
         assert_ne!(a, b);
         assert!(a.as_str().starts_with("g_"));
-        assert_eq!(a.as_str().len(), 2 + 14 + 16);
+        assert_eq!(a.as_str().len(), GRANT_ID_LEN);
+        // The time part is the clock's microseconds in hex, as `{:014x}` writes them.
+        let before = crate::token::micros_now();
+        let d = GrantId::generate();
+        let after = crate::token::micros_now();
+        let micros = u64::from_str_radix(&d.as_str()[2..16], 16).unwrap();
+        assert!(
+            (before..=after).contains(&micros),
+            "{before} <= {micros} <= {after}"
+        );
+        assert_eq!(d.as_str()[2..16], format!("{micros:014x}"));
         // Microsecond resolution: wait for the clock to move, then compare.
         let mut c = GrantId::generate();
         while c.as_str()[..16] == a.as_str()[..16] {

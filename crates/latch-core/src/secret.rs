@@ -34,7 +34,7 @@ pub fn hash_secret(secret: &str) -> SecretHash {
 
 /// A new random client secret: 256 bits, unpadded base64url.
 pub fn generate_secret() -> String {
-    crate::token::random_b64(32)
+    crate::token::random_b64::<32>()
 }
 
 /// Entries kept at most; past this the cache starts over (a rare, cheap event).

@@ -59,11 +59,18 @@ impl TokenKind {
     }
 }
 
-/// Random bytes from the OS CSPRNG, unpadded base64url.
-pub(crate) fn random_b64(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
+/// `N` random bytes from the OS CSPRNG, unpadded base64url.
+pub(crate) fn random_b64<const N: usize>() -> String {
+    let mut out = String::with_capacity((4 * N).div_ceil(3));
+    push_random_b64::<N>(&mut out);
+    out
+}
+
+/// Appends `N` random bytes from the OS CSPRNG to `out`, unpadded base64url.
+pub(crate) fn push_random_b64<const N: usize>(out: &mut String) {
+    let mut buf = [0u8; N];
     OsRng.fill_bytes(&mut buf);
-    URL_SAFE_NO_PAD.encode(&buf)
+    URL_SAFE_NO_PAD.encode_string(buf, out);
 }
 
 /// Microseconds since the Unix epoch, by the system clock: the sort order of time-ordered

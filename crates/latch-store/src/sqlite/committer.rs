@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpointer::Checkpointer;
-use super::unavailable;
+use super::{execute_cached, unavailable};
 
 /// The most writes committed in one transaction. Large enough to amortise an fsync over a
 /// burst from many clients, small enough to keep a batch's latency well under a millisecond.
@@ -86,12 +86,9 @@ where
     }
 }
 
-/// Runs one statement from the connection's statement cache (parsed once, not per write).
+/// [`execute_cached`], as a [`StoreResult`].
 fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
-        .map(|_| ())
-        .map_err(super::store_error)
+    execute_cached(conn, sql).map_err(super::store_error)
 }
 
 fn in_savepoint<T>(

@@ -59,6 +59,15 @@ pub(crate) fn store_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Runs one statement without parameters from the connection's statement cache: parsed once
+/// per connection, where `execute_batch` parses it on every call (a transaction's `BEGIN` and
+/// `COMMIT`, once per batch of writes or reads).
+pub(crate) fn execute_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+}
+
 /// Where reads are served from.
 enum Readers {
     /// A file database: independent WAL readers, opened on demand and reused.

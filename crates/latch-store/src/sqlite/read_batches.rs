@@ -35,7 +35,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::marks::RevocationMarks;
-use super::{store_error, Readers};
+use super::{execute_cached, store_error, Readers};
 
 /// The most reads in one transaction.
 const MAX_BATCH: usize = 256;
@@ -177,10 +177,10 @@ fn run_batch(
 ) -> rusqlite::Result<()> {
     // DEFERRED: the read transaction (the snapshot) begins at the first statement, after
     // every job in the batch was queued.
-    let shared = jobs.len() > 1 && conn.execute_batch("BEGIN DEFERRED").is_ok();
+    let shared = jobs.len() > 1 && execute_cached(conn, "BEGIN DEFERRED").is_ok();
     if let Err(e) = first(conn) {
         if shared {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = execute_cached(conn, "ROLLBACK");
         }
         return Err(e);
     }
@@ -199,7 +199,7 @@ fn run_batch(
         .filter(|ok| !ok)
         .count();
     if shared {
-        conn.execute_batch("COMMIT")?;
+        execute_cached(conn, "COMMIT")?;
     }
     match failed {
         0 => Ok(()),

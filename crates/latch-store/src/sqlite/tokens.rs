@@ -125,11 +125,12 @@ impl TokenStore for SqliteStore {
 
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
         let (grant, tokens) = (grant.clone(), tokens.to_vec());
+        // Built once: every issuance runs it.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+        });
         self.write(move |c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ))?
-            .execute(params![
+            c.prepare_cached(&SQL)?.execute(params![
                 grant.id.as_str(),
                 grant.tenant.as_str(),
                 grant.client_id.as_str(),
