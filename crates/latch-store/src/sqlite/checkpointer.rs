@@ -23,9 +23,10 @@
 //! such a pass sync the database file: SQLite syncs it only at the end of a pass that copied
 //! the whole WAL. The pages the passes copy wait in the kernel's page cache until the
 //! writer's own copy below, whose `fsync` writes them all back: 63-132 ms per rewind under
-//! refresh-token rotation, which dirties random pages. Syncing after every background pass
-//! instead made the commits' own syncs wait behind those write-backs, and issuance and
-//! rotation slower: docs/benchmarks.md, round of 2026-12-03.) So once the
+//! refresh-token rotation, which dirties random pages. Syncing after every background pass,
+//! or once ahead of each rewind, instead made the commits' own syncs wait behind those
+//! write-backs: issuance and rotation slower or their p99 longer (docs/benchmarks.md, round
+//! of 2026-12-03).) So once the
 //! WAL is [`WalPolicy::rewind_at_pages`] long, the writer itself copies the pages committed
 //! since the last pass, after answering its batch and before starting the next one, and the
 //! next transaction rewinds the WAL. That copy stalls every write, so it is rare (a long WAL) and
