@@ -19,14 +19,7 @@
 //! waited for it: in one run of five the p99 more than doubled.
 //!
 //! A background pass alone never catches up with a writer that keeps committing, and SQLite
-//! only rewinds the WAL when a write transaction starts with every page copied. (Nor does
-//! such a pass sync the database file: SQLite syncs it only at the end of a pass that copied
-//! the whole WAL. The pages the passes copy wait in the kernel's page cache until the
-//! writer's own copy below, whose `fsync` writes them all back: 63-132 ms per rewind under
-//! refresh-token rotation, which dirties random pages. Syncing after every background pass,
-//! or once ahead of each rewind, instead made the commits' own syncs wait behind those
-//! write-backs: issuance and rotation slower or their p99 longer (docs/benchmarks.md, round
-//! of 2026-12-03).) So once the
+//! only rewinds the WAL when a write transaction starts with every page copied. So once the
 //! WAL is [`WalPolicy::rewind_at_pages`] long, the writer itself copies the pages committed
 //! since the last pass, after answering its batch and before starting the next one, and the
 //! next transaction rewinds the WAL. That copy stalls every write, so it is rare (a long WAL) and
@@ -35,6 +28,14 @@
 //! twice that long. The writer knows the WAL's length after each of its commits (SQLite's WAL
 //! hook), so a pass slowed down by its low priority cannot let the WAL grow unseen. The two
 //! never checkpoint at once (a mutex, so neither gets `SQLITE_BUSY` from the other).
+//!
+//! Under steady commits no background pass syncs the database file: SQLite syncs it only at
+//! the end of a pass that copied the whole WAL, and the writer appends while a pass copies.
+//! The pages the passes copy wait in the kernel's page cache until the writer's own copy,
+//! whose `fsync` writes them all back: 63-132 ms per rewind under refresh-token rotation,
+//! which dirties random pages. Syncing after every background pass, or once ahead of each
+//! rewind, made the commits' own syncs wait behind those write-backs instead: issuance and
+//! rotation slower or their p99 longer (docs/benchmarks.md, round of 2026-12-03).
 //!
 //! When the server stops, [`Turns`] lets one last checkpoint (`TRUNCATE`, which empties the
 //! WAL into the database file) wait for a pass in progress instead of failing beside it.
