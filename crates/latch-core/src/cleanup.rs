@@ -7,10 +7,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use crate::authority::Authority;
 use crate::clock::UnixTime;
 use crate::error::Error;
-use crate::store::Purged;
+use crate::store::{Purged, Sweep};
 
-/// Rows deleted per batch: each batch is one short transaction.
+/// Audit records deleted per batch: each batch is one short transaction.
 pub const BATCH: u32 = 1_000;
+
+/// Token or grant rows an expiry sweep reads per batch (each of them may be deleted): each
+/// batch is one short transaction, and one that deletes nothing writes nothing.
+pub const SWEEP_BATCH: u32 = 4_000;
 
 /// Counters for metrics: what the clean-up has deleted since start-up, and when it last ran.
 #[derive(Debug, Default)]
@@ -51,14 +55,16 @@ impl CleanupStats {
 }
 
 impl Authority {
-    /// Deletes every expired token and grant, [`BATCH`] rows at a time, until none is left,
-    /// then the audit records older than the retention period, if one is set. Revoked but
-    /// unexpired tokens stay, so they keep reading as revoked until they expire.
+    /// Sweeps every token and grant once, [`SWEEP_BATCH`] rows at a time, deleting those that
+    /// have expired; then deletes the audit records older than the retention period, if one
+    /// is set. Revoked but unexpired tokens stay, so they keep reading as revoked until they
+    /// expire.
     pub async fn purge_expired(&self) -> Result<Purged, Error> {
         let mut total = Purged::default();
+        let mut from = Sweep::START;
         loop {
             let now = self.clock.now();
-            let batch = self.store.purge_expired(now, BATCH).await?;
+            let (batch, next) = self.store.purge_expired(now, from, SWEEP_BATCH).await?;
             total.tokens += batch.tokens;
             total.grants += batch.grants;
             self.cleanup
@@ -67,9 +73,8 @@ impl Authority {
             self.cleanup
                 .grants
                 .fetch_add(batch.grants, Ordering::Relaxed);
-            if batch.tokens < u64::from(BATCH) && batch.grants < u64::from(BATCH) {
-                break;
-            }
+            let Some(next) = next else { break };
+            from = next;
             // Let queued requests' writes go first between batches.
             tokio::task::yield_now().await;
         }

@@ -143,13 +143,37 @@ pub struct Purged {
     pub audit: u64,
 }
 
+/// Where an expiry sweep has got to. A sweep reads `tokens` in key order, then `grants` in id
+/// order, a batch of rows at a time, and deletes the expired rows among them. No index on
+/// expiry times is kept for it: each would be one more B-tree entry written by every
+/// issuance, the hottest write (docs/benchmarks.md, round of 2026-12-03 08:29).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sweep {
+    /// Token rows past this key (`None`: from the first).
+    Tokens(Option<TokenHash>),
+    /// Grant rows past this id (`None`: from the first).
+    Grants(Option<GrantId>),
+}
+
+impl Sweep {
+    /// Where every sweep starts.
+    pub const START: Sweep = Sweep::Tokens(None);
+}
+
 /// Deleting what can never be active again.
 #[async_trait]
 pub trait CleanupStore: Send + Sync {
-    /// Deletes at most `limit` expired tokens and at most `limit` grants whose every token
-    /// has expired (`expires_at <= now`), in one short transaction. Only expired rows go:
-    /// a revoked but unexpired token keeps its row, so it keeps reading as revoked.
-    async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged>;
+    /// Reads at most `limit` rows of the table `from` names, past its key, and deletes those
+    /// that expired (`expires_at <= now`), in one short transaction. Returns what went and
+    /// where the next batch starts: further in the same table, at the start of `grants` once
+    /// `tokens` is done, `None` once both are. Only expired rows go: a revoked but unexpired
+    /// token keeps its row, so it keeps reading as revoked.
+    async fn purge_expired(
+        &self,
+        now: UnixTime,
+        from: Sweep,
+        limit: u32,
+    ) -> StoreResult<(Purged, Option<Sweep>)>;
 
     /// Deletes audit records written before `before`, at most `limit` of them, oldest first,
     /// in one short transaction; returns how many went. Only the oldest `limit` records are

@@ -1,28 +1,107 @@
 //! The clean-up's SQL, shared by both back-ends: expired rows and old audit records, deleted
 //! in bounded batches. Each back-end renders the placeholders in its own syntax.
 
-/// A table whose expired rows the clean-up deletes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Expiring {
-    /// `tokens`, keyed by `hash`.
+use latch_core::store::Sweep;
+use latch_core::token::TokenHash;
+
+/// A table an expiry sweep reads ([`Sweep`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Swept {
+    /// `tokens`, keyed by `hash` (a BLOB).
     Tokens,
-    /// `grants`, keyed by `id`.
+    /// `grants`, keyed by `id` (TEXT).
     Grants,
 }
 
-/// Deletes at most parameter 2 rows of `table` that expired at or before parameter 1;
-/// `param(n)` renders parameter `n`.
-pub(crate) fn purge_expired_sql(table: Expiring, param: impl Fn(usize) -> String) -> String {
-    let (table, key) = match table {
-        Expiring::Tokens => ("tokens", "hash"),
-        Expiring::Grants => ("grants", "id"),
-    };
+impl Swept {
+    /// The table a sweep position is in.
+    pub(crate) fn of(from: &Sweep) -> Self {
+        match from {
+            Sweep::Tokens(_) => Swept::Tokens,
+            Sweep::Grants(_) => Swept::Grants,
+        }
+    }
+
+    fn table_and_key(self) -> (&'static str, &'static str) {
+        match self {
+            Swept::Tokens => ("tokens", "hash"),
+            Swept::Grants => ("grants", "id"),
+        }
+    }
+}
+
+/// The key a sweep batch starts after, as its SQL parameter: the empty BLOB or string, which
+/// sorts before every key, for the start of a table.
+pub(crate) enum SweepKey<'a> {
+    /// A token key.
+    Token(&'a [u8]),
+    /// A grant id.
+    Grant(&'a str),
+}
+
+impl<'a> SweepKey<'a> {
+    /// Where the batch `from` starts.
+    pub(crate) fn after(from: &'a Sweep) -> Self {
+        match from {
+            Sweep::Tokens(key) => SweepKey::Token(key.as_ref().map_or(&[], |k| k.as_bytes())),
+            Sweep::Grants(id) => SweepKey::Grant(id.as_ref().map_or("", |g| g.as_str())),
+        }
+    }
+}
+
+/// The key of the row `parameter 2 + 1` rows past key parameter 1, in key order: the last
+/// row of a sweep batch of that many rows. No row when fewer are left, and the batch runs
+/// to the end of the table.
+pub(crate) fn sweep_end_sql(table: Swept, param: impl Fn(usize) -> String) -> String {
+    let (table, key) = table.table_and_key();
     format!(
-        "DELETE FROM {table} WHERE {key} IN \
-         (SELECT {key} FROM {table} WHERE expires_at <= {} LIMIT {})",
+        "SELECT {key} FROM {table} WHERE {key} > {} ORDER BY {key} LIMIT 1 OFFSET {}",
         param(1),
         param(2),
     )
+}
+
+/// Deletes the rows past key parameter 1 that expired at or before parameter 2: up to and
+/// including key parameter 3 when `bounded`, to the end of the table otherwise. A range of
+/// the primary key, read in order: no index on the expiry time is needed.
+pub(crate) fn sweep_delete_sql(
+    table: Swept,
+    bounded: bool,
+    param: impl Fn(usize) -> String,
+) -> String {
+    let (table, key) = table.table_and_key();
+    let upper = if bounded {
+        format!(" AND {key} <= {}", param(3))
+    } else {
+        String::new()
+    };
+    format!(
+        "DELETE FROM {table} WHERE {key} > {}{upper} AND expires_at <= {}",
+        param(1),
+        param(2),
+    )
+}
+
+/// The position after a token batch whose last row has the key read back as `end`. Every
+/// key was written from a [`TokenHash`], so it reads back as one; should one not, the batch
+/// runs to the end of the table instead, which deletes the same expired rows (only in a
+/// larger transaction) and moves on to the grants.
+pub(crate) fn token_sweep_end(end: Option<TokenHash>) -> Option<Sweep> {
+    if end.is_none() {
+        tracing::error!("a token key of neither stored length; sweeping to the end of tokens");
+    }
+    end.map(|key| Sweep::Tokens(Some(key)))
+}
+
+/// Where the sweep goes after the batch `from`: on from `end`, the position of the batch's
+/// last row, or once the batch ran to the end of its table (`end` is `None`), to the next
+/// table, or nowhere after the last.
+pub(crate) fn next_sweep(from: &Sweep, end: Option<Sweep>) -> Option<Sweep> {
+    match (from, end) {
+        (_, Some(end)) => Some(end),
+        (Sweep::Tokens(_), None) => Some(Sweep::Grants(None)),
+        (Sweep::Grants(_), None) => None,
+    }
 }
 
 /// Deletes the audit records written before parameter 1 among the oldest (parameter 2)

@@ -460,7 +460,7 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
 
 #[tokio::test]
 async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
-    use latch_core::store::CleanupStore;
+    use latch_core::store::{CleanupStore, Sweep};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
     let store = SqliteStore::open_file(&path).unwrap();
@@ -481,11 +481,11 @@ async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
             .query_row("SELECT count(*) FROM revocation_log", [], |r| r.get(0))
             .unwrap()
     };
-    // With a limit of 1, a clean-up batch reads 4 rows of the log: first the live ones,
+    // With a limit of 4, a clean-up batch reads 4 rows of the log: first the live ones,
     // then the next 4, whose expired rows go (all but the newest row).
-    store.purge_expired(1000, 1).await.unwrap();
+    store.purge_expired(1000, Sweep::START, 4).await.unwrap();
     assert_eq!(log_rows(), 8);
-    store.purge_expired(1000, 1).await.unwrap();
+    store.purge_expired(1000, Sweep::START, 4).await.unwrap();
     assert_eq!(log_rows(), 5, "the clean-up stayed on the live rows");
 }
 

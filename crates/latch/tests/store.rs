@@ -11,7 +11,7 @@ use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
 use latch_core::grant::{Grant, NewToken, Revocation};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::Storage;
+use latch_core::store::{Purged, Storage, Sweep};
 use latch_core::token::{TokenHash, TokenKind};
 
 fn subject(i: usize) -> Subject {
@@ -20,6 +20,16 @@ fn subject(i: usize) -> Subject {
 
 /// A grant of `subject(i)` to "app", with one token of each `(name, kind, expires_at)`.
 async fn issue(store: &dyn Storage, i: usize, tokens: &[(&str, TokenKind, i64)]) -> Vec<TokenHash> {
+    issue_expiring(store, i, 20_000, tokens).await.1
+}
+
+/// [`issue`], for a grant that expires at `expires_at`; returns its id too.
+async fn issue_expiring(
+    store: &dyn Storage,
+    i: usize,
+    expires_at: i64,
+    tokens: &[(&str, TokenKind, i64)],
+) -> (GrantId, Vec<TokenHash>) {
     let grant = Grant {
         id: GrantId::generate(),
         tenant: TenantId::default_tenant(),
@@ -27,7 +37,7 @@ async fn issue(store: &dyn Storage, i: usize, tokens: &[(&str, TokenKind, i64)])
         subject: subject(i),
         scope: Scope::parse("read").unwrap(),
         created_at: 100,
-        expires_at: 20_000,
+        expires_at,
         revoked_at: None,
     };
     let tokens: Vec<NewToken> = tokens
@@ -42,7 +52,25 @@ async fn issue(store: &dyn Storage, i: usize, tokens: &[(&str, TokenKind, i64)])
         })
         .collect();
     store.issue(&grant, &tokens).await.unwrap();
-    tokens.iter().map(|t| t.hash).collect()
+    (grant.id, tokens.iter().map(|t| t.hash).collect())
+}
+
+/// Runs a whole expiry sweep at `now` in batches of `limit` rows; returns what it deleted
+/// and how many batches it took.
+async fn sweep(store: &dyn Storage, now: i64, limit: u32) -> (Purged, usize) {
+    let (mut total, mut batches) = (Purged::default(), 0);
+    let mut from = Sweep::START;
+    loop {
+        let (purged, next) = store.purge_expired(now, from, limit).await.unwrap();
+        total.tokens += purged.tokens;
+        total.grants += purged.grants;
+        batches += 1;
+        assert!(batches < 100, "the sweep does not end");
+        match next {
+            Some(next) => from = next,
+            None => return (total, batches),
+        }
+    }
 }
 
 fn audit(i: usize, reason: Reason, at: i64) -> AuditContext {
@@ -140,7 +168,7 @@ backend_test! {
             let revoke = Revocation::Token(hash);
             store.revoke(&revoke, &audit(i, Reason::ClientRequest, 300)).await.unwrap();
         }
-        let purged = store.purge_expired(5_000, 100).await.unwrap();
+        let (purged, _) = sweep(&*store, 5_000, 100).await;
         assert_eq!(purged.tokens, 1);
         assert!(store.token(&soon[0]).await.unwrap().is_none());
         assert_eq!(revoked_at(&*store, &late[0]).await, Some(300));
@@ -148,6 +176,55 @@ backend_test! {
         let restarted = latch_store::open(&db.url).await.unwrap();
         assert_eq!(revoked_at(&*restarted, &late[0]).await, Some(300));
         drop(restarted);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn a_sweep_in_small_batches_deletes_exactly_the_expired_tokens_and_grants() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        // Seven grants with an access token each, expired at 5,000, and a refresh token that
+        // lives as long as its grant: the even grants expired, the odd ones alive.
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        let mut grants = Vec::new();
+        for i in 0..7 {
+            let expires_at = if i % 2 == 0 { 1_000 } else { 20_000 };
+            let (access, refresh) = (format!("at{i}"), format!("rt{i}"));
+            let (grant, hashes) = issue_expiring(
+                &*store,
+                i,
+                expires_at,
+                &[(&access, TokenKind::Access, 1_000), (&refresh, TokenKind::Refresh, expires_at)],
+            )
+            .await;
+            gone.push(hashes[0]);
+            if i % 2 == 0 {
+                gone.push(hashes[1]);
+            } else {
+                kept.push(hashes[1]);
+            }
+            grants.push((grant, i % 2 == 1));
+        }
+        // 14 tokens in batches of 3 (the last runs to the end of the table), then 7 grants.
+        let (purged, batches) = sweep(&*store, 5_000, 3).await;
+        assert_eq!((purged.tokens, purged.grants), (11, 4));
+        assert_eq!(batches, 5 + 3);
+        for hash in &gone {
+            assert!(store.token(hash).await.unwrap().is_none());
+        }
+        for hash in &kept {
+            assert!(store.token(hash).await.unwrap().is_some());
+        }
+        let tenant = TenantId::default_tenant();
+        for (grant, live) in &grants {
+            assert_eq!(store.grant(&tenant, grant).await.unwrap().is_some(), *live, "{grant:?}");
+        }
+        // A second sweep finds nothing left, and a batch as large as a table ends it at once.
+        let (again, batches) = sweep(&*store, 5_000, 1_000).await;
+        assert_eq!((again.tokens, again.grants, batches), (0, 0, 2));
+        drop(store);
         drop(db);
     }
 }
@@ -324,7 +401,8 @@ backend_test! {
 }
 
 /// PostgreSQL compares identifiers byte by byte (schema version 3, the "C" collation, as
-/// SQLite's BINARY), and a database of version 2 holding tokens migrates to it intact.
+/// SQLite's BINARY), and a database of version 2 holding tokens migrates to it (and to every
+/// later version) intact.
 #[tokio::test]
 async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_version_2_database() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
@@ -337,7 +415,8 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     // grant; the audit trail's tenant, grant and subject.
     assert_eq!(db.query_i64(in_c).await, 11);
 
-    // Back to version 2: every column in the database's collation, version 3 not recorded.
+    // Back to version 2: every column in the database's collation, versions 3 and later not
+    // recorded.
     let mut to_default = String::new();
     for (table, columns) in [
         ("tenants", &["id"][..]),
@@ -353,7 +432,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
         }
     }
     db.execute(&format!(
-        "{to_default} DELETE FROM latch_migrations WHERE version = 3"
+        "{to_default} DELETE FROM latch_migrations WHERE version >= 3"
     ))
     .await;
     assert_eq!(db.query_i64(in_c).await, 0);
@@ -363,8 +442,12 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        3
+        4
     );
+    // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
+    let on_expiry = "SELECT count(*) FROM pg_indexes \
+                     WHERE schemaname = current_schema() AND indexdef LIKE '%(expires_at)%'";
+    assert_eq!(db.query_i64(on_expiry).await, 0);
     // The token is found through the rebuilt indexes, and revoked through them.
     assert_eq!(revoked_at(&*store, &hashes[0]).await, None);
     let revoke = Revocation::Token(hashes[0]);

@@ -25,7 +25,7 @@ use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
-    AuditStore, CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult,
+    AuditStore, CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult, Sweep,
     TenantStore, TokenStore,
 };
 use latch_core::token::TokenHash;
@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
@@ -297,9 +298,14 @@ impl AuditStore for PgStore {
 
 #[async_trait]
 impl CleanupStore for PgStore {
-    async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
-        match self.write(Op::Purge(now, limit)).await? {
-            Reply::Purged(p) => Ok(p),
+    async fn purge_expired(
+        &self,
+        now: UnixTime,
+        from: Sweep,
+        limit: u32,
+    ) -> StoreResult<(Purged, Option<Sweep>)> {
+        match self.write(Op::Purge(now, from, limit)).await? {
+            Reply::Swept(purged, next) => Ok((purged, next)),
             other => Err(other.unexpected()),
         }
     }

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -499,6 +500,38 @@ mod tests {
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "{options:?}"
         );
+    }
+
+    #[test]
+    fn a_version_4_database_loses_its_indexes_on_expiry_times_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let mut conn = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS[..4].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
+             VALUES (x'01', 'g', 0, 'read', 0, 1000)",
+            [],
+        )
+        .unwrap();
+        let on_expiry = |conn: &mut Connection| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND sql LIKE '%(expires_at)%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(on_expiry(&mut conn), 2);
+        migrate(&mut conn).unwrap();
+        assert_eq!(on_expiry(&mut conn), 0);
+        let tokens: i64 = conn
+            .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tokens, 1);
     }
 
     #[test]

@@ -10,15 +10,17 @@ use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Revocation, TokenRecord};
 use latch_core::id::{GrantId, Subject, TenantId};
-use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult};
+use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult, Sweep};
 use latch_core::token::TokenHash;
-use rusqlite::types::Type;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::{ToSqlOutput, Type, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{Marked, RevocationMarks};
 use super::SqliteStore;
 use crate::audit_query::audit_events_sql;
-use crate::cleanup_sql::{purge_audit_sql, purge_expired_sql, Expiring};
+use crate::cleanup_sql::{
+    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, token_sweep_end, SweepKey, Swept,
+};
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
@@ -240,8 +242,52 @@ impl AuditStore for SqliteStore {
     }
 }
 
-/// Deletes the revocation log's rows whose tokens expired at `now`, among the `4 × limit`
-/// rows past `from`, so that a clean-up batch reads a bounded stretch of the log however long
+/// One batch of an expiry sweep (`CleanupStore::purge_expired`): deletes the expired rows
+/// among the `limit` rows past `from`. Returns how many it deleted and where the next batch
+/// starts.
+fn sweep(
+    c: &Connection,
+    now: UnixTime,
+    from: &Sweep,
+    limit: u32,
+) -> rusqlite::Result<(usize, Option<Sweep>)> {
+    let table = Swept::of(from);
+    let param = |n: usize| format!("?{n}");
+    let after = SweepKey::after(from);
+    let mut end_stmt = c.prepare_cached(&sweep_end_sql(table, param))?;
+    let mut rows = end_stmt.query(params![after, limit.saturating_sub(1)])?;
+    let end = match (rows.next()?, table) {
+        (None, _) => None,
+        (Some(row), Swept::Tokens) => {
+            token_sweep_end(TokenHash::from_stored(row.get_ref(0)?.as_blob()?))
+        }
+        (Some(row), Swept::Grants) => Some(Sweep::Grants(Some(GrantId::from_stored(row.get(0)?)))),
+    };
+    drop(rows);
+    let deleted = match &end {
+        Some(end) => {
+            let until = SweepKey::after(end);
+            c.prepare_cached(&sweep_delete_sql(table, true, param))?
+                .execute(params![after, now, until])?
+        }
+        None => c
+            .prepare_cached(&sweep_delete_sql(table, false, param))?
+            .execute(params![after, now])?,
+    };
+    Ok((deleted, next_sweep(from, end)))
+}
+
+impl ToSql for SweepKey<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            SweepKey::Token(key) => ValueRef::Blob(key),
+            SweepKey::Grant(id) => ValueRef::Text(id.as_bytes()),
+        }))
+    }
+}
+
+/// Deletes the revocation log's rows whose tokens expired at `now`, among the `limit` rows
+/// past `from`, so that a clean-up batch reads a bounded stretch of the log however long
 /// it is. Returns how many it deleted and where the next batch starts: past this stretch, or
 /// back at the start once the end is reached. Rows are appended while their tokens live, so
 /// the oldest are usually the first to expire; but they need not be (a client's long-lived
@@ -254,7 +300,7 @@ fn purge_log(
     limit: u32,
     from: i64,
 ) -> rusqlite::Result<(usize, i64)> {
-    let stretch = i64::from(limit) * 4;
+    let stretch = i64::from(limit);
     let (rows, end): (i64, Option<i64>) = c
         .prepare_cached(
             "SELECT count(*), max(seq) FROM \
@@ -275,30 +321,32 @@ fn purge_log(
 
 #[async_trait]
 impl CleanupStore for SqliteStore {
-    async fn purge_expired(&self, now: UnixTime, limit: u32) -> StoreResult<Purged> {
+    async fn purge_expired(
+        &self,
+        now: UnixTime,
+        from: Sweep,
+        limit: u32,
+    ) -> StoreResult<(Purged, Option<Sweep>)> {
         let log_from = self.log_purge_from.load(Ordering::Relaxed);
-        let (purged, log_next) = self
+        let (purged, next, log_next) = self
             .write(move |c| {
-                let purge = |table| {
-                    let sql = purge_expired_sql(table, |n| format!("?{n}"));
-                    c.prepare_cached(&sql)?.execute(params![now, limit])
-                };
-                let tokens = purge(Expiring::Tokens)?;
-                let grants = purge(Expiring::Grants)?;
+                let (deleted, next) = sweep(c, now, &from, limit)?;
                 let (_, log_next) = purge_log(c, now, limit, log_from)?;
-                let purged = Purged {
-                    tokens: tokens as u64,
-                    grants: grants as u64,
-                    audit: 0,
-                };
-                Ok((purged, log_next))
+                let mut purged = Purged::default();
+                match Swept::of(&from) {
+                    Swept::Tokens => purged.tokens = deleted as u64,
+                    Swept::Grants => purged.grants = deleted as u64,
+                }
+                Ok((purged, next, log_next))
             })
             .await?;
         // Moved on only once the write has committed (a replayed batch runs it twice).
         self.log_purge_from.store(log_next, Ordering::Relaxed);
-        // An expired token is inactive whatever its mark says.
-        self.marks.forget_expired(now);
-        Ok(purged)
+        if next.is_none() {
+            // An expired token is inactive whatever its mark says.
+            self.marks.forget_expired(now);
+        }
+        Ok((purged, next))
     }
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
@@ -515,25 +563,25 @@ mod tests {
             )
             .unwrap();
         }
-        // A limit of 1 reads 4 rows a batch.
+        // A limit of 4 reads 4 rows a batch.
         assert_eq!(
-            purge_log(&conn, 1000, 1, 0).unwrap(),
+            purge_log(&conn, 1000, 4, 0).unwrap(),
             (0, 4),
             "all four live"
         );
         assert_eq!(
-            purge_log(&conn, 1000, 1, 4).unwrap(),
+            purge_log(&conn, 1000, 4, 4).unwrap(),
             (3, 8),
             "the newest row stays"
         );
         assert_eq!(
-            purge_log(&conn, 1000, 1, 8).unwrap(),
+            purge_log(&conn, 1000, 4, 8).unwrap(),
             (0, 0),
             "the end: start again"
         );
         assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 5);
         // Once the long-lived tokens have expired, the next sweep takes them.
-        assert_eq!(purge_log(&conn, 5000, 1, 0).unwrap(), (4, 4));
+        assert_eq!(purge_log(&conn, 5000, 4, 0).unwrap(), (4, 4));
         assert_eq!(count(&conn, "SELECT count(*) FROM revocation_log"), 1);
     }
 }
