@@ -49,9 +49,9 @@ impl<'a> SweepKey<'a> {
     }
 }
 
-/// The key of the row `parameter 2 + 1` rows past key parameter 1, in key order: the last
-/// row of a sweep batch of that many rows. No row when fewer are left, and the batch runs
-/// to the end of the table.
+/// The key of the (parameter 2 + 1)-th row past key parameter 1, in key order: the last row
+/// of a sweep batch of that many rows. No row when fewer are left; the batch then runs to
+/// the end of the table.
 pub(crate) fn sweep_end_sql(table: Swept, param: impl Fn(usize) -> String) -> String {
     let (table, key) = table.table_and_key();
     format!(
@@ -93,9 +93,9 @@ pub(crate) fn token_sweep_end(end: Option<TokenHash>) -> Option<Sweep> {
     end.map(|key| Sweep::Tokens(Some(key)))
 }
 
-/// Where the sweep goes after the batch `from`: on from `end`, the position of the batch's
-/// last row, or once the batch ran to the end of its table (`end` is `None`), to the next
-/// table, or nowhere after the last.
+/// Where the sweep goes after the batch `from`: on past `end`, the position of the batch's
+/// last row; or, once the batch ran to the end of its table (`end` is `None`), to the start
+/// of the next table, or nowhere after the last.
 pub(crate) fn next_sweep(from: &Sweep, end: Option<Sweep>) -> Option<Sweep> {
     match (from, end) {
         (_, Some(end)) => Some(end),
