@@ -1,7 +1,7 @@
 //! The clean-up's SQL, shared by both back-ends: expired rows and old audit records, deleted
 //! in bounded batches. Each back-end renders the placeholders in its own syntax.
 
-use latch_core::store::Sweep;
+use latch_core::store::{Purged, Sweep};
 use latch_core::token::TokenHash;
 
 /// A table an expiry sweep reads ([`Sweep`]).
@@ -91,6 +91,20 @@ pub(crate) fn token_sweep_end(end: Option<TokenHash>) -> Option<Sweep> {
         tracing::error!("a token key of neither stored length; sweeping to the end of tokens");
     }
     end.map(|key| Sweep::Tokens(Some(key)))
+}
+
+/// What a sweep batch of `from`'s table that deleted `deleted` rows purged.
+pub(crate) fn swept(from: &Sweep, deleted: u64) -> Purged {
+    match Swept::of(from) {
+        Swept::Tokens => Purged {
+            tokens: deleted,
+            ..Purged::default()
+        },
+        Swept::Grants => Purged {
+            grants: deleted,
+            ..Purged::default()
+        },
+    }
 }
 
 /// Where the sweep goes after the batch `from`: on past `end`, the position of the batch's

@@ -30,7 +30,8 @@ use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
 
 use super::store_error;
 use crate::cleanup_sql::{
-    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, token_sweep_end, SweepKey, Swept,
+    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
+    Swept,
 };
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
@@ -927,12 +928,7 @@ async fn apply(
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, from, limit) => {
             let (deleted, next) = sweep(tx, *now, from, *limit).await?;
-            let mut purged = Purged::default();
-            match Swept::of(from) {
-                Swept::Tokens => purged.tokens = deleted,
-                Swept::Grants => purged.grants = deleted,
-            }
-            Reply::Swept(purged, next)
+            Reply::Swept(swept(from, deleted), next)
         }
         Op::PurgeAudit(before, limit) => {
             let sql = purge_audit_sql(|n| format!("${n}"));

@@ -19,7 +19,8 @@ use super::marks::{Marked, RevocationMarks};
 use super::SqliteStore;
 use crate::audit_query::audit_events_sql;
 use crate::cleanup_sql::{
-    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, token_sweep_end, SweepKey, Swept,
+    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
+    Swept,
 };
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
@@ -332,12 +333,7 @@ impl CleanupStore for SqliteStore {
             .write(move |c| {
                 let (deleted, next) = sweep(c, now, &from, limit)?;
                 let (_, log_next) = purge_log(c, now, limit, log_from)?;
-                let mut purged = Purged::default();
-                match Swept::of(&from) {
-                    Swept::Tokens => purged.tokens = deleted as u64,
-                    Swept::Grants => purged.grants = deleted as u64,
-                }
-                Ok((purged, next, log_next))
+                Ok((swept(&from, deleted as u64), next, log_next))
             })
             .await?;
         // Moved on only once the write has committed (a replayed batch runs it twice).
