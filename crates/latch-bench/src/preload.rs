@@ -272,17 +272,24 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     for (b, chunk) in rows.chunks(BATCH).enumerate() {
         let tx = db.transaction()?;
         {
+            // An access token carries its grant's owner, as latch writes it (schema
+            // version 6); a refresh token does not.
             let mut token_row = tx.prepare(
-                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
-                 VALUES (?1, ?2, ?3, 'read', ?4, ?5)",
+                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
+                                     tenant_id, client_id, subject) \
+                 VALUES (?1, ?2, ?3, 'read', ?4, ?5, ?6, ?7, ?8)",
             )?;
             for (hash, code) in chunk {
+                let access = code % 2 == 0;
                 token_row.execute(params![
                     hash.as_bytes(),
                     grant_id(code / 2),
                     code % 2,
                     now,
-                    far
+                    far,
+                    access.then_some("default"),
+                    access.then_some(CLIENT),
+                    access.then(|| subject(code / 2)),
                 ])?;
             }
         }
@@ -380,6 +387,22 @@ mod tests {
         let path = dir.path().join("bench.db");
         let state = preload(&path, 100).unwrap();
         assert_eq!(state.tokens, 100);
+        // Access tokens carry their grant's owner as latch writes them, so that latch reads
+        // them without their grant, as it would its own.
+        let db = Connection::open(&path).unwrap();
+        let owners: Vec<(i64, i64)> = db
+            .prepare(
+                "SELECT kind, count(*) FROM tokens \
+                 WHERE (tenant_id, client_id) IS ('default', ?1) AND subject IS NOT NULL \
+                 GROUP BY kind",
+            )
+            .unwrap()
+            .query_map([CLIENT], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(owners, [(0, 100)]);
+        drop(db);
         let store = latch_store::open(&latch_store::DatabaseUrl::SqliteFile(path))
             .await
             .unwrap();

@@ -8,7 +8,9 @@ mod common;
 use common::TestDb;
 use latch_core::audit::{AuditContext, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
-use latch_core::grant::{Grant, NewToken, Revocation};
+use latch_core::grant::{
+    Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
+};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::{Purged, Storage, Sweep};
@@ -126,6 +128,83 @@ backend_test! {
         let restarted = latch_store::open(&db.url).await.unwrap();
         assert_eq!(revoked_at(&*restarted, &hashes[0]).await, Some(300));
         assert_eq!(revoked_at(&*restarted, &other[0]).await, None);
+        drop(restarted);
+        drop(db);
+    }
+}
+
+/// Whether `store` reads the token `hash` as revoked, alone or with its grant, by both of the
+/// hot path's reads.
+async fn is_revoked(store: &dyn Storage, hash: &TokenHash) -> bool {
+    let tenant = TenantId::default_tenant();
+    let app = ClientId::parse("app").unwrap();
+    let alone = store.token(hash).await.unwrap().expect("the token exists");
+    let (_, with_client) = store.client_and_token(&tenant, &app, hash).await.unwrap();
+    let with_client = with_client.expect("the token exists");
+    assert_eq!(alone.is_revoked(), with_client.is_revoked());
+    alone.is_revoked()
+}
+
+backend_test! {
+    async fn a_revoked_grant_kills_every_token_in_it_including_those_of_a_rotation() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let pair = |i: usize| {
+            [(format!("at{i}"), TokenKind::Access), (format!("rt{i}"), TokenKind::Refresh)]
+        };
+        let mut grants = Vec::new();
+        for i in 1..=3 {
+            let [(at, a), (rt, r)] = pair(i);
+            grants.push(
+                issue_expiring(&*store, i, 20_000, &[(&at, a, 10_000), (&rt, r, 20_000)]).await,
+            );
+        }
+        // Grant 1's refresh token is exchanged once: the new tokens belong to it too.
+        let new_token = |name: &str, kind, generation| NewToken {
+            hash: TokenHash::of(name),
+            kind,
+            scope: Scope::parse("read").unwrap(),
+            issued_at: 200,
+            expires_at: 10_000,
+            generation,
+        };
+        let rotation = Rotation {
+            grant_id: grants[0].0.clone(),
+            old: grants[0].1[1],
+            old_generation: 0,
+            precondition: RotationPrecondition::Unused,
+            new_tokens: vec![
+                new_token("at1-next", TokenKind::Access, 0),
+                new_token("rt1-next", TokenKind::Refresh, 1),
+            ],
+            grant_expires_at: 20_000,
+            now: 200,
+        };
+        assert_eq!(store.rotate(&rotation).await.unwrap(), RotationOutcome::Rotated);
+        let rotated = [TokenHash::of("at1-next"), TokenHash::of("rt1-next")];
+        for hash in grants.iter().flat_map(|(_, h)| h).chain(&rotated) {
+            assert!(!is_revoked(&*store, hash).await);
+        }
+
+        // Grant 1 revoked by its id, grant 2 by its subject (log out everywhere).
+        let by_id = Revocation::Grant(grants[0].0.clone());
+        store.revoke(&by_id, &audit(1, Reason::ClientRequest, 300)).await.unwrap();
+        let everywhere = Revocation::Subject {
+            tenant: TenantId::default_tenant(),
+            subject: subject(2),
+        };
+        store.revoke(&everywhere, &audit(2, Reason::LogoutEverywhere, 300)).await.unwrap();
+        for hash in grants[..2].iter().flat_map(|(_, h)| h).chain(&rotated) {
+            assert!(is_revoked(&*store, hash).await);
+        }
+        for hash in &grants[2].1 {
+            assert!(!is_revoked(&*store, hash).await, "another subject's grant");
+        }
+        // And after a restart.
+        drop(store);
+        let restarted = latch_store::open(&db.url).await.unwrap();
+        assert!(is_revoked(&*restarted, &rotated[0]).await);
+        assert!(!is_revoked(&*restarted, &grants[2].1[0]).await);
         drop(restarted);
         drop(db);
     }

@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -382,9 +383,10 @@ impl Storage for SqliteStore {
                 "SELECT {}, {} FROM (SELECT 1) \
                  LEFT JOIN clients c ON c.tenant_id = ?1 AND c.client_id = ?2 \
                  LEFT JOIN tokens t ON t.hash = ?3 \
-                 LEFT JOIN grants g ON g.id = t.grant_id",
+                 LEFT JOIN grants g {}",
                 clients::qualified_columns("c"),
-                tokens::TOKEN_COLUMNS
+                tokens::TOKEN_COLUMNS,
+                tokens::ON_GRANT
             )
         });
         const TOKEN_BASE: usize = clients::COLUMN_COUNT;
@@ -403,17 +405,12 @@ impl Storage for SqliteStore {
             let (client, token) = c.prepare_cached(&SQL)?.query_row(
                 params![tenant.as_str(), id.as_str(), hash.as_bytes()],
                 |r| {
-                    // The client's id and the grant's tenant are NOT NULL: NULL means no row
-                    // (a token whose grant is gone counts as unknown, like an inner join).
+                    // The client's id is NOT NULL: NULL means no row.
                     let client = match r.get_ref(1)? {
                         ValueRef::Null => None,
                         _ => Some(clients::client_at(r, 0)?),
                     };
-                    let token = match r.get_ref(TOKEN_BASE + 2)? {
-                        ValueRef::Null => None,
-                        _ => Some(live(tokens::token_at(r, TOKEN_BASE, &hash)?)),
-                    };
-                    Ok((client, token))
+                    Ok((client, tokens::token_at(r, TOKEN_BASE, &hash)?.map(live)))
                 },
             )?;
             memo.remember_client(tenant, id, &client);
@@ -532,6 +529,57 @@ mod tests {
             .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
             .unwrap();
         assert_eq!(tokens, 1);
+    }
+
+    /// Access tokens written before version 6 carry nothing of their grant: they are read
+    /// with it, including a revocation of the grant from before the migration.
+    #[tokio::test]
+    async fn a_version_5_databases_access_tokens_are_read_with_their_grant() {
+        use latch_core::store::TokenStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let conn = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+               expires_at, revoked_at) \
+             VALUES ('g1', 'default', 'app', 'alice', 'read', 0, 9000000000, NULL), \
+                    ('g2', 'default', 'app', 'bob', 'read', 0, 9000000000, 50);",
+        )
+        .unwrap();
+        let (alices, bobs) = (TokenHash::of("alice's"), TokenHash::of("bob's"));
+        for (hash, grant) in [(alices, "g1"), (bobs, "g2")] {
+            conn.execute(
+                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
+                 VALUES (?1, ?2, 0, 'read', 0, 9000000000)",
+                params![hash.as_bytes(), grant],
+            )
+            .unwrap();
+        }
+        drop(conn);
+
+        let store = SqliteStore::open_file(&path).unwrap();
+        let live = store
+            .token(&alices)
+            .await
+            .unwrap()
+            .expect("the token exists");
+        assert_eq!(
+            (
+                live.tenant.as_str(),
+                live.client_id.as_str(),
+                live.subject.as_str()
+            ),
+            ("default", "app", "alice")
+        );
+        assert!(!live.is_revoked());
+        let revoked = store.token(&bobs).await.unwrap().expect("the token exists");
+        assert_eq!(revoked.subject.as_str(), "bob");
+        assert_eq!(revoked.grant_revoked_at, Some(50));
     }
 
     #[test]

@@ -84,6 +84,11 @@ fn apply_knowing(
                     }
                 }
             }
+            // The access tokens that carry their grant's owner are read without the grant
+            // (schema version 6): each gets the grant's revocation in its own row, in this
+            // transaction, before the grants are marked (the condition needs them live).
+            c.prepare_cached(&revoke_owned_tokens_sql(&condition))?
+                .execute(values.as_slice())?;
             let grants = c
                 .prepare_cached(&revoke_grants_sql("?1", &condition))?
                 .execute(values.as_slice())? as u64;
@@ -182,6 +187,18 @@ fn live_tokens_sql(condition: &str) -> String {
         "SELECT t.hash FROM tokens t JOIN grants g ON g.id = t.grant_id \
          WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
            AND t.expires_at > ?1 AND {condition}"
+    )
+}
+
+/// Marks revoked, at parameter 1, the live access tokens that carry their grant's owner
+/// (`tokens.subject` set) in the live grants matching the condition.
+fn revoke_owned_tokens_sql(condition: &str) -> String {
+    format!(
+        "UPDATE tokens SET revoked_at = ?1 \
+         WHERE tokens.subject IS NOT NULL AND tokens.revoked_at IS NULL \
+           AND tokens.expires_at > ?1 \
+           AND tokens.grant_id IN (SELECT g.id FROM grants g \
+                                   WHERE g.revoked_at IS NULL AND {condition})"
     )
 }
 

@@ -22,12 +22,29 @@ fn kind_code(kind: TokenKind) -> i64 {
     }
 }
 
-fn insert_tokens(c: &Connection, grant: &GrantId, tokens: &[NewToken]) -> rusqlite::Result<()> {
+/// Whom a grant belongs to: what each of its access tokens carries (schema version 6), so
+/// that reading one needs no lookup of the grant.
+struct Owner<'a> {
+    tenant: &'a str,
+    client_id: &'a str,
+    subject: &'a str,
+}
+
+fn insert_tokens(
+    c: &Connection,
+    grant: &GrantId,
+    owner: &Owner<'_>,
+    tokens: &[NewToken],
+) -> rusqlite::Result<()> {
     let mut stmt = c.prepare_cached(
-        "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation, \
+                             tenant_id, client_id, subject) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for t in tokens {
+        // Refresh tokens are read with their grant regardless (its refresh generation), so
+        // they carry nothing of it.
+        let owner = (t.kind == TokenKind::Access).then_some(owner);
         stmt.execute(params![
             t.hash.as_bytes(),
             grant.as_str(),
@@ -36,6 +53,9 @@ fn insert_tokens(c: &Connection, grant: &GrantId, tokens: &[NewToken]) -> rusqli
             t.issued_at,
             t.expires_at,
             t.generation,
+            owner.map(|o| o.tenant),
+            owner.map(|o| o.client_id),
+            owner.map(|o| o.subject),
         ])?;
     }
     Ok(())
@@ -58,10 +78,19 @@ fn grant_from_row(r: &Row<'_>) -> rusqlite::Result<Grant> {
 }
 
 /// A token's columns and its grant's, as [`token_at`] reads them, from `tokens t` joined
-/// with `grants g`.
-pub(super) const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, \
-     t.scope, t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, \
-     t.grace_used, t.generation, g.refresh_generation";
+/// with `grants g` [`ON_GRANT`].
+pub(super) const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, \
+     coalesce(t.tenant_id, g.tenant_id), coalesce(t.client_id, g.client_id), \
+     coalesce(t.subject, g.subject), t.scope, t.issued_at, t.expires_at, t.revoked_at, \
+     g.revoked_at, t.rotated_at, t.grace_used, t.generation, coalesce(g.refresh_generation, 0)";
+
+/// The join condition of `grants g` to `tokens t`: only a token that does not carry its
+/// grant's owner (a refresh token, or a row from before schema version 6) is joined. A NULL
+/// key makes SQLite skip the search in `grants` altogether, where a condition beside the
+/// key would not: it searches first, then tests. Such an access token's grant revocation is
+/// in its own `revoked_at`, and a grant outlives each of its tokens (its expiry is the
+/// latest of theirs), so the grant row has nothing more to say.
+pub(super) const ON_GRANT: &str = "ON g.id = iif(t.subject IS NULL, t.grant_id, NULL)";
 
 /// One token with its grant, on a connection already chosen.
 pub(super) fn select_token(
@@ -70,22 +99,27 @@ pub(super) fn select_token(
 ) -> rusqlite::Result<Option<TokenRecord>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens t JOIN grants g ON g.id = t.grant_id \
-             WHERE t.hash = ?1"
+            "SELECT {TOKEN_COLUMNS} FROM tokens t LEFT JOIN grants g {ON_GRANT} WHERE t.hash = ?1"
         )
     });
-    c.prepare_cached(&SQL)?
+    Ok(c.prepare_cached(&SQL)?
         .query_row([hash.as_bytes()], |r| token_at(r, 0, hash))
-        .optional()
+        .optional()?
+        .flatten())
 }
 
-/// Reads the token `hash` from the row's [`TOKEN_COLUMNS`], starting at column `base`.
+/// Reads the token `hash` from the row's [`TOKEN_COLUMNS`], starting at column `base`; `None`
+/// when the row holds no token, or a token whose grant is gone (counted as unknown).
 pub(super) fn token_at(
     r: &Row<'_>,
     base: usize,
     hash: &TokenHash,
-) -> rusqlite::Result<TokenRecord> {
-    Ok(TokenRecord {
+) -> rusqlite::Result<Option<TokenRecord>> {
+    // The tenant is NOT NULL in both tables: NULL means no row.
+    if r.get_ref(base + 2)? == rusqlite::types::ValueRef::Null {
+        return Ok(None);
+    }
+    Ok(Some(TokenRecord {
         hash: *hash,
         kind: if r.get::<_, i64>(base)? == 1 {
             TokenKind::Refresh
@@ -105,7 +139,7 @@ pub(super) fn token_at(
         grace_used: r.get(base + 11)?,
         generation: r.get(base + 12)?,
         grant_generation: r.get(base + 13)?,
-    })
+    }))
 }
 
 #[async_trait]
@@ -140,7 +174,12 @@ impl TokenStore for SqliteStore {
                 grant.expires_at,
                 grant.revoked_at,
             ])?;
-            insert_tokens(c, &grant.id, &tokens)
+            let owner = Owner {
+                tenant: grant.tenant.as_str(),
+                client_id: grant.client_id.as_str(),
+                subject: grant.subject.as_str(),
+            };
+            insert_tokens(c, &grant.id, &owner, &tokens)
         })
         .await
     }
@@ -178,7 +217,18 @@ impl TokenStore for SqliteStore {
             if claimed == 0 {
                 return Ok(RotationOutcome::Lost);
             }
-            insert_tokens(c, &r.grant_id, &r.new_tokens)?;
+            // The grant's row was just read by the claim above: its page is in the cache.
+            let (tenant, client_id, subject): (String, String, String) = c
+                .prepare_cached("SELECT tenant_id, client_id, subject FROM grants WHERE id = ?1")?
+                .query_row([r.grant_id.as_str()], |g| {
+                    Ok((g.get(0)?, g.get(1)?, g.get(2)?))
+                })?;
+            let owner = Owner {
+                tenant: &tenant,
+                client_id: &client_id,
+                subject: &subject,
+            };
+            insert_tokens(c, &r.grant_id, &owner, &r.new_tokens)?;
             c.prepare_cached(
                 "UPDATE grants SET refresh_generation = max(refresh_generation, ?2), \
                                    expires_at = max(expires_at, ?3) \
