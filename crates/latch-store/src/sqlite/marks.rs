@@ -363,10 +363,11 @@ impl RevocationMarks {
         }
     }
 
-    /// Whether a new mark may go in the log at `now` (or must go in the token's row). A full
-    /// index first forgets the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
-    pub(super) fn has_room(&self, now: UnixTime) -> bool {
-        let batch = self.batch().marks.len();
+    /// Whether a new mark may go in the log at `now` (or must go in the token's row), given
+    /// `pending` marks the write has made and not yet handed to the batch. A full index first
+    /// forgets the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
+    pub(super) fn has_room(&self, now: UnixTime, pending: usize) -> bool {
+        let batch = self.batch().marks.len() + pending;
         let mut index = self.index();
         if index.len() + batch < self.capacity {
             return true;
@@ -530,21 +531,21 @@ mod tests {
         super::super::migrate(&mut conn).unwrap();
         let marks = RevocationMarks::new(2);
         log_mark(&conn, &marks, 1000);
-        assert!(marks.has_room(0));
+        assert!(marks.has_room(0, 0));
         log_mark(&conn, &marks, 2000);
-        assert!(!marks.has_room(999), "full, and nothing has expired");
+        assert!(!marks.has_room(999, 0), "full, and nothing has expired");
         assert_eq!(marks.len(), 2);
 
         // The token expiring at 1,000 has; but the last attempt was under a minute ago.
-        assert!(!marks.has_room(1000));
+        assert!(!marks.has_room(1000, 0));
         assert_eq!(marks.len(), 2);
         // A minute after that attempt, the full index forgets it and has room again.
-        assert!(marks.has_room(999 + FORGET_INTERVAL));
+        assert!(marks.has_room(999 + FORGET_INTERVAL, 0));
         assert_eq!(marks.len(), 1);
 
         // The mark that stays still counts; full again, and nothing to forget.
         log_mark(&conn, &marks, 3000);
-        assert!(!marks.has_room(1100 + FORGET_INTERVAL));
+        assert!(!marks.has_room(1100 + FORGET_INTERVAL, 0));
         assert_eq!(marks.len(), 2);
     }
 }

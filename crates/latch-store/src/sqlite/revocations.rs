@@ -1,7 +1,8 @@
-//! [`RevocationStore`], [`AuditStore`] and [`CleanupStore`] on SQLite. Revoking a grant is a
-//! single UPDATE: it marks the grant row, and every token lookup joins its grant, so one write
-//! kills the whole family. Revoking one token appends a row to the revocation log
-//! ([`super::marks`]). The audit row is written in the same transaction.
+//! [`RevocationStore`], [`AuditStore`] and [`CleanupStore`] on SQLite. Revoking a grant marks
+//! the grant row, which a lookup of a refresh token (or of an access token from before
+//! schema version 6) joins, and appends a row to the revocation log for each of its live
+//! access tokens, which are read without their grant. Revoking one token appends a row to the
+//! log ([`super::marks`]). The audit row is written in the same transaction.
 
 use std::sync::atomic::Ordering;
 
@@ -55,40 +56,27 @@ fn apply_knowing(
     read: Option<&TokenRecord>,
 ) -> rusqlite::Result<Option<AuditEvent>> {
     let now = audit.at;
-    // The token this write marked revoked, and where (a revocation of one token).
-    let mut marked = None;
+    // The tokens this write marked revoked, and where.
+    let mut marked = Vec::new();
     let killed = match Target::of(revocation) {
         Target::Token(hash) => {
             let read = read.filter(|t| t.hash == *hash);
-            marked = revoke_token(c, marks, hash, now, read)?.map(|m| (hash, m));
+            marked.extend(revoke_token(c, marks, hash, now, read)?.map(|m| (*hash, m)));
             Killed {
                 grants: 0,
-                tokens: u64::from(marked.is_some()),
+                tokens: marked.len() as u64,
             }
         }
         Target::Grants(columns) => {
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
-            // Count the live tokens first: after the UPDATE their grants are dead. Row by
-            // row, as a tenant's may be millions, and without holding the marks' lock
-            // throughout, which every read takes.
-            let mut tokens = 0u64;
-            {
-                let mut stmt = c.prepare_cached(&live_tokens_sql(&condition))?;
-                let mut rows = stmt.query(values.as_slice())?;
-                while let Some(row) = rows.next()? {
-                    let hash = TokenHash::from_stored(row.get_ref(0)?.as_blob()?);
-                    if hash.is_none_or(|h| marks.mark_in_write(&h).is_none()) {
-                        tokens += 1;
-                    }
-                }
+            let (tokens, marks_full) =
+                mark_owned_tokens(c, marks, now, &condition, &values, &mut marked)?;
+            if marks_full {
+                c.prepare_cached(&revoke_owned_tokens_sql(&condition))?
+                    .execute(values.as_slice())?;
             }
-            // The access tokens that carry their grant's owner are read without the grant
-            // (schema version 6): each gets the grant's revocation in its own row, in this
-            // transaction, before the grants are marked (the condition needs them live).
-            c.prepare_cached(&revoke_owned_tokens_sql(&condition))?
-                .execute(values.as_slice())?;
             let grants = c
                 .prepare_cached(&revoke_grants_sql("?1", &condition))?
                 .execute(values.as_slice())? as u64;
@@ -118,11 +106,56 @@ fn apply_knowing(
         audit.address.map(|a| a.to_string()),
     ])?;
     let event = audit.event(c.last_insert_rowid(), killed);
-    if let Some((hash, marked)) = marked {
-        // Nothing of this write can fail any more: the batch may now count on the mark.
-        marks.marked_in_batch(hash, now, marked);
+    // Nothing of this write can fail any more: the batch may now count on the marks.
+    for (hash, marked) in marked {
+        marks.marked_in_batch(&hash, now, marked);
     }
     Ok(Some(event))
+}
+
+/// Reads the live tokens of the live grants matching the condition (`values` its parameters,
+/// `now` the first), before the UPDATE that kills the grants, and counts those not already revoked alone.
+/// Each access token that carries its grant's owner, and so is read without its grant
+/// (schema version 6), is marked as if revoked alone, in the revocation log (pushed to
+/// `marked`): the log's rows share their pages, where marking the tokens' own rows would
+/// write one more page per token (measured: log out everywhere at half the rate). Returns
+/// the count, and whether the index of the log filled up, in which case the caller marks
+/// those tokens' rows instead ([`revoke_owned_tokens_sql`]).
+///
+/// Row by row, as a tenant's tokens may be millions, and without holding the marks' lock
+/// throughout, which every read takes.
+fn mark_owned_tokens(
+    c: &Connection,
+    marks: &RevocationMarks,
+    now: UnixTime,
+    condition: &str,
+    values: &[&dyn ToSql],
+    marked: &mut Vec<(TokenHash, Marked)>,
+) -> rusqlite::Result<(u64, bool)> {
+    let (mut tokens, mut full) = (0u64, false);
+    let mut live = c.prepare_cached(&live_tokens_sql(condition))?;
+    let mut log = c.prepare_cached(
+        "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut rows = live.query(values)?;
+    while let Some(row) = rows.next()? {
+        let hash = TokenHash::from_stored(row.get_ref(0)?.as_blob()?);
+        if hash.is_some_and(|h| marks.mark_in_write(&h).is_some()) {
+            continue;
+        }
+        tokens += 1;
+        let (owned, expires_at): (bool, UnixTime) = (row.get(1)?, row.get(2)?);
+        let Some(hash) = hash.filter(|_| owned && !full) else {
+            continue;
+        };
+        full = !marks.has_room(now, marked.len());
+        if !full {
+            log.execute(params![hash.as_bytes(), now, expires_at])?;
+            let seq = c.last_insert_rowid();
+            marked.push((hash, Marked::Logged { seq, expires_at }));
+        }
+    }
+    Ok((tokens, full))
 }
 
 /// Revokes one token, unless it is already revoked; returns where it was marked (`None`:
@@ -141,7 +174,7 @@ fn revoke_token(
     if marks.mark_in_write(hash).is_some() {
         return Ok(None);
     }
-    if !marks.has_room(now) {
+    if !marks.has_room(now, 0) {
         let updated = c
             .prepare_cached(
                 "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
@@ -180,18 +213,21 @@ fn revoke_token(
 }
 
 /// The keys of the live tokens of the live grants matching the condition (before the UPDATE
-/// that kills them); the time of the revocation is parameter 1. Tokens revoked through the
-/// log are among them, for the caller to leave out.
+/// that kills them), whether each carries its grant's owner, and its expiry; the time of the
+/// revocation is parameter 1. Tokens revoked through the log are among them, for the caller
+/// to leave out.
 fn live_tokens_sql(condition: &str) -> String {
     format!(
-        "SELECT t.hash FROM tokens t JOIN grants g ON g.id = t.grant_id \
+        "SELECT t.hash, t.subject IS NOT NULL, t.expires_at \
+         FROM tokens t JOIN grants g ON g.id = t.grant_id \
          WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
            AND t.expires_at > ?1 AND {condition}"
     )
 }
 
 /// Marks revoked, at parameter 1, the live access tokens that carry their grant's owner
-/// (`tokens.subject` set) in the live grants matching the condition.
+/// (`tokens.subject` set) in the live grants matching the condition: in their own rows, for
+/// when the index of the revocation log is full ([`mark_owned_tokens`]).
 fn revoke_owned_tokens_sql(condition: &str) -> String {
     format!(
         "UPDATE tokens SET revoked_at = ?1 \
@@ -435,12 +471,76 @@ mod tests {
 
     /// Revokes `hash` in a batch of its own, as the writer would; returns the tokens killed.
     fn revoke_in_batch(conn: &Connection, marks: &RevocationMarks, hash: TokenHash) -> u64 {
+        apply_in_batch(conn, marks, &Revocation::Token(hash)).1
+    }
+
+    /// Applies `revocation` in a batch of its own, as the writer would; returns the grants
+    /// and the tokens killed.
+    fn apply_in_batch(
+        conn: &Connection,
+        marks: &RevocationMarks,
+        revocation: &Revocation,
+    ) -> (u64, u64) {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         marks.begin_batch(conn).unwrap();
-        let event = apply(conn, marks, &Revocation::Token(hash), &audit()).unwrap();
+        let event = apply(conn, marks, revocation, &audit()).unwrap();
         conn.execute_batch("COMMIT").unwrap();
         marks.batch_committed();
-        event.map_or(0, |e| e.tokens)
+        event.map_or((0, 0), |e| (e.grants, e.tokens))
+    }
+
+    #[test]
+    fn a_revoked_grant_logs_its_access_tokens_and_past_the_capacity_marks_their_rows() {
+        let (conn, _) = database(&[]);
+        // Grant `g` (alice's) and grant `h` (bob's), each with two access tokens that carry
+        // their owner and a refresh token that does not (as `tokens.rs` writes them).
+        conn.execute(
+            "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+             expires_at) VALUES ('h', 'default', 'app', 'bob', 'read', 0, 1000)",
+            [],
+        )
+        .unwrap();
+        let token = |name: &str, grant: &str, owner: Option<&str>| {
+            let hash = TokenHash::of(name);
+            conn.execute(
+                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
+                   tenant_id, client_id, subject) \
+                 VALUES (?1, ?2, ?3, 'read', 0, 1000, 'default', 'app', ?4)",
+                params![hash.as_bytes(), grant, i64::from(owner.is_none()), owner],
+            )
+            .unwrap();
+            hash
+        };
+        let g = [
+            token("g1", "g", Some("alice")),
+            token("g2", "g", Some("alice")),
+        ];
+        token("g-refresh", "g", None);
+        let h = [token("h1", "h", Some("bob")), token("h2", "h", Some("bob"))];
+        token("h-refresh", "h", None);
+        let in_rows = "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL";
+        let logged = "SELECT count(*) FROM revocation_log";
+
+        // Room for three marks: grant g's two access tokens go in the log, not their rows.
+        let marks = RevocationMarks::new(3);
+        let grant = |id: &str| Revocation::Grant(GrantId::from_stored(id.to_owned()));
+        assert_eq!(apply_in_batch(&conn, &marks, &grant("g")), (1, 3));
+        assert_eq!(count(&conn, logged), 2);
+        assert_eq!(count(&conn, in_rows), 0);
+        assert_eq!(marks.indexed(&g[0]), Some(300));
+        assert_eq!(marks.indexed(&g[1]), Some(300));
+        // One mark left: grant h's first token takes it, and the index is full, so both
+        // its access tokens are marked in their rows (the refresh token reads its grant).
+        assert_eq!(apply_in_batch(&conn, &marks, &grant("h")), (1, 3));
+        assert_eq!(count(&conn, logged), 3);
+        assert_eq!(marks.indexed(&h[0]), Some(300));
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM tokens WHERE revoked_at = 300 AND grant_id = 'h' AND kind = 0"),
+            2
+        );
+        assert_eq!(count(&conn, in_rows), 2);
+        // Nothing is left alive to revoke.
+        assert_eq!(apply_in_batch(&conn, &marks, &grant("g")), (0, 0));
     }
 
     #[test]
