@@ -182,8 +182,10 @@ backend_test! {
         };
         assert_eq!(store.rotate(&rotation).await.unwrap(), RotationOutcome::Rotated);
         let rotated = [TokenHash::of("at1-next"), TokenHash::of("rt1-next")];
+        let other = latch_store::open(&db.url).await.unwrap();
         for hash in grants.iter().flat_map(|(_, h)| h).chain(&rotated) {
             assert!(!is_revoked(&*store, hash).await);
+            assert!(!is_revoked(&*other, hash).await);
         }
 
         // Grant 1 revoked by its id, grant 2 by its subject (log out everywhere).
@@ -194,14 +196,18 @@ backend_test! {
             subject: subject(2),
         };
         store.revoke(&everywhere, &audit(2, Reason::LogoutEverywhere, 300)).await.unwrap();
-        for hash in grants[..2].iter().flat_map(|(_, h)| h).chain(&rotated) {
-            assert!(is_revoked(&*store, hash).await);
-        }
-        for hash in &grants[2].1 {
-            assert!(!is_revoked(&*store, hash).await, "another subject's grant");
+        // On this store, and on another of the same database (another process on the
+        // SQLite file, another node on PostgreSQL) that had read them live.
+        for store in [&store, &other] {
+            for hash in grants[..2].iter().flat_map(|(_, h)| h).chain(&rotated) {
+                assert!(is_revoked(&**store, hash).await);
+            }
+            for hash in &grants[2].1 {
+                assert!(!is_revoked(&**store, hash).await, "another subject's grant");
+            }
         }
         // And after a restart.
-        drop(store);
+        drop((store, other));
         let restarted = latch_store::open(&db.url).await.unwrap();
         assert!(is_revoked(&*restarted, &rotated[0]).await);
         assert!(!is_revoked(&*restarted, &grants[2].1[0]).await);
