@@ -114,8 +114,8 @@ fn apply_knowing(
 }
 
 /// Reads the live tokens of the live grants matching the condition (`values` its parameters,
-/// `now` the first), before the UPDATE that kills the grants, and counts those not already revoked alone.
-/// Each access token that carries its grant's owner, and so is read without its grant
+/// `now` the first), before the UPDATE that kills the grants, and counts those not already
+/// revoked alone. Each access token that carries its grant's owner, and so is read without its grant
 /// (schema version 6), is marked as if revoked alone, in the revocation log (pushed to
 /// `marked`): the log's rows share their pages, where marking the tokens' own rows would
 /// write one more page per token (measured: log out everywhere at half the rate). Returns
@@ -534,10 +534,9 @@ mod tests {
         assert_eq!(apply_in_batch(&conn, &marks, &grant("h")), (1, 3));
         assert_eq!(count(&conn, logged), 3);
         assert_eq!(marks.indexed(&h[0]), Some(300));
-        assert_eq!(
-            count(&conn, "SELECT count(*) FROM tokens WHERE revoked_at = 300 AND grant_id = 'h' AND kind = 0"),
-            2
-        );
+        let hs_access_in_rows = "SELECT count(*) FROM tokens \
+                                 WHERE revoked_at = 300 AND grant_id = 'h' AND kind = 0";
+        assert_eq!(count(&conn, hs_access_in_rows), 2);
         assert_eq!(count(&conn, in_rows), 2);
         // Nothing is left alive to revoke.
         assert_eq!(apply_in_batch(&conn, &marks, &grant("g")), (0, 0));
