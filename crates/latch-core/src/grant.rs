@@ -64,9 +64,10 @@ pub struct TokenRecord {
     pub issued_at: UnixTime,
     /// Expiry time.
     pub expires_at: UnixTime,
-    /// When this token alone was revoked.
+    /// When this token was revoked: alone, or with its grant where storage records a
+    /// grant's revocation on the grant's tokens (SQLite does, for access tokens).
     pub revoked_at: Option<UnixTime>,
-    /// When its grant was revoked.
+    /// When its grant was revoked, where storage read the token with its grant.
     pub grant_revoked_at: Option<UnixTime>,
     /// Refresh tokens: when it was exchanged for a new one.
     pub rotated_at: Option<UnixTime>,
@@ -74,7 +75,8 @@ pub struct TokenRecord {
     pub grace_used: bool,
     /// Refresh tokens: its place in the rotation chain.
     pub generation: u32,
-    /// The newest refresh generation of the grant.
+    /// Refresh tokens: the newest refresh generation of the grant (storage may leave it 0
+    /// for an access token, which has no use for it).
     pub grant_generation: u32,
 }
 
