@@ -9,7 +9,7 @@ use common::TestDb;
 use latch_core::audit::{AuditContext, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
 use latch_core::grant::{
-    Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
+    Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
 };
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
@@ -87,13 +87,19 @@ fn audit(i: usize, reason: Reason, at: i64) -> AuditContext {
     .about(None, Some(&subject(i)))
 }
 
-/// When `store` reads the token `hash` as revoked, by both of the hot path's reads.
-async fn revoked_at(store: &dyn Storage, hash: &TokenHash) -> Option<i64> {
+/// The token `hash` as `store` reads it by both of the hot path's reads: alone, and with the
+/// client "app".
+async fn read_both(store: &dyn Storage, hash: &TokenHash) -> (TokenRecord, TokenRecord) {
     let tenant = TenantId::default_tenant();
     let app = ClientId::parse("app").unwrap();
     let alone = store.token(hash).await.unwrap().expect("the token exists");
     let (_, with_client) = store.client_and_token(&tenant, &app, hash).await.unwrap();
-    let with_client = with_client.expect("the token exists");
+    (alone, with_client.expect("the token exists"))
+}
+
+/// When `store` reads the token `hash` as revoked, by both of the hot path's reads.
+async fn revoked_at(store: &dyn Storage, hash: &TokenHash) -> Option<i64> {
+    let (alone, with_client) = read_both(store, hash).await;
     assert_eq!(alone.revoked_at, with_client.revoked_at);
     alone.revoked_at
 }
@@ -136,11 +142,7 @@ backend_test! {
 /// Whether `store` reads the token `hash` as revoked, alone or with its grant, by both of the
 /// hot path's reads.
 async fn is_revoked(store: &dyn Storage, hash: &TokenHash) -> bool {
-    let tenant = TenantId::default_tenant();
-    let app = ClientId::parse("app").unwrap();
-    let alone = store.token(hash).await.unwrap().expect("the token exists");
-    let (_, with_client) = store.client_and_token(&tenant, &app, hash).await.unwrap();
-    let with_client = with_client.expect("the token exists");
+    let (alone, with_client) = read_both(store, hash).await;
     assert_eq!(alone.is_revoked(), with_client.is_revoked());
     alone.is_revoked()
 }
