@@ -487,6 +487,37 @@ backend_test! {
     }
 }
 
+/// A node older than the database's schema refuses to start on it (an older node would
+/// misread what a newer one wrote); the database is left as it was.
+#[tokio::test]
+async fn postgres_refuses_a_schema_newer_than_its_own() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    drop(latch_store::open(&db.url).await.unwrap());
+    let newest = "SELECT max(version)::BIGINT FROM latch_migrations";
+    let ours = db.query_i64(newest).await;
+    db.execute(&format!(
+        "INSERT INTO latch_migrations (version) VALUES ({})",
+        ours + 1
+    ))
+    .await;
+
+    let Err(error) = latch_store::open(&db.url).await else {
+        panic!(
+            "a latch of schema {ours} opened a database of schema {}",
+            ours + 1
+        );
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "version {}, newer than this latch's {ours}",
+            ours + 1
+        )),
+        "{message}"
+    );
+    assert_eq!(db.query_i64(newest).await, ours + 1);
+}
+
 /// PostgreSQL compares identifiers byte by byte (schema version 3, the "C" collation, as
 /// SQLite's BINARY), and a database of version 2 holding tokens migrates to it (and to every
 /// later version) intact.

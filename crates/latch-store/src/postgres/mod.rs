@@ -146,6 +146,9 @@ async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
             )
             .await?
             .get(0);
+        if current as usize > MIGRATIONS.len() {
+            return Ok(Err(newer_schema(current)));
+        }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             tx.batch_execute(sql).await?;
             tx.execute(
@@ -155,12 +158,23 @@ async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
             .await?;
             tracing::info!(version = i + 1, "applied schema migration");
         }
-        tx.commit().await
+        tx.commit().await.map(Ok)
     }
     .await;
     drop(client);
     let _ = conn.await;
-    result.map_err(|e| store_error(&e))
+    result.map_err(|e| store_error(&e))?
+}
+
+/// A database whose schema a newer latch migrated: this one would misread it (an older
+/// node's clean-up would scan for rows by expiry times through indexes a later version
+/// dropped, for one), so it refuses to start instead, as SQLite does.
+fn newer_schema(current: i32) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the database's schema is version {current}, newer than this latch's {}: \
+         run a latch at least as new as the newest node that has opened it",
+        MIGRATIONS.len()
+    ))
 }
 
 #[async_trait]
