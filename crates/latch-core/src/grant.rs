@@ -65,9 +65,11 @@ pub struct TokenRecord {
     /// Expiry time.
     pub expires_at: UnixTime,
     /// When this token was revoked: alone, or with its grant where storage records a
-    /// grant's revocation on the grant's tokens (SQLite does, for access tokens).
+    /// grant's revocation on the grant's tokens (SQLite does, for access tokens, once the
+    /// index of its revocation log is full).
     pub revoked_at: Option<UnixTime>,
-    /// When its grant was revoked, where storage read the token with its grant.
+    /// When its grant was revoked: from the grant's row where storage read the token with
+    /// its grant, or from a mark of the grant's revocation (SQLite's access tokens).
     pub grant_revoked_at: Option<UnixTime>,
     /// Refresh tokens: when it was exchanged for a new one.
     pub rotated_at: Option<UnixTime>,

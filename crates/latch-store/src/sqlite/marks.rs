@@ -1,4 +1,5 @@
-//! Revocation marks of single tokens: an append-only log in the database, indexed in memory.
+//! Revocation marks of single tokens and of grants: an append-only log in the database,
+//! indexed in memory.
 //!
 //! Revoking one access token used to `UPDATE` its row, a random leaf of the largest table, and
 //! each such leaf is a page of its own in the commit's WAL write, its `fsync` and the next
@@ -6,6 +7,11 @@
 //! `revocation_log` (rowid order, no index by token), so the revocations of one commit share
 //! its pages, and "is this token revoked?" is answered from [`RevocationMarks`], an index of
 //! the log kept in memory.
+//!
+//! A revoked grant is marked in its own row, which refresh tokens are read with; its access
+//! tokens, read without it (schema version 6), learn of it from a log row for the grant
+//! (schema version 7), indexed by grant id beside the tokens' marks ([`MarkOf`]). Everything
+//! below holds for both kinds of mark; a grant's lasts until the grant expires.
 //!
 //! The log is the truth; the index only follows it, and only from committed rows:
 //! - every read of tokens first catches up with the log ([`RevocationMarks::catch_up`]: the
@@ -30,9 +36,10 @@
 //!   as it walks the whole index with every read waiting. At start-up the log's expired rows
 //!   are not loaded ([`RevocationMarks::load`]).
 //!
-//! So the index holds one entry per revoked, unexpired token revoked this way. To keep that
-//! bounded whatever clients do, past [`MAX_MARKS`] a revocation marks the token's row
-//! instead, as before (`tokens.revoked_at`, which every read also honours).
+//! So the index holds one entry per revoked, unexpired token or grant revoked this way. To
+//! keep that bounded whatever clients do, past [`MAX_MARKS`] a revocation marks the token's
+//! row instead, as before (`tokens.revoked_at`, which every read also honours), or, for a
+//! grant, the rows of its access tokens.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -40,6 +47,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use latch_core::clock::UnixTime;
 use latch_core::grant::TokenRecord;
+use latch_core::id::GrantId;
 use latch_core::token::TokenHash;
 use rusqlite::{Connection, OptionalExtension};
 
@@ -115,7 +123,20 @@ impl Hasher for KeyHasher {
 /// A table keyed by token.
 type ByToken<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
-/// A revoked token's mark.
+/// A table keyed by grant: std's hasher, as a grant id is not a digest.
+type ByGrant<V> = HashMap<GrantId, V>;
+
+/// What a row of the revocation log revokes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum MarkOf {
+    /// One token, by its key in `tokens`.
+    Token(TokenHash),
+    /// A grant, for its access tokens that are read without it (schema version 6 on): the
+    /// grant's own row is marked in the same write, and read with every other token.
+    Grant(GrantId),
+}
+
+/// A revoked token's or grant's mark.
 #[derive(Clone, Copy, Debug)]
 struct Mark {
     revoked_at: UnixTime,
@@ -138,12 +159,22 @@ struct Batch {
     /// come after it.
     base: i64,
     marks: ByToken<(UnixTime, Marked)>,
+    grants: ByGrant<(UnixTime, Marked)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.marks.len() + self.grants.len()
+    }
 }
 
 struct Index {
     /// The last log row loaded; every committed row up to it is in `shards` (or has expired).
     through: i64,
     shards: [ByToken<Mark>; SHARDS],
+    /// The marks of revoked grants (far fewer than of tokens: one per grant, however many
+    /// access tokens it holds).
+    grants: ByGrant<Mark>,
     /// When expired marks may next be forgotten ([`FORGET_INTERVAL`]).
     next_forget: UnixTime,
 }
@@ -156,16 +187,28 @@ impl Index {
             .map(|m| m.revoked_at)
     }
 
-    fn insert(&mut self, loaded: impl IntoIterator<Item = (TokenHash, Mark)>) {
-        for (hash, mark) in loaded {
-            self.shards[shard_of(&hash)]
-                .entry(Key(hash))
-                .or_insert(mark);
+    /// When the grant `id` was revoked, if the index marks it.
+    fn grant_revoked_at(&self, id: &GrantId) -> Option<UnixTime> {
+        self.grants.get(id).map(|m| m.revoked_at)
+    }
+
+    fn insert(&mut self, loaded: impl IntoIterator<Item = (MarkOf, Mark)>) {
+        for (of, mark) in loaded {
+            match of {
+                MarkOf::Token(hash) => {
+                    self.shards[shard_of(&hash)]
+                        .entry(Key(hash))
+                        .or_insert(mark);
+                }
+                MarkOf::Grant(id) => {
+                    self.grants.entry(id).or_insert(mark);
+                }
+            }
         }
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(ByToken::len).sum()
+        self.shards.iter().map(ByToken::len).sum::<usize>() + self.grants.len()
     }
 
     /// Drops the marks of tokens expired at `now`, unless that was done less than
@@ -178,6 +221,7 @@ impl Index {
         for shard in &mut self.shards {
             shard.retain(|_, m| m.expires_at > now);
         }
+        self.grants.retain(|_, m| m.expires_at > now);
     }
 }
 
@@ -204,6 +248,7 @@ impl RevocationMarks {
             index: Mutex::new(Index {
                 through: 0,
                 shards: std::array::from_fn(|_| ByToken::default()),
+                grants: ByGrant::default(),
                 next_forget: UnixTime::MIN,
             }),
             batch: Mutex::new(Batch::default()),
@@ -246,7 +291,7 @@ impl RevocationMarks {
     fn load_log(&self, conn: &Connection, expired_at: UnixTime) -> rusqlite::Result<()> {
         let from = self.index().through;
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, hash, revoked_at, expires_at FROM revocation_log \
+            "SELECT seq, hash, revoked_at, expires_at, grant_id FROM revocation_log \
              WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([from])?;
@@ -257,7 +302,11 @@ impl RevocationMarks {
         // moves forward, each catch-up having loaded every row up to its own end.
         while let Some(row) = rows.next()? {
             last = row.get(0)?;
-            if let Some(hash) = TokenHash::from_stored(row.get_ref(1)?.as_blob()?) {
+            let of = match row.get::<_, Option<String>>(4)? {
+                Some(grant) => Some(MarkOf::Grant(GrantId::from_stored(grant))),
+                None => TokenHash::from_stored(row.get_ref(1)?.as_blob()?).map(MarkOf::Token),
+            };
+            if let Some(of) = of {
                 let mark = Mark {
                     revoked_at: row.get(2)?,
                     expires_at: row.get(3)?,
@@ -265,7 +314,7 @@ impl RevocationMarks {
                 if mark.expires_at <= expired_at {
                     continue;
                 }
-                loaded.push((hash, mark));
+                loaded.push((of, mark));
                 if loaded.len() == LOAD_CHUNK {
                     self.index().insert(loaded.drain(..));
                 }
@@ -284,7 +333,11 @@ impl RevocationMarks {
     /// the log (the previous batch's marks, committed, are in it now) and forgets the marks
     /// of the previous batch, or of this batch's first run if it is being replayed.
     pub(super) fn begin_batch(&self, conn: &Connection) -> rusqlite::Result<()> {
-        self.batch().marks.clear();
+        {
+            let mut batch = self.batch();
+            batch.marks.clear();
+            batch.grants.clear();
+        }
         self.catch_up(conn)?;
         // Caught up in a write transaction: `through` is now the log's last row.
         let base = self.index().through;
@@ -292,11 +345,19 @@ impl RevocationMarks {
         Ok(())
     }
 
-    /// Records that the open batch has revoked the token `hash` at `revoked_at`, marked as
-    /// `marked`. Call it only once the revocation's write can no longer fail, so that a write
-    /// rolled back alone (in its savepoint) leaves no mark here.
-    pub(super) fn marked_in_batch(&self, hash: &TokenHash, revoked_at: UnixTime, marked: Marked) {
-        self.batch().marks.insert(Key(*hash), (revoked_at, marked));
+    /// Records that the open batch has revoked `of` at `revoked_at`, marked as `marked`. Call
+    /// it only once the revocation's write can no longer fail, so that a write rolled back
+    /// alone (in its savepoint) leaves no mark here.
+    pub(super) fn marked_in_batch(&self, of: MarkOf, revoked_at: UnixTime, marked: Marked) {
+        let mut batch = self.batch();
+        match of {
+            MarkOf::Token(hash) => {
+                batch.marks.insert(Key(hash), (revoked_at, marked));
+            }
+            MarkOf::Grant(id) => {
+                batch.grants.insert(id, (revoked_at, marked));
+            }
+        }
     }
 
     /// The writer's end of a batch that has committed, before its writers are answered: the
@@ -304,24 +365,33 @@ impl RevocationMarks {
     /// rows after the batch's base (see the module documentation); otherwise the next
     /// catch-up loads them from the log, as it would any other process's.
     pub(super) fn batch_committed(&self) {
+        fn logged(
+            (of, (revoked_at, marked)): (MarkOf, (UnixTime, Marked)),
+        ) -> Option<(i64, MarkOf, Mark)> {
+            match marked {
+                Marked::Logged { seq, expires_at } => Some((
+                    seq,
+                    of,
+                    Mark {
+                        revoked_at,
+                        expires_at,
+                    },
+                )),
+                Marked::InRow => None,
+            }
+        }
         let (base, mut logged) = {
             let mut batch = self.batch();
-            let logged: Vec<(i64, TokenHash, Mark)> = batch
-                .marks
-                .drain()
-                .filter_map(|(Key(hash), (revoked_at, marked))| match marked {
-                    Marked::Logged { seq, expires_at } => Some((
-                        seq,
-                        hash,
-                        Mark {
-                            revoked_at,
-                            expires_at,
-                        },
-                    )),
-                    Marked::InRow => None,
-                })
-                .collect();
-            (batch.base, logged)
+            let Batch {
+                base,
+                marks,
+                grants,
+            } = &mut *batch;
+            let tokens = marks.drain().map(|(Key(hash), m)| (MarkOf::Token(hash), m));
+            let grants = grants.drain().map(|(id, m)| (MarkOf::Grant(id), m));
+            let logged: Vec<(i64, MarkOf, Mark)> =
+                tokens.chain(grants).filter_map(logged).collect();
+            (*base, logged)
         };
         logged.sort_unstable_by_key(|(seq, ..)| *seq);
         let Some(&(last, ..)) = logged.last() else {
@@ -337,15 +407,19 @@ impl RevocationMarks {
         let mut index = self.index();
         // Every row up to `base` is in already (`through` only moves forward, and was `base`
         // when the batch began), and the rows after it up to `last` are these.
-        index.insert(logged.into_iter().map(|(_, hash, mark)| (hash, mark)));
+        index.insert(logged.into_iter().map(|(_, of, mark)| (of, mark)));
         index.through = index.through.max(last);
     }
 
-    /// Sets a token's revocation time from its mark, if the index has one (reads, after a
-    /// catch-up).
+    /// Sets a token's revocation time, and its grant's, from their marks, if the index has
+    /// them (reads, after a catch-up).
     pub(super) fn apply(&self, record: &mut TokenRecord) {
+        let index = self.index();
         if record.revoked_at.is_none() {
-            record.revoked_at = self.index().revoked_at(&record.hash);
+            record.revoked_at = index.revoked_at(&record.hash);
+        }
+        if record.grant_revoked_at.is_none() {
+            record.grant_revoked_at = index.grant_revoked_at(&record.grant_id);
         }
     }
 
@@ -356,10 +430,19 @@ impl RevocationMarks {
         committed.or_else(|| self.batch().marks.get(&Key(*hash)).map(|(at, _)| *at))
     }
 
+    /// The mark of the grant `id`, in a write, as [`mark_in_write`](Self::mark_in_write).
+    pub(super) fn grant_mark_in_write(&self, id: &GrantId) -> Option<UnixTime> {
+        let committed = self.index().grant_revoked_at(id);
+        committed.or_else(|| self.batch().grants.get(id).map(|(at, _)| *at))
+    }
+
     /// [`apply`](Self::apply), in a write ([`mark_in_write`](Self::mark_in_write)).
     pub(super) fn apply_in_write(&self, record: &mut TokenRecord) {
         if record.revoked_at.is_none() {
             record.revoked_at = self.mark_in_write(&record.hash);
+        }
+        if record.grant_revoked_at.is_none() {
+            record.grant_revoked_at = self.grant_mark_in_write(&record.grant_id);
         }
     }
 
@@ -367,7 +450,7 @@ impl RevocationMarks {
     /// `pending` marks the write has made and not yet handed to the batch. A full index first
     /// forgets the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
     pub(super) fn has_room(&self, now: UnixTime, pending: usize) -> bool {
-        let batch = self.batch().marks.len() + pending;
+        let batch = self.batch().len() + pending;
         let mut index = self.index();
         if index.len() + batch < self.capacity {
             return true;
@@ -390,6 +473,12 @@ impl RevocationMarks {
     #[cfg(test)]
     pub(super) fn indexed(&self, hash: &TokenHash) -> Option<UnixTime> {
         self.index().revoked_at(hash)
+    }
+
+    /// The index's mark of the grant `id`, as a read sees it without catching up first.
+    #[cfg(test)]
+    pub(super) fn indexed_grant(&self, id: &GrantId) -> Option<UnixTime> {
+        self.index().grant_revoked_at(id)
     }
 
     /// The last log row the index accounts for.
@@ -479,6 +568,62 @@ mod tests {
         assert_eq!(marks.len(), 1);
         marks.forget_expired(1000 + FORGET_INTERVAL);
         assert_eq!(marks.len(), 0);
+    }
+
+    #[test]
+    fn a_grants_mark_is_loaded_applied_to_its_tokens_reads_and_forgotten_once_it_expires() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let token = append(&conn, 100, 2000);
+        conn.execute(
+            "INSERT INTO revocation_log (hash, revoked_at, expires_at, grant_id) \
+             VALUES (x'', 200, 1000, 'g')",
+            [],
+        )
+        .unwrap();
+
+        let marks = RevocationMarks::new(MAX_MARKS);
+        marks.load(&conn).unwrap();
+        assert_eq!(marks.len(), 2);
+        let grant = GrantId::from_stored("g".to_owned());
+        assert_eq!(marks.grant_mark_in_write(&grant), Some(200));
+        assert_eq!(
+            marks.mark_in_write(&token),
+            Some(100),
+            "a token's mark beside it"
+        );
+        // A token of grant g, live in its own row: its grant is revoked, itself is not.
+        let mut read = TokenRecord {
+            hash: TokenHash::of("of g"),
+            kind: TokenKind::Access,
+            grant_id: grant.clone(),
+            tenant: latch_core::id::TenantId::default_tenant(),
+            client_id: latch_core::id::ClientId::from_stored("app".to_owned()),
+            subject: latch_core::id::Subject::from_stored("alice".to_owned()),
+            scope: latch_core::scope::Scope::from_stored(String::new()),
+            issued_at: 0,
+            expires_at: 900,
+            revoked_at: None,
+            grant_revoked_at: None,
+            rotated_at: None,
+            grace_used: false,
+            generation: 0,
+            grant_generation: 0,
+        };
+        let mut of_another = TokenRecord {
+            grant_id: GrantId::from_stored("h".to_owned()),
+            ..read.clone()
+        };
+        marks.apply(&mut read);
+        marks.apply(&mut of_another);
+        assert_eq!((read.revoked_at, read.grant_revoked_at), (None, Some(200)));
+        assert_eq!(of_another.grant_revoked_at, None);
+
+        // The grant expires at 1,000 (and every token of it by then); the token at 2,000.
+        marks.forget_expired(1000);
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks.grant_mark_in_write(&grant), None);
+        assert_eq!(marks.mark_in_write(&token), Some(100));
     }
 
     /// Appends a mark for a new token, revoked at `revoked_at` and expiring at `expires_at`.

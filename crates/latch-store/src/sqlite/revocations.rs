@@ -1,9 +1,10 @@
 //! [`RevocationStore`], [`AuditStore`] and [`CleanupStore`] on SQLite. Revoking a grant marks
 //! the grant row, which a lookup of a refresh token (or of an access token from before
-//! schema version 6) joins, and appends a row to the revocation log for each of its live
-//! access tokens, which are read without their grant. Revoking one token appends a row to the
-//! log ([`super::marks`]). The audit row is written in the same transaction.
+//! schema version 6) joins, and, if it holds live access tokens read without it, appends a
+//! row for the grant to the revocation log. Revoking one token appends a row for the token
+//! ([`super::marks`]). The audit row is written in the same transaction.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
@@ -16,7 +17,7 @@ use latch_core::token::TokenHash;
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
-use super::marks::{Marked, RevocationMarks};
+use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::SqliteStore;
 use crate::audit_query::audit_events_sql;
 use crate::cleanup_sql::{
@@ -61,7 +62,9 @@ fn apply_knowing(
     let killed = match Target::of(revocation) {
         Target::Token(hash) => {
             let read = read.filter(|t| t.hash == *hash);
-            marked.extend(revoke_token(c, marks, hash, now, read)?.map(|m| (*hash, m)));
+            marked.extend(
+                revoke_token(c, marks, hash, now, read)?.map(|m| (MarkOf::Token(*hash), m)),
+            );
             Killed {
                 grants: 0,
                 tokens: marked.len() as u64,
@@ -72,7 +75,7 @@ fn apply_knowing(
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
             let (tokens, marks_full) =
-                mark_owned_tokens(c, marks, now, &condition, &values, &mut marked)?;
+                mark_owned_grants(c, marks, now, &condition, &values, &mut marked)?;
             if marks_full {
                 c.prepare_cached(&revoke_owned_tokens_sql(&condition))?
                     .execute(values.as_slice())?;
@@ -107,35 +110,38 @@ fn apply_knowing(
     ])?;
     let event = audit.event(c.last_insert_rowid(), killed);
     // Nothing of this write can fail any more: the batch may now count on the marks.
-    for (hash, marked) in marked {
-        marks.marked_in_batch(&hash, now, marked);
+    for (of, marked) in marked {
+        marks.marked_in_batch(of, now, marked);
     }
     Ok(Some(event))
 }
 
 /// Reads the live tokens of the live grants matching the condition (`values` its parameters,
 /// `now` the first), before the UPDATE that kills the grants, and counts those not already
-/// revoked alone. Each access token that carries its grant's owner, and so is read without its grant
-/// (schema version 6), is marked as if revoked alone, in the revocation log (pushed to
-/// `marked`): the log's rows share their pages, where marking the tokens' own rows would
-/// write one more page per token (measured: log out everywhere at half the rate). Returns
-/// the count, and whether the index of the log filled up, in which case the caller marks
-/// those tokens' rows instead ([`revoke_owned_tokens_sql`]).
+/// revoked alone. Each grant holding an access token that carries its owner, and so is read
+/// without the grant (schema version 6), gets one row in the revocation log (pushed to
+/// `marked`), which those tokens' reads look up by their grant id: one row per grant, where
+/// a row per token made log out everywhere cost +10-40%, and marking the tokens' own rows
+/// twice that (docs/benchmarks.md, rounds of 2026-12-03 10:39 and 13:00). Returns the count,
+/// and whether the index of the log filled up, in which case the caller marks those tokens'
+/// rows instead ([`revoke_owned_tokens_sql`]).
 ///
 /// Row by row, as a tenant's tokens may be millions, and without holding the marks' lock
 /// throughout, which every read takes.
-fn mark_owned_tokens(
+fn mark_owned_grants(
     c: &Connection,
     marks: &RevocationMarks,
     now: UnixTime,
     condition: &str,
     values: &[&dyn ToSql],
-    marked: &mut Vec<(TokenHash, Marked)>,
+    marked: &mut Vec<(MarkOf, Marked)>,
 ) -> rusqlite::Result<(u64, bool)> {
     let (mut tokens, mut full) = (0u64, false);
+    let mut logged = HashSet::new();
     let mut live = c.prepare_cached(&live_tokens_sql(condition))?;
     let mut log = c.prepare_cached(
-        "INSERT INTO revocation_log (hash, revoked_at, expires_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO revocation_log (hash, revoked_at, expires_at, grant_id) \
+         VALUES (x'', ?1, ?2, ?3)",
     )?;
     let mut rows = live.query(values)?;
     while let Some(row) = rows.next()? {
@@ -144,15 +150,20 @@ fn mark_owned_tokens(
             continue;
         }
         tokens += 1;
-        let (owned, expires_at): (bool, UnixTime) = (row.get(1)?, row.get(2)?);
-        let Some(hash) = hash.filter(|_| owned && !full) else {
+        let owned: bool = row.get(1)?;
+        let grant = row.get_ref(2)?.as_str()?;
+        if !owned || full || logged.contains(grant) {
             continue;
-        };
+        }
         full = !marks.has_room(now, marked.len());
         if !full {
-            log.execute(params![hash.as_bytes(), now, expires_at])?;
+            // A grant outlives each of its tokens, so its mark lasts as long as they do.
+            let expires_at: UnixTime = row.get(3)?;
+            log.execute(params![now, expires_at, grant])?;
             let seq = c.last_insert_rowid();
-            marked.push((hash, Marked::Logged { seq, expires_at }));
+            logged.insert(grant.to_owned());
+            let grant = GrantId::from_stored(grant.to_owned());
+            marked.push((MarkOf::Grant(grant), Marked::Logged { seq, expires_at }));
         }
     }
     Ok((tokens, full))
@@ -213,12 +224,12 @@ fn revoke_token(
 }
 
 /// The keys of the live tokens of the live grants matching the condition (before the UPDATE
-/// that kills them), whether each carries its grant's owner, and its expiry; the time of the
-/// revocation is parameter 1. Tokens revoked through the log are among them, for the caller
-/// to leave out.
+/// that kills them), whether each carries its grant's owner, and its grant's id and expiry;
+/// the time of the revocation is parameter 1. Tokens revoked through the log are among them,
+/// for the caller to leave out.
 fn live_tokens_sql(condition: &str) -> String {
     format!(
-        "SELECT t.hash, t.subject IS NOT NULL, t.expires_at \
+        "SELECT t.hash, t.subject IS NOT NULL, g.id, g.expires_at \
          FROM tokens t JOIN grants g ON g.id = t.grant_id \
          WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
            AND t.expires_at > ?1 AND {condition}"
@@ -490,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_grant_logs_its_access_tokens_and_past_the_capacity_marks_their_rows() {
+    fn a_revoked_grant_is_one_log_row_and_past_the_capacity_marks_its_access_tokens_rows() {
         let (conn, _) = database(&[]);
         // Grant `g` (alice's) and grant `h` (bob's), each with two access tokens that carry
         // their owner and a refresh token that does not (as `tokens.rs` writes them).
@@ -505,7 +516,7 @@ mod tests {
             conn.execute(
                 "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
                    tenant_id, client_id, subject) \
-                 VALUES (?1, ?2, ?3, 'read', 0, 1000, 'default', 'app', ?4)",
+                 VALUES (?1, ?2, ?3, 'read', 0, 900, 'default', 'app', ?4)",
                 params![hash.as_bytes(), grant, i64::from(owner.is_none()), owner],
             )
             .unwrap();
@@ -516,30 +527,72 @@ mod tests {
             token("g2", "g", Some("alice")),
         ];
         token("g-refresh", "g", None);
-        let h = [token("h1", "h", Some("bob")), token("h2", "h", Some("bob"))];
+        token("h1", "h", Some("bob"));
+        token("h2", "h", Some("bob"));
         token("h-refresh", "h", None);
         let in_rows = "SELECT count(*) FROM tokens WHERE revoked_at IS NOT NULL";
         let logged = "SELECT count(*) FROM revocation_log";
+        let grant_id = |id: &str| GrantId::from_stored(id.to_owned());
+        let grant = |id: &str| Revocation::Grant(grant_id(id));
 
-        // Room for three marks: grant g's two access tokens go in the log, not their rows.
-        let marks = RevocationMarks::new(3);
-        let grant = |id: &str| Revocation::Grant(GrantId::from_stored(id.to_owned()));
+        // Room for one mark: grant g's, one row in the log for its three tokens, none in
+        // their rows; it lasts until the grant expires (1,000), which its tokens do not pass.
+        let marks = RevocationMarks::new(1);
         assert_eq!(apply_in_batch(&conn, &marks, &grant("g")), (1, 3));
-        assert_eq!(count(&conn, logged), 2);
+        assert_eq!(count(&conn, logged), 1);
+        let row = "SELECT hash = x'' AND grant_id = 'g' AND revoked_at = 300 \
+                   AND expires_at = 1000 FROM revocation_log";
+        assert_eq!(count(&conn, row), 1);
         assert_eq!(count(&conn, in_rows), 0);
-        assert_eq!(marks.indexed(&g[0]), Some(300));
-        assert_eq!(marks.indexed(&g[1]), Some(300));
-        // One mark left: grant h's first token takes it, and the index is full, so both
-        // its access tokens are marked in their rows (the refresh token reads its grant).
+        assert_eq!(marks.indexed_grant(&grant_id("g")), Some(300));
+        assert_eq!(marks.indexed(&g[0]), None, "no mark of its own");
+        // No room for grant h's: both its access tokens are marked in their rows (the
+        // refresh token reads its grant).
         assert_eq!(apply_in_batch(&conn, &marks, &grant("h")), (1, 3));
-        assert_eq!(count(&conn, logged), 3);
-        assert_eq!(marks.indexed(&h[0]), Some(300));
+        assert_eq!(count(&conn, logged), 1);
+        assert_eq!(marks.indexed_grant(&grant_id("h")), None);
         let hs_access_in_rows = "SELECT count(*) FROM tokens \
                                  WHERE revoked_at = 300 AND grant_id = 'h' AND kind = 0";
         assert_eq!(count(&conn, hs_access_in_rows), 2);
         assert_eq!(count(&conn, in_rows), 2);
-        // Nothing is left alive to revoke.
+        // Nothing is left alive to revoke, either way.
         assert_eq!(apply_in_batch(&conn, &marks, &grant("g")), (0, 0));
+        assert_eq!(apply_in_batch(&conn, &marks, &grant("h")), (0, 0));
+        assert_eq!(marks.len(), 1);
+    }
+
+    #[test]
+    fn a_grant_revoked_earlier_in_the_batch_kills_its_tokens_for_the_rest_of_it() {
+        let (conn, _) = database(&[]);
+        let hash = TokenHash::of("owned");
+        conn.execute(
+            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
+               tenant_id, client_id, subject) \
+             VALUES (?1, 'g', 0, 'read', 0, 900, 'default', 'app', 'alice')",
+            [hash.as_bytes()],
+        )
+        .unwrap();
+        let marks = RevocationMarks::new(10);
+        let read = |marks: &RevocationMarks| {
+            let mut record = super::super::tokens::select_token(&conn, &hash)
+                .unwrap()
+                .unwrap();
+            marks.apply_in_write(&mut record);
+            record.grant_revoked_at
+        };
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(&conn).unwrap();
+        assert_eq!(read(&marks), None);
+        let grant = Revocation::Grant(GrantId::from_stored("g".to_owned()));
+        apply(&conn, &marks, &grant, &audit()).unwrap();
+        // The token row says nothing: the batch's own mark of its grant does.
+        assert_eq!(read(&marks), Some(300));
+        conn.execute_batch("ROLLBACK").unwrap();
+        // A replay of the batch starts without it.
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(&conn).unwrap();
+        assert_eq!(read(&marks), None);
+        conn.execute_batch("ROLLBACK").unwrap();
     }
 
     #[test]

@@ -88,9 +88,10 @@ pub(super) const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, \
 /// grant's owner (a refresh token, or a row from before schema version 6) is joined. A NULL
 /// key makes SQLite skip the search in `grants` altogether, where a condition beside the
 /// key would not: it searches first, then tests. The revocation of such an access token's
-/// grant reaches it as its own (a revocation-log mark, or its row's `revoked_at`:
-/// `revocations.rs`), and a grant outlives each of its tokens (its expiry is the latest of
-/// theirs), so the grant row has nothing more to say.
+/// grant reaches it through the grant's revocation-log mark, looked up by the grant id the
+/// token row holds (or, the log's index full, its own row's `revoked_at`: `revocations.rs`),
+/// and a grant outlives each of its tokens (its expiry is the latest of theirs), so the
+/// grant row has nothing more to say.
 pub(super) const ON_GRANT: &str = "ON g.id = iif(t.subject IS NULL, t.grant_id, NULL)";
 
 /// One token with its grant, on a connection already chosen.
