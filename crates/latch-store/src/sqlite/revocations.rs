@@ -120,11 +120,12 @@ fn apply_knowing(
 /// `now` the first), before the UPDATE that kills the grants, and counts those not already
 /// revoked alone. Each grant holding an access token that carries its owner, and so is read
 /// without the grant (schema version 6), gets one row in the revocation log (pushed to
-/// `marked`), which those tokens' reads look up by their grant id: one row per grant, where
-/// a row per token made log out everywhere cost +10-40%, and marking the tokens' own rows
-/// twice that (docs/benchmarks.md, rounds of 2026-12-03 10:39 and 13:00). Returns the count,
-/// and whether the index of the log filled up, in which case the caller marks those tokens'
-/// rows instead ([`revoke_owned_tokens_sql`]).
+/// `marked`), which those tokens' reads look up by their grant id: one row and one mark per
+/// grant, however many live access tokens it holds, each costing what a token's did
+/// (docs/benchmarks.md, round of 2026-12-03 13:08); marking the tokens' own rows instead
+/// writes one more random page per token (twice the cost of log out everywhere, round of
+/// 10:39). Returns the count, and whether the index of the log filled up, in which case the
+/// caller marks those tokens' rows instead ([`revoke_owned_tokens_sql`]).
 ///
 /// Row by row, as a tenant's tokens may be millions, and without holding the marks' lock
 /// throughout, which every read takes.
