@@ -204,9 +204,9 @@ pub trait Storage:
         CommitStats::default()
     }
 
-    /// How many revocations of single tokens the back-end holds in memory to answer reads
-    /// (SQLite's index of its revocation log, which has a bound); zero for a back-end that
-    /// keeps none.
+    /// How many revocations (of single tokens, and of grants for their access tokens) the
+    /// back-end holds in memory to answer reads (SQLite's index of its revocation log, which
+    /// has a bound); zero for a back-end that keeps none.
     fn revocation_marks(&self) -> u64 {
         0
     }

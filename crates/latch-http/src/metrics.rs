@@ -83,9 +83,9 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoRespo
     );
     counter(
         "latch_store_revocation_marks",
-        "SQLite: access tokens revoked alone whose marks are held in memory (the index of the \
-         revocation log) until they expire; at the bound (docs/deploy.md) a revocation marks \
-         the token's row instead.",
+        "SQLite: access tokens revoked alone, and revoked grants holding access tokens, whose \
+         marks are held in memory (the index of the revocation log) until they expire; at the \
+         bound (docs/deploy.md) a revocation marks the tokens' rows instead.",
         "gauge",
         &state.authority.store().revocation_marks(),
     );
