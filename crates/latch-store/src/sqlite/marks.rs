@@ -592,28 +592,23 @@ mod tests {
             Some(100),
             "a token's mark beside it"
         );
-        // A token of grant g, live in its own row: its grant is revoked, itself is not.
-        let mut read = TokenRecord {
-            hash: TokenHash::of("of g"),
-            kind: TokenKind::Access,
-            grant_id: grant.clone(),
-            tenant: latch_core::id::TenantId::default_tenant(),
-            client_id: latch_core::id::ClientId::from_stored("app".to_owned()),
-            subject: latch_core::id::Subject::from_stored("alice".to_owned()),
-            scope: latch_core::scope::Scope::from_stored(String::new()),
-            issued_at: 0,
-            expires_at: 900,
-            revoked_at: None,
-            grant_revoked_at: None,
-            rotated_at: None,
-            grace_used: false,
-            generation: 0,
-            grant_generation: 0,
+        // A token of grant g and one of grant h, live in their own rows, read as a token
+        // read finds them (carrying their owner, so without their grants).
+        let stored = |name: &str, grant: &str| {
+            let hash = TokenHash::of(name);
+            conn.execute(
+                "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
+                   tenant_id, client_id, subject) \
+                 VALUES (?1, ?2, 0, 'read', 0, 900, 'default', 'app', 'alice')",
+                (hash.as_bytes(), grant),
+            )
+            .unwrap();
+            super::super::tokens::select_token(&conn, &hash)
+                .unwrap()
+                .unwrap()
         };
-        let mut of_another = TokenRecord {
-            grant_id: GrantId::from_stored("h".to_owned()),
-            ..read.clone()
-        };
+        let (mut read, mut of_another) = (stored("of g", "g"), stored("of h", "h"));
+        assert_eq!(read.grant_revoked_at, None, "nothing in the row says so");
         marks.apply(&mut read);
         marks.apply(&mut of_another);
         assert_eq!((read.revoked_at, read.grant_revoked_at), (None, Some(200)));
