@@ -487,35 +487,43 @@ backend_test! {
     }
 }
 
-/// A node older than the database's schema refuses to start on it (an older node would
-/// misread what a newer one wrote); the database is left as it was.
+/// Nodes of one PostgreSQL database are upgraded one at a time: an older node goes on
+/// starting on a schema a newer one migrated, as long as every later migration says it keeps
+/// older nodes correct, and refuses once one does not. The database is left as it was.
 #[tokio::test]
-async fn postgres_refuses_a_schema_newer_than_its_own() {
+async fn postgres_nodes_older_than_the_schema_start_only_where_its_migrations_allow() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     drop(latch_store::open(&db.url).await.unwrap());
     let newest = "SELECT max(version)::BIGINT FROM latch_migrations";
     let ours = db.query_i64(newest).await;
-    db.execute(&format!(
-        "INSERT INTO latch_migrations (version) VALUES ({})",
-        ours + 1
-    ))
-    .await;
+    let record = |version: i64, safe: bool| {
+        format!(
+            "INSERT INTO latch_migrations (version, older_nodes_safe) VALUES ({version}, {safe})"
+        )
+    };
 
+    // A later migration that keeps older nodes correct: this node starts, and works.
+    db.execute(&record(ours + 1, true)).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let hashes = issue(&*store, 1, &[("at1", TokenKind::Access, 10_000)]).await;
+    assert_eq!(revoked_at(&*store, &hashes[0]).await, None);
+    drop(store);
+    assert_eq!(db.query_i64(newest).await, ours + 1);
+
+    // One that does not: this node refuses to start.
+    db.execute(&record(ours + 2, false)).await;
     let Err(error) = latch_store::open(&db.url).await else {
-        panic!(
-            "a latch of schema {ours} opened a database of schema {}",
-            ours + 1
-        );
+        panic!("a latch of schema {ours} opened a database it cannot use correctly");
     };
     let message = error.to_string();
     assert!(
         message.contains(&format!(
-            "version {}, newer than this latch's {ours}",
-            ours + 1
+            "from version {} on it is not safe for a latch that knows only up to version {ours}",
+            ours + 2
         )),
         "{message}"
     );
-    assert_eq!(db.query_i64(newest).await, ours + 1);
+    assert_eq!(db.query_i64(newest).await, ours + 2);
 }
 
 /// PostgreSQL compares identifiers byte by byte (schema version 3, the "C" collation, as

@@ -37,13 +37,43 @@ use committer::{Committer, Op, Reply};
 use lookups::Lookups;
 use pipelined::Pipelined;
 
+/// A schema migration, and whether nodes that do not know it may go on using the database
+/// once it is applied.
+struct Migration {
+    sql: &'static str,
+    /// Whether a latch that knows only the versions before this one still reads and writes
+    /// the database correctly after it. Many nodes share one database, so a rolling upgrade
+    /// has older nodes running, and restarting, beside a migrated schema: a migration should
+    /// keep them correct (add, never change what they rely on). One that cannot (as SQLite's
+    /// revocation log could not: older readers would miss revocations) says so here, and
+    /// older nodes then refuse to start on it.
+    older_nodes_safe: bool,
+}
+
 /// Schema migrations, applied in order at start-up under an advisory lock, so nodes starting
-/// together do not race.
-const MIGRATIONS: &[&str] = &[
-    include_str!("schema_v1.sql"),
-    include_str!("schema_v2.sql"),
-    include_str!("schema_v3.sql"),
-    include_str!("schema_v4.sql"),
+/// together do not race. A node refuses a database only past the last migration it knows
+/// that is not [`Migration::older_nodes_safe`]. Versions 1 to 4 predate that flag (rows
+/// recorded before it read as safe, and no latch knowing fewer than four versions checks it).
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: include_str!("schema_v1.sql"),
+        older_nodes_safe: true,
+    },
+    // The audit trail: a node from before it would revoke without an audit record.
+    Migration {
+        sql: include_str!("schema_v2.sql"),
+        older_nodes_safe: false,
+    },
+    // The "C" collation: the same comparisons an older node's queries expect.
+    Migration {
+        sql: include_str!("schema_v3.sql"),
+        older_nodes_safe: true,
+    },
+    // Indexes on expiry times dropped: an older node's clean-up scans instead (slower).
+    Migration {
+        sql: include_str!("schema_v4.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
@@ -136,24 +166,37 @@ async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS latch_migrations (\
                version INTEGER PRIMARY KEY, \
-               applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+               applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+             ALTER TABLE latch_migrations \
+               ADD COLUMN IF NOT EXISTS older_nodes_safe BOOLEAN NOT NULL DEFAULT true",
         )
         .await?;
-        let current: i32 = tx
+        let row = tx
             .query_one(
-                "SELECT COALESCE(MAX(version), 0) FROM latch_migrations",
+                "SELECT COALESCE(MAX(version), 0), \
+                   COALESCE(MAX(version) FILTER (WHERE NOT older_nodes_safe), 0) \
+                 FROM latch_migrations",
                 &[],
             )
-            .await?
-            .get(0);
-        if current as usize > MIGRATIONS.len() {
-            return Ok(Err(newer_schema(current)));
+            .await?;
+        let (current, floor): (i32, i32) = (row.get(0), row.get(1));
+        let known = MIGRATIONS.len() as i32;
+        if floor > known {
+            return Ok(Err(newer_schema(current, floor)));
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            tx.batch_execute(sql).await?;
+        if current > known {
+            tracing::warn!(
+                schema = current,
+                known,
+                "the database's schema is newer than this latch's; its later migrations \
+                 keep older nodes correct, so this one runs (upgrade it to match)"
+            );
+        }
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+            tx.batch_execute(migration.sql).await?;
             tx.execute(
-                "INSERT INTO latch_migrations (version) VALUES ($1)",
-                &[&(i as i32 + 1)],
+                "INSERT INTO latch_migrations (version, older_nodes_safe) VALUES ($1, $2)",
+                &[&(i as i32 + 1), &migration.older_nodes_safe],
             )
             .await?;
             tracing::info!(version = i + 1, "applied schema migration");
@@ -166,13 +209,13 @@ async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
     result.map_err(|e| store_error(&e))?
 }
 
-/// A database whose schema a newer latch migrated: this one would misread it (an older
-/// node's clean-up would scan for rows by expiry times through indexes a later version
-/// dropped, for one), so it refuses to start instead, as SQLite does.
-fn newer_schema(current: i32) -> StoreError {
+/// A database a newer latch migrated past what this one can use correctly (migration
+/// `floor` is not [`Migration::older_nodes_safe`]): it refuses to start instead.
+fn newer_schema(current: i32, floor: i32) -> StoreError {
     StoreError::Unavailable(format!(
-        "the database's schema is version {current}, newer than this latch's {}: \
-         run a latch at least as new as the newest node that has opened it",
+        "the database's schema is version {current}, and from version {floor} on it is not \
+         safe for a latch that knows only up to version {}: run a latch at least as new as \
+         version {floor} requires",
         MIGRATIONS.len()
     ))
 }
