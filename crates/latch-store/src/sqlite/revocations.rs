@@ -239,7 +239,7 @@ fn live_tokens_sql(condition: &str) -> String {
 
 /// Marks revoked, at parameter 1, the live access tokens that carry their grant's owner
 /// (`tokens.subject` set) in the live grants matching the condition: in their own rows, for
-/// when the index of the revocation log is full ([`mark_owned_tokens`]).
+/// when the index of the revocation log is full ([`mark_owned_grants`]).
 fn revoke_owned_tokens_sql(condition: &str) -> String {
     format!(
         "UPDATE tokens SET revoked_at = ?1 \
