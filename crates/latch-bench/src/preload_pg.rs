@@ -226,17 +226,24 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
     let progress = bar(2 * n, "tokens");
     let insert_tokens = db
         .prepare(
-            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
-             SELECT h, g, k, 'read', $4, $5 \
-             FROM unnest($1::bytea[], $2::text[], $3::int2[]) AS u(h, g, k)",
+            // An access token carries its grant's owner (schema version 5), as latch writes it.
+            "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
+               tenant_id, client_id, subject) \
+             SELECT h, g, k, 'read', $4, $5, CASE WHEN k = 0 THEN 'default' END, \
+               CASE WHEN k = 0 THEN $6 END, CASE WHEN k = 0 THEN s END \
+             FROM unnest($1::bytea[], $2::text[], $3::int2[], $7::text[]) AS u(h, g, k, s)",
         )
         .await?;
     for (b, chunk) in rows.chunks(BATCH as usize).enumerate() {
         let hashes: Vec<&[u8]> = chunk.iter().map(|(h, _)| h.as_bytes()).collect();
         let grants: Vec<String> = chunk.iter().map(|(_, code)| grant_id(code / 2)).collect();
         let kinds: Vec<i16> = chunk.iter().map(|(_, code)| (code % 2) as i16).collect();
-        db.execute(&insert_tokens, &[&hashes, &grants, &kinds, &now, &far])
-            .await?;
+        let subjects: Vec<String> = chunk.iter().map(|(_, code)| subject(code / 2)).collect();
+        db.execute(
+            &insert_tokens,
+            &[&hashes, &grants, &kinds, &now, &far, &CLIENT, &subjects],
+        )
+        .await?;
         progress.set_position(((b + 1) * BATCH as usize).min(rows.len()) as u64);
     }
     progress.finish_and_clear();

@@ -57,6 +57,18 @@ async fn issue_expiring(
     (grant.id, tokens.iter().map(|t| t.hash).collect())
 }
 
+/// A rotation's new token `name` (issued at 200, expiring at 10,000).
+fn new_token(name: &str, kind: TokenKind, generation: u32) -> NewToken {
+    NewToken {
+        hash: TokenHash::of(name),
+        kind,
+        scope: Scope::parse("read").unwrap(),
+        issued_at: 200,
+        expires_at: 10_000,
+        generation,
+    }
+}
+
 /// Runs a whole expiry sweep at `now` in batches of `limit` rows; returns what it deleted
 /// and how many batches it took.
 async fn sweep(store: &dyn Storage, now: i64, limit: u32) -> (Purged, usize) {
@@ -162,14 +174,6 @@ backend_test! {
             );
         }
         // Grant 1's refresh token is exchanged once: the new tokens belong to it too.
-        let new_token = |name: &str, kind, generation| NewToken {
-            hash: TokenHash::of(name),
-            kind,
-            scope: Scope::parse("read").unwrap(),
-            issued_at: 200,
-            expires_at: 10_000,
-            generation,
-        };
         let rotation = Rotation {
             grant_id: grants[0].0.clone(),
             old: grants[0].1[1],
@@ -538,12 +542,16 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     let in_c = "SELECT count(*) FROM information_schema.columns \
                 WHERE table_schema = current_schema() AND collation_name = 'C'";
     // tenants.id; clients' two keys; grants' id, tenant, client and subject; tokens'
-    // grant; the audit trail's tenant, grant and subject.
-    assert_eq!(db.query_i64(in_c).await, 11);
+    // grant; the audit trail's tenant, grant and subject; and since version 5 an access
+    // token's owner (tenant, client, subject).
+    assert_eq!(db.query_i64(in_c).await, 14);
 
-    // Back to version 2: every column in the database's collation, versions 3 and later not
-    // recorded.
-    let mut to_default = String::new();
+    // Back to version 2: version 5's additions gone, every column in the database's
+    // collation, versions 3 and later not recorded.
+    let mut to_default = String::from(
+        "ALTER TABLE tokens DROP COLUMN tenant_id, DROP COLUMN client_id, \
+           DROP COLUMN subject; DROP INDEX grants_revoked;",
+    );
     for (table, columns) in [
         ("tenants", &["id"][..]),
         ("clients", &["tenant_id", "client_id"]),
@@ -564,11 +572,11 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(db.query_i64(in_c).await, 0);
 
     let store = latch_store::open(&db.url).await.unwrap();
-    assert_eq!(db.query_i64(in_c).await, 11);
+    assert_eq!(db.query_i64(in_c).await, 14);
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        4
+        5
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
     let on_expiry = "SELECT count(*) FROM pg_indexes \
@@ -583,6 +591,136 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
         .unwrap();
     assert_eq!(event.map(|e| e.tokens), Some(1));
     assert_eq!(revoked_at(&*store, &hashes[0]).await, Some(300));
+    drop(store);
+    drop(db);
+}
+
+/// PostgreSQL, schema version 5: an access token carries its grant's owner and is read
+/// without the grant's row, yet its grant's revocation reaches it however the grant was
+/// revoked, by a node of this version or by an older one (which knows nothing of the owner
+/// columns); and an access token written by an older node is read with its grant.
+#[tokio::test]
+async fn postgres_access_tokens_carry_their_owner_and_die_with_a_grant_any_node_revokes() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let (grant, hashes) = issue_expiring(
+        &*store,
+        1,
+        20_000,
+        &[
+            ("at1", TokenKind::Access, 10_000),
+            ("rt1", TokenKind::Refresh, 20_000),
+        ],
+    )
+    .await;
+    let owner_of = |hash: &TokenHash| {
+        let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "SELECT count(*) FROM tokens WHERE hash = '\\x{hex}' \
+             AND tenant_id = 'default' AND client_id = 'app' AND subject = 'user1'"
+        )
+    };
+    assert_eq!(
+        db.query_i64(&owner_of(&hashes[0])).await,
+        1,
+        "the access token's owner"
+    );
+    assert_eq!(
+        db.query_i64(&owner_of(&hashes[1])).await,
+        0,
+        "a refresh token has none"
+    );
+    // A rotation's new access token carries it too.
+    let rotation = Rotation {
+        grant_id: grant.clone(),
+        old: hashes[1],
+        old_generation: 0,
+        precondition: RotationPrecondition::Unused,
+        new_tokens: vec![
+            new_token("at1-next", TokenKind::Access, 0),
+            new_token("rt1-next", TokenKind::Refresh, 1),
+        ],
+        grant_expires_at: 20_000,
+        now: 200,
+    };
+    assert_eq!(
+        store.rotate(&rotation).await.unwrap(),
+        RotationOutcome::Rotated
+    );
+    let rotated = [TokenHash::of("at1-next"), TokenHash::of("rt1-next")];
+    assert_eq!(db.query_i64(&owner_of(&rotated[0])).await, 1);
+    assert_eq!(db.query_i64(&owner_of(&rotated[1])).await, 0);
+
+    // A token an older node wrote: no owner columns.
+    db.execute(&format!(
+        "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at) \
+         VALUES ('\\x{}', '{}', 0, 'read', 100, 10000)",
+        TokenHash::of("old-node")
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        grant.as_str()
+    ))
+    .await;
+    let old_node = TokenHash::of("old-node");
+    for hash in [&hashes[0], &old_node] {
+        let (alone, with_client) = read_both(&*store, hash).await;
+        for record in [alone, with_client] {
+            assert_eq!(record.kind, TokenKind::Access);
+            assert_eq!(record.grant_id, grant);
+            assert_eq!(record.tenant, TenantId::default_tenant());
+            assert_eq!(record.client_id.as_str(), "app");
+            assert_eq!(record.subject, subject(1));
+            assert_eq!(record.grant_revoked_at, None);
+        }
+    }
+
+    // An older node revokes the grant with its own statement: the grant's row alone.
+    db.execute(&format!(
+        "UPDATE grants SET revoked_at = 700 WHERE id = '{}' AND revoked_at IS NULL",
+        grant.as_str()
+    ))
+    .await;
+    for hash in [&hashes[0], &old_node, &hashes[1], &rotated[0], &rotated[1]] {
+        let (alone, with_client) = read_both(&*store, hash).await;
+        assert_eq!(alone.grant_revoked_at, Some(700));
+        assert_eq!(with_client.grant_revoked_at, Some(700));
+        assert!(alone.is_revoked() && with_client.is_revoked());
+    }
+
+    // And through this node: a second grant, revoked by its subject (log out everywhere).
+    let (_, others) =
+        issue_expiring(&*store, 2, 20_000, &[("at2", TokenKind::Access, 10_000)]).await;
+    assert!(!is_revoked(&*store, &others[0]).await);
+    let by_subject = Revocation::Subject {
+        tenant: TenantId::default_tenant(),
+        subject: subject(2),
+    };
+    store
+        .revoke(&by_subject, &audit(2, Reason::LogoutEverywhere, 800))
+        .await
+        .unwrap();
+    assert!(is_revoked(&*store, &others[0]).await);
+
+    // A token that needs its grant's row, whose grant is gone, is unknown; one that carries
+    // its owner is read on its own (its grant outlives it, so it has expired by then).
+    db.execute(&format!(
+        "DELETE FROM grants WHERE id = '{}'",
+        grant.as_str()
+    ))
+    .await;
+    assert!(store.token(&hashes[1]).await.unwrap().is_none());
+    assert!(store.token(&old_node).await.unwrap().is_none());
+    let (_, missing) = store
+        .client_and_token(
+            &TenantId::default_tenant(),
+            &ClientId::parse("app").unwrap(),
+            &old_node,
+        )
+        .await
+        .unwrap();
+    assert!(missing.is_none());
     drop(store);
     drop(db);
 }

@@ -297,7 +297,7 @@ impl<'a> OneStatement<'a> {
     /// Its statement's text.
     fn sql(&self) -> Cow<'static, str> {
         match self {
-            OneStatement::Issue(..) => Cow::Borrowed(ISSUE_SQL),
+            OneStatement::Issue(..) => Cow::Borrowed(ISSUE_SQL.as_str()),
             OneStatement::Revoke(target, _) => revoke_sql(target),
             OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r.precondition)),
         }
@@ -368,7 +368,7 @@ async fn pipeline(
     let issue_stmt = if issuances.is_empty() {
         None
     } else {
-        Some(st.prepared(tx, ISSUE_SQL).await?)
+        Some(st.prepared(tx, &ISSUE_SQL).await?)
     };
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
     // is sent at its first poll: all the statements are in flight together. Their order
@@ -466,22 +466,34 @@ impl TokenArrays {
     }
 }
 
-/// The rows of the tokens being inserted, from the arrays bound at `$2`..`$7`.
-const TOKEN_ROWS: &str = "SELECT h, $1, k, s, i, e, n FROM unnest($2::BYTEA[], $3::SMALLINT[], \
-     $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::BIGINT[]) AS t(h, k, s, i, e, n)";
+/// The rows of a rotation's new tokens, from the arrays bound at `$2`..`$7`, for the grant
+/// `$1`: each access token with its grant's owner (schema version 5), as an issuance's.
+const TOKEN_ROWS: &str = "SELECT t.h, g.id, t.k, t.s, t.i, t.e, t.n, \
+       CASE WHEN t.k = 0 THEN g.tenant_id END, CASE WHEN t.k = 0 THEN g.client_id END, \
+       CASE WHEN t.k = 0 THEN g.subject END \
+     FROM unnest($2::BYTEA[], $3::SMALLINT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], \
+       $7::BIGINT[]) AS t(h, k, s, i, e, n) JOIN grants g ON g.id = $1";
+
+/// The columns a new token's row is written with, in the order of [`TOKEN_ROWS`].
+const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, \
+     expires_at, generation, tenant_id, client_id, subject)";
 
 /// Issuances as one statement, however many: the grants' INSERT as a data-modifying CTE,
 /// then their tokens, each row from arrays (`$1`..`$8` the grants' columns, `$9` each
-/// token's grant id, `$10`..`$15` the tokens' columns). A pipelined run's issuances share
-/// it, as its one-token revocations share [`REVOKE_TOKENS_SQL`]; a lone issuance is a run
-/// of one.
-const ISSUE_SQL: &str = "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
-       created_at, expires_at, revoked_at) \
-       SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-         $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])) \
-     INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, generation) \
-     SELECT h, g, k, s, i, e, n FROM unnest($9::TEXT[], $10::BYTEA[], $11::SMALLINT[], \
-       $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[]) AS t(g, h, k, s, i, e, n)";
+/// token's grant id, `$10`..`$15` the tokens' columns, `$16`..`$18` an access token's
+/// grant's owner, NULL for a refresh token). A pipelined run's issuances share it, as its
+/// one-token revocations share [`REVOKE_TOKENS_SQL`]; a lone issuance is a run of one.
+static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
+           created_at, expires_at, revoked_at) \
+           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+             $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])) \
+         {TOKEN_INSERT} SELECT * FROM unnest($10::BYTEA[], $9::TEXT[], $11::SMALLINT[], \
+           $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::TEXT[], $17::TEXT[], \
+           $18::TEXT[])"
+    )
+});
 
 /// Stores new grants and their tokens with [`ISSUE_SQL`], prepared as `stmt`.
 async fn issue(
@@ -502,11 +514,37 @@ async fn issue(
         .iter()
         .flat_map(|(g, tokens)| tokens.iter().map(|_| g.id.as_str()))
         .collect();
+    // Each token's grant, if it is an access token (which carries its grant's owner).
+    let owners: Vec<Option<&Grant>> = issuances
+        .iter()
+        .flat_map(|(g, tokens)| {
+            tokens
+                .iter()
+                .map(|t| (t.kind == TokenKind::Access).then_some(*g))
+        })
+        .collect();
+    let owner_tenants: Vec<Option<&str>> = owners
+        .iter()
+        .map(|g| g.map(|g| g.tenant.as_str()))
+        .collect();
+    let owner_clients: Vec<Option<&str>> = owners
+        .iter()
+        .map(|g| g.map(|g| g.client_id.as_str()))
+        .collect();
+    let owner_subjects: Vec<Option<&str>> = owners
+        .iter()
+        .map(|g| g.map(|g| g.subject.as_str()))
+        .collect();
     let a = TokenArrays::of(issuances.iter().flat_map(|(_, tokens)| tokens.iter()));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &ids, &tenants, &clients, &subjects, &scopes, &created, &expires, &revoked,
     ];
     params.extend(a.params(&token_grants));
+    params.extend([
+        &owner_tenants as &(dyn ToSql + Sync),
+        &owner_clients,
+        &owner_subjects,
+    ]);
     tx.execute(stmt, &params).await?;
     Ok(())
 }
@@ -537,8 +575,7 @@ fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
     fn rotation(claim: &str) -> String {
         format!(
             "WITH claimed AS ({claim} RETURNING 1), \
-             new_tokens AS (INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, \
-               expires_at, generation) {TOKEN_ROWS} WHERE EXISTS (SELECT 1 FROM claimed)), \
+             new_tokens AS ({TOKEN_INSERT} {TOKEN_ROWS} WHERE EXISTS (SELECT 1 FROM claimed)), \
              moved AS (UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $10), \
                expires_at = GREATEST(expires_at, $11) \
                WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)) \

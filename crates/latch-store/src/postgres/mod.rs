@@ -74,6 +74,12 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v4.sql"),
         older_nodes_safe: true,
     },
+    // Access tokens carry their grant's owner: an older node writes them without it (read
+    // with their grant) and revokes grants as before (the index of revoked grants follows).
+    Migration {
+        sql: include_str!("schema_v5.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.

@@ -116,23 +116,38 @@ pub(super) async fn list_clients(c: &Conn, tenant: &TenantId) -> StoreResult<Vec
     rows.iter().map(client_from_row).collect()
 }
 
-const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, g.tenant_id, g.client_id, g.subject, t.scope, \
-     t.issued_at, t.expires_at, t.revoked_at, g.revoked_at, t.rotated_at, t.grace_used, \
-     t.generation, g.refresh_generation";
+/// A token's columns and its grant's, as [`token_from_row`] decodes them, from `tokens t`
+/// joined as [`WITH_GRANT`] says.
+const TOKEN_COLUMNS: &str = "t.kind, t.grant_id, coalesce(t.tenant_id, g.tenant_id), \
+     coalesce(t.client_id, g.client_id), coalesce(t.subject, g.subject), t.scope, \
+     t.issued_at, t.expires_at, t.revoked_at, coalesce(r.revoked_at, g.revoked_at), \
+     t.rotated_at, t.grace_used, t.generation, coalesce(g.refresh_generation, 0)";
+
+/// How `tokens t` is joined with its grant. A token that carries its grant's owner (an
+/// access token, schema version 5) needs nothing of the grant but whether it was revoked:
+/// a probe of `grants_revoked`, the small index of revoked grants (`r`). The others (refresh
+/// tokens, which need the refresh generation; access tokens written before version 5, or by
+/// an older node) are joined with their grant's row (`g`). Each side is a subquery gated on
+/// `t.subject` (kept apart by `OFFSET 0`, so the condition on `t` becomes a one-time filter
+/// and the other side's index is not searched at all, where a join condition would be
+/// tested after the search). A grant outlives each of its tokens (its expiry is the latest
+/// of theirs), so its row has nothing more to say about an access token.
+const WITH_GRANT: &str = "LEFT JOIN LATERAL (SELECT g.tenant_id, g.client_id, g.subject, \
+       g.revoked_at, g.refresh_generation FROM grants g \
+       WHERE g.id = t.grant_id AND t.subject IS NULL OFFSET 0) g ON TRUE \
+     LEFT JOIN LATERAL (SELECT r.revoked_at FROM grants r \
+       WHERE r.id = t.grant_id AND r.revoked_at IS NOT NULL AND t.subject IS NOT NULL \
+       OFFSET 0) r ON TRUE";
 
 pub(super) async fn token(c: &Conn, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens t JOIN grants g ON g.id = t.grant_id \
-             WHERE t.hash = $1"
-        )
+        format!("SELECT {TOKEN_COLUMNS} FROM tokens t {WITH_GRANT} WHERE t.hash = $1")
     });
     let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
     c.query_opt(&stmt, &[&hash.as_bytes()])
         .await
         .map_err(|e| store_error(&e))?
-        .map(|r| token_from_row(&r, hash))
-        .transpose()
+        .map_or(Ok(None), |r| token_from_row(&r, hash))
 }
 
 /// What [`clients_and_tokens`] looks up: a client and a token.
@@ -165,8 +180,8 @@ pub(super) async fn clients_and_tokens(
     static TOKENS_SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT tg.* FROM unnest($1::BYTEA[]) WITH ORDINALITY AS q(hash, i) \
-             LEFT JOIN LATERAL (SELECT {TOKEN_COLUMNS} FROM tokens t \
-               JOIN grants g ON g.id = t.grant_id WHERE t.hash = q.hash) tg ON TRUE \
+             LEFT JOIN LATERAL (SELECT {TOKEN_COLUMNS} FROM tokens t {WITH_GRANT} \
+               WHERE t.hash = q.hash) tg ON TRUE \
              ORDER BY q.i"
         )
     });
@@ -208,18 +223,19 @@ pub(super) async fn clients_and_tokens(
                 .iter()
                 .find(|c| c.tenant == l.tenant && c.id == l.client)
                 .cloned();
-            let token = match r.get::<_, Option<i16>>(0) {
-                Some(_) => Some(token_from_row(r, &l.hash)?),
-                None => None,
-            };
-            Ok((client, token))
+            Ok((client, token_from_row(r, &l.hash)?))
         })
         .collect()
 }
 
-/// Decodes a row of [`TOKEN_COLUMNS`].
-fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
-    Ok(TokenRecord {
+/// Decodes a row of [`TOKEN_COLUMNS`]: `None` when it holds no token (a lookup's miss), or a
+/// token that needs its grant and whose grant is gone (counted as unknown).
+fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
+    // The tenant is NOT NULL in `grants`, and set in a token row that carries its owner.
+    let Some(tenant) = r.get::<_, Option<String>>(2) else {
+        return Ok(None);
+    };
+    Ok(Some(TokenRecord {
         hash: *hash,
         kind: if r.get::<_, i16>(0) == 1 {
             TokenKind::Refresh
@@ -227,7 +243,7 @@ fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
             TokenKind::Access
         },
         grant_id: GrantId::from_stored(r.get(1)),
-        tenant: TenantId::from_stored(r.get(2)),
+        tenant: TenantId::from_stored(tenant),
         client_id: ClientId::from_stored(r.get(3)),
         subject: Subject::from_stored(r.get(4)),
         scope: Scope::from_stored(r.get::<_, String>(5)),
@@ -239,7 +255,7 @@ fn token_from_row(r: &Row, hash: &TokenHash) -> StoreResult<TokenRecord> {
         grace_used: r.get(11),
         generation: u32_of(r.get(12), "generation")?,
         grant_generation: u32_of(r.get(13), "refresh_generation")?,
-    })
+    }))
 }
 
 const GRANT_COLUMNS: &str =
