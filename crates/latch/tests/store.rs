@@ -57,16 +57,34 @@ async fn issue_expiring(
     (grant.id, tokens.iter().map(|t| t.hash).collect())
 }
 
-/// A rotation's new token `name` (issued at 200, expiring at 10,000).
-fn new_token(name: &str, kind: TokenKind, generation: u32) -> NewToken {
-    NewToken {
+/// Exchanges the grant's first refresh token `old` once (at 200): the new access token
+/// "at1-next" and refresh token "rt1-next", whose hashes it returns.
+async fn rotate_once(store: &dyn Storage, grant: &GrantId, old: TokenHash) -> [TokenHash; 2] {
+    let new_token = |name: &str, kind, generation| NewToken {
         hash: TokenHash::of(name),
         kind,
         scope: Scope::parse("read").unwrap(),
         issued_at: 200,
         expires_at: 10_000,
         generation,
-    }
+    };
+    let rotation = Rotation {
+        grant_id: grant.clone(),
+        old,
+        old_generation: 0,
+        precondition: RotationPrecondition::Unused,
+        new_tokens: vec![
+            new_token("at1-next", TokenKind::Access, 0),
+            new_token("rt1-next", TokenKind::Refresh, 1),
+        ],
+        grant_expires_at: 20_000,
+        now: 200,
+    };
+    assert_eq!(
+        store.rotate(&rotation).await.unwrap(),
+        RotationOutcome::Rotated
+    );
+    [TokenHash::of("at1-next"), TokenHash::of("rt1-next")]
 }
 
 /// Runs a whole expiry sweep at `now` in batches of `limit` rows; returns what it deleted
@@ -174,20 +192,7 @@ backend_test! {
             );
         }
         // Grant 1's refresh token is exchanged once: the new tokens belong to it too.
-        let rotation = Rotation {
-            grant_id: grants[0].0.clone(),
-            old: grants[0].1[1],
-            old_generation: 0,
-            precondition: RotationPrecondition::Unused,
-            new_tokens: vec![
-                new_token("at1-next", TokenKind::Access, 0),
-                new_token("rt1-next", TokenKind::Refresh, 1),
-            ],
-            grant_expires_at: 20_000,
-            now: 200,
-        };
-        assert_eq!(store.rotate(&rotation).await.unwrap(), RotationOutcome::Rotated);
-        let rotated = [TokenHash::of("at1-next"), TokenHash::of("rt1-next")];
+        let rotated = rotate_once(&*store, &grants[0].0, grants[0].1[1]).await;
         let other = latch_store::open(&db.url).await.unwrap();
         for hash in grants.iter().flat_map(|(_, h)| h).chain(&rotated) {
             assert!(!is_revoked(&*store, hash).await);
@@ -583,8 +588,11 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
         5
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
-    let on_expiry = "SELECT count(*) FROM pg_indexes \
-                     WHERE schemaname = current_schema() AND indexdef LIKE '%(expires_at)%'";
+    // From the catalogs, as above (`pg_indexes` reads every index's definition).
+    let on_expiry = "SELECT count(*) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) \
+                     WHERE i.relnamespace = current_schema()::regnamespace \
+                       AND a.attname = 'expires_at'";
     assert_eq!(db.query_i64(on_expiry).await, 0);
     // The token is found through the rebuilt indexes, and revoked through them.
     assert_eq!(revoked_at(&*store, &hashes[0]).await, None);
@@ -635,23 +643,7 @@ async fn postgres_access_tokens_carry_their_owner_and_die_with_a_grant_any_node_
         "a refresh token has none"
     );
     // A rotation's new access token carries it too.
-    let rotation = Rotation {
-        grant_id: grant.clone(),
-        old: hashes[1],
-        old_generation: 0,
-        precondition: RotationPrecondition::Unused,
-        new_tokens: vec![
-            new_token("at1-next", TokenKind::Access, 0),
-            new_token("rt1-next", TokenKind::Refresh, 1),
-        ],
-        grant_expires_at: 20_000,
-        now: 200,
-    };
-    assert_eq!(
-        store.rotate(&rotation).await.unwrap(),
-        RotationOutcome::Rotated
-    );
-    let rotated = [TokenHash::of("at1-next"), TokenHash::of("rt1-next")];
+    let rotated = rotate_once(&*store, &grant, hashes[1]).await;
     assert_eq!(db.query_i64(&owner_of(&rotated[0])).await, 1);
     assert_eq!(db.query_i64(&owner_of(&rotated[1])).await, 0);
 

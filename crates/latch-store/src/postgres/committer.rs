@@ -514,27 +514,17 @@ async fn issue(
         .iter()
         .flat_map(|(g, tokens)| tokens.iter().map(|_| g.id.as_str()))
         .collect();
-    // Each token's grant, if it is an access token (which carries its grant's owner).
-    let owners: Vec<Option<&Grant>> = issuances
-        .iter()
-        .flat_map(|(g, tokens)| {
-            tokens
-                .iter()
-                .map(|t| (t.kind == TokenKind::Access).then_some(*g))
-        })
-        .collect();
-    let owner_tenants: Vec<Option<&str>> = owners
-        .iter()
-        .map(|g| g.map(|g| g.tenant.as_str()))
-        .collect();
-    let owner_clients: Vec<Option<&str>> = owners
-        .iter()
-        .map(|g| g.map(|g| g.client_id.as_str()))
-        .collect();
-    let owner_subjects: Vec<Option<&str>> = owners
-        .iter()
-        .map(|g| g.map(|g| g.subject.as_str()))
-        .collect();
+    // Each access token carries its grant's owner; a refresh token, nothing of it.
+    let (mut owner_tenants, mut owner_clients, mut owner_subjects) =
+        (Vec::<Option<&str>>::new(), Vec::new(), Vec::new());
+    for (g, tokens) in issuances {
+        for t in tokens.iter() {
+            let owner = (t.kind == TokenKind::Access).then_some(*g);
+            owner_tenants.push(owner.map(|g| g.tenant.as_str()));
+            owner_clients.push(owner.map(|g| g.client_id.as_str()));
+            owner_subjects.push(owner.map(|g| g.subject.as_str()));
+        }
+    }
     let a = TokenArrays::of(issuances.iter().flat_map(|(_, tokens)| tokens.iter()));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &ids, &tenants, &clients, &subjects, &scopes, &created, &expires, &revoked,
