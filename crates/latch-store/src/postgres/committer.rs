@@ -510,15 +510,14 @@ async fn issue(
     let created: Vec<i64> = grants().map(|g| g.created_at).collect();
     let expires: Vec<i64> = grants().map(|g| g.expires_at).collect();
     let revoked: Vec<Option<i64>> = grants().map(|g| g.revoked_at).collect();
-    let token_grants: Vec<&str> = issuances
-        .iter()
-        .flat_map(|(g, tokens)| tokens.iter().map(|_| g.id.as_str()))
-        .collect();
-    // Each access token carries its grant's owner; a refresh token, nothing of it.
+    // Each token's grant; an access token also carries its grant's owner (a refresh token,
+    // nothing of it).
+    let mut token_grants: Vec<&str> = Vec::new();
     let (mut owner_tenants, mut owner_clients, mut owner_subjects) =
         (Vec::<Option<&str>>::new(), Vec::new(), Vec::new());
     for (g, tokens) in issuances {
         for t in tokens.iter() {
+            token_grants.push(g.id.as_str());
             let owner = (t.kind == TokenKind::Access).then_some(*g);
             owner_tenants.push(owner.map(|g| g.tenant.as_str()));
             owner_clients.push(owner.map(|g| g.client_id.as_str()));
