@@ -16,6 +16,13 @@ pub const BATCH: u32 = 1_000;
 /// batch is one short transaction, and one that deletes nothing writes nothing.
 pub const SWEEP_BATCH: u32 = 4_000;
 
+/// How long after its expiry a token or grant row is kept: the customary allowance for the
+/// skew between the clocks of the nodes sharing a database. An access token carries its
+/// grant's owner and learns of the grant's revocation from the grant (or its mark), not from
+/// its own row; a node whose clock lags the sweeping node's may still take that token as
+/// live while its own clock says so, and must still find the grant revoked then.
+pub const EXPIRY_GRACE: UnixTime = 300;
+
 /// Counters for metrics: what the clean-up has deleted since start-up, and when it last ran.
 #[derive(Debug, Default)]
 pub struct CleanupStats {
@@ -56,15 +63,18 @@ impl CleanupStats {
 
 impl Authority {
     /// Sweeps every token and grant once, [`SWEEP_BATCH`] rows at a time, deleting those that
-    /// have expired; then deletes the audit records older than the retention period, if one
-    /// is set. Revoked but unexpired tokens stay, so they keep reading as revoked until they
-    /// expire.
+    /// expired more than [`EXPIRY_GRACE`] ago; then deletes the audit records older than the
+    /// retention period, if one is set. Revoked but unexpired tokens stay, so they keep
+    /// reading as revoked until they expire.
     pub async fn purge_expired(&self) -> Result<Purged, Error> {
         let mut total = Purged::default();
         let mut from = Sweep::START;
         loop {
-            let now = self.clock.now();
-            let (batch, next) = self.store.purge_expired(now, from, SWEEP_BATCH).await?;
+            let expired_by = self.clock.now().saturating_sub(EXPIRY_GRACE);
+            let (batch, next) = self
+                .store
+                .purge_expired(expired_by, from, SWEEP_BATCH)
+                .await?;
             total.tokens += batch.tokens;
             total.grants += batch.grants;
             self.cleanup

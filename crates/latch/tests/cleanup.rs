@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Auth, TestServer};
+use latch_core::cleanup::EXPIRY_GRACE;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -36,7 +37,8 @@ backend_test! {
         let revoked_rt = revoked["refresh_token"].as_str().unwrap();
         assert_eq!(s.revoke(Auth::Basic(&svc), revoked_rt).await.status(), 200);
 
-        s.advance(121);
+        // Past their expiry by the clean-up's allowance for other nodes' clocks.
+        s.advance(121 + EXPIRY_GRACE);
         let purged = cleanup(&s).await;
         assert_eq!(purged, json!({ "tokens_deleted": 2, "grants_deleted": 1, "audit_deleted": 0 }));
         let left = s.db.query_i64("SELECT count(*) FROM tokens").await;
@@ -59,6 +61,41 @@ backend_test! {
         assert!(metrics.contains("latch_cleanup_grants_deleted_total 1"), "{metrics}");
         assert!(metrics.contains("latch_cleanup_runs_total 2"), "{metrics}");
         assert!(!metrics.contains("latch_cleanup_last_run_timestamp_seconds 0\n"), "{metrics}");
+    }
+}
+
+backend_test! {
+    async fn expired_rows_stay_for_the_clocks_allowance_so_a_revoked_grant_outlives_its_tokens() {
+        let s = TestServer::start().await;
+        let short = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "short",
+                    "client_secret": "short-secret",
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "access_token_ttl": 60,
+                    "refresh_token_ttl": 120,
+                }),
+            )
+            .await;
+        let grant = s.grant_for(&short, "alice", None).await;
+        let rt = grant["refresh_token"].as_str().unwrap();
+        assert_eq!(s.revoke(Auth::Basic(&short), rt).await.status(), 200);
+
+        // Expired on this node's clock, but not yet on one that lags it: the revoked grant,
+        // which its access token no longer reads from its own row, must still be there.
+        s.advance(121);
+        let none = json!({ "tokens_deleted": 0, "grants_deleted": 0, "audit_deleted": 0 });
+        assert_eq!(cleanup(&s).await, none);
+        assert_eq!(s.db.query_i64("SELECT count(*) FROM grants").await, 1);
+
+        s.advance(EXPIRY_GRACE);
+        assert_eq!(
+            cleanup(&s).await,
+            json!({ "tokens_deleted": 2, "grants_deleted": 1, "audit_deleted": 0 })
+        );
+        assert!(!s.is_active(grant["access_token"].as_str().unwrap()).await);
     }
 }
 
