@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::{Auth, TestServer};
+use common::{Auth, TestClient, TestServer};
 use latch_core::cleanup::EXPIRY_GRACE;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -15,21 +15,25 @@ async fn cleanup(s: &TestServer) -> Value {
     resp.json().await.unwrap()
 }
 
+/// A client whose access tokens live 60 s and refresh tokens 120 s.
+async fn short_lived_client(s: &TestServer) -> TestClient {
+    s.create_client(
+        "default",
+        json!({
+            "client_id": "short",
+            "client_secret": "short-secret",
+            "grant_types": ["client_credentials", "refresh_token"],
+            "access_token_ttl": 60,
+            "refresh_token_ttl": 120,
+        }),
+    )
+    .await
+}
+
 backend_test! {
     async fn expired_rows_go_and_revoked_unexpired_rows_stay_revoked() {
         let s = TestServer::start().await;
-        let short = s
-            .create_client(
-                "default",
-                json!({
-                    "client_id": "short",
-                    "client_secret": "short-secret",
-                    "grant_types": ["client_credentials", "refresh_token"],
-                    "access_token_ttl": 60,
-                    "refresh_token_ttl": 120,
-                }),
-            )
-            .await;
+        let short = short_lived_client(&s).await;
         let svc = s.confidential("svc", "read").await;
         let expiring = s.grant_for(&short, "alice", None).await;
         let revoked = s.grant_for(&svc, "bob", None).await;
@@ -67,18 +71,7 @@ backend_test! {
 backend_test! {
     async fn expired_rows_stay_for_the_clocks_allowance_so_a_revoked_grant_outlives_its_tokens() {
         let s = TestServer::start().await;
-        let short = s
-            .create_client(
-                "default",
-                json!({
-                    "client_id": "short",
-                    "client_secret": "short-secret",
-                    "grant_types": ["client_credentials", "refresh_token"],
-                    "access_token_ttl": 60,
-                    "refresh_token_ttl": 120,
-                }),
-            )
-            .await;
+        let short = short_lived_client(&s).await;
         let grant = s.grant_for(&short, "alice", None).await;
         let rt = grant["refresh_token"].as_str().unwrap();
         assert_eq!(s.revoke(Auth::Basic(&short), rt).await.status(), 200);
