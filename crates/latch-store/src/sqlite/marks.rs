@@ -30,7 +30,8 @@
 //!   connection from appending meanwhile, and a new row's `seq` is one past the largest, so
 //!   they are `base + 1 ..= base + n` — which it checks, leaving them to the next catch-up
 //!   otherwise;
-//! - a mark leaves the index only once its token has expired, when it no longer matters:
+//! - a mark leaves the index only once its token has expired, when it no longer matters,
+//!   and the clocks' allowance ([`EXPIRY_GRACE`]) has passed, as for the rows themselves:
 //!   at an expiry clean-up, and when the index is full, so that a server whose own clean-up
 //!   is off, the purge left to `latch gc`, does not stay full; either at most once a minute,
 //!   as it walks the whole index with every read waiting. At start-up the log's expired rows
@@ -45,6 +46,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
+use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::grant::TokenRecord;
 use latch_core::id::GrantId;
@@ -271,7 +273,8 @@ impl RevocationMarks {
     }
 
     /// The first catch-up, at start-up: the whole log, except the marks of tokens that had
-    /// expired when the log's newest revocation was made (at a time the clock has passed).
+    /// expired [`EXPIRY_GRACE`] before the log's newest revocation was made (at a time the
+    /// clock has passed, give or take the allowance a clock step may take back).
     /// Rows stay in the log until a clean-up purges them, and none may run (`latch gc` left
     /// undone), so the log can be far longer than the index may be; its unexpired marks are
     /// not, each having found room in the index when it was written.
@@ -283,7 +286,10 @@ impl RevocationMarks {
                 |r| r.get(0),
             )
             .optional()?;
-        self.load_log(conn, newest.unwrap_or(UnixTime::MIN))
+        let expired_at = newest.map_or(UnixTime::MIN, |at: UnixTime| {
+            at.saturating_sub(EXPIRY_GRACE)
+        });
+        self.load_log(conn, expired_at)
     }
 
     /// Loads the log rows past the last one loaded, leaving out the marks of tokens expired
@@ -448,14 +454,16 @@ impl RevocationMarks {
 
     /// Whether a new mark may go in the log at `now` (or must go in the token's row), given
     /// `pending` marks the write has made and not yet handed to the batch. A full index first
-    /// forgets the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
+    /// forgets the marks of tokens expired more than [`EXPIRY_GRACE`] before `now`
+    /// ([`FORGET_INTERVAL`]), as the clean-up would: a clock stepped back must not revive a
+    /// token whose expiry it undoes.
     pub(super) fn has_room(&self, now: UnixTime, pending: usize) -> bool {
         let batch = self.batch().len() + pending;
         let mut index = self.index();
         if index.len() + batch < self.capacity {
             return true;
         }
-        index.forget_expired(now);
+        index.forget_expired(now.saturating_sub(EXPIRY_GRACE));
         index.len() + batch < self.capacity
     }
 
@@ -642,7 +650,8 @@ mod tests {
     fn the_start_up_load_leaves_out_tokens_expired_by_the_newest_revocation() {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::migrate(&mut conn).unwrap();
-        let expired = append(&conn, 0, 500);
+        let expired = append(&conn, 0, 600 - EXPIRY_GRACE);
+        let within_allowance = append(&conn, 0, 500);
         let live = append(&conn, 100, 5000);
         let newest = append(&conn, 600, 700);
 
@@ -651,18 +660,23 @@ mod tests {
         assert_eq!(
             marks.mark_in_write(&expired),
             None,
-            "expired at 500, before 600"
+            "expired the clocks' allowance before 600"
+        );
+        assert_eq!(
+            marks.mark_in_write(&within_allowance),
+            Some(0),
+            "expired at 500, but a clock stepped back from 600 could take it as live"
         );
         assert_eq!(marks.mark_in_write(&live), Some(100));
         assert_eq!(marks.mark_in_write(&newest), Some(600));
-        assert_eq!(marks.len(), 2);
+        assert_eq!(marks.len(), 3);
 
         // Later catch-ups load every new row, and only those.
         let later = append(&conn, 650, 660);
         marks.catch_up(&conn).unwrap();
         assert_eq!(marks.mark_in_write(&later), Some(650));
-        assert_eq!(marks.len(), 3);
-        assert_eq!(marks.index().through, 4);
+        assert_eq!(marks.len(), 4);
+        assert_eq!(marks.index().through, 5);
     }
 
     #[test]
@@ -673,19 +687,21 @@ mod tests {
         log_mark(&conn, &marks, 1000);
         assert!(marks.has_room(0, 0));
         log_mark(&conn, &marks, 2000);
-        assert!(!marks.has_room(999, 0), "full, and nothing has expired");
+        // The token expiring at 1,000 has expired, but within the clocks' allowance: a clock
+        // stepped back could still take it as live.
+        assert!(!marks.has_room(999 + EXPIRY_GRACE, 0), "full");
         assert_eq!(marks.len(), 2);
 
-        // The token expiring at 1,000 has; but the last attempt was under a minute ago.
-        assert!(!marks.has_room(1000, 0));
+        // Past the allowance; but the last attempt was under a minute ago.
+        assert!(!marks.has_room(1000 + EXPIRY_GRACE, 0));
         assert_eq!(marks.len(), 2);
         // A minute after that attempt, the full index forgets it and has room again.
-        assert!(marks.has_room(999 + FORGET_INTERVAL, 0));
+        assert!(marks.has_room(999 + EXPIRY_GRACE + FORGET_INTERVAL, 0));
         assert_eq!(marks.len(), 1);
 
         // The mark that stays still counts; full again, and nothing to forget.
         log_mark(&conn, &marks, 3000);
-        assert!(!marks.has_room(1100 + FORGET_INTERVAL, 0));
+        assert!(!marks.has_room(1100 + EXPIRY_GRACE + FORGET_INTERVAL, 0));
         assert_eq!(marks.len(), 2);
     }
 }
