@@ -5,6 +5,8 @@
 #[macro_use]
 mod common;
 
+use std::sync::Arc;
+
 use common::TestDb;
 use latch_core::audit::{AuditContext, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
@@ -13,7 +15,7 @@ use latch_core::grant::{
 };
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{Purged, Storage, Sweep};
+use latch_core::store::{Purged, RevocationPlan, Storage, Sweep};
 use latch_core::token::{TokenHash, TokenKind};
 
 fn subject(i: usize) -> Subject {
@@ -362,6 +364,92 @@ backend_test! {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 40);
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn concurrent_presented_revocations_each_get_their_own_token_and_verdict() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let tenant = TenantId::default_tenant();
+        let app = ClientId::parse("app").unwrap();
+        store.create_client(&client(&tenant, "app", 60)).await.unwrap();
+        let mut issued = Vec::new();
+        for i in 0..12 {
+            let names = [format!("a{i}"), format!("r{i}")];
+            let tokens = [
+                (names[0].as_str(), TokenKind::Access, 10_000),
+                (names[1].as_str(), TokenKind::Refresh, 10_000),
+            ];
+            issued.push(issue(&*store, i, &tokens).await);
+        }
+        // As the domain judges: a refresh token takes its grant, an access token of an even
+        // subject itself; an odd subject's access token is "not owned", revoking nothing.
+        let plan: RevocationPlan = Arc::new(|record| {
+            let i: usize = record.subject.as_str()["user".len()..].parse().unwrap();
+            let audit = audit(i, Reason::ClientRequest, 200);
+            match record.kind {
+                TokenKind::Refresh => Some((Revocation::Grant(record.grant_id.clone()), audit)),
+                TokenKind::Access if i % 2 == 0 => Some((Revocation::Token(record.hash), audit)),
+                TokenKind::Access => None,
+            }
+        });
+        // Every access token, the first four a second time, three grants of odd subjects by
+        // their refresh tokens (each kill then counts both tokens of its grant, whatever the
+        // order), and tokens never issued; beside each, a lookup of a token with its client
+        // (introspection's), all at once, so that PostgreSQL shares statements among them.
+        let mut asked: Vec<TokenHash> = (0..12).chain(0..4).map(|i| issued[i][0]).collect();
+        asked.extend([issued[1][1], issued[7][1], issued[9][1]]);
+        asked.extend((0..3).map(|k| TokenHash::of(&format!("never{k}"))));
+        let revoking = asked.iter().map(|hash| {
+            let (store, plan, tenant, app) = (&store, plan.clone(), &tenant, &app);
+            async move {
+                let (client, read) = store.client_for_revocation(tenant, app, hash).await?;
+                assert_eq!(client.map(|c| c.id), Some(app.clone()));
+                store.revoke_presented(hash, read, plan).await
+            }
+        });
+        let looking = asked.iter().map(|hash| store.client_and_token(&tenant, &app, hash));
+        let (revoked, looked) = futures_util::future::join(
+            futures_util::future::join_all(revoking),
+            futures_util::future::join_all(looking),
+        )
+        .await;
+
+        let mut recorded = vec![0; 12];
+        for (hash, (answer, lookup)) in asked.iter().zip(revoked.into_iter().zip(looked)) {
+            let (record, event) = answer.unwrap();
+            let (client, token) = lookup.unwrap();
+            assert_eq!(client.map(|c| c.id), Some(app.clone()));
+            assert_eq!(token.map(|t| t.hash), record.as_ref().map(|r| r.hash));
+            let Some(record) = record else {
+                assert!(event.is_none());
+                continue;
+            };
+            assert_eq!(record.hash, *hash, "each revocation reads its own token");
+            let i: usize = record.subject.as_str()["user".len()..].parse().unwrap();
+            if let Some(event) = event {
+                let expected = match record.kind {
+                    TokenKind::Refresh => (1, 2),
+                    TokenKind::Access => (0, 1),
+                };
+                assert_eq!((event.grants, event.tokens), expected, "{event:?}");
+                assert_eq!(event.actor, format!("actor{i}"));
+                recorded[i] += 1;
+            }
+        }
+        for (i, tokens) in issued.iter().enumerate() {
+            let grant_revoked = [1, 7, 9].contains(&i);
+            assert_eq!(
+                recorded[i],
+                usize::from(i % 2 == 0) + usize::from(grant_revoked),
+                "subject {i}: each kill recorded once, nothing for what was not owned"
+            );
+            assert_eq!(is_revoked(&*store, &tokens[0]).await, i % 2 == 0 || grant_revoked);
+            assert_eq!(is_revoked(&*store, &tokens[1]).await, grant_revoked);
+        }
         drop(store);
         drop(db);
     }
