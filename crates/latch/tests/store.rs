@@ -418,7 +418,7 @@ backend_test! {
         )
         .await;
 
-        let mut recorded = vec![0; 12];
+        let mut recorded = [0; 12];
         for (hash, (answer, lookup)) in asked.iter().zip(revoked.into_iter().zip(looked)) {
             let (record, event) = answer.unwrap();
             let (client, token) = lookup.unwrap();
