@@ -164,13 +164,16 @@ impl Sweep {
 #[async_trait]
 pub trait CleanupStore: Send + Sync {
     /// Reads at most `limit` rows of the table `from` names, past its key, and deletes those
-    /// that expired (`expires_at <= now`), in one short transaction. Returns what went and
-    /// where the next batch starts: further in the same table, at the start of `grants` once
-    /// `tokens` is done, `None` once both are. Only expired rows go: a revoked but unexpired
-    /// token keeps its row, so it keeps reading as revoked.
+    /// that had expired by `expired_by` (`expires_at <= expired_by`), in one short
+    /// transaction. Returns what went and where the next batch starts: further in the same
+    /// table, at the start of `grants` once `tokens` is done, `None` once both are. Only
+    /// expired rows go: a revoked but unexpired token keeps its row, so it keeps reading as
+    /// revoked. The caller allows for skewed clocks ([`crate::cleanup::EXPIRY_GRACE`]):
+    /// `expired_by` is some minutes before now, and a back-end forgets anything it holds of
+    /// those rows (SQLite's revocation marks) by the same time.
     async fn purge_expired(
         &self,
-        now: UnixTime,
+        expired_by: UnixTime,
         from: Sweep,
         limit: u32,
     ) -> StoreResult<(Purged, Option<Sweep>)>;

@@ -363,11 +363,11 @@ impl AuditStore for PgStore {
 impl CleanupStore for PgStore {
     async fn purge_expired(
         &self,
-        now: UnixTime,
+        expired_by: UnixTime,
         from: Sweep,
         limit: u32,
     ) -> StoreResult<(Purged, Option<Sweep>)> {
-        match self.write(Op::Purge(now, from, limit)).await? {
+        match self.write(Op::Purge(expired_by, from, limit)).await? {
             Reply::Swept(purged, next) => Ok((purged, next)),
             other => Err(other.unexpected()),
         }

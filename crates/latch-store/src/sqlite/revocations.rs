@@ -389,15 +389,15 @@ fn purge_log(
 impl CleanupStore for SqliteStore {
     async fn purge_expired(
         &self,
-        now: UnixTime,
+        expired_by: UnixTime,
         from: Sweep,
         limit: u32,
     ) -> StoreResult<(Purged, Option<Sweep>)> {
         let log_from = self.log_purge_from.load(Ordering::Relaxed);
         let (purged, next, log_next) = self
             .write(move |c| {
-                let (deleted, next) = sweep(c, now, &from, limit)?;
-                let (_, log_next) = purge_log(c, now, limit, log_from)?;
+                let (deleted, next) = sweep(c, expired_by, &from, limit)?;
+                let (_, log_next) = purge_log(c, expired_by, limit, log_from)?;
                 Ok((swept(&from, deleted as u64), next, log_next))
             })
             .await?;
@@ -405,7 +405,7 @@ impl CleanupStore for SqliteStore {
         self.log_purge_from.store(log_next, Ordering::Relaxed);
         if next.is_none() {
             // An expired token is inactive whatever its mark says.
-            self.marks.forget_expired(now);
+            self.marks.forget_expired(expired_by);
         }
         Ok((purged, next))
     }
