@@ -30,7 +30,7 @@ for round in $(seq 1 "$rounds"); do
     [ "$rest" != "$binary" ] && IFS=, read -r -a envs <<<"${rest#*,}"
     if [[ $db == postgres://* ]]; then
       # A fresh preload each run, ending with a checkpoint (`preload_pg.rs`).
-      source=(--postgres "$db" --tokens "${AB_TOKENS:-1000000}")
+      db_args=(--postgres "$db" --tokens "${AB_TOKENS:-1000000}")
     else
       rm -f "$copy" "$copy-wal" "$copy-shm"
       cp "$db" "$copy" && cp "$db.state.json" "$copy.state.json"
@@ -39,10 +39,10 @@ for round in $(seq 1 "$rounds"); do
       # during it, and the first checkpoint's fsync of the database waits for all of them
       # (issuance at 1M: the writer's own checkpoints 0.86-0.90 s of 8 against 0.16 s).
       sync
-      source=(--keep-db --db "$copy")
+      db_args=(--keep-db --db "$copy")
     fi
     log=$work/$name-$round.log
-    env "${envs[@]}" "$bench" --duration "${AB_DURATION:-8}" --wait-idle 10 "${source[@]}" \
+    env "${envs[@]}" "$bench" --duration "${AB_DURATION:-8}" --wait-idle 10 "${db_args[@]}" \
       --out "$work" --workloads "$workloads" --latch "$binary" >"$log" 2>&1
     grep -E "^\| ($(tr , '|' <<<"$workloads")) " "$log" |
       awk -F'|' -v n="$name" -v r="$round" '{ printf "%-8s round %s %-11s req/s %7d  x ceiling %s  p50 %s  p99 %s  errors %s  server us/req %s\n", n, r, $2, $3, $4, $5, $6, $7, $10 }'
