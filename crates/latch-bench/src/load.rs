@@ -121,6 +121,50 @@ pub struct Outcome {
     pub first_error: Option<String>,
     /// The access tokens issued, when the run was asked to collect them.
     pub issued: Vec<String>,
+    /// Every request's timing, when the load was asked to trace them ([`Load::traced`]).
+    pub trace: Option<LatencyTrace>,
+}
+
+/// When each request of a run was sent and how long its answer took (`--latency-trace`), to
+/// tell a tail made of unlucky requests from one made of stretches where everything was
+/// slow, and to line those stretches up with what `perf` recorded on the server.
+pub struct LatencyTrace {
+    /// The run's start on `CLOCK_MONOTONIC`, the clock `perf record -k CLOCK_MONOTONIC`
+    /// stamps its events with.
+    started_monotonic: Duration,
+    /// Each request as (connection, µs from the run's start to sending it, latency in µs).
+    samples: Vec<(u32, u32, u32)>,
+}
+
+impl LatencyTrace {
+    /// Writes one line per request, `connection sent_us latency_us`, after a header that
+    /// says when the run started.
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(
+            out,
+            "# run started at CLOCK_MONOTONIC {}.{:09} s; columns: connection, sent (µs after \
+             the start), latency (µs)",
+            self.started_monotonic.as_secs(),
+            self.started_monotonic.subsec_nanos()
+        )?;
+        for (connection, sent, latency) in &self.samples {
+            writeln!(out, "{connection} {sent} {latency}")?;
+        }
+        out.flush()
+    }
+}
+
+/// `CLOCK_MONOTONIC` now (what [`Instant`] reads on Linux, but as a value `perf` can match).
+fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 impl Outcome {
@@ -135,6 +179,8 @@ pub struct Load {
     pub concurrency: usize,
     pub duration: Duration,
     pub layout: Layout,
+    /// Whether runs record every request's timing ([`Outcome::trace`]).
+    pub traced: bool,
     client_auth: HeaderValue,
     introspector_auth: HeaderValue,
     admin_auth: HeaderValue,
@@ -157,6 +203,7 @@ impl Load {
             concurrency,
             duration,
             layout,
+            traced: false,
             client_auth: basic(CLIENT, SECRET)?,
             introspector_auth: basic(INTROSPECTOR, INTROSPECTOR_SECRET)?,
             admin_auth: HeaderValue::try_from(format!("Bearer {admin_token}"))?,
@@ -376,6 +423,7 @@ struct PerConnection {
     exhausted: bool,
     first_error: Option<String>,
     issued: Vec<String>,
+    trace: Vec<(u32, u32, u32)>,
 }
 
 /// The `access_token` of an issuance response.
@@ -418,6 +466,7 @@ pub async fn run(
                 exhausted: false,
                 first_error: None,
                 issued: Vec::new(),
+                trace: Vec::new(),
             };
             let setup = async {
                 let mut conn = Conn::connect(addr).await?;
@@ -437,7 +486,8 @@ pub async fn run(
             let mut conn = setup.with_context(|| format!("{} connection {c}", workload.name()))?;
             let introspect = tokens.introspected(&load.layout);
             let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
-            let deadline = Instant::now() + load.duration;
+            let begun = Instant::now();
+            let deadline = begun + load.duration;
             while Instant::now() < deadline {
                 random ^= random << 13;
                 random ^= random >> 7;
@@ -456,7 +506,12 @@ pub async fn run(
                 let req = request(workload, &load, &tokens, item);
                 let t0 = Instant::now();
                 let result = conn.exchange(&req, &host).await;
-                out.hist.saturating_record(t0.elapsed().as_micros() as u64);
+                let latency = t0.elapsed().as_micros() as u64;
+                out.hist.saturating_record(latency);
+                if load.traced {
+                    let sent = t0.duration_since(begun).as_micros();
+                    out.trace.push((c as u32, sent as u32, latency as u32));
+                }
                 out.requests += 1;
                 match result {
                     Ok((status, body)) if succeeded(workload, status, &body) => {
@@ -481,12 +536,15 @@ pub async fn run(
     }
     start.wait().await;
     let started = Instant::now();
+    let started_monotonic = monotonic_now();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
     let mut issued = Vec::new();
+    let mut samples = Vec::new();
     for t in tasks {
         let out = t.await??;
         issued.extend(out.issued);
+        samples.extend(out.trace);
         total.add(out.hist)?;
         requests += out.requests;
         errors += out.errors;
@@ -507,12 +565,49 @@ pub async fn run(
         exhausted,
         first_error,
         issued,
+        trace: load.traced.then_some(LatencyTrace {
+            started_monotonic,
+            samples,
+        }),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_latency_trace_is_a_header_and_a_line_per_request() {
+        let trace = LatencyTrace {
+            started_monotonic: Duration::new(1483, 5_574_214),
+            samples: vec![(0, 12, 1_650), (63, 15, 2_301)],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revoke-1.txt");
+        trace.write(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("# run started at CLOCK_MONOTONIC 1483.005574214 s;"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[1..], ["0 12 1650", "63 15 2301"]);
+    }
+
+    #[test]
+    fn the_trace_is_stamped_on_the_monotonic_clock_not_the_wall_clock() {
+        // perf's timestamps are matched against it, so it must not be the wall clock.
+        let now = monotonic_now();
+        assert!(monotonic_now() >= now);
+        let boot = std::fs::read_to_string("/proc/uptime").unwrap();
+        let uptime: f64 = boot.split_whitespace().next().unwrap().parse().unwrap();
+        // CLOCK_MONOTONIC counts from boot (less any suspend), nowhere near the epoch.
+        assert!(
+            now.as_secs_f64() <= uptime + 1.0,
+            "{now:?} vs uptime {uptime}"
+        );
+    }
 
     #[test]
     fn commit_counters_are_read_from_metrics_and_noted_as_differences() {

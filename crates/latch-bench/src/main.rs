@@ -41,6 +41,7 @@ mod report;
 mod sys;
 mod warm;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,11 @@ struct Cli {
     /// Where to write the JSON and markdown reports.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Also write every request's send time and latency, one file per run
+    /// (`<dir>/<run>-<n>.txt`, n counting runs of the same name), stamped with the run's
+    /// start on the clock `perf record -k CLOCK_MONOTONIC` uses.
+    #[arg(long, value_name = "DIR")]
+    latency_trace: Option<PathBuf>,
     /// Also run issuance, introspection and revocation against panva's oidc-provider (npm,
     /// installed under `<out>/oidc-provider/` on first use; needs Node.js and npm), pinned to
     /// core 0 like latch, with the same clients: a side-by-side from one run.
@@ -404,12 +410,18 @@ fn main() -> anyhow::Result<()> {
         None
     };
 
-    let load = Arc::new(Load::new(
+    let mut load = Load::new(
         cli.concurrency,
         Duration::from_secs(cli.duration),
         layout,
         ADMIN_TOKEN,
-    )?);
+    )?;
+    if let Some(dir) = &cli.latency_trace {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        load.traced = true;
+    }
+    let load = Arc::new(load);
+    let mut traced_runs: HashMap<String, usize> = HashMap::new();
     let preloaded = Arc::new(Tokens::Preloaded);
     // oidc-provider's tokens: those its issuance run handed out.
     let mut issued_by_oidc: Option<Arc<Tokens>> = None;
@@ -537,6 +549,15 @@ fn main() -> anyhow::Result<()> {
         let commits_before = scrape();
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
+        if let (Some(dir), Some(trace)) = (&cli.latency_trace, &o.trace) {
+            let name = report::label(server, w).replace(' ', "-");
+            let n = traced_runs.entry(name.clone()).or_default();
+            *n += 1;
+            let path = dir.join(format!("{name}-{n}.txt"));
+            trace
+                .write(&path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
         let cpu = before.until(&CpuSample::take(&server_pids()));
         let commits = scrape()
             .zip(commits_before)
