@@ -13,10 +13,12 @@ CLOCK_MONOTONIC` of the same run (`perf sched timehist`, `perf script`).
 """
 import collections
 import re
+import signal
 import sys
 
 
 def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     window_us = int(float(sys.argv[2]) * 1000) if len(sys.argv) == 3 else 10_000
