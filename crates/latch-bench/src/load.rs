@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -448,15 +448,19 @@ pub async fn run(
     // Connections and warm-up happen before the clock starts.
     let start = Arc::new(tokio::sync::Barrier::new(load.concurrency + 1));
     let host = HeaderValue::try_from(addr.to_string())?;
+    // The run's start for the trace, on both clocks: set by the first connection past the
+    // barrier, so that every connection's send times count from the same instant.
+    let origin = Arc::new(OnceLock::<(Instant, Duration)>::new());
     let mut tasks = Vec::new();
     for c in 0..load.concurrency {
-        let (next, load, tokens, start, supply, host) = (
+        let (next, load, tokens, start, supply, host, origin) = (
             next.clone(),
             load.clone(),
             tokens.clone(),
             start.clone(),
             supply.clone(),
             host.clone(),
+            origin.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut out = PerConnection {
@@ -486,8 +490,8 @@ pub async fn run(
             let mut conn = setup.with_context(|| format!("{} connection {c}", workload.name()))?;
             let introspect = tokens.introspected(&load.layout);
             let mut random = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
-            let begun = Instant::now();
-            let deadline = begun + load.duration;
+            let (run_start, _) = *origin.get_or_init(|| (Instant::now(), monotonic_now()));
+            let deadline = Instant::now() + load.duration;
             while Instant::now() < deadline {
                 random ^= random << 13;
                 random ^= random >> 7;
@@ -509,7 +513,7 @@ pub async fn run(
                 let latency = t0.elapsed().as_micros() as u64;
                 out.hist.saturating_record(latency);
                 if load.traced {
-                    let sent = t0.duration_since(begun).as_micros();
+                    let sent = t0.duration_since(run_start).as_micros();
                     out.trace.push((c as u32, sent as u32, latency as u32));
                 }
                 out.requests += 1;
@@ -536,7 +540,6 @@ pub async fn run(
     }
     start.wait().await;
     let started = Instant::now();
-    let started_monotonic = monotonic_now();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut requests, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
     let mut issued = Vec::new();
@@ -565,10 +568,13 @@ pub async fn run(
         exhausted,
         first_error,
         issued,
-        trace: load.traced.then_some(LatencyTrace {
-            started_monotonic,
-            samples,
-        }),
+        trace: origin
+            .get()
+            .filter(|_| load.traced)
+            .map(|&(_, started_monotonic)| LatencyTrace {
+                started_monotonic,
+                samples,
+            }),
     })
 }
 
