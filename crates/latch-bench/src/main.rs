@@ -549,6 +549,12 @@ fn main() -> anyhow::Result<()> {
         let commits_before = scrape();
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
+        let cpu = before.until(&CpuSample::take(&server_pids()));
+        let commits = scrape()
+            .zip(commits_before)
+            .and_then(|(after, before)| after.since(&before));
+        // Written once the run's CPU and commit counters are read: the file's writing is not
+        // the run's, and on the load generator's core it would count as load.
         if let (Some(dir), Some(trace)) = (&cli.latency_trace, &o.trace) {
             let name = report::label(server, w).replace(' ', "-");
             let n = traced_runs.entry(name.clone()).or_default();
@@ -558,10 +564,6 @@ fn main() -> anyhow::Result<()> {
                 .write(&path)
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
-        let cpu = before.until(&CpuSample::take(&server_pids()));
-        let commits = scrape()
-            .zip(commits_before)
-            .and_then(|(after, before)| after.since(&before));
         if collect {
             // Revocation uses tokens up faster than issuance makes them: top the supply up
             // with an unmeasured issuance run twice as long.
