@@ -213,7 +213,13 @@ impl Authority {
         let client = self.client(tenant, client_id).await?;
         let scope = Scope::narrow(&client.scope, requested)?;
         let with_refresh = client.allows(GrantType::RefreshToken);
-        self.new_grant(&client, subject, scope, with_refresh).await
+        match self.new_grant(&client, subject, scope, with_refresh).await {
+            // Removed between the read above and the write.
+            Err(Error::InvalidClient) => {
+                Err(Error::NotFound(format!("no client {client_id}").into()))
+            }
+            other => other,
+        }
     }
 
     /// A subject's live grants.

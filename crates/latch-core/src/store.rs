@@ -92,8 +92,11 @@ pub trait ClientStore: Send + Sync {
 pub trait TokenStore: Send + Sync {
     /// Looks a token up by hash, with its grant's state.
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>>;
-    /// Stores a new grant with its first tokens.
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()>;
+    /// Stores a new grant with its first tokens, if its client still exists when the write
+    /// runs; `false` (nothing stored) if the client was removed since it authenticated, so
+    /// that a removal revokes every grant the client will ever have, not only those stored
+    /// before it.
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool>;
     /// Exchanges a refresh token atomically; see [`Rotation`].
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome>;
     /// One grant of a tenant.

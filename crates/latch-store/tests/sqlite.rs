@@ -9,7 +9,9 @@ use latch_core::grant::{
 };
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{RevocationPlan, RevocationStore, Storage, TokenRead, TokenStore};
+use latch_core::store::{
+    ClientStore, RevocationPlan, RevocationStore, Storage, TokenRead, TokenStore,
+};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_store::sqlite::WalPolicy;
 use latch_store::SqliteStore;
@@ -47,7 +49,7 @@ fn token(name: &str, kind: TokenKind) -> NewToken {
 async fn concurrent_revocations_are_all_committed_and_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
-    let store = Arc::new(SqliteStore::open_file(&path).unwrap());
+    let store = Arc::new(with_app(SqliteStore::open_file(&path).unwrap()).await);
     let n = 300;
     for i in 0..n {
         store
@@ -90,7 +92,8 @@ async fn concurrent_revocations_are_all_committed_and_survive_a_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    let store =
+        Arc::new(with_app(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap()).await);
     for round in 0..20 {
         let g = grant("u");
         let old = format!("rt{round}");
@@ -126,7 +129,8 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presented_token_is_judged_as_the_revoking_write_reads_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    let store =
+        Arc::new(with_app(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap()).await);
     // Revoke only a live token, as the domain does.
     let plan: RevocationPlan = Arc::new(|record| {
         record
@@ -180,7 +184,8 @@ async fn a_presented_token_is_judged_as_the_revoking_write_reads_it() {
 #[tokio::test]
 async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    let store =
+        Arc::new(with_app(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap()).await);
     let g = grant("u");
     store
         .issue(&g, &[token("a", TokenKind::Access)])
@@ -213,7 +218,7 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
 
 #[tokio::test]
 async fn memory_databases_work_and_are_private() {
-    let a = SqliteStore::open_memory().unwrap();
+    let a = with_app(SqliteStore::open_memory().unwrap()).await;
     let b = SqliteStore::open_memory().unwrap();
     a.issue(&grant("u"), &[token("m", TokenKind::Access)])
         .await
@@ -233,6 +238,13 @@ async fn memory_databases_work_and_are_private() {
         .unwrap()
         .unwrap()
         .is_revoked());
+}
+
+/// `store` with the client "app" that [`grant`]'s grants name: a grant is stored only for
+/// a client that exists.
+async fn with_app(store: SqliteStore) -> SqliteStore {
+    store.create_client(&client()).await.unwrap();
+    store
 }
 
 fn client() -> latch_core::client::Client {
@@ -257,7 +269,7 @@ fn client() -> latch_core::client::Client {
 /// read transaction left behind would make every later write fail.
 #[tokio::test]
 async fn client_and_token_read_together_and_leave_no_transaction_open() {
-    use latch_core::store::{ClientStore, Storage};
+    use latch_core::store::Storage;
     let dir = tempfile::tempdir().unwrap();
     for store in [
         SqliteStore::open_file(&dir.path().join("latch.db")).unwrap(),
@@ -318,8 +330,9 @@ async fn assert_the_wal_stays_short(pass_interval: Duration) {
         rewind_at_pages: 100,
         pass_interval,
     };
-    let store =
-        Arc::new(SqliteStore::open_file_with(&dir.path().join("latch.db"), policy).unwrap());
+    let store = Arc::new(
+        with_app(SqliteStore::open_file_with(&dir.path().join("latch.db"), policy).unwrap()).await,
+    );
     let tasks: Vec<_> = (0..8)
         .map(|w| {
             let store = store.clone();
@@ -346,8 +359,9 @@ async fn assert_the_wal_stays_short(pass_interval: Duration) {
         "checkpoints moved the pages into the database ({db} bytes)"
     );
     let commits = store.commit_stats();
-    assert_eq!((commits.writes, commits.failed), (8000, 0), "{commits:?}");
-    assert!((1..=8000).contains(&commits.commits), "{commits:?}");
+    // The issuances, and the client's creation before them.
+    assert_eq!((commits.writes, commits.failed), (8001, 0), "{commits:?}");
+    assert!((2..=8001).contains(&commits.commits), "{commits:?}");
     let batches: u64 = commits.duration_buckets.iter().sum();
     assert_eq!(
         batches, commits.commits,
@@ -383,7 +397,8 @@ async fn the_writer_keeps_the_wal_short_when_background_passes_stall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_reads_see_every_write_answered_before_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap());
+    let store =
+        Arc::new(with_app(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap()).await);
     let tasks: Vec<_> = (0..32)
         .map(|task| {
             let store = store.clone();
@@ -417,7 +432,7 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
     let wal_len = || std::fs::metadata(dir.path().join("latch.db-wal")).map_or(0, |m| m.len());
-    let store = Arc::new(SqliteStore::open_file(&path).unwrap());
+    let store = Arc::new(with_app(SqliteStore::open_file(&path).unwrap()).await);
     // Concurrent writes, each nudging a background checkpoint pass. (Closing while a pass
     // runs, which failed before the final checkpoint waited its turn, takes a loaded machine
     // to happen: this test did not catch it alone; the black-box shutdown test under CI did.)
@@ -463,7 +478,7 @@ async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
     use latch_core::store::{CleanupStore, Sweep};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
-    let store = SqliteStore::open_file(&path).unwrap();
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
     // The log's 4 oldest rows are for long-lived tokens, the 4 after them expired at 1,000
     // (written by another connection, as another process would).
     let other = rusqlite::Connection::open(&path).unwrap();
@@ -493,7 +508,7 @@ async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
 async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_and_only_if_live() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("latch.db");
-    let store = SqliteStore::open_file(&path).unwrap();
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
     let mut live = token("live", TokenKind::Access);
     live.expires_at = 7_777;
     let marked = token("marked in its row", TokenKind::Access);

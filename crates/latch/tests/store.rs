@@ -17,6 +17,7 @@ use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::{Purged, RevocationPlan, Storage, Sweep};
 use latch_core::token::{TokenHash, TokenKind};
+use latch_core::StoreError;
 
 fn subject(i: usize) -> Subject {
     Subject::parse(&format!("user{i}")).unwrap()
@@ -55,8 +56,22 @@ async fn issue_expiring(
             generation: 0,
         })
         .collect();
-    store.issue(&grant, &tokens).await.unwrap();
+    ensure_app(store).await;
+    assert!(
+        store.issue(&grant, &tokens).await.unwrap(),
+        "client app exists"
+    );
     (grant.id, tokens.iter().map(|t| t.hash).collect())
+}
+
+/// Creates the client "app" that [`issue`]'s grants name, unless it exists: a grant is
+/// stored only for a client that does.
+async fn ensure_app(store: &dyn Storage) {
+    let app = client(&TenantId::default_tenant(), "app", 3600);
+    match store.create_client(&app).await {
+        Ok(()) | Err(StoreError::Conflict) => {}
+        Err(e) => panic!("creating client app: {e}"),
+    }
 }
 
 /// Exchanges the grant's first refresh token `old` once (at 200): the new access token
@@ -530,8 +545,8 @@ backend_test! {
         let store = latch_store::open(&db.url).await.unwrap();
         let home = TenantId::default_tenant();
         let id = ClientId::parse("app").unwrap();
-        let hash = issue(&*store, 0, &[("t0", TokenKind::Access, 10_000)]).await[0];
         store.create_client(&client(&home, "app", 1)).await.unwrap();
+        let hash = issue(&*store, 0, &[("t0", TokenKind::Access, 10_000)]).await[0];
         let ttl = |c: Option<Client>| c.map(|c| c.access_token_ttl);
         assert_eq!(ttl(store.client(&home, &id).await.unwrap()), Some(1));
         assert_eq!(ttl(store.client_and_token(&home, &id, &hash).await.unwrap().0), Some(1));
@@ -546,6 +561,114 @@ backend_test! {
         drop(store);
         drop(db);
     }
+}
+
+/// A grant of `subject(i)` to client `id` of `tenant`, with one access token `name`, as an
+/// issuance that read (authenticated) its client before a removal and writes after it.
+fn late_issuance(tenant: &TenantId, id: &str, name: &str) -> (Grant, Vec<NewToken>) {
+    let grant = Grant {
+        id: GrantId::generate(),
+        tenant: tenant.clone(),
+        client_id: ClientId::parse(id).unwrap(),
+        subject: subject(0),
+        scope: Scope::parse("read").unwrap(),
+        created_at: 300,
+        expires_at: 20_000,
+        revoked_at: None,
+    };
+    let token = NewToken {
+        hash: TokenHash::of(name),
+        kind: TokenKind::Access,
+        scope: Scope::parse("read").unwrap(),
+        issued_at: 300,
+        expires_at: 10_000,
+        generation: 0,
+    };
+    (grant, vec![token])
+}
+
+backend_test! {
+    async fn a_grant_whose_client_or_tenant_was_removed_before_the_write_is_not_stored() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let (home, away) = (TenantId::default_tenant(), TenantId::parse("away").unwrap());
+        let app = ClientId::parse("app").unwrap();
+        issue(&*store, 0, &[("before", TokenKind::Access, 10_000)]).await;
+        let removal = audit(0, Reason::ClientRemoved, 200);
+        assert!(store.delete_client(&home, &app, &removal).await.unwrap().is_some());
+        let (grant, tokens) = late_issuance(&home, "app", "after-client");
+        assert!(!store.issue(&grant, &tokens).await.unwrap(), "nothing stored");
+        assert!(store.token(&TokenHash::of("after-client")).await.unwrap().is_none());
+        assert!(store.grant(&home, &grant.id).await.unwrap().is_none());
+
+        store.create_tenant(&away, 100).await.unwrap();
+        store.create_client(&client(&away, "app", 3600)).await.unwrap();
+        let removal = AuditContext::new(away.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+        assert!(store.delete_tenant(&away, &removal).await.unwrap().is_some());
+        let (grant, tokens) = late_issuance(&away, "app", "after-tenant");
+        assert!(!store.issue(&grant, &tokens).await.unwrap(), "nothing stored");
+        // Nor does anything read once the tenant is back.
+        store.create_tenant(&away, 400).await.unwrap();
+        assert!(store.token(&TokenHash::of("after-tenant")).await.unwrap().is_none());
+        assert!(store.grant(&away, &grant.id).await.unwrap().is_none());
+        drop(store);
+        drop(db);
+    }
+}
+
+/// Across PostgreSQL nodes: an issuance whose statement starts while another node's removal
+/// of its client is not yet committed waits for that removal, and then stores nothing (its
+/// snapshot still held the client; without the lock it would have stored a grant that the
+/// removal's revocation never saw).
+#[tokio::test]
+async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    let schema = db.schema.clone().unwrap();
+    let (remover, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // Should the test fail while the removal is open, PostgreSQL ends it, so that dropping
+    // the test's schema does not wait for it.
+    remover
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
+             DELETE FROM clients WHERE tenant_id = 'default' AND client_id = 'app'",
+        )
+        .await
+        .unwrap();
+    let (grant, tokens) = late_issuance(&TenantId::default_tenant(), "app", "racing");
+    let issuing = tokio::spawn({
+        let store = store.clone();
+        async move { store.issue(&grant, &tokens).await }
+    });
+    // Until the issuance waits for the removal's row lock.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%INSERT INTO grants%' AND datname = current_database() \
+                   AND pid <> pg_backend_pid()";
+    let mut polls = 0;
+    while db.query_i64(waiting).await == 0 {
+        assert!(
+            !issuing.is_finished(),
+            "the issuance did not wait for the removal"
+        );
+        polls += 1;
+        assert!(polls < 1_000, "the issuance is not waiting for a lock");
+        tokio::task::yield_now().await;
+    }
+    remover.batch_execute("COMMIT").await.unwrap();
+    assert!(!issuing.await.unwrap().unwrap(), "nothing stored");
+    assert!(store
+        .token(&TokenHash::of("racing"))
+        .await
+        .unwrap()
+        .is_none());
+    drop(remover);
+    let _ = conn.await;
+    drop(store);
+    drop(db);
 }
 
 backend_test! {

@@ -78,7 +78,10 @@ impl Authority {
             expires_at,
             revoked_at: None,
         };
-        self.store.issue(&grant, &records).await?;
+        if !self.store.issue(&grant, &records).await? {
+            // The client was removed (or its tenant) after it was read: nothing was stored.
+            return Err(Error::InvalidClient);
+        }
         Ok(IssuedTokens {
             grant_id: grant.id,
             access_token: access,

@@ -311,7 +311,8 @@ impl<'a> OneStatement<'a> {
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
             OneStatement::Issue(g, tokens) => {
-                issue(tx, stmt, &[(g, tokens)]).await.map(|()| Reply::Done)
+                let stored = issue(tx, stmt, &[(g, tokens)]).await?;
+                Ok(Reply::Flag(stored.first() == Some(&true)))
             }
             OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
                 .await
@@ -397,10 +398,11 @@ async fn pipeline(
             return Ok(Vec::new());
         };
         let items: Vec<_> = issuances.iter().map(|(_, item)| *item).collect();
-        issue(tx, stmt, &items).await?;
+        let stored = issue(tx, stmt, &items).await?;
         Ok(issuances
             .iter()
-            .map(|(i, _)| (*i, Reply::Done))
+            .zip(stored)
+            .map(|((i, _), stored)| (*i, Reply::Flag(stored)))
             .collect::<Vec<_>>())
     };
     let (singles, batched, issued) = futures_util::future::join3(singles, batched, issued).await;
@@ -483,24 +485,41 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 /// token's grant id, `$10`..`$15` the tokens' columns, `$16`..`$18` an access token's
 /// grant's owner, NULL for a refresh token). A pipelined run's issuances share it, as its
 /// one-token revocations share [`REVOKE_TOKENS_SQL`]; a lone issuance is a run of one.
+///
+/// A grant is stored only if its client still exists, and the check locks the client's
+/// row (`FOR KEY SHARE`) until the issuance commits: a removal on any node either deleted
+/// the row first (the check, re-evaluated once the removal commits, finds nothing and the
+/// grant is not stored) or waits for this issuance to commit before its `DELETE` can run,
+/// and the removal's revocation, a later statement, then sees this grant. Answers the ids
+/// of the grants stored.
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
            created_at, expires_at, revoked_at) \
-           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
-             $6::BIGINT[], $7::BIGINT[], $8::BIGINT[])) \
-         {TOKEN_INSERT} SELECT * FROM unnest($10::BYTEA[], $9::TEXT[], $11::SMALLINT[], \
-           $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::TEXT[], $17::TEXT[], \
-           $18::TEXT[])"
+           SELECT n.* FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
+             AS n(id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at) \
+           WHERE EXISTS (SELECT 1 FROM clients c \
+                         WHERE c.tenant_id = n.tenant_id AND c.client_id = n.client_id \
+                         FOR KEY SHARE) \
+           RETURNING id), \
+         t AS ({TOKEN_INSERT} SELECT x.* FROM unnest($10::BYTEA[], $9::TEXT[], \
+           $11::SMALLINT[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
+           $16::TEXT[], $17::TEXT[], $18::TEXT[]) \
+           AS x(hash, grant_id, kind, scope, issued_at, expires_at, generation, tenant_id, \
+             client_id, subject) \
+           WHERE x.grant_id IN (SELECT id FROM g)) \
+         SELECT id FROM g"
     )
 });
 
-/// Stores new grants and their tokens with [`ISSUE_SQL`], prepared as `stmt`.
+/// Stores new grants and their tokens with [`ISSUE_SQL`], prepared as `stmt`; answers, for
+/// each issuance in order, whether it was stored (its client still existed).
 async fn issue(
     tx: &Transaction<'_>,
     stmt: &Statement,
     issuances: &[(&Grant, &[NewToken])],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let grants = || issuances.iter().map(|(g, _)| *g);
     let ids: Vec<&str> = grants().map(|g| g.id.as_str()).collect();
     let tenants: Vec<&str> = grants().map(|g| g.tenant.as_str()).collect();
@@ -534,8 +553,16 @@ async fn issue(
         &owner_clients,
         &owner_subjects,
     ]);
-    tx.execute(stmt, &params).await?;
-    Ok(())
+    let stored: Vec<String> = tx
+        .query(stmt, &params)
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| stored.iter().any(|s| s == id))
+        .collect())
 }
 
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE

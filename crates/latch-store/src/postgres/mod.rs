@@ -304,10 +304,10 @@ impl TokenStore for PgStore {
         reads::token(&**self.hot.get().await?, hash).await
     }
 
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool> {
         self.write(Op::Issue(grant.clone(), tokens.to_vec()))
-            .await
-            .map(|_| ())
+            .await?
+            .flag()
     }
 
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome> {

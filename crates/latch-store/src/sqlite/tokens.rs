@@ -159,14 +159,19 @@ impl TokenStore for SqliteStore {
         .await
     }
 
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<()> {
+    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool> {
         let (grant, tokens) = (grant.clone(), tokens.to_vec());
-        // Built once: every issuance runs it.
+        // Built once: every issuance runs it. The grant is stored only if its client still
+        // exists: the writer runs removals and issuances one at a time, so a removal either
+        // comes first (nothing stored) or finds this grant and revokes it.
         static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+            format!(
+                "INSERT INTO grants ({GRANT_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+                 WHERE EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?2 AND client_id = ?3)"
+            )
         });
         self.write(move |c| {
-            c.prepare_cached(&SQL)?.execute(params![
+            let stored = c.prepare_cached(&SQL)?.execute(params![
                 grant.id.as_str(),
                 grant.tenant.as_str(),
                 grant.client_id.as_str(),
@@ -176,12 +181,16 @@ impl TokenStore for SqliteStore {
                 grant.expires_at,
                 grant.revoked_at,
             ])?;
+            if stored == 0 {
+                return Ok(false);
+            }
             let owner = Owner {
                 tenant: grant.tenant.as_str(),
                 client_id: grant.client_id.as_str(),
                 subject: grant.subject.as_str(),
             };
-            insert_tokens(c, &grant.id, &owner, &tokens)
+            insert_tokens(c, &grant.id, &owner, &tokens)?;
+            Ok(true)
         })
         .await
     }
