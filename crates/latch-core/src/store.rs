@@ -97,7 +97,9 @@ pub trait TokenStore: Send + Sync {
     /// that a removal revokes every grant the client will ever have, not only those stored
     /// before it.
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool>;
-    /// Exchanges a refresh token atomically; see [`Rotation`].
+    /// Exchanges a refresh token atomically; see [`Rotation`]. An exchange of an unused
+    /// token also retires, as used with its grace spent, the grant's other unused refresh
+    /// token, which only a grace use leaves.
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome>;
     /// One grant of a tenant.
     async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>>;

@@ -525,6 +525,43 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn after_a_grace_use_the_first_of_the_two_new_refresh_tokens_exchanged_retires_the_other() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        // A grace use leaves two unused refresh tokens in the grant: rt1 from the first
+        // exchange of rt0, rt2 from its grace use. Whichever is exchanged first retires the
+        // other, in both orders, so the grant does not go on as two chains (a thief's and
+        // the client's) once the window is over (RFC 9700 §4.14.2).
+        for keep_first in [true, false] {
+            let rt0 = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+            let r1 = refresh_ok(&s, &app, &rt0).await;
+            s.advance(5);
+            let r2 = refresh_ok(&s, &app, &rt0).await;
+            let (rt1, rt2) = (field(&r1, "refresh_token"), field(&r2, "refresh_token"));
+            assert_all_active(&s, &[&rt1, &rt2]).await;
+            let (kept, other) = if keep_first { (rt1, rt2) } else { (rt2, rt1) };
+
+            s.advance(3600);
+            let r3 = refresh_ok(&s, &app, &kept).await;
+            assert!(!s.is_active(&other).await, "the other token is retired");
+            assert_all_active(&s, &[&field(&r3, "access_token"), &field(&r3, "refresh_token")])
+                .await;
+            // Presenting the retired one is a reuse: the whole grant dies.
+            refresh_rejected(&s, &app, &other).await;
+            assert_all_inactive(
+                &s,
+                &[
+                    &field(&r2, "access_token"),
+                    &field(&r3, "access_token"),
+                    &field(&r3, "refresh_token"),
+                ],
+            )
+            .await;
+        }
+    }
+}
+
 // ---- invalid refresh tokens ----------------------------------------------------------------
 
 backend_test! {

@@ -4,7 +4,9 @@
 //! Every use of a refresh token returns a new one and retires the old. Presenting a retired
 //! token means two parties hold it, one of them likely a thief, so the whole grant dies.
 //! A client may be given a grace period in which the token it just rotated is accepted once
-//! more, for apps that race their own refreshes.
+//! more, for apps that race their own refreshes. That leaves two unused refresh tokens in the
+//! grant; storage retires the other when either is exchanged (`TokenStore::rotate`), so that
+//! presenting it later is a reuse, not a second chain.
 
 use super::{mint, require_grant_type, IssuedTokens};
 use crate::audit::{Origin, Reason};

@@ -567,7 +567,9 @@ async fn issue(
 
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
 /// that makes exactly one of two concurrent exchanges win) and, only if it was claimed,
-/// store the new tokens and move the grant's generation and expiry on. `$1` grant id,
+/// store the new tokens and move the grant's generation and expiry on; an unused token's
+/// exchange also retires the grant's other unused refresh token, which only a grace use
+/// leaves (as SQLite's `retire_siblings`). `$1` grant id,
 /// `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time
 /// (unused precondition) or the old generation (grace precondition), `$10` the new
 /// generation, `$11` the grant's new expiry. Answers how many tokens were claimed (0 or 1).
@@ -577,6 +579,9 @@ fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
             "UPDATE tokens SET rotated_at = $9::BIGINT \
              WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
                AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)",
+            "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
+               WHERE grant_id = $1 AND kind = 1 AND hash <> $8 AND rotated_at IS NULL \
+                 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)), ",
         )
     });
     static GRACE: LazyLock<String> = LazyLock::new(|| {
@@ -586,11 +591,12 @@ fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
                AND NOT grace_used AND revoked_at IS NULL \
                AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL \
                            AND refresh_generation = $9::BIGINT + 1)",
+            "",
         )
     });
-    fn rotation(claim: &str) -> String {
+    fn rotation(claim: &str, retire: &str) -> String {
         format!(
-            "WITH claimed AS ({claim} RETURNING 1), \
+            "WITH claimed AS ({claim} RETURNING 1), {retire}\
              new_tokens AS ({TOKEN_INSERT} {TOKEN_ROWS} WHERE EXISTS (SELECT 1 FROM claimed)), \
              moved AS (UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $10), \
                expires_at = GREATEST(expires_at, $11) \

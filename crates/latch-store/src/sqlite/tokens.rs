@@ -144,6 +144,20 @@ pub(super) fn token_at(
     }))
 }
 
+/// Retires, as used with its grace spent, every other unused refresh token of the grant
+/// whose token `r` exchanges. There is one only after a grace use, which leaves two (the one
+/// the first exchange returned, and the grace use's): the first of them exchanged retires
+/// the other, so that presenting it afterwards is a reuse and the grant does not go on as
+/// two chains (RFC 9700 §4.14.2).
+fn retire_siblings(c: &Connection, r: &Rotation) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "UPDATE tokens SET rotated_at = ?3, grace_used = 1 \
+         WHERE grant_id = ?1 AND kind = 1 AND hash <> ?2 \
+           AND rotated_at IS NULL AND revoked_at IS NULL",
+    )?
+    .execute(params![r.grant_id.as_str(), r.old.as_bytes(), r.now])
+}
+
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
@@ -227,6 +241,9 @@ impl TokenStore for SqliteStore {
             };
             if claimed == 0 {
                 return Ok(RotationOutcome::Lost);
+            }
+            if r.precondition == RotationPrecondition::Unused {
+                retire_siblings(c, &r)?;
             }
             // The grant's row was just read by the claim above: its page is in the cache.
             let (tenant, client_id, subject): (String, String, String) = c
