@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::Uri;
 use axum::Json;
 use latch_core::client::GrantType;
 use serde::Serialize;
@@ -28,10 +29,23 @@ pub(crate) struct Metadata {
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
 }
 
+/// Where the metadata of an issuer without a path is (RFC 8414 §3).
+const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
+
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
+    uri: Uri,
 ) -> Result<Json<Metadata>, ApiError> {
+    // A client must discard metadata whose issuer is not the one its well-known URL was
+    // built from (§3.3). The default tenant's issuer has no path, so its metadata is not
+    // also served at `/tenants/default`, where it would name an issuer no client may accept.
+    if uri.path() != format!("{WELL_KNOWN}{}", AppState::tenant_path(&tenant)) {
+        return Err(ApiError::not_found(format!(
+            "the {tenant} tenant's metadata is at {WELL_KNOWN}{}",
+            AppState::tenant_path(&tenant)
+        )));
+    }
     let issuer = state.issuer_for(&tenant);
     // The scopes a tenant's clients may obtain, together.
     let scopes_supported = state
