@@ -136,6 +136,10 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
+async fn wrong_method() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
 /// `405` for the POST-only endpoints, in the given error style.
 pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
     let mut response = ApiError::method_not_allowed().into_response_styled(style);
@@ -213,6 +217,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         app = app.nest("/admin/v1", admin::routes());
     }
     let app = app
+        // Every other route's wrong method: the JSON error too (axum adds `Allow`).
+        .method_not_allowed_fallback(wrong_method)
         .fallback(not_found)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panicked));

@@ -173,3 +173,28 @@ backend_test! {
         assert_error(resp, 404, "not_found").await;
     }
 }
+
+backend_test! {
+    async fn a_method_a_path_does_not_serve_is_a_json_405_naming_the_methods_it_does() {
+        let s = TestServer::start().await;
+        for (method, path, allow) in [
+            (Method::POST, "/.well-known/oauth-authorization-server", "GET,HEAD"),
+            (Method::DELETE, "/healthz", "GET,HEAD"),
+            (Method::PUT, "/readyz", "GET,HEAD"),
+            (Method::POST, "/metrics", "GET,HEAD"),
+            (Method::GET, "/oauth2/token", "POST"),
+        ] {
+            let resp = s
+                .http
+                .request(method.clone(), s.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
+            assert_error(resp, 405, "invalid_request").await;
+        }
+        let resp = s.admin(Method::PUT, "/tenants", None).await;
+        assert_eq!(resp.headers()["allow"], "POST,GET,HEAD");
+        assert_error(resp, 405, "invalid_request").await;
+    }
+}
