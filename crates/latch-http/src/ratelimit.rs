@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use latch_core::clock::UnixTime;
-use latch_core::id::TenantId;
+use latch_core::id::{TenantId, MAX_ID_LEN};
 
 /// Limits for failed authentication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,12 +104,17 @@ impl AuthLimiter {
         client_id: &str,
         address: Option<IpAddr>,
     ) -> impl Iterator<Item = (Key, u32)> {
-        let client = (
-            Key::Client(tenant.clone(), client_id.to_owned()),
-            self.limits.per_client,
-        );
+        // A client id longer than any client's can have is not kept as a key: it names no
+        // secret to guess, and the form allows ids of up to 64 KiB, each of which would be
+        // held for a window (the address's counter still applies).
+        let client = (client_id.len() <= MAX_ID_LEN).then(|| {
+            (
+                Key::Client(tenant.clone(), client_id.to_owned()),
+                self.limits.per_client,
+            )
+        });
         let address = address.map(|ip| (Key::Address(ip), self.limits.per_address));
-        std::iter::once(client).chain(address)
+        client.into_iter().chain(address)
     }
 
     /// `Some(seconds to wait)` when the client id or the address has used up its failures.
@@ -196,6 +201,28 @@ mod tests {
         assert_eq!(l.blocked(&t, "other", None, 1010), None, "per client");
         assert_eq!(l.blocked(&t, "c", None, 1060), None, "released");
         assert_eq!(l.len(), 0, "an ended window is dropped");
+    }
+
+    #[test]
+    fn a_client_id_longer_than_any_client_can_have_is_not_kept() {
+        let l = AuthLimiter::new(AuthLimits {
+            per_client: 1,
+            per_address: 2,
+            window: 60,
+        });
+        let t = TenantId::default_tenant();
+        let address = Some(IpAddr::from([192, 0, 2, 1]));
+        let longest = "c".repeat(MAX_ID_LEN);
+        let too_long = "c".repeat(MAX_ID_LEN + 1);
+        l.failed(&t, &too_long, address, 1000);
+        assert_eq!(l.len(), 1, "the address's counter only");
+        assert_eq!(l.blocked(&t, &too_long, None, 1000), None);
+        l.failed(&t, &longest, None, 1000);
+        assert_eq!(l.len(), 2, "an id of the longest length is kept");
+        assert_eq!(l.blocked(&t, &longest, None, 1000), Some(60));
+        // The address still limits the long ids' attempts.
+        l.failed(&t, &too_long, address, 1000);
+        assert_eq!(l.blocked(&t, &too_long, address, 1000), Some(60));
     }
 
     #[test]

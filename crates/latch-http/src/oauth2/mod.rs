@@ -8,7 +8,7 @@ pub(crate) mod token;
 use axum::http::HeaderMap;
 use latch_core::client::Client;
 use latch_core::grant::TokenRecord;
-use latch_core::id::TenantId;
+use latch_core::id::{TenantId, MAX_ID_LEN};
 use latch_core::revoke::TokenToRevoke;
 use latch_core::{Credentials, IssuedTokens};
 use serde::Serialize;
@@ -63,7 +63,9 @@ impl<'a> Attempt<'a> {
                 self.state
                     .auth_limiter
                     .failed(self.tenant, client_id, self.peer.0, now);
-                tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+                // At most as long as a real client id: the form allows 64 KiB.
+                let shown: String = client_id.chars().take(MAX_ID_LEN).collect();
+                tracing::info!(tenant = %self.tenant, client_id = %shown.escape_debug(), "client authentication failed");
             }
             ApiError::from(e).with_basic_challenge(self.presented.basic)
         })
