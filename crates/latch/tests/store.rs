@@ -96,6 +96,7 @@ async fn rotate_once(store: &dyn Storage, grant: &GrantId, old: TokenHash) -> [T
         ],
         grant_expires_at: 20_000,
         now: 200,
+        grace_allowed: true,
     };
     assert_eq!(
         store.rotate(&rotation).await.unwrap(),
@@ -611,6 +612,45 @@ backend_test! {
         store.create_tenant(&away, 400).await.unwrap();
         assert!(store.token(&TokenHash::of("after-tenant")).await.unwrap().is_none());
         assert!(store.grant(&away, &grant.id).await.unwrap().is_none());
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn no_issuance_racing_its_clients_removal_leaves_a_live_token() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let home = TenantId::default_tenant();
+        ensure_app(&*store).await;
+        // Issuances on both sides of the removal, all at once, so that some share its batch
+        // (SQLite) or its pipelined run (PostgreSQL), before and after it.
+        let issuances: Vec<_> = (0..48)
+            .map(|i| late_issuance(&home, "app", &format!("racing{i}")))
+            .collect();
+        let removal = audit(0, Reason::ClientRemoved, 200);
+        let app = ClientId::parse("app").unwrap();
+        let issue = |range: std::ops::Range<usize>| {
+            futures_util::future::join_all(
+                issuances[range].iter().map(|(grant, tokens)| store.issue(grant, tokens)),
+            )
+        };
+        // Queued in this order: half the issuances, the removal, the other half.
+        let (before, removed, after) = futures_util::future::join3(
+            issue(0..24),
+            store.delete_client(&home, &app, &removal),
+            issue(24..48),
+        )
+        .await;
+        assert!(removed.unwrap().is_some());
+        for (i, stored) in before.into_iter().chain(after).enumerate() {
+            let token = store.token(&TokenHash::of(&format!("racing{i}"))).await.unwrap();
+            match (stored.unwrap(), token) {
+                (false, None) => {}
+                (true, Some(token)) => assert!(token.is_revoked(), "issuance {i} is live"),
+                (stored, token) => panic!("issuance {i}: stored {stored}, read {token:?}"),
+            }
+        }
         drop(store);
         drop(db);
     }

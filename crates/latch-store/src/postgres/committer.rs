@@ -299,7 +299,7 @@ impl<'a> OneStatement<'a> {
         match self {
             OneStatement::Issue(..) => Cow::Borrowed(ISSUE_SQL.as_str()),
             OneStatement::Revoke(target, _) => revoke_sql(target),
-            OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r.precondition)),
+            OneStatement::Rotate(r) => Cow::Borrowed(rotate_sql(r)),
         }
     }
 
@@ -568,17 +568,16 @@ async fn issue(
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
 /// that makes exactly one of two concurrent exchanges win) and, only if it was claimed,
 /// store the new tokens and move the grant's generation and expiry on; an unused token's
-/// exchange also retires the grant's other unused refresh token, which only a grace use
-/// leaves (as SQLite's `retire_siblings`). `$1` grant id,
+/// exchange for a client with a grace period also retires the grant's other unused refresh
+/// token, which only a grace use leaves (as SQLite's `retire_siblings`). `$1` grant id,
 /// `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time
 /// (unused precondition) or the old generation (grace precondition), `$10` the new
 /// generation, `$11` the grant's new expiry. Answers how many tokens were claimed (0 or 1).
-fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
+fn rotate_sql(r: &Rotation) -> &'static str {
+    static UNUSED_ALONE: LazyLock<String> = LazyLock::new(|| rotation(UNUSED_CLAIM, ""));
     static UNUSED: LazyLock<String> = LazyLock::new(|| {
         rotation(
-            "UPDATE tokens SET rotated_at = $9::BIGINT \
-             WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
-               AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)",
+            UNUSED_CLAIM,
             "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
                WHERE grant_id = $1 AND kind = 1 AND hash <> $8 AND rotated_at IS NULL \
                  AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)), ",
@@ -604,11 +603,17 @@ fn rotate_sql(precondition: RotationPrecondition) -> &'static str {
              SELECT count(*) FROM claimed"
         )
     }
-    match precondition {
-        RotationPrecondition::Unused => &UNUSED,
-        RotationPrecondition::GraceUnspent => &GRACE,
+    match (r.precondition, r.grace_allowed) {
+        (RotationPrecondition::Unused, true) => &UNUSED,
+        (RotationPrecondition::Unused, false) => &UNUSED_ALONE,
+        (RotationPrecondition::GraceUnspent, _) => &GRACE,
     }
 }
+
+/// The claim of an unused refresh token, for [`rotate_sql`].
+const UNUSED_CLAIM: &str = "UPDATE tokens SET rotated_at = $9::BIGINT \
+     WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
+       AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)";
 
 /// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`.
 async fn rotate(

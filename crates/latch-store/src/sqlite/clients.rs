@@ -13,7 +13,7 @@ use latch_core::store::{ClientStore, StoreResult};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{join, revocations, SqliteStore};
+use super::{join, live_clients, revocations, SqliteStore};
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
@@ -213,6 +213,7 @@ impl ClientStore for SqliteStore {
         let audit = audit.clone();
         let marks = self.marks.clone();
         self.write(move |c| {
+            live_clients::forget();
             let deleted = c.execute(
                 "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
                 params![t, i],

@@ -221,6 +221,7 @@ fn apply_batch(
     // further writes would then run in autocommit mode, outside this batch's atomicity.
     let aborted = || unavailable("the transaction was aborted by the database");
     run_cached(conn, "BEGIN IMMEDIATE")?;
+    super::live_clients::forget();
     if let Err(e) = observer.begin(conn) {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(super::store_error(e));

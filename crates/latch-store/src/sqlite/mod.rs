@@ -5,6 +5,7 @@
 mod checkpointer;
 mod clients;
 mod committer;
+mod live_clients;
 mod marks;
 mod read_batches;
 mod revocations;

@@ -8,7 +8,7 @@ use latch_core::id::TenantId;
 use latch_core::store::{StoreResult, TenantStore};
 use rusqlite::{params, OptionalExtension};
 
-use super::{revocations, SqliteStore};
+use super::{live_clients, revocations, SqliteStore};
 
 #[async_trait]
 impl TenantStore for SqliteStore {
@@ -58,6 +58,7 @@ impl TenantStore for SqliteStore {
             }
             let event = revocations::apply(c, &marks, &revocation, &audit)?;
             // Clients reference the tenant, so they go first.
+            live_clients::forget();
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
             c.execute("DELETE FROM tenants WHERE id = ?1", [&id])?;
             Ok(Some(event))

@@ -13,7 +13,7 @@ use latch_core::store::{StoreResult, TokenStore};
 use latch_core::token::{TokenHash, TokenKind};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::SqliteStore;
+use super::{live_clients, SqliteStore};
 
 fn kind_code(kind: TokenKind) -> i64 {
     match kind {
@@ -175,17 +175,18 @@ impl TokenStore for SqliteStore {
 
     async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool> {
         let (grant, tokens) = (grant.clone(), tokens.to_vec());
-        // Built once: every issuance runs it. The grant is stored only if its client still
-        // exists: the writer runs removals and issuances one at a time, so a removal either
-        // comes first (nothing stored) or finds this grant and revokes it.
+        // Built once: every issuance runs it.
         static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "INSERT INTO grants ({GRANT_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
-                 WHERE EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?2 AND client_id = ?3)"
-            )
+            format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
         });
         self.write(move |c| {
-            let stored = c.prepare_cached(&SQL)?.execute(params![
+            // The grant is stored only if its client still exists: the writer runs removals
+            // and issuances one at a time, so a removal either comes first (nothing stored)
+            // or finds this grant and revokes it.
+            if !live_clients::exists(c, &grant.tenant, &grant.client_id)? {
+                return Ok(false);
+            }
+            c.prepare_cached(&SQL)?.execute(params![
                 grant.id.as_str(),
                 grant.tenant.as_str(),
                 grant.client_id.as_str(),
@@ -195,9 +196,6 @@ impl TokenStore for SqliteStore {
                 grant.expires_at,
                 grant.revoked_at,
             ])?;
-            if stored == 0 {
-                return Ok(false);
-            }
             let owner = Owner {
                 tenant: grant.tenant.as_str(),
                 client_id: grant.client_id.as_str(),
@@ -242,7 +240,7 @@ impl TokenStore for SqliteStore {
             if claimed == 0 {
                 return Ok(RotationOutcome::Lost);
             }
-            if r.precondition == RotationPrecondition::Unused {
+            if r.precondition == RotationPrecondition::Unused && r.grace_allowed {
                 retire_siblings(c, &r)?;
             }
             // The grant's row was just read by the claim above: its page is in the cache.
