@@ -490,18 +490,20 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 /// row (`FOR KEY SHARE`) until the issuance commits: a removal on any node either deleted
 /// the row first (the check, re-evaluated once the removal commits, finds nothing and the
 /// grant is not stored) or waits for this issuance to commit before its `DELETE` can run,
-/// and the removal's revocation, a later statement, then sees this grant. Answers the ids
-/// of the grants stored.
+/// and the removal's revocation, a later statement, then sees this grant. The run's
+/// distinct clients are looked up and locked once (`live`), not once per grant. Answers the
+/// ids of the grants stored.
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
+        "WITH live AS (SELECT c.tenant_id, c.client_id FROM clients c \
+           WHERE (c.tenant_id, c.client_id) IN (SELECT * FROM unnest($2::TEXT[], $3::TEXT[])) \
+           FOR KEY SHARE), \
+         g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
            created_at, expires_at, revoked_at) \
            SELECT n.* FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
              $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
              AS n(id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at) \
-           WHERE EXISTS (SELECT 1 FROM clients c \
-                         WHERE c.tenant_id = n.tenant_id AND c.client_id = n.client_id \
-                         FOR KEY SHARE) \
+           WHERE (n.tenant_id, n.client_id) IN (SELECT tenant_id, client_id FROM live) \
            RETURNING id), \
          t AS ({TOKEN_INSERT} SELECT x.* FROM unnest($10::BYTEA[], $9::TEXT[], \
            $11::SMALLINT[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
