@@ -15,6 +15,15 @@ fn strings(v: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// `method` on `path`, without credentials.
+async fn send(s: &TestServer, method: &Method, path: &str) -> reqwest::Response {
+    s.http
+        .request(method.clone(), s.url(path))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn metadata(s: &TestServer) -> Value {
     let resp = s
         .http
@@ -159,12 +168,7 @@ backend_test! {
             (Method::GET, "/.well-known/openid-configuration"),
             (Method::DELETE, "/healthz/x"),
         ] {
-            let resp = s
-                .http
-                .request(method.clone(), s.url(path))
-                .send()
-                .await
-                .unwrap();
+            let resp = send(&s, &method, path).await;
             assert_eq!(resp.status(), 404, "{method} {path}");
             assert_error(resp, 404, "not_found").await;
         }
@@ -184,12 +188,7 @@ backend_test! {
             (Method::POST, "/metrics", "GET,HEAD"),
             (Method::GET, "/oauth2/token", "POST"),
         ] {
-            let resp = s
-                .http
-                .request(method.clone(), s.url(path))
-                .send()
-                .await
-                .unwrap();
+            let resp = send(&s, &method, path).await;
             assert_eq!(resp.headers()["allow"], allow, "{method} {path}");
             assert_error(resp, 405, "invalid_request").await;
         }
