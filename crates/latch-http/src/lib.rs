@@ -136,21 +136,19 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-async fn wrong_method() -> ApiError {
+/// A method the route does not serve: the JSON error, for every route but the one profile
+/// that spells errors its own way (axum adds `Allow`, naming the methods the route serves).
+async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// `405` for the POST-only endpoints, in the given error style.
+/// `405` for a POST-only endpoint, in the given error style.
 pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
     let mut response = ApiError::method_not_allowed().into_response_styled(style);
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("POST"));
     response
-}
-
-pub(crate) async fn method_not_allowed() -> Response {
-    method_not_allowed_styled(ErrorStyle::Rfc6749)
 }
 
 /// The OAuth endpoints of one tenant, mounted at `/` (default tenant) and under
@@ -164,24 +162,12 @@ fn oauth_routes(profiles: Profiles) -> Router<Arc<AppState>> {
         );
     }
     if profiles.api_v1_0 {
-        routes = routes.route(
-            "/api/v1.0/oauth2/revoke",
-            post(profiles::api_v1_0::handle).fallback(method_not_allowed),
-        );
+        routes = routes.route("/api/v1.0/oauth2/revoke", post(profiles::api_v1_0::handle));
     }
     routes
-        .route(
-            "/oauth2/token",
-            post(oauth2::token::handle).fallback(method_not_allowed),
-        )
-        .route(
-            "/oauth2/revoke",
-            post(oauth2::revoke::handle).fallback(method_not_allowed),
-        )
-        .route(
-            "/oauth2/introspect",
-            post(oauth2::introspect::handle).fallback(method_not_allowed),
-        )
+        .route("/oauth2/token", post(oauth2::token::handle))
+        .route("/oauth2/revoke", post(oauth2::revoke::handle))
+        .route("/oauth2/introspect", post(oauth2::introspect::handle))
 }
 
 /// The span of a request: method and path only. The query string is left out, so a client
@@ -210,15 +196,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     if profiles.sentinel {
         app = app.route(
             "/sentinel/api/account/{accountid}/token/revoke",
-            post(profiles::sentinel::handle).fallback(method_not_allowed),
+            post(profiles::sentinel::handle),
         );
     }
     if state.admin_token.is_some() {
         app = app.nest("/admin/v1", admin::routes());
     }
     let app = app
-        // Every other route's wrong method: the JSON error too (axum adds `Allow`).
-        .method_not_allowed_fallback(wrong_method)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
         .layer(CatchPanicLayer::custom(panicked));
