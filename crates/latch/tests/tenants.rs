@@ -100,23 +100,15 @@ backend_test! {
             format!("{issuer}/oauth2/introspect")
         );
 
-        let unknown = s
-            .http
-            .get(s.url("/.well-known/oauth-authorization-server/tenants/nope"))
-            .send()
-            .await
-            .unwrap();
-        assert_error(unknown, 404, "not_found").await;
-        // The default tenant's issuer has no path (its metadata is at the root): served at
-        // `/tenants/default` too, the metadata would name an issuer other than the one its URL
-        // was built from, which RFC 8414 §3.3 tells clients to reject.
-        let aliased = s
-            .http
-            .get(s.url("/.well-known/oauth-authorization-server/tenants/default"))
-            .send()
-            .await
-            .unwrap();
-        assert_error(aliased, 404, "not_found").await;
+        // An unknown tenant has none. Nor is the default tenant's served under
+        // `/tenants/default`: its issuer has no path (its metadata is at the root), so there
+        // the metadata would name an issuer other than the one its URL was built from, which
+        // RFC 8414 §3.3 tells clients to reject.
+        for tenant in ["nope", "default"] {
+            let path = format!("/.well-known/oauth-authorization-server/tenants/{tenant}");
+            let resp = s.http.get(s.url(&path)).send().await.unwrap();
+            assert_error(resp, 404, "not_found").await;
+        }
 
         // The tenant's tokens carry its issuer.
         let app = client_in(&s, "acme", "app", "acme-secret").await;
