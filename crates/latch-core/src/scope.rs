@@ -26,6 +26,19 @@ impl Scope {
         Ok(Self::canonical(s))
     }
 
+    /// Parses a scope a client or operator *requests* for a token: like [`parse`](Self::parse),
+    /// but it must name at least one token. RFC 6749 §3.3's `scope` is one or more tokens;
+    /// a value of spaces only (`scope=+++`) is malformed, not a request for nothing, and
+    /// answering it with a scope-less token would hide the client's mistake. (An empty value
+    /// never gets here: RFC 6749 §3.1 treats it as the parameter left out.)
+    pub fn parse_requested(s: &str) -> Result<Self, Error> {
+        let scope = Self::parse(s)?;
+        if scope.is_empty() {
+            return Err(Error::InvalidScope("scope names no scope token".into()));
+        }
+        Ok(scope)
+    }
+
     /// Wraps a scope string read back from storage, where it was validated on the way in
     /// and written in canonical form (a string that is not is put in that form).
     pub fn from_stored(s: impl Into<String>) -> Self {
@@ -118,6 +131,13 @@ mod tests {
         assert_eq!(s.to_string(), "read write");
         assert!(Scope::parse("").unwrap().is_empty());
         assert!(Scope::parse("   ").unwrap().is_empty());
+        assert_eq!(Scope::parse_requested(" read ").unwrap().as_str(), "read");
+        for nothing in ["", "   "] {
+            assert!(matches!(
+                Scope::parse_requested(nothing),
+                Err(Error::InvalidScope(_))
+            ));
+        }
         assert_eq!(
             Scope::parse("b a c").unwrap().iter().collect::<Vec<_>>(),
             ["a", "b", "c"]

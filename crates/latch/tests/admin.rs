@@ -688,6 +688,13 @@ backend_test! {
             "invalid_scope",
         )
         .await;
+        // A scope naming no token is malformed, not a request for an empty scope.
+        assert_error(
+            post(json!({ "client_id": "svc", "subject": "alice", "scope": "  " })).await,
+            400,
+            "invalid_scope",
+        )
+        .await;
         // Unknown client, unknown tenant.
         assert_error(
             post(json!({ "client_id": "ghost", "subject": "alice" })).await,

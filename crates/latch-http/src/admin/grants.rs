@@ -61,7 +61,11 @@ pub(crate) async fn create(
     let tenant = named(&tenant)?;
     let client_id = ClientId::parse(&body.client_id)?;
     let subject = Subject::parse(&body.subject)?;
-    let scope = body.scope.as_deref().map(Scope::parse).transpose()?;
+    let scope = body
+        .scope
+        .as_deref()
+        .map(Scope::parse_requested)
+        .transpose()?;
     let issued = state
         .authority
         .issue_for_subject(&tenant, &client_id, subject, scope.as_ref())

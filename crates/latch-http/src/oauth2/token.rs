@@ -32,7 +32,7 @@ pub(crate) async fn handle(
     })?;
     let scope = form
         .get("scope")
-        .map(Scope::parse)
+        .map(Scope::parse_requested)
         .transpose()
         .map_err(ApiError::from)?;
     let refresh_token = match grant {
