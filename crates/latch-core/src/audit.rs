@@ -193,7 +193,7 @@ pub(crate) fn log(event: &AuditEvent) {
         route = %event.route,
         reason = event.reason.as_str(),
         grant_id = event.grant_id.as_ref().map(|g| g.as_str()),
-        subject = event.subject.as_ref().map(|s| s.as_str()),
+        subject = event.subject.as_ref().map(|s| s.claim()),
         grants = event.grants,
         tokens = event.tokens,
         address = event.address.as_deref(),

@@ -116,11 +116,36 @@ impl Subject {
         Ok(Self(s.to_owned()))
     }
 
-    /// The subject of a `client_credentials` grant: the client itself.
+    /// The subject of a `client_credentials` grant: the client itself, in a namespace of its
+    /// own. It is stored as the client id behind [`CLIENT_SUBJECT_MARK`], which no parsed
+    /// subject can contain, so a client named `alice` and a user named `alice` are different
+    /// subjects: logging the user out everywhere leaves the client's machine tokens alone,
+    /// and revoking "every grant of the subject" with the client's own token cannot reach the
+    /// user's grants (RFC 9700 §4.15).
     pub fn of_client(client: &ClientId) -> Self {
-        Self(client.0.clone())
+        let mut stored = String::with_capacity(1 + client.0.len());
+        stored.push(CLIENT_SUBJECT_MARK);
+        stored.push_str(&client.0);
+        Self(stored)
+    }
+
+    /// The client this subject is, if it is a client acting for itself.
+    pub fn client(&self) -> Option<&str> {
+        self.0.strip_prefix(CLIENT_SUBJECT_MARK)
+    }
+
+    /// The subject as the `sub` claim and the admin API show it: a user's id, or a client's
+    /// id for a client acting for itself (RFC 9068 §2.2). [`as_str`](Self::as_str) is the
+    /// stored form, which tells the two apart.
+    pub fn claim(&self) -> &str {
+        self.client().unwrap_or(&self.0)
     }
 }
+
+/// Opens the stored form of a client's own subject ([`Subject::of_client`]). A control
+/// character, so no user subject ([`Subject::parse`]) can begin with it; not NUL, which
+/// PostgreSQL's `text` cannot hold.
+pub const CLIENT_SUBJECT_MARK: char = '\u{1}';
 
 /// Length of a generated grant id: `g_`, 14 hex digits and 16 base64url characters.
 const GRANT_ID_LEN: usize = 2 + 14 + 16;
@@ -191,6 +216,21 @@ mod tests {
         assert!(ClientId::parse("\0").is_err());
         assert!(ClientId::parse(&"c".repeat(256)).is_err());
         assert!(ClientId::parse("").is_err());
+    }
+
+    #[test]
+    fn a_clients_own_subject_is_never_a_users() {
+        let client = ClientId::parse("alice").unwrap();
+        let machine = Subject::of_client(&client);
+        let user = Subject::parse("alice").unwrap();
+        assert_ne!(machine, user);
+        assert_eq!(machine.claim(), "alice");
+        assert_eq!(machine.client(), Some("alice"));
+        assert_eq!(user.claim(), "alice");
+        assert_eq!(user.client(), None);
+        // No subject an admin can name is a client's own.
+        assert!(Subject::parse(machine.as_str()).is_err());
+        assert_eq!(Subject::from_stored(machine.as_str().to_owned()), machine);
     }
 
     #[test]

@@ -267,6 +267,71 @@ backend_test! {
     }
 }
 
+/// A `client_credentials` access token of `client` (credentials in the body).
+async fn machine_token(s: &TestServer, tenant: &str, client: &TestClient) -> String {
+    let resp = s
+        .post_form(
+            &format!("/tenants/{tenant}/oauth2/token"),
+            Auth::Post(client),
+            &[("grant_type", "client_credentials")],
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    field(&resp.json::<Value>().await.unwrap(), "access_token").to_owned()
+}
+
+backend_test! {
+    async fn a_client_named_like_a_user_is_a_subject_of_its_own() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        // A client whose id is also a user's name, with a machine token of its own.
+        let alice_app = app_in(&s, "acct", "alice", "alice-secret").await;
+        let first = machine_token(&s, "acct", &alice_app).await;
+        let user = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        let user_at = field(&user, "access_token");
+
+        // The `sub` claim of a machine token is still its client's id (RFC 9068 §2.2).
+        let resp = s
+            .post_form(
+                "/tenants/acct/oauth2/introspect",
+                Auth::Basic(&acct.introspector),
+                &[("token", &first)],
+            )
+            .await;
+        let claims: Value = resp.json().await.unwrap();
+        assert_eq!((&claims["sub"], &claims["client_id"]), (&json!("alice"), &json!("alice")));
+
+        // Logging the user out everywhere leaves the client's machine token alone.
+        let resp = s
+            .admin(Method::DELETE, "/tenants/acct/subjects/alice/grants", None)
+            .await;
+        assert_eq!(resp.json::<Value>().await.unwrap()["revoked_grants"], 1);
+        assert!(!active_in(&s, "acct", &acct.introspector, user_at).await);
+        assert!(active_in(&s, "acct", &acct.introspector, &first).await, "machine token died");
+
+        // The logout-everywhere profile called with the client's own token logs out the
+        // client (all its machine tokens), never the user who shares its name.
+        let user = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        let second = machine_token(&s, "acct", &alice_app).await;
+        let resp = post(
+            &s,
+            "/sentinel/api/account/acct/token/revoke?v=1.0",
+            sentinel_body(&alice_app, &first),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        for t in [&first, &second] {
+            assert!(!active_in(&s, "acct", &acct.introspector, t).await, "machine token lives");
+        }
+        for t in ["access_token", "refresh_token"] {
+            assert!(
+                active_in(&s, "acct", &acct.introspector, field(&user, t)).await,
+                "the user's {t} died"
+            );
+        }
+    }
+}
+
 // ---- Profile 2: seed 001, /api/id/v1/auth/token/revoke ---------------------------------------
 
 /// Checks a camelCase error body: `error` and `errorDescription`, nothing in snake_case.

@@ -43,7 +43,7 @@ impl<'a> From<&'a AuditEvent> for EventView<'a> {
             route: &e.route,
             reason: e.reason.as_str(),
             grant_id: e.grant_id.as_ref().map(|g| g.as_str()),
-            subject: e.subject.as_ref().map(|s| s.as_str()),
+            subject: e.subject.as_ref().map(|s| s.claim()),
             grants: e.grants,
             tokens: e.tokens,
             address: e.address.as_deref(),

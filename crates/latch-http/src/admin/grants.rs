@@ -44,7 +44,7 @@ impl<'a> From<&'a Grant> for GrantView<'a> {
         Self {
             grant_id: g.id.as_str(),
             client_id: g.client_id.as_str(),
-            subject: g.subject.as_str(),
+            subject: g.subject.claim(),
             scope: g.scope.to_string(),
             created_at: g.created_at,
             expires_at: g.expires_at,

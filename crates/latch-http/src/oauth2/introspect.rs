@@ -54,7 +54,7 @@ pub(crate) async fn handle(
             active: true,
             scope: t.scope.as_str(),
             client_id: t.client_id.as_str(),
-            sub: t.subject.as_str(),
+            sub: t.subject.claim(),
             exp: t.exp,
             iat: t.iat,
             token_type: (t.kind == TokenKind::Access).then_some("Bearer"),
