@@ -47,12 +47,52 @@ pub struct SecretVerifier {
     /// One lock per verification in progress, keyed by its MAC: concurrent requests that
     /// present the same secret (64 connections of one client after a restart) wait for one
     /// argon2 run and then find the cache warm, instead of each running argon2.
-    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Flights,
     /// argon2 runs so far (for tests and diagnostics).
     slow_runs: std::sync::atomic::AtomicU64,
     /// Bounds concurrent argon2 runs to the core count, so a flood of bad secrets queues
     /// instead of starving every other request of CPU.
     slots: Arc<Semaphore>,
+}
+
+type Flights = Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>;
+
+/// A request's part in the verification of one presented secret. Leaving it, by finishing
+/// or by being dropped (a request whose client hung up is cancelled at any `.await`), ends
+/// the flight's entry, so no entry outlives its requests: entries are keyed by presented
+/// secrets, and a flood of cancelled wrong guesses must not grow the map.
+struct Flight<'a> {
+    flights: &'a Flights,
+    mac: [u8; 32],
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Flight<'a> {
+    /// Joins the flight of `mac`, starting it if none is under way.
+    fn join(flights: &'a Flights, mac: [u8; 32]) -> Self {
+        let lock = flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(mac)
+            .or_default()
+            .clone();
+        Self { flights, mac, lock }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        // Whoever still waits on this flight holds its lock and will look at the cache;
+        // whoever comes later starts from the cache, or a new flight. (A waiter that leaves
+        // early ends the entry too: at worst a later request runs argon2 once more.)
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&self.mac)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.lock))
+        {
+            flights.remove(&self.mac);
+        }
+    }
 }
 
 impl Default for SecretVerifier {
@@ -110,14 +150,8 @@ impl SecretVerifier {
 
         // Single flight per presented secret: wait for a verification of the same secret
         // already running, then look at the cache again.
-        let flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(mac)
-            .or_default()
-            .clone();
-        let _flight = flight.lock().await;
+        let flight = Flight::join(&self.in_flight, mac);
+        let _turn = flight.lock.lock().await;
         if self.is_cached(&slot, &mac) {
             return true;
         }
@@ -128,12 +162,6 @@ impl SecretVerifier {
                 cache.clear();
             }
             cache.insert(slot, mac);
-        }
-        // The flight is over: whoever still waits on it holds it and will find the cache;
-        // whoever comes later starts from the cache, or a new flight after a failure.
-        let mut flights = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(&mac).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&mac);
         }
         ok
     }
@@ -150,12 +178,16 @@ impl SecretVerifier {
             .slow_runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(run, "verifying a client secret with argon2id (cache miss)");
-        let Ok(_permit) = self.slots.clone().acquire_owned().await else {
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
             return false;
         };
         let phc = stored.as_str().to_owned();
         let secret = presented.to_owned();
         let ok: bool = tokio::task::spawn_blocking(move || {
+            // The slot goes with the run, not with the request: a request dropped while
+            // argon2 runs (its client hung up) cannot free the slot for another run while
+            // this one still takes its core.
+            let _slot = permit;
             PasswordHash::new(&phc)
                 .map(|h| {
                     Argon2::default()
@@ -257,6 +289,53 @@ mod tests {
         assert!(v.in_flight.lock().unwrap().is_empty());
         assert!(!v.verify(&c, "wrong").await);
         assert!(v.in_flight.lock().unwrap().is_empty());
+    }
+
+    /// Waits (without a timer) until `done` holds, yielding to the verification tasks.
+    async fn until(done: impl Fn() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_verification_leaves_no_flight_behind() {
+        let v = Arc::new(SecretVerifier::new());
+        let c = Arc::new(client("s"));
+        // Every argon2 slot taken: the verification waits for one, inside its flight.
+        let all = v.slots.available_permits() as u32;
+        let held = v.slots.clone().acquire_many_owned(all).await.unwrap();
+        let task = {
+            let (v, c) = (v.clone(), c.clone());
+            tokio::spawn(async move { v.verify(&c, "wrong guess").await })
+        };
+        until(|| v.in_flight.lock().unwrap().len() == 1).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(v.in_flight.lock().unwrap().is_empty());
+        drop(held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_verification_keeps_its_argon2_slot_until_the_run_ends() {
+        let v = Arc::new(SecretVerifier::new());
+        let c = Arc::new(client("s"));
+        let all = v.slots.available_permits();
+        let task = {
+            let (v, c) = (v.clone(), c.clone());
+            tokio::spawn(async move { v.verify(&c, "wrong guess").await })
+        };
+        // The run has its slot (argon2 takes milliseconds; the checks below take less).
+        until(|| v.slots.available_permits() == all - 1).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            v.slots.available_permits(),
+            all - 1,
+            "the slot was freed while its argon2 run still goes on"
+        );
+        // And it comes back once the run ends.
+        drop(v.slots.acquire_many(all as u32).await.unwrap());
     }
 
     #[test]
