@@ -20,7 +20,7 @@ impl Scope {
         });
         if !valid {
             return Err(Error::InvalidScope(
-                "scope contains a character RFC 6749 §3.3 does not allow".into(),
+                "scope contains a character RFC 6749 section 3.3 does not allow".into(),
             ));
         }
         Ok(Self::canonical(s))

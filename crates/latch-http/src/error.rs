@@ -44,6 +44,32 @@ struct CamelCaseBody<'a> {
     error_description: &'a str,
 }
 
+/// Whether `c` may appear in an `error_description`: RFC 6749 §5.2 allows only
+/// `%x20-21 / %x23-5B / %x5D-7E` (printable ASCII but `"` and `\`).
+fn allowed_in_description(c: char) -> bool {
+    matches!(c, '\x20'..='\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e')
+}
+
+/// Puts a description in RFC 6749 §5.2's character set, for every error of every route:
+/// messages may quote what a client sent (a parameter's name, say), which can be anything.
+/// A description already in the set, as nearly all are, is kept as it is.
+fn rfc6749_description(description: Cow<'static, str>) -> Cow<'static, str> {
+    if description.chars().all(allowed_in_description) {
+        return description;
+    }
+    let mut out = String::with_capacity(description.len());
+    for c in description.chars() {
+        match c {
+            c if allowed_in_description(c) => out.push(c),
+            '"' => out.push('\''),
+            '\\' => out.push('/'),
+            '\u{a7}' => out.push_str("section "),
+            _ => out.push('?'),
+        }
+    }
+    out.into()
+}
+
 impl ApiError {
     fn new(
         status: StatusCode,
@@ -53,7 +79,7 @@ impl ApiError {
         Self {
             status,
             code,
-            description: description.into(),
+            description: rfc6749_description(description.into()),
             challenge: None,
             retry_after: None,
         }

@@ -185,6 +185,16 @@ fn multipart(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// Every bad-input row for one form endpoint.
+/// `body` with unknown parameters added until it has `n` (RFC 6749 §3.1: they are ignored).
+fn padded(body: &str, n: usize) -> String {
+    let has = body.split('&').filter(|p| !p.is_empty()).count();
+    let mut out = body.to_owned();
+    for i in has..n {
+        out.push_str(&format!("&x{i}=1"));
+    }
+    out
+}
+
 fn form_cases(ep: &Endpoint) -> Vec<Case> {
     use Expect::Error;
     let bad = || Error(400, "invalid_request");
@@ -290,6 +300,24 @@ fn form_cases(ep: &Endpoint) -> Vec<Case> {
             "a duplicated parameter",
             h.clone(),
             format!("{good}&{}", ep.params()),
+            bad(),
+        ),
+        ep.case(
+            "a duplicated parameter whose name needs quoting (non-ASCII, a quote)",
+            h.clone(),
+            format!("{good}&%C3%A9=1&a%22%5C=1&%C3%A9=2"),
+            bad(),
+        ),
+        ep.case(
+            "as many parameters as a form may have (128)",
+            h.clone(),
+            padded(&good, 128),
+            Expect::Ok,
+        ),
+        ep.case(
+            "one parameter more than a form may have",
+            h.clone(),
+            padded(&good, 129),
             bad(),
         ),
         ep.case(
@@ -503,6 +531,12 @@ fn form_cases(ep: &Endpoint) -> Vec<Case> {
                 h.clone(),
                 "grant_type=client%00credentials",
                 Error(400, "unsupported_grant_type"),
+            ),
+            ep.case(
+                "a scope with a character RFC 6749 §3.3 does not allow",
+                h.clone(),
+                "grant_type=client_credentials&scope=a%22b",
+                Error(400, "invalid_scope"),
             ),
             ep.case(
                 "grant_type as a JSON body",
@@ -1062,6 +1096,14 @@ async fn check(
                     };
                     if !body[field].is_string() || body.get(other).is_some() {
                         problems.push(format!("description must be in {field} only"));
+                    }
+                    // RFC 6749 §5.2: %x20-21 / %x23-5B / %x5D-7E, whatever the input quoted.
+                    let description = body[field].as_str().unwrap_or_default();
+                    if let Some(c) = description
+                        .chars()
+                        .find(|c| !matches!(c, ' ' | '!' | '#'..='[' | ']'..='~'))
+                    {
+                        problems.push(format!("{c:?} in the description"));
                     }
                 }
             }
