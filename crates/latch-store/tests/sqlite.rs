@@ -10,7 +10,7 @@ use latch_core::grant::{
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::{
-    ClientStore, RevocationPlan, RevocationStore, Storage, TokenRead, TokenStore,
+    ClientStore, RevocationPlan, RevocationStore, Storage, TenantStore, TokenRead, TokenStore,
 };
 use latch_core::token::{TokenHash, TokenKind};
 use latch_store::sqlite::WalPolicy;
@@ -556,4 +556,60 @@ async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_an
     // presented.
     let live_key = TokenHash::of("live").as_bytes().to_vec();
     assert_eq!(logged, vec![(live_key, 200, 7_777)]);
+}
+
+/// A tenant removal that fails after revoking the tenant's grants (here its row cannot be
+/// deleted) leaves nothing behind: not the revocations, which roll back with it, and not
+/// their marks, which must not stand in for log rows that were never written. Before the
+/// fix, the marks of the rolled-back log rows were indexed as committed, and the
+/// revocations that next reused those rows' sequence numbers were read as live.
+#[tokio::test]
+async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
+    let t = TenantId::parse("t").unwrap();
+    store.create_tenant(&t, 100).await.unwrap();
+    store
+        .create_client(&latch_core::client::Client {
+            tenant: t.clone(),
+            ..client()
+        })
+        .await
+        .unwrap();
+    let hash = |name: &str| TokenHash::of(name);
+    for i in 0..3 {
+        let in_t = Grant {
+            tenant: t.clone(),
+            ..grant("u")
+        };
+        let tokens = [token(&format!("t{i}"), TokenKind::Access)];
+        assert!(store.issue(&in_t, &tokens).await.unwrap());
+    }
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER keep BEFORE DELETE ON tenants \
+             BEGIN SELECT RAISE(ABORT, 'kept'); END",
+        )
+        .unwrap();
+    let removal = AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+    assert!(store.delete_tenant(&t, &removal).await.is_err());
+
+    for i in 0..3 {
+        let read = store.token(&hash(&format!("t{i}"))).await.unwrap().unwrap();
+        assert!(!read.is_revoked(), "t{i}: the removal failed");
+    }
+    for i in 0..3 {
+        let name = format!("d{i}");
+        assert!(store
+            .issue(&grant("v"), &[token(&name, TokenKind::Access)])
+            .await
+            .unwrap());
+        let revocation = Revocation::Token(hash(&name));
+        let event = store.revoke(&revocation, &audit(300)).await.unwrap();
+        event.expect("recorded");
+        let read = store.token(&hash(&name)).await.unwrap().unwrap();
+        assert!(read.is_revoked(), "{name} was revoked");
+    }
 }

@@ -28,6 +28,10 @@ use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
 /// Returns the audit record, or `None` when nothing was alive (nothing is recorded then).
+///
+/// Must be the last fallible statement of its write: the batch counts on the marks it made
+/// once it returns, and a failure after it would roll its log rows back (the write's
+/// savepoint) but not those marks.
 pub(super) fn apply(
     c: &Connection,
     marks: &RevocationMarks,

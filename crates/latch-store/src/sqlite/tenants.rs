@@ -49,19 +49,14 @@ impl TenantStore for SqliteStore {
         let audit = audit.clone();
         let marks = self.marks.clone();
         self.write(move |c| {
-            let exists = c
-                .query_row("SELECT 1 FROM tenants WHERE id = ?1", [&id], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !exists {
-                return Ok(None);
-            }
-            let event = revocations::apply(c, &marks, &revocation, &audit)?;
-            // Clients reference the tenant, so they go first.
+            // Clients reference the tenant, so they go first; the revocation goes last,
+            // because its marks count as soon as it returns (`revocations::apply`).
             live_clients::forget();
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
-            c.execute("DELETE FROM tenants WHERE id = ?1", [&id])?;
-            Ok(Some(event))
+            if c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
+                return Ok(None);
+            }
+            Ok(Some(revocations::apply(c, &marks, &revocation, &audit)?))
         })
         .await
     }
