@@ -93,10 +93,17 @@ pub trait TokenStore: Send + Sync {
     /// Looks a token up by hash, with its grant's state.
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>>;
     /// Stores a new grant with its first tokens, if its client still exists when the write
-    /// runs; `false` (nothing stored) if the client was removed since it authenticated, so
-    /// that a removal revokes every grant the client will ever have, not only those stored
-    /// before it.
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool>;
+    /// runs, and with `client_secret`, the stored secret hash the request was authenticated
+    /// against (`None`: a client without a secret); `false` (nothing stored) otherwise. So a
+    /// removal revokes every grant the client will ever have, not only those stored before
+    /// it, and a client removed and created again under its id (or given a new secret) since
+    /// the request authenticated is not issued a grant on the old credentials.
+    async fn issue(
+        &self,
+        grant: &Grant,
+        tokens: &[NewToken],
+        client_secret: Option<&SecretHash>,
+    ) -> StoreResult<bool>;
     /// Exchanges a refresh token atomically; see [`Rotation`]. An exchange of an unused
     /// token also retires, as used with its grace spent, the grant's other unused refresh
     /// token, which only a grace use leaves.

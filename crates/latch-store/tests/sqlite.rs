@@ -53,7 +53,11 @@ async fn concurrent_revocations_are_all_committed_and_survive_a_reopen() {
     let n = 300;
     for i in 0..n {
         store
-            .issue(&grant("u"), &[token(&format!("t{i}"), TokenKind::Access)])
+            .issue(
+                &grant("u"),
+                &[token(&format!("t{i}"), TokenKind::Access)],
+                None,
+            )
             .await
             .unwrap();
     }
@@ -98,7 +102,7 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
         let g = grant("u");
         let old = format!("rt{round}");
         store
-            .issue(&g, &[token(&old, TokenKind::Refresh)])
+            .issue(&g, &[token(&old, TokenKind::Refresh)], None)
             .await
             .unwrap();
         let tasks: Vec<_> = (0..4)
@@ -142,7 +146,7 @@ async fn a_presented_token_is_judged_as_the_revoking_write_reads_it() {
     for round in 0..10 {
         let name = format!("p{round}");
         store
-            .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+            .issue(&grant("u"), &[token(&name, TokenKind::Access)], None)
             .await
             .unwrap();
         let tasks: Vec<_> = (0..16)
@@ -189,7 +193,7 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
         Arc::new(with_app(SqliteStore::open_file(&dir.path().join("latch.db")).unwrap()).await);
     let g = grant("u");
     store
-        .issue(&g, &[token("a", TokenKind::Access)])
+        .issue(&g, &[token("a", TokenKind::Access)], None)
         .await
         .unwrap();
     // Issuing the same token hash again violates the primary key: that write fails alone.
@@ -197,7 +201,7 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .issue(&grant("v"), &[token("a", TokenKind::Access)])
+                .issue(&grant("v"), &[token("a", TokenKind::Access)], None)
                 .await
         })
     };
@@ -205,7 +209,7 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .issue(&grant("w"), &[token("b", TokenKind::Access)])
+                .issue(&grant("w"), &[token("b", TokenKind::Access)], None)
                 .await
         })
     };
@@ -221,7 +225,7 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
 async fn memory_databases_work_and_are_private() {
     let a = with_app(SqliteStore::open_memory().unwrap()).await;
     let b = SqliteStore::open_memory().unwrap();
-    a.issue(&grant("u"), &[token("m", TokenKind::Access)])
+    a.issue(&grant("u"), &[token("m", TokenKind::Access)], None)
         .await
         .unwrap();
     assert!(a.token(&TokenHash::of("m")).await.unwrap().is_some());
@@ -281,7 +285,7 @@ async fn client_and_token_read_together_and_leave_no_transaction_open() {
         store.create_client(&client()).await.unwrap();
         let g = grant("alice");
         store
-            .issue(&g, &[token("live", TokenKind::Access)])
+            .issue(&g, &[token("live", TokenKind::Access)], None)
             .await
             .unwrap();
 
@@ -308,7 +312,7 @@ async fn client_and_token_read_together_and_leave_no_transaction_open() {
 
         // Writes still commit after the reads.
         store
-            .issue(&grant("bob"), &[token("later", TokenKind::Access)])
+            .issue(&grant("bob"), &[token("later", TokenKind::Access)], None)
             .await
             .unwrap();
         assert!(store
@@ -341,7 +345,7 @@ async fn assert_the_wal_stays_short(pass_interval: Duration) {
                 for i in 0..1000 {
                     let name = format!("w{w}-{i}");
                     let t = token(&name, TokenKind::Access);
-                    store.issue(&grant(&name), &[t]).await.unwrap();
+                    store.issue(&grant(&name), &[t], None).await.unwrap();
                 }
             })
         })
@@ -408,7 +412,7 @@ async fn batched_reads_see_every_write_answered_before_them() {
                     let name = format!("b{task}-{i}");
                     let hash = TokenHash::of(&name);
                     store
-                        .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+                        .issue(&grant("u"), &[token(&name, TokenKind::Access)], None)
                         .await
                         .unwrap();
                     let issued = store.token(&hash).await.unwrap();
@@ -443,7 +447,7 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
             tokio::spawn(async move {
                 let name = format!("c{i}");
                 store
-                    .issue(&grant("u"), &[token(&name, TokenKind::Access)])
+                    .issue(&grant("u"), &[token(&name, TokenKind::Access)], None)
                     .await
             })
         })
@@ -464,7 +468,7 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
     }
     // The store keeps working after closing; later writes are durable in the WAL again.
     store
-        .issue(&grant("u"), &[token("after", TokenKind::Access)])
+        .issue(&grant("u"), &[token("after", TokenKind::Access)], None)
         .await
         .unwrap();
     assert!(store
@@ -513,7 +517,10 @@ async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_an
     let mut live = token("live", TokenKind::Access);
     live.expires_at = 7_777;
     let marked = token("marked in its row", TokenKind::Access);
-    store.issue(&grant("u"), &[live, marked]).await.unwrap();
+    store
+        .issue(&grant("u"), &[live, marked], None)
+        .await
+        .unwrap();
     // A row revoked in place (as when the log's index was full), by another connection.
     let other = rusqlite::Connection::open(&path).unwrap();
     other.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -584,7 +591,7 @@ async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
             ..grant("u")
         };
         let tokens = [token(&format!("t{i}"), TokenKind::Access)];
-        assert!(store.issue(&in_t, &tokens).await.unwrap());
+        assert!(store.issue(&in_t, &tokens, None).await.unwrap());
     }
     rusqlite::Connection::open(&path)
         .unwrap()
@@ -603,7 +610,7 @@ async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
     for i in 0..3 {
         let name = format!("d{i}");
         assert!(store
-            .issue(&grant("v"), &[token(&name, TokenKind::Access)])
+            .issue(&grant("v"), &[token(&name, TokenKind::Access)], None)
             .await
             .unwrap());
         let revocation = Revocation::Token(hash(&name));

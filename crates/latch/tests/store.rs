@@ -58,7 +58,7 @@ async fn issue_expiring(
         .collect();
     ensure_app(store).await;
     assert!(
-        store.issue(&grant, &tokens).await.unwrap(),
+        store.issue(&grant, &tokens, None).await.unwrap(),
         "client app exists"
     );
     (grant.id, tokens.iter().map(|t| t.hash).collect())
@@ -598,7 +598,7 @@ backend_test! {
         let removal = audit(0, Reason::ClientRemoved, 200);
         assert!(store.delete_client(&home, &app, &removal).await.unwrap().is_some());
         let (grant, tokens) = late_issuance(&home, "app", "after-client");
-        assert!(!store.issue(&grant, &tokens).await.unwrap(), "nothing stored");
+        assert!(!store.issue(&grant, &tokens, None).await.unwrap(), "nothing stored");
         assert!(store.token(&TokenHash::of("after-client")).await.unwrap().is_none());
         assert!(store.grant(&home, &grant.id).await.unwrap().is_none());
 
@@ -607,11 +607,60 @@ backend_test! {
         let removal = AuditContext::new(away.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
         assert!(store.delete_tenant(&away, &removal).await.unwrap().is_some());
         let (grant, tokens) = late_issuance(&away, "app", "after-tenant");
-        assert!(!store.issue(&grant, &tokens).await.unwrap(), "nothing stored");
+        assert!(!store.issue(&grant, &tokens, None).await.unwrap(), "nothing stored");
         // Nor does anything read once the tenant is back.
         store.create_tenant(&away, 400).await.unwrap();
         assert!(store.token(&TokenHash::of("after-tenant")).await.unwrap().is_none());
         assert!(store.grant(&away, &grant.id).await.unwrap().is_none());
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn a_grant_is_stored_only_for_the_client_as_it_authenticated() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let home = TenantId::default_tenant();
+        let id = ClientId::parse("svc").unwrap();
+        let with_secret = |secret: &str| Client {
+            secret: Some(latch_core::secret::hash_secret(secret)),
+            ..client(&home, "svc", 3600)
+        };
+        store.create_client(&with_secret("first")).await.unwrap();
+        // A request authenticates: this is the client it read.
+        let first = store.client(&home, &id).await.unwrap().unwrap();
+
+        // Meanwhile the client is removed and created again under its id (a leaked secret
+        // replaced, say): the request's issuance stores nothing.
+        let removal = audit(0, Reason::ClientRemoved, 200);
+        assert!(store.delete_client(&home, &id, &removal).await.unwrap().is_some());
+        store.create_client(&with_secret("second")).await.unwrap();
+        let (grant, tokens) = late_issuance(&home, "svc", "stale");
+        let stored = store.issue(&grant, &tokens, first.secret.as_ref());
+        assert!(!stored.await.unwrap(), "issued on the removed client's credentials");
+        assert!(store.token(&TokenHash::of("stale")).await.unwrap().is_none());
+        assert!(store.grant(&home, &grant.id).await.unwrap().is_none());
+
+        // The client as it is now gets its grant; after a new secret, only on that secret,
+        // even queued right behind the change (SQLite: the writer's memo of the client is
+        // forgotten by it).
+        let second = store.client(&home, &id).await.unwrap().unwrap();
+        let third = latch_core::secret::hash_secret("third");
+        let (a, a_tokens) = late_issuance(&home, "svc", "before-change");
+        let (b, b_tokens) = late_issuance(&home, "svc", "after-change");
+        let (before, changed, after) = futures_util::future::join3(
+            store.issue(&a, &a_tokens, second.secret.as_ref()),
+            store.set_client_secret(&home, &id, &third),
+            store.issue(&b, &b_tokens, second.secret.as_ref()),
+        )
+        .await;
+        assert!(changed.unwrap());
+        assert!(before.unwrap(), "the client as it was then");
+        assert!(!after.unwrap(), "issued on the replaced secret");
+        assert!(store.token(&TokenHash::of("after-change")).await.unwrap().is_none());
+        let (c, c_tokens) = late_issuance(&home, "svc", "on-the-new-secret");
+        assert!(store.issue(&c, &c_tokens, Some(&third)).await.unwrap());
         drop(store);
         drop(db);
     }
@@ -632,7 +681,7 @@ backend_test! {
         let app = ClientId::parse("app").unwrap();
         let issue = |range: std::ops::Range<usize>| {
             futures_util::future::join_all(
-                issuances[range].iter().map(|(grant, tokens)| store.issue(grant, tokens)),
+                issuances[range].iter().map(|(grant, tokens)| store.issue(grant, tokens, None)),
             )
         };
         // Queued in this order: half the issuances, the removal, the other half.
@@ -682,7 +731,7 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     let (grant, tokens) = late_issuance(&TenantId::default_tenant(), "app", "racing");
     let issuing = tokio::spawn({
         let store = store.clone();
-        async move { store.issue(&grant, &tokens).await }
+        async move { store.issue(&grant, &tokens, None).await }
     });
     // Until the issuance waits for the removal's row lock.
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
@@ -706,6 +755,67 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
         .unwrap()
         .is_none());
     drop(remover);
+    let _ = conn.await;
+    drop(store);
+    drop(db);
+}
+
+/// Across PostgreSQL nodes: a tenant removal while another node creates a client in that
+/// tenant waits for the creation and removes that client too, instead of failing (with its
+/// whole batch) on the client's foreign key.
+#[tokio::test]
+async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_that_client() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let t = TenantId::parse("t").unwrap();
+    store.create_tenant(&t, 100).await.unwrap();
+    store.create_client(&client(&t, "app", 3600)).await.unwrap();
+    let schema = db.schema.clone().unwrap();
+    let (creator, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    creator
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
+             CREATE TEMP TABLE late ON COMMIT DROP AS SELECT * FROM clients WHERE tenant_id = 't'; \
+             UPDATE late SET client_id = 'late'; \
+             INSERT INTO clients SELECT * FROM late",
+        )
+        .await
+        .unwrap();
+    let removing = tokio::spawn({
+        let store = store.clone();
+        let t = t.clone();
+        async move {
+            let removal =
+                AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+            store.delete_tenant(&t, &removal).await
+        }
+    });
+    // Until the removal waits for the creation's lock on the tenant's row.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%tenants%' AND datname = current_database() \
+                   AND pid <> pg_backend_pid()";
+    let mut polls = 0;
+    while db.query_i64(waiting).await == 0 {
+        assert!(
+            !removing.is_finished(),
+            "the removal did not wait for the creation"
+        );
+        polls += 1;
+        assert!(polls < 1_000, "the removal is not waiting for a lock");
+        tokio::task::yield_now().await;
+    }
+    creator.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        removing.await.unwrap().unwrap().is_some(),
+        "the tenant was removed"
+    );
+    let late = ClientId::parse("late").unwrap();
+    assert!(store.client(&t, &late).await.unwrap().is_none());
+    assert!(!store.tenant_exists(&t).await.unwrap());
+    drop(creator);
     let _ = conn.await;
     drop(store);
     drop(db);

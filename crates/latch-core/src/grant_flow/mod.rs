@@ -78,8 +78,13 @@ impl Authority {
             expires_at,
             revoked_at: None,
         };
-        if !self.store.issue(&grant, &records).await? {
-            // The client was removed (or its tenant) after it was read: nothing was stored.
+        if !self
+            .store
+            .issue(&grant, &records, client.secret.as_ref())
+            .await?
+        {
+            // The client was removed (or its tenant, or it was created again, or its secret
+            // changed) after it was read: nothing was stored.
             return Err(Error::InvalidClient);
         }
         Ok(IssuedTokens {

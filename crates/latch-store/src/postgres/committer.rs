@@ -50,7 +50,7 @@ pub(crate) enum Op {
     PutClient(Client, bool),
     SetSecret(TenantId, ClientId, SecretHash),
     DeleteClient(TenantId, ClientId, AuditContext),
-    Issue(Grant, Vec<NewToken>),
+    Issue(Grant, Vec<NewToken>, Option<SecretHash>),
     Rotate(Rotation),
     Revoke(Revocation, AuditContext),
     Purge(UnixTime, Sweep, u32),
@@ -276,10 +276,14 @@ async fn commit_batch(
     Ok(replies)
 }
 
+/// An issuance as the committer runs it: the grant, its tokens, and the client's secret
+/// hash as the request's authentication read it.
+type Issuance<'a> = (&'a Grant, &'a [NewToken], Option<&'a SecretHash>);
+
 /// A write that is one statement, whose text and parameters depend on no earlier write's
 /// result, and that needs no savepoint: a run of them can be pipelined.
 enum OneStatement<'a> {
-    Issue(&'a Grant, &'a [NewToken]),
+    Issue(Issuance<'a>),
     Revoke(Target<'a>, &'a AuditContext),
     Rotate(&'a Rotation),
 }
@@ -287,7 +291,7 @@ enum OneStatement<'a> {
 impl<'a> OneStatement<'a> {
     fn of(op: &'a Op) -> Option<Self> {
         match op {
-            Op::Issue(g, tokens) => Some(OneStatement::Issue(g, tokens)),
+            Op::Issue(g, tokens, secret) => Some(OneStatement::Issue((g, tokens, secret.as_ref()))),
             Op::Rotate(r) => Some(OneStatement::Rotate(r)),
             Op::Revoke(rev, audit) => Some(OneStatement::Revoke(Target::of(rev), audit)),
             _ => None,
@@ -310,8 +314,8 @@ impl<'a> OneStatement<'a> {
         stmt: &Statement,
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
-            OneStatement::Issue(g, tokens) => {
-                let stored = issue(tx, stmt, &[(g, tokens)]).await?;
+            OneStatement::Issue(issuance) => {
+                let stored = issue(tx, stmt, &[*issuance]).await?;
                 Ok(Reply::Flag(stored.first() == Some(&true)))
             }
             OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
@@ -353,7 +357,7 @@ async fn pipeline(
             OneStatement::Revoke(Target::Token(hash), audit) => {
                 revocations.push((i, hash, audit));
             }
-            OneStatement::Issue(grant, tokens) => issuances.push((i, (grant, tokens))),
+            OneStatement::Issue(issuance) => issuances.push((i, issuance)),
             w => {
                 // Prepared once per connection; afterwards a lookup, no round trip.
                 let stmt = st.prepared(tx, &w.sql()).await?;
@@ -486,7 +490,8 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 /// grant's owner, NULL for a refresh token). A pipelined run's issuances share it, as its
 /// one-token revocations share [`REVOKE_TOKENS_SQL`]; a lone issuance is a run of one.
 ///
-/// A grant is stored only if its client still exists, and the check locks the client's
+/// A grant is stored only if its client still exists with the secret hash the request
+/// authenticated against (`$19`), and the check locks the client's
 /// row (`FOR KEY SHARE`) until the issuance commits: a removal on any node either deleted
 /// the row first (the check, re-evaluated once the removal commits, finds nothing and the
 /// grant is not stored) or waits for this issuance to commit before its `DELETE` can run,
@@ -495,15 +500,19 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 /// ids of the grants stored.
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH live AS (SELECT c.tenant_id, c.client_id FROM clients c \
+        "WITH live AS (SELECT c.tenant_id, c.client_id, c.secret_hash FROM clients c \
            WHERE (c.tenant_id, c.client_id) IN (SELECT * FROM unnest($2::TEXT[], $3::TEXT[])) \
            FOR KEY SHARE), \
          g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
            created_at, expires_at, revoked_at) \
-           SELECT n.* FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
-             $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
-             AS n(id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at) \
-           WHERE (n.tenant_id, n.client_id) IN (SELECT tenant_id, client_id FROM live) \
+           SELECT n.id, n.tenant_id, n.client_id, n.subject, n.scope, n.created_at, \
+             n.expires_at, n.revoked_at \
+           FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::TEXT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $19::TEXT[]) \
+             AS n(id, tenant_id, client_id, subject, scope, created_at, expires_at, revoked_at, \
+               secret_hash) \
+           WHERE EXISTS (SELECT 1 FROM live l WHERE l.tenant_id = n.tenant_id \
+             AND l.client_id = n.client_id AND l.secret_hash IS NOT DISTINCT FROM n.secret_hash) \
            RETURNING id), \
          t AS ({TOKEN_INSERT} SELECT x.* FROM unnest($10::BYTEA[], $9::TEXT[], \
            $11::SMALLINT[], $12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
@@ -520,9 +529,9 @@ static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
 async fn issue(
     tx: &Transaction<'_>,
     stmt: &Statement,
-    issuances: &[(&Grant, &[NewToken])],
+    issuances: &[Issuance<'_>],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {
-    let grants = || issuances.iter().map(|(g, _)| *g);
+    let grants = || issuances.iter().map(|(g, _, _)| *g);
     let ids: Vec<&str> = grants().map(|g| g.id.as_str()).collect();
     let tenants: Vec<&str> = grants().map(|g| g.tenant.as_str()).collect();
     let clients: Vec<&str> = grants().map(|g| g.client_id.as_str()).collect();
@@ -536,7 +545,7 @@ async fn issue(
     let mut token_grants: Vec<&str> = Vec::new();
     let (mut owner_tenants, mut owner_clients, mut owner_subjects) =
         (Vec::<Option<&str>>::new(), Vec::new(), Vec::new());
-    for (g, tokens) in issuances {
+    for (g, tokens, _) in issuances {
         for t in tokens.iter() {
             token_grants.push(g.id.as_str());
             let owner = (t.kind == TokenKind::Access).then_some(*g);
@@ -545,7 +554,11 @@ async fn issue(
             owner_subjects.push(owner.map(|g| g.subject.as_str()));
         }
     }
-    let a = TokenArrays::of(issuances.iter().flat_map(|(_, tokens)| tokens.iter()));
+    let secrets: Vec<Option<&str>> = issuances
+        .iter()
+        .map(|(_, _, secret)| secret.map(SecretHash::as_str))
+        .collect();
+    let a = TokenArrays::of(issuances.iter().flat_map(|(_, tokens, _)| tokens.iter()));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &ids, &tenants, &clients, &subjects, &scopes, &created, &expires, &revoked,
     ];
@@ -554,6 +567,7 @@ async fn issue(
         &owner_tenants as &(dyn ToSql + Sync),
         &owner_clients,
         &owner_subjects,
+        &secrets,
     ]);
     let stored: Vec<String> = tx
         .query(stmt, &params)
@@ -907,6 +921,16 @@ async fn apply(
             Reply::Done
         }
         Op::DeleteTenant(t, audit) => {
+            // The tenant's row first: a client being created in it on another node holds
+            // the row `FOR KEY SHARE` (its foreign key) until it commits, and this waits for
+            // it, so the clients' DELETE below sees that client and the tenant's DELETE
+            // cannot then fail on it (which would fail this whole batch).
+            st.execute(
+                tx,
+                "SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE",
+                &[&t.as_str()],
+            )
+            .await?;
             st.execute(
                 tx,
                 "DELETE FROM clients WHERE tenant_id = $1",
@@ -989,7 +1013,11 @@ async fn apply(
                 Reply::Removed(Some(revoke(tx, st, &rev, audit).await?))
             }
         }
-        Op::Issue(g, tokens) => OneStatement::Issue(g, tokens).apply(tx, st).await?,
+        Op::Issue(g, tokens, secret) => {
+            OneStatement::Issue((g, tokens, secret.as_ref()))
+                .apply(tx, st)
+                .await?
+        }
         Op::Rotate(r) => OneStatement::Rotate(r).apply(tx, st).await?,
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, from, limit) => {

@@ -304,10 +304,19 @@ impl TokenStore for PgStore {
         reads::token(&**self.hot.get().await?, hash).await
     }
 
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool> {
-        self.write(Op::Issue(grant.clone(), tokens.to_vec()))
-            .await?
-            .flag()
+    async fn issue(
+        &self,
+        grant: &Grant,
+        tokens: &[NewToken],
+        client_secret: Option<&SecretHash>,
+    ) -> StoreResult<bool> {
+        self.write(Op::Issue(
+            grant.clone(),
+            tokens.to_vec(),
+            client_secret.cloned(),
+        ))
+        .await?
+        .flag()
     }
 
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome> {

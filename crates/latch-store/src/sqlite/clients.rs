@@ -169,14 +169,20 @@ impl ClientStore for SqliteStore {
 
     async fn create_client(&self, client: &Client) -> StoreResult<()> {
         let row = ClientRow::of(client);
-        self.write(move |c| row.insert(c, "INSERT").map(|_| ()))
-            .await
+        self.write(move |c| {
+            live_clients::forget();
+            row.insert(c, "INSERT").map(|_| ())
+        })
+        .await
     }
 
     async fn upsert_client(&self, client: &Client) -> StoreResult<()> {
         let row = ClientRow::of(client);
-        self.write(move |c| row.insert(c, "INSERT OR REPLACE").map(|_| ()))
-            .await
+        self.write(move |c| {
+            live_clients::forget();
+            row.insert(c, "INSERT OR REPLACE").map(|_| ())
+        })
+        .await
     }
 
     async fn set_client_secret(
@@ -191,6 +197,7 @@ impl ClientStore for SqliteStore {
             secret.as_str().to_owned(),
         );
         self.write(move |c| {
+            live_clients::forget();
             Ok(c.execute(
                 "UPDATE clients SET secret_hash = ?3 WHERE tenant_id = ?1 AND client_id = ?2",
                 params![t, i, s],

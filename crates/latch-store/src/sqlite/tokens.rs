@@ -3,6 +3,7 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use latch_core::client::SecretHash;
 use latch_core::clock::UnixTime;
 use latch_core::grant::{
     Grant, NewToken, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
@@ -173,17 +174,24 @@ impl TokenStore for SqliteStore {
         .await
     }
 
-    async fn issue(&self, grant: &Grant, tokens: &[NewToken]) -> StoreResult<bool> {
+    async fn issue(
+        &self,
+        grant: &Grant,
+        tokens: &[NewToken],
+        client_secret: Option<&SecretHash>,
+    ) -> StoreResult<bool> {
         let (grant, tokens) = (grant.clone(), tokens.to_vec());
+        let client_secret = client_secret.cloned();
         // Built once: every issuance runs it.
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
         });
         self.write(move |c| {
-            // The grant is stored only if its client still exists: the writer runs removals
-            // and issuances one at a time, so a removal either comes first (nothing stored)
-            // or finds this grant and revokes it.
-            if !live_clients::exists(c, &grant.tenant, &grant.client_id)? {
+            // The grant is stored only if its client still exists, as it authenticated: the
+            // writer runs removals and issuances one at a time, so a removal either comes
+            // first (nothing stored) or finds this grant and revokes it.
+            let secret = client_secret.as_ref().map(SecretHash::as_str);
+            if !live_clients::exists(c, &grant.tenant, &grant.client_id, secret)? {
                 return Ok(false);
             }
             c.prepare_cached(&SQL)?.execute(params![
