@@ -122,9 +122,14 @@ impl Authority {
         let (client, plain) = self.build_client(spec)?;
         match self.store.create_client(&client).await {
             Ok(()) => Ok((client, plain.filter(|_| generated))),
-            Err(StoreError::Conflict) => Err(Error::Conflict(
-                format!("client {} already exists", client.id).into(),
-            )),
+            Err(StoreError::Conflict) => {
+                // A constraint failed: if the tenant was removed since it was found (the
+                // client's foreign key), the tenant is what is missing.
+                self.require_tenant(&client.tenant).await?;
+                Err(Error::Conflict(
+                    format!("client {} already exists", client.id).into(),
+                ))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -133,7 +138,13 @@ impl Authority {
     pub async fn upsert_client(&self, spec: ClientSpec) -> Result<Client, Error> {
         self.require_tenant(&spec.tenant).await?;
         let (client, _) = self.build_client(spec)?;
-        self.store.upsert_client(&client).await?;
+        if let Err(e) = self.store.upsert_client(&client).await {
+            if matches!(e, StoreError::Conflict) {
+                // As in `create_client`: a tenant removed since it was found.
+                self.require_tenant(&client.tenant).await?;
+            }
+            return Err(e.into());
+        }
         self.secrets.forget(&client.tenant, &client.id);
         Ok(client)
     }

@@ -939,3 +939,53 @@ backend_test! {
         assert!(s.is_active(str_of(&g2, "access_token")).await);
     }
 }
+
+/// A client created while its tenant is being removed (PostgreSQL: by another node, whose
+/// removal holds the tenant's row) is a `404` naming the tenant once the removal commits,
+/// not a `409` claiming the client id is taken.
+#[tokio::test]
+async fn postgres_a_client_created_as_its_tenant_goes_is_not_found() {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    let resp = s
+        .admin(Method::POST, "/tenants", Some(json!({ "tenant_id": "t" })))
+        .await;
+    assert_eq!(resp.status(), 201);
+    let schema = s.db.schema.clone().unwrap();
+    let (remover, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    remover
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
+             DELETE FROM tenants WHERE id = 't'",
+        )
+        .await
+        .unwrap();
+    let creating = tokio::spawn({
+        let (http, base) = (s.http.clone(), s.base.clone());
+        async move {
+            let body = json!({ "client_id": "late", "client_secret": "late-secret" });
+            common::admin_at(&http, &base, Method::POST, "/tenants/t/clients", Some(body)).await
+        }
+    });
+    // Until the client's INSERT waits for the removal's lock on the tenant's row.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%INSERT INTO clients%' AND datname = current_database() \
+                   AND pid <> pg_backend_pid()";
+    let mut polls = 0;
+    while s.db.query_i64(waiting).await == 0 {
+        assert!(
+            !creating.is_finished(),
+            "the creation did not wait for the removal"
+        );
+        polls += 1;
+        assert!(polls < 1_000, "the creation is not waiting for a lock");
+        tokio::task::yield_now().await;
+    }
+    remover.batch_execute("COMMIT").await.unwrap();
+    assert_error(creating.await.unwrap(), 404, "not_found").await;
+    drop(remover);
+    let _ = conn.await;
+}
