@@ -951,18 +951,7 @@ async fn postgres_a_client_created_as_its_tenant_goes_is_not_found() {
         .admin(Method::POST, "/tenants", Some(json!({ "tenant_id": "t" })))
         .await;
     assert_eq!(resp.status(), 201);
-    let schema = s.db.schema.clone().unwrap();
-    let (remover, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    remover
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
-             DELETE FROM tenants WHERE id = 't'",
-        )
-        .await
-        .unwrap();
+    let remover = common::OtherNode::begin(&s.db, "DELETE FROM tenants WHERE id = 't'").await;
     let creating = tokio::spawn({
         let (http, base) = (s.http.clone(), s.base.clone());
         async move {
@@ -971,21 +960,9 @@ async fn postgres_a_client_created_as_its_tenant_goes_is_not_found() {
         }
     });
     // Until the client's INSERT waits for the removal's lock on the tenant's row.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND query LIKE '%INSERT INTO clients%' AND datname = current_database() \
-                   AND pid <> pg_backend_pid()";
-    let mut polls = 0;
-    while s.db.query_i64(waiting).await == 0 {
-        assert!(
-            !creating.is_finished(),
-            "the creation did not wait for the removal"
-        );
-        polls += 1;
-        assert!(polls < 1_000, "the creation is not waiting for a lock");
-        tokio::task::yield_now().await;
-    }
-    remover.batch_execute("COMMIT").await.unwrap();
+    remover
+        .until_waited_on(&s.db, "INSERT INTO clients", &creating)
+        .await;
+    remover.commit().await;
     assert_error(creating.await.unwrap(), 404, "not_found").await;
-    drop(remover);
-    let _ = conn.await;
 }

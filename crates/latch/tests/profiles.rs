@@ -269,15 +269,9 @@ backend_test! {
 
 /// A `client_credentials` access token of `client` (credentials in the body).
 async fn machine_token(s: &TestServer, tenant: &str, client: &TestClient) -> String {
-    let resp = s
-        .post_form(
-            &format!("/tenants/{tenant}/oauth2/token"),
-            Auth::Post(client),
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    field(&resp.json::<Value>().await.unwrap(), "access_token").to_owned()
+    let prefix = format!("/tenants/{tenant}");
+    let body = s.client_credentials_at(&prefix, Auth::Post(client)).await;
+    field(&body, "access_token").to_owned()
 }
 
 backend_test! {

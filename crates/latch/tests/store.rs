@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::TestDb;
+use common::{OtherNode, TestDb};
 use latch_core::audit::{AuditContext, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
 use latch_core::grant::{
@@ -714,48 +714,27 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let store = latch_store::open(&db.url).await.unwrap();
     ensure_app(&*store).await;
-    let schema = db.schema.clone().unwrap();
-    let (remover, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    // Should the test fail while the removal is open, PostgreSQL ends it, so that dropping
-    // the test's schema does not wait for it.
-    remover
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
-             DELETE FROM clients WHERE tenant_id = 'default' AND client_id = 'app'",
-        )
-        .await
-        .unwrap();
+    let remover = OtherNode::begin(
+        &db,
+        "DELETE FROM clients WHERE tenant_id = 'default' AND client_id = 'app'",
+    )
+    .await;
     let (grant, tokens) = late_issuance(&TenantId::default_tenant(), "app", "racing");
     let issuing = tokio::spawn({
         let store = store.clone();
         async move { store.issue(&grant, &tokens, None).await }
     });
     // Until the issuance waits for the removal's row lock.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND query LIKE '%INSERT INTO grants%' AND datname = current_database() \
-                   AND pid <> pg_backend_pid()";
-    let mut polls = 0;
-    while db.query_i64(waiting).await == 0 {
-        assert!(
-            !issuing.is_finished(),
-            "the issuance did not wait for the removal"
-        );
-        polls += 1;
-        assert!(polls < 1_000, "the issuance is not waiting for a lock");
-        tokio::task::yield_now().await;
-    }
-    remover.batch_execute("COMMIT").await.unwrap();
+    remover
+        .until_waited_on(&db, "INSERT INTO grants", &issuing)
+        .await;
+    remover.commit().await;
     assert!(!issuing.await.unwrap().unwrap(), "nothing stored");
     assert!(store
         .token(&TokenHash::of("racing"))
         .await
         .unwrap()
         .is_none());
-    drop(remover);
-    let _ = conn.await;
     drop(store);
     drop(db);
 }
@@ -770,20 +749,13 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
     let t = TenantId::parse("t").unwrap();
     store.create_tenant(&t, 100).await.unwrap();
     store.create_client(&client(&t, "app", 3600)).await.unwrap();
-    let schema = db.schema.clone().unwrap();
-    let (creator, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
-    creator
-        .batch_execute(
-            "SET idle_in_transaction_session_timeout = '10s'; BEGIN; \
-             CREATE TEMP TABLE late ON COMMIT DROP AS SELECT * FROM clients WHERE tenant_id = 't'; \
-             UPDATE late SET client_id = 'late'; \
-             INSERT INTO clients SELECT * FROM late",
-        )
-        .await
-        .unwrap();
+    let creator = OtherNode::begin(
+        &db,
+        "CREATE TEMP TABLE late ON COMMIT DROP AS SELECT * FROM clients WHERE tenant_id = 't'; \
+         UPDATE late SET client_id = 'late'; \
+         INSERT INTO clients SELECT * FROM late",
+    )
+    .await;
     let removing = tokio::spawn({
         let store = store.clone();
         let t = t.clone();
@@ -794,20 +766,8 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
         }
     });
     // Until the removal waits for the creation's lock on the tenant's row.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                   AND query LIKE '%tenants%' AND datname = current_database() \
-                   AND pid <> pg_backend_pid()";
-    let mut polls = 0;
-    while db.query_i64(waiting).await == 0 {
-        assert!(
-            !removing.is_finished(),
-            "the removal did not wait for the creation"
-        );
-        polls += 1;
-        assert!(polls < 1_000, "the removal is not waiting for a lock");
-        tokio::task::yield_now().await;
-    }
-    creator.batch_execute("COMMIT").await.unwrap();
+    creator.until_waited_on(&db, "tenants", &removing).await;
+    creator.commit().await;
     assert!(
         removing.await.unwrap().unwrap().is_some(),
         "the tenant was removed"
@@ -815,8 +775,6 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
     let late = ClientId::parse("late").unwrap();
     assert!(store.client(&t, &late).await.unwrap().is_none());
     assert!(!store.tenant_exists(&t).await.unwrap());
-    drop(creator);
-    let _ = conn.await;
     drop(store);
     drop(db);
 }

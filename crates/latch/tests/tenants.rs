@@ -121,15 +121,7 @@ backend_test! {
 }
 
 async fn token_at(s: &TestServer, prefix: &str, client: &TestClient) -> String {
-    let resp = s
-        .post_form(
-            &format!("{prefix}/oauth2/token"),
-            Auth::Basic(client),
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let body = s.client_credentials_at(prefix, Auth::Basic(client)).await;
     body["access_token"].as_str().unwrap().to_owned()
 }
 

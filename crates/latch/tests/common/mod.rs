@@ -233,6 +233,60 @@ pub async fn pg_execute(sql: &str) {
     let _ = conn.await;
 }
 
+/// Another node's PostgreSQL session on a test database's schema, holding a transaction
+/// open (PostgreSQL ends it after 10 s idle, so a failing test cannot hang the schema's drop).
+pub struct OtherNode {
+    client: tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl OtherNode {
+    /// Opens a transaction on `db` and runs `sql` in it, uncommitted.
+    pub async fn begin(db: &TestDb, sql: &str) -> Self {
+        let schema = db.schema.as_deref().expect("a PostgreSQL test database");
+        let (client, conn) = tokio_postgres::connect(&pg_url(schema), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL");
+        let conn = tokio::spawn(conn);
+        client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = '10s'; BEGIN; {sql}"
+            ))
+            .await
+            .expect("the other node's statements");
+        Self { client, conn }
+    }
+
+    /// Yields until a statement of `db`'s containing `statement` waits for a lock (this
+    /// session's), failing if `task`, which runs it, finished first: it did not wait.
+    pub async fn until_waited_on<T>(
+        &self,
+        db: &TestDb,
+        statement: &str,
+        task: &tokio::task::JoinHandle<T>,
+    ) {
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%{statement}%' AND datname = current_database() \
+             AND pid <> pg_backend_pid()"
+        );
+        let mut polls = 0;
+        while db.query_i64(&waiting).await == 0 {
+            assert!(!task.is_finished(), "{statement}: it did not wait");
+            polls += 1;
+            assert!(polls < 1_000, "{statement}: not waiting for a lock");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Commits the transaction and closes the session.
+    pub async fn commit(self) {
+        self.client.batch_execute("COMMIT").await.expect("COMMIT");
+        drop(self.client);
+        let _ = self.conn.await;
+    }
+}
+
 /// The admin token every test server uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -486,10 +540,16 @@ impl TestServer {
 
     /// `client_credentials` token response (asserting success).
     pub async fn client_credentials(&self, client: &TestClient) -> Value {
+        self.client_credentials_at("", Auth::Basic(client)).await
+    }
+
+    /// [`client_credentials`](Self::client_credentials) at a tenant path prefix ("" or
+    /// "/tenants/x"), with the given client authentication.
+    pub async fn client_credentials_at(&self, prefix: &str, auth: Auth<'_>) -> Value {
         let resp = self
             .post_form(
-                "/oauth2/token",
-                Auth::Basic(client),
+                &format!("{prefix}/oauth2/token"),
+                auth,
                 &[("grant_type", "client_credentials")],
             )
             .await;
