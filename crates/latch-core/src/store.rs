@@ -105,8 +105,10 @@ pub trait TokenStore: Send + Sync {
         client_secret: Option<&SecretHash>,
     ) -> StoreResult<bool>;
     /// Exchanges a refresh token atomically; see [`Rotation`]. An exchange of an unused
-    /// token also retires, as used with its grace spent, the grant's other unused refresh
-    /// token, which only a grace use leaves.
+    /// token of a grant that a grace use forked at that token's generation (recorded on the
+    /// grant when the grace use is stored) also retires, as used with its grace spent, the
+    /// grant's other unused refresh token, which only a grace use leaves; whatever the
+    /// client's grace period has become since.
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome>;
     /// One grant of a tenant.
     async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>>;

@@ -116,7 +116,7 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
                     new_tokens: vec![token(&format!("rt{round}-{k}"), TokenKind::Refresh)],
                     grant_expires_at: 20_000,
                     now: 150,
-                    grace_allowed: true,
+                    client_has_grace: true,
                 };
                 tokio::spawn(async move { store.rotate(&rotation).await })
             })

@@ -96,7 +96,7 @@ async fn rotate_once(store: &dyn Storage, grant: &GrantId, old: TokenHash) -> [T
         ],
         grant_expires_at: 20_000,
         now: 200,
-        grace_allowed: true,
+        client_has_grace: true,
     };
     assert_eq!(
         store.rotate(&rotation).await.unwrap(),
@@ -874,11 +874,13 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     // token's owner (tenant, client, subject).
     assert_eq!(db.query_i64(in_c).await, 14);
 
-    // Back to version 2: version 5's additions gone, every column in the database's
-    // collation, versions 3 and later not recorded.
+    // Back to version 2: versions 5's and 6's additions gone, every column in the
+    // database's collation, versions 3 and later not recorded.
     let mut to_default = String::from(
         "ALTER TABLE tokens DROP COLUMN tenant_id, DROP COLUMN client_id, \
-           DROP COLUMN subject; DROP INDEX grants_revoked;",
+           DROP COLUMN subject; DROP INDEX grants_revoked; \
+         DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
+         ALTER TABLE grants DROP COLUMN forked_generation;",
     );
     for (table, columns) in [
         ("tenants", &["id"][..]),
@@ -904,7 +906,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        5
+        6
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
     // From the catalogs, as above (`pg_indexes` reads every index's definition).
@@ -1037,5 +1039,185 @@ async fn postgres_access_tokens_carry_their_owner_and_die_with_a_grant_any_node_
         .unwrap();
     assert!(missing.is_none());
     drop(store);
+    drop(db);
+}
+
+// ---- a grant a grace use forked --------------------------------------------------------------
+
+/// Exchanges the refresh token named `old`, of generation `old_generation`, of `grant` under
+/// `precondition` (at 200) for a new refresh token named `new`, as for a client with a grace
+/// period or without one.
+async fn exchange(
+    store: &dyn Storage,
+    grant: &GrantId,
+    (old, old_generation): (&str, u32),
+    precondition: RotationPrecondition,
+    new: &str,
+    client_has_grace: bool,
+) -> RotationOutcome {
+    let rotation = Rotation {
+        grant_id: grant.clone(),
+        old: TokenHash::of(old),
+        old_generation,
+        precondition,
+        new_tokens: vec![NewToken {
+            hash: TokenHash::of(new),
+            kind: TokenKind::Refresh,
+            scope: Scope::parse("read").unwrap(),
+            issued_at: 200,
+            expires_at: 10_000,
+            generation: old_generation + 1,
+        }],
+        grant_expires_at: 20_000,
+        now: 200,
+        client_has_grace,
+    };
+    store.rotate(&rotation).await.unwrap()
+}
+
+/// A grant of refresh token "rt0", exchanged once for "rt1", then used once more in its grace
+/// period for "rt2": two unused refresh tokens of generation 1, a fork.
+async fn forked_grant(store: &dyn Storage) -> GrantId {
+    let (grant, _) = issue_expiring(store, 1, 20_000, &[("rt0", TokenKind::Refresh, 10_000)]).await;
+    for (precondition, new) in [
+        (RotationPrecondition::Unused, "rt1"),
+        (RotationPrecondition::GraceUnspent, "rt2"),
+    ] {
+        let outcome = exchange(store, &grant, ("rt0", 0), precondition, new, true).await;
+        assert_eq!(outcome, RotationOutcome::Rotated, "{new}");
+    }
+    grant
+}
+
+/// Whether the refresh token named `name` has been exchanged or retired (its grant lives on).
+async fn is_retired(store: &dyn Storage, name: &str) -> bool {
+    let token = store.token(&TokenHash::of(name)).await.unwrap().unwrap();
+    assert!(!token.is_revoked(), "{name} is not revoked");
+    token.rotated_at.is_some()
+}
+
+backend_test! {
+    async fn a_forked_grant_goes_on_as_one_chain_even_once_its_client_has_no_grace_period() {
+        // The client's grace period was set to 0 after the grace use: the exchange of either
+        // unused token still retires the other, as the grant records the fork.
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let grant = forked_grant(&*store).await;
+        assert!(!is_retired(&*store, "rt1").await && !is_retired(&*store, "rt2").await);
+        let outcome = exchange(&*store, &grant, ("rt2", 1), RotationPrecondition::Unused, "rt3", false).await;
+        assert_eq!(outcome, RotationOutcome::Rotated);
+        assert!(is_retired(&*store, "rt1").await, "the fork's other token is retired");
+        let other = store.token(&TokenHash::of("rt1")).await.unwrap().unwrap();
+        assert!(other.grace_used, "and has no grace use left");
+        assert!(!is_retired(&*store, "rt3").await);
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn a_fork_open_when_the_database_is_migrated_is_recorded_by_the_migration() {
+        // A grant forked by a latch that did not record forks (schema version 7 on SQLite, 5
+        // on PostgreSQL): the migration finds the forks still open.
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let grant = forked_grant(&*store).await;
+        drop(store);
+        db.execute(if db.is_postgres() {
+            "DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
+             ALTER TABLE grants DROP COLUMN forked_generation; \
+             DELETE FROM latch_migrations WHERE version >= 6;"
+        } else {
+            "DROP TRIGGER grace_use_forks_its_grant; \
+             ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = 7;"
+        })
+        .await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let outcome = exchange(&*store, &grant, ("rt1", 1), RotationPrecondition::Unused, "rt3", false).await;
+        assert_eq!(outcome, RotationOutcome::Rotated);
+        assert!(is_retired(&*store, "rt2").await, "the fork's other token is retired");
+        drop(store);
+        drop(db);
+    }
+}
+
+/// Across PostgreSQL nodes: a grace use on one node and, on another at the same time, the
+/// exchange of the token the grace use forks from leave the grant one chain. Each waits for
+/// the other's grant; without that, the exchange's statement did not see the grace use's
+/// token (committed after it started) and both went on.
+#[tokio::test]
+async fn postgres_a_grace_use_racing_another_nodes_exchange_leaves_one_chain() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let (node_a, node_b) = (
+        latch_store::open(&db.url).await.unwrap(),
+        latch_store::open(&db.url).await.unwrap(),
+    );
+    let (grant, _) =
+        issue_expiring(&*node_a, 1, 20_000, &[("rt0", TokenKind::Refresh, 10_000)]).await;
+    let first = exchange(
+        &*node_a,
+        &grant,
+        ("rt0", 0),
+        RotationPrecondition::Unused,
+        "rt1",
+        true,
+    )
+    .await;
+    assert_eq!(first, RotationOutcome::Rotated);
+
+    // Both exchanges start while a third session holds the grant's row.
+    let holder = OtherNode::begin(
+        &db,
+        &format!(
+            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
+            grant.as_str()
+        ),
+    )
+    .await;
+    let grace_use = tokio::spawn({
+        let (node, grant) = (node_a.clone(), grant.clone());
+        async move {
+            exchange(
+                &*node,
+                &grant,
+                ("rt0", 0),
+                RotationPrecondition::GraceUnspent,
+                "rt2",
+                true,
+            )
+            .await
+        }
+    });
+    let next = tokio::spawn({
+        let (node, grant) = (node_b.clone(), grant.clone());
+        async move {
+            exchange(
+                &*node,
+                &grant,
+                ("rt1", 1),
+                RotationPrecondition::Unused,
+                "rt3",
+                true,
+            )
+            .await
+        }
+    });
+    holder
+        .until_waited_on_by_all(&db, "FROM grants WHERE id = $1", &[&grace_use, &next])
+        .await;
+    holder.commit().await;
+    // Either the grace use went first and the exchange retired its token, or the exchange
+    // went first and the grace use found the grant moved on (a reuse, for the caller).
+    let grace_use = grace_use.await.unwrap();
+    assert_eq!(next.await.unwrap(), RotationOutcome::Rotated);
+    let unused = "SELECT count(*) FROM tokens WHERE kind = 1 AND rotated_at IS NULL \
+                  AND revoked_at IS NULL";
+    assert_eq!(
+        db.query_i64(unused).await,
+        1,
+        "one chain (the grace use {grace_use:?})"
+    );
+    assert!(!is_retired(&*node_a, "rt3").await);
+    drop((node_a, node_b));
     drop(db);
 }

@@ -134,7 +134,7 @@ impl Authority {
                 grant_expires_at: refresh_rec.expires_at.max(access_rec.expires_at),
                 new_tokens: vec![access_rec, refresh_rec],
                 now,
-                grace_allowed: client.rotation_grace > 0,
+                client_has_grace: client.rotation_grace > 0,
             };
             match self.store.rotate(&rotation).await? {
                 RotationOutcome::Rotated => {

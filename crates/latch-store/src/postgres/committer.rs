@@ -292,7 +292,8 @@ impl<'a> OneStatement<'a> {
     fn of(op: &'a Op) -> Option<Self> {
         match op {
             Op::Issue(g, tokens, secret) => Some(OneStatement::Issue((g, tokens, secret.as_ref()))),
-            Op::Rotate(r) => Some(OneStatement::Rotate(r)),
+            // A grant locked first is two statements ([`LOCK_GRANT_SQL`]).
+            Op::Rotate(r) if !r.client_has_grace => Some(OneStatement::Rotate(r)),
             Op::Revoke(rev, audit) => Some(OneStatement::Revoke(Target::of(rev), audit)),
             _ => None,
         }
@@ -584,19 +585,24 @@ async fn issue(
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
 /// that makes exactly one of two concurrent exchanges win) and, only if it was claimed,
 /// store the new tokens and move the grant's generation and expiry on; an unused token's
-/// exchange for a client with a grace period also retires the grant's other unused refresh
-/// token, which only a grace use leaves (as SQLite's `retire_siblings`). `$1` grant id,
-/// `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time
-/// (unused precondition) or the old generation (grace precondition), `$10` the new
-/// generation, `$11` the grant's new expiry. Answers how many tokens were claimed (0 or 1).
+/// exchange of a grant a grace use forked at that token's generation also retires the
+/// grant's other unused refresh token, which only a grace use leaves (as SQLite's
+/// `retire_siblings`; schema version 6 records the fork). `$1` grant id, `$2`..`$7` the new
+/// tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time (unused precondition)
+/// or the old generation (grace precondition), `$10` the new generation, `$11` the grant's
+/// new expiry. Answers how many tokens were claimed (0 or 1).
+///
+/// Of two exchanges on two nodes at once, this statement alone sees neither's rows: see
+/// [`LOCK_GRANT_SQL`] for the exchanges that must see each other.
 fn rotate_sql(r: &Rotation) -> &'static str {
-    static UNUSED_ALONE: LazyLock<String> = LazyLock::new(|| rotation(UNUSED_CLAIM, ""));
     static UNUSED: LazyLock<String> = LazyLock::new(|| {
         rotation(
             UNUSED_CLAIM,
             "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
                WHERE grant_id = $1 AND kind = 1 AND hash <> $8 AND rotated_at IS NULL \
-                 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)), ",
+                 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed) \
+                 AND EXISTS (SELECT 1 FROM grants \
+                             WHERE id = $1 AND forked_generation = $10::BIGINT - 1)), ",
         )
     });
     static GRACE: LazyLock<String> = LazyLock::new(|| {
@@ -619,12 +625,21 @@ fn rotate_sql(r: &Rotation) -> &'static str {
              SELECT count(*) FROM claimed"
         )
     }
-    match (r.precondition, r.grace_allowed) {
-        (RotationPrecondition::Unused, true) => &UNUSED,
-        (RotationPrecondition::Unused, false) => &UNUSED_ALONE,
-        (RotationPrecondition::GraceUnspent, _) => &GRACE,
+    match r.precondition {
+        RotationPrecondition::Unused => &UNUSED,
+        RotationPrecondition::GraceUnspent => &GRACE,
     }
 }
+
+/// Locks a grant's row (`$1`) for the rest of the batch, before an exchange of one of its
+/// refresh tokens, for clients with a grace period. In one statement, an exchange sees only
+/// what was committed when it started: a grace use committed by another node meanwhile
+/// (its new token, the fork it records) would be missed by an exchange of the other unused
+/// token, and both would succeed, leaving the grant two chains. Locked first, the second of
+/// two such exchanges waits for the first to commit, and its statement then starts after
+/// it: it retires the grace use's token, or (a grace use second) finds the grant moved on
+/// and loses, a reuse.
+const LOCK_GRANT_SQL: &str = "SELECT 1 FROM grants WHERE id = $1 FOR UPDATE";
 
 /// The claim of an unused refresh token, for [`rotate_sql`].
 const UNUSED_CLAIM: &str = "UPDATE tokens SET rotated_at = $9::BIGINT \
@@ -1018,7 +1033,13 @@ async fn apply(
                 .apply(tx, st)
                 .await?
         }
-        Op::Rotate(r) => OneStatement::Rotate(r).apply(tx, st).await?,
+        Op::Rotate(r) => {
+            if r.client_has_grace {
+                let lock = st.prepared(tx, LOCK_GRANT_SQL).await?;
+                tx.execute(&lock, &[&r.grant_id.as_str()]).await?;
+            }
+            OneStatement::Rotate(r).apply(tx, st).await?
+        }
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, from, limit) => {
             let (deleted, next) = sweep(tx, *now, from, *limit).await?;

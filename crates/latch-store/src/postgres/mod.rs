@@ -80,6 +80,12 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v5.sql"),
         older_nodes_safe: true,
     },
+    // A grant records its fork: an older node's grace uses are recorded by the trigger, and
+    // it retires a sibling as before (for clients with a grace period).
+    Migration {
+        sql: include_str!("schema_v6.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.

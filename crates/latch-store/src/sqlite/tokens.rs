@@ -248,15 +248,28 @@ impl TokenStore for SqliteStore {
             if claimed == 0 {
                 return Ok(RotationOutcome::Lost);
             }
-            if r.precondition == RotationPrecondition::Unused && r.grace_allowed {
+            // The grant's row was just read by the claim above: its page is in the cache.
+            let (tenant, client_id, subject, forked_generation): (
+                String,
+                String,
+                String,
+                Option<u32>,
+            ) = c
+                .prepare_cached(
+                    "SELECT tenant_id, client_id, subject, forked_generation \
+                     FROM grants WHERE id = ?1",
+                )?
+                .query_row([r.grant_id.as_str()], |g| {
+                    Ok((g.get(0)?, g.get(1)?, g.get(2)?, g.get(3)?))
+                })?;
+            // Only a grace use forks a grant (schema version 8's trigger records at which
+            // generation), so only the exchange of a token of that generation looks for the
+            // other, whatever the client's grace period is now.
+            if r.precondition == RotationPrecondition::Unused
+                && forked_generation == Some(r.old_generation)
+            {
                 retire_siblings(c, &r)?;
             }
-            // The grant's row was just read by the claim above: its page is in the cache.
-            let (tenant, client_id, subject): (String, String, String) = c
-                .prepare_cached("SELECT tenant_id, client_id, subject FROM grants WHERE id = ?1")?
-                .query_row([r.grant_id.as_str()], |g| {
-                    Ok((g.get(0)?, g.get(1)?, g.get(2)?))
-                })?;
             let owner = Owner {
                 tenant: &tenant,
                 client_id: &client_id,

@@ -265,14 +265,28 @@ impl OtherNode {
         statement: &str,
         task: &tokio::task::JoinHandle<T>,
     ) {
+        self.until_waited_on_by_all(db, statement, &[task]).await;
+    }
+
+    /// [`OtherNode::until_waited_on`], until as many such statements wait as there are
+    /// `tasks`, failing if any of them finished first.
+    pub async fn until_waited_on_by_all<T>(
+        &self,
+        db: &TestDb,
+        statement: &str,
+        tasks: &[&tokio::task::JoinHandle<T>],
+    ) {
         let waiting = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
              AND query LIKE '%{statement}%' AND datname = current_database() \
              AND pid <> pg_backend_pid()"
         );
         let mut polls = 0;
-        while db.query_i64(&waiting).await == 0 {
-            assert!(!task.is_finished(), "{statement}: it did not wait");
+        while db.query_i64(&waiting).await < tasks.len() as i64 {
+            assert!(
+                tasks.iter().all(|t| !t.is_finished()),
+                "{statement}: one did not wait"
+            );
             polls += 1;
             assert!(polls < 1_000, "{statement}: not waiting for a lock");
             tokio::task::yield_now().await;
