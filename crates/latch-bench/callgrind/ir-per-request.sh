@@ -5,12 +5,12 @@
 # hides SHA-NI, so SHA-256 runs in software and weighs about 25k instructions per request
 # more than it does natively. See docs/benchmarks.md.
 #
-# usage: ir-per-request.sh LATCH_BINARY DATABASE introspect|revoke|issue [COUNT] [START]
+# usage: ir-per-request.sh LATCH_BINARY DATABASE introspect|revoke|issue|refresh [COUNT] [START]
 #
 # DATABASE is one latch-bench preloaded and kept, e.g.
 #   target/release/latch-bench --tokens 1000000 --duration 2 --workloads introspect \
 #     --keep-db --db target/b/k1m.db --out /tmp/b
-# A revoke or issue run works on a copy, so the kept database is never changed.
+# A revoke, issue or refresh run works on a copy, so the kept database is never changed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 latch=$1 db=$2 kind=$3 count=${4:-3000} start=${5:-100000}

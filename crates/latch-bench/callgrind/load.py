@@ -3,10 +3,10 @@ zeroed, `count` requests are made, and the counters are dumped. 16 keep-alive co
 so writes still share commits as they do under latch-bench.
 
 Introspection and revocation present latch-bench's preloaded access tokens
-(`preload::token("at", i)`), from index `start` on, a distinct one per request; issuance is
-`client_credentials`.
+(`preload::token("at", i)`), from index `start` on, a distinct one per request; refresh its
+refresh tokens (`preload::token("rt", i)`) likewise; issuance is `client_credentials`.
 
-usage: load.py PORT introspect|revoke|issue START COUNT WARM VALGRIND_PID
+usage: load.py PORT introspect|revoke|issue|refresh START COUNT WARM VALGRIND_PID
 """
 
 import base64
@@ -20,15 +20,34 @@ CLIENTS = {
     "introspect": ("bench-introspector", "bench-introspector-secret"),
     "revoke": ("bench-client", "bench-secret"),
     "issue": ("bench-client", "bench-secret"),
+    "refresh": ("bench-client", "bench-secret"),
 }
-PATHS = {"introspect": "/oauth2/introspect", "revoke": "/oauth2/revoke", "issue": "/oauth2/token"}
-EXPECTED = {"introspect": b'"active":true', "revoke": b"", "issue": b'"access_token"'}
+PATHS = {
+    "introspect": "/oauth2/introspect",
+    "revoke": "/oauth2/revoke",
+    "issue": "/oauth2/token",
+    "refresh": "/oauth2/token",
+}
+EXPECTED = {
+    "introspect": b'"active":true',
+    "revoke": b"",
+    "issue": b'"access_token"',
+    "refresh": b'"refresh_token"',
+}
 CONNECTIONS = 16
 
 
-def token(i):
-    digest = hashlib.sha256(f"bench-at-{i}".encode()).digest()
-    return "latch_at_" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+def token(kind, i):
+    digest = hashlib.sha256(f"bench-{kind}-{i}".encode()).digest()
+    return f"latch_{kind}_" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def form(kind, i):
+    if kind == "issue":
+        return "grant_type=client_credentials"
+    if kind == "refresh":
+        return f"grant_type=refresh_token&refresh_token={token('rt', i)}"
+    return f"token={token('at', i)}"
 
 
 def main():
@@ -45,8 +64,7 @@ def main():
     def connection(items):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in items:
-            form = "grant_type=client_credentials" if kind == "issue" else f"token={token(i)}"
-            c.request("POST", PATHS[kind], body=form, headers=headers)
+            c.request("POST", PATHS[kind], body=form(kind, i), headers=headers)
             r = c.getresponse()
             body = r.read()
             if r.status != 200 or EXPECTED[kind] not in body:
