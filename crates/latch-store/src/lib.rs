@@ -27,7 +27,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A parsed `--database-url`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
     /// `sqlite::memory:`: a fresh, private in-memory database.
     SqliteMemory,
@@ -86,18 +86,42 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// Debug output is the Display form: the URL must not leak a password into a log either.
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `postgres://user:secret@host/db?password=secret&x=y` → `postgres://user:***@host/db?password=***&x=y`:
+/// libpq URLs take a password in the user info or as a query parameter.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    let mut redacted = match location.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
-        _ => url.to_owned(),
+        _ => format!("{scheme}://{location}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
     }
+    redacted
 }
 
 #[cfg(test)]
@@ -129,5 +153,30 @@ mod tests {
                 .to_string(),
             "postgres://u:***@h/db"
         );
+    }
+
+    #[test]
+    fn a_password_never_shows_in_a_database_urls_display_or_debug_form() {
+        for (url, shown) in [
+            ("postgres://u:pw@h/db", "postgres://u:***@h/db"),
+            (
+                "postgresql://u:p@w@h:5432/db",
+                "postgresql://u:***@h:5432/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=disable&Password=pw&application_name=x",
+                "postgres://u@h/db?sslmode=disable&Password=***&application_name=x",
+            ),
+            (
+                "postgres://u:pw@h/db?password=pw",
+                "postgres://u:***@h/db?password=***",
+            ),
+            ("postgres://h/db", "postgres://h/db"),
+        ] {
+            let parsed = DatabaseUrl::parse(url).unwrap();
+            assert_eq!(parsed.to_string(), shown);
+            let debug = format!("{parsed:?}");
+            assert!(debug.contains(shown) && !debug.contains("pw"), "{debug}");
+        }
     }
 }

@@ -162,6 +162,14 @@ impl Committer {
     }
 }
 
+/// A 200 for a write means it is durable, so the writer's session never commits with
+/// `synchronous_commit = off` (set on the server, the database, the role or in the URL's
+/// options), which returns from `COMMIT` before the WAL is flushed: a crash then loses
+/// writes latch has answered. Every other value flushes the WAL locally at least; a stronger
+/// one (`remote_apply`, for a standby) is kept.
+const DURABLE_COMMITS_SQL: &str = "SELECT set_config('synchronous_commit', 'on', false) \
+     WHERE current_setting('synchronous_commit') = 'off'";
+
 async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
@@ -169,6 +177,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_post
             tracing::warn!(error = %e, "writer connection closed");
         }
     });
+    client.batch_execute(DURABLE_COMMITS_SQL).await?;
     Ok(client)
 }
 
@@ -1056,4 +1065,33 @@ async fn apply(
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    /// The writer's session commits durably whatever the URL's options say, and keeps a
+    /// stronger setting. Needs the PostgreSQL the test suite uses (`.ci/run` starts it).
+    #[tokio::test]
+    async fn the_writer_never_commits_without_flushing_its_wal() {
+        for (configured, used) in [
+            ("off", "on"),
+            ("local", "local"),
+            ("remote_apply", "remote_apply"),
+        ] {
+            let mut config =
+                tokio_postgres::Config::from_str("postgres://root@127.0.0.1:5432/test").unwrap();
+            config.options(format!("-c synchronous_commit={configured}"));
+            let client = connect(&config)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432");
+            let row = client
+                .query_one("SHOW synchronous_commit", &[])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
+        }
+    }
 }
