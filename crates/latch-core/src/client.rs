@@ -126,16 +126,36 @@ impl AccessTokenRevocation {
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretHash(String);
 
+/// The most memory (KiB), passes and lanes a given hash may ask of each verification. argon2
+/// allocates its memory at once, so a configured hash asking for gigabytes would abort the
+/// process at the first request naming its client, and one asking for thousands of passes
+/// would hold a verification slot for minutes. latch's own hashes use argon2's defaults
+/// (19 MiB, 2 passes, 1 lane).
+const MAX_SECRET_HASH_COST: (u32, u32, u32) = (256 * 1024, 16, 16);
+
 impl SecretHash {
-    /// Wraps a PHC string, checking that it is an argon2id hash.
+    /// Wraps a PHC string, checking that it is an argon2id hash with its salt and output,
+    /// whose cost stays within [`MAX_SECRET_HASH_COST`].
     pub fn parse(phc: &str) -> Result<Self, Error> {
-        argon2::PasswordHash::new(phc)
+        let hash = argon2::PasswordHash::new(phc)
             .ok()
-            .filter(|h| h.algorithm.as_str() == "argon2id")
-            .map(|_| Self(phc.to_owned()))
+            .filter(|h| h.algorithm.as_str() == "argon2id" && h.salt.is_some() && h.hash.is_some())
             .ok_or_else(|| {
-                Error::invalid_request("client secret hash must be an argon2id PHC string")
-            })
+                Error::invalid_request(
+                    "client secret hash must be an argon2id PHC string with its salt and hash",
+                )
+            })?;
+        let params = argon2::Params::try_from(&hash).map_err(|_| {
+            Error::invalid_request("client secret hash has invalid argon2 parameters")
+        })?;
+        let (memory, passes, lanes) = MAX_SECRET_HASH_COST;
+        if params.m_cost() > memory || params.t_cost() > passes || params.p_cost() > lanes {
+            return Err(Error::invalid_request(format!(
+                "client secret hash asks too much of each verification: at most m={memory} \
+                 (KiB), t={passes} and p={lanes}"
+            )));
+        }
+        Ok(Self(phc.to_owned()))
     }
 
     /// Wraps a PHC string read back from storage, where [`SecretHash::parse`] checked it
@@ -219,6 +239,35 @@ impl Client {
                 "a public client (token_endpoint_auth_method none) cannot have a secret",
             )),
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_hash_must_be_a_whole_argon2id_hash_of_bounded_cost() {
+        let salt_and_hash = "c29tZXNhbHRzb21lc2FsdA$SGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaA";
+        let ok = format!("$argon2id$v=19$m=19456,t=2,p=1${salt_and_hash}");
+        assert!(SecretHash::parse(&ok).is_ok());
+        let heaviest = format!("$argon2id$v=19$m=262144,t=16,p=16${salt_and_hash}");
+        assert!(SecretHash::parse(&heaviest).is_ok());
+        for bad in [
+            format!("$argon2i$v=19$m=19456,t=2,p=1${salt_and_hash}"),
+            "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA".to_owned(),
+            "$argon2id$v=19$m=19456,t=2,p=1".to_owned(),
+            format!("$argon2id$v=19$m=4294967295,t=2,p=1${salt_and_hash}"),
+            format!("$argon2id$v=19$m=262145,t=2,p=1${salt_and_hash}"),
+            format!("$argon2id$v=19$m=19456,t=100000,p=1${salt_and_hash}"),
+            format!("$argon2id$v=19$m=19456,t=2,p=17${salt_and_hash}"),
+            "not a hash".to_owned(),
+        ] {
+            assert!(
+                matches!(SecretHash::parse(&bad), Err(Error::InvalidRequest(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -234,12 +234,15 @@ impl From<Error> for ApiError {
             Error::NotFound(_) => Self::not_found(description),
             Error::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", description),
             Error::Storage(e) => {
-                // RFC 7009 §2.2.1: 503 tells the client to retry. Nothing was done.
+                // RFC 7009 §2.2.1: 503 tells the client to retry. Nothing is reported done,
+                // and nothing is promised undone either: a write whose connection was lost
+                // after its COMMIT was sent may have landed (a retried refresh exchange is
+                // then a reuse).
                 tracing::error!(error = %e, "storage failure");
                 let mut err = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
-                    "storage is unavailable; nothing was changed, retry later",
+                    "storage is unavailable; retry later",
                 );
                 err.retry_after = Some(1);
                 err
