@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Seconds between expiry clean-up runs; 0 turns it off [default: 300].
     #[arg(long, env = "LATCH_CLEANUP_INTERVAL", value_name = "SECS")]
     pub cleanup_interval: Option<u64>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the requests in flight before cutting them
+    /// off and closing the database [default: 20].
+    #[arg(long, env = "LATCH_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -380,6 +384,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.admin_token.as_deref(),
         args.log.as_deref(),
         args.cleanup_interval,
+        args.shutdown_timeout,
     )?;
     init_logging(&settings.log);
     let server = Server::start(&settings, Arc::new(SystemClock)).await?;

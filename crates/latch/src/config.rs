@@ -17,6 +17,12 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Seconds between expiry clean-up runs by default.
 pub const DEFAULT_CLEANUP_INTERVAL: u64 = 300;
+/// The longest clean-up interval: a year (a longer one overflows the timer's arithmetic).
+pub const MAX_CLEANUP_INTERVAL: u64 = 365 * 24 * 3600;
+/// Seconds a stop waits for the requests in flight (a client stalled mid-request would hold
+/// it for ever): below the 30 s an orchestrator commonly allows before it kills the process,
+/// so that the database is still closed cleanly.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
 /// The default data folder, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "data";
 
@@ -38,6 +44,8 @@ pub struct FileConfig {
     pub log: Option<String>,
     /// Seconds between expiry clean-up runs; 0 turns the background job off.
     pub cleanup_interval: Option<u64>,
+    /// Seconds a stop waits for the requests in flight before cutting them off.
+    pub shutdown_timeout: Option<u64>,
     /// Days to keep audit records (at least 1); the clean-up deletes older ones. Left out:
     /// kept for ever.
     pub audit_retention_days: Option<u32>,
@@ -235,6 +243,8 @@ pub struct Settings {
     pub log: String,
     /// Seconds between expiry clean-up runs; 0 = off.
     pub cleanup_interval: u64,
+    /// Seconds a stop waits for the requests in flight.
+    pub shutdown_timeout: u64,
     /// Days to keep audit records; `None`: for ever.
     pub audit_retention_days: Option<u32>,
     /// Tenants to create at start-up.
@@ -296,6 +306,7 @@ pub fn resolve(
     admin_token: Option<&str>,
     log: Option<&str>,
     cleanup_interval: Option<u64>,
+    shutdown_timeout: Option<u64>,
 ) -> anyhow::Result<Settings> {
     let file = load_file(overrides)?;
     let listen_str = listen
@@ -323,9 +334,25 @@ pub fn resolve(
             .map(str::to_owned)
             .or_else(|| file.log.clone())
             .unwrap_or_else(|| "info".to_owned()),
-        cleanup_interval: cleanup_interval
+        cleanup_interval: match cleanup_interval
             .or(file.cleanup_interval)
-            .unwrap_or(DEFAULT_CLEANUP_INTERVAL),
+            .unwrap_or(DEFAULT_CLEANUP_INTERVAL)
+        {
+            secs if secs > MAX_CLEANUP_INTERVAL => anyhow::bail!(
+                "cleanup_interval must be at most {MAX_CLEANUP_INTERVAL} seconds (a year); \
+                 0 turns the clean-up off"
+            ),
+            secs => secs,
+        },
+        shutdown_timeout: match shutdown_timeout
+            .or(file.shutdown_timeout)
+            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT)
+        {
+            secs if secs > MAX_CLEANUP_INTERVAL => {
+                anyhow::bail!("shutdown_timeout must be at most {MAX_CLEANUP_INTERVAL} seconds")
+            }
+            secs => secs,
+        },
         audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file
             .tenants

@@ -48,6 +48,8 @@ pub struct Server {
     /// Its domain object, for tests that inspect state.
     pub authority: Arc<Authority>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// How long [`Server::shutdown`] waits for the requests in flight.
+    shutdown_timeout: Duration,
     task: JoinHandle<std::io::Result<()>>,
     cleanup: Option<JoinHandle<()>>,
 }
@@ -103,13 +105,17 @@ impl Server {
             addr,
             authority,
             shutdown: Some(shutdown),
+            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout),
             task,
             cleanup,
         })
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, leaves the database
-    /// self-contained on disk ([`latch_core::store::Storage::close`]), and returns.
+    /// Stops accepting connections, lets in-flight requests finish (for at most the
+    /// configured `shutdown_timeout`: a client stalled mid-request would otherwise hold the
+    /// stop for ever), leaves the database self-contained on disk
+    /// ([`latch_core::store::Storage::close`]), and returns. A write cut off is either
+    /// committed or never answered: its client saw no `200`.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -117,7 +123,16 @@ impl Server {
         if let Some(cleanup) = self.cleanup.take() {
             cleanup.abort();
         }
-        (&mut self.task).await??;
+        match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
+            Ok(served) => served??,
+            Err(_) => {
+                tracing::warn!(
+                    seconds = self.shutdown_timeout.as_secs(),
+                    "requests still in flight at the shutdown timeout were cut off"
+                );
+                self.task.abort();
+            }
+        }
         // Durability does not depend on it (a WAL left behind is replayed at the next start),
         // so a failure is worth a warning, not a failed exit.
         if let Err(e) = self.authority.store().close().await {

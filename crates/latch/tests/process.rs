@@ -710,3 +710,52 @@ async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
         }
     }
 }
+
+/// Settings that would break the server later are refused when it starts, with a message
+/// naming them: a clean-up interval that overflows the timer, and a configured secret hash
+/// that would ask each verification for 4 TiB (argon2 allocates it at once: the first
+/// request naming the client aborted the process).
+#[test]
+fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cleanup-interval",
+            "9223372036854775807",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cleanup_interval must be at most"),
+        "{stderr}"
+    );
+
+    let config = dir.path().join("heavy.toml");
+    let heavy = std::fs::read_to_string(dev_config())
+        .unwrap()
+        .replacen("m=19456", "m=4294967295", 1);
+    std::fs::write(&config, heavy).unwrap();
+    let out = run_cli(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("asks too much of each verification"),
+        "{stderr}"
+    );
+}

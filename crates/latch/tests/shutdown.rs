@@ -24,27 +24,10 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits
     );
     let addr = p.base.trim_start_matches("http://").to_owned();
 
-    // A request whose body is only half sent when the signal arrives. Connecting alone does
-    // not prove the server took the connection (it may still sit in the kernel's backlog and be
-    // reset when the listener closes), so the request asks for `100 Continue`: hyper sends it
-    // only once the handler starts reading the body, i.e. once the request is truly in flight.
+    // A request whose body is only half sent when the signal arrives.
     let body = "grant_type=client_credentials";
     let (first, rest) = body.split_at(10);
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    write!(
-        conn,
-        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-         Expect: 100-continue\r\n\r\n",
-        basic_header("demo-service", "demo-service-secret"),
-        body.len()
-    )
-    .unwrap();
-    conn.flush().unwrap();
-    let interim = read_until_blank_line(&mut conn);
-    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
-    conn.write_all(first.as_bytes()).unwrap();
-    conn.flush().unwrap();
+    let mut conn = request_in_flight(&addr, body.len(), first);
 
     let pid = p.child.id().to_string();
     assert!(Command::new("kill")
@@ -90,6 +73,80 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits
         .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
         .unwrap();
     assert_eq!(tokens, 1, "the token issued before the stop is in the file");
+}
+
+/// A client that stalls mid-request (its peer gone, or slow on purpose) does not hold a stop
+/// for ever: after `--shutdown-timeout` its request is cut off (it never gets an answer), the
+/// database is closed as on any clean stop, and latch exits 0.
+#[test]
+fn a_request_stalled_mid_body_holds_a_stop_only_until_the_shutdown_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Process::serve(
+        dir.path(),
+        &[
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dev.toml"),
+            "--data-dir",
+            "data",
+            "--shutdown-timeout",
+            "1",
+        ],
+        &[],
+    );
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let mut conn = request_in_flight(&addr, 100, "grant_type");
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    // Bounded: without the timeout the process never exits.
+    let mut status = None;
+    for _ in 0..3_000 {
+        status = p.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = status.expect("latch still running 60 s after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status; logs:\n{}", p.logs());
+    assert!(p.logs().contains("cut off"), "{}", p.logs());
+
+    let mut response = Vec::new();
+    let _ = conn.read_to_end(&mut response);
+    assert!(
+        response.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+    let wal = std::fs::metadata(dir.path().join("data/latch.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the database was closed: its WAL is empty");
+}
+
+/// Starts a token request with a body of `len` bytes and sends only `first` of it. Connecting
+/// alone does not prove the server took the connection (it may still sit in the kernel's
+/// backlog and be reset when the listener closes), so the request asks for `100 Continue`:
+/// hyper sends it only once the handler starts reading the body, i.e. once the request is
+/// truly in flight.
+fn request_in_flight(addr: &str, len: usize, first: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\
+         Expect: 100-continue\r\n\r\n",
+        basic_header("demo-service", "demo-service-secret"),
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    let interim = read_until_blank_line(&mut conn);
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    conn.write_all(first.as_bytes()).unwrap();
+    conn.flush().unwrap();
+    conn
 }
 
 /// Reads one response head (up to and including the blank line), byte by byte so nothing

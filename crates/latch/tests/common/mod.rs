@@ -394,6 +394,7 @@ impl TestServer {
             admin_token: Some(ADMIN_TOKEN.into()),
             log: "warn".into(),
             cleanup_interval: 0,
+            shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
             audit_retention_days: None,
             tenants: vec![],
             profiles: Default::default(),
