@@ -218,12 +218,23 @@ impl SqliteStore {
             Connection::open_with_flags_and_vfs(path, OpenFlags::default(), wal_writes::VFS_NAME)
                 .map_err(store_error)?;
         configure_writer(&conn).map_err(store_error)?;
-        debug_assert_eq!(
-            conn.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
-                .ok(),
-            Some(2),
-            "the WAL-gathering VFS needs the writer to sync at every commit"
-        );
+        // Checked, not assumed: a file system without shared memory (some network mounts)
+        // leaves a database in its rollback journal, which the readers beside the writer and
+        // the WAL-gathering VFS both rely on not being the case; and a commit is durable only
+        // if the writer syncs at every one.
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .map_err(store_error)?;
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .map_err(store_error)?;
+        if !journal.eq_ignore_ascii_case("wal") || synchronous != 2 {
+            return Err(unavailable(format!(
+                "{} could not be put in WAL mode with synchronous=FULL (journal_mode={journal}, \
+                 synchronous={synchronous}): put it on a local file system",
+                path.display()
+            )));
+        }
         migrate(&mut conn).map_err(store_error)?;
         let marks = load_marks(&conn)?;
         // Checkpoints are the checkpointer's job: its WAL hook on this connection replaces
