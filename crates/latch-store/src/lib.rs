@@ -24,7 +24,7 @@ use latch_core::store::Storage;
 use latch_core::StoreError;
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{Migrations, SqliteStore};
 
 /// A parsed `--database-url`.
 #[derive(Clone, PartialEq, Eq)]
@@ -68,9 +68,23 @@ impl DatabaseUrl {
 
 /// Opens the database a URL names, applying migrations. Must run within a tokio runtime.
 pub async fn open(url: &DatabaseUrl) -> Result<Arc<dyn Storage>, StoreError> {
+    open_migrating(url, Migrations::Apply).await
+}
+
+/// [`open`], migrating a SQLite file as `migrations` says. PostgreSQL always applies its
+/// pending migrations: a command does there what any node starting does, and each
+/// migration records whether the older nodes still running stay correct beside it.
+pub async fn open_migrating(
+    url: &DatabaseUrl,
+    migrations: Migrations,
+) -> Result<Arc<dyn Storage>, StoreError> {
     Ok(match url {
         DatabaseUrl::SqliteMemory => Arc::new(SqliteStore::open_memory()?),
-        DatabaseUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file(path)?),
+        DatabaseUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file_migrating(
+            path,
+            sqlite::WalPolicy::default(),
+            migrations,
+        )?),
         DatabaseUrl::Postgres(url) => Arc::new(PgStore::connect(url).await?),
     })
 }

@@ -218,11 +218,12 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-/// Opens the database for a CLI command (configured clients are not registered).
+/// Opens the database for a CLI command (configured clients are not registered). A SQLite
+/// database is created if new but never migrated: `latch serve` does that.
 async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
     let file = config::load_file(overrides)?;
     let url = config::database_url(overrides, &file)?;
-    let store = latch_store::open(&url)
+    let store = latch_store::open_migrating(&url, latch_store::Migrations::OnlyNew)
         .await
         .with_context(|| format!("cannot open {url}"))?;
     let retention = config::audit_retention_days(overrides, &file)?;

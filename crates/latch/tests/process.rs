@@ -737,9 +737,10 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
     );
 
     let config = dir.path().join("heavy.toml");
-    let heavy = std::fs::read_to_string(dev_config())
-        .unwrap()
-        .replacen("m=19456", "m=4294967295", 1);
+    let heavy =
+        std::fs::read_to_string(dev_config())
+            .unwrap()
+            .replacen("m=19456", "m=4294967295", 1);
     std::fs::write(&config, heavy).unwrap();
     let out = run_cli(
         dir.path(),
@@ -758,4 +759,41 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         stderr.contains("asks too much of each verification"),
         "{stderr}"
     );
+}
+
+/// A command of a newer latch never migrates an existing SQLite database: an older server
+/// may be running on it (mid-upgrade) and would misread the new schema. It says what to do
+/// instead, and once `latch serve` of the new version has migrated the file, it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("latch.db");
+    let url = sqlite_url(&path);
+    cli_json(d, &["client", "add", "app", "--database-url", &url]);
+    // As a database of the previous schema version: version 8's additions undone.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DROP TRIGGER grace_use_forks_its_grant; \
+             ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = 7;",
+        )
+        .unwrap();
+
+    let out = run_cli(d, &["client", "list", "--database-url", &url], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("start `latch serve` of this version"),
+        "{stderr}"
+    );
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 7, "the schema was left as it was");
+
+    let server = Process::serve(d, &["--database-url", &url], &[]);
+    assert!(server.terminate().success());
+    assert!(cli_ok(d, &["client", "list", "--database-url", &url]).contains("\"app\""));
 }

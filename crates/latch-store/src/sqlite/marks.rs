@@ -515,7 +515,7 @@ mod tests {
     #[test]
     fn a_log_longer_than_a_load_chunk_is_loaded_whole_and_spread_over_the_shards() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let count = 2 * LOAD_CHUNK + 17;
         let hashes: Vec<TokenHash> = (0..count)
             .map(|at| append(&conn, at as i64, 1000))
@@ -565,7 +565,7 @@ mod tests {
     #[test]
     fn expired_marks_are_forgotten_at_most_once_a_minute() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let marks = RevocationMarks::new(MAX_MARKS);
         log_mark(&conn, &marks, 1000);
         log_mark(&conn, &marks, 1010);
@@ -581,7 +581,7 @@ mod tests {
     #[test]
     fn a_grants_mark_is_loaded_applied_to_its_tokens_reads_and_forgotten_once_it_expires() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let token = append(&conn, 100, 2000);
         conn.execute(
             "INSERT INTO revocation_log (hash, revoked_at, expires_at, grant_id) \
@@ -649,7 +649,7 @@ mod tests {
     #[test]
     fn the_start_up_load_leaves_out_tokens_expired_by_the_newest_revocation() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let expired = append(&conn, 0, 600 - EXPIRY_GRACE);
         let within_allowance = append(&conn, 0, 500);
         let live = append(&conn, 100, 5000);
@@ -682,7 +682,7 @@ mod tests {
     #[test]
     fn a_full_index_makes_room_by_forgetting_expired_marks_at_most_once_a_minute() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let marks = RevocationMarks::new(2);
         log_mark(&conn, &marks, 1000);
         assert!(marks.has_room(0, 0));

@@ -175,8 +175,19 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &mut Connection, migrations: Migrations) -> rusqlite::Result<()> {
     let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if migrations == Migrations::OnlyNew && current > 0 && current < MIGRATIONS.len() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "the database's schema is version {current}, older than this latch's {}: \
+                 start `latch serve` of this version on it once to migrate it (a command must \
+                 not change the schema under a running older server, which would misread it)",
+                MIGRATIONS.len()
+            )),
+        ));
+    }
     if current > MIGRATIONS.len() {
         // A newer latch wrote this database: this one would misread it (from version 4 on,
         // it would not see the revocations in the log, and revoked tokens would read live).
@@ -199,6 +210,18 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Whether opening a database file may migrate its schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply the pending migrations: a server starting.
+    Apply,
+    /// Create a new database's schema, but refuse an existing one with migrations pending: a
+    /// command of a newer latch run beside an older server on the same file (during an
+    /// upgrade) would otherwise change the schema under that server, which reads it as the
+    /// version it knows (from version 4 on, it would miss revocations).
+    OnlyNew,
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) a database file and applies pending migrations.
     pub fn open_file(path: &Path) -> StoreResult<Self> {
@@ -207,6 +230,15 @@ impl SqliteStore {
 
     /// [`open_file`](Self::open_file), with the WAL checkpointed as `wal` says.
     pub fn open_file_with(path: &Path, wal: WalPolicy) -> StoreResult<Self> {
+        Self::open_file_migrating(path, wal, Migrations::Apply)
+    }
+
+    /// [`open_file_with`](Self::open_file_with), migrating as `migrations` says.
+    pub fn open_file_migrating(
+        path: &Path,
+        wal: WalPolicy,
+        migrations: Migrations,
+    ) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -235,7 +267,7 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        migrate(&mut conn).map_err(store_error)?;
+        migrate(&mut conn, migrations).map_err(store_error)?;
         let marks = load_marks(&conn)?;
         // Checkpoints are the checkpointer's job: its WAL hook on this connection replaces
         // SQLite's automatic checkpoint (`wal_autocheckpoint`), and the writer itself copies
@@ -274,7 +306,7 @@ impl SqliteStore {
         configure(&conn).map_err(store_error)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(store_error)?;
-        migrate(&mut conn).map_err(store_error)?;
+        migrate(&mut conn, Migrations::Apply).map_err(store_error)?;
         let marks = load_marks(&conn)?;
         let shared = Arc::new(Mutex::new(conn));
         let commits = Arc::new(CommitMeter::default());
@@ -537,7 +569,7 @@ mod tests {
             .unwrap()
         };
         assert_eq!(on_expiry(&mut conn), 2);
-        migrate(&mut conn).unwrap();
+        migrate(&mut conn, Migrations::Apply).unwrap();
         assert_eq!(on_expiry(&mut conn), 0);
         let tokens: i64 = conn
             .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
@@ -611,5 +643,39 @@ mod tests {
             format!("{error:?}").contains(&format!("version {newer}, newer than this latch")),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_command_creates_a_new_database_but_never_migrates_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let open =
+            |migrations| SqliteStore::open_file_migrating(&path, WalPolicy::default(), migrations);
+        drop(open(Migrations::OnlyNew).expect("a new database is created"));
+        drop(open(Migrations::OnlyNew).expect("and opened again"));
+        let older = MIGRATIONS.len() - 1;
+        let version = |p: &Path| -> usize {
+            Connection::open(p)
+                .unwrap()
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap()
+        };
+        // Version 8's additions undone, as a database of version 7.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
+                "DROP TRIGGER grace_use_forks_its_grant; \
+                 ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = {older};"
+            ))
+            .unwrap();
+        let error = open(Migrations::OnlyNew).unwrap_err();
+        assert!(
+            format!("{error:?}").contains(&format!("version {older}, older than this latch")),
+            "{error:?}"
+        );
+        assert_eq!(version(&path), older, "left as it was");
+        drop(open(Migrations::Apply).expect("a server migrates it"));
+        assert_eq!(version(&path), MIGRATIONS.len());
+        drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }

@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn the_audit_query_reads_one_subject_through_its_index() {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         let by_subject = plan(&conn, true);
         assert!(
             by_subject
@@ -461,7 +461,7 @@ mod tests {
     /// A migrated database holding one live access token per name, expiring at 1,000.
     fn database(tokens: &[&str]) -> (Connection, Vec<TokenHash>) {
         let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
         conn.execute(
             "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
              expires_at) VALUES ('g', 'default', 'app', 'alice', 'read', 0, 1000)",
