@@ -148,12 +148,11 @@ pub struct Rotation {
     pub grant_expires_at: UnixTime,
     /// The time of the exchange.
     pub now: UnixTime,
-    /// Whether the client has a grace period, so that a grace use of this grant may be
-    /// under way at the same time: storage that runs writes concurrently (PostgreSQL, many
-    /// nodes) serialises this exchange with the grant's others, which costs one more
-    /// statement and is spared clients without a grace period. Whether the grant has forked
-    /// (a grace use left it a second unused refresh token, which the exchange must retire)
-    /// storage reads from the grant itself, whatever the client's grace period is now.
+    /// Whether the client has a grace period. Whether the grant has forked (a grace use left
+    /// it a second unused refresh token, which the exchange must retire) storage reads from
+    /// the grant itself, whatever the client's grace period is now; for a client with one it
+    /// also looks when the grant records nothing (a fork older than the record, whose
+    /// grace-used token was already deleted when the record was added).
     pub client_has_grace: bool,
 }
 

@@ -1075,18 +1075,30 @@ async fn exchange(
     store.rotate(&rotation).await.unwrap()
 }
 
-/// A grant of refresh token "rt0", exchanged once for "rt1", then used once more in its grace
-/// period for "rt2": two unused refresh tokens of generation 1, a fork.
-async fn forked_grant(store: &dyn Storage) -> GrantId {
-    let (grant, _) = issue_expiring(store, 1, 20_000, &[("rt0", TokenKind::Refresh, 10_000)]).await;
+/// A grant of refresh token "{name}0", exchanged once for "{name}1", then used once more in
+/// its grace period for "{name}2": two unused refresh tokens of generation 1, a fork.
+async fn forked_grant(store: &dyn Storage, name: &str) -> GrantId {
+    let first = format!("{name}0");
+    let (grant, _) =
+        issue_expiring(store, 1, 20_000, &[(&first, TokenKind::Refresh, 10_000)]).await;
     for (precondition, new) in [
-        (RotationPrecondition::Unused, "rt1"),
-        (RotationPrecondition::GraceUnspent, "rt2"),
+        (RotationPrecondition::Unused, format!("{name}1")),
+        (RotationPrecondition::GraceUnspent, format!("{name}2")),
     ] {
-        let outcome = exchange(store, &grant, ("rt0", 0), precondition, new, true).await;
+        let outcome = exchange(store, &grant, (&first, 0), precondition, &new, true).await;
         assert_eq!(outcome, RotationOutcome::Rotated, "{new}");
     }
     grant
+}
+
+/// `hash` as a blob literal of the database's dialect.
+fn hex_literal(hash: &TokenHash, postgres: bool) -> String {
+    let hex: String = hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    if postgres {
+        format!("'\\x{hex}'::BYTEA")
+    } else {
+        format!("x'{hex}'")
+    }
 }
 
 /// Whether the refresh token named `name` has been exchanged or retired (its grant lives on).
@@ -1102,7 +1114,7 @@ backend_test! {
         // unused token still retires the other, as the grant records the fork.
         let db = TestDb::fresh().await;
         let store = latch_store::open(&db.url).await.unwrap();
-        let grant = forked_grant(&*store).await;
+        let grant = forked_grant(&*store, "rt").await;
         assert!(!is_retired(&*store, "rt1").await && !is_retired(&*store, "rt2").await);
         let outcome = exchange(&*store, &grant, ("rt2", 1), RotationPrecondition::Unused, "rt3", false).await;
         assert_eq!(outcome, RotationOutcome::Rotated);
@@ -1117,12 +1129,20 @@ backend_test! {
 
 backend_test! {
     async fn a_fork_open_when_the_database_is_migrated_is_recorded_by_the_migration() {
-        // A grant forked by a latch that did not record forks (schema version 7 on SQLite, 5
-        // on PostgreSQL): the migration finds the forks still open.
+        // Grants forked by a latch that did not record forks (schema version 7 on SQLite, 5
+        // on PostgreSQL): the migration finds the forks still open whose grace-used token is
+        // still stored. Where the clean-up had deleted it, an exchange for a client with a
+        // grace period still retires the other token.
         let db = TestDb::fresh().await;
         let store = latch_store::open(&db.url).await.unwrap();
-        let grant = forked_grant(&*store).await;
+        let grant = forked_grant(&*store, "rt").await;
+        let purged = forked_grant(&*store, "purged").await;
         drop(store);
+        db.execute(&format!(
+            "DELETE FROM tokens WHERE hash = {}",
+            hex_literal(&TokenHash::of("purged0"), db.is_postgres())
+        ))
+        .await;
         db.execute(if db.is_postgres() {
             "DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
              ALTER TABLE grants DROP COLUMN forked_generation; \
@@ -1136,15 +1156,27 @@ backend_test! {
         let outcome = exchange(&*store, &grant, ("rt1", 1), RotationPrecondition::Unused, "rt3", false).await;
         assert_eq!(outcome, RotationOutcome::Rotated);
         assert!(is_retired(&*store, "rt2").await, "the fork's other token is retired");
+        let outcome = exchange(
+            &*store,
+            &purged,
+            ("purged2", 1),
+            RotationPrecondition::Unused,
+            "purged3",
+            true,
+        )
+        .await;
+        assert_eq!(outcome, RotationOutcome::Rotated);
+        assert!(is_retired(&*store, "purged1").await, "the fork's other token is retired");
         drop(store);
         drop(db);
     }
 }
 
-/// Across PostgreSQL nodes: a grace use on one node and, on another at the same time, the
-/// exchange of the token the grace use forks from leave the grant one chain. Each waits for
-/// the other's grant; without that, the exchange's statement did not see the grace use's
-/// token (committed after it started) and both went on.
+/// Across PostgreSQL nodes: a grace use of rt0 on one node and, on another at the same time,
+/// the exchange of rt1 (the token rt0's first exchange returned) leave the grant one chain,
+/// also where the exchange read the client without a grace period (it was just set to 0).
+/// Each exchange locks the grant's row first; without that, the exchange's statement did not
+/// see the grace use's token (committed after it started) and both went on.
 #[tokio::test]
 async fn postgres_a_grace_use_racing_another_nodes_exchange_leaves_one_chain() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
@@ -1197,7 +1229,7 @@ async fn postgres_a_grace_use_racing_another_nodes_exchange_leaves_one_chain() {
                 ("rt1", 1),
                 RotationPrecondition::Unused,
                 "rt3",
-                true,
+                false,
             )
             .await
         }

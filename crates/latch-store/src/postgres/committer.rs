@@ -235,7 +235,8 @@ async fn run(
     }
 }
 
-fn is_retryable(e: &tokio_postgres::Error) -> bool {
+/// Whether PostgreSQL aborted a transaction that can simply be run again.
+pub(crate) fn is_retryable(e: &tokio_postgres::Error) -> bool {
     matches!(e.code(), Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
@@ -301,8 +302,7 @@ impl<'a> OneStatement<'a> {
     fn of(op: &'a Op) -> Option<Self> {
         match op {
             Op::Issue(g, tokens, secret) => Some(OneStatement::Issue((g, tokens, secret.as_ref()))),
-            // A grant locked first is two statements ([`LOCK_GRANT_SQL`]).
-            Op::Rotate(r) if !r.client_has_grace => Some(OneStatement::Rotate(r)),
+            Op::Rotate(r) => Some(OneStatement::Rotate(r)),
             Op::Revoke(rev, audit) => Some(OneStatement::Revoke(Target::of(rev), audit)),
             _ => None,
         }
@@ -317,11 +317,13 @@ impl<'a> OneStatement<'a> {
         }
     }
 
-    /// Runs it with [`Self::sql`], prepared as `stmt`.
+    /// Runs it with [`Self::sql`], prepared as `stmt`; an exchange locks its grant first with
+    /// `lock_grant` ([`LOCK_GRANT_SQL`], prepared).
     async fn run(
         &self,
         tx: &Transaction<'_>,
         stmt: &Statement,
+        lock_grant: &Statement,
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
             OneStatement::Issue(issuance) => {
@@ -331,7 +333,7 @@ impl<'a> OneStatement<'a> {
             OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
                 .await
                 .map(Reply::Audited),
-            OneStatement::Rotate(r) => rotate(tx, stmt, r).await,
+            OneStatement::Rotate(r) => rotate(tx, lock_grant, stmt, r).await,
         }
     }
 
@@ -342,7 +344,8 @@ impl<'a> OneStatement<'a> {
         st: &mut Statements,
     ) -> Result<Reply, tokio_postgres::Error> {
         let stmt = st.prepared(tx, &self.sql()).await?;
-        self.run(tx, &stmt).await
+        let lock_grant = st.prepared(tx, LOCK_GRANT_SQL).await?;
+        self.run(tx, &stmt, &lock_grant).await
     }
 }
 
@@ -375,6 +378,7 @@ async fn pipeline(
             }
         }
     }
+    let lock_grant = st.prepared(tx, LOCK_GRANT_SQL).await?;
     let revoke_tokens_stmt = if revocations.is_empty() {
         None
     } else {
@@ -390,10 +394,11 @@ async fn pipeline(
     // does not matter: an issuance touches only new rows; of two revocations of one token
     // the later finds nothing left to kill, and of two exchanges of one refresh token the
     // later finds it claimed, whichever it is.
+    let lock_grant = &lock_grant;
     let singles = futures_util::future::join_all(
         writes
             .iter()
-            .map(|(i, w, stmt)| async move { Ok((*i, w.run(tx, stmt).await?)) }),
+            .map(|(i, w, stmt)| async move { Ok((*i, w.run(tx, stmt, lock_grant).await?)) }),
     );
     let batched = async {
         let Some(stmt) = &revoke_tokens_stmt else {
@@ -593,27 +598,31 @@ async fn issue(
 
 /// A refresh-token exchange as one statement: claim the old token (the conditional UPDATE
 /// that makes exactly one of two concurrent exchanges win) and, only if it was claimed,
-/// store the new tokens and move the grant's generation and expiry on; an unused token's
-/// exchange of a grant a grace use forked at that token's generation also retires the
-/// grant's other unused refresh token, which only a grace use leaves (as SQLite's
-/// `retire_siblings`; schema version 6 records the fork). `$1` grant id, `$2`..`$7` the new
-/// tokens ([`TOKEN_ROWS`]), `$8` the old token's hash, `$9` the time (unused precondition)
-/// or the old generation (grace precondition), `$10` the new generation, `$11` the grant's
-/// new expiry. Answers how many tokens were claimed (0 or 1).
-///
-/// Of two exchanges on two nodes at once, this statement alone sees neither's rows: see
-/// [`LOCK_GRANT_SQL`] for the exchanges that must see each other.
+/// store the new tokens and move the grant's generation and expiry on. An unused token's
+/// exchange also retires the grant's other unused refresh tokens, which only a grace use
+/// leaves (as SQLite's `retire_siblings`), if the grant ever forked (schema version 6's
+/// `forked_generation`, which gates the search), or, for a client with a grace period,
+/// whatever the grant records (a fork made before version 6 whose grace-used token had been
+/// purged by the migration). `$1` grant id, `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8`
+/// the old token's hash, `$9` the time (unused precondition) or the old generation (grace
+/// precondition), `$10` the new generation, `$11` the grant's new expiry. Answers how many
+/// tokens were claimed (0 or 1). [`rotate`] runs [`LOCK_GRANT_SQL`] just before it.
 fn rotate_sql(r: &Rotation) -> &'static str {
+    const RETIRE: &str =
+        "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
+           WHERE grant_id = $1 AND kind = 1 AND hash <> $8 AND rotated_at IS NULL \
+             AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed)";
     static UNUSED: LazyLock<String> = LazyLock::new(|| {
         rotation(
             UNUSED_CLAIM,
-            "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
-               WHERE grant_id = $1 AND kind = 1 AND hash <> $8 AND rotated_at IS NULL \
-                 AND revoked_at IS NULL AND EXISTS (SELECT 1 FROM claimed) \
-                 AND EXISTS (SELECT 1 FROM grants \
-                             WHERE id = $1 AND forked_generation = $10::BIGINT - 1)), ",
+            &format!(
+                "{RETIRE} AND EXISTS (SELECT 1 FROM grants \
+                   WHERE id = $1 AND forked_generation IS NOT NULL)), "
+            ),
         )
     });
+    static UNUSED_WITH_GRACE: LazyLock<String> =
+        LazyLock::new(|| rotation(UNUSED_CLAIM, &format!("{RETIRE}), ")));
     static GRACE: LazyLock<String> = LazyLock::new(|| {
         rotation(
             "UPDATE tokens SET grace_used = TRUE \
@@ -634,30 +643,35 @@ fn rotate_sql(r: &Rotation) -> &'static str {
              SELECT count(*) FROM claimed"
         )
     }
-    match r.precondition {
-        RotationPrecondition::Unused => &UNUSED,
-        RotationPrecondition::GraceUnspent => &GRACE,
+    match (r.precondition, r.client_has_grace) {
+        (RotationPrecondition::Unused, false) => &UNUSED,
+        (RotationPrecondition::Unused, true) => &UNUSED_WITH_GRACE,
+        (RotationPrecondition::GraceUnspent, _) => &GRACE,
     }
 }
 
-/// Locks a grant's row (`$1`) for the rest of the batch, before an exchange of one of its
-/// refresh tokens, for clients with a grace period. In one statement, an exchange sees only
-/// what was committed when it started: a grace use committed by another node meanwhile
-/// (its new token, the fork it records) would be missed by an exchange of the other unused
-/// token, and both would succeed, leaving the grant two chains. Locked first, the second of
-/// two such exchanges waits for the first to commit, and its statement then starts after
-/// it: it retires the grace use's token, or (a grace use second) finds the grant moved on
-/// and loses, a reuse.
-const LOCK_GRANT_SQL: &str = "SELECT 1 FROM grants WHERE id = $1 FOR UPDATE";
+/// Locks a grant's row (`$1`) for the rest of the batch, just before an exchange of one of
+/// its refresh tokens. One statement sees only what was committed when it started: a grace
+/// use committed by another node meanwhile (its new token, the fork it records) would be
+/// missed by an exchange of the other unused token, and both would succeed, leaving the
+/// grant two chains. Locked first, the second of two such exchanges waits for the first to
+/// commit, and its statement then starts after it: it retires the grace use's token, or (a
+/// grace use second) finds the grant moved on and loses, a reuse. `NO KEY`: the lock the
+/// exchange's own UPDATE of the grant takes.
+const LOCK_GRANT_SQL: &str = "SELECT 1 FROM grants WHERE id = $1 FOR NO KEY UPDATE";
 
 /// The claim of an unused refresh token, for [`rotate_sql`].
 const UNUSED_CLAIM: &str = "UPDATE tokens SET rotated_at = $9::BIGINT \
      WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
        AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)";
 
-/// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`.
+/// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`, after locking its grant
+/// with `lock_grant` ([`LOCK_GRANT_SQL`]). Both are sent at once, in that order, so the lock
+/// costs no round trip: PostgreSQL runs a pipeline's statements one after the other, each
+/// with a snapshot taken when it starts.
 async fn rotate(
     tx: &Transaction<'_>,
+    lock_grant: &Statement,
     stmt: &Statement,
     r: &Rotation,
 ) -> Result<Reply, tokio_postgres::Error> {
@@ -677,7 +691,12 @@ async fn rotate(
         &new_generation,
         &r.grant_expires_at,
     ]);
-    let claimed: i64 = tx.query_one(stmt, &params).await?.get(0);
+    // `join` polls the lock first, and a query is sent at its first poll.
+    let (locked, exchanged) =
+        futures_util::future::join(tx.execute(lock_grant, &[&gid]), tx.query_one(stmt, &params))
+            .await;
+    locked?;
+    let claimed: i64 = exchanged?.get(0);
     Ok(Reply::Rotation(if claimed == 0 {
         RotationOutcome::Lost
     } else {
@@ -1042,13 +1061,7 @@ async fn apply(
                 .apply(tx, st)
                 .await?
         }
-        Op::Rotate(r) => {
-            if r.client_has_grace {
-                let lock = st.prepared(tx, LOCK_GRANT_SQL).await?;
-                tx.execute(&lock, &[&r.grant_id.as_str()]).await?;
-            }
-            OneStatement::Rotate(r).apply(tx, st).await?
-        }
+        Op::Rotate(r) => OneStatement::Rotate(r).apply(tx, st).await?,
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
         Op::Purge(now, from, limit) => {
             let (deleted, next) = sweep(tx, *now, from, *limit).await?;

@@ -171,54 +171,70 @@ impl PgStore {
 async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
     let (mut client, connection) = config.connect(NoTls).await.map_err(|e| store_error(&e))?;
     let conn = tokio::spawn(connection);
-    let result = async {
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS latch_migrations (\
-               version INTEGER PRIMARY KEY, \
-               applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
-             ALTER TABLE latch_migrations \
-               ADD COLUMN IF NOT EXISTS older_nodes_safe BOOLEAN NOT NULL DEFAULT true",
-        )
-        .await?;
-        let row = tx
-            .query_one(
-                "SELECT COALESCE(MAX(version), 0), \
-                   COALESCE(MAX(version) FILTER (WHERE NOT older_nodes_safe), 0) \
-                 FROM latch_migrations",
-                &[],
-            )
-            .await?;
-        let (current, floor): (i32, i32) = (row.get(0), row.get(1));
-        let known = MIGRATIONS.len() as i32;
-        if floor > known {
-            return Ok(Err(newer_schema(current, floor)));
+    // A migration that locks tables (version 6) may deadlock with the writes of nodes
+    // already running; PostgreSQL aborts one of the two, and either is simply run again.
+    let mut attempt = 0;
+    let result = loop {
+        match migrate_once(&mut client).await {
+            Err(e) if committer::is_retryable(&e) && attempt < MIGRATION_RETRIES => attempt += 1,
+            other => break other,
         }
-        if current > known {
-            tracing::warn!(
-                schema = current,
-                known,
-                "the database's schema is newer than this latch's; its later migrations \
-                 keep older nodes correct, so this one runs (upgrade it to match)"
-            );
-        }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
-            tx.batch_execute(migration.sql).await?;
-            tx.execute(
-                "INSERT INTO latch_migrations (version, older_nodes_safe) VALUES ($1, $2)",
-                &[&(i as i32 + 1), &migration.older_nodes_safe],
-            )
-            .await?;
-            tracing::info!(version = i + 1, "applied schema migration");
-        }
-        tx.commit().await.map(Ok)
-    }
-    .await;
+    };
     drop(client);
     let _ = conn.await;
     result.map_err(|e| store_error(&e))?
+}
+
+/// How often a migration aborted by a deadlock is run again.
+const MIGRATION_RETRIES: usize = 3;
+
+/// Applies the pending migrations in one transaction; the inner error is a schema this latch
+/// must not use.
+async fn migrate_once(
+    client: &mut tokio_postgres::Client,
+) -> Result<StoreResult<()>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS latch_migrations (\
+           version INTEGER PRIMARY KEY, \
+           applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); \
+         ALTER TABLE latch_migrations \
+           ADD COLUMN IF NOT EXISTS older_nodes_safe BOOLEAN NOT NULL DEFAULT true",
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0), \
+               COALESCE(MAX(version) FILTER (WHERE NOT older_nodes_safe), 0) \
+             FROM latch_migrations",
+            &[],
+        )
+        .await?;
+    let (current, floor): (i32, i32) = (row.get(0), row.get(1));
+    let known = MIGRATIONS.len() as i32;
+    if floor > known {
+        return Ok(Err(newer_schema(current, floor)));
+    }
+    if current > known {
+        tracing::warn!(
+            schema = current,
+            known,
+            "the database's schema is newer than this latch's; its later migrations \
+             keep older nodes correct, so this one runs (upgrade it to match)"
+        );
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        tx.batch_execute(migration.sql).await?;
+        tx.execute(
+            "INSERT INTO latch_migrations (version, older_nodes_safe) VALUES ($1, $2)",
+            &[&(i as i32 + 1), &migration.older_nodes_safe],
+        )
+        .await?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    tx.commit().await.map(Ok)
 }
 
 /// A database a newer latch migrated past what this one can use correctly (migration

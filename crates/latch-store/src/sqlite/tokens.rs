@@ -262,11 +262,13 @@ impl TokenStore for SqliteStore {
                 .query_row([r.grant_id.as_str()], |g| {
                     Ok((g.get(0)?, g.get(1)?, g.get(2)?, g.get(3)?))
                 })?;
-            // Only a grace use forks a grant (schema version 8's trigger records at which
-            // generation), so only the exchange of a token of that generation looks for the
-            // other, whatever the client's grace period is now.
+            // Only a grace use forks a grant (schema version 8's trigger records it), so the
+            // search for another unused token runs for grants that forked, whatever the
+            // client's grace period is now; and for a client with a grace period, for a fork
+            // made before version 8 whose grace-used token the clean-up had already deleted
+            // (the migration could not see it).
             if r.precondition == RotationPrecondition::Unused
-                && forked_generation == Some(r.old_generation)
+                && (forked_generation.is_some() || r.client_has_grace)
             {
                 retire_siblings(c, &r)?;
             }

@@ -238,6 +238,8 @@ pub async fn pg_execute(sql: &str) {
 pub struct OtherNode {
     client: tokio_postgres::Client,
     conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    /// Its backend's process id: the sessions it blocks name it.
+    pid: i32,
 }
 
 impl OtherNode {
@@ -248,17 +250,22 @@ impl OtherNode {
             .await
             .expect("PostgreSQL");
         let conn = tokio::spawn(conn);
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("the other node's backend")
+            .get(0);
         client
             .batch_execute(&format!(
                 "SET idle_in_transaction_session_timeout = '10s'; BEGIN; {sql}"
             ))
             .await
             .expect("the other node's statements");
-        Self { client, conn }
+        Self { client, conn, pid }
     }
 
-    /// Yields until a statement of `db`'s containing `statement` waits for a lock (this
-    /// session's), failing if `task`, which runs it, finished first: it did not wait.
+    /// Yields until a statement containing `statement` waits for a lock this session holds,
+    /// failing if `task`, which runs it, finished first: it did not wait.
     pub async fn until_waited_on<T>(
         &self,
         db: &TestDb,
@@ -276,10 +283,18 @@ impl OtherNode {
         statement: &str,
         tasks: &[&tokio::task::JoinHandle<T>],
     ) {
+        // Only the sessions this one blocks, directly or behind another waiter (a second
+        // waiter for a row waits for the first): tests in other schemas of the database wait
+        // for locks of their own.
         let waiting = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-             AND query LIKE '%{statement}%' AND datname = current_database() \
-             AND pid <> pg_backend_pid()"
+            "WITH RECURSIVE blocked(pid) AS ( \
+               SELECT pid FROM pg_stat_activity WHERE {} = ANY (pg_blocking_pids(pid)) \
+               UNION \
+               SELECT a.pid FROM pg_stat_activity a \
+               JOIN blocked b ON b.pid = ANY (pg_blocking_pids(a.pid))) \
+             SELECT count(*) FROM pg_stat_activity \
+             WHERE pid IN (SELECT pid FROM blocked) AND query LIKE '%{statement}%'",
+            self.pid
         );
         let mut polls = 0;
         while db.query_i64(&waiting).await < tasks.len() as i64 {
