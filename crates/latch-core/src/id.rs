@@ -80,17 +80,20 @@ impl TenantId {
     /// The tenant that always exists and that the root OAuth paths serve.
     pub const DEFAULT: &'static str = "default";
 
-    /// Parses a tenant id: 1 to 64 characters of `[A-Za-z0-9._-]`, so it is safe in a URL path.
+    /// Parses a tenant id: 1 to 64 characters of `[A-Za-z0-9._-]`, not dots alone, so it is
+    /// safe in a URL path (HTTP clients resolve a `..` or `.` segment of a tenant's issuer
+    /// URL away: `/tenants/../oauth2/revoke` would reach the default tenant).
     pub fn parse(s: &str) -> Result<Self, Error> {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && !s.bytes().all(|b| b == b'.');
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(Error::invalid_request(
-                "tenant id must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                "tenant id must be 1 to 64 characters of A-Z a-z 0-9 . _ -, not dots alone",
             ))
         }
     }
@@ -203,7 +206,8 @@ mod tests {
     #[test]
     fn tenant_ids_are_url_safe() {
         assert!(TenantId::parse("acme-prod_1.eu").is_ok());
-        for bad in ["", "a/b", "a b", "ä", &"x".repeat(65)] {
+        assert!(TenantId::parse("..a").is_ok());
+        for bad in ["", "a/b", "a b", "ä", &"x".repeat(65), ".", "..", "..."] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

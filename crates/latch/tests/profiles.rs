@@ -123,7 +123,8 @@ backend_test! {
     async fn sentinel_accepts_the_documented_version_spellings_only() {
         let s = TestServer::start().await;
         let acct = account(&s, "acct").await;
-        for query in ["?v=1.0", "?v1.0", ""] {
+        // Query names that are no version (`verbose`, `vendor`) are not refused as one.
+        for query in ["?v=1.0", "?v1.0", "", "?v=1.0&verbose", "?vendor&v1.0"] {
             let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
             let path = format!("/sentinel/api/account/acct/token/revoke{query}");
             let resp = post(

@@ -34,11 +34,14 @@ fn check_version(query: Option<&str>) -> Result<(), ApiError> {
             ))
         }
     }
-    // Literal `?v1.0` (a name with no value); another `v<version>` name is a wrong version.
-    let bare_versions = query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.contains('=') && p.starts_with('v') && p.len() > 1);
+    // Literal `?v1.0` (a name with no value); another `v<version>` name (`v` then digits and
+    // dots) is a wrong version, and any other name (`?verbose`) is not a version at all.
+    let bare_versions = query.unwrap_or_default().split('&').filter(|p| {
+        p.strip_prefix('v').is_some_and(|version| {
+            version.starts_with(|c: char| c.is_ascii_digit())
+                && version.chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
+    });
     for bare in bare_versions {
         if bare != "v1.0" {
             return Err(ApiError::invalid_request(
