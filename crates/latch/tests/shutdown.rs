@@ -5,23 +5,13 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 
 use common::{basic_header, Process};
 
 #[test]
 fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Process::serve(
-        dir.path(),
-        &[
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dev.toml"),
-            "--data-dir",
-            "data",
-        ],
-        &[],
-    );
+    let p = serve_dev(dir.path(), &[]);
     let addr = p.base.trim_start_matches("http://").to_owned();
 
     // A request whose body is only half sent when the signal arrives.
@@ -29,12 +19,7 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits
     let (first, rest) = body.split_at(10);
     let mut conn = request_in_flight(&addr, body.len(), first);
 
-    let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    p.send_sigterm();
 
     // Wait (bounded, no fixed sleep) until the listener is closed: new connections fail.
     let mut refused = false;
@@ -81,26 +66,10 @@ fn sigterm_stops_accepting_finishes_in_flight_requests_empties_the_wal_and_exits
 #[test]
 fn a_request_stalled_mid_body_holds_a_stop_only_until_the_shutdown_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Process::serve(
-        dir.path(),
-        &[
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dev.toml"),
-            "--data-dir",
-            "data",
-            "--shutdown-timeout",
-            "1",
-        ],
-        &[],
-    );
+    let mut p = serve_dev(dir.path(), &["--shutdown-timeout", "1"]);
     let addr = p.base.trim_start_matches("http://").to_owned();
     let mut conn = request_in_flight(&addr, 100, "grant_type");
-    let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    p.send_sigterm();
 
     // Bounded: without the timeout the process never exits.
     let mut status = None;
@@ -124,6 +93,14 @@ fn a_request_stalled_mid_body_holds_a_stop_only_until_the_shutdown_timeout() {
     );
     let wal = std::fs::metadata(dir.path().join("data/latch.db-wal")).map_or(0, |m| m.len());
     assert_eq!(wal, 0, "the database was closed: its WAL is empty");
+}
+
+/// `latch serve` with the development configuration, its database under `dir/data`.
+fn serve_dev(dir: &std::path::Path, extra: &[&str]) -> Process {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dev.toml");
+    let mut args = vec!["--config", config, "--data-dir", "data"];
+    args.extend_from_slice(extra);
+    Process::serve(dir, &args, &[])
 }
 
 /// Starts a token request with a body of `len` bytes and sends only `first` of it. Connecting
