@@ -17,8 +17,9 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Seconds between expiry clean-up runs by default.
 pub const DEFAULT_CLEANUP_INTERVAL: u64 = 300;
-/// The longest clean-up interval: a year (a longer one overflows the timer's arithmetic).
-pub const MAX_CLEANUP_INTERVAL: u64 = 365 * 24 * 3600;
+/// The longest interval or timeout a setting may give: a year (a clean-up interval beyond
+/// it overflowed the timer's arithmetic).
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// Seconds a stop waits for the requests in flight (a client stalled mid-request would hold
 /// it for ever): below the 30 s an orchestrator commonly allows before it kills the process,
 /// so that the database is still closed cleanly.
@@ -298,6 +299,15 @@ pub fn audit_retention_days(
     }
 }
 
+/// `secs`, the value of setting `name`, unless it is beyond [`MAX_SECONDS`].
+fn at_most_a_year(name: &str, secs: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        secs <= MAX_SECONDS,
+        "{name} must be at most {MAX_SECONDS} seconds (a year)"
+    );
+    Ok(secs)
+}
+
 /// Resolves a server's settings.
 pub fn resolve(
     overrides: &Overrides,
@@ -334,25 +344,18 @@ pub fn resolve(
             .map(str::to_owned)
             .or_else(|| file.log.clone())
             .unwrap_or_else(|| "info".to_owned()),
-        cleanup_interval: match cleanup_interval
-            .or(file.cleanup_interval)
-            .unwrap_or(DEFAULT_CLEANUP_INTERVAL)
-        {
-            secs if secs > MAX_CLEANUP_INTERVAL => anyhow::bail!(
-                "cleanup_interval must be at most {MAX_CLEANUP_INTERVAL} seconds (a year); \
-                 0 turns the clean-up off"
-            ),
-            secs => secs,
-        },
-        shutdown_timeout: match shutdown_timeout
-            .or(file.shutdown_timeout)
-            .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT)
-        {
-            secs if secs > MAX_CLEANUP_INTERVAL => {
-                anyhow::bail!("shutdown_timeout must be at most {MAX_CLEANUP_INTERVAL} seconds")
-            }
-            secs => secs,
-        },
+        cleanup_interval: at_most_a_year(
+            "cleanup_interval",
+            cleanup_interval
+                .or(file.cleanup_interval)
+                .unwrap_or(DEFAULT_CLEANUP_INTERVAL),
+        )?,
+        shutdown_timeout: at_most_a_year(
+            "shutdown_timeout",
+            shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        )?,
         audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file
             .tenants
