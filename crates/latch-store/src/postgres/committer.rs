@@ -602,8 +602,8 @@ async fn issue(
 /// exchange also retires the grant's other unused refresh tokens, which only a grace use
 /// leaves (as SQLite's `retire_siblings`), if the grant ever forked (schema version 6's
 /// `forked_generation`, which gates the search), or, for a client with a grace period,
-/// whatever the grant records (a fork made before version 6 whose grace-used token had been
-/// purged by the migration). `$1` grant id, `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8`
+/// whatever the grant records (a fork made before version 6 whose grace-used token the
+/// clean-up had deleted before the migration, which therefore could not find it). `$1` grant id, `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8`
 /// the old token's hash, `$9` the time (unused precondition) or the old generation (grace
 /// precondition), `$10` the new generation, `$11` the grant's new expiry. Answers how many
 /// tokens were claimed (0 or 1). [`rotate`] runs [`LOCK_GRANT_SQL`] just before it.
