@@ -1,6 +1,6 @@
-//! The machine's ceiling: a bare HTTP handler on the same stack as latch (axum on a tokio
-//! multi-thread runtime) that reads and parses the form body and answers 200, touching no
-//! storage.
+//! The machine's ceiling: a bare HTTP handler on the same stack as latch (axum served by
+//! `latch_http::serve`, on a tokio multi-thread runtime) that reads and parses the form body
+//! and answers 200, touching no storage.
 
 use axum::body::Bytes;
 use axum::routing::post;
@@ -19,6 +19,12 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("latch listening on http://{}", listener.local_addr()?);
     let app = Router::new().fallback(post(bare));
-    axum::serve(listener, app).await?;
+    latch_http::serve::serve(
+        listener,
+        app,
+        latch_http::serve::DEFAULT_READ_TIMEOUT,
+        std::future::pending(),
+    )
+    .await?;
     Ok(())
 }

@@ -73,7 +73,11 @@ impl Authority {
 
     /// Builds a client from a spec; returns it and the secret in clear when one was
     /// generated or given in clear.
-    fn build_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
+    fn build_client(
+        &self,
+        spec: ClientSpec,
+        declared: bool,
+    ) -> Result<(Client, Option<String>), Error> {
         let (secret, plain) = match (spec.auth_method.is_confidential(), spec.secret) {
             (false, SecretSpec::Generate) => (None, None),
             (false, _) => {
@@ -109,6 +113,7 @@ impl Authority {
             rotation_grace: spec.rotation_grace,
             access_token_revocation: spec.access_token_revocation,
             created_at: self.clock.now(),
+            declared,
         };
         client.validate()?;
         Ok((client, plain))
@@ -119,7 +124,7 @@ impl Authority {
     pub async fn create_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
         self.require_tenant(&spec.tenant).await?;
         let generated = matches!(spec.secret, SecretSpec::Generate);
-        let (client, plain) = self.build_client(spec)?;
+        let (client, plain) = self.build_client(spec, false)?;
         match self.store.create_client(&client).await {
             Ok(()) => Ok((client, plain.filter(|_| generated))),
             Err(StoreError::Conflict) => {
@@ -134,10 +139,11 @@ impl Authority {
         }
     }
 
-    /// Registers or replaces a client from declarative configuration.
-    pub async fn upsert_client(&self, spec: ClientSpec) -> Result<Client, Error> {
+    /// Registers or replaces a client declared in the configuration file, and marks it
+    /// declared ([`Client::declared`]).
+    pub async fn declare_client(&self, spec: ClientSpec) -> Result<Client, Error> {
         self.require_tenant(&spec.tenant).await?;
-        let (client, _) = self.build_client(spec)?;
+        let (client, _) = self.build_client(spec, true)?;
         if let Err(e) = self.store.upsert_client(&client).await {
             if matches!(e, StoreError::Conflict) {
                 // As in `create_client`: a tenant removed since it was found.
@@ -147,6 +153,18 @@ impl Authority {
         }
         self.secrets.forget(&client.tenant, &client.id);
         Ok(client)
+    }
+
+    /// Once the configuration file's clients are declared: every stored client marked
+    /// declared that the file no longer lists (`declared`) becomes an ordinary client, kept
+    /// with its grants and from then on managed through the admin API or the CLI. Returns
+    /// those clients. Removing a client (and revoking its grants) because a file stopped
+    /// naming it would turn an editing slip into a mass sign-out.
+    pub async fn undeclare_clients_except(
+        &self,
+        declared: &[(TenantId, ClientId)],
+    ) -> Result<Vec<(TenantId, ClientId)>, Error> {
+        Ok(self.store.undeclare_clients_except(declared).await?)
     }
 
     /// One client.
@@ -173,6 +191,7 @@ impl Authority {
         new_secret: Option<String>,
     ) -> Result<String, Error> {
         let client = self.client(tenant, id).await?;
+        refuse_declared(&client)?;
         if !client.is_confidential() {
             return Err(Error::invalid_request("a public client has no secret"));
         }
@@ -185,7 +204,7 @@ impl Authority {
         };
         let hash = hash_secret(&secret);
         if !self.store.set_client_secret(tenant, id, &hash).await? {
-            return Err(Error::NotFound(format!("no client {id}").into()));
+            return Err(self.why_unchanged(tenant, id).await);
         }
         self.secrets.forget(tenant, id);
         Ok(secret)
@@ -198,13 +217,11 @@ impl Authority {
         id: &ClientId,
         origin: Origin,
     ) -> Result<Killed, Error> {
-        self.require_tenant(tenant).await?;
+        refuse_declared(&self.client(tenant, id).await?)?;
         let context = self.audit_context(tenant, ADMIN, origin, Reason::ClientRemoved);
-        let event = self
-            .store
-            .delete_client(tenant, id, &context)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no client {id}").into()))?;
+        let Some(event) = self.store.delete_client(tenant, id, &context).await? else {
+            return Err(self.why_unchanged(tenant, id).await);
+        };
         self.secrets.forget(tenant, id);
         if let Some(e) = &event {
             audit::log(e);
@@ -329,6 +346,21 @@ impl Authority {
                 "the default tenant cannot be removed",
             ));
         }
+        let declared: Vec<String> = (self.store.list_clients(tenant).await?.into_iter())
+            .filter(|c| c.declared)
+            .map(|c| c.id.to_string())
+            .collect();
+        if !declared.is_empty() {
+            return Err(Error::Conflict(
+                format!(
+                    "tenant {tenant} holds clients declared in the configuration file ({}): \
+                     remove them there first, or the next start would create the tenant again \
+                     with them",
+                    declared.join(", ")
+                )
+                .into(),
+            ));
+        }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
         let event = self
             .store
@@ -343,4 +375,34 @@ impl Authority {
         }
         Ok(())
     }
+}
+
+impl Authority {
+    /// Why a write the store refused left a client unchanged: it is gone, or the
+    /// configuration declared it since it was read (a node starting with a new file).
+    async fn why_unchanged(&self, tenant: &TenantId, id: &ClientId) -> Error {
+        match self.store.client(tenant, id).await {
+            Ok(Some(client)) => refuse_declared(&client).err().unwrap_or_else(|| {
+                Error::Conflict(format!("client {id} changed during the request; retry").into())
+            }),
+            Ok(None) => Error::NotFound(format!("no client {id}").into()),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+/// A client declared in the configuration file is changed or removed only there: the next
+/// start would write it back as the file says.
+fn refuse_declared(client: &Client) -> Result<(), Error> {
+    if client.declared {
+        return Err(Error::Conflict(
+            format!(
+                "client {} is declared in the configuration file: change or remove it there \
+                 (a change made here would be undone at the next start)",
+                client.id
+            )
+            .into(),
+        ));
+    }
+    Ok(())
 }

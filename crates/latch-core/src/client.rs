@@ -216,6 +216,10 @@ pub struct Client {
     pub access_token_revocation: AccessTokenRevocation,
     /// When the client was registered.
     pub created_at: UnixTime,
+    /// Declared in the configuration file, which alone changes or removes it: it is written
+    /// again from the file at every start, so a change made through the admin API or the
+    /// CLI (a rotated secret) would silently be undone then, and is refused instead.
+    pub declared: bool,
 }
 
 impl Client {

@@ -41,7 +41,8 @@ pub enum Error {
     /// An administered resource does not exist.
     #[error("{0}")]
     NotFound(Cow<'static, str>),
-    /// An administered resource already exists.
+    /// The change conflicts with an administered resource's state: it exists already, or
+    /// the configuration file manages it.
     #[error("{0}")]
     Conflict(Cow<'static, str>),
     /// Storage failed; nothing was done (`temporarily_unavailable`).

@@ -283,6 +283,7 @@ mod tests {
             rotation_grace: 0,
             access_token_revocation: access,
             created_at: 0,
+            declared: false,
         }
     }
 

@@ -239,6 +239,7 @@ mod tests {
             rotation_grace: 0,
             access_token_revocation: AccessTokenRevocation::Token,
             created_at: 0,
+            declared: false,
         }
     }
 

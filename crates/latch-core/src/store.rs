@@ -67,9 +67,17 @@ pub trait ClientStore: Send + Sync {
     async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>>;
     /// Registers a new client; `Conflict` if the id is taken in that tenant.
     async fn create_client(&self, client: &Client) -> StoreResult<()>;
-    /// Registers or replaces a client (declarative configuration).
+    /// Registers or replaces a client (declarative configuration), [`Client::declared`]
+    /// included.
     async fn upsert_client(&self, client: &Client) -> StoreResult<()>;
-    /// Replaces a client's secret hash. `false` when there is no such client.
+    /// Marks every declared client but those listed as no longer declared, and returns the
+    /// ones it changed.
+    async fn undeclare_clients_except(
+        &self,
+        declared: &[(TenantId, ClientId)],
+    ) -> StoreResult<Vec<(TenantId, ClientId)>>;
+    /// Replaces a client's secret hash. `false` when there is no such client, or it is
+    /// declared (the configuration file alone changes it).
     async fn set_client_secret(
         &self,
         tenant: &TenantId,
@@ -77,7 +85,7 @@ pub trait ClientStore: Send + Sync {
         secret: &SecretHash,
     ) -> StoreResult<bool>;
     /// Removes a client and revokes every grant issued to it (audited), in one transaction.
-    /// `None` when there is no such client, else the revocation's audit record (`None` inside
+    /// `None` when there is no such client or it is declared, else the revocation's audit record (`None` inside
     /// when no grant was alive).
     async fn delete_client(
         &self,

@@ -113,6 +113,18 @@ impl ApiError {
         )
     }
 
+    /// `408` for a request body not received within `timeout`.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            format!(
+                "the request body was not received within {} s",
+                timeout.as_secs()
+            ),
+        )
+    }
+
     /// `405` for a method the route does not serve.
     pub fn method_not_allowed() -> Self {
         Self::new(

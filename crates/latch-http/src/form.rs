@@ -10,8 +10,11 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use std::future::{poll_fn, Future};
+use std::task::Poll;
 
 use crate::error::ApiError;
+use crate::serve::{Connection, DEFAULT_READ_TIMEOUT};
 
 /// The largest form body accepted. Real requests are a few hundred bytes.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -105,7 +108,7 @@ impl Form {
     async fn read(request: Request, trim: bool) -> Result<(Parts, Self), ApiError> {
         let (parts, body) = request.into_parts();
         check_content_type(&parts.headers)?;
-        let bytes = read_body(&parts.headers, body, MAX_FORM_BYTES).await?;
+        let bytes = read_body(&parts, body, MAX_FORM_BYTES).await?;
         let form = Self::parse_with(&bytes, trim)?;
         Ok((parts, form))
     }
@@ -175,20 +178,38 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Reads a body of at most `limit` bytes; larger is `413`.
+/// Reads a body of at most `limit` bytes; larger is `413`. A body not received within the
+/// connection's read timeout ([`Connection`]) is `408`, so that a client trickling its body
+/// does not hold a connection (and a handler) for ever.
 pub async fn read_body(
-    headers: &HeaderMap,
+    parts: &Parts,
     body: Body,
     limit: usize,
 ) -> Result<axum::body::Bytes, ApiError> {
-    let declared = headers
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::payload_too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, limit));
+    // A form's few bytes nearly always arrive with the request's head: read them without
+    // arming a timer, which would cost every request a timer registration.
+    let read = match poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+        Poll::Ready(read) => read,
+        Poll::Pending => {
+            let timeout = parts
+                .extensions
+                .get::<Connection>()
+                .map_or(DEFAULT_READ_TIMEOUT, |c| c.read_timeout);
+            tokio::time::timeout(timeout, read)
+                .await
+                .map_err(|_| ApiError::body_timeout(timeout))?
+        }
+    };
+    read.map_err(|e| {
         // `to_bytes` fails either because the limit was hit or because the connection broke.
         if e.into_inner().is::<http_body_util::LengthLimitError>() {
             ApiError::payload_too_large(limit)

@@ -5,7 +5,8 @@
 //! No OAuth rule is decided here.
 //!
 //! ## Layout
-//! - [`router`] wires every route; [`AppState`] is what handlers share.
+//! - [`router`] wires every route; [`AppState`] is what handlers share; [`serve`] runs
+//!   the router on a listener, with a read timeout per request and a graceful stop.
 //! - [`form`]: strict form-body parsing (content type, size limit, duplicates, encoding),
 //!   and [`credentials`]: client credentials from Basic or the body. Both are written once
 //!   and used by every route.
@@ -29,6 +30,7 @@ mod metrics;
 mod oauth2;
 pub mod profiles;
 pub mod ratelimit;
+pub mod serve;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -117,8 +119,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
         Ok(Peer(
             parts
                 .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
+                .get::<serve::Connection>()
+                .map(|c| c.peer.ip()),
         ))
     }
 }

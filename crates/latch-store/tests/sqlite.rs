@@ -266,6 +266,7 @@ fn client() -> latch_core::client::Client {
         rotation_grace: 0,
         access_token_revocation: latch_core::client::AccessTokenRevocation::Token,
         created_at: 100,
+        declared: false,
     }
 }
 

@@ -15,7 +15,7 @@ use latch_core::secret::hash_secret;
 use latch_core::Authority;
 use serde_json::json;
 
-use crate::config::{self, Overrides};
+use crate::config::{self, Overrides, ServerOverrides};
 use crate::server::{self, Server};
 
 /// latch: an OAuth 2.0 token server where a revoked token is dead everywhere, at once.
@@ -55,30 +55,8 @@ pub enum Command {
 /// `latch serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "LATCH_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Issuer identifier [default: http://ADDR].
-    #[arg(long, env = "LATCH_ISSUER", value_name = "URL")]
-    pub issuer: Option<String>,
-    /// Bearer token for the admin API; without one the admin API is off.
-    #[arg(
-        long,
-        env = "LATCH_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
-    #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
-    pub log: Option<String>,
-    /// Seconds between expiry clean-up runs; 0 turns it off [default: 300].
-    #[arg(long, env = "LATCH_CLEANUP_INTERVAL", value_name = "SECS")]
-    pub cleanup_interval: Option<u64>,
-    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the requests in flight before cutting them
-    /// off and closing the database [default: 20].
-    #[arg(long, env = "LATCH_SHUTDOWN_TIMEOUT", value_name = "SECS")]
-    pub shutdown_timeout: Option<u64>,
+    #[command(flatten)]
+    pub server: ServerOverrides,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -241,6 +219,7 @@ fn client_json(c: &latch_core::client::Client) -> serde_json::Value {
         "refresh_token_ttl": c.refresh_token_ttl,
         "rotation_grace_period": c.rotation_grace,
         "access_token_revocation": c.access_token_revocation.as_str(),
+        "declared": c.declared,
     })
 }
 
@@ -378,15 +357,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = config::resolve(
-        &args.overrides,
-        args.listen.as_deref(),
-        args.issuer.as_deref(),
-        args.admin_token.as_deref(),
-        args.log.as_deref(),
-        args.cleanup_interval,
-        args.shutdown_timeout,
-    )?;
+    let settings = config::resolve(&args.overrides, &args.server)?;
     init_logging(&settings.log);
     let server = Server::start(&settings, Arc::new(SystemClock)).await?;
     tracing::info!(

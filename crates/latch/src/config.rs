@@ -24,6 +24,9 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// it for ever): below the 30 s an orchestrator commonly allows before it kills the process,
 /// so that the database is still closed cleanly.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
+/// Seconds a client may take to send a request's head, and then its body: long enough for
+/// any client on a slow link, short enough that idle or trickling connections do not pile up.
+pub const DEFAULT_READ_TIMEOUT: u64 = 30;
 /// The default data folder, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "data";
 
@@ -47,6 +50,8 @@ pub struct FileConfig {
     pub cleanup_interval: Option<u64>,
     /// Seconds a stop waits for the requests in flight before cutting them off.
     pub shutdown_timeout: Option<u64>,
+    /// Seconds a client may take to send a request's head, and then its body.
+    pub read_timeout: Option<u64>,
     /// Days to keep audit records (at least 1); the clean-up deletes older ones. Left out:
     /// kept for ever.
     pub audit_retention_days: Option<u32>,
@@ -229,6 +234,39 @@ pub struct Overrides {
     pub audit_retention_days: Option<u32>,
 }
 
+/// `latch serve`'s own settings that flags and environment variables can override.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServerOverrides {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LATCH_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Issuer identifier [default: http://ADDR].
+    #[arg(long, env = "LATCH_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Bearer token for the admin API; without one the admin API is off.
+    #[arg(
+        long,
+        env = "LATCH_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
+    #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Seconds between expiry clean-up runs; 0 turns it off [default: 300].
+    #[arg(long, env = "LATCH_CLEANUP_INTERVAL", value_name = "SECS")]
+    pub cleanup_interval: Option<u64>,
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for the requests in flight before cutting them
+    /// off and closing the database [default: 20].
+    #[arg(long, env = "LATCH_SHUTDOWN_TIMEOUT", value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+    /// Seconds a client may take to send a request's head, and then its body; a keep-alive
+    /// connection idle that long is closed [default: 30].
+    #[arg(long, env = "LATCH_READ_TIMEOUT", value_name = "SECS")]
+    pub read_timeout: Option<u64>,
+}
+
 /// The fully resolved settings of a server.
 #[derive(Debug)]
 pub struct Settings {
@@ -246,6 +284,8 @@ pub struct Settings {
     pub cleanup_interval: u64,
     /// Seconds a stop waits for the requests in flight.
     pub shutdown_timeout: u64,
+    /// Seconds a client may take to send a request's head, and then its body.
+    pub read_timeout: u64,
     /// Days to keep audit records; `None`: for ever.
     pub audit_retention_days: Option<u32>,
     /// Tenants to create at start-up.
@@ -308,25 +348,23 @@ fn at_most_a_year(name: &str, secs: u64) -> anyhow::Result<u64> {
     Ok(secs)
 }
 
+/// `secs`, the value of timeout `name`, unless it is 0 (every request would time out) or
+/// beyond [`MAX_SECONDS`].
+fn at_least_a_second(name: &str, secs: u64) -> anyhow::Result<u64> {
+    anyhow::ensure!(secs >= 1, "{name} must be at least 1 second");
+    at_most_a_year(name, secs)
+}
+
 /// Resolves a server's settings.
-pub fn resolve(
-    overrides: &Overrides,
-    listen: Option<&str>,
-    issuer: Option<&str>,
-    admin_token: Option<&str>,
-    log: Option<&str>,
-    cleanup_interval: Option<u64>,
-    shutdown_timeout: Option<u64>,
-) -> anyhow::Result<Settings> {
+pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Result<Settings> {
     let file = load_file(overrides)?;
-    let listen_str = listen
-        .map(str::to_owned)
+    let listen_str = (server.listen.clone())
         .or_else(|| file.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen: SocketAddr = listen_str
         .parse()
         .with_context(|| format!("invalid listen address {listen_str:?}"))?;
-    let issuer = issuer.map(str::to_owned).or_else(|| file.issuer.clone());
+    let issuer = server.issuer.clone().or_else(|| file.issuer.clone());
     let clients = file
         .clients
         .iter()
@@ -336,25 +374,29 @@ pub fn resolve(
         listen,
         database: database_url(overrides, &file)?,
         issuer,
-        admin_token: admin_token
-            .map(str::to_owned)
+        admin_token: (server.admin_token.clone())
             .or_else(|| file.admin_token.clone())
             .filter(|t| !t.is_empty()),
-        log: log
-            .map(str::to_owned)
+        log: (server.log.clone())
             .or_else(|| file.log.clone())
             .unwrap_or_else(|| "info".to_owned()),
         cleanup_interval: at_most_a_year(
             "cleanup_interval",
-            cleanup_interval
+            (server.cleanup_interval)
                 .or(file.cleanup_interval)
                 .unwrap_or(DEFAULT_CLEANUP_INTERVAL),
         )?,
         shutdown_timeout: at_most_a_year(
             "shutdown_timeout",
-            shutdown_timeout
+            (server.shutdown_timeout)
                 .or(file.shutdown_timeout)
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        )?,
+        read_timeout: at_least_a_second(
+            "read_timeout",
+            (server.read_timeout)
+                .or(file.read_timeout)
+                .unwrap_or(DEFAULT_READ_TIMEOUT),
         )?,
         audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file

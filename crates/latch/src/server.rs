@@ -31,12 +31,27 @@ pub async fn open_authority(
             .await
             .with_context(|| format!("cannot create configured tenant {tenant}"))?;
     }
+    let mut declared = Vec::with_capacity(settings.clients.len());
     for spec in &settings.clients {
         let id = spec.id.clone();
         authority
-            .upsert_client(spec.clone())
+            .declare_client(spec.clone())
             .await
             .with_context(|| format!("cannot register configured client {id}"))?;
+        declared.push((spec.tenant.clone(), id));
+    }
+    for (tenant, id) in authority
+        .undeclare_clients_except(&declared)
+        .await
+        .context("cannot update the clients the configuration no longer declares")?
+    {
+        tracing::warn!(
+            %tenant,
+            client_id = %id,
+            "a client the configuration file declared is no longer in it: it stays \
+             registered with its grants, and is now changed or removed through the admin API \
+             or the CLI"
+        );
     }
     Ok(authority)
 }
@@ -91,16 +106,15 @@ impl Server {
             ))
         });
         let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
+        let read_timeout = Duration::from_secs(settings.read_timeout);
+        let task = tokio::spawn(latch_http::serve::serve(
+            listener,
+            app,
+            read_timeout,
+            async {
                 let _ = signal.await;
-            })
-            .await
-        });
+            },
+        ));
         Ok(Self {
             addr,
             authority,

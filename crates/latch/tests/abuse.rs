@@ -1,5 +1,7 @@
 //! Abuse containment: failed client authentication is rate-limited per client id and per
-//! source address, with `429` and `Retry-After`, and the limit releases with its window.
+//! source address, with `429` and `Retry-After`, and the limit releases with its window; a
+//! client that trickles its request (or holds a connection idle) is cut off at the read
+//! timeout.
 
 #[macro_use]
 mod common;
@@ -51,4 +53,62 @@ backend_test! {
         s.advance(61);
         assert_eq!(s.client_credentials(&svc).await["token_type"], "Bearer");
     }
+}
+
+/// Everything the server sends on `conn` until it closes it; bounded at a minute, far past
+/// the read timeout of the test below (the server closes long before, or the test fails).
+async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        conn.read_to_end(&mut received),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open after a minute; received {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_request_or_idling_is_cut_off_at_the_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = TestServer::start_with(|settings| settings.read_timeout = 1).await;
+    let svc = s.confidential("svc", "read").await;
+    let auth = common::basic_header("svc", svc.secret.as_deref().unwrap());
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: latch\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\n"
+    );
+
+    // A head never finished: the connection is closed, unanswered.
+    let started = std::time::Instant::now();
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(&head.as_bytes()[..40]).await.unwrap();
+    assert_eq!(read_until_closed(&mut conn).await, "");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+
+    // A body never finished: `408`, with the JSON error, and the connection closed.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(format!("{head}grant_type").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"invalid_request""#), "{answer}");
+    assert!(answer.contains("not received within 1 s"), "{answer}");
+
+    // A whole request is answered; the connection, left idle, is then closed.
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(format!("{head}grant_type=client_credentials").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("latch_at_"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }

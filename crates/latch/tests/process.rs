@@ -771,13 +771,10 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let path = d.join("latch.db");
     let url = sqlite_url(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 8's additions undone.
+    // As a database of the previous schema version: version 9's addition undone.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch(
-            "DROP TRIGGER grace_use_forks_its_grant; \
-             ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = 7;",
-        )
+        .execute_batch("ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = 8;")
         .unwrap();
 
     let out = run_cli(d, &["client", "list", "--database-url", &url], None);
@@ -791,9 +788,117 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7, "the schema was left as it was");
+    assert_eq!(version, 8, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());
     assert!(cli_ok(d, &["client", "list", "--database-url", &url]).contains("\"app\""));
+}
+
+/// A configuration file declaring `app` (default tenant) and `acme-app` (tenant `acme`) with
+/// the secret whose hash is `hash`, or no client at all.
+fn declaring_config(dir: &Path, hash: Option<&str>) -> String {
+    let mut toml = format!("admin_token = \"{ADMIN_TOKEN}\"\ntenants = [\"acme\"]\n");
+    if let Some(hash) = hash {
+        for (tenant, id) in [("default", "app"), ("acme", "acme-app")] {
+            toml.push_str(&format!(
+                "[[clients]]\ntenant = \"{tenant}\"\nclient_id = \"{id}\"\n\
+                 client_secret_hash = \"{hash}\"\n"
+            ));
+        }
+    }
+    let path = dir.join(if hash.is_some() {
+        "declaring.toml"
+    } else {
+        "bare.toml"
+    });
+    std::fs::write(&path, toml).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_declared_in_the_configuration_is_changed_there_alone_until_the_file_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&db.path().join("x.db"));
+    let d = dir.path();
+    let secret = "declared-secret-5e0c2a";
+    let hashed = run_cli(d, &["hash-secret"], Some(secret));
+    let hash = String::from_utf8(hashed.stdout).unwrap().trim().to_owned();
+    let app = client("app", secret);
+    let admin = |p: &Process, method: Method, path: &str, body: Option<Value>| {
+        let (http, base, path) = (reqwest::Client::new(), p.base.clone(), path.to_owned());
+        async move { admin_at(&http, &base, method, &path, body).await }
+    };
+    let config = declaring_config(d, Some(&hash));
+    let p = Process::serve(d, &["--config", &config, "--database-url", &url], &[]);
+    let n = Node::new(&p);
+    let shown: Value = admin(&p, Method::GET, "/tenants/default/clients/app", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["declared"], true, "{shown}");
+
+    // Neither the admin API nor the CLI changes or removes it: the next start would undo it.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/tenants/default/clients/app/secret",
+            Some(json!({})),
+        ),
+        (Method::DELETE, "/tenants/default/clients/app", None),
+        (Method::DELETE, "/tenants/acme", None),
+    ] {
+        let resp = admin(&p, method.clone(), path, body).await;
+        assert_eq!(resp.status(), 409, "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "conflict", "{body}");
+        let why = str_of(&body, "error_description");
+        assert!(why.contains("declared in the configuration file"), "{why}");
+    }
+    let refused = run_cli(
+        d,
+        &["client", "rotate-secret", "app", "--database-url", &url],
+        None,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("declared in the configuration file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Its secret and its tenant still work.
+    n.access_token(Auth::Basic(&app)).await;
+    drop(n);
+    drop(p);
+
+    // Started without them: the clients stay registered, now the admin API's to manage.
+    let config = declaring_config(d, None);
+    let p = Process::serve(d, &["--config", &config, "--database-url", &url], &[]);
+    let n = Node::new(&p);
+    let logs = p.logs();
+    assert!(
+        logs.contains("no longer in it") && logs.contains("acme-app"),
+        "{logs}"
+    );
+    n.access_token(Auth::Basic(&app)).await;
+    let rotated = admin(
+        &p,
+        Method::POST,
+        "/tenants/default/clients/app/secret",
+        Some(json!({})),
+    );
+    let rotated: Value = rotated.await.json().await.unwrap();
+    let new = client("app", str_of(&rotated, "client_secret"));
+    assert_eq!(n.token(Auth::Basic(&app)).await.status(), 401);
+    n.access_token(Auth::Basic(&new)).await;
+    let shown: Value = admin(&p, Method::GET, "/tenants/default/clients/app", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["declared"], false, "{shown}");
+    let removed = admin(&p, Method::DELETE, "/tenants/acme", None).await;
+    assert_eq!(removed.status(), 200);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{OtherNode, TestDb};
 use latch_core::audit::{AuditContext, Reason};
-use latch_core::client::{AccessTokenRevocation, AuthMethod, Client};
+use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, SecretHash};
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
 };
@@ -485,6 +485,7 @@ fn client(tenant: &TenantId, id: &str, ttl: u32) -> Client {
         rotation_grace: 0,
         access_token_revocation: AccessTokenRevocation::Token,
         created_at: 100,
+        declared: false,
     }
 }
 
@@ -559,6 +560,50 @@ backend_test! {
         assert!(store.delete_client(&home, &id, &removal).await.unwrap().is_some());
         assert_eq!(ttl(store.client(&home, &id).await.unwrap()), None);
         assert_eq!(ttl(store.client_and_token(&home, &id, &hash).await.unwrap().0), None);
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn a_declared_client_keeps_its_secret_and_its_row_until_the_file_stops_declaring_it() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let home = TenantId::default_tenant();
+        let (app, other) = (ClientId::parse("app").unwrap(), ClientId::parse("other").unwrap());
+        store
+            .upsert_client(&Client { declared: true, ..client(&home, "app", 1) })
+            .await
+            .unwrap();
+        store
+            .upsert_client(&Client { declared: true, ..client(&home, "other", 1) })
+            .await
+            .unwrap();
+        let declared = |c: Option<Client>| c.map(|c| c.declared);
+        assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
+        // Even a caller that skipped the domain's check changes nothing.
+        let secret = SecretHash::from_stored("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into());
+        assert!(!store.set_client_secret(&home, &app, &secret).await.unwrap());
+        let removal = audit(0, Reason::ClientRemoved, 200);
+        assert!(store.delete_client(&home, &app, &removal).await.unwrap().is_none());
+        assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
+        // The file still declares `app`, no longer `other`: `other` alone is released.
+        let released = store
+            .undeclare_clients_except(&[(home.clone(), app.clone())])
+            .await
+            .unwrap();
+        assert_eq!(released, vec![(home.clone(), other.clone())]);
+        assert_eq!(declared(store.client(&home, &other).await.unwrap()), Some(false));
+        assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
+        assert!(store.set_client_secret(&home, &other, &secret).await.unwrap());
+        assert!(store.delete_client(&home, &other, &removal).await.unwrap().is_some());
+        // Nothing left to release but `app`, once the file names nothing.
+        assert!(store
+            .undeclare_clients_except(&[(home.clone(), app.clone())])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.undeclare_clients_except(&[]).await.unwrap(), vec![(home, app)]);
         drop(store);
         drop(db);
     }
@@ -880,7 +925,8 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
         "ALTER TABLE tokens DROP COLUMN tenant_id, DROP COLUMN client_id, \
            DROP COLUMN subject; DROP INDEX grants_revoked; \
          DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
-         ALTER TABLE grants DROP COLUMN forked_generation;",
+         ALTER TABLE grants DROP COLUMN forked_generation; \
+         ALTER TABLE clients DROP COLUMN declared;",
     );
     for (table, columns) in [
         ("tenants", &["id"][..]),
@@ -906,7 +952,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        6
+        7
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
     // From the catalogs, as above (`pg_indexes` reads every index's definition).
@@ -1146,10 +1192,12 @@ backend_test! {
         db.execute(if db.is_postgres() {
             "DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
              ALTER TABLE grants DROP COLUMN forked_generation; \
+             ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
             "DROP TRIGGER grace_use_forks_its_grant; \
-             ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = 7;"
+             ALTER TABLE grants DROP COLUMN forked_generation; \
+             ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = 7;"
         })
         .await;
         let store = latch_store::open(&db.url).await.unwrap();

@@ -175,6 +175,7 @@ mod tests {
             rotation_grace: grace,
             access_token_revocation: AccessTokenRevocation::Token,
             created_at: 0,
+            declared: false,
         }
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct ClientView {
     rotation_grace_period: u32,
     access_token_revocation: &'static str,
     created_at: i64,
+    /// Declared in the configuration file, which alone changes or removes it.
+    declared: bool,
 }
 
 impl From<&Client> for ClientView {
@@ -48,6 +50,7 @@ impl From<&Client> for ClientView {
             rotation_grace_period: c.rotation_grace,
             access_token_revocation: c.access_token_revocation.as_str(),
             created_at: c.created_at,
+            declared: c.declared,
         }
     }
 }

@@ -135,7 +135,7 @@ where
                 "Content-Type must be application/json",
             ));
         }
-        let bytes = read_body(&parts.headers, body, MAX_JSON_BYTES).await?;
+        let bytes = read_body(&parts, body, MAX_JSON_BYTES).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))

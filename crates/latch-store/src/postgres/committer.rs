@@ -50,6 +50,8 @@ pub(crate) enum Op {
     PutClient(Client, bool),
     SetSecret(TenantId, ClientId, SecretHash),
     DeleteClient(TenantId, ClientId, AuditContext),
+    /// Every declared client but these becomes undeclared.
+    UndeclareClients(Vec<(TenantId, ClientId)>),
     Issue(Grant, Vec<NewToken>, Option<SecretHash>),
     Rotate(Rotation),
     Revoke(Revocation, AuditContext),
@@ -77,6 +79,8 @@ pub(crate) enum Reply {
     /// A removal: `None` when the thing did not exist.
     Removed(Option<Option<AuditEvent>>),
     Rotation(RotationOutcome),
+    /// The clients a write changed.
+    Clients(Vec<(TenantId, ClientId)>),
     Purged(Purged),
     /// A sweep batch: what it deleted, and where the next starts.
     Swept(Purged, Option<Sweep>),
@@ -1000,7 +1004,8 @@ async fn apply(
                    access_token_ttl = EXCLUDED.access_token_ttl, \
                    refresh_token_ttl = EXCLUDED.refresh_token_ttl, \
                    rotation_grace = EXCLUDED.rotation_grace, \
-                   access_token_revocation = EXCLUDED.access_token_revocation"
+                   access_token_revocation = EXCLUDED.access_token_revocation, \
+                   declared = EXCLUDED.declared"
             } else {
                 ""
             };
@@ -1009,8 +1014,8 @@ async fn apply(
                 &format!(
                     "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, \
                        grant_types, scope, redirect_uris, access_token_ttl, refresh_token_ttl, \
-                       rotation_grace, access_token_revocation, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {conflict}"
+                       rotation_grace, access_token_revocation, created_at, declared) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {conflict}"
                 ),
                 &[
                     &c.tenant.as_str(),
@@ -1025,6 +1030,7 @@ async fn apply(
                     &i64::from(c.rotation_grace),
                     &c.access_token_revocation.as_str(),
                     &c.created_at,
+                    &c.declared,
                 ],
             )
             .await?;
@@ -1033,7 +1039,8 @@ async fn apply(
         Op::SetSecret(t, id, secret) => Reply::Flag(
             st.execute(
                 tx,
-                "UPDATE clients SET secret_hash = $3 WHERE tenant_id = $1 AND client_id = $2",
+                "UPDATE clients SET secret_hash = $3 \
+                 WHERE tenant_id = $1 AND client_id = $2 AND NOT declared",
                 &[&t.as_str(), &id.as_str(), &secret.as_str()],
             )
             .await?
@@ -1042,7 +1049,7 @@ async fn apply(
         Op::DeleteClient(t, id, audit) => {
             let deleted = tx
                 .execute(
-                    "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2",
+                    "DELETE FROM clients WHERE tenant_id = $1 AND client_id = $2 AND NOT declared",
                     &[&t.as_str(), &id.as_str()],
                 )
                 .await?;
@@ -1055,6 +1062,29 @@ async fn apply(
                 };
                 Reply::Removed(Some(revoke(tx, st, &rev, audit).await?))
             }
+        }
+        Op::UndeclareClients(keep) => {
+            let tenants: Vec<&str> = keep.iter().map(|k| k.0.as_str()).collect();
+            let ids: Vec<&str> = keep.iter().map(|k| k.1.as_str()).collect();
+            let rows = tx
+                .query(
+                    "UPDATE clients SET declared = FALSE WHERE declared \
+                       AND (tenant_id, client_id) NOT IN \
+                         (SELECT * FROM unnest($1::TEXT[], $2::TEXT[])) \
+                     RETURNING tenant_id, client_id",
+                    &[&tenants, &ids],
+                )
+                .await?;
+            Reply::Clients(
+                rows.iter()
+                    .map(|r| {
+                        (
+                            TenantId::from_stored(r.get(0)),
+                            ClientId::from_stored(r.get(1)),
+                        )
+                    })
+                    .collect(),
+            )
         }
         Op::Issue(g, tokens, secret) => {
             OneStatement::Issue((g, tokens, secret.as_ref()))

@@ -86,6 +86,12 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v6.sql"),
         older_nodes_safe: true,
     },
+    // A client records that the configuration declares it: an older node ignores the
+    // column (and so does not refuse to change a declared client).
+    Migration {
+        sql: include_str!("schema_v7.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
@@ -295,6 +301,16 @@ impl ClientStore for PgStore {
         self.write(Op::PutClient(client.clone(), true))
             .await
             .map(|_| ())
+    }
+
+    async fn undeclare_clients_except(
+        &self,
+        declared: &[(TenantId, ClientId)],
+    ) -> StoreResult<Vec<(TenantId, ClientId)>> {
+        match self.write(Op::UndeclareClients(declared.to_vec())).await? {
+            Reply::Clients(undeclared) => Ok(undeclared),
+            other => Err(other.unexpected()),
+        }
     }
 
     async fn set_client_secret(

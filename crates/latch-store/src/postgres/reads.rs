@@ -51,7 +51,7 @@ pub(super) async fn list_tenants(c: &Conn) -> StoreResult<Vec<TenantId>> {
 
 const CLIENT_COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, \
      scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
-     access_token_revocation, created_at";
+     access_token_revocation, created_at, declared";
 
 fn client_from_row(r: &Row) -> StoreResult<Client> {
     let secret = r.get::<_, Option<String>>(2).map(SecretHash::from_stored);
@@ -81,6 +81,7 @@ fn client_from_row(r: &Row) -> StoreResult<Client> {
         access_token_revocation: AccessTokenRevocation::parse(&access)
             .map_err(|_| corrupt("access_token_revocation"))?,
         created_at: r.get(11),
+        declared: r.get(12),
     })
 }
 

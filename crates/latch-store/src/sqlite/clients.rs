@@ -1,5 +1,6 @@
 //! [`ClientStore`] on SQLite.
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -17,10 +18,10 @@ use super::{join, live_clients, revocations, SqliteStore};
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
-     access_token_revocation, created_at";
+     access_token_revocation, created_at, declared";
 
 /// How many columns [`COLUMNS`] names.
-pub(super) const COLUMN_COUNT: usize = 12;
+pub(super) const COLUMN_COUNT: usize = 13;
 
 /// One client, on a connection already chosen.
 pub(super) fn select_client(
@@ -89,6 +90,7 @@ pub(super) fn client_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Client> {
         rotation_grace: r.get(base + 9)?,
         access_token_revocation,
         created_at: r.get(base + 11)?,
+        declared: r.get(base + 12)?,
     })
 }
 
@@ -106,6 +108,7 @@ struct ClientRow {
     rotation_grace: u32,
     access_token_revocation: &'static str,
     created_at: UnixTime,
+    declared: bool,
 }
 
 impl ClientRow {
@@ -123,12 +126,13 @@ impl ClientRow {
             rotation_grace: c.rotation_grace,
             access_token_revocation: c.access_token_revocation.as_str(),
             created_at: c.created_at,
+            declared: c.declared,
         }
     }
 
     fn insert(&self, c: &rusqlite::Connection, verb: &str) -> rusqlite::Result<usize> {
         c.prepare_cached(&format!(
-            "{verb} INTO clients ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "{verb} INTO clients ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?
         .execute(params![
             self.tenant_id,
@@ -143,6 +147,7 @@ impl ClientRow {
             self.rotation_grace,
             self.access_token_revocation,
             self.created_at,
+            self.declared,
         ])
     }
 }
@@ -185,6 +190,32 @@ impl ClientStore for SqliteStore {
         .await
     }
 
+    async fn undeclare_clients_except(
+        &self,
+        declared: &[(TenantId, ClientId)],
+    ) -> StoreResult<Vec<(TenantId, ClientId)>> {
+        let keep: HashSet<(String, String)> = declared
+            .iter()
+            .map(|(t, i)| (t.to_string(), i.to_string()))
+            .collect();
+        self.write(move |c| {
+            let stored = c
+                .prepare_cached("SELECT tenant_id, client_id FROM clients WHERE declared")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut undeclared = Vec::new();
+            for key in stored.into_iter().filter(|k| !keep.contains(k)) {
+                c.execute(
+                    "UPDATE clients SET declared = 0 WHERE tenant_id = ?1 AND client_id = ?2",
+                    params![key.0, key.1],
+                )?;
+                undeclared.push((TenantId::from_stored(key.0), ClientId::from_stored(key.1)));
+            }
+            Ok(undeclared)
+        })
+        .await
+    }
+
     async fn set_client_secret(
         &self,
         tenant: &TenantId,
@@ -199,7 +230,8 @@ impl ClientStore for SqliteStore {
         self.write(move |c| {
             live_clients::forget();
             Ok(c.execute(
-                "UPDATE clients SET secret_hash = ?3 WHERE tenant_id = ?1 AND client_id = ?2",
+                "UPDATE clients SET secret_hash = ?3 \
+                 WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
                 params![t, i, s],
             )? > 0)
         })
@@ -222,7 +254,7 @@ impl ClientStore for SqliteStore {
         self.write(move |c| {
             live_clients::forget();
             let deleted = c.execute(
-                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
+                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
                 params![t, i],
             )?;
             if deleted == 0 {

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
+    include_str!("schema_v9.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -660,12 +661,11 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap()
         };
-        // Version 8's additions undone, as a database of version 7.
+        // Version 9's addition undone, as a database of version 8.
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TRIGGER grace_use_forks_its_grant; \
-                 ALTER TABLE grants DROP COLUMN forked_generation; PRAGMA user_version = {older};"
+                "ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = {older};"
             ))
             .unwrap();
         let error = open(Migrations::OnlyNew).unwrap_err();

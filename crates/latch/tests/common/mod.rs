@@ -410,6 +410,7 @@ impl TestServer {
             log: "warn".into(),
             cleanup_interval: 0,
             shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
+            read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
             audit_retention_days: None,
             tenants: vec![],
             profiles: Default::default(),

@@ -1,0 +1,115 @@
+//! Serving the router over HTTP/1.1: an accept loop, one task per connection, and a
+//! graceful stop.
+//!
+//! `axum::serve` runs hyper without a timer, so nothing bounds how long a client takes to
+//! send a request: a few hundred clients trickling a header line every minute (or simply
+//! connecting and sending nothing) hold as many connections and file descriptors for ever.
+//! Here hyper has a timer: a request's head must arrive within the read timeout, counted from
+//! when the server starts waiting for it, so a keep-alive connection idle that long is closed
+//! too; and [`crate::form::read_body`] gives its body as long again ([`Connection`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Service;
+
+/// How long a client may take to send a request's head, and then its body, when nothing
+/// else is configured.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the server knows of a request's connection; a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// How long the client may take to send the request's body.
+    pub read_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
+/// connection finish the request it is serving (an idle one closes at once), and returns
+/// once all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    read_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    // Dropped to tell every connection to stop; each holds a receiver of `closed` until it
+    // ends, so the sender learns when the last one has.
+    let (stopping, stop_seen) = watch::channel(());
+    let (closed_tx, closed) = watch::channel(());
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    pause_after(e).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let connection = Connection { peer, read_timeout };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(connection);
+            // `Router` is always ready, and cloning it clones an `Arc`.
+            router.clone().call(request)
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let mut stop_seen = stop_seen.clone();
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => log_end(result),
+                _ = stop_seen.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    log_end(conn.await);
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    drop(stopping);
+    drop(closed);
+    closed_tx.closed().await;
+    Ok(())
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        // A client that hung up or timed out: routine, and never the request's content.
+        tracing::debug!(error = %e, "connection ended");
+    }
+}
+
+/// After a failed `accept`: a connection that failed before it was taken is the client's
+/// business; anything else (no file descriptors left, say) would fail again at once, so the
+/// loop waits a moment rather than spin.
+async fn pause_after(e: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept connections; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
