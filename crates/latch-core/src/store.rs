@@ -211,8 +211,14 @@ pub trait CleanupStore: Send + Sync {
 pub trait Storage:
     TenantStore + ClientStore + TokenStore + RevocationStore + AuditStore + CleanupStore
 {
-    /// Succeeds when the database answers a query (for readiness).
+    /// Succeeds when the database answers a query and the writer is running (for
+    /// readiness).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// True once the writer has stopped for good (it panicked): every write fails until the
+    /// process restarts, so liveness reports it. A database that is merely unreachable is
+    /// not this (the writer reconnects); readiness reports that.
+    fn writer_stopped(&self) -> bool;
 
     /// Leaves the database self-contained on disk, for when the server stops, after its last
     /// request: SQLite copies its write-ahead log into the database file and empties it, so

@@ -9,12 +9,21 @@ use serde_json::{json, Value};
 
 use crate::AppState;
 
-/// `GET /healthz`: the process is up.
-pub(crate) async fn live() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// `GET /healthz`: the process is up and can still write. A writer that stopped for good
+/// (it panicked) fails every write until a restart, so the process reports itself dead for
+/// its supervisor to restart it; an unreachable database does not (a restart would not help).
+pub(crate) async fn live(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    if state.authority.store().writer_stopped() {
+        tracing::error!("the writer has stopped: every write fails until latch restarts");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "writer_stopped" })),
+        );
+    }
+    (StatusCode::OK, Json(json!({ "status": "ok" })))
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database answers and the writer runs.
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     match state.authority.store().ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),

@@ -146,6 +146,11 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
+    /// True once the committer task has ended (it panicked, or the store was dropped).
+    pub(crate) fn stopped(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Starts the committer task on the current runtime, counting its batches in `meter`.
     pub(crate) fn start(config: tokio_postgres::Config, meter: Arc<CommitMeter>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);

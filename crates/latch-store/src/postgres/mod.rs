@@ -431,12 +431,19 @@ impl CleanupStore for PgStore {
 #[async_trait]
 impl Storage for PgStore {
     async fn ping(&self) -> StoreResult<()> {
+        if self.writer_stopped() {
+            return Err(StoreError::Unavailable("the writer has stopped".into()));
+        }
         let client = self.read_client().await?;
         client
             .query_one("SELECT count(*) FROM tenants", &[])
             .await
             .map(|_| ())
             .map_err(|e| store_error(&e))
+    }
+
+    fn writer_stopped(&self) -> bool {
+        self.committer.stopped()
     }
 
     fn commit_stats(&self) -> CommitStats {

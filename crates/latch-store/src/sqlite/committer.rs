@@ -111,6 +111,11 @@ pub(crate) struct Committer {
 }
 
 impl Committer {
+    /// True once the writer thread has ended (it panicked, or the store was dropped).
+    pub(crate) fn stopped(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Starts the writer thread over `conn`, nudging `checkpointer` (a file database's)
     /// after each commit, counting batches and checkpoints in `meter`, and telling
     /// `observer` of each batch. The thread stops when every handle is dropped.

@@ -392,8 +392,15 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 #[async_trait]
 impl Storage for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
+        if self.writer_stopped() {
+            return Err(unavailable("the writer has stopped"));
+        }
         self.read(|c| c.query_row("SELECT count(*) FROM tenants", [], |r| r.get::<_, i64>(0)))
             .map(|_| ())
+    }
+
+    fn writer_stopped(&self) -> bool {
+        self.committer.stopped()
     }
 
     fn commit_stats(&self) -> CommitStats {
@@ -580,6 +587,30 @@ mod tests {
 
     /// Access tokens written before version 6 carry nothing of their grant: they are read
     /// with it, including a revocation of the grant from before the migration.
+    /// A write that panics ends the writer thread (a bug, which the batch cannot outlive):
+    /// from then on every write fails, and the store says so, so that liveness and readiness
+    /// report it instead of a node that answers 503 to every write for ever.
+    #[tokio::test]
+    async fn a_writer_that_panicked_is_reported_stopped() {
+        let store = SqliteStore::open_memory().unwrap();
+        store.ping().await.unwrap();
+        assert!(!store.writer_stopped());
+        let panicked = store
+            .write(|_| -> rusqlite::Result<()> { panic!("a bug in a write") })
+            .await;
+        assert!(panicked.is_err());
+        // The thread lets go of its queue as it unwinds, just after the write's answer.
+        for _ in 0..100_000 {
+            if store.writer_stopped() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert!(store.writer_stopped());
+        assert!(store.ping().await.is_err());
+        assert!(store.write(|_| Ok(())).await.is_err());
+    }
+
     #[tokio::test]
     async fn a_version_5_databases_access_tokens_are_read_with_their_grant() {
         use latch_core::store::TokenStore;
