@@ -254,6 +254,16 @@ backend_test! {
             .await;
         assert_error(resp, 404, "not_found").await;
 
+        // Its audit trail, the removal included, stays readable.
+        let resp = s.admin(Method::GET, "/tenants/gone/audit", None).await;
+        assert_eq!(resp.status(), 200);
+        let trail: Value = resp.json().await.unwrap();
+        let events = trail["events"].as_array().unwrap_or_else(|| panic!("{trail}"));
+        assert!(
+            events.iter().any(|e| e["reason"] == "tenant_removed" && e["grants"] == 1),
+            "{trail}"
+        );
+
         // Re-creating the tenant and the client revives nothing.
         create_tenant(&s, "gone").await;
         let app = client_in(&s, "gone", "app", "s1").await;
