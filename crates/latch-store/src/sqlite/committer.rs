@@ -225,6 +225,12 @@ fn apply_batch(
     // Some errors (disk full, I/O) make SQLite roll the whole transaction back. Applying
     // further writes would then run in autocommit mode, outside this batch's atomicity.
     let aborted = || unavailable("the transaction was aborted by the database");
+    if !conn.is_autocommit() {
+        // An earlier batch's rollback failed (an I/O error, say) and left its transaction
+        // open: every `BEGIN` would fail for ever after. Roll it back now, or fail this
+        // batch alone and try again with the next.
+        run_cached(conn, "ROLLBACK")?;
+    }
     run_cached(conn, "BEGIN IMMEDIATE")?;
     super::live_clients::forget();
     if let Err(e) = observer.begin(conn) {
@@ -288,6 +294,24 @@ mod tests {
         for write in batch {
             write.finish(Ok(()));
         }
+    }
+
+    #[test]
+    fn a_transaction_a_failed_rollback_left_open_is_rolled_back_before_the_next_batch() {
+        let conn = database();
+        // As if an earlier batch's ROLLBACK had failed: its transaction, and a write in it,
+        // are still open.
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO t (k) VALUES (9);")
+            .unwrap();
+        let (write, answer) = queued(|c| insert(c, 1));
+        commit(&conn, vec![write]);
+        drop(answer);
+        assert_eq!(
+            keys(&conn),
+            vec![1],
+            "the open transaction's write was undone"
+        );
+        assert!(conn.is_autocommit());
     }
 
     #[test]
