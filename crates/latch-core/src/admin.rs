@@ -9,7 +9,7 @@ use crate::grant::{Grant, Revocation};
 use crate::grant_flow::IssuedTokens;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
-use crate::secret::{generate_secret, hash_secret};
+use crate::secret::generate_secret;
 
 /// The actor recorded for operator actions.
 const ADMIN: &str = "admin";
@@ -73,7 +73,7 @@ impl Authority {
 
     /// Builds a client from a spec; returns it and the secret in clear when one was
     /// generated or given in clear.
-    fn build_client(
+    async fn build_client(
         &self,
         spec: ClientSpec,
         declared: bool,
@@ -87,13 +87,13 @@ impl Authority {
             }
             (true, SecretSpec::Generate) => {
                 let s = generate_secret();
-                (Some(hash_secret(&s)), Some(s))
+                (Some(self.secrets.hash(&s).await), Some(s))
             }
             (true, SecretSpec::Plain(s)) => {
                 if s.is_empty() {
                     return Err(Error::invalid_request("client_secret is empty"));
                 }
-                (Some(hash_secret(&s)), Some(s))
+                (Some(self.secrets.hash(&s).await), Some(s))
             }
             (true, SecretSpec::Hashed(h)) => (Some(h), None),
         };
@@ -124,7 +124,7 @@ impl Authority {
     pub async fn create_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
         self.require_tenant(&spec.tenant).await?;
         let generated = matches!(spec.secret, SecretSpec::Generate);
-        let (client, plain) = self.build_client(spec, false)?;
+        let (client, plain) = self.build_client(spec, false).await?;
         match self.store.create_client(&client).await {
             Ok(()) => Ok((client, plain.filter(|_| generated))),
             Err(StoreError::Conflict) => {
@@ -143,7 +143,7 @@ impl Authority {
     /// declared ([`Client::declared`]).
     pub async fn declare_client(&self, spec: ClientSpec) -> Result<Client, Error> {
         self.require_tenant(&spec.tenant).await?;
-        let (client, _) = self.build_client(spec, true)?;
+        let (client, _) = self.build_client(spec, true).await?;
         if let Err(e) = self.store.upsert_client(&client).await {
             if matches!(e, StoreError::Conflict) {
                 // As in `create_client`: a tenant removed since it was found.
@@ -202,7 +202,7 @@ impl Authority {
             Some(s) => s,
             None => generate_secret(),
         };
-        let hash = hash_secret(&secret);
+        let hash = self.secrets.hash(&secret).await;
         if !self.store.set_client_secret(tenant, id, &hash).await? {
             return Err(self.why_unchanged(tenant, id).await);
         }

@@ -201,6 +201,22 @@ impl SecretVerifier {
         ok
     }
 
+    /// Hashes a new secret ([`hash_secret`]) on the blocking pool, in one of the argon2
+    /// slots verifications use: a run takes tens of milliseconds of a core, which on an
+    /// async worker would stall every request queued behind it.
+    pub async fn hash(&self, secret: &str) -> SecretHash {
+        let permit = self.slots.clone().acquire_owned().await;
+        let secret = secret.to_owned();
+        let hashing = tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            hash_secret(&secret)
+        });
+        match hashing.await {
+            Ok(hash) => hash,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// Drops what is cached for a client (its secret was rotated or it was removed).
     pub fn forget(&self, tenant: &TenantId, client: &ClientId) {
         let slot = self.slot_of(tenant, client);
@@ -241,6 +257,27 @@ mod tests {
             created_at: 0,
             declared: false,
         }
+    }
+
+    /// Hashing a new secret (admin API, CLI) leaves the async worker free: on a one-thread
+    /// runtime, another task runs while the hash is computed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hashing_a_secret_runs_off_the_async_worker() {
+        let verifier = SecretVerifier::new();
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let hash = verifier.hash("new-secret").await;
+        assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        ticker.abort();
+        assert!(verifier.verify_slow(&hash, "new-secret").await);
     }
 
     #[tokio::test]
