@@ -18,6 +18,7 @@ use latch_core::scope::Scope;
 use latch_core::store::{Purged, RevocationPlan, Storage, Sweep};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
+use latch_store::DatabaseUrl;
 
 fn subject(i: usize) -> Subject {
     Subject::parse(&format!("user{i}")).unwrap()
@@ -1300,4 +1301,105 @@ async fn postgres_a_grace_use_racing_another_nodes_exchange_leaves_one_chain() {
     assert!(!is_retired(&*node_a, "rt3").await);
     drop((node_a, node_b));
     drop(db);
+}
+
+/// The node's connections (pool, pipelined reads, committer) use TLS as the URL's `sslmode`
+/// asks, and `verify-ca` / `verify-full` check the server's certificate against
+/// `sslrootcert`. The local PostgreSQL serves TLS with a self-signed certificate for
+/// `localhost` (Debian's default), which serves as its own CA here.
+#[tokio::test]
+async fn postgres_connections_use_tls_as_the_url_asks_and_check_the_certificate() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let schema = db.schema.clone().unwrap();
+    assert_eq!(
+        db.query_i64("SELECT (current_setting('ssl') = 'on')::INT4::INT8")
+            .await,
+        1,
+        "this test needs PostgreSQL with ssl = on"
+    );
+    let (admin, conn) = tokio_postgres::connect(&common::pg_url(&schema), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let cert: String = admin
+        .query_one("SELECT current_setting('ssl_cert_file')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // This node's connections, by TLS or not: (with TLS, without).
+    let connections = |name: String| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+                     FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                     WHERE a.application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        }
+    };
+    let url = |host: &str, name: &str, tls: &str| {
+        format!(
+            "postgres://root@{host}:5432/test?options=-c%20search_path%3D{schema}\
+             &application_name={name}{tls}"
+        )
+    };
+    let root = format!("&sslrootcert={cert}");
+    for (host, name, tls) in [
+        ("127.0.0.1", "plain", String::new()),
+        ("127.0.0.1", "required", "&sslmode=require".to_owned()),
+        ("127.0.0.1", "ca", format!("&sslmode=verify-ca{root}")),
+        ("localhost", "full", format!("&sslmode=verify-full{root}")),
+    ] {
+        let store = latch_store::open(&DatabaseUrl::parse(&url(host, name, &tls)).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        store.ping().await.unwrap();
+        let (with, without) = connections(name.to_owned()).await;
+        if name == "plain" {
+            assert!(
+                with == 0 && without > 0,
+                "{name}: {with} with TLS, {without} without"
+            );
+        } else {
+            assert!(
+                with > 0 && without == 0,
+                "{name}: {with} with TLS, {without} without"
+            );
+        }
+        drop(store);
+    }
+    // The certificate names localhost, not 127.0.0.1; and no other CA vouches for it.
+    let other_ca = std::fs::read_dir("/etc/ssl/certs")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "pem")
+                && !p.ends_with(std::path::Path::new(&cert).file_name().unwrap())
+        })
+        .expect("a CA certificate in /etc/ssl/certs");
+    for (host, tls) in [
+        ("127.0.0.1", format!("&sslmode=verify-full{root}")),
+        (
+            "localhost",
+            format!("&sslmode=verify-full&sslrootcert={}", other_ca.display()),
+        ),
+        (
+            "localhost",
+            format!("&sslmode=verify-ca&sslrootcert={}", other_ca.display()),
+        ),
+    ] {
+        let refused =
+            latch_store::open(&DatabaseUrl::parse(&url(host, "refused", &tls)).unwrap()).await;
+        let Err(e) = refused else {
+            panic!("{host} {tls}: connected")
+        };
+        assert!(e.to_string().contains("certificate"), "{host} {tls}: {e}");
+    }
+    drop(admin);
+    let _ = conn.await;
 }

@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client as PgClient, NoTls, Statement, Transaction};
+use tokio_postgres::{Client as PgClient, Statement, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::store_error;
 use crate::cleanup_sql::{
@@ -152,9 +153,13 @@ impl Committer {
     }
 
     /// Starts the committer task on the current runtime, counting its batches in `meter`.
-    pub(crate) fn start(config: tokio_postgres::Config, meter: Arc<CommitMeter>) -> Self {
+    pub(crate) fn start(
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        meter: Arc<CommitMeter>,
+    ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(config, rx, meter));
+        tokio::spawn(run(config, tls, rx, meter));
         Self { queue }
     }
 
@@ -179,8 +184,11 @@ impl Committer {
 const DURABLE_COMMITS_SQL: &str = "SELECT set_config('synchronous_commit', 'on', false) \
      WHERE current_setting('synchronous_commit') = 'off'";
 
-async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> Result<PgClient, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "writer connection closed");
@@ -192,6 +200,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<PgClient, tokio_post
 
 async fn run(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     mut rx: mpsc::Receiver<Pending>,
     meter: Arc<CommitMeter>,
 ) {
@@ -203,7 +212,7 @@ async fn run(
         let started = Instant::now();
         if client.as_ref().is_none_or(PgClient::is_closed) {
             statements = Statements::default();
-            client = match connect(&config).await {
+            client = match connect(&config, &tls).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let err = store_error(&e);
@@ -1118,7 +1127,6 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
     /// The writer's session commits durably whatever the URL's options say, and keeps a
     /// stronger setting. Needs the PostgreSQL the test suite uses (`.ci/run` starts it).
@@ -1129,10 +1137,10 @@ mod tests {
             ("local", "local"),
             ("remote_apply", "remote_apply"),
         ] {
-            let mut config =
-                tokio_postgres::Config::from_str("postgres://root@127.0.0.1:5432/test").unwrap();
+            let super::super::tls::Target { mut config, tls } =
+                super::super::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
             config.options(format!("-c synchronous_commit={configured}"));
-            let client = connect(&config)
+            let client = connect(&config, &tls)
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432");
             let row = client

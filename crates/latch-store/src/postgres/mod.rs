@@ -12,8 +12,8 @@ mod committer;
 mod lookups;
 mod pipelined;
 mod reads;
+mod tls;
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ use latch_core::store::{
 use latch_core::token::TokenHash;
 use latch_core::StoreError;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use committer::{Committer, Op, Reply};
 use lookups::Lookups;
@@ -113,7 +113,16 @@ pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {
             StoreError::Conflict
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(describe(e)),
+    }
+}
+
+/// An error with its cause: tokio-postgres's own text is only its kind ("db error", "error
+/// performing TLS handshake"), and what went wrong is in the source.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -137,12 +146,11 @@ impl PgStore {
     /// Connects, applies pending migrations and starts the committer. Must be called within
     /// a tokio runtime.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
-        migrate(&config).await?;
+        let tls::Target { config, tls } = tls::parse(url)?;
+        migrate(&config, &tls).await?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -157,7 +165,7 @@ impl PgStore {
             lookups: Lookups::start(hot.clone()),
             hot,
             pool,
-            committer: Committer::start(config, commits.clone()),
+            committer: Committer::start(config, tls, commits.clone()),
             commits,
         })
     }
@@ -174,8 +182,9 @@ impl PgStore {
     }
 }
 
-async fn migrate(config: &tokio_postgres::Config) -> StoreResult<()> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(|e| store_error(&e))?;
+async fn migrate(config: &tokio_postgres::Config, tls: &MakeRustlsConnect) -> StoreResult<()> {
+    let (mut client, connection) =
+        (config.connect(tls.clone()).await).map_err(|e| store_error(&e))?;
     let conn = tokio::spawn(connection);
     // A migration that locks tables (version 6) may deadlock with the writes of nodes
     // already running; PostgreSQL aborts one of the two, and either is simply run again.

@@ -1,0 +1,272 @@
+//! TLS to PostgreSQL, as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings:
+//!
+//! | `sslmode` | TLS | the server's certificate |
+//! |---|---|---|
+//! | left out, `disable` | never | — |
+//! | `prefer` | when the server offers it | not checked |
+//! | `require` | always | not checked; with `sslrootcert`, its chain (as `verify-ca`) |
+//! | `verify-ca` | always | its chain, up to a CA of `sslrootcert` |
+//! | `verify-full` | always | its chain, and that it names the URL's host |
+//!
+//! One difference: a URL without `sslmode` connects without TLS, where libpq's default
+//! (`prefer`) encrypts whenever the server offers it but checks no certificate, which stops
+//! only an eavesdropper that cannot also intercept. So TLS is used when the URL asks for it,
+//! and only `verify-full` (or `verify-ca` on a private network) stops an active attacker.
+//! `sslrootcert` is a PEM file; libpq's `~/.postgresql/root.crt` is not looked for.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use latch_core::StoreError;
+use percent_encoding::percent_decode_str;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use rustls::{Error as TlsError, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Where and how to connect: tokio-postgres's settings, and the TLS connector they use.
+pub(crate) struct Target {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: MakeRustlsConnect,
+}
+
+/// How much of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    Nothing,
+    Chain,
+    ChainAndName,
+}
+
+fn invalid(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("invalid PostgreSQL URL: {what}"))
+}
+
+/// Reads a `postgres://` URL: `sslmode` and `sslrootcert` here, the rest by tokio-postgres.
+pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut mode, mut root_file) = (None, None);
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = || percent_decode_str(value).decode_utf8_lossy().into_owned();
+        match key {
+            "sslmode" => mode = Some(value()),
+            "sslrootcert" => root_file = Some(value()),
+            _ => rest.push(pair),
+        }
+    }
+    let (ssl_mode, check) = match (mode.as_deref(), &root_file) {
+        (None | Some("disable"), _) => (SslMode::Disable, Check::Nothing),
+        (Some("prefer"), _) => (SslMode::Prefer, Check::Nothing),
+        (Some("require"), None) => (SslMode::Require, Check::Nothing),
+        (Some("require" | "verify-ca"), Some(_)) => (SslMode::Require, Check::Chain),
+        (Some("verify-full"), Some(_)) => (SslMode::Require, Check::ChainAndName),
+        (Some(m @ ("verify-ca" | "verify-full")), None) => {
+            return Err(invalid(format_args!(
+                "sslmode={m} needs sslrootcert=FILE, the PEM certificate of the CA that signed \
+                 the server's"
+            )))
+        }
+        (Some(other), _) => {
+            return Err(invalid(format_args!(
+                "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            )))
+        }
+    };
+    let rebuilt = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let mut config =
+        tokio_postgres::Config::from_str(&rebuilt).map_err(|e| invalid(super::describe(&e)))?;
+    config.ssl_mode(ssl_mode);
+    let roots = match (&root_file, check) {
+        (Some(file), Check::Chain | Check::ChainAndName) => Some(read_roots(file)?),
+        _ => None,
+    };
+    Ok(Target {
+        config,
+        tls: MakeRustlsConnect::new(client_config(check, roots)?),
+    })
+}
+
+fn read_roots(file: &str) -> Result<RootCertStore, StoreError> {
+    let unreadable = |e: &dyn std::fmt::Display| invalid(format_args!("sslrootcert {file}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(file).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    Ok(roots)
+}
+
+fn client_config(check: Check, roots: Option<RootCertStore>) -> Result<ClientConfig, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_error = |e: TlsError| invalid(format_args!("TLS settings: {e}"));
+    let verifier: Arc<dyn ServerCertVerifier> = match roots {
+        None => Arc::new(AnyCertificate(provider.clone())),
+        Some(roots) => {
+            let chain =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| invalid(format_args!("sslrootcert: {e}")))?;
+            if check == Check::ChainAndName {
+                chain
+            } else {
+                Arc::new(AnyName(chain))
+            }
+        }
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// `prefer` and `require` without a CA: any certificate, as libpq. The handshake's
+/// signatures are still checked, so the peer holds the certificate's key, whoever it is.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain up to a trusted CA, whatever host the certificate names.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_here_and_the_rest_by_tokio_postgres() {
+        let target = parse("postgres://u@h:5433/db?application_name=x&sslmode=require").unwrap();
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(target.config.get_application_name(), Some("x"));
+        assert_eq!(target.config.get_dbname(), Some("db"));
+        for (url, mode) in [
+            ("postgres://u@h/db", SslMode::Disable),
+            ("postgres://u@h/db?sslmode=disable", SslMode::Disable),
+            ("postgres://u@h/db?sslmode=prefer", SslMode::Prefer),
+        ] {
+            assert_eq!(parse(url).unwrap().config.get_ssl_mode(), mode, "{url}");
+        }
+        for (url, says) in [
+            ("postgres://u@h/db?sslmode=verify-full", "needs sslrootcert"),
+            ("postgres://u@h/db?sslmode=verify-ca", "needs sslrootcert"),
+            ("postgres://u@h/db?sslmode=allow", "is not one of"),
+            (
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+                "sslrootcert /nonexistent.pem",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&bogus=1",
+                "unknown option",
+            ),
+        ] {
+            let Err(e) = parse(url) else {
+                panic!("{url} was accepted")
+            };
+            assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+    }
+}
