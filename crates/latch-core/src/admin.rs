@@ -366,8 +366,8 @@ impl Authority {
             return Err(Error::Conflict(
                 format!(
                     "tenant {tenant} holds clients declared in the configuration file ({}): \
-                     remove them there first, or the next start would create the tenant again \
-                     with them",
+                     remove them there first (the next start would register them again, or \
+                     fail to)",
                     declared.join(", ")
                 )
                 .into(),

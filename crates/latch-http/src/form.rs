@@ -6,12 +6,13 @@
 //! may appear twice (RFC 6749 §3.2). A parameter with an empty value counts as absent
 //! (RFC 6749 §3.1).
 
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use std::future::{poll_fn, Future};
-use std::task::Poll;
 
 use crate::error::ApiError;
 use crate::serve::{Connection, DEFAULT_READ_TIMEOUT};

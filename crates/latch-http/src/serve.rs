@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tower::Service;
 
 /// How long a client may take to send a request's head, and then its body, when nothing
-/// else is configured.
+/// else is configured: long enough for any client on a slow link, short enough that idle or
+/// trickling connections do not pile up.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the server knows of a request's connection; a request extension.
@@ -47,8 +48,8 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(read_timeout);
-    // Dropped to tell every connection to stop; each holds a receiver of `closed` until it
-    // ends, so the sender learns when the last one has.
+    // `stopping` is dropped to tell every connection to stop. Each connection holds a
+    // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.
     let (stopping, stop_seen) = watch::channel(());
     let (closed_tx, closed) = watch::channel(());
     let mut stop = std::pin::pin!(stop);
@@ -57,8 +58,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    pause_after(e).await;
-                    continue;
+                    tokio::select! {
+                        () = pause_after(e) => continue,
+                        () = &mut stop => break,
+                    }
                 }
             },
             () = &mut stop => break,

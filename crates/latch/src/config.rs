@@ -24,9 +24,8 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 /// it for ever): below the 30 s an orchestrator commonly allows before it kills the process,
 /// so that the database is still closed cleanly.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
-/// Seconds a client may take to send a request's head, and then its body: long enough for
-/// any client on a slow link, short enough that idle or trickling connections do not pile up.
-pub const DEFAULT_READ_TIMEOUT: u64 = 30;
+/// Seconds a client may take to send a request's head, and then its body.
+pub const DEFAULT_READ_TIMEOUT: u64 = latch_http::serve::DEFAULT_READ_TIMEOUT.as_secs();
 /// The default data folder, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "data";
 

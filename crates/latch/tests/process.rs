@@ -735,6 +735,18 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         stderr.contains("cleanup_interval must be at most"),
         "{stderr}"
     );
+    // A read timeout of 0 would time every request out.
+    let out = run_cli(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--read-timeout", "0"],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("read_timeout must be at least 1 second"),
+        "{stderr}"
+    );
 
     let config = dir.path().join("heavy.toml");
     let heavy =
