@@ -1,5 +1,6 @@
 //! Failed client authentication is rate-limited, per client id and per source address, so a
-//! secret cannot be brute-forced and argon2 cannot be used to burn the server's CPU.
+//! secret cannot be brute-forced and argon2 cannot be used to burn the server's CPU; a wrong
+//! admin token counts against its address's limit too.
 //!
 //! Fixed windows: each key counts failures in the current window; once a key reaches its
 //! limit, authentication attempts on it answer `429` with `Retry-After` until the window ends.
@@ -98,21 +99,24 @@ impl AuthLimiter {
         }
     }
 
+    /// The counters an attempt by `client` (none for the admin token) from `address` counts
+    /// against.
     fn keyed(
         &self,
-        tenant: &TenantId,
-        client_id: &str,
+        client: Option<(&TenantId, &str)>,
         address: Option<IpAddr>,
     ) -> impl Iterator<Item = (Key, u32)> {
         // A client id longer than any client's can have is not kept as a key: it names no
         // secret to guess, and the form allows ids of up to 64 KiB, each of which would be
         // held for a window (the address's counter still applies).
-        let client = (client_id.len() <= MAX_ID_LEN).then(|| {
-            (
-                Key::Client(tenant.clone(), client_id.to_owned()),
-                self.limits.per_client,
-            )
-        });
+        let client = client
+            .filter(|(_, id)| id.len() <= MAX_ID_LEN)
+            .map(|(tenant, id)| {
+                (
+                    Key::Client(tenant.clone(), id.to_owned()),
+                    self.limits.per_client,
+                )
+            });
         let address = address.map(|ip| (Key::Address(ip), self.limits.per_address));
         client.into_iter().chain(address)
     }
@@ -125,19 +129,7 @@ impl AuthLimiter {
         address: Option<IpAddr>,
         now: UnixTime,
     ) -> Option<u32> {
-        let window = i64::from(self.limits.window);
-        let mut windows = self.lock();
-        windows.expire(now, window);
-        if windows.by_key.is_empty() {
-            return None;
-        }
-        self.keyed(tenant, client_id, address)
-            .filter_map(|(key, limit)| {
-                let w = windows.by_key.get(&key)?;
-                let end = w.start + window;
-                (now < end && w.failures >= limit).then(|| (end - now) as u32)
-            })
-            .max()
+        self.blocked_keys(Some((tenant, client_id)), address, now)
     }
 
     /// Counts a failed authentication.
@@ -148,12 +140,53 @@ impl AuthLimiter {
         address: Option<IpAddr>,
         now: UnixTime,
     ) {
+        self.failed_keys(Some((tenant, client_id)), address, now);
+    }
+
+    /// `Some(seconds to wait)` when the address has used up its failures: for the admin
+    /// token, which names no client, so that it cannot be guessed online either.
+    pub fn blocked_address(&self, address: IpAddr, now: UnixTime) -> Option<u32> {
+        self.blocked_keys(None, Some(address), now)
+    }
+
+    /// Counts a wrong admin token against its address.
+    pub fn failed_address(&self, address: IpAddr, now: UnixTime) {
+        self.failed_keys(None, Some(address), now);
+    }
+
+    fn blocked_keys(
+        &self,
+        client: Option<(&TenantId, &str)>,
+        address: Option<IpAddr>,
+        now: UnixTime,
+    ) -> Option<u32> {
+        let window = i64::from(self.limits.window);
+        let mut windows = self.lock();
+        windows.expire(now, window);
+        if windows.by_key.is_empty() {
+            return None;
+        }
+        self.keyed(client, address)
+            .filter_map(|(key, limit)| {
+                let w = windows.by_key.get(&key)?;
+                let end = w.start + window;
+                (now < end && w.failures >= limit).then(|| (end - now) as u32)
+            })
+            .max()
+    }
+
+    fn failed_keys(
+        &self,
+        client: Option<(&TenantId, &str)>,
+        address: Option<IpAddr>,
+        now: UnixTime,
+    ) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
         if windows.by_key.len() >= MAX_KEYS {
             windows.drop_ended(now, window);
         }
-        for (key, _) in self.keyed(tenant, client_id, address) {
+        for (key, _) in self.keyed(client, address) {
             let w = windows.by_key.entry(key).or_insert(Window {
                 start: now,
                 failures: 0,

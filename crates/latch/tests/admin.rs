@@ -155,6 +155,33 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn wrong_admin_tokens_are_limited_per_address_like_client_secrets() {
+        let s = TestServer::start_with(|settings| {
+            settings.auth_limits = latch_http::AuthLimits {
+                per_client: 10,
+                per_address: 3,
+                window: 60,
+            }
+        })
+        .await;
+        for _ in 0..3 {
+            let resp = admin_as(&s, Method::GET, "/tenants", Some("Bearer guess"), None).await;
+            assert_error(resp, 401, "invalid_token").await;
+        }
+        // Blocked before the token is checked, the right one too: a guesser learns nothing
+        // more from this address until the window ends.
+        let resp = admin_as(&s, Method::GET, "/tenants", Some("Bearer guess"), None).await;
+        let wait: u32 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        assert_error(resp, 429, "too_many_requests").await;
+        let resp = s.admin(Method::GET, "/tenants", None).await;
+        assert_error(resp, 429, "too_many_requests").await;
+        s.advance(60);
+        assert_eq!(s.admin(Method::GET, "/tenants", None).await.status(), 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_an_admin_token_has_no_admin_api() {
     let dir = tempfile::tempdir().unwrap();

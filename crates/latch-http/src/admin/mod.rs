@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::form::read_body;
+use crate::serve::Connection;
 use crate::AppState;
 
 /// The admin routes, mounted under `/admin/v1`.
@@ -74,10 +75,21 @@ impl FromRequestParts<Arc<AppState>> for Admin {
     ) -> Result<Self, Self::Rejection> {
         let expected = state.admin_token.ok_or_else(ApiError::admin_unauthorized)?;
         let presented = bearer(&parts.headers).ok_or_else(ApiError::admin_unauthorized)?;
+        // Checked before the token, as client secrets are: otherwise a blocked guesser would
+        // still learn from a 200 which guess was right.
+        let address = parts.extensions.get::<Connection>().map(|c| c.peer.ip());
+        let now = state.authority.now();
+        if let Some(wait) = address.and_then(|a| state.auth_limiter.blocked_address(a, now)) {
+            return Err(ApiError::too_many_requests(wait));
+        }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if bool::from(digest.ct_eq(&expected)) {
             Ok(Admin)
         } else {
+            if let Some(a) = address {
+                state.auth_limiter.failed_address(a, now);
+            }
+            tracing::info!("admin authentication failed");
             Err(ApiError::admin_unauthorized())
         }
     }
