@@ -1137,8 +1137,8 @@ mod tests {
             ("local", "local"),
             ("remote_apply", "remote_apply"),
         ] {
-            let super::super::tls::Target { mut config, tls } =
-                super::super::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
+            let crate::postgres::tls::Target { mut config, tls } =
+                crate::postgres::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
             config.options(format!("-c synchronous_commit={configured}"));
             let client = connect(&config, &tls)
                 .await
