@@ -111,6 +111,7 @@ backend_test! {
         }
         assert_eq!(events(&audit(&s, "?subject=alice").await).len(), 3);
         assert_eq!(events(&audit(&s, "?subject=bob").await).len(), 1);
+        assert!(events(&audit(&s, "?subject=alice").await).iter().all(|e| e["subject_kind"] == "user"));
         let first_at = events(&audit(&s, "").await)[0]["at"].as_i64().unwrap();
         let since = events(&audit(&s, &format!("?since={}", first_at + 15)).await);
         assert_eq!(since.len(), 2, "the last two, 20 and 30 s after the first");
@@ -122,7 +123,19 @@ backend_test! {
         assert_eq!(events(&page2).len(), 1);
         assert_eq!(page2["next_after"], Value::Null);
 
-        for bad in ["?limit=0", "?limit=5000", "?since=yesterday", "?after=x", "?limit=1&limit=2"] {
+        // A client acting for itself is a subject of its own, apart from a user of its name.
+        let machine = s.client_credentials(&svc).await;
+        s.revoke(Auth::Basic(&svc), machine["access_token"].as_str().unwrap()).await;
+        let own = events(&audit(&s, "?client_subject=svc").await);
+        assert_eq!(own.len(), 1, "{own:?}");
+        assert_eq!((own[0]["subject"].as_str(), own[0]["subject_kind"].as_str()), (Some("svc"), Some("client")));
+        assert!(events(&audit(&s, "?subject=svc").await).is_empty());
+        let user_svc = s.grant_for(&svc, "svc", None).await;
+        s.revoke(Auth::Basic(&svc), user_svc["refresh_token"].as_str().unwrap()).await;
+        assert_eq!(events(&audit(&s, "?subject=svc").await).len(), 1);
+        assert_eq!(events(&audit(&s, "?client_subject=svc").await).len(), 1);
+
+        for bad in ["?limit=0", "?limit=5000", "?since=yesterday", "?after=x", "?limit=1&limit=2", "?subject=a&client_subject=b"] {
             let resp = s.admin(Method::GET, &format!("/tenants/default/audit{bad}"), None).await;
             common::assert_error(resp, 400, "invalid_request").await;
         }

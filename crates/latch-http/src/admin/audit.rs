@@ -1,12 +1,14 @@
 //! `GET /admin/v1/tenants/{tenant}/audit?subject=…&since=…&after=…&limit=…`: the revocation
 //! audit trail, oldest first, paged by id (`next_after` is the cursor for the next page).
+//! `subject` names a user; `client_subject` names a client acting for itself (its
+//! `client_credentials` grants), a subject of its own that a user's id never equals.
 
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use latch_core::audit::{AuditEvent, AuditQuery};
-use latch_core::id::Subject;
+use latch_core::id::{ClientId, Subject};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -29,6 +31,9 @@ struct EventView<'a> {
     reason: &'static str,
     grant_id: Option<&'a str>,
     subject: Option<&'a str>,
+    /// `user`, or `client` for a client's own grants (`subject` is then its client id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject_kind: Option<&'static str>,
     grants: u64,
     tokens: u64,
     address: Option<&'a str>,
@@ -44,6 +49,13 @@ impl<'a> From<&'a AuditEvent> for EventView<'a> {
             reason: e.reason.as_str(),
             grant_id: e.grant_id.as_ref().map(|g| g.as_str()),
             subject: e.subject.as_ref().map(|s| s.claim()),
+            subject_kind: (e.subject.as_ref()).map(|s| {
+                if s.client().is_some() {
+                    "client"
+                } else {
+                    "user"
+                }
+            }),
             grants: e.grants,
             tokens: e.tokens,
             address: e.address.as_deref(),
@@ -75,7 +87,16 @@ pub(crate) async fn list(
         )));
     }
     let query = AuditQuery {
-        subject: form.get("subject").map(Subject::parse).transpose()?,
+        subject: match (form.get("subject"), form.get("client_subject")) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid_request(
+                    "give subject (a user) or client_subject (a client), not both",
+                ))
+            }
+            (Some(user), None) => Some(Subject::parse(user)?),
+            (None, Some(client)) => Some(Subject::of_client(&ClientId::parse(client)?)),
+            (None, None) => None,
+        },
         since: number(&form, "since")?,
         after: number(&form, "after")?,
         limit,
