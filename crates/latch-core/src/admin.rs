@@ -308,8 +308,8 @@ impl Authority {
         tenant: &TenantId,
         query: &AuditQuery,
     ) -> Result<Vec<AuditEvent>, Error> {
-        // The trail outlives what it records: a removed tenant's (its removal included)
-        // stays readable; only a tenant id with neither a tenant nor a trail is unknown.
+        // The trail outlives what it records: a removed tenant's (with the removal's record,
+        // when it revoked something) stays readable; only a tenant id with neither a tenant nor a trail is unknown.
         if !self.store.tenant_exists(tenant).await? {
             let any = AuditQuery {
                 subject: None,
@@ -358,27 +358,31 @@ impl Authority {
                 "the default tenant cannot be removed",
             ));
         }
+        let holds_declared = |names: &str| {
+            Error::Conflict(
+                format!(
+                    "tenant {tenant} holds clients declared in the configuration file{names}: \
+                     remove them there first (the next start would register them again, or \
+                     fail to)"
+                )
+                .into(),
+            )
+        };
+        // Named here; the store checks again in its write (a start may declare one since).
         let declared: Vec<String> = (self.store.list_clients(tenant).await?.into_iter())
             .filter(|c| c.declared)
             .map(|c| c.id.to_string())
             .collect();
         if !declared.is_empty() {
-            return Err(Error::Conflict(
-                format!(
-                    "tenant {tenant} holds clients declared in the configuration file ({}): \
-                     remove them there first (the next start would register them again, or \
-                     fail to)",
-                    declared.join(", ")
-                )
-                .into(),
-            ));
+            return Err(holds_declared(&format!(" ({})", declared.join(", "))));
         }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
-        let event = self
-            .store
-            .delete_tenant(tenant, &context)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no tenant {tenant}").into()))?;
+        let event = match self.store.delete_tenant(tenant, &context).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return Err(Error::NotFound(format!("no tenant {tenant}").into())),
+            Err(StoreError::Conflict) => return Err(holds_declared("")),
+            Err(e) => return Err(e.into()),
+        };
         // Its clients are gone; their cached verifications can never match again, but drop
         // them rather than wait for eviction.
         self.secrets.clear();

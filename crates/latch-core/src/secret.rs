@@ -206,14 +206,16 @@ impl SecretVerifier {
     /// async worker would stall every request queued behind it.
     pub async fn hash(&self, secret: &str) -> SecretHash {
         let permit = self.slots.clone().acquire_owned().await;
-        let secret = secret.to_owned();
+        let owned = secret.to_owned();
         let hashing = tokio::task::spawn_blocking(move || {
             let _slot = permit;
-            hash_secret(&secret)
+            hash_secret(&owned)
         });
         match hashing.await {
             Ok(hash) => hash,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled (the runtime is shutting down): hashed here after all.
+            Err(_) => hash_secret(secret),
         }
     }
 

@@ -50,7 +50,8 @@ pub trait TenantStore: Send + Sync {
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
     /// Removes a tenant, revoking all of its grants (audited) and removing its clients. `None`
     /// when it did not exist, else the revocation's audit record (`None` inside when no grant
-    /// was alive).
+    /// was alive); `Conflict`, changing nothing, when it holds a client the configuration
+    /// declares ([`Client::declared`]).
     async fn delete_tenant(
         &self,
         tenant: &TenantId,

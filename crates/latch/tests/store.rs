@@ -605,6 +605,20 @@ backend_test! {
             .unwrap()
             .is_empty());
         assert_eq!(store.undeclare_clients_except(&[]).await.unwrap(), vec![(home, app)]);
+
+        // Nor does a tenant's removal take a declared client with it: refused in the write.
+        let away = TenantId::parse("away").unwrap();
+        store.create_tenant(&away, 100).await.unwrap();
+        store
+            .upsert_client(&Client { declared: true, ..client(&away, "there", 1) })
+            .await
+            .unwrap();
+        let removal = AuditContext::new(away.clone(), "admin", "test", Reason::TenantRemoved, None, 300);
+        assert!(matches!(store.delete_tenant(&away, &removal).await, Err(StoreError::Conflict)));
+        assert!(store.tenant_exists(&away).await.unwrap());
+        assert!(store.client(&away, &ClientId::parse("there").unwrap()).await.unwrap().is_some());
+        store.undeclare_clients_except(&[]).await.unwrap();
+        assert!(store.delete_tenant(&away, &removal).await.unwrap().is_some());
         drop(store);
         drop(db);
     }

@@ -82,6 +82,8 @@ pub(crate) enum Reply {
     Rotation(RotationOutcome),
     /// The clients a write changed.
     Clients(Vec<(TenantId, ClientId)>),
+    /// Refused: a client the configuration declares stands in the way.
+    Declared,
     Purged(Purged),
     /// A sweep batch: what it deleted, and where the next starts.
     Swept(Purged, Option<Sweep>),
@@ -98,6 +100,7 @@ impl Reply {
     pub(crate) fn removed(self) -> StoreResult<Option<Option<AuditEvent>>> {
         match self {
             Reply::Removed(r) => Ok(r),
+            Reply::Declared => Err(StoreError::Conflict),
             other => Err(other.unexpected()),
         }
     }
@@ -243,8 +246,9 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
-                let err = StoreError::Unavailable(e.to_string());
+                let why = super::describe(&e);
+                tracing::error!(error = %why, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
+                let err = StoreError::Unavailable(why);
                 for p in batch.drain(..) {
                     let _ = p.reply.send(Err(err.clone()));
                 }
@@ -992,6 +996,20 @@ async fn apply(
                 &[&t.as_str()],
             )
             .await?;
+            // A client the configuration declares is removed there alone. A node declaring
+            // one holds the tenant's row (its foreign key) until it commits, so after the
+            // lock above this sees it.
+            if st
+                .execute(
+                    tx,
+                    "SELECT 1 FROM clients WHERE tenant_id = $1 AND declared LIMIT 1",
+                    &[&t.as_str()],
+                )
+                .await?
+                > 0
+            {
+                return Ok(Reply::Declared);
+            }
             st.execute(
                 tx,
                 "DELETE FROM clients WHERE tenant_id = $1",

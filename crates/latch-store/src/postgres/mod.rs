@@ -117,6 +117,15 @@ pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// A pool that could not hand out a connection, with the connection error's cause.
+pub(crate) fn no_connection(e: &deadpool_postgres::PoolError) -> StoreError {
+    let why = match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("no database connection: {why}"))
+}
+
 /// An error with its cause: tokio-postgres's own text is only its kind ("db error", "error
 /// performing TLS handshake"), and what went wrong is in the source.
 pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
@@ -171,10 +180,7 @@ impl PgStore {
     }
 
     async fn read_client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+        self.pool.get().await.map_err(|e| no_connection(&e))
     }
 
     async fn write(&self, op: Op) -> StoreResult<Reply> {

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{Object, Pool};
 use latch_core::store::StoreResult;
-use latch_core::StoreError;
 
 /// Connections shared by the hot-path reads.
 pub(super) struct Pipelined {
@@ -52,7 +51,7 @@ impl Pipelined {
             self.pool
                 .get()
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))?,
+                .map_err(|e| super::no_connection(&e))?,
         );
         // Two requests may both have found the slot empty; the later one's connection wins
         // and the other goes back to the pool once its request is done.

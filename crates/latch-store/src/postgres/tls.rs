@@ -3,7 +3,7 @@
 //! | `sslmode` | TLS | the server's certificate |
 //! |---|---|---|
 //! | left out, `disable` | never | — |
-//! | `prefer` | when the server offers it | not checked |
+//! | `prefer` | when the server offers it | not checked (`sslrootcert` is refused) |
 //! | `require` | always | not checked; with `sslrootcert`, its chain (as `verify-ca`) |
 //! | `verify-ca` | always | its chain, up to a CA of `sslrootcert` |
 //! | `verify-full` | always | its chain, and that it names the URL's host |
@@ -62,8 +62,15 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
         }
     }
     let (ssl_mode, check) = match (mode.as_deref(), &root_file) {
-        (None | Some("disable"), _) => (SslMode::Disable, Check::Nothing),
-        (Some("prefer"), _) => (SslMode::Prefer, Check::Nothing),
+        // A CA given where no certificate would be checked is a mistake that would leave the
+        // connection unverified (or in clear) without a word: refused.
+        (None | Some("disable" | "prefer"), Some(_)) => {
+            return Err(invalid(
+                "sslrootcert is used only with sslmode=require, verify-ca or verify-full",
+            ))
+        }
+        (None | Some("disable"), None) => (SslMode::Disable, Check::Nothing),
+        (Some("prefer"), None) => (SslMode::Prefer, Check::Nothing),
         (Some("require"), None) => (SslMode::Require, Check::Nothing),
         (Some("require" | "verify-ca"), Some(_)) => (SslMode::Require, Check::Chain),
         (Some("verify-full"), Some(_)) => (SslMode::Require, Check::ChainAndName),
@@ -254,6 +261,11 @@ mod tests {
             ("postgres://u@h/db?sslmode=verify-full", "needs sslrootcert"),
             ("postgres://u@h/db?sslmode=verify-ca", "needs sslrootcert"),
             ("postgres://u@h/db?sslmode=allow", "is not one of"),
+            ("postgres://u@h/db?sslrootcert=/ca.pem", "used only with"),
+            (
+                "postgres://u@h/db?sslmode=prefer&sslrootcert=/ca.pem",
+                "used only with",
+            ),
             (
                 "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
                 "sslrootcert /nonexistent.pem",

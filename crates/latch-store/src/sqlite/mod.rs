@@ -585,8 +585,6 @@ mod tests {
         assert_eq!(tokens, 1);
     }
 
-    /// Access tokens written before version 6 carry nothing of their grant: they are read
-    /// with it, including a revocation of the grant from before the migration.
     /// A write that panics ends the writer thread (a bug, which the batch cannot outlive):
     /// from then on every write fails, and the store says so, so that liveness and readiness
     /// report it instead of a node that answers 503 to every write for ever.
@@ -611,6 +609,8 @@ mod tests {
         assert!(store.write(|_| Ok(())).await.is_err());
     }
 
+    /// Access tokens written before version 6 carry nothing of their grant: they are read
+    /// with it, including a revocation of the grant from before the migration.
     #[tokio::test]
     async fn a_version_5_databases_access_tokens_are_read_with_their_grant() {
         use latch_core::store::TokenStore;

@@ -6,6 +6,7 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
 use latch_core::id::TenantId;
 use latch_core::store::{StoreResult, TenantStore};
+use latch_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 
 use super::{live_clients, revocations, SqliteStore};
@@ -48,16 +49,31 @@ impl TenantStore for SqliteStore {
         let revocation = Revocation::Tenant(tenant.clone());
         let audit = audit.clone();
         let marks = self.marks.clone();
-        self.write(move |c| {
+        let removed = self.write(move |c| {
+            // A client the configuration declares is removed there alone; checked in the
+            // write, so a start declaring one since the caller looked is not undone.
+            let declared: bool = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?1 AND declared)",
+                )?
+                .query_row([&id], |r| r.get(0))?;
+            if declared {
+                return Ok(Err(StoreError::Conflict));
+            }
             // Clients reference the tenant, so they go first; the revocation goes last,
             // because its marks count as soon as it returns (`revocations::apply`).
             live_clients::forget();
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
             if c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
-                return Ok(None);
+                return Ok(Ok(None));
             }
-            Ok(Some(revocations::apply(c, &marks, &revocation, &audit)?))
-        })
-        .await
+            Ok(Ok(Some(revocations::apply(
+                c,
+                &marks,
+                &revocation,
+                &audit,
+            )?)))
+        });
+        removed.await?
     }
 }
