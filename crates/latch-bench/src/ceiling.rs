@@ -22,7 +22,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
     latch_http::serve::serve(
         listener,
         app,
-        latch_http::serve::DEFAULT_READ_TIMEOUT,
+        latch_http::serve::Timeouts::default(),
         std::future::pending(),
     )
     .await?;

@@ -78,12 +78,17 @@ impl Locked {
     /// reclaimed, so locking more could starve the servers under test), or when the lock is
     /// refused (an unprivileged user's `RLIMIT_MEMLOCK`).
     pub fn file(path: &Path) -> std::io::Result<Self> {
+        Self::file_within(path, available_memory()?)
+    }
+
+    /// [`Self::file`] against a given reading of the memory available, so that the check
+    /// and whoever tests it see the same figure (`MemAvailable` moves with the page cache).
+    fn file_within(path: &Path, available: u64) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == 0 {
             return Err(std::io::Error::other("empty file"));
         }
-        let available = available_memory()?;
         if len > available / 2 {
             return Err(std::io::Error::other(format!(
                 "{} MB is more than half the {} MB of memory available",
@@ -175,9 +180,16 @@ mod tests {
         let big = dir.path().join("big.db");
         // Sparse: no disk or memory is used until a page is read, and none is.
         let file = File::create(&big).unwrap();
-        file.set_len(available_memory().unwrap() / 2 + (1 << 20))
-            .unwrap();
+        // One reading for the file's size and the check: `MemAvailable` moves with the page
+        // cache between two readings (a run once locked a file 1 MiB over the first).
+        let available = available_memory().unwrap();
+        file.set_len(available / 2 + (1 << 20)).unwrap();
         let before = locked_kb();
+        let err = Locked::file_within(&big, available).err().expect("refused");
+        assert!(err.to_string().contains("more than half"), "{err}");
+        assert_eq!(locked_kb(), before);
+        // And through `file`'s own reading, by a margin no page cache moves.
+        file.set_len(available.saturating_mul(2)).unwrap();
         let err = Locked::file(&big).err().expect("refused");
         assert!(err.to_string().contains("more than half"), "{err}");
         assert_eq!(locked_kb(), before);

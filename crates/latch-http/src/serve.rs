@@ -7,6 +7,9 @@
 //! Here hyper has a timer: a request's head must arrive within the read timeout, counted from
 //! when the server starts waiting for it, so a keep-alive connection idle that long is closed
 //! too; and [`crate::form::read_body`] gives its body as long again ([`Connection`]).
+//! Writes have a timeout of their own: a client that sends requests and never reads the
+//! answers stalls the connection's writes once the socket buffers are full, and a write
+//! that makes no progress for that long closes the connection.
 
 use std::future::Future;
 use std::io;
@@ -20,12 +23,36 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_io_timeout::TimeoutStream;
 use tower::Service;
 
 /// How long a client may take to send a request's head, and then its body, when nothing
 /// else is configured: long enough for any client on a slow link, short enough that idle or
 /// trickling connections do not pile up.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a write to a client may make no progress when nothing else is configured.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client may keep the server waiting, in each direction.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For a request's head, counted from when the server starts waiting for it (so also
+    /// how long a keep-alive connection may idle), and then again for its body.
+    pub read: Duration,
+    /// For a write to the client to make progress: a client that does not read its
+    /// answers holds the connection no longer.
+    pub write: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            read: DEFAULT_READ_TIMEOUT,
+            write: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+}
 
 /// What the server knows of a request's connection; a request extension.
 #[derive(Clone, Copy, Debug)]
@@ -42,12 +69,12 @@ pub struct Connection {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    read_timeout: Duration,
+    timeouts: Timeouts,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+        .header_read_timeout(timeouts.read);
     // `stopping` is dropped to tell every connection to stop. Each connection holds a
     // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.
     let (stopping, stop_seen) = watch::channel(());
@@ -66,14 +93,21 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let connection = Connection { peer, read_timeout };
+        let connection = Connection {
+            peer,
+            read_timeout: timeouts.read,
+        };
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(connection);
             // `Router` is always ready, and cloning it clones an `Arc`.
             router.clone().call(request)
         });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        // Reads are bounded by hyper's timer and `read_body`; only writes need the wrapper,
+        // whose timer runs only while a write is pending.
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(timeouts.write));
+        let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
         let mut stop_seen = stop_seen.clone();
         let closed = closed.clone();
         tokio::spawn(async move {

@@ -26,6 +26,8 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
 /// Seconds a client may take to send a request's head, and then its body.
 pub const DEFAULT_READ_TIMEOUT: u64 = latch_http::serve::DEFAULT_READ_TIMEOUT.as_secs();
+/// Seconds a write to a client may make no progress, by default.
+pub const DEFAULT_WRITE_TIMEOUT: u64 = latch_http::serve::DEFAULT_WRITE_TIMEOUT.as_secs();
 /// The default data folder, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "data";
 
@@ -51,6 +53,8 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<u64>,
     /// Seconds a client may take to send a request's head, and then its body.
     pub read_timeout: Option<u64>,
+    /// Seconds a write to a client may make no progress before the connection is closed.
+    pub write_timeout: Option<u64>,
     /// Days to keep audit records (at least 1); the clean-up deletes older ones. Left out:
     /// kept for ever.
     pub audit_retention_days: Option<u32>,
@@ -264,6 +268,10 @@ pub struct ServerOverrides {
     /// connection idle that long is closed [default: 30].
     #[arg(long, env = "LATCH_READ_TIMEOUT", value_name = "SECS")]
     pub read_timeout: Option<u64>,
+    /// Seconds a write to a client may make no progress (a client not reading its
+    /// answers) before the connection is closed [default: 30].
+    #[arg(long, env = "LATCH_WRITE_TIMEOUT", value_name = "SECS")]
+    pub write_timeout: Option<u64>,
 }
 
 /// The fully resolved settings of a server.
@@ -285,6 +293,8 @@ pub struct Settings {
     pub shutdown_timeout: u64,
     /// Seconds a client may take to send a request's head, and then its body.
     pub read_timeout: u64,
+    /// Seconds a write to a client may make no progress.
+    pub write_timeout: u64,
     /// Days to keep audit records; `None`: for ever.
     pub audit_retention_days: Option<u32>,
     /// Tenants to create at start-up.
@@ -396,6 +406,12 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
             (server.read_timeout)
                 .or(file.read_timeout)
                 .unwrap_or(DEFAULT_READ_TIMEOUT),
+        )?,
+        write_timeout: at_least_a_second(
+            "write_timeout",
+            (server.write_timeout)
+                .or(file.write_timeout)
+                .unwrap_or(DEFAULT_WRITE_TIMEOUT),
         )?,
         audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file

@@ -106,15 +106,13 @@ impl Server {
             ))
         });
         let (shutdown, signal) = oneshot::channel::<()>();
-        let read_timeout = Duration::from_secs(settings.read_timeout);
-        let task = tokio::spawn(latch_http::serve::serve(
-            listener,
-            app,
-            read_timeout,
-            async {
-                let _ = signal.await;
-            },
-        ));
+        let timeouts = latch_http::serve::Timeouts {
+            read: Duration::from_secs(settings.read_timeout),
+            write: Duration::from_secs(settings.write_timeout),
+        };
+        let task = tokio::spawn(latch_http::serve::serve(listener, app, timeouts, async {
+            let _ = signal.await;
+        }));
         Ok(Self {
             addr,
             authority,

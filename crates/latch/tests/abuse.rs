@@ -74,6 +74,44 @@ async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_cut_off_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start_with(|settings| settings.write_timeout = 1).await;
+    // Small socket buffers on the client's side, so that the server's writes stall after a
+    // few answers and the client's own sends soon wait for the server to read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    let conn = socket.connect(s.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let (_unread, mut send) = conn.into_split();
+    // 16 MB of pipelined requests for answers of a kilobyte and more: more than every
+    // buffer between the two ends holds, either way.
+    let request = "GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: latch\r\n\r\n";
+    let requests = request.repeat((16 << 20) / request.len());
+    let sent = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        send.write_all(requests.as_bytes()),
+    )
+    .await
+    .expect("the connection was still open after a minute");
+    // The server stopped reading when its writes stalled, and closed the connection a
+    // second later: what was left unsent is refused.
+    let err = sent.expect_err("the server cannot have read 16 MB of requests");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    // The server itself carries on.
+    let health = reqwest::get(s.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_request_or_idling_is_cut_off_at_the_read_timeout() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;

@@ -735,7 +735,7 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         stderr.contains("cleanup_interval must be at most"),
         "{stderr}"
     );
-    // A read timeout of 0 would time every request out.
+    // A read or write timeout of 0 would time every request out.
     let out = run_cli(
         dir.path(),
         &["serve", "--listen", "127.0.0.1:0", "--read-timeout", "0"],
@@ -745,6 +745,17 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("read_timeout must be at least 1 second"),
+        "{stderr}"
+    );
+    let out = run_cli(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--write-timeout", "0"],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("write_timeout must be at least 1 second"),
         "{stderr}"
     );
 

@@ -411,6 +411,7 @@ impl TestServer {
             cleanup_interval: 0,
             shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
             read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
+            write_timeout: latch::config::DEFAULT_WRITE_TIMEOUT,
             audit_retention_days: None,
             tenants: vec![],
             profiles: Default::default(),
