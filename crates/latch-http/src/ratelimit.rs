@@ -1,6 +1,8 @@
 //! Failed client authentication is rate-limited, per client id and per source address, so a
-//! secret cannot be brute-forced and argon2 cannot be used to burn the server's CPU; a wrong
-//! admin token counts against its address's limit too.
+//! secret cannot be brute-forced and argon2 cannot be used to burn the server's CPU; wrong
+//! admin tokens count per source address too, in a budget of their own, so that neither
+//! kind of failure can lock the other out (behind a load balancer every request comes from
+//! one address).
 //!
 //! Fixed windows: each key counts failures in the current window; once a key reaches its
 //! limit, authentication attempts on it answer `429` with `Retry-After` until the window ends.
@@ -41,6 +43,15 @@ impl Default for AuthLimits {
 enum Key {
     Client(TenantId, String),
     Address(IpAddr),
+    /// Wrong admin tokens from an address.
+    AdminAddress(IpAddr),
+}
+
+/// Who an attempt authenticates as.
+#[derive(Clone, Copy)]
+enum Attempt<'a> {
+    Client(&'a TenantId, &'a str),
+    Admin,
 }
 
 #[derive(Clone, Copy)]
@@ -99,25 +110,28 @@ impl AuthLimiter {
         }
     }
 
-    /// The counters an attempt by `client` (none for the admin token) from `address` counts
-    /// against.
+    /// The counters `attempt` from `address` counts against.
     fn keyed(
         &self,
-        client: Option<(&TenantId, &str)>,
+        attempt: Attempt<'_>,
         address: Option<IpAddr>,
     ) -> impl Iterator<Item = (Key, u32)> {
-        // A client id longer than any client's can have is not kept as a key: it names no
-        // secret to guess, and the form allows ids of up to 64 KiB, each of which would be
-        // held for a window (the address's counter still applies).
-        let client = client
-            .filter(|(_, id)| id.len() <= MAX_ID_LEN)
-            .map(|(tenant, id)| {
-                (
-                    Key::Client(tenant.clone(), id.to_owned()),
-                    self.limits.per_client,
-                )
-            });
-        let address = address.map(|ip| (Key::Address(ip), self.limits.per_address));
+        let (client, address) = match attempt {
+            // A client id longer than any client's can have is not kept as a key: it names
+            // no secret to guess, and the form allows ids of up to 64 KiB, each of which
+            // would be held for a window (the address's counter still applies).
+            Attempt::Client(tenant, id) => (
+                (id.len() <= MAX_ID_LEN).then(|| {
+                    (
+                        Key::Client(tenant.clone(), id.to_owned()),
+                        self.limits.per_client,
+                    )
+                }),
+                address.map(Key::Address),
+            ),
+            Attempt::Admin => (None, address.map(Key::AdminAddress)),
+        };
+        let address = address.map(|key| (key, self.limits.per_address));
         client.into_iter().chain(address)
     }
 
@@ -129,7 +143,7 @@ impl AuthLimiter {
         address: Option<IpAddr>,
         now: UnixTime,
     ) -> Option<u32> {
-        self.blocked_keys(Some((tenant, client_id)), address, now)
+        self.blocked_keys(Attempt::Client(tenant, client_id), address, now)
     }
 
     /// Counts a failed authentication.
@@ -140,23 +154,24 @@ impl AuthLimiter {
         address: Option<IpAddr>,
         now: UnixTime,
     ) {
-        self.failed_keys(Some((tenant, client_id)), address, now);
+        self.failed_keys(Attempt::Client(tenant, client_id), address, now);
     }
 
-    /// `Some(seconds to wait)` when the address has used up its failures: for the admin
-    /// token, which names no client, so that it cannot be guessed online either.
-    pub fn blocked_address(&self, address: IpAddr, now: UnixTime) -> Option<u32> {
-        self.blocked_keys(None, Some(address), now)
+    /// `Some(seconds to wait)` when the address has used up its wrong admin tokens (the
+    /// per-address limit, counted apart from client failures): the admin token names no
+    /// client, and must not be guessed online either.
+    pub fn blocked_admin(&self, address: IpAddr, now: UnixTime) -> Option<u32> {
+        self.blocked_keys(Attempt::Admin, Some(address), now)
     }
 
     /// Counts a wrong admin token against its address.
-    pub fn failed_address(&self, address: IpAddr, now: UnixTime) {
-        self.failed_keys(None, Some(address), now);
+    pub fn failed_admin(&self, address: IpAddr, now: UnixTime) {
+        self.failed_keys(Attempt::Admin, Some(address), now);
     }
 
     fn blocked_keys(
         &self,
-        client: Option<(&TenantId, &str)>,
+        attempt: Attempt<'_>,
         address: Option<IpAddr>,
         now: UnixTime,
     ) -> Option<u32> {
@@ -166,7 +181,7 @@ impl AuthLimiter {
         if windows.by_key.is_empty() {
             return None;
         }
-        self.keyed(client, address)
+        self.keyed(attempt, address)
             .filter_map(|(key, limit)| {
                 let w = windows.by_key.get(&key)?;
                 let end = w.start + window;
@@ -175,18 +190,13 @@ impl AuthLimiter {
             .max()
     }
 
-    fn failed_keys(
-        &self,
-        client: Option<(&TenantId, &str)>,
-        address: Option<IpAddr>,
-        now: UnixTime,
-    ) {
+    fn failed_keys(&self, attempt: Attempt<'_>, address: Option<IpAddr>, now: UnixTime) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
         if windows.by_key.len() >= MAX_KEYS {
             windows.drop_ended(now, window);
         }
-        for (key, _) in self.keyed(client, address) {
+        for (key, _) in self.keyed(attempt, address) {
             let w = windows.by_key.entry(key).or_insert(Window {
                 start: now,
                 failures: 0,
@@ -299,5 +309,34 @@ mod tests {
             l.blocked(&t, "c", Some("127.0.0.8".parse().unwrap()), 1),
             None
         );
+    }
+
+    #[test]
+    fn wrong_admin_tokens_and_wrong_client_secrets_spend_separate_budgets() {
+        let l = AuthLimiter::new(AuthLimits {
+            per_client: 100,
+            per_address: 2,
+            window: 10,
+        });
+        let t = TenantId::default_tenant();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        l.failed_admin(ip, 0);
+        l.failed_admin(ip, 0);
+        assert_eq!(l.blocked_admin(ip, 1), Some(9));
+        assert_eq!(
+            l.blocked(&t, "a", Some(ip), 1),
+            None,
+            "clients are not locked out"
+        );
+        l.failed(&t, "a", Some(ip), 2);
+        l.failed(&t, "b", Some(ip), 2);
+        assert_eq!(l.blocked(&t, "c", Some(ip), 3), Some(9));
+        assert_eq!(
+            l.blocked_admin(ip, 3),
+            Some(7),
+            "nor do they add to the admin's"
+        );
+        assert_eq!(l.blocked_admin(ip, 10), None);
+        assert_eq!(l.blocked(&t, "c", Some(ip), 10), Some(2));
     }
 }

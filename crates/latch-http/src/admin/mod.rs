@@ -79,7 +79,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         // still learn from a 200 which guess was right.
         let address = parts.extensions.get::<Connection>().map(|c| c.peer.ip());
         let now = state.authority.now();
-        if let Some(wait) = address.and_then(|a| state.auth_limiter.blocked_address(a, now)) {
+        if let Some(wait) = address.and_then(|a| state.auth_limiter.blocked_admin(a, now)) {
             return Err(ApiError::too_many_requests(wait));
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -87,7 +87,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             Ok(Admin)
         } else {
             if let Some(a) = address {
-                state.auth_limiter.failed_address(a, now);
+                state.auth_limiter.failed_admin(a, now);
             }
             tracing::info!("admin authentication failed");
             Err(ApiError::admin_unauthorized())
