@@ -19,7 +19,8 @@
 //!   `id_v1.rs`, `api_v1_0.rs`); each translates shapes and calls the shared revocation path.
 //! - `admin/`: the admin API, one file per resource: `tenants.rs`, `clients.rs`, `grants.rs`,
 //!   `cleanup.rs`.
-//! - `health.rs`: liveness and readiness; `metrics.rs`: `/metrics` (Prometheus text).
+//! - `health.rs`: liveness and readiness; `metrics.rs`: `/metrics` (Prometheus text), with
+//!   the responses counted by endpoint and status.
 
 mod admin;
 pub mod credentials;
@@ -35,9 +36,10 @@ pub mod tenant;
 
 use std::sync::Arc;
 
+use axum::handler::Handler;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use latch_core::id::TenantId;
 use latch_core::Authority;
@@ -46,6 +48,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use error::{ApiError, ErrorStyle};
+use metrics::Endpoint;
 pub use profiles::Profiles;
 pub use ratelimit::{AuthLimiter, AuthLimits};
 
@@ -62,6 +65,8 @@ pub struct AppState {
     pub profiles: Profiles,
     /// Counters of failed client authentication.
     pub auth_limiter: AuthLimiter,
+    /// Responses by endpoint and status, for `/metrics`.
+    responses: Arc<metrics::ResponseCounters>,
 }
 
 impl AppState {
@@ -75,6 +80,7 @@ impl AppState {
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
             profiles: Profiles::default(),
             auth_limiter: AuthLimiter::new(AuthLimits::default()),
+            responses: Arc::default(),
         }
     }
 
@@ -155,21 +161,49 @@ pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
 
 /// The OAuth endpoints of one tenant, mounted at `/` (default tenant) and under
 /// `/tenants/{tenant}`, with the tenant-scoped profiles that are on.
-fn oauth_routes(profiles: Profiles) -> Router<Arc<AppState>> {
+fn oauth_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let profiles = state.profiles;
+    let counted = |endpoint, route| counted_route(state, endpoint, route);
     let mut routes = Router::new();
     if profiles.id_v1 {
         routes = routes.route(
             "/api/id/v1/auth/token/revoke",
-            post(profiles::id_v1::handle).fallback(profiles::id_v1::method_not_allowed),
+            post(profiles::id_v1::handle)
+                .fallback(profiles::id_v1::method_not_allowed)
+                .layer(metrics::counted(state, Endpoint::IdV1)),
         );
     }
     if profiles.api_v1_0 {
-        routes = routes.route("/api/v1.0/oauth2/revoke", post(profiles::api_v1_0::handle));
+        routes = routes.route(
+            "/api/v1.0/oauth2/revoke",
+            counted(Endpoint::ApiV10, post(profiles::api_v1_0::handle)),
+        );
     }
     routes
-        .route("/oauth2/token", post(oauth2::token::handle))
-        .route("/oauth2/revoke", post(oauth2::revoke::handle))
-        .route("/oauth2/introspect", post(oauth2::introspect::handle))
+        .route(
+            "/oauth2/token",
+            counted(Endpoint::Token, post(oauth2::token::handle)),
+        )
+        .route(
+            "/oauth2/revoke",
+            counted(Endpoint::Revoke, post(oauth2::revoke::handle)),
+        )
+        .route(
+            "/oauth2/introspect",
+            counted(Endpoint::Introspect, post(oauth2::introspect::handle)),
+        )
+}
+
+/// `route` with its `405` made inside it (the JSON error), and every response it makes
+/// counted as `endpoint`'s.
+fn counted_route(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+    route: MethodRouter<Arc<AppState>>,
+) -> MethodRouter<Arc<AppState>> {
+    route
+        .fallback(method_not_allowed)
+        .layer(metrics::counted(state, endpoint))
 }
 
 /// The span of a request: method and path only. The query string is left out, so a client
@@ -180,33 +214,38 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
 
 /// Every route latch serves.
 pub fn router(state: Arc<AppState>) -> Router {
-    let profiles = state.profiles;
+    let counted = |endpoint, route| counted_route(&state, endpoint, route);
     let mut app = Router::new()
-        .merge(oauth_routes(profiles))
-        .nest("/tenants/{tenant}", oauth_routes(profiles))
+        .merge(oauth_routes(&state))
+        .nest("/tenants/{tenant}", oauth_routes(&state))
         .route(
             "/.well-known/oauth-authorization-server",
-            get(oauth2::metadata::handle),
+            counted(Endpoint::Metadata, get(oauth2::metadata::handle)),
         )
         .route(
             "/.well-known/oauth-authorization-server/tenants/{tenant}",
-            get(oauth2::metadata::handle),
+            counted(Endpoint::Metadata, get(oauth2::metadata::handle)),
         )
-        .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(metrics::handle));
-    if profiles.sentinel {
+        .route("/healthz", counted(Endpoint::Health, get(health::live)))
+        .route("/readyz", counted(Endpoint::Health, get(health::ready)))
+        .route("/metrics", counted(Endpoint::Metrics, get(metrics::handle)));
+    if state.profiles.sentinel {
         app = app.route(
             "/sentinel/api/account/{accountid}/token/revoke",
-            post(profiles::sentinel::handle),
+            counted(Endpoint::Sentinel, post(profiles::sentinel::handle)),
         );
     }
     if state.admin_token.is_some() {
-        app = app.nest("/admin/v1", admin::routes());
+        // The admin routes' `405`s are made inside them, so that the layer counts them.
+        let admin = admin::routes().method_not_allowed_fallback(method_not_allowed);
+        app = app.nest(
+            "/admin/v1",
+            admin.layer(metrics::counted(&state, Endpoint::Admin)),
+        );
     }
     let app = app
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
+        .fallback(not_found.layer(metrics::counted(&state, Endpoint::Other)))
         .with_state(state)
         .layer(CatchPanicLayer::custom(panicked));
     // A request's span and its events cost two clock reads and a wrapped body per request,

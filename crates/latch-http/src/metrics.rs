@@ -1,19 +1,137 @@
-//! `GET /metrics`: the clean-up's and the group commit's counters in the Prometheus text
-//! format.
+//! `GET /metrics`: the responses by endpoint and status, and the clean-up's and the group
+//! commit's counters, in the Prometheus text format.
 
 use std::fmt::{Display, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use latch_core::commits::{CommitStats, COMMIT_SECONDS_BUCKETS};
+use tower::util::MapResponseLayer;
 
 use crate::AppState;
+
+/// What a request was for, as `latch_http_responses_total` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Token,
+    Revoke,
+    Introspect,
+    Metadata,
+    Sentinel,
+    IdV1,
+    ApiV10,
+    Admin,
+    Health,
+    Metrics,
+    /// No route: `404`.
+    Other,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 11] = [
+        Endpoint::Token,
+        Endpoint::Revoke,
+        Endpoint::Introspect,
+        Endpoint::Metadata,
+        Endpoint::Sentinel,
+        Endpoint::IdV1,
+        Endpoint::ApiV10,
+        Endpoint::Admin,
+        Endpoint::Health,
+        Endpoint::Metrics,
+        Endpoint::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::Revoke => "revoke",
+            Endpoint::Introspect => "introspect",
+            Endpoint::Metadata => "metadata",
+            Endpoint::Sentinel => "sentinel",
+            Endpoint::IdV1 => "id_v1",
+            Endpoint::ApiV10 => "api_v1_0",
+            Endpoint::Admin => "admin",
+            Endpoint::Health => "health",
+            Endpoint::Metrics => "metrics",
+            Endpoint::Other => "other",
+        }
+    }
+}
+
+/// Status codes are 100 to 599 (`http` refuses others).
+const STATUSES: usize = 500;
+
+/// Responses by endpoint and status code, since start-up: what an operator watches for a
+/// wave of failed authentication (`401`, `429`), of unavailable storage (`503`), or of
+/// revocations. Counting one is a relaxed atomic add, with no lookup or lock.
+pub struct ResponseCounters {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for ResponseCounters {
+    fn default() -> Self {
+        Self {
+            counts: (0..Endpoint::ALL.len() * STATUSES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+}
+
+impl ResponseCounters {
+    /// Counts a response of `endpoint`.
+    pub(crate) fn count(&self, endpoint: Endpoint, status: StatusCode) {
+        let slot = usize::from(status.as_u16())
+            .saturating_sub(100)
+            .min(STATUSES - 1);
+        self.counts[endpoint as usize * STATUSES + slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes the non-zero counters as `latch_http_responses_total`.
+    fn render(&self, body: &mut String) {
+        let name = "latch_http_responses_total";
+        let _ = writeln!(
+            body,
+            "# HELP {name} Responses since start-up, by endpoint and status code.\n# TYPE {name} counter"
+        );
+        for endpoint in Endpoint::ALL {
+            let row = &self.counts[endpoint as usize * STATUSES..][..STATUSES];
+            for (slot, count) in row.iter().enumerate() {
+                let count = count.load(Ordering::Relaxed);
+                if count > 0 {
+                    let _ = writeln!(
+                        body,
+                        "{name}{{endpoint=\"{}\",status=\"{}\"}} {count}",
+                        endpoint.label(),
+                        slot + 100
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The layer that counts a route's responses as `endpoint`'s (every response the route
+/// makes, its `405`s included).
+pub(crate) fn counted(
+    state: &Arc<AppState>,
+    endpoint: Endpoint,
+) -> MapResponseLayer<impl Fn(Response) -> Response + Clone + Send + Sync + 'static> {
+    let counters = state.responses.clone();
+    MapResponseLayer::new(move |response: Response| {
+        counters.count(endpoint, response.status());
+        response
+    })
+}
 
 pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let c = state.authority.cleanup_stats();
     let mut body = String::new();
+    state.responses.render(&mut body);
     let mut counter = |name: &str, help: &str, kind: &str, value: &dyn Display| {
         let _ = writeln!(
             body,

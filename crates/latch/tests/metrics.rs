@@ -77,3 +77,87 @@ backend_test! {
         assert_eq!(held - sample(&before, "latch_store_revocation_marks"), marks, "{now}");
     }
 }
+
+/// The sum of every `latch_http_responses_total` sample in `metrics`.
+fn responses(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("latch_http_responses_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_is_counted_once_by_endpoint_and_status() {
+    let s = TestServer::start().await;
+    let svc = s.confidential("svc", "read").await;
+    let wrong = common::TestClient {
+        secret: Some("wrong".into()),
+        ..svc.clone()
+    };
+    let before = metrics(&s).await;
+    let grant = [("grant_type", "client_credentials")];
+
+    let token = s.client_credentials(&svc).await;
+    let at = token["access_token"].as_str().unwrap();
+    let resp = s
+        .post_form("/oauth2/token", Auth::Basic(&wrong), &grant)
+        .await;
+    assert_eq!(resp.status(), 401);
+    let resp = s
+        .post_form("/tenants/default/oauth2/token", Auth::Basic(&svc), &grant)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.introspect(at).await["active"], true);
+    assert_eq!(s.revoke(Auth::Basic(&svc), at).await.status(), 200);
+    let get = |path: &str| s.http.get(s.url(path)).send();
+    assert_eq!(get("/oauth2/token").await.unwrap().status(), 405);
+    let put = s
+        .http
+        .put(s.url("/admin/v1/tenants"))
+        .bearer_auth(common::ADMIN_TOKEN);
+    let put = put.send().await.unwrap();
+    assert_eq!(put.status(), 405);
+    assert_eq!(put.headers()["allow"], "POST,GET,HEAD");
+    assert_eq!(get("/no/such/endpoint").await.unwrap().status(), 404);
+    assert_eq!(
+        get("/admin/v1/no/such/endpoint").await.unwrap().status(),
+        404
+    );
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let admin = s.admin(reqwest::Method::GET, "/tenants", None).await;
+    assert_eq!(admin.status(), 200);
+    let metadata = get("/.well-known/oauth-authorization-server")
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200);
+
+    let after = metrics(&s).await;
+    let delta = |endpoint: &str, status: u16| {
+        let name =
+            format!("latch_http_responses_total{{endpoint=\"{endpoint}\",status=\"{status}\"}}");
+        let was = if before.contains(&format!("{name} ")) {
+            sample(&before, &name)
+        } else {
+            0.0
+        };
+        sample(&after, &name) - was
+    };
+    assert_eq!(delta("token", 200), 2.0, "{after}");
+    assert_eq!(delta("token", 401), 1.0, "{after}");
+    assert_eq!(delta("token", 405), 1.0, "{after}");
+    assert_eq!(delta("introspect", 200), 1.0, "{after}");
+    assert_eq!(delta("revoke", 200), 1.0, "{after}");
+    assert_eq!(delta("other", 404), 2.0, "{after}");
+    assert_eq!(delta("health", 200), 1.0, "{after}");
+    assert_eq!(delta("admin", 200), 1.0, "{after}");
+    assert_eq!(delta("admin", 405), 1.0, "{after}");
+    assert_eq!(delta("metadata", 200), 1.0, "{after}");
+    assert_eq!(delta("metrics", 200), 1.0, "the scrape before, {after}");
+    // Each of the 12 responses since, and the scrape before them, once.
+    assert_eq!(responses(&after) - responses(&before), 13.0, "{after}");
+    assert!(
+        after.contains("# TYPE latch_http_responses_total counter"),
+        "{after}"
+    );
+}
