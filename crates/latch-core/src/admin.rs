@@ -10,6 +10,7 @@ use crate::grant_flow::IssuedTokens;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
 use crate::secret::generate_secret;
+use crate::store::GrantPage;
 
 /// The actor recorded for operator actions.
 const ADMIN: &str = "admin";
@@ -250,16 +251,17 @@ impl Authority {
         }
     }
 
-    /// A subject's live grants.
+    /// A page of a subject's live grants, newest first.
     pub async fn live_grants(
         &self,
         tenant: &TenantId,
         subject: &Subject,
+        page: &GrantPage,
     ) -> Result<Vec<Grant>, Error> {
         self.require_tenant(tenant).await?;
         Ok(self
             .store
-            .live_grants(tenant, subject, self.clock.now())
+            .live_grants(tenant, subject, self.clock.now(), page)
             .await?)
     }
 

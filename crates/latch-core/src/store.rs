@@ -121,13 +121,24 @@ pub trait TokenStore: Send + Sync {
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome>;
     /// One grant of a tenant.
     async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>>;
-    /// A subject's live grants (not revoked, not expired), newest first.
+    /// A page of a subject's live grants (not revoked, not expired), newest first by id.
     async fn live_grants(
         &self,
         tenant: &TenantId,
         subject: &Subject,
         now: UnixTime,
+        page: &GrantPage,
     ) -> StoreResult<Vec<Grant>>;
+}
+
+/// A page of grants, newest first: grant ids are time-ordered
+/// ([`GrantId::generate`]), so their order is a stable cursor.
+#[derive(Clone, Debug)]
+pub struct GrantPage {
+    /// Only grants whose id sorts before this one (the previous page's last).
+    pub before: Option<GrantId>,
+    /// At most this many grants.
+    pub limit: u32,
 }
 
 /// Revocation: the one write that must be durable before latch answers, and the one that

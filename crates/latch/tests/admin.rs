@@ -1010,3 +1010,65 @@ async fn postgres_a_client_created_as_its_tenant_goes_is_not_found() {
     remover.commit().await;
     assert_error(creating.await.unwrap(), 404, "not_found").await;
 }
+
+backend_test! {
+    async fn a_subjects_grants_are_listed_newest_first_a_page_at_a_time() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        let mut issued = Vec::new();
+        for _ in 0..5 {
+            let g = s.grant_for(&svc, "alice", None).await;
+            issued.push(str_of(&g, "grant_id").to_owned());
+        }
+        // Another subject's grant and a revoked one of alice's are never listed.
+        s.grant_for(&svc, "bob", None).await;
+        let revoked = s.grant_for(&svc, "alice", None).await;
+        let path = format!("/tenants/default/grants/{}", str_of(&revoked, "grant_id"));
+        assert_eq!(s.admin(Method::DELETE, &path, None).await.status(), 200);
+        let newest_first: Vec<&str> = issued.iter().rev().map(String::as_str).collect();
+
+        let page = |query: String| {
+            let s = &s;
+            async move {
+                let path = format!("/tenants/default/subjects/alice/grants{query}");
+                let body: Value = s.admin(Method::GET, &path, None).await.json().await.unwrap();
+                let ids: Vec<String> = body["grants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| str_of(g, "grant_id").to_owned())
+                    .collect();
+                (ids, body["next_before"].as_str().map(str::to_owned))
+            }
+        };
+        // One page holds them all by default.
+        let (all, next) = page(String::new()).await;
+        assert_eq!(all, newest_first);
+        assert_eq!(next, None);
+        // Two at a time: each page goes on from the cursor of the one before.
+        let (first, next) = page("?limit=2".into()).await;
+        assert_eq!(first, newest_first[..2]);
+        let (second, next) = page(format!("?limit=2&before={}", next.unwrap())).await;
+        assert_eq!(second, newest_first[2..4]);
+        let (last, next) = page(format!("?limit=2&before={}", next.unwrap())).await;
+        assert_eq!(last, newest_first[4..]);
+        assert_eq!(next, None, "a short page is the last");
+        // A full last page still gives a cursor; the page after it is empty.
+        let (_, next) = page(format!("?limit=1&before={}", newest_first[3])).await;
+        let (empty, none) = page(format!("?limit=1&before={}", next.unwrap())).await;
+        assert!(empty.is_empty());
+        assert_eq!(none, None);
+
+        for (query, why) in [
+            ("?limit=0", "limit must be between 1 and 1000"),
+            ("?limit=1001", "limit must be between 1 and 1000"),
+            ("?limit=two", "limit must be a number"),
+            ("?before=g_%00", "before must be a grant id"),
+        ] {
+            let path = format!("/tenants/default/subjects/alice/grants{query}");
+            let resp = s.admin(Method::GET, &path, None).await;
+            let body = assert_error(resp, 400, "invalid_request").await;
+            assert_eq!(body["error_description"], why, "{query}");
+        }
+    }
+}

@@ -12,15 +12,11 @@ use latch_core::id::{ClientId, Subject};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{Admin, Params};
+use super::{number, page_limit, Admin, Params};
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::named;
 use crate::AppState;
-
-/// Events per page by default, and at most.
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1_000;
 
 #[derive(Serialize)]
 struct EventView<'a> {
@@ -63,15 +59,6 @@ impl<'a> From<&'a AuditEvent> for EventView<'a> {
     }
 }
 
-fn number<T: std::str::FromStr>(form: &Form, key: &str) -> Result<Option<T>, ApiError> {
-    form.get(key)
-        .map(|v| {
-            v.parse()
-                .map_err(|_| ApiError::invalid_request(format!("{key} must be a number")))
-        })
-        .transpose()
-}
-
 pub(crate) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -80,12 +67,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = named(&tenant)?;
     let form = Form::parse(query.unwrap_or_default().as_bytes())?;
-    let limit = number::<u32>(&form, "limit")?.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::invalid_request(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
+    let limit = page_limit(&form)?;
     let query = AuditQuery {
         subject: match (form.get("subject"), form.get("client_subject")) {
             (Some(_), Some(_)) => {

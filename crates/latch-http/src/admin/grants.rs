@@ -3,18 +3,20 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::grant::Grant;
 use latch_core::id::{ClientId, GrantId, Subject};
 use latch_core::scope::Scope;
+use latch_core::store::GrantPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{origin, Admin, JsonBody, Params};
+use super::{origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
+use crate::form::Form;
 use crate::oauth2::TokenResponse;
 use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
@@ -93,20 +95,39 @@ pub(crate) async fn revoke(
     })))
 }
 
+/// `GET …/subjects/{subject}/grants?before=…&limit=…`: a page of the subject's live grants,
+/// newest first; `next_before` is the cursor for the next page (`null` on the last).
 pub(crate) async fn list_for_subject(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Params((tenant, subject)): Params<(String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let subject = Subject::parse(&subject)?;
+    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let page = GrantPage {
+        before: query
+            .get("before")
+            .map(|id| {
+                GrantId::parse(id)
+                    .map_err(|_| ApiError::invalid_request("before must be a grant id"))
+            })
+            .transpose()?,
+        limit: page_limit(&query)?,
+    };
     let grants = state
         .authority
-        .live_grants(&named(&tenant)?, &subject)
+        .live_grants(&named(&tenant)?, &subject, &page)
         .await?;
+    let next_before = (grants.len() == page.limit as usize)
+        .then(|| grants.last().map(|g| g.id.as_str()))
+        .flatten();
     let views: Vec<GrantView<'_>> = grants.iter().map(GrantView::from).collect();
-    Ok(Json(
-        json!({ "subject": subject.as_str(), "grants": views }),
-    ))
+    Ok(Json(json!({
+        "subject": subject.as_str(),
+        "grants": views,
+        "next_before": next_before,
+    })))
 }
 
 pub(crate) async fn logout_everywhere(

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::form::read_body;
+use crate::form::{read_body, Form};
 use crate::serve::Connection;
 use crate::AppState;
 
@@ -52,6 +52,33 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/subjects/{subject}/grants",
             get(grants::list_for_subject).delete(grants::logout_everywhere),
         )
+}
+
+/// Items per page of a listing by default, and at most.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1_000;
+
+/// The page size a listing's query asks for (`limit`): [`DEFAULT_PAGE`] when absent, else 1
+/// to [`MAX_PAGE`].
+pub(crate) fn page_limit(query: &Form) -> Result<u32, ApiError> {
+    let limit = number::<u32>(query, "limit")?.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(limit)
+}
+
+/// The number `key` of a query, if given.
+pub(crate) fn number<T: std::str::FromStr>(query: &Form, key: &str) -> Result<Option<T>, ApiError> {
+    query
+        .get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| ApiError::invalid_request(format!("{key} must be a number")))
+        })
+        .transpose()
 }
 
 /// The audit origin of an admin request.

@@ -25,8 +25,8 @@ use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
-    AuditStore, CleanupStore, ClientStore, Purged, RevocationStore, Storage, StoreResult, Sweep,
-    TenantStore, TokenStore,
+    AuditStore, CleanupStore, ClientStore, GrantPage, Purged, RevocationStore, Storage,
+    StoreResult, Sweep, TenantStore, TokenStore,
 };
 use latch_core::token::TokenHash;
 use latch_core::StoreError;
@@ -388,8 +388,9 @@ impl TokenStore for PgStore {
         tenant: &TenantId,
         subject: &Subject,
         now: UnixTime,
+        page: &GrantPage,
     ) -> StoreResult<Vec<Grant>> {
-        reads::live_grants(&*self.read_client().await?, tenant, subject, now).await
+        reads::live_grants(&*self.read_client().await?, tenant, subject, now, page).await
     }
 }
 

@@ -8,7 +8,7 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::StoreResult;
+use latch_core::store::{GrantPage, StoreResult};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use tokio_postgres::types::ToSql;
@@ -291,15 +291,23 @@ pub(super) async fn live_grants(
     tenant: &TenantId,
     subject: &Subject,
     now: UnixTime,
+    page: &GrantPage,
 ) -> StoreResult<Vec<Grant>> {
+    let before = page.before.as_ref().map(GrantId::as_str);
     let rows = c
         .query(
             &format!(
                 "SELECT {GRANT_COLUMNS} FROM grants \
                  WHERE tenant_id = $1 AND subject = $2 AND revoked_at IS NULL AND expires_at > $3 \
-                 ORDER BY created_at DESC, id"
+                 AND ($4::text IS NULL OR id < $4::text) ORDER BY id DESC LIMIT $5"
             ),
-            &[&tenant.as_str(), &subject.as_str(), &now],
+            &[
+                &tenant.as_str(),
+                &subject.as_str(),
+                &now,
+                &before,
+                &i64::from(page.limit),
+            ],
         )
         .await
         .map_err(|e| store_error(&e))?;

@@ -10,7 +10,7 @@ use latch_core::grant::{
 };
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{StoreResult, TokenStore};
+use latch_core::store::{GrantPage, StoreResult, TokenStore};
 use latch_core::token::{TokenHash, TokenKind};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -308,15 +308,17 @@ impl TokenStore for SqliteStore {
         tenant: &TenantId,
         subject: &Subject,
         now: UnixTime,
+        page: &GrantPage,
     ) -> StoreResult<Vec<Grant>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {GRANT_COLUMNS} FROM grants \
                  WHERE tenant_id = ?1 AND subject = ?2 AND revoked_at IS NULL AND expires_at > ?3 \
-                 ORDER BY created_at DESC, id"
+                 AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5"
             ))?;
+            let before = page.before.as_ref().map(GrantId::as_str);
             let rows = stmt.query_map(
-                params![tenant.as_str(), subject.as_str(), now],
+                params![tenant.as_str(), subject.as_str(), now, before, page.limit],
                 grant_from_row,
             )?;
             rows.collect()
