@@ -37,6 +37,14 @@ impl Reason {
         }
     }
 
+    /// Whether a revocation for this reason is recorded even when nothing was alive to die:
+    /// removing a client or a tenant is an operator's act worth its record whatever it
+    /// revoked. Every other revocation is recorded only when it killed something, so that a
+    /// client revoking the same token twice leaves one record.
+    pub const fn always_recorded(self) -> bool {
+        matches!(self, Reason::ClientRemoved | Reason::TenantRemoved)
+    }
+
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {

@@ -49,7 +49,7 @@ pub trait TenantStore: Send + Sync {
     /// Creates a tenant; `Conflict` if it exists.
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
     /// Removes a tenant, revoking all of its grants (audited) and removing its clients. `None`
-    /// when it did not exist, else the revocation's audit record (`None` inside when no grant
+    /// when it did not exist, else the removal's audit record (made whether or not a grant
     /// was alive); `Conflict`, changing nothing, when it holds a client the configuration
     /// declares ([`Client::declared`]).
     async fn delete_tenant(
@@ -86,8 +86,8 @@ pub trait ClientStore: Send + Sync {
         secret: &SecretHash,
     ) -> StoreResult<bool>;
     /// Removes a client and revokes every grant issued to it (audited), in one transaction.
-    /// `None` when there is no such client or it is declared, else the revocation's audit record (`None` inside
-    /// when no grant was alive).
+    /// `None` when there is no such client or it is declared, else the removal's audit record
+    /// (made whether or not a grant was alive).
     async fn delete_client(
         &self,
         tenant: &TenantId,
@@ -147,7 +147,8 @@ pub struct GrantPage {
 pub trait RevocationStore: Send + Sync {
     /// Applies a revocation at `audit.at` and, in the same transaction, records it in the
     /// audit trail with what died. Returns the record, or `None` when nothing was alive to
-    /// kill (then nothing is recorded).
+    /// kill (then nothing is recorded), unless the reason is always recorded
+    /// ([`Reason::always_recorded`](crate::audit::Reason::always_recorded): a removal).
     async fn revoke(
         &self,
         revocation: &Revocation,

@@ -59,6 +59,9 @@ backend_test! {
         let gone = s.confidential("gone", "read").await;
         s.grant_for(&gone, "dave", None).await;
         s.admin(Method::DELETE, "/tenants/default/clients/gone", None).await;
+        // A removed client that held no grant: an operator's act, recorded all the same.
+        s.confidential("idle", "read").await;
+        s.admin(Method::DELETE, "/tenants/default/clients/idle", None).await;
 
         let all = events(&audit(&s, "").await);
         let summary: Vec<(String, String, String, u64)> = all
@@ -80,6 +83,7 @@ backend_test! {
                 expect("svc", "oauth2/token", "reuse_detected", 1),
                 expect("admin", "admin", "logout_everywhere", 2),
                 expect("admin", "admin", "client_removed", 1),
+                expect("admin", "admin", "client_removed", 0),
             ]
         );
         assert_eq!(all[1]["subject"], "bob");

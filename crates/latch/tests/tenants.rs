@@ -272,6 +272,15 @@ backend_test! {
             json!({ "active": false })
         );
 
+        // A tenant removed with nothing alive in it: the removal is recorded all the same.
+        create_tenant(&s, "empty").await;
+        assert_eq!(s.admin(Method::DELETE, "/tenants/empty", None).await.status(), 200);
+        let trail: Value = s.admin(Method::GET, "/tenants/empty/audit", None).await.json().await.unwrap();
+        let events = trail["events"].as_array().unwrap_or_else(|| panic!("{trail}"));
+        assert_eq!(events.len(), 1, "{trail}");
+        assert_eq!(events[0]["reason"], "tenant_removed", "{trail}");
+        assert_eq!((events[0]["grants"].as_u64(), events[0]["tokens"].as_u64()), (Some(0), Some(0)));
+
         let resp = s.admin(Method::DELETE, "/tenants/default", None).await;
         assert_error(resp, 400, "invalid_request").await;
         let resp = s.admin(Method::DELETE, "/tenants/never", None).await;

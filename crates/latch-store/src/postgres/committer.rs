@@ -75,7 +75,7 @@ impl Op {
 pub(crate) enum Reply {
     Done,
     Flag(bool),
-    /// A revocation's audit record (`None` when nothing was alive).
+    /// A revocation's audit record (`None` when nothing was alive and nothing recorded).
     Audited(Option<AuditEvent>),
     /// A removal: `None` when the thing did not exist.
     Removed(Option<Option<AuditEvent>>),
@@ -798,9 +798,9 @@ async fn revoke_tokens(
 }
 
 /// Revoking grants (a refresh token's, a subject's, a client's, a tenant's) as one
-/// statement: the UPDATE, the count of the live tokens that die with the grants, and, only
-/// if a grant died, the audit row. `$1` is the time, `$2`.. the condition's values, then the
-/// audit columns.
+/// statement: the UPDATE, the count of the live tokens that die with the grants, and, if a
+/// grant died or the reason is always recorded (the last parameter), the audit row. `$1` is
+/// the time, `$2`.. the condition's values, then the audit columns.
 fn revoke_grants_audited_sql(columns: &[(&'static str, &str)]) -> String {
     let condition = grant_condition(columns, |n| format!("${n}"));
     let a = columns.len() + 2;
@@ -813,7 +813,7 @@ fn revoke_grants_audited_sql(columns: &[(&'static str, &str)]) -> String {
          audited AS (INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, \
            subject, grants, tokens, address) \
            SELECT ${a}, $1, ${}, ${}, ${}, ${}, ${}, grants, tokens, ${} FROM killed \
-           WHERE grants > 0 RETURNING id) \
+           WHERE grants > 0 OR ${} RETURNING id) \
          SELECT grants, tokens, (SELECT id FROM audited) FROM killed",
         a + 1,
         a + 2,
@@ -821,6 +821,7 @@ fn revoke_grants_audited_sql(columns: &[(&'static str, &str)]) -> String {
         a + 4,
         a + 5,
         a + 6,
+        a + 7,
         update = revoke_grants_sql("$1", &condition),
     )
 }
@@ -834,6 +835,7 @@ async fn revoke_grants(
 ) -> Result<Option<AuditEvent>, tokio_postgres::Error> {
     let address = audit.address.map(|a| a.to_string());
     let (tenant, reason) = (audit.tenant.as_str(), audit.reason.as_str());
+    let always = audit.reason.always_recorded();
     let (grant_id, subject) = (
         audit.grant_id.as_ref().map(|g| g.as_str()),
         audit.subject.as_ref().map(|s| s.as_str()),
@@ -848,6 +850,7 @@ async fn revoke_grants(
         &grant_id,
         &subject,
         &address,
+        &always,
     ]);
     let row = tx.query_one(stmt, &params).await?;
     let (grants, tokens, id): (i64, i64, Option<i64>) = (row.get(0), row.get(1), row.get(2));
@@ -859,7 +862,8 @@ async fn revoke_grants(
 }
 
 /// Applies a revocation inside a transaction and records it in the audit trail. Returns the
-/// audit record, or `None` when nothing was alive (nothing is recorded then).
+/// audit record, or `None` when nothing was alive (nothing is recorded then, unless the
+/// reason is [always recorded](latch_core::audit::Reason::always_recorded)).
 async fn revoke(
     tx: &Transaction<'_>,
     st: &mut Statements,

@@ -27,7 +27,8 @@ use crate::cleanup_sql::{
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// Applies a revocation inside the current transaction and records it in the audit trail.
-/// Returns the audit record, or `None` when nothing was alive (nothing is recorded then).
+/// Returns the audit record, or `None` when nothing was alive (nothing is recorded then, unless
+/// the reason is [always recorded](latch_core::audit::Reason::always_recorded)).
 ///
 /// Must be the last fallible statement of its write: the batch counts on the marks it made
 /// once it returns, and a failure after it would roll its log rows back (the write's
@@ -93,7 +94,7 @@ fn apply_knowing(
             }
         }
     };
-    if killed.is_nothing() {
+    if killed.is_nothing() && !audit.reason.always_recorded() {
         return Ok(None);
     }
     c.prepare_cached(
