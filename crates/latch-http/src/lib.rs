@@ -39,7 +39,7 @@ use std::sync::Arc;
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post};
 use axum::Router;
 use latch_core::id::TenantId;
 use latch_core::Authority;
@@ -159,51 +159,52 @@ pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
     response
 }
 
+/// `method(handler)` with its `405` made inside it (the JSON error), and every response it
+/// makes counted as `endpoint`'s. The count wraps the handler, not the route: a layer on
+/// the route would box it again, and run axum's response fix-ups (`Content-Length`, `HEAD`)
+/// twice.
+macro_rules! counted {
+    ($state:expr, $endpoint:expr, $method:ident($handler:expr)) => {{
+        let count = metrics::counted($state, $endpoint);
+        $method($handler.layer(count.clone())).fallback(method_not_allowed.layer(count))
+    }};
+}
+
 /// The OAuth endpoints of one tenant, mounted at `/` (default tenant) and under
 /// `/tenants/{tenant}`, with the tenant-scoped profiles that are on.
 fn oauth_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let profiles = state.profiles;
-    let counted = |endpoint, route| counted_route(state, endpoint, route);
     let mut routes = Router::new();
     if profiles.id_v1 {
-        routes = routes.route(
-            "/api/id/v1/auth/token/revoke",
-            post(profiles::id_v1::handle)
-                .fallback(profiles::id_v1::method_not_allowed)
-                .layer(metrics::counted(state, Endpoint::IdV1)),
-        );
+        routes = routes.route("/api/id/v1/auth/token/revoke", {
+            let count = metrics::counted(state, Endpoint::IdV1);
+            post(profiles::id_v1::handle.layer(count.clone()))
+                .fallback(profiles::id_v1::method_not_allowed.layer(count))
+        });
     }
     if profiles.api_v1_0 {
         routes = routes.route(
             "/api/v1.0/oauth2/revoke",
-            counted(Endpoint::ApiV10, post(profiles::api_v1_0::handle)),
+            counted!(state, Endpoint::ApiV10, post(profiles::api_v1_0::handle)),
         );
     }
     routes
         .route(
             "/oauth2/token",
-            counted(Endpoint::Token, post(oauth2::token::handle)),
+            counted!(state, Endpoint::Token, post(oauth2::token::handle)),
         )
         .route(
             "/oauth2/revoke",
-            counted(Endpoint::Revoke, post(oauth2::revoke::handle)),
+            counted!(state, Endpoint::Revoke, post(oauth2::revoke::handle)),
         )
         .route(
             "/oauth2/introspect",
-            counted(Endpoint::Introspect, post(oauth2::introspect::handle)),
+            counted!(
+                state,
+                Endpoint::Introspect,
+                post(oauth2::introspect::handle)
+            ),
         )
-}
-
-/// `route` with its `405` made inside it (the JSON error), and every response it makes
-/// counted as `endpoint`'s.
-fn counted_route(
-    state: &Arc<AppState>,
-    endpoint: Endpoint,
-    route: MethodRouter<Arc<AppState>>,
-) -> MethodRouter<Arc<AppState>> {
-    route
-        .fallback(method_not_allowed)
-        .layer(metrics::counted(state, endpoint))
 }
 
 /// The span of a request: method and path only. The query string is left out, so a client
@@ -214,25 +215,33 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
 
 /// Every route latch serves.
 pub fn router(state: Arc<AppState>) -> Router {
-    let counted = |endpoint, route| counted_route(&state, endpoint, route);
     let mut app = Router::new()
         .merge(oauth_routes(&state))
         .nest("/tenants/{tenant}", oauth_routes(&state))
         .route(
             "/.well-known/oauth-authorization-server",
-            counted(Endpoint::Metadata, get(oauth2::metadata::handle)),
+            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
         )
         .route(
             "/.well-known/oauth-authorization-server/tenants/{tenant}",
-            counted(Endpoint::Metadata, get(oauth2::metadata::handle)),
+            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
         )
-        .route("/healthz", counted(Endpoint::Health, get(health::live)))
-        .route("/readyz", counted(Endpoint::Health, get(health::ready)))
-        .route("/metrics", counted(Endpoint::Metrics, get(metrics::handle)));
+        .route(
+            "/healthz",
+            counted!(&state, Endpoint::Health, get(health::live)),
+        )
+        .route(
+            "/readyz",
+            counted!(&state, Endpoint::Health, get(health::ready)),
+        )
+        .route(
+            "/metrics",
+            counted!(&state, Endpoint::Metrics, get(metrics::handle)),
+        );
     if state.profiles.sentinel {
         app = app.route(
             "/sentinel/api/account/{accountid}/token/revoke",
-            counted(Endpoint::Sentinel, post(profiles::sentinel::handle)),
+            counted!(&state, Endpoint::Sentinel, post(profiles::sentinel::handle)),
         );
     }
     if state.admin_token.is_some() {
