@@ -219,7 +219,11 @@ impl Authority {
         origin: Origin,
     ) -> Result<Killed, Error> {
         refuse_declared(&self.client(tenant, id).await?)?;
-        let context = self.audit_context(tenant, ADMIN, origin, Reason::ClientRemoved);
+        // The record names the client as its subject (a client's own subject, which no
+        // user's equals), so that `client_subject=ID` finds its removal.
+        let context = self
+            .audit_context(tenant, ADMIN, origin, Reason::ClientRemoved)
+            .about(None, Some(&Subject::of_client(id)));
         let Some(event) = self.store.delete_client(tenant, id, &context).await? else {
             return Err(self.why_unchanged(tenant, id).await);
         };

@@ -132,7 +132,9 @@ pub trait TokenStore: Send + Sync {
 }
 
 /// A page of grants, newest first: grant ids are time-ordered
-/// ([`GrantId::generate`]), so their order is a stable cursor.
+/// ([`GrantId::generate`]), so their order is a stable cursor. (Ids of grants issued before
+/// they were, random, sort anywhere among the others; ids minted on nodes whose clocks
+/// disagree, in their clocks' order.)
 #[derive(Clone, Debug)]
 pub struct GrantPage {
     /// Only grants whose id sorts before this one (the previous page's last).

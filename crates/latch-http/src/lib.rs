@@ -254,9 +254,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let app = app
         .method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found.layer(metrics::counted(&state, Endpoint::Other)))
-        .with_state(state)
-        .layer(CatchPanicLayer::custom(panicked));
+        .fallback(not_found.layer(metrics::counted(&state, Endpoint::Other)));
+    let responses = state.responses.clone();
+    let app = catch_panics(app.with_state(state), responses);
     // A request's span and its events cost two clock reads and a wrapped body per request,
     // a tenth of the bare HTTP stack's own work: they are layered on only when the log
     // filter would record them.
@@ -267,9 +267,52 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
 }
 
-/// A handler panicked: the client gets a 500 and the log says so (the panic hook has
-/// already written the message and where).
-fn panicked(_: Box<dyn std::any::Any + Send>) -> Response {
-    tracing::error!("a request handler panicked; answered 500");
-    ApiError::internal().into_response()
+/// Answers a panicking handler's request with a 500, logged (the panic hook has already
+/// written the message and where) and counted: the handler's own counting layer never saw a
+/// response.
+fn catch_panics(app: Router, responses: Arc<metrics::ResponseCounters>) -> Router {
+    app.layer(CatchPanicLayer::custom(
+        move |_: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a request handler panicked; answered 500");
+            let response = ApiError::internal().into_response();
+            responses.count(Endpoint::Panicked, response.status());
+            response
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_in_json_and_counted() {
+        let responses = Arc::new(metrics::ResponseCounters::default());
+        let app = Router::new().route(
+            "/boom",
+            get(|| async {
+                panic!("boom");
+                #[allow(unreachable_code)]
+                ()
+            }),
+        );
+        let app = catch_panics(app, responses.clone());
+        let request = Request::get("/boom").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "server_error", "{body}");
+        let mut text = String::new();
+        responses.render(&mut text);
+        assert!(
+            text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#),
+            "{text}"
+        );
+    }
 }

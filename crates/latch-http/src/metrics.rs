@@ -28,10 +28,12 @@ pub(crate) enum Endpoint {
     Metrics,
     /// No route: `404`.
     Other,
+    /// A handler that panicked (answered `500`, whatever its endpoint).
+    Panicked,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 11] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::Token,
         Endpoint::Revoke,
         Endpoint::Introspect,
@@ -43,6 +45,7 @@ impl Endpoint {
         Endpoint::Health,
         Endpoint::Metrics,
         Endpoint::Other,
+        Endpoint::Panicked,
     ];
 
     fn label(self) -> &'static str {
@@ -58,16 +61,18 @@ impl Endpoint {
             Endpoint::Health => "health",
             Endpoint::Metrics => "metrics",
             Endpoint::Other => "other",
+            Endpoint::Panicked => "panicked",
         }
     }
 }
 
-/// Status codes are 100 to 599 (`http` refuses others).
-const STATUSES: usize = 500;
+/// Status codes are 100 to 999 (`http::StatusCode` refuses others).
+const STATUSES: usize = 900;
 
 /// Responses by endpoint and status code, since start-up: what an operator watches for a
 /// wave of failed authentication (`401`, `429`), of unavailable storage (`503`), or of
-/// revocations. Counting one is a relaxed atomic add, with no lookup or lock.
+/// revocations. Counting one is a relaxed atomic add, with no lookup or lock. Responses hyper
+/// makes itself (to a request it cannot parse, or whose head is too large) are not counted.
 pub struct ResponseCounters {
     counts: Box<[AtomicU64]>,
 }
@@ -92,7 +97,7 @@ impl ResponseCounters {
     }
 
     /// Writes the non-zero counters as `latch_http_responses_total`.
-    fn render(&self, body: &mut String) {
+    pub(crate) fn render(&self, body: &mut String) {
         let name = "latch_http_responses_total";
         let _ = writeln!(
             body,

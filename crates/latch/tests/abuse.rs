@@ -85,10 +85,11 @@ async fn a_client_that_never_reads_its_answers_is_cut_off_at_the_write_timeout()
     let conn = socket.connect(s.addr).await.unwrap();
     let started = std::time::Instant::now();
     let (_unread, mut send) = conn.into_split();
-    // 16 MB of pipelined requests for answers of a kilobyte and more: more than every
-    // buffer between the two ends holds, either way.
+    // 128 MB of pipelined requests for answers of a kilobyte and more: more than every
+    // buffer between the two ends holds, either way (a receive buffer may grow to
+    // `net.ipv4.tcp_rmem`'s maximum, 32 MB on this machine).
     let request = "GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: latch\r\n\r\n";
-    let requests = request.repeat((16 << 20) / request.len());
+    let requests = request.repeat((128 << 20) / request.len());
     let sent = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         send.write_all(requests.as_bytes()),
@@ -97,7 +98,7 @@ async fn a_client_that_never_reads_its_answers_is_cut_off_at_the_write_timeout()
     .expect("the connection was still open after a minute");
     // The server stopped reading when its writes stalled, and closed the connection a
     // second later: what was left unsent is refused.
-    let err = sent.expect_err("the server cannot have read 16 MB of requests");
+    let err = sent.expect_err("the server cannot have read 128 MB of requests");
     assert!(
         matches!(
             err.kind(),

@@ -88,6 +88,13 @@ backend_test! {
         );
         assert_eq!(all[1]["subject"], "bob");
         assert_eq!(all[2]["subject"], "carol");
+        // A removal names the client removed, as a client's own subject.
+        for (e, client) in all[3..].iter().zip(["gone", "idle"]) {
+            assert_eq!((&e["subject"], &e["subject_kind"]), (&json!(client), &json!("client")));
+        }
+        let idle = events(&audit(&s, "?client_subject=idle").await);
+        assert_eq!(idle.len(), 1);
+        assert_eq!(idle[0]["reason"], "client_removed");
         assert_eq!(all[2]["tokens"], 4, "two grants, an access and a refresh token each");
     }
 }

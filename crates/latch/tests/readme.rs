@@ -95,7 +95,7 @@ fn the_quickstart_walkthrough_works_as_written() {
     assert_eq!(lines[11], "200", "seed 000 revocation");
     assert_eq!(
         json(lines[12]),
-        serde_json::json!({"subject": "erin", "grants": []}),
+        serde_json::json!({"subject": "erin", "grants": [], "next_before": null}),
         "erin logged out everywhere"
     );
     assert_eq!(lines.len(), 13, "{stdout}");

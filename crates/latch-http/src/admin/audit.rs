@@ -1,7 +1,8 @@
 //! `GET /admin/v1/tenants/{tenant}/audit?subject=…&since=…&after=…&limit=…`: the revocation
 //! audit trail, oldest first, paged by id (`next_after` is the cursor for the next page).
 //! `subject` names a user; `client_subject` names a client acting for itself (its
-//! `client_credentials` grants), a subject of its own that a user's id never equals.
+//! `client_credentials` grants) and the client's removal, a subject of its own that a
+//! user's id never equals.
 
 use std::sync::Arc;
 
