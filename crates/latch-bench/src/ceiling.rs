@@ -22,7 +22,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
     latch_http::serve::serve(
         listener,
         app,
-        latch_http::serve::Timeouts::default(),
+        latch_http::serve::Limits::default(),
         std::future::pending(),
     )
     .await?;

@@ -10,10 +10,15 @@
 //! Writes have a timeout of their own: a client that sends requests and never reads the
 //! answers stalls the connection's writes once the socket buffers are full, and a write
 //! that makes no progress for that long closes the connection.
+//!
+//! At most [`Limits::max_connections`] connections are served at once; past that, the loop
+//! stops accepting until one closes (the kernel queues the newcomers in the listen backlog),
+//! so a flood of connections cannot take every file descriptor the storage needs.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -22,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_io_timeout::TimeoutStream;
 use tower::Service;
 
@@ -34,22 +39,29 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a write to a client may make no progress when nothing else is configured.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a client may keep the server waiting, in each direction.
+/// Connections served at once when nothing else is configured.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// What clients may hold of the server: how long they may keep it waiting, in each
+/// direction, and how many connections they may hold at once.
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub struct Limits {
     /// For a request's head, counted from when the server starts waiting for it (so also
     /// how long a keep-alive connection may idle), and then again for its body.
-    pub read: Duration,
+    pub read_timeout: Duration,
     /// For a write to the client to make progress: a client that does not read its
     /// answers holds the connection no longer.
-    pub write: Duration,
+    pub write_timeout: Duration,
+    /// Connections served at once (at least 1).
+    pub max_connections: usize,
 }
 
-impl Default for Timeouts {
+impl Default for Limits {
     fn default() -> Self {
         Self {
-            read: DEFAULT_READ_TIMEOUT,
-            write: DEFAULT_WRITE_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -69,18 +81,27 @@ pub struct Connection {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    timeouts: Timeouts,
+    limits: Limits,
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(timeouts.read);
+        .header_read_timeout(limits.read_timeout);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // `stopping` is dropped to tell every connection to stop. Each connection holds a
     // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.
     let (stopping, stop_seen) = watch::channel(());
     let (closed_tx, closed) = watch::channel(());
     let mut stop = std::pin::pin!(stop);
     loop {
+        // A slot first, then the connection: at the limit, newcomers wait in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+            () = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -95,7 +116,7 @@ pub async fn serve(
         };
         let connection = Connection {
             peer,
-            read_timeout: timeouts.read,
+            read_timeout: limits.read_timeout,
         };
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
@@ -106,7 +127,7 @@ pub async fn serve(
         // Reads are bounded by hyper's timer and `read_body`; only writes need the wrapper,
         // whose timer runs only while a write is pending.
         let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(timeouts.write));
+        stream.set_write_timeout(Some(limits.write_timeout));
         let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
         let mut stop_seen = stop_seen.clone();
         let closed = closed.clone();
@@ -120,6 +141,7 @@ pub async fn serve(
                 }
             }
             drop(closed);
+            drop(slot);
         });
     }
     drop(listener);

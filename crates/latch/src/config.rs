@@ -55,6 +55,9 @@ pub struct FileConfig {
     pub read_timeout: Option<u64>,
     /// Seconds a write to a client may make no progress before the connection is closed.
     pub write_timeout: Option<u64>,
+    /// Client connections served at once; by default as many as the file-descriptor limit
+    /// leaves room for, at most 10,000.
+    pub max_connections: Option<usize>,
     /// Days to keep audit records (at least 1); the clean-up deletes older ones. Left out:
     /// kept for ever.
     pub audit_retention_days: Option<u32>,
@@ -272,6 +275,10 @@ pub struct ServerOverrides {
     /// answers) before the connection is closed [default: 30].
     #[arg(long, env = "LATCH_WRITE_TIMEOUT", value_name = "SECS")]
     pub write_timeout: Option<u64>,
+    /// Client connections served at once; more wait in the listen backlog [default: as many
+    /// as the file-descriptor limit leaves room for, at most 10,000].
+    #[arg(long, env = "LATCH_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 /// The fully resolved settings of a server.
@@ -295,6 +302,9 @@ pub struct Settings {
     pub read_timeout: u64,
     /// Seconds a write to a client may make no progress.
     pub write_timeout: u64,
+    /// Client connections served at once; `None`: as many as the file-descriptor limit
+    /// leaves room for ([`crate::fd_limit`]), at most 10,000.
+    pub max_connections: Option<usize>,
     /// Days to keep audit records; `None`: for ever.
     pub audit_retention_days: Option<u32>,
     /// Tenants to create at start-up.
@@ -413,6 +423,10 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
                 .or(file.write_timeout)
                 .unwrap_or(DEFAULT_WRITE_TIMEOUT),
         )?,
+        max_connections: match server.max_connections.or(file.max_connections) {
+            Some(0) => anyhow::bail!("max_connections must be at least 1"),
+            n => n,
+        },
         audit_retention_days: audit_retention_days(overrides, &file)?,
         tenants: file
             .tenants

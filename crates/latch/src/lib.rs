@@ -10,9 +10,11 @@
 //! - `latch-store`: the storage traits on SQLite and PostgreSQL, with group commit.
 //! - `latch-http`: axum routes that translate HTTP to domain calls.
 //! - `latch` (this crate): [`config`] (TOML, environment, flags), [`cli`] (the commands),
-//!   [`server`] (opening storage, registering configured clients, serving, shutdown).
+//!   [`server`] (opening storage, registering configured clients, serving, shutdown),
+//!   [`fd_limit`] (the file-descriptor limit, and the connections it leaves room for).
 //! - `latch-bench`: the benchmark (docs/benchmarks.md); not a dependency of anything.
 
 pub mod cli;
 pub mod config;
+pub mod fd_limit;
 pub mod server;

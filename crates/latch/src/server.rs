@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Settings;
+use crate::fd_limit;
 
 /// Opens the database named in the settings and registers the configured clients.
 pub async fn open_authority(
@@ -54,6 +55,30 @@ pub async fn open_authority(
         );
     }
     Ok(authority)
+}
+
+/// The connections to serve at once: `configured`, or as many as the file-descriptor limit
+/// (raised to its hard limit first) leaves room for, at most the default.
+fn max_connections(configured: Option<usize>) -> usize {
+    use latch_http::serve::DEFAULT_MAX_CONNECTIONS;
+    let fds = fd_limit::raise_to_hard();
+    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, |fds| {
+        fd_limit::connections_within(fds, usize::MAX)
+    });
+    match configured {
+        Some(n) => {
+            if n > room {
+                tracing::warn!(
+                    max_connections = n,
+                    file_descriptors = fds,
+                    "max_connections leaves too few file descriptors for storage: at that many \
+                     connections, opening the database's files and connections may fail"
+                );
+            }
+            n
+        }
+        None => room.min(DEFAULT_MAX_CONNECTIONS),
+    }
 }
 
 /// A running server.
@@ -106,11 +131,12 @@ impl Server {
             ))
         });
         let (shutdown, signal) = oneshot::channel::<()>();
-        let timeouts = latch_http::serve::Timeouts {
-            read: Duration::from_secs(settings.read_timeout),
-            write: Duration::from_secs(settings.write_timeout),
+        let limits = latch_http::serve::Limits {
+            read_timeout: Duration::from_secs(settings.read_timeout),
+            write_timeout: Duration::from_secs(settings.write_timeout),
+            max_connections: max_connections(settings.max_connections),
         };
-        let task = tokio::spawn(latch_http::serve::serve(listener, app, timeouts, async {
+        let task = tokio::spawn(latch_http::serve::serve(listener, app, limits, async {
             let _ = signal.await;
         }));
         Ok(Self {

@@ -74,6 +74,38 @@ async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    /// The first bytes of an answer: its status line's start.
+    async fn answered(conn: &mut TcpStream) -> std::io::Result<[u8; 12]> {
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).await.map(|_| head)
+    }
+    let mut s = TestServer::start_with(|settings| settings.max_connections = Some(1)).await;
+    // The harness's HTTP client keeps its connection from setting up the server open, in
+    // the one slot: dropping the client closes it.
+    s.http = reqwest::Client::new();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: latch\r\n\r\n";
+    // The first connection is served, and kept open (keep-alive): it holds the one slot.
+    let mut first = TcpStream::connect(s.addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert_eq!(&answered(&mut first).await.unwrap(), b"HTTP/1.1 200");
+    // The second waits in the listen backlog, its request unanswered...
+    let mut second = TcpStream::connect(s.addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), answered(&mut second)).await;
+    assert!(early.is_err(), "answered past the limit: {early:?}");
+    // ...until the first closes.
+    drop(first);
+    let late = tokio::time::timeout(std::time::Duration::from_secs(60), answered(&mut second))
+        .await
+        .expect("served once a slot was free");
+    assert_eq!(&late.unwrap(), b"HTTP/1.1 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_its_answers_is_cut_off_at_the_write_timeout() {
     use tokio::io::AsyncWriteExt;
     let s = TestServer::start_with(|settings| settings.write_timeout = 1).await;

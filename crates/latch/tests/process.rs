@@ -758,6 +758,17 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         stderr.contains("write_timeout must be at least 1 second"),
         "{stderr}"
     );
+    let out = run_cli(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("max_connections must be at least 1"),
+        "{stderr}"
+    );
 
     let config = dir.path().join("heavy.toml");
     let heavy =

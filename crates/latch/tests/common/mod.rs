@@ -412,6 +412,7 @@ impl TestServer {
             shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
             read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
             write_timeout: latch::config::DEFAULT_WRITE_TIMEOUT,
+            max_connections: None,
             audit_retention_days: None,
             tenants: vec![],
             profiles: Default::default(),
