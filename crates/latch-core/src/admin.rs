@@ -10,7 +10,7 @@ use crate::grant_flow::IssuedTokens;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
 use crate::secret::generate_secret;
-use crate::store::GrantPage;
+use crate::store::{ClientPage, GrantPage};
 
 /// The actor recorded for operator actions.
 const ADMIN: &str = "admin";
@@ -177,10 +177,14 @@ impl Authority {
             .ok_or_else(|| Error::NotFound(format!("no client {id}").into()))
     }
 
-    /// A tenant's clients.
-    pub async fn clients(&self, tenant: &TenantId) -> Result<Vec<Client>, Error> {
+    /// A tenant's clients, sorted by id: every one, or a page.
+    pub async fn clients(
+        &self,
+        tenant: &TenantId,
+        page: Option<&ClientPage>,
+    ) -> Result<Vec<Client>, Error> {
         self.require_tenant(tenant).await?;
-        Ok(self.store.list_clients(tenant).await?)
+        Ok(self.store.list_clients(tenant, page).await?)
     }
 
     /// Replaces a confidential client's secret (generated when `None`) and returns the new
@@ -375,7 +379,7 @@ impl Authority {
             )
         };
         // Named here; the store checks again in its write (a start may declare one since).
-        let declared: Vec<String> = (self.store.list_clients(tenant).await?.into_iter())
+        let declared: Vec<String> = (self.store.list_clients(tenant, None).await?.into_iter())
             .filter(|c| c.declared)
             .map(|c| c.id.to_string())
             .collect();

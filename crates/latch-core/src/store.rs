@@ -64,8 +64,12 @@ pub trait TenantStore: Send + Sync {
 pub trait ClientStore: Send + Sync {
     /// One client.
     async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>>;
-    /// A tenant's clients, sorted by id.
-    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>>;
+    /// A tenant's clients, sorted by id: every one, or a page.
+    async fn list_clients(
+        &self,
+        tenant: &TenantId,
+        page: Option<&ClientPage>,
+    ) -> StoreResult<Vec<Client>>;
     /// Registers a new client; `Conflict` if the id is taken in that tenant.
     async fn create_client(&self, client: &Client) -> StoreResult<()>;
     /// Registers or replaces a client (declarative configuration), [`Client::declared`]
@@ -129,6 +133,15 @@ pub trait TokenStore: Send + Sync {
         now: UnixTime,
         page: &GrantPage,
     ) -> StoreResult<Vec<Grant>>;
+}
+
+/// A page of clients, by id.
+#[derive(Clone, Debug)]
+pub struct ClientPage {
+    /// Only clients whose id sorts after this one (the previous page's last).
+    pub after: Option<ClientId>,
+    /// At most this many clients.
+    pub limit: u32,
 }
 
 /// A page of grants, newest first: grant ids are time-ordered

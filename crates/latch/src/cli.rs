@@ -304,7 +304,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::List { tenant, overrides } => {
             for c in authority(&overrides)
                 .await?
-                .clients(&TenantId::parse(&tenant)?)
+                .clients(&TenantId::parse(&tenant)?, None)
                 .await?
             {
                 println!("{}", client_json(&c));

@@ -1072,3 +1072,45 @@ backend_test! {
         }
     }
 }
+
+backend_test! {
+    async fn a_tenants_clients_are_listed_by_id_a_page_at_a_time() {
+        let s = TestServer::start().await;
+        for id in ["c3", "c1", "c5", "c2", "c4"] {
+            s.confidential(id, "read").await;
+        }
+        let page = |query: String| {
+            let s = &s;
+            async move {
+                let path = format!("/tenants/default/clients{query}");
+                let body: Value = s.admin(Method::GET, &path, None).await.json().await.unwrap();
+                let ids: Vec<String> = body["clients"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{body}"))
+                    .iter()
+                    .map(|c| str_of(c, "client_id").to_owned())
+                    .collect();
+                (ids, body["next_after"].as_str().map(str::to_owned))
+            }
+        };
+        // The harness's own introspector client sorts among them.
+        let (all, next) = page(String::new()).await;
+        assert_eq!(all, ["c1", "c2", "c3", "c4", "c5", "introspector"]);
+        assert_eq!(next, None);
+        let (first, next) = page("?limit=4".into()).await;
+        assert_eq!(first, ["c1", "c2", "c3", "c4"]);
+        let (rest, next) = page(format!("?limit=4&after={}", next.unwrap())).await;
+        assert_eq!(rest, ["c5", "introspector"]);
+        assert_eq!(next, None, "a short page is the last");
+
+        for (query, why) in [
+            ("?limit=0", "limit must be between 1 and 1000"),
+            ("?after=%00", "after must be a client id"),
+        ] {
+            let path = format!("/tenants/default/clients{query}");
+            let resp = s.admin(Method::GET, &path, None).await;
+            let body = assert_error(resp, 400, "invalid_request").await;
+            assert_eq!(body["error_description"], why, "{query}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,11 +10,13 @@ use latch_core::admin::{ClientSpec, SecretSpec};
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, Client, GrantType};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
+use latch_core::store::ClientPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{origin, Admin, JsonBody, Params};
+use super::{origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
+use crate::form::Form;
 use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
 
@@ -136,14 +138,33 @@ pub(crate) async fn create(
     Ok(no_store((StatusCode::CREATED, Json(view)).into_response()))
 }
 
+/// `GET …/clients?after=…&limit=…`: a page of the tenant's clients, by id; `next_after`
+/// is the cursor for the next page (`null` on the last).
 pub(crate) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Params(tenant): Params<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let clients = state.authority.clients(&named(&tenant)?).await?;
+    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let page = ClientPage {
+        after: (query.get("after"))
+            .map(|id| {
+                ClientId::parse(id)
+                    .map_err(|_| ApiError::invalid_request("after must be a client id"))
+            })
+            .transpose()?,
+        limit: page_limit(&query)?,
+    };
+    let clients = state
+        .authority
+        .clients(&named(&tenant)?, Some(&page))
+        .await?;
+    let next_after = (clients.len() == page.limit as usize)
+        .then(|| clients.last().map(|c| c.id.as_str()))
+        .flatten();
     let views: Vec<ClientView> = clients.iter().map(ClientView::from).collect();
-    Ok(Json(json!({ "clients": views })))
+    Ok(Json(json!({ "clients": views, "next_after": next_after })))
 }
 
 pub(crate) async fn show(

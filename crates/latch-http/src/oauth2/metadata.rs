@@ -50,7 +50,7 @@ pub(crate) async fn handle(
     // The scopes a tenant's clients may obtain, together.
     let scopes_supported = state
         .authority
-        .clients(&tenant)
+        .clients(&tenant, None)
         .await?
         .iter()
         .flat_map(|c| c.scope.iter().map(str::to_owned).collect::<Vec<_>>())

@@ -25,7 +25,7 @@ use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
-    AuditStore, CleanupStore, ClientStore, GrantPage, Purged, RevocationStore, Storage,
+    AuditStore, CleanupStore, ClientPage, ClientStore, GrantPage, Purged, RevocationStore, Storage,
     StoreResult, Sweep, TenantStore, TokenStore,
 };
 use latch_core::token::TokenHash;
@@ -302,8 +302,12 @@ impl ClientStore for PgStore {
         reads::client(&**self.hot.get().await?, tenant, id).await
     }
 
-    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {
-        reads::list_clients(&*self.read_client().await?, tenant).await
+    async fn list_clients(
+        &self,
+        tenant: &TenantId,
+        page: Option<&ClientPage>,
+    ) -> StoreResult<Vec<Client>> {
+        reads::list_clients(&*self.read_client().await?, tenant, page).await
     }
 
     async fn create_client(&self, client: &Client) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{GrantPage, StoreResult};
+use latch_core::store::{ClientPage, GrantPage, StoreResult};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use tokio_postgres::types::ToSql;
@@ -104,13 +104,21 @@ pub(super) async fn client(
         .transpose()
 }
 
-pub(super) async fn list_clients(c: &Conn, tenant: &TenantId) -> StoreResult<Vec<Client>> {
+pub(super) async fn list_clients(
+    c: &Conn,
+    tenant: &TenantId,
+    page: Option<&ClientPage>,
+) -> StoreResult<Vec<Client>> {
+    let after = page.and_then(|p| p.after.as_ref()).map(ClientId::as_str);
+    // LIMIT NULL is none.
+    let limit = page.map(|p| i64::from(p.limit));
     let rows = c
         .query(
             &format!(
-                "SELECT {CLIENT_COLUMNS} FROM clients WHERE tenant_id = $1 ORDER BY client_id"
+                "SELECT {CLIENT_COLUMNS} FROM clients WHERE tenant_id = $1 \
+                 AND ($2::text IS NULL OR client_id > $2::text) ORDER BY client_id LIMIT $3"
             ),
-            &[&tenant.as_str()],
+            &[&tenant.as_str(), &after, &limit],
         )
         .await
         .map_err(|e| store_error(&e))?;

@@ -10,7 +10,7 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{ClientStore, StoreResult};
+use latch_core::store::{ClientPage, ClientStore, StoreResult};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -162,12 +162,20 @@ impl ClientStore for SqliteStore {
         .await
     }
 
-    async fn list_clients(&self, tenant: &TenantId) -> StoreResult<Vec<Client>> {
+    async fn list_clients(
+        &self,
+        tenant: &TenantId,
+        page: Option<&ClientPage>,
+    ) -> StoreResult<Vec<Client>> {
+        let after = page.and_then(|p| p.after.as_ref()).map(ClientId::as_str);
+        // A negative LIMIT is none.
+        let limit = page.map_or(-1, |p| i64::from(p.limit));
         self.read(|c| {
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 ORDER BY client_id"
+                "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 \
+                 AND (?2 IS NULL OR client_id > ?2) ORDER BY client_id LIMIT ?3"
             ))?;
-            let rows = stmt.query_map([tenant.as_str()], client_from_row)?;
+            let rows = stmt.query_map(params![tenant.as_str(), after, limit], client_from_row)?;
             rows.collect()
         })
     }
