@@ -359,6 +359,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config::resolve(&args.overrides, &args.server)?;
     init_logging(&settings.log);
+    let stop = server::StopSignal::install().context("cannot catch SIGTERM and SIGINT")?;
     let server = Server::start(&settings, Arc::new(SystemClock)).await?;
     tracing::info!(
         addr = %server.addr,
@@ -368,7 +369,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     // Scripts and tests read this line to learn the bound port.
     println!("latch listening on http://{}", server.addr);
-    server::stop_signal().await;
+    stop.recv().await;
     tracing::info!("stopping: finishing in-flight requests");
     server.shutdown().await?;
     tracing::info!("stopped");

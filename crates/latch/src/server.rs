@@ -180,24 +180,47 @@ impl Server {
     }
 }
 
-/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
-pub async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// The process's stop requests (SIGTERM, SIGINT), caught from the moment this is made.
+///
+/// Made before the server says it is listening: a supervisor may send SIGTERM as soon as it
+/// reads that line, and until a handler is in place the signal's default action kills the
+/// process on the spot, with no graceful stop (`tokio::signal::ctrl_c` alone installs its
+/// handler only when first polled).
+pub struct StopSignal {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl StopSignal {
+    /// Installs the handlers.
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                signals: [
+                    signal(SignalKind::terminate())?,
+                    signal(SignalKind::interrupt())?,
+                ],
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves when the process is asked to stop.
+    pub async fn recv(self) {
+        #[cfg(unix)]
+        {
+            let [mut term, mut int] = self.signals;
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
