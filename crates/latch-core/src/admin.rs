@@ -126,7 +126,9 @@ impl Authority {
         self.require_tenant(&spec.tenant).await?;
         let generated = matches!(spec.secret, SecretSpec::Generate);
         let (client, plain) = self.build_client(spec, false).await?;
-        match self.store.create_client(&client).await {
+        let created = self.store.create_client(&client).await;
+        self.scopes.clear();
+        match created {
             Ok(()) => Ok((client, plain.filter(|_| generated))),
             Err(StoreError::Conflict) => {
                 // A constraint failed: if the tenant was removed since it was found (the
@@ -145,7 +147,9 @@ impl Authority {
     pub async fn declare_client(&self, spec: ClientSpec) -> Result<Client, Error> {
         self.require_tenant(&spec.tenant).await?;
         let (client, _) = self.build_client(spec, true).await?;
-        if let Err(e) = self.store.upsert_client(&client).await {
+        let upserted = self.store.upsert_client(&client).await;
+        self.scopes.clear();
+        if let Err(e) = upserted {
             if matches!(e, StoreError::Conflict) {
                 // As in `create_client`: a tenant removed since it was found.
                 self.require_tenant(&client.tenant).await?;
@@ -228,7 +232,9 @@ impl Authority {
         let context = self
             .audit_context(tenant, ADMIN, origin, Reason::ClientRemoved)
             .about(None, Some(&Subject::of_client(id)));
-        let Some(event) = self.store.delete_client(tenant, id, &context).await? else {
+        let deleted = self.store.delete_client(tenant, id, &context).await;
+        self.scopes.clear();
+        let Some(event) = deleted? else {
             return Err(self.why_unchanged(tenant, id).await);
         };
         self.secrets.forget(tenant, id);
@@ -387,7 +393,9 @@ impl Authority {
             return Err(holds_declared(&format!(" ({})", declared.join(", "))));
         }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
-        let event = match self.store.delete_tenant(tenant, &context).await {
+        let deleted = self.store.delete_tenant(tenant, &context).await;
+        self.scopes.clear();
+        let event = match deleted {
             Ok(Some(event)) => event,
             Ok(None) => return Err(Error::NotFound(format!("no tenant {tenant}").into())),
             Err(StoreError::Conflict) => return Err(holds_declared("")),

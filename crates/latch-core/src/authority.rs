@@ -71,6 +71,8 @@ pub struct Authority {
     pub(crate) cleanup: CleanupStats,
     /// How long audit records are kept, in seconds; `None`: for ever.
     pub(crate) audit_retention: Option<UnixTime>,
+    /// Each tenant's `scopes_supported`, for the metadata document.
+    pub(crate) scopes: crate::metadata::ScopesCache,
 }
 
 impl Authority {
@@ -82,6 +84,7 @@ impl Authority {
             secrets: SecretVerifier::new(),
             cleanup: CleanupStats::default(),
             audit_retention: None,
+            scopes: Default::default(),
         }
     }
 

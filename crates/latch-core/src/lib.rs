@@ -34,6 +34,7 @@ pub mod grant;
 mod grant_flow;
 pub mod id;
 pub mod introspect;
+pub mod metadata;
 pub mod revoke;
 pub mod scope;
 pub mod secret;

@@ -197,3 +197,18 @@ backend_test! {
         assert_error(resp, 405, "invalid_request").await;
     }
 }
+
+backend_test! {
+    async fn scopes_supported_is_served_from_a_copy_for_at_most_a_few_seconds() {
+        let s = TestServer::start().await;
+        s.confidential("svc", "read").await;
+        assert_eq!(metadata(&s).await["scopes_supported"], json!(["read"]));
+        // Changed behind this node's back (another node, the CLI): the public document is
+        // served from a copy, not from a read of every client per request...
+        s.db.execute("UPDATE clients SET scope = 'read extra' WHERE client_id = 'svc'").await;
+        assert_eq!(metadata(&s).await["scopes_supported"], json!(["read"]));
+        // ...for at most its time to live.
+        s.advance(latch_core::metadata::SCOPES_TTL);
+        assert_eq!(metadata(&s).await["scopes_supported"], json!(["extra", "read"]));
+    }
+}

@@ -1,7 +1,6 @@
 //! `GET /.well-known/oauth-authorization-server[/tenants/{tenant}]` (RFC 8414). A tenant's
 //! metadata sits at the well-known path with the issuer's path appended (§3).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,7 +22,8 @@ pub(crate) struct Metadata {
     grant_types_supported: Vec<&'static str>,
     /// latch has no authorization endpoint, so no response type.
     response_types_supported: [&'static str; 0],
-    scopes_supported: BTreeSet<String>,
+    /// Sorted, each once.
+    scopes_supported: Vec<String>,
     token_endpoint_auth_methods_supported: [&'static str; 3],
     revocation_endpoint_auth_methods_supported: [&'static str; 3],
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
@@ -48,13 +48,7 @@ pub(crate) async fn handle(
     }
     let issuer = state.issuer_for(&tenant);
     // The scopes a tenant's clients may obtain, together.
-    let scopes_supported = state
-        .authority
-        .clients(&tenant, None)
-        .await?
-        .iter()
-        .flat_map(|c| c.scope.iter().map(str::to_owned).collect::<Vec<_>>())
-        .collect();
+    let scopes_supported = state.authority.scopes_supported(&tenant).await?.to_vec();
     Ok(Json(Metadata {
         token_endpoint: format!("{issuer}/oauth2/token"),
         revocation_endpoint: format!("{issuer}/oauth2/revoke"),
