@@ -127,7 +127,7 @@ impl Authority {
         let generated = matches!(spec.secret, SecretSpec::Generate);
         let (client, plain) = self.build_client(spec, false).await?;
         let created = self.store.create_client(&client).await;
-        self.scopes.clear();
+        self.scopes.forget(&client.tenant);
         match created {
             Ok(()) => Ok((client, plain.filter(|_| generated))),
             Err(StoreError::Conflict) => {
@@ -148,7 +148,7 @@ impl Authority {
         self.require_tenant(&spec.tenant).await?;
         let (client, _) = self.build_client(spec, true).await?;
         let upserted = self.store.upsert_client(&client).await;
-        self.scopes.clear();
+        self.scopes.forget(&client.tenant);
         if let Err(e) = upserted {
             if matches!(e, StoreError::Conflict) {
                 // As in `create_client`: a tenant removed since it was found.
@@ -233,7 +233,7 @@ impl Authority {
             .audit_context(tenant, ADMIN, origin, Reason::ClientRemoved)
             .about(None, Some(&Subject::of_client(id)));
         let deleted = self.store.delete_client(tenant, id, &context).await;
-        self.scopes.clear();
+        self.scopes.forget(tenant);
         let Some(event) = deleted? else {
             return Err(self.why_unchanged(tenant, id).await);
         };
@@ -394,7 +394,7 @@ impl Authority {
         }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
         let deleted = self.store.delete_tenant(tenant, &context).await;
-        self.scopes.clear();
+        self.scopes.forget(tenant);
         let event = match deleted {
             Ok(Some(event)) => event,
             Ok(None) => return Err(Error::NotFound(format!("no tenant {tenant}").into())),

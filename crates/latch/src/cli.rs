@@ -359,8 +359,16 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config::resolve(&args.overrides, &args.server)?;
     init_logging(&settings.log);
-    let stop = server::StopSignal::install().context("cannot catch SIGTERM and SIGINT")?;
-    let server = Server::start(&settings, Arc::new(SystemClock)).await?;
+    let mut stop = server::StopSignal::install().context("cannot catch SIGTERM and SIGINT")?;
+    // A start can take long (a PostgreSQL migration waiting for another node's): a stop
+    // request meanwhile abandons it.
+    let server = tokio::select! {
+        server = Server::start(&settings, Arc::new(SystemClock)) => server?,
+        () = stop.recv() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     tracing::info!(
         addr = %server.addr,
         database = %settings.database,

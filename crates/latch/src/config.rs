@@ -26,6 +26,8 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
 /// Seconds a client may take to send a request's head, and then its body.
 pub const DEFAULT_READ_TIMEOUT: u64 = latch_http::serve::DEFAULT_READ_TIMEOUT.as_secs();
+/// The most connections `max_connections` may allow: more than any descriptor limit gives.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// Seconds a write to a client may make no progress, by default.
 pub const DEFAULT_WRITE_TIMEOUT: u64 = latch_http::serve::DEFAULT_WRITE_TIMEOUT.as_secs();
 /// The default data folder, relative to the working directory.
@@ -424,7 +426,9 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
                 .unwrap_or(DEFAULT_WRITE_TIMEOUT),
         )?,
         max_connections: match server.max_connections.or(file.max_connections) {
-            Some(0) => anyhow::bail!("max_connections must be at least 1"),
+            Some(n) if !(1..=MAX_CONNECTIONS).contains(&n) => {
+                anyhow::bail!("max_connections must be between 1 and {MAX_CONNECTIONS}")
+            }
             n => n,
         },
         audit_retention_days: audit_retention_days(overrides, &file)?,

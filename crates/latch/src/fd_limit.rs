@@ -12,8 +12,12 @@
 /// the listener, logs.
 pub const RESERVE: u64 = 256;
 
-/// Raises the soft limit on open files to the hard limit, where it is lower, and returns the
-/// soft limit in force afterwards (`None` when it cannot be read).
+/// Raises the soft limit on open files towards the hard limit, where it is lower, and
+/// returns the soft limit in force afterwards (`None` when it cannot be read, or off Unix).
+#[cfg(unix)]
+// `rlim_t` is `u64` on Linux but `i64` on some other Unixes: the conversions are not useless
+// everywhere.
+#[allow(clippy::useless_conversion)]
 pub fn raise_to_hard() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -25,24 +29,42 @@ pub fn raise_to_hard() -> Option<u64> {
         return None;
     }
     if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `setrlimit` only reads the struct it is given. Raising the soft limit up to
-        // the hard one needs no privilege; on failure the old limit stays.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit.rlim_cur = limit.rlim_max;
+        // Some systems (macOS) refuse an unlimited soft limit on open files even when the
+        // hard one is: then a bounded one, as high as is common there.
+        for target in [limit.rlim_max, limit.rlim_max.min(10_240)] {
+            let raised = libc::rlimit {
+                rlim_cur: target,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: `setrlimit` only reads the struct it is given. Raising the soft limit
+            // up to the hard one needs no privilege; on failure the old limit stays.
+            if target > limit.rlim_cur
+                && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+            {
+                limit.rlim_cur = target;
+                break;
+            }
         }
     }
-    Some(limit.rlim_cur)
+    u64::try_from(limit.rlim_cur).ok()
 }
 
-/// The connections a soft limit of `fd_limit` descriptors leaves room for beside
-/// [`RESERVE`], at most `ceiling` (and at least one).
-pub fn connections_within(fd_limit: u64, ceiling: usize) -> usize {
-    let room = usize::try_from(fd_limit.saturating_sub(RESERVE)).unwrap_or(usize::MAX);
-    room.clamp(1, ceiling.max(1))
+/// Off Unix there is no such limit to read.
+#[cfg(not(unix))]
+pub fn raise_to_hard() -> Option<u64> {
+    None
+}
+
+/// The connections a soft limit of `fd_limit` descriptors leaves room for: all but
+/// [`RESERVE`], or half of them when the limit is too small for that (a small limit is
+/// shared with storage rather than left to a handful of connections), at least one.
+pub fn connections_within(fd_limit: u64) -> usize {
+    let room = if fd_limit > 2 * RESERVE {
+        fd_limit - RESERVE
+    } else {
+        fd_limit / 2
+    };
+    usize::try_from(room).unwrap_or(usize::MAX).max(1)
 }
 
 #[cfg(test)]
@@ -50,26 +72,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_leave_the_reserve_and_stay_under_the_ceiling() {
-        assert_eq!(connections_within(1_024, 10_000), 768);
-        assert_eq!(connections_within(524_288, 10_000), 10_000);
-        assert_eq!(connections_within(100, 10_000), 1);
-        assert_eq!(connections_within(u64::MAX, 5), 5);
+    fn connections_leave_the_reserve_or_half_of_a_small_limit() {
+        assert_eq!(connections_within(1_024), 768);
+        assert_eq!(connections_within(524_288), 524_032);
+        assert_eq!(connections_within(256), 128);
+        assert_eq!(connections_within(1), 1);
     }
 
+    #[cfg(unix)]
     #[test]
-    fn the_soft_limit_is_raised_to_the_hard_one() {
-        let soft = raise_to_hard().expect("the limit is readable");
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+    #[allow(clippy::useless_conversion)] // as in `raise_to_hard`
+    fn the_soft_limit_is_raised() {
+        let before = {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as in `raise_to_hard`.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+                0
+            );
+            limit
         };
-        // SAFETY: as in `raise_to_hard`.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        assert_eq!(limit.rlim_cur, soft);
-        assert_eq!(limit.rlim_cur, limit.rlim_max);
+        let soft = raise_to_hard().expect("the limit is readable");
+        assert!(soft >= u64::try_from(before.rlim_cur).unwrap());
+        assert!(soft <= u64::try_from(before.rlim_max).unwrap_or(u64::MAX));
+        if cfg!(target_os = "linux") {
+            assert_eq!(
+                Some(soft),
+                u64::try_from(before.rlim_max).ok(),
+                "Linux allows the hard limit"
+            );
+        }
     }
 }

@@ -62,9 +62,7 @@ pub async fn open_authority(
 fn max_connections(configured: Option<usize>) -> usize {
     use latch_http::serve::DEFAULT_MAX_CONNECTIONS;
     let fds = fd_limit::raise_to_hard();
-    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, |fds| {
-        fd_limit::connections_within(fds, usize::MAX)
-    });
+    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, fd_limit::connections_within);
     match configured {
         Some(n) => {
             if n > room {
@@ -209,10 +207,10 @@ impl StopSignal {
     }
 
     /// Resolves when the process is asked to stop.
-    pub async fn recv(self) {
+    pub async fn recv(&mut self) {
         #[cfg(unix)]
         {
-            let [mut term, mut int] = self.signals;
+            let [term, int] = &mut self.signals;
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},

@@ -139,7 +139,7 @@ pub(crate) async fn create(
 }
 
 /// `GET …/clients?after=…&limit=…`: a page of the tenant's clients, by id; `next_after`
-/// is the cursor for the next page (`null` on the last).
+/// is the cursor for the next page (`null` once a page comes back short).
 pub(crate) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,

@@ -96,7 +96,8 @@ pub(crate) async fn revoke(
 }
 
 /// `GET …/subjects/{subject}/grants?before=…&limit=…`: a page of the subject's live grants,
-/// newest first; `next_before` is the cursor for the next page (`null` on the last).
+/// newest first; `next_before` is the cursor for the next page (`null` once a page comes
+/// back short).
 pub(crate) async fn list_for_subject(
     _: Admin,
     State(state): State<Arc<AppState>>,
