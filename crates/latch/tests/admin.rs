@@ -83,6 +83,30 @@ async fn live_grants(s: &TestServer, subject: &str) -> Vec<Value> {
     body["grants"].as_array().expect("grants array").clone()
 }
 
+/// One page of an admin listing at `path`: the `id` of each item of its `list`, and its
+/// `cursor` for the next page.
+async fn listed(
+    s: &TestServer,
+    path: String,
+    list: &str,
+    id: &str,
+    cursor: &str,
+) -> (Vec<String>, Option<String>) {
+    let body: Value = s
+        .admin(Method::GET, &path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids = body[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|item| str_of(item, id).to_owned())
+        .collect();
+    (ids, body[cursor].as_str().map(str::to_owned))
+}
+
 fn grant_ids(grants: &[Value]) -> Vec<&str> {
     let mut ids: Vec<&str> = grants.iter().map(|g| str_of(g, "grant_id")).collect();
     ids.sort_unstable();
@@ -1028,18 +1052,8 @@ backend_test! {
         let newest_first: Vec<&str> = issued.iter().rev().map(String::as_str).collect();
 
         let page = |query: String| {
-            let s = &s;
-            async move {
-                let path = format!("/tenants/default/subjects/alice/grants{query}");
-                let body: Value = s.admin(Method::GET, &path, None).await.json().await.unwrap();
-                let ids: Vec<String> = body["grants"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|g| str_of(g, "grant_id").to_owned())
-                    .collect();
-                (ids, body["next_before"].as_str().map(str::to_owned))
-            }
+            let path = format!("/tenants/default/subjects/alice/grants{query}");
+            listed(&s, path, "grants", "grant_id", "next_before")
         };
         // One page holds them all by default.
         let (all, next) = page(String::new()).await;
@@ -1080,18 +1094,8 @@ backend_test! {
             s.confidential(id, "read").await;
         }
         let page = |query: String| {
-            let s = &s;
-            async move {
-                let path = format!("/tenants/default/clients{query}");
-                let body: Value = s.admin(Method::GET, &path, None).await.json().await.unwrap();
-                let ids: Vec<String> = body["clients"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("{body}"))
-                    .iter()
-                    .map(|c| str_of(c, "client_id").to_owned())
-                    .collect();
-                (ids, body["next_after"].as_str().map(str::to_owned))
-            }
+            let path = format!("/tenants/default/clients{query}");
+            listed(&s, path, "clients", "client_id", "next_after")
         };
         // The harness's own introspector client sorts among them.
         let (all, next) = page(String::new()).await;

@@ -712,63 +712,45 @@ async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
 }
 
 /// Settings that would break the server later are refused when it starts, with a message
-/// naming them: a clean-up interval that overflows the timer, and a configured secret hash
+/// naming them: a clean-up interval that overflows the timer, timeouts of 0, no connection
+/// allowed, and a configured secret hash
 /// that would ask each verification for 4 TiB (argon2 allocates it at once: the first
 /// request naming the client aborted the process).
 #[test]
 fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_cli(
-        dir.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
+    for (flag, value, refusal) in [
+        (
             "--cleanup-interval",
             "9223372036854775807",
-        ],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("cleanup_interval must be at most"),
-        "{stderr}"
-    );
-    // A read or write timeout of 0 would time every request out.
-    let out = run_cli(
-        dir.path(),
-        &["serve", "--listen", "127.0.0.1:0", "--read-timeout", "0"],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("read_timeout must be at least 1 second"),
-        "{stderr}"
-    );
-    let out = run_cli(
-        dir.path(),
-        &["serve", "--listen", "127.0.0.1:0", "--write-timeout", "0"],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("write_timeout must be at least 1 second"),
-        "{stderr}"
-    );
-    let out = run_cli(
-        dir.path(),
-        &["serve", "--listen", "127.0.0.1:0", "--max-connections", "0"],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("max_connections must be between 1 and 10000000"),
-        "{stderr}"
-    );
+            "cleanup_interval must be at most",
+        ),
+        // A read or write timeout of 0 would time every request out.
+        (
+            "--read-timeout",
+            "0",
+            "read_timeout must be at least 1 second",
+        ),
+        (
+            "--write-timeout",
+            "0",
+            "write_timeout must be at least 1 second",
+        ),
+        (
+            "--max-connections",
+            "0",
+            "max_connections must be between 1 and 10000000",
+        ),
+    ] {
+        let out = run_cli(
+            dir.path(),
+            &["serve", "--listen", "127.0.0.1:0", flag, value],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(refusal), "{flag} {value}: {stderr}");
+    }
 
     let config = dir.path().join("heavy.toml");
     let heavy =

@@ -13,7 +13,7 @@ use latch_core::id::{ClientId, Subject};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{number, page_limit, Admin, Params};
+use super::{next_cursor, number, page_limit, Admin, Params};
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::named;
@@ -85,9 +85,7 @@ pub(crate) async fn list(
         limit,
     };
     let events = state.authority.audit_events(&tenant, &query).await?;
-    let next_after = (events.len() == limit as usize)
-        .then(|| events.last().map(|e| e.id))
-        .flatten();
+    let next_after = next_cursor(&events, limit, |e| e.id);
     let views: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
     Ok(Json(json!({ "events": views, "next_after": next_after })))
 }

@@ -14,7 +14,7 @@ use latch_core::store::ClientPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{origin, page_limit, Admin, JsonBody, Params};
+use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::tenant::named;
@@ -148,21 +148,14 @@ pub(crate) async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let query = Form::parse(query.unwrap_or_default().as_bytes())?;
     let page = ClientPage {
-        after: (query.get("after"))
-            .map(|id| {
-                ClientId::parse(id)
-                    .map_err(|_| ApiError::invalid_request("after must be a client id"))
-            })
-            .transpose()?,
+        after: cursor(&query, "after", "a client id", ClientId::parse)?,
         limit: page_limit(&query)?,
     };
     let clients = state
         .authority
         .clients(&named(&tenant)?, Some(&page))
         .await?;
-    let next_after = (clients.len() == page.limit as usize)
-        .then(|| clients.last().map(|c| c.id.as_str()))
-        .flatten();
+    let next_after = next_cursor(&clients, page.limit, |c| c.id.as_str());
     let views: Vec<ClientView> = clients.iter().map(ClientView::from).collect();
     Ok(Json(json!({ "clients": views, "next_after": next_after })))
 }

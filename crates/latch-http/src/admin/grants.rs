@@ -14,7 +14,7 @@ use latch_core::store::GrantPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{origin, page_limit, Admin, JsonBody, Params};
+use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
 use crate::form::Form;
 use crate::oauth2::TokenResponse;
@@ -107,22 +107,14 @@ pub(crate) async fn list_for_subject(
     let subject = Subject::parse(&subject)?;
     let query = Form::parse(query.unwrap_or_default().as_bytes())?;
     let page = GrantPage {
-        before: query
-            .get("before")
-            .map(|id| {
-                GrantId::parse(id)
-                    .map_err(|_| ApiError::invalid_request("before must be a grant id"))
-            })
-            .transpose()?,
+        before: cursor(&query, "before", "a grant id", GrantId::parse)?,
         limit: page_limit(&query)?,
     };
     let grants = state
         .authority
         .live_grants(&named(&tenant)?, &subject, &page)
         .await?;
-    let next_before = (grants.len() == page.limit as usize)
-        .then(|| grants.last().map(|g| g.id.as_str()))
-        .flatten();
+    let next_before = next_cursor(&grants, page.limit, |g| g.id.as_str());
     let views: Vec<GrantView<'_>> = grants.iter().map(GrantView::from).collect();
     Ok(Json(json!({
         "subject": subject.as_str(),

@@ -70,6 +70,32 @@ pub(crate) fn page_limit(query: &Form) -> Result<u32, ApiError> {
     Ok(limit)
 }
 
+/// The cursor `key` of a listing's query, if given, read by `parse`: `400` saying it must be
+/// `what` when it is not one.
+pub(crate) fn cursor<T, E>(
+    query: &Form,
+    key: &str,
+    what: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, ApiError> {
+    query
+        .get(key)
+        .map(|v| parse(v).map_err(|_| ApiError::invalid_request(format!("{key} must be {what}"))))
+        .transpose()
+}
+
+/// The cursor for the page after `page`: its last item's `key`, when the page is full (a
+/// short page is the last, and a full last page is followed by an empty one).
+pub(crate) fn next_cursor<'a, T, K>(
+    page: &'a [T],
+    limit: u32,
+    key: impl FnOnce(&'a T) -> K,
+) -> Option<K> {
+    (page.len() == limit as usize)
+        .then(|| page.last().map(key))
+        .flatten()
+}
+
 /// The number `key` of a query, if given.
 pub(crate) fn number<T: std::str::FromStr>(query: &Form, key: &str) -> Result<Option<T>, ApiError> {
     query
