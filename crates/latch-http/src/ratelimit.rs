@@ -293,15 +293,24 @@ mod tests {
         assert_eq!(l.len(), 0);
     }
 
-    #[test]
-    fn limits_per_address_across_client_ids() {
-        let l = AuthLimiter::new(AuthLimits {
+    /// A limiter of two failures per address in 10 s (and a hundred per client), a tenant and
+    /// an address.
+    fn two_failures_per_address() -> (AuthLimiter, TenantId, IpAddr) {
+        let limiter = AuthLimiter::new(AuthLimits {
             per_client: 100,
             per_address: 2,
             window: 10,
         });
-        let t = TenantId::default_tenant();
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        (
+            limiter,
+            TenantId::default_tenant(),
+            "127.0.0.9".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn limits_per_address_across_client_ids() {
+        let (l, t, ip) = two_failures_per_address();
         l.failed(&t, "a", Some(ip), 0);
         l.failed(&t, "b", Some(ip), 0);
         assert_eq!(l.blocked(&t, "c", Some(ip), 1), Some(9));
@@ -313,13 +322,7 @@ mod tests {
 
     #[test]
     fn wrong_admin_tokens_and_wrong_client_secrets_spend_separate_budgets() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 100,
-            per_address: 2,
-            window: 10,
-        });
-        let t = TenantId::default_tenant();
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let (l, t, ip) = two_failures_per_address();
         l.failed_admin(ip, 0);
         l.failed_admin(ip, 0);
         assert_eq!(l.blocked_admin(ip, 1), Some(9));
