@@ -159,14 +159,17 @@ pub(crate) fn method_not_allowed_styled(style: ErrorStyle) -> Response {
     response
 }
 
-/// `method(handler)` with its `405` made inside it (the JSON error), and every response it
-/// makes counted as `endpoint`'s. The count wraps the handler, not the route: a layer on
-/// the route would box it again, and run axum's response fix-ups (`Content-Length`, `HEAD`)
-/// twice.
+/// `method(handler)` with its `405` made inside it (by `fallback`; the JSON error unless
+/// given), and every response it makes counted as `endpoint`'s. The count wraps the
+/// handlers, not the route: a layer on the route would box it again, and run axum's
+/// response fix-ups (`Content-Length`, `HEAD`) twice.
 macro_rules! counted {
-    ($state:expr, $endpoint:expr, $method:ident($handler:expr)) => {{
+    ($state:expr, $endpoint:expr, $method:ident($handler:expr)) => {
+        counted!($state, $endpoint, $method($handler), method_not_allowed)
+    };
+    ($state:expr, $endpoint:expr, $method:ident($handler:expr), $fallback:expr) => {{
         let count = metrics::counted($state, $endpoint);
-        $method($handler.layer(count.clone())).fallback(method_not_allowed.layer(count))
+        $method($handler.layer(count.clone())).fallback($fallback.layer(count))
     }};
 }
 
@@ -176,11 +179,15 @@ fn oauth_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let profiles = state.profiles;
     let mut routes = Router::new();
     if profiles.id_v1 {
-        routes = routes.route("/api/id/v1/auth/token/revoke", {
-            let count = metrics::counted(state, Endpoint::IdV1);
-            post(profiles::id_v1::handle.layer(count.clone()))
-                .fallback(profiles::id_v1::method_not_allowed.layer(count))
-        });
+        routes = routes.route(
+            "/api/id/v1/auth/token/revoke",
+            counted!(
+                state,
+                Endpoint::IdV1,
+                post(profiles::id_v1::handle),
+                profiles::id_v1::method_not_allowed
+            ),
+        );
     }
     if profiles.api_v1_0 {
         routes = routes.route(
