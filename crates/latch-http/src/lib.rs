@@ -6,7 +6,8 @@
 //!
 //! ## Layout
 //! - [`router`] wires every route; [`AppState`] is what handlers share; [`serve`] runs
-//!   the router on a listener, with a read timeout per request and a graceful stop.
+//!   the router on a listener, with read and write timeouts, a connection limit and a
+//!   graceful stop.
 //! - [`form`]: strict form-body parsing (content type, size limit, duplicates, encoding),
 //!   and [`credentials`]: client credentials from Basic or the body. Both are written once
 //!   and used by every route.
