@@ -26,7 +26,8 @@ pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 20;
 /// Seconds a client may take to send a request's head, and then its body.
 pub const DEFAULT_READ_TIMEOUT: u64 = latch_http::serve::DEFAULT_READ_TIMEOUT.as_secs();
-/// The most connections `max_connections` may allow: more than any descriptor limit gives.
+/// The most connections `max_connections` may allow: beyond any deployment's need, and far
+/// below what the connection semaphore can count.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// Seconds a write to a client may make no progress, by default.
 pub const DEFAULT_WRITE_TIMEOUT: u64 = latch_http::serve::DEFAULT_WRITE_TIMEOUT.as_secs();
