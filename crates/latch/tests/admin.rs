@@ -107,6 +107,16 @@ async fn listed(
     (ids, body[cursor].as_str().map(str::to_owned))
 }
 
+/// Each query on the admin listing at `path` is refused with `400 invalid_request`, saying
+/// why.
+async fn refused_queries(s: &TestServer, path: &str, queries: &[(&str, &str)]) {
+    for (query, why) in queries {
+        let resp = s.admin(Method::GET, &format!("{path}{query}"), None).await;
+        let body = assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(body["error_description"], *why, "{query}");
+    }
+}
+
 fn grant_ids(grants: &[Value]) -> Vec<&str> {
     let mut ids: Vec<&str> = grants.iter().map(|g| str_of(g, "grant_id")).collect();
     ids.sort_unstable();
@@ -1073,17 +1083,14 @@ backend_test! {
         assert!(empty.is_empty());
         assert_eq!(none, None);
 
-        for (query, why) in [
+        let grants = "/tenants/default/subjects/alice/grants";
+        refused_queries(&s, grants, &[
             ("?limit=0", "limit must be between 1 and 1000"),
             ("?limit=1001", "limit must be between 1 and 1000"),
             ("?limit=two", "limit must be a number"),
             ("?before=g_%00", "before must be a grant id"),
-        ] {
-            let path = format!("/tenants/default/subjects/alice/grants{query}");
-            let resp = s.admin(Method::GET, &path, None).await;
-            let body = assert_error(resp, 400, "invalid_request").await;
-            assert_eq!(body["error_description"], why, "{query}");
-        }
+        ])
+        .await;
     }
 }
 
@@ -1107,14 +1114,10 @@ backend_test! {
         assert_eq!(rest, ["c5", "introspector"]);
         assert_eq!(next, None, "a short page is the last");
 
-        for (query, why) in [
+        refused_queries(&s, "/tenants/default/clients", &[
             ("?limit=0", "limit must be between 1 and 1000"),
             ("?after=%00", "after must be a client id"),
-        ] {
-            let path = format!("/tenants/default/clients{query}");
-            let resp = s.admin(Method::GET, &path, None).await;
-            let body = assert_error(resp, 400, "invalid_request").await;
-            assert_eq!(body["error_description"], why, "{query}");
-        }
+        ])
+        .await;
     }
 }
