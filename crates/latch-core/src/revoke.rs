@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::audit::{self, AuditContext, Killed, Origin, Reason};
 use crate::authority::{Authority, Credentials};
+use crate::cleanup::EXPIRY_GRACE;
 use crate::client::{AccessTokenRevocation, Client};
 use crate::clock::UnixTime;
 use crate::error::Error;
@@ -29,8 +30,8 @@ pub enum Effect {
 pub enum Outcome {
     /// Something was revoked, durably.
     Revoked(Revoked),
-    /// The token exists but was already revoked or expired (or is a used access token):
-    /// nothing to do.
+    /// The token exists but was already revoked, or expired by more than the clocks'
+    /// allowance (or is a used access token): nothing to do.
     AlreadyInactive,
     /// The token is malformed, unknown, or of another tenant.
     Unknown,
@@ -226,15 +227,22 @@ impl Request {
     }
 }
 
-/// Whether revoking this token can still kill something. An access token must be active. A
-/// refresh token that was already exchanged still names its grant: the grant lives on in
-/// the successor, and a client revoking the old token (say, racing its own refresh) wants
-/// that grant dead, so an unexpired, unrevoked refresh token is revocable even if rotated.
+/// Whether revoking this token can still kill something. An access token must be unrevoked
+/// and unused. A refresh token that was already exchanged still names its grant: the grant
+/// lives on in the successor, and a client revoking the old token (say, racing its own
+/// refresh) wants that grant dead, so an unrevoked refresh token is revocable even if rotated.
+///
+/// Either must not have expired by more than the clocks' allowance ([`EXPIRY_GRACE`]): a token
+/// just expired by this node's clock is not by a clock that lags it (another node's, or this
+/// one stepped back), which would take it as live were its revocation skipped. Its row is kept
+/// as long, so the revocation has something to mark.
 fn revocable(record: &TokenRecord, now: UnixTime) -> bool {
-    match record.kind {
-        TokenKind::Access => record.is_active(now),
-        TokenKind::Refresh => !record.is_revoked() && now < record.expires_at,
-    }
+    let kept = now < record.expires_at.saturating_add(EXPIRY_GRACE);
+    let unused = match record.kind {
+        TokenKind::Access => record.rotated_at.is_none(),
+        TokenKind::Refresh => true,
+    };
+    kept && unused && !record.is_revoked()
 }
 
 /// The one place that decides what a revocation kills.
@@ -344,12 +352,19 @@ mod tests {
     #[test]
     fn a_dead_or_foreign_tenant_token_revokes_nothing() {
         let app = || request(caller(AccessTokenRevocation::Token));
+        // Expired past the clocks' allowance (`now` is 50)...
         let mut expired = record(TokenKind::Access);
-        expired.expires_at = 50;
+        expired.expires_at = 50 - EXPIRY_GRACE;
         assert!(matches!(
             app().judge(&expired),
             Judgement::Answer(Outcome::AlreadyInactive)
         ));
+        // ...but within it, both kinds are still revoked, for the clocks that lag this one.
+        for kind in [TokenKind::Access, TokenKind::Refresh] {
+            let mut just_expired = record(kind);
+            just_expired.expires_at = 51 - EXPIRY_GRACE;
+            assert!(matches!(app().judge(&just_expired), Judgement::Revoke(_)));
+        }
         let mut revoked = record(TokenKind::Refresh);
         revoked.revoked_at = Some(10);
         assert!(matches!(

@@ -92,6 +92,34 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn a_grant_revoked_after_its_access_token_expired_holds_for_a_clock_stepped_back() {
+        let s = TestServer::start().await;
+        let short = short_lived_client(&s).await;
+        let grant = s.grant_for(&short, "alice", None).await;
+        let (at, rt) = (grant["access_token"].as_str().unwrap(), grant["refresh_token"].as_str().unwrap());
+        let alone = s.client_credentials(&short).await["access_token"].as_str().unwrap().to_owned();
+
+        // Access tokens expired by this clock when they, or their grant, are revoked...
+        s.advance(61);
+        assert_eq!(s.revoke(Auth::Basic(&short), rt).await.status(), 200);
+        assert_eq!(s.revoke(Auth::Basic(&short), &alone).await.status(), 200);
+        // ...must not come back to life for a clock stepped back within the allowance (or a
+        // node whose clock lags this one's).
+        s.advance(-31);
+        assert!(!s.is_active(at).await, "the access token of a revoked grant reads as live");
+        assert!(!s.is_active(&alone).await, "a revoked access token reads as live");
+        assert!(!s.is_active(rt).await);
+        // Both are audited: the grant with its one unexpired token (the refresh token), the
+        // access token revoked alone as the one token it marked dead.
+        let audit: Value = s.admin(Method::GET, "/tenants/default/audit", None).await.json().await.unwrap();
+        let killed: Vec<_> = audit["events"].as_array().unwrap().iter()
+            .map(|e| (e["grants"].as_u64().unwrap(), e["tokens"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(killed, [(1, 1), (0, 1)], "{audit}");
+    }
+}
+
 /// 100,000 expired grants with one token each, written behind latch's back.
 async fn preload_expired(s: &TestServer) {
     let n = 100_000;

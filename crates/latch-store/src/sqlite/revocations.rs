@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
+use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Revocation, TokenRecord};
 use latch_core::id::{GrantId, Subject, TenantId};
@@ -155,7 +156,8 @@ fn mark_owned_grants(
         if hash.is_some_and(|h| marks.mark_in_write(&h).is_some()) {
             continue;
         }
-        tokens += 1;
+        let unexpired: bool = row.get(4)?;
+        tokens += u64::from(unexpired);
         let owned: bool = row.get(1)?;
         let grant = row.get_ref(2)?.as_str()?;
         if !owned || full || logged.contains(grant) {
@@ -230,26 +232,30 @@ fn revoke_token(
 }
 
 /// The keys of the live tokens of the live grants matching the condition (before the UPDATE
-/// that kills them), whether each carries its grant's owner, and its grant's id and expiry;
-/// the time of the revocation is parameter 1. Tokens revoked through the log are among them,
-/// for the caller to leave out.
+/// that kills them), whether each carries its grant's owner, its grant's id and expiry, and
+/// whether it is unexpired; the time of the revocation is parameter 1. Tokens revoked through
+/// the log are among them, for the caller to leave out. So are tokens expired by less than
+/// the clocks' allowance ([`EXPIRY_GRACE`]), which no longer count as killed but must still be
+/// marked: they do not read the grant, and a clock stepped back (or a node whose clock lags
+/// this one) would otherwise take them as live. Their rows outlive them by as long.
 fn live_tokens_sql(condition: &str) -> String {
     format!(
-        "SELECT t.hash, t.subject IS NOT NULL, g.id, g.expires_at \
+        "SELECT t.hash, t.subject IS NOT NULL, g.id, g.expires_at, t.expires_at > ?1 \
          FROM tokens t JOIN grants g ON g.id = t.grant_id \
          WHERE g.revoked_at IS NULL AND t.revoked_at IS NULL AND t.rotated_at IS NULL \
-           AND t.expires_at > ?1 AND {condition}"
+           AND t.expires_at > ?1 - {EXPIRY_GRACE} AND {condition}"
     )
 }
 
-/// Marks revoked, at parameter 1, the live access tokens that carry their grant's owner
-/// (`tokens.subject` set) in the live grants matching the condition: in their own rows, for
+/// Marks revoked, at parameter 1, the access tokens that carry their grant's owner
+/// (`tokens.subject` set) in the live grants matching the condition, and that have not
+/// expired by more than the clocks' allowance ([`live_tokens_sql`]): in their own rows, for
 /// when the index of the revocation log is full ([`mark_owned_grants`]).
 fn revoke_owned_tokens_sql(condition: &str) -> String {
     format!(
         "UPDATE tokens SET revoked_at = ?1 \
          WHERE tokens.subject IS NOT NULL AND tokens.revoked_at IS NULL \
-           AND tokens.expires_at > ?1 \
+           AND tokens.expires_at > ?1 - {EXPIRY_GRACE} \
            AND tokens.grant_id IN (SELECT g.id FROM grants g \
                                    WHERE g.revoked_at IS NULL AND {condition})"
     )
