@@ -45,7 +45,9 @@ pub(crate) fn grant_condition(
         .join(" AND ")
 }
 
-/// Revokes the live grants matching the condition; `now` is the placeholder of parameter 1.
+/// Revokes the unrevoked grants matching the condition, expired or not (a clock that lags
+/// this one may still take an expired one as live); `now` is the placeholder of parameter 1.
+/// Each back-end counts as killed only those live by `now`.
 pub(crate) fn revoke_grants_sql(now: &str, condition: &str) -> String {
     format!("UPDATE grants AS g SET revoked_at = {now} WHERE g.revoked_at IS NULL AND {condition}")
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{OtherNode, TestDb};
-use latch_core::audit::{AuditContext, Reason};
+use latch_core::audit::{AuditContext, AuditQuery, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, SecretHash};
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
@@ -467,6 +467,46 @@ backend_test! {
             assert_eq!(is_revoked(&*store, &tokens[0]).await, i % 2 == 0 || grant_revoked);
             assert_eq!(is_revoked(&*store, &tokens[1]).await, grant_revoked);
         }
+        drop(store);
+        drop(db);
+    }
+}
+
+backend_test! {
+    async fn an_access_token_whose_grant_died_after_it_was_read_is_not_killed_again() {
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let tenant = TenantId::default_tenant();
+        let app = ClientId::parse("app").unwrap();
+        store.create_client(&client(&tenant, "app", 60)).await.unwrap();
+        let tokens = [("a0", TokenKind::Access, 10_000), ("r0", TokenKind::Refresh, 10_000)];
+        let [access, refresh] = issue(&*store, 0, &tokens).await[..] else {
+            unreachable!()
+        };
+        // As the domain judges: a revoked token, or one of a revoked grant, kills nothing.
+        let plan: RevocationPlan = Arc::new(|record| {
+            if record.is_revoked() {
+                return None;
+            }
+            let audit = audit(0, Reason::ClientRequest, 200);
+            Some(match record.kind {
+                TokenKind::Refresh => (Revocation::Grant(record.grant_id.clone()), audit),
+                TokenKind::Access => (Revocation::Token(record.hash), audit),
+            })
+        });
+        // A sign-out revoking both tokens at once: the access token is read (ahead of the
+        // write, on PostgreSQL) before the refresh token's revocation kills their grant.
+        let (_, access_read) = store.client_for_revocation(&tenant, &app, &access).await.unwrap();
+        let (_, refresh_read) = store.client_for_revocation(&tenant, &app, &refresh).await.unwrap();
+        let (_, grant_event) =
+            store.revoke_presented(&refresh, refresh_read, plan.clone()).await.unwrap();
+        let grant_event = grant_event.expect("the grant was alive");
+        assert_eq!((grant_event.grants, grant_event.tokens), (1, 2), "{grant_event:?}");
+        let (_, again) = store.revoke_presented(&access, access_read, plan).await.unwrap();
+        assert!(again.is_none(), "the token died with its grant, not again: {again:?}");
+        let query = AuditQuery { limit: 10, ..AuditQuery::default() };
+        assert_eq!(store.audit_events(&tenant, &query).await.unwrap().len(), 1);
+        assert!(is_revoked(&*store, &access).await);
         drop(store);
         drop(db);
     }

@@ -728,7 +728,13 @@ async fn rotate(
 
 /// Any number of one-token revocations as one statement: the tokens' UPDATE, then an audit row
 /// for each that killed its token, with ids drawn beforehand so that each is matched to its
-/// revocation. Of two revocations of one token, one kills it and the other finds nothing.
+/// revocation. Of two revocations of one token, one kills it and the other finds nothing; so
+/// does one of a token whose grant died since the token was read (a grant's revocation
+/// leaves its tokens' rows as they are), probed in `grants_revoked`, the small index of
+/// revoked grants: a sign-out revoking a refresh token and its access token at once would
+/// otherwise audit the access token killed twice, once with its grant. A token expired
+/// within the clocks' allowance is revoked (for the clocks that lag this one) but not
+/// audited: nothing live died.
 /// `$1`..`$9`: arrays of the hashes and of each revocation's audit columns. The audit ids
 /// come from the `BIGSERIAL`'s sequence named outright (`audit_id_seq`, schema version 2),
 /// resolved once when the statement is prepared: `pg_get_serial_sequence` ran its catalog
@@ -738,9 +744,12 @@ const REVOKE_TOKENS_SQL: &str = "WITH q AS (SELECT * FROM unnest($1::BYTEA[], $2
        WITH ORDINALITY AS q(hash, at, tenant, actor, route, reason, grant_id, subject, \
        address, i)), \
      killed AS (UPDATE tokens t SET revoked_at = q.at FROM q \
-       WHERE t.hash = q.hash AND t.revoked_at IS NULL RETURNING q.i), \
+       WHERE t.hash = q.hash AND t.revoked_at IS NULL \
+         AND NOT EXISTS (SELECT 1 FROM grants r \
+                         WHERE r.id = t.grant_id AND r.revoked_at IS NOT NULL) \
+       RETURNING q.i, t.expires_at > q.at AS live), \
      numbered AS (SELECT q.*, nextval('audit_id_seq') AS id \
-       FROM q JOIN killed USING (i)), \
+       FROM q JOIN killed USING (i) WHERE killed.live), \
      audited AS (INSERT INTO audit (id, tenant_id, at, actor, route, reason, grant_id, \
        subject, grants, tokens, address) \
        SELECT id, tenant, at, actor, route, reason, grant_id, subject, 0, 1, address \
@@ -798,15 +807,16 @@ async fn revoke_tokens(
 }
 
 /// Revoking grants (a refresh token's, a subject's, a client's, a tenant's) as one
-/// statement: the UPDATE, the count of the live tokens that die with the grants, and, if a
-/// grant died or the reason is always recorded (the last parameter), the audit row. `$1` is
+/// statement: the UPDATE (expired grants too, for the clocks that lag this one), the counts
+/// of the live grants and tokens that die, and, if a live grant died or the reason is always
+/// recorded (the last parameter), the audit row. `$1` is
 /// the time, `$2`.. the condition's values, then the audit columns.
 fn revoke_grants_audited_sql(columns: &[(&'static str, &str)]) -> String {
     let condition = grant_condition(columns, |n| format!("${n}"));
     let a = columns.len() + 2;
     format!(
-        "WITH dead AS ({update} RETURNING g.id), \
-         killed AS (SELECT (SELECT count(*) FROM dead) AS grants, \
+        "WITH dead AS ({update} RETURNING g.id, g.expires_at > $1 AS live), \
+         killed AS (SELECT (SELECT count(*) FROM dead WHERE live) AS grants, \
            (SELECT count(*) FROM tokens t JOIN dead ON t.grant_id = dead.id \
             WHERE t.revoked_at IS NULL AND t.rotated_at IS NULL AND t.expires_at > $1) \
            AS tokens), \
