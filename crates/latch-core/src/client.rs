@@ -233,8 +233,19 @@ impl Client {
         self.auth_method.is_confidential()
     }
 
-    /// Checks internal consistency: a confidential client has a secret, a public one has none.
+    /// Checks internal consistency: tokens live at least a second; a confidential client has a
+    /// secret, a public one has none.
     pub fn validate(&self) -> Result<(), Error> {
+        for (name, ttl) in [
+            ("access_token_ttl", self.access_token_ttl),
+            ("refresh_token_ttl", self.refresh_token_ttl),
+        ] {
+            if ttl == 0 {
+                return Err(Error::invalid_request(format!(
+                    "{name} must be at least 1 second"
+                )));
+            }
+        }
         match (self.auth_method.is_confidential(), self.secret.is_some()) {
             (true, false) => Err(Error::invalid_request(
                 "a confidential client needs a secret",

@@ -139,14 +139,19 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", description)
     }
 
-    /// `401` for the admin API (RFC 6750 §3.1 `invalid_token`).
-    pub fn admin_unauthorized() -> Self {
+    /// `401` for the admin API. The challenge names the error only for a bearer token that
+    /// was presented and is wrong: a request without one gets none (RFC 6750 §3, §3.1).
+    pub fn admin_unauthorized(token_presented: bool) -> Self {
         let mut e = Self::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "a valid admin bearer token is required",
         );
-        e.challenge = Some("Bearer realm=\"latch-admin\"");
+        e.challenge = Some(if token_presented {
+            "Bearer realm=\"latch-admin\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"latch-admin\""
+        });
         e
     }
 

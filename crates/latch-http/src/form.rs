@@ -42,6 +42,11 @@ impl Form {
             .filter(|v| !v.is_empty())
     }
 
+    /// Every parameter, decoded, in the order sent (empty values included).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// A required parameter.
     pub fn require(&self, key: &str) -> Result<&str, ApiError> {
         self.get(key)

@@ -795,6 +795,18 @@ fn admin_cases() -> Vec<Case> {
             bad(),
         ),
         post(
+            "a zero access-token lifetime",
+            "/tenants/default/clients",
+            json!({ "client_id": "x", "access_token_ttl": 0 }),
+            bad(),
+        ),
+        post(
+            "a zero refresh-token lifetime",
+            "/tenants/default/clients",
+            json!({ "client_id": "x", "refresh_token_ttl": 0 }),
+            bad(),
+        ),
+        post(
             "a grant in an unknown tenant",
             "/tenants/nope/grants",
             json!({ "client_id": "svc", "subject": "alice" }),

@@ -137,7 +137,8 @@ backend_test! {
             assert!(!active_in(&s, "acct", &acct.introspector, field(&g, "refresh_token")).await);
         }
         let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
-        for query in ["?v=2.0", "?v2.0", "?v=abc"] {
+        // However spelt: a name with a value, percent-encoded, or the literal with a value.
+        for query in ["?v=2.0", "?v2.0", "?v=abc", "?v2.0=", "?v%32.0", "?v1.0=2.0", "?verbose&v2.0="] {
             let path = format!("/sentinel/api/account/acct/token/revoke{query}");
             let resp = post(
                 &s,

@@ -126,8 +126,10 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let expected = state.admin_token.ok_or_else(ApiError::admin_unauthorized)?;
-        let presented = bearer(&parts.headers).ok_or_else(ApiError::admin_unauthorized)?;
+        let presented = bearer(&parts.headers);
+        let expected =
+            (state.admin_token).ok_or_else(|| ApiError::admin_unauthorized(presented.is_some()))?;
+        let presented = presented.ok_or_else(|| ApiError::admin_unauthorized(false))?;
         // Checked before the token, as client secrets are: otherwise a blocked guesser would
         // still learn from a 200 which guess was right.
         let address = parts.extensions.get::<Connection>().map(|c| c.peer.ip());
@@ -143,7 +145,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
                 state.auth_limiter.failed_admin(a, now);
             }
             tracing::info!("admin authentication failed");
-            Err(ApiError::admin_unauthorized())
+            Err(ApiError::admin_unauthorized(true))
         }
     }
 }

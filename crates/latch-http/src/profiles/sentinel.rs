@@ -22,28 +22,24 @@ use crate::{AppState, Peer};
 
 /// Checks the version query parameter. The document's URL reads `?v1.0` while its table
 /// names a parameter `v` with default `1.0`, so `?v=1.0`, the literal `?v1.0` and no version
-/// are all accepted; any other version is a `400`.
+/// are all accepted; any other version is a `400`. Names are read decoded, so no spelling
+/// (`?v2.0=`, `?v%32.0`) slips another version past the check.
 fn check_version(query: Option<&str>) -> Result<(), ApiError> {
     let form = Form::parse(query.unwrap_or_default().as_bytes())
         .map_err(|_| ApiError::invalid_request("malformed query string"))?;
-    match form.get("v") {
-        None | Some("1.0") | Some("1") => {}
-        Some(_) => {
-            return Err(ApiError::invalid_request(
-                "unsupported API version; use v=1.0",
-            ))
-        }
-    }
-    // Literal `?v1.0` (a name with no value); another `v<version>` name (`v` then digits and
-    // dots) is a wrong version, and any other name (`?verbose`) is not a version at all.
-    let bare_versions = query.unwrap_or_default().split('&').filter(|p| {
-        p.strip_prefix('v').is_some_and(|version| {
-            version.starts_with(|c: char| c.is_ascii_digit())
-                && version.chars().all(|c| c.is_ascii_digit() || c == '.')
-        })
-    });
-    for bare in bare_versions {
-        if bare != "v1.0" {
+    for (name, value) in form.pairs() {
+        let supported = match name {
+            "v" => matches!(value, "" | "1.0" | "1"),
+            // The literal `?v1.0`: a name with no value.
+            "v1.0" => value.is_empty(),
+            // Another `v<version>` name (`v`, a digit, then digits and dots) is a wrong
+            // version; any other name (`?verbose`) is not a version at all.
+            other => !other.strip_prefix('v').is_some_and(|version| {
+                version.starts_with(|c: char| c.is_ascii_digit())
+                    && version.chars().all(|c| c.is_ascii_digit() || c == '.')
+            }),
+        };
+        if !supported {
             return Err(ApiError::invalid_request(
                 "unsupported API version; use v=1.0",
             ));
