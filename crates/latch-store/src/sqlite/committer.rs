@@ -231,6 +231,8 @@ fn apply_batch(
         // batch alone and try again with the next.
         run_cached(conn, "ROLLBACK")?;
     }
+    // What a batch that did not commit left gathered for the WAL is dropped unwritten.
+    super::wal_writes::discard(conn);
     run_cached(conn, "BEGIN IMMEDIATE")?;
     super::live_clients::forget();
     if let Err(e) = observer.begin(conn) {
@@ -360,6 +362,56 @@ mod tests {
         fn committed(&self) {
             self.committed.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn a_batch_that_did_not_commit_leaves_nothing_to_overwrite_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        super::super::wal_writes::register().unwrap();
+        let conn = Connection::open_with_flags_and_vfs(
+            &path,
+            rusqlite::OpenFlags::default(),
+            super::super::wal_writes::VFS_NAME,
+        )
+        .unwrap();
+        // A cache of 10 pages, so that the failing batch spills frames to the WAL, which
+        // the writer's VFS gathers; a deferred foreign key, so that its COMMIT fails.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 10; \
+             PRAGMA foreign_keys = ON; \
+             CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB); \
+             CREATE TABLE p (k INTEGER PRIMARY KEY); \
+             CREATE TABLE c (k INTEGER REFERENCES p (k) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .unwrap();
+        let (big, _) = queued(|c: &Connection| {
+            for k in 2..2_000i64 {
+                c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [k])
+                    .map_err(crate::sqlite::store_error)?;
+            }
+            c.execute("INSERT INTO c (k) VALUES (1)", [])
+                .map_err(crate::sqlite::store_error)
+        });
+        let mut failing = vec![big];
+        assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
+        // Another process (a CLI command) commits where the failed batch's frames would go.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("INSERT INTO t (k) VALUES (-1); INSERT INTO t (k) VALUES (-2);")
+            .unwrap();
+        commit(&conn, vec![queued(|c| insert(c, 1)).0]);
+        drop((conn, other));
+        let reopened = Connection::open(&path).unwrap();
+        let check: String = reopened
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(
+            keys(&reopened),
+            [-2, -1, 1],
+            "every commit, the other's included"
+        );
     }
 
     #[tokio::test]

@@ -21,8 +21,15 @@
 //!   through this VFS; with `synchronous=NORMAL` it would be unsafe.
 //! * The connection itself never reads stale bytes: a read that overlaps the buffer
 //!   flushes it first.
-//! * A failed flush is reported by the call that triggered it (the commit's sync at the
-//!   latest), so SQLite rolls the transaction back and no `200` is sent.
+//! * A failed flush fails every later write and sync of the file, so the transaction it
+//!   belonged to cannot commit, whichever call triggered it (a read that overlaps the buffer
+//!   included, whose error SQLite may take as the statement's alone): no `200` is sent for a
+//!   frame that never reached the file.
+//! * What a transaction that ended without committing left gathered is dropped before the
+//!   writer's next transaction begins ([`discard`], which the committer calls), never
+//!   written: stock SQLite would have written those frames before the rollback, at offsets
+//!   past the last commit, which a later commit overwrites, possibly another process's (a
+//!   CLI command writing beside the server). Written afterwards, they would overwrite it.
 //!
 //! Files other than WALs are opened by the default VFS itself, untouched.
 
@@ -52,6 +59,9 @@ struct Pending {
     /// File offset of `bytes[0]`.
     start: i64,
     bytes: Vec<u8>,
+    /// A flush failed since the last [`Pending::discard`]: writes SQLite counts as made were
+    /// lost, so every later write and flush fails too.
+    failed: bool,
 }
 
 impl Pending {
@@ -87,15 +97,25 @@ impl Pending {
         false
     }
 
-    /// Hands the run to `write` (data, offset) and empties it, whatever the outcome: after
-    /// a failed write SQLite abandons the transaction the frames belonged to.
+    /// Hands the run to `write` (data, offset) and empties it, whatever the outcome; a
+    /// failure is kept until [`Pending::discard`].
     fn flush(&mut self, write: impl FnOnce(&[u8], i64) -> c_int) -> c_int {
+        if self.failed {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         if self.bytes.is_empty() {
             return ffi::SQLITE_OK;
         }
         let rc = write(&self.bytes, self.start);
         self.bytes.clear();
+        self.failed = rc != ffi::SQLITE_OK;
         rc
+    }
+
+    /// Drops the run unwritten, and any failure of an earlier flush.
+    fn discard(&mut self) {
+        self.bytes.clear();
+        self.failed = false;
     }
 
     /// A write as SQLite issued it: gathered when possible, otherwise after writing out
@@ -106,6 +126,9 @@ impl Pending {
         offset: i64,
         mut write: impl FnMut(&[u8], i64) -> c_int,
     ) -> c_int {
+        if self.failed {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         if self.absorb(data, offset) {
             return ffi::SQLITE_OK;
         }
@@ -116,7 +139,9 @@ impl Pending {
         if self.absorb(data, offset) {
             ffi::SQLITE_OK
         } else {
-            write(data, offset)
+            let rc = write(data, offset);
+            self.failed = rc != ffi::SQLITE_OK;
+            rc
         }
     }
 }
@@ -200,6 +225,33 @@ unsafe extern "C" fn open(
         },
     );
     rc
+}
+
+/// Drops what the writer connection's WAL handle has gathered and not written, and the
+/// failure of an earlier flush. The committer calls it before each write transaction begins:
+/// anything still gathered then belongs to a transaction that ended without committing
+/// (every commit's sync writes its frames out), and must not be written over frames another
+/// connection may have committed since. A connection without a WAL opened through this VFS
+/// (an in-memory database, a WAL not yet opened) has nothing to drop.
+pub(super) fn discard(conn: &rusqlite::Connection) {
+    let mut wal: *mut ffi::sqlite3_file = ptr::null_mut();
+    // SAFETY: the handle is the open connection's; SQLITE_FCNTL_JOURNAL_POINTER stores the
+    // main database's WAL (or rollback journal) file object in `wal`, and calls no VFS method.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+            (&raw mut wal).cast(),
+        )
+    };
+    // SAFETY: a non-null file object of the connection stays valid while it is borrowed;
+    // only one this VFS opened (its methods are ours) is read as a `GatheringFile`.
+    unsafe {
+        if rc == ffi::SQLITE_OK && !wal.is_null() && ptr::eq((*wal).pMethods, &METHODS) {
+            parts(wal).0.discard();
+        }
+    }
 }
 
 /// The gathered writes and the real file behind a handle this VFS opened.
@@ -327,8 +379,10 @@ unsafe extern "C" fn xWrite(
 }
 
 unsafe extern "C" fn xClose(file: *mut ffi::sqlite3_file) -> c_int {
-    let flushed = flush(file);
-    let (_, real) = parts(file);
+    // Anything still gathered belongs to a transaction that did not commit (a commit's sync
+    // writes its frames out): dropped, as `discard` drops it.
+    let (pending, real) = parts(file);
+    pending.discard();
     let closed = match (*(*real).pMethods).xClose {
         Some(m) => m(real),
         None => ffi::SQLITE_OK,
@@ -337,11 +391,7 @@ unsafe extern "C" fn xClose(file: *mut ffi::sqlite3_file) -> c_int {
     drop(Box::from_raw((*gathering).pending));
     (*gathering).pending = ptr::null_mut();
     (*file).pMethods = ptr::null();
-    if flushed != ffi::SQLITE_OK {
-        flushed
-    } else {
-        closed
-    }
+    closed
 }
 
 static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
@@ -450,15 +500,100 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_is_reported_and_the_run_dropped() {
+    fn a_failed_flush_fails_every_later_write_and_flush_until_discarded() {
         let mut pending = Pending::default();
-        pending.write(&[1; 100], 0, |_, _| ffi::SQLITE_OK);
         assert_eq!(
-            pending.flush(|_, _| ffi::SQLITE_IOERR_WRITE),
+            pending.write(&[1; 8], 0, |_, _| unreachable!()),
+            ffi::SQLITE_OK
+        );
+        // As a read that overlaps the run would: its flush fails (the disk is full).
+        assert_eq!(pending.flush(|_, _| ffi::SQLITE_FULL), ffi::SQLITE_FULL);
+        // The frames SQLite counts as written are lost: nothing after may succeed, or the
+        // transaction could commit without them.
+        assert_eq!(
+            pending.write(&[2; 8], 8, |_, _| unreachable!()),
             ffi::SQLITE_IOERR_WRITE
         );
-        assert!(pending.bytes.is_empty());
-        assert_eq!(pending.flush(|_, _| unreachable!()), ffi::SQLITE_OK);
+        assert_eq!(
+            pending.flush(|_, _| unreachable!()),
+            ffi::SQLITE_IOERR_WRITE
+        );
+        // A write too large to gather, written straight through, fails the same way.
+        let mut failing = Pending::default();
+        let big = vec![3; CAPACITY + 1];
+        assert_eq!(
+            failing.write(&big, 0, |_, _| ffi::SQLITE_FULL),
+            ffi::SQLITE_FULL
+        );
+        assert_eq!(
+            failing.flush(|_, _| unreachable!()),
+            ffi::SQLITE_IOERR_WRITE
+        );
+        // The next transaction starts afresh.
+        pending.discard();
+        failing.discard();
+        assert_eq!(
+            pending.write(&[4; 8], 0, |_, _| unreachable!()),
+            ffi::SQLITE_OK
+        );
+        let mut written = Vec::new();
+        assert_eq!(
+            pending.flush(|d, o| {
+                written.push((o, d.to_vec()));
+                ffi::SQLITE_OK
+            }),
+            ffi::SQLITE_OK
+        );
+        assert_eq!(written, vec![(0, vec![4; 8])]);
+        assert_eq!(failing.flush(|_, _| unreachable!()), ffi::SQLITE_OK);
+    }
+
+    #[test]
+    fn frames_of_a_rolled_back_transaction_never_overwrite_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let w = writer(&path);
+        w.pragma_update(None, "cache_size", 10).unwrap();
+        w.execute_batch(
+            "CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL); \
+             INSERT INTO t VALUES (0, randomblob(300));",
+        )
+        .unwrap();
+        // A transaction big enough to spill frames to the WAL (gathered), then rolled back.
+        w.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for k in 1..2_000i64 {
+            w.execute("INSERT INTO t VALUES (?1, randomblob(300))", [k])
+                .unwrap();
+        }
+        w.execute_batch("ROLLBACK").unwrap();
+        // Another process (a CLI command) commits where those frames would have gone.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("INSERT INTO t VALUES (-1, zeroblob(300)); INSERT INTO t VALUES (-2, zeroblob(300));")
+            .unwrap();
+        // The writer's next transaction, begun as the committer begins one.
+        discard(&w);
+        w.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (1, randomblob(300)); COMMIT;")
+            .unwrap();
+        drop(w);
+        drop(other);
+        let reopened = Connection::open(&path).unwrap();
+        let check: String = reopened
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let keys: Vec<i64> = reopened
+            .prepare("SELECT k FROM t ORDER BY k")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            keys,
+            [-2, -1, 0, 1],
+            "every commit, the other connection's included"
+        );
     }
 
     fn writer(path: &std::path::Path) -> Connection {
