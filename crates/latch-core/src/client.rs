@@ -233,9 +233,16 @@ impl Client {
         self.auth_method.is_confidential()
     }
 
-    /// Checks internal consistency: tokens live at least a second; a confidential client has a
-    /// secret, a public one has none.
+    /// Checks internal consistency: redirect URIs storable as given; tokens live at least a
+    /// second; a confidential client has a secret, a public one has none.
     pub fn validate(&self) -> Result<(), Error> {
+        // Stored space-separated: an empty one or one with whitespace would come back
+        // changed.
+        if (self.redirect_uris.iter()).any(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+            return Err(Error::invalid_request(
+                "redirect_uris must be non-empty and contain no whitespace",
+            ));
+        }
         for (name, ttl) in [
             ("access_token_ttl", self.access_token_ttl),
             ("refresh_token_ttl", self.refresh_token_ttl),

@@ -13,6 +13,7 @@
 
 mod audit_query;
 mod cleanup_sql;
+mod client_sql;
 pub mod postgres;
 pub mod sqlite;
 mod target;

@@ -387,11 +387,21 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         .parse()
         .with_context(|| format!("invalid listen address {listen_str:?}"))?;
     let issuer = server.issuer.clone().or_else(|| file.issuer.clone());
-    let clients = file
+    let clients: Vec<ClientSpec> = file
         .clients
         .iter()
         .map(ClientConfig::to_spec)
         .collect::<anyhow::Result<_>>()?;
+    // Each is written in turn at start, so a second entry would silently replace the first.
+    let mut seen = std::collections::HashSet::new();
+    for c in &clients {
+        anyhow::ensure!(
+            seen.insert((&c.tenant, &c.id)),
+            "client {:?} of tenant {:?} is declared twice in the configuration file",
+            c.id.as_str(),
+            c.tenant.as_str()
+        );
+    }
     Ok(Settings {
         listen,
         database: database_url(overrides, &file)?,

@@ -713,8 +713,8 @@ async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
 
 /// Settings that would break the server later are refused when it starts, with a message
 /// naming them: a clean-up interval that overflows the timer, timeouts of 0, no connection
-/// allowed, and a configured secret hash
-/// that would ask each verification for 4 TiB (argon2 allocates it at once: the first
+/// allowed, and configured clients that cannot be stored as written (a secret hash that
+/// would ask each verification for 4 TiB, for which argon2 allocates at once: the first
 /// request naming the client aborted the process).
 #[test]
 fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
@@ -752,29 +752,55 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         assert!(stderr.contains(refusal), "{flag} {value}: {stderr}");
     }
 
-    let config = dir.path().join("heavy.toml");
-    let heavy =
-        std::fs::read_to_string(dev_config())
-            .unwrap()
-            .replacen("m=19456", "m=4294967295", 1);
-    std::fs::write(&config, heavy).unwrap();
-    let out = run_cli(
-        dir.path(),
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        None,
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("asks too much of each verification"),
-        "{stderr}"
-    );
+    // A configuration file's clients: one whose secret hash would ask each verification for
+    // 4 TiB, one declared twice (the second would silently replace the first), one whose
+    // redirect URI holds a space (stored space-separated, it would come back as two), and
+    // one whose tokens would live 0 s.
+    let dev = std::fs::read_to_string(dev_config()).unwrap();
+    let spa = "client_id = \"demo-spa\"";
+    for (name, config, refusal) in [
+        (
+            "heavy",
+            dev.replacen("m=19456", "m=4294967295", 1),
+            "asks too much of each verification",
+        ),
+        (
+            "twice",
+            format!("{dev}\n[[clients]]\n{spa}\ntoken_endpoint_auth_method = \"none\"\n"),
+            "is declared twice in the configuration file",
+        ),
+        (
+            "redirect",
+            dev.replacen(
+                spa,
+                &format!("{spa}\nredirect_uris = [\"https://a/cb https://b/cb\"]"),
+                1,
+            ),
+            "redirect_uris must be non-empty and contain no whitespace",
+        ),
+        (
+            "ttl",
+            dev.replacen(spa, &format!("{spa}\naccess_token_ttl = 0"), 1),
+            "access_token_ttl must be at least 1 second",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let out = run_cli(
+            dir.path(),
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+            None,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(refusal), "{name}: {stderr}");
+    }
 }
 
 /// A command of a newer latch never migrates an existing SQLite database: an older server

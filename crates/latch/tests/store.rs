@@ -622,6 +622,14 @@ backend_test! {
             .unwrap();
         let declared = |c: Option<Client>| c.map(|c| c.declared);
         assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
+        // Declared again at a later start, with a new setting: the setting changes, the row
+        // (its creation time) stays.
+        store
+            .upsert_client(&Client { declared: true, created_at: 999, ..client(&home, "app", 2) })
+            .await
+            .unwrap();
+        let again = store.client(&home, &app).await.unwrap().unwrap();
+        assert_eq!((again.access_token_ttl, again.created_at), (2, 100));
         // Even a caller that skipped the domain's check changes nothing.
         let secret = SecretHash::from_stored("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into());
         assert!(!store.set_client_secret(&home, &app, &secret).await.unwrap());
@@ -875,6 +883,49 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
     let late = ClientId::parse("late").unwrap();
     assert!(store.client(&t, &late).await.unwrap().is_none());
     assert!(!store.tenant_exists(&t).await.unwrap());
+    drop(store);
+    drop(db);
+}
+
+/// Across PostgreSQL nodes: a tenant removal while another node declares (in its
+/// configuration file) a client the tenant already has, an update of the client's row that
+/// takes no lock on the tenant's, waits for it and refuses, as it refuses a declared client
+/// it finds at once; before, it deleted the client the other node had just declared.
+#[tokio::test]
+async fn postgres_a_tenant_removal_racing_another_nodes_declaration_of_its_client_is_refused() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let t = TenantId::parse("t").unwrap();
+    store.create_tenant(&t, 100).await.unwrap();
+    store.create_client(&client(&t, "app", 3600)).await.unwrap();
+    let declarer = OtherNode::begin(
+        &db,
+        "UPDATE clients SET declared = TRUE WHERE tenant_id = 't' AND client_id = 'app'",
+    )
+    .await;
+    let removing = tokio::spawn({
+        let store = store.clone();
+        let t = t.clone();
+        async move {
+            let removal =
+                AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+            store.delete_tenant(&t, &removal).await
+        }
+    });
+    declarer.until_waited_on(&db, "clients", &removing).await;
+    declarer.commit().await;
+    assert!(
+        matches!(removing.await.unwrap(), Err(StoreError::Conflict)),
+        "the removal is refused"
+    );
+    assert!(store.tenant_exists(&t).await.unwrap());
+    let app = ClientId::parse("app").unwrap();
+    let kept = store
+        .client(&t, &app)
+        .await
+        .unwrap()
+        .expect("the declared client stays");
+    assert!(kept.declared);
     drop(store);
     drop(db);
 }

@@ -84,15 +84,6 @@ impl NewClient {
             None => vec![GrantType::ClientCredentials],
             Some(names) => GrantType::parse_list(&names)?,
         };
-        if self
-            .redirect_uris
-            .iter()
-            .any(|u| u.is_empty() || u.contains(char::is_whitespace))
-        {
-            return Err(latch_core::Error::invalid_request(
-                "redirect_uris must be non-empty and contain no whitespace",
-            ));
-        }
         Ok(ClientSpec {
             tenant,
             id: ClientId::parse(&self.client_id)?,

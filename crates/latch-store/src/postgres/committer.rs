@@ -1012,18 +1012,20 @@ async fn apply(
                 &[&t.as_str()],
             )
             .await?;
-            // A client the configuration declares is removed there alone. A node declaring
-            // one holds the tenant's row (its foreign key) until it commits, so after the
-            // lock above this sees it.
-            if st
-                .execute(
+            // A client the configuration declares is removed there alone. A node declaring a
+            // new one holds the tenant's row (its foreign key) until it commits, which the
+            // lock above waits for; one declaring a client that exists updates its row alone,
+            // which takes no lock on the tenant's. So every client of the tenant is locked
+            // too, which waits for such an update and then reads the row as it committed it:
+            // no write has been made when this refuses.
+            let clients = st
+                .prepared(
                     tx,
-                    "SELECT 1 FROM clients WHERE tenant_id = $1 AND declared LIMIT 1",
-                    &[&t.as_str()],
+                    "SELECT declared FROM clients WHERE tenant_id = $1 FOR UPDATE",
                 )
-                .await?
-                > 0
-            {
+                .await?;
+            let rows = tx.query(&clients, &[&t.as_str()]).await?;
+            if rows.iter().any(|row| row.get::<_, bool>(0)) {
                 return Ok(Reply::Declared);
             }
             st.execute(
@@ -1045,15 +1047,7 @@ async fn apply(
         }
         Op::PutClient(c, replace) => {
             let conflict = if *replace {
-                "ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
-                   secret_hash = EXCLUDED.secret_hash, auth_method = EXCLUDED.auth_method, \
-                   grant_types = EXCLUDED.grant_types, scope = EXCLUDED.scope, \
-                   redirect_uris = EXCLUDED.redirect_uris, \
-                   access_token_ttl = EXCLUDED.access_token_ttl, \
-                   refresh_token_ttl = EXCLUDED.refresh_token_ttl, \
-                   rotation_grace = EXCLUDED.rotation_grace, \
-                   access_token_revocation = EXCLUDED.access_token_revocation, \
-                   declared = EXCLUDED.declared"
+                crate::client_sql::REPLACE_SETTINGS
             } else {
                 ""
             };

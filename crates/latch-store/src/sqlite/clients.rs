@@ -130,9 +130,11 @@ impl ClientRow {
         }
     }
 
-    fn insert(&self, c: &rusqlite::Connection, verb: &str) -> rusqlite::Result<usize> {
+    /// Inserts the row; `on_conflict` says what a row already stored under its id does.
+    fn insert(&self, c: &rusqlite::Connection, on_conflict: &str) -> rusqlite::Result<usize> {
         c.prepare_cached(&format!(
-            "{verb} INTO clients ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            "INSERT INTO clients ({COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) {on_conflict}"
         ))?
         .execute(params![
             self.tenant_id,
@@ -184,7 +186,7 @@ impl ClientStore for SqliteStore {
         let row = ClientRow::of(client);
         self.write(move |c| {
             live_clients::forget();
-            row.insert(c, "INSERT").map(|_| ())
+            row.insert(c, "").map(|_| ())
         })
         .await
     }
@@ -193,7 +195,8 @@ impl ClientStore for SqliteStore {
         let row = ClientRow::of(client);
         self.write(move |c| {
             live_clients::forget();
-            row.insert(c, "INSERT OR REPLACE").map(|_| ())
+            row.insert(c, crate::client_sql::REPLACE_SETTINGS)
+                .map(|_| ())
         })
         .await
     }

@@ -798,5 +798,21 @@ pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::
             .unwrap();
     }
     drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    // Every command the tests run ends by itself (a `serve` only when it is refused): one
+    // still running after a minute is killed, and its output says so, rather than hang.
+    let pid = child.id().to_string();
+    let (done, finished) = std::sync::mpsc::channel();
+    let output = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done.send(());
+        output
+    });
+    if finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .is_err()
+    {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("latch {args:?} was still running after 60 s");
+    }
+    output.join().unwrap().unwrap()
 }
