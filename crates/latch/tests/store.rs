@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{OtherNode, TestDb};
-use latch_core::audit::{AuditContext, AuditQuery, Reason};
+use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, SecretHash};
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
@@ -847,6 +847,19 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     drop(db);
 }
 
+/// The removal of tenant `t`, as the admin API asks for it, running on its own.
+fn removing_tenant(
+    store: &Arc<dyn Storage>,
+    t: &TenantId,
+) -> tokio::task::JoinHandle<Result<Option<Option<AuditEvent>>, StoreError>> {
+    let (store, t) = (store.clone(), t.clone());
+    tokio::spawn(async move {
+        let removal =
+            AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+        store.delete_tenant(&t, &removal).await
+    })
+}
+
 /// Across PostgreSQL nodes: a tenant removal while another node creates a client in that
 /// tenant waits for the creation and removes that client too, instead of failing (with its
 /// whole batch) on the client's foreign key.
@@ -864,15 +877,7 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
          INSERT INTO clients SELECT * FROM late",
     )
     .await;
-    let removing = tokio::spawn({
-        let store = store.clone();
-        let t = t.clone();
-        async move {
-            let removal =
-                AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
-            store.delete_tenant(&t, &removal).await
-        }
-    });
+    let removing = removing_tenant(&store, &t);
     // Until the removal waits for the creation's lock on the tenant's row.
     creator.until_waited_on(&db, "tenants", &removing).await;
     creator.commit().await;
@@ -903,15 +908,7 @@ async fn postgres_a_tenant_removal_racing_another_nodes_declaration_of_its_clien
         "UPDATE clients SET declared = TRUE WHERE tenant_id = 't' AND client_id = 'app'",
     )
     .await;
-    let removing = tokio::spawn({
-        let store = store.clone();
-        let t = t.clone();
-        async move {
-            let removal =
-                AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
-            store.delete_tenant(&t, &removal).await
-        }
-    });
+    let removing = removing_tenant(&store, &t);
     declarer.until_waited_on(&db, "clients", &removing).await;
     declarer.commit().await;
     assert!(
