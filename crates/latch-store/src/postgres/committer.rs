@@ -179,12 +179,15 @@ impl Committer {
     }
 }
 
-/// A 200 for a write means it is durable, so the writer's session never commits with
-/// `synchronous_commit = off` (set on the server, the database, the role or in the URL's
-/// options), which returns from `COMMIT` before the WAL is flushed: a crash then loses
-/// writes latch has answered. Every other value flushes the WAL locally at least; a stronger
-/// one (`remote_apply`, for a standby) is kept.
-const DURABLE_COMMITS_SQL: &str = "SELECT set_config('synchronous_commit', 'on', false) \
+/// A 200 for a write means it is durable, so the writer never commits with
+/// `synchronous_commit = off` (set on the server, the database, the role, in the URL's
+/// options, or left on a pooled server connection by another client), which returns from
+/// `COMMIT` before the WAL is flushed: a crash then loses writes latch has answered. Every
+/// other value flushes the WAL locally at least; a stronger one (`remote_apply`, for a
+/// standby) is kept. Set for each transaction (`SET LOCAL`), not the session: behind a
+/// transaction pooler (PgBouncer in transaction mode) each transaction may run on another
+/// server connection than the one a session-wide setting was made on.
+const DURABLE_COMMIT_SQL: &str = "SELECT set_config('synchronous_commit', 'on', true) \
      WHERE current_setting('synchronous_commit') = 'off'";
 
 async fn connect(
@@ -197,8 +200,18 @@ async fn connect(
             tracing::warn!(error = %e, "writer connection closed");
         }
     });
-    client.batch_execute(DURABLE_COMMITS_SQL).await?;
     Ok(client)
+}
+
+/// Opens a batch's transaction, one whose commit flushes the WAL ([`DURABLE_COMMIT_SQL`]).
+async fn begin_durable<'a>(
+    client: &'a mut PgClient,
+    st: &mut Statements,
+) -> Result<Transaction<'a>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let durable = st.prepared(&tx, DURABLE_COMMIT_SQL).await?;
+    tx.execute(&durable, &[]).await?;
+    Ok(tx)
 }
 
 async fn run(
@@ -269,7 +282,7 @@ async fn commit_batch(
     st: &mut Statements,
     ops: &[&Op],
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
-    let mut tx = client.transaction().await?;
+    let mut tx = begin_durable(client, st).await?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
     while let Some(op) = rest.first() {
@@ -1168,14 +1181,22 @@ mod tests {
             let crate::postgres::tls::Target { mut config, tls } =
                 crate::postgres::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
             config.options(format!("-c synchronous_commit={configured}"));
-            let client = connect(&config, &tls)
+            let mut client = connect(&config, &tls)
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432");
-            let row = client
-                .query_one("SHOW synchronous_commit", &[])
-                .await
-                .unwrap();
-            assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
+            let mut st = Statements::default();
+            // As behind a transaction pooler, whose next transaction may run on a server
+            // connection another client left with `off`, however the session began.
+            for (setting, used) in [(None, used), (Some("off"), "on")] {
+                if let Some(setting) = setting {
+                    let set = format!("SET synchronous_commit = {setting}");
+                    client.batch_execute(&set).await.unwrap();
+                }
+                let tx = begin_durable(&mut client, &mut st).await.unwrap();
+                let row = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap();
+                assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
+                tx.commit().await.unwrap();
+            }
         }
     }
 }
