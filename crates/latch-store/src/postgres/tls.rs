@@ -13,6 +13,9 @@
 //! only an eavesdropper that cannot also intercept. So TLS is used when the URL asks for it,
 //! and only `verify-full` (or `verify-ca` on a private network) stops an active attacker.
 //! `sslrootcert` is a PEM file; libpq's `~/.postgresql/root.crt` is not looked for.
+//!
+//! [`parse`] also gives a connection bounds on a silent server unless the URL sets its own
+//! (`bound_silent_peers`).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -94,6 +97,11 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     let mut config =
         tokio_postgres::Config::from_str(&rebuilt).map_err(|e| invalid(super::describe(&e)))?;
     config.ssl_mode(ssl_mode);
+    let named: Vec<&str> = rest
+        .iter()
+        .map(|p| p.split_once('=').map_or(*p, |(k, _)| k))
+        .collect();
+    bound_silent_peers(&mut config, &named);
     let roots = match (&root_file, check) {
         (Some(file), Check::Chain | Check::ChainAndName) => Some(read_roots(file)?),
         _ => None,
@@ -102,6 +110,33 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
         config,
         tls: MakeRustlsConnect::new(client_config(check, roots)?),
     })
+}
+
+/// Connection settings, each unless the URL names it (libpq's parameter names), that bound
+/// how long a PostgreSQL that stops answering without closing the connection (a network
+/// partition dropping packets, a frozen host) keeps requests waiting before they fail with
+/// `503`: the kernel's own defaults let a connection wait for many minutes (two hours of
+/// silence before the first keepalive probe). A connection attempt gives up after 10 s; one
+/// whose sent data goes unacknowledged for 30 s is dropped (`tcp_user_timeout`, Linux), as
+/// is one silent for 15 s that then misses 3 probes 5 s apart (keepalives).
+fn bound_silent_peers(config: &mut tokio_postgres::Config, named: &[&str]) {
+    use std::time::Duration;
+    let unnamed = |key: &str| !named.contains(&key);
+    if unnamed("connect_timeout") {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if unnamed("tcp_user_timeout") {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    if unnamed("keepalives_idle") {
+        config.keepalives_idle(Duration::from_secs(15));
+    }
+    if unnamed("keepalives_interval") {
+        config.keepalives_interval(Duration::from_secs(5));
+    }
+    if unnamed("keepalives_retries") {
+        config.keepalives_retries(3);
+    }
 }
 
 fn read_roots(file: &str) -> Result<RootCertStore, StoreError> {
@@ -211,6 +246,27 @@ impl ServerCertVerifier for Lenient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_server_is_given_up_on_in_seconds_unless_the_url_says_otherwise() {
+        use std::time::Duration;
+        let secs = Duration::from_secs;
+        let config = parse("postgres://u@h/db").unwrap().config;
+        assert_eq!(config.get_connect_timeout(), Some(&secs(10)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&secs(30)));
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), secs(15));
+        assert_eq!(config.get_keepalives_interval(), Some(secs(5)));
+        assert_eq!(config.get_keepalives_retries(), Some(3));
+        let url = "postgres://u@h/db?connect_timeout=2&keepalives_idle=60&keepalives_retries=9\
+                   &tcp_user_timeout=7&keepalives_interval=1";
+        let config = parse(url).unwrap().config;
+        assert_eq!(config.get_connect_timeout(), Some(&secs(2)));
+        assert_eq!(config.get_tcp_user_timeout(), Some(&secs(7)));
+        assert_eq!(config.get_keepalives_idle(), secs(60));
+        assert_eq!(config.get_keepalives_interval(), Some(secs(1)));
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+    }
 
     #[test]
     fn sslmode_and_sslrootcert_are_read_here_and_the_rest_by_tokio_postgres() {
