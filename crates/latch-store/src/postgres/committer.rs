@@ -747,9 +747,9 @@ async fn rotate(
 /// revoked grants: a sign-out revoking a refresh token and its access token at once would
 /// otherwise audit the access token killed twice, once with its grant. (`OFFSET 0` keeps the
 /// probe one index search per token: as an anti join, PostgreSQL hashed the whole index,
-/// 118,120 revoked grants, for a batch of 32 tokens.) A token expired
-/// within the clocks' allowance is revoked (for the clocks that lag this one) but not
-/// audited: nothing live died.
+/// 118,120 revoked grants, for a batch of 32 tokens.) A token expired within the clocks'
+/// allowance is revoked (for the clocks that lag this one) but not audited: nothing live
+/// died.
 /// `$1`..`$9`: arrays of the hashes and of each revocation's audit columns. The audit ids
 /// come from the `BIGSERIAL`'s sequence named outright (`audit_id_seq`, schema version 2),
 /// resolved once when the statement is prepared: `pg_get_serial_sequence` ran its catalog
