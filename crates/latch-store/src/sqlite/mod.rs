@@ -94,7 +94,15 @@ impl Readers {
     ) -> StoreResult<T> {
         match self {
             Readers::Shared(conn) => {
-                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let conn = conn.lock().unwrap_or_else(|poisoned| {
+                    // The writer panicked holding it, inside its batch's transaction: that
+                    // batch is undone, or reads would see what it never committed.
+                    let conn = poisoned.into_inner();
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    conn
+                });
                 f(&conn).map_err(store_error)
             }
             Readers::Pool { path, idle } => {
@@ -594,7 +602,13 @@ mod tests {
         store.ping().await.unwrap();
         assert!(!store.writer_stopped());
         let panicked = store
-            .write(|_| -> rusqlite::Result<()> { panic!("a bug in a write") })
+            .write(|c| -> rusqlite::Result<()> {
+                c.execute(
+                    "INSERT INTO tenants (id, created_at) VALUES ('ghost', 1)",
+                    [],
+                )?;
+                panic!("a bug in a write")
+            })
             .await;
         assert!(panicked.is_err());
         // The thread lets go of its queue as it unwinds, just after the write's answer.
@@ -607,6 +621,11 @@ mod tests {
         assert!(store.writer_stopped());
         assert!(store.ping().await.is_err());
         assert!(store.write(|_| Ok(())).await.is_err());
+        // In memory, reads share the writer's connection: what the batch wrote before the
+        // panic was never committed, and is not read.
+        use latch_core::store::TenantStore;
+        let ghost = TenantId::parse("ghost").unwrap();
+        assert!(!store.tenant_exists(&ghost).await.unwrap());
     }
 
     /// Access tokens written before version 6 carry nothing of their grant: they are read
