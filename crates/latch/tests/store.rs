@@ -847,6 +847,16 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     drop(db);
 }
 
+/// A fresh PostgreSQL database holding tenant `t`, with client `app` in it.
+async fn tenant_t_with_client_app() -> (TestDb, Arc<dyn Storage>, TenantId) {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let t = TenantId::parse("t").unwrap();
+    store.create_tenant(&t, 100).await.unwrap();
+    store.create_client(&client(&t, "app", 3600)).await.unwrap();
+    (db, store, t)
+}
+
 /// The removal of tenant `t`, as the admin API asks for it, running on its own.
 fn removing_tenant(
     store: &Arc<dyn Storage>,
@@ -865,11 +875,7 @@ fn removing_tenant(
 /// whole batch) on the client's foreign key.
 #[tokio::test]
 async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_that_client() {
-    let db = TestDb::fresh_on(common::Backend::Postgres).await;
-    let store = latch_store::open(&db.url).await.unwrap();
-    let t = TenantId::parse("t").unwrap();
-    store.create_tenant(&t, 100).await.unwrap();
-    store.create_client(&client(&t, "app", 3600)).await.unwrap();
+    let (db, store, t) = tenant_t_with_client_app().await;
     let creator = OtherNode::begin(
         &db,
         "CREATE TEMP TABLE late ON COMMIT DROP AS SELECT * FROM clients WHERE tenant_id = 't'; \
@@ -898,11 +904,7 @@ async fn postgres_a_tenant_removal_racing_another_nodes_client_creation_removes_
 /// it finds at once; before, it deleted the client the other node had just declared.
 #[tokio::test]
 async fn postgres_a_tenant_removal_racing_another_nodes_declaration_of_its_client_is_refused() {
-    let db = TestDb::fresh_on(common::Backend::Postgres).await;
-    let store = latch_store::open(&db.url).await.unwrap();
-    let t = TenantId::parse("t").unwrap();
-    store.create_tenant(&t, 100).await.unwrap();
-    store.create_client(&client(&t, "app", 3600)).await.unwrap();
+    let (db, store, t) = tenant_t_with_client_app().await;
     let declarer = OtherNode::begin(
         &db,
         "UPDATE clients SET declared = TRUE WHERE tenant_id = 't' AND client_id = 'app'",
