@@ -62,14 +62,6 @@ impl Workload {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|w| w.name() == s)
     }
-
-    /// Whether each request uses up a preloaded item (a token, or a subject's grants).
-    pub fn consumes(self) -> bool {
-        matches!(
-            self,
-            Workload::Revoke | Workload::Refresh | Workload::Logout
-        )
-    }
 }
 
 /// Where the tokens of introspection and revocation requests come from.
@@ -107,11 +99,88 @@ impl Tokens {
     }
 }
 
+/// The distinct items a consuming run may use, each once, in a scattered order.
+///
+/// Item `k` of a run is `items.start + (used + k) × stride mod len`, with `stride` coprime
+/// to `len` (about `len / φ`): a bijection, so the positions `0..used` are exactly the items
+/// earlier runs on a kept database consumed (see [`crate::preload::State`]), yet neighbouring
+/// requests (and the ~32 writes of one group commit) hit grants, subjects and index leaves
+/// spread over the whole database, as real traffic does. Taken in key order, each batch
+/// touched neighbouring rows and leaf pages, which flattered every write rate.
+#[derive(Clone, Debug)]
+pub struct Supply {
+    items: Range<u64>,
+    stride: u64,
+    used: u64,
+}
+
+impl Supply {
+    /// The items of `items` not among the first `used` of its order.
+    pub fn new(items: Range<u64>, used: u64) -> Self {
+        let len = items.end.saturating_sub(items.start);
+        // The golden ratio's stride keeps any few consecutive positions far apart.
+        let mut stride = ((len as f64 / 1.618_033_988_75) as u64).max(1);
+        while gcd(stride, len.max(1)) != 1 {
+            stride += 1;
+        }
+        Self {
+            items,
+            stride,
+            used,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.items.end.saturating_sub(self.items.start)
+    }
+
+    /// A few positions of the run's order to probe with [`active`] before it starts: its
+    /// first items (those a state file behind its database would reuse) and a spread.
+    pub fn sample_ahead(&self) -> Vec<u64> {
+        let n = self.available();
+        let mut ks: Vec<u64> = [0, 1, 2, 3, n / 4, n / 2, 3 * n / 4, n.saturating_sub(1)]
+            .into_iter()
+            .filter(|&k| k < n)
+            .collect();
+        ks.dedup();
+        ks.into_iter().filter_map(|k| self.item(k)).collect()
+    }
+
+    /// The first of the items a run used (`consumed` of them), to probe with [`active`] after it.
+    pub fn sample_used(&self, consumed: u64) -> Vec<u64> {
+        (0..consumed.min(8)).filter_map(|k| self.item(k)).collect()
+    }
+
+    /// How many items are left.
+    pub fn available(&self) -> u64 {
+        self.len().saturating_sub(self.used)
+    }
+
+    /// The run's `k`th item, or `None` once they have run out.
+    pub fn item(&self, k: u64) -> Option<u64> {
+        (k < self.available()).then(|| {
+            let position = u128::from(self.used + k) * u128::from(self.stride);
+            self.items.start + (position % u128::from(self.len())) as u64
+        })
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 /// What one workload measured.
 pub struct Outcome {
-    pub requests: u64,
+    /// Requests answered as expected. The rate, the latencies and the ratios count only
+    /// these: a run whose requests fail fast must not read as a fast run.
+    pub successes: u64,
+    /// Requests answered otherwise, or not answered.
     pub errors: u64,
     pub elapsed: Duration,
+    /// The successful requests' latencies.
     pub latency_us: Histogram<u64>,
     /// Items of the supply used (consuming workloads).
     pub consumed: u64,
@@ -168,8 +237,28 @@ fn monotonic_now() -> Duration {
 }
 
 impl Outcome {
+    /// Successful requests per second.
     pub fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
+        self.successes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Every request sent, successful or not.
+    pub fn requests(&self) -> u64 {
+        self.successes + self.errors
+    }
+
+    /// The `q` quantile of the latencies in ms, corrected for coordinated omission.
+    ///
+    /// Each connection sends its next request only when the last one is answered, so a stall
+    /// of the server delays 64 requests, not the rate × stall that would have arrived
+    /// meanwhile from independent clients. As wrk does, every latency longer than the
+    /// expected interval between a connection's requests (the mean latency, in a closed
+    /// loop) also counts the requests that would have waited behind it
+    /// ([`Histogram::clone_correct`]).
+    pub fn corrected_ms(&self, q: f64) -> f64 {
+        let interval = self.latency_us.mean().round() as u64;
+        let corrected = self.latency_us.clone_correct(interval.max(1));
+        corrected.value_at_quantile(q) as f64 / 1000.0
     }
 }
 
@@ -351,6 +440,38 @@ impl Conn {
     }
 }
 
+/// Whether each of `items`' tokens of `kind` (`"at"` or `"rt"`) introspects active on the
+/// latch server at `addr`.
+///
+/// A consuming run probes its supply with it before and after: the tokens it is about to use
+/// must be live (else the state file is behind the database, and the run would revoke dead
+/// tokens, answered 200 at the speed of a lookup), and those it used must be dead.
+pub async fn active(
+    addr: SocketAddr,
+    load: &Load,
+    kind: &str,
+    items: impl IntoIterator<Item = u64>,
+) -> anyhow::Result<Vec<bool>> {
+    let host = HeaderValue::try_from(addr.to_string())?;
+    let mut conn = Conn::connect(addr).await?;
+    let mut active = Vec::new();
+    for item in items {
+        let req = form(
+            "/oauth2/introspect",
+            &load.introspector_auth,
+            format!("token={}", preload::token(kind, item)),
+        );
+        let (status, body) = conn.exchange(&req, &host).await?;
+        anyhow::ensure!(
+            status == 200,
+            "introspection answered {}",
+            describe(status, &body)
+        );
+        active.push(succeeded(Workload::Introspect, status, &body));
+    }
+    Ok(active)
+}
+
 /// latch's group-commit counters, as its `/metrics` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Commits {
@@ -418,7 +539,7 @@ fn describe(status: u16, body: &[u8]) -> String {
 
 struct PerConnection {
     hist: Histogram<u64>,
-    requests: u64,
+    successes: u64,
     errors: u64,
     exhausted: bool,
     first_error: Option<String>,
@@ -433,14 +554,14 @@ fn access_token(body: &[u8]) -> Option<String> {
 }
 
 /// Runs one workload against `addr` and measures it. A consuming workload takes the items
-/// of `supply` in order, each once, and stops early when they run out. With `collect`, the
+/// of `supply`, each once, and stops early when they run out. With `collect`, the
 /// access tokens of successful issuance responses are kept in [`Outcome::issued`].
 pub async fn run(
     workload: Workload,
     addr: SocketAddr,
     load: Arc<Load>,
     tokens: Arc<Tokens>,
-    supply: Option<Range<u64>>,
+    supply: Option<Supply>,
     collect: bool,
 ) -> anyhow::Result<Outcome> {
     let next = Arc::new(AtomicU64::new(0));
@@ -465,7 +586,7 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let mut out = PerConnection {
                 hist: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-                requests: 0,
+                successes: 0,
                 errors: 0,
                 exhausted: false,
                 first_error: None,
@@ -497,28 +618,27 @@ pub async fn run(
                 random ^= random >> 7;
                 random ^= random << 17;
                 let item = match supply.as_ref() {
-                    Some(range) => {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        if k >= range.end - range.start {
+                    Some(supply) => match supply.item(next.fetch_add(1, Ordering::Relaxed)) {
+                        Some(item) => item,
+                        None => {
                             out.exhausted = true;
                             break;
                         }
-                        range.start + k
-                    }
+                    },
                     None => introspect.start + random % (introspect.end - introspect.start),
                 };
                 let req = request(workload, &load, &tokens, item);
                 let t0 = Instant::now();
                 let result = conn.exchange(&req, &host).await;
                 let latency = t0.elapsed().as_micros() as u64;
-                out.hist.saturating_record(latency);
                 if load.traced {
                     let sent = t0.duration_since(run_start).as_micros();
                     out.trace.push((c as u32, sent as u32, latency as u32));
                 }
-                out.requests += 1;
                 match result {
                     Ok((status, body)) if succeeded(workload, status, &body) => {
+                        out.successes += 1;
+                        out.hist.saturating_record(latency);
                         if collect {
                             out.issued.extend(access_token(&body));
                         }
@@ -541,7 +661,7 @@ pub async fn run(
     start.wait().await;
     let started = Instant::now();
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut requests, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
+    let (mut successes, mut errors, mut exhausted, mut first_error) = (0, 0, false, None);
     let mut issued = Vec::new();
     let mut samples = Vec::new();
     for t in tasks {
@@ -549,18 +669,18 @@ pub async fn run(
         issued.extend(out.issued);
         samples.extend(out.trace);
         total.add(out.hist)?;
-        requests += out.requests;
+        successes += out.successes;
         errors += out.errors;
         exhausted |= out.exhausted;
         first_error = first_error.or(out.first_error);
     }
     let elapsed = started.elapsed();
     let consumed = match supply.as_ref() {
-        Some(range) => next.load(Ordering::Relaxed).min(range.end - range.start),
+        Some(supply) => next.load(Ordering::Relaxed).min(supply.available()),
         None => 0,
     };
     Ok(Outcome {
-        requests,
+        successes,
         errors,
         elapsed,
         latency_us: total,
@@ -581,6 +701,83 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every item a supply hands out, from position `used` on.
+    fn drain(items: Range<u64>, used: u64) -> Vec<u64> {
+        let supply = Supply::new(items, used);
+        (0..).map_while(|k| supply.item(k)).collect()
+    }
+
+    #[test]
+    fn a_supply_hands_out_each_item_of_its_range_once() {
+        for len in [0, 1, 2, 3, 10, 250, 1000, 4096, 250_000] {
+            let items = 7..7 + len;
+            let mut all = drain(items.clone(), 0);
+            assert_eq!(all.len() as u64, len);
+            all.sort_unstable();
+            assert!(all.iter().copied().eq(items), "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_kept_supply_resumes_after_what_earlier_runs_used() {
+        let items = 100..1100;
+        let whole = drain(items.clone(), 0);
+        for used in [0, 1, 333, 999, 1000] {
+            let rest = drain(items.clone(), used);
+            assert_eq!(rest, whole[used as usize..], "after {used}");
+            assert_eq!(Supply::new(items.clone(), used).available(), 1000 - used);
+        }
+        assert_eq!(
+            drain(items.clone(), 5000),
+            [] as [u64; 0],
+            "more used than there is"
+        );
+    }
+
+    #[test]
+    fn neighbouring_requests_use_items_far_apart() {
+        // A group commit takes about 32 writes: none of them should share a neighbourhood
+        // (one leaf page holds a few dozen grant rows).
+        let len = 250_000;
+        let items = drain(0..len, 0);
+        for batch in items[..10_000].windows(32) {
+            let mut sorted = batch.to_vec();
+            sorted.sort_unstable();
+            let closest = sorted.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+            assert!(closest > 1000, "{batch:?}");
+        }
+    }
+
+    #[test]
+    fn the_corrected_tail_counts_the_requests_a_stall_held_back() {
+        let mut latency_us = Histogram::new_with_bounds(1, 60_000_000, 3).unwrap();
+        // 990 requests of 1 ms and ten stalled for 100 ms: the raw p99 sees 1 ms, though
+        // open-loop clients would have queued ~100 requests behind each stall.
+        latency_us.record_n(1_000, 990).unwrap();
+        latency_us.record_n(100_000, 10).unwrap();
+        let outcome = Outcome {
+            successes: 1000,
+            errors: 0,
+            elapsed: Duration::from_secs(1),
+            latency_us,
+            consumed: 0,
+            exhausted: false,
+            first_error: None,
+            issued: Vec::new(),
+            trace: None,
+        };
+        assert_eq!(
+            outcome.latency_us.value_at_quantile(0.99) as f64 / 1000.0,
+            1.0
+        );
+        assert!(
+            outcome.corrected_ms(0.99) > 50.0,
+            "{}",
+            outcome.corrected_ms(0.99)
+        );
+        assert_eq!(outcome.corrected_ms(0.5), 1.0);
+    }
 
     #[test]
     fn a_latency_trace_is_a_header_and_a_line_per_request() {

@@ -44,6 +44,7 @@ mod warm;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -51,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use load::{Commits, Load, Tokens, Workload};
+use load::{Commits, Load, Supply, Tokens, Workload};
 use preload::State;
 use report::{millis, Row, RunInfo, Server};
 use sys::CpuSample;
@@ -152,7 +153,8 @@ impl StateStore {
     }
 }
 
-/// Child processes, killed when the benchmark ends, however it ends.
+/// Child processes, killed when the benchmark ends: by this destructor, or by the kernel if
+/// a signal ends it (see [`spawn`]).
 #[derive(Default)]
 struct Children(Vec<Child>);
 
@@ -162,6 +164,28 @@ impl Drop for Children {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Why a consuming run's figures are in doubt, from the probes of its supply: `ahead`, the
+/// tokens it was about to use, each of which must have been live; `used`, those it used,
+/// each of which must now be dead.
+fn supply_doubt(ahead: &[bool], used: &[bool]) -> Option<String> {
+    let dead_ahead = ahead.iter().filter(|&&a| !a).count();
+    let live_used = used.iter().filter(|&&a| a).count();
+    if dead_ahead > 0 {
+        Some(format!(
+            "{dead_ahead} of {} tokens probed before the run were already dead: the state \
+             file is behind the database, so some requests found nothing to do",
+            ahead.len()
+        ))
+    } else if live_used > 0 {
+        Some(format!(
+            "{live_used} of {} tokens the run used are still live",
+            used.len()
+        ))
+    } else {
+        None
     }
 }
 
@@ -181,6 +205,18 @@ fn spawn(
     } else {
         Command::new(program)
     };
+    // SAFETY: the hook runs in the child between fork and exec and only makes one system
+    // call, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // A benchmark killed by a signal runs no destructor: the kernel ends its servers
+            // (the setting survives `taskset`'s exec of the server).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
@@ -283,6 +319,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         };
+        if state.consumed_in_key_order() {
+            bail!(
+                "{described_db} was consumed in key order by an older latch-bench, which the \
+                 scattered order would reuse: drop --keep-db to preload afresh"
+            );
+        }
         if let Some(t) = cli.tokens.filter(|&t| t != state.tokens) {
             bail!(
                 "{} holds {} grants, not {t}: drop --keep-db to preload afresh, or pick another --db",
@@ -498,21 +540,29 @@ fn main() -> anyhow::Result<()> {
                 }
             },
         };
-        let supply = match (server, w) {
-            (Server::OidcProvider, Workload::Revoke) => Some(tokens.revocable(&layout)),
-            (Server::OidcProvider, _) => None,
-            (_, Workload::Revoke) => {
-                Some(layout.consumable().start + state.revoked..layout.consumable().end)
-            }
-            (_, Workload::Refresh) => {
-                Some(layout.consumable().start + state.refreshed..layout.consumable().end)
-            }
-            (_, Workload::Logout) => Some(
-                layout.logout_subjects().start + state.logged_out..layout.logout_subjects().end,
-            ),
+        // What earlier runs on this database used of the workload's supply.
+        let used = match (server, w) {
+            (Server::Latch, Workload::Revoke) => Some(&mut state.revoked),
+            (Server::Latch, Workload::Refresh) => Some(&mut state.refreshed),
+            (Server::Latch, Workload::Logout) => Some(&mut state.logged_out),
             _ => None,
         };
-        let available = supply.as_ref().map(|r| r.end.saturating_sub(r.start));
+        let supply = match (server, w) {
+            (Server::OidcProvider, Workload::Revoke) => {
+                Some(Supply::new(tokens.revocable(&layout), 0))
+            }
+            (Server::OidcProvider, _) => None,
+            (_, Workload::Revoke | Workload::Refresh) => Some(Supply::new(
+                layout.consumable(),
+                used.as_deref().copied().unwrap_or(0),
+            )),
+            (_, Workload::Logout) => Some(Supply::new(
+                layout.logout_subjects(),
+                used.as_deref().copied().unwrap_or(0),
+            )),
+            _ => None,
+        };
+        let available = supply.as_ref().map(Supply::available);
         if available == Some(0) {
             rows.push(Row::skipped(
                 server,
@@ -546,6 +596,25 @@ fn main() -> anyhow::Result<()> {
                         .ok()
                 })
         };
+        // The whole supply is recorded as used before the run, and what the run left is given
+        // back after it: a run cut short (an error, a kill) leaves no used item to be taken
+        // for a live one by the next run on a kept database.
+        let used_before = used.as_deref().copied();
+        if let (Some(used), Some(available)) = (used, available) {
+            *used += available;
+            state_store.save(&runtime, &state)?;
+        }
+        // Revocation and rotation answer 200 for a dead token too: probe that the run's
+        // tokens were live before it and dead after it.
+        let probed = match (server, w, &supply) {
+            (Server::Latch, Workload::Revoke | Workload::Refresh, Some(supply)) => {
+                let kind = if w == Workload::Revoke { "at" } else { "rt" };
+                let before =
+                    runtime.block_on(load::active(addr, &load, kind, supply.sample_ahead()))?;
+                Some((kind, supply.clone(), before))
+            }
+            _ => None,
+        };
         let commits_before = scrape();
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
@@ -553,6 +622,18 @@ fn main() -> anyhow::Result<()> {
         let commits = scrape()
             .zip(commits_before)
             .and_then(|(after, before)| after.since(&before));
+        let doubt = match probed {
+            Some((kind, supply, before)) => {
+                let after = runtime.block_on(load::active(
+                    addr,
+                    &load,
+                    kind,
+                    supply.sample_used(o.consumed),
+                ))?;
+                supply_doubt(&before, &after)
+            }
+            None => None,
+        };
         // Written once the run's CPU and commit counters are read: the file's writing is not
         // the run's, and on the load generator's core it would count as load.
         if let (Some(dir), Some(trace)) = (&cli.latency_trace, &o.trace) {
@@ -575,18 +656,17 @@ fn main() -> anyhow::Result<()> {
                 issued_by_oidc = Some(Arc::new(Tokens::Issued(issued)));
             }
         }
-        if server == Server::Latch {
-            match w {
-                Workload::Revoke => state.revoked += o.consumed,
-                Workload::Refresh => state.refreshed += o.consumed,
-                Workload::Logout => state.logged_out += o.consumed,
-                _ => {}
-            }
-            if w.consumes() {
-                state_store.save(&runtime, &state)?;
-            }
+        if let Some(used_before) = used_before {
+            let used = match w {
+                Workload::Revoke => &mut state.revoked,
+                Workload::Refresh => &mut state.refreshed,
+                _ => &mut state.logged_out,
+            };
+            *used = used_before + o.consumed;
+            state_store.save(&runtime, &state)?;
         }
         let mut notes = Vec::new();
+        notes.extend(doubt.clone());
         if o.exhausted {
             let what = if w == Workload::Logout {
                 "subjects"
@@ -606,9 +686,10 @@ fn main() -> anyhow::Result<()> {
         let note = notes.join("; ");
         let label = report::label(server, w);
         eprintln!(
-            "{label:<13} {:>9.0} req/s  p99 {:.2} ms  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",
+            "{label:<13} {:>9.0} req/s  p99 {:.2} ms ({:.2} corrected)  errors {}  server CPU {:.0}%  load CPU {:.0}%  {note}",
             o.rps(),
             millis(&o.latency_us, 0.99),
+            o.corrected_ms(0.99),
             o.errors,
             cpu.server * 100.0,
             cpu.load * 100.0,
@@ -619,6 +700,7 @@ fn main() -> anyhow::Result<()> {
             server,
             cpu,
             note,
+            doubt,
         });
     }
     let oidc_rss = oidc
@@ -658,4 +740,30 @@ fn main() -> anyhow::Result<()> {
         oidc_provider: oidc.map(|(_, _, description)| (description, oidc_rss)),
     };
     report::write(&info, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_in_doubt_when_its_tokens_were_dead_before_or_live_after() {
+        assert_eq!(supply_doubt(&[true; 8], &[false; 8]), None);
+        assert_eq!(
+            supply_doubt(&[true; 8], &[]),
+            None,
+            "a run that used nothing"
+        );
+        assert_eq!(
+            supply_doubt(&[false, false, true], &[false; 8]).as_deref(),
+            Some(
+                "2 of 3 tokens probed before the run were already dead: the state file is \
+                 behind the database, so some requests found nothing to do"
+            )
+        );
+        assert_eq!(
+            supply_doubt(&[true; 8], &[false, true]).as_deref(),
+            Some("1 of 2 tokens the run used are still live")
+        );
+    }
 }

@@ -90,7 +90,9 @@ impl Layout {
 }
 
 /// What a preloaded database holds and what earlier runs on it consumed, kept next to it
-/// (`<db>.state.json`) so that `--keep-db` runs never reuse a consumed token.
+/// (`<db>.state.json`) so that `--keep-db` runs never reuse a consumed token. A consuming
+/// run's whole supply is recorded as consumed before it starts, and what it left unused is
+/// given back after it ends: a run cut short leaves nothing a later run would take for live.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// Preloaded grants (N).
@@ -101,6 +103,11 @@ pub struct State {
     pub refreshed: u64,
     /// Subjects already logged out.
     pub logged_out: u64,
+    /// Whether the counts above are positions in [`crate::load::Supply`]'s scattered order.
+    /// States written before it (absent: false) counted items taken in key order, which
+    /// the scattered order would take again.
+    #[serde(default)]
+    pub scattered: bool,
     /// How long the preload took.
     pub preload_seconds: f64,
     /// When it was made (UTC).
@@ -127,9 +134,20 @@ impl State {
         }
     }
 
+    /// Replaces the state file whole (a new file renamed over the old one), so that a run
+    /// cut short never leaves half a state behind.
     pub fn save(&self, db: &Path) -> anyhow::Result<()> {
-        std::fs::write(Self::path(db), serde_json::to_string_pretty(self)?)?;
+        let path = Self::path(db);
+        let new = beside(&path, ".new");
+        std::fs::write(&new, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&new, &path)?;
         Ok(())
+    }
+
+    /// Whether earlier runs consumed items in key order (a state from before the scattered
+    /// order), so that a run in the scattered order could reuse them.
+    pub fn consumed_in_key_order(&self) -> bool {
+        !self.scattered && self.revoked + self.refreshed + self.logged_out > 0
     }
 
     pub fn layout(&self) -> Layout {
@@ -322,6 +340,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
 
     let state = State {
         tokens: n,
+        scattered: true,
         preload_seconds: started.elapsed().as_secs_f64(),
         preloaded_at: crate::sys::utc_now(),
         ..State::default()
@@ -380,6 +399,56 @@ pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_consumed_in_key_order_is_told_apart() {
+        // A state file from before the scattered order has no `scattered` field.
+        let old: State = serde_json::from_str(
+            r#"{"tokens":1000,"revoked":250,"refreshed":0,"logged_out":0,
+                "preload_seconds":1.0,"preloaded_at":"2026-12-03T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(old.consumed_in_key_order());
+        let unused = State {
+            revoked: 0,
+            ..old.clone()
+        };
+        assert!(
+            !unused.consumed_in_key_order(),
+            "nothing consumed, nothing to reuse"
+        );
+        let new = State {
+            scattered: true,
+            ..old
+        };
+        assert!(!new.consumed_in_key_order());
+    }
+
+    #[test]
+    fn a_saved_state_replaces_the_old_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("bench.db");
+        let state = State {
+            tokens: 1000,
+            scattered: true,
+            revoked: 3,
+            ..State::default()
+        };
+        state.save(&db).unwrap();
+        State {
+            revoked: 250,
+            ..state
+        }
+        .save(&db)
+        .unwrap();
+        let read = State::load(&db).unwrap().unwrap();
+        assert_eq!((read.revoked, read.scattered), (250, true));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["bench.db.state.json"], "no temporary file left");
+    }
 
     #[tokio::test]
     async fn latch_reads_the_preloaded_sqlite_database_as_its_own() {

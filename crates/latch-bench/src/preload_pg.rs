@@ -85,16 +85,19 @@ pub async fn load_state(url: &str) -> anyhow::Result<Option<State>> {
 
 /// Records the state in the database.
 pub async fn save_state(url: &str, state: &State) -> anyhow::Result<()> {
-    let c = connect(url, None).await?;
-    c.batch_execute(&format!(
+    let mut c = connect(url, None).await?;
+    // One transaction: a state is replaced, never lost halfway.
+    let tx = c.transaction().await?;
+    tx.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {STATE_TABLE} (state TEXT NOT NULL); DELETE FROM {STATE_TABLE}"
     ))
     .await?;
-    c.execute(
+    tx.execute(
         &format!("INSERT INTO {STATE_TABLE} (state) VALUES ($1)"),
         &[&serde_json::to_string(state)?],
     )
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -272,6 +275,7 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
 
     Ok(State {
         tokens: n,
+        scattered: true,
         preload_seconds: started.elapsed().as_secs_f64(),
         preloaded_at: crate::sys::utc_now(),
         ..State::default()
