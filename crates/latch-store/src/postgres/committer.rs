@@ -4,7 +4,8 @@
 //! deadlock or serialization failure (possible when several nodes write the same rows) can
 //! simply be applied again.
 //!
-//! If the connection is lost, the batch in flight answers `Unavailable` (nothing is reported
+//! If the connection is lost, or PostgreSQL does not commit a batch of bounded writes within
+//! the deadline ([`Deadline`]), the batch in flight answers `Unavailable` (nothing is reported
 //! committed that might not be) and the next batch reconnects.
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
@@ -29,6 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, Statement, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::deadline::Deadline;
 use super::store_error;
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
@@ -67,6 +69,23 @@ impl Op {
     /// committed and its writers get a 503.
     fn may_conflict(&self) -> bool {
         matches!(self, Op::CreateTenant(..) | Op::PutClient(..))
+    }
+
+    /// Whether the write's work is bounded (a token, a grant, a client's settings, a sweep of
+    /// limited size), so that its batch gets the [`Deadline`]. Removing a tenant or a client
+    /// and logging a subject out revoke every grant they hold, which may take longer than
+    /// any deadline, and must still get done: a batch holding one waits for as long as it
+    /// takes (TCP's bounds still catch a server that went silent).
+    fn bounded(&self) -> bool {
+        !matches!(
+            self,
+            Op::DeleteTenant(..)
+                | Op::DeleteClient(..)
+                | Op::Revoke(
+                    Revocation::Subject { .. } | Revocation::Tenant(_) | Revocation::Client { .. },
+                    _
+                )
+        )
     }
 }
 
@@ -155,14 +174,17 @@ impl Committer {
         self.queue.is_closed()
     }
 
-    /// Starts the committer task on the current runtime, counting its batches in `meter`.
+    /// Starts the committer task on the current runtime, counting its batches in `meter`;
+    /// a batch of bounded writes ([`Op::bounded`]) that PostgreSQL does not commit within
+    /// `deadline` is answered unavailable, and its connection closed.
     pub(crate) fn start(
         config: tokio_postgres::Config,
         tls: MakeRustlsConnect,
         meter: Arc<CommitMeter>,
+        deadline: Deadline,
     ) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(config, tls, rx, meter));
+        tokio::spawn(run(config, tls, rx, meter, deadline));
         Self { queue }
     }
 
@@ -219,6 +241,7 @@ async fn run(
     tls: MakeRustlsConnect,
     mut rx: mpsc::Receiver<Pending>,
     meter: Arc<CommitMeter>,
+    deadline: Deadline,
 ) {
     let mut client: Option<PgClient> = None;
     let mut statements = Statements::default();
@@ -244,11 +267,28 @@ async fn run(
             continue;
         };
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
-        let mut attempt = 0;
-        let outcome = loop {
-            match commit_batch(conn, &mut statements, &ops).await {
-                Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
-                other => break other,
+        let deadline = if ops.iter().all(|op| op.bounded()) {
+            deadline
+        } else {
+            Deadline(None)
+        };
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                match commit_batch(conn, &mut statements, &ops).await {
+                    Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                    other => break other,
+                }
+            }
+        };
+        let outcome = match deadline.within(attempts).await {
+            Ok(committed) => committed.map_err(|e| super::describe(&e)),
+            Err(late) => {
+                // The next batch would wait behind this one on that connection: a new one
+                // (a new backend) instead. If the COMMIT was sent, it may yet happen: the
+                // writes answer unavailable, as for any COMMIT whose answer was lost.
+                client = None;
+                Err(late.to_string())
             }
         };
         meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
@@ -258,8 +298,7 @@ async fn run(
                     let _ = p.reply.send(r);
                 }
             }
-            Err(e) => {
-                let why = super::describe(&e);
+            Err(why) => {
                 tracing::error!(error = %why, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
                 let err = StoreError::Unavailable(why);
                 for p in batch.drain(..) {
@@ -1178,8 +1217,9 @@ mod tests {
             ("local", "local"),
             ("remote_apply", "remote_apply"),
         ] {
-            let crate::postgres::tls::Target { mut config, tls } =
-                crate::postgres::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
+            let crate::postgres::tls::Target {
+                mut config, tls, ..
+            } = crate::postgres::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
             config.options(format!("-c synchronous_commit={configured}"));
             let mut client = connect(&config, &tls)
                 .await

@@ -75,10 +75,9 @@ async fn run(hot: Arc<Pipelined>, mut rx: mpsc::Receiver<Pending>) {
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (lookups, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.lookup, p.reply)).unzip();
-        let answers = match hot.get().await {
-            Ok(conn) => reads::clients_and_tokens(&conn, &lookups).await,
-            Err(e) => Err(e),
-        };
+        let answers = hot
+            .read(async |c| reads::clients_and_tokens(c, &lookups).await)
+            .await;
         match answers {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {

@@ -9,6 +9,7 @@
 //! one sees its row change.
 
 mod committer;
+mod deadline;
 mod lookups;
 mod pipelined;
 mod reads;
@@ -17,7 +18,7 @@ mod tls;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
@@ -34,6 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use committer::{Committer, Op, Reply};
+use deadline::Deadline;
 use lookups::Lookups;
 use pipelined::Pipelined;
 
@@ -138,6 +140,8 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
 /// latch's storage on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
+    /// How long a read may wait for PostgreSQL ([`deadline`]).
+    deadline: Deadline,
     hot: Arc<Pipelined>,
     lookups: Lookups,
     committer: Committer,
@@ -155,7 +159,11 @@ impl PgStore {
     /// Connects, applies pending migrations and starts the committer. Must be called within
     /// a tokio runtime.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let tls::Target { config, tls } = tls::parse(url)?;
+        let tls::Target {
+            config,
+            tls,
+            deadline,
+        } = tls::parse(url)?;
         migrate(&config, &tls).await?;
         let manager = Manager::from_config(
             config.clone(),
@@ -168,19 +176,41 @@ impl PgStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let hot = Arc::new(Pipelined::new(pool.clone(), PIPELINED_CONNECTIONS));
+        let hot = Arc::new(Pipelined::new(
+            pool.clone(),
+            PIPELINED_CONNECTIONS,
+            deadline,
+        ));
         let commits = Arc::new(CommitMeter::default());
         Ok(Self {
             lookups: Lookups::start(hot.clone()),
             hot,
             pool,
-            committer: Committer::start(config, tls, commits.clone()),
+            deadline,
+            committer: Committer::start(config, tls, commits.clone(), deadline),
             commits,
         })
     }
 
-    async fn read_client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| no_connection(&e))
+    /// Runs `read` on a pooled connection, within the deadline. A connection that misses it
+    /// is closed instead of going back to the pool, where the next query given it would wait
+    /// behind the one that got no answer.
+    async fn pooled<T>(
+        &self,
+        read: impl AsyncFnOnce(&ClientWrapper) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let client = self
+            .deadline
+            .within(self.pool.get())
+            .await?
+            .map_err(|e| no_connection(&e))?;
+        match self.deadline.within(read(&client)).await {
+            Ok(answer) => answer,
+            Err(late) => {
+                drop(Object::take(client));
+                Err(late.into())
+            }
+        }
     }
 
     async fn write(&self, op: Op) -> StoreResult<Reply> {
@@ -272,11 +302,13 @@ fn newer_schema(current: i32, floor: i32) -> StoreError {
 #[async_trait]
 impl TenantStore for PgStore {
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool> {
-        reads::tenant_exists(&**self.hot.get().await?, tenant).await
+        self.hot
+            .read(async |c| reads::tenant_exists(c, tenant).await)
+            .await
     }
 
     async fn list_tenants(&self) -> StoreResult<Vec<TenantId>> {
-        reads::list_tenants(&*self.read_client().await?).await
+        self.pooled(async |c| reads::list_tenants(c).await).await
     }
 
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()> {
@@ -299,7 +331,9 @@ impl TenantStore for PgStore {
 #[async_trait]
 impl ClientStore for PgStore {
     async fn client(&self, tenant: &TenantId, id: &ClientId) -> StoreResult<Option<Client>> {
-        reads::client(&**self.hot.get().await?, tenant, id).await
+        self.hot
+            .read(async |c| reads::client(c, tenant, id).await)
+            .await
     }
 
     async fn list_clients(
@@ -307,7 +341,8 @@ impl ClientStore for PgStore {
         tenant: &TenantId,
         page: Option<&ClientPage>,
     ) -> StoreResult<Vec<Client>> {
-        reads::list_clients(&*self.read_client().await?, tenant, page).await
+        self.pooled(async |c| reads::list_clients(c, tenant, page).await)
+            .await
     }
 
     async fn create_client(&self, client: &Client) -> StoreResult<()> {
@@ -358,7 +393,7 @@ impl ClientStore for PgStore {
 #[async_trait]
 impl TokenStore for PgStore {
     async fn token(&self, hash: &TokenHash) -> StoreResult<Option<TokenRecord>> {
-        reads::token(&**self.hot.get().await?, hash).await
+        self.hot.read(async |c| reads::token(c, hash).await).await
     }
 
     async fn issue(
@@ -384,7 +419,8 @@ impl TokenStore for PgStore {
     }
 
     async fn grant(&self, tenant: &TenantId, id: &GrantId) -> StoreResult<Option<Grant>> {
-        reads::grant(&*self.read_client().await?, tenant, id).await
+        self.pooled(async |c| reads::grant(c, tenant, id).await)
+            .await
     }
 
     async fn live_grants(
@@ -394,7 +430,8 @@ impl TokenStore for PgStore {
         now: UnixTime,
         page: &GrantPage,
     ) -> StoreResult<Vec<Grant>> {
-        reads::live_grants(&*self.read_client().await?, tenant, subject, now, page).await
+        self.pooled(async |c| reads::live_grants(c, tenant, subject, now, page).await)
+            .await
     }
 }
 
@@ -422,7 +459,8 @@ impl AuditStore for PgStore {
         tenant: &TenantId,
         query: &AuditQuery,
     ) -> StoreResult<Vec<AuditEvent>> {
-        reads::audit_events(&*self.read_client().await?, tenant, query).await
+        self.pooled(async |c| reads::audit_events(c, tenant, query).await)
+            .await
     }
 }
 
@@ -454,12 +492,13 @@ impl Storage for PgStore {
         if self.writer_stopped() {
             return Err(StoreError::Unavailable("the writer has stopped".into()));
         }
-        let client = self.read_client().await?;
-        client
-            .query_one("SELECT count(*) FROM tenants", &[])
-            .await
-            .map(|_| ())
-            .map_err(|e| store_error(&e))
+        self.pooled(async |c| {
+            c.query_one("SELECT count(*) FROM tenants", &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| store_error(&e))
+        })
+        .await
     }
 
     fn writer_stopped(&self) -> bool {

@@ -15,10 +15,11 @@
 //! `sslrootcert` is a PEM file; libpq's `~/.postgresql/root.crt` is not looked for.
 //!
 //! [`parse`] also gives a connection bounds on a silent server unless the URL sets its own
-//! (`bound_silent_peers`).
+//! (`bound_silent_peers`), and reads latch's own `query_timeout` ([`Deadline`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use latch_core::StoreError;
 use percent_encoding::percent_decode_str;
@@ -32,10 +33,14 @@ use rustls::{Error as TlsError, SignatureScheme};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-/// Where and how to connect: tokio-postgres's settings, and the TLS connector they use.
+use super::deadline::Deadline;
+
+/// Where and how to connect: tokio-postgres's settings, the TLS connector they use, and how
+/// long to wait for an answer.
 pub(crate) struct Target {
     pub(crate) config: tokio_postgres::Config,
     pub(crate) tls: MakeRustlsConnect,
+    pub(crate) deadline: Deadline,
 }
 
 /// How much of the server's certificate is checked.
@@ -54,6 +59,7 @@ fn invalid(what: impl std::fmt::Display) -> StoreError {
 pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let (mut mode, mut root_file) = (None, None);
+    let mut deadline = Deadline::default();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -61,6 +67,12 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
         match key {
             "sslmode" => mode = Some(value()),
             "sslrootcert" => root_file = Some(value()),
+            "query_timeout" => {
+                let seconds: u64 = value().parse().map_err(|_| {
+                    invalid("query_timeout must be a whole number of seconds (0: none)")
+                })?;
+                deadline = Deadline((seconds > 0).then(|| Duration::from_secs(seconds)));
+            }
             _ => rest.push(pair),
         }
     }
@@ -109,6 +121,7 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     Ok(Target {
         config,
         tls: MakeRustlsConnect::new(client_config(check, roots)?),
+        deadline,
     })
 }
 
@@ -120,7 +133,6 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
 /// whose sent data goes unacknowledged for 30 s is dropped (`tcp_user_timeout`, Linux), as
 /// is one silent for 15 s that then misses 3 probes 5 s apart (keepalives).
 fn bound_silent_peers(config: &mut tokio_postgres::Config, named: &[&str]) {
-    use std::time::Duration;
     let unnamed = |key: &str| !named.contains(&key);
     if unnamed("connect_timeout") {
         config.connect_timeout(Duration::from_secs(10));
@@ -303,6 +315,32 @@ mod tests {
                 panic!("{url} was accepted")
             };
             assert!(e.to_string().contains(says), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn query_timeout_is_latchs_own_parameter_in_whole_seconds() {
+        let deadline = |url: &str| parse(url).map(|t| t.deadline);
+        assert_eq!(
+            deadline("postgres://u@h/db").unwrap(),
+            Deadline(Some(Duration::from_secs(10)))
+        );
+        let target = parse("postgres://u@h/db?query_timeout=3&application_name=x").unwrap();
+        assert_eq!(target.deadline, Deadline(Some(Duration::from_secs(3))));
+        assert_eq!(
+            target.config.get_application_name(),
+            Some("x"),
+            "not passed on to tokio-postgres, which would refuse it"
+        );
+        assert_eq!(
+            deadline("postgres://u@h/db?query_timeout=0").unwrap(),
+            Deadline(None)
+        );
+        for bad in ["-1", "1.5", "", "ten"] {
+            let Err(e) = deadline(&format!("postgres://u@h/db?query_timeout={bad}")) else {
+                panic!("query_timeout={bad} was accepted")
+            };
+            assert!(e.to_string().contains("whole number of seconds"), "{e}");
         }
     }
 }
