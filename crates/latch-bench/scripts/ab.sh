@@ -45,6 +45,6 @@ for round in $(seq 1 "$rounds"); do
     env "${envs[@]}" "$bench" --duration "${AB_DURATION:-8}" --wait-idle 10 "${db_args[@]}" \
       --out "$work" --workloads "$workloads" --latch "$binary" >"$log" 2>&1
     grep -E "^\| ($(tr , '|' <<<"$workloads")) " "$log" |
-      awk -F'|' -v n="$name" -v r="$round" '{ printf "%-8s round %s %-11s req/s %7d  x ceiling %s  p50 %s  p99 %s  errors %s  server us/req %s\n", n, r, $2, $3, $4, $5, $6, $7, $10 }'
+      awk -F'|' -v n="$name" -v r="$round" '{ printf "%-8s round %s %-11s req/s %7d  x ceiling %s (CPU %s)  p50 %s  p99 %s (corrected %s)  errors %s  server us/req %s\n", n, r, $2, $3, $4, $5, $6, $7, $8, $9, $12 }'
   done
 done

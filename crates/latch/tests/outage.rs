@@ -358,11 +358,22 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "temporarily_unavailable", "{body}");
         assert!(body.get("active").is_none(), "{body}");
-        // The committer's connection.
+        // Revocation and issuance authenticate the client first, a hot read.
         let resp = answered(revoke(&http, base, &svc, &at)).await;
         assert_eq!(resp.status(), 503, "revoke, round {round}");
         let resp = answered(issue(&http, base, &svc)).await;
         assert_eq!(resp.status(), 503, "issue, round {round}");
+        // A write that reads nothing first: the committer's connection in round 0, its
+        // reconnection in round 1 (a server that never answers the startup).
+        let resp = answered(admin_at(
+            &http,
+            base,
+            Method::POST,
+            "/tenants",
+            Some(json!({ "tenant_id": format!("hung{round}") })),
+        ))
+        .await;
+        assert_eq!(resp.status(), 503, "create tenant, round {round}");
         // A pooled read.
         let resp = list_clients().await;
         assert_eq!(resp.status(), 503, "list clients, round {round}");
@@ -412,6 +423,34 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     assert_eq!(still["active"], true, "{still}");
     let clients = list_clients().await;
     assert_eq!(clients.status(), 200);
+    let mut created = false;
+    for _ in 0..20 {
+        let resp = answered(admin_at(
+            &http,
+            base,
+            Method::POST,
+            "/tenants",
+            Some(json!({ "tenant_id": "after" })),
+        ))
+        .await;
+        if resp.status() == 201 {
+            created = true;
+            break;
+        }
+        assert_eq!(resp.status(), 503);
+    }
+    assert!(created, "the committer never recovered");
+    // The tenants whose creation answered 503 were not created.
+    let tenants: Value = answered(admin_at(&http, base, Method::GET, "/tenants", None))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names = tenants.to_string();
+    assert!(
+        names.contains("after") && !names.contains("hung"),
+        "{tenants}"
+    );
     let ready = ready().await;
     assert_eq!(ready.status(), 200);
 }

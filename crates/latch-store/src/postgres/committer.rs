@@ -212,17 +212,38 @@ impl Committer {
 const DURABLE_COMMIT_SQL: &str = "SELECT set_config('synchronous_commit', 'on', true) \
      WHERE current_setting('synchronous_commit') = 'off'";
 
+/// The committer's connection, and the task that drives it.
+struct Link {
+    client: PgClient,
+    task: tokio::task::JoinHandle<()>,
+}
+
 async fn connect(
     config: &tokio_postgres::Config,
     tls: &MakeRustlsConnect,
-) -> Result<PgClient, tokio_postgres::Error> {
+) -> Result<Link, tokio_postgres::Error> {
     let (client, connection) = config.connect(tls.clone()).await?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "writer connection closed");
         }
     });
-    Ok(client)
+    Ok(Link { client, task })
+}
+
+impl Link {
+    /// Gives up on a connection PostgreSQL stopped answering: asks the server to cancel what
+    /// its backend is doing (so that it lets go of the rows its transaction locked, which
+    /// the next batches on a new connection may need), and closes the connection. Dropping
+    /// the client alone would not close it while answers are pending.
+    fn abandon(self, tls: &MakeRustlsConnect, deadline: Deadline) {
+        let cancel = self.client.cancel_token();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _ = deadline.within(cancel.cancel_query(tls)).await;
+        });
+        self.task.abort();
+    }
 }
 
 /// Opens a batch's transaction, one whose commit flushes the WAL ([`DURABLE_COMMIT_SQL`]).
@@ -243,67 +264,103 @@ async fn run(
     meter: Arc<CommitMeter>,
     deadline: Deadline,
 ) {
-    let mut client: Option<PgClient> = None;
-    let mut statements = Statements::default();
+    let mut writer = Writer {
+        config,
+        tls,
+        meter,
+        deadline,
+        link: None,
+        statements: Statements::default(),
+    };
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // Waits for a write, then takes every other one already queued.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let started = Instant::now();
-        if client.as_ref().is_none_or(PgClient::is_closed) {
-            statements = Statements::default();
-            client = match connect(&config, &tls).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    let err = store_error(&e);
-                    meter.batch(batch.len(), started.elapsed(), false);
-                    for p in batch.drain(..) {
-                        let _ = p.reply.send(Err(err.clone()));
-                    }
-                    continue;
-                }
-            };
+        // The unbounded writes (rare) commit apart and without the deadline, so that none of
+        // them takes the deadline away from the bounded ones queued with it. Writes queued
+        // together were concurrent, so their order is no one's to rely on.
+        let (bounded, unbounded): (Vec<Pending>, Vec<Pending>) =
+            batch.drain(..).partition(|p| p.op.bounded());
+        for (part, deadline) in [(bounded, deadline), (unbounded, Deadline(None))] {
+            if !part.is_empty() {
+                writer.commit(part, deadline).await;
+            }
         }
-        let Some(conn) = client.as_mut() else {
-            continue;
-        };
-        let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
-        let deadline = if ops.iter().all(|op| op.bounded()) {
-            deadline
-        } else {
-            Deadline(None)
-        };
-        let attempts = async {
-            let mut attempt = 0;
-            loop {
-                match commit_batch(conn, &mut statements, &ops).await {
-                    Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
-                    other => break other,
-                }
-            }
-        };
-        let outcome = match deadline.within(attempts).await {
-            Ok(committed) => committed.map_err(|e| super::describe(&e)),
-            Err(late) => {
-                // The next batch would wait behind this one on that connection: a new one
-                // (a new backend) instead. If the COMMIT was sent, it may yet happen: the
-                // writes answer unavailable, as for any COMMIT whose answer was lost.
-                client = None;
-                Err(late.to_string())
-            }
-        };
-        meter.batch(batch.len(), started.elapsed(), outcome.is_ok());
+    }
+}
+
+/// The committer task's state: its connection and the statements prepared on it.
+struct Writer {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    meter: Arc<CommitMeter>,
+    /// The URL's deadline, which bounds connecting whatever the batch.
+    deadline: Deadline,
+    link: Option<Link>,
+    statements: Statements,
+}
+
+impl Writer {
+    /// Commits `batch` in one transaction within `deadline` and answers each write.
+    async fn commit(&mut self, mut batch: Vec<Pending>, deadline: Deadline) {
+        let started = Instant::now();
+        let outcome = self.apply(&batch, deadline).await;
+        self.meter
+            .batch(batch.len(), started.elapsed(), outcome.is_ok());
         match outcome {
             Ok(replies) => {
                 for (p, r) in batch.drain(..).zip(replies) {
                     let _ = p.reply.send(r);
                 }
             }
-            Err(why) => {
-                tracing::error!(error = %why, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
-                let err = StoreError::Unavailable(why);
+            Err(err) => {
+                tracing::error!(error = %err, writes = batch.len(), "commit failed; every write in the batch answers unavailable");
                 for p in batch.drain(..) {
                     let _ = p.reply.send(Err(err.clone()));
                 }
+            }
+        }
+    }
+
+    /// The replies of `batch`, committed; or why nothing of it was.
+    async fn apply(
+        &mut self,
+        batch: &[Pending],
+        deadline: Deadline,
+    ) -> StoreResult<Vec<StoreResult<Reply>>> {
+        if self.link.as_ref().is_none_or(|l| l.client.is_closed()) {
+            self.statements = Statements::default();
+            // A server that accepts the connection and never answers its startup would
+            // otherwise hold every write up: `connect_timeout` bounds only the TCP connect.
+            let link = self
+                .deadline
+                .within(connect(&self.config, &self.tls))
+                .await?;
+            self.link = Some(link.map_err(|e| store_error(&e))?);
+        }
+        let Some(link) = self.link.as_mut() else {
+            return Err(StoreError::Unavailable("no writer connection".into()));
+        };
+        let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
+        let statements = &mut self.statements;
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                match commit_batch(&mut link.client, statements, &ops).await {
+                    Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                    other => break other,
+                }
+            }
+        };
+        match deadline.within(attempts).await {
+            Ok(committed) => committed.map_err(|e| StoreError::Unavailable(super::describe(&e))),
+            Err(late) => {
+                // The next batch would wait behind this one on that connection: a new one
+                // (a new backend) instead. If the COMMIT was sent, it may yet happen: the
+                // writes answer unavailable, as for any COMMIT whose answer was lost.
+                if let Some(link) = self.link.take() {
+                    link.abandon(&self.tls, self.deadline);
+                }
+                Err(late.into())
             }
         }
     }
@@ -1221,7 +1278,7 @@ mod tests {
                 mut config, tls, ..
             } = crate::postgres::tls::parse("postgres://root@127.0.0.1:5432/test").unwrap();
             config.options(format!("-c synchronous_commit={configured}"));
-            let mut client = connect(&config, &tls)
+            let Link { mut client, .. } = connect(&config, &tls)
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432");
             let mut st = Statements::default();
