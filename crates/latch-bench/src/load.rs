@@ -142,6 +142,7 @@ impl Supply {
             .into_iter()
             .filter(|&k| k < n)
             .collect();
+        ks.sort_unstable();
         ks.dedup();
         ks.into_iter().filter_map(|k| self.item(k)).collect()
     }

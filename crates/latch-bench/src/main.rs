@@ -189,6 +189,28 @@ fn supply_doubt(ahead: &[bool], used: &[bool]) -> Option<String> {
     }
 }
 
+/// Makes the child die with this process however this process ends: one killed by a signal
+/// runs no destructor (see [`Children`]). The setting survives `exec`, so `taskset`'s exec of
+/// the real program keeps it.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the child between fork and exec, and makes only
+    // async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the setting was made, which nothing would
+            // then report.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts a server (pinned to core 0 if `pin`) and waits for the line where it says
 /// `… listening on http://ADDR`.
 fn spawn(
@@ -205,18 +227,7 @@ fn spawn(
     } else {
         Command::new(program)
     };
-    // SAFETY: the hook runs in the child between fork and exec and only makes one system
-    // call, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // A benchmark killed by a signal runs no destructor: the kernel ends its servers
-            // (the setting survives `taskset`'s exec of the server).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
@@ -256,12 +267,15 @@ fn main() -> anyhow::Result<()> {
     let pinned = sys::have_taskset();
     if pinned && std::env::var_os(PINNED_ENV).is_none() {
         let me = std::env::current_exe()?;
-        let status = Command::new("taskset")
+        let mut pinned_self = Command::new("taskset");
+        pinned_self
             .args(["-c", "1"])
             .arg(me)
             .args(std::env::args_os().skip(1))
-            .env(PINNED_ENV, "1")
-            .status()?;
+            .env(PINNED_ENV, "1");
+        // Killing the benchmark as started kills the pinned copy too, and so its servers.
+        die_with_parent(&mut pinned_self);
+        let status = pinned_self.status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
     if !pinned {
@@ -304,7 +318,7 @@ fn main() -> anyhow::Result<()> {
     // A SQLite file without its state file is still reused (with --tokens as its size).
     let stateless_file = cli.postgres.is_none() && cli.db.exists();
     let kept = if cli.keep_db && (loaded.is_some() || stateless_file) {
-        let state = match loaded {
+        let mut state = match loaded {
             Some(s) => s,
             None => {
                 let tokens = cli.tokens.context(
@@ -325,6 +339,8 @@ fn main() -> anyhow::Result<()> {
                  scattered order would reuse: drop --keep-db to preload afresh"
             );
         }
+        // Nothing was consumed in key order: from now on its counts are scattered positions.
+        state.scattered = true;
         if let Some(t) = cli.tokens.filter(|&t| t != state.tokens) {
             bail!(
                 "{} holds {} grants, not {t}: drop --keep-db to preload afresh, or pick another --db",
@@ -596,14 +612,6 @@ fn main() -> anyhow::Result<()> {
                         .ok()
                 })
         };
-        // The whole supply is recorded as used before the run, and what the run left is given
-        // back after it: a run cut short (an error, a kill) leaves no used item to be taken
-        // for a live one by the next run on a kept database.
-        let used_before = used.as_deref().copied();
-        if let (Some(used), Some(available)) = (used, available) {
-            *used += available;
-            state_store.save(&runtime, &state)?;
-        }
         // Revocation and rotation answer 200 for a dead token too: probe that the run's
         // tokens were live before it and dead after it.
         let probed = match (server, w, &supply) {
@@ -615,10 +623,27 @@ fn main() -> anyhow::Result<()> {
             }
             _ => None,
         };
+        // The whole supply is recorded as used before the run, and what the run left is given
+        // back as soon as it ends: a run cut short (an error in it, a kill) leaves no used
+        // item to be taken for a live one by the next run on a kept database.
+        let used_before = used.as_deref().copied();
+        if let (Some(used), Some(available)) = (used, available) {
+            *used += available;
+            state_store.save(&runtime, &state)?;
+        }
         let commits_before = scrape();
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
         let cpu = before.until(&CpuSample::take(&server_pids()));
+        if let Some(used_before) = used_before {
+            let used = match w {
+                Workload::Revoke => &mut state.revoked,
+                Workload::Refresh => &mut state.refreshed,
+                _ => &mut state.logged_out,
+            };
+            *used = used_before + o.consumed;
+            state_store.save(&runtime, &state)?;
+        }
         let commits = scrape()
             .zip(commits_before)
             .and_then(|(after, before)| after.since(&before));
@@ -655,15 +680,6 @@ fn main() -> anyhow::Result<()> {
             if !issued.is_empty() {
                 issued_by_oidc = Some(Arc::new(Tokens::Issued(issued)));
             }
-        }
-        if let Some(used_before) = used_before {
-            let used = match w {
-                Workload::Revoke => &mut state.revoked,
-                Workload::Refresh => &mut state.refreshed,
-                _ => &mut state.logged_out,
-            };
-            *used = used_before + o.consumed;
-            state_store.save(&runtime, &state)?;
         }
         let mut notes = Vec::new();
         notes.extend(doubt.clone());

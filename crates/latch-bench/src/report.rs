@@ -180,9 +180,10 @@ fn cpu_ratio(rows: &[Row], i: usize) -> Option<f64> {
 
 /// Why a run's figures cannot be judged against a target, if they cannot: a run that ran
 /// out of items measured a burst, not a sustained rate; one with errors measured something
-/// other than the workload; one that committed fewer writes than it had successes revoked
-/// tokens that were already dead.
-fn verdict_withheld(o: &Outcome, doubt: Option<&str>) -> Option<String> {
+/// other than the workload; `doubt` is why its supply probes failed (tokens dead before the
+/// run or live after it, see `main.rs`); `ceiling_errors`, the errors of the ceiling runs
+/// beside it, whose lower rate would raise its ratio.
+fn verdict_withheld(o: &Outcome, doubt: Option<&str>, ceiling_errors: u64) -> Option<String> {
     if let Some(doubt) = doubt {
         Some(doubt.to_owned())
     } else if o.exhausted {
@@ -192,9 +193,25 @@ fn verdict_withheld(o: &Outcome, doubt: Option<&str>) -> Option<String> {
         ))
     } else if o.errors > 0 {
         Some(format!("{} requests failed", o.errors))
+    } else if ceiling_errors > 0 {
+        Some(format!(
+            "{ceiling_errors} requests failed in the ceiling runs beside it"
+        ))
     } else {
         None
     }
+}
+
+/// The errors of the ceiling runs nearest before and after row `i`.
+fn adjacent_ceiling_errors(rows: &[Row], i: usize) -> u64 {
+    let errors = |r: &Row| {
+        (r.workload == Workload::Ceiling)
+            .then(|| r.outcome.as_ref().map(|o| o.errors))
+            .flatten()
+    };
+    let before = rows[..i].iter().rev().find_map(errors);
+    let after = rows[i + 1..].iter().find_map(errors);
+    before.unwrap_or(0) + after.unwrap_or(0)
 }
 
 /// One line of the targets' verdicts. The ratio has three decimals: at two, a rate just
@@ -296,7 +313,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
                     "seconds": round(o.elapsed.as_secs_f64(), 3),
                     "consumed": o.consumed,
                     "supply_exhausted": o.exhausted,
-                    "verdict_withheld": verdict_withheld(o, r.doubt.as_deref()),
+                    "verdict_withheld": verdict_withheld(o, r.doubt.as_deref(), adjacent_ceiling_errors(rows, i)),
                     "cpu": cpu_known(o).then(|| json!({
                         "server_share_of_core0": round(r.cpu.server, 3),
                         "load_share_of_core1": round(r.cpu.load, 3),
@@ -464,7 +481,8 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
                 *min,
                 millis(&o.latency_us, 0.99),
                 o.corrected_ms(0.99),
-                verdict_withheld(o, r.doubt.as_deref()).as_deref(),
+                verdict_withheld(o, r.doubt.as_deref(), adjacent_ceiling_errors(rows, i))
+                    .as_deref(),
             ));
         }
     }
@@ -588,17 +606,44 @@ mod tests {
 
     #[test]
     fn no_verdict_for_a_burst_a_failing_run_or_one_that_revoked_dead_tokens() {
-        assert_eq!(verdict_withheld(&outcome(250, 0, false), None), None);
-        let burst = verdict_withheld(&outcome(250, 0, true), None).unwrap();
+        assert_eq!(verdict_withheld(&outcome(250, 0, false), None, 0), None);
+        let burst = verdict_withheld(&outcome(250, 0, true), None, 0).unwrap();
         assert_eq!(burst, "its items ran out after 0.02 s");
-        let failing = verdict_withheld(&outcome(250, 3, false), None).unwrap();
+        let failing = verdict_withheld(&outcome(250, 3, false), None, 0).unwrap();
         assert_eq!(failing, "3 requests failed");
-        let dead = verdict_withheld(&outcome(250, 0, false), Some("only 0 writes")).unwrap();
-        assert_eq!(dead, "only 0 writes");
+        let dead = verdict_withheld(&outcome(250, 0, false), Some("8 of 8 dead"), 0).unwrap();
+        assert_eq!(dead, "8 of 8 dead");
+        let ceiling = verdict_withheld(&outcome(250, 0, false), None, 2).unwrap();
+        assert_eq!(ceiling, "2 requests failed in the ceiling runs beside it");
         assert_eq!(
             target_line(Workload::Revoke, 0.9, 0.25, 1.0, 1.0, Some(&burst)),
             "- revoke: not judged: its items ran out after 0.02 s; measured 0.900 × ceiling \
              (target ≥ 0.25); p99 1.00 ms corrected, 1.00 ms closed-loop (target ≤ 5 ms)"
+        );
+    }
+
+    #[test]
+    fn the_errors_beside_a_run_are_those_of_its_nearest_ceiling_runs() {
+        let row = |workload, errors| Row {
+            workload,
+            server: Server::Latch,
+            outcome: Some(outcome(100, errors, false)),
+            cpu: CpuUse::default(),
+            note: String::new(),
+            doubt: None,
+        };
+        let rows = [
+            row(Workload::Ceiling, 5),
+            row(Workload::Ceiling, 1),
+            row(Workload::Revoke, 0),
+            row(Workload::Ceiling, 2),
+            row(Workload::Issue, 0),
+        ];
+        assert_eq!(adjacent_ceiling_errors(&rows, 2), 3);
+        assert_eq!(
+            adjacent_ceiling_errors(&rows, 4),
+            2,
+            "no ceiling after the last"
         );
     }
 
