@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{admin_at, post_form_at, Auth, Backend, Process, TestClient, TestDb, ADMIN_TOKEN};
+use common::{
+    admin_at, post_form_at, Auth, Backend, OtherNode, Process, TestClient, TestDb, ADMIN_TOKEN,
+};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -453,4 +455,62 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     );
     let ready = ready().await;
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_given_up_on_has_its_backend_cancelled_so_it_holds_nothing() {
+    let db = TestDb::fresh_on(Backend::Postgres).await;
+    let url = format!("{}&query_timeout=1", db.url_string());
+    let dir = tempfile::tempdir().unwrap();
+    let node = Process::serve(
+        dir.path(),
+        &[
+            "--database-url",
+            &url,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--cleanup-interval",
+            "0",
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let base = node.base.as_str();
+    let resp = admin_at(
+        &http,
+        base,
+        Method::POST,
+        "/tenants/default/clients",
+        Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["client_credentials"] })),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let svc = TestClient {
+        id: "svc".into(),
+        secret: Some("svc-secret".into()),
+    };
+    let at: Value = issue(&http, base, &svc).await.json().await.unwrap();
+    let at = at["access_token"].as_str().unwrap().to_owned();
+
+    // Someone holds the tokens table (a migration, an operator): latch's read waits for it.
+    let locker = OtherNode::begin(&db, "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE").await;
+    let resp = answered(introspect(&http, base, &svc, &at)).await;
+    assert_eq!(resp.status(), 503);
+    // Given up on, the read no longer waits in PostgreSQL either: its backend was told to
+    // cancel, rather than left holding a connection slot until the lock goes.
+    assert!(
+        locker.until_none_wait(&db, "tokens").await,
+        "latch's backend still waits for the lock after the read was given up on"
+    );
+    locker.commit().await;
+    let mut active = Value::Null;
+    for _ in 0..20 {
+        let resp = answered(introspect(&http, base, &svc, &at)).await;
+        if resp.status() == 200 {
+            active = resp.json::<Value>().await.unwrap()["active"].clone();
+            break;
+        }
+        assert_eq!(resp.status(), 503);
+    }
+    assert_eq!(active, true);
 }

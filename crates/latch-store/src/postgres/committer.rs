@@ -30,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client as PgClient, Statement, Transaction};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::deadline::Deadline;
+use super::deadline::{cancel_backend, Deadline};
 use super::store_error;
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
@@ -237,11 +237,7 @@ impl Link {
     /// the next batches on a new connection may need), and closes the connection. Dropping
     /// the client alone would not close it while answers are pending.
     fn abandon(self, tls: &MakeRustlsConnect, deadline: Deadline) {
-        let cancel = self.client.cancel_token();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _ = deadline.within(cancel.cancel_query(tls)).await;
-        });
+        cancel_backend(self.client.cancel_token(), tls, deadline);
         self.task.abort();
     }
 }

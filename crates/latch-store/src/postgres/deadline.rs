@@ -12,6 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use latch_core::StoreError;
+use tokio_postgres::CancelToken;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The URL's `query_timeout` in seconds (latch's own parameter, not libpq's; 0 waits for
 /// ever), 10 s if left out.
@@ -38,6 +40,17 @@ impl Deadline {
                 .map_err(|_| Late(limit)),
         }
     }
+}
+
+/// Asks the server, in the background and within `deadline`, to cancel what the backend of
+/// a connection given up on is doing. Closing the connection is not enough: a backend waiting
+/// for a lock, or stuck in a query, keeps its locks and its connection slot until it next
+/// writes to its client and finds it gone.
+pub(crate) fn cancel_backend(token: CancelToken, tls: &MakeRustlsConnect, deadline: Deadline) {
+    let tls = tls.clone();
+    tokio::spawn(async move {
+        let _ = deadline.within(token.cancel_query(tls)).await;
+    });
 }
 
 impl std::fmt::Display for Late {

@@ -35,7 +35,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use committer::{Committer, Op, Reply};
-use deadline::Deadline;
+use deadline::{cancel_backend, Deadline};
 use lookups::Lookups;
 use pipelined::Pipelined;
 
@@ -142,6 +142,8 @@ pub struct PgStore {
     pool: Pool,
     /// How long a read may wait for PostgreSQL ([`deadline`]).
     deadline: Deadline,
+    /// To reach the server for a cancel request.
+    tls: MakeRustlsConnect,
     hot: Arc<Pipelined>,
     lookups: Lookups,
     committer: Committer,
@@ -180,6 +182,7 @@ impl PgStore {
             pool.clone(),
             PIPELINED_CONNECTIONS,
             deadline,
+            tls.clone(),
         ));
         let commits = Arc::new(CommitMeter::default());
         Ok(Self {
@@ -187,13 +190,14 @@ impl PgStore {
             hot,
             pool,
             deadline,
-            committer: Committer::start(config, tls, commits.clone(), deadline),
+            committer: Committer::start(config, tls.clone(), commits.clone(), deadline),
+            tls,
             commits,
         })
     }
 
     /// Runs `read` on a pooled connection, within the deadline. A connection that misses it
-    /// is closed instead of going back to the pool, where the next query given it would wait
+    /// has its backend asked to cancel and is closed instead of going back to the pool, where the next query given it would wait
     /// behind the one that got no answer.
     async fn pooled<T>(
         &self,
@@ -207,6 +211,7 @@ impl PgStore {
         match self.deadline.within(read(&client)).await {
             Ok(answer) => answer,
             Err(late) => {
+                cancel_backend(client.cancel_token(), &self.tls, self.deadline);
                 drop(Object::take(client));
                 Err(late.into())
             }

@@ -13,9 +13,9 @@
 //! (an audit page, a client list) would hold up every request queued behind it. Those stay
 //! on the pool.
 //!
-//! Every read has a [`Deadline`]. A connection that misses one is taken out of service: out
-//! of its slot at once, and out of the pool (closed) once the last read still using it lets
-//! go, since every query sent on it would wait behind the one that got no answer.
+//! Every read has a [`Deadline`]. A connection that misses one is taken out of service: its
+//! backend asked to cancel, out of its slot at once, and out of the pool (closed) once the
+//! last read still using it lets go, since every query sent on it would wait behind the one that got no answer.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::{ClientWrapper, Object, Pool};
 use latch_core::store::StoreResult;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::deadline::Deadline;
+use super::deadline::{cancel_backend, Deadline};
 
 /// Connections shared by the hot-path reads.
 pub(super) struct Pipelined {
@@ -33,6 +34,8 @@ pub(super) struct Pipelined {
     slots: Box<[Mutex<Option<Arc<Shared>>>]>,
     next: AtomicUsize,
     deadline: Deadline,
+    /// To reach the server for a cancel request.
+    tls: MakeRustlsConnect,
 }
 
 /// A pooled connection shared by reads, which goes back to the pool when the last of them is
@@ -63,12 +66,18 @@ impl Drop for Shared {
 impl Pipelined {
     /// `connections` shared connections, taken from `pool` on first use; every read on them
     /// given `deadline`.
-    pub(super) fn new(pool: Pool, connections: usize, deadline: Deadline) -> Self {
+    pub(super) fn new(
+        pool: Pool,
+        connections: usize,
+        deadline: Deadline,
+        tls: MakeRustlsConnect,
+    ) -> Self {
         Self {
             pool,
             slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             deadline,
+            tls,
         }
     }
 
@@ -81,7 +90,9 @@ impl Pipelined {
         match self.deadline.within(read(&conn)).await {
             Ok(answer) => answer,
             Err(late) => {
-                conn.failed.store(true, Ordering::Relaxed);
+                if !conn.failed.swap(true, Ordering::Relaxed) {
+                    cancel_backend(conn.cancel_token(), &self.tls, self.deadline);
+                }
                 let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
                 if held.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
                     *held = None;

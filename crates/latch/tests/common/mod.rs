@@ -283,19 +283,7 @@ impl OtherNode {
         statement: &str,
         tasks: &[&tokio::task::JoinHandle<T>],
     ) {
-        // Only the sessions this one blocks, directly or behind another waiter (a second
-        // waiter for a row waits for the first): tests in other schemas of the database wait
-        // for locks of their own.
-        let waiting = format!(
-            "WITH RECURSIVE blocked(pid) AS ( \
-               SELECT pid FROM pg_stat_activity WHERE {} = ANY (pg_blocking_pids(pid)) \
-               UNION \
-               SELECT a.pid FROM pg_stat_activity a \
-               JOIN blocked b ON b.pid = ANY (pg_blocking_pids(a.pid))) \
-             SELECT count(*) FROM pg_stat_activity \
-             WHERE pid IN (SELECT pid FROM blocked) AND query LIKE '%{statement}%'",
-            self.pid
-        );
+        let waiting = self.waiting_sql(statement);
         let mut polls = 0;
         while db.query_i64(&waiting).await < tasks.len() as i64 {
             assert!(
@@ -306,6 +294,38 @@ impl OtherNode {
             assert!(polls < 1_000, "{statement}: not waiting for a lock");
             tokio::task::yield_now().await;
         }
+    }
+
+    /// Counts the sessions running a statement containing `statement` that wait for a lock
+    /// this one holds, directly or behind another waiter (a second waiter for a row waits for
+    /// the first). Only those: tests in other schemas of the database wait for locks of their
+    /// own.
+    fn waiting_sql(&self, statement: &str) -> String {
+        format!(
+            "WITH RECURSIVE blocked(pid) AS ( \
+               SELECT pid FROM pg_stat_activity WHERE {} = ANY (pg_blocking_pids(pid)) \
+               UNION \
+               SELECT a.pid FROM pg_stat_activity a \
+               JOIN blocked b ON b.pid = ANY (pg_blocking_pids(a.pid))) \
+             SELECT count(*) FROM pg_stat_activity \
+             WHERE pid IN (SELECT pid FROM blocked) AND query LIKE '%{statement}%'",
+            self.pid
+        )
+    }
+
+    /// Yields until no statement containing `statement` waits for a lock this session holds;
+    /// false if some still wait after a thousand polls (a few seconds, well within the
+    /// session's 10 s allowance for idling in its transaction).
+    #[allow(dead_code)]
+    pub async fn until_none_wait(&self, db: &TestDb, statement: &str) -> bool {
+        let waiting = self.waiting_sql(statement);
+        for _ in 0..1_000 {
+            if db.query_i64(&waiting).await == 0 {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
     }
 
     /// Commits the transaction and closes the session.
