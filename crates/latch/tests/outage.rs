@@ -158,6 +158,58 @@ async fn issue(http: &reqwest::Client, base: &str, svc: &TestClient) -> reqwest:
     .await
 }
 
+/// A latch process on `url` with a confidential client `svc`, and an access token it was
+/// issued.
+struct Node {
+    _dir: tempfile::TempDir,
+    node: Process,
+    http: reqwest::Client,
+    svc: TestClient,
+    at: String,
+}
+
+impl Node {
+    async fn start(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Process::serve(
+            dir.path(),
+            &[
+                "--database-url",
+                url,
+                "--admin-token",
+                ADMIN_TOKEN,
+                "--cleanup-interval",
+                "0",
+            ],
+            &[],
+        );
+        let http = reqwest::Client::new();
+        let base = node.base.as_str();
+        let resp = admin_at(
+            &http,
+            base,
+            Method::POST,
+            "/tenants/default/clients",
+            Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["client_credentials"] })),
+        )
+        .await;
+        assert_eq!(resp.status(), 201);
+        let svc = TestClient {
+            id: "svc".into(),
+            secret: Some("svc-secret".into()),
+        };
+        let at: Value = issue(&http, base, &svc).await.json().await.unwrap();
+        let at = at["access_token"].as_str().unwrap().to_owned();
+        Self {
+            _dir: dir,
+            node,
+            http,
+            svc,
+            at,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_postgres_is_unreachable_everything_is_503_and_the_node_recovers_without_restart() {
     let db = TestDb::fresh_on(Backend::Postgres).await;
@@ -165,36 +217,14 @@ async fn while_postgres_is_unreachable_everything_is_503_and_the_node_recovers_w
     let url = db
         .url_string()
         .replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let dir = tempfile::tempdir().unwrap();
-    let node = Process::serve(
-        dir.path(),
-        &[
-            "--database-url",
-            &url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--cleanup-interval",
-            "0",
-        ],
-        &[],
-    );
-    let http = reqwest::Client::new();
+    let Node {
+        _dir,
+        node,
+        http,
+        svc,
+        at,
+    } = Node::start(&url).await;
     let base = node.base.as_str();
-    let resp = admin_at(
-        &http,
-        base,
-        Method::POST,
-        "/tenants/default/clients",
-        Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["client_credentials"] })),
-    )
-    .await;
-    assert_eq!(resp.status(), 201);
-    let svc = TestClient {
-        id: "svc".into(),
-        secret: Some("svc-secret".into()),
-    };
-    let at: Value = issue(&http, base, &svc).await.json().await.unwrap();
-    let at = at["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
         introspect(&http, base, &svc, &at)
             .await
@@ -287,36 +317,14 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
         db.url_string()
             .replace("127.0.0.1:5432", &proxy.addr.to_string())
     );
-    let dir = tempfile::tempdir().unwrap();
-    let node = Process::serve(
-        dir.path(),
-        &[
-            "--database-url",
-            &url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--cleanup-interval",
-            "0",
-        ],
-        &[],
-    );
-    let http = reqwest::Client::new();
+    let Node {
+        _dir,
+        node,
+        http,
+        svc,
+        at,
+    } = Node::start(&url).await;
     let base = node.base.as_str();
-    let resp = admin_at(
-        &http,
-        base,
-        Method::POST,
-        "/tenants/default/clients",
-        Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["client_credentials"] })),
-    )
-    .await;
-    assert_eq!(resp.status(), 201);
-    let svc = TestClient {
-        id: "svc".into(),
-        secret: Some("svc-secret".into()),
-    };
-    let at: Value = issue(&http, base, &svc).await.json().await.unwrap();
-    let at = at["access_token"].as_str().unwrap().to_owned();
     let other: Value = issue(&http, base, &svc).await.json().await.unwrap();
     let other = other["access_token"].as_str().unwrap().to_owned();
     let list_clients = || {
@@ -461,36 +469,14 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
 async fn a_read_given_up_on_has_its_backend_cancelled_so_it_holds_nothing() {
     let db = TestDb::fresh_on(Backend::Postgres).await;
     let url = format!("{}&query_timeout=1", db.url_string());
-    let dir = tempfile::tempdir().unwrap();
-    let node = Process::serve(
-        dir.path(),
-        &[
-            "--database-url",
-            &url,
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--cleanup-interval",
-            "0",
-        ],
-        &[],
-    );
-    let http = reqwest::Client::new();
+    let Node {
+        _dir,
+        node,
+        http,
+        svc,
+        at,
+    } = Node::start(&url).await;
     let base = node.base.as_str();
-    let resp = admin_at(
-        &http,
-        base,
-        Method::POST,
-        "/tenants/default/clients",
-        Some(json!({ "client_id": "svc", "client_secret": "svc-secret", "grant_types": ["client_credentials"] })),
-    )
-    .await;
-    assert_eq!(resp.status(), 201);
-    let svc = TestClient {
-        id: "svc".into(),
-        secret: Some("svc-secret".into()),
-    };
-    let at: Value = issue(&http, base, &svc).await.json().await.unwrap();
-    let at = at["access_token"].as_str().unwrap().to_owned();
 
     // Someone holds the tokens table (a migration, an operator): latch's read waits for it.
     let locker = OtherNode::begin(&db, "LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE").await;
