@@ -265,28 +265,16 @@ async fn while_postgres_is_unreachable_everything_is_503_and_the_node_recovers_w
 
     proxy.restore();
     // Bounded: the first requests after the restore may still meet a dead pooled connection.
-    let mut recovered = false;
-    for _ in 0..20 {
-        let resp = introspect(&http, base, &svc, &at).await;
-        if resp.status() == 200 {
-            // The revocations refused during the outage did not happen.
-            assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
-            recovered = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(recovered, "the node never recovered");
-    let mut revoked = false;
-    for _ in 0..20 {
-        let resp = revoke(&http, base, &svc, &at).await;
-        if resp.status() == 200 {
-            revoked = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(revoked, "writes never recovered");
+    let resp = recovered(
+        || introspect(&http, base, &svc, &at),
+        "the node never recovered",
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // The revocations refused during the outage did not happen.
+    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
+    let resp = recovered(|| revoke(&http, base, &svc, &at), "writes never recovered").await;
+    assert_eq!(resp.status(), 200);
     let after = introspect(&http, base, &svc, &at)
         .await
         .json::<Value>()
@@ -305,6 +293,21 @@ async fn answered(
     tokio::time::timeout(std::time::Duration::from_secs(60), request)
         .await
         .expect("no answer within a minute: the node is waiting for PostgreSQL for ever")
+}
+
+/// The first answer to `request`, sent again while it answers `503` (at most 20 times):
+/// after an outage, the first requests may still meet a connection that is gone.
+async fn recovered<Fut: std::future::Future<Output = reqwest::Response>>(
+    request: impl Fn() -> Fut,
+    what: &str,
+) -> reqwest::Response {
+    for _ in 0..20 {
+        let resp = answered(request()).await;
+        if resp.status() != 503 {
+            return resp;
+        }
+    }
+    panic!("{what}: still 503 after 20 tries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,16 +350,8 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
         assert_eq!(ready().await.status(), 503, "readyz, round {round}");
     }
     proxy.unfreeze_new();
-    let mut recovered = false;
-    for _ in 0..20 {
-        let resp = ready().await;
-        if resp.status() == 200 {
-            recovered = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(recovered, "pooled reads never recovered");
+    let resp = recovered(ready, "pooled reads never recovered").await;
+    assert_eq!(resp.status(), 200);
 
     // Then every connection the node holds.
     proxy.freeze();
@@ -395,28 +390,16 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     // work: the node recovers only if it gave up on the frozen ones, since every query
     // queued on a frozen connection waits behind the one it sent first.
     proxy.unfreeze_new();
-    let mut recovered = false;
-    for _ in 0..20 {
-        let resp = answered(introspect(&http, base, &svc, &at)).await;
-        if resp.status() == 200 {
-            // The revocations refused while PostgreSQL hung did not happen.
-            assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
-            recovered = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(recovered, "reads never recovered");
-    let mut revoked = false;
-    for _ in 0..20 {
-        let resp = answered(revoke(&http, base, &svc, &at)).await;
-        if resp.status() == 200 {
-            revoked = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(revoked, "writes never recovered");
+    let resp = recovered(
+        || introspect(&http, base, &svc, &at),
+        "reads never recovered",
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // The revocations refused while PostgreSQL hung did not happen.
+    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
+    let resp = recovered(|| revoke(&http, base, &svc, &at), "writes never recovered").await;
+    assert_eq!(resp.status(), 200);
     let answer = |token: &str| {
         let token = token.to_owned();
         let (http, svc) = (http.clone(), svc.clone());
@@ -433,23 +416,17 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     assert_eq!(still["active"], true, "{still}");
     let clients = list_clients().await;
     assert_eq!(clients.status(), 200);
-    let mut created = false;
-    for _ in 0..20 {
-        let resp = answered(admin_at(
+    let create = || {
+        admin_at(
             &http,
             base,
             Method::POST,
             "/tenants",
             Some(json!({ "tenant_id": "after" })),
-        ))
-        .await;
-        if resp.status() == 201 {
-            created = true;
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert!(created, "the committer never recovered");
+        )
+    };
+    let resp = recovered(create, "the committer never recovered").await;
+    assert_eq!(resp.status(), 201);
     // The tenants whose creation answered 503 were not created.
     let tenants: Value = answered(admin_at(&http, base, Method::GET, "/tenants", None))
         .await
@@ -489,14 +466,11 @@ async fn a_read_given_up_on_has_its_backend_cancelled_so_it_holds_nothing() {
         "latch's backend still waits for the lock after the read was given up on"
     );
     locker.commit().await;
-    let mut active = Value::Null;
-    for _ in 0..20 {
-        let resp = answered(introspect(&http, base, &svc, &at)).await;
-        if resp.status() == 200 {
-            active = resp.json::<Value>().await.unwrap()["active"].clone();
-            break;
-        }
-        assert_eq!(resp.status(), 503);
-    }
-    assert_eq!(active, true);
+    let resp = recovered(
+        || introspect(&http, base, &svc, &at),
+        "reads never recovered",
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
 }
