@@ -236,27 +236,7 @@ async fn while_postgres_is_unreachable_everything_is_503_and_the_node_recovers_w
 
     proxy.down();
     for round in 0..3 {
-        let resp = introspect(&http, base, &svc, &at).await;
-        assert_eq!(resp.status(), 503, "introspect, round {round}");
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["error"], "temporarily_unavailable");
-        assert!(
-            body.get("active").is_none(),
-            "never an answer about the token: {body}"
-        );
-
-        let resp = revoke(&http, base, &svc, &at).await;
-        assert_eq!(resp.status(), 503, "revoke, round {round}");
-        assert_eq!(
-            resp.json::<Value>().await.unwrap()["error"],
-            "temporarily_unavailable"
-        );
-
-        assert_eq!(
-            issue(&http, base, &svc).await.status(),
-            503,
-            "issue, round {round}"
-        );
+        refused(&http, base, &svc, &at, round).await;
         let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
         assert_eq!(ready.status(), 503);
         let live = http.get(format!("{base}/healthz")).send().await.unwrap();
@@ -265,22 +245,7 @@ async fn while_postgres_is_unreachable_everything_is_503_and_the_node_recovers_w
 
     proxy.restore();
     // Bounded: the first requests after the restore may still meet a dead pooled connection.
-    let resp = recovered(
-        || introspect(&http, base, &svc, &at),
-        "the node never recovered",
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    // The revocations refused during the outage did not happen.
-    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
-    let resp = recovered(|| revoke(&http, base, &svc, &at), "writes never recovered").await;
-    assert_eq!(resp.status(), 200);
-    let after = introspect(&http, base, &svc, &at)
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(after, json!({ "active": false }));
+    recovers(&http, base, &svc, &at).await;
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
@@ -308,6 +273,41 @@ async fn recovered<Fut: std::future::Future<Output = reqwest::Response>>(
         }
     }
     panic!("{what}: still 503 after 20 tries");
+}
+
+/// While PostgreSQL cannot serve: introspection, revocation and issuance each answer `503`
+/// with a JSON error, and introspection says nothing about the token.
+async fn refused(http: &reqwest::Client, base: &str, svc: &TestClient, at: &str, round: usize) {
+    let resp = answered(introspect(http, base, svc, at)).await;
+    assert_eq!(resp.status(), 503, "introspect, round {round}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    assert!(
+        body.get("active").is_none(),
+        "never an answer about the token: {body}"
+    );
+    let resp = answered(revoke(http, base, svc, at)).await;
+    assert_eq!(resp.status(), 503, "revoke, round {round}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    let resp = answered(issue(http, base, svc)).await;
+    assert_eq!(resp.status(), 503, "issue, round {round}");
+}
+
+/// Once PostgreSQL serves again: the node answers without a restart, the revocations it
+/// refused meanwhile did not happen, and one made now does.
+async fn recovers(http: &reqwest::Client, base: &str, svc: &TestClient, at: &str) {
+    let resp = recovered(|| introspect(http, base, svc, at), "reads never recovered").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
+    let resp = recovered(|| revoke(http, base, svc, at), "writes never recovered").await;
+    assert_eq!(resp.status(), 200);
+    let after: Value = answered(introspect(http, base, svc, at))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after, json!({ "active": false }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,17 +357,9 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     proxy.freeze();
     // Twice: the second round meets the connections the first one gave up on replaced.
     for round in 0..2 {
-        // The hot path's shared connection (introspection reads client and token).
-        let resp = answered(introspect(&http, base, &svc, &at)).await;
-        assert_eq!(resp.status(), 503, "introspect, round {round}");
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["error"], "temporarily_unavailable", "{body}");
-        assert!(body.get("active").is_none(), "{body}");
-        // Revocation and issuance authenticate the client first, a hot read.
-        let resp = answered(revoke(&http, base, &svc, &at)).await;
-        assert_eq!(resp.status(), 503, "revoke, round {round}");
-        let resp = answered(issue(&http, base, &svc)).await;
-        assert_eq!(resp.status(), 503, "issue, round {round}");
+        // The hot path's shared connection: introspection reads client and token, and
+        // revocation and issuance authenticate the client first.
+        refused(&http, base, &svc, &at, round).await;
         // A write that reads nothing first: the committer's connection in round 0, its
         // reconnection in round 1 (a server that never answers the startup).
         let resp = answered(admin_at(
@@ -390,29 +382,12 @@ async fn a_postgres_that_never_answers_gets_503_within_the_query_timeout_and_the
     // work: the node recovers only if it gave up on the frozen ones, since every query
     // queued on a frozen connection waits behind the one it sent first.
     proxy.unfreeze_new();
-    let resp = recovered(
-        || introspect(&http, base, &svc, &at),
-        "reads never recovered",
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    // The revocations refused while PostgreSQL hung did not happen.
-    assert_eq!(resp.json::<Value>().await.unwrap()["active"], true);
-    let resp = recovered(|| revoke(&http, base, &svc, &at), "writes never recovered").await;
-    assert_eq!(resp.status(), 200);
-    let answer = |token: &str| {
-        let token = token.to_owned();
-        let (http, svc) = (http.clone(), svc.clone());
-        async move {
-            answered(introspect(&http, base, &svc, &token))
-                .await
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(answer(&at).await, json!({ "active": false }));
-    let still = answer(&other).await;
+    recovers(&http, base, &svc, &at).await;
+    let still: Value = answered(introspect(&http, base, &svc, &other))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(still["active"], true, "{still}");
     let clients = list_clients().await;
     assert_eq!(clients.status(), 200);
