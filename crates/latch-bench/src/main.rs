@@ -189,6 +189,17 @@ fn supply_doubt(ahead: &[bool], used: &[bool]) -> Option<String> {
     }
 }
 
+/// Where a kept database's state counts what latch's runs of `workload` consumed (`None`:
+/// the run consumes nothing of it).
+fn consumed_by(state: &mut State, server: Server, workload: Workload) -> Option<&mut u64> {
+    match (server, workload) {
+        (Server::Latch, Workload::Revoke) => Some(&mut state.revoked),
+        (Server::Latch, Workload::Refresh) => Some(&mut state.refreshed),
+        (Server::Latch, Workload::Logout) => Some(&mut state.logged_out),
+        _ => None,
+    }
+}
+
 /// Makes the child die with this process however this process ends: one killed by a signal
 /// runs no destructor (see [`Children`]). The setting survives `exec`, so `taskset`'s exec of
 /// the real program keeps it.
@@ -557,12 +568,7 @@ fn main() -> anyhow::Result<()> {
             },
         };
         // What earlier runs on this database used of the workload's supply.
-        let used = match (server, w) {
-            (Server::Latch, Workload::Revoke) => Some(&mut state.revoked),
-            (Server::Latch, Workload::Refresh) => Some(&mut state.refreshed),
-            (Server::Latch, Workload::Logout) => Some(&mut state.logged_out),
-            _ => None,
-        };
+        let used = consumed_by(&mut state, server, w);
         let supply = match (server, w) {
             (Server::OidcProvider, Workload::Revoke) => {
                 Some(Supply::new(tokens.revocable(&layout), 0))
@@ -635,12 +641,7 @@ fn main() -> anyhow::Result<()> {
         let before = CpuSample::take(&server_pids());
         let mut o = runtime.block_on(load::run(w, addr, load.clone(), tokens, supply, collect))?;
         let cpu = before.until(&CpuSample::take(&server_pids()));
-        if let Some(used_before) = used_before {
-            let used = match w {
-                Workload::Revoke => &mut state.revoked,
-                Workload::Refresh => &mut state.refreshed,
-                _ => &mut state.logged_out,
-            };
+        if let (Some(used_before), Some(used)) = (used_before, consumed_by(&mut state, server, w)) {
             *used = used_before + o.consumed;
             state_store.save(&runtime, &state)?;
         }

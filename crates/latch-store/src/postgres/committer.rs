@@ -74,8 +74,8 @@ impl Op {
     /// Whether the write's work is bounded (a token, a grant, a client's settings, a sweep of
     /// limited size), so that its batch gets the [`Deadline`]. Removing a tenant or a client
     /// and logging a subject out revoke every grant they hold, which may take longer than
-    /// any deadline, and must still get done: a batch holding one waits for as long as it
-    /// takes (TCP's bounds still catch a server that went silent).
+    /// any deadline, and must still get done: those commit apart from the bounded ones, for
+    /// as long as they take (TCP's bounds still catch a server that went silent).
     fn bounded(&self) -> bool {
         !matches!(
             self,

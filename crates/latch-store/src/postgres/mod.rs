@@ -197,8 +197,8 @@ impl PgStore {
     }
 
     /// Runs `read` on a pooled connection, within the deadline. A connection that misses it
-    /// has its backend asked to cancel and is closed instead of going back to the pool, where the next query given it would wait
-    /// behind the one that got no answer.
+    /// has its backend asked to cancel, and is closed instead of going back to the pool,
+    /// where the next query given it would wait behind the one that got no answer.
     async fn pooled<T>(
         &self,
         read: impl AsyncFnOnce(&ClientWrapper) -> StoreResult<T>,

@@ -15,7 +15,8 @@
 //!
 //! Every read has a [`Deadline`]. A connection that misses one is taken out of service: its
 //! backend asked to cancel, out of its slot at once, and out of the pool (closed) once the
-//! last read still using it lets go, since every query sent on it would wait behind the one that got no answer.
+//! last read still using it lets go, since every query sent on it would wait behind the one
+//! that got no answer.
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
