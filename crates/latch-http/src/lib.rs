@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use latch_core::id::TenantId;
@@ -180,14 +180,13 @@ fn oauth_routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
     let profiles = state.profiles;
     let mut routes = Router::new();
     if profiles.id_v1 {
+        // Its panics too are answered in its camelCase (outside its count, as every route's).
+        let count = metrics::counted(state, Endpoint::IdV1);
+        let panics = answer_panics(ErrorStyle::CamelCase, state.responses.clone());
         routes = routes.route(
             "/api/id/v1/auth/token/revoke",
-            counted!(
-                state,
-                Endpoint::IdV1,
-                post(profiles::id_v1::handle),
-                profiles::id_v1::method_not_allowed
-            ),
+            post(profiles::id_v1::handle.layer(count.clone()).layer(panics))
+                .fallback(profiles::id_v1::method_not_allowed.layer(count)),
         );
     }
     if profiles.api_v1_0 {
@@ -279,14 +278,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// written the message and where) and counted: the handler's own counting layer never saw a
 /// response.
 fn catch_panics(app: Router, responses: Arc<metrics::ResponseCounters>) -> Router {
-    app.layer(CatchPanicLayer::custom(
-        move |_: Box<dyn std::any::Any + Send>| {
-            tracing::error!("a request handler panicked; answered 500");
-            let response = ApiError::internal().into_response();
-            responses.count(Endpoint::Panicked, response.status());
-            response
-        },
-    ))
+    app.layer(answer_panics(ErrorStyle::Rfc6749, responses))
+}
+
+/// The layer of [`catch_panics`], answering in `style`: a profile whose errors have another
+/// shape (seed 001's camelCase) puts its own around its handler, inside the one of every route.
+fn answer_panics(
+    style: ErrorStyle,
+    responses: Arc<metrics::ResponseCounters>,
+) -> CatchPanicLayer<impl Fn(Box<dyn std::any::Any + Send>) -> Response + Clone> {
+    CatchPanicLayer::custom(move |_: Box<dyn std::any::Any + Send>| {
+        tracing::error!("a request handler panicked; answered 500");
+        let response = ApiError::internal().into_response_styled(style);
+        responses.count(Endpoint::Panicked, response.status());
+        response
+    })
 }
 
 #[cfg(test)]
@@ -321,6 +327,38 @@ mod tests {
         assert!(
             text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_profile_with_camel_case_errors_answers_its_panics_in_camel_case() {
+        let responses = Arc::new(metrics::ResponseCounters::default());
+        let panicking = || async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            ()
+        };
+        let app = Router::new().route(
+            "/boom",
+            get(panicking.layer(answer_panics(ErrorStyle::CamelCase, responses.clone()))),
+        );
+        let app = catch_panics(app, responses.clone());
+        let request = Request::get("/boom").body(Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "server_error", "errorDescription": "internal error"})
+        );
+        let mut text = String::new();
+        responses.render(&mut text);
+        assert!(
+            text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#),
+            "counted once: {text}"
         );
     }
 }

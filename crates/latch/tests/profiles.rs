@@ -210,9 +210,9 @@ backend_test! {
         let acct = account(&s, "acct").await;
         let g = s.grant_in("acct", &acct.app_a, "alice", None).await;
 
-        // Exactly the document's example: UUID client id, 26-character secret, 600 hex digits.
+        // Exactly the document's example: UUID client id, 26-character secret, 544 hex digits.
         let token = "8fb45b320af23091091b9c163a29a73e70bbd03ddbe6bcc832ecb2ffb9829d03a4d9f82c0f548afded21ab42a6965e7107ae5cc23dd2c2d16de1843814046cf341c24a14631c0f74bccf41339d7efae39cb19ffa4bf6886e919e185f8a517fae6982150a06346c7e12e00796aad03bc2f65f28ae7cabc03f2fea1047b41ef3d30f6c99c0f05ad61e8f39e0a805c04fefb3981fce96801d822c0057e7bff68db7544aa067e659b20a7919848aee7c2830a35466556857a3007b23501fdcb00722004dc50d7b22cac50dce564be5784bf4f530fe73b204e7bbb24fdac94c9a20bff95c52208ab64ab1f03a246bd64a9893460ee64e8f21cf88705c51e6f3ae13f870fe4ea10cd2217f808f999c3026931c";
-        // (The issue says 600 characters; the document's token has 544. Both lengths are tried.)
+        // A 600-character variant is tried below as well.
         assert_eq!(token.len(), 544);
         let longer = format!("{token}{}", &token[..56]);
         for token in [token, longer.as_str()] {
