@@ -253,16 +253,28 @@ impl Authority {
         subject: Subject,
         requested: Option<&Scope>,
     ) -> Result<IssuedTokens, Error> {
-        let client = self.client(tenant, client_id).await?;
-        let scope = Scope::narrow(&client.scope, requested)?;
-        let with_refresh = client.allows(GrantType::RefreshToken);
-        match self.new_grant(&client, subject, scope, with_refresh).await {
-            // Removed between the read above and the write.
-            Err(Error::InvalidClient) => {
-                Err(Error::NotFound(format!("no client {client_id}").into()))
+        let mut client = self.client(tenant, client_id).await?;
+        // The write stores the grant only if the client is still as read (its secret too,
+        // which matters to a client's own token requests). One changed in between (removed,
+        // or its secret rotated) is read again once: gone, it is a `404`; changed once more,
+        // a `409` to retry.
+        for again in [true, false] {
+            let scope = Scope::narrow(&client.scope, requested)?;
+            let with_refresh = client.allows(GrantType::RefreshToken);
+            match self
+                .new_grant(&client, subject.clone(), scope, with_refresh)
+                .await
+            {
+                Err(Error::InvalidClient) if again => {
+                    client = self.client(tenant, client_id).await?;
+                }
+                Err(Error::InvalidClient) => break,
+                other => return other,
             }
-            other => other,
         }
+        Err(Error::Conflict(
+            format!("client {client_id} changed while the grant was issued; try again").into(),
+        ))
     }
 
     /// A page of a subject's live grants, newest first.

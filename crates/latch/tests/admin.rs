@@ -1051,6 +1051,49 @@ async fn postgres_a_client_created_as_its_tenant_goes_is_not_found() {
     assert_error(creating.await.unwrap(), 404, "not_found").await;
 }
 
+/// A grant issued for a subject while the client's secret is rotated (PostgreSQL: by another
+/// node, committed between the issuance's read of the client and its write) is issued with the
+/// client as it now is, not refused as a client that does not exist.
+#[tokio::test]
+async fn postgres_a_grant_issued_as_its_clients_secret_is_rotated_is_issued() {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    s.confidential("svc", "read").await;
+    // The other node holds the grants table until it commits its rotation: the issuance has
+    // read the client as it was, and its write waits.
+    let rotation = common::OtherNode::begin(
+        &s.db,
+        "LOCK TABLE grants IN SHARE MODE; \
+         UPDATE clients SET secret_hash = 'rotated' WHERE client_id = 'svc'",
+    )
+    .await;
+    let issuing = tokio::spawn({
+        let (http, base) = (s.http.clone(), s.base.clone());
+        async move {
+            let body = json!({ "client_id": "svc", "subject": "alice" });
+            common::admin_at(
+                &http,
+                &base,
+                Method::POST,
+                "/tenants/default/grants",
+                Some(body),
+            )
+            .await
+        }
+    });
+    rotation
+        .until_waited_on(&s.db, "INSERT INTO grants", &issuing)
+        .await;
+    rotation.commit().await;
+    let resp = issuing.await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let issued: Value = resp.json().await.unwrap();
+    assert!(
+        s.is_active(str_of(&issued, "access_token")).await,
+        "{issued}"
+    );
+}
+
 backend_test! {
     async fn a_subjects_grants_are_listed_newest_first_a_page_at_a_time() {
         let s = TestServer::start().await;
