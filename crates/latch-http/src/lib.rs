@@ -302,63 +302,55 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use tower::ServiceExt;
 
-    #[tokio::test]
-    async fn a_panicking_handler_is_answered_500_in_json_and_counted() {
-        let responses = Arc::new(metrics::ResponseCounters::default());
-        let app = Router::new().route(
-            "/boom",
-            get(|| async {
-                panic!("boom");
-                #[allow(unreachable_code)]
-                ()
-            }),
-        );
-        let app = catch_panics(app, responses.clone());
+    /// A handler that panics.
+    async fn boom() {
+        panic!("boom");
+    }
+
+    /// `GET /boom` on `app`: the answer's status and JSON body, and whether `responses` counted
+    /// one panicked 500.
+    async fn panicked(
+        app: Router,
+        responses: &metrics::ResponseCounters,
+    ) -> (StatusCode, serde_json::Value, bool) {
         let request = Request::get("/boom").body(Body::empty()).unwrap();
         let response = app.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body["error"], "server_error", "{body}");
         let mut text = String::new();
         responses.render(&mut text);
-        assert!(
-            text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#),
-            "{text}"
+        let counted =
+            text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#);
+        (status, serde_json::from_slice(&body).unwrap(), counted)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_in_json_and_counted() {
+        let responses = Arc::new(metrics::ResponseCounters::default());
+        let app = catch_panics(Router::new().route("/boom", get(boom)), responses.clone());
+        let (status, body, counted) = panicked(app, &responses).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "server_error", "error_description": "internal error"})
         );
+        assert!(counted);
     }
 
     #[tokio::test]
     async fn a_profile_with_camel_case_errors_answers_its_panics_in_camel_case() {
         let responses = Arc::new(metrics::ResponseCounters::default());
-        let panicking = || async {
-            panic!("boom");
-            #[allow(unreachable_code)]
-            ()
-        };
-        let app = Router::new().route(
-            "/boom",
-            get(panicking.layer(answer_panics(ErrorStyle::CamelCase, responses.clone()))),
-        );
+        let camel = answer_panics(ErrorStyle::CamelCase, responses.clone());
+        let app = Router::new().route("/boom", get(boom.layer(camel)));
         let app = catch_panics(app, responses.clone());
-        let request = Request::get("/boom").body(Body::empty()).unwrap();
-        let response = app.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (status, body, counted) = panicked(app, &responses).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
             body,
             serde_json::json!({"error": "server_error", "errorDescription": "internal error"})
         );
-        let mut text = String::new();
-        responses.render(&mut text);
-        assert!(
-            text.contains(r#"latch_http_responses_total{endpoint="panicked",status="500"} 1"#),
-            "counted once: {text}"
-        );
+        assert!(counted, "counted once");
     }
 }
