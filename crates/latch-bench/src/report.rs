@@ -143,20 +143,30 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// `metric` of the ceiling runs nearest before and after row `i` (where it has one).
+fn ceilings_beside<T>(
+    rows: &[Row],
+    i: usize,
+    metric: impl Fn(&Row) -> Option<T>,
+) -> (Option<T>, Option<T>) {
+    let of = |r: &Row| {
+        (r.workload == Workload::Ceiling)
+            .then(|| metric(r))
+            .flatten()
+    };
+    (
+        rows[..i].iter().rev().find_map(&of),
+        rows[i + 1..].iter().find_map(&of),
+    )
+}
+
 /// The mean of `metric` over the ceiling runs nearest before and after row `i`.
 fn adjacent_ceiling_by(
     rows: &[Row],
     i: usize,
     metric: impl Fn(&Row) -> Option<f64>,
 ) -> Option<f64> {
-    let of = |r: &Row| {
-        (r.workload == Workload::Ceiling)
-            .then(|| metric(r))
-            .flatten()
-    };
-    let before = rows[..i].iter().rev().find_map(&of);
-    let after = rows[i + 1..].iter().find_map(&of);
-    match (before, after) {
+    match ceilings_beside(rows, i, metric) {
         (Some(a), Some(b)) => Some((a + b) / 2.0),
         (a, b) => a.or(b),
     }
@@ -204,13 +214,7 @@ fn verdict_withheld(o: &Outcome, doubt: Option<&str>, ceiling_errors: u64) -> Op
 
 /// The errors of the ceiling runs nearest before and after row `i`.
 fn adjacent_ceiling_errors(rows: &[Row], i: usize) -> u64 {
-    let errors = |r: &Row| {
-        (r.workload == Workload::Ceiling)
-            .then(|| r.outcome.as_ref().map(|o| o.errors))
-            .flatten()
-    };
-    let before = rows[..i].iter().rev().find_map(errors);
-    let after = rows[i + 1..].iter().find_map(errors);
+    let (before, after) = ceilings_beside(rows, i, |r| r.outcome.as_ref().map(|o| o.errors));
     before.unwrap_or(0) + after.unwrap_or(0)
 }
 

@@ -323,18 +323,18 @@ impl Writer {
         batch: &[Pending],
         deadline: Deadline,
     ) -> StoreResult<Vec<StoreResult<Reply>>> {
-        if self.link.as_ref().is_none_or(|l| l.client.is_closed()) {
-            self.statements = Statements::default();
-            // A server that accepts the connection and never answers its startup would
-            // otherwise hold every write up: `connect_timeout` bounds only the TCP connect.
-            let link = self
-                .deadline
-                .within(connect(&self.config, &self.tls))
-                .await?;
-            self.link = Some(link.map_err(|e| store_error(&e))?);
-        }
-        let Some(link) = self.link.as_mut() else {
-            return Err(StoreError::Unavailable("no writer connection".into()));
+        let link = match &mut self.link {
+            Some(link) if !link.client.is_closed() => link,
+            slot => {
+                self.statements = Statements::default();
+                // A server that accepts the connection and never answers its startup would
+                // otherwise hold every write up: `connect_timeout` bounds only the TCP connect.
+                let link = self
+                    .deadline
+                    .within(connect(&self.config, &self.tls))
+                    .await?;
+                slot.insert(link.map_err(|e| store_error(&e))?)
+            }
         };
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
         let statements = &mut self.statements;
