@@ -813,10 +813,14 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let path = d.join("latch.db");
     let url = sqlite_url(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 9's addition undone.
+    // As a database of the previous schema version: version 10's change undone.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch("ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = 8;")
+        .execute_batch(
+            "DROP INDEX audit_by_subject_in_block; \
+             CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
+             PRAGMA user_version = 9;",
+        )
         .unwrap();
 
     let out = run_cli(d, &["client", "list", "--database-url", &url], None);
@@ -830,7 +834,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 8, "the schema was left as it was");
+    assert_eq!(version, 9, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());

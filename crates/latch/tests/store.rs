@@ -1300,7 +1300,9 @@ backend_test! {
              ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
-            "DROP TRIGGER grace_use_forks_its_grant; \
+            "DROP INDEX audit_by_subject_in_block; \
+             CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
+             DROP TRIGGER grace_use_forks_its_grant; \
              ALTER TABLE grants DROP COLUMN forked_generation; \
              ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = 7;"
         })

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::store_error;
-use crate::audit_query::audit_events_sql;
+use crate::audit_query::{audit_events_sql, AuditSelect};
 
 type Conn = deadpool_postgres::ClientWrapper;
 
@@ -327,7 +327,12 @@ pub(super) async fn audit_events(
     tenant: &TenantId,
     query: &AuditQuery,
 ) -> StoreResult<Vec<AuditEvent>> {
-    let sql = audit_events_sql(query.subject.is_some(), |n| match n {
+    let select = if query.subject.is_some() {
+        AuditSelect::Subject
+    } else {
+        AuditSelect::All
+    };
+    let sql = audit_events_sql(select, |n| match n {
         2 => "$2::TEXT".into(),
         3 => "$3::BIGINT".into(),
         n => format!("${n}"),

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
+    include_str!("schema_v10.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -711,21 +712,38 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap()
         };
-        // Version 9's addition undone, as a database of version 8.
+        // Version 10's change undone, as a database of version 9.
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = {older};"
+                "DROP INDEX audit_by_subject_in_block; \
+                 CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
+                 PRAGMA user_version = {older};"
             ))
             .unwrap();
+        let indexes = |p: &Path| -> Vec<String> {
+            Connection::open(p)
+                .unwrap()
+                .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'audit' AND type = 'index' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
         let error = open(Migrations::OnlyNew).unwrap_err();
         assert!(
             format!("{error:?}").contains(&format!("version {older}, older than this latch")),
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
+        assert_eq!(indexes(&path), ["audit_by_subject", "audit_by_tenant"]);
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
+        assert_eq!(
+            indexes(&path),
+            ["audit_by_subject_in_block", "audit_by_tenant"]
+        );
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }

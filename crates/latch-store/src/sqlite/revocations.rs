@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::SqliteStore;
-use crate::audit_query::audit_events_sql;
+use crate::audit_query::{audit_block, audit_events_sql, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
     Swept,
@@ -319,22 +319,67 @@ impl AuditStore for SqliteStore {
         tenant: &TenantId,
         query: &AuditQuery,
     ) -> StoreResult<Vec<AuditEvent>> {
-        self.read(|c| {
-            let sql = audit_events_sql(query.subject.is_some(), |n| format!("?{n}"));
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    tenant.as_str(),
-                    query.subject.as_ref().map(|s| s.as_str()),
-                    query.since,
-                    query.after.unwrap_or(0),
-                    query.limit,
-                ],
-                event_from_row,
-            )?;
-            rows.collect()
+        self.read(|c| match &query.subject {
+            None => {
+                let sql = audit_events_sql(AuditSelect::All, |n| format!("?{n}"));
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(
+                    params![
+                        tenant.as_str(),
+                        None::<&str>,
+                        query.since,
+                        query.after.unwrap_or(0),
+                        query.limit,
+                    ],
+                    event_from_row,
+                )?;
+                rows.collect()
+            }
+            Some(subject) => subject_events(c, tenant, subject, query),
         })
     }
+}
+
+/// One subject's audit events, read block by block through the index keyed by block
+/// (schema version 10, [`crate::audit_query::AUDIT_BLOCK_BITS`]), from the block after
+/// `query.after` until `query.limit` events are found or the trail ends.
+fn subject_events(
+    c: &Connection,
+    tenant: &TenantId,
+    subject: &Subject,
+    query: &AuditQuery,
+) -> rusqlite::Result<Vec<AuditEvent>> {
+    let last: Option<i64> = c.query_row("SELECT max(id) FROM audit", [], |r| r.get(0))?;
+    let Some(last) = last else {
+        return Ok(Vec::new());
+    };
+    // Ids start at 1: an `after` below 0 selects what 0 does, and never probes a block that
+    // cannot exist.
+    let after = query.after.unwrap_or(0).max(0);
+    let sql = audit_events_sql(AuditSelect::SubjectInBlock, |n| format!("?{n}"));
+    let mut stmt = c.prepare_cached(&sql)?;
+    let mut events = Vec::new();
+    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+    for block in audit_block(after.saturating_add(1))..=audit_block(last) {
+        if events.len() >= limit {
+            break;
+        }
+        let rows = stmt.query_map(
+            params![
+                tenant.as_str(),
+                subject.as_str(),
+                query.since,
+                after,
+                limit - events.len(),
+                block,
+            ],
+            event_from_row,
+        )?;
+        for event in rows {
+            events.push(event?);
+        }
+    }
+    Ok(events)
 }
 
 /// One batch of an expiry sweep (`CleanupStore::purge_expired`): deletes the expired rows
@@ -452,35 +497,115 @@ impl CleanupStore for SqliteStore {
 mod tests {
     use super::*;
 
-    fn plan(conn: &Connection, by_subject: bool) -> String {
-        let sql = audit_events_sql(by_subject, |n| format!("?{n}"));
+    fn plan(conn: &Connection, select: AuditSelect) -> String {
+        let sql = audit_events_sql(select, |n| format!("?{n}"));
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // The block parameter exists only in the block-wise query.
+        let block = (select == AuditSelect::SubjectInBlock).then_some(3);
+        let values: Vec<&dyn ToSql> = [&"default" as &dyn ToSql, &"alice", &None::<i64>, &0, &10]
+            .into_iter()
+            .chain(block.as_ref().map(|b| b as &dyn ToSql))
+            .collect();
         let rows = stmt
-            .query_map(params!["default", "alice", None::<i64>, 0, 10], |r| {
-                r.get::<_, String>(3)
-            })
+            .query_map(values.as_slice(), |r| r.get::<_, String>(3))
             .unwrap();
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .unwrap()
             .join("; ")
     }
 
-    #[test]
-    fn the_audit_query_reads_one_subject_through_its_index() {
+    fn migrated() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
-        let by_subject = plan(&conn, true);
+        conn
+    }
+
+    #[test]
+    fn the_audit_query_reads_one_subject_through_its_index() {
+        let conn = migrated();
+        let by_subject = plan(&conn, AuditSelect::SubjectInBlock);
         assert!(
-            by_subject
-                .contains("USING INDEX audit_by_subject (tenant_id=? AND subject=? AND id>?)"),
+            by_subject.contains(
+                "USING INDEX audit_by_subject_in_block \
+                 (tenant_id=? AND <expr>=? AND subject=? AND id>?)"
+            ),
             "{by_subject}"
         );
-        let all = plan(&conn, false);
+        let all = plan(&conn, AuditSelect::All);
         assert!(
             all.contains("USING INDEX audit_by_tenant (tenant_id=? AND id>?)"),
             "{all}"
         );
         assert!(!by_subject.contains("TEMP B-TREE") && !all.contains("TEMP B-TREE"));
+    }
+
+    #[test]
+    fn a_subjects_audit_events_are_found_in_id_order_across_blocks_page_by_page() {
+        let conn = migrated();
+        let block = 1i64 << crate::audit_query::AUDIT_BLOCK_BITS;
+        // alice's records near the edges of blocks 0-2, none in blocks 3 and 4, one in block
+        // 5; bob's next to each of hers, and another tenant's alice's in block 7.
+        let alice = [1, block - 2, block, 2 * block + 7, 5 * block + 1];
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO audit (id, tenant_id, at, actor, route, reason, subject, grants, \
+                 tokens) VALUES (?1, ?2, ?3, 'admin', 'admin', 'admin', ?4, 1, 0)",
+            )
+            .unwrap();
+        for (i, id) in alice.iter().enumerate() {
+            insert
+                .execute(params![id, "default", 100 + i as i64, "alice"])
+                .unwrap();
+            insert
+                .execute(params![id + 1, "default", 100, "bob"])
+                .unwrap();
+            insert
+                .execute(params![7 * block + i as i64, "other", 100, "alice"])
+                .unwrap();
+        }
+        let tenant = TenantId::from_stored("default".into());
+        let subject = Subject::from_stored("alice".into());
+        let page = |after: Option<i64>, since: Option<i64>, limit: u32| -> Vec<i64> {
+            let query = AuditQuery {
+                subject: Some(subject.clone()),
+                since,
+                after,
+                limit,
+            };
+            subject_events(&conn, &tenant, &subject, &query)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect()
+        };
+        assert_eq!(page(None, None, 100), alice);
+        // Paged two by two, each page resuming after the last id of the one before.
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let ids = page(after, None, 2);
+            if ids.is_empty() {
+                break;
+            }
+            after = ids.last().copied();
+            pages.push(ids);
+        }
+        assert_eq!(
+            pages,
+            [
+                vec![1, block - 2],
+                vec![block, 2 * block + 7],
+                vec![5 * block + 1]
+            ]
+        );
+        assert_eq!(
+            page(Some(i64::MIN), None, 1),
+            [1],
+            "a negative `after` is 0"
+        );
+        assert_eq!(page(Some(5 * block + 1), None, 10), Vec::<i64>::new());
+        assert_eq!(page(None, Some(103), 10), [2 * block + 7, 5 * block + 1]);
+        assert_eq!(page(None, None, 0), Vec::<i64>::new());
     }
 
     /// A migrated database holding one live access token per name, expiring at 1,000.
