@@ -42,15 +42,33 @@ impl Default for AuthLimits {
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Key {
     Client(TenantId, String),
+    /// A source: an IPv4 address, or an IPv6 /64 ([`source`]).
     Address(IpAddr),
-    /// Wrong admin tokens from an address.
+    /// Wrong admin tokens from a source.
     AdminAddress(IpAddr),
+}
+
+/// The source an address counts as: an IPv4 address (also when written as an IPv4-mapped
+/// IPv6 one), or the /64 network of an IPv6 address. One IPv6 host is usually given a whole
+/// /64 (a cloud VM, a home), so counted address by address, it could try 50 wrong secrets
+/// from each of its 2^64 addresses.
+fn source(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
 }
 
 /// Who an attempt authenticates as.
 #[derive(Clone, Copy)]
 enum Attempt<'a> {
-    Client(&'a TenantId, &'a str),
+    /// A client's credentials, with the id whose secret they try (`None`: a public client's).
+    Client(&'a TenantId, Option<&'a str>),
     Admin,
 }
 
@@ -121,15 +139,15 @@ impl AuthLimiter {
             // no secret to guess, and the form allows ids of up to 64 KiB, each of which
             // would be held for a window (the address's counter still applies).
             Attempt::Client(tenant, id) => (
-                (id.len() <= MAX_ID_LEN).then(|| {
+                id.filter(|id| id.len() <= MAX_ID_LEN).map(|id| {
                     (
                         Key::Client(tenant.clone(), id.to_owned()),
                         self.limits.per_client,
                     )
                 }),
-                address.map(Key::Address),
+                address.map(|a| Key::Address(source(a))),
             ),
-            Attempt::Admin => (None, address.map(Key::AdminAddress)),
+            Attempt::Admin => (None, address.map(|a| Key::AdminAddress(source(a)))),
         };
         let address = address.map(|key| (key, self.limits.per_address));
         client.into_iter().chain(address)
@@ -139,7 +157,7 @@ impl AuthLimiter {
     pub fn blocked(
         &self,
         tenant: &TenantId,
-        client_id: &str,
+        client_id: Option<&str>,
         address: Option<IpAddr>,
         now: UnixTime,
     ) -> Option<u32> {
@@ -150,7 +168,7 @@ impl AuthLimiter {
     pub fn failed(
         &self,
         tenant: &TenantId,
-        client_id: &str,
+        client_id: Option<&str>,
         address: Option<IpAddr>,
         now: UnixTime,
     ) {
@@ -237,12 +255,12 @@ mod tests {
         });
         let t = TenantId::default_tenant();
         for _ in 0..3 {
-            assert_eq!(l.blocked(&t, "c", None, 1000), None);
-            l.failed(&t, "c", None, 1000);
+            assert_eq!(l.blocked(&t, Some("c"), None, 1000), None);
+            l.failed(&t, Some("c"), None, 1000);
         }
-        assert_eq!(l.blocked(&t, "c", None, 1010), Some(50));
-        assert_eq!(l.blocked(&t, "other", None, 1010), None, "per client");
-        assert_eq!(l.blocked(&t, "c", None, 1060), None, "released");
+        assert_eq!(l.blocked(&t, Some("c"), None, 1010), Some(50));
+        assert_eq!(l.blocked(&t, Some("other"), None, 1010), None, "per client");
+        assert_eq!(l.blocked(&t, Some("c"), None, 1060), None, "released");
         assert_eq!(l.len(), 0, "an ended window is dropped");
     }
 
@@ -257,15 +275,15 @@ mod tests {
         let address = Some(IpAddr::from([192, 0, 2, 1]));
         let longest = "c".repeat(MAX_ID_LEN);
         let too_long = "c".repeat(MAX_ID_LEN + 1);
-        l.failed(&t, &too_long, address, 1000);
+        l.failed(&t, Some(&too_long), address, 1000);
         assert_eq!(l.len(), 1, "the address's counter only");
-        assert_eq!(l.blocked(&t, &too_long, None, 1000), None);
-        l.failed(&t, &longest, None, 1000);
+        assert_eq!(l.blocked(&t, Some(&too_long), None, 1000), None);
+        l.failed(&t, Some(&longest), None, 1000);
         assert_eq!(l.len(), 2, "an id of the longest length is kept");
-        assert_eq!(l.blocked(&t, &longest, None, 1000), Some(60));
+        assert_eq!(l.blocked(&t, Some(&longest), None, 1000), Some(60));
         // The address still limits the long ids' attempts.
-        l.failed(&t, &too_long, address, 1000);
-        assert_eq!(l.blocked(&t, &too_long, address, 1000), Some(60));
+        l.failed(&t, Some(&too_long), address, 1000);
+        assert_eq!(l.blocked(&t, Some(&too_long), address, 1000), Some(60));
     }
 
     #[test]
@@ -276,20 +294,20 @@ mod tests {
             window: 10,
         });
         let t = TenantId::default_tenant();
-        l.failed(&t, "early", None, 100);
-        l.failed(&t, "late", None, 105);
+        l.failed(&t, Some("early"), None, 100);
+        l.failed(&t, Some("late"), None, 105);
         assert_eq!(
-            l.blocked(&t, "late", None, 110),
+            l.blocked(&t, Some("late"), None, 110),
             Some(5),
             "the early one ended"
         );
         assert_eq!(l.len(), 1);
         // A window restarted after the first end is kept until its own end.
-        l.failed(&t, "early", None, 111);
-        assert_eq!(l.blocked(&t, "early", None, 116), Some(5));
-        assert_eq!(l.blocked(&t, "late", None, 116), None);
+        l.failed(&t, Some("early"), None, 111);
+        assert_eq!(l.blocked(&t, Some("early"), None, 116), Some(5));
+        assert_eq!(l.blocked(&t, Some("late"), None, 116), None);
         assert_eq!(l.len(), 1);
-        assert_eq!(l.blocked(&t, "early", None, 121), None);
+        assert_eq!(l.blocked(&t, Some("early"), None, 121), None);
         assert_eq!(l.len(), 0);
     }
 
@@ -311,12 +329,32 @@ mod tests {
     #[test]
     fn limits_per_address_across_client_ids() {
         let (l, t, ip) = two_failures_per_address();
-        l.failed(&t, "a", Some(ip), 0);
-        l.failed(&t, "b", Some(ip), 0);
-        assert_eq!(l.blocked(&t, "c", Some(ip), 1), Some(9));
+        l.failed(&t, Some("a"), Some(ip), 0);
+        l.failed(&t, Some("b"), Some(ip), 0);
+        assert_eq!(l.blocked(&t, Some("c"), Some(ip), 1), Some(9));
         assert_eq!(
-            l.blocked(&t, "c", Some("127.0.0.8".parse().unwrap()), 1),
+            l.blocked(&t, Some("c"), Some("127.0.0.8".parse().unwrap()), 1),
             None
+        );
+    }
+
+    #[test]
+    fn an_ipv6_network_of_64_bits_counts_as_one_source_and_a_mapped_ipv4_as_itself() {
+        let (l, t, _) = two_failures_per_address();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        l.failed(&t, Some("a"), ip("2001:db8:0:1::1"), 0);
+        l.failed(&t, Some("b"), ip("2001:db8:0:1:ffff:ffff:ffff:fffe"), 0);
+        assert_eq!(l.blocked(&t, Some("c"), ip("2001:db8:0:1::ab"), 1), Some(9));
+        assert_eq!(l.blocked(&t, Some("c"), ip("2001:db8:0:2::1"), 1), None);
+        l.failed(&t, Some("a"), ip("::ffff:192.0.2.1"), 0);
+        l.failed(&t, Some("b"), ip("192.0.2.1"), 0);
+        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.1"), 1), Some(9));
+        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.2"), 1), None);
+        l.failed_admin("2001:db8:0:3::1".parse().unwrap(), 0);
+        l.failed_admin("2001:db8:0:3::2".parse().unwrap(), 0);
+        assert_eq!(
+            l.blocked_admin("2001:db8:0:3::3".parse().unwrap(), 1),
+            Some(9)
         );
     }
 
@@ -327,19 +365,19 @@ mod tests {
         l.failed_admin(ip, 0);
         assert_eq!(l.blocked_admin(ip, 1), Some(9));
         assert_eq!(
-            l.blocked(&t, "a", Some(ip), 1),
+            l.blocked(&t, Some("a"), Some(ip), 1),
             None,
             "clients are not locked out"
         );
-        l.failed(&t, "a", Some(ip), 2);
-        l.failed(&t, "b", Some(ip), 2);
-        assert_eq!(l.blocked(&t, "c", Some(ip), 3), Some(9));
+        l.failed(&t, Some("a"), Some(ip), 2);
+        l.failed(&t, Some("b"), Some(ip), 2);
+        assert_eq!(l.blocked(&t, Some("c"), Some(ip), 3), Some(9));
         assert_eq!(
             l.blocked_admin(ip, 3),
             Some(7),
             "nor do they add to the admin's"
         );
         assert_eq!(l.blocked_admin(ip, 10), None);
-        assert_eq!(l.blocked(&t, "c", Some(ip), 10), Some(2));
+        assert_eq!(l.blocked(&t, Some("c"), Some(ip), 10), Some(2));
     }
 }

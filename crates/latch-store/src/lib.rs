@@ -108,16 +108,32 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// Splits a `postgres://` URL into what precedes its query and the query, as libpq and
+/// tokio-postgres read it: the user info runs to the first `@`, so a `?` in a password is
+/// the password's, not the start of the query (splitting at the first `?` showed that
+/// password in the logs, and missed the `sslmode` after it).
+pub(crate) fn split_postgres_query(url: &str) -> (&str, Option<&str>) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let host = url[start..].find('@').map_or(start, |i| start + i + 1);
+    match url[host..].find('?') {
+        Some(i) => (&url[..host + i], Some(&url[host + i + 1..])),
+        None => (url, None),
+    }
+}
+
+/// A URL parameter's key as tokio-postgres reads it: percent-decoded.
+pub(crate) fn decoded(key: &str) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(key).decode_utf8_lossy()
+}
+
 /// `postgres://user:secret@host/db?password=secret&x=y` → `postgres://user:***@host/db?password=***&x=y`:
 /// libpq URLs take a password in the user info or as a query parameter.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, _)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (location, query) = match rest.split_once('?') {
-        Some((location, query)) => (location, Some(query)),
-        None => (rest, None),
-    };
+    let (base, query) = split_postgres_query(url);
+    let location = &base[scheme.len() + 3..];
     let mut redacted = match location.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
@@ -129,7 +145,9 @@ fn redact_password(url: &str) -> String {
         let params: Vec<String> = query
             .split('&')
             .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                Some((key, _)) if decoded(key).eq_ignore_ascii_case("password") => {
+                    format!("{key}=***")
+                }
                 _ => param.to_owned(),
             })
             .collect();
@@ -187,6 +205,17 @@ mod tests {
                 "postgres://u:***@h/db?password=***",
             ),
             ("postgres://h/db", "postgres://h/db"),
+            // libpq's reading: the user info runs to the first `@`, so a `?` before it is
+            // the password's.
+            (
+                "postgres://u:pw?x@h/db?sslmode=require",
+                "postgres://u:***@h/db?sslmode=require",
+            ),
+            // A key is percent-decoded, as tokio-postgres decodes it.
+            (
+                "postgres://u@h/db?pass%77ord=pw",
+                "postgres://u@h/db?pass%77ord=***",
+            ),
         ] {
             let parsed = DatabaseUrl::parse(url).unwrap();
             assert_eq!(parsed.to_string(), shown);

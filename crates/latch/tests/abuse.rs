@@ -1,5 +1,6 @@
-//! Abuse containment: failed client authentication is rate-limited per client id and per
-//! source address, with `429` and `Retry-After`, and the limit releases with its window; a
+//! Abuse containment: failed client authentication is rate-limited per client id (when a
+//! secret was tried) and per source address, with `429` and `Retry-After`, and the limit
+//! releases with its window; a
 //! client that trickles its request (or holds a connection idle) is cut off at the read
 //! timeout.
 
@@ -51,6 +52,31 @@ backend_test! {
         let resp = s.post_form("/oauth2/token", Auth::Basic(&svc), &[("grant_type", "client_credentials")]).await;
         assert_error(resp, 429, "too_many_requests").await;
         s.advance(61);
+        assert_eq!(s.client_credentials(&svc).await["token_type"], "Bearer");
+    }
+}
+
+backend_test! {
+    async fn an_id_presented_without_a_secret_never_locks_its_client_out() {
+        let s = TestServer::start().await;
+        let spa = s.public("spa", "read").await;
+        let svc = s.confidential("svc", "read").await;
+        // A public client's id ships with its application: anyone can present secrets under
+        // it, and every one fails (a public client has none).
+        for _ in 0..10 {
+            assert_error(s.revoke(Auth::Post(&wrong("spa")), "x").await, 401, "invalid_client").await;
+        }
+        // Its users, who present the id alone, are still answered (RFC 7009: 200 for a token
+        // the server does not know)...
+        assert_eq!(s.revoke(Auth::Public(&spa), "x").await.status(), 200);
+        // ...while the secrets tried under its id are limited as any client's.
+        assert_error(s.revoke(Auth::Post(&wrong("spa")), "x").await, 429, "too_many_requests").await;
+        // A confidential client's id presented alone fails without guessing its secret, so it
+        // does not use up the secret's budget either.
+        let bare = TestClient { id: "svc".into(), secret: None };
+        for _ in 0..10 {
+            assert_error(s.revoke(Auth::Public(&bare), "x").await, 401, "invalid_client").await;
+        }
         assert_eq!(s.client_credentials(&svc).await["token_type"], "Bearer");
     }
 }

@@ -37,9 +37,9 @@ impl<'a> Attempt<'a> {
         peer: Peer,
     ) -> Result<Self, ApiError> {
         let presented = credentials::extract(headers, form)?;
-        let client_id = presented.credentials.client_id();
+        let guessed = guessed_client(&presented.credentials);
         let now = state.authority.now();
-        if let Some(wait) = state.auth_limiter.blocked(tenant, client_id, peer.0, now) {
+        if let Some(wait) = state.auth_limiter.blocked(tenant, guessed, peer.0, now) {
             return Err(ApiError::too_many_requests(wait));
         }
         Ok(Self {
@@ -59,16 +59,29 @@ impl<'a> Attempt<'a> {
         outcome.map_err(|e| {
             if matches!(e, latch_core::Error::InvalidClient) {
                 let client_id = self.credentials().client_id();
+                let guessed = guessed_client(self.credentials());
                 let now = self.state.authority.now();
                 self.state
                     .auth_limiter
-                    .failed(self.tenant, client_id, self.peer.0, now);
+                    .failed(self.tenant, guessed, self.peer.0, now);
                 // At most as long as a real client id: the form allows 64 KiB.
                 let shown: String = client_id.chars().take(MAX_ID_LEN).collect();
                 tracing::info!(tenant = %self.tenant, client_id = %shown.escape_debug(), "client authentication failed");
             }
             ApiError::from(e).with_basic_challenge(self.presented.basic)
         })
+    }
+}
+
+/// The client whose secret the credentials try, which its rate limit protects: none for a
+/// public client's (an id alone), which guess nothing. Counting them against the id would let
+/// anyone lock a public client (whose id ships with its application) out for every user, by
+/// presenting a few secrets under its id; those attempts count against their address, and
+/// against the id only when they present a secret.
+fn guessed_client(credentials: &Credentials) -> Option<&str> {
+    match credentials {
+        Credentials::Basic { id, .. } | Credentials::Post { id, .. } => Some(id),
+        Credentials::Public { .. } => None,
     }
 }
 

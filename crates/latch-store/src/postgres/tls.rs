@@ -57,14 +57,16 @@ fn invalid(what: impl std::fmt::Display) -> StoreError {
 
 /// Reads a `postgres://` URL: `sslmode` and `sslrootcert` here, the rest by tokio-postgres.
 pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (base, query) = crate::split_postgres_query(url);
+    let query = query.unwrap_or("");
     let (mut mode, mut root_file) = (None, None);
     let mut deadline = Deadline::default();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = || percent_decode_str(value).decode_utf8_lossy().into_owned();
-        match key {
+        // Decoded as tokio-postgres decodes it: `ssl%6Dode` is `sslmode` there too.
+        match crate::decoded(key).as_ref() {
             "sslmode" => mode = Some(value()),
             "sslrootcert" => root_file = Some(value()),
             "query_timeout" => {
@@ -109,10 +111,11 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
     let mut config =
         tokio_postgres::Config::from_str(&rebuilt).map_err(|e| invalid(super::describe(&e)))?;
     config.ssl_mode(ssl_mode);
-    let named: Vec<&str> = rest
+    let named: Vec<_> = rest
         .iter()
-        .map(|p| p.split_once('=').map_or(*p, |(k, _)| k))
+        .map(|p| crate::decoded(p.split_once('=').map_or(*p, |(k, _)| k)))
         .collect();
+    let named: Vec<&str> = named.iter().map(|k| k.as_ref()).collect();
     bound_silent_peers(&mut config, &named);
     let roots = match (&root_file, check) {
         (Some(file), Check::Chain | Check::ChainAndName) => Some(read_roots(file)?),
@@ -316,6 +319,23 @@ mod tests {
             };
             assert!(e.to_string().contains(says), "{url}: {e}");
         }
+    }
+
+    #[test]
+    fn a_question_mark_in_a_password_is_the_passwords_and_keys_are_percent_decoded() {
+        // Read as libpq and tokio-postgres read it: the user info runs to the first `@`.
+        // Split at its first `?`, the `sslmode` after the host went unseen and the
+        // connection was made in clear.
+        let target = parse("postgres://u:pw?x@h/db?sslmode=require").unwrap();
+        assert_eq!(target.config.get_password(), Some(&b"pw?x"[..]));
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(target.config.get_dbname(), Some("db"));
+        // tokio-postgres decodes keys: `ssl%6Dode` is `sslmode`, and must be read as such
+        // here, not passed on to be overridden with `disable`.
+        let target = parse("postgres://u@h/db?ssl%6Dode=require").unwrap();
+        assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
+        let target = parse("postgres://u@h/db?query%5Ftimeout=3").unwrap();
+        assert_eq!(target.deadline, Deadline(Some(Duration::from_secs(3))));
     }
 
     #[test]
