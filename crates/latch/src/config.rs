@@ -220,8 +220,25 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        toml::from_str(&text)
-            .with_context(|| format!("invalid configuration in {}", path.display()))
+        toml::from_str(&text).map_err(|e| {
+            // toml's own message quotes the offending line of the file, which may hold a
+            // secret (a mistyped `admin_token` key, a bad escape in a database URL): only
+            // its reason and its place are shown.
+            let place = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "invalid configuration in {}{place}: {}",
+                path.display(),
+                e.message().trim_end()
+            )
+        })
     }
 }
 
@@ -232,7 +249,14 @@ pub struct Overrides {
     #[arg(long, env = "LATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Database URL: `sqlite://PATH` or `sqlite::memory:`. Default: `DATA_DIR/latch.db`.
-    #[arg(long, env = "LATCH_DATABASE_URL", value_name = "URL")]
+    // `hide_env_values`: `--help` would otherwise show the variable's value, password
+    // included.
+    #[arg(
+        long,
+        env = "LATCH_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// Folder for the default SQLite database [default: data].
     #[arg(long, env = "LATCH_DATA_DIR", value_name = "DIR")]
@@ -377,6 +401,46 @@ fn at_least_a_second(name: &str, secs: u64) -> anyhow::Result<u64> {
     at_most_a_year(name, secs)
 }
 
+/// An issuer identifier as RFC 8414 §2 has it: an `https` URL (`http` is accepted for local
+/// use) with a host and without a query or fragment. Clients compare it byte for byte with
+/// the metadata's and the introspection's `iss`, so a malformed one breaks them all.
+fn check_issuer(issuer: &str) -> anyhow::Result<()> {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+        .with_context(|| format!("issuer {issuer:?} must be an https:// (or http://) URL"))?;
+    anyhow::ensure!(
+        !rest.contains(['?', '#']),
+        "issuer {issuer:?} must have no query or fragment (RFC 8414 §2)"
+    );
+    anyhow::ensure!(
+        !rest.is_empty() && !rest.starts_with('/'),
+        "issuer {issuer:?} has no host"
+    );
+    Ok(())
+}
+
+/// The `[auth_limits]` table, each value at least 1: a limit of 0 would refuse a client
+/// after its first failure, not switch the limit off, and a window of 0 means nothing.
+fn auth_limits(table: &AuthLimitsConfig) -> anyhow::Result<AuthLimits> {
+    for (name, value) in [
+        ("per_client", table.per_client),
+        ("per_address", table.per_address),
+        ("window", table.window),
+    ] {
+        anyhow::ensure!(
+            value >= 1,
+            "auth_limits.{name} must be at least 1 (to leave a limit practically off, give it \
+             a large number, such as 1000000)"
+        );
+    }
+    Ok(AuthLimits {
+        per_client: table.per_client,
+        per_address: table.per_address,
+        window: table.window,
+    })
+}
+
 /// Resolves a server's settings.
 pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Result<Settings> {
     let file = load_file(overrides)?;
@@ -387,6 +451,9 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         .parse()
         .with_context(|| format!("invalid listen address {listen_str:?}"))?;
     let issuer = server.issuer.clone().or_else(|| file.issuer.clone());
+    if let Some(issuer) = &issuer {
+        check_issuer(issuer)?;
+    }
     let clients: Vec<ClientSpec> = file
         .clients
         .iter()
@@ -451,11 +518,7 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
             })
             .collect::<anyhow::Result<_>>()?,
         profiles: Profiles::from(&file.profiles),
-        auth_limits: AuthLimits {
-            per_client: file.auth_limits.per_client,
-            per_address: file.auth_limits.per_address,
-            window: file.auth_limits.window.max(1),
-        },
+        auth_limits: auth_limits(&file.auth_limits)?,
         clients,
     })
 }

@@ -112,10 +112,19 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let issuer = settings
-            .issuer
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+        let issuer = settings.issuer.clone().unwrap_or_else(|| {
+            let derived = format!("http://{addr}");
+            if addr.ip().is_unspecified() {
+                // Every address of the host: no client reaches this one by that name.
+                tracing::warn!(
+                    issuer = %derived,
+                    "no issuer is set, and the one derived from the listen address names no \
+                     reachable host; set --issuer (or `issuer` in the configuration file) to \
+                     the URL clients use"
+                );
+            }
+            derived
+        });
         let state = Arc::new(
             AppState::new(authority.clone(), issuer, settings.admin_token.as_deref())
                 .with_profiles(settings.profiles)

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{admin_at, post_form_at, run_cli, Auth, Process, TestClient, ADMIN_TOKEN};
+use common::{admin_at, latch_bin, post_form_at, run_cli, Auth, Process, TestClient, ADMIN_TOKEN};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
@@ -130,6 +130,78 @@ fn every_command_has_help() {
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(!text.trim().is_empty(), "latch {args:?} printed nothing");
         assert!(text.contains("Usage"), "latch {args:?}: {text}");
+    }
+}
+
+/// Neither `--help` nor a configuration error shows a secret: clap prints an option's value
+/// from the environment unless told not to, and toml's message quotes the offending line.
+#[test]
+fn no_secret_shows_in_help_or_in_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(latch_bin())
+        .args(["serve", "--help"])
+        .env("LATCH_DATABASE_URL", "postgres://u:pw-1f3a@h/db")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("LATCH_DATABASE_URL") && !help.contains("pw-1f3a"),
+        "{help}"
+    );
+
+    let refused = |file: &str| -> String {
+        std::fs::write(dir.path().join("latch.toml"), file).unwrap();
+        let out = run_cli(dir.path(), &["serve", "--config", "latch.toml"], None);
+        assert!(!out.status.success(), "{file}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A mistyped key, and a bad escape, on lines holding a secret.
+    for (file, reason) in [
+        (
+            "listen = \"127.0.0.1:0\"\nadmin_tokn = \"sekret-9c2e\"\n",
+            "unknown field",
+        ),
+        (
+            "database_url = \"postgres://u:p\\qsekret-9c2e@h/db\"\n",
+            "escape",
+        ),
+    ] {
+        let stderr = refused(file);
+        assert!(
+            stderr.contains("invalid configuration in") && stderr.contains(reason),
+            "{stderr}"
+        );
+        assert!(stderr.contains(" at line "), "where it is: {stderr}");
+        assert!(!stderr.contains("sekret-9c2e"), "{stderr}");
+    }
+    // Values that would not do what they seem to are refused, saying what to do instead.
+    for (file, says) in [
+        (
+            "[auth_limits]\nper_address = 0\n",
+            "auth_limits.per_address must be at least 1",
+        ),
+        (
+            "[auth_limits]\nwindow = 0\n",
+            "auth_limits.window must be at least 1",
+        ),
+        (
+            "issuer = \"https://a.example/?x=1\"\n",
+            "must have no query or fragment",
+        ),
+        (
+            "issuer = \"https://a.example/#f\"\n",
+            "must have no query or fragment",
+        ),
+        (
+            "issuer = \"auth.example.com\"\n",
+            "must be an https:// (or http://) URL",
+        ),
+        ("issuer = \"https:///path\"\n", "has no host"),
+    ] {
+        let stderr = refused(file);
+        assert!(stderr.contains(says), "{file}: {stderr}");
     }
 }
 
