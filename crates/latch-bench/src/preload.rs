@@ -356,7 +356,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
 #[cfg(test)]
 pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n: u64) {
     use latch_core::id::{ClientId, TenantId};
-    use latch_core::secret::SecretVerifier;
+    use latch_core::secret::{AdmitAll, SecretVerifier};
     use latch_core::token::TokenKind;
 
     let tenant = TenantId::default_tenant();
@@ -391,8 +391,14 @@ pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("client {id} is not found"));
-        assert!(verifier.verify(&client, secret).await, "{id}'s secret");
-        assert!(!verifier.verify(&client, "not-the-secret").await);
+        assert!(
+            verifier.verify(&client, secret, &AdmitAll).await.unwrap(),
+            "{id}'s secret"
+        );
+        assert!(!verifier
+            .verify(&client, "not-the-secret", &AdmitAll)
+            .await
+            .unwrap());
     }
 }
 

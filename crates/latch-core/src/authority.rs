@@ -12,7 +12,7 @@ use crate::clock::{Clock, UnixTime};
 use crate::error::Error;
 use crate::grant::{Revocation, TokenRecord};
 use crate::id::{ClientId, TenantId};
-use crate::secret::SecretVerifier;
+use crate::secret::{Admission, SecretVerifier, Throttled};
 use crate::store::Storage;
 use crate::token::PresentedToken;
 
@@ -147,10 +147,11 @@ impl Authority {
         &self,
         tenant: &TenantId,
         credentials: &Credentials,
+        admission: &dyn Admission,
     ) -> Result<Client, Error> {
         let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
         let client = self.store.client(tenant, &id).await?;
-        self.check_credentials(client, credentials).await
+        self.check_credentials(client, credentials, admission).await
     }
 
     /// [`Authority::authenticate`], plus the token the client presents, looked up in the
@@ -161,6 +162,7 @@ impl Authority {
         tenant: &TenantId,
         credentials: &Credentials,
         token: &str,
+        admission: &dyn Admission,
     ) -> Result<(Client, Option<TokenRecord>), Error> {
         let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
         let (client, record) = match PresentedToken::parse(token) {
@@ -171,18 +173,28 @@ impl Authority {
             }
             None => (self.store.client(tenant, &id).await?, None),
         };
-        Ok((self.check_credentials(client, credentials).await?, record))
+        Ok((
+            self.check_credentials(client, credentials, admission)
+                .await?,
+            record,
+        ))
     }
 
     pub(crate) async fn check_credentials(
         &self,
         client: Option<Client>,
         credentials: &Credentials,
+        admission: &dyn Admission,
     ) -> Result<Client, Error> {
         let client = client.ok_or(Error::InvalidClient)?;
         let ok = match credentials {
             Credentials::Basic { secret, .. } | Credentials::Post { secret, .. } => {
-                client.is_confidential() && self.secrets.verify(&client, secret).await
+                client.is_confidential()
+                    && self
+                        .secrets
+                        .verify(&client, secret, admission)
+                        .await
+                        .map_err(|Throttled(wait)| Error::Throttled(wait))?
             }
             Credentials::Public { .. } => !client.is_confidential(),
         };

@@ -45,6 +45,10 @@ pub enum Error {
     /// the configuration file manages it.
     #[error("{0}")]
     Conflict(Cow<'static, str>),
+    /// Client authentication refused for now by the caller's rate limit
+    /// ([`crate::secret::Admission`]): retry after this many seconds.
+    #[error("too many client authentications; retry in {0} seconds")]
+    Throttled(u32),
     /// Storage failed; nothing was done (`temporarily_unavailable`).
     #[error(transparent)]
     Storage(#[from] StoreError),

@@ -11,6 +11,7 @@ use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::{Revocation, TokenRecord};
 use crate::id::{ClientId, GrantId, Subject, TenantId};
+use crate::secret::Admission;
 use crate::store::{RevocationPlan, TokenRead};
 use crate::token::{PresentedToken, TokenHash, TokenKind};
 
@@ -84,6 +85,7 @@ impl Authority {
         tenant: &TenantId,
         credentials: &Credentials,
         token: &str,
+        admission: &dyn Admission,
     ) -> Result<(Client, Option<TokenToRevoke>), Error> {
         let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
         let (client, token) = match PresentedToken::parse(token) {
@@ -100,7 +102,11 @@ impl Authority {
             }
             None => (self.store.client(tenant, &id).await?, None),
         };
-        Ok((self.check_credentials(client, credentials).await?, token))
+        Ok((
+            self.check_credentials(client, credentials, admission)
+                .await?,
+            token,
+        ))
     }
 
     /// Revokes a token on behalf of an authenticated `caller`: `token` as

@@ -37,6 +37,31 @@ pub fn generate_secret() -> String {
     crate::token::random_b64::<32>()
 }
 
+/// Lets the caller bound the argon2 verifications it starts: each answers whether a guessed
+/// secret is right, so a rate limit that counted only finished failures would let a burst
+/// of concurrent guesses all through before the first was counted. Asked before every
+/// verification the cache cannot answer (never for a cached secret, so the hot path pays
+/// nothing), with a fingerprint of the presented secret that is equal for equal secrets of
+/// one client: concurrent requests presenting one secret (a client's connections after a
+/// restart) are one guess.
+pub trait Admission: Send + Sync {
+    /// `Ok` to verify, or `Err` to refuse the attempt for now.
+    fn admit(&self, fingerprint: &[u8; 32]) -> Result<(), Throttled>;
+}
+
+/// An attempt refused by its [`Admission`]: retry after this many seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throttled(pub u32);
+
+/// Admits every verification (commands, tests).
+pub struct AdmitAll;
+
+impl Admission for AdmitAll {
+    fn admit(&self, _: &[u8; 32]) -> Result<(), Throttled> {
+        Ok(())
+    }
+}
+
 /// Entries kept at most; past this the cache starts over (a rare, cheap event).
 const MAX_ENTRIES: usize = 100_000;
 
@@ -137,23 +162,30 @@ impl SecretVerifier {
     }
 
     /// True when `presented` is the client's secret. A client without a secret never
-    /// verifies.
-    pub async fn verify(&self, client: &Client, presented: &str) -> bool {
+    /// verifies. A secret the cache does not know is verified only if `admission` admits
+    /// it, before it waits for its turn.
+    pub async fn verify(
+        &self,
+        client: &Client,
+        presented: &str,
+        admission: &dyn Admission,
+    ) -> Result<bool, Throttled> {
         let Some(stored) = &client.secret else {
-            return false;
+            return Ok(false);
         };
         let slot = self.slot_of(&client.tenant, &client.id);
         let mac = self.mac_of(&slot, stored, presented);
         if self.is_cached(&slot, &mac) {
-            return true;
+            return Ok(true);
         }
+        admission.admit(&mac)?;
 
         // Single flight per presented secret: wait for a verification of the same secret
         // already running, then look at the cache again.
         let flight = Flight::join(&self.in_flight, mac);
         let _turn = flight.lock.lock().await;
         if self.is_cached(&slot, &mac) {
-            return true;
+            return Ok(true);
         }
         let ok = self.verify_slow(stored, presented).await;
         if ok {
@@ -163,7 +195,7 @@ impl SecretVerifier {
             }
             cache.insert(slot, mac);
         }
-        ok
+        Ok(ok)
     }
 
     fn is_cached(&self, slot: &[u8; 32], mac: &[u8; 32]) -> bool {
@@ -286,28 +318,31 @@ mod tests {
     async fn verifies_right_secret_and_rejects_wrong_one_even_after_caching() {
         let v = SecretVerifier::new();
         let c = client("s3cret");
-        assert!(v.verify(&c, "s3cret").await);
-        assert!(v.verify(&c, "s3cret").await, "cached path");
-        assert!(!v.verify(&c, "s3cret ").await);
-        assert!(!v.verify(&c, "").await);
+        assert!(v.verify(&c, "s3cret", &AdmitAll).await.unwrap());
+        assert!(
+            v.verify(&c, "s3cret", &AdmitAll).await.unwrap(),
+            "cached path"
+        );
+        assert!(!v.verify(&c, "s3cret ", &AdmitAll).await.unwrap());
+        assert!(!v.verify(&c, "", &AdmitAll).await.unwrap());
     }
 
     #[tokio::test]
     async fn a_rotated_secret_invalidates_the_cache_by_construction() {
         let v = SecretVerifier::new();
         let old = client("old");
-        assert!(v.verify(&old, "old").await);
+        assert!(v.verify(&old, "old", &AdmitAll).await.unwrap());
         let mut rotated = old.clone();
         rotated.secret = Some(hash_secret("new"));
-        assert!(!v.verify(&rotated, "old").await);
-        assert!(v.verify(&rotated, "new").await);
+        assert!(!v.verify(&rotated, "old", &AdmitAll).await.unwrap());
+        assert!(v.verify(&rotated, "new", &AdmitAll).await.unwrap());
     }
 
     #[tokio::test]
     async fn forget_drops_the_entry() {
         let v = SecretVerifier::new();
         let c = client("s");
-        assert!(v.verify(&c, "s").await);
+        assert!(v.verify(&c, "s", &AdmitAll).await.unwrap());
         v.forget(&c.tenant, &c.id);
         assert!(v.lock().is_empty());
     }
@@ -319,7 +354,7 @@ mod tests {
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let (v, c) = (v.clone(), c.clone());
-                tokio::spawn(async move { v.verify(&c, "s").await })
+                tokio::spawn(async move { v.verify(&c, "s", &AdmitAll).await.unwrap() })
             })
             .collect();
         for t in tasks {
@@ -327,7 +362,7 @@ mod tests {
         }
         assert_eq!(v.slow_runs.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(v.in_flight.lock().unwrap().is_empty());
-        assert!(!v.verify(&c, "wrong").await);
+        assert!(!v.verify(&c, "wrong", &AdmitAll).await.unwrap());
         assert!(v.in_flight.lock().unwrap().is_empty());
     }
 
@@ -347,7 +382,7 @@ mod tests {
         let held = v.slots.clone().acquire_many_owned(all).await.unwrap();
         let task = {
             let (v, c) = (v.clone(), c.clone());
-            tokio::spawn(async move { v.verify(&c, "wrong guess").await })
+            tokio::spawn(async move { v.verify(&c, "wrong guess", &AdmitAll).await.unwrap() })
         };
         until(|| v.in_flight.lock().unwrap().len() == 1).await;
         task.abort();
@@ -363,7 +398,7 @@ mod tests {
         let all = v.slots.available_permits();
         let task = {
             let (v, c) = (v.clone(), c.clone());
-            tokio::spawn(async move { v.verify(&c, "wrong guess").await })
+            tokio::spawn(async move { v.verify(&c, "wrong guess", &AdmitAll).await.unwrap() })
         };
         // The run has its slot (argon2 takes milliseconds; the checks below take less).
         until(|| v.slots.available_permits() == all - 1).await;

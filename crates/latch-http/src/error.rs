@@ -250,6 +250,7 @@ impl From<Error> for ApiError {
             }
             Error::NotFound(_) => Self::not_found(description),
             Error::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", description),
+            Error::Throttled(wait) => Self::too_many_requests(wait),
             Error::Storage(e) => {
                 // RFC 7009 §2.2.1: 503 tells the client to retry. Nothing is reported done,
                 // and nothing is promised undone either: a write whose connection was lost

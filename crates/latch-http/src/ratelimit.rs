@@ -6,7 +6,10 @@
 //!
 //! Fixed windows: each key counts failures in the current window; once a key reaches its
 //! limit, authentication attempts on it answer `429` with `Retry-After` until the window ends.
-//! Successes are never limited or counted. Time comes from the domain clock, so tests move it.
+//! A secret being verified (an argon2 run, queued or running) counts as a failure until its
+//! verdict, so a burst of concurrent guesses is bounded as a sequence is
+//! ([`AuthLimiter::reserve`]). Successes are never limited or counted, and a secret the
+//! verification cache knows is never reserved for. Time comes from the domain clock, so tests move it.
 //!
 //! Trade-off: a per-client limit lets someone who knows a client id delay that client's
 //! authentication for up to one window; that is the price of stopping online guessing.
@@ -84,6 +87,10 @@ const MAX_KEYS: usize = 100_000;
 /// The failure counters, and when the first of their windows ends.
 struct Windows {
     by_key: HashMap<Key, Window>,
+    /// Verifications in progress ([`AuthLimiter::reserve`]): per key, the fingerprints of
+    /// the secrets being verified, each with the number of requests presenting it. Bounded
+    /// by the requests in flight.
+    pending: HashMap<Key, HashMap<[u8; 32], u32>>,
     /// No window ends before this; then the finished ones are dropped, so that a server
     /// whose clients stopped failing a window ago holds no counters and a success costs no
     /// lookup.
@@ -123,6 +130,7 @@ impl AuthLimiter {
             limits,
             windows: Mutex::new(Windows {
                 by_key: HashMap::new(),
+                pending: HashMap::new(),
                 first_end: UnixTime::MAX,
             }),
         }
@@ -162,6 +170,80 @@ impl AuthLimiter {
         now: UnixTime,
     ) -> Option<u32> {
         self.blocked_keys(Attempt::Client(tenant, client_id), address, now)
+    }
+
+    /// Reserves a place for verifying the secret `fingerprint` names, which counts against
+    /// the limits as a failure would until [`AuthLimiter::release`]: concurrent guesses are
+    /// bounded as sequential ones are, where counting failures only once verified let every
+    /// guess of a burst through. Requests presenting a secret already being verified share
+    /// its place. `Err(seconds to wait)` when the failures and the other secrets being
+    /// verified have reached a limit.
+    pub fn reserve(
+        &self,
+        tenant: &TenantId,
+        client_id: Option<&str>,
+        address: Option<IpAddr>,
+        fingerprint: &[u8; 32],
+        now: UnixTime,
+    ) -> Result<(), u32> {
+        let window = i64::from(self.limits.window);
+        let attempt = Attempt::Client(tenant, client_id);
+        let mut windows = self.lock();
+        windows.expire(now, window);
+        let wait = self
+            .keyed(attempt, address)
+            .filter_map(|(key, limit)| {
+                let failed = windows.by_key.get(&key).filter(|w| now < w.start + window);
+                let failures = failed.map_or(0, |w| w.failures);
+                let others = windows
+                    .pending
+                    .get(&key)
+                    .map_or(0, |p| p.len() - usize::from(p.contains_key(fingerprint)));
+                let others = u32::try_from(others).unwrap_or(u32::MAX);
+                (failures.saturating_add(others) >= limit).then(|| match failed {
+                    Some(w) if failures >= limit => (w.start + window - now) as u32,
+                    // Held back by verifications that end within a second or so.
+                    _ => 1,
+                })
+            })
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for (key, _) in self.keyed(attempt, address) {
+            *windows
+                .pending
+                .entry(key)
+                .or_default()
+                .entry(*fingerprint)
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Gives back a place [`AuthLimiter::reserve`] took.
+    pub fn release(
+        &self,
+        tenant: &TenantId,
+        client_id: Option<&str>,
+        address: Option<IpAddr>,
+        fingerprint: &[u8; 32],
+    ) {
+        let mut windows = self.lock();
+        for (key, _) in self.keyed(Attempt::Client(tenant, client_id), address) {
+            let Some(pending) = windows.pending.get_mut(&key) else {
+                continue;
+            };
+            if let Some(count) = pending.get_mut(fingerprint) {
+                *count -= 1;
+                if *count == 0 {
+                    pending.remove(fingerprint);
+                }
+            }
+            if pending.is_empty() {
+                windows.pending.remove(&key);
+            }
+        }
     }
 
     /// Counts a failed authentication.
@@ -336,6 +418,50 @@ mod tests {
             l.blocked(&t, Some("c"), Some("127.0.0.8".parse().unwrap()), 1),
             None
         );
+    }
+
+    #[test]
+    fn secrets_being_verified_count_against_the_limits_and_one_secret_counts_once() {
+        let l = AuthLimiter::new(AuthLimits {
+            per_client: 3,
+            per_address: 100,
+            window: 60,
+        });
+        let t = TenantId::default_tenant();
+        let ip = Some(IpAddr::from([192, 0, 2, 1]));
+        let reserve = |c: &str, fp: u8| l.reserve(&t, Some(c), ip, &[fp; 32], 0);
+        // Three different secrets verifying at once use up the client's three.
+        for fp in 1..=3 {
+            assert_eq!(reserve("c", fp), Ok(()));
+        }
+        assert_eq!(reserve("c", 4), Err(1), "a fourth guess waits");
+        assert_eq!(
+            reserve("c", 2),
+            Ok(()),
+            "another request of a secret in progress joins it"
+        );
+        assert_eq!(reserve("d", 4), Ok(()), "other clients are unaffected");
+        // One ends in a failure: counted before its place is given back, so the budget
+        // stays used up.
+        l.failed(&t, Some("c"), ip, 0);
+        l.release(&t, Some("c"), ip, &[1; 32]);
+        assert_eq!(reserve("c", 4), Err(1));
+        // The other two end in successes; the shared one twice.
+        for fp in [2, 2, 3] {
+            l.release(&t, Some("c"), ip, &[fp; 32]);
+        }
+        assert_eq!(reserve("c", 4), Ok(()));
+        l.release(&t, Some("c"), ip, &[4; 32]);
+        l.release(&t, Some("d"), ip, &[4; 32]);
+        assert!(l.lock().pending.is_empty(), "every place given back");
+        // Failures alone at the limit: the wait is the window's.
+        for _ in 0..3 {
+            l.failed(&t, Some("e"), ip, 10);
+        }
+        assert_eq!(l.reserve(&t, Some("e"), ip, &[9; 32], 20), Err(50));
+        // A public client's attempt reserves against its address only.
+        assert_eq!(l.reserve(&t, None, ip, &[9; 32], 20), Ok(()));
+        assert_eq!(l.lock().pending.len(), 1);
     }
 
     #[test]

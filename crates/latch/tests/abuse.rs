@@ -81,6 +81,49 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn concurrent_wrong_secrets_are_limited_as_sequential_ones_are() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        // 40 different secrets for svc at once, each its own argon2 run. Counted only once
+        // verified, all 40 passed the check before the first failure was counted; the
+        // verifications in progress count too, so at most the limit (10 per client id) are
+        // answered.
+        let guesses: Vec<TestClient> = (0..40)
+            .map(|i| TestClient { id: "svc".into(), secret: Some(format!("guess-{i}")) })
+            .collect();
+        let statuses: Vec<u16> = futures_util::future::join_all(
+            guesses.iter().map(|g| s.revoke(Auth::Basic(g), "x")),
+        )
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+        let answered = statuses.iter().filter(|&&c| c == 401).count();
+        assert!(answered <= 10, "{answered} guesses answered: {statuses:?}");
+        assert!(statuses.iter().all(|&c| c == 401 || c == 429), "{statuses:?}");
+        s.advance(61);
+        assert_eq!(s.client_credentials(&svc).await["token_type"], "Bearer");
+    }
+}
+
+backend_test! {
+    async fn a_clients_concurrent_first_requests_share_one_verification_and_are_all_answered() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        // A client's connections after a restart: one secret, not yet verified, presented
+        // by 30 requests at once, is one verification in progress, not 30.
+        let statuses: Vec<u16> = futures_util::future::join_all((0..30).map(|_| {
+            s.post_form("/oauth2/token", Auth::Basic(&svc), &[("grant_type", "client_credentials")])
+        }))
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+        assert!(statuses.iter().all(|&c| c == 200), "{statuses:?}");
+    }
+}
+
 /// Everything the server sends on `conn` until it closes it; bounded at a minute, far past
 /// the read timeout of the test below (the server closes long before, or the test fails).
 async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {

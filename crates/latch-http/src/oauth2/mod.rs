@@ -5,11 +5,14 @@ pub(crate) mod metadata;
 pub(crate) mod revoke;
 pub(crate) mod token;
 
+use std::sync::Mutex;
+
 use axum::http::HeaderMap;
 use latch_core::client::Client;
 use latch_core::grant::TokenRecord;
 use latch_core::id::{TenantId, MAX_ID_LEN};
 use latch_core::revoke::TokenToRevoke;
+use latch_core::secret::{Admission, Throttled};
 use latch_core::{Credentials, IssuedTokens};
 use serde::Serialize;
 
@@ -26,6 +29,45 @@ struct Attempt<'a> {
     tenant: &'a TenantId,
     peer: Peer,
     presented: credentials::PresentedCredentials,
+    /// The place reserved for verifying the presented secret ([`Admission`]), given back
+    /// when the attempt ends, after its failure (if any) was counted: finished or dropped
+    /// (its client hung up).
+    reserved: Mutex<Option<[u8; 32]>>,
+}
+
+impl Admission for Attempt<'_> {
+    fn admit(&self, fingerprint: &[u8; 32]) -> Result<(), Throttled> {
+        let guessed = guessed_client(self.credentials());
+        let now = self.state.authority.now();
+        self.state
+            .auth_limiter
+            .reserve(self.tenant, guessed, self.peer.0, fingerprint, now)
+            .map_err(Throttled)?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        // One verification per attempt: a second would have been reserved alone.
+        if let Some(earlier) = reserved.replace(*fingerprint) {
+            self.release(&earlier);
+        }
+        Ok(())
+    }
+}
+
+impl Attempt<'_> {
+    fn release(&self, fingerprint: &[u8; 32]) {
+        let guessed = guessed_client(self.credentials());
+        self.state
+            .auth_limiter
+            .release(self.tenant, guessed, self.peer.0, fingerprint);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let reserved = self.reserved.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(fingerprint) = reserved.take() {
+            self.release(&fingerprint);
+        }
+    }
 }
 
 impl<'a> Attempt<'a> {
@@ -47,6 +89,7 @@ impl<'a> Attempt<'a> {
             tenant,
             peer,
             presented,
+            reserved: Mutex::new(None),
         })
     }
 
@@ -96,7 +139,7 @@ pub(crate) async fn authenticate(
     let attempt = Attempt::start(state, tenant, headers, form, peer)?;
     let outcome = state
         .authority
-        .authenticate(tenant, attempt.credentials())
+        .authenticate(tenant, attempt.credentials(), &attempt)
         .await;
     attempt.finish(outcome)
 }
@@ -114,7 +157,7 @@ pub(crate) async fn authenticate_presenting(
     let attempt = Attempt::start(state, tenant, headers, form, peer)?;
     let outcome = state
         .authority
-        .authenticate_presenting(tenant, attempt.credentials(), token)
+        .authenticate_presenting(tenant, attempt.credentials(), token, &attempt)
         .await;
     attempt.finish(outcome)
 }
@@ -131,7 +174,7 @@ pub(crate) async fn authenticate_revoking(
     let attempt = Attempt::start(state, tenant, headers, form, peer)?;
     let outcome = state
         .authority
-        .authenticate_revoking(tenant, attempt.credentials(), token)
+        .authenticate_revoking(tenant, attempt.credentials(), token, &attempt)
         .await;
     attempt.finish(outcome)
 }
