@@ -118,12 +118,23 @@ pub(crate) fn next_sweep(from: &Sweep, end: Option<Sweep>) -> Option<Sweep> {
     }
 }
 
-/// Deletes the audit records written before parameter 1 among the oldest (parameter 2)
-/// records. Ids grow with time, so the oldest are the ones to go, and a batch reads only
-/// that many rows of the primary key however long the trail is.
+/// How many of the oldest records a batch of the audit purge reads, per record it may
+/// delete: ids grow with time, but a record written by a clock that ran ahead (or before it
+/// was stepped back) is younger than those after it, and must not hold them back.
+pub(crate) const AUDIT_PURGE_HEAD: u32 = 4;
+
+/// Deletes at most parameter 2 audit records written before parameter 1, among the oldest
+/// parameter 3 records (`AUDIT_PURGE_HEAD` times parameter 2). Ids grow with time, so the
+/// oldest are the ones to go, and a batch reads only that many rows of the primary key
+/// however long the trail is. Reading only as many as it may delete, a batch that met one
+/// younger record deleted one fewer than a full batch, which ended the purge: a trail
+/// behind such a record was purged a batch less one per run, less than a busy server writes.
 pub(crate) fn purge_audit_sql(param: impl Fn(usize) -> String) -> String {
     format!(
-        "DELETE FROM audit WHERE at < {} AND id IN (SELECT id FROM audit ORDER BY id LIMIT {})",
+        "DELETE FROM audit WHERE id IN (SELECT id FROM \
+           (SELECT id, at FROM audit ORDER BY id LIMIT {}) AS head \
+         WHERE at < {} ORDER BY id LIMIT {})",
+        param(3),
         param(1),
         param(2),
     )

@@ -229,6 +229,31 @@ fn latch_gc_purges_from_the_command_line() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["audit_deleted"], 3);
 
+    // A record younger than the period ahead of 2,500 older ones (written by a clock that
+    // ran ahead) holds none of them back, and stays. The purge goes 1,000 at a time, and
+    // stopped after 999.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, subject, grants, tokens) \
+               VALUES ('default', 4102444800, 'young', '/oauth2/revoke', 'client_request', \
+                       'young', 0, 1); {}",
+            old_audit_records_sql(2_500)
+        ))
+        .unwrap();
+    let out = common::run_cli(dir.path(), &args, None);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["audit_deleted"], 2_500);
+    let left: Vec<String> = rusqlite::Connection::open(&path)
+        .unwrap()
+        .prepare("SELECT actor FROM audit")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(left, ["young"]);
+
     let args = ["gc", "--database-url", &db, "--audit-retention-days", "0"];
     let out = common::run_cli(dir.path(), &args, None);
     assert!(!out.status.success(), "a retention of 0 days is refused");

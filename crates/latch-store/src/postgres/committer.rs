@@ -34,7 +34,7 @@ use super::deadline::{cancel_backend, Deadline};
 use super::store_error;
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
-    Swept,
+    Swept, AUDIT_PURGE_HEAD,
 };
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
@@ -1247,7 +1247,14 @@ async fn apply(
         Op::PurgeAudit(before, limit) => {
             let sql = purge_audit_sql(|n| format!("${n}"));
             let audit = tx
-                .execute(sql.as_str(), &[before, &i64::from(*limit)])
+                .execute(
+                    sql.as_str(),
+                    &[
+                        before,
+                        &i64::from(*limit),
+                        &(i64::from(*limit) * i64::from(AUDIT_PURGE_HEAD)),
+                    ],
+                )
                 .await?;
             Reply::Purged(Purged {
                 audit,

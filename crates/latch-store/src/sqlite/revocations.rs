@@ -23,7 +23,7 @@ use super::SqliteStore;
 use crate::audit_query::{audit_block, audit_events_sql, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
-    Swept,
+    Swept, AUDIT_PURGE_HEAD,
 };
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
@@ -487,7 +487,9 @@ impl CleanupStore for SqliteStore {
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
         self.write(move |c| {
             let sql = purge_audit_sql(|n| format!("?{n}"));
-            Ok(c.prepare_cached(&sql)?.execute(params![before, limit])? as u64)
+            let head = u64::from(limit) * u64::from(AUDIT_PURGE_HEAD);
+            Ok(c.prepare_cached(&sql)?
+                .execute(params![before, limit, head])? as u64)
         })
         .await
     }
