@@ -847,6 +847,58 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     drop(db);
 }
 
+/// PostgreSQL: the clean-up's sweep runs beside the node's writes, not among them. Another
+/// node holds a lock on an expired token row (as a long tenant removal does); the sweep
+/// waits for it, and a revocation meanwhile commits at once. Run by the committer, in the
+/// batch's transaction, the sweep held up every write of the node until the query deadline
+/// and then failed its whole batch, unrelated revocations included.
+#[tokio::test]
+async fn postgres_a_sweep_waiting_on_a_lock_holds_up_no_other_write() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    let t = TenantId::default_tenant();
+    // An expired token (at 10,000), and a live one.
+    let (grant, tokens) = late_issuance(&t, "app", "expired");
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    let (mut grant, mut tokens) = late_issuance(&t, "app", "live");
+    grant.expires_at = 1_000_000;
+    tokens[0].expires_at = 1_000_000;
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    let holder = OtherNode::begin(
+        &db,
+        "SELECT 1 FROM tokens WHERE expires_at = 10000 FOR UPDATE",
+    )
+    .await;
+    let sweeping = tokio::spawn({
+        let store = store.clone();
+        async move { store.purge_expired(20_000, Sweep::START, 1_000).await }
+    });
+    holder
+        .until_waited_on(&db, "DELETE FROM tokens", &sweeping)
+        .await;
+    let revoked = store
+        .revoke(
+            &Revocation::Token(TokenHash::of("live")),
+            &audit(1, Reason::ClientRequest, 400),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.map(|e| e.tokens), Some(1));
+    assert!(
+        !sweeping.is_finished(),
+        "the revocation did not wait for the sweep"
+    );
+    holder.commit().await;
+    let (purged, _) = sweeping.await.unwrap().unwrap();
+    assert_eq!(
+        purged.tokens, 1,
+        "the expired token went once the lock was released"
+    );
+    drop(store);
+    drop(db);
+}
+
 /// A fresh PostgreSQL database holding tenant `t`, with client `app` in it.
 async fn tenant_t_with_client_app() -> (TestDb, Arc<dyn Storage>, TenantId) {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;

@@ -15,8 +15,8 @@ use latch_core::commits::CommitMeter;
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
-use latch_core::id::{ClientId, GrantId, TenantId};
-use latch_core::store::{Purged, StoreResult, Sweep};
+use latch_core::id::{ClientId, TenantId};
+use latch_core::store::StoreResult;
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::borrow::Cow;
@@ -32,10 +32,6 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::deadline::{cancel_backend, Deadline};
 use super::store_error;
-use crate::cleanup_sql::{
-    next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
-    Swept, AUDIT_PURGE_HEAD,
-};
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
 /// The most writes committed in one transaction.
@@ -58,8 +54,6 @@ pub(crate) enum Op {
     Issue(Grant, Vec<NewToken>, Option<SecretHash>),
     Rotate(Rotation),
     Revoke(Revocation, AuditContext),
-    Purge(UnixTime, Sweep, u32),
-    PurgeAudit(UnixTime, u32),
 }
 
 impl Op {
@@ -71,8 +65,7 @@ impl Op {
         matches!(self, Op::CreateTenant(..) | Op::PutClient(..))
     }
 
-    /// Whether the write's work is bounded (a token, a grant, a client's settings, a sweep of
-    /// limited size), so that its batch gets the [`Deadline`]. Removing a tenant or a client
+    /// Whether the write's work is bounded (a token, a grant, a client's settings), so that its batch gets the [`Deadline`]. Removing a tenant or a client
     /// and logging a subject out revoke every grant they hold, which may take longer than
     /// any deadline, and must still get done: those commit apart from the bounded ones, for
     /// as long as they take (TCP's bounds still catch a server that went silent).
@@ -103,9 +96,6 @@ pub(crate) enum Reply {
     Clients(Vec<(TenantId, ClientId)>),
     /// Refused: a client the configuration declares stands in the way.
     Declared,
-    Purged(Purged),
-    /// A sweep batch: what it deleted, and where the next starts.
-    Swept(Purged, Option<Sweep>),
 }
 
 impl Reply {
@@ -1017,72 +1007,6 @@ async fn revoke_target(
     }
 }
 
-/// One batch of an expiry sweep (`CleanupStore::purge_expired`) in `tx`: deletes the expired
-/// rows among the `limit` rows past `from`. Returns how many it deleted and where the next
-/// batch starts.
-async fn sweep(
-    tx: &Transaction<'_>,
-    now: UnixTime,
-    from: &Sweep,
-    limit: u32,
-) -> Result<(u64, Option<Sweep>), tokio_postgres::Error> {
-    let table = Swept::of(from);
-    let (end, deleted) = match SweepKey::after(from) {
-        SweepKey::Token(after) => {
-            let (end, deleted) =
-                sweep_range::<Vec<u8>>(tx, table, after.to_vec(), now, limit).await?;
-            let end = end.map(|key| token_sweep_end(TokenHash::from_stored(key.as_slice())));
-            (end.flatten(), deleted)
-        }
-        SweepKey::Grant(after) => {
-            let (end, deleted) =
-                sweep_range::<String>(tx, table, after.to_owned(), now, limit).await?;
-            (
-                end.map(|id| Sweep::Grants(Some(GrantId::from_stored(id)))),
-                deleted,
-            )
-        }
-    };
-    Ok((deleted, next_sweep(from, end)))
-}
-
-/// [`sweep`] on a table whose key reads and binds as `K`: the key of the batch's last row
-/// (`None` when it ran to the end of the table) and the rows it deleted.
-async fn sweep_range<K>(
-    tx: &Transaction<'_>,
-    table: Swept,
-    after: K,
-    now: UnixTime,
-    limit: u32,
-) -> Result<(Option<K>, u64), tokio_postgres::Error>
-where
-    K: ToSql + Sync + for<'r> tokio_postgres::types::FromSql<'r>,
-{
-    let param = |n: usize| format!("${n}");
-    let skip = i64::from(limit.saturating_sub(1));
-    let end: Option<K> = tx
-        .query_opt(sweep_end_sql(table, param).as_str(), &[&after, &skip])
-        .await?
-        .map(|row| row.get(0));
-    let deleted = match &end {
-        Some(until) => {
-            tx.execute(
-                sweep_delete_sql(table, true, param).as_str(),
-                &[&after, &now, until],
-            )
-            .await?
-        }
-        None => {
-            tx.execute(
-                sweep_delete_sql(table, false, param).as_str(),
-                &[&after, &now],
-            )
-            .await?
-        }
-    };
-    Ok((end, deleted))
-}
-
 fn join<T: AsRef<str>>(items: impl IntoIterator<Item = T>) -> String {
     items
         .into_iter()
@@ -1240,27 +1164,6 @@ async fn apply(
         }
         Op::Rotate(r) => OneStatement::Rotate(r).apply(tx, st).await?,
         Op::Revoke(rev, audit) => Reply::Audited(revoke(tx, st, rev, audit).await?),
-        Op::Purge(now, from, limit) => {
-            let (deleted, next) = sweep(tx, *now, from, *limit).await?;
-            Reply::Swept(swept(from, deleted), next)
-        }
-        Op::PurgeAudit(before, limit) => {
-            let sql = purge_audit_sql(|n| format!("${n}"));
-            let audit = tx
-                .execute(
-                    sql.as_str(),
-                    &[
-                        before,
-                        &i64::from(*limit),
-                        &(i64::from(*limit) * i64::from(AUDIT_PURGE_HEAD)),
-                    ],
-                )
-                .await?;
-            Reply::Purged(Purged {
-                audit,
-                ..Purged::default()
-            })
-        }
     })
 }
 

@@ -8,6 +8,7 @@
 //! after waiting for a concurrent writer, so of two nodes exchanging one refresh token exactly
 //! one sees its row change.
 
+mod cleanup;
 mod committer;
 mod deadline;
 mod lookups;
@@ -477,17 +478,21 @@ impl CleanupStore for PgStore {
         from: Sweep,
         limit: u32,
     ) -> StoreResult<(Purged, Option<Sweep>)> {
-        match self.write(Op::Purge(expired_by, from, limit)).await? {
-            Reply::Swept(purged, next) => Ok((purged, next)),
-            other => Err(other.unexpected()),
-        }
+        self.pooled(async |c| {
+            cleanup::sweep(&**c, expired_by, &from, limit)
+                .await
+                .map_err(|e| store_error(&e))
+        })
+        .await
     }
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
-        match self.write(Op::PurgeAudit(before, limit)).await? {
-            Reply::Purged(p) => Ok(p.audit),
-            other => Err(other.unexpected()),
-        }
+        self.pooled(async |c| {
+            cleanup::purge_audit(&**c, before, limit)
+                .await
+                .map_err(|e| store_error(&e))
+        })
+        .await
     }
 }
 
