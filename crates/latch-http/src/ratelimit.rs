@@ -98,6 +98,18 @@ struct Windows {
 }
 
 impl Windows {
+    /// Seconds `key` must wait, its live window's failures and `others` verifications in
+    /// progress counted against `limit` (`None`: it may try now). Held back by
+    /// verifications alone, a second: they end within about that.
+    fn wait(&self, key: &Key, limit: u32, others: u32, now: UnixTime, window: i64) -> Option<u32> {
+        let failed = self.by_key.get(key).filter(|w| now < w.start + window);
+        let failures = failed.map_or(0, |w| w.failures);
+        (failures.saturating_add(others) >= limit).then(|| match failed {
+            Some(w) if failures >= limit => (w.start + window - now) as u32,
+            _ => 1,
+        })
+    }
+
     /// Drops the windows that have ended by `now`, if the first of them has.
     fn expire(&mut self, now: UnixTime, window: i64) {
         if now >= self.first_end {
@@ -193,18 +205,12 @@ impl AuthLimiter {
         let wait = self
             .keyed(attempt, address)
             .filter_map(|(key, limit)| {
-                let failed = windows.by_key.get(&key).filter(|w| now < w.start + window);
-                let failures = failed.map_or(0, |w| w.failures);
                 let others = windows
                     .pending
                     .get(&key)
                     .map_or(0, |p| p.len() - usize::from(p.contains_key(fingerprint)));
                 let others = u32::try_from(others).unwrap_or(u32::MAX);
-                (failures.saturating_add(others) >= limit).then(|| match failed {
-                    Some(w) if failures >= limit => (w.start + window - now) as u32,
-                    // Held back by verifications that end within a second or so.
-                    _ => 1,
-                })
+                windows.wait(&key, limit, others, now, window)
             })
             .max();
         if let Some(wait) = wait {
@@ -283,9 +289,12 @@ impl AuthLimiter {
         }
         self.keyed(attempt, address)
             .filter_map(|(key, limit)| {
-                let w = windows.by_key.get(&key)?;
-                let end = w.start + window;
-                (now < end && w.failures >= limit).then(|| (end - now) as u32)
+                // Only a live window blocks here; verifications in progress are `reserve`'s.
+                windows
+                    .by_key
+                    .get(&key)
+                    .filter(|w| now < w.start + window)?;
+                windows.wait(&key, limit, 0, now, window)
             })
             .max()
     }
