@@ -11,10 +11,13 @@
 //! ([`AuthLimiter::reserve`]). Successes are never limited or counted, and a secret the
 //! verification cache knows is never reserved for. Time comes from the domain clock, so tests move it.
 //!
+//! Memory and the work under the limiter's lock are bounded: at most [`MAX_KEYS`] counters are
+//! kept, and windows are dropped oldest first without a scan, when they end or to make room.
+//!
 //! Trade-off: a per-client limit lets someone who knows a client id delay that client's
 //! authentication for up to one window; that is the price of stopping online guessing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -81,20 +84,27 @@ struct Window {
     failures: u32,
 }
 
-/// Keys kept at most; past this, finished windows are pruned.
+/// Counters kept at most. When every one of them is in a live window, a new key's first
+/// failure drops the oldest window: the map, and the work under its lock, stay bounded
+/// however many sources fail at once, at the price that whoever makes this many keys fail
+/// within a window can reset the oldest counter (a window's worth of guesses bought with
+/// 100,000 failures, from 2,000 sources at the default per-address limit).
 const MAX_KEYS: usize = 100_000;
 
-/// The failure counters, and when the first of their windows ends.
+/// The failure counters, in the order their windows started.
 struct Windows {
     by_key: HashMap<Key, Window>,
+    /// Each window started, as its end and key, oldest first. Windows all last as long, so
+    /// this is also the order they end in: the ended ones, and when the map is full the
+    /// oldest, are dropped from the front, never found by a scan. An entry whose key has
+    /// since started a new window (only when the clock went back) is skipped when reached.
+    order: VecDeque<(UnixTime, Key)>,
     /// Verifications in progress ([`AuthLimiter::reserve`]): per key, the fingerprints of
     /// the secrets being verified, each with the number of requests presenting it. Bounded
     /// by the requests in flight.
     pending: HashMap<Key, HashMap<[u8; 32], u32>>,
-    /// No window ends before this; then the finished ones are dropped, so that a server
-    /// whose clients stopped failing a window ago holds no counters and a success costs no
-    /// lookup.
-    first_end: UnixTime,
+    /// Counters kept at most ([`MAX_KEYS`]; smaller in tests).
+    capacity: usize,
 }
 
 impl Windows {
@@ -110,22 +120,51 @@ impl Windows {
         })
     }
 
-    /// Drops the windows that have ended by `now`, if the first of them has.
+    /// Drops the windows that have ended by `now`, so that a server whose clients stopped
+    /// failing a window ago holds no counters and a success costs no lookup.
     fn expire(&mut self, now: UnixTime, window: i64) {
-        if now >= self.first_end {
-            self.drop_ended(now, window);
+        while self.order.front().is_some_and(|(end, _)| *end <= now) {
+            self.drop_oldest(window);
         }
     }
 
-    /// Drops the windows that have ended by `now`.
-    fn drop_ended(&mut self, now: UnixTime, window: i64) {
-        self.by_key.retain(|_, w| now < w.start + window);
-        self.first_end = self
+    /// Drops the window at the front of the order, if its key has not started another;
+    /// `false` when there is none.
+    fn drop_oldest(&mut self, window: i64) -> bool {
+        let Some((end, key)) = self.order.pop_front() else {
+            return false;
+        };
+        if self
             .by_key
-            .values()
-            .map(|w| w.start + window)
-            .min()
-            .unwrap_or(UnixTime::MAX);
+            .get(&key)
+            .is_some_and(|w| w.start + window == end)
+        {
+            self.by_key.remove(&key);
+        }
+        true
+    }
+
+    /// Counts a failure against `key`, starting a window when it has none live.
+    fn count(&mut self, key: Key, now: UnixTime, window: i64) {
+        if let Some(w) = self.by_key.get_mut(&key) {
+            if now < w.start + window {
+                w.failures = w.failures.saturating_add(1);
+                return;
+            }
+        }
+        while self.by_key.len() >= self.capacity && !self.by_key.contains_key(&key) {
+            if !self.drop_oldest(window) {
+                break;
+            }
+        }
+        self.order.push_back((now + window, key.clone()));
+        self.by_key.insert(
+            key,
+            Window {
+                start: now,
+                failures: 1,
+            },
+        );
     }
 }
 
@@ -138,12 +177,17 @@ pub struct AuthLimiter {
 impl AuthLimiter {
     /// A limiter with the given limits.
     pub fn new(limits: AuthLimits) -> Self {
+        Self::with_capacity(limits, MAX_KEYS)
+    }
+
+    fn with_capacity(limits: AuthLimits, capacity: usize) -> Self {
         Self {
             limits,
             windows: Mutex::new(Windows {
                 by_key: HashMap::new(),
+                order: VecDeque::new(),
                 pending: HashMap::new(),
-                first_end: UnixTime::MAX,
+                capacity,
             }),
         }
     }
@@ -302,23 +346,9 @@ impl AuthLimiter {
     fn failed_keys(&self, attempt: Attempt<'_>, address: Option<IpAddr>, now: UnixTime) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
-        if windows.by_key.len() >= MAX_KEYS {
-            windows.drop_ended(now, window);
-        }
+        windows.expire(now, window);
         for (key, _) in self.keyed(attempt, address) {
-            let w = windows.by_key.entry(key).or_insert(Window {
-                start: now,
-                failures: 0,
-            });
-            if now >= w.start + window {
-                *w = Window {
-                    start: now,
-                    failures: 0,
-                };
-            }
-            w.failures = w.failures.saturating_add(1);
-            let end = w.start + window;
-            windows.first_end = windows.first_end.min(end);
+            windows.count(key, now, window);
         }
     }
 
@@ -400,6 +430,56 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l.blocked(&t, Some("early"), None, 121), None);
         assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn a_full_map_drops_its_oldest_window_for_a_new_key_and_holds_no_more() {
+        let l = AuthLimiter::with_capacity(
+            AuthLimits {
+                per_client: 2,
+                per_address: 100,
+                window: 60,
+            },
+            3,
+        );
+        let t = TenantId::default_tenant();
+        for (at, c) in ["a", "b", "c"].into_iter().enumerate() {
+            l.failed(&t, Some(c), None, 1000 + at as i64);
+        }
+        // A known key's failure when full drops nothing.
+        l.failed(&t, Some("b"), None, 1003);
+        assert_eq!(l.blocked(&t, Some("b"), None, 1003), Some(58));
+        assert_eq!(l.len(), 3);
+        // A new key's drops the oldest window, a's, and only that one.
+        l.failed(&t, Some("d"), None, 1004);
+        l.failed(&t, Some("d"), None, 1004);
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.blocked(&t, Some("d"), None, 1004), Some(60));
+        assert_eq!(l.blocked(&t, Some("b"), None, 1004), Some(57));
+        l.failed(&t, Some("a"), None, 1005);
+        assert_eq!(
+            l.blocked(&t, Some("a"), None, 1005),
+            None,
+            "a counts afresh, from one failure"
+        );
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            l.blocked(&t, Some("b"), None, 1005),
+            None,
+            "b's window, now the oldest, made room for a's"
+        );
+        let held = |c: &str| {
+            l.lock()
+                .by_key
+                .contains_key(&Key::Client(t.clone(), c.to_owned()))
+        };
+        assert!(held("c") && held("d") && held("a"));
+        // Windows restarting on one key, window after window, leave one entry each.
+        for round in 0..100 {
+            l.failed(&t, Some("e"), None, 2000 + 60 * round);
+        }
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.lock().order.len(), 1);
     }
 
     /// A limiter of two failures per address in 10 s (and a hundred per client), a tenant and
