@@ -67,6 +67,11 @@ struct Cli {
     /// the kept database holds].
     #[arg(long)]
     tokens: Option<u64>,
+    /// Audit records to preload, the trail a server that has revoked for a while keeps (by
+    /// default for ever): every revocation also writes one, into indexes this many records
+    /// deep [default: 0, or what the kept database holds].
+    #[arg(long)]
+    audit_records: Option<u64>,
     /// Seconds per workload.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -340,6 +345,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 State {
                     tokens,
+                    audit_records: cli.audit_records.unwrap_or(0),
                     ..State::default()
                 }
             }
@@ -357,6 +363,13 @@ fn main() -> anyhow::Result<()> {
                 "{} holds {} grants, not {t}: drop --keep-db to preload afresh, or pick another --db",
                 described_db,
                 state.tokens
+            );
+        }
+        if let Some(a) = cli.audit_records.filter(|&a| a != state.audit_records) {
+            bail!(
+                "{} holds {} audit records, not {a}: drop --keep-db to preload afresh, or pick another --db",
+                described_db,
+                state.audit_records
             );
         }
         eprintln!(
@@ -377,9 +390,10 @@ fn main() -> anyhow::Result<()> {
         Some(s) => s,
         None => {
             let n = cli.tokens.unwrap_or(1_000);
+            let audit = cli.audit_records.unwrap_or(0);
             let s = match &cli.postgres {
-                Some(url) => runtime.block_on(preload_pg::preload(url, n))?,
-                None => preload::preload(&cli.db, n)?,
+                Some(url) => runtime.block_on(preload_pg::preload(url, n, audit))?,
+                None => preload::preload(&cli.db, n, audit)?,
             };
             state_store.save(&runtime, &s)?;
             eprintln!("preloaded {n} grants in {:.1} s", s.preload_seconds);

@@ -108,10 +108,42 @@ pub struct State {
     /// the scattered order would take again.
     #[serde(default)]
     pub scattered: bool,
+    /// Audit records preloaded (`--audit-records`), the history of a server that has been
+    /// revoking for a while; absent in states written before the flag: none.
+    #[serde(default)]
+    pub audit_records: u64,
     /// How long the preload took.
     pub preload_seconds: f64,
     /// When it was made (UTC).
     pub preloaded_at: String,
+}
+
+/// The `k`th of `records` preloaded audit records, over `n` grants: what a client's
+/// revocation of one access token leaves, about a grant picked at random (so each record
+/// lands on its own subject, as revocations from many users do), one a second up to `now`.
+pub(crate) struct AuditRecord {
+    pub at: i64,
+    pub grant_id: String,
+    pub subject: String,
+}
+
+/// Every preloaded audit record is one client revocation, with these columns.
+pub(crate) const AUDIT_COLUMNS: &str = "'default', 'bench-client', 'oauth2/revoke', \
+     'client_request'";
+
+impl AuditRecord {
+    pub fn new(k: u64, records: u64, n: u64, now: i64) -> Self {
+        // SplitMix64's finaliser: a fixed scatter of k over the grants.
+        let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let grant = (z ^ (z >> 31)) % n;
+        Self {
+            at: now - (records - k) as i64,
+            grant_id: grant_id(grant),
+            subject: subject(grant),
+        }
+    }
 }
 
 /// A file beside the database: its path with `suffix` appended (`-wal`, `.state.json`).
@@ -208,9 +240,9 @@ pub(crate) fn sorted_tokens(n: u64) -> Vec<(TokenHash, u64)> {
     rows
 }
 
-/// Creates the database at `path` (latch's own migrations) and fills it with `n` grants.
-/// Removes whatever was there.
-pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
+/// Creates the database at `path` (latch's own migrations) and fills it with `n` grants and
+/// `audit` audit records. Removes whatever was there.
+pub fn preload(path: &Path, n: u64, audit: u64) -> anyhow::Result<State> {
     anyhow::ensure!(n >= MIN_TOKENS, "--tokens must be at least {MIN_TOKENS}");
     let started = Instant::now();
     let mut clock = Instant::now();
@@ -249,7 +281,8 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     let indexes: Vec<(String, String)> = tx
         .prepare(
             "SELECT name, sql FROM sqlite_master \
-             WHERE type = 'index' AND tbl_name IN ('grants', 'tokens') AND sql IS NOT NULL",
+             WHERE type = 'index' AND tbl_name IN ('grants', 'tokens', 'audit') \
+               AND sql IS NOT NULL",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
@@ -318,7 +351,33 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
     drop(rows);
     phase("tokens", &mut clock);
 
-    // 4. The secondary indexes, each built by one sort.
+    // 4. The audit trail, in id order.
+    if audit > 0 {
+        let progress = bar(audit, "audit");
+        let mut i = 0;
+        while i < audit {
+            let end = (i + BATCH as u64).min(audit);
+            let tx = db.transaction()?;
+            {
+                let mut record = tx.prepare(&format!(
+                    "INSERT INTO audit (tenant_id, actor, route, reason, at, grant_id, subject, \
+                       grants, tokens, address) \
+                     VALUES ({AUDIT_COLUMNS}, ?1, ?2, ?3, 0, 1, '127.0.0.1')"
+                ))?;
+                for k in i..end {
+                    let r = AuditRecord::new(k, audit, n, now);
+                    record.execute(params![r.at, r.grant_id, r.subject])?;
+                }
+            }
+            tx.commit()?;
+            progress.set_position(end);
+            i = end;
+        }
+        progress.finish_and_clear();
+        phase("audit records", &mut clock);
+    }
+
+    // 5. The secondary indexes, each built by one sort.
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(200));
     for (name, sql) in &indexes {
@@ -340,6 +399,7 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
 
     let state = State {
         tokens: n,
+        audit_records: audit,
         scattered: true,
         preload_seconds: started.elapsed().as_secs_f64(),
         preloaded_at: crate::sys::utc_now(),
@@ -351,11 +411,13 @@ pub fn preload(path: &Path, n: u64) -> anyhow::Result<State> {
 
 /// Checks that latch reads a preloaded database as its own: every token of a few sampled
 /// grants is found live under the key latch derives from the token string, in the right
-/// grant, for the right client and subject, and both clients' secrets verify. Shared by
-/// both preloads' tests.
+/// grant, for the right client and subject, both clients' secrets verify, and the `audit`
+/// preloaded audit records read as latch's own, whole and by subject. Shared by both
+/// preloads' tests.
 #[cfg(test)]
-pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n: u64) {
-    use latch_core::id::{ClientId, TenantId};
+pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n: u64, audit: u64) {
+    use latch_core::audit::{AuditQuery, Reason};
+    use latch_core::id::{ClientId, Subject, TenantId};
     use latch_core::secret::{AdmitAll, SecretVerifier};
     use latch_core::token::TokenKind;
 
@@ -399,6 +461,34 @@ pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n
             .verify(&client, "not-the-secret", &AdmitAll)
             .await
             .unwrap());
+    }
+    let everything = AuditQuery {
+        subject: None,
+        since: None,
+        after: None,
+        limit: u32::try_from(audit + 1).unwrap(),
+    };
+    let trail = store.audit_events(&tenant, &everything).await.unwrap();
+    assert_eq!(trail.len() as u64, audit);
+    if let Some(last) = audit.checked_sub(1) {
+        let now = trail.last().unwrap().at + 1;
+        let expected = AuditRecord::new(last, audit, n, now);
+        let about = AuditQuery {
+            subject: Some(Subject::parse(&expected.subject).unwrap()),
+            ..everything
+        };
+        let events = store.audit_events(&tenant, &about).await.unwrap();
+        let event = events.last().expect("the last record, by its subject");
+        assert_eq!(event.id, trail.last().unwrap().id);
+        assert_eq!(
+            event.grant_id.as_ref().map(|g| g.as_str()),
+            Some(expected.grant_id.as_str())
+        );
+        assert_eq!(
+            (event.actor.as_str(), event.route.as_str(), event.reason),
+            (CLIENT, "oauth2/revoke", Reason::ClientRequest)
+        );
+        assert_eq!((event.grants, event.tokens, event.at), (0, 1, expected.at));
     }
 }
 
@@ -460,8 +550,8 @@ mod tests {
     async fn latch_reads_the_preloaded_sqlite_database_as_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.db");
-        let state = preload(&path, 100).unwrap();
-        assert_eq!(state.tokens, 100);
+        let state = preload(&path, 100, 300).unwrap();
+        assert_eq!((state.tokens, state.audit_records), (100, 300));
         // Access tokens carry their grant's owner as latch writes them, so that latch reads
         // them without their grant, as it would its own.
         let db = Connection::open(&path).unwrap();
@@ -477,11 +567,23 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(owners, [(0, 100)]);
+        let trail: (i64, i64, i64) = db
+            .query_row(
+                "SELECT count(*), count(DISTINCT subject), max(at) - min(at) FROM audit",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((trail.0, trail.2), (300, 299));
+        assert!(
+            trail.1 > 5,
+            "records scattered over the subjects: {trail:?}"
+        );
         drop(db);
         let store = latch_store::open(&latch_store::DatabaseUrl::SqliteFile(path))
             .await
             .unwrap();
-        assert_latch_reads(store.as_ref(), 100).await;
+        assert_latch_reads(store.as_ref(), 100, 300).await;
     }
 
     #[test]

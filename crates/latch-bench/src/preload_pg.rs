@@ -14,7 +14,9 @@ use anyhow::Context;
 use latch_core::secret::hash_secret;
 use tokio_postgres::{Client, Config, NoTls};
 
-use crate::preload::{bar, grant_id, phase, subject, State, CLIENT, MIN_TOKENS};
+use crate::preload::{
+    bar, grant_id, phase, subject, AuditRecord, State, AUDIT_COLUMNS, CLIENT, MIN_TOKENS,
+};
 
 /// Rows per statement.
 const BATCH: u64 = 20_000;
@@ -132,7 +134,7 @@ pub async fn describe_server(url: &str) -> anyhow::Result<String> {
 }
 
 /// (Re-)creates the database `url` names and fills it with `n` grants.
-pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
+pub async fn preload(url: &str, n: u64, audit: u64) -> anyhow::Result<State> {
     anyhow::ensure!(n >= MIN_TOKENS, "--tokens must be at least {MIN_TOKENS}");
     let started = Instant::now();
     let mut clock = Instant::now();
@@ -192,7 +194,7 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
         .query(
             "SELECT i.relname::text, pg_get_indexdef(i.oid) FROM pg_index x \
              JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
-             WHERE t.relname IN ('grants', 'tokens') AND NOT x.indisprimary \
+             WHERE t.relname IN ('grants', 'tokens', 'audit') AND NOT x.indisprimary \
                AND t.relnamespace = 'public'::regnamespace",
             &[],
         )
@@ -253,6 +255,35 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
     drop(rows);
     phase("tokens", &mut clock);
 
+    if audit > 0 {
+        let progress = bar(audit, "audit");
+        let insert_audit = db
+            .prepare(&format!(
+                "INSERT INTO audit (tenant_id, actor, route, reason, at, grant_id, subject, \
+                   grants, tokens, address) \
+                 SELECT {AUDIT_COLUMNS}, a, g, s, 0, 1, '127.0.0.1' \
+                 FROM unnest($1::int8[], $2::text[], $3::text[]) WITH ORDINALITY AS u(a, g, s, o) \
+                 ORDER BY o"
+            ))
+            .await?;
+        let mut i = 0;
+        while i < audit {
+            let end = (i + BATCH).min(audit);
+            let records: Vec<AuditRecord> = (i..end)
+                .map(|k| AuditRecord::new(k, audit, n, now))
+                .collect();
+            let at: Vec<i64> = records.iter().map(|r| r.at).collect();
+            let grants: Vec<&str> = records.iter().map(|r| r.grant_id.as_str()).collect();
+            let subjects: Vec<&str> = records.iter().map(|r| r.subject.as_str()).collect();
+            db.execute(&insert_audit, &[&at, &grants, &subjects])
+                .await?;
+            progress.set_position(end);
+            i = end;
+        }
+        progress.finish_and_clear();
+        phase("audit records", &mut clock);
+    }
+
     for (name, sql) in &indexes {
         eprintln!("preload: building index {name}");
         db.batch_execute(sql)
@@ -275,6 +306,7 @@ pub async fn preload(url: &str, n: u64) -> anyhow::Result<State> {
 
     Ok(State {
         tokens: n,
+        audit_records: audit,
         scattered: true,
         preload_seconds: started.elapsed().as_secs_f64(),
         preloaded_at: crate::sys::utc_now(),
@@ -330,13 +362,13 @@ mod tests {
     }
 
     async fn checks(url: String) {
-        let state = preload(&url, 100).await.unwrap();
+        let state = preload(&url, 100, 300).await.unwrap();
         assert_eq!(state.tokens, 100);
         {
             let store = latch_store::open(&latch_store::DatabaseUrl::Postgres(url.clone()))
                 .await
                 .unwrap();
-            crate::preload::assert_latch_reads(store.as_ref(), 100).await;
+            crate::preload::assert_latch_reads(store.as_ref(), 100, 300).await;
 
             // Vacuumed before any measurement: no run meets autovacuum's first visit.
             let db = connect(&url, None).await.unwrap();

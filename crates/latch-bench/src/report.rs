@@ -336,6 +336,7 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
         "revision": revision,
         "command": command,
         "tokens": ctx.state.tokens,
+        "audit_records": ctx.state.audit_records,
         "concurrency": ctx.concurrency,
         "duration_s": ctx.duration,
         "backend": ctx.backend.to_lowercase(),
@@ -387,12 +388,14 @@ pub fn write(ctx: &RunInfo, rows: &[Row]) -> anyhow::Result<()> {
     // Markdown: the ceiling summarised in one row, then each workload.
     let mut md = format!(
         "latch-bench, {date}, revision {revision} (latch binary built {built}): `{command}`\n\n\
-         {} preloaded grants ({} tokens; {preload}; database {:.0} MB), {}, concurrency {}, \
+         {} preloaded grants ({} tokens, {} audit records; {preload}; database {:.0} MB), {}, \
+         concurrency {}, \
          {} s per run. Machine: {cores} cores ({cpu}), {}; {sync}; {}. latch peak RSS: {}.\n\n\
          | workload | req/s | × ceiling | × ceiling (CPU) | p50 ms | p99 ms | p99 ms corrected | errors | requests | server CPU | server µs/req | load CPU | notes |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         ctx.state.tokens,
         ctx.state.tokens * 2,
+        ctx.state.audit_records,
         ctx.db_bytes as f64 / 1e6,
         ctx.server.as_deref().unwrap_or(ctx.backend),
         ctx.concurrency,
