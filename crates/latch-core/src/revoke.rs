@@ -241,14 +241,16 @@ impl Request {
 /// Either must not have expired by more than the clocks' allowance ([`EXPIRY_GRACE`]): a token
 /// just expired by this node's clock is not by a clock that lags it (another node's, or this
 /// one stepped back), which would take it as live were its revocation skipped. Its row is kept
-/// as long, so the revocation has something to mark.
+/// as long, so the revocation has something to mark. A rotated refresh token's own expiry
+/// does not matter: its grant outlives it in the successor (a sign-out made with a stale
+/// token still signs out).
 fn revocable(record: &TokenRecord, now: UnixTime) -> bool {
     let kept = now < record.expires_at.saturating_add(EXPIRY_GRACE);
-    let unused = match record.kind {
-        TokenKind::Access => record.rotated_at.is_none(),
-        TokenKind::Refresh => true,
+    let live = match record.kind {
+        TokenKind::Access => kept && record.rotated_at.is_none(),
+        TokenKind::Refresh => kept || record.rotated_at.is_some(),
     };
-    kept && unused && !record.is_revoked()
+    live && !record.is_revoked()
 }
 
 /// The one place that decides what a revocation kills.
@@ -371,6 +373,19 @@ mod tests {
             just_expired.expires_at = 51 - EXPIRY_GRACE;
             assert!(matches!(app().judge(&just_expired), Judgement::Revoke(_)));
         }
+        // A rotated refresh token past its own expiry still names its live grant; an unrotated
+        // one expired as long names nothing alive.
+        let mut stale = record(TokenKind::Refresh);
+        stale.expires_at = 50 - EXPIRY_GRACE;
+        assert!(matches!(
+            app().judge(&stale),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
+        stale.rotated_at = Some(10);
+        let Judgement::Revoke(verdict) = app().judge(&stale) else {
+            panic!("a rotated refresh token's grant is revoked");
+        };
+        assert_eq!(verdict.scope, RevokedScope::Grant);
         let mut revoked = record(TokenKind::Refresh);
         revoked.revoked_at = Some(10);
         assert!(matches!(

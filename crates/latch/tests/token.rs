@@ -453,6 +453,43 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn a_rotated_refresh_token_replayed_or_revoked_after_its_own_expiry_still_kills_its_grant() {
+        let s = TestServer::start().await;
+        let app = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "app",
+                    "client_secret": "app-secret",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                    "refresh_token_ttl": 1000,
+                }),
+            )
+            .await;
+        let replayed = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        let revoked = field(&s.grant_for(&app, "bob", None).await, "refresh_token");
+        s.advance(500);
+        let alice = refresh_ok(&s, &app, &replayed).await;
+        let bob = refresh_ok(&s, &app, &revoked).await;
+        // Both old tokens expired at 1000, their rows kept (no clean-up runs here) past the
+        // clocks' allowance for expired tokens; their successors live until 1500.
+        s.advance(1000 + latch_core::cleanup::EXPIRY_GRACE + 1 - 500);
+        let alice = [field(&alice, "access_token"), field(&alice, "refresh_token")];
+        let bob = [field(&bob, "access_token"), field(&bob, "refresh_token")];
+        assert_all_active(&s, &[&alice[0], &alice[1], &bob[0], &bob[1]]).await;
+
+        // A thief replaying alice's stolen old token is a reuse: her grant dies.
+        refresh_rejected(&s, &app, &replayed).await;
+        assert_all_inactive(&s, &[&alice[0], &alice[1]]).await;
+        // Bob signing out with the token his app kept signs him out.
+        let response = s.revoke(Auth::Basic(&app), &revoked).await;
+        assert_eq!(response.status(), 200);
+        assert_all_inactive(&s, &[&bob[0], &bob[1]]).await;
+    }
+}
+
 // ---- grace period --------------------------------------------------------------------------
 
 backend_test! {

@@ -33,15 +33,22 @@ enum Verdict {
     Dead,
 }
 
-/// Applies the rotation rule to a token's stored state.
+/// Applies the rotation rule to a token's stored state. A token already exchanged is a reuse
+/// even once it has expired (RFC 9700 §4.14.2): its grant lives on in the successor, and a
+/// stolen old token replayed late is as much a sign of theft as one replayed early.
 fn judge(record: &TokenRecord, client: &Client, now: UnixTime) -> Verdict {
-    if record.is_revoked() || now >= record.expires_at {
+    if record.is_revoked() {
         return Verdict::Dead;
     }
     let Some(rotated_at) = record.rotated_at else {
-        return Verdict::Exchange(RotationPrecondition::Unused);
+        return if now >= record.expires_at {
+            Verdict::Dead
+        } else {
+            Verdict::Exchange(RotationPrecondition::Unused)
+        };
     };
-    let in_grace = client.rotation_grace > 0
+    let in_grace = now < record.expires_at
+        && client.rotation_grace > 0
         && now - rotated_at <= i64::from(client.rotation_grace)
         && !record.grace_used
         && record.generation + 1 == record.grant_generation;
@@ -238,5 +245,26 @@ mod tests {
         r.grant_revoked_at = Some(5);
         assert_eq!(judge(&r, &client(0), 10), Verdict::Dead);
         assert_eq!(judge(&record(None, 0, 0), &client(0), 1000), Verdict::Dead);
+        let mut revoked_and_rotated = record(Some(5), 0, 1);
+        revoked_and_rotated.revoked_at = Some(6);
+        assert_eq!(judge(&revoked_and_rotated, &client(0), 10), Verdict::Dead);
+    }
+
+    #[test]
+    fn a_rotated_token_replayed_after_its_expiry_is_still_a_reuse() {
+        // Expired at 1000, rotated at 900: the grant lives on in its successor.
+        assert_eq!(
+            judge(&record(Some(900), 0, 1), &client(0), 1500),
+            Verdict::Reuse
+        );
+        // A grace period that would still cover it does not outlast the token itself.
+        assert_eq!(
+            judge(&record(Some(990), 0, 1), &client(30), 1000),
+            Verdict::Reuse
+        );
+        assert_eq!(
+            judge(&record(Some(990), 0, 1), &client(30), 999),
+            Verdict::Exchange(RotationPrecondition::GraceUnspent)
+        );
     }
 }
