@@ -197,10 +197,26 @@ fn init_logging(filter: &str) {
 }
 
 /// Opens the database for a CLI command (configured clients are not registered). A SQLite
-/// database is created if new but never migrated: `latch serve` does that.
+/// database is never migrated (`latch serve` does that) and never created: a command aimed
+/// at a mistyped path, or run from another directory than the server's (the default path
+/// is relative), would otherwise write into a new database no server reads and report
+/// success.
 async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
     let file = config::load_file(overrides)?;
     let url = config::database_url(overrides, &file)?;
+    match &url {
+        latch_store::DatabaseUrl::SqliteMemory => anyhow::bail!(
+            "{url} is a database of this command alone, gone when it ends: give the server's \
+             --database-url"
+        ),
+        latch_store::DatabaseUrl::SqliteFile(path) if !path.exists() => anyhow::bail!(
+            "no database at {}: `latch serve` creates it; check --database-url \
+             (LATCH_DATABASE_URL, database_url in the config file) and the directory the \
+             command runs in",
+            path.display()
+        ),
+        _ => {}
+    }
     let store = latch_store::open_migrating(&url, latch_store::Migrations::OnlyNew)
         .await
         .with_context(|| format!("cannot open {url}"))?;

@@ -188,11 +188,7 @@ fn latch_gc_purges_from_the_command_line() {
     let path = dir.path().join("gc.db");
     let db = format!("sqlite://{}", path.display());
     // Create the schema, then add rows: two expired, one not.
-    assert!(
-        common::run_cli(dir.path(), &["tenant", "list", "--database-url", &db], None)
-            .status
-            .success()
-    );
+    common::new_sqlite_database(&path);
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(

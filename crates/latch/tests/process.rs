@@ -322,6 +322,7 @@ async fn the_quickstart_config_runs_the_life_of_a_token() {
 async fn client_commands_act_on_the_database_of_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
+    common::new_sqlite_database(&db.path().join("x.db"));
     let url = sqlite_url(&db.path().join("x.db"));
     let d = dir.path();
 
@@ -463,6 +464,7 @@ async fn environment_variables_set_the_admin_token_and_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = tempfile::tempdir().unwrap();
     let db_path = db.path().join("env.db");
+    common::new_sqlite_database(&db_path);
     let url = sqlite_url(&db_path);
     cli_json(
         dir.path(),
@@ -875,6 +877,44 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
     }
 }
 
+/// A command never creates a database: aimed at a mistyped path, or run from another
+/// directory than the server's (the default path is relative), it would write into a new
+/// database no server reads and report success. Nor does it run on an in-memory one.
+#[test]
+fn a_command_refuses_a_database_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let missing = d.join("latsh.db");
+    let url = sqlite_url(&missing);
+    for args in [
+        &["client", "add", "app", "--database-url", &url][..],
+        &["tenant", "list", "--database-url", &url],
+        &["gc", "--database-url", &url],
+        // The default database, relative to a directory holding none.
+        &["client", "list"],
+    ] {
+        let out = run_cli(d, args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("no database at"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = run_cli(
+        d,
+        &["client", "add", "app", "--database-url", "sqlite::memory:"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gone when it ends"));
+    let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
+    assert!(left.is_empty(), "nothing created: {left:?}");
+    // Once the server has created it, the same command works.
+    common::new_sqlite_database(&missing);
+    assert!(
+        cli_json(d, &["client", "add", "app", "--database-url", &url])["client_secret"].is_string()
+    );
+}
+
 /// A command of a newer latch never migrates an existing SQLite database: an older server
 /// may be running on it (mid-upgrade) and would misread the new schema. It says what to do
 /// instead, and once `latch serve` of the new version has migrated the file, it works.
@@ -884,6 +924,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let d = dir.path();
     let path = d.join("latch.db");
     let url = sqlite_url(&path);
+    common::new_sqlite_database(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
     // As a database of the previous schema version: version 10's change undone.
     rusqlite::Connection::open(&path)

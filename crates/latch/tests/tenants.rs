@@ -291,6 +291,7 @@ backend_test! {
 #[test]
 fn the_tenant_cli_adds_lists_and_removes() {
     let dir = tempfile::tempdir().unwrap();
+    common::new_sqlite_database(&dir.path().join("t.db"));
     let db = format!("sqlite://{}", dir.path().join("t.db").display());
     let run = |args: &[&str]| {
         let mut all = args.to_vec();

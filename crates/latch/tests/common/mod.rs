@@ -796,6 +796,12 @@ impl Drop for Process {
     }
 }
 
+/// Creates a SQLite database of the current schema at `path`, as `latch serve` would: CLI
+/// commands create none.
+pub fn new_sqlite_database(path: &Path) {
+    drop(latch_store::SqliteStore::open_file(path).expect("create the database"));
+}
+
 /// Runs the `latch` binary to completion (CLI commands).
 pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
