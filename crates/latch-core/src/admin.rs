@@ -201,9 +201,9 @@ impl Authority {
     ) -> Result<String, Error> {
         let client = self.client(tenant, id).await?;
         refuse_declared(&client)?;
-        if !client.is_confidential() {
+        let Some(replaced) = client.secret.as_ref().filter(|_| client.is_confidential()) else {
             return Err(Error::invalid_request("a public client has no secret"));
-        }
+        };
         let secret = match new_secret {
             Some(s) if s.is_empty() => {
                 return Err(Error::invalid_request("client_secret is empty"))
@@ -212,7 +212,11 @@ impl Authority {
             None => generate_secret(),
         };
         let hash = self.secrets.hash(&secret).await;
-        if !self.store.set_client_secret(tenant, id, &hash).await? {
+        if !self
+            .store
+            .set_client_secret(tenant, id, replaced, &hash)
+            .await?
+        {
             return Err(self.why_unchanged(tenant, id).await);
         }
         self.secrets.forget(tenant, id);

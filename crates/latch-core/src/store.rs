@@ -81,12 +81,15 @@ pub trait ClientStore: Send + Sync {
         &self,
         declared: &[(TenantId, ClientId)],
     ) -> StoreResult<Vec<(TenantId, ClientId)>>;
-    /// Replaces a client's secret hash. `false` when there is no such client, or it is
-    /// declared (the configuration file alone changes it).
+    /// Replaces a client's secret hash `replaced` (the one its caller read) by `secret`.
+    /// `false` when there is no such client, it is declared (the configuration file alone
+    /// changes it), or its secret is no longer `replaced`: a rotation racing another, or the
+    /// client's removal and re-creation, must not overwrite a secret it never saw.
     async fn set_client_secret(
         &self,
         tenant: &TenantId,
         id: &ClientId,
+        replaced: &SecretHash,
         secret: &SecretHash,
     ) -> StoreResult<bool>;
     /// Removes a client and revokes every grant issued to it (audited), in one transaction.

@@ -612,12 +612,17 @@ backend_test! {
         let store = latch_store::open(&db.url).await.unwrap();
         let home = TenantId::default_tenant();
         let (app, other) = (ClientId::parse("app").unwrap(), ClientId::parse("other").unwrap());
+        let confidential = |id: &str, ttl| Client {
+            secret: Some(latch_core::secret::hash_secret(id)),
+            auth_method: AuthMethod::ClientSecretBasic,
+            ..client(&home, id, ttl)
+        };
         store
-            .upsert_client(&Client { declared: true, ..client(&home, "app", 1) })
+            .upsert_client(&Client { declared: true, ..confidential("app", 1) })
             .await
             .unwrap();
         store
-            .upsert_client(&Client { declared: true, ..client(&home, "other", 1) })
+            .upsert_client(&Client { declared: true, ..confidential("other", 1) })
             .await
             .unwrap();
         let declared = |c: Option<Client>| c.map(|c| c.declared);
@@ -625,14 +630,16 @@ backend_test! {
         // Declared again at a later start, with a new setting: the setting changes, the row
         // (its creation time) stays.
         store
-            .upsert_client(&Client { declared: true, created_at: 999, ..client(&home, "app", 2) })
+            .upsert_client(&Client { declared: true, created_at: 999, ..confidential("app", 2) })
             .await
             .unwrap();
         let again = store.client(&home, &app).await.unwrap().unwrap();
         assert_eq!((again.access_token_ttl, again.created_at), (2, 100));
         // Even a caller that skipped the domain's check changes nothing.
         let secret = SecretHash::from_stored("$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into());
-        assert!(!store.set_client_secret(&home, &app, &secret).await.unwrap());
+        let stored = |c: Option<Client>| c.and_then(|c| c.secret).expect("a stored secret");
+        let app_secret = stored(store.client(&home, &app).await.unwrap());
+        assert!(!store.set_client_secret(&home, &app, &app_secret, &secret).await.unwrap());
         let removal = audit(0, Reason::ClientRemoved, 200);
         assert!(store.delete_client(&home, &app, &removal).await.unwrap().is_none());
         assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
@@ -644,7 +651,8 @@ backend_test! {
         assert_eq!(released, vec![(home.clone(), other.clone())]);
         assert_eq!(declared(store.client(&home, &other).await.unwrap()), Some(false));
         assert_eq!(declared(store.client(&home, &app).await.unwrap()), Some(true));
-        assert!(store.set_client_secret(&home, &other, &secret).await.unwrap());
+        let other_secret = stored(store.client(&home, &other).await.unwrap());
+        assert!(store.set_client_secret(&home, &other, &other_secret, &secret).await.unwrap());
         assert!(store.delete_client(&home, &other, &removal).await.unwrap().is_some());
         // Nothing left to release but `app`, once the file names nothing.
         assert!(store
@@ -759,7 +767,7 @@ backend_test! {
         let (b, b_tokens) = late_issuance(&home, "svc", "after-change");
         let (before, changed, after) = futures_util::future::join3(
             store.issue(&a, &a_tokens, second.secret.as_ref()),
-            store.set_client_secret(&home, &id, &third),
+            store.set_client_secret(&home, &id, second.secret.as_ref().unwrap(), &third),
             store.issue(&b, &b_tokens, second.secret.as_ref()),
         )
         .await;
@@ -769,6 +777,14 @@ backend_test! {
         assert!(store.token(&TokenHash::of("after-change")).await.unwrap().is_none());
         let (c, c_tokens) = late_issuance(&home, "svc", "on-the-new-secret");
         assert!(store.issue(&c, &c_tokens, Some(&third)).await.unwrap());
+
+        // A rotation that read the secret before that change (a concurrent rotation, or the
+        // client's removal and re-creation) replaces nothing.
+        let fourth = latch_core::secret::hash_secret("fourth");
+        let stale = store.set_client_secret(&home, &id, second.secret.as_ref().unwrap(), &fourth);
+        assert!(!stale.await.unwrap(), "replaced a secret it never read");
+        let now = store.client(&home, &id).await.unwrap().unwrap();
+        assert_eq!(now.secret.as_ref().map(|s| s.as_str()), Some(third.as_str()));
         drop(store);
         drop(db);
     }

@@ -47,7 +47,8 @@ pub(crate) enum Op {
     DeleteTenant(TenantId, AuditContext),
     /// A client; `true` to replace an existing one.
     PutClient(Client, bool),
-    SetSecret(TenantId, ClientId, SecretHash),
+    /// A client's secret hash replaced: the one read, and the new one.
+    SetSecret(TenantId, ClientId, SecretHash, SecretHash),
     DeleteClient(TenantId, ClientId, AuditContext),
     /// Every declared client but these becomes undeclared.
     UndeclareClients(Vec<(TenantId, ClientId)>),
@@ -1107,12 +1108,17 @@ async fn apply(
             .await?;
             Reply::Done
         }
-        Op::SetSecret(t, id, secret) => Reply::Flag(
+        Op::SetSecret(t, id, replaced, secret) => Reply::Flag(
             st.execute(
                 tx,
-                "UPDATE clients SET secret_hash = $3 \
-                 WHERE tenant_id = $1 AND client_id = $2 AND NOT declared",
-                &[&t.as_str(), &id.as_str(), &secret.as_str()],
+                "UPDATE clients SET secret_hash = $4 \
+                 WHERE tenant_id = $1 AND client_id = $2 AND secret_hash = $3 AND NOT declared",
+                &[
+                    &t.as_str(),
+                    &id.as_str(),
+                    &replaced.as_str(),
+                    &secret.as_str(),
+                ],
             )
             .await?
                 > 0,

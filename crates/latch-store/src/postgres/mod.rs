@@ -377,11 +377,17 @@ impl ClientStore for PgStore {
         &self,
         tenant: &TenantId,
         id: &ClientId,
+        replaced: &SecretHash,
         secret: &SecretHash,
     ) -> StoreResult<bool> {
-        self.write(Op::SetSecret(tenant.clone(), id.clone(), secret.clone()))
-            .await?
-            .flag()
+        self.write(Op::SetSecret(
+            tenant.clone(),
+            id.clone(),
+            replaced.clone(),
+            secret.clone(),
+        ))
+        .await?
+        .flag()
     }
 
     async fn delete_client(

@@ -231,19 +231,21 @@ impl ClientStore for SqliteStore {
         &self,
         tenant: &TenantId,
         id: &ClientId,
+        replaced: &SecretHash,
         secret: &SecretHash,
     ) -> StoreResult<bool> {
-        let (t, i, s) = (
+        let (t, i, r, s) = (
             tenant.to_string(),
             id.to_string(),
+            replaced.as_str().to_owned(),
             secret.as_str().to_owned(),
         );
         self.write(move |c| {
             live_clients::forget();
             Ok(c.execute(
-                "UPDATE clients SET secret_hash = ?3 \
-                 WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
-                params![t, i, s],
+                "UPDATE clients SET secret_hash = ?4 \
+                 WHERE tenant_id = ?1 AND client_id = ?2 AND secret_hash = ?3 AND NOT declared",
+                params![t, i, r, s],
             )? > 0)
         })
         .await
