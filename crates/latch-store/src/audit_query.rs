@@ -1,17 +1,24 @@
 //! The audit trail's query, shared by both back-ends (its retention purge is in
 //! [`crate::cleanup_sql`]). Each back-end renders the placeholders in its own syntax.
 
-/// SQLite's index of the audit trail by subject is keyed by block first, a block being the
-/// records whose ids share all but their last `AUDIT_BLOCK_BITS` bits (schema version 10,
-/// `sqlite/schema_v10.sql`): new records land in the current block's few hundred leaves,
+/// The audit trail's index by subject is keyed by block first, a block being the records
+/// whose ids share all but their last `AUDIT_BLOCK_BITS` bits (SQLite schema version 10,
+/// `sqlite/schema_v10.sql`; PostgreSQL schema version 8, `postgres/schema_v8.sql`): new records land in the current block's few hundred leaves,
 /// wherever their subjects sort, instead of one random leaf of the whole trail's index each.
 /// A block of 65,536 records holds some 650 leaves; a query by subject probes each block once
 /// (1,526 probes per 100 million records kept).
 pub(crate) const AUDIT_BLOCK_BITS: u32 = 16;
 
-/// The block of the audit record `id` in SQLite's index by subject.
+/// The block of the audit record `id` in the index by subject.
 pub(crate) fn audit_block(id: i64) -> i64 {
     id >> AUDIT_BLOCK_BITS
+}
+
+/// Where a query by subject starts: the id to start after (ids start at 1, so an `after`
+/// below 0 selects what 0 does) and the first block that can hold a later record.
+pub(crate) fn subject_query_start(after: Option<i64>) -> (i64, i64) {
+    let after = after.unwrap_or(0).max(0);
+    (after, audit_block(after.saturating_add(1)))
 }
 
 /// Which of a tenant's audit events a query selects.
@@ -19,9 +26,7 @@ pub(crate) fn audit_block(id: i64) -> i64 {
 pub(crate) enum AuditSelect {
     /// Every subject's.
     All,
-    /// One subject's, through an index keyed by subject (PostgreSQL).
-    Subject,
-    /// One subject's within one block (parameter 6), through SQLite's index keyed by block.
+    /// One subject's within one block (parameter 6), through the index keyed by block.
     SubjectInBlock,
 }
 
@@ -36,10 +41,9 @@ pub(crate) enum AuditSelect {
 pub(crate) fn audit_events_sql(select: AuditSelect, param: impl Fn(usize) -> String) -> String {
     let subject = match select {
         AuditSelect::All => format!("{} IS NULL", param(2)),
-        AuditSelect::Subject => format!("subject = {}", param(2)),
-        // Spelled as the index's expression, which is how SQLite matches the two.
+        // Spelled as the index's expression, which is how both back-ends match the two.
         AuditSelect::SubjectInBlock => format!(
-            "id >> {AUDIT_BLOCK_BITS} = {} AND subject = {}",
+            "(id >> {AUDIT_BLOCK_BITS}) = {} AND subject = {}",
             param(6),
             param(2)
         ),

@@ -95,6 +95,12 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v7.sql"),
         older_nodes_safe: true,
     },
+    // The audit trail's index by subject keyed by block first: an older node's queries by
+    // subject read the tenant's trail instead, slower but the same answer.
+    Migration {
+        sql: include_str!("schema_v8.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.
