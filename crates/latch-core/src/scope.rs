@@ -66,6 +66,18 @@ impl Scope {
             .all(|mine| theirs.by_ref().find(|t| *t >= mine) == Some(mine))
     }
 
+    /// The tokens in both `self` and `other`.
+    pub fn intersection(&self, other: &Scope) -> Scope {
+        let theirs: Vec<&str> = other.iter().collect();
+        // Both sorted and deduplicated: the common tokens come out sorted, as `parse` keeps them.
+        Self(
+            self.iter()
+                .filter(|t| theirs.binary_search(t).is_ok())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+
     /// True when the scope has no token.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -174,6 +186,15 @@ mod tests {
         assert!(!set("0").is_subset_of(&set("a b")));
         assert!(!set("b a0").is_subset_of(&set("a b")));
         assert!(!set("ab").is_subset_of(&set("a b")));
+    }
+
+    #[test]
+    fn intersections() {
+        let set = |s| Scope::parse(s).unwrap();
+        assert_eq!(set("a b c d").intersection(&set("d b e")), set("b d"));
+        assert_eq!(set("a b").intersection(&set("ab")), set(""));
+        assert_eq!(set("").intersection(&set("a")), set(""));
+        assert_eq!(set("a b").intersection(&set("a b")), set("a b"));
     }
 
     #[test]

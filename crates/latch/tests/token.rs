@@ -490,6 +490,58 @@ backend_test! {
     }
 }
 
+backend_test! {
+    async fn a_scope_taken_off_a_client_is_no_longer_in_the_access_tokens_its_grants_mint() {
+        // `app` declared in the configuration with `read write admin`, then, at the next
+        // start, with `read write`, then with `other` alone.
+        let declare = |scope: &'static str| {
+            move |settings: &mut latch::config::Settings| {
+                settings.clients = vec![latch_core::admin::ClientSpec {
+                    tenant: latch_core::id::TenantId::default_tenant(),
+                    id: latch_core::id::ClientId::parse("app").unwrap(),
+                    auth_method: latch_core::client::AuthMethod::ClientSecretBasic,
+                    secret: latch_core::admin::SecretSpec::Plain("app-secret".into()),
+                    grant_types: vec![latch_core::client::GrantType::RefreshToken],
+                    scope: latch_core::scope::Scope::parse(scope).unwrap(),
+                    redirect_uris: vec![],
+                    access_token_ttl: 3600,
+                    refresh_token_ttl: 86_400,
+                    rotation_grace: 0,
+                    access_token_revocation: Default::default(),
+                }];
+            }
+        };
+        let app = TestClient { id: "app".into(), secret: Some("app-secret".into()) };
+        let s = TestServer::start_with(declare("read write admin")).await;
+        let rt = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
+        let s = TestServer::start_configured(s.stop().await, declare("read write")).await;
+
+        let r1 = refresh_ok(&s, &app, &rt).await;
+        assert_eq!(r1["scope"], "read write", "narrowed to what the client may have now");
+        let at1 = field(&r1, "access_token");
+        assert_eq!(s.introspect(&at1).await["scope"], "read write");
+        // Asking for the scope taken off is refused, and consumes nothing.
+        let rt1 = field(&r1, "refresh_token");
+        let asked = s
+            .post_form(
+                "/oauth2/token",
+                Auth::Basic(&app),
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt1), ("scope", "admin")],
+            )
+            .await;
+        assert_error(asked, 400, "invalid_scope").await;
+        // The grant keeps its scope (RFC 6749 §6): given back to the client, it comes back.
+        let s = TestServer::start_configured(s.stop().await, declare("read write admin")).await;
+        let r2 = refresh_ok(&s, &app, &rt1).await;
+        assert_eq!(r2["scope"], "admin read write");
+        // With none of the grant's scope left, nothing is minted.
+        let s = TestServer::start_configured(s.stop().await, declare("other")).await;
+        let rt2 = field(&r2, "refresh_token");
+        assert_error(s.refresh(Auth::Basic(&app), &rt2).await, 400, "invalid_scope").await;
+        assert_all_active(&s, &[&rt2]).await;
+    }
+}
+
 // ---- grace period --------------------------------------------------------------------------
 
 backend_test! {

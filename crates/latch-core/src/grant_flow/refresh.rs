@@ -117,8 +117,16 @@ impl Authority {
                 Verdict::Exchange(p) => p,
             };
             // The refresh token keeps the whole grant (§6: a new refresh token carries the
-            // original scope); only the access token narrows.
-            let access_scope = Scope::narrow(&record.scope, requested)?;
+            // original scope); only the access token narrows, also to what the client may
+            // have now: a scope taken off a client (its declaration in the configuration
+            // changed) is no longer in the access tokens its grants mint.
+            let allowed = record.scope.intersection(&client.scope);
+            if allowed.is_empty() && !record.scope.is_empty() {
+                return Err(Error::InvalidScope(
+                    "the client is no longer allowed any of the grant's scope".into(),
+                ));
+            }
+            let access_scope = Scope::narrow(&allowed, requested)?;
             let (access, access_rec) = mint(
                 TokenKind::Access,
                 &access_scope,

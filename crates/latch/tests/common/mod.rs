@@ -421,7 +421,8 @@ impl TestServer {
         Self::start_configured(TestDb::fresh().await, configure).await
     }
 
-    async fn start_configured(db: TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
+    /// Starts on an existing database (e.g. one a stopped server hands back), configured.
+    pub async fn start_configured(db: TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: db.url.clone(),
@@ -457,13 +458,28 @@ impl TestServer {
             },
             server: Some(server),
         };
-        this.introspector = this
-            .ensure_client(json!({
-                "client_id": "introspector",
-                "client_secret": "introspector-secret",
-                "grant_types": ["client_credentials"],
-            }))
+        // Registered by the first server on this database; a later one finds it there.
+        let introspector = json!({
+            "client_id": "introspector",
+            "client_secret": "introspector-secret",
+            "grant_types": ["client_credentials"],
+        });
+        let created = this
+            .admin(
+                reqwest::Method::POST,
+                "/tenants/default/clients",
+                Some(introspector),
+            )
             .await;
+        assert!(
+            [StatusCode::CREATED, StatusCode::CONFLICT].contains(&created.status()),
+            "create the introspector: {}",
+            created.status()
+        );
+        this.introspector = TestClient {
+            id: "introspector".into(),
+            secret: Some("introspector-secret".into()),
+        };
         this
     }
 
