@@ -29,6 +29,22 @@ async fn refresh_ok(s: &TestServer, client: &TestClient, rt: &str) -> Value {
     resp.json().await.unwrap()
 }
 
+/// `app`, allowed the refresh-token grant and scope `read`, its refresh tokens living `ttl`
+/// seconds.
+async fn refreshing_app(s: &TestServer, ttl: u32) -> TestClient {
+    s.create_client(
+        "default",
+        json!({
+            "client_id": "app",
+            "client_secret": "app-secret",
+            "grant_types": ["refresh_token"],
+            "scope": "read",
+            "refresh_token_ttl": ttl,
+        }),
+    )
+    .await
+}
+
 /// A refresh that must fail with `invalid_grant`.
 async fn refresh_rejected(s: &TestServer, client: &TestClient, rt: &str) {
     assert_error(
@@ -456,18 +472,7 @@ backend_test! {
 backend_test! {
     async fn a_rotated_refresh_token_replayed_or_revoked_after_its_own_expiry_still_kills_its_grant() {
         let s = TestServer::start().await;
-        let app = s
-            .create_client(
-                "default",
-                json!({
-                    "client_id": "app",
-                    "client_secret": "app-secret",
-                    "grant_types": ["refresh_token"],
-                    "scope": "read",
-                    "refresh_token_ttl": 1000,
-                }),
-            )
-            .await;
+        let app = refreshing_app(&s, 1000).await;
         let replayed = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
         let revoked = field(&s.grant_for(&app, "bob", None).await, "refresh_token");
         s.advance(500);
@@ -671,18 +676,7 @@ backend_test! {
 backend_test! {
     async fn an_expired_refresh_token_is_invalid_grant() {
         let s = TestServer::start().await;
-        let app = s
-            .create_client(
-                "default",
-                json!({
-                    "client_id": "app",
-                    "client_secret": "app-secret",
-                    "grant_types": ["refresh_token"],
-                    "scope": "read",
-                    "refresh_token_ttl": 100,
-                }),
-            )
-            .await;
+        let app = refreshing_app(&s, 100).await;
         let fresh = field(&s.grant_for(&app, "alice", None).await, "refresh_token");
         let stale = field(&s.grant_for(&app, "bob", None).await, "refresh_token");
 
