@@ -87,18 +87,22 @@ struct Window {
 /// Counters kept at most. When every one of them is in a live window, a new key's first
 /// failure drops the oldest window: the map, and the work under its lock, stay bounded
 /// however many sources fail at once, at the price that whoever makes this many keys fail
-/// within a window can reset the oldest counter (a window's worth of guesses bought with
-/// 100,000 failures, from 2,000 sources at the default per-address limit).
+/// within a window can reset the oldest counter: a window's worth of guesses bought with
+/// failures from 100,000 sources (a client id holds a counter only once a secret was
+/// verified against its client's, `oauth2::Attempt::finish`).
 const MAX_KEYS: usize = 100_000;
 
 /// The failure counters, in the order their windows started.
 struct Windows {
     by_key: HashMap<Key, Window>,
-    /// Each window started, as its end and key, oldest first. Windows all last as long, so
-    /// this is also the order they end in: the ended ones, and when the map is full the
-    /// oldest, are dropped from the front, never found by a scan. An entry whose key has
-    /// since started a new window (only when the clock went back) is skipped when reached.
+    /// Each window started, as its end and key, oldest first. Windows all last as long and
+    /// time never goes back here ([`Windows::now`]), so this is also the order they end in:
+    /// the ended ones, and when the map is full the oldest, are dropped from the front, never
+    /// found by a scan. An entry whose key has since started a new window is skipped when
+    /// reached.
     order: VecDeque<(UnixTime, Key)>,
+    /// The latest time seen.
+    latest: UnixTime,
     /// Verifications in progress ([`AuthLimiter::reserve`]): per key, the fingerprints of
     /// the secrets being verified, each with the number of requests presenting it. Bounded
     /// by the requests in flight.
@@ -108,6 +112,13 @@ struct Windows {
 }
 
 impl Windows {
+    /// `now`, or the latest time seen if the clock went back since: windows keep the order
+    /// they started in, and none ends early.
+    fn now(&mut self, now: UnixTime) -> UnixTime {
+        self.latest = self.latest.max(now);
+        self.latest
+    }
+
     /// Seconds `key` must wait, its live window's failures and `others` verifications in
     /// progress counted against `limit` (`None`: it may try now). Held back by
     /// verifications alone, a second: they end within about that.
@@ -186,6 +197,7 @@ impl AuthLimiter {
             windows: Mutex::new(Windows {
                 by_key: HashMap::new(),
                 order: VecDeque::new(),
+                latest: UnixTime::MIN,
                 pending: HashMap::new(),
                 capacity,
             }),
@@ -245,6 +257,7 @@ impl AuthLimiter {
         let window = i64::from(self.limits.window);
         let attempt = Attempt::Client(tenant, client_id);
         let mut windows = self.lock();
+        let now = windows.now(now);
         windows.expire(now, window);
         let wait = self
             .keyed(attempt, address)
@@ -327,6 +340,7 @@ impl AuthLimiter {
     ) -> Option<u32> {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
+        let now = windows.now(now);
         windows.expire(now, window);
         if windows.by_key.is_empty() {
             return None;
@@ -346,6 +360,7 @@ impl AuthLimiter {
     fn failed_keys(&self, attempt: Attempt<'_>, address: Option<IpAddr>, now: UnixTime) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
+        let now = windows.now(now);
         windows.expire(now, window);
         for (key, _) in self.keyed(attempt, address) {
             windows.count(key, now, window);
@@ -482,6 +497,25 @@ mod tests {
         assert_eq!(l.lock().order.len(), 1);
     }
 
+    #[test]
+    fn a_clock_that_goes_back_neither_reorders_nor_lengthens_windows() {
+        let l = AuthLimiter::new(AuthLimits {
+            per_client: 1,
+            per_address: 100,
+            window: 60,
+        });
+        let t = TenantId::default_tenant();
+        l.failed(&t, Some("a"), None, 1000);
+        // Stepped back 100 s: time stays at 1000 here, so a's window ends when it would have.
+        assert_eq!(l.blocked(&t, Some("a"), None, 900), Some(60));
+        l.failed(&t, Some("b"), None, 900);
+        assert_eq!(l.blocked(&t, Some("b"), None, 1059), Some(1));
+        let ends: Vec<_> = l.lock().order.iter().map(|(end, _)| *end).collect();
+        assert_eq!(ends, [1060, 1060]);
+        assert_eq!(l.blocked(&t, Some("b"), None, 1060), None);
+        assert_eq!(l.len(), 0, "both ended on time");
+    }
+
     /// A limiter of two failures per address in 10 s (and a hundred per client), a tenant and
     /// an address.
     fn two_failures_per_address() -> (AuthLimiter, TenantId, IpAddr) {
@@ -561,14 +595,14 @@ mod tests {
         l.failed(&t, Some("b"), ip("2001:db8:0:1:ffff:ffff:ffff:fffe"), 0);
         assert_eq!(l.blocked(&t, Some("c"), ip("2001:db8:0:1::ab"), 1), Some(9));
         assert_eq!(l.blocked(&t, Some("c"), ip("2001:db8:0:2::1"), 1), None);
-        l.failed(&t, Some("a"), ip("::ffff:192.0.2.1"), 0);
-        l.failed(&t, Some("b"), ip("192.0.2.1"), 0);
-        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.1"), 1), Some(9));
-        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.2"), 1), None);
-        l.failed_admin("2001:db8:0:3::1".parse().unwrap(), 0);
-        l.failed_admin("2001:db8:0:3::2".parse().unwrap(), 0);
+        l.failed(&t, Some("a"), ip("::ffff:192.0.2.1"), 1);
+        l.failed(&t, Some("b"), ip("192.0.2.1"), 1);
+        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.1"), 2), Some(9));
+        assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.2"), 2), None);
+        l.failed_admin("2001:db8:0:3::1".parse().unwrap(), 2);
+        l.failed_admin("2001:db8:0:3::2".parse().unwrap(), 2);
         assert_eq!(
-            l.blocked_admin("2001:db8:0:3::3".parse().unwrap(), 1),
+            l.blocked_admin("2001:db8:0:3::3".parse().unwrap(), 3),
             Some(9)
         );
     }

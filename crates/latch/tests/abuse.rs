@@ -1,5 +1,5 @@
 //! Abuse containment: failed client authentication is rate-limited per client id (when a
-//! secret was tried) and per source address, with `429` and `Retry-After`, and the limit
+//! secret was verified against the client's) and per source address, with `429` and `Retry-After`, and the limit
 //! releases with its window; a
 //! client that trickles its request (or holds a connection idle) is cut off at the read
 //! timeout.
@@ -67,10 +67,14 @@ backend_test! {
             assert_error(s.revoke(Auth::Post(&wrong("spa")), "x").await, 401, "invalid_client").await;
         }
         // Its users, who present the id alone, are still answered (RFC 7009: 200 for a token
-        // the server does not know)...
+        // the server does not know), and the secrets tried under its id, which guess
+        // nothing, count against their address alone; so do those tried under an id no
+        // client has, which would otherwise each hold a counter of their own.
         assert_eq!(s.revoke(Auth::Public(&spa), "x").await.status(), 200);
-        // ...while the secrets tried under its id are limited as any client's.
-        assert_error(s.revoke(Auth::Post(&wrong("spa")), "x").await, 429, "too_many_requests").await;
+        assert_error(s.revoke(Auth::Post(&wrong("spa")), "x").await, 401, "invalid_client").await;
+        for _ in 0..11 {
+            assert_error(s.revoke(Auth::Basic(&wrong("nobody")), "x").await, 401, "invalid_client").await;
+        }
         // A confidential client's id presented alone fails without guessing its secret, so it
         // does not use up the secret's budget either.
         let bare = TestClient { id: "svc".into(), secret: None };

@@ -102,7 +102,17 @@ impl<'a> Attempt<'a> {
         outcome.map_err(|e| {
             if matches!(e, latch_core::Error::InvalidClient) {
                 let client_id = self.credentials().client_id();
-                let guessed = guessed_client(self.credentials());
+                // Only a secret verified against a client's stored hash (admitted above: a
+                // wrong secret is never in the verification cache) guessed at that client.
+                // An id no client has, or a client without a secret, guesses nothing, and
+                // counted under its id a burst of made-up ids would fill the limiter with
+                // counters of their own (their address's counter still counts them).
+                let verified = self
+                    .reserved
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
+                let guessed = guessed_client(self.credentials()).filter(|_| verified);
                 let now = self.state.authority.now();
                 self.state
                     .auth_limiter
@@ -119,8 +129,9 @@ impl<'a> Attempt<'a> {
 /// The client whose secret the credentials try, which its rate limit protects: none for a
 /// public client's (an id alone), which guess nothing. Counting them against the id would let
 /// anyone lock a public client (whose id ships with its application) out for every user, by
-/// presenting a few secrets under its id; those attempts count against their address, and
-/// against the id only when they present a secret.
+/// presenting a few secrets under its id; those attempts count against their address, and a
+/// failure counts against the id only when a secret was verified against the client's hash
+/// ([`Attempt::finish`]).
 fn guessed_client(credentials: &Credentials) -> Option<&str> {
     match credentials {
         Credentials::Basic { id, .. } | Credentials::Post { id, .. } => Some(id),
