@@ -35,7 +35,9 @@ enum Verdict {
 
 /// Applies the rotation rule to a token's stored state. A token already exchanged is a reuse
 /// even once it has expired (RFC 9700 §4.14.2): its grant lives on in the successor, and a
-/// stolen old token replayed late is as much a sign of theft as one replayed early.
+/// stolen old token replayed late is as much a sign of theft as one replayed early; but one
+/// the grace period would still cover, were it not expired, is the client racing its own
+/// refresh across the expiry, which the grace period forgives: dead, not a reuse.
 fn judge(record: &TokenRecord, client: &Client, now: UnixTime) -> Verdict {
     if record.is_revoked() {
         return Verdict::Dead;
@@ -47,15 +49,14 @@ fn judge(record: &TokenRecord, client: &Client, now: UnixTime) -> Verdict {
             Verdict::Exchange(RotationPrecondition::Unused)
         };
     };
-    let in_grace = now < record.expires_at
-        && client.rotation_grace > 0
+    let in_grace = client.rotation_grace > 0
         && now - rotated_at <= i64::from(client.rotation_grace)
         && !record.grace_used
         && record.generation + 1 == record.grant_generation;
-    if in_grace {
-        Verdict::Exchange(RotationPrecondition::GraceUnspent)
-    } else {
-        Verdict::Reuse
+    match (in_grace, now < record.expires_at) {
+        (true, true) => Verdict::Exchange(RotationPrecondition::GraceUnspent),
+        (true, false) => Verdict::Dead,
+        (false, _) => Verdict::Reuse,
     }
 }
 
@@ -124,6 +125,12 @@ impl Authority {
             if allowed.is_empty() && !record.scope.is_empty() {
                 return Err(Error::InvalidScope(
                     "the client is no longer allowed any of the grant's scope".into(),
+                ));
+            }
+            if requested.is_some_and(|r| r.is_subset_of(&record.scope) && !r.is_subset_of(&allowed))
+            {
+                return Err(Error::InvalidScope(
+                    "the client is no longer allowed all of the requested scope".into(),
                 ));
             }
             let access_scope = Scope::narrow(&allowed, requested)?;
@@ -265,9 +272,14 @@ mod tests {
             judge(&record(Some(900), 0, 1), &client(0), 1500),
             Verdict::Reuse
         );
-        // A grace period that would still cover it does not outlast the token itself.
+        // A grace period that would still cover it does not outlast the token itself, yet
+        // forgives the client racing its own refresh across the expiry: dead, not a reuse.
         assert_eq!(
             judge(&record(Some(990), 0, 1), &client(30), 1000),
+            Verdict::Dead
+        );
+        assert_eq!(
+            judge(&record(Some(990), 0, 1), &client(30), 1021),
             Verdict::Reuse
         );
         assert_eq!(
