@@ -209,12 +209,22 @@ async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
             "{url} is a database of this command alone, gone when it ends: give the server's \
              --database-url"
         ),
-        latch_store::DatabaseUrl::SqliteFile(path) if !path.exists() => anyhow::bail!(
-            "no database at {}: `latch serve` creates it; check --database-url \
-             (LATCH_DATABASE_URL, database_url in the config file) and the directory the \
-             command runs in",
-            path.display()
-        ),
+        // An empty file is no database either (nor what `latch serve` leaves).
+        latch_store::DatabaseUrl::SqliteFile(path)
+            if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) =>
+        {
+            match std::fs::metadata(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    anyhow::bail!("cannot read {}: {e}", path.display())
+                }
+                _ => anyhow::bail!(
+                    "no database at {}: `latch serve` creates it; check --database-url \
+                     (LATCH_DATABASE_URL, database_url in the config file) and the directory \
+                     the command runs in",
+                    path.display()
+                ),
+            }
+        }
         _ => {}
     }
     let store = latch_store::open_migrating(&url, latch_store::Migrations::OnlyNew)

@@ -908,6 +908,17 @@ fn a_command_refuses_a_database_that_does_not_exist() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("gone when it ends"));
     let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
     assert!(left.is_empty(), "nothing created: {left:?}");
+    // An empty file is no database either.
+    std::fs::write(&missing, b"").unwrap();
+    let out = run_cli(d, &["client", "list", "--database-url", &url], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database at"));
+    assert_eq!(
+        std::fs::metadata(&missing).unwrap().len(),
+        0,
+        "left as it was"
+    );
+    std::fs::remove_file(&missing).unwrap();
     // Once the server has created it, the same command works.
     common::new_sqlite_database(&missing);
     assert!(
