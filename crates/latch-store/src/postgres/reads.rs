@@ -348,6 +348,9 @@ pub(super) async fn audit_events(
         // The blocks in order from the cursor's to the last record's, each probed through
         // the index keyed by block, until `limit` events are found: in one statement, the
         // nested loop emitting each block's events in id order before the next block's.
+        // (No outer ORDER BY: it would sort every block's events and lose the early stop.
+        // The LIMIT inside keeps the subquery from being flattened, so a nested loop over
+        // the series is the only plan; tests/store.rs checks the order across blocks.)
         Some(_) => {
             let (after, first) = subject_query_start(query.after);
             let sql = format!(
