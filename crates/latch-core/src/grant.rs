@@ -1,5 +1,6 @@
 //! Grants and the stored state of tokens.
 
+use crate::client::SecretHash;
 use crate::clock::UnixTime;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
@@ -136,6 +137,15 @@ pub enum RotationPrecondition {
 pub struct Rotation {
     /// The grant.
     pub grant_id: GrantId,
+    /// The grant's tenant and client, which the request authenticated as.
+    pub tenant: TenantId,
+    /// See `tenant`.
+    pub client_id: ClientId,
+    /// The stored secret hash the request authenticated against (`None`: a client without
+    /// a secret). The exchange happens only if the client still has it: a secret rotated,
+    /// or the client removed and created again, after the request authenticated stops it,
+    /// as it stops an issuance.
+    pub client_secret: Option<SecretHash>,
     /// The refresh token being exchanged.
     pub old: TokenHash,
     /// Its generation, as read.
@@ -163,4 +173,7 @@ pub enum RotationOutcome {
     Rotated,
     /// The precondition failed: someone else used the token first, or the grant died.
     Lost,
+    /// The client no longer has the secret the request authenticated with (or is gone):
+    /// nothing changed.
+    ClientChanged,
 }

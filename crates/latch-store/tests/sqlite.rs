@@ -110,6 +110,9 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
                 let store = store.clone();
                 let rotation = Rotation {
                     grant_id: g.id.clone(),
+                    tenant: TenantId::default_tenant(),
+                    client_id: ClientId::parse("app").unwrap(),
+                    client_secret: None,
                     old: TokenHash::of(&old),
                     old_generation: 0,
                     precondition: RotationPrecondition::Unused,

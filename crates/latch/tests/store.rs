@@ -88,6 +88,9 @@ async fn rotate_once(store: &dyn Storage, grant: &GrantId, old: TokenHash) -> [T
     };
     let rotation = Rotation {
         grant_id: grant.clone(),
+        tenant: TenantId::default_tenant(),
+        client_id: ClientId::parse("app").unwrap(),
+        client_secret: None,
         old,
         old_generation: 0,
         precondition: RotationPrecondition::Unused,
@@ -785,6 +788,31 @@ backend_test! {
         assert!(!stale.await.unwrap(), "replaced a secret it never read");
         let now = store.client(&home, &id).await.unwrap().unwrap();
         assert_eq!(now.secret.as_ref().map(|s| s.as_str()), Some(third.as_str()));
+
+        // Nor is a refresh token exchanged for a request authenticated with a replaced
+        // secret: nothing changes, and the same exchange on the current secret goes through.
+        let (d, mut d_tokens) = late_issuance(&home, "svc", "unused");
+        d_tokens[0] = NewToken { kind: TokenKind::Refresh, hash: TokenHash::of("rt-svc"), ..d_tokens[0].clone() };
+        assert!(store.issue(&d, &d_tokens, Some(&third)).await.unwrap());
+        let exchange = |secret: &SecretHash| Rotation {
+            grant_id: d.id.clone(),
+            tenant: home.clone(),
+            client_id: id.clone(),
+            client_secret: Some(secret.clone()),
+            old: TokenHash::of("rt-svc"),
+            old_generation: 0,
+            precondition: RotationPrecondition::Unused,
+            new_tokens: vec![NewToken { hash: TokenHash::of("rt-svc-next"), generation: 1, ..d_tokens[0].clone() }],
+            grant_expires_at: 20_000,
+            now: 400,
+            client_has_grace: false,
+        };
+        let stale = exchange(second.secret.as_ref().unwrap());
+        assert_eq!(store.rotate(&stale).await.unwrap(), RotationOutcome::ClientChanged);
+        assert!(store.token(&TokenHash::of("rt-svc-next")).await.unwrap().is_none());
+        let old = store.token(&TokenHash::of("rt-svc")).await.unwrap().unwrap();
+        assert_eq!(old.rotated_at, None, "the old token is not claimed");
+        assert_eq!(store.rotate(&exchange(&third)).await.unwrap(), RotationOutcome::Rotated);
         drop(store);
         drop(db);
     }
@@ -1354,6 +1382,9 @@ async fn exchange(
 ) -> RotationOutcome {
     let rotation = Rotation {
         grant_id: grant.clone(),
+        tenant: TenantId::default_tenant(),
+        client_id: ClientId::parse("app").unwrap(),
+        client_secret: None,
         old: TokenHash::of(old),
         old_generation,
         precondition,

@@ -150,6 +150,9 @@ impl Authority {
             );
             let rotation = Rotation {
                 grant_id: record.grant_id.clone(),
+                tenant: client.tenant.clone(),
+                client_id: client.id.clone(),
+                client_secret: client.secret.clone(),
                 old: record.hash,
                 old_generation: record.generation,
                 precondition,
@@ -170,6 +173,9 @@ impl Authority {
                 }
                 // A concurrent use won; look again: that is now a reuse (or a grace use).
                 RotationOutcome::Lost => continue,
+                // The secret the request authenticated with was rotated (or the client
+                // removed and created again) meanwhile: as for an issuance, nothing is minted.
+                RotationOutcome::ClientChanged => return Err(Error::InvalidClient),
             }
         }
         Err(invalid_grant("the refresh token is invalid"))

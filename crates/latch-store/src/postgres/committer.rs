@@ -723,8 +723,12 @@ async fn issue(
 /// whatever the grant records (a fork made before version 6 whose grace-used token the
 /// clean-up had deleted before the migration, which therefore could not find it). `$1` grant id, `$2`..`$7` the new tokens ([`TOKEN_ROWS`]), `$8`
 /// the old token's hash, `$9` the time (unused precondition) or the old generation (grace
-/// precondition), `$10` the new generation, `$11` the grant's new expiry. Answers how many
-/// tokens were claimed (0 or 1). [`rotate`] runs [`LOCK_GRANT_SQL`] just before it.
+/// precondition), `$10` the new generation, `$11` the grant's new expiry, `$12`..`$14` the
+/// tenant, client id and stored secret hash the request authenticated as: nothing is
+/// claimed unless the client still has that secret (`live`; a removal revokes the grant,
+/// which the claim sees, so no lock is needed here, unlike an issuance). Answers how many
+/// tokens were claimed (0 or 1) and whether the client was. [`rotate`] runs
+/// [`LOCK_GRANT_SQL`] just before it.
 fn rotate_sql(r: &Rotation) -> &'static str {
     const RETIRE: &str =
         "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
@@ -753,12 +757,14 @@ fn rotate_sql(r: &Rotation) -> &'static str {
     });
     fn rotation(claim: &str, retire: &str) -> String {
         format!(
-            "WITH claimed AS ({claim} RETURNING 1), {retire}\
+            "WITH live AS (SELECT 1 FROM clients WHERE tenant_id = $12 AND client_id = $13 \
+               AND secret_hash IS NOT DISTINCT FROM $14::TEXT), \
+             claimed AS ({claim} AND EXISTS (SELECT 1 FROM live) RETURNING 1), {retire}\
              new_tokens AS ({TOKEN_INSERT} {TOKEN_ROWS} WHERE EXISTS (SELECT 1 FROM claimed)), \
              moved AS (UPDATE grants SET refresh_generation = GREATEST(refresh_generation, $10), \
                expires_at = GREATEST(expires_at, $11) \
                WHERE id = $1 AND EXISTS (SELECT 1 FROM claimed)) \
-             SELECT count(*) FROM claimed"
+             SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM live)"
         )
     }
     match (r.precondition, r.client_has_grace) {
@@ -803,22 +809,28 @@ async fn rotate(
     let new_generation = old_generation + 1;
     let old = r.old.as_bytes();
     let mut params = a.params(&gid);
+    let (tenant, client_id) = (r.tenant.as_str(), r.client_id.as_str());
+    let secret = r.client_secret.as_ref().map(|s| s.as_str());
     params.extend([
         &old as &(dyn ToSql + Sync),
         &condition,
         &new_generation,
         &r.grant_expires_at,
+        &tenant,
+        &client_id,
+        &secret,
     ]);
     // `join` polls the lock first, and a query is sent at its first poll.
     let (locked, exchanged) =
         futures_util::future::join(tx.execute(lock_grant, &[&gid]), tx.query_one(stmt, &params))
             .await;
     locked?;
-    let claimed: i64 = exchanged?.get(0);
-    Ok(Reply::Rotation(if claimed == 0 {
-        RotationOutcome::Lost
-    } else {
-        RotationOutcome::Rotated
+    let row = exchanged?;
+    let (claimed, client_live): (i64, bool) = (row.get(0), row.get(1));
+    Ok(Reply::Rotation(match (claimed, client_live) {
+        (0, false) => RotationOutcome::ClientChanged,
+        (0, true) => RotationOutcome::Lost,
+        _ => RotationOutcome::Rotated,
     }))
 }
 

@@ -218,6 +218,12 @@ impl TokenStore for SqliteStore {
     async fn rotate(&self, rotation: &Rotation) -> StoreResult<RotationOutcome> {
         let r = rotation.clone();
         self.write(move |c| {
+            // The client as the request authenticated it, or nothing (a removal revokes the
+            // grant, which the claim below sees; this is for a secret rotated meanwhile).
+            let secret = r.client_secret.as_ref().map(SecretHash::as_str);
+            if !live_clients::exists(c, &r.tenant, &r.client_id, secret)? {
+                return Ok(RotationOutcome::ClientChanged);
+            }
             // The precondition and the mark are one UPDATE, so of two concurrent exchanges
             // of one token exactly one sees its row change.
             let claimed = match r.precondition {
