@@ -112,9 +112,17 @@ struct Windows {
 }
 
 impl Windows {
-    /// `now`, or the latest time seen if the clock went back since: windows keep the order
-    /// they started in, and none ends early.
-    fn now(&mut self, now: UnixTime) -> UnixTime {
+    /// `now`, or the latest time seen if the clock went back since by less than a window:
+    /// windows keep the order they started in, and none ends early. A clock that went back
+    /// by more (one that ran ahead, corrected) stamped the windows with a time it has left
+    /// for good: they are dropped, rather than held, and the limiter's time frozen, until
+    /// the clock catches up.
+    fn now(&mut self, now: UnixTime, window: i64) -> UnixTime {
+        if now.saturating_add(window) < self.latest {
+            self.by_key.clear();
+            self.order.clear();
+            self.latest = now;
+        }
         self.latest = self.latest.max(now);
         self.latest
     }
@@ -257,7 +265,7 @@ impl AuthLimiter {
         let window = i64::from(self.limits.window);
         let attempt = Attempt::Client(tenant, client_id);
         let mut windows = self.lock();
-        let now = windows.now(now);
+        let now = windows.now(now, window);
         windows.expire(now, window);
         let wait = self
             .keyed(attempt, address)
@@ -340,7 +348,7 @@ impl AuthLimiter {
     ) -> Option<u32> {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
-        let now = windows.now(now);
+        let now = windows.now(now, window);
         windows.expire(now, window);
         if windows.by_key.is_empty() {
             return None;
@@ -360,7 +368,7 @@ impl AuthLimiter {
     fn failed_keys(&self, attempt: Attempt<'_>, address: Option<IpAddr>, now: UnixTime) {
         let window = i64::from(self.limits.window);
         let mut windows = self.lock();
-        let now = windows.now(now);
+        let now = windows.now(now, window);
         windows.expire(now, window);
         for (key, _) in self.keyed(attempt, address) {
             windows.count(key, now, window);
@@ -506,14 +514,23 @@ mod tests {
         });
         let t = TenantId::default_tenant();
         l.failed(&t, Some("a"), None, 1000);
-        // Stepped back 100 s: time stays at 1000 here, so a's window ends when it would have.
-        assert_eq!(l.blocked(&t, Some("a"), None, 900), Some(60));
-        l.failed(&t, Some("b"), None, 900);
+        // Stepped back 30 s, less than a window: time stays at 1000 here, so a's window ends
+        // when it would have, and b's starts no earlier than a's.
+        assert_eq!(l.blocked(&t, Some("a"), None, 970), Some(60));
+        l.failed(&t, Some("b"), None, 970);
         assert_eq!(l.blocked(&t, Some("b"), None, 1059), Some(1));
         let ends: Vec<_> = l.lock().order.iter().map(|(end, _)| *end).collect();
         assert_eq!(ends, [1060, 1060]);
         assert_eq!(l.blocked(&t, Some("b"), None, 1060), None);
         assert_eq!(l.len(), 0, "both ended on time");
+        // A clock that ran ahead by an hour, then corrected: the windows it stamped are
+        // dropped, not held for the hour, and time runs again from the corrected clock.
+        l.failed(&t, Some("a"), None, 4600);
+        assert_eq!(l.blocked(&t, Some("a"), None, 4600), Some(60));
+        assert_eq!(l.blocked(&t, Some("a"), None, 1100), None);
+        assert_eq!(l.len(), 0);
+        l.failed(&t, Some("a"), None, 1100);
+        assert_eq!(l.blocked(&t, Some("a"), None, 1130), Some(30));
     }
 
     /// A limiter of two failures per address in 10 s (and a hundred per client), a tenant and
