@@ -142,9 +142,9 @@ pub struct Rotation {
     /// See `tenant`.
     pub client_id: ClientId,
     /// The stored secret hash the request authenticated against (`None`: a client without
-    /// a secret). The exchange happens only if the client still has it: a secret rotated,
-    /// or the client removed and created again, after the request authenticated stops it,
-    /// as it stops an issuance.
+    /// a secret). The exchange happens only if the client still has it when the write runs:
+    /// a secret rotated, or the client removed and created again, after the request
+    /// authenticated and before its write stops it, as it stops an issuance.
     pub client_secret: Option<SecretHash>,
     /// The refresh token being exchanged.
     pub old: TokenHash,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::audit::Origin;
@@ -50,14 +51,15 @@ pub(crate) async fn handle(
             };
             authority
                 .refresh(&client, token, scope.as_ref(), origin)
-                .await?
+                .await
         }
-        None => {
-            authority
-                .client_credentials(&client, scope.as_ref())
-                .await?
-        }
-    };
+        None => authority.client_credentials(&client, scope.as_ref()).await,
+    }
+    // The client authenticated, yet its credentials stopped holding before the write (a
+    // secret rotated, the client removed): `invalid_client`, with the challenge RFC 6749 §5.2
+    // asks for when it authenticated with Basic (an Authorization header, which
+    // authentication accepted, is Basic).
+    .map_err(|e| ApiError::from(e).with_basic_challenge(headers.contains_key(AUTHORIZATION)))?;
     Ok(no_store(
         Json(TokenResponse::new(&issued, false)).into_response(),
     ))
