@@ -200,11 +200,13 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
         .await
         .unwrap();
     // Issuing the same token hash again violates the primary key: that write fails alone.
+    let v = grant("v");
+    let v_id = v.id.clone();
     let dup = {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .issue(&grant("v"), &[token("a", TokenKind::Access)], None)
+                .issue(&v, &[token("a", TokenKind::Access)], None)
                 .await
         })
     };
@@ -219,7 +221,12 @@ async fn a_failed_write_in_a_batch_does_not_spoil_the_others() {
     assert!(dup.await.unwrap().is_err());
     ok.await.unwrap().unwrap();
     assert!(store.token(&TokenHash::of("b")).await.unwrap().is_some());
-    // The failed write left nothing behind: no grant for "v".
+    // The failed write left nothing behind: no grant for "v", and "a" is still u's.
+    assert!(store
+        .grant(&TenantId::default_tenant(), &v_id)
+        .await
+        .unwrap()
+        .is_none());
     let g_a = store.token(&TokenHash::of("a")).await.unwrap().unwrap();
     assert_eq!(g_a.subject.as_str(), "u");
 }

@@ -394,6 +394,7 @@ backend_test! {
             )
             .await;
         assert_eq!(resp.status(), 200, "the type is optional");
+        assert!(!s.is_active(field(&at, "access_token")).await, "and revoked without it");
     }
 }
 

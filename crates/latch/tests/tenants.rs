@@ -197,9 +197,19 @@ backend_test! {
             )
             .await;
         assert_error(resp, 400, "invalid_grant").await;
-        // Admin log-out in the other tenant does not touch it either.
-        s.admin(Method::DELETE, "/tenants/y/subjects/alice/grants", None)
+        // Admin log-out of alice in the other tenant logs out its own alice alone.
+        let in_y_alice = s.grant_in("y", &in_y, "alice", None).await;
+        let out = s
+            .admin(Method::DELETE, "/tenants/y/subjects/alice/grants", None)
             .await;
+        assert_eq!(out.status(), 200);
+        let out: serde_json::Value = out.json().await.unwrap();
+        assert_eq!(out["revoked_grants"], 1, "y's alice: {out}");
+        assert_eq!(
+            introspect(&s, "/tenants/y", &in_y, in_y_alice["access_token"].as_str().unwrap())
+                .await["active"],
+            false
+        );
 
         assert_eq!(
             introspect(&s, "/tenants/x", &in_x, at).await["active"],

@@ -233,6 +233,22 @@ pub async fn pg_execute(sql: &str) {
     let _ = conn.await;
 }
 
+/// Runs a query returning one integer on the test server's base database.
+pub async fn pg_query_i64(sql: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(PG_BASE, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
+    let conn = tokio::spawn(conn);
+    let value = client
+        .query_one(sql, &[])
+        .await
+        .expect("PostgreSQL query")
+        .get(0);
+    drop(client);
+    let _ = conn.await;
+    value
+}
+
 /// Another node's PostgreSQL session on a test database's schema, holding a transaction
 /// open (PostgreSQL ends it after 10 s idle, so a failing test cannot hang the schema's drop).
 pub struct OtherNode {
