@@ -221,29 +221,34 @@ pub fn pg_url(schema: &str) -> String {
 
 /// Runs SQL on the test PostgreSQL server.
 pub async fn pg_execute(sql: &str) {
-    let (client, conn) = tokio_postgres::connect(PG_BASE, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
-    let conn = tokio::spawn(conn);
-    client
-        .batch_execute(sql)
-        .await
-        .expect("PostgreSQL statement");
-    drop(client);
-    let _ = conn.await;
+    on_base(async |client| {
+        client
+            .batch_execute(sql)
+            .await
+            .expect("PostgreSQL statement")
+    })
+    .await
 }
 
 /// Runs a query returning one integer on the test server's base database.
 pub async fn pg_query_i64(sql: &str) -> i64 {
+    on_base(async |client| {
+        client
+            .query_one(sql, &[])
+            .await
+            .expect("PostgreSQL query")
+            .get(0)
+    })
+    .await
+}
+
+/// Runs `work` on a connection of its own to the test server's base database.
+async fn on_base<T>(work: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let (client, conn) = tokio_postgres::connect(PG_BASE, tokio_postgres::NoTls)
         .await
         .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/run)");
     let conn = tokio::spawn(conn);
-    let value = client
-        .query_one(sql, &[])
-        .await
-        .expect("PostgreSQL query")
-        .get(0);
+    let value = work(&client).await;
     drop(client);
     let _ = conn.await;
     value
