@@ -3,8 +3,9 @@
 
 /// The audit trail's index by subject is keyed by block first, a block being the records
 /// whose ids share all but their last `AUDIT_BLOCK_BITS` bits (SQLite schema version 10,
-/// `sqlite/schema_v10.sql`; PostgreSQL schema version 8, `postgres/schema_v8.sql`): new records land in the current block's few hundred leaves,
-/// wherever their subjects sort, instead of one random leaf of the whole trail's index each.
+/// `sqlite/schema_v10.sql`; PostgreSQL schema version 8, `postgres/schema_v8.sql`): new
+/// records land in the current block's few hundred leaves, wherever their subjects sort,
+/// instead of one random leaf of the whole trail's index each.
 /// A block of 65,536 records holds some 650 leaves; a query by subject probes each block once
 /// (1,526 probes per 100 million records kept).
 pub(crate) const AUDIT_BLOCK_BITS: u32 = 16;
