@@ -366,9 +366,15 @@ mod tests {
         assert!(v.in_flight.lock().unwrap().is_empty());
     }
 
-    /// Waits (without a timer) until `done` holds, yielding to the verification tasks.
+    /// Waits (without a timer) until `done` holds, yielding to the verification tasks; fails
+    /// after 10 s rather than hang.
     async fn until(done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the condition never held"
+            );
             tokio::task::yield_now().await;
         }
     }

@@ -164,13 +164,20 @@ backend_test! {
         let purge = cleanup(&s);
         let serve = async {
             // Requests keep being answered, and correctly, while the purge runs.
+            let mut revoked = Vec::new();
             for _ in 0..100 {
                 let at = s.client_credentials(&svc).await["access_token"].as_str().unwrap().to_owned();
                 assert!(s.is_active(&at).await);
                 assert_eq!(s.revoke(Auth::Basic(&svc), &at).await.status(), 200);
+                revoked.push(at);
             }
+            revoked
         };
-        let (purged, ()) = tokio::join!(purge, serve);
+        let (purged, revoked) = tokio::join!(purge, serve);
+        // Neither the purge nor its batches brought a revoked token back.
+        for at in &revoked {
+            assert!(!s.is_active(at).await, "{at} is live again");
+        }
         // The purge may finish before all 100 requests were made; then their rows are
         // unexpired and stay. Either way exactly the 100,000 expired rows went.
         assert_eq!(
