@@ -210,22 +210,19 @@ async fn authority(overrides: &Overrides) -> anyhow::Result<Authority> {
              --database-url"
         ),
         // An empty file is no database either (nor what `latch serve` leaves).
-        latch_store::DatabaseUrl::SqliteFile(path)
-            if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) =>
-        {
-            match std::fs::metadata(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    anyhow::bail!("cannot read {}: {e}", path.display())
-                }
-                _ => anyhow::bail!(
-                    "no database at {}: `latch serve` creates it; check --database-url \
-                     (LATCH_DATABASE_URL, database_url in the config file) and the directory \
-                     the command runs in",
-                    path.display()
-                ),
+        latch_store::DatabaseUrl::SqliteFile(path) => match std::fs::metadata(path) {
+            Ok(file) if file.len() > 0 => {}
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("cannot read {}: {e}", path.display())
             }
-        }
-        _ => {}
+            _ => anyhow::bail!(
+                "no database at {}: `latch serve` creates it; check --database-url \
+                 (LATCH_DATABASE_URL, database_url in the config file) and the directory the \
+                 command runs in",
+                path.display()
+            ),
+        },
+        latch_store::DatabaseUrl::Postgres(_) => {}
     }
     let store = latch_store::open_migrating(&url, latch_store::Migrations::OnlyNew)
         .await
