@@ -390,13 +390,23 @@ impl AuthLimiter {
 mod tests {
     use super::*;
 
+    /// `per_client` failures per client id and `per_address` per address in `window` s.
+    fn limits(per_client: u32, per_address: u32, window: u32) -> AuthLimits {
+        AuthLimits {
+            per_client,
+            per_address,
+            window,
+        }
+    }
+
+    /// A limiter of [`limits`].
+    fn limiter(per_client: u32, per_address: u32, window: u32) -> AuthLimiter {
+        AuthLimiter::new(limits(per_client, per_address, window))
+    }
+
     #[test]
     fn engages_at_the_limit_and_releases_with_the_window() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 3,
-            per_address: 100,
-            window: 60,
-        });
+        let l = limiter(3, 100, 60);
         let t = TenantId::default_tenant();
         for _ in 0..3 {
             assert_eq!(l.blocked(&t, Some("c"), None, 1000), None);
@@ -410,11 +420,7 @@ mod tests {
 
     #[test]
     fn a_client_id_longer_than_any_client_can_have_is_not_kept() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 1,
-            per_address: 2,
-            window: 60,
-        });
+        let l = limiter(1, 2, 60);
         let t = TenantId::default_tenant();
         let address = Some(IpAddr::from([192, 0, 2, 1]));
         let longest = "c".repeat(MAX_ID_LEN);
@@ -432,11 +438,7 @@ mod tests {
 
     #[test]
     fn keeps_each_window_until_it_ends() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 1,
-            per_address: 100,
-            window: 10,
-        });
+        let l = limiter(1, 100, 10);
         let t = TenantId::default_tenant();
         l.failed(&t, Some("early"), None, 100);
         l.failed(&t, Some("late"), None, 105);
@@ -457,14 +459,7 @@ mod tests {
 
     #[test]
     fn a_full_map_drops_its_oldest_window_for_a_new_key_and_holds_no_more() {
-        let l = AuthLimiter::with_capacity(
-            AuthLimits {
-                per_client: 2,
-                per_address: 100,
-                window: 60,
-            },
-            3,
-        );
+        let l = AuthLimiter::with_capacity(limits(2, 100, 60), 3);
         let t = TenantId::default_tenant();
         for (at, c) in ["a", "b", "c"].into_iter().enumerate() {
             l.failed(&t, Some(c), None, 1000 + at as i64);
@@ -507,11 +502,7 @@ mod tests {
 
     #[test]
     fn a_clock_that_goes_back_neither_reorders_nor_lengthens_windows() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 1,
-            per_address: 100,
-            window: 60,
-        });
+        let l = limiter(1, 100, 60);
         let t = TenantId::default_tenant();
         l.failed(&t, Some("a"), None, 1000);
         // Stepped back 30 s, less than a window: time stays at 1000 here, so a's window ends
@@ -536,11 +527,7 @@ mod tests {
     /// A limiter of two failures per address in 10 s (and a hundred per client), a tenant and
     /// an address.
     fn two_failures_per_address() -> (AuthLimiter, TenantId, IpAddr) {
-        let limiter = AuthLimiter::new(AuthLimits {
-            per_client: 100,
-            per_address: 2,
-            window: 10,
-        });
+        let limiter = limiter(100, 2, 10);
         (
             limiter,
             TenantId::default_tenant(),
@@ -562,11 +549,7 @@ mod tests {
 
     #[test]
     fn secrets_being_verified_count_against_the_limits_and_one_secret_counts_once() {
-        let l = AuthLimiter::new(AuthLimits {
-            per_client: 3,
-            per_address: 100,
-            window: 60,
-        });
+        let l = limiter(3, 100, 60);
         let t = TenantId::default_tenant();
         let ip = Some(IpAddr::from([192, 0, 2, 1]));
         let reserve = |c: &str, fp: u8| l.reserve(&t, Some(c), ip, &[fp; 32], 0);
