@@ -33,13 +33,19 @@ pub(crate) enum AuditSelect {
 
 /// Selects a tenant's audit events in id order. Parameters: 1 the tenant, 2 the subject (NULL
 /// for every subject), 3 the earliest time (or NULL), 4 the id to start after, 5 the limit,
-/// and for [`AuditSelect::SubjectInBlock`] 6 the block; `param(n)` renders parameter `n`.
+/// for [`AuditSelect::SubjectInBlock`] 6 the block, and if `settled` 7 the last id every
+/// record up to which has settled (committed or rolled back: PostgreSQL's
+/// `postgres::reads::settled_audit_id`); `param(n)` renders parameter `n`.
 ///
 /// The subject condition is spelled out only when a subject is asked for. The one-statement
 /// form `(p2 IS NULL OR subject = p2)` keeps the planner from using the index by subject,
 /// since it must also serve a NULL, so a subject's events were found by reading the tenant's
 /// whole trail.
-pub(crate) fn audit_events_sql(select: AuditSelect, param: impl Fn(usize) -> String) -> String {
+pub(crate) fn audit_events_sql(
+    select: AuditSelect,
+    settled: bool,
+    param: impl Fn(usize) -> String,
+) -> String {
     let subject = match select {
         AuditSelect::All => format!("{} IS NULL", param(2)),
         // Spelled as the index's expression, which is how both back-ends match the two.
@@ -49,11 +55,16 @@ pub(crate) fn audit_events_sql(select: AuditSelect, param: impl Fn(usize) -> Str
             param(2)
         ),
     };
+    let settled = if settled {
+        format!(" AND id <= {}", param(7))
+    } else {
+        String::new()
+    };
     format!(
         "SELECT id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
                 address FROM audit \
          WHERE tenant_id = {} AND {subject} AND ({since} IS NULL OR at >= {since}) \
-           AND id > {} \
+           AND id > {}{settled} \
          ORDER BY id LIMIT {}",
         param(1),
         param(4),

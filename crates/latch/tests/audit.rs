@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Auth, TestServer};
+use latch_store::postgres::AUDIT_LOCK;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -311,4 +312,98 @@ backend_test! {
         ids.dedup();
         assert_eq!(ids.len(), 30, "audit ids are distinct");
     }
+}
+
+/// Another PostgreSQL node in the middle of a write batch: it holds the trail's lock shared, as
+/// every batch does, and has taken an audit id for a record it has not committed yet.
+async fn other_node_writing_a_record(s: &TestServer) -> common::OtherNode {
+    common::OtherNode::begin(
+        &s.db,
+        &format!(
+            "SELECT pg_advisory_xact_lock_shared({AUDIT_LOCK}, hashtext(current_schema())); \
+             INSERT INTO audit (tenant_id, at, actor, route, reason, subject, grants, tokens) \
+             VALUES ('default', 1, 'other-node', 'admin', 'admin', 'bob', 1, 0)"
+        ),
+    )
+    .await
+}
+
+/// PostgreSQL, several nodes: audit ids come from one sequence, taken mid-transaction, and
+/// transactions commit in the order they end, so a record can commit after one with a later
+/// id. A page of the trail waits for the records being written when it is read: a reader
+/// following `next_after` never steps over one.
+#[tokio::test]
+async fn postgres_a_page_of_the_trail_waits_for_records_written_under_earlier_ids() {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    let svc = s.confidential("svc", "read").await;
+    let token = s.grant_for(&svc, "alice", None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = other_node_writing_a_record(&s).await;
+    // This node's record takes the next id and commits first.
+    assert_eq!(s.revoke(Auth::Basic(&svc), &token).await.status(), 200);
+    let reading = tokio::spawn({
+        let (http, base) = (s.http.clone(), s.base.clone());
+        async move {
+            let page = "/tenants/default/audit?after=0";
+            common::admin_at(&http, &base, Method::GET, page, None).await
+        }
+    });
+    other
+        .until_waited_on(&s.db, "pg_advisory_xact_lock", &reading)
+        .await;
+    other.commit().await;
+    let resp = reading.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    let actors: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["other-node", "svc"], "{page}");
+}
+
+/// The other half of the same rule: while a read of the trail settles its ids (it holds the
+/// lock exclusively, for a moment), a write batch waits, and then commits.
+#[tokio::test]
+async fn postgres_a_revocation_waits_while_a_read_of_the_trail_settles_its_ids() {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    let svc = s.confidential("svc", "read").await;
+    let token = s.grant_for(&svc, "alice", None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = common::OtherNode::begin(
+        &s.db,
+        &format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK}, hashtext(current_schema()))"),
+    )
+    .await;
+    let revoking = tokio::spawn({
+        let (http, base, svc) = (s.http.clone(), s.base.clone(), svc.clone());
+        async move {
+            let body = common::form(&[("token", &token)]);
+            http.post(format!("{base}/oauth2/revoke"))
+                .header(
+                    "authorization",
+                    common::basic_header(&svc.id, svc.secret.as_deref().unwrap()),
+                )
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    reader
+        .until_waited_on(&s.db, "pg_advisory_xact_lock_shared", &revoking)
+        .await;
+    reader.commit().await;
+    assert_eq!(revoking.await.unwrap(), 200);
+    assert_eq!(events(&audit(&s, "").await).len(), 1);
 }

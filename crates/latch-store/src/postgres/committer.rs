@@ -192,7 +192,12 @@ impl Committer {
     }
 }
 
-/// A 200 for a write means it is durable, so the writer never commits with
+/// A batch's first statement. It takes the audit trail's lock shared ([`super::AUDIT_LOCK`],
+/// `$1`), held to the end of the transaction, before the batch takes an audit id: a read of
+/// the trail then waits for the batch to end. First, so the batch holds no row lock yet
+/// while it waits behind such a read.
+///
+/// And a 200 for a write means it is durable, so the writer never commits with
 /// `synchronous_commit = off` (set on the server, the database, the role, in the URL's
 /// options, or left on a pooled server connection by another client), which returns from
 /// `COMMIT` before the WAL is flushed: a crash then loses writes latch has answered. Every
@@ -200,8 +205,10 @@ impl Committer {
 /// standby) is kept. Set for each transaction (`SET LOCAL`), not the session: behind a
 /// transaction pooler (PgBouncer in transaction mode) each transaction may run on another
 /// server connection than the one a session-wide setting was made on.
-const DURABLE_COMMIT_SQL: &str = "SELECT set_config('synchronous_commit', 'on', true) \
-     WHERE current_setting('synchronous_commit') = 'off'";
+const BEGIN_BATCH_SQL: &str =
+    "SELECT pg_advisory_xact_lock_shared($1, hashtext(current_schema())), \
+     CASE WHEN current_setting('synchronous_commit') = 'off' \
+          THEN set_config('synchronous_commit', 'on', true) END";
 
 /// The committer's connection, and the task that drives it.
 struct Link {
@@ -233,14 +240,15 @@ impl Link {
     }
 }
 
-/// Opens a batch's transaction, one whose commit flushes the WAL ([`DURABLE_COMMIT_SQL`]).
-async fn begin_durable<'a>(
+/// Opens a batch's transaction ([`BEGIN_BATCH_SQL`]): one whose commit flushes the WAL, and
+/// that holds the audit trail's lock shared.
+async fn begin_batch<'a>(
     client: &'a mut PgClient,
     st: &mut Statements,
 ) -> Result<Transaction<'a>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let durable = st.prepared(&tx, DURABLE_COMMIT_SQL).await?;
-    tx.execute(&durable, &[]).await?;
+    let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;
+    tx.execute(&begin, &[&super::AUDIT_LOCK]).await?;
     Ok(tx)
 }
 
@@ -365,7 +373,7 @@ async fn commit_batch(
     st: &mut Statements,
     ops: &[&Op],
 ) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
-    let mut tx = begin_durable(client, st).await?;
+    let mut tx = begin_batch(client, st).await?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
     while let Some(op) = rest.first() {
@@ -1213,7 +1221,7 @@ mod tests {
                     let set = format!("SET synchronous_commit = {setting}");
                     client.batch_execute(&set).await.unwrap();
                 }
-                let tx = begin_durable(&mut client, &mut st).await.unwrap();
+                let tx = begin_batch(&mut client, &mut st).await.unwrap();
                 let row = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap();
                 assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
                 tx.commit().await.unwrap();

@@ -117,6 +117,19 @@ const PIPELINED_CONNECTIONS: usize = 1;
 /// The advisory lock that serialises migrations ("latch" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006c_6174_6368;
 
+/// The advisory lock that settles the audit trail's ids ("laud" in ASCII), the first of its
+/// two keys; the second is the schema's name hashed (`hashtext(current_schema())`), since
+/// advisory locks are the database's, and deployments in other schemas of it have trails of
+/// their own. Record ids come from one sequence, taken mid-transaction, and transactions
+/// commit in the order they end: with several nodes writing, record 101 can be visible while
+/// record 100 is not yet, and a reader paging with `?after=101` would never see 100. So every
+/// write transaction holds this lock shared from its start to its end
+/// (`committer::BEGIN_BATCH_SQL`), and a read of the trail first takes it exclusively, for a
+/// moment, which waits for the transactions then writing ([`reads::settled_audit_id`]): every
+/// id the sequence had handed out by then is settled, committed or rolled back, and the read
+/// returns no record past it.
+pub const AUDIT_LOCK: i32 = 0x6c61_7564;
+
 pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::FOREIGN_KEY_VIOLATION => {

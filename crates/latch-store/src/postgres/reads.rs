@@ -322,6 +322,32 @@ pub(super) async fn live_grants(
     Ok(rows.iter().map(grant_from_row).collect())
 }
 
+/// The last audit id the sequence has handed out, once every transaction that may hold an id
+/// up to it has ended ([`super::AUDIT_LOCK`]): taking the lock exclusively waits for the
+/// write transactions holding it shared, and the writes that begin meanwhile wait, for a
+/// moment, behind this one. The sequence's `last_value` is what it handed out last only
+/// because it caches no values (`CACHE 1`, a `BIGSERIAL`'s).
+///
+/// A statement of its own, so that the trail's read after it takes its snapshot once those
+/// transactions have ended. (One statement would read the trail with a snapshot taken
+/// before its wait.)
+pub(super) async fn settled_audit_id(c: &Conn) -> StoreResult<i64> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT (SELECT last_value FROM audit_id_seq) \
+             FROM pg_advisory_xact_lock($1, hashtext(current_schema())) AS l",
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    c.query_one(&stmt, &[&super::AUDIT_LOCK])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| store_error(&e))
+}
+
+/// A page of a tenant's audit trail, in id order, none of its records past
+/// [`settled_audit_id`]: a record committed later never has a smaller id than one a page has
+/// shown, so a reader following `after` misses none, whichever nodes wrote them.
 pub(super) async fn audit_events(
     c: &Conn,
     tenant: &TenantId,
@@ -333,19 +359,31 @@ pub(super) async fn audit_events(
         6 => "b.block".into(),
         n => format!("${n}"),
     };
+    let settled = settled_audit_id(c).await?;
     let subject = query.subject.as_ref().map(|s| s.as_str());
     let limit = i64::from(query.limit);
     let rows = match subject {
         None => {
-            let sql = audit_events_sql(AuditSelect::All, render);
+            // Parameter 6 (the block) is only in the query by subject.
+            let sql = audit_events_sql(AuditSelect::All, true, |n| match n {
+                7 => "$6".into(),
+                n => render(n),
+            });
             let after = query.after.unwrap_or(0);
             c.query(
                 sql.as_str(),
-                &[&tenant.as_str(), &subject, &query.since, &after, &limit],
+                &[
+                    &tenant.as_str(),
+                    &subject,
+                    &query.since,
+                    &after,
+                    &limit,
+                    &settled,
+                ],
             )
             .await
         }
-        // The blocks in order from the cursor's to the last record's, each probed through
+        // The blocks in order from the cursor's to the settled id's, each probed through
         // the index keyed by block, until `limit` events are found: in one statement, the
         // nested loop emitting each block's events in id order before the next block's.
         // (No outer ORDER BY: it would sort every block's events and lose the early stop.
@@ -355,9 +393,9 @@ pub(super) async fn audit_events(
             let (after, first) = subject_query_start(query.after);
             let sql = format!(
                 "SELECT e.* FROM generate_series($6::BIGINT, \
-                   (SELECT max(id) FROM audit) >> {AUDIT_BLOCK_BITS}) AS b(block) \
+                   $7::BIGINT >> {AUDIT_BLOCK_BITS}) AS b(block) \
                  CROSS JOIN LATERAL ({}) AS e LIMIT $5",
-                audit_events_sql(AuditSelect::SubjectInBlock, render)
+                audit_events_sql(AuditSelect::SubjectInBlock, true, render)
             );
             c.query(
                 sql.as_str(),
@@ -368,6 +406,7 @@ pub(super) async fn audit_events(
                     &after,
                     &limit,
                     &first,
+                    &settled,
                 ],
             )
             .await

@@ -321,7 +321,7 @@ impl AuditStore for SqliteStore {
     ) -> StoreResult<Vec<AuditEvent>> {
         self.read(|c| match &query.subject {
             None => {
-                let sql = audit_events_sql(AuditSelect::All, |n| format!("?{n}"));
+                let sql = audit_events_sql(AuditSelect::All, false, |n| format!("?{n}"));
                 let mut stmt = c.prepare_cached(&sql)?;
                 let rows = stmt.query_map(
                     params![
@@ -354,7 +354,7 @@ fn subject_events(
         return Ok(Vec::new());
     };
     let (after, first) = subject_query_start(query.after);
-    let sql = audit_events_sql(AuditSelect::SubjectInBlock, |n| format!("?{n}"));
+    let sql = audit_events_sql(AuditSelect::SubjectInBlock, false, |n| format!("?{n}"));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut events = Vec::new();
     let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
@@ -498,7 +498,7 @@ mod tests {
     use super::*;
 
     fn plan(conn: &Connection, select: AuditSelect) -> String {
-        let sql = audit_events_sql(select, |n| format!("?{n}"));
+        let sql = audit_events_sql(select, false, |n| format!("?{n}"));
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         // The block parameter exists only in the block-wise query.
         let block = (select == AuditSelect::SubjectInBlock).then_some(3);
