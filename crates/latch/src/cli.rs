@@ -91,9 +91,13 @@ pub enum ClientCommand {
         /// Tenant.
         #[arg(long, default_value = TenantId::DEFAULT)]
         tenant: String,
-        /// The new secret; generated when omitted.
+        /// The new secret; generated (and printed once) when omitted.
         #[arg(long)]
         secret: Option<String>,
+        /// Read the new secret from standard input instead (arguments show up in process
+        /// lists).
+        #[arg(long, conflicts_with = "secret")]
+        secret_stdin: bool,
         #[command(flatten)]
         overrides: Overrides,
     },
@@ -137,6 +141,9 @@ pub struct AddClientArgs {
     /// The secret; generated (and printed once) when omitted for a confidential client.
     #[arg(long)]
     pub secret: Option<String>,
+    /// Read the secret from standard input instead (arguments show up in process lists).
+    #[arg(long, conflicts_with = "secret")]
+    pub secret_stdin: bool,
     /// Allowed grant types (repeat or comma-separate).
     #[arg(
         long = "grant-type",
@@ -170,9 +177,7 @@ impl AddClientArgs {
             tenant: TenantId::parse(&self.tenant)?,
             id: ClientId::parse(&self.client_id)?,
             auth_method,
-            secret: self
-                .secret
-                .clone()
+            secret: given_secret(self.secret.clone(), self.secret_stdin)?
                 .map_or(SecretSpec::Generate, SecretSpec::Plain),
             grant_types: GrantType::parse_list(&self.grant_types)?,
             scope: Scope::parse(&self.scope)?,
@@ -183,6 +188,32 @@ impl AddClientArgs {
             access_token_revocation: AccessTokenRevocation::parse(&self.access_token_revocation)?,
         })
     }
+}
+
+/// The secret a command was given: as an argument, or read from standard input (up to its
+/// end, without the line break that ends it) when `from_stdin`; `None` for neither.
+fn given_secret(argument: Option<String>, from_stdin: bool) -> anyhow::Result<Option<String>> {
+    if !from_stdin {
+        return Ok(argument);
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .context("cannot read the secret from standard input")?;
+    let secret = s.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(!secret.is_empty(), "the secret on standard input is empty");
+    Ok(Some(secret.to_owned()))
+}
+
+/// Writes one line of a command's output. A command's output may be all that is left of
+/// what it did (a generated secret is printed once), so a standard output that cannot take
+/// it (a closed pipe) is an error that says so, not a panic.
+fn print(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("the command's output could not be written to standard output")
 }
 
 fn init_logging(filter: &str) {
@@ -251,17 +282,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::HashSecret { secret } => {
-            let secret = match secret {
-                Some(s) => s,
-                None => {
-                    let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s)?;
-                    s.trim_end_matches(['\r', '\n']).to_owned()
-                }
-            };
+            let from_stdin = secret.is_none();
+            let secret = given_secret(secret, from_stdin)?.unwrap_or_default();
             anyhow::ensure!(!secret.is_empty(), "the secret is empty");
-            println!("{}", hash_secret(&secret).as_str());
-            Ok(())
+            print(hash_secret(&secret).as_str())
         }
         Command::Client(cmd) => {
             init_logging("warn");
@@ -270,15 +294,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { overrides } => {
             init_logging("warn");
             let purged = authority(&overrides).await?.purge_expired().await?;
-            println!(
-                "{}",
-                json!({
-                    "tokens_deleted": purged.tokens,
-                    "grants_deleted": purged.grants,
-                    "audit_deleted": purged.audit,
-                })
-            );
-            Ok(())
+            print(json!({
+                "tokens_deleted": purged.tokens,
+                "grants_deleted": purged.grants,
+                "audit_deleted": purged.audit,
+            }))
         }
         Command::Tenant(cmd) => {
             init_logging("warn");
@@ -292,11 +312,11 @@ async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Add { tenant, overrides } => {
             let id = TenantId::parse(&tenant)?;
             authority(&overrides).await?.create_tenant(&id).await?;
-            println!("{}", json!({ "tenant_id": tenant }));
+            print(json!({ "tenant_id": tenant }))?;
         }
         TenantCommand::List { overrides } => {
             for t in authority(&overrides).await?.tenants().await? {
-                println!("{t}");
+                print(t)?;
             }
         }
         TenantCommand::Remove { tenant, overrides } => {
@@ -305,7 +325,7 @@ async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
                 .await?
                 .delete_tenant(&id, Origin::internal("cli"))
                 .await?;
-            println!("{}", json!({ "tenant_id": tenant, "deleted": true }));
+            print(json!({ "tenant_id": tenant, "deleted": true }))?;
         }
     }
     Ok(())
@@ -322,7 +342,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
             if let Some(secret) = secret {
                 out["client_secret"] = secret.into();
             }
-            println!("{out}");
+            print(out)?;
         }
         ClientCommand::List { tenant, overrides } => {
             for c in authority(&overrides)
@@ -330,7 +350,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                 .clients(&TenantId::parse(&tenant)?, None)
                 .await?
             {
-                println!("{}", client_json(&c));
+                print(client_json(&c))?;
             }
         }
         ClientCommand::Remove {
@@ -346,34 +366,36 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                     Origin::internal("cli"),
                 )
                 .await?;
-            println!(
-                "{}",
-                json!({
-                    "client_id": client_id,
-                    "deleted": true,
-                    "revoked_grants": killed.grants,
-                    "revoked_tokens": killed.tokens,
-                })
-            );
+            print(json!({
+                "client_id": client_id,
+                "deleted": true,
+                "revoked_grants": killed.grants,
+                "revoked_tokens": killed.tokens,
+            }))?;
         }
         ClientCommand::RotateSecret {
             client_id,
             tenant,
             secret,
+            secret_stdin,
             overrides,
         } => {
+            let given = given_secret(secret, secret_stdin)?;
+            let generated = given.is_none();
             let secret = authority(&overrides)
                 .await?
                 .rotate_secret(
                     &TenantId::parse(&tenant)?,
                     &ClientId::parse(&client_id)?,
-                    secret,
+                    given,
                 )
                 .await?;
-            println!(
-                "{}",
-                json!({ "client_id": client_id, "client_secret": secret })
-            );
+            // Like `client add`, it prints a secret only if it made it up.
+            let mut out = json!({ "client_id": client_id, "rotated": true });
+            if generated {
+                out["client_secret"] = secret.into();
+            }
+            print(out)?;
         }
     }
     Ok(())
@@ -398,8 +420,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_api = settings.admin_token.is_some(),
         "latch is serving"
     );
-    // Scripts and tests read this line to learn the bound port.
-    println!("latch listening on http://{}", server.addr);
+    // Scripts and tests read this line to learn the bound port. Nobody reads a closed stdout:
+    // serving goes on.
+    if let Err(e) = print(format_args!("latch listening on http://{}", server.addr)) {
+        tracing::warn!(error = %e, "the listening line");
+    }
     stop.recv().await;
     tracing::info!("stopping: finishing in-flight requests");
     server.shutdown().await?;

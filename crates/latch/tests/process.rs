@@ -926,6 +926,103 @@ fn a_command_refuses_a_database_that_does_not_exist() {
     );
 }
 
+/// `--secret-stdin` keeps a chosen secret out of the process list (where `--secret` shows
+/// it): `client add` and `rotate-secret` read it from standard input, print it nowhere, and
+/// the server authenticates with it. With both flags, or an empty secret, nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_read_from_standard_input_is_the_clients_and_is_printed_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("x.db");
+    common::new_sqlite_database(&db);
+    let url = sqlite_url(&db);
+    let (first, second) = ("first-stdin-secret-9f2c", "second-stdin-secret-41ab");
+    let run = |args: &[&str], input: &str| {
+        let mut all = args.to_vec();
+        all.extend(["--secret-stdin", "--database-url", &url]);
+        let out = run_cli(d, &all, Some(input));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !stdout.contains("stdin-secret") && !stderr.contains("stdin-secret"),
+            "{args:?} printed the secret: {stdout} {stderr}"
+        );
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, added, _) = run(&["client", "add", "app"], &format!("{first}\n"));
+    assert_eq!(code, Some(0));
+    let added: Value = serde_json::from_str(added.trim()).unwrap();
+    assert_eq!(added["client_id"], "app");
+    assert!(added.get("client_secret").is_none(), "{added}");
+    let (code, rotated, _) = run(
+        &["client", "rotate-secret", "app"],
+        &format!("{second}\r\n"),
+    );
+    assert_eq!(code, Some(0));
+    let rotated: Value = serde_json::from_str(rotated.trim()).unwrap();
+    assert_eq!(rotated, json!({ "client_id": "app", "rotated": true }));
+    // Refused, and the secret stays the second one.
+    let (code, _, stderr) = run(&["client", "rotate-secret", "app"], "\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the secret on standard input is empty"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(
+        &["client", "rotate-secret", "app", "--secret", "third-secret"],
+        "",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+
+    let p = Process::serve(d, &["--database-url", &url], &[]);
+    let n = Node::new(&p);
+    assert_eq!(
+        n.token(Auth::Basic(&client("app", second))).await.status(),
+        200
+    );
+    assert_eq!(
+        n.token(Auth::Basic(&client("app", first))).await.status(),
+        401
+    );
+    assert_eq!(
+        n.token(Auth::Basic(&client("app", "third-secret")))
+            .await
+            .status(),
+        401
+    );
+}
+
+/// A command's output can be all that is left of what it did (a generated secret is printed
+/// once): a standard output that cannot take it (the pipe's reader gone) fails the command
+/// with a message saying so, where a `println!` panicked. The write itself is committed.
+#[test]
+fn a_command_whose_output_cannot_be_written_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = d.join("x.db");
+    common::new_sqlite_database(&db);
+    let url = sqlite_url(&db);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::latch_bin())
+        .args(["tenant", "add", "acme", "--database-url", &url])
+        .current_dir(d)
+        .env_remove("LATCH_DATABASE_URL")
+        .env_remove("LATCH_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("could not be written"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let tenants = cli_ok(d, &["tenant", "list", "--database-url", &url]);
+    assert!(tenants.lines().any(|t| t == "acme"), "{tenants}");
+}
+
 /// A command of a newer latch never migrates an existing SQLite database: an older server
 /// may be running on it (mid-upgrade) and would misread the new schema. It says what to do
 /// instead, and once `latch serve` of the new version has migrated the file, it works.
