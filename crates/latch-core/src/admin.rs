@@ -10,7 +10,7 @@ use crate::grant_flow::IssuedTokens;
 use crate::id::{ClientId, GrantId, Subject, TenantId};
 use crate::scope::Scope;
 use crate::secret::generate_secret;
-use crate::store::{ClientPage, GrantPage};
+use crate::store::{ClientPage, GrantPage, TenantPage};
 
 /// The actor recorded for operator actions.
 const ADMIN: &str = "admin";
@@ -358,9 +358,9 @@ impl Authority {
 }
 
 impl Authority {
-    /// All tenants.
-    pub async fn tenants(&self) -> Result<Vec<TenantId>, Error> {
-        Ok(self.store.list_tenants().await?)
+    /// Tenants by id: a page of them, or all.
+    pub async fn tenants(&self, page: Option<&TenantPage>) -> Result<Vec<TenantId>, Error> {
+        Ok(self.store.list_tenants(page).await?)
     }
 
     /// Creates a tenant; `Conflict` if it exists.

@@ -44,8 +44,8 @@ pub type RevocationPlan =
 pub trait TenantStore: Send + Sync {
     /// True when the tenant exists.
     async fn tenant_exists(&self, tenant: &TenantId) -> StoreResult<bool>;
-    /// All tenants, sorted.
-    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>>;
+    /// Tenants, sorted by id: a page of them, or all.
+    async fn list_tenants(&self, page: Option<&TenantPage>) -> StoreResult<Vec<TenantId>>;
     /// Creates a tenant; `Conflict` if it exists.
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
     /// Removes a tenant, revoking all of its grants (audited) and removing its clients. `None`
@@ -138,14 +138,20 @@ pub trait TokenStore: Send + Sync {
     ) -> StoreResult<Vec<Grant>>;
 }
 
-/// A page of clients, by id.
+/// A page of a listing sorted by key `K`.
 #[derive(Clone, Debug)]
-pub struct ClientPage {
-    /// Only clients whose id sorts after this one (the previous page's last).
-    pub after: Option<ClientId>,
-    /// At most this many clients.
+pub struct Page<K> {
+    /// Only items whose key sorts after this one (the previous page's last).
+    pub after: Option<K>,
+    /// At most this many items.
     pub limit: u32,
 }
+
+/// A page of a tenant's clients, by id.
+pub type ClientPage = Page<ClientId>;
+
+/// A page of tenants, by id.
+pub type TenantPage = Page<TenantId>;
 
 /// A page of grants, newest first: grant ids are time-ordered
 /// ([`GrantId::generate`]), so their order is a stable cursor. (Ids of grants issued before

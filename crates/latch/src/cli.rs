@@ -315,7 +315,7 @@ async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
             print(json!({ "tenant_id": tenant }))?;
         }
         TenantCommand::List { overrides } => {
-            for t in authority(&overrides).await?.tenants().await? {
+            for t in authority(&overrides).await?.tenants(None).await? {
                 print(t)?;
             }
         }

@@ -1142,6 +1142,42 @@ backend_test! {
 }
 
 backend_test! {
+    async fn tenants_are_listed_by_id_a_page_at_a_time() {
+        let s = TestServer::start().await;
+        for id in ["t3", "t1", "t2"] {
+            let body = json!({ "tenant_id": id });
+            assert_eq!(s.admin(Method::POST, "/tenants", Some(body)).await.status(), 201);
+        }
+        let page = |query: &str| {
+            let (s, path) = (&s, format!("/tenants{query}"));
+            async move {
+                let body: Value = s.admin(Method::GET, &path, None).await.json().await.unwrap();
+                let ids: Vec<String> = serde_json::from_value(body["tenants"].clone())
+                    .unwrap_or_else(|e| panic!("{body}: {e}"));
+                (ids, body["next_after"].as_str().map(str::to_owned))
+            }
+        };
+        let (all, next) = page("").await;
+        assert_eq!(all, ["default", "t1", "t2", "t3"]);
+        assert_eq!(next, None);
+        let (first, next) = page("?limit=2").await;
+        assert_eq!(first, ["default", "t1"]);
+        let (rest, next) = page(&format!("?limit=2&after={}", next.unwrap())).await;
+        assert_eq!(rest, ["t2", "t3"]);
+        // A full last page still gives a cursor; the page after it is empty.
+        let (empty, next) = page(&format!("?limit=2&after={}", next.unwrap())).await;
+        assert!(empty.is_empty());
+        assert_eq!(next, None);
+
+        refused_queries(&s, "/tenants", &[
+            ("?limit=0", "limit must be between 1 and 1000"),
+            ("?after=a/b", "after must be a tenant id"),
+        ])
+        .await;
+    }
+}
+
+backend_test! {
     async fn a_tenants_clients_are_listed_by_id_a_page_at_a_time() {
         let s = TestServer::start().await;
         for id in ["c3", "c1", "c5", "c2", "c4"] {

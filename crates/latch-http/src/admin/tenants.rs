@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use latch_core::id::TenantId;
+use latch_core::store::TenantPage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{origin, Admin, JsonBody, Params};
+use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
+use crate::form::Form;
 use crate::tenant::named;
 use crate::{AppState, Peer};
 
@@ -34,13 +36,22 @@ pub(crate) async fn create(
     ))
 }
 
+/// `GET /admin/v1/tenants?after=…&limit=…`: a page of tenant ids, sorted; `next_after` is
+/// the cursor for the next page (`null` once a page comes back short).
 pub(crate) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let tenants = state.authority.tenants().await?;
+    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let page = TenantPage {
+        after: cursor(&query, "after", "a tenant id", TenantId::parse)?,
+        limit: page_limit(&query)?,
+    };
+    let tenants = state.authority.tenants(Some(&page)).await?;
+    let next_after = next_cursor(&tenants, page.limit, TenantId::as_str);
     let ids: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
-    Ok(Json(json!({ "tenants": ids })))
+    Ok(Json(json!({ "tenants": ids, "next_after": next_after })))
 }
 
 pub(crate) async fn remove(

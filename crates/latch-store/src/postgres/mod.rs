@@ -28,7 +28,7 @@ use latch_core::grant::{Grant, NewToken, Revocation, Rotation, RotationOutcome, 
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{
     AuditStore, CleanupStore, ClientPage, ClientStore, GrantPage, Purged, RevocationStore, Storage,
-    StoreResult, Sweep, TenantStore, TokenStore,
+    StoreResult, Sweep, TenantPage, TenantStore, TokenStore,
 };
 use latch_core::token::TokenHash;
 use latch_core::StoreError;
@@ -332,8 +332,9 @@ impl TenantStore for PgStore {
             .await
     }
 
-    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>> {
-        self.pooled(async |c| reads::list_tenants(c).await).await
+    async fn list_tenants(&self, page: Option<&TenantPage>) -> StoreResult<Vec<TenantId>> {
+        self.pooled(async |c| reads::list_tenants(c, page).await)
+            .await
     }
 
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::scope::Scope;
-use latch_core::store::{ClientPage, GrantPage, StoreResult};
+use latch_core::store::{ClientPage, GrantPage, StoreResult, TenantPage};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use tokio_postgres::types::ToSql;
@@ -38,9 +38,19 @@ pub(super) async fn tenant_exists(c: &Conn, tenant: &TenantId) -> StoreResult<bo
         .map_err(|e| store_error(&e))
 }
 
-pub(super) async fn list_tenants(c: &Conn) -> StoreResult<Vec<TenantId>> {
+pub(super) async fn list_tenants(
+    c: &Conn,
+    page: Option<&TenantPage>,
+) -> StoreResult<Vec<TenantId>> {
+    let after = page.and_then(|p| p.after.as_ref()).map(TenantId::as_str);
+    // LIMIT NULL is none.
+    let limit = page.map(|p| i64::from(p.limit));
     let rows = c
-        .query("SELECT id FROM tenants ORDER BY id", &[])
+        .query(
+            "SELECT id FROM tenants WHERE ($1::text IS NULL OR id > $1::text) \
+             ORDER BY id LIMIT $2",
+            &[&after, &limit],
+        )
         .await
         .map_err(|e| store_error(&e))?;
     Ok(rows

@@ -5,7 +5,7 @@ use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::clock::UnixTime;
 use latch_core::grant::Revocation;
 use latch_core::id::TenantId;
-use latch_core::store::{StoreResult, TenantStore};
+use latch_core::store::{StoreResult, TenantPage, TenantStore};
 use latch_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 
@@ -22,10 +22,15 @@ impl TenantStore for SqliteStore {
         })
     }
 
-    async fn list_tenants(&self) -> StoreResult<Vec<TenantId>> {
+    async fn list_tenants(&self, page: Option<&TenantPage>) -> StoreResult<Vec<TenantId>> {
+        let after = page.and_then(|p| p.after.as_ref()).map(TenantId::as_str);
+        // A negative LIMIT is none.
+        let limit = page.map_or(-1, |p| i64::from(p.limit));
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT id FROM tenants ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM tenants WHERE (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit], |r| r.get::<_, String>(0))?;
             rows.map(|r| r.map(TenantId::from_stored)).collect()
         })
     }
