@@ -1023,6 +1023,30 @@ fn a_command_whose_output_cannot_be_written_says_so() {
     assert!(tenants.lines().any(|t| t == "acme"), "{tenants}");
 }
 
+/// Listening on every address without an issuer, the issuer derived from the listen address
+/// (`http://0.0.0.0:PORT`) names no host a client can reach: the server warns at start and
+/// says what to set. With an issuer set, or on one address, it does not.
+#[test]
+fn a_server_on_every_address_without_an_issuer_warns_at_start() {
+    let warning = "no issuer is set, and the one derived from the listen address";
+    for (args, warned) in [
+        (&["--listen", "0.0.0.0:0"][..], true),
+        (
+            &["--listen", "0.0.0.0:0", "--issuer", "https://auth.example"],
+            false,
+        ),
+        (&[], false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = args.to_vec();
+        all.extend(["--database-url", "sqlite::memory:"]);
+        let p = Process::serve(dir.path(), &all, &[]);
+        let logs = p.logs();
+        assert_eq!(logs.contains(warning), warned, "{args:?}: {logs}");
+        assert_eq!(p.terminate().code(), Some(0), "{args:?}");
+    }
+}
+
 /// A command of a newer latch never migrates an existing SQLite database: an older server
 /// may be running on it (mid-upgrade) and would misread the new schema. It says what to do
 /// instead, and once `latch serve` of the new version has migrated the file, it works.

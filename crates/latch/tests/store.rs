@@ -844,13 +844,25 @@ backend_test! {
         )
         .await;
         assert!(removed.unwrap().is_some());
+        let mut outcomes = Vec::new();
         for (i, stored) in before.into_iter().chain(after).enumerate() {
             let token = store.token(&TokenHash::of(&format!("racing{i}"))).await.unwrap();
-            match (stored.unwrap(), token) {
+            let stored = stored.unwrap();
+            match (stored, token) {
                 (false, None) => {}
                 (true, Some(token)) => assert!(token.is_revoked(), "issuance {i} is live"),
                 (stored, token) => panic!("issuance {i}: stored {stored}, read {token:?}"),
             }
+            outcomes.push(stored);
+        }
+        // Issuances were stored before the removal, and revoked by it. On SQLite, whose
+        // writer applies writes in the order they were queued, those queued after it were
+        // refused. (PostgreSQL's committer commits a removal apart, after the issuances of
+        // its batch, so there it depends on where batches begin: refused issuances on
+        // PostgreSQL are the next test's.)
+        assert!(outcomes.contains(&true), "{outcomes:?}");
+        if !db.is_postgres() {
+            assert!(outcomes.contains(&false), "{outcomes:?}");
         }
         drop(store);
         drop(db);

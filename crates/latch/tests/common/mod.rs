@@ -770,15 +770,18 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `latch serve` with extra args and env, on an ephemeral port, waiting for its
-    /// "listening" line. Its stderr (logs) goes to `stderr_path`.
+    /// Starts `latch serve` with extra args and env, on an ephemeral port of 127.0.0.1 unless
+    /// the args say `--listen`, waiting for its "listening" line. Its stderr (logs) goes to
+    /// `stderr_path`.
     pub fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let stderr_path = dir.join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut cmd = Command::new(latch_bin());
-        cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
             .current_dir(dir)
             .env_remove("LATCH_LISTEN")
             .env_remove("LATCH_DATABASE_URL")
