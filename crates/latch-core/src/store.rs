@@ -92,9 +92,13 @@ pub trait ClientStore: Send + Sync {
         replaced: &SecretHash,
         secret: &SecretHash,
     ) -> StoreResult<bool>;
-    /// Removes a client and revokes every grant issued to it (audited), in one transaction.
-    /// `None` when there is no such client or it is declared, else the removal's audit record
-    /// (made whether or not a grant was alive).
+    /// Removes a client and revokes every grant issued to it (audited), and returns once all
+    /// of it is committed. PostgreSQL does it in one transaction. SQLite, whose one writer
+    /// every write waits for, removes the client's row first and then revokes its grants in
+    /// chunks of their own, other writes passing in between (a removal a crash interrupts is
+    /// finished when the database is next opened, or by removing the client again; its id
+    /// cannot be given to a new client meanwhile). `None` when there is no such client or it
+    /// is declared, else the removal's audit record (made whether or not a grant was alive).
     async fn delete_client(
         &self,
         tenant: &TenantId,

@@ -22,6 +22,10 @@ pub(crate) fn subject_query_start(after: Option<i64>) -> (i64, i64) {
     (after, audit_block(after.saturating_add(1)))
 }
 
+/// An audit record's columns, in the order both back-ends decode them.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, address";
+
 /// Which of a tenant's audit events a query selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AuditSelect {
@@ -61,8 +65,7 @@ pub(crate) fn audit_events_sql(
         String::new()
     };
     format!(
-        "SELECT id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, \
-                address FROM audit \
+        "SELECT {AUDIT_COLUMNS} FROM audit \
          WHERE tenant_id = {} AND {subject} AND ({since} IS NULL OR at >= {since}) \
            AND id > {}{settled} \
          ORDER BY id LIMIT {}",

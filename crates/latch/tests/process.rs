@@ -1058,13 +1058,12 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let url = sqlite_url(&path);
     common::new_sqlite_database(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 10's change undone.
+    // As a database of the previous schema version: version 11's change undone.
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP INDEX audit_by_subject_in_block; \
-             CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
-             PRAGMA user_version = 9;",
+            "DROP TRIGGER clients_wait_for_their_removal; DROP TABLE client_removals; \
+             PRAGMA user_version = 10;",
         )
         .unwrap();
 
@@ -1079,7 +1078,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9, "the schema was left as it was");
+    assert_eq!(version, 10, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());

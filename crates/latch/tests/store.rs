@@ -1495,7 +1495,8 @@ backend_test! {
              ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
-            "DROP INDEX audit_by_subject_in_block; \
+            "DROP TRIGGER clients_wait_for_their_removal; DROP TABLE client_removals; \
+             DROP INDEX audit_by_subject_in_block; \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \
              ALTER TABLE grants DROP COLUMN forked_generation; \
@@ -1703,4 +1704,155 @@ async fn postgres_connections_use_tls_as_the_url_asks_and_check_the_certificate(
     }
     drop(admin);
     let _ = conn.await;
+}
+
+/// Grants of client `app` written straight into a SQLite database, `n` of them, live (no
+/// tokens): a large client without the time its issuances would take.
+fn bulk_grants(n: usize) -> String {
+    format!(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n}) \
+         INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, expires_at) \
+         SELECT 'bulk-' || i, 'default', 'app', 'bulk', 'read', 100, 20000 FROM k"
+    )
+}
+
+/// SQLite's one writer holds every other write up while a write runs, so a client's removal
+/// revokes its grants in chunks (schema version 11) and other writes pass in between: here a
+/// write queued once the removal is part done is answered before the removal is, and the
+/// removal still kills every grant, with one audit record counting them all.
+#[tokio::test]
+async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_removal() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    let tokens = issue(
+        &*store,
+        1,
+        &[
+            ("at-a", TokenKind::Access, 10_000),
+            ("rt-a", TokenKind::Refresh, 10_000),
+        ],
+    )
+    .await;
+    db.execute(&bulk_grants(12_000)).await;
+    let home = TenantId::default_tenant();
+    let app = ClientId::parse("app").unwrap();
+    let removal = audit(0, Reason::ClientRemoved, 200);
+    let removed = std::sync::atomic::AtomicBool::new(false);
+    let other = TenantId::parse("other").unwrap();
+    let (event, ()) = futures_util::future::join(
+        async {
+            let event = store.delete_client(&home, &app, &removal).await;
+            removed.store(true, std::sync::atomic::Ordering::SeqCst);
+            event
+        },
+        async {
+            // Until the removal has revoked some of the grants but not all, a state one
+            // transaction never shows; then another write, queued before its last chunks.
+            let revoked = "SELECT count(*) FROM grants WHERE revoked_at IS NOT NULL";
+            loop {
+                let n = db.query_i64(revoked).await;
+                assert!(n < 12_001, "the removal revoked every grant at once");
+                if n > 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            store.create_tenant(&other, 300).await.unwrap();
+            assert!(
+                !removed.load(std::sync::atomic::Ordering::SeqCst),
+                "the other write waited for the whole removal"
+            );
+        },
+    )
+    .await;
+    let event = event
+        .unwrap()
+        .expect("app existed")
+        .expect("a removal is recorded");
+    assert_eq!((event.grants, event.tokens), (12_001, 2));
+    assert_eq!(event.reason, Reason::ClientRemoved);
+    for hash in &tokens {
+        assert!(store.token(hash).await.unwrap().unwrap().is_revoked());
+    }
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    assert_eq!(db.query_i64(live).await, 0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM client_removals").await,
+        0
+    );
+    let records = "SELECT count(*) FROM audit WHERE reason = 'client_removed'";
+    assert_eq!(db.query_i64(records).await, 1);
+}
+
+/// A crash between the chunks of a client's removal leaves its row gone and some of its
+/// grants live. The removal is finished by removing the client again, or else when the
+/// database is next opened; until then its id cannot be given to a new client.
+#[tokio::test]
+async fn sqlite_a_client_removal_a_crash_interrupted_is_finished() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let home = TenantId::default_tenant();
+    ensure_app(&*store).await;
+    store
+        .create_client(&client(&home, "app2", 3600))
+        .await
+        .unwrap();
+    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
+    let (grant, tokens) = late_issuance(&home, "app2", "at-app2");
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    // As a crash leaves them: both clients' rows gone, their removals recorded as under way,
+    // no grant revoked yet.
+    db.execute(
+        "DELETE FROM clients WHERE client_id IN ('app', 'app2'); \
+         INSERT INTO client_removals (tenant_id, client_id, at, actor, route, subject) \
+         VALUES ('default', 'app', 250, 'admin', 'admin', 'client:app'), \
+                ('default', 'app2', 250, 'admin', 'admin', 'client:app2');",
+    )
+    .await;
+    let again = rusqlite::Connection::open(db.path.as_ref().unwrap())
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO clients (tenant_id, client_id, auth_method, grant_types, scope, \
+               redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
+               access_token_revocation, created_at) \
+             VALUES ('default', 'app', 'none', '', '', '', 60, 60, 0, 'token', 300)",
+        )
+        .unwrap_err();
+    assert!(again.to_string().contains("still being removed"), "{again}");
+    assert!(
+        matches!(
+            store.create_client(&client(&home, "app", 60)).await,
+            Err(StoreError::Conflict)
+        ),
+        "the id is not given again meanwhile"
+    );
+
+    // Removing `app` again finishes its removal, and records it.
+    let removal = audit(0, Reason::ClientRemoved, 300);
+    let app_id = ClientId::parse("app").unwrap();
+    let event = store.delete_client(&home, &app_id, &removal).await.unwrap();
+    let event = event.expect("under way").expect("recorded");
+    assert_eq!((event.grants, event.tokens, event.at), (1, 1, 250));
+    assert!(store.token(&app[0]).await.unwrap().unwrap().is_revoked());
+    let dead = TokenHash::of("at-app2");
+    assert!(
+        !store.token(&dead).await.unwrap().unwrap().is_revoked(),
+        "not yet"
+    );
+    drop(store);
+
+    // Opening the database finishes `app2`'s.
+    let store = latch_store::open(&db.url).await.unwrap();
+    assert!(store.token(&dead).await.unwrap().unwrap().is_revoked());
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM client_removals").await,
+        0
+    );
+    let records = "SELECT count(*) FROM audit WHERE reason = 'client_removed'";
+    assert_eq!(db.query_i64(records).await, 2);
+    store
+        .create_client(&client(&home, "app", 60))
+        .await
+        .unwrap();
 }

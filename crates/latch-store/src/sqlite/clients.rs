@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use latch_core::clock::UnixTime;
-use latch_core::grant::Revocation;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::{ClientPage, ClientStore, StoreResult};
@@ -257,25 +256,34 @@ impl ClientStore for SqliteStore {
         id: &ClientId,
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>> {
+        // The client's row goes first, with the removal recorded as under way; its grants are
+        // then revoked in chunks, other writes passing in between (schema version 11), and
+        // the last write records it in the audit trail. Its tokens can no longer be issued
+        // or refreshed once the row is gone, and the answer waits for the last chunk.
         let (t, i) = (tenant.to_string(), id.to_string());
-        let revocation = Revocation::Client {
-            tenant: tenant.clone(),
-            client_id: id.clone(),
-        };
         let audit = audit.clone();
-        let marks = self.marks.clone();
-        self.write(move |c| {
-            live_clients::forget();
-            let deleted = c.execute(
-                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
-                params![t, i],
-            )?;
-            if deleted == 0 {
-                return Ok(None);
-            }
-            Ok(Some(revocations::apply(c, &marks, &revocation, &audit)?))
-        })
-        .await
+        let begun = self
+            .write(move |c| {
+                live_clients::forget();
+                let deleted = c.execute(
+                    "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
+                    params![t, i],
+                )?;
+                if deleted > 0 {
+                    revocations::begin_client_removal(c, &audit, &i)?;
+                    return Ok(true);
+                }
+                // One a crash interrupted is finished by removing the client again.
+                revocations::client_removal_under_way(c, &t, &i)
+            })
+            .await?;
+        if !begun {
+            return Ok(None);
+        }
+        Ok(self
+            .run_client_removal(tenant.as_str(), id.as_str())
+            .await?
+            .map(Some))
     }
 }
 

@@ -16,6 +16,7 @@ mod wal_writes;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use latch_core::audit::AuditEvent;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
     include_str!("schema_v10.sql"),
+    include_str!("schema_v11.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -142,7 +144,21 @@ pub struct SqliteStore {
     commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
     checkpoints: Option<Turns>,
+    /// How long a client's removal lets go of the write lock between its chunks
+    /// ([`REMOVAL_PAUSE`] for a command beside a server, none for a server).
+    removal_pause: Duration,
 }
+
+/// The grants one chunk of a client's removal revokes, in a transaction of its own (schema
+/// version 11): about 64 ms of the writer's time, so that other writes wait that long at most
+/// (12.8 s per 1,000,000 grants in one transaction).
+const REMOVAL_CHUNK: u32 = 5_000;
+
+/// How long a command removing a client lets go of the write lock between chunks. A server on
+/// the same file waits for the lock in steps of up to 100 ms (SQLite's busy handler), so a
+/// pause as long as one step lets its writes in; a removal that took the lock straight back
+/// could keep them out past the busy timeout, which answers them `503`.
+const REMOVAL_PAUSE: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -302,6 +318,12 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
             }),
             checkpoints: Some(turns),
+            // Opened so, the file is a command's, beside a server perhaps.
+            removal_pause: if migrations == Migrations::OnlyNew {
+                REMOVAL_PAUSE
+            } else {
+                Duration::ZERO
+            },
             batches: OnceLock::new(),
             committer,
             marks,
@@ -330,7 +352,53 @@ impl SqliteStore {
             log_purge_from: AtomicI64::new(0),
             commits,
             checkpoints: None,
+            removal_pause: Duration::ZERO,
         })
+    }
+
+    /// Runs a client's removal under way (`client_removals`, schema version 11) to its end:
+    /// chunk after chunk of its grants revoked, then its audit record. `None` when another
+    /// caller ended it.
+    pub(crate) async fn run_client_removal(
+        &self,
+        tenant: &str,
+        client: &str,
+    ) -> StoreResult<Option<AuditEvent>> {
+        let (tenant, client) = (tenant.to_owned(), client.to_owned());
+        loop {
+            let (t, i, marks) = (tenant.clone(), client.clone(), self.marks.clone());
+            let more = self
+                .write(move |c| revocations::client_removal_chunk(c, &marks, &t, &i, REMOVAL_CHUNK))
+                .await?;
+            if !more {
+                break;
+            }
+            if !self.removal_pause.is_zero() {
+                tokio::time::sleep(self.removal_pause).await;
+            }
+        }
+        self.write(move |c| revocations::finish_client_removal(c, &tenant, &client))
+            .await
+    }
+
+    /// Finishes the client removals a crash (or a killed command) interrupted between their
+    /// chunks: run when the database is opened ([`crate::open_migrating`]), so that a start
+    /// leaves no client half removed. Returns how many it finished.
+    pub async fn finish_interrupted_removals(&self) -> StoreResult<usize> {
+        let under_way: Vec<(String, String)> = self.read(|c| {
+            c.prepare("SELECT tenant_id, client_id FROM client_removals")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        for (tenant, client) in &under_way {
+            tracing::warn!(
+                tenant = %tenant,
+                client = %client,
+                "finishing the removal of a client that was interrupted"
+            );
+            self.run_client_removal(tenant, client).await?;
+        }
+        Ok(under_way.len())
     }
 
     /// Runs a read on a reader connection, on the calling thread.
@@ -712,19 +780,18 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap()
         };
-        // Version 10's change undone, as a database of version 9.
+        // Version 11's change undone, as a database of version 10.
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP INDEX audit_by_subject_in_block; \
-                 CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
+                "DROP TRIGGER clients_wait_for_their_removal; DROP TABLE client_removals; \
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
-        let indexes = |p: &Path| -> Vec<String> {
+        let tables = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
-                .prepare("SELECT name FROM sqlite_master WHERE tbl_name = 'audit' AND type = 'index' ORDER BY name")
+                .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'client%' ORDER BY name")
                 .unwrap()
                 .query_map([], |r| r.get(0))
                 .unwrap()
@@ -737,12 +804,16 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert_eq!(indexes(&path), ["audit_by_subject", "audit_by_tenant"]);
+        assert_eq!(tables(&path), ["clients"]);
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
         assert_eq!(
-            indexes(&path),
-            ["audit_by_subject_in_block", "audit_by_tenant"]
+            tables(&path),
+            [
+                "client_removals",
+                "clients",
+                "clients_wait_for_their_removal"
+            ]
         );
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }

@@ -20,7 +20,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::SqliteStore;
-use crate::audit_query::{audit_block, audit_events_sql, subject_query_start, AuditSelect};
+use crate::audit_query::{
+    audit_block, audit_events_sql, subject_query_start, AuditSelect, AUDIT_COLUMNS,
+};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
     Swept, AUDIT_PURGE_HEAD,
@@ -81,27 +83,7 @@ fn apply_knowing(
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
-            let (tokens, marks_full) =
-                mark_owned_grants(c, marks, now, &condition, &values, &mut marked)?;
-            if marks_full {
-                c.prepare_cached(&revoke_owned_tokens_sql(&condition))?
-                    .execute(values.as_slice())?;
-            }
-            // Expired grants are revoked too (for the clocks that lag this one), but only the
-            // live ones count as killed.
-            let grants = c
-                .prepare_cached(&format!(
-                    "{} RETURNING expires_at > ?1",
-                    revoke_grants_sql("?1", &condition)
-                ))?
-                .query_map(values.as_slice(), |r| r.get::<_, bool>(0))?
-                .try_fold(0u64, |n, live| {
-                    Ok::<_, rusqlite::Error>(n + u64::from(live?))
-                })?;
-            Killed {
-                grants,
-                tokens: if grants > 0 { tokens } else { 0 },
-            }
+            revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?.0
         }
     };
     let event = if killed.is_nothing() && !audit.reason.always_recorded() {
@@ -109,12 +91,146 @@ fn apply_knowing(
     } else {
         Some(insert_audit(c, audit, killed)?)
     };
-    // Nothing of this write can fail any more: the batch may now count on the marks (made
-    // for tokens expired within the clocks' allowance too, which nothing counts as killed).
+    count_marks(marks, now, marked);
+    Ok(event)
+}
+
+/// Hands the marks a write made to the batch, once nothing of the write can fail any more:
+/// the batch then counts on them (made for tokens expired within the clocks' allowance too,
+/// which nothing counts as killed).
+fn count_marks(marks: &RevocationMarks, now: UnixTime, marked: Vec<(MarkOf, Marked)>) {
     for (of, marked) in marked {
         marks.marked_in_batch(of, now, marked);
     }
-    Ok(event)
+}
+
+/// Revokes the unrevoked grants matching `condition` (its parameters `values`, the time
+/// first) and their tokens, pushing the marks it makes to `marked`. Returns what was live and
+/// died, and how many grants it revoked, the expired ones (revoked for the clocks that lag
+/// this one) included.
+fn revoke_grants_where(
+    c: &Connection,
+    marks: &RevocationMarks,
+    now: UnixTime,
+    condition: &str,
+    values: &[&dyn ToSql],
+    marked: &mut Vec<(MarkOf, Marked)>,
+) -> rusqlite::Result<(Killed, u64)> {
+    let (tokens, marks_full) = mark_owned_grants(c, marks, now, condition, values, marked)?;
+    if marks_full {
+        c.prepare_cached(&revoke_owned_tokens_sql(condition))?
+            .execute(values)?;
+    }
+    // Only the grants live by `now` count as killed.
+    let (grants, revoked) = c
+        .prepare_cached(&format!(
+            "{} RETURNING expires_at > ?1",
+            revoke_grants_sql("?1", condition)
+        ))?
+        .query_map(values, |r| r.get::<_, bool>(0))?
+        .try_fold((0u64, 0u64), |(n, all), live| {
+            Ok::<_, rusqlite::Error>((n + u64::from(live?), all + 1))
+        })?;
+    let killed = Killed {
+        grants,
+        tokens: if grants > 0 { tokens } else { 0 },
+    };
+    Ok((killed, revoked))
+}
+
+/// Begins removing a client whose row the caller deleted: records the removal under way
+/// (schema version 11, `client_removals`), with what its audit record will say.
+pub(super) fn begin_client_removal(
+    c: &Connection,
+    audit: &AuditContext,
+    client: &str,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO client_removals (tenant_id, client_id, at, actor, route, subject, address) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        audit.tenant.as_str(),
+        client,
+        audit.at,
+        audit.actor,
+        audit.route,
+        audit.subject.as_ref().map(|s| s.as_str()),
+        audit.address.map(|a| a.to_string()),
+    ])?;
+    Ok(())
+}
+
+/// Whether a removal of the client is under way.
+pub(super) fn client_removal_under_way(
+    c: &Connection,
+    tenant: &str,
+    client: &str,
+) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2)",
+    )?
+    .query_row(params![tenant, client], |r| r.get(0))
+}
+
+/// One chunk of a client's removal: revokes up to `limit` of its unrevoked grants (through
+/// the index of live grants by client), with their tokens, at the removal's time, and adds
+/// what died to the removal's row. Returns whether it revoked `limit` grants (others may
+/// remain); `false` too when the removal has ended (another caller finished it).
+pub(super) fn client_removal_chunk(
+    c: &Connection,
+    marks: &RevocationMarks,
+    tenant: &str,
+    client: &str,
+    limit: u32,
+) -> rusqlite::Result<bool> {
+    let at: Option<UnixTime> = c
+        .prepare_cached("SELECT at FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2")?
+        .query_row(params![tenant, client], |r| r.get(0))
+        .optional()?;
+    let Some(now) = at else {
+        return Ok(false);
+    };
+    let condition = format!(
+        "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2 AND client_id = ?3 \
+                  AND revoked_at IS NULL LIMIT {limit})"
+    );
+    let values: [&dyn ToSql; 3] = [&now, &tenant, &client];
+    let mut marked = Vec::new();
+    let (killed, revoked) = revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
+    c.prepare_cached(
+        "UPDATE client_removals SET grants = grants + ?3, tokens = tokens + ?4 \
+         WHERE tenant_id = ?1 AND client_id = ?2",
+    )?
+    .execute(params![tenant, client, killed.grants, killed.tokens])?;
+    count_marks(marks, now, marked);
+    Ok(revoked == u64::from(limit))
+}
+
+/// Ends a client's removal once its chunks have revoked every grant: its audit record, with
+/// what they killed, and its row gone. `None` when it had ended (another caller finished it).
+pub(super) fn finish_client_removal(
+    c: &Connection,
+    tenant: &str,
+    client: &str,
+) -> rusqlite::Result<Option<AuditEvent>> {
+    let recorded = c
+        .prepare_cached(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) \
+             SELECT tenant_id, at, actor, route, ?3, NULL, subject, grants, tokens, address \
+             FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2",
+        )?
+        .execute(params![tenant, client, Reason::ClientRemoved.as_str()])?;
+    if recorded == 0 {
+        return Ok(None);
+    }
+    let event = c
+        .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
+        .query_row([c.last_insert_rowid()], event_from_row)?;
+    c.prepare_cached("DELETE FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2")?
+        .execute(params![tenant, client])?;
+    Ok(Some(event))
 }
 
 /// Records a revocation that killed `killed` in the audit trail.
