@@ -382,8 +382,8 @@ impl Authority {
         }
     }
 
-    /// Removes a tenant: every grant in it is revoked and every client removed, in one
-    /// transaction. The `default` tenant cannot be removed.
+    /// Removes a tenant: every grant in it is revoked and every client removed (as the
+    /// store's `delete_tenant` says). The `default` tenant cannot be removed.
     pub async fn delete_tenant(&self, tenant: &TenantId, origin: Origin) -> Result<(), Error> {
         if tenant.as_str() == TenantId::DEFAULT {
             return Err(Error::invalid_request(

@@ -48,10 +48,11 @@ pub trait TenantStore: Send + Sync {
     async fn list_tenants(&self, page: Option<&TenantPage>) -> StoreResult<Vec<TenantId>>;
     /// Creates a tenant; `Conflict` if it exists.
     async fn create_tenant(&self, tenant: &TenantId, now: UnixTime) -> StoreResult<()>;
-    /// Removes a tenant, revoking all of its grants (audited) and removing its clients. `None`
-    /// when it did not exist, else the removal's audit record (made whether or not a grant
-    /// was alive); `Conflict`, changing nothing, when it holds a client the configuration
-    /// declares ([`Client::declared`]).
+    /// Removes a tenant, revoking all of its grants (audited) and removing its clients, and
+    /// returns once all of it is committed: in one transaction, or on SQLite in chunks, as
+    /// [`ClientStore::delete_client`] says. `None` when it did not exist, else the removal's
+    /// audit record (made whether or not a grant was alive); `Conflict`, changing nothing,
+    /// when it holds a client the configuration declares ([`Client::declared`]).
     async fn delete_tenant(
         &self,
         tenant: &TenantId,

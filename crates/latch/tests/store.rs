@@ -1495,7 +1495,8 @@ backend_test! {
              ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
-            "DROP TRIGGER clients_wait_for_their_removal; DROP TABLE client_removals; \
+            "DROP TRIGGER clients_wait_for_their_removal; \
+                 DROP TRIGGER tenants_wait_for_their_removal; DROP TABLE removals; \
              DROP INDEX audit_by_subject_in_block; \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \
@@ -1722,6 +1723,18 @@ fn bulk_grants(n: usize) -> String {
 /// removal still kills every grant, with one audit record counting them all.
 #[tokio::test]
 async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_removal() {
+    other_writes_pass_between_the_chunks_of_a_large_removal(Reason::ClientRemoved).await;
+}
+
+/// The same for a tenant's removal.
+#[tokio::test]
+async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_tenants_removal() {
+    other_writes_pass_between_the_chunks_of_a_large_removal(Reason::TenantRemoved).await;
+}
+
+/// Removes client `app` (or its whole tenant, as `reason` says) holding 12,001 grants while
+/// another write is queued once the removal is part done.
+async fn other_writes_pass_between_the_chunks_of_a_large_removal(reason: Reason) {
     let db = TestDb::fresh_on(common::Backend::Sqlite).await;
     let store = latch_store::open(&db.url).await.unwrap();
     ensure_app(&*store).await;
@@ -1737,12 +1750,16 @@ async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_removal(
     db.execute(&bulk_grants(12_000)).await;
     let home = TenantId::default_tenant();
     let app = ClientId::parse("app").unwrap();
-    let removal = audit(0, Reason::ClientRemoved, 200);
+    let removal = audit(0, reason, 200);
     let removed = std::sync::atomic::AtomicBool::new(false);
     let other = TenantId::parse("other").unwrap();
     let (event, ()) = futures_util::future::join(
         async {
-            let event = store.delete_client(&home, &app, &removal).await;
+            let event = if reason == Reason::TenantRemoved {
+                store.delete_tenant(&home, &removal).await
+            } else {
+                store.delete_client(&home, &app, &removal).await
+            };
             removed.store(true, std::sync::atomic::Ordering::SeqCst);
             event
         },
@@ -1771,25 +1788,25 @@ async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_removal(
         .expect("app existed")
         .expect("a removal is recorded");
     assert_eq!((event.grants, event.tokens), (12_001, 2));
-    assert_eq!(event.reason, Reason::ClientRemoved);
+    assert_eq!(event.reason, reason);
     for hash in &tokens {
         assert!(store.token(hash).await.unwrap().unwrap().is_revoked());
     }
     let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
     assert_eq!(db.query_i64(live).await, 0);
-    assert_eq!(
-        db.query_i64("SELECT count(*) FROM client_removals").await,
-        0
+    assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
+    let records = format!(
+        "SELECT count(*) FROM audit WHERE reason = '{}'",
+        reason.as_str()
     );
-    let records = "SELECT count(*) FROM audit WHERE reason = 'client_removed'";
-    assert_eq!(db.query_i64(records).await, 1);
+    assert_eq!(db.query_i64(&records).await, 1);
 }
 
-/// A crash between the chunks of a client's removal leaves its row gone and some of its
-/// grants live. The removal is finished by removing the client again, or else when the
-/// database is next opened; until then its id cannot be given to a new client.
+/// A crash between the chunks of a client's (or a tenant's) removal leaves its row gone and
+/// some of its grants live. The removal is finished by removing it again, or else when the
+/// database is next opened; until then its id cannot be given again.
 #[tokio::test]
-async fn sqlite_a_client_removal_a_crash_interrupted_is_finished() {
+async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     let db = TestDb::fresh_on(common::Backend::Sqlite).await;
     let store = latch_store::open(&db.url).await.unwrap();
     let home = TenantId::default_tenant();
@@ -1805,9 +1822,9 @@ async fn sqlite_a_client_removal_a_crash_interrupted_is_finished() {
     // no grant revoked yet.
     db.execute(
         "DELETE FROM clients WHERE client_id IN ('app', 'app2'); \
-         INSERT INTO client_removals (tenant_id, client_id, at, actor, route, subject) \
-         VALUES ('default', 'app', 250, 'admin', 'admin', 'client:app'), \
-                ('default', 'app2', 250, 'admin', 'admin', 'client:app2');",
+         INSERT INTO removals (tenant_id, client_id, reason, at, actor, route, subject) \
+         VALUES ('default', 'app', 'client_removed', 250, 'admin', 'admin', 'client:app'), \
+                ('default', 'app2', 'client_removed', 250, 'admin', 'admin', 'client:app2');",
     )
     .await;
     let again = rusqlite::Connection::open(db.path.as_ref().unwrap())
@@ -1845,14 +1862,53 @@ async fn sqlite_a_client_removal_a_crash_interrupted_is_finished() {
     // Opening the database finishes `app2`'s.
     let store = latch_store::open(&db.url).await.unwrap();
     assert!(store.token(&dead).await.unwrap().unwrap().is_revoked());
-    assert_eq!(
-        db.query_i64("SELECT count(*) FROM client_removals").await,
-        0
-    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
     let records = "SELECT count(*) FROM audit WHERE reason = 'client_removed'";
     assert_eq!(db.query_i64(records).await, 2);
     store
         .create_client(&client(&home, "app", 60))
+        .await
+        .unwrap();
+
+    // A tenant's removal the same: interrupted, its id is not given again (nor one of its
+    // client ids), and removing it again finishes it.
+    let acme = TenantId::parse("acme").unwrap();
+    store.create_tenant(&acme, 300).await.unwrap();
+    store
+        .create_client(&client(&acme, "svc", 3600))
+        .await
+        .unwrap();
+    let (grant, tokens) = late_issuance(&acme, "svc", "at-acme");
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    db.execute(
+        "DELETE FROM clients WHERE tenant_id = 'acme'; DELETE FROM tenants WHERE id = 'acme'; \
+         INSERT INTO removals (tenant_id, client_id, reason, at, actor, route) \
+         VALUES ('acme', '', 'tenant_removed', 350, 'admin', 'admin');",
+    )
+    .await;
+    assert!(matches!(
+        store.create_tenant(&acme, 400).await,
+        Err(StoreError::Conflict)
+    ));
+    let event = store
+        .delete_tenant(&acme, &audit(0, Reason::TenantRemoved, 400))
+        .await
+        .unwrap()
+        .expect("under way")
+        .expect("recorded");
+    assert_eq!(
+        (event.reason, event.grants, event.tokens, event.at),
+        (Reason::TenantRemoved, 1, 1, 350)
+    );
+    assert!(store
+        .token(&TokenHash::of("at-acme"))
+        .await
+        .unwrap()
+        .unwrap()
+        .is_revoked());
+    store.create_tenant(&acme, 400).await.unwrap();
+    store
+        .create_client(&client(&acme, "svc", 3600))
         .await
         .unwrap();
 }

@@ -13,7 +13,7 @@ use latch_core::store::{ClientPage, ClientStore, StoreResult};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{join, live_clients, revocations, SqliteStore};
+use super::{join, live_clients, Removal, SqliteStore};
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
@@ -256,12 +256,11 @@ impl ClientStore for SqliteStore {
         id: &ClientId,
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>> {
-        // The client's row goes first, with the removal recorded as under way; its grants are
-        // then revoked in chunks, other writes passing in between (schema version 11), and
-        // the last write records it in the audit trail. Its tokens can no longer be issued
-        // or refreshed once the row is gone, and the answer waits for the last chunk.
+        // The client's row goes first, with the removal recorded as under way; its grants
+        // are then revoked in chunks, other writes passing in between (`removals`).
+        let removal = Removal::client(tenant, id);
         let (t, i) = (tenant.to_string(), id.to_string());
-        let audit = audit.clone();
+        let (begin, audit) = (removal.clone(), audit.clone());
         let begun = self
             .write(move |c| {
                 live_clients::forget();
@@ -270,20 +269,17 @@ impl ClientStore for SqliteStore {
                     params![t, i],
                 )?;
                 if deleted > 0 {
-                    revocations::begin_client_removal(c, &audit, &i)?;
+                    begin.begin(c, &audit)?;
                     return Ok(true);
                 }
                 // One a crash interrupted is finished by removing the client again.
-                revocations::client_removal_under_way(c, &t, &i)
+                begin.under_way(c)
             })
             .await?;
         if !begun {
             return Ok(None);
         }
-        Ok(self
-            .run_client_removal(tenant.as_str(), id.as_str())
-            .await?
-            .map(Some))
+        Ok(self.run_removal(removal).await?.map(Some))
     }
 }
 

@@ -8,6 +8,7 @@ mod committer;
 mod live_clients;
 mod marks;
 mod read_batches;
+mod removals;
 mod revocations;
 mod tenants;
 mod tokens;
@@ -35,6 +36,7 @@ use checkpointer::{Checkpointer, Turns};
 use committer::Committer;
 use marks::RevocationMarks;
 use read_batches::{ReadBatches, SnapshotMemo};
+use removals::Removal;
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -144,17 +146,17 @@ pub struct SqliteStore {
     commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
     checkpoints: Option<Turns>,
-    /// How long a client's removal lets go of the write lock between its chunks
+    /// How long a removal lets go of the write lock between its chunks
     /// ([`REMOVAL_PAUSE`] for a command beside a server, none for a server).
     removal_pause: Duration,
 }
 
-/// The grants one chunk of a client's removal revokes, in a transaction of its own (schema
-/// version 11): about 64 ms of the writer's time, so that other writes wait that long at most
-/// (12.8 s per 1,000,000 grants in one transaction).
+/// The grants one chunk of a removal revokes, in a transaction of its own ([`removals`]):
+/// some 60 ms of the writer's time, as long as other writes wait for it (13-14 s per
+/// 1,000,000 grants in one transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
-/// How long a command removing a client lets go of the write lock between chunks. A server on
+/// How long a command removing a client or tenant lets go of the write lock between chunks. A server on
 /// the same file waits for the lock in steps of up to 100 ms (SQLite's busy handler), so a
 /// pause as long as one step lets its writes in; a removal that took the lock straight back
 /// could keep them out past the busy timeout, which answers them `503`.
@@ -356,19 +358,14 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a client's removal under way (`client_removals`, schema version 11) to its end:
-    /// chunk after chunk of its grants revoked, then its audit record. `None` when another
-    /// caller ended it.
-    pub(crate) async fn run_client_removal(
-        &self,
-        tenant: &str,
-        client: &str,
-    ) -> StoreResult<Option<AuditEvent>> {
-        let (tenant, client) = (tenant.to_owned(), client.to_owned());
+    /// Runs a removal under way ([`removals`], schema version 11) to its end: chunk after
+    /// chunk of its grants revoked, then its audit record. `None` when another caller ended
+    /// it.
+    async fn run_removal(&self, removal: Removal) -> StoreResult<Option<AuditEvent>> {
         loop {
-            let (t, i, marks) = (tenant.clone(), client.clone(), self.marks.clone());
+            let (chunk, marks) = (removal.clone(), self.marks.clone());
             let more = self
-                .write(move |c| revocations::client_removal_chunk(c, &marks, &t, &i, REMOVAL_CHUNK))
+                .write(move |c| chunk.chunk(c, &marks, REMOVAL_CHUNK))
                 .await?;
             if !more {
                 break;
@@ -377,26 +374,18 @@ impl SqliteStore {
                 tokio::time::sleep(self.removal_pause).await;
             }
         }
-        self.write(move |c| revocations::finish_client_removal(c, &tenant, &client))
-            .await
+        self.write(move |c| removal.finish(c)).await
     }
 
-    /// Finishes the client removals a crash (or a killed command) interrupted between their
-    /// chunks: run when the database is opened ([`crate::open_migrating`]), so that a start
-    /// leaves no client half removed. Returns how many it finished.
+    /// Finishes the removals of clients and tenants a crash (or a killed command) interrupted
+    /// between their chunks: run when the database is opened ([`crate::open_migrating`]), so
+    /// that nothing is served, nor a command run, while one is left half done. Returns how
+    /// many it finished.
     pub async fn finish_interrupted_removals(&self) -> StoreResult<usize> {
-        let under_way: Vec<(String, String)> = self.read(|c| {
-            c.prepare("SELECT tenant_id, client_id FROM client_removals")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })?;
-        for (tenant, client) in &under_way {
-            tracing::warn!(
-                tenant = %tenant,
-                client = %client,
-                "finishing the removal of a client that was interrupted"
-            );
-            self.run_client_removal(tenant, client).await?;
+        let under_way = self.read(Removal::all_under_way)?;
+        for removal in &under_way {
+            tracing::warn!(%removal, "finishing a removal that was interrupted");
+            self.run_removal(removal.clone()).await?;
         }
         Ok(under_way.len())
     }
@@ -784,14 +773,15 @@ mod tests {
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TRIGGER clients_wait_for_their_removal; DROP TABLE client_removals; \
+                "DROP TRIGGER clients_wait_for_their_removal; \
+                 DROP TRIGGER tenants_wait_for_their_removal; DROP TABLE removals; \
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
         let tables = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
-                .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'client%' ORDER BY name")
+                .prepare("SELECT name FROM sqlite_master WHERE name LIKE '%removal%' ORDER BY name")
                 .unwrap()
                 .query_map([], |r| r.get(0))
                 .unwrap()
@@ -804,15 +794,15 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert_eq!(tables(&path), ["clients"]);
+        assert!(tables(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
         assert_eq!(
             tables(&path),
             [
-                "client_removals",
-                "clients",
-                "clients_wait_for_their_removal"
+                "clients_wait_for_their_removal",
+                "removals",
+                "tenants_wait_for_their_removal"
             ]
         );
         drop(open(Migrations::OnlyNew).expect("then commands open it"));

@@ -20,9 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::SqliteStore;
-use crate::audit_query::{
-    audit_block, audit_events_sql, subject_query_start, AuditSelect, AUDIT_COLUMNS,
-};
+use crate::audit_query::{audit_block, audit_events_sql, subject_query_start, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
     Swept, AUDIT_PURGE_HEAD,
@@ -98,7 +96,7 @@ fn apply_knowing(
 /// Hands the marks a write made to the batch, once nothing of the write can fail any more:
 /// the batch then counts on them (made for tokens expired within the clocks' allowance too,
 /// which nothing counts as killed).
-fn count_marks(marks: &RevocationMarks, now: UnixTime, marked: Vec<(MarkOf, Marked)>) {
+pub(super) fn count_marks(marks: &RevocationMarks, now: UnixTime, marked: Vec<(MarkOf, Marked)>) {
     for (of, marked) in marked {
         marks.marked_in_batch(of, now, marked);
     }
@@ -108,7 +106,7 @@ fn count_marks(marks: &RevocationMarks, now: UnixTime, marked: Vec<(MarkOf, Mark
 /// first) and their tokens, pushing the marks it makes to `marked`. Returns what was live and
 /// died, and how many grants it revoked, the expired ones (revoked for the clocks that lag
 /// this one) included.
-fn revoke_grants_where(
+pub(super) fn revoke_grants_where(
     c: &Connection,
     marks: &RevocationMarks,
     now: UnixTime,
@@ -136,101 +134,6 @@ fn revoke_grants_where(
         tokens: if grants > 0 { tokens } else { 0 },
     };
     Ok((killed, revoked))
-}
-
-/// Begins removing a client whose row the caller deleted: records the removal under way
-/// (schema version 11, `client_removals`), with what its audit record will say.
-pub(super) fn begin_client_removal(
-    c: &Connection,
-    audit: &AuditContext,
-    client: &str,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO client_removals (tenant_id, client_id, at, actor, route, subject, address) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        audit.tenant.as_str(),
-        client,
-        audit.at,
-        audit.actor,
-        audit.route,
-        audit.subject.as_ref().map(|s| s.as_str()),
-        audit.address.map(|a| a.to_string()),
-    ])?;
-    Ok(())
-}
-
-/// Whether a removal of the client is under way.
-pub(super) fn client_removal_under_way(
-    c: &Connection,
-    tenant: &str,
-    client: &str,
-) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2)",
-    )?
-    .query_row(params![tenant, client], |r| r.get(0))
-}
-
-/// One chunk of a client's removal: revokes up to `limit` of its unrevoked grants (through
-/// the index of live grants by client), with their tokens, at the removal's time, and adds
-/// what died to the removal's row. Returns whether it revoked `limit` grants (others may
-/// remain); `false` too when the removal has ended (another caller finished it).
-pub(super) fn client_removal_chunk(
-    c: &Connection,
-    marks: &RevocationMarks,
-    tenant: &str,
-    client: &str,
-    limit: u32,
-) -> rusqlite::Result<bool> {
-    let at: Option<UnixTime> = c
-        .prepare_cached("SELECT at FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2")?
-        .query_row(params![tenant, client], |r| r.get(0))
-        .optional()?;
-    let Some(now) = at else {
-        return Ok(false);
-    };
-    let condition = format!(
-        "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2 AND client_id = ?3 \
-                  AND revoked_at IS NULL LIMIT {limit})"
-    );
-    let values: [&dyn ToSql; 3] = [&now, &tenant, &client];
-    let mut marked = Vec::new();
-    let (killed, revoked) = revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
-    c.prepare_cached(
-        "UPDATE client_removals SET grants = grants + ?3, tokens = tokens + ?4 \
-         WHERE tenant_id = ?1 AND client_id = ?2",
-    )?
-    .execute(params![tenant, client, killed.grants, killed.tokens])?;
-    count_marks(marks, now, marked);
-    Ok(revoked == u64::from(limit))
-}
-
-/// Ends a client's removal once its chunks have revoked every grant: its audit record, with
-/// what they killed, and its row gone. `None` when it had ended (another caller finished it).
-pub(super) fn finish_client_removal(
-    c: &Connection,
-    tenant: &str,
-    client: &str,
-) -> rusqlite::Result<Option<AuditEvent>> {
-    let recorded = c
-        .prepare_cached(
-            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-               tokens, address) \
-             SELECT tenant_id, at, actor, route, ?3, NULL, subject, grants, tokens, address \
-             FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2",
-        )?
-        .execute(params![tenant, client, Reason::ClientRemoved.as_str()])?;
-    if recorded == 0 {
-        return Ok(None);
-    }
-    let event = c
-        .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
-        .query_row([c.last_insert_rowid()], event_from_row)?;
-    c.prepare_cached("DELETE FROM client_removals WHERE tenant_id = ?1 AND client_id = ?2")?
-        .execute(params![tenant, client])?;
-    Ok(Some(event))
 }
 
 /// Records a revocation that killed `killed` in the audit trail.
@@ -409,7 +312,7 @@ impl RevocationStore for SqliteStore {
     }
 }
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let reason: String = r.get(5)?;
     Ok(AuditEvent {
         id: r.get(0)?,

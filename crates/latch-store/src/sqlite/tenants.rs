@@ -3,13 +3,12 @@
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::clock::UnixTime;
-use latch_core::grant::Revocation;
 use latch_core::id::TenantId;
 use latch_core::store::{StoreResult, TenantPage, TenantStore};
 use latch_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 
-use super::{live_clients, revocations, SqliteStore};
+use super::{live_clients, Removal, SqliteStore};
 
 #[async_trait]
 impl TenantStore for SqliteStore {
@@ -50,11 +49,13 @@ impl TenantStore for SqliteStore {
         tenant: &TenantId,
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>> {
+        // Its clients' rows and its own go first, with the removal recorded as under way;
+        // its grants are then revoked in chunks, other writes passing in between
+        // (`removals`).
         let id = tenant.as_str().to_owned();
-        let revocation = Revocation::Tenant(tenant.clone());
-        let audit = audit.clone();
-        let marks = self.marks.clone();
-        let removed = self.write(move |c| {
+        let removal = Removal::tenant(tenant);
+        let (begin, audit) = (removal.clone(), audit.clone());
+        let begun = self.write(move |c| {
             // A client the configuration declares is removed there alone; checked in the
             // write, so a start declaring one since the caller looked is not undone.
             let declared: bool = c
@@ -65,20 +66,19 @@ impl TenantStore for SqliteStore {
             if declared {
                 return Ok(Err(StoreError::Conflict));
             }
-            // Clients reference the tenant, so they go first; the revocation goes last,
-            // because its marks count as soon as it returns (`revocations::apply`).
+            // Clients reference the tenant, so they go first.
             live_clients::forget();
             c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
-            if c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? == 0 {
-                return Ok(Ok(None));
+            if c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? > 0 {
+                begin.begin(c, &audit)?;
+                return Ok(Ok(true));
             }
-            Ok(Ok(Some(revocations::apply(
-                c,
-                &marks,
-                &revocation,
-                &audit,
-            )?)))
+            // One a crash interrupted is finished by removing the tenant again.
+            Ok(Ok(begin.under_way(c)?))
         });
-        removed.await?
+        if !begun.await?? {
+            return Ok(None);
+        }
+        Ok(self.run_removal(removal).await?.map(Some))
     }
 }

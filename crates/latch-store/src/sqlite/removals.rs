@@ -1,0 +1,169 @@
+//! Removing a client or a tenant in chunks (schema version 11). SQLite has one writer, and
+//! every write waits for the one it is running: one transaction revoking every grant of a
+//! large client held all of them up for its whole length (13-14 s per 1,000,000 grants), and
+//! a server's writes beside a command doing it gave up after the busy timeout. So the rows
+//! of what is removed go first, in a write that also records the removal as under way (a
+//! `removals` row, with what its audit record will say); then chunks of its grants are
+//! revoked, each a write of its own, adding what died to that row; and the last write turns
+//! the row into the audit record. The caller answers after that last write.
+//!
+//! Once the rows are gone nothing can be issued or refreshed for what is removed, and a
+//! trigger refuses its id to a new client or tenant while the removal runs. A removal that a
+//! crash (or a killed command) interrupted is finished when the database is next opened
+//! ([`super::SqliteStore::finish_interrupted_removals`]), or by removing it again.
+
+use latch_core::audit::{AuditContext, AuditEvent};
+use latch_core::clock::UnixTime;
+use latch_core::id::{ClientId, TenantId};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
+
+use super::marks::RevocationMarks;
+use super::revocations::{count_marks, event_from_row, revoke_grants_where};
+use crate::audit_query::AUDIT_COLUMNS;
+
+/// What a removal takes away: a tenant's client, or the whole tenant (`client` empty, as in
+/// its `removals` row: no client id is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Removal {
+    tenant: String,
+    client: String,
+}
+
+impl Removal {
+    /// The removal of a tenant's client.
+    pub(super) fn client(tenant: &TenantId, id: &ClientId) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            client: id.to_string(),
+        }
+    }
+
+    /// The removal of a whole tenant.
+    pub(super) fn tenant(tenant: &TenantId) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            client: String::new(),
+        }
+    }
+
+    /// Records the removal as under way, once the caller has deleted what it removes, with
+    /// what its audit record will say.
+    pub(super) fn begin(&self, c: &Connection, audit: &AuditContext) -> rusqlite::Result<()> {
+        c.prepare_cached(
+            "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route, subject, \
+               address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            self.tenant,
+            self.client,
+            audit.reason.as_str(),
+            audit.at,
+            audit.actor,
+            audit.route,
+            audit.subject.as_ref().map(|s| s.as_str()),
+            audit.address.map(|a| a.to_string()),
+        ])?;
+        Ok(())
+    }
+
+    /// Whether it is under way: begun, and not yet finished.
+    pub(super) fn under_way(&self, c: &Connection) -> rusqlite::Result<bool> {
+        c.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
+        )?
+        .query_row(params![self.tenant, self.client], |r| r.get(0))
+    }
+
+    /// Every removal under way.
+    pub(super) fn all_under_way(c: &Connection) -> rusqlite::Result<Vec<Self>> {
+        c.prepare("SELECT tenant_id, client_id FROM removals")?
+            .query_map([], |r| {
+                Ok(Self {
+                    tenant: r.get(0)?,
+                    client: r.get(1)?,
+                })
+            })?
+            .collect()
+    }
+
+    /// One chunk: revokes up to `limit` of the unrevoked grants it removes (through the index
+    /// of live grants by tenant and client), with their tokens, at the removal's time, and
+    /// adds what died to its row. Returns whether it revoked `limit` grants (others may
+    /// remain); `false` too when the removal has ended (another caller finished it).
+    pub(super) fn chunk(
+        &self,
+        c: &Connection,
+        marks: &RevocationMarks,
+        limit: u32,
+    ) -> rusqlite::Result<bool> {
+        let at: Option<UnixTime> = c
+            .prepare_cached("SELECT at FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+            .query_row(params![self.tenant, self.client], |r| r.get(0))
+            .optional()?;
+        let Some(now) = at else {
+            return Ok(false);
+        };
+        let client = if self.client.is_empty() {
+            ""
+        } else {
+            "AND client_id = ?3 "
+        };
+        let condition = format!(
+            "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2 {client}\
+                      AND revoked_at IS NULL LIMIT {limit})"
+        );
+        let values: Vec<&dyn ToSql> = if self.client.is_empty() {
+            vec![&now, &self.tenant]
+        } else {
+            vec![&now, &self.tenant, &self.client]
+        };
+        let mut marked = Vec::new();
+        let (killed, revoked) =
+            revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
+        c.prepare_cached(
+            "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
+             WHERE tenant_id = ?1 AND client_id = ?2",
+        )?
+        .execute(params![
+            self.tenant,
+            self.client,
+            killed.grants,
+            killed.tokens
+        ])?;
+        count_marks(marks, now, marked);
+        Ok(revoked == u64::from(limit))
+    }
+
+    /// Ends it once its chunks have revoked every grant: its audit record, with what they
+    /// killed, and its row gone. `None` when it had ended (another caller finished it).
+    pub(super) fn finish(&self, c: &Connection) -> rusqlite::Result<Option<AuditEvent>> {
+        let recorded = c
+            .prepare_cached(
+                "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
+                   grants, tokens, address) \
+                 SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, \
+                   address \
+                 FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
+            )?
+            .execute(params![self.tenant, self.client])?;
+        if recorded == 0 {
+            return Ok(None);
+        }
+        let event = c
+            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
+            .query_row([c.last_insert_rowid()], event_from_row)?;
+        c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+            .execute(params![self.tenant, self.client])?;
+        Ok(Some(event))
+    }
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.client.is_empty() {
+            write!(f, "tenant {}", self.tenant)
+        } else {
+            write!(f, "client {} of tenant {}", self.client, self.tenant)
+        }
+    }
+}
