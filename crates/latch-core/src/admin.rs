@@ -223,14 +223,21 @@ impl Authority {
         Ok(secret)
     }
 
-    /// Removes a client and revokes every grant it holds. Returns what died.
+    /// Removes a client and revokes every grant it holds. Returns what died (nothing, when
+    /// another caller removing it too wrote the record).
     pub async fn delete_client(
         &self,
         tenant: &TenantId,
         id: &ClientId,
         origin: Origin,
     ) -> Result<Killed, Error> {
-        refuse_declared(&self.client(tenant, id).await?)?;
+        match self.client(tenant, id).await {
+            Ok(client) => refuse_declared(&client)?,
+            // No client: the store may still have its removal under way (a crash interrupted
+            // it), which removing it again finishes; else it answers that there is none.
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         // The record names the client as its subject (a client's own subject, which no
         // user's equals), so that `client_subject=ID` finds its removal.
         let context = self
@@ -246,6 +253,20 @@ impl Authority {
             audit::log(e);
         }
         Ok(audit::killed(&event))
+    }
+
+    /// Finishes the removals of clients and tenants a crash left under way
+    /// ([`ClientStore::finish_interrupted_removals`](crate::store::ClientStore::finish_interrupted_removals)),
+    /// recording each in the log as any removal is. A server runs it as it starts.
+    pub async fn finish_interrupted_removals(&self) -> Result<usize, Error> {
+        let events = self.store.finish_interrupted_removals().await?;
+        for event in &events {
+            audit::log(event);
+        }
+        if !events.is_empty() {
+            self.secrets.clear();
+        }
+        Ok(events.len())
     }
 
     /// Issues tokens for a subject that a trusted backend signed in itself. A refresh token is

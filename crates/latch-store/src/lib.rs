@@ -81,12 +81,11 @@ pub async fn open_migrating(
 ) -> Result<Arc<dyn Storage>, StoreError> {
     Ok(match url {
         DatabaseUrl::SqliteMemory => Arc::new(SqliteStore::open_memory()?),
-        DatabaseUrl::SqliteFile(path) => {
-            let store =
-                SqliteStore::open_file_migrating(path, sqlite::WalPolicy::default(), migrations)?;
-            store.finish_interrupted_removals().await?;
-            Arc::new(store)
-        }
+        DatabaseUrl::SqliteFile(path) => Arc::new(SqliteStore::open_file_migrating(
+            path,
+            sqlite::WalPolicy::default(),
+            migrations,
+        )?),
         DatabaseUrl::Postgres(url) => Arc::new(PgStore::connect(url).await?),
     })
 }

@@ -26,6 +26,12 @@ pub async fn open_authority(
         .with_context(|| format!("cannot open the database {}", settings.database))?;
     let authority =
         Arc::new(Authority::new(store, clock).with_audit_retention(settings.audit_retention_days));
+    // Before serving, and before the configuration's clients are declared (their ids may be
+    // those of removals under way).
+    authority
+        .finish_interrupted_removals()
+        .await
+        .context("cannot finish the removals a crash interrupted")?;
     for tenant in &settings.tenants {
         authority
             .ensure_tenant(tenant)

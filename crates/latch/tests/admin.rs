@@ -1204,3 +1204,48 @@ backend_test! {
         .await;
     }
 }
+
+/// SQLite runs a client's removal in chunks. One interrupted between them (as a crash, or a
+/// killed `latch client remove`, leaves it: the client's row gone, its grants still live) is
+/// finished by removing the client again through the admin API, or else by the next start,
+/// before it serves.
+#[tokio::test]
+async fn sqlite_an_interrupted_removal_is_finished_by_removing_again_or_by_the_next_start() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let s = TestServer::start_on(db).await;
+    let (a, b) = (
+        s.confidential("a", "read").await,
+        s.confidential("b", "read").await,
+    );
+    let at_a = str_of(&s.grant_for(&a, "alice", None).await, "access_token").to_owned();
+    let at_b = str_of(&s.grant_for(&b, "bob", None).await, "access_token").to_owned();
+    s.db.execute(
+        "DELETE FROM clients WHERE client_id IN ('a', 'b'); \
+         INSERT INTO removals (tenant_id, client_id, reason, at, actor, route) \
+         VALUES ('default', 'a', 'client_removed', 1, 'admin', 'admin'), \
+                ('default', 'b', 'client_removed', 1, 'admin', 'admin');",
+    )
+    .await;
+    assert!(s.is_active(&at_a).await && s.is_active(&at_b).await);
+    let resp = s
+        .admin(Method::DELETE, "/tenants/default/clients/a", None)
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["deleted"].as_bool(), body["revoked_grants"].as_u64()),
+        (Some(true), Some(1)),
+        "{body}"
+    );
+    assert!(!s.is_active(&at_a).await);
+    assert!(s.is_active(&at_b).await, "b's removal is still under way");
+    let resp = s
+        .admin(Method::DELETE, "/tenants/default/clients/a", None)
+        .await;
+    assert_error(resp, 404, "not_found").await;
+
+    let s = TestServer::start_on(s.stop().await).await;
+    assert!(!s.is_active(&at_b).await);
+    let under_way = s.db.query_i64("SELECT count(*) FROM removals").await;
+    assert_eq!(under_way, 0);
+}

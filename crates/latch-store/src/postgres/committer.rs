@@ -192,10 +192,10 @@ impl Committer {
     }
 }
 
-/// A batch's first statement. It takes the audit trail's lock shared ([`super::AUDIT_LOCK`],
-/// `$1`), held to the end of the transaction, before the batch takes an audit id: a read of
-/// the trail then waits for the batch to end. First, so the batch holds no row lock yet
-/// while it waits behind such a read.
+/// A batch's first statement. It takes the audit trail's lock shared ([`audit_lock_key!`]),
+/// held to the end of the transaction, before the batch takes an audit id: a read of the
+/// trail then waits for the batch to end. First, so the batch holds no row lock yet while it
+/// waits behind such a read (for at most `reads::AUDIT_LOCK_TIMEOUT`).
 ///
 /// And a 200 for a write means it is durable, so the writer never commits with
 /// `synchronous_commit = off` (set on the server, the database, the role, in the URL's
@@ -205,10 +205,12 @@ impl Committer {
 /// standby) is kept. Set for each transaction (`SET LOCAL`), not the session: behind a
 /// transaction pooler (PgBouncer in transaction mode) each transaction may run on another
 /// server connection than the one a session-wide setting was made on.
-const BEGIN_BATCH_SQL: &str =
-    "SELECT pg_advisory_xact_lock_shared($1, hashtext(current_schema())), \
-     CASE WHEN current_setting('synchronous_commit') = 'off' \
-          THEN set_config('synchronous_commit', 'on', true) END";
+const BEGIN_BATCH_SQL: &str = concat!(
+    "SELECT pg_advisory_xact_lock_shared(",
+    audit_lock_key!(),
+    "), CASE WHEN current_setting('synchronous_commit') = 'off' \
+          THEN set_config('synchronous_commit', 'on', true) END"
+);
 
 /// The committer's connection, and the task that drives it.
 struct Link {
@@ -248,7 +250,7 @@ async fn begin_batch<'a>(
 ) -> Result<Transaction<'a>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;
-    tx.execute(&begin, &[&super::AUDIT_LOCK]).await?;
+    tx.execute(&begin, &[]).await?;
     Ok(tx)
 }
 
@@ -1213,6 +1215,11 @@ mod tests {
             let Link { mut client, .. } = connect(&config, &tls)
                 .await
                 .expect("PostgreSQL on 127.0.0.1:5432");
+            // The batch's lock is keyed by the `audit` table, which this bare database lacks.
+            client
+                .batch_execute("CREATE TEMP TABLE audit (id BIGINT)")
+                .await
+                .unwrap();
             let mut st = Statements::default();
             // As behind a transaction pooler, whose next transaction may run on a server
             // connection another client left with `off`, however the session began.

@@ -8,6 +8,26 @@
 //! after waiting for a concurrent writer, so of two nodes exchanging one refresh token exactly
 //! one sees its row change.
 
+/// The key of the advisory lock that settles the audit trail's ids, as SQL: "laud" (in
+/// ASCII) in its high half, and in its low half the `audit` table's oid, which tells apart the
+/// trails of deployments in other schemas of one database (advisory locks are the
+/// database's), whatever each node's `search_path` names first. Record ids come from one
+/// sequence, taken mid-transaction, and transactions commit in the order they end: with
+/// several nodes writing, record 101 can be visible while record 100 is not yet, and a reader
+/// paging with `?after=101` would never see 100. So every write batch holds this lock shared
+/// from its start to its end (`committer::BEGIN_BATCH_SQL`), and a read of the trail first
+/// takes it exclusively, for a moment, which waits for the batches then writing
+/// (`reads::settled_audit_id`): every id the sequence had handed out by then is settled,
+/// committed or rolled back, and the read returns no record past it.
+macro_rules! audit_lock_key {
+    () => {
+        "((1818326372::BIGINT << 32) | 'audit'::regclass::oid::BIGINT)"
+    };
+}
+
+/// [`audit_lock_key!`], for SQL built outside this module (tests playing another node).
+pub const AUDIT_LOCK_KEY: &str = audit_lock_key!();
+
 mod cleanup;
 mod committer;
 mod deadline;
@@ -116,19 +136,6 @@ const PIPELINED_CONNECTIONS: usize = 1;
 
 /// The advisory lock that serialises migrations ("latch" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006c_6174_6368;
-
-/// The advisory lock that settles the audit trail's ids ("laud" in ASCII), the first of its
-/// two keys; the second is the schema's name hashed (`hashtext(current_schema())`), since
-/// advisory locks are the database's, and deployments in other schemas of it have trails of
-/// their own. Record ids come from one sequence, taken mid-transaction, and transactions
-/// commit in the order they end: with several nodes writing, record 101 can be visible while
-/// record 100 is not yet, and a reader paging with `?after=101` would never see 100. So every
-/// write transaction holds this lock shared from its start to its end
-/// (`committer::BEGIN_BATCH_SQL`), and a read of the trail first takes it exclusively, for a
-/// moment, which waits for the transactions then writing ([`reads::settled_audit_id`]): every
-/// id the sequence had handed out by then is settled, committed or rolled back, and the read
-/// returns no record past it.
-pub const AUDIT_LOCK: i32 = 0x6c61_7564;
 
 pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
     match e.code() {

@@ -11,6 +11,7 @@ use latch_core::scope::Scope;
 use latch_core::store::{ClientPage, GrantPage, StoreResult, TenantPage};
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -332,27 +333,44 @@ pub(super) async fn live_grants(
     Ok(rows.iter().map(grant_from_row).collect())
 }
 
+/// How long a read of the audit trail waits for the write batches holding its lock
+/// ([`settled_audit_id`]). The batches of every node that begin meanwhile wait behind the
+/// read, so this bounds what a read can cost them; a batch still writing after it (a large
+/// removal, say) fails the read, `503`, instead of holding every node's writes up.
+const AUDIT_LOCK_TIMEOUT: &str = "100ms";
+
 /// The last audit id the sequence has handed out, once every transaction that may hold an id
-/// up to it has ended ([`super::AUDIT_LOCK`]): taking the lock exclusively waits for the
-/// write transactions holding it shared, and the writes that begin meanwhile wait, for a
-/// moment, behind this one. The sequence's `last_value` is what it handed out last only
-/// because it caches no values (`CACHE 1`, a `BIGSERIAL`'s).
+/// up to it has ended ([`audit_lock_key!`]): taking the lock exclusively waits for the write
+/// batches holding it shared (at most [`AUDIT_LOCK_TIMEOUT`]), and the batches that begin
+/// meanwhile wait behind this one. The sequence's last value is what it handed out last only
+/// because it caches no values (`CACHE 1`, a `BIGSERIAL`'s); `pg_sequence_last_value`
+/// needs only the `USAGE` a writer has on the sequence.
 ///
 /// A statement of its own, so that the trail's read after it takes its snapshot once those
 /// transactions have ended. (One statement would read the trail with a snapshot taken
-/// before its wait.)
+/// before its wait.) `CASE` evaluates its branches in order: the timeout is set (for this
+/// statement's transaction) before the lock is asked for, and the sequence is read once the
+/// lock is held.
 pub(super) async fn settled_audit_id(c: &Conn) -> StoreResult<i64> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT (SELECT last_value FROM audit_id_seq) \
-             FROM pg_advisory_xact_lock($1, hashtext(current_schema())) AS l",
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT CASE \
+               WHEN set_config('lock_timeout', '{AUDIT_LOCK_TIMEOUT}', true) IS NULL THEN NULL \
+               WHEN pg_advisory_xact_lock({})::TEXT IS NULL THEN NULL \
+               ELSE coalesce(pg_sequence_last_value('audit_id_seq'::regclass), 0) END",
+            audit_lock_key!()
         )
-        .await
-        .map_err(|e| store_error(&e))?;
-    c.query_one(&stmt, &[&super::AUDIT_LOCK])
-        .await
-        .map(|r| r.get(0))
-        .map_err(|e| store_error(&e))
+    });
+    let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
+    match c.query_one(&stmt, &[]).await {
+        Ok(row) => Ok(row.get(0)),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(StoreError::Unavailable(
+            "the audit trail is being written by a long write (a removal, say); \
+             try again shortly"
+                .into(),
+        )),
+        Err(e) => Err(store_error(&e)),
+    }
 }
 
 /// A page of a tenant's audit trail, in id order, none of its records past

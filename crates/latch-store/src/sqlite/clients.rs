@@ -279,7 +279,18 @@ impl ClientStore for SqliteStore {
         if !begun {
             return Ok(None);
         }
-        Ok(self.run_removal(removal).await?.map(Some))
+        // `None` if another caller (removing it too) wrote its record: removed all the same.
+        Ok(Some(self.run_removal(removal).await?))
+    }
+
+    async fn finish_interrupted_removals(&self) -> StoreResult<Vec<AuditEvent>> {
+        let under_way = self.read(Removal::all_under_way)?;
+        let mut events = Vec::with_capacity(under_way.len());
+        for removal in under_way {
+            tracing::warn!(%removal, "finishing a removal that was interrupted");
+            events.extend(self.run_removal(removal).await?);
+        }
+        Ok(events)
     }
 }
 

@@ -377,19 +377,6 @@ impl SqliteStore {
         self.write(move |c| removal.finish(c)).await
     }
 
-    /// Finishes the removals of clients and tenants a crash (or a killed command) interrupted
-    /// between their chunks: run when the database is opened ([`crate::open_migrating`]), so
-    /// that nothing is served, nor a command run, while one is left half done. Returns how
-    /// many it finished.
-    pub async fn finish_interrupted_removals(&self) -> StoreResult<usize> {
-        let under_way = self.read(Removal::all_under_way)?;
-        for removal in &under_way {
-            tracing::warn!(%removal, "finishing a removal that was interrupted");
-            self.run_removal(removal.clone()).await?;
-        }
-        Ok(under_way.len())
-    }
-
     /// Runs a read on a reader connection, on the calling thread.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
         self.readers.with_connection(f)

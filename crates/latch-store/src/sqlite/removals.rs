@@ -9,8 +9,8 @@
 //!
 //! Once the rows are gone nothing can be issued or refreshed for what is removed, and a
 //! trigger refuses its id to a new client or tenant while the removal runs. A removal that a
-//! crash (or a killed command) interrupted is finished when the database is next opened
-//! ([`super::SqliteStore::finish_interrupted_removals`]), or by removing it again.
+//! crash (or a killed command) interrupted is finished by the next server start
+//! (`ClientStore::finish_interrupted_removals`), or by removing it again.
 
 use latch_core::audit::{AuditContext, AuditEvent};
 use latch_core::clock::UnixTime;
@@ -86,10 +86,14 @@ impl Removal {
             .collect()
     }
 
-    /// One chunk: revokes up to `limit` of the unrevoked grants it removes (through the index
-    /// of live grants by tenant and client), with their tokens, at the removal's time, and
-    /// adds what died to its row. Returns whether it revoked `limit` grants (others may
-    /// remain); `false` too when the removal has ended (another caller finished it).
+    /// One chunk: revokes up to `limit` of the unrevoked grants it removes, with their
+    /// tokens, at the removal's time, and adds what died to its row. Returns whether others
+    /// may remain; `false` too when the removal has ended (another caller finished it).
+    ///
+    /// The chunk is chosen once, as a bound in the order of the index of live grants
+    /// (`grants_live_by_client`: tenant, client, id): the `limit`-th live grant. Its
+    /// statements (the tokens' marks, then the grants' update) all select the grants up to
+    /// it, so each revokes exactly the grants the others do.
     pub(super) fn chunk(
         &self,
         c: &Connection,
@@ -103,23 +107,40 @@ impl Removal {
         let Some(now) = at else {
             return Ok(false);
         };
-        let client = if self.client.is_empty() {
+        let whole_tenant = self.client.is_empty();
+        let of_client = if whole_tenant {
             ""
         } else {
-            "AND client_id = ?3 "
+            " AND client_id = ?2"
         };
-        let condition = format!(
-            "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2 {client}\
-                      AND revoked_at IS NULL LIMIT {limit})"
-        );
-        let values: Vec<&dyn ToSql> = if self.client.is_empty() {
-            vec![&now, &self.tenant]
-        } else {
-            vec![&now, &self.tenant, &self.client]
-        };
+        let bound: Option<(String, String)> = c
+            .prepare_cached(&format!(
+                "SELECT client_id, id FROM grants \
+                 WHERE tenant_id = ?1{of_client} AND revoked_at IS NULL \
+                 ORDER BY client_id, id LIMIT 1 OFFSET {}",
+                limit.saturating_sub(1)
+            ))?
+            .query_row(
+                &[&self.tenant as &dyn ToSql, &self.client][..if whole_tenant { 1 } else { 2 }],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let mut condition = String::from("g.tenant_id = ?2");
+        let mut values: Vec<&dyn ToSql> = vec![&now, &self.tenant];
+        if !whole_tenant {
+            values.push(&self.client);
+            condition += &format!(" AND g.client_id = ?{}", values.len());
+        }
+        if let Some((client, id)) = &bound {
+            values.extend([client as &dyn ToSql, id]);
+            condition += &format!(
+                " AND (g.client_id, g.id) <= (?{}, ?{})",
+                values.len() - 1,
+                values.len()
+            );
+        }
         let mut marked = Vec::new();
-        let (killed, revoked) =
-            revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
+        let killed = revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
         c.prepare_cached(
             "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
              WHERE tenant_id = ?1 AND client_id = ?2",
@@ -131,7 +152,7 @@ impl Removal {
             killed.tokens
         ])?;
         count_marks(marks, now, marked);
-        Ok(revoked == u64::from(limit))
+        Ok(bound.is_some())
     }
 
     /// Ends it once its chunks have revoked every grant: its audit record, with what they

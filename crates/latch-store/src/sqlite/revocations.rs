@@ -81,7 +81,7 @@ fn apply_knowing(
             let condition = grant_condition(&columns, |n| format!("?{n}"));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
             values.extend(columns.iter().map(|(_, v)| v as &dyn rusqlite::ToSql));
-            revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?.0
+            revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?
         }
     };
     let event = if killed.is_nothing() && !audit.reason.always_recorded() {
@@ -104,8 +104,7 @@ pub(super) fn count_marks(marks: &RevocationMarks, now: UnixTime, marked: Vec<(M
 
 /// Revokes the unrevoked grants matching `condition` (its parameters `values`, the time
 /// first) and their tokens, pushing the marks it makes to `marked`. Returns what was live and
-/// died, and how many grants it revoked, the expired ones (revoked for the clocks that lag
-/// this one) included.
+/// died (expired grants are revoked too, for the clocks that lag this one).
 pub(super) fn revoke_grants_where(
     c: &Connection,
     marks: &RevocationMarks,
@@ -113,27 +112,26 @@ pub(super) fn revoke_grants_where(
     condition: &str,
     values: &[&dyn ToSql],
     marked: &mut Vec<(MarkOf, Marked)>,
-) -> rusqlite::Result<(Killed, u64)> {
+) -> rusqlite::Result<Killed> {
     let (tokens, marks_full) = mark_owned_grants(c, marks, now, condition, values, marked)?;
     if marks_full {
         c.prepare_cached(&revoke_owned_tokens_sql(condition))?
             .execute(values)?;
     }
     // Only the grants live by `now` count as killed.
-    let (grants, revoked) = c
+    let grants = c
         .prepare_cached(&format!(
             "{} RETURNING expires_at > ?1",
             revoke_grants_sql("?1", condition)
         ))?
         .query_map(values, |r| r.get::<_, bool>(0))?
-        .try_fold((0u64, 0u64), |(n, all), live| {
-            Ok::<_, rusqlite::Error>((n + u64::from(live?), all + 1))
+        .try_fold(0u64, |n, live| {
+            Ok::<_, rusqlite::Error>(n + u64::from(live?))
         })?;
-    let killed = Killed {
+    Ok(Killed {
         grants,
         tokens: if grants > 0 { tokens } else { 0 },
-    };
-    Ok((killed, revoked))
+    })
 }
 
 /// Records a revocation that killed `killed` in the audit trail.

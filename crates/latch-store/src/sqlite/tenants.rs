@@ -79,6 +79,7 @@ impl TenantStore for SqliteStore {
         if !begun.await?? {
             return Ok(None);
         }
-        Ok(self.run_removal(removal).await?.map(Some))
+        // `None` if another caller (removing it too) wrote its record: removed all the same.
+        Ok(Some(self.run_removal(removal).await?))
     }
 }
