@@ -314,6 +314,18 @@ backend_test! {
     }
 }
 
+/// A server on a fresh PostgreSQL schema, with client `svc` and an access token it holds.
+async fn postgres_server_with_a_token() -> (TestServer, common::TestClient, String) {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    let svc = s.confidential("svc", "read").await;
+    let token = s.grant_for(&svc, "alice", None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (s, svc, token)
+}
+
 /// Another PostgreSQL node in the middle of a write batch: it holds the trail's lock shared, as
 /// every batch does, and has taken an audit id for a record it has not committed yet.
 async fn other_node_writing_a_record(s: &TestServer) -> common::OtherNode {
@@ -336,13 +348,7 @@ async fn other_node_writing_a_record(s: &TestServer) -> common::OtherNode {
 /// rather than show this node's later record alone; once it commits, both are read, in order.
 #[tokio::test]
 async fn postgres_a_read_of_the_trail_never_steps_over_a_record_still_being_written() {
-    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
-    let s = TestServer::start_on(db).await;
-    let svc = s.confidential("svc", "read").await;
-    let token = s.grant_for(&svc, "alice", None).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (s, svc, token) = postgres_server_with_a_token().await;
     let other = other_node_writing_a_record(&s).await;
     // This node's record takes the next id and commits first.
     assert_eq!(s.revoke(Auth::Basic(&svc), &token).await.status(), 200);
@@ -367,13 +373,7 @@ async fn postgres_a_read_of_the_trail_never_steps_over_a_record_still_being_writ
 /// lock exclusively, for a moment), a write batch waits, and then commits.
 #[tokio::test]
 async fn postgres_a_revocation_waits_while_a_read_of_the_trail_settles_its_ids() {
-    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
-    let s = TestServer::start_on(db).await;
-    let svc = s.confidential("svc", "read").await;
-    let token = s.grant_for(&svc, "alice", None).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (s, svc, token) = postgres_server_with_a_token().await;
     let reader = common::OtherNode::begin(
         &s.db,
         &format!("SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY})"),

@@ -156,10 +156,10 @@ pub struct SqliteStore {
 /// 1,000,000 grants in one transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
-/// How long a command removing a client or tenant lets go of the write lock between chunks. A server on
-/// the same file waits for the lock in steps of up to 100 ms (SQLite's busy handler), so a
-/// pause as long as one step lets its writes in; a removal that took the lock straight back
-/// could keep them out past the busy timeout, which answers them `503`.
+/// How long a command removing a client or tenant lets go of the write lock between chunks.
+/// A server on the same file waits for the lock in steps of up to 100 ms (SQLite's busy
+/// handler), so a pause as long as one step lets its writes in; a removal that took the lock
+/// straight back could keep them out past the busy timeout, which answers them `503`.
 const REMOVAL_PAUSE: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for SqliteStore {
@@ -765,7 +765,7 @@ mod tests {
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
-        let tables = |p: &Path| -> Vec<String> {
+        let removal_objects = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
                 .prepare("SELECT name FROM sqlite_master WHERE name LIKE '%removal%' ORDER BY name")
@@ -781,11 +781,11 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert!(tables(&path).is_empty());
+        assert!(removal_objects(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
         assert_eq!(
-            tables(&path),
+            removal_objects(&path),
             [
                 "clients_wait_for_their_removal",
                 "removals",
