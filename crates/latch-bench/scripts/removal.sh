@@ -21,7 +21,6 @@ trap 'rm -rf "$work"' EXIT
 cp "$db" "$work/a.db"
 if [ "$down" = downgrade ]; then
   python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(
-    'DROP TRIGGER clients_wait_for_their_removal; DROP TRIGGER tenants_wait_for_their_removal; '
     'DROP TABLE removals; '
     'PRAGMA user_version = 10;')" "$work/a.db"
 fi

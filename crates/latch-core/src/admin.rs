@@ -231,13 +231,7 @@ impl Authority {
         id: &ClientId,
         origin: Origin,
     ) -> Result<Killed, Error> {
-        match self.client(tenant, id).await {
-            Ok(client) => refuse_declared(&client)?,
-            // No client: the store may still have its removal under way (a crash interrupted
-            // it), which removing it again finishes; else it answers that there is none.
-            Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
+        refuse_declared(&self.client(tenant, id).await?)?;
         // The record names the client as its subject (a client's own subject, which no
         // user's equals), so that `client_subject=ID` finds its removal.
         let context = self

@@ -95,11 +95,13 @@ pub trait ClientStore: Send + Sync {
     ) -> StoreResult<bool>;
     /// Removes a client and revokes every grant issued to it (audited), and returns once all
     /// of it is committed. PostgreSQL does it in one transaction. SQLite, whose one writer
-    /// every write waits for, removes the client's row first and then revokes its grants in
-    /// chunks of their own, other writes passing in between (a removal a crash interrupts is
-    /// finished when the database is next opened, or by removing the client again; its id
-    /// cannot be given to a new client meanwhile). `None` when there is no such client or it
-    /// is declared, else the removal's audit record (made whether or not a grant was alive).
+    /// every write waits for, revokes its grants in chunks of their own, other writes passing
+    /// in between, and removes the client's row with the last (a removal a crash interrupts
+    /// leaves the client in place, and is finished by
+    /// [`finish_interrupted_removals`](Self::finish_interrupted_removals) or by removing the
+    /// client again). `None` when there is no such client or it is declared, else the
+    /// removal's audit record (made whether or not a grant was alive; `None` too when another
+    /// caller removing it at the same time wrote it).
     async fn delete_client(
         &self,
         tenant: &TenantId,

@@ -576,11 +576,12 @@ async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_an
     assert_eq!(logged, vec![(live_key, 200, 7_777)]);
 }
 
-/// A tenant removal that fails after revoking the tenant's grants (here its row cannot be
-/// deleted) leaves nothing behind: not the revocations, which roll back with it, and not
-/// their marks, which must not stand in for log rows that were never written. Before the
-/// fix, the marks of the rolled-back log rows were indexed as committed, and the
-/// revocations that next reused those rows' sequence numbers were read as live.
+/// A tenant removal whose write fails after revoking the tenant's grants (here its chunk, whose
+/// `removals` row cannot be updated) leaves nothing of that write behind: not the
+/// revocations, which roll back with it, and not their marks, which must not stand in for log
+/// rows that were never written. Before the fix, the marks of the rolled-back log rows were
+/// indexed as committed, and the revocations that next reused those rows' sequence numbers
+/// were read as live.
 #[tokio::test]
 async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -607,7 +608,7 @@ async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "CREATE TRIGGER keep BEFORE DELETE ON tenants \
+            "CREATE TRIGGER keep BEFORE UPDATE ON removals \
              BEGIN SELECT RAISE(ABORT, 'kept'); END",
         )
         .unwrap();

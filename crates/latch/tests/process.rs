@@ -1062,8 +1062,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP TRIGGER clients_wait_for_their_removal; \
-                 DROP TRIGGER tenants_wait_for_their_removal; DROP TABLE removals; \
+            "DROP TABLE removals; \
              PRAGMA user_version = 10;",
         )
         .unwrap();

@@ -256,24 +256,24 @@ impl ClientStore for SqliteStore {
         id: &ClientId,
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>> {
-        // The client's row goes first, with the removal recorded as under way; its grants
-        // are then revoked in chunks, other writes passing in between (`removals`).
+        // Recorded as under way, its grants are then revoked in chunks, other writes passing
+        // in between, and its row goes with the last (`removals`).
         let removal = Removal::client(tenant, id);
         let (t, i) = (tenant.to_string(), id.to_string());
         let (begin, audit) = (removal.clone(), audit.clone());
         let begun = self
             .write(move |c| {
-                live_clients::forget();
-                let deleted = c.execute(
-                    "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2 AND NOT declared",
-                    params![t, i],
-                )?;
-                if deleted > 0 {
-                    begin.begin(c, &audit)?;
-                    return Ok(true);
+                let declared: Option<bool> = c
+                    .prepare_cached(
+                        "SELECT declared FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
+                    )?
+                    .query_row(params![t, i], |r| r.get(0))
+                    .optional()?;
+                if declared != Some(false) {
+                    return Ok(false);
                 }
-                // One a crash interrupted is finished by removing the client again.
-                begin.under_way(c)
+                begin.begin(c, &audit)?;
+                Ok(true)
             })
             .await?;
         if !begun {

@@ -374,7 +374,8 @@ impl SqliteStore {
                 tokio::time::sleep(self.removal_pause).await;
             }
         }
-        self.write(move |c| removal.finish(c)).await
+        let marks = self.marks.clone();
+        self.write(move |c| removal.finish(c, &marks)).await
     }
 
     /// Runs a read on a reader connection, on the calling thread.
@@ -760,8 +761,7 @@ mod tests {
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TRIGGER clients_wait_for_their_removal; \
-                 DROP TRIGGER tenants_wait_for_their_removal; DROP TABLE removals; \
+                "DROP TABLE removals; \
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
@@ -784,14 +784,7 @@ mod tests {
         assert!(removal_objects(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
-        assert_eq!(
-            removal_objects(&path),
-            [
-                "clients_wait_for_their_removal",
-                "removals",
-                "tenants_wait_for_their_removal"
-            ]
-        );
+        assert_eq!(removal_objects(&path), ["removals"]);
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }

@@ -1,23 +1,26 @@
 //! Removing a client or a tenant in chunks (schema version 11). SQLite has one writer, and
 //! every write waits for the one it is running: one transaction revoking every grant of a
 //! large client held all of them up for its whole length (13-14 s per 1,000,000 grants), and
-//! a server's writes beside a command doing it gave up after the busy timeout. So the rows
-//! of what is removed go first, in a write that also records the removal as under way (a
-//! `removals` row, with what its audit record will say); then chunks of its grants are
-//! revoked, each a write of its own, adding what died to that row; and the last write turns
-//! the row into the audit record. The caller answers after that last write.
+//! a server's writes beside a command doing it gave up after the busy timeout. So a removal
+//! is recorded as under way first (a `removals` row, with what its audit record will say);
+//! then chunks of its grants are revoked, each a write of its own, adding what died to that
+//! row; and the last write removes the client's (or the tenant's) rows, revokes the grants
+//! issued since the chunks passed, and turns the row into the audit record. The caller
+//! answers after that last write.
 //!
-//! Once the rows are gone nothing can be issued or refreshed for what is removed, and a
-//! trigger refuses its id to a new client or tenant while the removal runs. A removal that a
-//! crash (or a killed command) interrupted is finished by the next server start
-//! (`ClientStore::finish_interrupted_removals`), or by removing it again.
+//! Until that last write the client (the tenant) exists, as it did until a one-transaction
+//! removal committed: a removal interrupted between chunks (a crash, a killed command)
+//! leaves it in place with some of its grants revoked, never gone with live grants. The next
+//! server start finishes it (`ClientStore::finish_interrupted_removals`), as does removing
+//! it again.
 
-use latch_core::audit::{AuditContext, AuditEvent};
+use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::clock::UnixTime;
 use latch_core::id::{ClientId, TenantId};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
-use super::marks::RevocationMarks;
+use super::live_clients;
+use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::revocations::{count_marks, event_from_row, revoke_grants_where};
 use crate::audit_query::AUDIT_COLUMNS;
 
@@ -46,12 +49,13 @@ impl Removal {
         }
     }
 
-    /// Records the removal as under way, once the caller has deleted what it removes, with
-    /// what its audit record will say.
+    /// Records the removal as under way, with what its audit record will say, once the
+    /// caller has checked that what it removes exists; a removal of it already under way (one
+    /// a crash interrupted, or another caller's) is joined instead, as it was recorded.
     pub(super) fn begin(&self, c: &Connection, audit: &AuditContext) -> rusqlite::Result<()> {
         c.prepare_cached(
-            "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route, subject, \
-               address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO removals (tenant_id, client_id, reason, at, actor, route, \
+               subject, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             self.tenant,
@@ -64,14 +68,6 @@ impl Removal {
             audit.address.map(|a| a.to_string()),
         ])?;
         Ok(())
-    }
-
-    /// Whether it is under way: begun, and not yet finished.
-    pub(super) fn under_way(&self, c: &Connection) -> rusqlite::Result<bool> {
-        c.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
-        )?
-        .query_row(params![self.tenant, self.client], |r| r.get(0))
     }
 
     /// Every removal under way.
@@ -100,11 +96,7 @@ impl Removal {
         marks: &RevocationMarks,
         limit: u32,
     ) -> rusqlite::Result<bool> {
-        let at: Option<UnixTime> = c
-            .prepare_cached("SELECT at FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-            .query_row(params![self.tenant, self.client], |r| r.get(0))
-            .optional()?;
-        let Some(now) = at else {
+        let Some(now) = self.at(c)? else {
             return Ok(false);
         };
         let whole_tenant = self.client.is_empty();
@@ -125,22 +117,8 @@ impl Removal {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let mut condition = String::from("g.tenant_id = ?2");
-        let mut values: Vec<&dyn ToSql> = vec![&now, &self.tenant];
-        if !whole_tenant {
-            values.push(&self.client);
-            condition += &format!(" AND g.client_id = ?{}", values.len());
-        }
-        if let Some((client, id)) = &bound {
-            values.extend([client as &dyn ToSql, id]);
-            condition += &format!(
-                " AND (g.client_id, g.id) <= (?{}, ?{})",
-                values.len() - 1,
-                values.len()
-            );
-        }
         let mut marked = Vec::new();
-        let killed = revoke_grants_where(c, marks, now, &condition, &values, &mut marked)?;
+        let killed = self.revoke_marking(c, marks, now, bound.as_ref(), &mut marked)?;
         c.prepare_cached(
             "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
              WHERE tenant_id = ?1 AND client_id = ?2",
@@ -155,27 +133,88 @@ impl Removal {
         Ok(bound.is_some())
     }
 
-    /// Ends it once its chunks have revoked every grant: its audit record, with what they
-    /// killed, and its row gone. `None` when it had ended (another caller finished it).
-    pub(super) fn finish(&self, c: &Connection) -> rusqlite::Result<Option<AuditEvent>> {
-        let recorded = c
-            .prepare_cached(
-                "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
-                   grants, tokens, address) \
-                 SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, \
-                   address \
-                 FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
-            )?
-            .execute(params![self.tenant, self.client])?;
-        if recorded == 0 {
-            return Ok(None);
+    /// Revokes, at `now`, the unrevoked grants it removes up to `bound` (in the order of
+    /// `grants_live_by_client`; all of them without one), with their tokens, pushing the
+    /// marks it makes to `marked` (the caller counts them once its write can no longer
+    /// fail); returns what died.
+    fn revoke_marking(
+        &self,
+        c: &Connection,
+        marks: &RevocationMarks,
+        now: UnixTime,
+        bound: Option<&(String, String)>,
+        marked: &mut Vec<(MarkOf, Marked)>,
+    ) -> rusqlite::Result<Killed> {
+        let mut condition = String::from("g.tenant_id = ?2");
+        let mut values: Vec<&dyn ToSql> = vec![&now, &self.tenant];
+        if !self.client.is_empty() {
+            values.push(&self.client);
+            condition += &format!(" AND g.client_id = ?{}", values.len());
         }
+        if let Some((client, id)) = bound {
+            values.extend([client as &dyn ToSql, id]);
+            condition += &format!(
+                " AND (g.client_id, g.id) <= (?{}, ?{})",
+                values.len() - 1,
+                values.len()
+            );
+        }
+        revoke_grants_where(c, marks, now, &condition, &values, marked)
+    }
+
+    /// Ends it once its chunks have revoked every grant: removes the client's rows (the
+    /// tenant's and its clients'), revokes the grants issued since the chunks passed them,
+    /// records it in the audit trail with what all its writes killed, and deletes its row.
+    /// `None` when it had ended (another caller finished it).
+    pub(super) fn finish(
+        &self,
+        c: &Connection,
+        marks: &RevocationMarks,
+    ) -> rusqlite::Result<Option<AuditEvent>> {
+        let Some(now) = self.at(c)? else {
+            return Ok(None);
+        };
+        live_clients::forget();
+        if self.client.is_empty() {
+            // Clients reference the tenant, so they go first.
+            c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&self.tenant])?;
+            c.execute("DELETE FROM tenants WHERE id = ?1", [&self.tenant])?;
+        } else {
+            c.execute(
+                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
+                params![self.tenant, self.client],
+            )?;
+        }
+        // Its marks count once this write can no longer fail: kept until then.
+        let mut marked = Vec::new();
+        let killed = self.revoke_marking(c, marks, now, None, &mut marked)?;
+        c.prepare_cached(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) \
+             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
+               tokens + ?4, address \
+             FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
+        )?
+        .execute(params![
+            self.tenant,
+            self.client,
+            killed.grants,
+            killed.tokens
+        ])?;
         let event = c
             .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
             .query_row([c.last_insert_rowid()], event_from_row)?;
         c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
             .execute(params![self.tenant, self.client])?;
+        count_marks(marks, now, marked);
         Ok(Some(event))
+    }
+
+    /// When it began, if it is under way.
+    fn at(&self, c: &Connection) -> rusqlite::Result<Option<UnixTime>> {
+        c.prepare_cached("SELECT at FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+            .query_row(params![self.tenant, self.client], |r| r.get(0))
+            .optional()
     }
 }
 

@@ -8,7 +8,7 @@ use latch_core::store::{StoreResult, TenantPage, TenantStore};
 use latch_core::StoreError;
 use rusqlite::{params, OptionalExtension};
 
-use super::{live_clients, Removal, SqliteStore};
+use super::{Removal, SqliteStore};
 
 #[async_trait]
 impl TenantStore for SqliteStore {
@@ -49,9 +49,8 @@ impl TenantStore for SqliteStore {
         tenant: &TenantId,
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>> {
-        // Its clients' rows and its own go first, with the removal recorded as under way;
-        // its grants are then revoked in chunks, other writes passing in between
-        // (`removals`).
+        // Recorded as under way, its grants are then revoked in chunks, other writes passing
+        // in between, and its clients' rows and its own go with the last (`removals`).
         let id = tenant.as_str().to_owned();
         let removal = Removal::tenant(tenant);
         let (begin, audit) = (removal.clone(), audit.clone());
@@ -66,15 +65,13 @@ impl TenantStore for SqliteStore {
             if declared {
                 return Ok(Err(StoreError::Conflict));
             }
-            // Clients reference the tenant, so they go first.
-            live_clients::forget();
-            c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&id])?;
-            if c.execute("DELETE FROM tenants WHERE id = ?1", [&id])? > 0 {
+            let exists: bool = c
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1)")?
+                .query_row([&id], |r| r.get(0))?;
+            if exists {
                 begin.begin(c, &audit)?;
-                return Ok(Ok(true));
             }
-            // One a crash interrupted is finished by removing the tenant again.
-            Ok(Ok(begin.under_way(c)?))
+            Ok(Ok(exists))
         });
         if !begun.await?? {
             return Ok(None);
