@@ -85,11 +85,6 @@ impl Removal {
     /// One chunk: revokes up to `limit` of the unrevoked grants it removes, with their
     /// tokens, at the removal's time, and adds what died to its row. Returns whether others
     /// may remain; `false` too when the removal has ended (another caller finished it).
-    ///
-    /// The chunk is chosen once, as a bound in the order of the index of live grants
-    /// (`grants_live_by_client`: tenant, client, id): the `limit`-th live grant. Its
-    /// statements (the tokens' marks, then the grants' update) all select the grants up to
-    /// it, so each revokes exactly the grants the others do.
     pub(super) fn chunk(
         &self,
         c: &Connection,
@@ -99,26 +94,27 @@ impl Removal {
         let Some(now) = self.at(c)? else {
             return Ok(false);
         };
-        let whole_tenant = self.client.is_empty();
-        let of_client = if whole_tenant {
+        // Whether this chunk is a full one, so that more may follow: a `limit`-th live grant.
+        let of_client = if self.client.is_empty() {
             ""
         } else {
             " AND client_id = ?2"
         };
-        let bound: Option<(String, String)> = c
+        let values: &[&dyn ToSql] = &[&self.tenant, &self.client];
+        let full = c
             .prepare_cached(&format!(
-                "SELECT client_id, id FROM grants \
-                 WHERE tenant_id = ?1{of_client} AND revoked_at IS NULL \
-                 ORDER BY client_id, id LIMIT 1 OFFSET {}",
+                "SELECT 1 FROM grants WHERE tenant_id = ?1{of_client} AND revoked_at IS NULL \
+                 LIMIT 1 OFFSET {}",
                 limit.saturating_sub(1)
             ))?
             .query_row(
-                &[&self.tenant as &dyn ToSql, &self.client][..if whole_tenant { 1 } else { 2 }],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &values[..if self.client.is_empty() { 1 } else { 2 }],
+                |_| Ok(()),
             )
-            .optional()?;
+            .optional()?
+            .is_some();
         let mut marked = Vec::new();
-        let killed = self.revoke_marking(c, marks, now, bound.as_ref(), &mut marked)?;
+        let killed = self.revoke_marking(c, marks, now, Some(limit), &mut marked)?;
         c.prepare_cached(
             "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
              WHERE tenant_id = ?1 AND client_id = ?2",
@@ -130,34 +126,35 @@ impl Removal {
             killed.tokens
         ])?;
         count_marks(marks, now, marked);
-        Ok(bound.is_some())
+        Ok(full)
     }
 
-    /// Revokes, at `now`, the unrevoked grants it removes up to `bound` (in the order of
-    /// `grants_live_by_client`; all of them without one), with their tokens, pushing the
-    /// marks it makes to `marked` (the caller counts them once its write can no longer
-    /// fail); returns what died.
+    /// Revokes, at `now`, the first `limit` unrevoked grants it removes (all of them
+    /// without one), with their tokens, pushing the marks it makes to `marked` (the caller
+    /// counts them once its write can no longer fail); returns what died.
     fn revoke_marking(
         &self,
         c: &Connection,
         marks: &RevocationMarks,
         now: UnixTime,
-        bound: Option<&(String, String)>,
+        limit: Option<u32>,
         marked: &mut Vec<(MarkOf, Marked)>,
     ) -> rusqlite::Result<Killed> {
-        let mut condition = String::from("g.tenant_id = ?2");
+        let of_client = if self.client.is_empty() {
+            ""
+        } else {
+            " AND client_id = ?3"
+        };
+        // Ordered in full (the grants' key breaks ties), so each statement selects the same
+        // grants; through `grants_live_by_client`, which holds them in that order.
+        let limit = limit.map_or(-1, i64::from);
+        let condition = format!(
+            "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2{of_client} \
+                      AND revoked_at IS NULL ORDER BY client_id, id LIMIT {limit})"
+        );
         let mut values: Vec<&dyn ToSql> = vec![&now, &self.tenant];
         if !self.client.is_empty() {
             values.push(&self.client);
-            condition += &format!(" AND g.client_id = ?{}", values.len());
-        }
-        if let Some((client, id)) = bound {
-            values.extend([client as &dyn ToSql, id]);
-            condition += &format!(
-                " AND (g.client_id, g.id) <= (?{}, ?{})",
-                values.len() - 1,
-                values.len()
-            );
         }
         revoke_grants_where(c, marks, now, &condition, &values, marked)
     }
