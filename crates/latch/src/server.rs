@@ -27,11 +27,11 @@ pub async fn open_authority(
     let authority =
         Arc::new(Authority::new(store, clock).with_audit_retention(settings.audit_retention_days));
     // Before serving, and before the configuration's clients are declared (their ids may be
-    // those of removals under way).
-    authority
-        .finish_interrupted_removals()
-        .await
-        .context("cannot finish the removals a crash interrupted")?;
+    // those of removals under way). One that cannot be finished leaves its client in place,
+    // as if its removal had not been asked for: serving goes on.
+    if let Err(e) = authority.finish_interrupted_removals().await {
+        tracing::error!(error = %e, "the removals a crash interrupted could not be finished");
+    }
     for tenant in &settings.tenants {
         authority
             .ensure_tenant(tenant)

@@ -1852,7 +1852,9 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     let records = "SELECT count(*) FROM audit WHERE reason = 'client_removed'";
     assert_eq!(db.query_i64(records).await, 2);
 
-    // A tenant's removal the same.
+    // A tenant's removal the same, here beside an interrupted removal of one of its
+    // clients, which the tenant's removal ends with it: created again, that client is not
+    // removed by a later start.
     let acme = TenantId::parse("acme").unwrap();
     store.create_tenant(&acme, 300).await.unwrap();
     store
@@ -1863,7 +1865,8 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     assert!(store.issue(&grant, &tokens, None).await.unwrap());
     db.execute(
         "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route) \
-         VALUES ('acme', '', 'tenant_removed', 350, 'admin', 'admin');",
+         VALUES ('acme', '', 'tenant_removed', 350, 'admin', 'admin'), \
+                ('acme', 'svc', 'client_removed', 340, 'admin', 'admin');",
     )
     .await;
     let event = store
@@ -1887,5 +1890,43 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
             .await,
         0
     );
+    assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
     store.create_tenant(&acme, 400).await.unwrap();
+    store
+        .create_client(&client(&acme, "svc", 3600))
+        .await
+        .unwrap();
+    assert!(store
+        .finish_interrupted_removals()
+        .await
+        .unwrap()
+        .is_empty());
+    let svc = "SELECT count(*) FROM clients WHERE tenant_id = 'acme' AND client_id = 'svc'";
+    assert_eq!(db.query_i64(svc).await, 1);
+}
+
+/// A client the configuration declares while its removal runs (a server starting on the file
+/// meanwhile) is not removed: the removal is given up (`Conflict` to whoever asked), the
+/// grants its chunks revoked staying revoked, and a start carries on.
+#[tokio::test]
+async fn sqlite_a_removal_gives_up_a_client_declared_meanwhile() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
+    db.execute(
+        "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route) \
+         VALUES ('default', 'app', 'client_removed', 250, 'admin', 'admin'); \
+         UPDATE clients SET declared = 1 WHERE client_id = 'app';",
+    )
+    .await;
+    assert!(store
+        .finish_interrupted_removals()
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
+    let app_row = "SELECT count(*) FROM clients WHERE client_id = 'app' AND declared";
+    assert_eq!(db.query_i64(app_row).await, 1);
+    assert!(store.token(&app[0]).await.unwrap().unwrap().is_revoked());
 }

@@ -350,20 +350,28 @@ const AUDIT_LOCK_TIMEOUT: &str = "100ms";
 /// transactions have ended. (One statement would read the trail with a snapshot taken
 /// before its wait.) `CASE` evaluates its branches in order: the timeout is set (for this
 /// statement's transaction) before the lock is asked for, and the sequence is read once the
-/// lock is held.
+/// lock is held (and the role's `USAGE` on the sequence checked: `NULL` without it).
 pub(super) async fn settled_audit_id(c: &Conn) -> StoreResult<i64> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT CASE \
                WHEN set_config('lock_timeout', '{AUDIT_LOCK_TIMEOUT}', true) IS NULL THEN NULL \
                WHEN pg_advisory_xact_lock({})::TEXT IS NULL THEN NULL \
-               ELSE coalesce(pg_sequence_last_value('audit_id_seq'::regclass), 0) END",
+               WHEN has_sequence_privilege('audit_id_seq', 'USAGE') \
+                 THEN coalesce(pg_sequence_last_value('audit_id_seq'::regclass), 0) END",
             audit_lock_key!()
         )
     });
     let stmt = c.prepare_cached(&SQL).await.map_err(|e| store_error(&e))?;
     match c.query_one(&stmt, &[]).await {
-        Ok(row) => Ok(row.get(0)),
+        // `pg_sequence_last_value` is NULL before the first id, and (PostgreSQL 18) without
+        // the privilege, which must not read as an empty trail.
+        Ok(row) => row.get::<_, Option<i64>>(0).ok_or_else(|| {
+            StoreError::Unavailable(
+                "the database role lacks USAGE on audit_id_seq, needed to read the audit trail"
+                    .into(),
+            )
+        }),
         Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(StoreError::Unavailable(
             "the audit trail is being written by a long write (a removal, say); \
              try again shortly"

@@ -288,7 +288,12 @@ impl ClientStore for SqliteStore {
         let mut events = Vec::with_capacity(under_way.len());
         for removal in under_way {
             tracing::warn!(%removal, "finishing a removal that was interrupted");
-            events.extend(self.run_removal(removal).await?);
+            // One that fails stays under way (its client in place), for the next start or a
+            // removal asked again; the others still run.
+            match self.run_removal(removal.clone()).await {
+                Ok(event) => events.extend(event),
+                Err(e) => tracing::error!(%removal, error = %e, "the removal did not finish"),
+            }
         }
         Ok(events)
     }

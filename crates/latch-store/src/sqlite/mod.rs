@@ -360,7 +360,7 @@ impl SqliteStore {
 
     /// Runs a removal under way ([`removals`], schema version 11) to its end: chunk after
     /// chunk of its grants revoked, then its audit record. `None` when another caller ended
-    /// it.
+    /// it; `Conflict` when the configuration declared what it removes meanwhile (given up).
     async fn run_removal(&self, removal: Removal) -> StoreResult<Option<AuditEvent>> {
         loop {
             let (chunk, marks) = (removal.clone(), self.marks.clone());
@@ -375,7 +375,7 @@ impl SqliteStore {
             }
         }
         let marks = self.marks.clone();
-        self.write(move |c| removal.finish(c, &marks)).await
+        self.write(move |c| removal.finish(c, &marks)).await?
     }
 
     /// Runs a read on a reader connection, on the calling thread.

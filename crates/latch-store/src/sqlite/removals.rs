@@ -17,6 +17,7 @@
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::clock::UnixTime;
 use latch_core::id::{ClientId, TenantId};
+use latch_core::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use super::live_clients;
@@ -161,16 +162,39 @@ impl Removal {
 
     /// Ends it once its chunks have revoked every grant: removes the client's rows (the
     /// tenant's and its clients'), revokes the grants issued since the chunks passed them,
-    /// records it in the audit trail with what all its writes killed, and deletes its row.
-    /// `None` when it had ended (another caller finished it).
+    /// records it in the audit trail with what all its writes killed, and deletes its row
+    /// (a tenant's, the rows of its clients' removals too: those clients are gone, and their
+    /// ids may be given again). `Ok(None)` when it had ended (another caller finished it).
+    /// `Err(Conflict)` when what it removes is now declared by the configuration (a start
+    /// declared it while the removal ran): the removal is then given up, its row deleted, the
+    /// grants its chunks revoked staying revoked.
     pub(super) fn finish(
         &self,
         c: &Connection,
         marks: &RevocationMarks,
-    ) -> rusqlite::Result<Option<AuditEvent>> {
+    ) -> rusqlite::Result<Result<Option<AuditEvent>, StoreError>> {
         let Some(now) = self.at(c)? else {
-            return Ok(None);
+            return Ok(Ok(None));
         };
+        let of_client = if self.client.is_empty() {
+            ""
+        } else {
+            " AND client_id = ?2"
+        };
+        let values: &[&dyn ToSql] = &[&self.tenant, &self.client];
+        let declared: bool = c
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?1{of_client} \
+                   AND declared)"
+            ))?
+            .query_row(&values[..if self.client.is_empty() { 1 } else { 2 }], |r| {
+                r.get(0)
+            })?;
+        if declared {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+                .execute(params![self.tenant, self.client])?;
+            return Ok(Err(StoreError::Conflict));
+        }
         live_clients::forget();
         if self.client.is_empty() {
             // Clients reference the tenant, so they go first.
@@ -201,10 +225,15 @@ impl Removal {
         let event = c
             .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
             .query_row([c.last_insert_rowid()], event_from_row)?;
-        c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-            .execute(params![self.tenant, self.client])?;
+        if self.client.is_empty() {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1")?
+                .execute([&self.tenant])?;
+        } else {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+                .execute(params![self.tenant, self.client])?;
+        }
         count_marks(marks, now, marked);
-        Ok(Some(event))
+        Ok(Ok(Some(event)))
     }
 
     /// When it began, if it is under way.

@@ -56,7 +56,8 @@ impl TenantStore for SqliteStore {
         let (begin, audit) = (removal.clone(), audit.clone());
         let begun = self.write(move |c| {
             // A client the configuration declares is removed there alone; checked in the
-            // write, so a start declaring one since the caller looked is not undone.
+            // write, so a start declaring one since the caller looked is not undone (and
+            // again by the removal's last write: `Removal::finish`).
             let declared: bool = c
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?1 AND declared)",
