@@ -96,22 +96,13 @@ impl Removal {
             return Ok(false);
         };
         // Whether this chunk is a full one, so that more may follow: a `limit`-th live grant.
-        let of_client = if self.client.is_empty() {
-            ""
-        } else {
-            " AND client_id = ?2"
-        };
-        let values: &[&dyn ToSql] = &[&self.tenant, &self.client];
+        let (of, values) = self.rows(1);
         let full = c
             .prepare_cached(&format!(
-                "SELECT 1 FROM grants WHERE tenant_id = ?1{of_client} AND revoked_at IS NULL \
-                 LIMIT 1 OFFSET {}",
+                "SELECT 1 FROM grants WHERE {of} AND revoked_at IS NULL LIMIT 1 OFFSET {}",
                 limit.saturating_sub(1)
             ))?
-            .query_row(
-                &values[..if self.client.is_empty() { 1 } else { 2 }],
-                |_| Ok(()),
-            )
+            .query_row(values.as_slice(), |_| Ok(()))
             .optional()?
             .is_some();
         let mut marked = Vec::new();
@@ -141,22 +132,16 @@ impl Removal {
         limit: Option<u32>,
         marked: &mut Vec<(MarkOf, Marked)>,
     ) -> rusqlite::Result<Killed> {
-        let of_client = if self.client.is_empty() {
-            ""
-        } else {
-            " AND client_id = ?3"
-        };
         // Ordered in full (the grants' key breaks ties), so each statement selects the same
         // grants; through `grants_live_by_client`, which holds them in that order.
         let limit = limit.map_or(-1, i64::from);
+        let (of, rows) = self.rows(2);
         let condition = format!(
-            "g.id IN (SELECT id FROM grants WHERE tenant_id = ?2{of_client} \
-                      AND revoked_at IS NULL ORDER BY client_id, id LIMIT {limit})"
+            "g.id IN (SELECT id FROM grants WHERE {of} AND revoked_at IS NULL \
+                      ORDER BY client_id, id LIMIT {limit})"
         );
-        let mut values: Vec<&dyn ToSql> = vec![&now, &self.tenant];
-        if !self.client.is_empty() {
-            values.push(&self.client);
-        }
+        let mut values: Vec<&dyn ToSql> = vec![&now];
+        values.extend(rows);
         revoke_grants_where(c, marks, now, &condition, &values, marked)
     }
 
@@ -176,20 +161,12 @@ impl Removal {
         let Some(now) = self.at(c)? else {
             return Ok(Ok(None));
         };
-        let of_client = if self.client.is_empty() {
-            ""
-        } else {
-            " AND client_id = ?2"
-        };
-        let values: &[&dyn ToSql] = &[&self.tenant, &self.client];
+        let (of, values) = self.rows(1);
         let declared: bool = c
             .prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?1{of_client} \
-                   AND declared)"
+                "SELECT EXISTS (SELECT 1 FROM clients WHERE {of} AND declared)"
             ))?
-            .query_row(&values[..if self.client.is_empty() { 1 } else { 2 }], |r| {
-                r.get(0)
-            })?;
+            .query_row(values.as_slice(), |r| r.get(0))?;
         if declared {
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
                 .execute(params![self.tenant, self.client])?;
@@ -234,6 +211,19 @@ impl Removal {
         }
         count_marks(marks, now, marked);
         Ok(Ok(Some(event)))
+    }
+
+    /// The condition on `tenant_id` (and `client_id`) selecting the rows of what it removes,
+    /// its parameters numbered from `first`, and their values.
+    fn rows(&self, first: usize) -> (String, Vec<&dyn ToSql>) {
+        if self.client.is_empty() {
+            (format!("tenant_id = ?{first}"), vec![&self.tenant])
+        } else {
+            (
+                format!("tenant_id = ?{first} AND client_id = ?{}", first + 1),
+                vec![&self.tenant, &self.client],
+            )
+        }
     }
 
     /// When it began, if it is under way.
