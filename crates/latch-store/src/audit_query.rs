@@ -15,9 +15,9 @@ pub(crate) fn audit_block(id: i64) -> i64 {
     id >> AUDIT_BLOCK_BITS
 }
 
-/// Where a query by subject starts: the id to start after (ids start at 1, so an `after`
+/// Where a query of the trail starts: the id to start after (ids start at 1, so an `after`
 /// below 0 selects what 0 does) and the first block that can hold a later record.
-pub(crate) fn subject_query_start(after: Option<i64>) -> (i64, i64) {
+pub(crate) fn audit_query_start(after: Option<i64>) -> (i64, i64) {
     let after = after.unwrap_or(0).max(0);
     (after, audit_block(after.saturating_add(1)))
 }

@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::store_error;
-use crate::audit_query::{audit_events_sql, subject_query_start, AuditSelect, AUDIT_BLOCK_BITS};
+use crate::audit_query::{audit_events_sql, audit_query_start, AuditSelect, AUDIT_BLOCK_BITS};
 
 type Conn = deadpool_postgres::ClientWrapper;
 
@@ -398,26 +398,19 @@ pub(super) async fn audit_events(
     let settled = settled_audit_id(c).await?;
     let subject = query.subject.as_ref().map(|s| s.as_str());
     let limit = i64::from(query.limit);
-    let rows = match subject {
+    // An `after` below 0 selects what 0 does (ids start at 1).
+    let (after, first) = audit_query_start(query.after);
+    let tenant = tenant.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        vec![&tenant, &subject, &query.since, &after, &limit];
+    let sql = match subject {
         None => {
             // Parameter 6 (the block) is only in the query by subject.
-            let sql = audit_events_sql(AuditSelect::All, true, |n| match n {
+            params.push(&settled);
+            audit_events_sql(AuditSelect::All, true, |n| match n {
                 7 => "$6".into(),
                 n => render(n),
-            });
-            let after = query.after.unwrap_or(0);
-            c.query(
-                sql.as_str(),
-                &[
-                    &tenant.as_str(),
-                    &subject,
-                    &query.since,
-                    &after,
-                    &limit,
-                    &settled,
-                ],
-            )
-            .await
+            })
         }
         // The blocks in order from the cursor's to the settled id's, each probed through
         // the index keyed by block, until `limit` events are found: in one statement, the
@@ -426,29 +419,19 @@ pub(super) async fn audit_events(
         // The LIMIT inside keeps the subquery from being flattened, so a nested loop over
         // the series is the only plan; tests/store.rs checks the order across blocks.)
         Some(_) => {
-            let (after, first) = subject_query_start(query.after);
-            let sql = format!(
+            params.extend([&first as &(dyn ToSql + Sync), &settled]);
+            format!(
                 "SELECT e.* FROM generate_series($6::BIGINT, \
                    $7::BIGINT >> {AUDIT_BLOCK_BITS}) AS b(block) \
                  CROSS JOIN LATERAL ({}) AS e LIMIT $5",
                 audit_events_sql(AuditSelect::SubjectInBlock, true, render)
-            );
-            c.query(
-                sql.as_str(),
-                &[
-                    &tenant.as_str(),
-                    &subject,
-                    &query.since,
-                    &after,
-                    &limit,
-                    &first,
-                    &settled,
-                ],
             )
-            .await
         }
-    }
-    .map_err(|e| store_error(&e))?;
+    };
+    let rows = c
+        .query(sql.as_str(), &params)
+        .await
+        .map_err(|e| store_error(&e))?;
     rows.iter()
         .map(|r| {
             let reason: String = r.get(5);

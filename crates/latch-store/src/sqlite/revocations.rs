@@ -20,7 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::SqliteStore;
-use crate::audit_query::{audit_block, audit_events_sql, subject_query_start, AuditSelect};
+use crate::audit_query::{audit_block, audit_events_sql, audit_query_start, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
     Swept, AUDIT_PURGE_HEAD,
@@ -370,7 +370,7 @@ fn subject_events(
     let Some(last) = last else {
         return Ok(Vec::new());
     };
-    let (after, first) = subject_query_start(query.after);
+    let (after, first) = audit_query_start(query.after);
     let sql = audit_events_sql(AuditSelect::SubjectInBlock, false, |n| format!("?{n}"));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut events = Vec::new();
