@@ -253,7 +253,9 @@ impl Authority {
     /// ([`ClientStore::finish_interrupted_removals`](crate::store::ClientStore::finish_interrupted_removals)),
     /// recording each in the log as any removal is. A server runs it as it starts.
     pub async fn finish_interrupted_removals(&self) -> Result<usize, Error> {
-        let events = self.store.finish_interrupted_removals().await?;
+        let events = (self.store)
+            .finish_interrupted_removals(self.clock.now())
+            .await?;
         for event in &events {
             audit::log(event);
         }

@@ -109,10 +109,11 @@ pub trait ClientStore: Send + Sync {
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>>;
     /// Finishes the removals of clients and tenants a crash (or a killed command) left under
-    /// way, and returns their audit records: SQLite's, which run in chunks
+    /// way, revoking what remains at `now`, and returns their audit records (each with the
+    /// time its removal began): SQLite's, which run in chunks
     /// ([`delete_client`](Self::delete_client)); nothing to do where a removal is one
     /// transaction. A server runs it as it starts, before serving.
-    async fn finish_interrupted_removals(&self) -> StoreResult<Vec<AuditEvent>> {
+    async fn finish_interrupted_removals(&self, _now: UnixTime) -> StoreResult<Vec<AuditEvent>> {
         Ok(Vec::new())
     }
 }

@@ -110,6 +110,13 @@ impl AppState {
     pub fn issuer_for(&self, tenant: &TenantId) -> String {
         format!("{}{}", self.issuer, Self::tenant_path(tenant))
     }
+
+    /// The path of the issuer identifier, `/latch` in `https://auth.example/latch`: empty when
+    /// it has none (latch then serves at its root, or behind a proxy that strips the path).
+    pub fn issuer_path(&self) -> &str {
+        let rest = self.issuer.split_once("://").map_or("", |(_, rest)| rest);
+        rest.find('/').map_or("", |at| &rest[at..])
+    }
 }
 
 /// The address a request came from, when the server recorded it (never fails).
@@ -226,14 +233,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(oauth_routes(&state))
         .nest("/tenants/{tenant}", oauth_routes(&state))
         .route(
-            "/.well-known/oauth-authorization-server",
-            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
-        )
-        .route(
-            "/.well-known/oauth-authorization-server/tenants/{tenant}",
-            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
-        )
-        .route(
             "/healthz",
             counted!(&state, Endpoint::Health, get(health::live)),
         )
@@ -245,6 +244,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/metrics",
             counted!(&state, Endpoint::Metrics, get(metrics::handle)),
         );
+    for path in oauth2::metadata::paths(state.issuer_path()) {
+        app = app.route(
+            &path,
+            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
+        );
+    }
     if state.profiles.sentinel {
         app = app.route(
             "/sentinel/api/account/{accountid}/token/revoke",

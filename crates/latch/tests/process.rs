@@ -199,6 +199,10 @@ fn no_secret_shows_in_help_or_in_a_configuration_error() {
             "must be an https:// (or http://) URL",
         ),
         ("issuer = \"https:///path\"\n", "has no host"),
+        (
+            "issuer = \"https://a.example/{tenant}\"\n",
+            "has a path with characters a URL must percent-encode",
+        ),
     ] {
         let stderr = refused(file);
         assert!(stderr.contains(says), "{file}: {stderr}");

@@ -1830,6 +1830,9 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
         (1, 1, 250, "admin")
     );
     assert!(store.token(&app[0]).await.unwrap().unwrap().is_revoked());
+    // Revoked when the removal went on, not when it began (the grant was alive in between).
+    let revoked_at = "SELECT revoked_at FROM grants WHERE client_id = ";
+    assert_eq!(db.query_i64(&format!("{revoked_at}'app'")).await, 300);
     let at_app2 = TokenHash::of("at-app2");
     assert!(
         !store.token(&at_app2).await.unwrap().unwrap().is_revoked(),
@@ -1842,10 +1845,14 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     drop(store);
     let store = latch_store::open(&db.url).await.unwrap();
     assert!(!store.token(&at_app2).await.unwrap().unwrap().is_revoked());
-    let finished = store.finish_interrupted_removals().await.unwrap();
+    let finished = store.finish_interrupted_removals(320).await.unwrap();
     assert_eq!(finished.len(), 1);
-    assert_eq!((finished[0].grants, finished[0].tokens), (1, 1));
+    assert_eq!(
+        (finished[0].grants, finished[0].tokens, finished[0].at),
+        (1, 1, 250)
+    );
     assert!(store.token(&at_app2).await.unwrap().unwrap().is_revoked());
+    assert_eq!(db.query_i64(&format!("{revoked_at}'app2'")).await, 320);
     assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
     let gone = "SELECT count(*) FROM clients WHERE client_id IN ('app', 'app2')";
     assert_eq!(db.query_i64(gone).await, 0);
@@ -1897,12 +1904,55 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
         .await
         .unwrap();
     assert!(store
-        .finish_interrupted_removals()
+        .finish_interrupted_removals(400)
         .await
         .unwrap()
         .is_empty());
     let svc = "SELECT count(*) FROM clients WHERE tenant_id = 'acme' AND client_id = 'svc'";
     assert_eq!(db.query_i64(svc).await, 1);
+}
+
+/// A grant issued to a client after its removal's chunks passed (the client exists until the
+/// removal's last write) is revoked by that last write. A trigger makes one appear in the last
+/// chunk's write, after it revoked: another client's live grant moved to the one removed.
+#[tokio::test]
+async fn sqlite_a_removal_revokes_the_grants_issued_after_its_chunks() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let home = TenantId::default_tenant();
+    ensure_app(&*store).await;
+    store
+        .create_client(&client(&home, "late", 3600))
+        .await
+        .unwrap();
+    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
+    let (grant, tokens) = late_issuance(&home, "late", "at-late");
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    db.execute(
+        "CREATE TRIGGER late AFTER UPDATE OF grants ON removals WHEN NEW.client_id = 'app' \
+         BEGIN \
+           UPDATE grants SET client_id = 'app' WHERE client_id = 'late'; \
+           UPDATE tokens SET client_id = 'app' WHERE client_id = 'late'; \
+         END;",
+    )
+    .await;
+
+    let app_id = ClientId::parse("app").unwrap();
+    let removal = audit(0, Reason::ClientRemoved, 400);
+    let event = store.delete_client(&home, &app_id, &removal).await.unwrap();
+    let event = event.expect("app existed").expect("recorded");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM grants WHERE client_id = 'late'")
+            .await,
+        0
+    );
+    assert!(store.token(&app[0]).await.unwrap().unwrap().is_revoked());
+    let late = TokenHash::of("at-late");
+    assert!(
+        store.token(&late).await.unwrap().unwrap().is_revoked(),
+        "the grant issued after the chunks is revoked too"
+    );
+    assert_eq!((event.grants, event.tokens), (2, 2));
 }
 
 /// A client the configuration declares while its removal runs (a server starting on the file
@@ -1921,7 +1971,7 @@ async fn sqlite_a_removal_gives_up_a_client_declared_meanwhile() {
     )
     .await;
     assert!(store
-        .finish_interrupted_removals()
+        .finish_interrupted_removals(400)
         .await
         .unwrap()
         .is_empty());

@@ -325,3 +325,45 @@ fn the_tenant_cli_adds_lists_and_removes() {
     );
     assert!(!out.status.success());
 }
+
+backend_test! {
+    async fn an_issuer_with_a_path_has_its_metadata_at_the_well_known_path_with_it_appended() {
+        // latch behind a proxy that serves it at https://auth.example/latch.
+        let s = TestServer::start_with(|c| c.issuer = Some("https://auth.example/latch/".into()))
+            .await;
+        create_tenant(&s, "acme").await;
+        let well_known = "/.well-known/oauth-authorization-server";
+        let issuer = "https://auth.example/latch";
+        // RFC 8414 §3: the well-known path inserted between the host and the issuer's path,
+        // which a proxy forwards as it is; and the legacy form of §5, the well-known path
+        // appended to the issuer, which reaches latch with the issuer's path stripped.
+        for (path, issuer) in [
+            (format!("{well_known}/latch"), issuer.to_owned()),
+            (well_known.to_owned(), issuer.to_owned()),
+            (
+                format!("{well_known}/latch/tenants/acme"),
+                format!("{issuer}/tenants/acme"),
+            ),
+            (
+                format!("{well_known}/tenants/acme"),
+                format!("{issuer}/tenants/acme"),
+            ),
+        ] {
+            let resp = s.http.get(s.url(&path)).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            let meta: Value = resp.json().await.unwrap();
+            assert_eq!(meta["issuer"], issuer, "{path}");
+            assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
+        }
+        // Nowhere else: not under another path, nor the default tenant's under its name.
+        for path in [
+            format!("{well_known}/other"),
+            format!("{well_known}/latch/tenants/default"),
+            format!("{well_known}/latch/latch"),
+            format!("{well_known}/latch/tenants/nope"),
+        ] {
+            let resp = s.http.get(s.url(&path)).send().await.unwrap();
+            assert_error(resp, 404, "not_found").await;
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! `GET /.well-known/oauth-authorization-server[/tenants/{tenant}]` (RFC 8414). A tenant's
-//! metadata sits at the well-known path with the issuer's path appended (§3).
+//! `GET /.well-known/oauth-authorization-server[{issuer path}][/tenants/{tenant}]` (RFC 8414).
+//! A tenant's metadata sits at the well-known path with its issuer's path appended (§3).
 
 use std::sync::Arc;
 
@@ -32,18 +32,41 @@ pub(crate) struct Metadata {
 /// Where the metadata of an issuer without a path is (RFC 8414 §3).
 const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
 
+/// The paths the metadata is served at, for an issuer whose path is `issuer_path`: the
+/// well-known path with the issuer's path appended (RFC 8414 §3), then, for an issuer with a
+/// path, the well-known path alone. That second one is what reaches latch behind a proxy that
+/// strips the issuer's path when a client appends the well-known path to the issuer instead
+/// (the legacy form of §5). Each also with a tenant's path (`/tenants/{tenant}`) appended.
+pub(crate) fn paths(issuer_path: &str) -> Vec<String> {
+    let mut prefixes = vec![format!("{WELL_KNOWN}{issuer_path}")];
+    if !issuer_path.is_empty() {
+        prefixes.push(WELL_KNOWN.to_owned());
+    }
+    prefixes
+        .into_iter()
+        .flat_map(|p| [format!("{p}/tenants/{{tenant}}"), p])
+        .collect()
+}
+
 pub(crate) async fn handle(
     State(state): State<Arc<AppState>>,
     Tenant(tenant): Tenant,
     uri: Uri,
 ) -> Result<Json<Metadata>, ApiError> {
     // A client must discard metadata whose issuer is not the one its well-known URL was
-    // built from (§3.3). The default tenant's issuer has no path, so its metadata is not
-    // also served at `/tenants/default`, where it would name an issuer no client may accept.
-    if uri.path() != format!("{WELL_KNOWN}{}", AppState::tenant_path(&tenant)) {
+    // built from (§3.3). The default tenant's issuer has no `/tenants/default`, so its
+    // metadata is not also served there, where it would name an issuer no client may accept.
+    let tenant_path = AppState::tenant_path(&tenant);
+    let issuer_path = state.issuer_path();
+    let path = uri.path();
+    let served = path
+        .strip_suffix(tenant_path.as_str())
+        .is_some_and(|prefix| {
+            prefix == WELL_KNOWN || prefix.strip_prefix(WELL_KNOWN) == Some(issuer_path)
+        });
+    if !served {
         return Err(ApiError::not_found(format!(
-            "the {tenant} tenant's metadata is at {WELL_KNOWN}{}",
-            AppState::tenant_path(&tenant)
+            "the {tenant} tenant's metadata is at {WELL_KNOWN}{issuer_path}{tenant_path}"
         )));
     }
     let issuer = state.issuer_for(&tenant);

@@ -260,6 +260,7 @@ impl ClientStore for SqliteStore {
         // in between, and its row goes with the last (`removals`).
         let removal = Removal::client(tenant, id);
         let (t, i) = (tenant.to_string(), id.to_string());
+        let now = audit.at;
         let (begin, audit) = (removal.clone(), audit.clone());
         let begun = self
             .write(move |c| {
@@ -280,17 +281,17 @@ impl ClientStore for SqliteStore {
             return Ok(None);
         }
         // `None` if another caller (removing it too) wrote its record: removed all the same.
-        Ok(Some(self.run_removal(removal).await?))
+        Ok(Some(self.run_removal(removal, now).await?))
     }
 
-    async fn finish_interrupted_removals(&self) -> StoreResult<Vec<AuditEvent>> {
+    async fn finish_interrupted_removals(&self, now: UnixTime) -> StoreResult<Vec<AuditEvent>> {
         let under_way = self.read(Removal::all_under_way)?;
         let mut events = Vec::with_capacity(under_way.len());
         for removal in under_way {
             tracing::warn!(%removal, "finishing a removal that was interrupted");
             // One that fails stays under way (its client in place), for the next start or a
             // removal asked again; the others still run.
-            match self.run_removal(removal.clone()).await {
+            match self.run_removal(removal.clone(), now).await {
                 Ok(event) => events.extend(event),
                 Err(e) => tracing::error!(%removal, error = %e, "the removal did not finish"),
             }

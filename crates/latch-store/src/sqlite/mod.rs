@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use latch_core::audit::AuditEvent;
 use latch_core::client::Client;
+use latch_core::clock::UnixTime;
 use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::TokenRecord;
 use latch_core::id::{ClientId, TenantId};
@@ -358,14 +359,19 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a removal under way ([`removals`], schema version 11) to its end: chunk after
-    /// chunk of its grants revoked, then its audit record. `None` when another caller ended
-    /// it; `Conflict` when the configuration declared what it removes meanwhile (given up).
-    async fn run_removal(&self, removal: Removal) -> StoreResult<Option<AuditEvent>> {
+    /// Runs a removal under way ([`removals`], schema version 11) to its end, revoking at
+    /// `now`: chunk after chunk of its grants revoked, then its audit record. `None` when
+    /// another caller ended it; `Conflict` when the configuration declared what it removes
+    /// meanwhile (given up).
+    async fn run_removal(
+        &self,
+        removal: Removal,
+        now: UnixTime,
+    ) -> StoreResult<Option<AuditEvent>> {
         loop {
             let (chunk, marks) = (removal.clone(), self.marks.clone());
             let more = self
-                .write(move |c| chunk.chunk(c, &marks, REMOVAL_CHUNK))
+                .write(move |c| chunk.chunk(c, &marks, now, REMOVAL_CHUNK))
                 .await?;
             if !more {
                 break;
@@ -375,7 +381,7 @@ impl SqliteStore {
             }
         }
         let marks = self.marks.clone();
-        self.write(move |c| removal.finish(c, &marks)).await?
+        self.write(move |c| removal.finish(c, &marks, now)).await?
     }
 
     /// Runs a read on a reader connection, on the calling thread.

@@ -84,17 +84,22 @@ impl Removal {
     }
 
     /// One chunk: revokes up to `limit` of the unrevoked grants it removes, with their
-    /// tokens, at the removal's time, and adds what died to its row. Returns whether others
-    /// may remain; `false` too when the removal has ended (another caller finished it).
+    /// tokens, at `now`, and adds what died to its row. Returns whether others may remain;
+    /// `false` too when the removal has ended (another caller finished it).
+    ///
+    /// `now` is the time of whatever drives the removal: the request that began it, or, for
+    /// one a crash interrupted, the start or the request finishing it. Its audit record keeps
+    /// the time it began.
     pub(super) fn chunk(
         &self,
         c: &Connection,
         marks: &RevocationMarks,
+        now: UnixTime,
         limit: u32,
     ) -> rusqlite::Result<bool> {
-        let Some(now) = self.at(c)? else {
+        if !self.under_way(c)? {
             return Ok(false);
-        };
+        }
         // Whether this chunk is a full one, so that more may follow: a `limit`-th live grant.
         let (of, values) = self.rows(1);
         let full = c
@@ -146,7 +151,7 @@ impl Removal {
     }
 
     /// Ends it once its chunks have revoked every grant: removes the client's rows (the
-    /// tenant's and its clients'), revokes the grants issued since the chunks passed them,
+    /// tenant's and its clients'), revokes (at `now`) the grants issued since the chunks passed them,
     /// records it in the audit trail with what all its writes killed, and deletes its row
     /// (a tenant's, the rows of its clients' removals too: those clients are gone, and their
     /// ids may be given again). `Ok(None)` when it had ended (another caller finished it).
@@ -157,10 +162,11 @@ impl Removal {
         &self,
         c: &Connection,
         marks: &RevocationMarks,
+        now: UnixTime,
     ) -> rusqlite::Result<Result<Option<AuditEvent>, StoreError>> {
-        let Some(now) = self.at(c)? else {
+        if !self.under_way(c)? {
             return Ok(Ok(None));
-        };
+        }
         let (of, values) = self.rows(1);
         let declared: bool = c
             .prepare_cached(&format!(
@@ -226,11 +232,12 @@ impl Removal {
         }
     }
 
-    /// When it began, if it is under way.
-    fn at(&self, c: &Connection) -> rusqlite::Result<Option<UnixTime>> {
-        c.prepare_cached("SELECT at FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-            .query_row(params![self.tenant, self.client], |r| r.get(0))
-            .optional()
+    /// Whether it is under way (its row there).
+    fn under_way(&self, c: &Connection) -> rusqlite::Result<bool> {
+        c.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
+        )?
+        .query_row(params![self.tenant, self.client], |r| r.get(0))
     }
 }
 

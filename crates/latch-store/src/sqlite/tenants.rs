@@ -53,6 +53,7 @@ impl TenantStore for SqliteStore {
         // in between, and its clients' rows and its own go with the last (`removals`).
         let id = tenant.as_str().to_owned();
         let removal = Removal::tenant(tenant);
+        let now = audit.at;
         let (begin, audit) = (removal.clone(), audit.clone());
         let begun = self.write(move |c| {
             // A client the configuration declares is removed there alone; checked in the
@@ -78,6 +79,6 @@ impl TenantStore for SqliteStore {
             return Ok(None);
         }
         // `None` if another caller (removing it too) wrote its record: removed all the same.
-        Ok(Some(self.run_removal(removal).await?))
+        Ok(Some(self.run_removal(removal, now).await?))
     }
 }
