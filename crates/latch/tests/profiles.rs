@@ -269,6 +269,112 @@ backend_test! {
     }
 }
 
+/// Every token of `grants` (access and refresh), whether each is active.
+async fn actives(s: &TestServer, account: &str, acct: &Account, grants: &[&Value]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for g in grants {
+        for t in ["access_token", "refresh_token"] {
+            out.push(active_in(s, account, &acct.introspector, field(g, t)).await);
+        }
+    }
+    out
+}
+
+backend_test! {
+    async fn sentinel_refuses_another_applications_token_and_logs_out_nobody() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        let alice_a = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        let alice_b = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        // App A presents app B's token: refused as on `/oauth2/revoke` (RFC 7009 §2.1, the
+        // token was not issued to it), and alice stays signed in everywhere.
+        let resp = post(
+            &s,
+            "/sentinel/api/account/acct/token/revoke?v=1.0",
+            sentinel_body(&acct.app_a, field(&alice_b, "refresh_token")),
+        )
+        .await;
+        assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(
+            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
+            [true; 4]
+        );
+    }
+}
+
+backend_test! {
+    async fn sentinel_logs_out_with_a_refresh_token_a_refresh_returned_or_retired() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        let refresh = |rt: String| {
+            let (s, app) = (&s, &acct.app_a);
+            async move {
+                let resp = s
+                    .post_form(
+                        "/tenants/acct/oauth2/token",
+                        Auth::Post(app),
+                        &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+                    )
+                    .await;
+                assert_eq!(resp.status(), 200);
+                resp.json::<Value>().await.unwrap()
+            }
+        };
+        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
+        // The document's "refresh token that was supplied in the application previous token
+        // or refresh request": the one a refresh returned...
+        let first = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        let other = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        let refreshed = refresh(field(&first, "refresh_token").to_owned()).await;
+        let resp = post(&s, path, sentinel_body(&acct.app_a, field(&refreshed, "refresh_token")))
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            actives(&s, "acct", &acct, &[&refreshed, &other]).await,
+            [false; 4]
+        );
+        // ...and one a refresh retired, which still names its grant (a sign-out made with a
+        // stale token still signs out).
+        let first = s.grant_in("acct", &acct.app_a, "bob", None).await;
+        let other = s.grant_in("acct", &acct.app_b, "bob", None).await;
+        let refreshed = refresh(field(&first, "refresh_token").to_owned()).await;
+        let resp = post(&s, path, sentinel_body(&acct.app_a, field(&first, "refresh_token")))
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            actives(&s, "acct", &acct, &[&refreshed, &other]).await,
+            [false; 4]
+        );
+    }
+}
+
+backend_test! {
+    async fn sentinel_storage_failure_is_an_error_and_logs_out_nobody() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        let alice_a = s.grant_in("acct", &acct.app_a, "alice", None).await;
+        let alice_b = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
+        let body = sentinel_body(&acct.app_a, field(&alice_a, "refresh_token"));
+        // The document's 500 row: latch answers 503 with Retry-After (the failure is the
+        // database's, and passes), and nothing is half done.
+        s.db.break_updates("grants").await;
+        let failed = post(&s, path, body.clone()).await;
+        assert!(failed.headers().contains_key("retry-after"));
+        assert_error(failed, 503, "temporarily_unavailable").await;
+        s.db.heal_updates("grants").await;
+        assert_eq!(
+            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
+            [true; 4]
+        );
+        assert_eq!(post(&s, path, body).await.status(), 200);
+        assert_eq!(
+            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
+            [false; 4]
+        );
+    }
+}
+
 /// A `client_credentials` access token of `client` (credentials in the body).
 async fn machine_token(s: &TestServer, tenant: &str, client: &TestClient) -> String {
     let prefix = format!("/tenants/{tenant}");
@@ -515,27 +621,40 @@ backend_test! {
             .await;
         assert_eq!(resp.status(), 200);
         assert!(!s.is_active(at).await);
+        // An access token goes alone: its grant's refresh token lives on.
+        assert!(s.is_active(field(&g, "refresh_token")).await);
     }
 }
 
-#[tokio::test]
-async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tokens_as_in_the_second_example(
-) {
-    let s = TestServer::start().await;
-    let conf = app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
-    let g = s.grant_for(&conf, "alice", None).await;
-    let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
-    // The document's body, line break and indentation included, as its curl would send it.
-    let body = format!("client_id=YMirwQ-beCp5Rxiw4yH&client_secret=nS8cz9Fa5Wl2fbHrM\n         &token={rt}&token_type=refresh_token");
-    let resp = s
-        .post_raw(
-            "/api/v1.0/oauth2/revoke",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            body.into_bytes(),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    assert!(!s.is_active(rt).await && !s.is_active(at).await);
+backend_test! {
+    async fn api_v1_0_confidential_client_revokes_a_refresh_token_and_its_access_tokens_as_in_the_second_example(
+    ) {
+        let s = TestServer::start().await;
+        let conf = app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
+        let g = s.grant_for(&conf, "alice", None).await;
+        let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        // A second access token of the grant, from a refresh: "all access tokens".
+        let refreshed = s.refresh(Auth::Post(&conf), rt).await;
+        assert_eq!(refreshed.status(), 200);
+        let refreshed: Value = refreshed.json().await.unwrap();
+        let (at2, rt2) = (
+            field(&refreshed, "access_token"),
+            field(&refreshed, "refresh_token"),
+        );
+        // The document's body, line break and indentation included, as its curl would send it.
+        let body = format!("client_id=YMirwQ-beCp5Rxiw4yH&client_secret=nS8cz9Fa5Wl2fbHrM\n         &token={rt2}&token_type=refresh_token");
+        let resp = s
+            .post_raw(
+                "/api/v1.0/oauth2/revoke",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                body.into_bytes(),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        for t in [at, at2, rt2] {
+            assert!(!s.is_active(t).await, "{t} lives");
+        }
+    }
 }
 
 backend_test! {
