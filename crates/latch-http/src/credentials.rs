@@ -25,13 +25,20 @@ pub struct PresentedCredentials {
 /// - A malformed Basic header (bad base64, no colon, bad encoding) is `invalid_request`.
 /// - Another scheme is `invalid_client` with a Basic challenge.
 /// - Basic and a body secret at once is `invalid_request` (RFC 6749 §2.3: one method only);
-///   so is a body `client_id` that differs from the Basic one.
+///   so is a body `client_id` that differs from the Basic one, and so are several
+///   `Authorization` headers (which of them would be the client's?).
 /// - No credentials at all is `invalid_client`.
 pub fn extract(headers: &HeaderMap, form: &Form) -> Result<PresentedCredentials, ApiError> {
     let body_id = form.get("client_id");
     let body_secret = form.get("client_secret");
 
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(value) = authorization.next() {
+        if authorization.next().is_some() {
+            return Err(ApiError::invalid_request(
+                "several Authorization headers: send one",
+            ));
+        }
         let (id, secret) = parse_basic(value.as_bytes())?;
         if body_secret.is_some() {
             return Err(ApiError::invalid_request(

@@ -428,7 +428,15 @@ fn form_cases(ep: &Endpoint) -> Vec<Case> {
             bad(),
         ));
     } else {
+        let mut twice = with(h.clone(), "authorization", &basic_header("svc", SECRET));
+        twice.push(("authorization", basic_header("svc", SECRET)));
         cases.extend([
+            ep.case(
+                "two Authorization headers, both the client's Basic",
+                twice,
+                good.clone(),
+                bad(),
+            ),
             ep.case(
                 "RFC 6749 §2.3.1 credentials in Basic",
                 with(

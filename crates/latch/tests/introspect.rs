@@ -91,6 +91,15 @@ backend_test! {
         let other = s.introspect(&field(&s.client_credentials(&svc).await, "access_token")).await;
         assert_ne!(other["jti"], info["jti"]);
         assert_ne!(other["grant_id"], info["grant_id"]);
+
+        // A token without scope has no `scope` (RFC 7662 §2.2: one or more scope values),
+        // as its token response has none.
+        let bare = s.confidential("bare", "").await;
+        let issued = s.client_credentials(&bare).await;
+        assert!(issued.get("scope").is_none(), "{issued}");
+        let info = s.introspect(&field(&issued, "access_token")).await;
+        assert_eq!(info["active"], true);
+        assert!(info.get("scope").is_none(), "{info}");
     }
 }
 

@@ -17,6 +17,9 @@ use crate::{no_store, AppState, Peer};
 #[derive(Serialize)]
 struct Active<'a> {
     active: bool,
+    /// Left out for a token without scope: RFC 7662 §2.2's `scope` is one or more scope
+    /// values (RFC 6749 §3.3), which an empty string is not.
+    #[serde(skip_serializing_if = "str::is_empty")]
     scope: &'a str,
     client_id: &'a str,
     sub: &'a str,

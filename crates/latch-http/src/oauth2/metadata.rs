@@ -20,9 +20,12 @@ pub(crate) struct Metadata {
     revocation_endpoint: String,
     introspection_endpoint: String,
     grant_types_supported: Vec<&'static str>,
-    /// latch has no authorization endpoint, so no response type.
+    /// latch has no authorization endpoint, so no response type. Sent empty all the same:
+    /// RFC 8414 §2 makes it REQUIRED, and clients that parse it would fail without it.
     response_types_supported: [&'static str; 0],
-    /// Sorted, each once.
+    /// Sorted, each once; left out when the tenant's clients have no scope (RFC 8414 §2:
+    /// "Claims with zero elements MUST be omitted").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     scopes_supported: Vec<String>,
     token_endpoint_auth_methods_supported: [&'static str; 3],
     revocation_endpoint_auth_methods_supported: [&'static str; 3],
