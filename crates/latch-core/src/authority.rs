@@ -149,7 +149,7 @@ impl Authority {
         credentials: &Credentials,
         admission: &dyn Admission,
     ) -> Result<Client, Error> {
-        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::UnknownClient)?;
         let client = self.store.client(tenant, &id).await?;
         self.check_credentials(client, credentials, admission).await
     }
@@ -164,7 +164,7 @@ impl Authority {
         token: &str,
         admission: &dyn Admission,
     ) -> Result<(Client, Option<TokenRecord>), Error> {
-        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::UnknownClient)?;
         let (client, record) = match PresentedToken::parse(token) {
             Some(presented) => {
                 self.store
@@ -186,7 +186,7 @@ impl Authority {
         credentials: &Credentials,
         admission: &dyn Admission,
     ) -> Result<Client, Error> {
-        let client = client.ok_or(Error::InvalidClient)?;
+        let client = client.ok_or(Error::UnknownClient)?;
         let ok = match credentials {
             Credentials::Basic { secret, .. } | Credentials::Post { secret, .. } => {
                 client.is_confidential()

@@ -25,6 +25,12 @@ pub enum Error {
     /// Client authentication failed (`invalid_client`).
     #[error("client authentication failed")]
     InvalidClient,
+    /// No client of the tenant has the presented id (or it is no client id at all):
+    /// `invalid_client` too, the answer the same as for a wrong secret. Told apart so that
+    /// the presented id is not logged: it may be what a client sent in its place by mistake,
+    /// its secret or a token.
+    #[error("client authentication failed")]
+    UnknownClient,
     /// The grant (refresh token) is invalid, expired, revoked or was issued to another
     /// client (`invalid_grant`).
     #[error("{0}")]

@@ -87,7 +87,7 @@ impl Authority {
         token: &str,
         admission: &dyn Admission,
     ) -> Result<(Client, Option<TokenToRevoke>), Error> {
-        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::InvalidClient)?;
+        let id = ClientId::parse(credentials.client_id()).map_err(|_| Error::UnknownClient)?;
         let (client, token) = match PresentedToken::parse(token) {
             Some(presented) => {
                 let (client, read) = self

@@ -233,7 +233,7 @@ impl From<Error> for ApiError {
         let description = e.to_string();
         match e {
             Error::InvalidRequest(_) => Self::invalid_request(description),
-            Error::InvalidClient => Self::invalid_client(false),
+            Error::InvalidClient | Error::UnknownClient => Self::invalid_client(false),
             Error::InvalidGrant(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
             }

@@ -737,8 +737,19 @@ async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
         .unwrap();
     assert_eq!(resp.status(), 401);
     secrets.push("wrong-admin-token-3a9f".into());
+    // A client's mistakes that put a secret where its id goes: Basic's fields swapped, and a
+    // token sent as the id. Refused, and logged by a fingerprint of that id alone.
+    let swapped = client(svc.secret.as_deref().unwrap(), "svc");
+    assert_eq!(n.token(Auth::Basic(&swapped)).await.status(), 401);
+    let as_id = client(&tokens[2], "x");
+    assert_eq!(n.token(Auth::Post(&as_id)).await.status(), 401);
 
     let logs = p.logs();
+    assert_eq!(
+        logs.matches("no client has the presented id").count(),
+        2,
+        "{logs}"
+    );
     // At this level every request is logged, with its span (the request layer is on only
     // when the filter records it), so whatever a request carries had its chance to leak.
     assert!(

@@ -10,11 +10,12 @@ use std::sync::Mutex;
 use axum::http::HeaderMap;
 use latch_core::client::Client;
 use latch_core::grant::TokenRecord;
-use latch_core::id::{TenantId, MAX_ID_LEN};
+use latch_core::id::TenantId;
 use latch_core::revoke::TokenToRevoke;
 use latch_core::secret::{Admission, Throttled};
 use latch_core::{Credentials, IssuedTokens};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::credentials;
 use crate::error::ApiError;
@@ -59,6 +60,26 @@ impl Attempt<'_> {
             .auth_limiter
             .release(self.tenant, guessed, self.peer.0, fingerprint);
     }
+
+    /// Logs a failed authentication: with the client's id when a client has it, else with a
+    /// fingerprint of the presented id alone. An id no client has may be what a client sent
+    /// in its place by mistake (its secret, with Basic's fields swapped; a token), and
+    /// neither may reach the logs; an operator finds a mistyped id by its fingerprint
+    /// (`printf %s ID | sha256sum`, the first 16 hex digits).
+    fn log_failure(&self, known: bool) {
+        let client_id = self.credentials().client_id();
+        if known {
+            tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+        } else {
+            let digest = Sha256::digest(client_id.as_bytes());
+            let fingerprint: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            tracing::info!(
+                tenant = %self.tenant,
+                client_id_sha256 = %fingerprint,
+                "client authentication failed: no client has the presented id"
+            );
+        }
+    }
 }
 
 impl Drop for Attempt<'_> {
@@ -100,8 +121,8 @@ impl<'a> Attempt<'a> {
     /// The attempt's answer; a failed authentication counts against the rate limit.
     fn finish<T>(&self, outcome: Result<T, latch_core::Error>) -> Result<T, ApiError> {
         outcome.map_err(|e| {
-            if matches!(e, latch_core::Error::InvalidClient) {
-                let client_id = self.credentials().client_id();
+            let known = matches!(e, latch_core::Error::InvalidClient);
+            if known || matches!(e, latch_core::Error::UnknownClient) {
                 // Only a secret verified against a client's stored hash (admitted above: a
                 // wrong secret is never in the verification cache) guessed at that client.
                 // An id no client has, or a client without a secret, guesses nothing, and
@@ -117,9 +138,7 @@ impl<'a> Attempt<'a> {
                 self.state
                     .auth_limiter
                     .failed(self.tenant, guessed, self.peer.0, now);
-                // At most as long as a real client id: the form allows 64 KiB.
-                let shown: String = client_id.chars().take(MAX_ID_LEN).collect();
-                tracing::info!(tenant = %self.tenant, client_id = %shown.escape_debug(), "client authentication failed");
+                self.log_failure(known);
             }
             ApiError::from(e).with_basic_challenge(self.presented.basic)
         })
