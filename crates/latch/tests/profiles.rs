@@ -86,36 +86,44 @@ fn sentinel_body(client: &TestClient, token: &str) -> String {
     )
 }
 
+/// Every token of `grants` (access and refresh), whether each is active.
+async fn actives(s: &TestServer, account: &str, acct: &Account, grants: &[&Value]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for g in grants {
+        for t in ["access_token", "refresh_token"] {
+            out.push(active_in(s, account, &acct.introspector, field(g, t)).await);
+        }
+    }
+    out
+}
+
+/// `subject`'s grants in both applications of account `id`.
+async fn signed_in(s: &TestServer, id: &str, acct: &Account, subject: &str) -> [Value; 2] {
+    [
+        s.grant_in(id, &acct.app_a, subject, None).await,
+        s.grant_in(id, &acct.app_b, subject, None).await,
+    ]
+}
+
+/// `client` presents `token` at account `id`'s sentinel route.
+async fn sentinel_revoke(s: &TestServer, id: &str, client: &TestClient, token: &str) -> Response {
+    let path = format!("/sentinel/api/account/{id}/token/revoke?v=1.0");
+    post(s, &path, sentinel_body(client, token)).await
+}
+
 backend_test! {
     async fn sentinel_logs_the_user_out_of_every_application_of_the_account() {
         let s = TestServer::start().await;
         let acct = account(&s, "12345678").await;
-        let alice_a = s.grant_in("12345678", &acct.app_a, "alice", None).await;
-        let alice_b = s.grant_in("12345678", &acct.app_b, "alice", None).await;
+        let alice = signed_in(&s, "12345678", &acct, "alice").await;
         let bob_a = s.grant_in("12345678", &acct.app_a, "bob", None).await;
 
-        let resp = post(
-            &s,
-            "/sentinel/api/account/12345678/token/revoke?v=1.0",
-            sentinel_body(&acct.app_a, field(&alice_a, "refresh_token")),
-        )
-        .await;
+        let rt = field(&alice[0], "refresh_token");
+        let resp = sentinel_revoke(&s, "12345678", &acct.app_a, rt).await;
         assert_eq!(resp.status(), 200);
-
-        for g in [&alice_a, &alice_b] {
-            for t in ["access_token", "refresh_token"] {
-                assert!(
-                    !active_in(&s, "12345678", &acct.introspector, field(g, t)).await,
-                    "alice {t} lives"
-                );
-            }
-        }
-        for t in ["access_token", "refresh_token"] {
-            assert!(
-                active_in(&s, "12345678", &acct.introspector, field(&bob_a, t)).await,
-                "bob's {t} died"
-            );
-        }
+        let [a, b] = &alice;
+        assert_eq!(actives(&s, "12345678", &acct, &[a, b]).await, [false; 4]);
+        assert_eq!(actives(&s, "12345678", &acct, &[&bob_a]).await, [true; 2]);
     }
 }
 
@@ -269,36 +277,16 @@ backend_test! {
     }
 }
 
-/// Every token of `grants` (access and refresh), whether each is active.
-async fn actives(s: &TestServer, account: &str, acct: &Account, grants: &[&Value]) -> Vec<bool> {
-    let mut out = Vec::new();
-    for g in grants {
-        for t in ["access_token", "refresh_token"] {
-            out.push(active_in(s, account, &acct.introspector, field(g, t)).await);
-        }
-    }
-    out
-}
-
 backend_test! {
     async fn sentinel_refuses_another_applications_token_and_logs_out_nobody() {
         let s = TestServer::start().await;
         let acct = account(&s, "acct").await;
-        let alice_a = s.grant_in("acct", &acct.app_a, "alice", None).await;
-        let alice_b = s.grant_in("acct", &acct.app_b, "alice", None).await;
+        let [a, b] = &signed_in(&s, "acct", &acct, "alice").await;
         // App A presents app B's token: refused as on `/oauth2/revoke` (RFC 7009 §2.1, the
         // token was not issued to it), and alice stays signed in everywhere.
-        let resp = post(
-            &s,
-            "/sentinel/api/account/acct/token/revoke?v=1.0",
-            sentinel_body(&acct.app_a, field(&alice_b, "refresh_token")),
-        )
-        .await;
+        let resp = sentinel_revoke(&s, "acct", &acct.app_a, field(b, "refresh_token")).await;
         assert_error(resp, 400, "invalid_request").await;
-        assert_eq!(
-            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
-            [true; 4]
-        );
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [true; 4]);
     }
 }
 
@@ -306,45 +294,31 @@ backend_test! {
     async fn sentinel_logs_out_with_a_refresh_token_a_refresh_returned_or_retired() {
         let s = TestServer::start().await;
         let acct = account(&s, "acct").await;
-        let refresh = |rt: String| {
-            let (s, app) = (&s, &acct.app_a);
-            async move {
-                let resp = s
-                    .post_form(
-                        "/tenants/acct/oauth2/token",
-                        Auth::Post(app),
-                        &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
-                    )
-                    .await;
-                assert_eq!(resp.status(), 200);
-                resp.json::<Value>().await.unwrap()
-            }
-        };
-        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
         // The document's "refresh token that was supplied in the application previous token
-        // or refresh request": the one a refresh returned...
-        let first = s.grant_in("acct", &acct.app_a, "alice", None).await;
-        let other = s.grant_in("acct", &acct.app_b, "alice", None).await;
-        let refreshed = refresh(field(&first, "refresh_token").to_owned()).await;
-        let resp = post(&s, path, sentinel_body(&acct.app_a, field(&refreshed, "refresh_token")))
-            .await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(
-            actives(&s, "acct", &acct, &[&refreshed, &other]).await,
-            [false; 4]
-        );
-        // ...and one a refresh retired, which still names its grant (a sign-out made with a
-        // stale token still signs out).
-        let first = s.grant_in("acct", &acct.app_a, "bob", None).await;
-        let other = s.grant_in("acct", &acct.app_b, "bob", None).await;
-        let refreshed = refresh(field(&first, "refresh_token").to_owned()).await;
-        let resp = post(&s, path, sentinel_body(&acct.app_a, field(&first, "refresh_token")))
-            .await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(
-            actives(&s, "acct", &acct, &[&refreshed, &other]).await,
-            [false; 4]
-        );
+        // or refresh request": the one a refresh returned, and one a refresh retired, which
+        // still names its grant (a sign-out made with a stale token still signs out).
+        for (subject, present_retired) in [("alice", false), ("bob", true)] {
+            let [first, other] = &signed_in(&s, "acct", &acct, subject).await;
+            let retired = field(first, "refresh_token");
+            let resp = s
+                .post_form(
+                    "/tenants/acct/oauth2/token",
+                    Auth::Post(&acct.app_a),
+                    &[("grant_type", "refresh_token"), ("refresh_token", retired)],
+                )
+                .await;
+            assert_eq!(resp.status(), 200);
+            let refreshed: Value = resp.json().await.unwrap();
+            let presented = if present_retired {
+                retired
+            } else {
+                field(&refreshed, "refresh_token")
+            };
+            let resp = sentinel_revoke(&s, "acct", &acct.app_a, presented).await;
+            assert_eq!(resp.status(), 200);
+            let left = actives(&s, "acct", &acct, &[&refreshed, other]).await;
+            assert_eq!(left, [false; 4], "{subject}");
+        }
     }
 }
 
@@ -352,26 +326,19 @@ backend_test! {
     async fn sentinel_storage_failure_is_an_error_and_logs_out_nobody() {
         let s = TestServer::start().await;
         let acct = account(&s, "acct").await;
-        let alice_a = s.grant_in("acct", &acct.app_a, "alice", None).await;
-        let alice_b = s.grant_in("acct", &acct.app_b, "alice", None).await;
-        let path = "/sentinel/api/account/acct/token/revoke?v=1.0";
-        let body = sentinel_body(&acct.app_a, field(&alice_a, "refresh_token"));
+        let [a, b] = &signed_in(&s, "acct", &acct, "alice").await;
+        let rt = field(a, "refresh_token");
         // The document's 500 row: latch answers 503 with Retry-After (the failure is the
         // database's, and passes), and nothing is half done.
         s.db.break_updates("grants").await;
-        let failed = post(&s, path, body.clone()).await;
+        let failed = sentinel_revoke(&s, "acct", &acct.app_a, rt).await;
         assert!(failed.headers().contains_key("retry-after"));
         assert_error(failed, 503, "temporarily_unavailable").await;
         s.db.heal_updates("grants").await;
-        assert_eq!(
-            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
-            [true; 4]
-        );
-        assert_eq!(post(&s, path, body).await.status(), 200);
-        assert_eq!(
-            actives(&s, "acct", &acct, &[&alice_a, &alice_b]).await,
-            [false; 4]
-        );
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [true; 4]);
+        let resp = sentinel_revoke(&s, "acct", &acct.app_a, rt).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [false; 4]);
     }
 }
 
