@@ -572,6 +572,13 @@ backend_test! {
 
 // ---- Profile 3: seed 002, /api/v1.0/oauth2/revoke --------------------------------------------
 
+/// `body` posted to the route as the document's examples send it (no charset).
+async fn api_v1_0_revoke(s: &TestServer, body: String) -> Response {
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    s.post_raw("/api/v1.0/oauth2/revoke", &form, body.into_bytes())
+        .await
+}
+
 backend_test! {
     async fn api_v1_0_public_client_revokes_an_access_token_as_in_the_first_example() {
         let s = TestServer::start().await;
@@ -579,13 +586,7 @@ backend_test! {
         let g = s.grant_for(&public, "alice", None).await;
         let at = field(&g, "access_token");
         let body = format!("client_id=io8MvuTN3reflIaESwe5tGd&token={at}");
-        let resp = s
-            .post_raw(
-                "/api/v1.0/oauth2/revoke",
-                &[("content-type", "application/x-www-form-urlencoded")],
-                body.into_bytes(),
-            )
-            .await;
+        let resp = api_v1_0_revoke(&s, body).await;
         assert_eq!(resp.status(), 200);
         assert!(!s.is_active(at).await);
         // An access token goes alone: its grant's refresh token lives on.
@@ -610,13 +611,7 @@ backend_test! {
         );
         // The document's body, line break and indentation included, as its curl would send it.
         let body = format!("client_id=YMirwQ-beCp5Rxiw4yH&client_secret=nS8cz9Fa5Wl2fbHrM\n         &token={rt2}&token_type=refresh_token");
-        let resp = s
-            .post_raw(
-                "/api/v1.0/oauth2/revoke",
-                &[("content-type", "application/x-www-form-urlencoded")],
-                body.into_bytes(),
-            )
-            .await;
+        let resp = api_v1_0_revoke(&s, body).await;
         assert_eq!(resp.status(), 200);
         for t in [at, at2, rt2] {
             assert!(!s.is_active(t).await, "{t} lives");
