@@ -249,6 +249,34 @@ impl Authority {
         Ok(audit::killed(&event))
     }
 
+    /// Revokes every grant issued to a client, which stays: for a compromised client, with
+    /// its secret rotated ([`rotate_secret`](Self::rotate_secret)) first. A client the
+    /// configuration declares may have its grants revoked too (it changes nothing the file
+    /// says). Recorded as an operator's revocation (`admin`) naming the client as its subject,
+    /// as its removal is, so that the trail's `client_subject=ID` finds it. Returns what died.
+    pub async fn revoke_client_grants(
+        &self,
+        tenant: &TenantId,
+        id: &ClientId,
+        origin: Origin,
+    ) -> Result<Killed, Error> {
+        self.client(tenant, id).await?;
+        let context = self
+            .audit_context(tenant, ADMIN, origin, Reason::Admin)
+            .about(None, Some(&Subject::of_client(id)));
+        let events = self
+            .store
+            .revoke_client_grants(tenant, id, &context)
+            .await?;
+        let mut killed = Killed::default();
+        for event in &events {
+            audit::log(event);
+            killed.grants += event.grants;
+            killed.tokens += event.tokens;
+        }
+        Ok(killed)
+    }
+
     /// Finishes the removals of clients and tenants a crash left under way
     /// ([`ClientStore::finish_interrupted_removals`](crate::store::ClientStore::finish_interrupted_removals)),
     /// recording each in the log as any removal is. A server runs it as it starts.

@@ -84,6 +84,17 @@ pub enum ClientCommand {
         #[command(flatten)]
         overrides: Overrides,
     },
+    /// Revoke every grant a client holds, keeping the client (a compromised one: rotate
+    /// its secret first).
+    RevokeGrants {
+        /// Client id.
+        client_id: String,
+        /// Tenant.
+        #[arg(long, default_value = TenantId::DEFAULT)]
+        tenant: String,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Give a confidential client a new secret; the old one stops working at once.
     RotateSecret {
         /// Client id.
@@ -369,6 +380,25 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
             print(json!({
                 "client_id": client_id,
                 "deleted": true,
+                "revoked_grants": killed.grants,
+                "revoked_tokens": killed.tokens,
+            }))?;
+        }
+        ClientCommand::RevokeGrants {
+            client_id,
+            tenant,
+            overrides,
+        } => {
+            let killed = authority(&overrides)
+                .await?
+                .revoke_client_grants(
+                    &TenantId::parse(&tenant)?,
+                    &ClientId::parse(&client_id)?,
+                    Origin::internal("cli"),
+                )
+                .await?;
+            print(json!({
+                "client_id": client_id,
                 "revoked_grants": killed.grants,
                 "revoked_tokens": killed.tokens,
             }))?;

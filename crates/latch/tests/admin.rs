@@ -1248,3 +1248,84 @@ async fn sqlite_an_interrupted_removal_is_finished_by_removing_again_or_by_the_n
     let under_way = s.db.query_i64("SELECT count(*) FROM removals").await;
     assert_eq!(under_way, 0);
 }
+
+backend_test! {
+    async fn revoking_a_clients_grants_kills_all_its_tokens_and_keeps_the_client() {
+        // A compromised client the configuration declares: its grants are revoked through
+        // the admin API all the same (nothing the file says changes).
+        let s = TestServer::start_with(|settings| {
+            settings.clients = vec![latch_core::admin::ClientSpec {
+                tenant: latch_core::id::TenantId::default_tenant(),
+                id: latch_core::id::ClientId::parse("svc").unwrap(),
+                auth_method: latch_core::client::AuthMethod::ClientSecretBasic,
+                secret: latch_core::admin::SecretSpec::Plain("svc-secret".into()),
+                grant_types: vec![
+                    latch_core::client::GrantType::ClientCredentials,
+                    latch_core::client::GrantType::RefreshToken,
+                ],
+                scope: latch_core::scope::Scope::parse("read").unwrap(),
+                redirect_uris: vec![],
+                access_token_ttl: 3600,
+                refresh_token_ttl: 86_400,
+                rotation_grace: 0,
+                access_token_revocation: Default::default(),
+            }];
+        })
+        .await;
+        let svc = TestClient { id: "svc".into(), secret: Some("svc-secret".into()) };
+        let other = s.confidential("other", "read").await;
+        let machine = s.client_credentials(&svc).await;
+        let alice = s.grant_for(&svc, "alice", None).await;
+        let others = s.grant_for(&other, "alice", None).await;
+        let svc_tokens = [
+            str_of(&machine, "access_token"),
+            str_of(&alice, "access_token"),
+            str_of(&alice, "refresh_token"),
+        ];
+
+        let path = "/tenants/default/clients/svc/grants";
+        let resp = s.admin(Method::DELETE, path, None).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({ "client_id": "svc", "revoked_grants": 2, "revoked_tokens": 3 })
+        );
+        for t in svc_tokens {
+            assert!(!s.is_active(t).await, "{t} lives");
+        }
+        for t in ["access_token", "refresh_token"] {
+            assert!(s.is_active(str_of(&others, t)).await, "another client's {t} died");
+        }
+        // The client stays: what it obtains from now on lives.
+        let fresh = s.client_credentials(&svc).await;
+        assert!(s.is_active(str_of(&fresh, "access_token")).await);
+
+        // Recorded as an operator's revocation naming the client, which its trail finds.
+        let resp = s
+            .admin(Method::GET, "/tenants/default/audit?client_subject=svc", None)
+            .await;
+        let page: Value = resp.json().await.unwrap();
+        let records: Vec<&Value> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["grant_id"].is_null())
+            .collect();
+        assert_eq!(records.len(), 1, "{page}");
+        let e = records[0];
+        assert_eq!((e["reason"].as_str(), e["actor"].as_str()), (Some("admin"), Some("admin")));
+        assert_eq!((e["grants"].as_u64(), e["tokens"].as_u64()), (Some(2), Some(3)));
+
+        // Again: only what was issued since dies, and an unknown client is a 404.
+        let resp = s.admin(Method::DELETE, path, None).await;
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({ "client_id": "svc", "revoked_grants": 1, "revoked_tokens": 1 })
+        );
+        assert!(!s.is_active(str_of(&fresh, "access_token")).await);
+        let resp = s
+            .admin(Method::DELETE, "/tenants/default/clients/nobody/grants", None)
+            .await;
+        assert_error(resp, 404, "not_found").await;
+    }
+}

@@ -386,6 +386,24 @@ async fn client_commands_act_on_the_database_of_a_running_server() {
     assert_eq!(n.token(Auth::Post(&old)).await.status(), 401);
     let at2 = n.access_token(Auth::Basic(&new)).await;
 
+    // Its grants revoked from the CLI: its tokens die before the running server's eyes, the
+    // client stays.
+    let revoked = cli_json(
+        d,
+        &["client", "revoke-grants", "myapp", "--database-url", &url],
+    );
+    assert_eq!(
+        revoked,
+        json!({ "client_id": "myapp", "revoked_grants": 2, "revoked_tokens": 2 })
+    );
+    for t in [&at, &at2] {
+        assert_eq!(
+            n.introspect(Auth::Basic(&checker), t).await,
+            json!({ "active": false })
+        );
+    }
+    let at2 = n.access_token(Auth::Basic(&new)).await;
+
     // Removal from the CLI: tokens die, credentials fail.
     let removed = cli_json(d, &["client", "remove", "myapp", "--database-url", &url]);
     assert_eq!(removed["deleted"], true);

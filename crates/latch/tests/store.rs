@@ -1719,18 +1719,33 @@ fn bulk_grants(n: usize) -> String {
 /// counting them all.
 #[tokio::test]
 async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_removal() {
-    other_writes_pass_between_the_chunks_of_a_large_removal(Reason::ClientRemoved).await;
+    other_writes_pass_between_the_chunks_of(Large::ClientRemoval).await;
 }
 
 /// The same for a tenant's removal.
 #[tokio::test]
 async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_tenants_removal() {
-    other_writes_pass_between_the_chunks_of_a_large_removal(Reason::TenantRemoved).await;
+    other_writes_pass_between_the_chunks_of(Large::TenantRemoval).await;
 }
 
-/// Removes client `app` (or its whole tenant, as `reason` says) holding 12,001 grants while
-/// another write is queued.
-async fn other_writes_pass_between_the_chunks_of_a_large_removal(reason: Reason) {
+/// The same for the revocation of every grant of a client that stays, each chunk with an
+/// audit record of its own.
+#[tokio::test]
+async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_grants_revocation() {
+    other_writes_pass_between_the_chunks_of(Large::ClientGrants).await;
+}
+
+/// What revokes a large client's grants in chunks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Large {
+    ClientRemoval,
+    TenantRemoval,
+    ClientGrants,
+}
+
+/// Revokes the grants of client `app`, holding 12,001 of them, as `large` says while another
+/// write is queued.
+async fn other_writes_pass_between_the_chunks_of(large: Large) {
     let db = TestDb::fresh_on(common::Backend::Sqlite).await;
     let store = latch_store::open(&db.url).await.unwrap();
     ensure_app(&*store).await;
@@ -1746,53 +1761,75 @@ async fn other_writes_pass_between_the_chunks_of_a_large_removal(reason: Reason)
     db.execute(&bulk_grants(12_000)).await;
     let home = TenantId::default_tenant();
     let app = ClientId::parse("app").unwrap();
-    let removal = audit(0, reason, 200);
-    let removed = std::sync::atomic::AtomicBool::new(false);
+    let reason = match large {
+        Large::ClientRemoval => Reason::ClientRemoved,
+        Large::TenantRemoval => Reason::TenantRemoved,
+        Large::ClientGrants => Reason::Admin,
+    };
+    let context = audit(0, reason, 200);
+    let done = std::sync::atomic::AtomicBool::new(false);
     let other = TenantId::parse("other").unwrap();
     let batches = store.commit_stats().commits;
-    let (event, ()) = futures_util::future::join(
+    let (events, ()) = futures_util::future::join(
         async {
-            let event = if reason == Reason::TenantRemoved {
-                store.delete_tenant(&home, &removal).await
-            } else {
-                store.delete_client(&home, &app, &removal).await
+            let removed = |event: Option<Option<AuditEvent>>| -> Vec<AuditEvent> {
+                event.expect("app existed").into_iter().collect()
             };
-            removed.store(true, std::sync::atomic::Ordering::SeqCst);
-            event
+            let events = match large {
+                Large::TenantRemoval => {
+                    removed(store.delete_tenant(&home, &context).await.unwrap())
+                }
+                Large::ClientRemoval => {
+                    removed(store.delete_client(&home, &app, &context).await.unwrap())
+                }
+                Large::ClientGrants => {
+                    (store.revoke_client_grants(&home, &app, &context).await).unwrap()
+                }
+            };
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            events
         },
         async {
-            // Queued just after the removal's first write (`join` polls the removal first),
-            // so before its chunks: each of them needs the answer to the one before.
+            // Queued just after the revocation's first write (`join` polls it first), so
+            // before its chunks: each of them needs the answer to the one before.
             tokio::task::yield_now().await;
             store.create_tenant(&other, 300).await.unwrap();
             assert!(
-                !removed.load(std::sync::atomic::Ordering::SeqCst),
-                "the other write waited for the whole removal"
+                !done.load(std::sync::atomic::Ordering::SeqCst),
+                "the other write waited for the whole revocation"
             );
         },
     )
     .await;
-    let event = event
-        .unwrap()
-        .expect("app existed")
-        .expect("a removal is recorded");
-    assert_eq!((event.grants, event.tokens), (12_001, 2));
-    assert_eq!(event.reason, reason);
-    // Its first write, three chunks of up to 5,000 grants and its record's: five commits
-    // (the other write shares one of them, or adds its own).
-    let commits = store.commit_stats().commits - batches;
-    assert!(commits >= 5, "{commits} commits");
+    let (grants, tokens_killed) = events.iter().fold((0, 0), |(g, t), e| {
+        assert_eq!(e.reason, reason);
+        (g + e.grants, t + e.tokens)
+    });
+    assert_eq!((grants, tokens_killed), (12_001, 2));
+    // A removal: its first write, three chunks of up to 5,000 grants and its record's, five
+    // commits (the other write shares one of them, or adds its own), and one record. A
+    // revocation of the grants: three chunks, each with its record.
+    let (commits, records) = match large {
+        Large::ClientGrants => (3, 3),
+        _ => (5, 1),
+    };
+    assert_eq!(events.len(), records);
+    let committed = store.commit_stats().commits - batches;
+    assert!(committed >= commits, "{committed} commits");
     for hash in &tokens {
         assert!(store.token(hash).await.unwrap().unwrap().is_revoked());
     }
     let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
     assert_eq!(db.query_i64(live).await, 0);
     assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
-    let records = format!(
+    let recorded = format!(
         "SELECT count(*) FROM audit WHERE reason = '{}'",
         reason.as_str()
     );
-    assert_eq!(db.query_i64(&records).await, 1);
+    assert_eq!(db.query_i64(&recorded).await, records as i64);
+    let clients = "SELECT count(*) FROM clients WHERE client_id = 'app'";
+    let kept = i64::from(large == Large::ClientGrants);
+    assert_eq!(db.query_i64(clients).await, kept);
 }
 
 /// A crash between the chunks of a client's (or a tenant's) removal leaves the client in place

@@ -1,4 +1,4 @@
-//! `/admin/v1/tenants/{tenant}/clients[/{client_id}[/secret]]`.
+//! `/admin/v1/tenants/{tenant}/clients[/{client_id}[/secret | /grants]]`.
 
 use std::sync::Arc;
 
@@ -176,6 +176,25 @@ pub(crate) async fn remove(
     Ok(Json(json!({
         "client_id": client_id,
         "deleted": true,
+        "revoked_grants": killed.grants,
+        "revoked_tokens": killed.tokens,
+    })))
+}
+
+/// `DELETE …/clients/{id}/grants`: revokes every grant of the client, which stays (a
+/// compromised client's tokens, after its secret is rotated).
+pub(crate) async fn revoke_grants(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    peer: Peer,
+    Params((tenant, client_id)): Params<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let killed = state
+        .authority
+        .revoke_client_grants(&named(&tenant)?, &client_id_of(&client_id)?, origin(peer))
+        .await?;
+    Ok(Json(json!({
+        "client_id": client_id,
         "revoked_grants": killed.grants,
         "revoked_tokens": killed.tokens,
     })))

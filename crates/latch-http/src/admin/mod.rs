@@ -42,6 +42,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/clients/{client_id}/secret",
             post(clients::rotate_secret),
         )
+        .route(
+            "/tenants/{tenant}/clients/{client_id}/grants",
+            delete(clients::revoke_grants),
+        )
         .route("/tenants/{tenant}/audit", get(audit::list))
         .route("/tenants/{tenant}/grants", post(grants::create))
         .route(

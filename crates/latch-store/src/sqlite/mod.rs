@@ -152,12 +152,14 @@ pub struct SqliteStore {
     removal_pause: Duration,
 }
 
-/// The grants one chunk of a removal revokes, in a transaction of its own ([`removals`]):
+/// The grants one chunk of a removal (or of a revocation of a client's grants) revokes, in a
+/// transaction of its own ([`removals`]):
 /// some 60 ms of the writer's time, as long as other writes wait for it (13-14 s per
 /// 1,000,000 grants in one transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
-/// How long a command removing a client or tenant lets go of the write lock between chunks.
+/// How long a command revoking a client's or tenant's grants in chunks lets go of the write
+/// lock between them.
 /// A server on the same file waits for the lock in steps of up to 100 ms (SQLite's busy
 /// handler), so a pause as long as one step lets its writes in; a removal that took the lock
 /// straight back could keep them out past the busy timeout, which answers them `503`.
@@ -376,12 +378,18 @@ impl SqliteStore {
             if !more {
                 break;
             }
-            if !self.removal_pause.is_zero() {
-                tokio::time::sleep(self.removal_pause).await;
-            }
+            self.pause_between_chunks().await;
         }
         let marks = self.marks.clone();
         self.write(move |c| removal.finish(c, &marks, now)).await?
+    }
+
+    /// Lets a server's writes pass between two chunks of a large revocation when this store
+    /// is a command's beside a server ([`REMOVAL_PAUSE`]); a server's own goes straight on.
+    async fn pause_between_chunks(&self) {
+        if !self.removal_pause.is_zero() {
+            tokio::time::sleep(self.removal_pause).await;
+        }
     }
 
     /// Runs a read on a reader connection, on the calling thread.

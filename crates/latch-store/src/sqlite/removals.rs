@@ -13,6 +13,9 @@
 //! leaves it in place with some of its grants revoked, never gone with live grants. The next
 //! server start finishes it (`ClientStore::finish_interrupted_removals`), as does removing
 //! it again.
+//!
+//! [`LiveGrants`] picks the chunks, here and for the revocation of every grant of a client
+//! that stays (`revocations.rs`).
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::clock::UnixTime;
@@ -25,28 +28,24 @@ use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::revocations::{count_marks, event_from_row, revoke_grants_where};
 use crate::audit_query::AUDIT_COLUMNS;
 
-/// What a removal takes away: a tenant's client, or the whole tenant (`client` empty, as in
-/// its `removals` row: no client id is empty).
+/// What a removal takes away: a tenant's client, or the whole tenant, with their grants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Removal {
-    tenant: String,
-    client: String,
+    grants: LiveGrants,
 }
 
 impl Removal {
     /// The removal of a tenant's client.
     pub(super) fn client(tenant: &TenantId, id: &ClientId) -> Self {
         Self {
-            tenant: tenant.to_string(),
-            client: id.to_string(),
+            grants: LiveGrants::of_client(tenant, id),
         }
     }
 
     /// The removal of a whole tenant.
     pub(super) fn tenant(tenant: &TenantId) -> Self {
         Self {
-            tenant: tenant.to_string(),
-            client: String::new(),
+            grants: LiveGrants::of_tenant(tenant),
         }
     }
 
@@ -59,8 +58,8 @@ impl Removal {
                subject, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
-            self.tenant,
-            self.client,
+            self.grants.tenant,
+            self.grants.client,
             audit.reason.as_str(),
             audit.at,
             audit.actor,
@@ -76,8 +75,10 @@ impl Removal {
         c.prepare("SELECT tenant_id, client_id FROM removals")?
             .query_map([], |r| {
                 Ok(Self {
-                    tenant: r.get(0)?,
-                    client: r.get(1)?,
+                    grants: LiveGrants {
+                        tenant: r.get(0)?,
+                        client: r.get(1)?,
+                    },
                 })
             })?
             .collect()
@@ -100,25 +101,16 @@ impl Removal {
         if !self.under_way(c)? {
             return Ok(false);
         }
-        // Whether this chunk is a full one, so that more may follow: a `limit`-th live grant.
-        let (of, values) = self.rows(1);
-        let full = c
-            .prepare_cached(&format!(
-                "SELECT 1 FROM grants WHERE {of} AND revoked_at IS NULL LIMIT 1 OFFSET {}",
-                limit.saturating_sub(1)
-            ))?
-            .query_row(values.as_slice(), |_| Ok(()))
-            .optional()?
-            .is_some();
+        let full = self.grants.at_least(c, limit)?;
         let mut marked = Vec::new();
-        let killed = self.revoke_marking(c, marks, now, Some(limit), &mut marked)?;
+        let killed = (self.grants).revoke_first(c, marks, now, Some(limit), &mut marked)?;
         c.prepare_cached(
             "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
              WHERE tenant_id = ?1 AND client_id = ?2",
         )?
         .execute(params![
-            self.tenant,
-            self.client,
+            self.grants.tenant,
+            self.grants.client,
             killed.grants,
             killed.tokens
         ])?;
@@ -126,10 +118,146 @@ impl Removal {
         Ok(full)
     }
 
-    /// Revokes, at `now`, the first `limit` unrevoked grants it removes (all of them
-    /// without one), with their tokens, pushing the marks it makes to `marked` (the caller
-    /// counts them once its write can no longer fail); returns what died.
-    fn revoke_marking(
+    /// Ends it once its chunks have revoked every grant: removes the client's rows (the
+    /// tenant's and its clients'), revokes (at `now`) the grants issued since the chunks passed them,
+    /// records it in the audit trail with what all its writes killed, and deletes its row
+    /// (a tenant's, the rows of its clients' removals too: those clients are gone, and their
+    /// ids may be given again). `Ok(None)` when it had ended (another caller finished it).
+    /// `Err(Conflict)` when what it removes is now declared by the configuration (a start
+    /// declared it while the removal ran): the removal is then given up, its row deleted, the
+    /// grants its chunks revoked staying revoked.
+    pub(super) fn finish(
+        &self,
+        c: &Connection,
+        marks: &RevocationMarks,
+        now: UnixTime,
+    ) -> rusqlite::Result<Result<Option<AuditEvent>, StoreError>> {
+        if !self.under_way(c)? {
+            return Ok(Ok(None));
+        }
+        let (of, values) = self.grants.rows(1);
+        let declared: bool = c
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM clients WHERE {of} AND declared)"
+            ))?
+            .query_row(values.as_slice(), |r| r.get(0))?;
+        if declared {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+                .execute(params![self.grants.tenant, self.grants.client])?;
+            return Ok(Err(StoreError::Conflict));
+        }
+        live_clients::forget();
+        if self.grants.client.is_empty() {
+            // Clients reference the tenant, so they go first.
+            c.execute(
+                "DELETE FROM clients WHERE tenant_id = ?1",
+                [&self.grants.tenant],
+            )?;
+            c.execute("DELETE FROM tenants WHERE id = ?1", [&self.grants.tenant])?;
+        } else {
+            c.execute(
+                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
+                params![self.grants.tenant, self.grants.client],
+            )?;
+        }
+        // Its marks count once this write can no longer fail: kept until then.
+        let mut marked = Vec::new();
+        let killed = (self.grants).revoke_first(c, marks, now, None, &mut marked)?;
+        c.prepare_cached(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) \
+             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
+               tokens + ?4, address \
+             FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
+        )?
+        .execute(params![
+            self.grants.tenant,
+            self.grants.client,
+            killed.grants,
+            killed.tokens
+        ])?;
+        let event = c
+            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
+            .query_row([c.last_insert_rowid()], event_from_row)?;
+        if self.grants.client.is_empty() {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1")?
+                .execute([&self.grants.tenant])?;
+        } else {
+            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
+                .execute(params![self.grants.tenant, self.grants.client])?;
+        }
+        count_marks(marks, now, marked);
+        Ok(Ok(Some(event)))
+    }
+
+    /// Whether it is under way (its row there).
+    fn under_way(&self, c: &Connection) -> rusqlite::Result<bool> {
+        c.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
+        )?
+        .query_row(params![self.grants.tenant, self.grants.client], |r| {
+            r.get(0)
+        })
+    }
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.grants.client.is_empty() {
+            write!(f, "tenant {}", self.grants.tenant)
+        } else {
+            write!(
+                f,
+                "client {} of tenant {}",
+                self.grants.client, self.grants.tenant
+            )
+        }
+    }
+}
+
+/// The live grants of a tenant's client, or of the whole tenant (`client` empty, as in a
+/// `removals` row: no client id is empty), revoked a chunk at a time: by a removal, and by a
+/// revocation of every grant of a client that stays ([`super::clients`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LiveGrants {
+    tenant: String,
+    client: String,
+}
+
+impl LiveGrants {
+    /// A tenant's client's.
+    pub(super) fn of_client(tenant: &TenantId, id: &ClientId) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            client: id.to_string(),
+        }
+    }
+
+    /// A whole tenant's.
+    pub(super) fn of_tenant(tenant: &TenantId) -> Self {
+        Self {
+            tenant: tenant.to_string(),
+            client: String::new(),
+        }
+    }
+
+    /// Whether there are at least `n` unrevoked ones: a chunk of `n` is then a full one,
+    /// which others may follow.
+    pub(super) fn at_least(&self, c: &Connection, n: u32) -> rusqlite::Result<bool> {
+        let (of, values) = self.rows(1);
+        Ok(c.prepare_cached(&format!(
+            "SELECT 1 FROM grants WHERE {of} AND revoked_at IS NULL LIMIT 1 OFFSET {}",
+            n.saturating_sub(1)
+        ))?
+        .query_row(values.as_slice(), |_| Ok(()))
+        .optional()?
+        .is_some())
+    }
+
+    /// Revokes, at `now`, the first `limit` unrevoked ones (all of them without one), with
+    /// their tokens, pushing the marks it makes to `marked` (the caller counts them once its
+    /// write can no longer fail); returns what died.
+    pub(super) fn revoke_first(
         &self,
         c: &Connection,
         marks: &RevocationMarks,
@@ -150,76 +278,7 @@ impl Removal {
         revoke_grants_where(c, marks, now, &condition, &values, marked)
     }
 
-    /// Ends it once its chunks have revoked every grant: removes the client's rows (the
-    /// tenant's and its clients'), revokes (at `now`) the grants issued since the chunks passed them,
-    /// records it in the audit trail with what all its writes killed, and deletes its row
-    /// (a tenant's, the rows of its clients' removals too: those clients are gone, and their
-    /// ids may be given again). `Ok(None)` when it had ended (another caller finished it).
-    /// `Err(Conflict)` when what it removes is now declared by the configuration (a start
-    /// declared it while the removal ran): the removal is then given up, its row deleted, the
-    /// grants its chunks revoked staying revoked.
-    pub(super) fn finish(
-        &self,
-        c: &Connection,
-        marks: &RevocationMarks,
-        now: UnixTime,
-    ) -> rusqlite::Result<Result<Option<AuditEvent>, StoreError>> {
-        if !self.under_way(c)? {
-            return Ok(Ok(None));
-        }
-        let (of, values) = self.rows(1);
-        let declared: bool = c
-            .prepare_cached(&format!(
-                "SELECT EXISTS (SELECT 1 FROM clients WHERE {of} AND declared)"
-            ))?
-            .query_row(values.as_slice(), |r| r.get(0))?;
-        if declared {
-            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-                .execute(params![self.tenant, self.client])?;
-            return Ok(Err(StoreError::Conflict));
-        }
-        live_clients::forget();
-        if self.client.is_empty() {
-            // Clients reference the tenant, so they go first.
-            c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&self.tenant])?;
-            c.execute("DELETE FROM tenants WHERE id = ?1", [&self.tenant])?;
-        } else {
-            c.execute(
-                "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
-                params![self.tenant, self.client],
-            )?;
-        }
-        // Its marks count once this write can no longer fail: kept until then.
-        let mut marked = Vec::new();
-        let killed = self.revoke_marking(c, marks, now, None, &mut marked)?;
-        c.prepare_cached(
-            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-               tokens, address) \
-             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
-               tokens + ?4, address \
-             FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
-        )?
-        .execute(params![
-            self.tenant,
-            self.client,
-            killed.grants,
-            killed.tokens
-        ])?;
-        let event = c
-            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
-            .query_row([c.last_insert_rowid()], event_from_row)?;
-        if self.client.is_empty() {
-            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1")?
-                .execute([&self.tenant])?;
-        } else {
-            c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-                .execute(params![self.tenant, self.client])?;
-        }
-        count_marks(marks, now, marked);
-        Ok(Ok(Some(event)))
-    }
-
-    /// The condition on `tenant_id` (and `client_id`) selecting the rows of what it removes,
+    /// The condition on `tenant_id` (and `client_id`) selecting the rows of their owner,
     /// its parameters numbered from `first`, and their values.
     fn rows(&self, first: usize) -> (String, Vec<&dyn ToSql>) {
         if self.client.is_empty() {
@@ -229,24 +288,6 @@ impl Removal {
                 format!("tenant_id = ?{first} AND client_id = ?{}", first + 1),
                 vec![&self.tenant, &self.client],
             )
-        }
-    }
-
-    /// Whether it is under way (its row there).
-    fn under_way(&self, c: &Connection) -> rusqlite::Result<bool> {
-        c.prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
-        )?
-        .query_row(params![self.tenant, self.client], |r| r.get(0))
-    }
-}
-
-impl std::fmt::Display for Removal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.client.is_empty() {
-            write!(f, "tenant {}", self.tenant)
-        } else {
-            write!(f, "client {} of tenant {}", self.client, self.tenant)
         }
     }
 }

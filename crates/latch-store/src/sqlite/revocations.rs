@@ -12,14 +12,15 @@ use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
 use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Revocation, TokenRecord};
-use latch_core::id::{GrantId, Subject, TenantId};
+use latch_core::id::{ClientId, GrantId, Subject, TenantId};
 use latch_core::store::{AuditStore, CleanupStore, Purged, RevocationStore, StoreResult, Sweep};
 use latch_core::token::TokenHash;
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
 use super::marks::{MarkOf, Marked, RevocationMarks};
-use super::SqliteStore;
+use super::removals::LiveGrants;
+use super::{SqliteStore, REMOVAL_CHUNK};
 use crate::audit_query::{audit_block, audit_events_sql, audit_query_start, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
@@ -307,6 +308,45 @@ impl RevocationStore for SqliteStore {
         let marks = self.marks.clone();
         self.write(move |c| apply(c, &marks, &revocation, &audit))
             .await
+    }
+
+    async fn revoke_client_grants(
+        &self,
+        tenant: &TenantId,
+        client_id: &ClientId,
+        audit: &AuditContext,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        // In chunks, as a removal's (`removals.rs`), each its own audited revocation.
+        let grants = LiveGrants::of_client(tenant, client_id);
+        let mut events = Vec::new();
+        loop {
+            let (grants, audit, marks) = (grants.clone(), audit.clone(), self.marks.clone());
+            let (event, more) = self
+                .write(move |c| {
+                    let more = grants.at_least(c, REMOVAL_CHUNK)?;
+                    let mut marked = Vec::new();
+                    let killed = grants.revoke_first(
+                        c,
+                        &marks,
+                        audit.at,
+                        Some(REMOVAL_CHUNK),
+                        &mut marked,
+                    )?;
+                    let event = if killed.is_nothing() {
+                        None
+                    } else {
+                        Some(insert_audit(c, &audit, killed)?)
+                    };
+                    count_marks(&marks, audit.at, marked);
+                    Ok((event, more))
+                })
+                .await?;
+            events.extend(event);
+            if !more {
+                return Ok(events);
+            }
+            self.pause_between_chunks().await;
+        }
     }
 }
 
