@@ -418,12 +418,17 @@ fn check_issuer(issuer: &str) -> anyhow::Result<()> {
         "issuer {issuer:?} has no host"
     );
     // The metadata is served at the well-known path with the issuer's path appended (RFC 8414
-    // §3), a route of its own: the path must be one a URL holds as it is (RFC 3986 `pchar`s).
+    // §3), a route of its own: the path must be one a URL holds as it is (RFC 3986 `pchar`s),
+    // with no segment the router reads as a capture (`:name`, `*name`).
     let path = rest.find('/').map_or("", |at| &rest[at..]);
     anyhow::ensure!(
         path.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/-._~%!$&'()*+,;=:@".contains(c)),
         "issuer {issuer:?} has a path with characters a URL must percent-encode"
+    );
+    anyhow::ensure!(
+        !path.split('/').any(|s| s.starts_with([':', '*'])),
+        "issuer {issuer:?} has a path segment starting with `:` or `*`"
     );
     Ok(())
 }

@@ -203,6 +203,14 @@ fn no_secret_shows_in_help_or_in_a_configuration_error() {
             "issuer = \"https://a.example/{tenant}\"\n",
             "has a path with characters a URL must percent-encode",
         ),
+        (
+            "issuer = \"https://a.example/x/:id\"\n",
+            "has a path segment starting with `:` or `*`",
+        ),
+        (
+            "issuer = \"https://a.example/*\"\n",
+            "has a path segment starting with `:` or `*`",
+        ),
     ] {
         let stderr = refused(file);
         assert!(stderr.contains(says), "{file}: {stderr}");

@@ -99,3 +99,29 @@ pub(crate) async fn handle(
         ],
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::paths;
+
+    /// The router panics on a route it cannot hold (a conflict, a duplicate, a segment it
+    /// reads as a capture): every issuer path the configuration accepts must make routes it
+    /// takes, beside those of every tenant.
+    #[test]
+    fn the_metadata_routes_of_any_accepted_issuer_path_build() {
+        for issuer_path in [
+            "",
+            "/latch",
+            "/tenants",
+            "/tenants/x",
+            "/a:b/c@d/e*f/$(x)",
+            "/.well-known/oauth-authorization-server",
+        ] {
+            let mut router = axum::Router::<()>::new();
+            for path in paths(issuer_path) {
+                router = router.route(&path, axum::routing::get(|| async {}));
+            }
+            drop(router);
+        }
+    }
+}
