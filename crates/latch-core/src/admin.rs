@@ -264,17 +264,29 @@ impl Authority {
         let context = self
             .audit_context(tenant, ADMIN, origin, Reason::Admin)
             .about(None, Some(&Subject::of_client(id)));
-        let events = self
-            .store
-            .revoke_client_grants(tenant, id, &context)
-            .await?;
-        let mut killed = Killed::default();
-        for event in &events {
-            audit::log(event);
-            killed.grants += event.grants;
-            killed.tokens += event.tokens;
+        // On a task of its own, so that it runs to its end (on SQLite, chunk after chunk)
+        // even when its caller goes away, a client hanging up or a proxy timing out: the rest
+        // of a compromised client's grants would live on. Each record is logged as it
+        // commits, so one that a later chunk's failure cuts short is logged all the same.
+        let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
+        let revoking = tokio::spawn(async move {
+            let mut killed = Killed::default();
+            let mut recorded = |event: AuditEvent| {
+                audit::log(&event);
+                killed.grants += event.grants;
+                killed.tokens += event.tokens;
+            };
+            let done = store.revoke_client_grants(&tenant, &id, &context, &mut recorded);
+            done.await.map(|()| killed)
+        });
+        match revoking.await {
+            Ok(done) => Ok(done?),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime shutting down cancels it.
+                Err(_) => Err(StoreError::Unavailable("shutting down".into()).into()),
+            },
         }
-        Ok(killed)
     }
 
     /// Finishes the removals of clients and tenants a crash left under way

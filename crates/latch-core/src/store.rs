@@ -196,22 +196,27 @@ pub trait RevocationStore: Send + Sync {
 
     /// Revokes every grant issued to a client, which stays (a compromised client's tokens
     /// all killed), recording it in the audit trail as [`revoke`](Self::revoke) does, and
-    /// returns the records. One transaction, one record (or none, nothing alive) by default,
-    /// as on PostgreSQL. SQLite, whose one writer every write waits for, revokes a chunk of
-    /// grants at a time, each chunk a write of its own with its own record (when it killed
-    /// something), other writes passing in between: so a failure part-way leaves some grants
-    /// revoked, each recorded, and the rest for the caller to revoke again.
+    /// hands each record to `recorded` once it is committed. One transaction, one record (or
+    /// none, nothing alive) by default, as on PostgreSQL. SQLite, whose one writer every
+    /// write waits for, revokes a chunk of grants at a time, each chunk a write of its own
+    /// with its own record (when it killed something), other writes passing in between: a
+    /// failure part-way leaves some grants revoked, each recorded (and handed over), and the
+    /// rest for the caller to revoke again.
     async fn revoke_client_grants(
         &self,
         tenant: &TenantId,
         client_id: &ClientId,
         audit: &AuditContext,
-    ) -> StoreResult<Vec<AuditEvent>> {
+        recorded: &mut (dyn FnMut(AuditEvent) + Send),
+    ) -> StoreResult<()> {
         let revocation = Revocation::Client {
             tenant: tenant.clone(),
             client_id: client_id.clone(),
         };
-        Ok(self.revoke(&revocation, audit).await?.into_iter().collect())
+        if let Some(event) = self.revoke(&revocation, audit).await? {
+            recorded(event);
+        }
+        Ok(())
     }
 }
 

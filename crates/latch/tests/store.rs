@@ -1783,7 +1783,12 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
                     removed(store.delete_client(&home, &app, &context).await.unwrap())
                 }
                 Large::ClientGrants => {
-                    (store.revoke_client_grants(&home, &app, &context).await).unwrap()
+                    let mut events = Vec::new();
+                    let mut recorded = |event| events.push(event);
+                    (store.revoke_client_grants(&home, &app, &context, &mut recorded))
+                        .await
+                        .unwrap();
+                    events
                 }
             };
             done.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -37,9 +37,11 @@ const WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
 
 /// The paths the metadata is served at, for an issuer whose path is `issuer_path`: the
 /// well-known path with the issuer's path appended (RFC 8414 §3), then, for an issuer with a
-/// path, the well-known path alone. That second one is what reaches latch behind a proxy that
-/// strips the issuer's path when a client appends the well-known path to the issuer instead
-/// (the legacy form of §5). Each also with a tenant's path (`/tenants/{tenant}`) appended.
+/// path, the well-known path alone, as before there was a path. For the default tenant that
+/// second one is also what reaches latch behind a proxy that strips the issuer's path when a
+/// client appends the well-known path to the issuer instead (the legacy form of §5; another
+/// tenant's, `/tenants/{tenant}/.well-known/…` after stripping, is not served). Each also
+/// with a tenant's path (`/tenants/{tenant}`) appended.
 pub(crate) fn paths(issuer_path: &str) -> Vec<String> {
     let mut prefixes = vec![format!("{WELL_KNOWN}{issuer_path}")];
     if !issuer_path.is_empty() {

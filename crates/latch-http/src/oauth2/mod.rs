@@ -64,18 +64,25 @@ impl Attempt<'_> {
     /// Logs a failed authentication: with the client's id when a client has it, else with a
     /// fingerprint of the presented id alone. An id no client has may be what a client sent
     /// in its place by mistake (its secret, with Basic's fields swapped; a token), and
-    /// neither may reach the logs; an operator finds a mistyped id by its fingerprint
-    /// (`printf %s ID | sha256sum`, the first 16 hex digits).
+    /// neither may reach the logs. The fingerprint is keyed by a secret of this process, so
+    /// that the logs cannot confirm a guessed secret offline (as a plain hash of a chosen,
+    /// weak one would, at a hash's speed rather than argon2id's); it still groups repeated
+    /// failures of one id until the process restarts.
     fn log_failure(&self, known: bool) {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         let client_id = self.credentials().client_id();
         if known {
             tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), "client authentication failed");
         } else {
-            let digest = Sha256::digest(client_id.as_bytes());
+            let key = KEY.get_or_init(rand::random);
+            let digest = Sha256::new()
+                .chain_update(key)
+                .chain_update(client_id.as_bytes())
+                .finalize();
             let fingerprint: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
             tracing::info!(
                 tenant = %self.tenant,
-                client_id_sha256 = %fingerprint,
+                client_id_fingerprint = %fingerprint,
                 "client authentication failed: no client has the presented id"
             );
         }

@@ -217,7 +217,7 @@ impl std::fmt::Display for Removal {
 
 /// The live grants of a tenant's client, or of the whole tenant (`client` empty, as in a
 /// `removals` row: no client id is empty), revoked a chunk at a time: by a removal, and by a
-/// revocation of every grant of a client that stays ([`super::clients`]).
+/// revocation of every grant of a client that stays (`revocations.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LiveGrants {
     tenant: String,

@@ -315,10 +315,10 @@ impl RevocationStore for SqliteStore {
         tenant: &TenantId,
         client_id: &ClientId,
         audit: &AuditContext,
-    ) -> StoreResult<Vec<AuditEvent>> {
+        recorded: &mut (dyn FnMut(AuditEvent) + Send),
+    ) -> StoreResult<()> {
         // In chunks, as a removal's (`removals.rs`), each its own audited revocation.
         let grants = LiveGrants::of_client(tenant, client_id);
-        let mut events = Vec::new();
         loop {
             let (grants, audit, marks) = (grants.clone(), audit.clone(), self.marks.clone());
             let (event, more) = self
@@ -341,9 +341,11 @@ impl RevocationStore for SqliteStore {
                     Ok((event, more))
                 })
                 .await?;
-            events.extend(event);
+            if let Some(event) = event {
+                recorded(event);
+            }
             if !more {
-                return Ok(events);
+                return Ok(());
             }
             self.pause_between_chunks().await;
         }
