@@ -153,16 +153,15 @@ pub struct SqliteStore {
 }
 
 /// The grants one chunk of a removal (or of a revocation of a client's grants) revokes, in a
-/// transaction of its own ([`removals`]):
-/// some 60 ms of the writer's time, as long as other writes wait for it (13-14 s per
-/// 1,000,000 grants in one transaction).
+/// transaction of its own ([`removals`]): some 60 ms of the writer's time, as long as other
+/// writes wait for it (13-14 s per 1,000,000 grants in one transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
 /// How long a command revoking a client's or tenant's grants in chunks lets go of the write
-/// lock between them.
-/// A server on the same file waits for the lock in steps of up to 100 ms (SQLite's busy
-/// handler), so a pause as long as one step lets its writes in; a removal that took the lock
-/// straight back could keep them out past the busy timeout, which answers them `503`.
+/// lock between them. A server on the same file waits for the lock in steps of up to 100 ms
+/// (SQLite's busy handler), so a pause as long as one step lets its writes in; a command that
+/// took the lock straight back could keep them out past the busy timeout, which answers them
+/// `503`.
 const REMOVAL_PAUSE: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for SqliteStore {
