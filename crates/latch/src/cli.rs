@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use latch_core::admin::{ClientSpec, SecretSpec};
-use latch_core::audit::Origin;
+use latch_core::audit::{Killed, Origin};
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType};
 use latch_core::clock::SystemClock;
 use latch_core::id::{ClientId, TenantId};
@@ -342,6 +342,15 @@ async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `client remove` and `client revoke-grants` print: what died.
+fn grants_revoked(client_id: &str, killed: Killed) -> serde_json::Value {
+    json!({
+        "client_id": client_id,
+        "revoked_grants": killed.grants,
+        "revoked_tokens": killed.tokens,
+    })
+}
+
 async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
     match cmd {
         ClientCommand::Add(args) => {
@@ -377,12 +386,9 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                     Origin::internal("cli"),
                 )
                 .await?;
-            print(json!({
-                "client_id": client_id,
-                "deleted": true,
-                "revoked_grants": killed.grants,
-                "revoked_tokens": killed.tokens,
-            }))?;
+            let mut out = grants_revoked(&client_id, killed);
+            out["deleted"] = json!(true);
+            print(out)?;
         }
         ClientCommand::RevokeGrants {
             client_id,
@@ -397,11 +403,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
                     Origin::internal("cli"),
                 )
                 .await?;
-            print(json!({
-                "client_id": client_id,
-                "revoked_grants": killed.grants,
-                "revoked_tokens": killed.tokens,
-            }))?;
+            print(grants_revoked(&client_id, killed))?;
         }
         ClientCommand::RotateSecret {
             client_id,

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::admin::{ClientSpec, SecretSpec};
+use latch_core::audit::Killed;
 use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, Client, GrantType};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
@@ -173,12 +174,9 @@ pub(crate) async fn remove(
         .authority
         .delete_client(&named(&tenant)?, &client_id_of(&client_id)?, origin(peer))
         .await?;
-    Ok(Json(json!({
-        "client_id": client_id,
-        "deleted": true,
-        "revoked_grants": killed.grants,
-        "revoked_tokens": killed.tokens,
-    })))
+    let mut body = grants_revoked(&client_id, killed);
+    body["deleted"] = json!(true);
+    Ok(Json(body))
 }
 
 /// `DELETE …/clients/{id}/grants`: revokes every grant of the client, which stays (a
@@ -193,11 +191,16 @@ pub(crate) async fn revoke_grants(
         .authority
         .revoke_client_grants(&named(&tenant)?, &client_id_of(&client_id)?, origin(peer))
         .await?;
-    Ok(Json(json!({
+    Ok(Json(grants_revoked(&client_id, killed)))
+}
+
+/// The answer to a revocation of every grant of a client (removed or not): what died.
+fn grants_revoked(client_id: &str, killed: Killed) -> serde_json::Value {
+    json!({
         "client_id": client_id,
         "revoked_grants": killed.grants,
         "revoked_tokens": killed.tokens,
-    })))
+    })
 }
 
 /// `POST …/clients/{id}/secret` body: a new secret, or none to generate one.
