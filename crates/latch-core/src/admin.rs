@@ -266,10 +266,11 @@ impl Authority {
             .about(None, Some(&Subject::of_client(id)));
         // On a task of its own, so that it runs to its end (on SQLite, chunk after chunk)
         // even when its caller goes away, a client hanging up or a proxy timing out: the rest
-        // of a compromised client's grants would live on. Each record is logged as it
-        // commits, so one that a later chunk's failure cuts short is logged all the same.
+        // of a compromised client's grants would live on. A stopping server waits for it
+        // (`finish_background`). Each record is logged as it commits, so one that a later
+        // chunk's failure cuts short is logged all the same.
         let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
-        let revoking = tokio::spawn(async move {
+        let revoking = self.background.spawn(async move {
             let mut killed = Killed::default();
             let mut recorded = |event: AuditEvent| {
                 audit::log(&event);

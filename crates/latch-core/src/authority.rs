@@ -73,6 +73,9 @@ pub struct Authority {
     pub(crate) audit_retention: Option<UnixTime>,
     /// Each tenant's `scopes_supported`, for the metadata document.
     pub(crate) scopes: crate::metadata::ScopesCache,
+    /// Work a request started that goes on when its caller hangs up (a client's grants
+    /// revoked chunk after chunk), which a stop waits for ([`Authority::finish_background`]).
+    pub(crate) background: tokio_util::task::TaskTracker,
 }
 
 impl Authority {
@@ -85,7 +88,18 @@ impl Authority {
             cleanup: CleanupStats::default(),
             audit_retention: None,
             scopes: Default::default(),
+            background: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits for the work requests started that goes on when its caller hangs up: a server
+    /// runs it as it stops, once it serves no more, before it closes the store (whose last
+    /// checkpoint would otherwise race that work's writes, and the process's end cut it
+    /// off part-way). Work started after it is still waited for by a later call.
+    pub async fn finish_background(&self) {
+        self.background.close();
+        self.background.wait().await;
+        self.background.reopen();
     }
 
     /// Keeps audit records for `days` days: the clean-up deletes older ones. `None` (the

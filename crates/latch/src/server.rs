@@ -184,6 +184,19 @@ impl Server {
                 self.task.abort();
             }
         }
+        // A revocation of a client's grants a caller left running (it hung up) goes on to
+        // its end: the store closes after it.
+        let background = self.authority.finish_background();
+        if tokio::time::timeout(self.shutdown_timeout, background)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                seconds = self.shutdown_timeout.as_secs(),
+                "a revocation of a client's grants was still running at the shutdown timeout \
+                 and was cut off: the grants it had not reached live on; revoke them again"
+            );
+        }
         // Durability does not depend on it (a WAL left behind is replayed at the next start),
         // so a failure is worth a warning, not a failed exit.
         if let Err(e) = self.authority.store().close().await {

@@ -1837,6 +1837,44 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
     assert_eq!(db.query_i64(clients).await, kept);
 }
 
+/// A revocation of a client's grants whose caller goes away part-way (its future dropped, as
+/// a request's is when its client hangs up) goes on to its end, and
+/// `Authority::finish_background`, which a stopping server runs before it closes the store,
+/// waits for it.
+#[tokio::test]
+async fn sqlite_a_stop_waits_for_a_clients_grants_revocation_its_caller_left() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    // Live by the system clock the authority's is set to.
+    db.execute(&bulk_grants(50_000).replace("20000", "4000000000"))
+        .await;
+    let clock = Arc::new(latch_core::clock::ManualClock::starting_now());
+    let authority = latch_core::Authority::new(store.clone(), clock);
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    {
+        let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
+        let origin = latch_core::audit::Origin::internal("test");
+        let revoking = authority.revoke_client_grants(&home, &app, origin);
+        tokio::pin!(revoking);
+        // Dropped once its first chunk (of ten) has committed.
+        while db.query_i64(live).await == 50_000 {
+            tokio::select! {
+                done = &mut revoking => panic!("answered before its caller left: {done:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+            }
+        }
+    }
+    assert!(
+        db.query_i64(live).await > 0,
+        "finished before its caller left"
+    );
+    authority.finish_background().await;
+    assert_eq!(db.query_i64(live).await, 0);
+    let recorded = "SELECT coalesce(sum(grants), 0) FROM audit WHERE grant_id IS NULL";
+    assert_eq!(db.query_i64(recorded).await, 50_000);
+}
+
 /// A crash between the chunks of a client's (or a tenant's) removal leaves the client in place
 /// with its removal recorded as under way, as it was before the removal began or with some of
 /// its grants revoked. Removing it again finishes the removal, with the record it began; so

@@ -107,8 +107,9 @@ mod tests {
     use super::paths;
 
     /// The router panics on a route it cannot hold (a conflict, a duplicate, a segment it
-    /// reads as a capture): every issuer path the configuration accepts must make routes it
-    /// takes, beside those of every tenant.
+    /// reads as a capture): issuer paths of each kind the configuration accepts (a trailing
+    /// `/` is trimmed before: `AppState::new`) must make routes it takes, beside those of
+    /// every tenant.
     #[test]
     fn the_metadata_routes_of_any_accepted_issuer_path_build() {
         for issuer_path in [
@@ -117,6 +118,8 @@ mod tests {
             "/tenants",
             "/tenants/x",
             "/a:b/c@d/e*f/$(x)",
+            "/a//b",
+            "/%7Bx%7D",
             "/.well-known/oauth-authorization-server",
         ] {
             let mut router = axum::Router::<()>::new();
