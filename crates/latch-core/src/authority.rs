@@ -92,10 +92,11 @@ impl Authority {
         }
     }
 
-    /// Waits for the work requests started that goes on when its caller hangs up: a server
-    /// runs it as it stops, once it serves no more, before it closes the store (whose last
-    /// checkpoint would otherwise race that work's writes, and the process's end cut it
-    /// off part-way). Work started after it is still waited for by a later call.
+    /// Waits for what requests left running when their callers hung up (a client's grants
+    /// revoked chunk after chunk): a server runs it as it stops, once it serves no more,
+    /// before it closes the store (whose last checkpoint would otherwise race that work's
+    /// writes, and the process's end cut it off part-way). Work started after it is waited
+    /// for by a later call.
     pub async fn finish_background(&self) {
         self.background.close();
         self.background.wait().await;
