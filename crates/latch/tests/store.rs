@@ -1875,23 +1875,34 @@ async fn sqlite_a_stop_waits_for_a_clients_grants_revocation_its_caller_left() {
     assert_eq!(db.query_i64(recorded).await, 50_000);
 }
 
+/// A fresh SQLite store where client `app` holds grant 1's access token "at-app", and client
+/// `other` a grant issued at 300 with the access token `other_token`: the removal tests' start.
+async fn sqlite_with_app_and(
+    other: &str,
+    other_token: &str,
+) -> (TestDb, Arc<dyn Storage>, Vec<TokenHash>) {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let home = TenantId::default_tenant();
+    ensure_app(&*store).await;
+    store
+        .create_client(&client(&home, other, 3600))
+        .await
+        .unwrap();
+    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
+    let (grant, tokens) = late_issuance(&home, other, other_token);
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    (db, store, app)
+}
+
 /// A crash between the chunks of a client's (or a tenant's) removal leaves the client in place
 /// with its removal recorded as under way, as it was before the removal began or with some of
 /// its grants revoked. Removing it again finishes the removal, with the record it began; so
 /// does a server's start (`finish_interrupted_removals`), but not a command's open.
 #[tokio::test]
 async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
-    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
-    let store = latch_store::open(&db.url).await.unwrap();
+    let (db, store, app) = sqlite_with_app_and("app2", "at-app2").await;
     let home = TenantId::default_tenant();
-    ensure_app(&*store).await;
-    store
-        .create_client(&client(&home, "app2", 3600))
-        .await
-        .unwrap();
-    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
-    let (grant, tokens) = late_issuance(&home, "app2", "at-app2");
-    assert!(store.issue(&grant, &tokens, None).await.unwrap());
     // As a crash leaves them: both removals recorded as under way, no chunk run yet.
     db.execute(
         "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route, subject) \
@@ -1997,17 +2008,8 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
 /// chunk's write, after it revoked: another client's live grant moved to the one removed.
 #[tokio::test]
 async fn sqlite_a_removal_revokes_the_grants_issued_after_its_chunks() {
-    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
-    let store = latch_store::open(&db.url).await.unwrap();
+    let (db, store, app) = sqlite_with_app_and("late", "at-late").await;
     let home = TenantId::default_tenant();
-    ensure_app(&*store).await;
-    store
-        .create_client(&client(&home, "late", 3600))
-        .await
-        .unwrap();
-    let app = issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
-    let (grant, tokens) = late_issuance(&home, "late", "at-late");
-    assert!(store.issue(&grant, &tokens, None).await.unwrap());
     db.execute(
         "CREATE TRIGGER late AFTER UPDATE OF grants ON removals WHEN NEW.client_id = 'app' \
          BEGIN \
