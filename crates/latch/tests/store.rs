@@ -899,6 +899,85 @@ async fn postgres_an_issuance_racing_another_nodes_client_removal_stores_nothing
     drop(db);
 }
 
+/// Across PostgreSQL nodes: an issuance, then an exchange of a refresh token, authenticated
+/// on a client secret that another node is replacing (its UPDATE not yet committed), wait
+/// for the new secret and then store nothing. With the client's row locked only `FOR KEY
+/// SHARE` (the issuance) or not at all (the exchange), both went through on the old secret
+/// and could commit after a revocation of the client's grants that its owner ran once the
+/// new secret was in place: what a leaked secret obtained outlived both.
+#[tokio::test]
+async fn postgres_writes_on_a_secret_another_node_is_replacing_wait_and_store_nothing() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let home = TenantId::default_tenant();
+    let first = SecretHash::from_stored("first".into());
+    let svc = Client {
+        secret: Some(first.clone()),
+        ..client(&home, "svc", 3600)
+    };
+    store.create_client(&svc).await.unwrap();
+    let (grant, mut tokens) = late_issuance(&home, "svc", "rt");
+    tokens[0].kind = TokenKind::Refresh;
+    assert!(store.issue(&grant, &tokens, Some(&first)).await.unwrap());
+
+    let replacing = |secret: &str| {
+        format!("UPDATE clients SET secret_hash = '{secret}' WHERE client_id = 'svc'")
+    };
+    let other_node = OtherNode::begin(&db, &replacing("second")).await;
+    let (late, late_tokens) = late_issuance(&home, "svc", "late");
+    let issuing = tokio::spawn({
+        let (store, first) = (store.clone(), first.clone());
+        async move { store.issue(&late, &late_tokens, Some(&first)).await }
+    });
+    other_node
+        .until_waited_on(&db, "INSERT INTO grants", &issuing)
+        .await;
+    other_node.commit().await;
+    assert!(!issuing.await.unwrap().unwrap(), "issued on the old secret");
+    assert!(store.token(&TokenHash::of("late")).await.unwrap().is_none());
+
+    let second = SecretHash::from_stored("second".into());
+    let other_node = OtherNode::begin(&db, &replacing("third")).await;
+    let exchange = Rotation {
+        grant_id: grant.id.clone(),
+        tenant: home.clone(),
+        client_id: svc.id.clone(),
+        client_secret: Some(second),
+        old: TokenHash::of("rt"),
+        old_generation: 0,
+        precondition: RotationPrecondition::Unused,
+        new_tokens: vec![NewToken {
+            hash: TokenHash::of("rt-next"),
+            generation: 1,
+            ..tokens[0].clone()
+        }],
+        grant_expires_at: 20_000,
+        now: 400,
+        client_has_grace: false,
+    };
+    let exchanging = tokio::spawn({
+        let store = store.clone();
+        async move { store.rotate(&exchange).await }
+    });
+    other_node
+        .until_waited_on(&db, "client_id = $2 FOR SHARE", &exchanging)
+        .await;
+    other_node.commit().await;
+    assert_eq!(
+        exchanging.await.unwrap().unwrap(),
+        RotationOutcome::ClientChanged
+    );
+    assert!(store
+        .token(&TokenHash::of("rt-next"))
+        .await
+        .unwrap()
+        .is_none());
+    let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
+    assert_eq!(old.rotated_at, None, "the old token is not claimed");
+    drop(store);
+    drop(db);
+}
+
 /// PostgreSQL: the clean-up's sweep runs beside the node's writes, not among them. Another
 /// node holds a lock on an expired token row (as a long tenant removal does); the sweep
 /// waits for it, and a revocation meanwhile commits at once. Run by the committer, in the

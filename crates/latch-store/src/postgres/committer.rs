@@ -445,13 +445,12 @@ impl<'a> OneStatement<'a> {
         }
     }
 
-    /// Runs it with [`Self::sql`], prepared as `stmt`; an exchange locks its grant first with
-    /// `lock_grant` ([`LOCK_GRANT_SQL`], prepared).
+    /// Runs it with [`Self::sql`], prepared as `stmt`; an exchange takes `locks` first.
     async fn run(
         &self,
         tx: &Transaction<'_>,
         stmt: &Statement,
-        lock_grant: &Statement,
+        locks: &ExchangeLocks,
     ) -> Result<Reply, tokio_postgres::Error> {
         match self {
             OneStatement::Issue(issuance) => {
@@ -461,7 +460,7 @@ impl<'a> OneStatement<'a> {
             OneStatement::Revoke(target, audit) => revoke_target(tx, stmt, target, audit)
                 .await
                 .map(Reply::Audited),
-            OneStatement::Rotate(r) => rotate(tx, lock_grant, stmt, r).await,
+            OneStatement::Rotate(r) => rotate(tx, locks, stmt, r).await,
         }
     }
 
@@ -472,8 +471,8 @@ impl<'a> OneStatement<'a> {
         st: &mut Statements,
     ) -> Result<Reply, tokio_postgres::Error> {
         let stmt = st.prepared(tx, &self.sql()).await?;
-        let lock_grant = st.prepared(tx, LOCK_GRANT_SQL).await?;
-        self.run(tx, &stmt, &lock_grant).await
+        let locks = ExchangeLocks::prepared(tx, st).await?;
+        self.run(tx, &stmt, &locks).await
     }
 }
 
@@ -506,7 +505,7 @@ async fn pipeline(
             }
         }
     }
-    let lock_grant = st.prepared(tx, LOCK_GRANT_SQL).await?;
+    let locks = ExchangeLocks::prepared(tx, st).await?;
     let revoke_tokens_stmt = if revocations.is_empty() {
         None
     } else {
@@ -522,11 +521,11 @@ async fn pipeline(
     // does not matter: an issuance touches only new rows; of two revocations of one token
     // the later finds nothing left to kill, and of two exchanges of one refresh token the
     // later finds it claimed, whichever it is.
-    let lock_grant = &lock_grant;
+    let locks = &locks;
     let singles = futures_util::future::join_all(
         writes
             .iter()
-            .map(|(i, w, stmt)| async move { Ok((*i, w.run(tx, stmt, lock_grant).await?)) }),
+            .map(|(i, w, stmt)| async move { Ok((*i, w.run(tx, stmt, locks).await?)) }),
     );
     let batched = async {
         let Some(stmt) = &revoke_tokens_stmt else {
@@ -635,17 +634,21 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 ///
 /// A grant is stored only if its client still exists with the secret hash the request
 /// authenticated against (`$19`), and the check locks the client's
-/// row (`FOR KEY SHARE`) until the issuance commits: a removal on any node either deleted
-/// the row first (the check, re-evaluated once the removal commits, finds nothing and the
-/// grant is not stored) or waits for this issuance to commit before its `DELETE` can run,
-/// and the removal's revocation, a later statement, then sees this grant. The run's
-/// distinct clients are looked up and locked once (`live`), not once per grant. Answers the
-/// ids of the grants stored.
+/// row (`FOR SHARE`) until the issuance commits. A removal, or a new secret, on any node
+/// either changed the row first (the check, re-evaluated on the row as that change
+/// committed it, finds nothing or another secret, and the grant is not stored) or waits for
+/// this issuance to commit: the removal's revocation, a later statement, then sees this
+/// grant, as does a revocation of the client's grants run after the new secret, which is
+/// how a compromised client's tokens are killed (`FOR KEY SHARE` let the secret's UPDATE
+/// through, and a grant on the old secret could commit after both). The run's distinct
+/// clients are looked up and locked once (`live`), not once per grant, in key order, as
+/// every run locks them, so that two nodes' runs cannot deadlock over them. Answers the ids
+/// of the grants stored.
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH live AS (SELECT c.tenant_id, c.client_id, c.secret_hash FROM clients c \
            WHERE (c.tenant_id, c.client_id) IN (SELECT * FROM unnest($2::TEXT[], $3::TEXT[])) \
-           FOR KEY SHARE), \
+           ORDER BY c.tenant_id, c.client_id FOR SHARE), \
          g AS (INSERT INTO grants (id, tenant_id, client_id, subject, scope, \
            created_at, expires_at, revoked_at) \
            SELECT n.id, n.tenant_id, n.client_id, n.subject, n.scope, n.created_at, \
@@ -735,10 +738,9 @@ async fn issue(
 /// the old token's hash, `$9` the time (unused precondition) or the old generation (grace
 /// precondition), `$10` the new generation, `$11` the grant's new expiry, `$12`..`$14` the
 /// tenant, client id and stored secret hash the request authenticated as: nothing is
-/// claimed unless the client still has that secret (`live`; a removal revokes the grant,
-/// which the claim sees, so no lock is needed here, unlike an issuance). Answers how many
-/// tokens were claimed (0 or 1) and whether the client was. [`rotate`] runs
-/// [`LOCK_GRANT_SQL`] just before it.
+/// claimed unless the client still has that secret (`live`, read after [`rotate`] locked
+/// the client's row with [`LOCK_CLIENT_SQL`], and its grant's with [`LOCK_GRANT_SQL`]).
+/// Answers how many tokens were claimed (0 or 1) and whether the client was.
 fn rotate_sql(r: &Rotation) -> &'static str {
     const RETIRE: &str =
         "retired AS (UPDATE tokens SET rotated_at = $9::BIGINT, grace_used = TRUE \
@@ -794,18 +796,48 @@ fn rotate_sql(r: &Rotation) -> &'static str {
 /// exchange's own UPDATE of the grant takes.
 const LOCK_GRANT_SQL: &str = "SELECT 1 FROM grants WHERE id = $1 FOR NO KEY UPDATE";
 
+/// Locks a client's row (`$1`, `$2`) for the rest of the batch, just before an exchange of
+/// one of its refresh tokens, as an issuance does ([`ISSUE_SQL`]): a new secret committed
+/// by another node meanwhile is seen by the exchange (which then claims nothing), or waits
+/// for it to commit, and a revocation of the client's grants run after that secret then
+/// sees the exchange's tokens. Before the grant's lock, as every write that locks both
+/// takes them (a removal locks the client, then revokes its grants), so that none deadlock.
+const LOCK_CLIENT_SQL: &str =
+    "SELECT 1 FROM clients WHERE tenant_id = $1 AND client_id = $2 FOR SHARE";
+
+/// The row locks an exchange of a refresh token takes before its statement, prepared.
+struct ExchangeLocks {
+    /// [`LOCK_CLIENT_SQL`]
+    client: Statement,
+    /// [`LOCK_GRANT_SQL`]
+    grant: Statement,
+}
+
+impl ExchangeLocks {
+    /// Prepares them (once per connection; afterwards a lookup, no round trip).
+    async fn prepared(
+        tx: &Transaction<'_>,
+        st: &mut Statements,
+    ) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            client: st.prepared(tx, LOCK_CLIENT_SQL).await?,
+            grant: st.prepared(tx, LOCK_GRANT_SQL).await?,
+        })
+    }
+}
+
 /// The claim of an unused refresh token, for [`rotate_sql`].
 const UNUSED_CLAIM: &str = "UPDATE tokens SET rotated_at = $9::BIGINT \
      WHERE hash = $8 AND kind = 1 AND rotated_at IS NULL AND revoked_at IS NULL \
        AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)";
 
-/// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`, after locking its grant
-/// with `lock_grant` ([`LOCK_GRANT_SQL`]). Both are sent at once, in that order, so the lock
-/// costs no round trip: PostgreSQL runs a pipeline's statements one after the other, each
-/// with a snapshot taken when it starts.
+/// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`, after locking its client
+/// and its grant (`locks`). All three are sent at once, in that order, so the locks cost no
+/// round trip: PostgreSQL runs a pipeline's statements one after the other, each with a
+/// snapshot taken when it starts.
 async fn rotate(
     tx: &Transaction<'_>,
-    lock_grant: &Statement,
+    locks: &ExchangeLocks,
     stmt: &Statement,
     r: &Rotation,
 ) -> Result<Reply, tokio_postgres::Error> {
@@ -830,11 +862,15 @@ async fn rotate(
         &client_id,
         &secret,
     ]);
-    // `join` polls the lock first, and a query is sent at its first poll.
-    let (locked, exchanged) =
-        futures_util::future::join(tx.execute(lock_grant, &[&gid]), tx.query_one(stmt, &params))
-            .await;
-    locked?;
+    // `join3` polls them in order, and a query is sent at its first poll.
+    let (client_locked, grant_locked, exchanged) = futures_util::future::join3(
+        tx.execute(&locks.client, &[&tenant, &client_id]),
+        tx.execute(&locks.grant, &[&gid]),
+        tx.query_one(stmt, &params),
+    )
+    .await;
+    client_locked?;
+    grant_locked?;
     let row = exchanged?;
     let (claimed, client_live): (i64, bool) = (row.get(0), row.get(1));
     Ok(Reply::Rotation(match (claimed, client_live) {
