@@ -21,7 +21,7 @@ trap 'rm -rf "$work"' EXIT
 cp "$db" "$work/a.db"
 if [ "$down" = downgrade ]; then
   python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(
-    'DROP TABLE removals; '
+    'DROP TABLE client_grant_revocations; DROP TABLE removals; '
     'PRAGMA user_version = 10;')" "$work/a.db"
 fi
 sync

@@ -290,9 +290,10 @@ impl Authority {
         }
     }
 
-    /// Finishes the removals of clients and tenants a crash left under way
+    /// Finishes the removals of clients and tenants, and the revocations of a client's
+    /// grants, that a crash (a stop, for a revocation) left under way
     /// ([`ClientStore::finish_interrupted_removals`](crate::store::ClientStore::finish_interrupted_removals)),
-    /// recording each in the log as any removal is. A server runs it as it starts.
+    /// recording each in the log as any is. A server runs it as it starts.
     pub async fn finish_interrupted_removals(&self) -> Result<usize, Error> {
         let events = (self.store)
             .finish_interrupted_removals(self.clock.now())

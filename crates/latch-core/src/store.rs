@@ -109,9 +109,10 @@ pub trait ClientStore: Send + Sync {
         audit: &AuditContext,
     ) -> StoreResult<Option<Option<AuditEvent>>>;
     /// Finishes the removals of clients and tenants a crash (or a killed command) left under
-    /// way, revoking what remains at `now`, and returns their audit records (each with the
-    /// time its removal began): SQLite's, which run in chunks
-    /// ([`delete_client`](Self::delete_client)); nothing to do where a removal is one
+    /// way, and the revocations of a client's grants ([`RevocationStore::revoke_client_grants`])
+    /// a crash or a stop cut off, revoking what remains at `now`, and returns their audit
+    /// records (each with the time its removal or revocation began): SQLite's, which run in
+    /// chunks ([`delete_client`](Self::delete_client)); nothing to do where each is one
     /// transaction. A server runs it as it starts, before serving.
     async fn finish_interrupted_removals(&self, _now: UnixTime) -> StoreResult<Vec<AuditEvent>> {
         Ok(Vec::new())
@@ -199,9 +200,12 @@ pub trait RevocationStore: Send + Sync {
     /// hands each record to `recorded` once it is committed. One transaction, one record (or
     /// none, nothing alive) by default, as on PostgreSQL. SQLite, whose one writer every
     /// write waits for, revokes a chunk of grants at a time, each chunk a write of its own
-    /// with its own record (when it killed something), other writes passing in between: a
-    /// failure part-way leaves some grants revoked, each recorded (and handed over), and the
-    /// rest for the caller to revoke again.
+    /// with its own record (when it killed something), other writes passing in between, and
+    /// only the grants issued by `audit.at`: it is recorded as under way before its first
+    /// chunk, so that one a failure, a stop or a crash cuts off part-way (its grants revoked
+    /// so far each recorded and handed over) is finished by
+    /// [`finish_interrupted_removals`](ClientStore::finish_interrupted_removals), and those
+    /// issued since belong to the client as it is since.
     async fn revoke_client_grants(
         &self,
         tenant: &TenantId,

@@ -28,7 +28,8 @@ pub async fn open_authority(
         Arc::new(Authority::new(store, clock).with_audit_retention(settings.audit_retention_days));
     // Before serving, and before the configuration's clients are declared (their ids may be
     // those of removals under way). One that cannot be finished leaves its client in place,
-    // as if its removal had not been asked for: serving goes on.
+    // as if its removal had not been asked for: serving goes on. So do the revocations of a
+    // client's grants a stop cut off.
     if let Err(e) = authority.finish_interrupted_removals().await {
         tracing::error!(error = %e, "the removals a crash interrupted could not be finished");
     }
@@ -194,7 +195,8 @@ impl Server {
             tracing::warn!(
                 seconds = self.shutdown_timeout.as_secs(),
                 "a revocation of a client's grants was still running at the shutdown timeout \
-                 and was cut off: the grants it had not reached live on; revoke them again"
+                 and was cut off: on SQLite the next start finishes it; on PostgreSQL, where it \
+                 is one transaction, revoke them again"
             );
         }
         // Durability does not depend on it (a WAL left behind is replayed at the next start),

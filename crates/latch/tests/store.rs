@@ -1570,7 +1570,7 @@ backend_test! {
              ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
-            "DROP TABLE removals; \
+            "DROP TABLE client_grant_revocations; DROP TABLE removals; \
              DROP INDEX audit_by_subject_in_block; \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \
@@ -1952,6 +1952,77 @@ async fn sqlite_a_stop_waits_for_a_clients_grants_revocation_its_caller_left() {
     assert_eq!(db.query_i64(live).await, 0);
     let recorded = "SELECT coalesce(sum(grants), 0) FROM audit WHERE grant_id IS NULL";
     assert_eq!(db.query_i64(recorded).await, 50_000);
+}
+
+/// A revocation of a client's grants that a stop cut off part-way (its future dropped after
+/// its first chunk, as a server's shutdown timeout drops it) is finished by the next start
+/// (`finish_interrupted_removals`), with the records it began with, and takes only the grants
+/// issued by the time it was asked for: one issued since belongs to the client as it is now.
+/// One issued before it at a later time (a clock stepped back since) is taken all the same.
+#[tokio::test]
+async fn sqlite_a_clients_grants_revocation_a_stop_cut_off_is_finished_by_the_next_start() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    db.execute(&bulk_grants(50_000)).await;
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
+    // Issued at 300, before a revocation asked for at 200.
+    let (ahead, ahead_tokens) = late_issuance(&home, "app", "ahead-of-the-clock");
+    assert!(store.issue(&ahead, &ahead_tokens, None).await.unwrap());
+    let asked = audit(0, Reason::Admin, 200).about(None, Some(&Subject::of_client(&app)));
+    let first = std::sync::Mutex::new(Vec::new());
+    {
+        let mut recorded = |event| first.lock().unwrap().push(event);
+        let revoking = store.revoke_client_grants(&home, &app, &asked, &mut recorded);
+        tokio::pin!(revoking);
+        // Cut off once the record of its first chunk (of ten) is handed over.
+        while first.lock().unwrap().is_empty() {
+            tokio::select! {
+                done = &mut revoking => panic!("finished before it was cut off: {done:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+            }
+        }
+    }
+    let first = first.into_inner().unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let (mut since, since_tokens) = late_issuance(&home, "app", "issued-since");
+    since.created_at = 400;
+    assert!(store.issue(&since, &since_tokens, None).await.unwrap());
+    let remaining = db.query_i64(live).await;
+    assert!(remaining > 1, "finished before it was cut off");
+    drop(store);
+
+    let store = latch_store::open(&db.url).await.unwrap();
+    let finished = store.finish_interrupted_removals(400).await.unwrap();
+    assert_eq!(
+        finished.iter().map(|e| e.grants).sum::<u64>(),
+        u64::try_from(remaining - 1).unwrap()
+    );
+    for event in first.iter().chain(&finished) {
+        assert_eq!(
+            (event.at, event.reason, event.subject.as_ref()),
+            (200, Reason::Admin, asked.subject.as_ref()),
+            "{event:?}"
+        );
+    }
+    assert_eq!(db.query_i64(live).await, 1, "the grant issued since lives");
+    let since = store.token(&TokenHash::of("issued-since")).await.unwrap();
+    assert!(!since.unwrap().is_revoked());
+    let ahead = store
+        .token(&TokenHash::of("ahead-of-the-clock"))
+        .await
+        .unwrap();
+    assert!(ahead.unwrap().is_revoked());
+    let recorded = "SELECT coalesce(sum(grants), 0) FROM audit WHERE grant_id IS NULL";
+    assert_eq!(db.query_i64(recorded).await, 50_001);
+    // Finished: a later start has nothing left to do.
+    assert!(store
+        .finish_interrupted_removals(500)
+        .await
+        .unwrap()
+        .is_empty());
+    drop(store);
 }
 
 /// A fresh SQLite store where client `app` holds grant 1's access token "at-app", and client

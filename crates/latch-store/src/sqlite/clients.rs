@@ -13,7 +13,7 @@ use latch_core::store::{ClientPage, ClientStore, StoreResult};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{join, live_clients, Removal, SqliteStore};
+use super::{join, live_clients, ClientGrantsRevocation, Removal, SqliteStore};
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
@@ -294,6 +294,22 @@ impl ClientStore for SqliteStore {
             match self.run_removal(removal.clone(), now).await {
                 Ok(event) => events.extend(event),
                 Err(e) => tracing::error!(%removal, error = %e, "the removal did not finish"),
+            }
+        }
+        // The removals' records are the caller's to log, whatever happens here.
+        let under_way = match self.read(ClientGrantsRevocation::all_under_way) {
+            Ok(under_way) => under_way,
+            Err(e) => {
+                tracing::error!(error = %e, "the revocations under way could not be read");
+                Vec::new()
+            }
+        };
+        for revocation in under_way {
+            tracing::warn!(%revocation, "finishing a revocation that was interrupted");
+            let mut recorded = |event| events.push(event);
+            let run = self.run_client_grants_revocation(revocation.clone(), now, &mut recorded);
+            if let Err(e) = run.await {
+                tracing::error!(%revocation, error = %e, "the revocation did not finish");
             }
         }
         Ok(events)

@@ -3,6 +3,7 @@
 //! single writer thread doing group commit ([`committer`]).
 
 mod checkpointer;
+mod client_grants;
 mod clients;
 mod committer;
 mod live_clients;
@@ -34,6 +35,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 pub use checkpointer::WalPolicy;
 use checkpointer::{Checkpointer, Turns};
+use client_grants::ClientGrantsRevocation;
 use committer::Committer;
 use marks::RevocationMarks;
 use read_batches::{ReadBatches, SnapshotMemo};
@@ -52,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v9.sql"),
     include_str!("schema_v10.sql"),
     include_str!("schema_v11.sql"),
+    include_str!("schema_v12.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -383,12 +386,48 @@ impl SqliteStore {
         self.write(move |c| removal.finish(c, &marks, now)).await?
     }
 
+    /// Runs a revocation of a client's grants under way ([`client_grants`], schema version 12)
+    /// to its end, revoking at `now`: chunk after chunk, each record handed to `recorded` as
+    /// its chunk commits.
+    async fn run_client_grants_revocation(
+        &self,
+        revocation: ClientGrantsRevocation,
+        now: UnixTime,
+        recorded: &mut (dyn FnMut(AuditEvent) + Send),
+    ) -> StoreResult<()> {
+        loop {
+            let (chunk, marks) = (revocation.clone(), self.marks.clone());
+            let (event, more) = self
+                .write(move |c| chunk.chunk(c, &marks, now, REMOVAL_CHUNK))
+                .await?;
+            if let Some(event) = event {
+                recorded(event);
+            }
+            if !more {
+                return Ok(());
+            }
+            self.pause_between_chunks().await;
+        }
+    }
+
     /// Lets a server's writes pass between two chunks of a large revocation when this store
     /// is a command's beside a server ([`REMOVAL_PAUSE`]); a server's own goes straight on.
     async fn pause_between_chunks(&self) {
         if !self.removal_pause.is_zero() {
             tokio::time::sleep(self.removal_pause).await;
         }
+    }
+
+    /// Runs a long read (a scan) on a reader connection, on a thread of tokio's blocking
+    /// pool, so that it holds up no request.
+    async fn read_off_workers<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with_connection(f))
+            .await
+            .map_err(|e| unavailable(format!("a read did not finish: {e}")))?
     }
 
     /// Runs a read on a reader connection, on the calling thread.
@@ -770,18 +809,21 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap()
         };
-        // Version 11's change undone, as a database of version 10.
+        // Version 12's change undone, as a database of version 11.
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TABLE removals; \
+                "DROP TABLE client_grant_revocations; \
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
         let removal_objects = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
-                .prepare("SELECT name FROM sqlite_master WHERE name LIKE '%removal%' ORDER BY name")
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE name LIKE '%grant_revocation%' \
+                     ORDER BY name",
+                )
                 .unwrap()
                 .query_map([], |r| r.get(0))
                 .unwrap()
@@ -797,7 +839,7 @@ mod tests {
         assert!(removal_objects(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
-        assert_eq!(removal_objects(&path), ["removals"]);
+        assert_eq!(removal_objects(&path), ["client_grant_revocations"]);
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }

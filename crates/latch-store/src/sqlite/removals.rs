@@ -15,7 +15,7 @@
 //! it again.
 //!
 //! [`LiveGrants`] picks the chunks, here and for the revocation of every grant of a client
-//! that stays (`revocations.rs`).
+//! that stays (`client_grants.rs`).
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::clock::UnixTime;
@@ -78,6 +78,7 @@ impl Removal {
                     grants: LiveGrants {
                         tenant: r.get(0)?,
                         client: r.get(1)?,
+                        issued_by: None,
                     },
                 })
             })?
@@ -203,25 +204,20 @@ impl Removal {
 
 impl std::fmt::Display for Removal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.grants.client.is_empty() {
-            write!(f, "tenant {}", self.grants.tenant)
-        } else {
-            write!(
-                f,
-                "client {} of tenant {}",
-                self.grants.client, self.grants.tenant
-            )
-        }
+        self.grants.fmt(f)
     }
 }
 
 /// The live grants of a tenant's client, or of the whole tenant (`client` empty, as in a
 /// `removals` row: no client id is empty), revoked a chunk at a time: by a removal, and by a
-/// revocation of every grant of a client that stays (`revocations.rs`).
+/// revocation of every grant of a client that stays (`client_grants.rs`), which takes only
+/// those issued by a time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LiveGrants {
     tenant: String,
     client: String,
+    /// The latest creation time of those it takes, if it has one.
+    issued_by: Option<UnixTime>,
 }
 
 impl LiveGrants {
@@ -230,6 +226,7 @@ impl LiveGrants {
         Self {
             tenant: tenant.to_string(),
             client: id.to_string(),
+            issued_by: None,
         }
     }
 
@@ -238,7 +235,25 @@ impl LiveGrants {
         Self {
             tenant: tenant.to_string(),
             client: String::new(),
+            issued_by: None,
         }
+    }
+
+    /// Only those of them created by `at`.
+    pub(super) fn issued_by(self, at: UnixTime) -> Self {
+        Self {
+            issued_by: Some(at),
+            ..self
+        }
+    }
+
+    /// The latest creation time among them, if there are any.
+    pub(super) fn latest_issued(&self, c: &Connection) -> rusqlite::Result<Option<UnixTime>> {
+        let (of, values) = self.rows(1);
+        c.prepare_cached(&format!(
+            "SELECT max(created_at) FROM grants WHERE {of} AND revoked_at IS NULL"
+        ))?
+        .query_row(values.as_slice(), |r| r.get(0))
     }
 
     /// Whether there are at least `n` unrevoked ones: a chunk of `n` is then a full one,
@@ -278,16 +293,35 @@ impl LiveGrants {
         revoke_grants_where(c, marks, now, &condition, &values, marked)
     }
 
-    /// The condition on `tenant_id` (and `client_id`) selecting the rows of their owner,
-    /// its parameters numbered from `first`, and their values.
+    /// The condition on `tenant_id` (and `client_id`, and `created_at` when they have a
+    /// bound) selecting the rows of their owner, its parameters numbered from `first`, and
+    /// their values.
     fn rows(&self, first: usize) -> (String, Vec<&dyn ToSql>) {
-        if self.client.is_empty() {
-            (format!("tenant_id = ?{first}"), vec![&self.tenant])
+        let (mut of, mut values) = if self.client.is_empty() {
+            (
+                format!("tenant_id = ?{first}"),
+                vec![&self.tenant as &dyn ToSql],
+            )
         } else {
             (
                 format!("tenant_id = ?{first} AND client_id = ?{}", first + 1),
-                vec![&self.tenant, &self.client],
+                vec![&self.tenant as &dyn ToSql, &self.client],
             )
+        };
+        if let Some(at) = &self.issued_by {
+            of.push_str(&format!(" AND created_at <= ?{}", first + values.len()));
+            values.push(at);
+        }
+        (of, values)
+    }
+}
+
+impl std::fmt::Display for LiveGrants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.client.is_empty() {
+            write!(f, "tenant {}", self.tenant)
+        } else {
+            write!(f, "client {} of tenant {}", self.client, self.tenant)
         }
     }
 }

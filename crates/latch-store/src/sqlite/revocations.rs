@@ -18,9 +18,10 @@ use latch_core::token::TokenHash;
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 
+use super::client_grants::ClientGrantsRevocation;
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::removals::LiveGrants;
-use super::{SqliteStore, REMOVAL_CHUNK};
+use super::SqliteStore;
 use crate::audit_query::{audit_block, audit_events_sql, audit_query_start, AuditSelect};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
@@ -317,38 +318,22 @@ impl RevocationStore for SqliteStore {
         audit: &AuditContext,
         recorded: &mut (dyn FnMut(AuditEvent) + Send),
     ) -> StoreResult<()> {
-        // In chunks, as a removal's (`removals.rs`), each its own audited revocation.
+        // Recorded as under way first, then in chunks, each its own audited revocation
+        // (`client_grants.rs`). Its bound is read first, off the writer (a scan of the
+        // client's live grants) and off the async workers: this read begins after every
+        // write committed before the request, a compromised client's issuances on its old
+        // secret among them.
         let grants = LiveGrants::of_client(tenant, client_id);
-        loop {
-            let (grants, audit, marks) = (grants.clone(), audit.clone(), self.marks.clone());
-            let (event, more) = self
-                .write(move |c| {
-                    let more = grants.at_least(c, REMOVAL_CHUNK)?;
-                    let mut marked = Vec::new();
-                    let killed = grants.revoke_first(
-                        c,
-                        &marks,
-                        audit.at,
-                        Some(REMOVAL_CHUNK),
-                        &mut marked,
-                    )?;
-                    let event = if killed.is_nothing() {
-                        None
-                    } else {
-                        Some(insert_audit(c, &audit, killed)?)
-                    };
-                    count_marks(&marks, audit.at, marked);
-                    Ok((event, more))
-                })
-                .await?;
-            if let Some(event) = event {
-                recorded(event);
-            }
-            if !more {
-                return Ok(());
-            }
-            self.pause_between_chunks().await;
-        }
+        let latest = self
+            .read_off_workers(move |c| grants.latest_issued(c))
+            .await?;
+        let issued_by = latest.map_or(audit.at, |latest| latest.max(audit.at));
+        let (t, id, context) = (tenant.clone(), client_id.clone(), audit.clone());
+        let revocation = self
+            .write(move |c| ClientGrantsRevocation::begin(c, &t, &id, &context, issued_by))
+            .await?;
+        self.run_client_grants_revocation(revocation, audit.at, recorded)
+            .await
     }
 }
 
