@@ -2025,6 +2025,47 @@ async fn sqlite_a_clients_grants_revocation_a_stop_cut_off_is_finished_by_the_ne
     drop(store);
 }
 
+/// A revocation of a client's grants asked for again after one was cut off (its caller's
+/// retry) replaces it: it takes the same grants and more, and leaves nothing under way.
+#[tokio::test]
+async fn sqlite_a_clients_grants_revocation_asked_again_replaces_the_one_cut_off() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    db.execute(&bulk_grants(12_000)).await;
+    let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
+    let under_way = "SELECT count(*) FROM client_grant_revocations";
+    let recorded = std::sync::atomic::AtomicUsize::new(0);
+    {
+        let mut count = |_| {
+            recorded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        let asked = audit(0, Reason::Admin, 200);
+        let revoking = store.revoke_client_grants(&home, &app, &asked, &mut count);
+        tokio::pin!(revoking);
+        while recorded.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::select! {
+                done = &mut revoking => panic!("finished before it was cut off: {done:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(2)) => {}
+            }
+        }
+    }
+    assert_eq!(db.query_i64(under_way).await, 1);
+    let again = audit(1, Reason::Admin, 300);
+    store
+        .revoke_client_grants(&home, &app, &again, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(db.query_i64(under_way).await, 0, "the one cut off is left");
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    assert_eq!(db.query_i64(live).await, 0);
+    assert!(store
+        .finish_interrupted_removals(400)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// A fresh SQLite store where client `app` holds grant 1's access token "at-app", and client
 /// `other` a grant issued at 300 with the access token `other_token`: the removal tests' start.
 async fn sqlite_with_app_and(
