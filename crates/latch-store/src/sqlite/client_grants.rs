@@ -20,8 +20,7 @@ use rusqlite::{params, Connection};
 
 use super::marks::RevocationMarks;
 use super::removals::LiveGrants;
-use super::revocations::{count_marks, event_from_row};
-use crate::audit_query::AUDIT_COLUMNS;
+use super::revocations::{count_marks, last_audit_event};
 
 /// A revocation of every grant a client was issued by a time, under way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,9 +105,8 @@ impl ClientGrantsRevocation {
         if !under_way {
             return Ok((None, false));
         }
-        let more = self.grants.at_least(c, limit)?;
         let mut marked = Vec::new();
-        let killed = (self.grants).revoke_first(c, marks, now, Some(limit), &mut marked)?;
+        let (killed, more) = (self.grants).revoke_chunk(c, marks, now, limit, &mut marked)?;
         let event = if killed.is_nothing() {
             None
         } else {
@@ -119,10 +117,7 @@ impl ClientGrantsRevocation {
                  FROM client_grant_revocations WHERE id = ?1",
             )?
             .execute(params![self.id, killed.grants, killed.tokens])?;
-            let event = c
-                .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
-                .query_row([c.last_insert_rowid()], event_from_row)?;
-            Some(event)
+            Some(last_audit_event(c)?)
         };
         if !more {
             c.prepare_cached("DELETE FROM client_grant_revocations WHERE id = ?1")?

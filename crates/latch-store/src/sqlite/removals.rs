@@ -25,8 +25,7 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use super::live_clients;
 use super::marks::{MarkOf, Marked, RevocationMarks};
-use super::revocations::{count_marks, event_from_row, revoke_grants_where};
-use crate::audit_query::AUDIT_COLUMNS;
+use super::revocations::{count_marks, last_audit_event, revoke_grants_where};
 
 /// What a removal takes away: a tenant's client, or the whole tenant, with their grants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,9 +101,8 @@ impl Removal {
         if !self.under_way(c)? {
             return Ok(false);
         }
-        let full = self.grants.at_least(c, limit)?;
         let mut marked = Vec::new();
-        let killed = (self.grants).revoke_first(c, marks, now, Some(limit), &mut marked)?;
+        let (killed, full) = (self.grants).revoke_chunk(c, marks, now, limit, &mut marked)?;
         c.prepare_cached(
             "UPDATE removals SET grants = grants + ?3, tokens = tokens + ?4 \
              WHERE tenant_id = ?1 AND client_id = ?2",
@@ -177,9 +175,7 @@ impl Removal {
             killed.grants,
             killed.tokens
         ])?;
-        let event = c
-            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
-            .query_row([c.last_insert_rowid()], event_from_row)?;
+        let event = last_audit_event(c)?;
         if self.grants.client.is_empty() {
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1")?
                 .execute([&self.grants.tenant])?;
@@ -256,9 +252,25 @@ impl LiveGrants {
         .query_row(values.as_slice(), |r| r.get(0))
     }
 
+    /// Revokes, at `now`, a chunk of them: the first `limit`, with their tokens
+    /// ([`revoke_first`](Self::revoke_first)). Returns what died, and whether others may
+    /// remain (it was a full chunk).
+    pub(super) fn revoke_chunk(
+        &self,
+        c: &Connection,
+        marks: &RevocationMarks,
+        now: UnixTime,
+        limit: u32,
+        marked: &mut Vec<(MarkOf, Marked)>,
+    ) -> rusqlite::Result<(Killed, bool)> {
+        let full = self.at_least(c, limit)?;
+        let killed = self.revoke_first(c, marks, now, Some(limit), marked)?;
+        Ok((killed, full))
+    }
+
     /// Whether there are at least `n` unrevoked ones: a chunk of `n` is then a full one,
     /// which others may follow.
-    pub(super) fn at_least(&self, c: &Connection, n: u32) -> rusqlite::Result<bool> {
+    fn at_least(&self, c: &Connection, n: u32) -> rusqlite::Result<bool> {
         let (of, values) = self.rows(1);
         Ok(c.prepare_cached(&format!(
             "SELECT 1 FROM grants WHERE {of} AND revoked_at IS NULL LIMIT 1 OFFSET {}",

@@ -22,7 +22,9 @@ use super::client_grants::ClientGrantsRevocation;
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::removals::LiveGrants;
 use super::SqliteStore;
-use crate::audit_query::{audit_block, audit_events_sql, audit_query_start, AuditSelect};
+use crate::audit_query::{
+    audit_block, audit_events_sql, audit_query_start, AuditSelect, AUDIT_COLUMNS,
+};
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
     Swept, AUDIT_PURGE_HEAD,
@@ -337,7 +339,13 @@ impl RevocationStore for SqliteStore {
     }
 }
 
-pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+/// The audit record this connection inserted last.
+pub(super) fn last_audit_event(c: &Connection) -> rusqlite::Result<AuditEvent> {
+    c.prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id = ?1"))?
+        .query_row([c.last_insert_rowid()], event_from_row)
+}
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let reason: String = r.get(5)?;
     Ok(AuditEvent {
         id: r.get(0)?,
