@@ -267,8 +267,9 @@ impl Authority {
         // On a task of its own, so that it runs to its end (on SQLite, chunk after chunk)
         // even when its caller goes away, a client hanging up or a proxy timing out: the rest
         // of a compromised client's grants would live on. A stopping server waits for it
-        // (`finish_background`). Each record is logged as it commits, so one that a later
-        // chunk's failure cuts short is logged all the same.
+        // (`finish_background`), and on SQLite the next start finishes one that a stop or a
+        // crash cut off. Each record is logged as it commits, so one that a later chunk's
+        // failure cuts short is logged all the same.
         let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
         let revoking = self.background.spawn(async move {
             let mut killed = Killed::default();
