@@ -1,6 +1,8 @@
 //! Operations for operators and trusted first-party backends: client management, grants
 //! issued directly to a subject, and revocation by grant or by subject.
 
+use tracing::Instrument;
+
 use crate::audit::{self, AuditEvent, AuditQuery, Killed, Origin, Reason};
 use crate::authority::Authority;
 use crate::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
@@ -269,18 +271,22 @@ impl Authority {
         // of a compromised client's grants would live on. A stopping server waits for it
         // (`finish_background`), and on SQLite the next start finishes one that a stop or a
         // crash cut off. Each record is logged as it commits, so one that a later chunk's
-        // failure cuts short is logged all the same.
+        // failure cuts short is logged all the same, within the request's span (its method
+        // and path, at debug level), as a revocation run on the request's own task is.
         let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
-        let revoking = self.background.spawn(async move {
-            let mut killed = Killed::default();
-            let mut recorded = |event: AuditEvent| {
-                audit::log(&event);
-                killed.grants += event.grants;
-                killed.tokens += event.tokens;
-            };
-            let done = store.revoke_client_grants(&tenant, &id, &context, &mut recorded);
-            done.await.map(|()| killed)
-        });
+        let revoking = self.background.spawn(
+            async move {
+                let mut killed = Killed::default();
+                let mut recorded = |event: AuditEvent| {
+                    audit::log(&event);
+                    killed.grants += event.grants;
+                    killed.tokens += event.tokens;
+                };
+                let done = store.revoke_client_grants(&tenant, &id, &context, &mut recorded);
+                done.await.map(|()| killed)
+            }
+            .instrument(tracing::Span::current()),
+        );
         match revoking.await {
             Ok(done) => Ok(done?),
             Err(e) => match e.try_into_panic() {

@@ -240,6 +240,14 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
     )
     .await;
     assert_eq!(resp.status(), 200);
+    // A client's grants revoked on a task of its own are logged in the request's span too.
+    let bob = json!({ "client_id": "svc", "subject": "bob" });
+    let path = "/tenants/default/grants";
+    let resp = common::admin_at(&http, &p.base, Method::POST, path, Some(bob)).await;
+    assert_eq!(resp.status(), 201);
+    let path = "/tenants/default/clients/svc/grants";
+    let resp = common::admin_at(&http, &p.base, Method::DELETE, path, None).await;
+    assert_eq!(resp.status(), 200);
     // A token wrongly sent in a query string is not logged either (spans carry the path only).
     http.get(format!("{}/healthz?token=leak-me-not", p.base))
         .send()
@@ -253,7 +261,12 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
         .lines()
         .filter(|l| l.contains("latch::audit"))
         .collect();
-    assert_eq!(events.len(), 1, "{logs}");
+    assert_eq!(events.len(), 2, "{logs}");
+    assert!(
+        events[1].contains(path) && events[1].contains("grants=1"),
+        "{}",
+        events[1]
+    );
     for field in [
         "client_request",
         "oauth2/revoke",
