@@ -2026,9 +2026,11 @@ async fn sqlite_a_clients_grants_revocation_a_stop_cut_off_is_finished_by_the_ne
 }
 
 /// A revocation of a client's grants asked for again after one was cut off (its caller's
-/// retry) replaces it: it takes the same grants and more, and leaves nothing under way.
+/// retry) takes the same grants and more, and leaves the one cut off under way (it may have
+/// been running in another process): the next start finds nothing left for it, records
+/// nothing more, and ends it.
 #[tokio::test]
-async fn sqlite_a_clients_grants_revocation_asked_again_replaces_the_one_cut_off() {
+async fn sqlite_a_clients_grants_revocation_asked_again_leaves_nothing_to_the_one_cut_off() {
     let db = TestDb::fresh_on(common::Backend::Sqlite).await;
     let store = latch_store::open(&db.url).await.unwrap();
     ensure_app(&*store).await;
@@ -2056,14 +2058,25 @@ async fn sqlite_a_clients_grants_revocation_asked_again_replaces_the_one_cut_off
         .revoke_client_grants(&home, &app, &again, &mut |_| {})
         .await
         .unwrap();
-    assert_eq!(db.query_i64(under_way).await, 0, "the one cut off is left");
     let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
     assert_eq!(db.query_i64(live).await, 0);
+    assert_eq!(
+        db.query_i64(under_way).await,
+        1,
+        "the one cut off, untouched"
+    );
     assert!(store
         .finish_interrupted_removals(400)
         .await
         .unwrap()
         .is_empty());
+    assert_eq!(db.query_i64(under_way).await, 0);
+    let recorded = "SELECT coalesce(sum(grants), 0) FROM audit WHERE grant_id IS NULL";
+    assert_eq!(
+        db.query_i64(recorded).await,
+        12_000,
+        "each grant recorded once"
+    );
 }
 
 /// A fresh SQLite store where client `app` holds grant 1's access token "at-app", and client

@@ -506,6 +506,21 @@ async fn pipeline(
         }
     }
     let locks = ExchangeLocks::prepared(tx, st).await?;
+    let mut clients: Vec<(&str, &str)> = ops
+        .iter()
+        .filter_map(|op| match OneStatement::of(op)? {
+            OneStatement::Issue((g, _, _)) => Some((g.tenant.as_str(), g.client_id.as_str())),
+            OneStatement::Rotate(r) => Some((r.tenant.as_str(), r.client_id.as_str())),
+            OneStatement::Revoke(..) => None,
+        })
+        .collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let lock_clients_stmt = if clients.is_empty() {
+        None
+    } else {
+        Some(st.prepared(tx, LOCK_CLIENTS_SQL).await?)
+    };
     let revoke_tokens_stmt = if revocations.is_empty() {
         None
     } else {
@@ -517,10 +532,20 @@ async fn pipeline(
         Some(st.prepared(tx, &ISSUE_SQL).await?)
     };
     // `join_all` polls every future once before waiting on any, and a tokio-postgres query
-    // is sent at its first poll: all the statements are in flight together. Their order
-    // does not matter: an issuance touches only new rows; of two revocations of one token
-    // the later finds nothing left to kill, and of two exchanges of one refresh token the
-    // later finds it claimed, whichever it is.
+    // is sent at its first poll: all the statements are in flight together. The clients'
+    // locks go first; the others' order does not matter to their outcome: an issuance
+    // touches only new rows; of two revocations of one token the later finds nothing left to
+    // kill, and of two exchanges of one refresh token the later finds it claimed, whichever
+    // it is. Deadlocks remain possible with another node's batch that locks several rows in
+    // another order (grants revoked one by one, several clients' secrets or removals):
+    // PostgreSQL detects them, and the batch is run again (`is_retryable`).
+    let lock_clients = async {
+        let Some(stmt) = &lock_clients_stmt else {
+            return Ok(());
+        };
+        let (tenants, ids): (Vec<&str>, Vec<&str>) = clients.iter().copied().unzip();
+        tx.execute(stmt, &[&tenants, &ids]).await.map(|_| ())
+    };
     let locks = &locks;
     let singles = futures_util::future::join_all(
         writes
@@ -551,7 +576,12 @@ async fn pipeline(
             .map(|((i, _), stored)| (*i, Reply::Flag(stored)))
             .collect::<Vec<_>>())
     };
-    let (singles, batched, issued) = futures_util::future::join3(singles, batched, issued).await;
+    let (locked, (singles, batched, issued)) = futures_util::future::join(
+        lock_clients,
+        futures_util::future::join3(singles, batched, issued),
+    )
+    .await;
+    locked?;
     let mut replies: Vec<Option<Reply>> = (0..ops.len()).map(|_| None).collect();
     for single in singles {
         let (i, reply): (usize, Reply) = single?;
@@ -641,9 +671,8 @@ const TOKEN_INSERT: &str = "INSERT INTO tokens (hash, grant_id, kind, scope, iss
 /// grant, as does a revocation of the client's grants run after the new secret, which is
 /// how a compromised client's tokens are killed (`FOR KEY SHARE` let the secret's UPDATE
 /// through, and a grant on the old secret could commit after both). The run's distinct
-/// clients are looked up and locked once (`live`), not once per grant, in key order, as
-/// every run locks them, so that two nodes' runs cannot deadlock over them. Answers the ids
-/// of the grants stored.
+/// clients are looked up and locked once (`live`), not once per grant (a pipelined run has
+/// locked them already, with [`LOCK_CLIENTS_SQL`]). Answers the ids of the grants stored.
 static ISSUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH live AS (SELECT c.tenant_id, c.client_id, c.secret_hash FROM clients c \
@@ -800,10 +829,18 @@ const LOCK_GRANT_SQL: &str = "SELECT 1 FROM grants WHERE id = $1 FOR NO KEY UPDA
 /// one of its refresh tokens, as an issuance does ([`ISSUE_SQL`]): a new secret committed
 /// by another node meanwhile is seen by the exchange (which then claims nothing), or waits
 /// for it to commit, and a revocation of the client's grants run after that secret then
-/// sees the exchange's tokens. Before the grant's lock, as every write that locks both
-/// takes them (a removal locks the client, then revokes its grants), so that none deadlock.
+/// sees the exchange's tokens. Before the grant's lock, the order in which a removal takes
+/// them (it deletes the client, then revokes its grants).
 const LOCK_CLIENT_SQL: &str =
     "SELECT 1 FROM clients WHERE tenant_id = $1 AND client_id = $2 FOR SHARE";
+
+/// Locks the rows of the clients (`$1`, `$2`: tenants and ids) whose grants a pipelined run
+/// issues or exchanges, in key order, before any statement of the run locks a grant's row
+/// ([`pipeline`]): a write of another node that holds one of those clients' rows (a new
+/// secret, a removal) is waited for before the run holds a grant that write may want.
+const LOCK_CLIENTS_SQL: &str = "SELECT 1 FROM clients \
+     WHERE (tenant_id, client_id) IN (SELECT * FROM unnest($1::TEXT[], $2::TEXT[])) \
+     ORDER BY tenant_id, client_id FOR SHARE";
 
 /// The row locks an exchange of a refresh token takes before its statement, prepared.
 struct ExchangeLocks {

@@ -32,9 +32,10 @@ pub(super) struct ClientGrantsRevocation {
 
 impl ClientGrantsRevocation {
     /// Records a revocation of the grants `client` of `tenant` was issued by `issued_by`,
-    /// with what its audit records will say, as under way. It replaces those of the client's
-    /// grants under way whose bound is no later (a run a failure or a killed command left):
-    /// its grants include theirs.
+    /// with what its audit records will say, as under way. One of the client's grants already
+    /// under way stays so, even if this one's grants include its own: it may be running (in
+    /// another process), and one that is not (a failure, a killed command) finds nothing left
+    /// to revoke when the next start finishes it.
     pub(super) fn begin(
         c: &Connection,
         tenant: &TenantId,
@@ -42,11 +43,6 @@ impl ClientGrantsRevocation {
         audit: &AuditContext,
         issued_by: UnixTime,
     ) -> rusqlite::Result<Self> {
-        c.prepare_cached(
-            "DELETE FROM client_grant_revocations \
-             WHERE tenant_id = ?1 AND client_id = ?2 AND issued_by <= ?3",
-        )?
-        .execute(params![tenant.as_str(), client.as_str(), issued_by])?;
         c.prepare_cached(
             "INSERT INTO client_grant_revocations (tenant_id, client_id, reason, at, issued_by, \
                actor, route, subject, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -88,7 +84,7 @@ impl ClientGrantsRevocation {
     /// what died in the audit trail as its row says (nothing when nothing did), and ends it
     /// (deletes its row) once none of its grants remains. Returns the record, and whether
     /// grants of it may remain: `false` too when it has ended (its row gone: another process
-    /// finished it, or a later revocation of the client's grants replaced it).
+    /// finished it).
     ///
     /// `now` is the time of whatever drives it: the request that asked for it, or the start
     /// finishing it. Its records keep the time it was asked for.
