@@ -202,9 +202,9 @@ pub trait RevocationStore: Send + Sync {
     /// write waits for, revokes a chunk of grants at a time, each chunk a write of its own
     /// with its own record (when it killed something), other writes passing in between, and
     /// only the grants issued by then (`audit.at`, or the latest creation time among the
-    /// client's grants, should a clock have stepped back since one): it is recorded as under way before its first
-    /// chunk, so that one a failure, a stop or a crash cuts off part-way (its grants revoked
-    /// so far each recorded and handed over) is finished by
+    /// client's grants, should a clock have stepped back since one): it is recorded as under
+    /// way before its first chunk, so that one a failure, a stop or a crash cuts off part-way
+    /// (its grants revoked so far each recorded and handed over) is finished by
     /// [`finish_interrupted_removals`](ClientStore::finish_interrupted_removals), and those
     /// issued since belong to the client as it is since.
     async fn revoke_client_grants(

@@ -32,10 +32,10 @@ pub(super) struct ClientGrantsRevocation {
 
 impl ClientGrantsRevocation {
     /// Records a revocation of the grants `client` of `tenant` was issued by `issued_by`,
-    /// with what its audit records will say, as under way. One of the client's grants already
-    /// under way stays so, even if this one's grants include its own: it may be running (in
-    /// another process), and one that is not (a failure, a killed command) finds nothing left
-    /// to revoke when the next start finishes it.
+    /// with what its audit records will say, as under way. Another revocation of the
+    /// client's grants already under way stays so, even if this one's grants include its
+    /// own: it may be running (in another process), and one that is not (a failure, a killed
+    /// command) finds nothing left to revoke when the next start finishes it.
     pub(super) fn begin(
         c: &Connection,
         tenant: &TenantId,

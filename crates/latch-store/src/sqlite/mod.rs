@@ -817,7 +817,7 @@ mod tests {
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
-        let removal_objects = |p: &Path| -> Vec<String> {
+        let version_12_objects = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
                 .prepare(
@@ -836,10 +836,10 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert!(removal_objects(&path).is_empty());
+        assert!(version_12_objects(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
-        assert_eq!(removal_objects(&path), ["client_grant_revocations"]);
+        assert_eq!(version_12_objects(&path), ["client_grant_revocations"]);
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }
