@@ -156,8 +156,9 @@ pub struct SqliteStore {
 }
 
 /// The grants one chunk of a removal (or of a revocation of a client's grants) revokes, in a
-/// transaction of its own ([`removals`]): some 60 ms of the writer's time, as long as other
-/// writes wait for it (13-14 s per 1,000,000 grants in one transaction).
+/// transaction of its own ([`removals`], [`client_grants`]): some 60 ms of the writer's
+/// time, as long as other writes wait for it (13-14 s per 1,000,000 grants in one
+/// transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
 /// How long a command revoking a client's or tenant's grants in chunks lets go of the write
