@@ -471,7 +471,7 @@ impl<'a> OneStatement<'a> {
         st: &mut Statements,
     ) -> Result<Reply, tokio_postgres::Error> {
         let stmt = st.prepared(tx, &self.sql()).await?;
-        let locks = ExchangeLocks::prepared(tx, st).await?;
+        let locks = ExchangeLocks::prepared(tx, st, false).await?;
         self.run(tx, &stmt, &locks).await
     }
 }
@@ -505,7 +505,7 @@ async fn pipeline(
             }
         }
     }
-    let locks = ExchangeLocks::prepared(tx, st).await?;
+    let locks = ExchangeLocks::prepared(tx, st, true).await?;
     let mut clients: Vec<(&str, &str)> = ops
         .iter()
         .filter_map(|op| match OneStatement::of(op)? {
@@ -844,20 +844,28 @@ const LOCK_CLIENTS_SQL: &str = "SELECT 1 FROM clients \
 
 /// The row locks an exchange of a refresh token takes before its statement, prepared.
 struct ExchangeLocks {
-    /// [`LOCK_CLIENT_SQL`]
-    client: Statement,
+    /// [`LOCK_CLIENT_SQL`]; `None` in a pipelined run, which has locked its clients' rows
+    /// already ([`LOCK_CLIENTS_SQL`]).
+    client: Option<Statement>,
     /// [`LOCK_GRANT_SQL`]
     grant: Statement,
 }
 
 impl ExchangeLocks {
-    /// Prepares them (once per connection; afterwards a lookup, no round trip).
+    /// Prepares them (once per connection; afterwards a lookup, no round trip), the
+    /// client's lock unless `clients_locked`.
     async fn prepared(
         tx: &Transaction<'_>,
         st: &mut Statements,
+        clients_locked: bool,
     ) -> Result<Self, tokio_postgres::Error> {
+        let client = if clients_locked {
+            None
+        } else {
+            Some(st.prepared(tx, LOCK_CLIENT_SQL).await?)
+        };
         Ok(Self {
-            client: st.prepared(tx, LOCK_CLIENT_SQL).await?,
+            client,
             grant: st.prepared(tx, LOCK_GRANT_SQL).await?,
         })
     }
@@ -869,8 +877,8 @@ const UNUSED_CLAIM: &str = "UPDATE tokens SET rotated_at = $9::BIGINT \
        AND EXISTS (SELECT 1 FROM grants WHERE id = $1 AND revoked_at IS NULL)";
 
 /// Exchanges a refresh token with [`rotate_sql`], prepared as `stmt`, after locking its client
-/// and its grant (`locks`). All three are sent at once, in that order, so the locks cost no
-/// round trip: PostgreSQL runs a pipeline's statements one after the other, each with a
+/// (unless its pipelined run did) and its grant (`locks`). They are sent at once, in that
+/// order, so the locks cost no round trip: PostgreSQL runs a pipeline's statements one after the other, each with a
 /// snapshot taken when it starts.
 async fn rotate(
     tx: &Transaction<'_>,
@@ -901,7 +909,12 @@ async fn rotate(
     ]);
     // `join3` polls them in order, and a query is sent at its first poll.
     let (client_locked, grant_locked, exchanged) = futures_util::future::join3(
-        tx.execute(&locks.client, &[&tenant, &client_id]),
+        async {
+            match &locks.client {
+                Some(lock) => tx.execute(lock, &[&tenant, &client_id]).await.map(|_| ()),
+                None => Ok(()),
+            }
+        },
         tx.execute(&locks.grant, &[&gid]),
         tx.query_one(stmt, &params),
     )
