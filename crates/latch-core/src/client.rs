@@ -185,6 +185,11 @@ pub mod defaults {
     pub const REFRESH_TOKEN_TTL: u32 = 30 * 24 * 3600;
     /// Refresh rotation grace: none (strict rotation, RFC 9700 §4.14.2).
     pub const ROTATION_GRACE: u32 = 0;
+    /// The longest rotation grace a client may have: five minutes, as Ory Hydra allows.
+    /// The grace exists for a client retrying a refresh whose answer it lost; a longer one
+    /// would only widen the window in which a stolen retired refresh token is exchanged
+    /// without its theft being detected.
+    pub const MAX_ROTATION_GRACE: u32 = 300;
 }
 
 /// A registered client.
@@ -234,7 +239,8 @@ impl Client {
     }
 
     /// Checks internal consistency: redirect URIs storable as given; tokens live at least a
-    /// second; a confidential client has a secret, a public one has none.
+    /// second; a rotation grace of at most [`defaults::MAX_ROTATION_GRACE`]; a confidential
+    /// client has a secret, a public one has none.
     pub fn validate(&self) -> Result<(), Error> {
         // Stored space-separated: an empty one or one with whitespace would come back
         // changed.
@@ -252,6 +258,12 @@ impl Client {
                     "{name} must be at least 1 second"
                 )));
             }
+        }
+        if self.rotation_grace > defaults::MAX_ROTATION_GRACE {
+            return Err(Error::invalid_request(format!(
+                "rotation_grace_period must be at most {} seconds",
+                defaults::MAX_ROTATION_GRACE
+            )));
         }
         match (self.auth_method.is_confidential(), self.secret.is_some()) {
             (true, false) => Err(Error::invalid_request(
@@ -291,5 +303,30 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_rotation_grace_is_at_most_five_minutes() {
+        let client = |rotation_grace| Client {
+            tenant: TenantId::default_tenant(),
+            id: ClientId::parse("app").unwrap(),
+            secret: None,
+            auth_method: AuthMethod::None,
+            grant_types: vec![GrantType::RefreshToken],
+            scope: Scope::default(),
+            redirect_uris: vec![],
+            access_token_ttl: 60,
+            refresh_token_ttl: 60,
+            rotation_grace,
+            access_token_revocation: AccessTokenRevocation::default(),
+            created_at: 0,
+            declared: false,
+        };
+        assert!(client(0).validate().is_ok());
+        assert!(client(defaults::MAX_ROTATION_GRACE).validate().is_ok());
+        assert!(matches!(
+            client(defaults::MAX_ROTATION_GRACE + 1).validate(),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 }

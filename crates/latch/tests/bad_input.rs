@@ -815,6 +815,12 @@ fn admin_cases() -> Vec<Case> {
             bad(),
         ),
         post(
+            "a rotation grace period above five minutes",
+            "/tenants/default/clients",
+            json!({ "client_id": "x", "grant_types": ["refresh_token"], "rotation_grace_period": 301 }),
+            bad(),
+        ),
+        post(
             "a grant in an unknown tenant",
             "/tenants/nope/grants",
             json!({ "client_id": "svc", "subject": "alice" }),

@@ -869,8 +869,9 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
 
     // A configuration file's clients: one whose secret hash would ask each verification for
     // 4 TiB, one declared twice (the second would silently replace the first), one whose
-    // redirect URI holds a space (stored space-separated, it would come back as two), and
-    // one whose tokens would live 0 s.
+    // redirect URI holds a space (stored space-separated, it would come back as two), one
+    // whose tokens would live 0 s, and one whose retired refresh tokens would stay usable
+    // for an hour.
     let dev = std::fs::read_to_string(dev_config()).unwrap();
     let spa = "client_id = \"demo-spa\"";
     for (name, config, refusal) in [
@@ -897,6 +898,11 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "ttl",
             dev.replacen(spa, &format!("{spa}\naccess_token_ttl = 0"), 1),
             "access_token_ttl must be at least 1 second",
+        ),
+        (
+            "grace",
+            dev.replacen(spa, &format!("{spa}\nrotation_grace_period = 3600"), 1),
+            "rotation_grace_period must be at most 300 seconds",
         ),
     ] {
         let path = dir.path().join(format!("{name}.toml"));

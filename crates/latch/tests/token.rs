@@ -667,7 +667,11 @@ backend_test! {
         let g = s.grant_for(&owner, "alice", None).await;
         let rt = field(&g, "refresh_token");
 
-        refresh_rejected(&s, &thief, &rt).await;
+        // Answered exactly as a token that does not exist: the thief learns nothing.
+        let unknown = format!("latch_rt_{}", "A".repeat(rt.len() - "latch_rt_".len()));
+        let foreign = assert_error(s.refresh(Auth::Basic(&thief), &rt).await, 400, "invalid_grant").await;
+        let none = assert_error(s.refresh(Auth::Basic(&thief), &unknown).await, 400, "invalid_grant").await;
+        assert_eq!(foreign, none);
         assert_all_active(&s, &[&rt, &field(&g, "access_token")]).await;
         refresh_ok(&s, &owner, &rt).await;
     }

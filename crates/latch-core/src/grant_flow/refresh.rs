@@ -83,13 +83,14 @@ impl Authority {
                 .store
                 .token(&presented.hash)
                 .await?
-                .filter(|r| r.kind == TokenKind::Refresh && r.tenant == client.tenant)
+                // Another client's token is answered as an unknown one: its caller must not
+                // learn that it exists (nor is its presentation a reuse: it cannot use it).
+                .filter(|r| {
+                    r.kind == TokenKind::Refresh
+                        && r.tenant == client.tenant
+                        && r.client_id == client.id
+                })
                 .ok_or_else(|| invalid_grant("the refresh token is invalid"))?;
-            if record.client_id != client.id {
-                return Err(invalid_grant(
-                    "the refresh token was not issued to this client",
-                ));
-            }
             let now = self.clock.now();
             let precondition = match judge(&record, client, now) {
                 Verdict::Dead => {
