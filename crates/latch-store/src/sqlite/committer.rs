@@ -196,7 +196,20 @@ fn run(
     }
 }
 
+/// Applies and commits a batch. One that did not commit leaves nothing gathered for the WAL
+/// ([`super::wal_writes::discard`]) before it returns: those frames lie past the last commit,
+/// where another process may commit next, and must not be written there later, be it by
+/// the writer's next batch or by the checkpoint SQLite runs when it closes the connection
+/// (a command ending on a failed batch), which syncs the WAL first.
 fn commit_batch(
+    conn: &Connection,
+    batch: &mut [Box<dyn PendingWrite>],
+    observer: &dyn BatchObserver,
+) -> StoreResult<()> {
+    apply_and_commit(conn, batch, observer).inspect_err(|_| super::wal_writes::discard(conn))
+}
+
+fn apply_and_commit(
     conn: &Connection,
     batch: &mut [Box<dyn PendingWrite>],
     observer: &dyn BatchObserver,
@@ -364,19 +377,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_that_did_not_commit_leaves_nothing_to_overwrite_another_connections_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+    /// A writer connection through the WAL-gathering VFS, with a cache of 10 pages (so that
+    /// a big batch spills frames to the WAL, which the VFS gathers) and a deferred foreign
+    /// key (so that a batch's COMMIT can fail).
+    fn failing_writer(path: &std::path::Path) -> Connection {
         super::super::wal_writes::register().unwrap();
         let conn = Connection::open_with_flags_and_vfs(
-            &path,
+            path,
             rusqlite::OpenFlags::default(),
             super::super::wal_writes::VFS_NAME,
         )
         .unwrap();
-        // A cache of 10 pages, so that the failing batch spills frames to the WAL, which
-        // the writer's VFS gathers; a deferred foreign key, so that its COMMIT fails.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = 10; \
              PRAGMA foreign_keys = ON; \
@@ -385,15 +396,28 @@ mod tests {
              CREATE TABLE c (k INTEGER REFERENCES p (k) DEFERRABLE INITIALLY DEFERRED);",
         )
         .unwrap();
-        let (big, _) = queued(|c: &Connection| {
+        conn
+    }
+
+    /// A write that spills frames, then leaves a dangling key that fails its batch's COMMIT.
+    fn spilling_then_dangling() -> Box<dyn PendingWrite> {
+        queued(|c: &Connection| {
             for k in 2..2_000i64 {
                 c.execute("INSERT INTO t VALUES (?1, randomblob(300))", [k])
                     .map_err(crate::sqlite::store_error)?;
             }
             c.execute("INSERT INTO c (k) VALUES (1)", [])
                 .map_err(crate::sqlite::store_error)
-        });
-        let mut failing = vec![big];
+        })
+        .0
+    }
+
+    #[test]
+    fn a_batch_that_did_not_commit_leaves_nothing_to_overwrite_another_connections_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = failing_writer(&path);
+        let mut failing = vec![spilling_then_dangling()];
         assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
         // Another process (a CLI command) commits where the failed batch's frames would go.
         let other = Connection::open(&path).unwrap();
@@ -406,6 +430,31 @@ mod tests {
             super::super::wal_writes::tests::intact_keys(&path),
             [-2, -1, 1],
             "every commit, the other's included"
+        );
+    }
+
+    #[test]
+    fn a_batch_that_did_not_commit_leaves_nothing_for_the_writers_close_to_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = failing_writer(&path);
+        let mut failing = vec![spilling_then_dangling()];
+        assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
+        // Another process (the server beside a CLI command) commits where the failed
+        // batch's frames would go, and stops; closed while the writer is open, it does not
+        // checkpoint (as if killed).
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch("INSERT INTO t (k) VALUES (-1); INSERT INTO t (k) VALUES (-2);")
+            .unwrap();
+        drop(other);
+        // The command ends with no other batch: closing its writer, the last connection of
+        // the process, checkpoints, and SQLite syncs the WAL first.
+        drop(conn);
+        assert_eq!(
+            super::super::wal_writes::tests::intact_keys(&path),
+            [-2, -1],
+            "the other's commit"
         );
     }
 

@@ -301,7 +301,11 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        migrate(&mut conn, migrations).map_err(store_error)?;
+        if let Err(e) = migrate(&mut conn, migrations) {
+            // What the failed migration left gathered is never written (see `commit_batch`).
+            wal_writes::discard(&conn);
+            return Err(store_error(e));
+        }
         let marks = load_marks(&conn)?;
         // Checkpoints are the checkpointer's job: its WAL hook on this connection replaces
         // SQLite's automatic checkpoint (`wal_autocheckpoint`), and the writer itself copies

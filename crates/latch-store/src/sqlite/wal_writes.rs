@@ -25,11 +25,13 @@
 //!   belonged to cannot commit, whichever call triggered it (a read that overlaps the buffer
 //!   included, whose error SQLite may take as the statement's alone): no `200` is sent for a
 //!   frame that never reached the file.
-//! * What a transaction that ended without committing left gathered is dropped before the
-//!   writer's next transaction begins ([`discard`], which the committer calls), never
-//!   written: stock SQLite would have written those frames before the rollback, at offsets
-//!   past the last commit, which a later commit overwrites, possibly another process's (a
-//!   CLI command writing beside the server). Written afterwards, they would overwrite it.
+//! * What a transaction that ended without committing left gathered is dropped as soon as
+//!   it ends and again before the writer's next transaction begins ([`discard`], which the
+//!   committer calls), never written: stock SQLite would have written those frames before
+//!   the rollback, at offsets past the last commit, which a later commit overwrites,
+//!   possibly another process's (a CLI command writing beside the server). Written
+//!   afterwards, by the writer's next sync or by the checkpoint SQLite runs when it closes
+//!   the last connection (which syncs the WAL first), they would overwrite it.
 //!
 //! Files other than WALs are opened by the default VFS itself, untouched.
 
@@ -228,7 +230,8 @@ unsafe extern "C" fn open(
 }
 
 /// Drops what the writer connection's WAL handle has gathered and not written, and the
-/// failure of an earlier flush. The committer calls it before each write transaction begins:
+/// failure of an earlier flush. The committer calls it after each batch that did not commit
+/// and before each write transaction begins (the open path after a failed migration):
 /// anything still gathered then belongs to a transaction that ended without committing
 /// (every commit's sync writes its frames out), and must not be written over frames another
 /// connection may have committed since. A connection without a WAL opened through this VFS
