@@ -52,7 +52,7 @@ impl DatabaseUrl {
             if path.is_empty() {
                 return Err("sqlite URL has no path".into());
             }
-            return Ok(Self::SqliteFile(PathBuf::from(path)));
+            return Self::sqlite_file(path);
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres(url.to_owned()));
@@ -63,7 +63,19 @@ impl DatabaseUrl {
                 url.split("://").next().unwrap_or_default()
             ));
         }
-        Ok(Self::SqliteFile(PathBuf::from(url)))
+        Self::sqlite_file(url)
+    }
+
+    /// A database file's path, refused if SQLite would read it as a URI (`file:…`), whose
+    /// options (`nolock`, `immutable`, `psow`, `vfs`…) would undo what latch relies on.
+    fn sqlite_file(path: &str) -> Result<Self, String> {
+        if sqlite::is_uri(std::path::Path::new(path)) {
+            return Err(format!(
+                "{path:?} would be read by SQLite as a URI, whose options latch does not take: \
+                 give the file's plain path (./{path} for a file so named)"
+            ));
+        }
+        Ok(Self::SqliteFile(PathBuf::from(path)))
     }
 }
 
@@ -176,6 +188,17 @@ mod tests {
             Ok(DatabaseUrl::SqliteFile("/tmp/x.db".into()))
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        for uri in [
+            "file:/data/latch.db?psow=0",
+            "sqlite:file:x.db",
+            "sqlite://file:x.db?nolock=1",
+        ] {
+            assert!(DatabaseUrl::parse(uri).is_err(), "{uri}");
+        }
+        assert_eq!(
+            DatabaseUrl::parse("./file:x.db"),
+            Ok(DatabaseUrl::SqliteFile("./file:x.db".into()))
+        );
         assert_eq!(
             DatabaseUrl::parse("postgres://u:pw@h/db"),
             Ok(DatabaseUrl::Postgres("postgres://u:pw@h/db".into()))

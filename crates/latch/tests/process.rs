@@ -828,7 +828,7 @@ async fn secrets_and_tokens_reach_neither_the_logs_nor_the_database_file() {
 
 /// Settings that would break the server later are refused when it starts, with a message
 /// naming them: a clean-up interval that overflows the timer, timeouts of 0, no connection
-/// allowed, and configured clients that cannot be stored as written (a secret hash that
+/// allowed, a SQLite path that is a URI, and configured clients that cannot be stored as written (a secret hash that
 /// would ask each verification for 4 TiB, for which argon2 allocates at once: the first
 /// request naming the client aborted the process).
 #[test]
@@ -855,6 +855,12 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "--max-connections",
             "0",
             "max_connections must be between 1 and 10000000",
+        ),
+        // SQLite would take it as a URI, with options that undo locking or durability.
+        (
+            "--database-url",
+            "file:latch.db?nolock=1",
+            "would be read by SQLite as a URI",
         ),
     ] {
         let out = run_cli(
@@ -901,7 +907,11 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
         ),
         (
             "grace",
-            dev.replacen(spa, &format!("{spa}\nrotation_grace_period = 3600"), 1),
+            dev.replacen(
+                "rotation_grace_period = 10",
+                "rotation_grace_period = 3600",
+                1,
+            ),
             "rotation_grace_period must be at most 300 seconds",
         ),
     ] {

@@ -43,7 +43,8 @@
 //! Durability does not depend on any of it: a commit is durable once its WAL frames are
 //! fsynced; a checkpoint only moves committed pages into the database file, and SQLite
 //! fsyncs the database file before it records a complete pass, after which the WAL may be
-//! rewound.
+//! rewound. That sync failing is the one error a checkpoint cannot shrug off: the process
+//! stops at once and the next start replays the WAL ([`stop_if_write_back_failed`]).
 
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -103,8 +104,40 @@ impl Shared {
 /// from checkpointing meanwhile.
 fn checkpoint_holding(_running: MutexGuard<'_, ()>, conn: &Connection) {
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        stop_if_write_back_failed(&e);
         // Nothing is lost: the pages stay in the WAL for the next checkpoint.
         tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
+/// Whether a checkpoint failed to sync: pages copied into the database file, by this pass or
+/// an earlier one that recorded its progress without a sync (a pass that cannot copy
+/// everything), may never have reached the disk. Linux reports a failed write-back to one
+/// `fsync` only and may then drop the pages, so the next pass's sync succeeds, SQLite counts
+/// them as copied, rewinds the WAL over their only good copy, and readers read the database
+/// file's stale ones (a revoked token active again).
+pub(super) fn write_back_failed(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == ffi::SQLITE_IOERR_FSYNC
+                || f.extended_code == ffi::SQLITE_IOERR_DIR_FSYNC
+    )
+}
+
+/// Stops the process at once if `e` is a [`write_back_failed`], as PostgreSQL stops on a
+/// failed `fsync`: no further pass may record the pages as copied, no reader may go on from
+/// the database file, and no connection may checkpoint when it closes. The WAL, which still
+/// holds every page since its last rewind, is replayed into the database file from its
+/// start at the next start (the first connection rebuilds SQLite's WAL index).
+pub(super) fn stop_if_write_back_failed(e: &rusqlite::Error) {
+    if write_back_failed(e) {
+        tracing::error!(
+            error = %e,
+            "a WAL checkpoint could not sync the database file: stopping at once; the next \
+             start replays the write-ahead log (check the disk)"
+        );
+        std::process::abort();
     }
 }
 
@@ -268,6 +301,25 @@ impl Checkpointer {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_failed_sync_counts_as_a_failed_write_back() {
+        let failure = |code: c_int| {
+            rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some("checkpoint".into()))
+        };
+        assert!(write_back_failed(&failure(ffi::SQLITE_IOERR_FSYNC)));
+        assert!(write_back_failed(&failure(ffi::SQLITE_IOERR_DIR_FSYNC)));
+        // A failed write or read leaves the pass unrecorded and its pages in the WAL; a busy
+        // database only postpones the pass.
+        for code in [
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_READ,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_FULL,
+        ] {
+            assert!(!write_back_failed(&failure(code)), "{code}");
+        }
+    }
 
     /// The nice value of thread `tid` of this process, from `/proc`.
     fn nice(tid: &str) -> i64 {

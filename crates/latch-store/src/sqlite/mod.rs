@@ -273,6 +273,12 @@ impl SqliteStore {
         wal: WalPolicy,
         migrations: Migrations,
     ) -> StoreResult<Self> {
+        if is_uri(path) {
+            return Err(unavailable(format!(
+                "{} would be read by SQLite as a URI: give the file's plain path",
+                path.display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -482,13 +488,25 @@ fn empty_the_wal(path: &Path) -> StoreResult<()> {
     configure(&conn).map_err(store_error)?;
     let busy: i64 = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-        .map_err(store_error)?;
+        .map_err(|e| {
+            checkpointer::stop_if_write_back_failed(&e);
+            store_error(e)
+        })?;
     if busy != 0 {
         return Err(unavailable(
             "the write-ahead log could not be emptied: the database stayed busy",
         ));
     }
     Ok(())
+}
+
+/// Whether SQLite reads `path` as a URI (`file:…`: this build takes URIs on every
+/// connection) rather than as a file's name. Its options (`nolock`, `immutable`, `psow`,
+/// `vfs`…) could undo what the store relies on: locking between processes, and the writer's
+/// WAL-gathering VFS ([`wal_writes`]), which needs each commit's frames whole before its sync
+/// (`psow=0` pads a commit with a frame partly written after it).
+pub fn is_uri(path: &Path) -> bool {
+    path.as_os_str().as_encoded_bytes().starts_with(b"file:")
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
