@@ -216,10 +216,10 @@ impl Request {
                 Judgement::Answer(Outcome::NotOwned)
             };
         }
-        if !revocable(record, self.now) {
+        let (revocation, scope) = decide(caller, record, self.effect);
+        if !kills_something(record, scope, self.now) {
             return Judgement::Answer(Outcome::AlreadyInactive);
         }
-        let (revocation, scope) = decide(caller, record, self.effect);
         let grant = match scope {
             RevokedScope::Subject => None,
             RevokedScope::Token | RevokedScope::Grant => Some(&record.grant_id),
@@ -233,24 +233,31 @@ impl Request {
     }
 }
 
-/// Whether revoking this token can still kill something. An access token must be unrevoked
-/// and unused. A refresh token that was already exchanged still names its grant: the grant
-/// lives on in the successor, and a client revoking the old token (say, racing its own
-/// refresh) wants that grant dead, so an unrevoked refresh token is revocable even if rotated.
+/// Whether revoking `scope` through this token can still kill something.
 ///
-/// Either must not have expired by more than the clocks' allowance ([`EXPIRY_GRACE`]): a token
-/// just expired by this node's clock is not by a clock that lags it (another node's, or this
-/// one stepped back), which would take it as live were its revocation skipped. Its row is kept
-/// as long, so the revocation has something to mark. A rotated refresh token's own expiry
-/// does not matter: its grant outlives it in the successor (a sign-out made with a stale
-/// token still signs out).
-fn revocable(record: &TokenRecord, now: UnixTime) -> bool {
-    let kept = now < record.expires_at.saturating_add(EXPIRY_GRACE);
-    let live = match record.kind {
-        TokenKind::Access => kept && record.rotated_at.is_none(),
-        TokenKind::Refresh => kept || record.rotated_at.is_some(),
-    };
-    live && !record.is_revoked()
+/// The token alone: it must be unrevoked, unused, and not expired by more than the clocks'
+/// allowance ([`EXPIRY_GRACE`]): a token just expired by this node's clock is not by a clock
+/// that lags it (another node's, or this one stepped back), which would take it as live were
+/// its revocation skipped. Its row is kept as long, so the revocation has something to mark.
+///
+/// Its grant or its subject's grants: the token only names them, so its own state does not
+/// matter as long as its grant lives. A sign-out made with a stale access token, one revoked
+/// alone before, or a refresh token already exchanged (the grant lives on in the successor)
+/// still signs out. A token of a revoked grant speaks for no session any more: replayed, a
+/// sign-out everywhere must not end the sessions its user opened since. (A refresh token is
+/// never revoked alone: its `revoked_at` is its grant's.)
+fn kills_something(record: &TokenRecord, scope: RevokedScope, now: UnixTime) -> bool {
+    match scope {
+        RevokedScope::Token => {
+            now < record.expires_at.saturating_add(EXPIRY_GRACE)
+                && record.rotated_at.is_none()
+                && !record.is_revoked()
+        }
+        RevokedScope::Grant | RevokedScope::Subject => {
+            record.grant_revoked_at.is_none()
+                && (record.kind == TokenKind::Access || record.revoked_at.is_none())
+        }
+    }
 }
 
 /// The one place that decides what a revocation kills.
@@ -373,31 +380,72 @@ mod tests {
             just_expired.expires_at = 51 - EXPIRY_GRACE;
             assert!(matches!(app().judge(&just_expired), Judgement::Revoke(_)));
         }
-        // A rotated refresh token past its own expiry still names its live grant; an unrotated
-        // one expired as long names nothing alive.
-        let mut stale = record(TokenKind::Refresh);
-        stale.expires_at = 50 - EXPIRY_GRACE;
-        assert!(matches!(
-            app().judge(&stale),
-            Judgement::Answer(Outcome::AlreadyInactive)
-        ));
-        stale.rotated_at = Some(10);
-        let Judgement::Revoke(verdict) = app().judge(&stale) else {
-            panic!("a rotated refresh token's grant is revoked");
-        };
-        assert_eq!(verdict.scope, RevokedScope::Grant);
+        // A refresh token past its own expiry, rotated or not, still names its grant, which
+        // may outlive it (in a successor, or in access tokens that live longer).
+        for rotated_at in [None, Some(10)] {
+            let mut stale = record(TokenKind::Refresh);
+            stale.expires_at = 50 - EXPIRY_GRACE;
+            stale.rotated_at = rotated_at;
+            let Judgement::Revoke(verdict) = app().judge(&stale) else {
+                panic!("a stale refresh token's grant is revoked");
+            };
+            assert_eq!(verdict.scope, RevokedScope::Grant);
+        }
+        // Not so once the grant is revoked, whichever way storage recorded it.
         let mut revoked = record(TokenKind::Refresh);
         revoked.revoked_at = Some(10);
         assert!(matches!(
             app().judge(&revoked),
             Judgement::Answer(Outcome::AlreadyInactive)
         ));
+        let mut grant_revoked = record(TokenKind::Access);
+        grant_revoked.grant_revoked_at = Some(10);
+        let mut everywhere = request(caller(AccessTokenRevocation::Token));
+        everywhere.effect = Effect::AllGrantsOfSubject;
+        for judged in [
+            request(caller(AccessTokenRevocation::Grant)).judge(&grant_revoked),
+            everywhere.judge(&grant_revoked),
+            everywhere.judge(&revoked),
+        ] {
+            assert!(matches!(
+                judged,
+                Judgement::Answer(Outcome::AlreadyInactive)
+            ));
+        }
         let mut elsewhere = record(TokenKind::Access);
         elsewhere.tenant = TenantId::parse("other").unwrap();
         assert!(matches!(
             app().judge(&elsewhere),
             Judgement::Answer(Outcome::Unknown)
         ));
+    }
+
+    #[test]
+    fn a_stale_or_spent_access_token_still_takes_its_grant_or_subject_when_asked_to() {
+        let mut expired = record(TokenKind::Access);
+        expired.expires_at = 50 - EXPIRY_GRACE;
+        let mut revoked_alone = record(TokenKind::Access);
+        revoked_alone.revoked_at = Some(10);
+        for token in [&expired, &revoked_alone] {
+            // Alone, it is dead already...
+            assert!(matches!(
+                request(caller(AccessTokenRevocation::Token)).judge(token),
+                Judgement::Answer(Outcome::AlreadyInactive)
+            ));
+            // ...but its grant, or its subject's grants, may not be.
+            let Judgement::Revoke(verdict) =
+                request(caller(AccessTokenRevocation::Grant)).judge(token)
+            else {
+                panic!("its grant is revoked");
+            };
+            assert_eq!(verdict.scope, RevokedScope::Grant);
+            let mut everywhere = request(caller(AccessTokenRevocation::Token));
+            everywhere.effect = Effect::AllGrantsOfSubject;
+            let Judgement::Revoke(verdict) = everywhere.judge(token) else {
+                panic!("its subject's grants are revoked");
+            };
+            assert_eq!(verdict.scope, RevokedScope::Subject);
+        }
     }
 
     #[test]

@@ -112,6 +112,34 @@ async fn sentinel_revoke(s: &TestServer, id: &str, client: &TestClient, token: &
 }
 
 backend_test! {
+    async fn sentinel_logs_out_with_an_access_token_revoked_alone_or_long_expired() {
+        let s = TestServer::start().await;
+        let acct = account(&s, "acct").await;
+        // The app revoked its access token alone (RFC 7009) at a local sign-out, then asks
+        // with it for the user's sign-out everywhere.
+        let alice = signed_in(&s, "acct", &acct, "alice").await;
+        let at = field(&alice[0], "access_token");
+        let resp = s
+            .post_form("/tenants/acct/oauth2/revoke", Auth::Post(&acct.app_a), &[("token", at)])
+            .await;
+        assert_eq!(resp.status(), 200);
+        let [a, b] = &alice;
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [false, true, true, true]);
+        assert_eq!(sentinel_revoke(&s, "acct", &acct.app_a, at).await.status(), 200);
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [false; 4]);
+
+        // An access token expired past the clocks' allowance names its user as well.
+        let bob = signed_in(&s, "acct", &acct, "bob").await;
+        s.advance(3600 + 301);
+        let [a, b] = &bob;
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [false, true, false, true]);
+        let at = field(a, "access_token");
+        assert_eq!(sentinel_revoke(&s, "acct", &acct.app_a, at).await.status(), 200);
+        assert_eq!(actives(&s, "acct", &acct, &[a, b]).await, [false; 4]);
+    }
+}
+
+backend_test! {
     async fn sentinel_logs_the_user_out_of_every_application_of_the_account() {
         let s = TestServer::start().await;
         let acct = account(&s, "12345678").await;
