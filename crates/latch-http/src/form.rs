@@ -99,20 +99,41 @@ impl Form {
         Ok(Self { pairs })
     }
 
-    /// Checks the content type and reads and parses the body; returns the request's head
-    /// beside the form, so that handlers borrow its headers (axum's `HeaderMap` extractor
-    /// would clone them for every request).
+    /// Checks that the URI carries no parameters and the content type, then reads and
+    /// parses the body; returns the request's head beside the form, so that handlers borrow
+    /// its headers (axum's `HeaderMap` extractor would clone them for every request).
+    ///
+    /// OAuth's endpoints take their parameters in the body (RFC 6749 §3.2, RFC 7009 §2.1,
+    /// RFC 7662 §2.1) and credentials must never be in the URI (RFC 6749 §2.3.1): one sent
+    /// there is refused rather than ignored, since ignoring it would answer a request the
+    /// client did not make (a `scope` dropped widens the token; a `token` dropped revokes
+    /// nothing, with a `200`).
     pub async fn from_request(request: Request) -> Result<(Parts, Self), ApiError> {
-        Self::read(request, false).await
+        Self::read(request, false, false).await
     }
 
     /// Like [`Form::from_request`], with [`Form::parse_trimming`].
     pub async fn from_request_trimming(request: Request) -> Result<(Parts, Self), ApiError> {
-        Self::read(request, true).await
+        Self::read(request, true, false).await
     }
 
-    async fn read(request: Request, trim: bool) -> Result<(Parts, Self), ApiError> {
+    /// Like [`Form::from_request`], for a route whose URI carries parameters of its own
+    /// (a version), which its handler checks.
+    pub async fn from_request_beside_query(request: Request) -> Result<(Parts, Self), ApiError> {
+        Self::read(request, false, true).await
+    }
+
+    async fn read(
+        request: Request,
+        trim: bool,
+        query_allowed: bool,
+    ) -> Result<(Parts, Self), ApiError> {
         let (parts, body) = request.into_parts();
+        if !query_allowed && parts.uri.query().is_some_and(|q| !q.is_empty()) {
+            return Err(ApiError::invalid_request(
+                "parameters must be sent in the request body, not in the URI (RFC 6749 §3.2)",
+            ));
+        }
         check_content_type(&parts.headers)?;
         let bytes = read_body(&parts, body, MAX_FORM_BYTES).await?;
         let form = Self::parse_with(&bytes, trim)?;

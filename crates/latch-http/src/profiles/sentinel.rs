@@ -22,21 +22,22 @@ use crate::{AppState, Peer};
 
 /// Checks the version query parameter. The document's URL reads `?v1.0` while its table
 /// names a parameter `v` with default `1.0`, so `?v=1.0`, the literal `?v1.0` and no version
-/// are all accepted; any other version is a `400`. Names are read decoded, so no spelling
-/// (`?v2.0=`, `?v%32.0`) slips another version past the check.
+/// are all accepted; any other version is a `400`. Names are read decoded and in any case,
+/// so no spelling (`?v2.0=`, `?v%32.0`, `?v%3D2.0`, `?V=2.0`) slips another version past the
+/// check.
 fn check_version(query: Option<&str>) -> Result<(), ApiError> {
     let form = Form::parse(query.unwrap_or_default().as_bytes())
         .map_err(|_| ApiError::invalid_request("malformed query string"))?;
     for (name, value) in form.pairs() {
-        let supported = match name {
+        let name = name.to_ascii_lowercase();
+        let supported = match name.as_str() {
             "v" => matches!(value, "" | "1.0" | "1"),
             // The literal `?v1.0`: a name with no value.
             "v1.0" => value.is_empty(),
-            // Another `v<version>` name (`v`, a digit, then digits and dots) is a wrong
-            // version; any other name (`?verbose`) is not a version at all.
-            other => !other.strip_prefix('v').is_some_and(|version| {
-                version.starts_with(|c: char| c.is_ascii_digit())
-                    && version.chars().all(|c| c.is_ascii_digit() || c == '.')
+            // Another name that starts as a version would (`v`, then a digit, `.` or `=`)
+            // is a wrong version; any other name (`?verbose`) is not a version at all.
+            other => !other.strip_prefix('v').is_some_and(|rest| {
+                rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '=')
             }),
         };
         if !supported {
@@ -56,7 +57,7 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Result<Response, ApiError> {
     check_version(query.as_deref())?;
-    let (parts, form) = Form::from_request(request).await?;
+    let (parts, form) = Form::from_request_beside_query(request).await?;
     let headers = &parts.headers;
     for field in ["token", "client_id", "client_secret"] {
         form.require(field)?;
@@ -94,6 +95,8 @@ mod tests {
             Some("v1.0"),
             Some("v=1"),
             Some("x=y&v1.0"),
+            Some("V=1.0"),
+            Some("verbose&vendor=x"),
         ] {
             assert!(check_version(ok).is_ok(), "{ok:?}");
         }
@@ -103,6 +106,10 @@ mod tests {
             Some("v=1.0&v=1.0"),
             Some("v=abc"),
             Some("v=%zz"),
+            Some("v%3D2.0"),
+            Some("V=2.0"),
+            Some("V2.0"),
+            Some("v.2"),
         ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
