@@ -243,10 +243,13 @@ impl Client {
     /// client has a secret, a public one has none.
     pub fn validate(&self) -> Result<(), Error> {
         // Stored space-separated: an empty one or one with whitespace would come back
-        // changed.
-        if (self.redirect_uris.iter()).any(|u| u.is_empty() || u.contains(char::is_whitespace)) {
+        // changed; and no back-end stores a NUL the same way (PostgreSQL refuses it in text),
+        // nor may any control character reach a log or a header.
+        if (self.redirect_uris.iter())
+            .any(|u| u.is_empty() || u.contains(|c: char| c.is_whitespace() || c.is_control()))
+        {
             return Err(Error::invalid_request(
-                "redirect_uris must be non-empty and contain no whitespace",
+                "redirect_uris must be non-empty and contain no whitespace or control characters",
             ));
         }
         for (name, ttl) in [

@@ -830,6 +830,12 @@ fn admin_cases() -> Vec<Case> {
             bad(),
         ),
         post(
+            "a redirect URI with a NUL (PostgreSQL cannot store it)",
+            "/tenants/default/clients",
+            json!({ "client_id": "x", "redirect_uris": ["https://a/\u{0}"] }),
+            bad(),
+        ),
+        post(
             "a rotation grace period above five minutes",
             "/tenants/default/clients",
             json!({ "client_id": "x", "grant_types": ["refresh_token"], "rotation_grace_period": 301 }),

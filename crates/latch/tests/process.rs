@@ -898,7 +898,7 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
                 &format!("{spa}\nredirect_uris = [\"https://a/cb https://b/cb\"]"),
                 1,
             ),
-            "redirect_uris must be non-empty and contain no whitespace",
+            "redirect_uris must be non-empty and contain no whitespace or control characters",
         ),
         (
             "ttl",

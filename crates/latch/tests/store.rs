@@ -978,6 +978,61 @@ async fn postgres_writes_on_a_secret_another_node_is_replacing_wait_and_store_no
     drop(db);
 }
 
+/// PostgreSQL: a write of a value PostgreSQL cannot store (a NUL in text, which the domain
+/// refuses before it gets here) fails alone. It used to abort its whole batch, so that every
+/// other request's write committed with it answered 503. The committer is held on a first
+/// batch (another node locks its client's row) while the bad write and an issuance for
+/// another client queue behind it, so that the two share the next batch.
+#[tokio::test]
+async fn postgres_a_value_the_database_cannot_store_fails_its_write_alone() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let home = TenantId::default_tenant();
+    for id in ["held", "other"] {
+        store.create_client(&client(&home, id, 3600)).await.unwrap();
+    }
+    let other_node = OtherNode::begin(
+        &db,
+        "UPDATE clients SET secret_hash = secret_hash WHERE client_id = 'held'",
+    )
+    .await;
+    let (first, first_tokens) = late_issuance(&home, "held", "first");
+    let held = tokio::spawn({
+        let store = store.clone();
+        async move { store.issue(&first, &first_tokens, None).await }
+    });
+    other_node
+        .until_waited_on(&db, "INSERT INTO grants", &held)
+        .await;
+    let bad = Client {
+        redirect_uris: vec!["https://a/\0".into()],
+        ..client(&home, "bad", 3600)
+    };
+    let (second, second_tokens) = late_issuance(&home, "other", "second");
+    let (created, issued) = {
+        let mut both = std::pin::pin!(async {
+            tokio::join!(
+                store.create_client(&bad),
+                store.issue(&second, &second_tokens, None)
+            )
+        });
+        // One poll queues both writes (each is sent to the committer at its first poll).
+        assert!(futures_util::poll!(both.as_mut()).is_pending());
+        other_node.commit().await;
+        assert!(held.await.unwrap().unwrap());
+        both.await
+    };
+    assert!(created.is_err(), "the NUL was stored");
+    assert!(issued.unwrap(), "the other write shares the failure");
+    assert!(store
+        .token(&TokenHash::of("second"))
+        .await
+        .unwrap()
+        .is_some());
+    drop(store);
+    drop(db);
+}
+
 /// PostgreSQL: the clean-up's sweep runs beside the node's writes, not among them. Another
 /// node holds a lock on an expired token row (as a long tenant removal does); the sweep
 /// waits for it, and a revocation meanwhile commits at once. Run by the committer, in the

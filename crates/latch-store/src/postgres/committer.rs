@@ -404,6 +404,12 @@ async fn commit_batch(
                     sp.rollback().await?;
                     replies.push(Err(StoreError::Conflict));
                 }
+                // A value PostgreSQL cannot store (class 22, data exception): this write
+                // fails alone, not the batch of other requests' writes it shares.
+                Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+                    sp.rollback().await?;
+                    replies.push(Err(StoreError::Unavailable(super::describe(&e))));
+                }
                 Err(e) => return Err(e),
             }
         } else {
