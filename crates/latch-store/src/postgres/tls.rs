@@ -30,7 +30,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 use rustls::{Error as TlsError, SignatureScheme};
-use tokio_postgres::config::SslMode;
+use tokio_postgres::config::{SslMode, TargetSessionAttrs};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::deadline::Deadline;
@@ -117,6 +117,22 @@ pub(crate) fn parse(url: &str) -> Result<Target, StoreError> {
         .collect();
     let named: Vec<&str> = named.iter().map(|k| k.as_ref()).collect();
     bound_silent_peers(&mut config, &named);
+    // Every connection, reads' included, must be to the primary: a standby replays the
+    // primary's commits late, so an introspection read there could find a token active
+    // after its revocation was answered `200`. A URL naming several hosts (libpq's failover
+    // list) would otherwise take the first that answers, a standby included.
+    match config.get_target_session_attrs() {
+        TargetSessionAttrs::ReadWrite => {}
+        _ if named.contains(&"target_session_attrs") => {
+            return Err(invalid(
+                "target_session_attrs must be read-write: a standby could answer reads from \
+                 before a revocation",
+            ))
+        }
+        _ => {
+            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+        }
+    }
     let roots = match (&root_file, check) {
         (Some(file), Check::Chain | Check::ChainAndName) => Some(read_roots(file)?),
         _ => None,
@@ -336,6 +352,22 @@ mod tests {
         assert_eq!(target.config.get_ssl_mode(), SslMode::Require);
         let target = parse("postgres://u@h/db?query%5Ftimeout=3").unwrap();
         assert_eq!(target.deadline, Deadline(Some(Duration::from_secs(3))));
+    }
+
+    #[test]
+    fn every_connection_is_to_a_primary() {
+        for url in [
+            "postgres://u@h/db",
+            "postgres://u@primary,standby/db",
+            "postgres://u@h/db?target_session_attrs=read-write",
+        ] {
+            assert_eq!(
+                parse(url).unwrap().config.get_target_session_attrs(),
+                TargetSessionAttrs::ReadWrite,
+                "{url}"
+            );
+        }
+        assert!(parse("postgres://u@primary,standby/db?target_session_attrs=any").is_err());
     }
 
     #[test]
