@@ -23,6 +23,11 @@ pub const SWEEP_BATCH: u32 = 4_000;
 /// live while its own clock says so, and must still find the grant revoked then.
 pub const EXPIRY_GRACE: UnixTime = 300;
 
+/// The most a node's clock may be off the database's ([`Authority::clock_skew`]): half of
+/// [`EXPIRY_GRACE`], so that two nodes within it of the database are within the allowance
+/// of each other.
+pub const MAX_CLOCK_SKEW: UnixTime = EXPIRY_GRACE / 2;
+
 /// Counters for metrics: what the clean-up has deleted since start-up, and when it last ran.
 #[derive(Debug, Default)]
 pub struct CleanupStats {
@@ -62,6 +67,20 @@ impl CleanupStats {
 }
 
 impl Authority {
+    /// How far this node's clock is ahead of the database's (negative: behind), where the
+    /// database has a clock of its own ([`crate::store::Storage::database_time`]). Every
+    /// expiry is judged by the judging node's clock, and the rows of a revoked grant are
+    /// deleted [`EXPIRY_GRACE`] after its expiry by the sweeping node's: a node whose clock
+    /// is further off than that from another's can take a token as live whose grant's
+    /// revocation the other has already deleted.
+    pub async fn clock_skew(&self) -> Result<Option<UnixTime>, Error> {
+        Ok(self
+            .store
+            .database_time()
+            .await?
+            .map(|database| self.clock.now().saturating_sub(database)))
+    }
+
     /// Sweeps every token and grant once, [`SWEEP_BATCH`] rows at a time, deleting those that
     /// expired more than [`EXPIRY_GRACE`] ago; then deletes the audit records older than the
     /// retention period, if one is set. Revoked but unexpired tokens stay, so they keep
@@ -69,8 +88,12 @@ impl Authority {
     pub async fn purge_expired(&self) -> Result<Purged, Error> {
         let mut total = Purged::default();
         let mut from = Sweep::START;
+        // One cut-off for the whole run: a grant expires no earlier than any of its tokens,
+        // so every token of a grant the run deletes goes in the same run, before it. Read
+        // anew for each batch, a later batch's (a clock stepped forward meanwhile, or just
+        // time passing) could delete a grant whose tokens an earlier batch's had kept.
+        let expired_by = self.clock.now().saturating_sub(EXPIRY_GRACE);
         loop {
-            let expired_by = self.clock.now().saturating_sub(EXPIRY_GRACE);
             let (batch, next) = self
                 .store
                 .purge_expired(expired_by, from, SWEEP_BATCH)
@@ -109,8 +132,8 @@ impl Authority {
     /// Deletes the audit records older than `retention` seconds, [`BATCH`] at a time.
     async fn purge_audit(&self, retention: UnixTime) -> Result<u64, Error> {
         let mut total = 0;
+        let before = self.clock.now().saturating_sub(retention);
         loop {
-            let before = self.clock.now().saturating_sub(retention);
             let deleted = self.store.purge_audit(before, BATCH).await?;
             total += deleted;
             self.cleanup.audit.fetch_add(deleted, Ordering::Relaxed);

@@ -240,23 +240,23 @@ impl Request {
 /// that lags it (another node's, or this one stepped back), which would take it as live were
 /// its revocation skipped. Its row is kept as long, so the revocation has something to mark.
 ///
-/// Its grant or its subject's grants: the token only names them, so its own state does not
-/// matter as long as its grant lives. A sign-out made with a stale access token, one revoked
-/// alone before, or a refresh token already exchanged (the grant lives on in the successor)
-/// still signs out. A token of a revoked grant speaks for no session any more: replayed, a
-/// sign-out everywhere must not end the sessions its user opened since. (A refresh token is
+/// Its grant or its subject's grants: the token only names them, so it may have been revoked
+/// alone before (a local sign-out, then a sign-out everywhere with the same token), and a
+/// refresh token already exchanged still names its grant, which lives on in the successor,
+/// whatever its own expiry. But its grant must not be revoked: a token of a revoked grant
+/// speaks for no session any more, and replayed, a sign-out everywhere must not end the
+/// sessions its user opened since. Nor may an access token have expired past the allowance:
+/// by then the clean-up may have deleted its grant's row or revocation mark before its own
+/// row, and the token could no longer tell that its grant was revoked. (A refresh token is
 /// never revoked alone: its `revoked_at` is its grant's.)
 fn kills_something(record: &TokenRecord, scope: RevokedScope, now: UnixTime) -> bool {
+    let kept = now < record.expires_at.saturating_add(EXPIRY_GRACE);
     match scope {
-        RevokedScope::Token => {
-            now < record.expires_at.saturating_add(EXPIRY_GRACE)
-                && record.rotated_at.is_none()
-                && !record.is_revoked()
-        }
-        RevokedScope::Grant | RevokedScope::Subject => {
-            record.grant_revoked_at.is_none()
-                && (record.kind == TokenKind::Access || record.revoked_at.is_none())
-        }
+        RevokedScope::Token => kept && record.rotated_at.is_none() && !record.is_revoked(),
+        RevokedScope::Grant | RevokedScope::Subject => match record.kind {
+            TokenKind::Access => kept && record.grant_revoked_at.is_none(),
+            TokenKind::Refresh => (kept || record.rotated_at.is_some()) && !record.is_revoked(),
+        },
     }
 }
 
@@ -380,17 +380,19 @@ mod tests {
             just_expired.expires_at = 51 - EXPIRY_GRACE;
             assert!(matches!(app().judge(&just_expired), Judgement::Revoke(_)));
         }
-        // A refresh token past its own expiry, rotated or not, still names its grant, which
-        // may outlive it (in a successor, or in access tokens that live longer).
-        for rotated_at in [None, Some(10)] {
-            let mut stale = record(TokenKind::Refresh);
-            stale.expires_at = 50 - EXPIRY_GRACE;
-            stale.rotated_at = rotated_at;
-            let Judgement::Revoke(verdict) = app().judge(&stale) else {
-                panic!("a stale refresh token's grant is revoked");
-            };
-            assert_eq!(verdict.scope, RevokedScope::Grant);
-        }
+        // A rotated refresh token past its own expiry still names its live grant; an unrotated
+        // one expired as long names nothing alive.
+        let mut stale = record(TokenKind::Refresh);
+        stale.expires_at = 50 - EXPIRY_GRACE;
+        assert!(matches!(
+            app().judge(&stale),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
+        stale.rotated_at = Some(10);
+        let Judgement::Revoke(verdict) = app().judge(&stale) else {
+            panic!("a rotated refresh token's grant is revoked");
+        };
+        assert_eq!(verdict.scope, RevokedScope::Grant);
         // Not so once the grant is revoked, whichever way storage recorded it.
         let mut revoked = record(TokenKind::Refresh);
         revoked.revoked_at = Some(10);
@@ -421,31 +423,36 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_or_spent_access_token_still_takes_its_grant_or_subject_when_asked_to() {
+    fn an_access_token_revoked_alone_still_takes_its_grant_or_subject_when_asked_to() {
+        let mut token = record(TokenKind::Access);
+        token.revoked_at = Some(10);
+        // Alone, it is dead already...
+        assert!(matches!(
+            request(caller(AccessTokenRevocation::Token)).judge(&token),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
+        // ...but its grant, or its subject's grants, may not be.
+        let Judgement::Revoke(verdict) =
+            request(caller(AccessTokenRevocation::Grant)).judge(&token)
+        else {
+            panic!("its grant is revoked");
+        };
+        assert_eq!(verdict.scope, RevokedScope::Grant);
+        let mut everywhere = request(caller(AccessTokenRevocation::Token));
+        everywhere.effect = Effect::AllGrantsOfSubject;
+        let Judgement::Revoke(verdict) = everywhere.judge(&token) else {
+            panic!("its subject's grants are revoked");
+        };
+        assert_eq!(verdict.scope, RevokedScope::Subject);
+        // Expired past the allowance, it may no longer know that its grant was revoked.
         let mut expired = record(TokenKind::Access);
         expired.expires_at = 50 - EXPIRY_GRACE;
-        let mut revoked_alone = record(TokenKind::Access);
-        revoked_alone.revoked_at = Some(10);
-        for token in [&expired, &revoked_alone] {
-            // Alone, it is dead already...
-            assert!(matches!(
-                request(caller(AccessTokenRevocation::Token)).judge(token),
-                Judgement::Answer(Outcome::AlreadyInactive)
-            ));
-            // ...but its grant, or its subject's grants, may not be.
-            let Judgement::Revoke(verdict) =
-                request(caller(AccessTokenRevocation::Grant)).judge(token)
-            else {
-                panic!("its grant is revoked");
-            };
-            assert_eq!(verdict.scope, RevokedScope::Grant);
-            let mut everywhere = request(caller(AccessTokenRevocation::Token));
-            everywhere.effect = Effect::AllGrantsOfSubject;
-            let Judgement::Revoke(verdict) = everywhere.judge(token) else {
-                panic!("its subject's grants are revoked");
-            };
-            assert_eq!(verdict.scope, RevokedScope::Subject);
-        }
+        let mut everywhere = request(caller(AccessTokenRevocation::Grant));
+        everywhere.effect = Effect::AllGrantsOfSubject;
+        assert!(matches!(
+            everywhere.judge(&expired),
+            Judgement::Answer(Outcome::AlreadyInactive)
+        ));
     }
 
     #[test]

@@ -297,6 +297,13 @@ pub trait Storage:
     /// readiness).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// The database's own clock, where it runs on another machine and is the one clock every
+    /// node sharing the database can compare theirs with (PostgreSQL); `None` where the
+    /// database is this process's own file (SQLite).
+    async fn database_time(&self) -> StoreResult<Option<UnixTime>> {
+        Ok(None)
+    }
+
     /// True once the writer has stopped for good (it panicked): every write fails until the
     /// process restarts, so liveness reports it. A database that is merely unreachable is
     /// not this (the writer reconnects); readiness reports that.

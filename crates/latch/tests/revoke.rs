@@ -218,32 +218,6 @@ backend_test! {
 }
 
 backend_test! {
-    async fn a_sign_out_with_a_stale_access_token_still_kills_its_grant_when_configured() {
-        let s = TestServer::start().await;
-        let wide = s
-            .create_client(
-                "default",
-                json!({
-                    "client_id": "wide",
-                    "client_secret": "wide-secret",
-                    "grant_types": ["refresh_token"],
-                    "access_token_revocation": "grant",
-                }),
-            )
-            .await;
-        let g = s.grant_for(&wide, "bob", None).await;
-        let (at, rt) = (g["access_token"].as_str().unwrap(), g["refresh_token"].as_str().unwrap());
-        // The app signs out with the access token it holds, expired past the clocks'
-        // allowance; its grant lives on in the refresh token.
-        s.advance(3600 + 301);
-        assert!(s.is_active(rt).await);
-        assert_eq!(s.revoke(Auth::Basic(&wide), at).await.status(), 200);
-        assert!(!s.is_active(rt).await, "the grant survived the sign-out");
-        assert_error(s.refresh(Auth::Basic(&wide), rt).await, 400, "invalid_grant").await;
-    }
-}
-
-backend_test! {
     async fn request_errors() {
         let s = TestServer::start().await;
         let svc = s.confidential("svc", "read").await;

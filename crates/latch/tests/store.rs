@@ -1033,6 +1033,80 @@ async fn postgres_a_value_the_database_cannot_store_fails_its_write_alone() {
     drop(db);
 }
 
+/// A clock that moves `step` seconds forward each time it is read, once told to.
+struct Ticking {
+    now: std::sync::atomic::AtomicI64,
+    step: std::sync::atomic::AtomicI64,
+}
+
+impl latch_core::clock::Clock for Ticking {
+    fn now(&self) -> latch_core::clock::UnixTime {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.now.fetch_add(self.step.load(SeqCst), SeqCst)
+    }
+}
+
+backend_test! {
+    async fn a_clean_up_run_judges_every_row_by_one_time_however_long_it_takes() {
+        // A grant whose one token expires with it. The run starts a second before the two
+        // are past the allowance, and its clock moves on by more than the allowance while it
+        // runs: read anew for the grants after the tokens, it deleted the grant (and its
+        // revocation) and kept the token, which then read as of a grant never revoked.
+        use latch_core::cleanup::EXPIRY_GRACE;
+        use std::sync::atomic::Ordering::SeqCst;
+        let db = TestDb::fresh().await;
+        let store = latch_store::open(&db.url).await.unwrap();
+        let home = TenantId::default_tenant();
+        store.create_client(&client(&home, "svc", 3600)).await.unwrap();
+        let (mut grant, tokens) = late_issuance(&home, "svc", "at");
+        grant.expires_at = tokens[0].expires_at;
+        assert!(store.issue(&grant, &tokens, None).await.unwrap());
+        let clock = Arc::new(Ticking {
+            now: (grant.expires_at + EXPIRY_GRACE - 1).into(),
+            step: 0.into(),
+        });
+        let authority = latch_core::Authority::new(store.clone(), clock.clone());
+        clock.step.store(EXPIRY_GRACE + 100, SeqCst);
+        authority.purge_expired().await.unwrap();
+        let token_kept = store.token(&TokenHash::of("at")).await.unwrap().is_some();
+        let grant_kept = store.grant(&home, &grant.id).await.unwrap().is_some();
+        assert_eq!((token_kept, grant_kept), (true, true), "one cut-off: nothing had expired by it");
+        drop(store);
+        drop(db);
+    }
+}
+
+/// PostgreSQL: a node whose clock is further than `MAX_CLOCK_SKEW` off the database's does
+/// not start (nor would it sweep): two nodes further apart than the clean-up's allowance
+/// could find a token live whose revocation one of them has already deleted. Within it, it
+/// starts; SQLite has no other clock to compare with.
+#[tokio::test]
+async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start() {
+    use latch_core::cleanup::MAX_CLOCK_SKEW;
+    use latch_core::clock::ManualClock;
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let settings = common::settings_for(&db);
+    for (ahead, starts) in [
+        (MAX_CLOCK_SKEW + 5, false),
+        (-MAX_CLOCK_SKEW - 5, false),
+        (MAX_CLOCK_SKEW - 5, true),
+    ] {
+        let clock = Arc::new(ManualClock::starting_now());
+        clock.advance(ahead);
+        match latch::server::Server::start(&settings, clock).await {
+            Ok(server) => {
+                assert!(starts, "started {ahead} s off");
+                server.shutdown().await.unwrap();
+            }
+            Err(e) => {
+                assert!(!starts, "{ahead} s off: {e:#}");
+                assert!(format!("{e:#}").contains("off the database's"), "{e:#}");
+            }
+        }
+    }
+    drop(db);
+}
+
 /// PostgreSQL: the clean-up's sweep runs beside the node's writes, not among them. Another
 /// node holds a lock on an expired token row (as a long tenant removal does); the sweep
 /// waits for it, and a revocation meanwhile commits at once. Run by the committer, in the

@@ -531,6 +531,19 @@ impl CleanupStore for PgStore {
 
 #[async_trait]
 impl Storage for PgStore {
+    async fn database_time(&self) -> StoreResult<Option<UnixTime>> {
+        self.pooled(async |c| {
+            c.query_one(
+                "SELECT floor(extract(epoch FROM clock_timestamp()))::BIGINT",
+                &[],
+            )
+            .await
+            .map(|row| Some(row.get(0)))
+            .map_err(|e| store_error(&e))
+        })
+        .await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if self.writer_stopped() {
             return Err(StoreError::Unavailable("the writer has stopped".into()));

@@ -47,7 +47,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
 
 use latch_core::cleanup::EXPIRY_GRACE;
-use latch_core::clock::UnixTime;
+use latch_core::clock::{Clock, SystemClock, UnixTime};
 use latch_core::grant::TokenRecord;
 use latch_core::id::GrantId;
 use latch_core::token::TokenHash;
@@ -273,8 +273,9 @@ impl RevocationMarks {
     }
 
     /// The first catch-up, at start-up: the whole log, except the marks of tokens that had
-    /// expired [`EXPIRY_GRACE`] before the log's newest revocation was made (at a time the
-    /// clock has passed, give or take the allowance a clock step may take back).
+    /// expired [`EXPIRY_GRACE`] before the log's newest revocation was made, or before now if
+    /// that is earlier (a revocation made while the clock ran ahead must not take with it the
+    /// marks of tokens the corrected clock still finds unexpired).
     /// Rows stay in the log until a clean-up purges them, and none may run (`latch gc` left
     /// undone), so the log can be far longer than the index may be; its unexpired marks are
     /// not, each having found room in the index when it was written.
@@ -287,7 +288,7 @@ impl RevocationMarks {
             )
             .optional()?;
         let expired_at = newest.map_or(UnixTime::MIN, |at: UnixTime| {
-            at.saturating_sub(EXPIRY_GRACE)
+            at.min(SystemClock.now()).saturating_sub(EXPIRY_GRACE)
         });
         self.load_log(conn, expired_at)
     }

@@ -150,8 +150,9 @@ pub struct SqliteStore {
     commits: Arc<CommitMeter>,
     /// A file database's turns at checkpointing, for the last one ([`Storage::close`]).
     checkpoints: Option<Turns>,
-    /// How long a removal lets go of the write lock between its chunks
-    /// ([`REMOVAL_PAUSE`] for a command beside a server, none for a server).
+    /// How long a removal, a revocation of a client's grants or a clean-up lets go of the
+    /// write lock between its chunks ([`REMOVAL_PAUSE`] for a command beside a server, none
+    /// for a server).
     removal_pause: Duration,
 }
 
@@ -161,8 +162,8 @@ pub struct SqliteStore {
 /// transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
 
-/// How long a command revoking a client's or tenant's grants in chunks lets go of the write
-/// lock between them. A server on the same file waits for the lock in steps of up to 100 ms
+/// How long a command revoking a client's or tenant's grants in chunks, or cleaning up
+/// (`latch gc`) in batches, lets go of the write lock between them. A server on the same file waits for the lock in steps of up to 100 ms
 /// (SQLite's busy handler), so a pause as long as one step lets its writes in; a command that
 /// took the lock straight back could keep them out past the busy timeout, which answers them
 /// `503`.
@@ -421,8 +422,9 @@ impl SqliteStore {
         }
     }
 
-    /// Lets a server's writes pass between two chunks of a large revocation when this store
-    /// is a command's beside a server ([`REMOVAL_PAUSE`]); a server's own goes straight on.
+    /// Lets a server's writes pass between two chunks of a large revocation or two batches
+    /// of a clean-up when this store is a command's beside a server ([`REMOVAL_PAUSE`]); a
+    /// server's own goes straight on.
     async fn pause_between_chunks(&self) {
         if !self.removal_pause.is_zero() {
             tokio::time::sleep(self.removal_pause).await;

@@ -531,17 +531,21 @@ impl CleanupStore for SqliteStore {
             // An expired token is inactive whatever its mark says.
             self.marks.forget_expired(expired_by);
         }
+        self.pause_between_chunks().await;
         Ok((purged, next))
     }
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
-        self.write(move |c| {
-            let sql = purge_audit_sql(|n| format!("?{n}"));
-            let head = u64::from(limit) * u64::from(AUDIT_PURGE_HEAD);
-            Ok(c.prepare_cached(&sql)?
-                .execute(params![before, limit, head])? as u64)
-        })
-        .await
+        let deleted = self
+            .write(move |c| {
+                let sql = purge_audit_sql(|n| format!("?{n}"));
+                let head = u64::from(limit) * u64::from(AUDIT_PURGE_HEAD);
+                Ok(c.prepare_cached(&sql)?
+                    .execute(params![before, limit, head])? as u64)
+            })
+            .await?;
+        self.pause_between_chunks().await;
+        Ok(deleted)
     }
 }
 

@@ -444,23 +444,7 @@ impl TestServer {
 
     /// Starts on an existing database (e.g. one a stopped server hands back), configured.
     pub async fn start_configured(db: TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database: db.url.clone(),
-            issuer: None,
-            admin_token: Some(ADMIN_TOKEN.into()),
-            log: "warn".into(),
-            cleanup_interval: 0,
-            shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
-            read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
-            write_timeout: latch::config::DEFAULT_WRITE_TIMEOUT,
-            max_connections: None,
-            audit_retention_days: None,
-            tenants: vec![],
-            profiles: Default::default(),
-            auth_limits: Default::default(),
-            clients: vec![],
-        };
+        let mut settings = settings_for(&db);
         configure(&mut settings);
         let clock = Arc::new(ManualClock::starting_now());
         let server = Server::start(&settings, clock.clone())
@@ -881,4 +865,26 @@ pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::
         panic!("latch {args:?} was still running after 60 s");
     }
     output.join().unwrap().unwrap()
+}
+
+/// The settings a test server on `db` starts with: an ephemeral port, the admin API on, no
+/// clean-up of its own.
+pub fn settings_for(db: &TestDb) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: db.url.clone(),
+        issuer: None,
+        admin_token: Some(ADMIN_TOKEN.into()),
+        log: "warn".into(),
+        cleanup_interval: 0,
+        shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
+        read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
+        write_timeout: latch::config::DEFAULT_WRITE_TIMEOUT,
+        max_connections: None,
+        audit_retention_days: None,
+        tenants: vec![],
+        profiles: Default::default(),
+        auth_limits: Default::default(),
+        clients: vec![],
+    }
 }
