@@ -1,6 +1,8 @@
 //! Operations for operators and trusted first-party backends: client management, grants
 //! issued directly to a subject, and revocation by grant or by subject.
 
+use std::future::Future;
+
 use tracing::Instrument;
 
 use crate::audit::{self, AuditEvent, AuditQuery, Killed, Origin, Reason};
@@ -239,15 +241,21 @@ impl Authority {
         let context = self
             .audit_context(tenant, ADMIN, origin, Reason::ClientRemoved)
             .about(None, Some(&Subject::of_client(id)));
-        let deleted = self.store.delete_client(tenant, id, &context).await;
+        let (store, owned) = (self.store.clone(), (tenant.clone(), id.clone()));
+        let deleted = self
+            .to_the_end(async move {
+                let deleted = store.delete_client(&owned.0, &owned.1, &context).await;
+                if let Ok(Some(Some(e))) = &deleted {
+                    audit::log(e);
+                }
+                deleted
+            })
+            .await;
         self.scopes.forget(tenant);
         let Some(event) = deleted? else {
             return Err(self.why_unchanged(tenant, id).await);
         };
         self.secrets.forget(tenant, id);
-        if let Some(e) = &event {
-            audit::log(e);
-        }
         Ok(audit::killed(&event))
     }
 
@@ -266,33 +274,41 @@ impl Authority {
         let context = self
             .audit_context(tenant, ADMIN, origin, Reason::Admin)
             .about(None, Some(&Subject::of_client(id)));
-        // On a task of its own, so that it runs to its end (on SQLite, chunk after chunk)
-        // even when its caller goes away, a client hanging up or a proxy timing out: the rest
-        // of a compromised client's grants would live on. A stopping server waits for it
-        // (`finish_background`), and on SQLite the next start finishes one that a stop or a
-        // crash cut off. Each record is logged as it commits, so one that a later chunk's
-        // failure cuts short is logged all the same, within the request's span (its method
-        // and path, at debug level), as a revocation run on the request's own task is.
+        // Each record is logged as it commits, so one that a later chunk's failure cuts
+        // short is logged all the same.
         let (store, tenant, id) = (self.store.clone(), tenant.clone(), id.clone());
-        let revoking = self.background.spawn(
-            async move {
-                let mut killed = Killed::default();
-                let mut recorded = |event: AuditEvent| {
-                    audit::log(&event);
-                    killed.grants += event.grants;
-                    killed.tokens += event.tokens;
-                };
-                let done = store.revoke_client_grants(&tenant, &id, &context, &mut recorded);
-                done.await.map(|()| killed)
-            }
-            .instrument(tracing::Span::current()),
-        );
-        match revoking.await {
-            Ok(done) => Ok(done?),
+        let revoked = self.to_the_end(async move {
+            let mut killed = Killed::default();
+            let mut recorded = |event: AuditEvent| {
+                audit::log(&event);
+                killed.grants += event.grants;
+                killed.tokens += event.tokens;
+            };
+            let done = store.revoke_client_grants(&tenant, &id, &context, &mut recorded);
+            done.await.map(|()| killed)
+        });
+        Ok(revoked.await?)
+    }
+
+    /// Runs a write that revokes many grants (on SQLite, chunk after chunk) on a task of its
+    /// own, so that it runs to its end even when its caller goes away, a client hanging up
+    /// or a proxy timing out: the rest of a removed or compromised client's grants would
+    /// live on, and the client stay registered, until the next start finished it. A stopping
+    /// server waits for it ([`Authority::finish_background`]). It runs within the request's
+    /// span (its method and path, at debug level), as it would on the request's own task.
+    async fn to_the_end<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let running = self
+            .background
+            .spawn(write.instrument(tracing::Span::current()));
+        match running.await {
+            Ok(done) => done,
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
                 // Only a runtime shutting down cancels it.
-                Err(_) => Err(StoreError::Unavailable("shutting down".into()).into()),
+                Err(_) => Err(StoreError::Unavailable("shutting down".into())),
             },
         }
     }
@@ -475,20 +491,26 @@ impl Authority {
             return Err(holds_declared(&format!(" ({})", declared.join(", "))));
         }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
-        let deleted = self.store.delete_tenant(tenant, &context).await;
+        let (store, owned) = (self.store.clone(), tenant.clone());
+        let deleted = self
+            .to_the_end(async move {
+                let deleted = store.delete_tenant(&owned, &context).await;
+                if let Ok(Some(Some(e))) = &deleted {
+                    audit::log(e);
+                }
+                deleted
+            })
+            .await;
         self.scopes.forget(tenant);
-        let event = match deleted {
-            Ok(Some(event)) => event,
+        match deleted {
+            Ok(Some(_)) => {}
             Ok(None) => return Err(Error::NotFound(format!("no tenant {tenant}").into())),
             Err(StoreError::Conflict) => return Err(holds_declared("")),
             Err(e) => return Err(e.into()),
-        };
+        }
         // Its clients are gone; their cached verifications can never match again, but drop
         // them rather than wait for eviction.
         self.secrets.clear();
-        if let Some(e) = &event {
-            audit::log(e);
-        }
         Ok(())
     }
 }

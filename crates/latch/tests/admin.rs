@@ -557,7 +557,8 @@ backend_test! {
             .await;
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["client_secret"], "third-secret");
+        // Not sent back: the caller has it.
+        assert_eq!(body, json!({ "client_id": "svc", "rotated": true }));
         let third = TestClient {
             id: "svc".into(),
             secret: Some("third-secret".into()),
@@ -1336,16 +1337,78 @@ backend_test! {
 /// stopping then waits for it before it closes the database.
 #[tokio::test]
 async fn sqlite_a_clients_grants_revocation_goes_on_when_its_caller_hangs_up() {
+    large_revocation_whose_caller_hangs_up("default", "/clients/svc/grants", "admin", None).await;
+}
+
+/// So does a client's removal: left part-way, the client stayed registered (its secret
+/// still minting tokens) with the rest of its grants alive until the next start finished it.
+#[tokio::test]
+async fn sqlite_a_clients_removal_goes_on_when_its_caller_hangs_up() {
+    large_revocation_whose_caller_hangs_up(
+        "default",
+        "/clients/svc",
+        "client_removed",
+        Some("SELECT count(*) FROM clients WHERE client_id = 'svc'"),
+    )
+    .await;
+}
+
+/// And a tenant's.
+#[tokio::test]
+async fn sqlite_a_tenants_removal_goes_on_when_its_caller_hangs_up() {
+    large_revocation_whose_caller_hangs_up(
+        "acme",
+        "",
+        "tenant_removed",
+        Some("SELECT count(*) FROM tenants WHERE id = 'acme'"),
+    )
+    .await;
+}
+
+/// Client `svc` of `tenant`, holding 100,001 grants, loses them all through the admin route
+/// `/admin/v1/tenants/{tenant}{path}`, whose caller gives up after 50 ms; the server is then
+/// stopped at once. Once stopped, every grant is revoked and recorded under `reason`, and
+/// `gone` (a count of what the request removes) is 0.
+async fn large_revocation_whose_caller_hangs_up(
+    tenant: &str,
+    path: &str,
+    reason: &str,
+    gone: Option<&str>,
+) {
     let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
     let s = TestServer::start_on(db).await;
-    let svc = s.confidential("svc", "read").await;
-    let at = str_of(&s.client_credentials(&svc).await, "access_token").to_owned();
+    if tenant != "default" {
+        let created = s
+            .admin(
+                Method::POST,
+                "/tenants",
+                Some(json!({ "tenant_id": tenant })),
+            )
+            .await;
+        assert_eq!(created.status(), 201);
+    }
+    let svc = s
+        .create_client(
+            tenant,
+            json!({ "client_id": "svc", "client_secret": "svc-secret", "scope": "read" }),
+        )
+        .await;
+    let prefix = if tenant == "default" {
+        String::new()
+    } else {
+        format!("/tenants/{tenant}")
+    };
+    let at = str_of(
+        &s.client_credentials_at(&prefix, Auth::Basic(&svc)).await,
+        "access_token",
+    )
+    .to_owned();
     // 100,000 grants more: twenty chunks, a second or so of the writer's time.
-    s.db.execute(
+    s.db.execute(&format!(
         "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 100000) \
          INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, expires_at) \
-         SELECT 'bulk-' || i, 'default', 'svc', 'bulk', 'read', 100, 4000000000 FROM k",
-    )
+         SELECT 'bulk-' || i, '{tenant}', 'svc', 'bulk', 'read', 100, 4000000000 FROM k"
+    ))
     .await;
     let live = "SELECT count(*) FROM grants WHERE client_id = 'svc' AND revoked_at IS NULL";
     assert_eq!(s.db.query_i64(live).await, 100_001);
@@ -1356,7 +1419,7 @@ async fn sqlite_a_clients_grants_revocation_goes_on_when_its_caller_hangs_up() {
         .build()
         .unwrap();
     let cut = impatient
-        .delete(s.url("/admin/v1/tenants/default/clients/svc/grants"))
+        .delete(s.url(&format!("/admin/v1/tenants/{tenant}{path}")))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await;
@@ -1373,9 +1436,15 @@ async fn sqlite_a_clients_grants_revocation_goes_on_when_its_caller_hangs_up() {
         0,
         "the revocation stopped part-way"
     );
-    let recorded = "SELECT coalesce(sum(grants), 0) FROM audit \
-                    WHERE reason = 'admin' AND grant_id IS NULL";
-    assert_eq!(db.query_i64(recorded).await, 100_001);
-    let s = TestServer::start_on(db).await;
-    assert!(!s.is_active(&at).await);
+    if let Some(gone) = gone {
+        assert_eq!(db.query_i64(gone).await, 0, "{gone}");
+    }
+    let recorded = format!(
+        "SELECT coalesce(sum(grants), 0) FROM audit WHERE reason = '{reason}' AND grant_id IS NULL"
+    );
+    assert_eq!(db.query_i64(&recorded).await, 100_001);
+    if tenant == "default" {
+        let s = TestServer::start_on(db).await;
+        assert!(!s.is_active(&at).await);
+    }
 }

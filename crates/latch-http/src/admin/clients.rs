@@ -216,6 +216,7 @@ pub(crate) async fn rotate_secret(
     Params((tenant, client_id)): Params<(String, String)>,
     JsonBody(body): JsonBody<NewSecret>,
 ) -> Result<Response, ApiError> {
+    let chosen = body.client_secret.is_some();
     let secret = state
         .authority
         .rotate_secret(
@@ -224,7 +225,12 @@ pub(crate) async fn rotate_secret(
             body.client_secret,
         )
         .await?;
-    Ok(no_store(
-        Json(json!({ "client_id": client_id, "client_secret": secret })).into_response(),
-    ))
+    // A generated secret is shown once; a chosen one is not sent back (the caller has it,
+    // and whatever logs responses need not), as when a client is registered.
+    let answer = if chosen {
+        json!({ "client_id": client_id, "rotated": true })
+    } else {
+        json!({ "client_id": client_id, "rotated": true, "client_secret": secret })
+    };
+    Ok(no_store(Json(answer).into_response()))
 }
