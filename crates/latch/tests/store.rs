@@ -2284,8 +2284,8 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     assert_eq!(db.query_i64(records).await, 2);
 
     // A tenant's removal the same, here beside an interrupted removal of one of its
-    // clients, which the tenant's removal ends with it: created again, that client is not
-    // removed by a later start.
+    // clients, which the tenant's removal ends with it (what that one's chunks revoked is
+    // recorded): created again, that client is not removed by a later start.
     let acme = TenantId::parse("acme").unwrap();
     store.create_tenant(&acme, 300).await.unwrap();
     store
@@ -2295,9 +2295,9 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
     let (grant, tokens) = late_issuance(&acme, "svc", "at-acme");
     assert!(store.issue(&grant, &tokens, None).await.unwrap());
     db.execute(
-        "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route) \
-         VALUES ('acme', '', 'tenant_removed', 350, 'admin', 'admin'), \
-                ('acme', 'svc', 'client_removed', 340, 'admin', 'admin');",
+        "INSERT INTO removals (tenant_id, client_id, reason, at, actor, route, grants, tokens) \
+         VALUES ('acme', '', 'tenant_removed', 350, 'admin', 'admin', 0, 0), \
+                ('acme', 'svc', 'client_removed', 340, 'admin', 'admin', 3, 4);",
     )
     .await;
     let event = store
@@ -2320,6 +2320,13 @@ async fn sqlite_a_removal_a_crash_interrupted_is_finished() {
         db.query_i64("SELECT count(*) FROM tenants WHERE id = 'acme'")
             .await,
         0
+    );
+    let chunks = "SELECT count(*) FROM audit WHERE tenant_id = 'acme' \
+                  AND reason = 'client_removed' AND grants = 3 AND tokens = 4 AND at = 340";
+    assert_eq!(
+        db.query_i64(chunks).await,
+        1,
+        "the client's chunks went unrecorded"
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
     store.create_tenant(&acme, 400).await.unwrap();

@@ -141,6 +141,7 @@ impl Removal {
             ))?
             .query_row(values.as_slice(), |r| r.get(0))?;
         if declared {
+            record_chunks(c, &self.grants.tenant, Some(&self.grants.client))?;
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
                 .execute(params![self.grants.tenant, self.grants.client])?;
             return Ok(Err(StoreError::Conflict));
@@ -158,6 +159,10 @@ impl Removal {
                 "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
                 params![self.grants.tenant, self.grants.client],
             )?;
+        }
+        if self.grants.client.is_empty() {
+            // The removals of its clients under way end with it, before its own record.
+            record_chunks(c, &self.grants.tenant, None)?;
         }
         // Its marks count once this write can no longer fail: kept until then.
         let mut marked = Vec::new();
@@ -196,6 +201,31 @@ impl Removal {
             r.get(0)
         })
     }
+}
+
+/// Records what the chunks of removals that will not finish revoked (the removal of
+/// `client`, given up; or, without one, those of the tenant's clients, which its removal
+/// ends), each in an audit record of its own as its row describes it: its grants stay
+/// revoked, and no revocation goes without its record. Rows whose chunks revoked nothing
+/// leave none.
+fn record_chunks(c: &Connection, tenant: &str, client: Option<&str>) -> rusqlite::Result<()> {
+    let which = if client.is_some() {
+        "client_id = ?2"
+    } else {
+        "client_id <> ''"
+    };
+    let sql = format!(
+        "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+           tokens, address) \
+         SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, address \
+         FROM removals WHERE tenant_id = ?1 AND {which} AND (grants > 0 OR tokens > 0)"
+    );
+    let mut insert = c.prepare_cached(&sql)?;
+    match client {
+        Some(client) => insert.execute(params![tenant, client])?,
+        None => insert.execute([tenant])?,
+    };
+    Ok(())
 }
 
 impl std::fmt::Display for Removal {
