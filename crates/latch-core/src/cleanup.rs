@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::authority::Authority;
 use crate::clock::UnixTime;
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::store::{Purged, Sweep};
 
 /// Audit records deleted per batch: each batch is one short transaction.
@@ -23,10 +23,13 @@ pub const SWEEP_BATCH: u32 = 4_000;
 /// live while its own clock says so, and must still find the grant revoked then.
 pub const EXPIRY_GRACE: UnixTime = 300;
 
-/// The most a node's clock may be off the database's ([`Authority::clock_skew`]): half of
+/// The most a node's clock may be off the database's ([`Authority::check_clock`]): half of
 /// [`EXPIRY_GRACE`], so that two nodes within it of the database are within the allowance
 /// of each other.
 pub const MAX_CLOCK_SKEW: UnixTime = EXPIRY_GRACE / 2;
+
+/// A node's clock off the database's by more than this is logged as a warning.
+const CLOCK_SKEW_WARNING: UnixTime = 10;
 
 /// Counters for metrics: what the clean-up has deleted since start-up, and when it last ran.
 #[derive(Debug, Default)]
@@ -74,6 +77,9 @@ impl Authority {
     /// is further off than that from another's can take a token as live whose grant's
     /// revocation the other has already deleted.
     pub async fn clock_skew(&self) -> Result<Option<UnixTime>, Error> {
+        if !self.clock.tells_the_machines_time() {
+            return Ok(None);
+        }
         Ok(self
             .store
             .database_time()
@@ -81,11 +87,39 @@ impl Authority {
             .map(|database| self.clock.now().saturating_sub(database)))
     }
 
+    /// Fails if this node's clock is more than [`MAX_CLOCK_SKEW`] off the database's (see
+    /// [`clock_skew`](Self::clock_skew)), so that a node so far off neither starts nor
+    /// cleans up; warns past a few seconds.
+    pub async fn check_clock(&self) -> Result<(), Error> {
+        let Some(skew) = self.clock_skew().await? else {
+            return Ok(());
+        };
+        if skew.abs() > MAX_CLOCK_SKEW {
+            return Err(StoreError::Unavailable(format!(
+                "this node's clock is {skew} s off the database's (PostgreSQL's \
+                 clock_timestamp()): nodes sharing a database must keep within \
+                 {MAX_CLOCK_SKEW} s of it, or one could take a token as live whose revocation \
+                 another has already cleaned up; set the time right (NTP)"
+            ))
+            .into());
+        }
+        if skew.abs() > CLOCK_SKEW_WARNING {
+            tracing::warn!(
+                skew_seconds = skew,
+                "this node's clock is off the database's; keep the nodes' clocks in step (NTP)"
+            );
+        }
+        Ok(())
+    }
+
     /// Sweeps every token and grant once, [`SWEEP_BATCH`] rows at a time, deleting those that
     /// expired more than [`EXPIRY_GRACE`] ago; then deletes the audit records older than the
     /// retention period, if one is set. Revoked but unexpired tokens stay, so they keep
     /// reading as revoked until they expire.
     pub async fn purge_expired(&self) -> Result<Purged, Error> {
+        // A clock far off the database's (one that drifted or was stepped since the start)
+        // would delete too early.
+        self.check_clock().await?;
         let mut total = Purged::default();
         let mut from = Sweep::START;
         // One cut-off for the whole run: a grant expires no earlier than any of its tokens,

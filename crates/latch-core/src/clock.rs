@@ -11,6 +11,12 @@ pub type UnixTime = i64;
 pub trait Clock: Send + Sync + 'static {
     /// Now, in seconds since the Unix epoch.
     fn now(&self) -> UnixTime;
+
+    /// Whether it tells the machine's time, which other machines' clocks (the database's)
+    /// can be compared with. A test's clock, moved by hand, does not.
+    fn tells_the_machines_time(&self) -> bool {
+        true
+    }
 }
 
 /// The system clock.
@@ -44,5 +50,9 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> UnixTime {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn tells_the_machines_time(&self) -> bool {
+        false
     }
 }

@@ -31,8 +31,9 @@ pub enum Effect {
 pub enum Outcome {
     /// Something was revoked, durably.
     Revoked(Revoked),
-    /// The token exists but was already revoked, or expired by more than the clocks'
-    /// allowance (or is a used access token): nothing to do.
+    /// What the revocation would reach is dead already (`kills_something`): the token (or,
+    /// for a grant or a subject, its grant) was revoked, or it expired by more than the
+    /// clocks' allowance: nothing to do.
     AlreadyInactive,
     /// The token is malformed, unknown, or of another tenant.
     Unknown,

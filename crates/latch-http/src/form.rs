@@ -99,7 +99,7 @@ impl Form {
         Ok(Self { pairs })
     }
 
-    /// Checks that the URI carries no parameters and the content type, then reads and
+    /// Checks that the URI carries no OAuth parameter and the content type, then reads and
     /// parses the body; returns the request's head beside the form, so that handlers borrow
     /// its headers (axum's `HeaderMap` extractor would clone them for every request).
     ///
@@ -107,37 +107,64 @@ impl Form {
     /// RFC 7662 §2.1) and credentials must never be in the URI (RFC 6749 §2.3.1): one sent
     /// there is refused rather than ignored, since ignoring it would answer a request the
     /// client did not make (a `scope` dropped widens the token; a `token` dropped revokes
-    /// nothing, with a `200`).
+    /// nothing, with a `200`). Other query parameters (a gateway's, a version) are left to
+    /// the route (§3.2 lets an endpoint's URI have a query).
     pub async fn from_request(request: Request) -> Result<(Parts, Self), ApiError> {
-        Self::read(request, false, false).await
+        Self::read(request, false).await
     }
 
     /// Like [`Form::from_request`], with [`Form::parse_trimming`].
     pub async fn from_request_trimming(request: Request) -> Result<(Parts, Self), ApiError> {
-        Self::read(request, true, false).await
+        Self::read(request, true).await
     }
 
-    /// Like [`Form::from_request`], for a route whose URI carries parameters of its own
-    /// (a version), which its handler checks.
-    pub async fn from_request_beside_query(request: Request) -> Result<(Parts, Self), ApiError> {
-        Self::read(request, false, true).await
-    }
-
-    async fn read(
-        request: Request,
-        trim: bool,
-        query_allowed: bool,
-    ) -> Result<(Parts, Self), ApiError> {
+    async fn read(request: Request, trim: bool) -> Result<(Parts, Self), ApiError> {
         let (parts, body) = request.into_parts();
-        if !query_allowed && parts.uri.query().is_some_and(|q| !q.is_empty()) {
-            return Err(ApiError::invalid_request(
-                "parameters must be sent in the request body, not in the URI (RFC 6749 §3.2)",
-            ));
-        }
+        refuse_oauth_parameters(parts.uri.query())?;
         check_content_type(&parts.headers)?;
         let bytes = read_body(&parts, body, MAX_FORM_BYTES).await?;
         let form = Self::parse_with(&bytes, trim)?;
         Ok((parts, form))
+    }
+}
+
+/// The parameters of OAuth's token, revocation and introspection requests (and of the grants
+/// latch does not serve), refused in a form endpoint's URI ([`Form::from_request`]).
+const OAUTH_PARAMETERS: &[&str] = &[
+    "grant_type",
+    "scope",
+    "refresh_token",
+    "token",
+    "token_type_hint",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+    "code",
+    "code_verifier",
+    "redirect_uri",
+    "username",
+    "password",
+    "resource",
+    "audience",
+];
+
+fn refuse_oauth_parameters(query: Option<&str>) -> Result<(), ApiError> {
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Ok(());
+    };
+    let query = Form::parse(query.as_bytes())
+        .map_err(|_| ApiError::invalid_request("malformed query string"))?;
+    let named = query
+        .pairs()
+        .find(|(name, _)| OAUTH_PARAMETERS.contains(name))
+        .map(|(name, _)| name.to_owned());
+    match named {
+        Some(name) => Err(ApiError::invalid_request(format!(
+            "parameter {name} must be sent in the request body, not in the URI (RFC 6749 §2.3.1, \
+             §3.2)"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use latch_core::cleanup::MAX_CLOCK_SKEW;
-use latch_core::clock::{Clock, UnixTime};
+use latch_core::clock::Clock;
 use latch_core::Authority;
 use latch_http::AppState;
 use tokio::net::TcpListener;
@@ -27,7 +26,10 @@ pub async fn open_authority(
         .with_context(|| format!("cannot open the database {}", settings.database))?;
     let authority =
         Arc::new(Authority::new(store, clock).with_audit_retention(settings.audit_retention_days));
-    check_clock(&authority).await?;
+    authority
+        .check_clock()
+        .await
+        .context("this node cannot serve beside the database")?;
     // Before serving, and before the configuration's clients are declared (their ids may be
     // those of removals under way). One that cannot be finished leaves its client in place,
     // as if its removal had not been asked for: serving goes on. So do the revocations of a
@@ -64,39 +66,6 @@ pub async fn open_authority(
         );
     }
     Ok(authority)
-}
-
-/// A node's clock off the database's by more than this is logged as a warning.
-const CLOCK_SKEW_WARNING: UnixTime = 10;
-
-/// Checks this node's clock against the database's, where it has one (PostgreSQL): an error
-/// past [`MAX_CLOCK_SKEW`], so that the node neither starts nor sweeps; a warning past
-/// [`CLOCK_SKEW_WARNING`]. Every node judges expiry by its own clock and deletes the rows of
-/// a revoked grant [`EXPIRY_GRACE`](latch_core::cleanup::EXPIRY_GRACE) after its expiry: two
-/// nodes further apart than that could find a token live whose revocation is gone.
-pub async fn check_clock(authority: &Authority) -> anyhow::Result<()> {
-    let Some(skew) = authority
-        .clock_skew()
-        .await
-        .context("cannot read the database's clock")?
-    else {
-        return Ok(());
-    };
-    if skew.abs() > MAX_CLOCK_SKEW {
-        anyhow::bail!(
-            "this node's clock is {skew} s off the database's (PostgreSQL's clock_timestamp()): \
-             nodes sharing a database must keep within {MAX_CLOCK_SKEW} s of it, or one could \
-             take a token as live whose revocation another has already cleaned up; set the time \
-             right (NTP) and start again"
-        );
-    }
-    if skew.abs() > CLOCK_SKEW_WARNING {
-        tracing::warn!(
-            skew_seconds = skew,
-            "this node's clock is off the database's; keep the nodes' clocks in step (NTP)"
-        );
-    }
-    Ok(())
 }
 
 /// The connections to serve at once: `configured`, or as many as the file-descriptor limit
@@ -140,11 +109,6 @@ async fn cleanup_loop(authority: Arc<Authority>, interval: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        // A clock that drifted or was stepped since the start would delete too early.
-        if let Err(e) = check_clock(&authority).await {
-            tracing::error!(error = %format!("{e:#}"), "expiry clean-up skipped");
-            continue;
-        }
         if let Err(e) = authority.purge_expired().await {
             tracing::warn!(error = %e, "expiry clean-up failed; retrying next interval");
         }

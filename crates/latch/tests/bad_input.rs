@@ -554,20 +554,24 @@ fn form_cases(ep: &Endpoint) -> Vec<Case> {
             ),
         ]);
     }
-    if ep.kind != Kind::Sentinel {
-        // RFC 6749 §3.2: parameters go in the body; one in the URI is refused, not ignored
-        // (a scope there would be dropped and the token wider than asked; a secret there has
-        // leaked to every log on the way).
-        for query in ["scope=read", "client_secret=x", "token=x", "x"] {
-            let mut in_uri = ep.case(
-                &format!("a parameter in the URI: ?{query}"),
-                h.clone(),
-                good.clone(),
-                bad(),
-            );
-            in_uri.path = format!("{}?{query}", ep.path);
-            cases.push(in_uri);
-        }
+    // RFC 6749 §3.2: OAuth parameters go in the body; one in the URI is refused, not ignored
+    // (a scope there would be dropped and the token wider than asked; a secret there has
+    // leaked to every log on the way). Another query parameter (a gateway's) is the route's.
+    for (query, expect) in [
+        ("scope=read", bad()),
+        ("client_secret=x", bad()),
+        ("tok%65n=x", bad()),
+        ("trace=1", Expect::Ok),
+    ] {
+        let mut in_uri = ep.case(
+            &format!("a parameter in the URI: {query}"),
+            h.clone(),
+            good.clone(),
+            expect,
+        );
+        let joint = if ep.path.contains('?') { '&' } else { '?' };
+        in_uri.path = format!("{}{joint}{query}", ep.path);
+        cases.push(in_uri);
     }
     let mut wrong_method = ep.case("GET", h.clone(), "", Error(405, "invalid_request"));
     wrong_method.method = Method::GET;

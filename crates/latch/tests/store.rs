@@ -1044,6 +1044,10 @@ impl latch_core::clock::Clock for Ticking {
         use std::sync::atomic::Ordering::SeqCst;
         self.now.fetch_add(self.step.load(SeqCst), SeqCst)
     }
+
+    fn tells_the_machines_time(&self) -> bool {
+        false
+    }
 }
 
 backend_test! {
@@ -1076,14 +1080,141 @@ backend_test! {
     }
 }
 
+/// A TCP proxy to the test PostgreSQL that, once armed, closes the connection that next
+/// carries a `COMMIT`'s answer instead of passing it on: the transaction has committed, and
+/// its client never hears so (a network cut at the worst moment).
+struct LosesACommitAnswer {
+    addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LosesACommitAnswer {
+    async fn start() -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trigger = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect("127.0.0.1:5432")
+                    .await
+                    .unwrap();
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut server_in, mut server_out) = server.into_split();
+                let upstream = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+                });
+                let armed = trigger.clone();
+                tokio::spawn(async move {
+                    // The server's messages: a type byte, then a length that counts itself.
+                    loop {
+                        let mut head = [0u8; 5];
+                        if server_in.read_exact(&mut head).await.is_err() {
+                            break;
+                        }
+                        let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+                        let mut body = vec![0u8; len - 4];
+                        if server_in.read_exact(&mut body).await.is_err() {
+                            break;
+                        }
+                        if head[0] == b'C'
+                            && body.starts_with(b"COMMIT\0")
+                            && armed.swap(false, SeqCst)
+                        {
+                            upstream.abort();
+                            return;
+                        }
+                        if client_out.write_all(&head).await.is_err()
+                            || client_out.write_all(&body).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, armed }
+    }
+
+    /// `url` (the test PostgreSQL's) through this proxy.
+    fn url(&self, url: &str) -> DatabaseUrl {
+        DatabaseUrl::parse(&url.replacen("127.0.0.1:5432", &self.addr.to_string(), 1)).unwrap()
+    }
+}
+
+/// PostgreSQL: a refresh-token exchange whose `COMMIT` answer was lost with the connection
+/// (the exchange committed) is answered as exchanged: the committer asks PostgreSQL on a new
+/// connection whether the batch's transaction committed. Answered unavailable, its client
+/// would retry with the token it had just retired: a reuse, and its grant revoked.
+#[tokio::test]
+async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_committed() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let proxy = LosesACommitAnswer::start().await;
+    let store = latch_store::open(&proxy.url(&db.url_string()))
+        .await
+        .unwrap();
+    let home = TenantId::default_tenant();
+    let svc = client(&home, "svc", 3600);
+    store.create_client(&svc).await.unwrap();
+    let (grant, mut tokens) = late_issuance(&home, "svc", "rt");
+    tokens[0].kind = TokenKind::Refresh;
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+
+    let exchange = Rotation {
+        grant_id: grant.id.clone(),
+        tenant: home.clone(),
+        client_id: svc.id.clone(),
+        client_secret: None,
+        old: TokenHash::of("rt"),
+        old_generation: 0,
+        precondition: RotationPrecondition::Unused,
+        new_tokens: vec![NewToken {
+            hash: TokenHash::of("rt-next"),
+            generation: 1,
+            ..tokens[0].clone()
+        }],
+        grant_expires_at: 20_000,
+        now: 400,
+        client_has_grace: false,
+    };
+    proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcome = store.rotate(&exchange).await;
+    assert!(
+        !proxy.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "no COMMIT answer was lost"
+    );
+    assert_eq!(outcome.unwrap(), RotationOutcome::Rotated);
+    let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
+    assert_eq!(old.rotated_at, Some(400));
+    assert!(store
+        .token(&TokenHash::of("rt-next"))
+        .await
+        .unwrap()
+        .is_some());
+    // The committer goes on, on its new connection.
+    let (later, later_tokens) = late_issuance(&home, "svc", "later");
+    assert!(store.issue(&later, &later_tokens, None).await.unwrap());
+    drop(store);
+    drop(db);
+}
+
 /// PostgreSQL: a node whose clock is further than `MAX_CLOCK_SKEW` off the database's does
 /// not start (nor would it sweep): two nodes further apart than the clean-up's allowance
 /// could find a token live whose revocation one of them has already deleted. Within it, it
 /// starts; SQLite has no other clock to compare with.
 #[tokio::test]
-async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start() {
+async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start_or_clean_up() {
     use latch_core::cleanup::MAX_CLOCK_SKEW;
-    use latch_core::clock::ManualClock;
+    use latch_core::clock::{Clock, SystemClock, UnixTime};
+    /// The machine's time, shifted by so many seconds.
+    struct Off(UnixTime);
+    impl Clock for Off {
+        fn now(&self) -> UnixTime {
+            SystemClock.now() + self.0
+        }
+    }
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let settings = common::settings_for(&db);
     for (ahead, starts) in [
@@ -1091,9 +1222,7 @@ async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start() {
         (-MAX_CLOCK_SKEW - 5, false),
         (MAX_CLOCK_SKEW - 5, true),
     ] {
-        let clock = Arc::new(ManualClock::starting_now());
-        clock.advance(ahead);
-        match latch::server::Server::start(&settings, clock).await {
+        match latch::server::Server::start(&settings, Arc::new(Off(ahead))).await {
             Ok(server) => {
                 assert!(starts, "started {ahead} s off");
                 server.shutdown().await.unwrap();
@@ -1104,6 +1233,15 @@ async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start() {
             }
         }
     }
+    // Nor does it clean up once its clock has gone off since.
+    let store = latch_store::open(&db.url).await.unwrap();
+    let far_off = latch_core::Authority::new(store, Arc::new(Off(MAX_CLOCK_SKEW + 5)));
+    let refused = far_off.purge_expired().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("off the database's"),
+        "{refused}"
+    );
+    drop(far_off);
     drop(db);
 }
 

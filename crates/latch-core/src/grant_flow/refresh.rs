@@ -11,7 +11,7 @@
 use super::{mint, require_grant_type, IssuedTokens};
 use crate::audit::{Origin, Reason};
 use crate::authority::Authority;
-use crate::client::{Client, GrantType};
+use crate::client::{defaults, Client, GrantType};
 use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::{Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord};
@@ -49,8 +49,10 @@ fn judge(record: &TokenRecord, client: &Client, now: UnixTime) -> Verdict {
             Verdict::Exchange(RotationPrecondition::Unused)
         };
     };
-    let in_grace = client.rotation_grace > 0
-        && now - rotated_at <= i64::from(client.rotation_grace)
+    // Bounded here too: a client stored with a longer grace before the bound existed.
+    let grace = client.rotation_grace.min(defaults::MAX_ROTATION_GRACE);
+    let in_grace = grace > 0
+        && now - rotated_at <= i64::from(grace)
         && !record.grace_used
         && record.generation + 1 == record.grant_generation;
     match (in_grace, now < record.expires_at) {
@@ -259,6 +261,16 @@ mod tests {
         let mut spent = record(Some(10), 0, 1);
         spent.grace_used = true;
         assert_eq!(judge(&spent, &c, 11), Verdict::Reuse);
+        // A client stored with a longer grace before the bound: the bound holds all the same.
+        let long = client(3600);
+        assert_eq!(
+            judge(&record(Some(10), 0, 1), &long, 10 + 300),
+            Verdict::Exchange(RotationPrecondition::GraceUnspent)
+        );
+        assert_eq!(
+            judge(&record(Some(10), 0, 1), &long, 10 + 301),
+            Verdict::Reuse
+        );
     }
 
     #[test]

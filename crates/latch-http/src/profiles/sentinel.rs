@@ -57,7 +57,7 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Result<Response, ApiError> {
     check_version(query.as_deref())?;
-    let (parts, form) = Form::from_request_beside_query(request).await?;
+    let (parts, form) = Form::from_request(request).await?;
     let headers = &parts.headers;
     for field in ["token", "client_id", "client_secret"] {
         form.require(field)?;

@@ -22,7 +22,7 @@ use latch_core::StoreError;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
@@ -205,11 +205,14 @@ impl Committer {
 /// standby) is kept. Set for each transaction (`SET LOCAL`), not the session: behind a
 /// transaction pooler (PgBouncer in transaction mode) each transaction may run on another
 /// server connection than the one a session-wide setting was made on.
+///
+/// It also reads the transaction's id, so that a batch whose `COMMIT` went unanswered (the
+/// connection lost meanwhile) can be asked after ([`Writer::committed`]).
 const BEGIN_BATCH_SQL: &str = concat!(
     "SELECT pg_advisory_xact_lock_shared(",
     audit_lock_key!(),
     "), CASE WHEN current_setting('synchronous_commit') = 'off' \
-          THEN set_config('synchronous_commit', 'on', true) END"
+          THEN set_config('synchronous_commit', 'on', true) END, txid_current()"
 );
 
 /// The committer's connection, and the task that drives it.
@@ -243,15 +246,15 @@ impl Link {
 }
 
 /// Opens a batch's transaction ([`BEGIN_BATCH_SQL`]): one whose commit flushes the WAL, and
-/// that holds the audit trail's lock shared.
+/// that holds the audit trail's lock shared. Returns it with its id.
 async fn begin_batch<'a>(
     client: &'a mut PgClient,
     st: &mut Statements,
-) -> Result<Transaction<'a>, tokio_postgres::Error> {
+) -> Result<(Transaction<'a>, i64), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;
-    tx.execute(&begin, &[]).await?;
-    Ok(tx)
+    let xid = tx.query_one(&begin, &[]).await?.try_get(2)?;
+    Ok((tx, xid))
 }
 
 async fn run(
@@ -343,13 +346,33 @@ impl Writer {
             let mut attempt = 0;
             loop {
                 match commit_batch(&mut link.client, statements, &ops).await {
-                    Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => attempt += 1,
+                    Err(Failed::Aborted(e)) if is_retryable(&e) && attempt < MAX_RETRIES => {
+                        attempt += 1
+                    }
                     other => break other,
                 }
             }
         };
         match deadline.within(attempts).await {
-            Ok(committed) => committed.map_err(|e| StoreError::Unavailable(super::describe(&e))),
+            Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(Failed::Aborted(e))) => Err(StoreError::Unavailable(super::describe(&e))),
+            Ok(Err(Failed::Unanswered {
+                error,
+                xid,
+                replies,
+            })) => {
+                // The connection is gone; whether the batch committed is PostgreSQL's to
+                // say. Answered unavailable, a committed refresh-token exchange would be
+                // retried by its client with the token it just retired: a reuse, which
+                // revokes the grant.
+                self.link = None;
+                if self.committed(xid).await? {
+                    tracing::warn!(error = %super::describe(&error), "the answer to a batch's COMMIT was lost; it had committed");
+                    Ok(replies)
+                } else {
+                    Err(StoreError::Unavailable(super::describe(&error)))
+                }
+            }
             Err(late) => {
                 // The next batch would wait behind this one on that connection: a new one
                 // (a new backend) instead. If the COMMIT was sent, it may yet happen: the
@@ -360,6 +383,58 @@ impl Writer {
                 Err(late.into())
             }
         }
+    }
+}
+
+impl Writer {
+    /// Whether transaction `xid` committed, asked on a new connection once the one it ran on
+    /// was lost before `COMMIT` was answered. Its backend may not have ended it yet (only
+    /// this side of the connection went): asked again until it has, within the URL's
+    /// deadline. An id PostgreSQL no longer knows (far too old) did not commit here.
+    async fn committed(&mut self, xid: i64) -> StoreResult<bool> {
+        let ask = async {
+            let link = connect(&self.config, &self.tls).await?;
+            let status = loop {
+                let row = link
+                    .client
+                    .query_one("SELECT txid_status($1)", &[&xid])
+                    .await?;
+                let status: Option<String> = row.try_get(0)?;
+                if status.as_deref() != Some("in progress") {
+                    break status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            Ok::<_, tokio_postgres::Error>((link, status))
+        };
+        let (link, status) = self
+            .deadline
+            .within(ask)
+            .await?
+            .map_err(|e| StoreError::Unavailable(super::describe(&e)))?;
+        self.statements = Statements::default();
+        self.link = Some(link);
+        Ok(status.as_deref() == Some("committed"))
+    }
+}
+
+/// How a batch that was not committed, or not known to be, failed.
+enum Failed {
+    /// Nothing of it was committed: PostgreSQL refused a statement or the `COMMIT`, or the
+    /// connection failed before the `COMMIT` was sent.
+    Aborted(tokio_postgres::Error),
+    /// Its `COMMIT` was sent and the connection failed before the answer came: transaction
+    /// `xid` may have committed, with these replies.
+    Unanswered {
+        error: tokio_postgres::Error,
+        xid: i64,
+        replies: Vec<StoreResult<Reply>>,
+    },
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failed::Aborted(e)
     }
 }
 
@@ -374,8 +449,8 @@ async fn commit_batch(
     client: &mut PgClient,
     st: &mut Statements,
     ops: &[&Op],
-) -> Result<Vec<StoreResult<Reply>>, tokio_postgres::Error> {
-    let mut tx = begin_batch(client, st).await?;
+) -> Result<Vec<StoreResult<Reply>>, Failed> {
+    let (mut tx, xid) = begin_batch(client, st).await?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
     while let Some(op) = rest.first() {
@@ -410,14 +485,22 @@ async fn commit_batch(
                     sp.rollback().await?;
                     replies.push(Err(StoreError::Unavailable(super::describe(&e))));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         } else {
             replies.push(Ok(apply(&tx, st, op).await?));
         }
     }
-    tx.commit().await?;
-    Ok(replies)
+    match tx.commit().await {
+        Ok(()) => Ok(replies),
+        // PostgreSQL answered: it did not commit.
+        Err(e) if e.as_db_error().is_some() => Err(Failed::Aborted(e)),
+        Err(error) => Err(Failed::Unanswered {
+            error,
+            xid,
+            replies,
+        }),
+    }
 }
 
 /// An issuance as the committer runs it: the grant, its tokens, and the client's secret
@@ -1320,7 +1403,7 @@ mod tests {
                     let set = format!("SET synchronous_commit = {setting}");
                     client.batch_execute(&set).await.unwrap();
                 }
-                let tx = begin_batch(&mut client, &mut st).await.unwrap();
+                let (tx, _) = begin_batch(&mut client, &mut st).await.unwrap();
                 let row = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap();
                 assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
                 tx.commit().await.unwrap();

@@ -28,10 +28,10 @@ use latch_core::commits::{CommitMeter, CommitStats};
 use latch_core::grant::TokenRecord;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::store::{ClientStore, RevocationPlan, Storage, StoreResult, TokenRead};
-use latch_core::token::TokenHash;
+use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use rusqlite::types::ValueRef;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 pub use checkpointer::WalPolicy;
 use checkpointer::{Checkpointer, Turns};
@@ -195,6 +195,10 @@ fn configure_writer(conn: &Connection) -> rusqlite::Result<()> {
     // VFS (`wal_writes`) also relies on that sync to publish its gathered WAL writes.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // No automatic checkpoint, even before the checkpointer's WAL hook replaces it: one run
+    // inside a migration's commit would drop a failed sync's error unseen
+    // (`checkpointer::stop_if_write_back_failed`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // SQLite's default page cache (2 MB). A 64 MiB cache was tried: SQLite scans the whole
     // cache's hash table at the end of every write transaction once the database grows
@@ -630,6 +634,19 @@ impl Storage for SqliteStore {
                 return Ok((None, None));
             };
             marks.apply_in_write(&mut record);
+            // An access token's `revoked_at` may be its grant's (written to the grant's token
+            // rows when the marks' index is full), and an access token carrying its owner is
+            // read without its grant: a revocation judged on the grant must know which it is.
+            if record.kind == TokenKind::Access
+                && record.revoked_at.is_some()
+                && record.grant_revoked_at.is_none()
+            {
+                record.grant_revoked_at = c
+                    .prepare_cached("SELECT revoked_at FROM grants WHERE id = ?1")?
+                    .query_row([record.grant_id.as_str()], |r| r.get(0))
+                    .optional()?
+                    .flatten();
+            }
             let event = match plan(&record) {
                 Some((revocation, audit)) => {
                     revocations::apply_to_read(c, &marks, &record, &revocation, &audit)?
