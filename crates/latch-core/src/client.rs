@@ -280,6 +280,27 @@ impl Client {
     }
 }
 
+/// A public client `app` of the default tenant, with no grant type and tokens living 60 s,
+/// for unit tests to adjust.
+#[cfg(test)]
+pub(crate) fn sample_client() -> Client {
+    Client {
+        tenant: TenantId::default_tenant(),
+        id: ClientId::parse("app").unwrap(),
+        secret: None,
+        auth_method: AuthMethod::None,
+        grant_types: vec![],
+        scope: Scope::default(),
+        redirect_uris: vec![],
+        access_token_ttl: 60,
+        refresh_token_ttl: 60,
+        rotation_grace: 0,
+        access_token_revocation: AccessTokenRevocation::Token,
+        created_at: 0,
+        declared: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,19 +332,9 @@ mod tests {
     #[test]
     fn a_rotation_grace_is_at_most_five_minutes() {
         let client = |rotation_grace| Client {
-            tenant: TenantId::default_tenant(),
-            id: ClientId::parse("app").unwrap(),
-            secret: None,
-            auth_method: AuthMethod::None,
             grant_types: vec![GrantType::RefreshToken],
-            scope: Scope::default(),
-            redirect_uris: vec![],
-            access_token_ttl: 60,
-            refresh_token_ttl: 60,
             rotation_grace,
-            access_token_revocation: AccessTokenRevocation::default(),
-            created_at: 0,
-            declared: false,
+            ..sample_client()
         };
         assert!(client(0).validate().is_ok());
         assert!(client(defaults::MAX_ROTATION_GRACE).validate().is_ok());

@@ -295,19 +295,8 @@ mod tests {
 
     fn caller(access: AccessTokenRevocation) -> Client {
         Client {
-            tenant: TenantId::default_tenant(),
-            id: ClientId::parse("app").unwrap(),
-            secret: None,
-            auth_method: AuthMethod::None,
-            grant_types: vec![],
-            scope: Scope::default(),
-            redirect_uris: vec![],
-            access_token_ttl: 60,
-            refresh_token_ttl: 60,
-            rotation_grace: 0,
             access_token_revocation: access,
-            created_at: 0,
-            declared: false,
+            ..crate::client::sample_client()
         }
     }
 

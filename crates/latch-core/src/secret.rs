@@ -272,24 +272,14 @@ impl SecretVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{AccessTokenRevocation, AuthMethod};
-    use crate::scope::Scope;
+    use crate::client::AuthMethod;
 
     fn client(secret: &str) -> Client {
         Client {
-            tenant: TenantId::default_tenant(),
             id: ClientId::parse("c1").unwrap(),
             secret: Some(hash_secret(secret)),
             auth_method: AuthMethod::ClientSecretBasic,
-            grant_types: vec![],
-            scope: Scope::default(),
-            redirect_uris: vec![],
-            access_token_ttl: 60,
-            refresh_token_ttl: 60,
-            rotation_grace: 0,
-            access_token_revocation: AccessTokenRevocation::Token,
-            created_at: 0,
-            declared: false,
+            ..crate::client::sample_client()
         }
     }
 

@@ -938,23 +938,7 @@ async fn postgres_writes_on_a_secret_another_node_is_replacing_wait_and_store_no
 
     let second = SecretHash::from_stored("second".into());
     let other_node = OtherNode::begin(&db, &replacing("third")).await;
-    let exchange = Rotation {
-        grant_id: grant.id.clone(),
-        tenant: home.clone(),
-        client_id: svc.id.clone(),
-        client_secret: Some(second),
-        old: TokenHash::of("rt"),
-        old_generation: 0,
-        precondition: RotationPrecondition::Unused,
-        new_tokens: vec![NewToken {
-            hash: TokenHash::of("rt-next"),
-            generation: 1,
-            ..tokens[0].clone()
-        }],
-        grant_expires_at: 20_000,
-        now: 400,
-        client_has_grace: false,
-    };
+    let exchange = exchange_of_rt(&grant, &tokens[0], Some(second));
     let exchanging = tokio::spawn({
         let store = store.clone();
         async move { store.rotate(&exchange).await }
@@ -1080,6 +1064,28 @@ backend_test! {
     }
 }
 
+/// The exchange, at 400, of refresh token `rt` (`refresh`, of `grant`, never exchanged) for
+/// `rt-next`, by its client with `secret` as the request's authentication read it.
+fn exchange_of_rt(grant: &Grant, refresh: &NewToken, secret: Option<SecretHash>) -> Rotation {
+    Rotation {
+        grant_id: grant.id.clone(),
+        tenant: grant.tenant.clone(),
+        client_id: grant.client_id.clone(),
+        client_secret: secret,
+        old: TokenHash::of("rt"),
+        old_generation: 0,
+        precondition: RotationPrecondition::Unused,
+        new_tokens: vec![NewToken {
+            hash: TokenHash::of("rt-next"),
+            generation: 1,
+            ..refresh.clone()
+        }],
+        grant_expires_at: 20_000,
+        now: 400,
+        client_has_grace: false,
+    }
+}
+
 /// A TCP proxy to the test PostgreSQL that, once armed, closes the connection that next
 /// carries a `COMMIT`'s answer instead of passing it on: the transaction has committed, and
 /// its client never hears so (a network cut at the worst moment).
@@ -1162,23 +1168,7 @@ async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_commit
     tokens[0].kind = TokenKind::Refresh;
     assert!(store.issue(&grant, &tokens, None).await.unwrap());
 
-    let exchange = Rotation {
-        grant_id: grant.id.clone(),
-        tenant: home.clone(),
-        client_id: svc.id.clone(),
-        client_secret: None,
-        old: TokenHash::of("rt"),
-        old_generation: 0,
-        precondition: RotationPrecondition::Unused,
-        new_tokens: vec![NewToken {
-            hash: TokenHash::of("rt-next"),
-            generation: 1,
-            ..tokens[0].clone()
-        }],
-        grant_expires_at: 20_000,
-        now: 400,
-        client_has_grace: false,
-    };
+    let exchange = exchange_of_rt(&grant, &tokens[0], None);
     proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcome = store.rotate(&exchange).await;
     assert!(

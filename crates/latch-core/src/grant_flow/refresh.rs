@@ -188,25 +188,15 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{AccessTokenRevocation, AuthMethod};
     use crate::id::{ClientId, GrantId, Subject, TenantId};
     use crate::token::TokenHash;
 
     fn client(grace: u32) -> Client {
         Client {
-            tenant: TenantId::default_tenant(),
-            id: ClientId::parse("app").unwrap(),
-            secret: None,
-            auth_method: AuthMethod::None,
             grant_types: vec![GrantType::RefreshToken],
-            scope: Scope::default(),
-            redirect_uris: vec![],
-            access_token_ttl: 60,
             refresh_token_ttl: 600,
             rotation_grace: grace,
-            access_token_revocation: AccessTokenRevocation::Token,
-            created_at: 0,
-            declared: false,
+            ..crate::client::sample_client()
         }
     }
 

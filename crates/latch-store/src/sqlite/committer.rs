@@ -412,18 +412,25 @@ mod tests {
         .0
     }
 
+    /// A writer at `path` whose batch failed after spilling frames, and another connection
+    /// (another process) that committed keys -1 and -2 since, where those frames would go.
+    fn a_failed_batch_then_anothers_commit(path: &std::path::Path) -> (Connection, Connection) {
+        let conn = failing_writer(path);
+        let mut failing = vec![spilling_then_dangling()];
+        assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
+        let other = Connection::open(path).unwrap();
+        other
+            .execute_batch("INSERT INTO t (k) VALUES (-1); INSERT INTO t (k) VALUES (-2);")
+            .unwrap();
+        (conn, other)
+    }
+
     #[test]
     fn a_batch_that_did_not_commit_leaves_nothing_to_overwrite_another_connections_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let conn = failing_writer(&path);
-        let mut failing = vec![spilling_then_dangling()];
-        assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
-        // Another process (a CLI command) commits where the failed batch's frames would go.
-        let other = Connection::open(&path).unwrap();
-        other
-            .execute_batch("INSERT INTO t (k) VALUES (-1); INSERT INTO t (k) VALUES (-2);")
-            .unwrap();
+        // The other: a CLI command beside the server.
+        let (conn, other) = a_failed_batch_then_anothers_commit(&path);
         commit(&conn, vec![queued(|c| insert(c, 1)).0]);
         drop((conn, other));
         assert_eq!(
@@ -437,16 +444,9 @@ mod tests {
     fn a_batch_that_did_not_commit_leaves_nothing_for_the_writers_close_to_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let conn = failing_writer(&path);
-        let mut failing = vec![spilling_then_dangling()];
-        assert!(commit_batch(&conn, &mut failing, &Counting::default()).is_err());
-        // Another process (the server beside a CLI command) commits where the failed
-        // batch's frames would go, and stops; closed while the writer is open, it does not
-        // checkpoint (as if killed).
-        let other = Connection::open(&path).unwrap();
-        other
-            .execute_batch("INSERT INTO t (k) VALUES (-1); INSERT INTO t (k) VALUES (-2);")
-            .unwrap();
+        // The other (the server beside a CLI command) stops; closed while the writer is open,
+        // it does not checkpoint (as if killed).
+        let (conn, other) = a_failed_batch_then_anothers_commit(&path);
         drop(other);
         // The command ends with no other batch: closing its writer, the last connection of
         // the process, checkpoints, and SQLite syncs the WAL first.
