@@ -1086,22 +1086,34 @@ fn exchange_of_rt(grant: &Grant, refresh: &NewToken, secret: Option<SecretHash>)
     }
 }
 
-/// A TCP proxy to the test PostgreSQL that, once armed, closes the connection that next
-/// carries a `COMMIT`'s answer instead of passing it on: the transaction has committed, and
-/// its client never hears so (a network cut at the worst moment).
-struct LosesACommitAnswer {
-    addr: std::net::SocketAddr,
-    armed: Arc<std::sync::atomic::AtomicBool>,
+/// Where [`CuttingProxy`] cuts a connection, once.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cut {
+    /// The `COMMIT` reaches PostgreSQL, which commits; its answer does not come back.
+    AnswerLost,
+    /// The `COMMIT` never reaches PostgreSQL, whose side of the connection stays open and
+    /// silent (a network cut that closes nothing): the transaction stays in progress.
+    CommitLostSilently,
 }
 
-impl LosesACommitAnswer {
+/// A TCP proxy to the test PostgreSQL that, once told where ([`Cut`]), cuts the connection
+/// that next carries a `COMMIT` there, closing the client's side: the client never hears
+/// how its `COMMIT` went.
+struct CuttingProxy {
+    addr: std::net::SocketAddr,
+    cut: Arc<std::sync::Mutex<Option<Cut>>>,
+    /// Server sides kept open by a silent cut, until the proxy goes.
+    held: Arc<std::sync::Mutex<Vec<tokio::net::tcp::OwnedWriteHalf>>>,
+}
+
+impl CuttingProxy {
     async fn start() -> Self {
-        use std::sync::atomic::Ordering::SeqCst;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let trigger = armed.clone();
+        let cut = Arc::new(std::sync::Mutex::new(None));
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cuts, holds) = (cut.clone(), held.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let server = tokio::net::TcpStream::connect("127.0.0.1:5432")
@@ -1109,45 +1121,106 @@ impl LosesACommitAnswer {
                     .unwrap();
                 let (mut client_in, mut client_out) = client.into_split();
                 let (mut server_in, mut server_out) = server.into_split();
-                let upstream = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
-                });
-                let armed = trigger.clone();
+                let (cut, held) = (cuts.clone(), holds.clone());
+                // Closes the client's side once its reader or writer half says so.
+                let (close_client, mut closing) = tokio::sync::watch::channel(false);
+                let upstream_cut = cut.clone();
                 tokio::spawn(async move {
-                    // The server's messages: a type byte, then a length that counts itself.
+                    // The startup message has no type byte; every later one has.
+                    let mut len = [0u8; 4];
+                    if client_in.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    if client_in.read_exact(&mut startup).await.is_err()
+                        || server_out.write_all(&len).await.is_err()
+                        || server_out.write_all(&startup).await.is_err()
+                    {
+                        return;
+                    }
+                    while let Some((head, body)) = message(&mut client_in).await {
+                        let commit = head[0] == b'Q' && body.starts_with(b"COMMIT\0");
+                        if commit && take(&upstream_cut, Cut::CommitLostSilently) {
+                            held.lock().unwrap().push(server_out);
+                            let _ = close_client.send(true);
+                            return;
+                        }
+                        if server_out.write_all(&head).await.is_err()
+                            || server_out.write_all(&body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
                     loop {
-                        let mut head = [0u8; 5];
-                        if server_in.read_exact(&mut head).await.is_err() {
-                            break;
-                        }
-                        let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
-                        let mut body = vec![0u8; len - 4];
-                        if server_in.read_exact(&mut body).await.is_err() {
-                            break;
-                        }
+                        let next = tokio::select! {
+                            next = message(&mut server_in) => next,
+                            _ = closing.changed() => return,
+                        };
+                        let Some((head, body)) = next else { return };
                         if head[0] == b'C'
                             && body.starts_with(b"COMMIT\0")
-                            && armed.swap(false, SeqCst)
+                            && take(&cut, Cut::AnswerLost)
                         {
-                            upstream.abort();
                             return;
                         }
                         if client_out.write_all(&head).await.is_err()
                             || client_out.write_all(&body).await.is_err()
                         {
-                            break;
+                            return;
                         }
                     }
                 });
             }
         });
-        Self { addr, armed }
+        Self { addr, cut, held }
     }
 
     /// `url` (the test PostgreSQL's) through this proxy.
     fn url(&self, url: &str) -> DatabaseUrl {
         DatabaseUrl::parse(&url.replacen("127.0.0.1:5432", &self.addr.to_string(), 1)).unwrap()
     }
+
+    /// Cuts the next connection that carries a `COMMIT` there.
+    fn arm(&self, cut: Cut) {
+        *self.cut.lock().unwrap() = Some(cut);
+    }
+
+    /// Whether the cut was made.
+    fn made(&self) -> bool {
+        self.cut.lock().unwrap().is_none()
+    }
+}
+
+impl Drop for CuttingProxy {
+    /// Closes the server sides a silent cut kept open: their backends' transactions, in
+    /// progress and holding locks, would otherwise keep the test's schema from being dropped.
+    fn drop(&mut self) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Takes the pending cut if it is `this` one.
+fn take(cut: &std::sync::Mutex<Option<Cut>>, this: Cut) -> bool {
+    let mut cut = cut.lock().unwrap();
+    let taken = *cut == Some(this);
+    if taken {
+        *cut = None;
+    }
+    taken
+}
+
+/// One message of the PostgreSQL protocol after the startup: a type byte, then a length
+/// that counts itself, then the rest.
+async fn message(from: &mut tokio::net::tcp::OwnedReadHalf) -> Option<([u8; 5], Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 5];
+    from.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; len - 4];
+    from.read_exact(&mut body).await.ok()?;
+    Some((head, body))
 }
 
 /// PostgreSQL: a refresh-token exchange whose `COMMIT` answer was lost with the connection
@@ -1156,25 +1229,12 @@ impl LosesACommitAnswer {
 /// would retry with the token it had just retired: a reuse, and its grant revoked.
 #[tokio::test]
 async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_committed() {
-    let db = TestDb::fresh_on(common::Backend::Postgres).await;
-    let proxy = LosesACommitAnswer::start().await;
-    let store = latch_store::open(&proxy.url(&db.url_string()))
-        .await
-        .unwrap();
-    let home = TenantId::default_tenant();
-    let svc = client(&home, "svc", 3600);
-    store.create_client(&svc).await.unwrap();
-    let (grant, mut tokens) = late_issuance(&home, "svc", "rt");
-    tokens[0].kind = TokenKind::Refresh;
-    assert!(store.issue(&grant, &tokens, None).await.unwrap());
-
-    let exchange = exchange_of_rt(&grant, &tokens[0], None);
-    proxy.armed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let outcome = store.rotate(&exchange).await;
-    assert!(
-        !proxy.armed.load(std::sync::atomic::Ordering::SeqCst),
-        "no COMMIT answer was lost"
-    );
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy().await;
+    proxy.arm(Cut::AnswerLost);
+    let outcome = store
+        .rotate(&exchange_of_rt(&grant, &tokens[0], None))
+        .await;
+    assert!(proxy.made(), "no COMMIT answer was lost");
     assert_eq!(outcome.unwrap(), RotationOutcome::Rotated);
     let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
     assert_eq!(old.rotated_at, Some(400));
@@ -1184,10 +1244,56 @@ async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_commit
         .unwrap()
         .is_some());
     // The committer goes on, on its new connection.
-    let (later, later_tokens) = late_issuance(&home, "svc", "later");
+    let (later, later_tokens) = late_issuance(&grant.tenant, "svc", "later");
     assert!(store.issue(&later, &later_tokens, None).await.unwrap());
-    drop(store);
-    drop(db);
+    drop((store, proxy, db));
+}
+
+/// PostgreSQL: when the `COMMIT` itself was lost, on a connection the network cut without
+/// closing PostgreSQL's side, the transaction stays in progress; the committer gives up
+/// asking after a bounded wait (every write of the node waits meanwhile) and answers it
+/// unavailable, and the exchange never happens.
+#[tokio::test]
+async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavailable() {
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy().await;
+    proxy.arm(Cut::CommitLostSilently);
+    let outcome = store
+        .rotate(&exchange_of_rt(&grant, &tokens[0], None))
+        .await;
+    assert!(proxy.made(), "no COMMIT was lost");
+    // Answered once the wait for the transaction to end ran out, not at the query deadline.
+    assert!(
+        matches!(&outcome, Err(StoreError::Unavailable(e)) if !e.contains("query_timeout")),
+        "{outcome:?}"
+    );
+    // Its connection closed at last, PostgreSQL rolls it back.
+    proxy.held.lock().unwrap().clear();
+    let (later, later_tokens) = late_issuance(&grant.tenant, "svc", "later");
+    assert!(store.issue(&later, &later_tokens, None).await.unwrap());
+    let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
+    assert_eq!(old.rotated_at, None);
+    drop((store, proxy, db));
+}
+
+/// A store on a fresh PostgreSQL schema reached through a [`CuttingProxy`], with client
+/// `svc` and a grant holding refresh token `rt`. The schema comes first, so that it drops
+/// last, once the proxy has closed what it held (a test that fails drops them so too).
+async fn behind_a_cutting_proxy() -> (TestDb, CuttingProxy, Arc<dyn Storage>, Grant, Vec<NewToken>)
+{
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let proxy = CuttingProxy::start().await;
+    let store = latch_store::open(&proxy.url(&db.url_string()))
+        .await
+        .unwrap();
+    let home = TenantId::default_tenant();
+    store
+        .create_client(&client(&home, "svc", 3600))
+        .await
+        .unwrap();
+    let (grant, mut tokens) = late_issuance(&home, "svc", "rt");
+    tokens[0].kind = TokenKind::Refresh;
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    (db, proxy, store, grant, tokens)
 }
 
 /// PostgreSQL: a node whose clock is further than `MAX_CLOCK_SKEW` off the database's does

@@ -389,18 +389,25 @@ impl Writer {
 impl Writer {
     /// Whether transaction `xid` committed, asked on a new connection once the one it ran on
     /// was lost before `COMMIT` was answered. Its backend may not have ended it yet (only
-    /// this side of the connection went): asked again until it has, within the URL's
-    /// deadline. An id PostgreSQL no longer knows (far too old) did not commit here.
+    /// this side of the connection went): asked again until it has, for at most
+    /// [`UNANSWERED_COMMIT_WAIT`] and within the URL's deadline; still in progress then
+    /// (its backend never got the `COMMIT`, and waits for the next message of a connection
+    /// the network cut silently), it is answered as not committed, as it would have been
+    /// before this question was asked. An id PostgreSQL no longer knows (far too old) did
+    /// not commit here.
     async fn committed(&mut self, xid: i64) -> StoreResult<bool> {
         let ask = async {
             let link = connect(&self.config, &self.tls).await?;
+            let asked = Instant::now();
             let status = loop {
                 let row = link
                     .client
                     .query_one("SELECT txid_status($1)", &[&xid])
                     .await?;
                 let status: Option<String> = row.try_get(0)?;
-                if status.as_deref() != Some("in progress") {
+                if status.as_deref() != Some("in progress")
+                    || asked.elapsed() >= UNANSWERED_COMMIT_WAIT
+                {
                     break status;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -417,6 +424,10 @@ impl Writer {
         Ok(status.as_deref() == Some("committed"))
     }
 }
+
+/// How long [`Writer::committed`] waits for a transaction whose `COMMIT` went unanswered to
+/// end, every write of the node waiting meanwhile.
+const UNANSWERED_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How a batch that was not committed, or not known to be, failed.
 enum Failed {
