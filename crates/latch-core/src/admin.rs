@@ -241,14 +241,10 @@ impl Authority {
         let context = self
             .audit_context(tenant, ADMIN, origin, Reason::ClientRemoved)
             .about(None, Some(&Subject::of_client(id)));
-        let (store, owned) = (self.store.clone(), (tenant.clone(), id.clone()));
+        let (store, removed, removed_id) = (self.store.clone(), tenant.clone(), id.clone());
         let deleted = self
             .to_the_end(async move {
-                let deleted = store.delete_client(&owned.0, &owned.1, &context).await;
-                if let Ok(Some(Some(e))) = &deleted {
-                    audit::log(e);
-                }
-                deleted
+                logged(store.delete_client(&removed, &removed_id, &context).await)
             })
             .await;
         self.scopes.forget(tenant);
@@ -491,15 +487,9 @@ impl Authority {
             return Err(holds_declared(&format!(" ({})", declared.join(", "))));
         }
         let context = self.audit_context(tenant, ADMIN, origin, Reason::TenantRemoved);
-        let (store, owned) = (self.store.clone(), tenant.clone());
+        let (store, removed) = (self.store.clone(), tenant.clone());
         let deleted = self
-            .to_the_end(async move {
-                let deleted = store.delete_tenant(&owned, &context).await;
-                if let Ok(Some(Some(e))) = &deleted {
-                    audit::log(e);
-                }
-                deleted
-            })
+            .to_the_end(async move { logged(store.delete_tenant(&removed, &context).await) })
             .await;
         self.scopes.forget(tenant);
         match deleted {
@@ -543,4 +533,15 @@ fn refuse_declared(client: &Client) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// A removal's outcome, its audit record (if it wrote one) logged first: on the removal's
+/// own task, so that it is logged even when the caller has gone.
+fn logged(
+    removed: Result<Option<Option<AuditEvent>>, StoreError>,
+) -> Result<Option<Option<AuditEvent>>, StoreError> {
+    if let Ok(Some(Some(e))) = &removed {
+        audit::log(e);
+    }
+    removed
 }

@@ -76,7 +76,7 @@ impl Authority {
     /// deleted [`EXPIRY_GRACE`] after its expiry by the sweeping node's: a node whose clock
     /// is further off than that from another's can take a token as live whose grant's
     /// revocation the other has already deleted.
-    pub async fn clock_skew(&self) -> Result<Option<UnixTime>, Error> {
+    async fn clock_skew(&self) -> Result<Option<UnixTime>, Error> {
         if !self.clock.tells_the_machines_time() {
             return Ok(None);
         }

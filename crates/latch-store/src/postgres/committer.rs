@@ -384,9 +384,7 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
     /// Whether transaction `xid` committed, asked on a new connection once the one it ran on
     /// was lost before `COMMIT` was answered. Its backend may not have ended it yet (only
     /// this side of the connection went): asked again until it has, for at most
