@@ -1091,6 +1091,9 @@ fn exchange_of_rt(grant: &Grant, refresh: &NewToken, secret: Option<SecretHash>)
 enum Cut {
     /// The `COMMIT` reaches PostgreSQL, which commits; its answer does not come back.
     AnswerLost,
+    /// The `COMMIT` reaches PostgreSQL, which commits; its answer is held back, the client's
+    /// side left open and silent, until the client gives up (its deadline) and closes it.
+    AnswerHeld,
     /// The `COMMIT` never reaches PostgreSQL, whose side of the connection stays open and
     /// silent (a network cut that closes nothing): the transaction stays in progress.
     CommitLostSilently,
@@ -1102,7 +1105,7 @@ enum Cut {
 struct CuttingProxy {
     addr: std::net::SocketAddr,
     cut: Arc<std::sync::Mutex<Option<Cut>>>,
-    /// Server sides kept open by a silent cut, until the proxy goes.
+    /// Sides kept open by a silent cut or a held answer, until the proxy goes.
     held: Arc<std::sync::Mutex<Vec<tokio::net::tcp::OwnedWriteHalf>>>,
 }
 
@@ -1121,7 +1124,7 @@ impl CuttingProxy {
                     .unwrap();
                 let (mut client_in, mut client_out) = client.into_split();
                 let (mut server_in, mut server_out) = server.into_split();
-                let (cut, held) = (cuts.clone(), holds.clone());
+                let (cut, held, held_answers) = (cuts.clone(), holds.clone(), holds.clone());
                 // Closes the client's side once its reader or writer half says so.
                 let (close_client, mut closing) = tokio::sync::watch::channel(false);
                 let upstream_cut = cut.clone();
@@ -1159,11 +1162,14 @@ impl CuttingProxy {
                             _ = closing.changed() => return,
                         };
                         let Some((head, body)) = next else { return };
-                        if head[0] == b'C'
-                            && body.starts_with(b"COMMIT\0")
-                            && take(&cut, Cut::AnswerLost)
-                        {
-                            return;
+                        if head[0] == b'C' && body.starts_with(b"COMMIT\0") {
+                            if take(&cut, Cut::AnswerLost) {
+                                return;
+                            }
+                            if take(&cut, Cut::AnswerHeld) {
+                                held_answers.lock().unwrap().push(client_out);
+                                return;
+                            }
                         }
                         if client_out.write_all(&head).await.is_err()
                             || client_out.write_all(&body).await.is_err()
@@ -1194,7 +1200,7 @@ impl CuttingProxy {
 }
 
 impl Drop for CuttingProxy {
-    /// Closes the server sides a silent cut kept open: their backends' transactions, in
+    /// Closes the sides a silent cut kept open: their backends' transactions, in
     /// progress and holding locks, would otherwise keep the test's schema from being dropped.
     fn drop(&mut self) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -1223,19 +1229,26 @@ async fn message(from: &mut tokio::net::tcp::OwnedReadHalf) -> Option<([u8; 5], 
     Some((head, body))
 }
 
-/// PostgreSQL: a refresh-token exchange whose `COMMIT` answer was lost with the connection
-/// (the exchange committed) is answered as exchanged: the committer asks PostgreSQL on a new
-/// connection whether the batch's transaction committed. Answered unavailable, its client
-/// would retry with the token it had just retired: a reuse, and its grant revoked.
+/// PostgreSQL: a refresh-token exchange whose `COMMIT` answer was lost with the connection,
+/// or came later than the query deadline (the exchange committed either way), is answered
+/// as exchanged: the committer asks PostgreSQL on a new connection whether the batch's
+/// transaction committed. Answered unavailable, its client would retry with the token it had
+/// just retired: a reuse, and its grant revoked.
 #[tokio::test]
-async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_committed() {
-    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy().await;
-    proxy.arm(Cut::AnswerLost);
+async fn postgres_an_exchange_whose_commit_answer_was_lost_or_late_is_answered_as_committed() {
+    for (cut, url_query) in [(Cut::AnswerLost, ""), (Cut::AnswerHeld, "&query_timeout=1")] {
+        an_exchange_whose_commit_answer_is_cut(cut, url_query).await;
+    }
+}
+
+async fn an_exchange_whose_commit_answer_is_cut(cut: Cut, url_query: &str) {
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy(url_query).await;
+    proxy.arm(cut);
     let outcome = store
         .rotate(&exchange_of_rt(&grant, &tokens[0], None))
         .await;
-    assert!(proxy.made(), "no COMMIT answer was lost");
-    assert_eq!(outcome.unwrap(), RotationOutcome::Rotated);
+    assert!(proxy.made(), "{cut:?}: no COMMIT answer was cut");
+    assert_eq!(outcome.unwrap(), RotationOutcome::Rotated, "{cut:?}");
     let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
     assert_eq!(old.rotated_at, Some(400));
     assert!(store
@@ -1255,7 +1268,7 @@ async fn postgres_an_exchange_whose_commit_answer_was_lost_is_answered_as_commit
 /// unavailable, and the exchange never happens.
 #[tokio::test]
 async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavailable() {
-    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy().await;
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("").await;
     proxy.arm(Cut::CommitLostSilently);
     let outcome = store
         .rotate(&exchange_of_rt(&grant, &tokens[0], None))
@@ -1276,13 +1289,15 @@ async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavail
 }
 
 /// A store on a fresh PostgreSQL schema reached through a [`CuttingProxy`], with client
-/// `svc` and a grant holding refresh token `rt`. The schema comes first, so that it drops
-/// last, once the proxy has closed what it held (a test that fails drops them so too).
-async fn behind_a_cutting_proxy() -> (TestDb, CuttingProxy, Arc<dyn Storage>, Grant, Vec<NewToken>)
-{
+/// `svc` and a grant holding refresh token `rt`; `url_query` is appended to the store's URL.
+/// The schema comes first, so that it drops last, once the proxy has closed what it held (a
+/// test that fails drops them so too).
+async fn behind_a_cutting_proxy(
+    url_query: &str,
+) -> (TestDb, CuttingProxy, Arc<dyn Storage>, Grant, Vec<NewToken>) {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let proxy = CuttingProxy::start().await;
-    let store = latch_store::open(&proxy.url(&db.url_string()))
+    let store = latch_store::open(&proxy.url(&(db.url_string() + url_query)))
         .await
         .unwrap();
     let home = TenantId::default_tenant();

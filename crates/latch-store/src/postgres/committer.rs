@@ -6,7 +6,8 @@
 //!
 //! If the connection is lost, or PostgreSQL does not commit a batch of bounded writes within
 //! the deadline ([`Deadline`]), the batch in flight answers `Unavailable` (nothing is reported
-//! committed that might not be) and the next batch reconnects.
+//! committed that might not be) and the next batch reconnects; unless its `COMMIT` had been
+//! sent, and PostgreSQL, asked on the new connection, says it committed ([`Writer::committed`]).
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::client::{Client, SecretHash};
@@ -342,10 +343,11 @@ impl Writer {
         };
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
         let statements = &mut self.statements;
+        let mut sent = None;
         let attempts = async {
             let mut attempt = 0;
             loop {
-                match commit_batch(&mut link.client, statements, &ops).await {
+                match commit_batch(&mut link.client, statements, &ops, &mut sent).await {
                     Err(Failed::Aborted(e)) if is_retryable(&e) && attempt < MAX_RETRIES => {
                         attempt += 1
                     }
@@ -353,41 +355,41 @@ impl Writer {
                 }
             }
         };
-        match deadline.within(attempts).await {
-            Ok(Ok(replies)) => Ok(replies),
-            Ok(Err(Failed::Aborted(e))) => Err(StoreError::Unavailable(super::describe(&e))),
-            Ok(Err(Failed::Unanswered {
-                error,
-                xid,
-                replies,
-            })) => {
-                // The connection is gone; whether the batch committed is PostgreSQL's to
-                // say. Answered unavailable, a committed refresh-token exchange would be
-                // retried by its client with the token it just retired: a reuse, which
-                // revokes the grant.
+        let unknown = match deadline.within(attempts).await {
+            Ok(Ok(replies)) => return Ok(replies),
+            Ok(Err(Failed::Aborted(e))) => {
+                return Err(StoreError::Unavailable(super::describe(&e)))
+            }
+            Ok(Err(Failed::Unanswered(e))) => {
                 self.link = None;
-                if self.committed(xid).await? {
-                    tracing::warn!(error = %super::describe(&error), "the answer to a batch's COMMIT was lost; it had committed");
-                    Ok(replies)
-                } else {
-                    Err(StoreError::Unavailable(super::describe(&error)))
-                }
+                StoreError::Unavailable(super::describe(&e))
             }
             Err(late) => {
                 // The next batch would wait behind this one on that connection: a new one
-                // (a new backend) instead. If the COMMIT was sent, it may yet happen: the
-                // writes answer unavailable, as for any COMMIT whose answer was lost.
+                // (a new backend) instead.
                 if let Some(link) = self.link.take() {
                     link.abandon(&self.tls, self.deadline);
                 }
-                Err(late.into())
+                late.into()
             }
+        };
+        // Whether a batch whose COMMIT was sent committed is PostgreSQL's to say. Answered
+        // unavailable, a committed refresh-token exchange would be retried by its client
+        // with the token it just retired: a reuse, which revokes the grant. A COMMIT the
+        // deadline overtook has most likely committed (it was flushing the WAL).
+        match sent {
+            Some(Sent { xid, replies }) if self.committed(xid).await? => {
+                tracing::warn!(error = %unknown, "the answer to a batch's COMMIT was lost; it had committed");
+                Ok(replies)
+            }
+            _ => Err(unknown),
         }
     }
 
     /// Whether transaction `xid` committed, asked on a new connection once the one it ran on
-    /// was lost before `COMMIT` was answered. Its backend may not have ended it yet (only
-    /// this side of the connection went): asked again until it has, for at most
+    /// was lost, or given up at the deadline, before `COMMIT` was answered. Its backend may
+    /// not have ended it yet (only this side of the connection went, or it is still flushing
+    /// the WAL): asked again until it has, for at most
     /// [`UNANSWERED_COMMIT_WAIT`] and within the URL's deadline; still in progress then
     /// (its backend never got the `COMMIT`, and waits for the next message of a connection
     /// the network cut silently), it is answered as not committed, as it would have been
@@ -432,13 +434,16 @@ enum Failed {
     /// Nothing of it was committed: PostgreSQL refused a statement or the `COMMIT`, or the
     /// connection failed before the `COMMIT` was sent.
     Aborted(tokio_postgres::Error),
-    /// Its `COMMIT` was sent and the connection failed before the answer came: transaction
-    /// `xid` may have committed, with these replies.
-    Unanswered {
-        error: tokio_postgres::Error,
-        xid: i64,
-        replies: Vec<StoreResult<Reply>>,
-    },
+    /// Its `COMMIT` was sent ([`Sent`]) and the connection failed before the answer came:
+    /// it may have committed.
+    Unanswered(tokio_postgres::Error),
+}
+
+/// A batch whose `COMMIT` was sent: its transaction's id, and its writes' replies should it
+/// have committed.
+struct Sent {
+    xid: i64,
+    replies: Vec<StoreResult<Reply>>,
 }
 
 impl From<tokio_postgres::Error> for Failed {
@@ -453,12 +458,15 @@ pub(crate) fn is_retryable(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Applies a batch in one transaction. The outer error aborts the whole batch; per-write
-/// errors (constraint violations in a savepoint) are in the replies.
+/// errors (constraint violations in a savepoint) are in the replies. `sent` holds the
+/// transaction once its `COMMIT` is sent, until this attempt is answered.
 async fn commit_batch(
     client: &mut PgClient,
     st: &mut Statements,
     ops: &[&Op],
+    sent: &mut Option<Sent>,
 ) -> Result<Vec<StoreResult<Reply>>, Failed> {
+    *sent = None;
     let (mut tx, xid) = begin_batch(client, st).await?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
@@ -500,15 +508,12 @@ async fn commit_batch(
             replies.push(Ok(apply(&tx, st, op).await?));
         }
     }
+    let sent = sent.insert(Sent { xid, replies });
     match tx.commit().await {
-        Ok(()) => Ok(replies),
+        Ok(()) => Ok(std::mem::take(&mut sent.replies)),
         // PostgreSQL answered: it did not commit.
         Err(e) if e.as_db_error().is_some() => Err(Failed::Aborted(e)),
-        Err(error) => Err(Failed::Unanswered {
-            error,
-            xid,
-            replies,
-        }),
+        Err(e) => Err(Failed::Unanswered(e)),
     }
 }
 
