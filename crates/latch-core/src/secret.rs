@@ -69,9 +69,10 @@ const MAX_ENTRIES: usize = 100_000;
 pub struct SecretVerifier {
     key: [u8; 32],
     verified: Mutex<HashMap<[u8; 32], [u8; 32]>>,
-    /// One lock per verification in progress, keyed by its MAC: concurrent requests that
-    /// present the same secret (64 connections of one client after a restart) wait for one
-    /// argon2 run and then find the cache warm, instead of each running argon2.
+    /// One verification in progress per presented secret, keyed by its MAC: concurrent
+    /// requests that present the same secret (64 connections of one client after a restart,
+    /// or a burst of one wrong guess) wait for one argon2 run and take its verdict, instead
+    /// of each running argon2.
     in_flight: Flights,
     /// argon2 runs so far (for tests and diagnostics).
     slow_runs: std::sync::atomic::AtomicU64,
@@ -80,7 +81,11 @@ pub struct SecretVerifier {
     slots: Arc<Semaphore>,
 }
 
-type Flights = Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>;
+type Flights = Mutex<HashMap<[u8; 32], Arc<Verdict>>>;
+
+/// The verdict of a flight's argon2 run, once it has one; its lock is held for the run. A
+/// run whose request was dropped leaves none, and the next waiter runs argon2 itself.
+type Verdict = tokio::sync::Mutex<Option<bool>>;
 
 /// A request's part in the verification of one presented secret. Leaving it, by finishing
 /// or by being dropped (a request whose client hung up is cancelled at any `.await`), ends
@@ -89,31 +94,35 @@ type Flights = Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>;
 struct Flight<'a> {
     flights: &'a Flights,
     mac: [u8; 32],
-    lock: Arc<tokio::sync::Mutex<()>>,
+    verdict: Arc<Verdict>,
 }
 
 impl<'a> Flight<'a> {
     /// Joins the flight of `mac`, starting it if none is under way.
     fn join(flights: &'a Flights, mac: [u8; 32]) -> Self {
-        let lock = flights
+        let verdict = flights
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(mac)
             .or_default()
             .clone();
-        Self { flights, mac, lock }
+        Self {
+            flights,
+            mac,
+            verdict,
+        }
     }
 }
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
-        // Whoever still waits on this flight holds its lock and will look at the cache;
-        // whoever comes later starts from the cache, or a new flight. (A waiter that leaves
-        // early ends the entry too: at worst a later request runs argon2 once more.)
+        // Whoever still waits on this flight holds its verdict; whoever comes later starts
+        // from the cache, or a new flight. (A waiter that leaves early ends the entry too:
+        // at worst a later request runs argon2 once more.)
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if flights
             .get(&self.mac)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.lock))
+            .is_some_and(|f| Arc::ptr_eq(f, &self.verdict))
         {
             flights.remove(&self.mac);
         }
@@ -181,13 +190,18 @@ impl SecretVerifier {
         admission.admit(&mac)?;
 
         // Single flight per presented secret: wait for a verification of the same secret
-        // already running, then look at the cache again.
+        // already running and take its verdict, right or wrong (the MAC covers the stored
+        // hash, so the verdict is exact); a new flight looks at the cache again.
         let flight = Flight::join(&self.in_flight, mac);
-        let _turn = flight.lock.lock().await;
+        let mut verdict = flight.verdict.lock().await;
+        if let Some(ok) = *verdict {
+            return Ok(ok);
+        }
         if self.is_cached(&slot, &mac) {
             return Ok(true);
         }
         let ok = self.verify_slow(stored, presented).await;
+        *verdict = Some(ok);
         if ok {
             let mut cache = self.lock();
             if cache.len() >= MAX_ENTRIES {
@@ -353,6 +367,35 @@ mod tests {
         assert_eq!(v.slow_runs.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(v.in_flight.lock().unwrap().is_empty());
         assert!(!v.verify(&c, "wrong", &AdmitAll).await.unwrap());
+        assert!(v.in_flight.lock().unwrap().is_empty());
+    }
+
+    /// A burst of one wrong guess (every request admitted before the first failure is
+    /// counted) costs one argon2 run, as a burst of the right secret does: each waiter takes
+    /// the run's verdict.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_verifications_of_one_wrong_secret_run_argon2_once() {
+        let v = Arc::new(SecretVerifier::new());
+        let c = Arc::new(client("s"));
+        // Every argon2 slot held until all 16 requests have joined the one flight.
+        let all = v.slots.available_permits() as u32;
+        let held = v.slots.clone().acquire_many_owned(all).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (v, c) = (v.clone(), c.clone());
+                tokio::spawn(async move { v.verify(&c, "wrong", &AdmitAll).await.unwrap() })
+            })
+            .collect();
+        until(|| {
+            let flights = v.in_flight.lock().unwrap();
+            flights.len() == 1 && flights.values().all(|f| Arc::strong_count(f) == 17)
+        })
+        .await;
+        drop(held);
+        for t in tasks {
+            assert!(!t.await.unwrap());
+        }
+        assert_eq!(v.slow_runs.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(v.in_flight.lock().unwrap().is_empty());
     }
 
