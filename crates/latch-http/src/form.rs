@@ -150,15 +150,9 @@ const OAUTH_PARAMETERS: &[&str] = &[
 ];
 
 fn refuse_oauth_parameters(query: Option<&str>) -> Result<(), ApiError> {
-    let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return Ok(());
-    };
-    let query = Form::parse(query.as_bytes())
-        .map_err(|_| ApiError::invalid_request("malformed query string"))?;
-    let named = query
-        .pairs()
-        .find(|(name, _)| OAUTH_PARAMETERS.contains(name))
-        .map(|(name, _)| name.to_owned());
+    let named = query_parameters(query.unwrap_or_default())
+        .map(|(name, _)| name)
+        .find(|name| OAUTH_PARAMETERS.contains(&name.as_str()));
     match named {
         Some(name) => Err(ApiError::invalid_request(format!(
             "parameter {name} must be sent in the request body, not in the URI (RFC 6749 §2.3.1, \
@@ -166,6 +160,16 @@ fn refuse_oauth_parameters(query: Option<&str>) -> Result<(), ApiError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// A URI query's parameters as (decoded name, raw value), read leniently: the query belongs
+/// to the route and to whatever gateway added to it, so a name may repeat, and one that does
+/// not decode is skipped (it names no parameter latch reads).
+pub(crate) fn query_parameters(query: &str) -> impl Iterator<Item = (String, &str)> {
+    query.split('&').filter_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((decode_component(name.as_bytes()).ok()?, value))
+    })
 }
 
 /// Keeps client-supplied text (a parameter name, a path segment) safe and short enough to

@@ -561,7 +561,11 @@ fn form_cases(ep: &Endpoint) -> Vec<Case> {
         ("scope=read", bad()),
         ("client_secret=x", bad()),
         ("tok%65n=x", bad()),
+        ("x&scope=read&x", bad()),
         ("trace=1", Expect::Ok),
+        // A gateway's query is the route's to read, however it is written.
+        ("trace=1&trace=2", Expect::Ok),
+        ("sig=%FF&x", Expect::Ok),
     ] {
         let mut in_uri = ep.case(
             &format!("a parameter in the URI: {query}"),

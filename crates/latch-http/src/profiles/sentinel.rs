@@ -15,32 +15,41 @@ use axum::response::Response;
 use latch_core::revoke::Effect;
 
 use crate::error::ApiError;
-use crate::form::Form;
+use crate::form::{decode_component, query_parameters, Form};
 use crate::oauth2::revoke::{revoke, revoked};
 use crate::tenant;
 use crate::{AppState, Peer};
 
 /// Checks the version query parameter. The document's URL reads `?v1.0` while its table
 /// names a parameter `v` with default `1.0`, so `?v=1.0`, the literal `?v1.0` and no version
-/// are all accepted; any other version is a `400`. Names are read decoded and in any case,
-/// so no spelling (`?v2.0=`, `?v%32.0`, `?v%3D2.0`, `?V=2.0`) slips another version past the
-/// check.
+/// are all accepted, once; any other version is a `400`. Names are read decoded, trimmed and
+/// in any case, so no spelling (`?v2.0=`, `?v%32.0`, `?v%3D2.0`, `?V=2.0`, `?v+=2.0`) slips
+/// another version past the check. Other parameters (a gateway's) are left alone, as on
+/// every form route ([`crate::form::query_parameters`]).
 fn check_version(query: Option<&str>) -> Result<(), ApiError> {
-    let form = Form::parse(query.unwrap_or_default().as_bytes())
-        .map_err(|_| ApiError::invalid_request("malformed query string"))?;
-    for (name, value) in form.pairs() {
-        let name = name.to_ascii_lowercase();
+    let mut versions = 0;
+    for (name, value) in query_parameters(query.unwrap_or_default()) {
+        let name = name.trim().to_ascii_lowercase();
         let supported = match name.as_str() {
-            "v" => matches!(value, "" | "1.0" | "1"),
+            "v" => matches!(
+                decode_component(value.as_bytes()).as_deref(),
+                Ok("" | "1.0" | "1")
+            ),
             // The literal `?v1.0`: a name with no value.
             "v1.0" => value.is_empty(),
             // Another name that starts as a version would (`v`, then a digit, `.` or `=`)
             // is a wrong version; any other name (`?verbose`) is not a version at all.
-            other => !other.strip_prefix('v').is_some_and(|rest| {
-                rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '=')
-            }),
+            other
+                if other.strip_prefix('v').is_some_and(|rest| {
+                    rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '=')
+                }) =>
+            {
+                false
+            }
+            _ => continue,
         };
-        if !supported {
+        versions += 1;
+        if !supported || versions > 1 {
             return Err(ApiError::invalid_request(
                 "unsupported API version; use v=1.0",
             ));
@@ -97,6 +106,8 @@ mod tests {
             Some("x=y&v1.0"),
             Some("V=1.0"),
             Some("verbose&vendor=x"),
+            Some("trace=1&trace=2&v=1.0"),
+            Some("sig=%FF&v1.0"),
         ] {
             assert!(check_version(ok).is_ok(), "{ok:?}");
         }
@@ -110,6 +121,11 @@ mod tests {
             Some("V=2.0"),
             Some("V2.0"),
             Some("v.2"),
+            Some("v+=2.0"),
+            Some("v%20=2.0"),
+            Some("+v=2.0"),
+            Some("v=2.0%FF"),
+            Some("v=1.0&v1.0"),
         ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
