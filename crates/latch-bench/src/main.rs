@@ -313,6 +313,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    let db_dir = match cli.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    if cli.postgres.is_none() && sys::in_memory_fs(db_dir) {
+        bail!(
+            "{} is on a file system in memory (tmpfs), where fsync makes nothing durable: put \
+             --db on a disk",
+            cli.db.display()
+        );
+    }
     let described_db = match &cli.postgres {
         Some(url) => preload_pg::redacted(url),
         None => cli.db.display().to_string(),
@@ -320,6 +331,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Before the preload: a server whose commits are not durable is refused.
+    let server = match &cli.postgres {
+        Some(url) => Some(runtime.block_on(preload_pg::describe_server(url))?),
+        None => None,
+    };
     // Where the state of the preloaded database is kept: beside the SQLite file, or in the
     // PostgreSQL database itself, so it always describes the data it sits with.
     let state_store = match &cli.postgres {
@@ -404,10 +420,6 @@ fn main() -> anyhow::Result<()> {
     let db_bytes = match &cli.postgres {
         Some(url) => runtime.block_on(preload_pg::database_bytes(url))?,
         None => std::fs::metadata(&cli.db).map_or(0, |m| m.len()),
-    };
-    let server = match &cli.postgres {
-        Some(url) => Some(runtime.block_on(preload_pg::describe_server(url))?),
-        None => None,
     };
     // Before any server runs, so that nothing else uses the disk. PostgreSQL's data directory
     // is its own; the probe runs beside the reports, on this machine's one disk.

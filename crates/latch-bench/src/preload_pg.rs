@@ -68,10 +68,20 @@ pub fn database_name(url: &str) -> anyhow::Result<String> {
 const STATE_TABLE: &str = "latch_bench_state";
 
 /// The state kept in the database, if it was preloaded by this benchmark (`None` when the
-/// database or the table does not exist).
+/// database or the table does not exist). Any other failure is an error: taken for "not
+/// preloaded", a passing one (too many connections) would have the preload drop the
+/// database `--keep-db` asked to keep.
 pub async fn load_state(url: &str) -> anyhow::Result<Option<State>> {
-    let Ok(c) = connect(url, None).await else {
-        return Ok(None);
+    let c = match connect(url, None).await {
+        Ok(c) => c,
+        Err(e)
+            if e.downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
     };
     match c
         .query_opt(&format!("SELECT state FROM {STATE_TABLE}"), &[])
@@ -115,21 +125,35 @@ pub async fn database_bytes(url: &str) -> anyhow::Result<u64> {
 
 /// The server, as a report names it: its version and the settings that most shape its share
 /// of a request (PostgreSQL runs on latch's core), e.g. `PostgreSQL 15.14 (shared_buffers
-/// 128MB, synchronous_commit on)`. The benchmark leaves them as the server has them.
+/// 128MB, fsync on, synchronous_commit on)`. The benchmark leaves them as the server has
+/// them, but refuses a server whose commits are not durable ([`describe`]). Read on the
+/// maintenance database (the settings are the server's), so it can be asked before the
+/// preload creates the benchmark's.
 pub async fn describe_server(url: &str) -> anyhow::Result<String> {
-    let c = connect(url, None).await?;
+    let c = connect(url, Some("postgres")).await?;
     let row = c
         .query_one(
             "SELECT current_setting('server_version'), current_setting('shared_buffers'), \
-             current_setting('synchronous_commit')",
+             current_setting('fsync'), current_setting('synchronous_commit')",
             &[],
         )
         .await?;
-    let (version, buffers, sync): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    describe(row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+/// [`describe_server`]'s text from the settings it read; an error for `fsync = off`, under
+/// which no commit is durable: the revocation target asks for durable ones, and latch's
+/// `synchronous_commit` override cannot make up for it.
+fn describe(version: &str, buffers: &str, fsync: &str, sync: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        fsync == "on",
+        "PostgreSQL runs with fsync = {fsync}: its commits are not durable, and the benchmark \
+         measures durable writes; set fsync = on"
+    );
     // "15.14 (Debian 15.14-0+deb12u1)": the number is enough.
     let version = version.split_whitespace().next().unwrap_or_default();
     Ok(format!(
-        "PostgreSQL {version} (shared_buffers {buffers}, synchronous_commit {sync})"
+        "PostgreSQL {version} (shared_buffers {buffers}, fsync {fsync}, synchronous_commit {sync})"
     ))
 }
 
@@ -339,7 +363,31 @@ mod tests {
             "{described}"
         );
         assert!(described.contains("(shared_buffers "), "{described}");
-        assert!(described.contains(", synchronous_commit "), "{described}");
+        assert!(
+            described.contains(", fsync on, synchronous_commit "),
+            "{described}"
+        );
+    }
+
+    /// A server whose commits are not durable is refused, not measured as if they were.
+    #[test]
+    fn a_server_without_fsync_is_refused() {
+        let refused = describe("15.14 (Debian)", "128MB", "off", "on").unwrap_err();
+        assert!(refused.to_string().contains("fsync = off"), "{refused}");
+        assert_eq!(
+            describe("15.14 (Debian)", "128MB", "on", "on").unwrap(),
+            "PostgreSQL 15.14 (shared_buffers 128MB, fsync on, synchronous_commit on)"
+        );
+    }
+
+    /// A database that cannot be reached for another reason than its absence is an error,
+    /// not "nothing preloaded" (the preload would then drop it).
+    #[tokio::test]
+    async fn only_a_missing_database_reads_as_not_preloaded() {
+        let missing = format!("{SERVER}/latch_bench_no_such_database");
+        assert!(load_state(&missing).await.unwrap().is_none());
+        let unreachable = "postgres://root@127.0.0.1:1/latch_bench";
+        assert!(load_state(unreachable).await.is_err());
     }
 
     #[tokio::test]

@@ -349,9 +349,39 @@ pub fn sync_latency(dir: &std::path::Path) -> Option<SyncLatency> {
     })
 }
 
+/// Whether `dir` is on a file system held in memory (tmpfs, ramfs), where an `fsync` costs
+/// nothing and makes nothing durable: a database there would be measured as durable when it
+/// is not.
+pub fn in_memory_fs(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `path` is NUL-terminated and `stat` a plain struct the call fills in.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return false;
+    }
+    /// ramfs's magic number (linux/magic.h), which the libc crate does not export.
+    const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
+    stat.f_type == libc::TMPFS_MAGIC || stat.f_type == RAMFS_MAGIC
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /dev/shm is a tmpfs on Linux; the crate's own directory is on a disk here.
+    #[test]
+    fn a_file_system_in_memory_is_told_from_a_disk() {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            assert!(in_memory_fs(shm));
+        }
+        assert!(!in_memory_fs(std::path::Path::new(env!(
+            "CARGO_MANIFEST_DIR"
+        ))));
+    }
 
     #[test]
     fn the_sync_probe_measures_in_a_writable_directory_and_leaves_nothing_behind() {
