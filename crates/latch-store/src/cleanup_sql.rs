@@ -64,9 +64,16 @@ pub(crate) fn sweep_end_sql(table: Swept, param: impl Fn(usize) -> String) -> St
 /// Deletes the rows past key parameter 1 that expired at or before parameter 2: up to and
 /// including key parameter 3 when `bounded`, to the end of the table otherwise. A range of
 /// the primary key, read in order: no index on the expiry time is needed.
+///
+/// With `skip_locked` (PostgreSQL, where other nodes write), a row another transaction holds
+/// locked (another node's removal or revocation) is left for the next run rather than
+/// waited for: a sweep waiting on it would hold the rows it had already deleted locked
+/// meanwhile, and every write of the node that touches them (a subject's log-out revokes
+/// its expired grants too) would wait with it.
 pub(crate) fn sweep_delete_sql(
     table: Swept,
     bounded: bool,
+    skip_locked: bool,
     param: impl Fn(usize) -> String,
 ) -> String {
     let (table, key) = table.table_and_key();
@@ -75,11 +82,15 @@ pub(crate) fn sweep_delete_sql(
     } else {
         String::new()
     };
-    format!(
-        "DELETE FROM {table} WHERE {key} > {}{upper} AND expires_at <= {}",
-        param(1),
-        param(2),
-    )
+    let expired = format!("{key} > {}{upper} AND expires_at <= {}", param(1), param(2));
+    if skip_locked {
+        format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE {expired} FOR UPDATE SKIP LOCKED)"
+        )
+    } else {
+        format!("DELETE FROM {table} WHERE {expired}")
+    }
 }
 
 /// The position after a token batch whose last row has the key read back as `end`. Every

@@ -1356,19 +1356,24 @@ async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start_or_clea
     drop(db);
 }
 
-/// PostgreSQL: the clean-up's sweep runs beside the node's writes, not among them. Another
-/// node holds a lock on an expired token row (as a long tenant removal does); the sweep
-/// waits for it, and a revocation meanwhile commits at once. Run by the committer, in the
-/// batch's transaction, the sweep held up every write of the node until the query deadline
-/// and then failed its whole batch, unrelated revocations included.
+/// PostgreSQL: the clean-up's sweep runs beside the node's writes, and waits for no other
+/// node. Another node holds a lock on an expired token row (as a long tenant removal does):
+/// the sweep leaves that row for its next run, deletes the other expired one, and a
+/// revocation meanwhile commits at once. Waiting for the lock, the sweep held the rows it
+/// had already deleted locked until the query deadline, and the node's writes on them (a
+/// subject's log-out revokes its expired grants too) waited with it.
 #[tokio::test]
-async fn postgres_a_sweep_waiting_on_a_lock_holds_up_no_other_write() {
+async fn postgres_a_sweep_leaves_a_row_another_node_holds_locked_for_its_next_run() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let store = latch_store::open(&db.url).await.unwrap();
     ensure_app(&*store).await;
     let t = TenantId::default_tenant();
-    // An expired token (at 10,000), and a live one.
+    // Two expired tokens (at 10,000 and 15,000), and a live one.
     let (grant, tokens) = late_issuance(&t, "app", "expired");
+    assert!(store.issue(&grant, &tokens, None).await.unwrap());
+    let (mut grant, mut tokens) = late_issuance(&t, "app", "expired-too");
+    grant.expires_at = 15_000;
+    tokens[0].expires_at = 15_000;
     assert!(store.issue(&grant, &tokens, None).await.unwrap());
     let (mut grant, mut tokens) = late_issuance(&t, "app", "live");
     grant.expires_at = 1_000_000;
@@ -1379,13 +1384,11 @@ async fn postgres_a_sweep_waiting_on_a_lock_holds_up_no_other_write() {
         "SELECT 1 FROM tokens WHERE expires_at = 10000 FOR UPDATE",
     )
     .await;
-    let sweeping = tokio::spawn({
-        let store = store.clone();
-        async move { store.purge_expired(20_000, Sweep::START, 1_000).await }
-    });
-    holder
-        .until_waited_on(&db, "DELETE FROM tokens", &sweeping)
-        .await;
+    let (purged, _) = store
+        .purge_expired(20_000, Sweep::START, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(purged.tokens, 1, "the unlocked expired token went");
     let revoked = store
         .revoke(
             &Revocation::Token(TokenHash::of("live")),
@@ -1394,16 +1397,22 @@ async fn postgres_a_sweep_waiting_on_a_lock_holds_up_no_other_write() {
         .await
         .unwrap();
     assert_eq!(revoked.map(|e| e.tokens), Some(1));
-    assert!(
-        !sweeping.is_finished(),
-        "the revocation did not wait for the sweep"
-    );
+    assert!(store
+        .token(&TokenHash::of("expired"))
+        .await
+        .unwrap()
+        .is_some());
     holder.commit().await;
-    let (purged, _) = sweeping.await.unwrap().unwrap();
-    assert_eq!(
-        purged.tokens, 1,
-        "the expired token went once the lock was released"
-    );
+    let (purged, _) = store
+        .purge_expired(20_000, Sweep::START, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(purged.tokens, 1, "the locked one went on the next run");
+    assert!(store
+        .token(&TokenHash::of("expired"))
+        .await
+        .unwrap()
+        .is_none());
     drop(store);
     drop(db);
 }

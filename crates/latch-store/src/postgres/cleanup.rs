@@ -1,11 +1,11 @@
 //! The clean-up's deletes on PostgreSQL (`CleanupStore`), run on a pooled connection of
-//! their own rather than by the committer: a sweep waiting on a row another node's long
-//! removal holds locked then waits alone, where inside the committer's transaction it held
-//! up every write of its node and, past the query deadline, failed the whole batch with
-//! unrelated revocations in it. Each statement commits on its own: a sweep batch reads the
-//! key its range ends at and deletes the expired rows in that range, which a write between
-//! the two cannot make wrong (the delete checks expiry itself, and nothing writes an
-//! expired row); other nodes' clean-ups already ran beside this node's writes.
+//! their own rather than by the committer, whose transaction they would lengthen for every
+//! write of the node. A sweep leaves a row another node's transaction holds locked (a long
+//! removal) for its next run instead of waiting for it (`SKIP LOCKED`, see
+//! `sweep_delete_sql`). Each statement commits on its own: a sweep batch reads the key its
+//! range ends at and deletes the expired rows in that range, which a write between the two
+//! cannot make wrong (the delete checks expiry itself, and no write makes an expired row
+//! live again); other nodes' clean-ups already ran beside this node's writes.
 
 use latch_core::clock::UnixTime;
 use latch_core::id::GrantId;
@@ -69,14 +69,14 @@ where
     let deleted = match &end {
         Some(until) => {
             db.execute(
-                sweep_delete_sql(table, true, param).as_str(),
+                sweep_delete_sql(table, true, true, param).as_str(),
                 &[&after, &now, until],
             )
             .await?
         }
         None => {
             db.execute(
-                sweep_delete_sql(table, false, param).as_str(),
+                sweep_delete_sql(table, false, true, param).as_str(),
                 &[&after, &now],
             )
             .await?

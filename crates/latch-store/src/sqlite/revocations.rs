@@ -457,11 +457,11 @@ fn sweep(
     let deleted = match &end {
         Some(end) => {
             let until = SweepKey::after(end);
-            c.prepare_cached(&sweep_delete_sql(table, true, param))?
+            c.prepare_cached(&sweep_delete_sql(table, true, false, param))?
                 .execute(params![after, now, until])?
         }
         None => c
-            .prepare_cached(&sweep_delete_sql(table, false, param))?
+            .prepare_cached(&sweep_delete_sql(table, false, false, param))?
             .execute(params![after, now])?,
     };
     Ok((deleted, next_sweep(from, end)))
