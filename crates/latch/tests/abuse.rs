@@ -264,3 +264,41 @@ async fn a_client_trickling_its_request_or_idling_is_cut_off_at_the_read_timeout
     assert!(answer.contains("latch_at_"), "{answer}");
     assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
 }
+
+/// Seed 001's route refuses a body not sent within the read timeout with `408` in its own
+/// camelCase shape, exactly `error` and `errorDescription`: the timeout fires while the
+/// profile's handler reads its form, and a handler that answered it in RFC 6749's spelling
+/// (as every other route does) would break the document's "every error body" promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_v1_answers_a_body_not_sent_in_time_408_in_camel_case() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let s = TestServer::start_with(|settings| settings.read_timeout = 1).await;
+    let svc = s.confidential("svc", "read").await;
+    let auth = common::basic_header("svc", svc.secret.as_deref().unwrap());
+    let head = format!(
+        "POST /api/id/v1/auth/token/revoke HTTP/1.1\r\nHost: latch\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\n\r\n"
+    );
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(format!("{head}token=latch_rt_").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("errorDescription"), "{answer}");
+    assert!(!answer.contains("error_description"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    let mut members: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    members.sort_unstable();
+    assert_eq!(members, ["error", "errorDescription"], "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let description = body["errorDescription"].as_str().unwrap();
+    assert!(description.contains("not received within 1 s"), "{body}");
+}

@@ -625,6 +625,146 @@ backend_test! {
     }
 }
 
+backend_test! {
+    /// Seed 001's `429` (too many failed authentications) is in the document's camelCase
+    /// shape too, exactly `error` and `errorDescription`, and keeps its `Retry-After`: the
+    /// limit is checked inside the profile's handler, whose errors are all restyled, so a
+    /// profile that let this one through in RFC 6749's spelling (or dropped the header on
+    /// the way) would hand its clients a body they cannot read and no time to wait.
+    async fn id_v1_too_many_failed_authentications_is_429_in_camel_case_with_retry_after() {
+        let s = TestServer::start_with(|settings| {
+            settings.auth_limits = latch_http::AuthLimits {
+                per_client: 2,
+                per_address: 50,
+                window: 60,
+            };
+        })
+        .await;
+        s.confidential("svc", "read").await;
+        let path = "/api/id/v1/auth/token/revoke";
+        let wrong = TestClient {
+            id: "svc".into(),
+            secret: Some("wrong".into()),
+        };
+        // Two wrong secrets for svc, verified against its hash: its budget is spent.
+        for _ in 0..2 {
+            let resp = s.post_form(path, Auth::Basic(&wrong), &[("token", "x")]).await;
+            assert_eq!(assert_camel_error(resp, 401).await["error"], "invalid_client");
+        }
+        let resp = s.post_form(path, Auth::Basic(&wrong), &[("token", "x")]).await;
+        let wait: u32 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
+        let body = assert_camel_error(resp, 429).await;
+        assert_eq!(body["error"], "too_many_requests");
+        assert!(body.get("error_description").is_none(), "{body}");
+    }
+}
+
+backend_test! {
+    /// The type parameter is a hint (docs/compatibility.md, RFC 7009 §2.2): a refresh token
+    /// sent as an `access_token`, under either of the profile's names for the parameter,
+    /// is still revoked as the refresh token it is, its grant and the grant's access token
+    /// with it. A route that looked the token up by the hint would answer `200` (an unknown
+    /// token) and leave the whole session alive.
+    async fn id_v1_a_refresh_token_sent_as_an_access_token_still_revokes_its_grant() {
+        let s = TestServer::start().await;
+        let svc = s.confidential("svc", "read").await;
+        for name in ["token_type", "token_type_hint"] {
+            let g = s.grant_for(&svc, "alice", None).await;
+            let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+            let resp = s
+                .post_form(
+                    "/api/id/v1/auth/token/revoke",
+                    Auth::Basic(&svc),
+                    &[("token", rt), (name, "access_token")],
+                )
+                .await;
+            assert_eq!(resp.status(), 200, "{name}");
+            assert!(!s.is_active(at).await, "{name}: the grant's access token lives");
+            assert!(!s.is_active(rt).await, "{name}: the refresh token lives");
+        }
+    }
+}
+
+backend_test! {
+    /// A confidential client presenting another client's refresh token is refused with
+    /// `400 invalid_request` (ARCHITECTURE.md, Decisions: "A foreign token at the revocation
+    /// endpoint"), in this profile's camelCase, and nothing of the other client's grant
+    /// dies: every caller of this route is confidential (a public one is `401`), so a
+    /// revocation judged as a public caller's (a silent `200`), or not judged at all, fails
+    /// here.
+    async fn id_v1_refuses_another_clients_refresh_token_in_camel_case_and_revokes_nothing() {
+        let s = TestServer::start().await;
+        let a = s.confidential("svc", "read").await;
+        let b = s.confidential("other", "read").await;
+        let g = s.grant_for(&b, "alice", None).await;
+        let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        let resp = s
+            .post_form(
+                "/api/id/v1/auth/token/revoke",
+                Auth::Basic(&a),
+                &[("token", rt), ("token_type", "refresh_token")],
+            )
+            .await;
+        assert_eq!(assert_camel_error(resp, 400).await["error"], "invalid_request");
+        assert!(s.is_active(rt).await, "the other client's refresh token died");
+        assert!(s.is_active(at).await, "the other client's access token died");
+    }
+}
+
+/// A clock that panics once armed: a fault inside a request's handler (the first thing a
+/// handler asks it is the time its client authenticates at), with the server's start, which
+/// reads it too, left alone.
+struct FaultyClock(std::sync::atomic::AtomicBool);
+
+impl latch_core::clock::Clock for FaultyClock {
+    fn now(&self) -> latch_core::clock::UnixTime {
+        let broken = self.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(!broken, "the clock broke");
+        latch_core::clock::SystemClock.now()
+    }
+}
+
+/// A handler that panics on the real server's `id_v1` route is answered `500` in the
+/// document's camelCase (`errorDescription`), by the panic layer the route has of its own,
+/// while the standard routes' panics keep RFC 6749's spelling: a router that left the route
+/// to the layer around every route would answer it in snake_case. The layers do not depend on
+/// the database: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_v1_answers_a_panicking_handler_500_in_camel_case() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let clock = std::sync::Arc::new(FaultyClock(Default::default()));
+    let server = latch::server::Server::start(&common::settings_for(&db), clock.clone())
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let svc = TestClient {
+        id: "svc".into(),
+        secret: Some("svc-secret".into()),
+    };
+    clock.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = [
+        (
+            "/api/id/v1/auth/token/revoke",
+            json!({"error": "server_error", "errorDescription": "internal error"}),
+        ),
+        (
+            "/oauth2/revoke",
+            json!({"error": "server_error", "error_description": "internal error"}),
+        ),
+    ];
+    for (path, expected) in answers {
+        let resp =
+            common::post_form_at(&http, &base, path, Auth::Basic(&svc), &[("token", "x")]).await;
+        assert_eq!(resp.status(), 500, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(resp.json::<Value>().await.unwrap(), expected, "{path}");
+    }
+    clock.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 // ---- Profile 3: seed 002, /api/v1.0/oauth2/revoke --------------------------------------------
 
 /// `body` posted to the route as the document's examples send it (no charset).
@@ -741,6 +881,27 @@ backend_test! {
             .await;
         assert_eq!(resp.status(), 200);
         assert!(s.is_active(rt).await);
+    }
+}
+
+backend_test! {
+    /// A confidential client presenting another client's refresh token is refused with
+    /// `400 invalid_request`, the error docs/compatibility.md lists for this profile (and
+    /// ARCHITECTURE.md's Decisions for every revocation route), and the other client's grant
+    /// lives on: unlike a public client's (a silent `200`), a confidential caller proved who
+    /// it is and is told, and revokes nothing either way.
+    async fn api_v1_0_refuses_another_clients_refresh_token_to_a_confidential_client() {
+        let s = TestServer::start().await;
+        app_in(&s, "default", "YMirwQ-beCp5Rxiw4yH", "nS8cz9Fa5Wl2fbHrM").await;
+        let other = app_in(&s, "default", "other-app", "other-secret").await;
+        let g = s.grant_for(&other, "alice", None).await;
+        let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        let body = format!(
+            "client_id=YMirwQ-beCp5Rxiw4yH&client_secret=nS8cz9Fa5Wl2fbHrM&token={rt}&token_type=refresh_token"
+        );
+        assert_error(api_v1_0_revoke(&s, body).await, 400, "invalid_request").await;
+        assert!(s.is_active(rt).await, "the other client's refresh token died");
+        assert!(s.is_active(at).await, "the other client's access token died");
     }
 }
 
