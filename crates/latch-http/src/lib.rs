@@ -57,9 +57,13 @@ pub use ratelimit::{AuthLimiter, AuthLimits};
 pub struct AppState {
     /// The domain.
     pub authority: Arc<Authority>,
-    /// The issuer identifier of the `default` tenant, e.g. `http://127.0.0.1:8080`.
-    /// Other tenants' issuers are this plus `/tenants/{tenant}`.
-    pub issuer: String,
+    /// The issuer identifier of the `default` tenant as configured, e.g.
+    /// `http://127.0.0.1:8080`, served byte for byte, a terminating `/` included: clients
+    /// compare it so with the one they built the metadata's URL from (RFC 8414 §3.3).
+    issuer: String,
+    /// The issuer without a terminating `/`, which other tenants' issuers (plus
+    /// `/tenants/{tenant}`) and every endpoint URL extend.
+    base: String,
     /// SHA-256 of the admin bearer token; `None` turns the admin API off.
     admin_token: Option<[u8; 32]>,
     /// The compatibility profiles served.
@@ -75,7 +79,8 @@ impl AppState {
     pub fn new(authority: Arc<Authority>, issuer: String, admin_token: Option<&str>) -> Self {
         Self {
             authority,
-            issuer: issuer.trim_end_matches('/').to_owned(),
+            base: issuer.trim_end_matches('/').to_owned(),
+            issuer,
             admin_token: admin_token
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -108,13 +113,22 @@ impl AppState {
 
     /// A tenant's issuer identifier (RFC 8414 §2).
     pub fn issuer_for(&self, tenant: &TenantId) -> String {
-        format!("{}{}", self.issuer, Self::tenant_path(tenant))
+        if tenant.as_str() == TenantId::DEFAULT {
+            self.issuer.clone()
+        } else {
+            format!("{}{}", self.base, Self::tenant_path(tenant))
+        }
+    }
+
+    /// The URL of a tenant's endpoint at `path` (`/oauth2/token`).
+    pub fn endpoint_url(&self, tenant: &TenantId, path: &str) -> String {
+        format!("{}{}{path}", self.base, Self::tenant_path(tenant))
     }
 
     /// The path of the issuer identifier, `/latch` in `https://auth.example/latch`: empty when
     /// it has none (latch then serves at its root, or behind a proxy that strips the path).
     pub fn issuer_path(&self) -> &str {
-        let rest = self.issuer.split_once("://").map_or("", |(_, rest)| rest);
+        let rest = self.base.split_once("://").map_or("", |(_, rest)| rest);
         rest.find('/').map_or("", |at| &rest[at..])
     }
 }

@@ -101,6 +101,37 @@ backend_test! {
 }
 
 backend_test! {
+    async fn a_listing_refuses_a_query_parameter_it_does_not_read_or_one_left_empty() {
+        // Read as if filtered, each answered everything before.
+        let s = TestServer::start().await;
+        for path in [
+            "/tenants/default/audit?client_id=svc",
+            "/tenants/default/audit?until=1700000000",
+            "/tenants/default/audit?subject=",
+            "/tenants/default/audit?subject=alice&client_subject=",
+            "/tenants?owner=x",
+            "/tenants/default/clients?after=",
+            "/tenants/default/subjects/alice/grants?after=g",
+        ] {
+            let resp = s.admin(Method::GET, path, None).await;
+            assert_eq!(resp.status(), 400, "{path}");
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"], "invalid_request", "{path}");
+        }
+        // What each reads is still read.
+        for path in [
+            "/tenants/default/audit?subject=alice&since=1&after=0&limit=5",
+            "/tenants?after=a&limit=5",
+            "/tenants/default/clients?after=a&limit=5",
+            "/tenants/default/subjects/alice/grants?limit=5",
+        ] {
+            let resp = s.admin(Method::GET, path, None).await;
+            assert_eq!(resp.status(), 200, "{path}");
+        }
+    }
+}
+
+backend_test! {
     async fn an_access_token_revocation_records_one_token() {
         let s = TestServer::start().await;
         let svc = s.confidential("svc", "read").await;

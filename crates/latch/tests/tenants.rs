@@ -333,27 +333,24 @@ backend_test! {
             .await;
         create_tenant(&s, "acme").await;
         let well_known = "/.well-known/oauth-authorization-server";
-        let issuer = "https://auth.example/latch";
-        // RFC 8414 §3: the well-known path inserted between the host and the issuer's path,
-        // which a proxy forwards as it is; and the legacy form of §5, the well-known path
-        // appended to the issuer, which reaches latch with the issuer's path stripped.
-        for (path, issuer) in [
-            (format!("{well_known}/latch"), issuer.to_owned()),
-            (well_known.to_owned(), issuer.to_owned()),
-            (
-                format!("{well_known}/latch/tenants/acme"),
-                format!("{issuer}/tenants/acme"),
-            ),
-            (
-                format!("{well_known}/tenants/acme"),
-                format!("{issuer}/tenants/acme"),
-            ),
+        let base = "https://auth.example/latch";
+        // RFC 8414 §3: the well-known path inserted between the host and the issuer's path
+        // (its terminating `/` removed), which a proxy forwards as it is; and the legacy form
+        // of §5, the well-known path appended to the issuer, which reaches latch with the
+        // issuer's path stripped. The default tenant's issuer is the one configured, byte for
+        // byte, its `/` included (§3.3: the client compares it with the one it started from).
+        let acme = format!("{base}/tenants/acme");
+        for (path, issuer, endpoints) in [
+            (format!("{well_known}/latch"), "https://auth.example/latch/", base),
+            (well_known.to_owned(), "https://auth.example/latch/", base),
+            (format!("{well_known}/latch/tenants/acme"), &acme, &acme),
+            (format!("{well_known}/tenants/acme"), &acme, &acme),
         ] {
             let resp = s.http.get(s.url(&path)).send().await.unwrap();
             assert_eq!(resp.status(), 200, "{path}");
             let meta: Value = resp.json().await.unwrap();
             assert_eq!(meta["issuer"], issuer, "{path}");
-            assert_eq!(meta["token_endpoint"], format!("{issuer}/oauth2/token"));
+            assert_eq!(meta["token_endpoint"], format!("{endpoints}/oauth2/token"));
         }
         // Nowhere else: not under another path, nor the default tenant's under its name.
         for path in [

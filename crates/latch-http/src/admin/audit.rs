@@ -13,9 +13,8 @@ use latch_core::id::{ClientId, Subject};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{next_cursor, number, page_limit, Admin, Params};
+use super::{listing_query, next_cursor, number, page_limit, Admin, Params};
 use crate::error::ApiError;
-use crate::form::Form;
 use crate::tenant::named;
 use crate::AppState;
 
@@ -67,7 +66,10 @@ pub(crate) async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = named(&tenant)?;
-    let form = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let form = listing_query(
+        query.as_deref(),
+        &["subject", "client_subject", "since", "after", "limit"],
+    )?;
     let limit = page_limit(&form)?;
     let query = AuditQuery {
         subject: match (form.get("subject"), form.get("client_subject")) {

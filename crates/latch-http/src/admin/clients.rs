@@ -15,9 +15,8 @@ use latch_core::store::ClientPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
+use super::{cursor, listing_query, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
-use crate::form::Form;
 use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
 
@@ -138,7 +137,7 @@ pub(crate) async fn list(
     Params(tenant): Params<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let query = listing_query(query.as_deref(), &["after", "limit"])?;
     let page = ClientPage {
         after: cursor(&query, "after", "a client id", ClientId::parse)?,
         limit: page_limit(&query)?,

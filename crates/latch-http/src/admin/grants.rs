@@ -14,9 +14,8 @@ use latch_core::store::GrantPage;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
+use super::{cursor, listing_query, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
-use crate::form::Form;
 use crate::oauth2::TokenResponse;
 use crate::tenant::named;
 use crate::{no_store, AppState, Peer};
@@ -105,7 +104,7 @@ pub(crate) async fn list_for_subject(
     RawQuery(query): RawQuery,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let subject = Subject::parse(&subject)?;
-    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let query = listing_query(query.as_deref(), &["before", "limit"])?;
     let page = GrantPage {
         before: cursor(&query, "before", "a grant id", GrantId::parse)?,
         limit: page_limit(&query)?,

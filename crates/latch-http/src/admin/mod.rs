@@ -58,6 +58,29 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         )
 }
 
+/// A listing's query, holding only the parameters it reads (`names`), each with a value.
+/// Scripts and people looking into an incident read these listings: a filter the listing
+/// does not know (`?client_id=`, `?until=`) or one left empty (`?subject=$UNSET`) would
+/// answer everything as if it were filtered.
+pub(crate) fn listing_query(query: Option<&str>, names: &[&str]) -> Result<Form, ApiError> {
+    let form = Form::parse(query.unwrap_or_default().as_bytes())?;
+    for (name, value) in form.pairs() {
+        if !names.contains(&name) {
+            return Err(ApiError::invalid_request(format!(
+                "unknown query parameter {}; this listing reads {}",
+                crate::form::printable(name),
+                names.join(", ")
+            )));
+        }
+        if value.is_empty() {
+            return Err(ApiError::invalid_request(format!(
+                "query parameter {name} is empty"
+            )));
+        }
+    }
+    Ok(form)
+}
+
 /// Items per page of a listing by default, and at most.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;

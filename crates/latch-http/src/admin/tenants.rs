@@ -10,9 +10,8 @@ use latch_core::store::TenantPage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{cursor, next_cursor, origin, page_limit, Admin, JsonBody, Params};
+use super::{cursor, listing_query, next_cursor, origin, page_limit, Admin, JsonBody, Params};
 use crate::error::ApiError;
-use crate::form::Form;
 use crate::tenant::named;
 use crate::{AppState, Peer};
 
@@ -43,7 +42,7 @@ pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let query = Form::parse(query.unwrap_or_default().as_bytes())?;
+    let query = listing_query(query.as_deref(), &["after", "limit"])?;
     let page = TenantPage {
         after: cursor(&query, "after", "a tenant id", TenantId::parse)?,
         limit: page_limit(&query)?,

@@ -74,14 +74,13 @@ pub(crate) async fn handle(
             "the {tenant} tenant's metadata is at {WELL_KNOWN}{issuer_path}{tenant_path}"
         )));
     }
-    let issuer = state.issuer_for(&tenant);
     // The scopes a tenant's clients may obtain, together.
     let scopes_supported = state.authority.scopes_supported(&tenant).await?.to_vec();
     Ok(Json(Metadata {
-        token_endpoint: format!("{issuer}/oauth2/token"),
-        revocation_endpoint: format!("{issuer}/oauth2/revoke"),
-        introspection_endpoint: format!("{issuer}/oauth2/introspect"),
-        issuer,
+        issuer: state.issuer_for(&tenant),
+        token_endpoint: state.endpoint_url(&tenant, "/oauth2/token"),
+        revocation_endpoint: state.endpoint_url(&tenant, "/oauth2/revoke"),
+        introspection_endpoint: state.endpoint_url(&tenant, "/oauth2/introspect"),
         grant_types_supported: GrantType::ALL.iter().map(|g| g.as_str()).collect(),
         response_types_supported: [],
         scopes_supported,
