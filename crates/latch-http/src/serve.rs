@@ -77,7 +77,8 @@ pub struct Connection {
 
 /// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
 /// connection finish the request it is serving (an idle one closes at once), and returns
-/// once all have closed.
+/// once all have closed. Dropped meanwhile (a stop that gives up waiting), it closes the
+/// connections still open, their requests unanswered.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -130,14 +131,20 @@ pub async fn serve(
         stream.set_write_timeout(Some(limits.write_timeout));
         let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
         let mut stop_seen = stop_seen.clone();
-        let closed = closed.clone();
+        let mut closed = closed.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => log_end(result),
                 _ = stop_seen.changed() => {
                     conn.as_mut().graceful_shutdown();
-                    log_end(conn.await);
+                    tokio::select! {
+                        result = conn => log_end(result),
+                        // `serve` itself was dropped: the stop gave up waiting (its timeout),
+                        // and the request is cut off here, unanswered, rather than served
+                        // on while the database closes.
+                        _ = closed.changed() => {}
+                    }
                 }
             }
             drop(closed);

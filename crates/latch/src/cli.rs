@@ -459,7 +459,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     stop.recv().await;
     tracing::info!("stopping: finishing in-flight requests");
-    server.shutdown().await?;
+    // A second signal (an operator's second Ctrl-C) stops at once: every write answered
+    // `200` is already durable, and SQLite replays a WAL left behind at the next start.
+    tokio::select! {
+        stopped = server.shutdown() => stopped?,
+        () = stop.recv() => {
+            tracing::warn!("a second stop signal: exiting now, requests in flight unanswered");
+            std::process::exit(1);
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

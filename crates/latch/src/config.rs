@@ -401,6 +401,27 @@ fn at_least_a_second(name: &str, secs: u64) -> anyhow::Result<u64> {
     at_most_a_year(name, secs)
 }
 
+/// A log filter (`info`, `latch=debug,hyper=warn`), checked: one that does not parse would be
+/// replaced by another, and a bare word that is not a level (`warning`, `inf`) parses as a
+/// target's name, every other target off: either way the server would log nothing of what
+/// it was asked to, its failures included, without a word.
+fn log_filter(filter: String) -> anyhow::Result<String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    anyhow::ensure!(!filter.trim().is_empty(), "the log filter is empty");
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        anyhow::ensure!(
+            directive.contains(['=', '[', ':'])
+                || LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)),
+            "log filter {filter:?}: {directive:?} is not a level ({}) nor target=level",
+            LEVELS.join(", ")
+        );
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&filter)
+        .map_err(|e| anyhow::anyhow!("log filter {filter:?} does not parse: {e}"))?;
+    Ok(filter)
+}
+
 /// An issuer identifier as RFC 8414 §2 has it: an `https` URL (`http` is accepted for local
 /// use) with a host and without a query or fragment. Clients compare it byte for byte with
 /// the metadata's and the introspection's `iss`, so a malformed one breaks them all.
@@ -489,9 +510,11 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         admin_token: (server.admin_token.clone())
             .or_else(|| file.admin_token.clone())
             .filter(|t| !t.is_empty()),
-        log: (server.log.clone())
-            .or_else(|| file.log.clone())
-            .unwrap_or_else(|| "info".to_owned()),
+        log: log_filter(
+            (server.log.clone())
+                .or_else(|| file.log.clone())
+                .unwrap_or_else(|| "info".to_owned()),
+        )?,
         cleanup_interval: at_most_a_year(
             "cleanup_interval",
             (server.cleanup_interval)

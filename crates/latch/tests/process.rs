@@ -862,6 +862,10 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "file:latch.db?nolock=1",
             "would be read by SQLite as a URI",
         ),
+        // Read as a target's name, or replaced: the server would log nothing it was asked to.
+        ("--log", "warning", "\"warning\" is not a level"),
+        ("--log", "latch=dbug", "does not parse"),
+        ("--log", "", "the log filter is empty"),
     ] {
         let out = run_cli(
             dir.path(),

@@ -95,6 +95,77 @@ fn a_request_stalled_mid_body_holds_a_stop_only_until_the_shutdown_timeout() {
     assert_eq!(wal, 0, "the database was closed: its WAL is empty");
 }
 
+/// A second stop signal ends a stop still waiting for a stalled request at once (exit 1),
+/// however long the shutdown timeout: an operator's second Ctrl-C is not ignored. (Without
+/// it, this stop lasts until the stalled body's read timeout, 30 s, and exits 0.)
+#[test]
+fn a_second_signal_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = serve_dev(dir.path(), &["--shutdown-timeout", "3600"]);
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let _conn = request_in_flight(&addr, 100, "grant_type");
+    p.send_sigterm();
+    // Two signals sent together could be taken as one.
+    let mut stopping = false;
+    for _ in 0..3_000 {
+        stopping = p.logs().contains("stopping: finishing in-flight requests");
+        if stopping {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(stopping, "the first signal was never taken: {}", p.logs());
+    p.send_sigterm();
+    // Bounded, and well past the stalled request's read timeout.
+    let mut status = None;
+    for _ in 0..3_000 {
+        status = p.child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = status.expect("latch still running 60 s after a second SIGTERM");
+    assert_eq!(status.code(), Some(1), "exit status; logs:\n{}", p.logs());
+    assert!(p.logs().contains("a second stop signal"), "{}", p.logs());
+}
+
+/// A request the shutdown timeout cut off is never answered, however its client goes on:
+/// its connection closes before the database does. Left running, it read the rest of its
+/// body and was served while the store closed, or after (a write committed past the final
+/// checkpoint, the "cut off" request answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let mut settings = common::settings_for(&db);
+    settings.shutdown_timeout = 1;
+    let server = latch::server::Server::start(
+        &settings,
+        std::sync::Arc::new(latch_core::clock::SystemClock),
+    )
+    .await
+    .expect("server starts");
+    let addr = server.addr.to_string();
+    let mut conn = tokio::task::spawn_blocking(move || request_in_flight(&addr, 100, "grant_type"))
+        .await
+        .unwrap();
+    server.shutdown().await.expect("a stop that timed out");
+    let response = tokio::task::spawn_blocking(move || {
+        // The rest of the body, then whatever comes back.
+        let _ = conn.write_all(&[b'x'; 90]);
+        let mut response = Vec::new();
+        let _ = conn.read_to_end(&mut response);
+        response
+    })
+    .await
+    .unwrap();
+    assert!(
+        response.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
 /// `latch serve` with the development configuration, its database under `dir/data`.
 fn serve_dev(dir: &std::path::Path, extra: &[&str]) -> Process {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/dev.toml");
