@@ -1119,12 +1119,12 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let url = sqlite_url(&path);
     common::new_sqlite_database(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 12's change undone.
+    // As a database of the previous schema version: version 13's change undone.
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP TABLE client_grant_revocations; \
-             PRAGMA user_version = 11;",
+            "DROP INDEX tokens_unused_refresh_by_grant; \
+             PRAGMA user_version = 12;",
         )
         .unwrap();
 
@@ -1139,7 +1139,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 11, "the schema was left as it was");
+    assert_eq!(version, 12, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());

@@ -1683,7 +1683,8 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
          ALTER TABLE grants DROP COLUMN forked_generation; \
          ALTER TABLE clients DROP COLUMN declared; \
          DROP INDEX audit_by_subject_in_block; \
-         CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id);",
+         CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
+         DROP INDEX tokens_unused_refresh_by_grant;",
     );
     for (table, columns) in [
         ("tenants", &["id"][..]),
@@ -1709,7 +1710,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        8
+        9
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
     // From the catalogs, as above (`pg_indexes` reads every index's definition).
@@ -1950,7 +1951,7 @@ backend_test! {
         ))
         .await;
         db.execute(if db.is_postgres() {
-            "DROP INDEX audit_by_subject_in_block; \
+            "DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_unused_refresh_by_grant; \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
              ALTER TABLE grants DROP COLUMN forked_generation; \
@@ -1958,7 +1959,7 @@ backend_test! {
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
             "DROP TABLE client_grant_revocations; DROP TABLE removals; \
-             DROP INDEX audit_by_subject_in_block; \
+             DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_unused_refresh_by_grant; \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \
              ALTER TABLE grants DROP COLUMN forked_generation; \

@@ -55,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v10.sql"),
     include_str!("schema_v11.sql"),
     include_str!("schema_v12.sql"),
+    include_str!("schema_v13.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -851,20 +852,19 @@ mod tests {
                 .pragma_query_value(None, "user_version", |r| r.get(0))
                 .unwrap()
         };
-        // Version 12's change undone, as a database of version 11.
+        // The latest version's change undone, as a database of the version before.
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TABLE client_grant_revocations; \
+                "DROP INDEX tokens_unused_refresh_by_grant; \
                  PRAGMA user_version = {older};"
             ))
             .unwrap();
-        let version_12_objects = |p: &Path| -> Vec<String> {
+        let latest_objects = |p: &Path| -> Vec<String> {
             Connection::open(p)
                 .unwrap()
                 .prepare(
-                    "SELECT name FROM sqlite_master WHERE name LIKE '%grant_revocation%' \
-                     ORDER BY name",
+                    "SELECT name FROM sqlite_master WHERE name = 'tokens_unused_refresh_by_grant'",
                 )
                 .unwrap()
                 .query_map([], |r| r.get(0))
@@ -878,10 +878,10 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert!(version_12_objects(&path).is_empty());
+        assert!(latest_objects(&path).is_empty());
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
-        assert_eq!(version_12_objects(&path), ["client_grant_revocations"]);
+        assert_eq!(latest_objects(&path), ["tokens_unused_refresh_by_grant"]);
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }
