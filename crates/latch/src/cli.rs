@@ -15,7 +15,7 @@ use latch_core::secret::hash_secret;
 use latch_core::Authority;
 use serde_json::json;
 
-use crate::config::{self, Overrides, ServerOverrides};
+use crate::config::{self, Overrides, Secret, ServerOverrides};
 use crate::server::{self, Server};
 
 /// latch: an OAuth 2.0 token server where a revoked token is dead everywhere, at once.
@@ -48,7 +48,7 @@ pub enum Command {
     /// Reads the secret from standard input when it is not given.
     HashSecret {
         /// The secret (prefer standard input: arguments show up in process lists).
-        secret: Option<String>,
+        secret: Option<Secret>,
     },
 }
 
@@ -104,7 +104,7 @@ pub enum ClientCommand {
         tenant: String,
         /// The new secret; generated (and printed once) when omitted.
         #[arg(long)]
-        secret: Option<String>,
+        secret: Option<Secret>,
         /// Read the new secret from standard input instead (arguments show up in process
         /// lists).
         #[arg(long, conflicts_with = "secret")]
@@ -151,7 +151,7 @@ pub struct AddClientArgs {
     pub auth_method: String,
     /// The secret; generated (and printed once) when omitted for a confidential client.
     #[arg(long)]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Read the secret from standard input instead (arguments show up in process lists).
     #[arg(long, conflicts_with = "secret")]
     pub secret_stdin: bool,
@@ -203,9 +203,9 @@ impl AddClientArgs {
 
 /// The secret a command was given: as an argument, or read from standard input (up to its
 /// end, without the line break that ends it) when `from_stdin`; `None` for neither.
-fn given_secret(argument: Option<String>, from_stdin: bool) -> anyhow::Result<Option<String>> {
+fn given_secret(argument: Option<Secret>, from_stdin: bool) -> anyhow::Result<Option<String>> {
     if !from_stdin {
-        return Ok(argument);
+        return Ok(argument.map(|s| s.expose().to_owned()));
     }
     let mut s = String::new();
     std::io::stdin()
@@ -470,4 +470,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Neither the command line nor the settings it resolves to show a secret in their
+    /// `Debug` (a `{:?}` in a log line would otherwise hold the admin token, a database
+    /// password or a client's secret).
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let secrets = ["admin-t0ken-value", "db-pa55word", "client-s3cret"];
+        let url = "postgres://latch:db-pa55word@127.0.0.1:5432/latch";
+        for args in [
+            vec![
+                "latch",
+                "serve",
+                "--admin-token",
+                secrets[0],
+                "--database-url",
+                url,
+            ],
+            vec!["latch", "client", "add", "app", "--secret", secrets[2]],
+            vec!["latch", "hash-secret", secrets[2]],
+        ] {
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let shown = format!("{cli:?}");
+            assert!(secrets.iter().all(|s| !shown.contains(s)), "{shown}");
+            if let Command::Serve(serve) = cli.command {
+                let settings = config::resolve(&serve.overrides, &serve.server).unwrap();
+                let shown = format!("{settings:?}");
+                assert!(secrets.iter().all(|s| !shown.contains(s)), "{shown}");
+                let token = settings.admin_token.as_ref().map(Secret::expose);
+                assert_eq!(token, Some(secrets[0]), "the secret itself is kept");
+            }
+        }
+    }
 }

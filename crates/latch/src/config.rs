@@ -40,14 +40,14 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 pub struct FileConfig {
     /// Address to listen on.
     pub listen: Option<String>,
-    /// Database URL (`sqlite://PATH`, `sqlite::memory:`).
-    pub database_url: Option<String>,
+    /// Database URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`).
+    pub database_url: Option<Secret>,
     /// Folder for the default SQLite database.
     pub data_dir: Option<PathBuf>,
     /// Issuer identifier; defaults to `http://{listen}`.
     pub issuer: Option<String>,
     /// Admin API bearer token; without one the admin API is off.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
     /// Seconds between expiry clean-up runs; 0 turns the background job off.
@@ -248,7 +248,8 @@ pub struct Overrides {
     /// TOML configuration file.
     #[arg(long, env = "LATCH_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Database URL: `sqlite://PATH` or `sqlite::memory:`. Default: `DATA_DIR/latch.db`.
+    /// Database URL: `sqlite://PATH`, `sqlite::memory:` or `postgres://…`. Default:
+    /// `DATA_DIR/latch.db`.
     // `hide_env_values`: `--help` would otherwise show the variable's value, password
     // included.
     #[arg(
@@ -257,7 +258,7 @@ pub struct Overrides {
         value_name = "URL",
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// Folder for the default SQLite database [default: data].
     #[arg(long, env = "LATCH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -283,7 +284,7 @@ pub struct ServerOverrides {
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
     #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -318,7 +319,7 @@ pub struct Settings {
     /// The issuer identifier; `None` derives it from the bound address.
     pub issuer: Option<String>,
     /// The admin token, if the admin API is on.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Log filter.
     pub log: String,
     /// Seconds between expiry clean-up runs; 0 = off.
@@ -352,14 +353,43 @@ pub fn load_file(overrides: &Overrides) -> anyhow::Result<FileConfig> {
         .map_or(Ok(FileConfig::default()), FileConfig::load)
 }
 
+/// A secret given on the command line, in the environment or in the configuration file (the
+/// admin token, a database URL and its password, a client secret). Its `Debug` says only
+/// that one was given, so a `{:?}` of the settings or of the command line logs nothing that
+/// authenticates.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
+    }
+}
+
 /// Resolves the database URL: flag/env, then file, then `DATA_DIR/latch.db`.
 pub fn database_url(overrides: &Overrides, file: &FileConfig) -> anyhow::Result<DatabaseUrl> {
-    let url = match overrides
-        .database_url
-        .clone()
-        .or_else(|| file.database_url.clone())
-    {
-        Some(url) => url,
+    let url = match (overrides.database_url.as_ref()).or(file.database_url.as_ref()) {
+        Some(url) => url.expose().to_owned(),
         None => {
             let dir = overrides
                 .data_dir
@@ -509,7 +539,7 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         issuer,
         admin_token: (server.admin_token.clone())
             .or_else(|| file.admin_token.clone())
-            .filter(|t| !t.is_empty()),
+            .filter(|t| !t.expose().is_empty()),
         log: log_filter(
             (server.log.clone())
                 .or_else(|| file.log.clone())

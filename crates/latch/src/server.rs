@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::fd_limit;
 
 /// Opens the database named in the settings and registers the configured clients.
@@ -137,9 +137,13 @@ impl Server {
             derived
         });
         let state = Arc::new(
-            AppState::new(authority.clone(), issuer, settings.admin_token.as_deref())
-                .with_profiles(settings.profiles)
-                .with_auth_limits(settings.auth_limits),
+            AppState::new(
+                authority.clone(),
+                issuer,
+                settings.admin_token.as_ref().map(Secret::expose),
+            )
+            .with_profiles(settings.profiles)
+            .with_auth_limits(settings.auth_limits),
         );
         let app = latch_http::router(state);
         let cleanup = (settings.cleanup_interval > 0).then(|| {
