@@ -168,17 +168,26 @@ impl ClientStore for SqliteStore {
         tenant: &TenantId,
         page: Option<&ClientPage>,
     ) -> StoreResult<Vec<Client>> {
-        let after = page.and_then(|p| p.after.as_ref()).map(ClientId::as_str);
+        let after = page
+            .and_then(|p| p.after.as_ref())
+            .map(|a| a.as_str().to_owned());
         // A negative LIMIT is none.
         let limit = page.map_or(-1, |p| i64::from(p.limit));
-        self.read(|c| {
+        let tenant = tenant.clone();
+        let list = move |c: &Connection| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM clients WHERE tenant_id = ?1 \
                  AND (?2 IS NULL OR client_id > ?2) ORDER BY client_id LIMIT ?3"
             ))?;
             let rows = stmt.query_map(params![tenant.as_str(), after, limit], client_from_row)?;
             rows.collect()
-        })
+        };
+        match page {
+            // A page is short; the whole list (the metadata's scopes, which anyone may ask
+            // for) may not be, and would hold an async worker meanwhile.
+            None => self.read_off_workers(list).await,
+            Some(_) => self.read(list),
+        }
     }
 
     async fn create_client(&self, client: &Client) -> StoreResult<()> {
@@ -324,5 +333,28 @@ mod tests {
     fn column_count_matches_the_column_list() {
         assert_eq!(COLUMNS.split(", ").count(), COLUMN_COUNT);
         assert!(qualified_columns("c").starts_with("c.tenant_id, c.client_id, "));
+    }
+
+    /// The whole list of a tenant's clients (read for the public metadata) is read off the
+    /// async worker: on a one-thread runtime, another task runs meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_whole_list_is_read_off_the_async_worker() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let store = SqliteStore::open_memory().unwrap();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let tenant = TenantId::default_tenant();
+        store.list_clients(&tenant, None).await.unwrap();
+        assert!(ticks.load(Ordering::Relaxed) > 0);
+        ticker.abort();
     }
 }
