@@ -468,7 +468,11 @@ pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n
         after: None,
         limit: u32::try_from(audit + 1).unwrap(),
     };
-    let trail = store.audit_events(&tenant, &everything).await.unwrap();
+    let trail = store
+        .audit_events(&tenant, &everything)
+        .await
+        .unwrap()
+        .events;
     assert_eq!(trail.len() as u64, audit);
     if let Some(last) = audit.checked_sub(1) {
         let now = trail.last().unwrap().at + 1;
@@ -477,7 +481,7 @@ pub(crate) async fn assert_latch_reads(store: &dyn latch_core::store::Storage, n
             subject: Some(Subject::parse(&expected.subject).unwrap()),
             ..everything
         };
-        let events = store.audit_events(&tenant, &about).await.unwrap();
+        let events = store.audit_events(&tenant, &about).await.unwrap().events;
         let event = events.last().expect("the last record, by its subject");
         assert_eq!(event.id, trail.last().unwrap().id);
         assert_eq!(

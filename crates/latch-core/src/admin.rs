@@ -5,7 +5,7 @@ use std::future::Future;
 
 use tracing::Instrument;
 
-use crate::audit::{self, AuditEvent, AuditQuery, Killed, Origin, Reason};
+use crate::audit::{self, AuditEvent, AuditPage, AuditQuery, Killed, Origin, Reason};
 use crate::authority::Authority;
 use crate::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use crate::error::{Error, StoreError};
@@ -417,7 +417,7 @@ impl Authority {
         &self,
         tenant: &TenantId,
         query: &AuditQuery,
-    ) -> Result<Vec<AuditEvent>, Error> {
+    ) -> Result<AuditPage, Error> {
         // The trail outlives what it records: a removed tenant's (with the removal's record,
         // when it revoked something) stays readable; only a tenant id with neither a tenant nor a trail is unknown.
         if !self.store.tenant_exists(tenant).await? {
@@ -427,7 +427,13 @@ impl Authority {
                 after: None,
                 limit: 1,
             };
-            if self.store.audit_events(tenant, &any).await?.is_empty() {
+            if self
+                .store
+                .audit_events(tenant, &any)
+                .await?
+                .events
+                .is_empty()
+            {
                 return Err(Error::NotFound(format!("no tenant {tenant}").into()));
             }
         }

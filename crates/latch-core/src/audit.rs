@@ -224,8 +224,56 @@ pub struct AuditQuery {
     pub subject: Option<Subject>,
     /// Only events at or after this time.
     pub since: Option<UnixTime>,
-    /// Only events after this id (the previous page's last).
+    /// Only events after this id (the previous page's `next_after`).
     pub after: Option<i64>,
     /// At most this many events.
     pub limit: u32,
+}
+
+/// The most ids past its cursor a page asked for with `since` reads ([`AuditQuery::read_to`]).
+/// The trail has no index by time (its records are kept in id order, their times nearly in
+/// step), so a page asking for the recent events of a long trail would otherwise read the
+/// whole trail before the first of them, holding a reader (PostgreSQL: until the query
+/// deadline, every time). A page that reaches the bound stops there, however few events it
+/// found, and the next resumes from it.
+pub const AUDIT_SINCE_SPAN: i64 = 100_000;
+
+impl AuditQuery {
+    /// The last id this page reads, of a trail whose last id is `last`: the trail's end, or
+    /// with `since` at most [`AUDIT_SINCE_SPAN`] ids past the cursor.
+    pub fn read_to(&self, last: i64) -> i64 {
+        match self.since {
+            Some(_) => last.min(
+                self.after
+                    .unwrap_or(0)
+                    .max(0)
+                    .saturating_add(AUDIT_SINCE_SPAN),
+            ),
+            None => last,
+        }
+    }
+}
+
+/// A page of the audit trail, and where the next one starts.
+#[derive(Clone, Debug, Default)]
+pub struct AuditPage {
+    /// Its events, oldest first.
+    pub events: Vec<AuditEvent>,
+    /// The next page's `after`: the last event's id when the page is full; the last id read
+    /// when the page stopped short of the trail's end ([`AUDIT_SINCE_SPAN`]); `None` once it
+    /// reached the end.
+    pub next_after: Option<i64>,
+}
+
+impl AuditPage {
+    /// The page of `events` that `query` found reading up to id `read_to`, of a trail whose
+    /// last id is `last`.
+    pub fn new(events: Vec<AuditEvent>, query: &AuditQuery, read_to: i64, last: i64) -> Self {
+        let next_after = if events.len() >= query.limit as usize {
+            events.last().map(|e| e.id)
+        } else {
+            (read_to < last).then_some(read_to)
+        };
+        Self { events, next_after }
+    }
 }

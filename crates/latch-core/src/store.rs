@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::audit::{AuditContext, AuditEvent, AuditQuery};
+use crate::audit::{AuditContext, AuditEvent, AuditPage, AuditQuery};
 use crate::client::{Client, SecretHash};
 use crate::clock::UnixTime;
 use crate::commits::CommitStats;
@@ -228,12 +228,8 @@ pub trait RevocationStore: Send + Sync {
 /// Reading the audit trail.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
-    /// A tenant's audit events, oldest first, filtered and paged by `query`.
-    async fn audit_events(
-        &self,
-        tenant: &TenantId,
-        query: &AuditQuery,
-    ) -> StoreResult<Vec<AuditEvent>>;
+    /// A page of a tenant's audit events, oldest first, filtered and paged by `query`.
+    async fn audit_events(&self, tenant: &TenantId, query: &AuditQuery) -> StoreResult<AuditPage>;
 }
 
 /// What one clean-up batch deleted.

@@ -1,5 +1,7 @@
 //! `GET /admin/v1/tenants/{tenant}/audit?subject=…&since=…&after=…&limit=…`: the revocation
-//! audit trail, oldest first, paged by id (`next_after` is the cursor for the next page).
+//! audit trail, oldest first, paged by id (`next_after` is the cursor for the next page,
+//! `null` at the trail's end; a page with `since` may come back short of `limit` before it,
+//! `latch_core::audit::AUDIT_SINCE_SPAN`).
 //! `subject` names a user; `client_subject` names a client acting for itself (its
 //! `client_credentials` grants) and the client's removal, a subject of its own that a
 //! user's id never equals.
@@ -13,7 +15,7 @@ use latch_core::id::{ClientId, Subject};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{listing_query, next_cursor, number, page_limit, Admin, Params};
+use super::{listing_query, number, page_limit, Admin, Params};
 use crate::error::ApiError;
 use crate::tenant::named;
 use crate::AppState;
@@ -86,8 +88,9 @@ pub(crate) async fn list(
         after: number(&form, "after")?,
         limit,
     };
-    let events = state.authority.audit_events(&tenant, &query).await?;
-    let next_after = next_cursor(&events, limit, |e| e.id);
-    let views: Vec<EventView<'_>> = events.iter().map(EventView::from).collect();
-    Ok(Json(json!({ "events": views, "next_after": next_after })))
+    let page = state.authority.audit_events(&tenant, &query).await?;
+    let views: Vec<EventView<'_>> = page.events.iter().map(EventView::from).collect();
+    Ok(Json(
+        json!({ "events": views, "next_after": page.next_after }),
+    ))
 }

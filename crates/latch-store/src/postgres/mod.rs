@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use latch_core::audit::{AuditContext, AuditEvent, AuditQuery};
+use latch_core::audit::{AuditContext, AuditEvent, AuditPage, AuditQuery};
 use latch_core::client::{Client, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::commits::{CommitMeter, CommitStats};
@@ -499,11 +499,7 @@ impl RevocationStore for PgStore {
 
 #[async_trait]
 impl AuditStore for PgStore {
-    async fn audit_events(
-        &self,
-        tenant: &TenantId,
-        query: &AuditQuery,
-    ) -> StoreResult<Vec<AuditEvent>> {
+    async fn audit_events(&self, tenant: &TenantId, query: &AuditQuery) -> StoreResult<AuditPage> {
         self.pooled(async |c| reads::audit_events(c, tenant, query).await)
             .await
     }

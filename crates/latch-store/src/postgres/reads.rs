@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use latch_core::audit::{AuditEvent, AuditQuery, Reason};
+use latch_core::audit::{AuditEvent, AuditPage, AuditQuery, Reason};
 use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
@@ -388,7 +388,7 @@ pub(super) async fn audit_events(
     c: &Conn,
     tenant: &TenantId,
     query: &AuditQuery,
-) -> StoreResult<Vec<AuditEvent>> {
+) -> StoreResult<AuditPage> {
     let render = |n: usize| match n {
         2 => "$2::TEXT".into(),
         3 => "$3::BIGINT".into(),
@@ -396,6 +396,7 @@ pub(super) async fn audit_events(
         n => format!("${n}"),
     };
     let settled = settled_audit_id(c).await?;
+    let read_to = query.read_to(settled);
     let subject = query.subject.as_ref().map(|s| s.as_str());
     let limit = i64::from(query.limit);
     // An `after` below 0 selects what 0 does (ids start at 1).
@@ -406,7 +407,7 @@ pub(super) async fn audit_events(
     let sql = match subject {
         None => {
             // Parameter 6 (the block) is only in the query by subject.
-            params.push(&settled);
+            params.push(&read_to);
             audit_events_sql(AuditSelect::All, true, |n| match n {
                 7 => "$6".into(),
                 n => render(n),
@@ -419,7 +420,7 @@ pub(super) async fn audit_events(
         // The LIMIT inside keeps the subquery from being flattened, so a nested loop over
         // the series is the only plan; tests/store.rs checks the order across blocks.)
         Some(_) => {
-            params.extend([&first as &(dyn ToSql + Sync), &settled]);
+            params.extend([&first as &(dyn ToSql + Sync), &read_to]);
             format!(
                 "SELECT e.* FROM generate_series($6::BIGINT, \
                    $7::BIGINT >> {AUDIT_BLOCK_BITS}) AS b(block) \
@@ -432,7 +433,8 @@ pub(super) async fn audit_events(
         .query(sql.as_str(), &params)
         .await
         .map_err(|e| store_error(&e))?;
-    rows.iter()
+    let events = rows
+        .iter()
         .map(|r| {
             let reason: String = r.get(5);
             Ok(AuditEvent {
@@ -449,5 +451,6 @@ pub(super) async fn audit_events(
                 address: r.get(10),
             })
         })
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(AuditPage::new(events, query, read_to, settled))
 }

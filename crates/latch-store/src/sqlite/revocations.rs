@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
-use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Killed, Reason};
+use latch_core::audit::{AuditContext, AuditEvent, AuditPage, AuditQuery, Killed, Reason};
 use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Revocation, TokenRecord};
@@ -366,51 +366,55 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
 
 #[async_trait]
 impl AuditStore for SqliteStore {
-    async fn audit_events(
-        &self,
-        tenant: &TenantId,
-        query: &AuditQuery,
-    ) -> StoreResult<Vec<AuditEvent>> {
-        self.read(|c| match &query.subject {
-            None => {
-                let sql = audit_events_sql(AuditSelect::All, false, |n| format!("?{n}"));
-                let mut stmt = c.prepare_cached(&sql)?;
-                let rows = stmt.query_map(
-                    params![
-                        tenant.as_str(),
-                        None::<&str>,
-                        query.since,
-                        query.after.unwrap_or(0),
-                        query.limit,
-                    ],
-                    event_from_row,
-                )?;
-                rows.collect()
-            }
-            Some(subject) => subject_events(c, tenant, subject, query),
+    async fn audit_events(&self, tenant: &TenantId, query: &AuditQuery) -> StoreResult<AuditPage> {
+        self.read(|c| {
+            let last: i64 =
+                c.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0))?;
+            let read_to = query.read_to(last);
+            let events = match &query.subject {
+                None => {
+                    // The bound is parameter 7 of the shared query, here the sixth.
+                    let sql = audit_events_sql(AuditSelect::All, true, |n| match n {
+                        7 => "?6".into(),
+                        n => format!("?{n}"),
+                    });
+                    let mut stmt = c.prepare_cached(&sql)?;
+                    let rows = stmt.query_map(
+                        params![
+                            tenant.as_str(),
+                            None::<&str>,
+                            query.since,
+                            query.after.unwrap_or(0),
+                            query.limit,
+                            read_to,
+                        ],
+                        event_from_row,
+                    )?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()?
+                }
+                Some(subject) => subject_events(c, tenant, subject, query, read_to)?,
+            };
+            Ok(AuditPage::new(events, query, read_to, last))
         })
     }
 }
 
-/// One subject's audit events, read block by block through the index keyed by block
-/// (schema version 10, [`crate::audit_query::AUDIT_BLOCK_BITS`]), from the block after
-/// `query.after` until `query.limit` events are found or the trail ends.
+/// One subject's audit events up to id `read_to`, read block by block through the index
+/// keyed by block (schema version 10, [`crate::audit_query::AUDIT_BLOCK_BITS`]), from the
+/// block after `query.after` until `query.limit` events are found or `read_to`'s block ends.
 fn subject_events(
     c: &Connection,
     tenant: &TenantId,
     subject: &Subject,
     query: &AuditQuery,
+    read_to: i64,
 ) -> rusqlite::Result<Vec<AuditEvent>> {
-    let last: Option<i64> = c.query_row("SELECT max(id) FROM audit", [], |r| r.get(0))?;
-    let Some(last) = last else {
-        return Ok(Vec::new());
-    };
     let (after, first) = audit_query_start(query.after);
-    let sql = audit_events_sql(AuditSelect::SubjectInBlock, false, |n| format!("?{n}"));
+    let sql = audit_events_sql(AuditSelect::SubjectInBlock, true, |n| format!("?{n}"));
     let mut stmt = c.prepare_cached(&sql)?;
     let mut events = Vec::new();
     let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
-    for block in first..=audit_block(last) {
+    for block in first..=audit_block(read_to) {
         if events.len() >= limit {
             break;
         }
@@ -422,6 +426,7 @@ fn subject_events(
                 after,
                 limit - events.len(),
                 block,
+                read_to,
             ],
             event_from_row,
         )?;
@@ -553,14 +558,20 @@ impl CleanupStore for SqliteStore {
 mod tests {
     use super::*;
 
+    /// The plan of the query `audit_events` runs for `select`.
     fn plan(conn: &Connection, select: AuditSelect) -> String {
-        let sql = audit_events_sql(select, false, |n| format!("?{n}"));
+        // The block parameter (6) exists only in the block-wise query; the other takes the
+        // id it reads to (7) as its sixth.
+        let sql = audit_events_sql(select, true, |n| match (n, select) {
+            (7, AuditSelect::All) => "?6".into(),
+            (n, _) => format!("?{n}"),
+        });
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        // The block parameter exists only in the block-wise query.
         let block = (select == AuditSelect::SubjectInBlock).then_some(3);
         let values: Vec<&dyn ToSql> = [&"default" as &dyn ToSql, &"alice", &None::<i64>, &0, &10]
             .into_iter()
             .chain(block.as_ref().map(|b| b as &dyn ToSql))
+            .chain([&1_000_000 as &dyn ToSql])
             .collect();
         let rows = stmt
             .query_map(values.as_slice(), |r| r.get::<_, String>(3))
@@ -583,13 +594,13 @@ mod tests {
         assert!(
             by_subject.contains(
                 "USING INDEX audit_by_subject_in_block \
-                 (tenant_id=? AND <expr>=? AND subject=? AND id>?)"
+                 (tenant_id=? AND <expr>=? AND subject=? AND id>? AND id<?)"
             ),
             "{by_subject}"
         );
         let all = plan(&conn, AuditSelect::All);
         assert!(
-            all.contains("USING INDEX audit_by_tenant (tenant_id=? AND id>?)"),
+            all.contains("USING INDEX audit_by_tenant (tenant_id=? AND id>? AND id<?)"),
             "{all}"
         );
         assert!(!by_subject.contains("TEMP B-TREE") && !all.contains("TEMP B-TREE"));
