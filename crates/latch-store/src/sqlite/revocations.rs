@@ -367,7 +367,9 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn audit_events(&self, tenant: &TenantId, query: &AuditQuery) -> StoreResult<AuditPage> {
-        self.read(|c| {
+        // Off the async workers: a page may read up to `AUDIT_SINCE_SPAN` records.
+        let (tenant, query) = (tenant.clone(), query.clone());
+        self.read_off_workers(move |c| {
             let last: i64 =
                 c.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0))?;
             let read_to = query.read_to(last);
@@ -392,10 +394,11 @@ impl AuditStore for SqliteStore {
                     )?;
                     rows.collect::<rusqlite::Result<Vec<_>>>()?
                 }
-                Some(subject) => subject_events(c, tenant, subject, query, read_to)?,
+                Some(subject) => subject_events(c, &tenant, subject, &query, read_to)?,
             };
-            Ok(AuditPage::new(events, query, read_to, last))
+            Ok(AuditPage::new(events, &query, read_to, last))
         })
+        .await
     }
 }
 
