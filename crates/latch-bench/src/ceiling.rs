@@ -24,6 +24,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
         app,
         latch_http::serve::Limits::default(),
         std::future::pending(),
+        std::future::pending(),
     )
     .await?;
     Ok(())

@@ -230,7 +230,8 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
-/// The most ids past its cursor a page asked for with `since` reads ([`AuditQuery::read_to`]).
+/// The most ids a page asked for with `since` reads, from the tenant's first record past its
+/// cursor ([`AuditQuery::read_to`]).
 /// The trail has no index by time (its records are kept in id order, their times nearly in
 /// step), so a page asking for the recent events of a long trail would otherwise read the
 /// whole trail before the first of them, holding a reader (PostgreSQL: until the query
@@ -239,17 +240,17 @@ pub struct AuditQuery {
 pub const AUDIT_SINCE_SPAN: i64 = 100_000;
 
 impl AuditQuery {
-    /// The last id this page reads, of a trail whose last id is `last`: the trail's end, or
-    /// with `since` at most [`AUDIT_SINCE_SPAN`] ids past the cursor.
-    pub fn read_to(&self, last: i64) -> i64 {
-        match self.since {
-            Some(_) => last.min(
-                self.after
-                    .unwrap_or(0)
-                    .max(0)
-                    .saturating_add(AUDIT_SINCE_SPAN),
-            ),
-            None => last,
+    /// The last id this page reads, of a trail whose last id is `last` and whose first record
+    /// of the tenant past the cursor is `first` (asked for only with `since`): the trail's
+    /// end, or with `since` at most [`AUDIT_SINCE_SPAN`] ids from that first record. Counted
+    /// from the cursor, a tenant whose records are sparse among other tenants' (ids are one
+    /// sequence), or past a purged stretch, would be read through empty page after page.
+    pub fn read_to(&self, first: Option<i64>, last: i64) -> i64 {
+        match (self.since, first) {
+            (Some(_), Some(first)) => {
+                last.min(first.saturating_sub(1).saturating_add(AUDIT_SINCE_SPAN))
+            }
+            _ => last,
         }
     }
 }

@@ -103,6 +103,11 @@ impl Authority {
         self.background.reopen();
     }
 
+    /// Whether work a request left running when its caller hung up is still under way.
+    pub fn background_running(&self) -> bool {
+        !self.background.is_empty()
+    }
+
     /// Keeps audit records for `days` days: the clean-up deletes older ones. `None` (the
     /// default) keeps them for ever.
     pub fn with_audit_retention(mut self, days: Option<u32>) -> Self {

@@ -164,12 +164,41 @@ fn refuse_oauth_parameters(query: Option<&str>) -> Result<(), ApiError> {
 
 /// A URI query's parameters as (decoded name, raw value), read leniently: the query belongs
 /// to the route and to whatever gateway added to it, so a name may repeat, and one that does
-/// not decode is skipped (it names no parameter latch reads).
+/// not decode strictly is read as near as it can be (a `%` without two hex digits kept as
+/// is, bytes that are not UTF-8 as U+FFFD), never skipped: a name that starts as one latch
+/// reads (`v2.0%FF`) is still seen as such.
 pub(crate) fn query_parameters(query: &str) -> impl Iterator<Item = (String, &str)> {
-    query.split('&').filter_map(|pair| {
+    query.split('&').map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        Some((decode_component(name.as_bytes()).ok()?, value))
+        (decode_lossy(name.as_bytes()), value)
     })
+}
+
+/// Decodes a form component as [`decode_component`] does, keeping what does not decode.
+fn decode_lossy(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some((&first, tail)) = rest.split_first() {
+        let escaped = match (first, tail) {
+            (b'%', [hi, lo, ..]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (first, escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                rest = &tail[2..];
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                rest = tail;
+            }
+            (other, None) => {
+                out.push(other);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Keeps client-supplied text (a parameter name, a path segment) safe and short enough to

@@ -77,13 +77,16 @@ pub struct Connection {
 
 /// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
 /// connection finish the request it is serving (an idle one closes at once), and returns
-/// once all have closed. Dropped meanwhile (a stop that gives up waiting), it closes the
-/// connections still open, their requests unanswered.
+/// once all have closed. Once `cut` completes (a stop that gives up waiting), or if this is
+/// dropped, the connections still open close at once, their requests unanswered: a caller
+/// that awaits it after `cut` knows that none is still served (nor commits) when it goes on
+/// to close the database.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     stop: impl Future<Output = ()>,
+    cut: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -93,6 +96,8 @@ pub async fn serve(
     // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.
     let (stopping, stop_seen) = watch::channel(());
     let (closed_tx, closed) = watch::channel(());
+    // `cutting` is dropped to cut the connections still open.
+    let (cutting, cut_seen) = watch::channel(());
     let mut stop = std::pin::pin!(stop);
     loop {
         // A slot first, then the connection: at the limit, newcomers wait in the backlog.
@@ -131,7 +136,8 @@ pub async fn serve(
         stream.set_write_timeout(Some(limits.write_timeout));
         let conn = http.serve_connection(TokioIo::new(Box::pin(stream)), service);
         let mut stop_seen = stop_seen.clone();
-        let mut closed = closed.clone();
+        let mut cut_seen = cut_seen.clone();
+        let closed = closed.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -140,10 +146,9 @@ pub async fn serve(
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
                         result = conn => log_end(result),
-                        // `serve` itself was dropped: the stop gave up waiting (its timeout),
-                        // and the request is cut off here, unanswered, rather than served
-                        // on while the database closes.
-                        _ = closed.changed() => {}
+                        // The stop gave up waiting (its timeout): the request is cut off
+                        // here, unanswered, rather than served on while the database closes.
+                        _ = cut_seen.changed() => {}
                     }
                 }
             }
@@ -154,7 +159,15 @@ pub async fn serve(
     drop(listener);
     drop(stopping);
     drop(closed);
-    closed_tx.closed().await;
+    drop(cut_seen);
+    let cut = std::pin::pin!(cut);
+    tokio::select! {
+        () = closed_tx.closed() => {}
+        () = cut => {
+            drop(cutting);
+            closed_tx.closed().await;
+        }
+    }
     Ok(())
 }
 

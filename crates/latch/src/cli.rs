@@ -461,10 +461,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopping: finishing in-flight requests");
     // A second signal (an operator's second Ctrl-C) stops at once: every write answered
     // `200` is already durable, and SQLite replays a WAL left behind at the next start.
+    let authority = server.authority.clone();
     tokio::select! {
         stopped = server.shutdown() => stopped?,
         () = stop.recv() => {
             tracing::warn!("a second stop signal: exiting now, requests in flight unanswered");
+            if authority.background_running() {
+                server::background_cut_off("by a second stop signal");
+            }
             std::process::exit(1);
         }
     }

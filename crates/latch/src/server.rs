@@ -97,6 +97,8 @@ pub struct Server {
     /// Its domain object, for tests that inspect state.
     pub authority: Arc<Authority>,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Cuts the connections a stop gave up waiting for.
+    cut: Option<oneshot::Sender<()>>,
     /// How long [`Server::shutdown`] waits for the requests in flight.
     shutdown_timeout: Duration,
     task: JoinHandle<std::io::Result<()>>,
@@ -153,18 +155,28 @@ impl Server {
             ))
         });
         let (shutdown, signal) = oneshot::channel::<()>();
+        let (cut, cut_signal) = oneshot::channel::<()>();
         let limits = latch_http::serve::Limits {
             read_timeout: Duration::from_secs(settings.read_timeout),
             write_timeout: Duration::from_secs(settings.write_timeout),
             max_connections: max_connections(settings.max_connections),
         };
-        let task = tokio::spawn(latch_http::serve::serve(listener, app, limits, async {
-            let _ = signal.await;
-        }));
+        let task = tokio::spawn(latch_http::serve::serve(
+            listener,
+            app,
+            limits,
+            async {
+                let _ = signal.await;
+            },
+            async {
+                let _ = cut_signal.await;
+            },
+        ));
         Ok(Self {
             addr,
             authority,
             shutdown: Some(shutdown),
+            cut: Some(cut),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout),
             task,
             cleanup,
@@ -190,22 +202,26 @@ impl Server {
                     seconds = self.shutdown_timeout.as_secs(),
                     "requests still in flight at the shutdown timeout were cut off"
                 );
-                self.task.abort();
+                // Every connection lets go of its request at once, and `serve` returns once
+                // the last has: no request is served on (nor commits) while the database
+                // closes. (Bounded all the same: a handler stuck outside an `.await`.)
+                if let Some(cut) = self.cut.take() {
+                    let _ = cut.send(());
+                }
+                match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
+                    Ok(served) => served??,
+                    Err(_) => self.task.abort(),
+                }
             }
         }
-        // A revocation of a client's grants a caller left running (it hung up) goes on to
-        // its end: the store closes after it.
+        // A removal or a revocation of a client's grants a caller left running (it hung up)
+        // goes on to its end: the store closes after it.
         let background = self.authority.finish_background();
         if tokio::time::timeout(self.shutdown_timeout, background)
             .await
             .is_err()
         {
-            tracing::warn!(
-                seconds = self.shutdown_timeout.as_secs(),
-                "a revocation of a client's grants was still running at the shutdown timeout \
-                 and was cut off: on SQLite the next start finishes it; on PostgreSQL, where it \
-                 is one transaction, revoke them again"
-            );
+            background_cut_off("at the shutdown timeout");
         }
         // Durability does not depend on it (a WAL left behind is replayed at the next start),
         // so a failure is worth a warning, not a failed exit.
@@ -214,6 +230,17 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Logs that work a request left running when its caller hung up was cut off by the stop
+/// (`when`), and what then follows.
+pub(crate) fn background_cut_off(when: &str) {
+    tracing::warn!(
+        when,
+        "a removal, or a revocation of a client's grants, a request had left running was cut \
+         off: on SQLite the next start finishes it; on PostgreSQL, where it is one transaction, \
+         do it again"
+    );
 }
 
 /// The process's stop requests (SIGTERM, SIGINT), caught from the moment this is made.

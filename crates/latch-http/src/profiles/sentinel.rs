@@ -126,6 +126,8 @@ mod tests {
             Some("+v=2.0"),
             Some("v=2.0%FF"),
             Some("v=1.0&v1.0"),
+            Some("v2.0%FF"),
+            Some("v%32.0%zz"),
         ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }

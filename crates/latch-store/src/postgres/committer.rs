@@ -242,6 +242,11 @@ impl Link {
     /// the client alone would not close it while answers are pending.
     fn abandon(self, tls: &MakeRustlsConnect, deadline: Deadline) {
         cancel_backend(self.client.cancel_token(), tls, deadline);
+        self.close();
+    }
+
+    /// Closes the connection, leaving its backend to finish what it was doing.
+    fn close(self) {
         self.task.abort();
     }
 }
@@ -366,9 +371,13 @@ impl Writer {
             }
             Err(late) => {
                 // The next batch would wait behind this one on that connection: a new one
-                // (a new backend) instead.
+                // (a new backend) instead. A COMMIT sent is left to end as it will: cancelled
+                // while it waits for a synchronous standby, it would commit locally only.
                 if let Some(link) = self.link.take() {
-                    link.abandon(&self.tls, self.deadline);
+                    match sent {
+                        Some(_) => link.close(),
+                        None => link.abandon(&self.tls, self.deadline),
+                    }
                 }
                 late.into()
             }
@@ -394,35 +403,49 @@ impl Writer {
     /// (its backend never got the `COMMIT`, and waits for the next message of a connection
     /// the network cut silently), it is answered as not committed, as it would have been
     /// before this question was asked. An id PostgreSQL no longer knows (far too old) did
-    /// not commit here.
+    /// not commit here; nor, for this answer, one whose commit waits for a synchronous
+    /// standby ([`committed`]).
     async fn committed(&mut self, xid: i64) -> StoreResult<bool> {
         let ask = async {
             let link = connect(&self.config, &self.tls).await?;
             let asked = Instant::now();
-            let status = loop {
-                let row = link
-                    .client
-                    .query_one("SELECT txid_status($1)", &[&xid])
-                    .await?;
+            let (status, standby) = loop {
+                let row = link.client.query_one(ASK_COMMITTED_SQL, &[&xid]).await?;
                 let status: Option<String> = row.try_get(0)?;
                 if status.as_deref() != Some("in progress")
                     || asked.elapsed() >= UNANSWERED_COMMIT_WAIT
                 {
-                    break status;
+                    break (status, row.try_get::<_, bool>(1)?);
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
-            Ok::<_, tokio_postgres::Error>((link, status))
+            Ok::<_, tokio_postgres::Error>((link, status, standby))
         };
-        let (link, status) = self
+        let (link, status, standby) = self
             .deadline
             .within(ask)
             .await?
             .map_err(|e| StoreError::Unavailable(super::describe(&e)))?;
         self.statements = Statements::default();
         self.link = Some(link);
-        Ok(status.as_deref() == Some("committed"))
+        Ok(committed(status.as_deref(), standby))
     }
+}
+
+/// Asks after transaction `$1`: its status, and whether a commit waits for a synchronous
+/// standby (`synchronous_standby_names` set, and `synchronous_commit` not `local`; the
+/// batch's own `off` became `on`, [`BEGIN_BATCH_SQL`]).
+const ASK_COMMITTED_SQL: &str = "SELECT txid_status($1), \
+     current_setting('synchronous_standby_names') <> '' \
+     AND current_setting('synchronous_commit') <> 'local'";
+
+/// Whether a transaction whose `COMMIT` went unanswered is to be answered as committed, from
+/// its `status` and whether commits wait for a synchronous `standby`. With one, PostgreSQL
+/// marks a transaction committed before the standby has it (the commit is local until then),
+/// and the wait may never end: such a write is answered unavailable, as any whose fate is
+/// unknown, since answered `200` it could be lost with the primary.
+fn committed(status: Option<&str>, standby: bool) -> bool {
+    status == Some("committed") && !standby
 }
 
 /// How long [`Writer::committed`] waits for a transaction whose `COMMIT` went unanswered to
@@ -1387,6 +1410,18 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transaction whose `COMMIT` went unanswered is answered committed only when
+    /// PostgreSQL says so and commits do not wait for a synchronous standby: with one,
+    /// "committed" may be the primary's alone (a deadline's cancel ends the wait so).
+    #[test]
+    fn an_unanswered_commit_counts_only_where_no_standby_is_waited_for() {
+        assert!(committed(Some("committed"), false));
+        assert!(!committed(Some("committed"), true));
+        assert!(!committed(Some("in progress"), false));
+        assert!(!committed(Some("aborted"), false));
+        assert!(!committed(None, false));
+    }
 
     /// The writer's session commits durably whatever the URL's options say, and keeps a
     /// stronger setting. Needs the PostgreSQL the test suite uses (`.ci/run` starts it).

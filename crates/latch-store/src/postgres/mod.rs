@@ -121,8 +121,8 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v8.sql"),
         older_nodes_safe: true,
     },
-    // The unused refresh tokens of each grant indexed apart: an older node's writes keep it
-    // up to date, and its searches for a sibling read the grant's rows instead, slower.
+    // A grant's tokens indexed by kind and rotation time too: an older node's queries by
+    // grant read it by its first column.
     Migration {
         sql: include_str!("schema_v9.sql"),
         older_nodes_safe: true,

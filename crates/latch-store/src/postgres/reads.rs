@@ -396,7 +396,18 @@ pub(super) async fn audit_events(
         n => format!("${n}"),
     };
     let settled = settled_audit_id(c).await?;
-    let read_to = query.read_to(settled);
+    let first: Option<i64> = match query.since {
+        Some(_) => c
+            .query_one(
+                "SELECT min(id) FROM audit WHERE tenant_id = $1 AND id > $2",
+                &[&tenant.as_str(), &query.after.unwrap_or(0)],
+            )
+            .await
+            .map_err(|e| store_error(&e))?
+            .get(0),
+        None => None,
+    };
+    let read_to = query.read_to(first, settled);
     let subject = query.subject.as_ref().map(|s| s.as_str());
     let limit = i64::from(query.limit);
     // An `after` below 0 selects what 0 does (ids start at 1).

@@ -372,7 +372,15 @@ impl AuditStore for SqliteStore {
         self.read_off_workers(move |c| {
             let last: i64 =
                 c.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0))?;
-            let read_to = query.read_to(last);
+            let first = match query.since {
+                Some(_) => c
+                    .prepare_cached(FIRST_AFTER_SQL)?
+                    .query_row(params![tenant.as_str(), query.after.unwrap_or(0)], |r| {
+                        r.get(0)
+                    })?,
+                None => None,
+            };
+            let read_to = query.read_to(first, last);
             let events = match &query.subject {
                 None => {
                     // The bound is parameter 7 of the shared query, here the sixth.
@@ -401,6 +409,9 @@ impl AuditStore for SqliteStore {
         .await
     }
 }
+
+/// The id of a tenant's first audit record past the cursor (`?2`), through `audit_by_tenant`.
+const FIRST_AFTER_SQL: &str = "SELECT min(id) FROM audit WHERE tenant_id = ?1 AND id > ?2";
 
 /// One subject's audit events up to id `read_to`, read block by block through the index
 /// keyed by block (schema version 10, [`crate::audit_query::AUDIT_BLOCK_BITS`]), from the

@@ -149,9 +149,10 @@ pub(super) fn token_at(
 /// whose token `r` exchanges. There is one only after a grace use, which leaves two (the one
 /// the first exchange returned, and the grace use's): the first of them exchanged retires
 /// the other, so that presenting it afterwards is a reuse and the grant does not go on as
-/// two chains (RFC 9700 §4.14.2). Searched through the index of unused refresh tokens
-/// (schema version 13), not the grant's every row: a chain exchanged in a loop keeps its
-/// retired tokens until they expire, and each exchange would read them all.
+/// two chains (RFC 9700 §4.14.2). Searched through the grant's tokens by kind and rotation
+/// (schema version 13), so that it reads the unused refresh tokens alone, not the grant's
+/// every row: a chain exchanged in a loop keeps its retired tokens until they expire, and
+/// each exchange would read them all.
 fn retire_siblings(c: &Connection, r: &Rotation) -> rusqlite::Result<usize> {
     c.prepare_cached(RETIRE_SIBLINGS_SQL)?.execute(params![
         r.grant_id.as_str(),
@@ -161,7 +162,7 @@ fn retire_siblings(c: &Connection, r: &Rotation) -> rusqlite::Result<usize> {
 }
 
 /// [`retire_siblings`]'s statement: grant `?1`, the token exchanged `?2`, the time `?3`.
-const RETIRE_SIBLINGS_SQL: &str = "UPDATE tokens INDEXED BY tokens_unused_refresh_by_grant \
+const RETIRE_SIBLINGS_SQL: &str = "UPDATE tokens INDEXED BY tokens_by_grant \
      SET rotated_at = ?3, grace_used = 1 \
      WHERE grant_id = ?1 AND kind = 1 AND hash <> ?2 \
        AND rotated_at IS NULL AND revoked_at IS NULL";
@@ -348,22 +349,24 @@ mod tests {
     /// retired ones its chain has left (each kept until it expires): read through the
     /// grant's every row, an exchange of a chain refreshed in a loop grew slower each time.
     #[test]
-    fn the_search_for_a_sibling_reads_no_retired_token() {
+    fn the_search_for_a_sibling_reads_no_other_token_of_the_chain() {
         let mut c = Connection::open_in_memory().unwrap();
         super::super::migrate(&mut c, super::super::Migrations::Apply).unwrap();
-        let insert = |hash: &[u8], rotated_at: Option<i64>| {
+        let insert = |hash: &[u8], kind: u8, rotated_at: Option<i64>| {
             c.execute(
                 "INSERT INTO tokens (hash, grant_id, kind, scope, issued_at, expires_at, \
-                                     rotated_at) VALUES (?1, 'g', 1, '', 0, 10000, ?2)",
-                params![hash, rotated_at],
+                                     rotated_at) VALUES (?1, 'g', ?2, '', 0, 10000, ?3)",
+                params![hash, kind, rotated_at],
             )
             .unwrap();
         };
+        // A long chain's retired refresh tokens and its access tokens.
         for i in 0..2_000u32 {
-            insert(&i.to_be_bytes(), Some(1));
+            insert(&i.to_be_bytes(), 1, Some(1));
+            insert(&(i + 1_000_000).to_be_bytes(), 0, None);
         }
-        insert(b"exchanged", None);
-        insert(b"sibling", None);
+        insert(b"exchanged", 1, None);
+        insert(b"sibling", 1, None);
         let retired = c
             .prepare_cached(RETIRE_SIBLINGS_SQL)
             .unwrap()
@@ -374,6 +377,9 @@ mod tests {
             .prepare_cached(RETIRE_SIBLINGS_SQL)
             .unwrap()
             .get_status(StatementStatus::VmStep);
-        assert!(steps < 200, "{steps} steps: the retired tokens were read");
+        assert!(
+            steps < 200,
+            "{steps} steps: the chain's other tokens were read"
+        );
     }
 }
