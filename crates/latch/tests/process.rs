@@ -1123,7 +1123,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DROP INDEX tokens_by_grant; CREATE INDEX tokens_by_grant ON tokens (grant_id); \
+            "DROP INDEX tokens_by_grant_kind; CREATE INDEX tokens_by_grant ON tokens (grant_id); \
              PRAGMA user_version = 12;",
         )
         .unwrap();

@@ -1752,7 +1752,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
          ALTER TABLE clients DROP COLUMN declared; \
          DROP INDEX audit_by_subject_in_block; \
          CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
-         DROP INDEX tokens_by_grant; CREATE INDEX tokens_by_grant ON tokens (grant_id);",
+         DROP INDEX tokens_by_grant_kind; CREATE INDEX tokens_by_grant ON tokens (grant_id);",
     );
     for (table, columns) in [
         ("tenants", &["id"][..]),
@@ -2019,7 +2019,7 @@ backend_test! {
         ))
         .await;
         db.execute(if db.is_postgres() {
-            "DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_by_grant; \
+            "DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_by_grant_kind; \
              CREATE INDEX tokens_by_grant ON tokens (grant_id); \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
@@ -2028,7 +2028,7 @@ backend_test! {
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
             "DROP TABLE client_grant_revocations; DROP TABLE removals; \
-             DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_by_grant; \
+             DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_by_grant_kind; \
              CREATE INDEX tokens_by_grant ON tokens (grant_id); \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \

@@ -5,8 +5,10 @@
 -- of the grant alone, that search read every row the grant ever had, each retired refresh
 -- token and expired access token kept until it expires, so a chain exchanged in a loop made
 -- each exchange slower than the last, on the node's one writer connection. Rebuilding the
--- index reads the tokens table once and holds off its writes meanwhile (every issuance,
--- exchange and token revocation of every node). Safe for older nodes: their queries by
--- grant read the same index by its first column.
+-- index (`tokens_by_grant_kind`) reads the tokens table once and holds off its writes
+-- meanwhile (every issuance, exchange and token revocation of every node); the old one is
+-- dropped last, so reads wait only for that moment (the drop's exclusive lock is held to
+-- the commit, which follows at once). Safe for older nodes: their queries by grant read the
+-- new index by its first column.
+CREATE INDEX tokens_by_grant_kind ON tokens (grant_id, kind, rotated_at);
 DROP INDEX tokens_by_grant;
-CREATE INDEX tokens_by_grant ON tokens (grant_id, kind, rotated_at);

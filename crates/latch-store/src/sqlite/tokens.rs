@@ -162,7 +162,7 @@ fn retire_siblings(c: &Connection, r: &Rotation) -> rusqlite::Result<usize> {
 }
 
 /// [`retire_siblings`]'s statement: grant `?1`, the token exchanged `?2`, the time `?3`.
-const RETIRE_SIBLINGS_SQL: &str = "UPDATE tokens INDEXED BY tokens_by_grant \
+const RETIRE_SIBLINGS_SQL: &str = "UPDATE tokens INDEXED BY tokens_by_grant_kind \
      SET rotated_at = ?3, grace_used = 1 \
      WHERE grant_id = ?1 AND kind = 1 AND hash <> ?2 \
        AND rotated_at IS NULL AND revoked_at IS NULL";
