@@ -72,15 +72,7 @@ fn a_request_stalled_mid_body_holds_a_stop_only_until_the_shutdown_timeout() {
     p.send_sigterm();
 
     // Bounded: without the timeout the process never exits.
-    let mut status = None;
-    for _ in 0..3_000 {
-        status = p.child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let status = status.expect("latch still running 60 s after SIGTERM");
+    let status = exited_within_a_minute(&mut p).expect("latch still running 60 s after SIGTERM");
     assert_eq!(status.code(), Some(0), "exit status; logs:\n{}", p.logs());
     assert!(p.logs().contains("cut off"), "{}", p.logs());
 
@@ -117,15 +109,8 @@ fn a_second_signal_stops_at_once() {
     assert!(stopping, "the first signal was never taken: {}", p.logs());
     p.send_sigterm();
     // Bounded, and well past the stalled request's read timeout.
-    let mut status = None;
-    for _ in 0..3_000 {
-        status = p.child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let status = status.expect("latch still running 60 s after a second SIGTERM");
+    let status =
+        exited_within_a_minute(&mut p).expect("latch still running 60 s after a second SIGTERM");
     assert_eq!(status.code(), Some(1), "exit status; logs:\n{}", p.logs());
     assert!(p.logs().contains("a second stop signal"), "{}", p.logs());
 }
@@ -164,6 +149,17 @@ async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
         "{}",
         String::from_utf8_lossy(&response)
     );
+}
+
+/// The process's exit status, once it has exited, polled for at most a minute.
+fn exited_within_a_minute(p: &mut Process) -> Option<std::process::ExitStatus> {
+    for _ in 0..3_000 {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
 }
 
 /// `latch serve` with the development configuration, its database under `dir/data`.

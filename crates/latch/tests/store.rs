@@ -1552,16 +1552,7 @@ backend_test! {
             rows.push(format!("({}, 'default', 100, 'bob')", id + 1));
             rows.push(format!("({}, 'other', 100, 'alice')", 7 * block + i as i64));
         }
-        db.execute(&format!(
-            "INSERT INTO audit (id, tenant_id, at, subject, actor, route, reason, grants, tokens) \
-             SELECT r.*, 'admin', 'admin', 'admin', 1, 0 FROM (VALUES {}) AS r",
-            rows.join(", ")
-        ))
-        .await;
-        if db.is_postgres() {
-            // As if the sequence had handed those ids out: a read returns none past its last.
-            db.execute("SELECT setval('audit_id_seq', max(id)) FROM audit").await;
-        }
+        insert_audit_records(&db, &rows).await;
         let tenant = TenantId::default_tenant();
         let page = |after: Option<i64>, since: Option<i64>, limit: u32| {
             let query = AuditQuery {
@@ -1635,15 +1626,7 @@ backend_test! {
             (3 * SPAN + 2, 300, "alice"),
         ]
         .map(|(id, at, who)| format!("({id}, 'default', {at}, '{who}')"));
-        db.execute(&format!(
-            "INSERT INTO audit (id, tenant_id, at, subject, actor, route, reason, grants, tokens) \
-             SELECT r.*, 'admin', 'admin', 'admin', 1, 0 FROM (VALUES {}) AS r",
-            rows.join(", ")
-        ))
-        .await;
-        if db.is_postgres() {
-            db.execute("SELECT setval('audit_id_seq', max(id)) FROM audit").await;
-        }
+        insert_audit_records(&db, &rows).await;
         let tenant = TenantId::default_tenant();
         let pages = |subject: Option<&str>, since: Option<i64>| {
             let (store, tenant) = (&store, &tenant);
@@ -1680,6 +1663,21 @@ backend_test! {
         );
         drop(store);
         drop(db);
+    }
+}
+
+/// Writes audit records behind latch's back, each `(id, tenant_id, at, subject)` as SQL.
+async fn insert_audit_records(db: &TestDb, rows: &[String]) {
+    db.execute(&format!(
+        "INSERT INTO audit (id, tenant_id, at, subject, actor, route, reason, grants, tokens) \
+         SELECT r.*, 'admin', 'admin', 'admin', 1, 0 FROM (VALUES {}) AS r",
+        rows.join(", ")
+    ))
+    .await;
+    if db.is_postgres() {
+        // As if the sequence had handed those ids out: a read returns none past its last.
+        db.execute("SELECT setval('audit_id_seq', max(id)) FROM audit")
+            .await;
     }
 }
 
