@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use latch_core::Error;
 use serde::Serialize;
 
+use crate::log_budget::LogBudget;
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -256,7 +258,10 @@ impl From<Error> for ApiError {
                 // and nothing is promised undone either: a write whose connection was lost
                 // after its COMMIT was sent may have landed (a retried refresh exchange is
                 // then a reuse).
-                tracing::error!(error = %e, "storage failure");
+                static BUDGET: LogBudget = LogBudget::new();
+                if let Some(left_out) = BUDGET.admit() {
+                    tracing::error!(error = %e, left_out, "storage failure");
+                }
                 let mut err = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::log_budget::LogBudget;
 use crate::AppState;
 
 /// `GET /healthz`: the process is up and can still write. A writer that stopped for good
@@ -28,7 +29,10 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Js
     match state.authority.store().ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready");
+            static BUDGET: LogBudget = LogBudget::new();
+            if let Some(left_out) = BUDGET.admit() {
+                tracing::warn!(error = %e, left_out, "not ready");
+            }
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({ "status": "unavailable", "error": "temporarily_unavailable" })),

@@ -28,6 +28,7 @@ pub mod credentials;
 pub mod error;
 pub mod form;
 mod health;
+mod log_budget;
 mod metrics;
 mod oauth2;
 pub mod profiles;

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::credentials;
 use crate::error::ApiError;
 use crate::form::Form;
+use crate::log_budget::LogBudget;
 use crate::{AppState, Peer};
 
 /// One client authentication in progress: credentials extracted and the rate limit
@@ -70,9 +71,13 @@ impl Attempt<'_> {
     /// failures of one id until the process restarts.
     fn log_failure(&self, known: bool) {
         static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        static BUDGET: LogBudget = LogBudget::new();
+        let Some(left_out) = BUDGET.admit() else {
+            return;
+        };
         let client_id = self.credentials().client_id();
         if known {
-            tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), "client authentication failed");
+            tracing::info!(tenant = %self.tenant, client_id = %client_id.escape_debug(), left_out, "client authentication failed");
         } else {
             let key = KEY.get_or_init(rand::random);
             let digest = Sha256::new()
@@ -83,6 +88,7 @@ impl Attempt<'_> {
             tracing::info!(
                 tenant = %self.tenant,
                 client_id_fingerprint = %fingerprint,
+                left_out,
                 "client authentication failed: no client has the presented id"
             );
         }
