@@ -176,29 +176,7 @@ pub(crate) fn query_parameters(query: &str) -> impl Iterator<Item = (String, &st
 
 /// Decodes a form component as [`decode_component`] does, keeping what does not decode.
 fn decode_lossy(raw: &[u8]) -> String {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some((&first, tail)) = rest.split_first() {
-        let escaped = match (first, tail) {
-            (b'%', [hi, lo, ..]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match (first, escaped) {
-            (_, Some(byte)) => {
-                out.push(byte);
-                rest = &tail[2..];
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                rest = tail;
-            }
-            (other, None) => {
-                out.push(other);
-                rest = tail;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&unescape(raw).0).into_owned()
 }
 
 /// Keeps client-supplied text (a parameter name, a path segment) safe and short enough to
@@ -209,25 +187,45 @@ pub(crate) fn printable(s: &str) -> String {
 
 /// Decodes one form component: `+` is a space, `%XX` a byte; the result must be UTF-8.
 pub fn decode_component(raw: &[u8]) -> Result<String, ApiError> {
+    let (out, well_formed) = unescape(raw);
+    if !well_formed {
+        return Err(ApiError::invalid_request("invalid percent-encoding"));
+    }
+    String::from_utf8(out).map_err(|_| ApiError::invalid_request("parameters must be UTF-8"))
+}
+
+/// `raw` with `+` as a space and `%XX` as its byte, and whether every `%` had two hex digits
+/// after it (one that had not is kept as it is).
+fn unescape(raw: &[u8]) -> (Vec<u8>, bool) {
     // Runs without `+` or `%` (a whole token, usually) are copied at once.
     let mut out = Vec::with_capacity(raw.len());
+    let mut well_formed = true;
     let mut rest = raw;
     while let Some(at) = memchr::memchr2(b'+', b'%', rest) {
         out.extend_from_slice(&rest[..at]);
         if rest[at] == b'+' {
             out.push(b' ');
             rest = &rest[at + 1..];
-        } else {
-            let byte = match rest.get(at + 1..at + 3) {
-                Some(&[hi, lo]) => hex_digit(hi).zip(hex_digit(lo)).map(|(h, l)| h << 4 | l),
-                _ => None,
-            };
-            out.push(byte.ok_or_else(|| ApiError::invalid_request("invalid percent-encoding"))?);
-            rest = &rest[at + 3..];
+            continue;
+        }
+        let byte = match rest.get(at + 1..at + 3) {
+            Some(&[hi, lo]) => hex_digit(hi).zip(hex_digit(lo)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match byte {
+            Some(byte) => {
+                out.push(byte);
+                rest = &rest[at + 3..];
+            }
+            None => {
+                well_formed = false;
+                out.push(b'%');
+                rest = &rest[at + 1..];
+            }
         }
     }
     out.extend_from_slice(rest);
-    String::from_utf8(out).map_err(|_| ApiError::invalid_request("parameters must be UTF-8"))
+    (out, well_formed)
 }
 
 /// The value of one hexadecimal digit (no sign, unlike `u8::from_str_radix`).

@@ -22,6 +22,17 @@ pub(crate) fn audit_query_start(after: Option<i64>) -> (i64, i64) {
     (after, audit_block(after.saturating_add(1)))
 }
 
+/// The id of a tenant's first audit record (parameter 1) past the cursor (parameter 2), one
+/// probe of `audit_by_tenant`: where a page asked for with `since` starts counting its span
+/// (`AuditQuery::read_to`).
+pub(crate) fn audit_first_after_sql(param: impl Fn(usize) -> String) -> String {
+    format!(
+        "SELECT min(id) FROM audit WHERE tenant_id = {} AND id > {}",
+        param(1),
+        param(2)
+    )
+}
+
 /// An audit record's columns, in the order both back-ends decode them.
 pub(crate) const AUDIT_COLUMNS: &str =
     "id, tenant_id, at, actor, route, reason, grant_id, subject, grants, tokens, address";

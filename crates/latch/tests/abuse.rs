@@ -225,6 +225,14 @@ async fn a_client_that_never_reads_its_answers_is_cut_off_at_the_write_timeout()
     assert_eq!(health.status(), 200);
 }
 
+/// The head of a form POST to `path` with Basic `auth` and a body of `length` bytes.
+fn form_head(path: &str, auth: &str, length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: latch\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_its_request_or_idling_is_cut_off_at_the_read_timeout() {
     use tokio::io::AsyncWriteExt;
@@ -232,10 +240,7 @@ async fn a_client_trickling_its_request_or_idling_is_cut_off_at_the_read_timeout
     let s = TestServer::start_with(|settings| settings.read_timeout = 1).await;
     let svc = s.confidential("svc", "read").await;
     let auth = common::basic_header("svc", svc.secret.as_deref().unwrap());
-    let head = format!(
-        "POST /oauth2/token HTTP/1.1\r\nHost: latch\r\nAuthorization: {auth}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\n"
-    );
+    let head = form_head("/oauth2/token", &auth, 29);
 
     // A head never finished: the connection is closed, unanswered.
     let started = std::time::Instant::now();
@@ -276,10 +281,7 @@ async fn id_v1_answers_a_body_not_sent_in_time_408_in_camel_case() {
     let s = TestServer::start_with(|settings| settings.read_timeout = 1).await;
     let svc = s.confidential("svc", "read").await;
     let auth = common::basic_header("svc", svc.secret.as_deref().unwrap());
-    let head = format!(
-        "POST /api/id/v1/auth/token/revoke HTTP/1.1\r\nHost: latch\r\nAuthorization: {auth}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\n\r\n"
-    );
+    let head = form_head("/api/id/v1/auth/token/revoke", &auth, 40);
     let mut conn = TcpStream::connect(s.addr).await.unwrap();
     conn.write_all(format!("{head}token=latch_rt_").as_bytes())
         .await

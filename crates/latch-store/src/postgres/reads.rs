@@ -16,7 +16,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::store_error;
-use crate::audit_query::{audit_events_sql, audit_query_start, AuditSelect, AUDIT_BLOCK_BITS};
+use crate::audit_query::{
+    audit_events_sql, audit_first_after_sql, audit_query_start, AuditSelect, AUDIT_BLOCK_BITS,
+};
 
 type Conn = deadpool_postgres::ClientWrapper;
 
@@ -399,7 +401,7 @@ pub(super) async fn audit_events(
     let first: Option<i64> = match query.since {
         Some(_) => c
             .query_one(
-                "SELECT min(id) FROM audit WHERE tenant_id = $1 AND id > $2",
+                audit_first_after_sql(|n| format!("${n}")).as_str(),
                 &[&tenant.as_str(), &query.after.unwrap_or(0)],
             )
             .await

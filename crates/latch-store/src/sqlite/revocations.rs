@@ -23,7 +23,8 @@ use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::removals::LiveGrants;
 use super::SqliteStore;
 use crate::audit_query::{
-    audit_block, audit_events_sql, audit_query_start, AuditSelect, AUDIT_COLUMNS,
+    audit_block, audit_events_sql, audit_first_after_sql, audit_query_start, AuditSelect,
+    AUDIT_COLUMNS,
 };
 use crate::cleanup_sql::{
     next_sweep, purge_audit_sql, sweep_delete_sql, sweep_end_sql, swept, token_sweep_end, SweepKey,
@@ -374,7 +375,7 @@ impl AuditStore for SqliteStore {
                 c.query_row("SELECT coalesce(max(id), 0) FROM audit", [], |r| r.get(0))?;
             let first = match query.since {
                 Some(_) => c
-                    .prepare_cached(FIRST_AFTER_SQL)?
+                    .prepare_cached(&audit_first_after_sql(|n| format!("?{n}")))?
                     .query_row(params![tenant.as_str(), query.after.unwrap_or(0)], |r| {
                         r.get(0)
                     })?,
@@ -409,9 +410,6 @@ impl AuditStore for SqliteStore {
         .await
     }
 }
-
-/// The id of a tenant's first audit record past the cursor (`?2`), through `audit_by_tenant`.
-const FIRST_AFTER_SQL: &str = "SELECT min(id) FROM audit WHERE tenant_id = ?1 AND id > ?2";
 
 /// One subject's audit events up to id `read_to`, read block by block through the index
 /// keyed by block (schema version 10, [`crate::audit_query::AUDIT_BLOCK_BITS`]), from the
