@@ -357,7 +357,7 @@ pub fn load_file(overrides: &Overrides) -> anyhow::Result<FileConfig> {
 /// admin token, a database URL and its password, a client secret). Its `Debug` says only
 /// that one was given, so a `{:?}` of the settings or of the command line logs nothing that
 /// authenticates.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
