@@ -336,25 +336,34 @@ mod tests {
     }
 
     /// The whole list of a tenant's clients (read for the public metadata) is read off the
-    /// async worker: on a one-thread runtime, another task runs meanwhile.
-    #[tokio::test(flavor = "current_thread")]
-    async fn the_whole_list_is_read_off_the_async_worker() {
-        use std::sync::atomic::{AtomicU64, Ordering};
+    /// async worker: on a one-thread runtime whose one blocking thread is held until another
+    /// task runs, the read (queued behind it) ends only after that task ran. Read on the
+    /// runtime's thread, it would end before that task ever ran.
+    #[test]
+    fn the_whole_list_is_read_off_the_async_worker() {
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
-        let store = SqliteStore::open_memory().unwrap();
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticker = tokio::spawn({
-            let ticks = ticks.clone();
-            async move {
-                loop {
-                    ticks.fetch_add(1, Ordering::Relaxed);
-                    tokio::task::yield_now().await;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = SqliteStore::open_memory().unwrap();
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let holder = tokio::task::spawn_blocking(move || held.recv());
+            let ran = Arc::new(AtomicBool::new(false));
+            let other = tokio::spawn({
+                let ran = ran.clone();
+                async move {
+                    ran.store(true, Ordering::SeqCst);
+                    release.send(()).unwrap();
                 }
-            }
+            });
+            let tenant = TenantId::default_tenant();
+            store.list_clients(&tenant, None).await.unwrap();
+            assert!(ran.load(Ordering::SeqCst), "read on the runtime's thread");
+            other.await.unwrap();
+            holder.await.unwrap().unwrap();
         });
-        let tenant = TenantId::default_tenant();
-        store.list_clients(&tenant, None).await.unwrap();
-        assert!(ticks.load(Ordering::Relaxed) > 0);
-        ticker.abort();
     }
 }
