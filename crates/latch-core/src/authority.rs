@@ -3,13 +3,16 @@
 //! `introspect.rs`, `admin.rs`).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+
+use tracing::Instrument;
 
 use crate::audit::{self, AuditContext, Killed, Origin, Reason};
 use crate::cleanup::CleanupStats;
 use crate::client::Client;
 use crate::clock::{Clock, UnixTime};
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::grant::{Revocation, TokenRecord};
 use crate::id::{ClientId, TenantId};
 use crate::secret::{Admission, SecretVerifier, Throttled};
@@ -101,6 +104,30 @@ impl Authority {
         self.background.close();
         self.background.wait().await;
         self.background.reopen();
+    }
+
+    /// Runs a write that revokes many grants (on SQLite, chunk after chunk) on a task of its
+    /// own, so that it runs to its end even when its caller goes away, a client hanging up
+    /// or a proxy timing out: the rest of a removed or compromised client's grants, or of a
+    /// subject's logged out everywhere, would live on, and a removed client stay registered,
+    /// until the next start finished it. A stopping
+    /// server waits for it ([`Authority::finish_background`]). It runs within the request's
+    /// span (its method and path, at debug level), as it would on the request's own task.
+    pub(crate) async fn to_the_end<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let running = self
+            .background
+            .spawn(write.instrument(tracing::Span::current()));
+        match running.await {
+            Ok(done) => done,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only a runtime shutting down cancels it.
+                Err(_) => Err(StoreError::Unavailable("shutting down".into())),
+            },
+        }
     }
 
     /// Whether work a request left running when its caller hung up is still under way.

@@ -150,10 +150,13 @@ impl Authority {
                 Judgement::Answer(_) | Judgement::Refuse(_) => None,
             })
         };
-        let (record, event) = self
-            .store
-            .revoke_presented(&token.hash, token.read, plan)
-            .await?;
+        let (store, TokenToRevoke { hash, read }) = (self.store.clone(), token);
+        let revoking = async move { store.revoke_presented(&hash, read, plan).await };
+        let (record, event) = match effect {
+            Effect::Token => revoking.await?,
+            // On SQLite, a subject holding many grants is logged out chunk after chunk.
+            Effect::AllGrantsOfSubject => self.to_the_end(revoking).await?,
+        };
         let Some(record) = record else {
             return Ok(Outcome::Unknown);
         };

@@ -632,3 +632,173 @@ async fn a_failed_tenant_removal_leaves_no_revocation_marks_behind() {
         assert!(read.is_revoked(), "{name} was revoked");
     }
 }
+
+/// `n` more live grants of `subject`, written straight into the database file (each chunk of
+/// a log-out revokes 5,000).
+fn bulk_grants(path: &std::path::Path, subject: &str, n: u32) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute(
+            &format!(
+                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n}) \
+                 INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+                   expires_at) \
+                 SELECT '{subject}-' || i, 'default', 'app', '{subject}', 'read', 100, 10000 \
+                 FROM k"
+            ),
+            [],
+        )
+        .unwrap();
+}
+
+/// A subject holding more live grants than one chunk is logged out in several writes, each
+/// its own transaction that other writes pass between, not in one that holds every write up
+/// for as long as it takes; yet as one revocation: every grant (and token) of the subject
+/// dies, none of anyone else's, and one audit record says so. Whether the log-out comes by
+/// grant (the admin API) or through a presented token judged in the write (the sentinel
+/// profile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_with_many_grants_is_logged_out_in_chunks_under_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = Arc::new(with_app(SqliteStore::open_file(&path).unwrap()).await);
+    let logout = |subject: &str| Revocation::Subject {
+        tenant: TenantId::default_tenant(),
+        subject: Subject::parse(subject).unwrap(),
+    };
+    for (subject, presented) in [("crowd", false), ("throng", true)] {
+        let name = format!("{subject}'s");
+        assert!(store
+            .issue(&grant(subject), &[token(&name, TokenKind::Access)], None)
+            .await
+            .unwrap());
+        bulk_grants(&path, subject, 12_000);
+        let other = format!("bystander of {subject}");
+        assert!(store
+            .issue(
+                &grant("bystander"),
+                &[token(&other, TokenKind::Access)],
+                None
+            )
+            .await
+            .unwrap());
+        let before = store.commit_stats().commits;
+        let context = AuditContext::new(
+            TenantId::default_tenant(),
+            "app",
+            "test",
+            Reason::LogoutEverywhere,
+            None,
+            200,
+        )
+        .about(None, Some(&Subject::parse(subject).unwrap()));
+        let event = if presented {
+            let revocation = logout(subject);
+            let plan: RevocationPlan =
+                Arc::new(move |_| Some((revocation.clone(), context.clone())));
+            let (record, event) = store
+                .revoke_presented(&TokenHash::of(&name), TokenRead::InWrite, plan)
+                .await
+                .unwrap();
+            assert!(record.is_some());
+            event
+        } else {
+            store.revoke(&logout(subject), &context).await.unwrap()
+        };
+        let event = event.expect("recorded");
+        assert_eq!(
+            (
+                event.grants,
+                event.tokens,
+                event.subject.as_ref().map(|s| s.as_str())
+            ),
+            (12_001, 1, Some(subject)),
+        );
+        // 12,001 grants: two full chunks, then the rest.
+        let commits = store.commit_stats().commits - before;
+        assert!(commits >= 3, "{subject}: {commits} commits");
+
+        assert!(store
+            .token(&TokenHash::of(&name))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_revoked());
+        assert!(!store
+            .token(&TokenHash::of(&other))
+            .await
+            .unwrap()
+            .unwrap()
+            .is_revoked());
+        let db = rusqlite::Connection::open(&path).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        let live = format!(
+            "SELECT count(*) FROM grants WHERE subject = '{subject}' AND revoked_at IS NULL"
+        );
+        assert_eq!(count(&live), 0, "{subject}");
+        let recorded = format!(
+            "SELECT count(*) FROM audit WHERE subject = '{subject}' AND reason = 'logout_everywhere'"
+        );
+        assert_eq!(count(&recorded), 1, "{subject}: one record");
+        assert_eq!(count("SELECT count(*) FROM subject_logouts"), 0, "ended");
+    }
+    let live = "SELECT count(*) FROM grants WHERE subject = 'bystander' AND revoked_at IS NULL";
+    let db = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(db.query_row(live, [], |r| r.get::<_, i64>(0)).unwrap(), 2);
+}
+
+/// A log-out a crash interrupted between its chunks (its row under way, with what its
+/// chunks killed so far) is finished as the store's owner starts, and recorded once with
+/// everything it killed; a subject holding no more than a chunk is logged out in one write,
+/// with no row at all.
+#[tokio::test]
+async fn an_interrupted_subject_logout_is_finished_at_start_and_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
+    bulk_grants(&path, "crowd", 7_000);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, actor, route, grants, \
+               tokens) VALUES ('default', 'crowd', 'logout_everywhere', 150, 'app', 'sentinel', \
+               5000, 10);",
+        )
+        .unwrap();
+    let events = store.finish_interrupted_removals(300).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (e.grants, e.tokens, e.at, e.route.as_str(), e.actor.as_str()),
+        (12_000, 10, 150, "sentinel", "app")
+    );
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    assert_eq!(count(live), 0);
+    assert_eq!(count("SELECT count(*) FROM subject_logouts"), 0);
+    assert!(store
+        .finish_interrupted_removals(300)
+        .await
+        .unwrap()
+        .is_empty());
+
+    bulk_grants(&path, "few", 5_000);
+    let before = store.commit_stats().commits;
+    let context = AuditContext::new(
+        TenantId::default_tenant(),
+        "admin",
+        "test",
+        Reason::LogoutEverywhere,
+        None,
+        400,
+    );
+    let revocation = Revocation::Subject {
+        tenant: TenantId::default_tenant(),
+        subject: Subject::parse("few").unwrap(),
+    };
+    let event = store.revoke(&revocation, &context).await.unwrap().unwrap();
+    assert_eq!(event.grants, 5_000);
+    assert_eq!(store.commit_stats().commits - before, 1, "one write");
+    assert_eq!(count(live), 0);
+}

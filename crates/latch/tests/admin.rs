@@ -1337,7 +1337,13 @@ backend_test! {
 /// stopping then waits for it before it closes the database.
 #[tokio::test]
 async fn sqlite_a_clients_grants_revocation_goes_on_when_its_caller_hangs_up() {
-    large_revocation_whose_caller_hangs_up("default", "/clients/svc/grants", "admin", None).await;
+    large_revocation_whose_caller_hangs_up(
+        "default",
+        Ask::Admin("/clients/svc/grants"),
+        "admin",
+        None,
+    )
+    .await;
 }
 
 /// So does a client's removal: left part-way, the client stayed registered (its secret
@@ -1346,7 +1352,7 @@ async fn sqlite_a_clients_grants_revocation_goes_on_when_its_caller_hangs_up() {
 async fn sqlite_a_clients_removal_goes_on_when_its_caller_hangs_up() {
     large_revocation_whose_caller_hangs_up(
         "default",
-        "/clients/svc",
+        Ask::Admin("/clients/svc"),
         "client_removed",
         Some("SELECT count(*) FROM clients WHERE client_id = 'svc'"),
     )
@@ -1358,20 +1364,38 @@ async fn sqlite_a_clients_removal_goes_on_when_its_caller_hangs_up() {
 async fn sqlite_a_tenants_removal_goes_on_when_its_caller_hangs_up() {
     large_revocation_whose_caller_hangs_up(
         "acme",
-        "",
+        Ask::Admin(""),
         "tenant_removed",
         Some("SELECT count(*) FROM tenants WHERE id = 'acme'"),
     )
     .await;
 }
 
-/// Client `svc` of `tenant`, holding 100,001 grants, loses them all through the admin route
-/// `/admin/v1/tenants/{tenant}{path}`, whose caller gives up after 50 ms; the server is then
-/// stopped at once. Once stopped, every grant is revoked and recorded under `reason`, and
-/// `gone` (a count of what the request removes) is 0.
+/// And a log-out everywhere of a subject holding as many grants: here a client acting for
+/// itself, whose grants are all its own subject's, through the sentinel profile.
+#[tokio::test]
+async fn sqlite_a_large_subjects_logout_goes_on_when_its_caller_hangs_up() {
+    large_revocation_whose_caller_hangs_up("default", Ask::Sentinel, "logout_everywhere", None)
+        .await;
+}
+
+/// How a large revocation is asked for.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// `DELETE /admin/v1/tenants/{tenant}{path}`.
+    Admin(&'static str),
+    /// The client's first access token presented at the sentinel profile's route, which
+    /// logs its subject out everywhere.
+    Sentinel,
+}
+
+/// Client `svc` of `tenant`, holding 100,001 grants (all of its own subject), loses them all
+/// as `ask` asks, its caller giving up after 50 ms; the server is then stopped at once.
+/// Once stopped, every grant is revoked and recorded under `reason`, and `gone` (a count of
+/// what the request removes) is 0.
 async fn large_revocation_whose_caller_hangs_up(
     tenant: &str,
-    path: &str,
+    ask: Ask,
     reason: &str,
     gone: Option<&str>,
 ) {
@@ -1403,11 +1427,13 @@ async fn large_revocation_whose_caller_hangs_up(
         "access_token",
     )
     .to_owned();
-    // 100,000 grants more: twenty chunks, a second or so of the writer's time.
+    // 100,000 grants more: twenty chunks, a second or so of the writer's time. Of the
+    // client's own subject, as those it obtains itself.
     s.db.execute(&format!(
         "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 100000) \
          INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, expires_at) \
-         SELECT 'bulk-' || i, '{tenant}', 'svc', 'bulk', 'read', 100, 4000000000 FROM k"
+         SELECT 'bulk-' || i, '{tenant}', 'svc', char(1) || 'svc', 'read', 100, 4000000000 \
+         FROM k"
     ))
     .await;
     let live = "SELECT count(*) FROM grants WHERE client_id = 'svc' AND revoked_at IS NULL";
@@ -1418,11 +1444,21 @@ async fn large_revocation_whose_caller_hangs_up(
         .timeout(std::time::Duration::from_millis(50))
         .build()
         .unwrap();
-    let cut = impatient
-        .delete(s.url(&format!("/admin/v1/tenants/{tenant}{path}")))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await;
+    let request = match ask {
+        Ask::Admin(path) => impatient
+            .delete(s.url(&format!("/admin/v1/tenants/{tenant}{path}")))
+            .bearer_auth(ADMIN_TOKEN),
+        Ask::Sentinel => impatient
+            .post(s.url(&format!(
+                "/sentinel/api/account/{tenant}/token/revoke?v=1.0"
+            )))
+            .form(&[
+                ("client_id", "svc"),
+                ("client_secret", "svc-secret"),
+                ("token", &at),
+            ]),
+    };
+    let cut = request.send().await;
     assert!(cut.as_ref().is_err_and(|e| e.is_timeout()), "{cut:?}");
     assert!(
         s.db.query_i64(live).await > 0,
@@ -1443,6 +1479,10 @@ async fn large_revocation_whose_caller_hangs_up(
         "SELECT coalesce(sum(grants), 0) FROM audit WHERE reason = '{reason}' AND grant_id IS NULL"
     );
     assert_eq!(db.query_i64(&recorded).await, 100_001);
+    if matches!(ask, Ask::Sentinel) {
+        let records = format!("SELECT count(*) FROM audit WHERE reason = '{reason}'");
+        assert_eq!(db.query_i64(&records).await, 1, "one log-out, one record");
+    }
     if tenant == "default" {
         let s = TestServer::start_on(db).await;
         assert!(!s.is_active(&at).await);

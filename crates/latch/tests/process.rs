@@ -1119,13 +1119,10 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let url = sqlite_url(&path);
     common::new_sqlite_database(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 13's change undone.
+    // As a database of the previous schema version: version 14's change undone.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch(
-            "DROP INDEX tokens_by_grant_kind; CREATE INDEX tokens_by_grant ON tokens (grant_id); \
-             PRAGMA user_version = 12;",
-        )
+        .execute_batch("DROP TABLE subject_logouts; PRAGMA user_version = 13;")
         .unwrap();
 
     let out = run_cli(d, &["client", "list", "--database-url", &url], None);
@@ -1139,7 +1136,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 12, "the schema was left as it was");
+    assert_eq!(version, 13, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());

@@ -2025,7 +2025,7 @@ backend_test! {
              ALTER TABLE clients DROP COLUMN declared; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
-            "DROP TABLE client_grant_revocations; DROP TABLE removals; \
+            "DROP TABLE subject_logouts; DROP TABLE client_grant_revocations; DROP TABLE removals; \
              DROP INDEX audit_by_subject_in_block; DROP INDEX tokens_by_grant_kind; \
              CREATE INDEX tokens_by_grant ON tokens (grant_id); \
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
@@ -2270,12 +2270,21 @@ async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_clients_grants_r
     other_writes_pass_between_the_chunks_of(Large::ClientGrants).await;
 }
 
+/// The same for a log-out everywhere of a subject holding as many grants (schema version
+/// 14), with one audit record.
+#[tokio::test]
+async fn sqlite_other_writes_pass_between_the_chunks_of_a_large_subjects_logout() {
+    other_writes_pass_between_the_chunks_of(Large::SubjectLogout).await;
+}
+
 /// What revokes a large client's grants in chunks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Large {
     ClientRemoval,
     TenantRemoval,
     ClientGrants,
+    /// Every grant the client holds is made its subject's first.
+    SubjectLogout,
 }
 
 /// Revokes the grants of client `app`, holding 12,001 of them, as `large` says while another
@@ -2294,12 +2303,16 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
     )
     .await;
     db.execute(&bulk_grants(12_000)).await;
+    if large == Large::SubjectLogout {
+        db.execute("UPDATE grants SET subject = 'bulk'").await;
+    }
     let home = TenantId::default_tenant();
     let app = ClientId::parse("app").unwrap();
     let reason = match large {
         Large::ClientRemoval => Reason::ClientRemoved,
         Large::TenantRemoval => Reason::TenantRemoved,
         Large::ClientGrants => Reason::Admin,
+        Large::SubjectLogout => Reason::LogoutEverywhere,
     };
     let context = audit(0, reason, 200);
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -2325,6 +2338,14 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
                         .unwrap();
                     events
                 }
+                Large::SubjectLogout => {
+                    let logout = Revocation::Subject {
+                        tenant: home.clone(),
+                        subject: Subject::parse("bulk").unwrap(),
+                    };
+                    let event = store.revoke(&logout, &context).await.unwrap();
+                    event.into_iter().collect()
+                }
             };
             done.store(true, std::sync::atomic::Ordering::SeqCst);
             events
@@ -2348,10 +2369,12 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
     assert_eq!((grants, tokens_killed), (12_001, 2));
     // A removal: its first write, three chunks of up to 5,000 grants and its record's, five
     // commits (the other write shares one of them, or adds its own), and one record. A
-    // revocation of the grants: three chunks, each with its record.
+    // revocation of the grants: three chunks, each with its record. A log-out: three chunks,
+    // the last with its record.
     let (commits, records) = match large {
         Large::ClientGrants => (3, 3),
-        _ => (5, 1),
+        Large::SubjectLogout => (3, 1),
+        Large::ClientRemoval | Large::TenantRemoval => (5, 1),
     };
     assert_eq!(events.len(), records);
     let committed = store.commit_stats().commits - batches;
@@ -2362,13 +2385,17 @@ async fn other_writes_pass_between_the_chunks_of(large: Large) {
     let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
     assert_eq!(db.query_i64(live).await, 0);
     assert_eq!(db.query_i64("SELECT count(*) FROM removals").await, 0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM subject_logouts").await,
+        0
+    );
     let recorded = format!(
         "SELECT count(*) FROM audit WHERE reason = '{}'",
         reason.as_str()
     );
     assert_eq!(db.query_i64(&recorded).await, records as i64);
     let clients = "SELECT count(*) FROM clients WHERE client_id = 'app'";
-    let kept = i64::from(large == Large::ClientGrants);
+    let kept = i64::from(matches!(large, Large::ClientGrants | Large::SubjectLogout));
     assert_eq!(db.query_i64(clients).await, kept);
 }
 

@@ -13,7 +13,7 @@ use latch_core::store::{ClientPage, ClientStore, StoreResult};
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{join, live_clients, ClientGrantsRevocation, Removal, SqliteStore};
+use super::{join, live_clients, ClientGrantsRevocation, Removal, SqliteStore, SubjectLogout};
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
@@ -319,6 +319,20 @@ impl ClientStore for SqliteStore {
             let run = self.run_client_grants_revocation(revocation.clone(), now, &mut recorded);
             if let Err(e) = run.await {
                 tracing::error!(%revocation, error = %e, "the revocation did not finish");
+            }
+        }
+        let under_way = match self.read(SubjectLogout::all_under_way) {
+            Ok(under_way) => under_way,
+            Err(e) => {
+                tracing::error!(error = %e, "the log-outs under way could not be read");
+                Vec::new()
+            }
+        };
+        for logout in under_way {
+            tracing::warn!(%logout, "finishing a log-out that was interrupted");
+            match self.run_subject_logout(logout.clone(), now).await {
+                Ok(event) => events.extend(event),
+                Err(e) => tracing::error!(%logout, error = %e, "the log-out did not finish"),
             }
         }
         Ok(events)

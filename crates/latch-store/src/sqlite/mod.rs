@@ -11,6 +11,7 @@ mod marks;
 mod read_batches;
 mod removals;
 mod revocations;
+mod subject_logouts;
 mod tenants;
 mod tokens;
 mod wal_writes;
@@ -40,6 +41,8 @@ use committer::Committer;
 use marks::RevocationMarks;
 use read_batches::{ReadBatches, SnapshotMemo};
 use removals::Removal;
+use revocations::Applied;
+use subject_logouts::{Progress, SubjectLogout};
 
 /// Schema migrations, applied in order at start-up; `PRAGMA user_version` records progress.
 const MIGRATIONS: &[&str] = &[
@@ -56,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v11.sql"),
     include_str!("schema_v12.sql"),
     include_str!("schema_v13.sql"),
+    include_str!("schema_v14.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -157,8 +161,9 @@ pub struct SqliteStore {
     removal_pause: Duration,
 }
 
-/// The grants one chunk of a removal (or of a revocation of a client's grants) revokes, in a
-/// transaction of its own ([`removals`], [`client_grants`]): some 60 ms of the writer's
+/// The grants one chunk of a removal (or of a revocation of a client's grants, or of a
+/// subject's log-out) revokes, in a transaction of its own ([`removals`], [`client_grants`],
+/// [`subject_logouts`]): some 60 ms of the writer's
 /// time, as long as other writes wait for it (13-14 s per 1,000,000 grants in one
 /// transaction).
 const REMOVAL_CHUNK: u32 = 5_000;
@@ -427,6 +432,35 @@ impl SqliteStore {
         }
     }
 
+    /// Runs what a revocation's write left of it ([`revocations::Applied`]) to its end, at
+    /// `now`: the chunks of a subject's log-out after its first, one write each. Returns the
+    /// revocation's audit record.
+    async fn run_rest(&self, applied: Applied, now: UnixTime) -> StoreResult<Option<AuditEvent>> {
+        match applied {
+            Applied::Done(event) => Ok(event),
+            Applied::Chunked(logout) => self.run_subject_logout(logout, now).await,
+        }
+    }
+
+    /// Runs a subject's log-out under way ([`subject_logouts`], schema version 14) to its
+    /// end, revoking at `now`: chunk after chunk, the last writing its audit record.
+    async fn run_subject_logout(
+        &self,
+        logout: SubjectLogout,
+        now: UnixTime,
+    ) -> StoreResult<Option<AuditEvent>> {
+        loop {
+            let (chunk, marks) = (logout.clone(), self.marks.clone());
+            match self
+                .write(move |c| chunk.chunk(c, &marks, now, REMOVAL_CHUNK))
+                .await?
+            {
+                Progress::More => self.pause_between_chunks().await,
+                Progress::Ended(event) => return Ok(event),
+            }
+        }
+    }
+
     /// Lets a server's writes pass between two chunks of a large revocation or two batches
     /// of a clean-up when this store is a command's beside a server ([`REMOVAL_PAUSE`]); a
     /// server's own goes straight on.
@@ -630,33 +664,40 @@ impl Storage for SqliteStore {
     ) -> StoreResult<(Option<TokenRecord>, Option<AuditEvent>)> {
         let hash = *hash;
         let marks = self.marks.clone();
-        self.write(move |c| {
-            let Some(mut record) = tokens::select_token(c, &hash)? else {
-                return Ok((None, None));
-            };
-            marks.apply_in_write(&mut record);
-            // An access token's `revoked_at` may be its grant's (written to the grant's token
-            // rows when the marks' index is full), and an access token carrying its owner is
-            // read without its grant: a revocation judged on the grant must know which it is.
-            if record.kind == TokenKind::Access
-                && record.revoked_at.is_some()
-                && record.grant_revoked_at.is_none()
-            {
-                record.grant_revoked_at = c
-                    .prepare_cached("SELECT revoked_at FROM grants WHERE id = ?1")?
-                    .query_row([record.grant_id.as_str()], |r| r.get(0))
-                    .optional()?
-                    .flatten();
-            }
-            let event = match plan(&record) {
-                Some((revocation, audit)) => {
-                    revocations::apply_to_read(c, &marks, &record, &revocation, &audit)?
+        let (record, applied) = self
+            .write(move |c| {
+                let Some(mut record) = tokens::select_token(c, &hash)? else {
+                    return Ok((None, None));
+                };
+                marks.apply_in_write(&mut record);
+                // An access token's `revoked_at` may be its grant's (written to the grant's token
+                // rows when the marks' index is full), and an access token carrying its owner is
+                // read without its grant: a revocation judged on the grant must know which it is.
+                if record.kind == TokenKind::Access
+                    && record.revoked_at.is_some()
+                    && record.grant_revoked_at.is_none()
+                {
+                    record.grant_revoked_at = c
+                        .prepare_cached("SELECT revoked_at FROM grants WHERE id = ?1")?
+                        .query_row([record.grant_id.as_str()], |r| r.get(0))
+                        .optional()?
+                        .flatten();
                 }
-                None => None,
-            };
-            Ok((Some(record), event))
-        })
-        .await
+                let applied = match plan(&record) {
+                    Some((revocation, audit)) => Some((
+                        revocations::apply_to_read(c, &marks, &record, &revocation, &audit)?,
+                        audit.at,
+                    )),
+                    None => None,
+                };
+                Ok((Some(record), applied))
+            })
+            .await?;
+        let event = match applied {
+            Some((applied, at)) => self.run_rest(applied, at).await?,
+            None => None,
+        };
+        Ok((record, event))
     }
 }
 
@@ -856,16 +897,15 @@ mod tests {
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP INDEX tokens_by_grant_kind; CREATE INDEX tokens_by_grant ON tokens (grant_id); \
-                 PRAGMA user_version = {older};"
+                "DROP TABLE subject_logouts; PRAGMA user_version = {older};"
             ))
             .unwrap();
-        // The latest version's index of a grant's tokens, by kind and rotation too.
-        let latest_index = |p: &Path| -> bool {
+        // The latest version's table of subjects' log-outs under way.
+        let latest_table = |p: &Path| -> bool {
             Connection::open(p)
                 .unwrap()
                 .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE name = 'tokens_by_grant_kind'",
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'subject_logouts'",
                     [],
                     |r| r.get::<_, i64>(0),
                 )
@@ -878,10 +918,10 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(version(&path), older, "left as it was");
-        assert!(!latest_index(&path));
+        assert!(!latest_table(&path));
         drop(open(Migrations::Apply).expect("a server migrates it"));
         assert_eq!(version(&path), MIGRATIONS.len());
-        assert!(latest_index(&path));
+        assert!(latest_table(&path));
         drop(open(Migrations::OnlyNew).expect("then commands open it"));
     }
 }

@@ -30,21 +30,38 @@ use super::revocations::{count_marks, last_audit_event, revoke_grants_where};
 /// What a removal takes away: a tenant's client, or the whole tenant, with their grants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Removal {
+    /// The key of its `removals` row: the tenant, and the client (`''` for the whole tenant).
+    tenant: String,
+    client: String,
     grants: LiveGrants,
 }
 
 impl Removal {
     /// The removal of a tenant's client.
     pub(super) fn client(tenant: &TenantId, id: &ClientId) -> Self {
-        Self {
-            grants: LiveGrants::of_client(tenant, id),
-        }
+        Self::of_row(tenant.to_string(), id.to_string())
     }
 
     /// The removal of a whole tenant.
     pub(super) fn tenant(tenant: &TenantId) -> Self {
+        Self::of_row(tenant.to_string(), String::new())
+    }
+
+    /// The removal a `removals` row keys (`client` empty: the whole tenant).
+    fn of_row(tenant: String, client: String) -> Self {
+        let holder = if client.is_empty() {
+            Holder::Tenant
+        } else {
+            Holder::Client(client.clone())
+        };
         Self {
-            grants: LiveGrants::of_tenant(tenant),
+            grants: LiveGrants {
+                tenant: tenant.clone(),
+                holder,
+                issued_by: None,
+            },
+            tenant,
+            client,
         }
     }
 
@@ -57,8 +74,8 @@ impl Removal {
                subject, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
-            self.grants.tenant,
-            self.grants.client,
+            self.tenant,
+            self.client,
             audit.reason.as_str(),
             audit.at,
             audit.actor,
@@ -72,15 +89,7 @@ impl Removal {
     /// Every removal under way.
     pub(super) fn all_under_way(c: &Connection) -> rusqlite::Result<Vec<Self>> {
         c.prepare("SELECT tenant_id, client_id FROM removals")?
-            .query_map([], |r| {
-                Ok(Self {
-                    grants: LiveGrants {
-                        tenant: r.get(0)?,
-                        client: r.get(1)?,
-                        issued_by: None,
-                    },
-                })
-            })?
+            .query_map([], |r| Ok(Self::of_row(r.get(0)?, r.get(1)?)))?
             .collect()
     }
 
@@ -108,8 +117,8 @@ impl Removal {
              WHERE tenant_id = ?1 AND client_id = ?2",
         )?
         .execute(params![
-            self.grants.tenant,
-            self.grants.client,
+            self.tenant,
+            self.client,
             killed.grants,
             killed.tokens
         ])?;
@@ -141,28 +150,25 @@ impl Removal {
             ))?
             .query_row(values.as_slice(), |r| r.get(0))?;
         if declared {
-            record_chunks(c, &self.grants.tenant, Some(&self.grants.client))?;
+            record_chunks(c, &self.tenant, Some(&self.client))?;
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-                .execute(params![self.grants.tenant, self.grants.client])?;
+                .execute(params![self.tenant, self.client])?;
             return Ok(Err(StoreError::Conflict));
         }
         live_clients::forget();
-        if self.grants.client.is_empty() {
+        if self.client.is_empty() {
             // Clients reference the tenant, so they go first.
-            c.execute(
-                "DELETE FROM clients WHERE tenant_id = ?1",
-                [&self.grants.tenant],
-            )?;
-            c.execute("DELETE FROM tenants WHERE id = ?1", [&self.grants.tenant])?;
+            c.execute("DELETE FROM clients WHERE tenant_id = ?1", [&self.tenant])?;
+            c.execute("DELETE FROM tenants WHERE id = ?1", [&self.tenant])?;
         } else {
             c.execute(
                 "DELETE FROM clients WHERE tenant_id = ?1 AND client_id = ?2",
-                params![self.grants.tenant, self.grants.client],
+                params![self.tenant, self.client],
             )?;
         }
-        if self.grants.client.is_empty() {
+        if self.client.is_empty() {
             // The removals of its clients under way end with it, before its own record.
-            record_chunks(c, &self.grants.tenant, None)?;
+            record_chunks(c, &self.tenant, None)?;
         }
         // Its marks count once this write can no longer fail: kept until then.
         let mut marked = Vec::new();
@@ -175,18 +181,18 @@ impl Removal {
              FROM removals WHERE tenant_id = ?1 AND client_id = ?2",
         )?
         .execute(params![
-            self.grants.tenant,
-            self.grants.client,
+            self.tenant,
+            self.client,
             killed.grants,
             killed.tokens
         ])?;
         let event = last_audit_event(c)?;
-        if self.grants.client.is_empty() {
+        if self.client.is_empty() {
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1")?
-                .execute([&self.grants.tenant])?;
+                .execute([&self.tenant])?;
         } else {
             c.prepare_cached("DELETE FROM removals WHERE tenant_id = ?1 AND client_id = ?2")?
-                .execute(params![self.grants.tenant, self.grants.client])?;
+                .execute(params![self.tenant, self.client])?;
         }
         count_marks(marks, now, marked);
         Ok(Ok(Some(event)))
@@ -197,9 +203,7 @@ impl Removal {
         c.prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
         )?
-        .query_row(params![self.grants.tenant, self.grants.client], |r| {
-            r.get(0)
-        })
+        .query_row(params![self.tenant, self.client], |r| r.get(0))
     }
 }
 
@@ -234,33 +238,45 @@ impl std::fmt::Display for Removal {
     }
 }
 
-/// The live grants of a tenant's client, or of the whole tenant (`client` empty, as in a
-/// `removals` row: no client id is empty), revoked a chunk at a time: by a removal, and by a
-/// revocation of every grant of a client that stays (`client_grants.rs`), which takes only
-/// those issued by a time.
+/// The live grants of a tenant's client, of one of its subjects, or of the whole tenant,
+/// revoked a chunk at a time: by a removal, by a revocation of every grant of a client that
+/// stays (`client_grants.rs`), which takes only those issued by a time, and by a log-out of a
+/// subject everywhere (`subject_logouts.rs`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct LiveGrants {
     tenant: String,
-    client: String,
+    holder: Holder,
     /// The latest creation time of those it takes, if it has one.
     issued_by: Option<UnixTime>,
+}
+
+/// Whose grants, in the tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Holder {
+    Tenant,
+    Client(String),
+    Subject(String),
 }
 
 impl LiveGrants {
     /// A tenant's client's.
     pub(super) fn of_client(tenant: &TenantId, id: &ClientId) -> Self {
+        Self::of(tenant, Holder::Client(id.to_string()))
+    }
+
+    /// A tenant's subject's, across all of its clients.
+    pub(super) fn of_subject(tenant: &str, subject: &str) -> Self {
         Self {
-            tenant: tenant.to_string(),
-            client: id.to_string(),
+            tenant: tenant.to_owned(),
+            holder: Holder::Subject(subject.to_owned()),
             issued_by: None,
         }
     }
 
-    /// A whole tenant's.
-    pub(super) fn of_tenant(tenant: &TenantId) -> Self {
+    fn of(tenant: &TenantId, holder: Holder) -> Self {
         Self {
             tenant: tenant.to_string(),
-            client: String::new(),
+            holder,
             issued_by: None,
         }
     }
@@ -300,7 +316,7 @@ impl LiveGrants {
 
     /// Whether there are at least `n` unrevoked ones: a chunk of `n` is then a full one,
     /// which others may follow.
-    fn at_least(&self, c: &Connection, n: u32) -> rusqlite::Result<bool> {
+    pub(super) fn at_least(&self, c: &Connection, n: u32) -> rusqlite::Result<bool> {
         let (of, values) = self.rows(1);
         Ok(c.prepare_cached(&format!(
             "SELECT 1 FROM grants WHERE {of} AND revoked_at IS NULL LIMIT 1 OFFSET {}",
@@ -323,33 +339,38 @@ impl LiveGrants {
         marked: &mut Vec<(MarkOf, Marked)>,
     ) -> rusqlite::Result<Killed> {
         // Ordered in full (the grants' key breaks ties), so each statement selects the same
-        // grants; through `grants_live_by_client`, which holds them in that order.
+        // grants; through `grants_live_by_client` (`grants_live_by_subject` for a subject's),
+        // which holds them in that order.
         let limit = limit.map_or(-1, i64::from);
         let (of, rows) = self.rows(2);
+        let order = match self.holder {
+            Holder::Subject(_) => "subject, id",
+            Holder::Tenant | Holder::Client(_) => "client_id, id",
+        };
         let condition = format!(
             "g.id IN (SELECT id FROM grants WHERE {of} AND revoked_at IS NULL \
-                      ORDER BY client_id, id LIMIT {limit})"
+                      ORDER BY {order} LIMIT {limit})"
         );
         let mut values: Vec<&dyn ToSql> = vec![&now];
         values.extend(rows);
         revoke_grants_where(c, marks, now, &condition, &values, marked)
     }
 
-    /// The condition on `tenant_id` (and `client_id`, and `created_at` when they have a
-    /// bound) selecting the rows of their owner, its parameters numbered from `first`, and
-    /// their values.
+    /// The condition on `tenant_id` (and `client_id` or `subject`, and `created_at` when
+    /// they have a bound) selecting the rows of their holder, its parameters numbered from
+    /// `first`, and their values.
     fn rows(&self, first: usize) -> (String, Vec<&dyn ToSql>) {
-        let (mut of, mut values) = if self.client.is_empty() {
-            (
-                format!("tenant_id = ?{first}"),
-                vec![&self.tenant as &dyn ToSql],
-            )
-        } else {
-            (
-                format!("tenant_id = ?{first} AND client_id = ?{}", first + 1),
-                vec![&self.tenant as &dyn ToSql, &self.client],
-            )
+        let mut of = format!("tenant_id = ?{first}");
+        let mut values = vec![&self.tenant as &dyn ToSql];
+        let holder = match &self.holder {
+            Holder::Tenant => None,
+            Holder::Client(client) => Some(("client_id", client)),
+            Holder::Subject(subject) => Some(("subject", subject)),
         };
+        if let Some((column, value)) = holder {
+            of.push_str(&format!(" AND {column} = ?{}", first + 1));
+            values.push(value);
+        }
         if let Some(at) = &self.issued_by {
             of.push_str(&format!(" AND created_at <= ?{}", first + values.len()));
             values.push(at);
@@ -360,10 +381,15 @@ impl LiveGrants {
 
 impl std::fmt::Display for LiveGrants {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.client.is_empty() {
-            write!(f, "tenant {}", self.tenant)
-        } else {
-            write!(f, "client {} of tenant {}", self.client, self.tenant)
+        match &self.holder {
+            Holder::Tenant => write!(f, "tenant {}", self.tenant),
+            Holder::Client(client) => write!(f, "client {client} of tenant {}", self.tenant),
+            Holder::Subject(subject) => write!(
+                f,
+                "subject {} of tenant {}",
+                subject.escape_debug(),
+                self.tenant
+            ),
         }
     }
 }

@@ -21,7 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 use super::client_grants::ClientGrantsRevocation;
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::removals::LiveGrants;
-use super::SqliteStore;
+use super::subject_logouts::{Progress, SubjectLogout};
+use super::{SqliteStore, REMOVAL_CHUNK};
 use crate::audit_query::{
     audit_block, audit_events_sql, audit_first_after_sql, audit_query_start, AuditSelect,
     AUDIT_COLUMNS,
@@ -32,9 +33,19 @@ use crate::cleanup_sql::{
 };
 use crate::target::{grant_condition, revoke_grants_sql, Target};
 
-/// Applies a revocation inside the current transaction and records it in the audit trail.
-/// Returns the audit record, or `None` when nothing was alive (nothing is recorded then, unless
-/// the reason is [always recorded](latch_core::audit::Reason::always_recorded)).
+/// What a revocation's write did.
+#[derive(Debug)]
+pub(super) enum Applied {
+    /// All of it: its audit record, or `None` when nothing was alive (nothing is recorded
+    /// then, unless the reason is [always recorded](latch_core::audit::Reason::always_recorded)).
+    Done(Option<AuditEvent>),
+    /// The first chunk of a subject's log-out too large for one write
+    /// ([`super::subject_logouts`]): the rest is the caller's to run.
+    Chunked(SubjectLogout),
+}
+
+/// Applies a revocation inside the current transaction and records it in the audit trail;
+/// a subject's log-out, only its first chunk when it holds more than a chunk of live grants.
 ///
 /// Must be the last fallible statement of its write: the batch counts on the marks it made
 /// once it returns, and a failure after it would roll its log rows back (the write's
@@ -44,7 +55,7 @@ pub(super) fn apply(
     marks: &RevocationMarks,
     revocation: &Revocation,
     audit: &AuditContext,
-) -> rusqlite::Result<Option<AuditEvent>> {
+) -> rusqlite::Result<Applied> {
     apply_knowing(c, marks, revocation, audit, None)
 }
 
@@ -56,7 +67,7 @@ pub(super) fn apply_to_read(
     read: &TokenRecord,
     revocation: &Revocation,
     audit: &AuditContext,
-) -> rusqlite::Result<Option<AuditEvent>> {
+) -> rusqlite::Result<Applied> {
     apply_knowing(c, marks, revocation, audit, Some(read))
 }
 
@@ -66,8 +77,18 @@ fn apply_knowing(
     revocation: &Revocation,
     audit: &AuditContext,
     read: Option<&TokenRecord>,
-) -> rusqlite::Result<Option<AuditEvent>> {
+) -> rusqlite::Result<Applied> {
     let now = audit.at;
+    if let Revocation::Subject { tenant, subject } = revocation {
+        if let Some(logout) =
+            SubjectLogout::begin_if_large(c, tenant, subject, audit, REMOVAL_CHUNK)?
+        {
+            return Ok(match logout.chunk(c, marks, now, REMOVAL_CHUNK)? {
+                Progress::More => Applied::Chunked(logout),
+                Progress::Ended(event) => Applied::Done(event),
+            });
+        }
+    }
     // The tokens this write marked revoked, and where.
     let mut marked = Vec::new();
     let killed = match Target::of(revocation) {
@@ -95,7 +116,7 @@ fn apply_knowing(
         Some(insert_audit(c, audit, killed)?)
     };
     count_marks(marks, now, marked);
-    Ok(event)
+    Ok(Applied::Done(event))
 }
 
 /// Hands the marks a write made to the batch, once nothing of the write can fail any more:
@@ -308,10 +329,12 @@ impl RevocationStore for SqliteStore {
         revocation: &Revocation,
         audit: &AuditContext,
     ) -> StoreResult<Option<AuditEvent>> {
-        let (revocation, audit) = (revocation.clone(), audit.clone());
+        let (revocation, context) = (revocation.clone(), audit.clone());
         let marks = self.marks.clone();
-        self.write(move |c| apply(c, &marks, &revocation, &audit))
-            .await
+        let applied = self
+            .write(move |c| apply(c, &marks, &revocation, &context))
+            .await?;
+        self.run_rest(applied, audit.at).await
     }
 
     async fn revoke_client_grants(
@@ -659,7 +682,9 @@ mod tests {
     ) -> (u64, u64) {
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         marks.begin_batch(conn).unwrap();
-        let event = apply(conn, marks, revocation, &audit()).unwrap();
+        let Applied::Done(event) = apply(conn, marks, revocation, &audit()).unwrap() else {
+            panic!("a revocation of a chunk or less is done in one write");
+        };
         conn.execute_batch("COMMIT").unwrap();
         marks.batch_committed();
         event.map_or((0, 0), |e| (e.grants, e.tokens))
