@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# What removing a large client costs the other writes of a server on the same SQLite file.
+# What removing a large client, or logging a large subject out, costs the other writes of
+# a server on the same SQLite file.
 #
-#   removal.sh BINARY DB [cli|api] [downgrade]
+#   removal.sh BINARY DB [cli|api|logout] [downgrade|v13]
 #
 # DB is a database latch-bench preloaded and kept (--keep-db): its grants all belong to
 # bench-client. A copy of it is served by BINARY (`latch serve`, core 0) while one client
 # creates tenants through the admin API in a loop (core 1), and bench-client is removed,
-# by `latch client remove` (cli, the default) or by the admin API (api). Prints how long the
-# removal took and what the other writes got: their statuses, p99 and slowest. `downgrade`
-# takes the copy back to schema version 10, for a latch built before version 11. Run it from
-# the repository root, on an otherwise idle machine; it uses port 18080.
+# by `latch client remove` (cli, the default) or by the admin API (api); or (logout) every
+# grant is made subject bulk's first, and bulk is logged out everywhere through the admin
+# API. Prints how long it took and what the other writes got: their statuses, p99 and
+# slowest. `downgrade` takes the copy back to schema version 10, for a latch built before
+# version 11; `v13` to version 13, for one built before version 14. Run it from the
+# repository root, on an otherwise idle machine; it uses port 18080.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 bin=$1 db=$2 how=${3:-cli} down=${4:-}
@@ -23,6 +26,13 @@ if [ "$down" = downgrade ]; then
   python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(
     'DROP TABLE client_grant_revocations; DROP TABLE removals; '
     'PRAGMA user_version = 10;')" "$work/a.db"
+elif [ "$down" = v13 ]; then
+  python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(
+    'DROP TABLE subject_logouts; PRAGMA user_version = 13;')" "$work/a.db"
+fi
+if [ "$how" = logout ]; then
+  python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(
+    \"UPDATE grants SET subject = 'bulk';\")" "$work/a.db"
 fi
 sync
 url=sqlite://$work/a.db
@@ -55,6 +65,9 @@ start=$(date +%s.%N)
 if [ "$how" = api ]; then
   curl -s -X DELETE -H "Authorization: Bearer tok" \
     http://127.0.0.1:18080/admin/v1/tenants/default/clients/bench-client >"$work/removal.out"
+elif [ "$how" = logout ]; then
+  curl -s -X DELETE -H "Authorization: Bearer tok" \
+    http://127.0.0.1:18080/admin/v1/tenants/default/subjects/bulk/grants >"$work/removal.out"
 else
   taskset -c 1 "$bin" client remove bench-client --database-url "$url" >"$work/removal.out"
 fi
@@ -64,5 +77,5 @@ touch "$work/stop"
 wait "$load"
 kill -TERM "$server"
 wait "$server" || true
-echo "removal ($how): $(echo "$end - $start" | bc) s, $(cat "$work/removal.out")"
+echo "$how: $(echo "$end - $start" | bc) s, $(cat "$work/removal.out")"
 echo "other writes: $(cat "$work/load.out")"
