@@ -2237,6 +2237,51 @@ async fn postgres_connections_use_tls_as_the_url_asks_and_check_the_certificate(
     let _ = conn.await;
 }
 
+/// On PostgreSQL a log-out everywhere (as a removal: a write whose work has no bound) commits
+/// on a connection of its own, apart from the node's other writes: one held up (here by
+/// another node's lock on one of its grants, as a subject holding many grants holds it up
+/// for as long as revoking them takes) holds up no other write of the node meanwhile.
+#[tokio::test]
+async fn postgres_a_long_logout_holds_up_no_other_write_of_its_node() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let (grant, tokens) =
+        issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
+    let holder = OtherNode::begin(
+        &db,
+        &format!(
+            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
+            grant.as_str()
+        ),
+    )
+    .await;
+    let logout = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let logout = Revocation::Subject {
+                tenant: TenantId::default_tenant(),
+                subject: subject(1),
+            };
+            store
+                .revoke(&logout, &audit(0, Reason::LogoutEverywhere, 200))
+                .await
+        }
+    });
+    holder.until_waited_on(&db, "UPDATE grants", &logout).await;
+    let other = TenantId::parse("other").unwrap();
+    store.create_tenant(&other, 300).await.unwrap();
+    let issued = issue(&*store, 2, &[("another", TokenKind::Access, 10_000)]).await;
+    assert!(
+        !logout.is_finished(),
+        "the other writes waited for the log-out"
+    );
+    holder.commit().await;
+    let event = logout.await.unwrap().unwrap().expect("recorded");
+    assert_eq!((event.grants, event.tokens), (1, 1));
+    assert!(store.token(&tokens[0]).await.unwrap().unwrap().is_revoked());
+    assert!(!store.token(&issued[0]).await.unwrap().unwrap().is_revoked());
+}
+
 /// Grants of client `app` written straight into a SQLite database, `n` of them, live (no
 /// tokens): a large client without the time its issuances would take.
 fn bulk_grants(n: usize) -> String {

@@ -67,10 +67,10 @@ impl Op {
         matches!(self, Op::CreateTenant(..) | Op::PutClient(..))
     }
 
-    /// Whether the write's work is bounded (a token, a grant, a client's settings), so that its batch gets the [`Deadline`]. Removing a tenant or a client
-    /// and logging a subject out revoke every grant they hold, which may take longer than
-    /// any deadline, and must still get done: those commit apart from the bounded ones, for
-    /// as long as they take (TCP's bounds still catch a server that went silent).
+    /// Whether the write's work is bounded (a token, a grant, a client's settings), so that
+    /// its batch gets the [`Deadline`]. Removing a tenant or a client and logging a subject
+    /// out revoke every grant they hold, which may take longer than any deadline, and must
+    /// still get done: those commit apart from the bounded ones ([`Committer`]).
     fn bounded(&self) -> bool {
         !matches!(
             self,
@@ -155,35 +155,56 @@ struct Pending {
     reply: oneshot::Sender<StoreResult<Reply>>,
 }
 
-/// The handle writers use to reach the committer task.
+/// The handle writers use to reach the node's two committer tasks: one for the bounded
+/// writes ([`Op::bounded`]), one for the others (removals, log-outs), each on a connection of
+/// its own. A removal or a log-out of a subject holding many grants may take seconds, and on
+/// the bounded writes' connection it held every other write of the node up meanwhile;
+/// apart, it holds up only the writes that need a row it locked. (Writes on two
+/// connections are concurrent, as several nodes' are: the same locks order them.)
 pub(crate) struct Committer {
-    queue: mpsc::Sender<Pending>,
+    bounded: mpsc::Sender<Pending>,
+    unbounded: mpsc::Sender<Pending>,
 }
 
 impl Committer {
-    /// True once the committer task has ended (it panicked, or the store was dropped).
+    /// True once a committer task has ended (it panicked, or the store was dropped).
     pub(crate) fn stopped(&self) -> bool {
-        self.queue.is_closed()
+        self.bounded.is_closed() || self.unbounded.is_closed()
     }
 
-    /// Starts the committer task on the current runtime, counting its batches in `meter`;
-    /// a batch of bounded writes ([`Op::bounded`]) that PostgreSQL does not commit within
-    /// `deadline` is answered unavailable, and its connection closed.
+    /// Starts the committer tasks on the current runtime, counting their batches in `meter`;
+    /// a batch of bounded writes that PostgreSQL does not commit within `deadline` is
+    /// answered unavailable, and its connection closed. The others commit without it, for
+    /// as long as they take (TCP's bounds still catch a server that went silent).
     pub(crate) fn start(
         config: tokio_postgres::Config,
         tls: MakeRustlsConnect,
         meter: Arc<CommitMeter>,
         deadline: Deadline,
     ) -> Self {
-        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(config, tls, rx, meter, deadline));
-        Self { queue }
+        let (bounded, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(
+            config.clone(),
+            tls.clone(),
+            rx,
+            meter.clone(),
+            deadline,
+            deadline,
+        ));
+        let (unbounded, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(config, tls, rx, meter, deadline, Deadline(None)));
+        Self { bounded, unbounded }
     }
 
-    /// Applies `op` in the next batch; returns once the batch is committed.
+    /// Applies `op` in the next batch of its committer; returns once the batch is committed.
     pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
         let (reply, answer) = oneshot::channel();
-        self.queue
+        let queue = if op.bounded() {
+            &self.bounded
+        } else {
+            &self.unbounded
+        };
+        queue
             .send(Pending { op, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
@@ -263,12 +284,15 @@ async fn begin_batch<'a>(
     Ok((tx, xid))
 }
 
+/// A committer task: commits the writes `rx` brings, a batch at a time, each batch within
+/// `batch_deadline`.
 async fn run(
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     mut rx: mpsc::Receiver<Pending>,
     meter: Arc<CommitMeter>,
     deadline: Deadline,
+    batch_deadline: Deadline,
 ) {
     let mut writer = Writer {
         config,
@@ -281,16 +305,7 @@ async fn run(
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     // Waits for a write, then takes every other one already queued.
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // The unbounded writes (rare) commit apart and without the deadline, so that none of
-        // them takes the deadline away from the bounded ones queued with it. Writes queued
-        // together were concurrent, so their order is no one's to rely on.
-        let (bounded, unbounded): (Vec<Pending>, Vec<Pending>) =
-            batch.drain(..).partition(|p| p.op.bounded());
-        for (part, deadline) in [(bounded, deadline), (unbounded, Deadline(None))] {
-            if !part.is_empty() {
-                writer.commit(part, deadline).await;
-            }
-        }
+        writer.commit(&mut batch, batch_deadline).await;
     }
 }
 
@@ -306,10 +321,11 @@ struct Writer {
 }
 
 impl Writer {
-    /// Commits `batch` in one transaction within `deadline` and answers each write.
-    async fn commit(&mut self, mut batch: Vec<Pending>, deadline: Deadline) {
+    /// Commits `batch` in one transaction within `deadline` and answers each write, leaving
+    /// it empty.
+    async fn commit(&mut self, batch: &mut Vec<Pending>, deadline: Deadline) {
         let started = Instant::now();
-        let outcome = self.apply(&batch, deadline).await;
+        let outcome = self.apply(batch, deadline).await;
         self.meter
             .batch(batch.len(), started.elapsed(), outcome.is_ok());
         match outcome {

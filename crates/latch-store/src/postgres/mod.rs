@@ -3,7 +3,8 @@
 //! Reads use a connection pool, except the hot path's, which share a few pipelined
 //! connections ([`pipelined`]). Writes go through a per-node committer ([`committer`]): one
 //! dedicated connection that applies every queued write in one transaction and commits once,
-//! as the SQLite back-end does. Atomicity across nodes comes from PostgreSQL's row locks: the
+//! as the SQLite back-end does (and a second one for the writes with no bound on their work,
+//! removals and log-outs, so that none of them holds the others up). Atomicity across nodes comes from PostgreSQL's row locks: the
 //! conditional UPDATEs (`rotated_at IS NULL`, `revoked_at IS NULL`) re-check their condition
 //! after waiting for a concurrent writer, so of two nodes exchanging one refresh token exactly
 //! one sees its row change.
