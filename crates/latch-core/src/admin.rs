@@ -382,14 +382,18 @@ impl Authority {
             tenant: tenant.clone(),
             subject: subject.clone(),
         };
-        // On SQLite, a subject holding many grants is logged out chunk after chunk.
+        // On SQLite, a subject holding many grants is logged out chunk after chunk; logged
+        // as it ends, even when its caller has gone.
         let store = self.store.clone();
         let event = self
-            .to_the_end(async move { store.revoke(&revocation, &context).await })
+            .to_the_end(async move {
+                let event = store.revoke(&revocation, &context).await?;
+                if let Some(e) = &event {
+                    audit::log(e);
+                }
+                Ok(event)
+            })
             .await?;
-        if let Some(e) = &event {
-            audit::log(e);
-        }
         Ok(audit::killed(&event))
     }
 

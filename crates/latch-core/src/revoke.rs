@@ -151,7 +151,36 @@ impl Authority {
             })
         };
         let (store, TokenToRevoke { hash, read }) = (self.store.clone(), token);
-        let revoking = async move { store.revoke_presented(&hash, read, plan).await };
+        let revoking = {
+            let request = request.clone();
+            async move {
+                let (record, event) = store.revoke_presented(&hash, read, plan).await?;
+                // Logged here, so that a log-out run to its end after its caller hung up
+                // is logged too.
+                if let Some(e) = &event {
+                    audit::log(e);
+                }
+                // Asked again through a token whose grant the first chunks of a log-out cut
+                // off by a failure revoked: judged alone it revokes nothing, but the rest of
+                // that log-out is still owed.
+                if let Some(r) = &record {
+                    if request.effect == Effect::AllGrantsOfSubject
+                        && matches!(
+                            request.judge(r),
+                            Judgement::Answer(Outcome::AlreadyInactive)
+                        )
+                    {
+                        let finished = store
+                            .finish_subject_logout(&r.tenant, &r.subject, request.now)
+                            .await?;
+                        if let Some(e) = &finished {
+                            audit::log(e);
+                        }
+                    }
+                }
+                Ok((record, event))
+            }
+        };
         let (record, event) = match effect {
             Effect::Token => revoking.await?,
             // On SQLite, a subject holding many grants is logged out chunk after chunk.
@@ -166,9 +195,6 @@ impl Authority {
             Judgement::Answer(outcome) => return Ok(outcome),
             Judgement::Refuse(error) => return Err(error),
         };
-        if let Some(e) = &event {
-            audit::log(e);
-        }
         Ok(Outcome::Revoked(Revoked {
             grant_id: record.grant_id,
             subject: record.subject,

@@ -110,9 +110,10 @@ pub trait ClientStore: Send + Sync {
     ) -> StoreResult<Option<Option<AuditEvent>>>;
     /// Finishes the removals of clients and tenants a crash (or a killed command) left under
     /// way, and the revocations of a client's grants ([`RevocationStore::revoke_client_grants`])
-    /// a crash or a stop cut off, revoking what remains at `now`, and returns their audit
-    /// records (each with the time its removal or revocation began): SQLite's, which run in
-    /// chunks ([`delete_client`](Self::delete_client)); nothing to do where each is one
+    /// and the log-outs of a subject everywhere a crash, a stop or a failure cut off,
+    /// revoking what remains at `now`, and returns their audit records (each with the time
+    /// its removal or revocation began): SQLite's, which run in chunks
+    /// ([`delete_client`](Self::delete_client)); nothing to do where each is one
     /// transaction. A server runs it as it starts, before serving.
     async fn finish_interrupted_removals(&self, _now: UnixTime) -> StoreResult<Vec<AuditEvent>> {
         Ok(Vec::new())
@@ -222,6 +223,20 @@ pub trait RevocationStore: Send + Sync {
             recorded(event);
         }
         Ok(())
+    }
+
+    /// Finishes, revoking at `now`, a log-out of `subject` everywhere that is under way: one
+    /// a failure cut off part-way (SQLite runs a large one in chunks; its caller was answered
+    /// with the error), asked for again through a token whose grant it has already revoked,
+    /// which judged alone revokes nothing. Returns its audit record when this call ended it.
+    /// Nothing to do where a log-out is one transaction, as on PostgreSQL (the default).
+    async fn finish_subject_logout(
+        &self,
+        _tenant: &TenantId,
+        _subject: &Subject,
+        _now: UnixTime,
+    ) -> StoreResult<Option<AuditEvent>> {
+        Ok(None)
     }
 }
 

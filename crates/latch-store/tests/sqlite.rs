@@ -749,8 +749,9 @@ async fn a_subject_with_many_grants_is_logged_out_in_chunks_under_one_record() {
 
 /// A log-out a crash interrupted between its chunks (its row under way, with what its
 /// chunks killed so far) is finished as the store's owner starts, and recorded once with
-/// everything it killed; a subject holding no more than a chunk is logged out in one write,
-/// with no row at all.
+/// everything it killed; but only the grants created by its bound (its time, plus the
+/// clocks' allowance), not a session opened since. A subject holding no more than a chunk
+/// is logged out in one write, with no row at all.
 #[tokio::test]
 async fn an_interrupted_subject_logout_is_finished_at_start_and_recorded_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -760,9 +761,11 @@ async fn an_interrupted_subject_logout_is_finished_at_start_and_recorded_once() 
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, actor, route, grants, \
-               tokens) VALUES ('default', 'crowd', 'logout_everywhere', 150, 'app', 'sentinel', \
-               5000, 10);",
+            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
+               route, grants, tokens) VALUES ('default', 'crowd', 'logout_everywhere', 150, 450, \
+               'app', 'sentinel', 5000, 10); \
+             INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+               expires_at) VALUES ('since', 'default', 'app', 'crowd', 'read', 451, 10000);",
         )
         .unwrap();
     let events = store.finish_interrupted_removals(300).await.unwrap();
@@ -775,13 +778,20 @@ async fn an_interrupted_subject_logout_is_finished_at_start_and_recorded_once() 
     let db = rusqlite::Connection::open(&path).unwrap();
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
     let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
-    assert_eq!(count(live), 0);
+    let since = "SELECT count(*) FROM grants WHERE id = 'since' AND revoked_at IS NULL";
+    assert_eq!(
+        (count(live), count(since)),
+        (1, 1),
+        "only the session opened since lives"
+    );
     assert_eq!(count("SELECT count(*) FROM subject_logouts"), 0);
     assert!(store
         .finish_interrupted_removals(300)
         .await
         .unwrap()
         .is_empty());
+    db.execute("UPDATE grants SET revoked_at = 300 WHERE id = 'since'", [])
+        .unwrap();
 
     bulk_grants(&path, "few", 5_000);
     let before = store.commit_stats().commits;
@@ -801,4 +811,84 @@ async fn an_interrupted_subject_logout_is_finished_at_start_and_recorded_once() 
     assert_eq!(event.grants, 5_000);
     assert_eq!(store.commit_stats().commits - before, 1, "one write");
     assert_eq!(count(live), 0);
+}
+
+/// A log-out whose later chunk fails (here the write adding its second chunk to its row) is
+/// answered with the error, its first chunk committed and its row left under way. The
+/// subject's next log-out joins it instead of starting another, and ends it: every grant
+/// dies, and one audit record counts them all, with the first request's time.
+#[tokio::test]
+async fn a_subject_logout_cut_off_by_a_failure_is_joined_and_ended_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
+    bulk_grants(&path, "crowd", 12_000);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER cut BEFORE UPDATE ON subject_logouts WHEN NEW.grants >= 10000 \
+         BEGIN SELECT RAISE(ABORT, 'cut'); END",
+    )
+    .unwrap();
+    let logout = Revocation::Subject {
+        tenant: TenantId::default_tenant(),
+        subject: Subject::parse("crowd").unwrap(),
+    };
+    let context = |at| {
+        AuditContext::new(
+            TenantId::default_tenant(),
+            "admin",
+            "test",
+            Reason::LogoutEverywhere,
+            None,
+            at,
+        )
+        .about(None, Some(&Subject::parse("crowd").unwrap()))
+    };
+    assert!(store.revoke(&logout, &context(200)).await.is_err());
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let live = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+    assert_eq!(count(live), 7_000, "its first chunk committed");
+    assert_eq!(count("SELECT grants FROM subject_logouts"), 5_000);
+    db.execute_batch("DROP TRIGGER cut").unwrap();
+
+    let event = store.revoke(&logout, &context(400)).await.unwrap().unwrap();
+    assert_eq!((event.grants, event.at), (12_000, 200));
+    assert_eq!(count(live), 0);
+    assert_eq!(count("SELECT count(*) FROM subject_logouts"), 0);
+    assert_eq!(count("SELECT count(*) FROM audit"), 1);
+}
+
+/// A tenant's removal ends the log-outs of its subjects under way (it revokes every grant
+/// they would take), recording what their chunks had revoked: a log-out left behind would
+/// otherwise be finished in a tenant re-created under the id.
+#[tokio::test]
+async fn a_tenants_removal_ends_its_subjects_logouts_under_way_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
+    let t = TenantId::parse("t").unwrap();
+    store.create_tenant(&t, 100).await.unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, route, \
+           grants, tokens) VALUES ('t', 'crowd', 'logout_everywhere', 150, 450, 'app', \
+           'sentinel', 5000, 10), ('default', 'crowd', 'logout_everywhere', 150, 450, 'app', \
+           'sentinel', 5000, 10);",
+    )
+    .unwrap();
+    let removal = AuditContext::new(t.clone(), "admin", "test", Reason::TenantRemoved, None, 200);
+    assert!(store.delete_tenant(&t, &removal).await.unwrap().is_some());
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM subject_logouts WHERE tenant_id = 't'"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM subject_logouts WHERE tenant_id = 'default'"),
+        1,
+        "another tenant's"
+    );
+    let recorded = "SELECT count(*) FROM audit WHERE tenant_id = 't' \
+                    AND reason = 'logout_everywhere' AND grants = 5000 AND tokens = 10";
+    assert_eq!(count(recorded), 1);
 }

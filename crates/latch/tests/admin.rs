@@ -1379,6 +1379,63 @@ async fn sqlite_a_large_subjects_logout_goes_on_when_its_caller_hangs_up() {
         .await;
 }
 
+/// A large log-out through the sentinel profile whose later chunk fails is answered `503`,
+/// part of it done. Asked again with the same token, whose grant its first chunk revoked (so
+/// that, judged alone, it revokes nothing), it is finished, and recorded once.
+#[tokio::test]
+async fn sqlite_a_large_logout_cut_off_by_a_failure_is_finished_when_asked_again() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let s = TestServer::start_on(db).await;
+    let svc = s
+        .create_client(
+            "default",
+            json!({ "client_id": "svc", "client_secret": "svc-secret", "scope": "read" }),
+        )
+        .await;
+    let at = str_of(
+        &s.client_credentials_at("", Auth::Basic(&svc)).await,
+        "access_token",
+    )
+    .to_owned();
+    // 12,000 grants more of the client's own subject, their ids after its own grant's: the
+    // first chunk takes that one.
+    s.db.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 12000) \
+         INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, expires_at) \
+         SELECT 'x-' || i, 'default', 'svc', char(1) || 'svc', 'read', 100, 4000000000 FROM k; \
+         CREATE TRIGGER cut BEFORE UPDATE ON subject_logouts WHEN NEW.grants >= 10000 \
+         BEGIN SELECT RAISE(ABORT, 'cut'); END;",
+    )
+    .await;
+    let logout = || {
+        reqwest::Client::new()
+            .post(s.url("/sentinel/api/account/default/token/revoke?v=1.0"))
+            .form(&[
+                ("client_id", "svc"),
+                ("client_secret", "svc-secret"),
+                ("token", &at),
+            ])
+            .send()
+    };
+    assert_error(logout().await.unwrap(), 503, "temporarily_unavailable").await;
+    let live = "SELECT count(*) FROM grants WHERE subject = char(1) || 'svc' \
+                AND revoked_at IS NULL";
+    assert_eq!(
+        s.db.query_i64(live).await,
+        7_001,
+        "its first chunk committed"
+    );
+    s.db.execute("DROP TRIGGER cut").await;
+
+    assert_eq!(logout().await.unwrap().status(), 200);
+    assert_eq!(s.db.query_i64(live).await, 0);
+    let records = "SELECT count(*) FROM audit WHERE reason = 'logout_everywhere'";
+    assert_eq!(s.db.query_i64(records).await, 1);
+    let killed = "SELECT sum(grants) FROM audit WHERE reason = 'logout_everywhere'";
+    assert_eq!(s.db.query_i64(killed).await, 12_001);
+    assert!(!s.is_active(&at).await);
+}
+
 /// How a large revocation is asked for.
 #[derive(Clone, Copy)]
 enum Ask {

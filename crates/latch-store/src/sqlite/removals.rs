@@ -26,6 +26,7 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use super::live_clients;
 use super::marks::{MarkOf, Marked, RevocationMarks};
 use super::revocations::{count_marks, last_audit_event, revoke_grants_where};
+use super::subject_logouts::SubjectLogout;
 
 /// What a removal takes away: a tenant's client, or the whole tenant, with their grants.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,8 +168,10 @@ impl Removal {
             )?;
         }
         if self.client.is_empty() {
-            // The removals of its clients under way end with it, before its own record.
+            // The removals of its clients and the log-outs of its subjects under way end
+            // with it, before its own record.
             record_chunks(c, &self.tenant, None)?;
+            SubjectLogout::end_with_tenant(c, &self.tenant)?;
         }
         // Its marks count once this write can no longer fail: kept until then.
         let mut marked = Vec::new();

@@ -361,6 +361,19 @@ impl RevocationStore for SqliteStore {
         self.run_client_grants_revocation(revocation, audit.at, recorded)
             .await
     }
+
+    async fn finish_subject_logout(
+        &self,
+        tenant: &TenantId,
+        subject: &Subject,
+        now: UnixTime,
+    ) -> StoreResult<Option<AuditEvent>> {
+        let (t, s) = (tenant.clone(), subject.clone());
+        match self.read(move |c| SubjectLogout::under_way(c, &t, &s))? {
+            Some(logout) => self.run_subject_logout(logout, now).await,
+            None => Ok(None),
+        }
+    }
 }
 
 /// The audit record this connection inserted last.

@@ -9,12 +9,19 @@
 //! row, with what its audit record will say) and revokes its first chunk; each later chunk
 //! is a write of its own, other writes passing in between, adding what died to the row; the
 //! last, which finds less than a chunk left, revokes the rest and turns the row into the
-//! audit record. The caller answers after that last write. The grants it takes are those
-//! the subject holds when each chunk runs: those issued while it ran too, since they were
-//! issued before the log-out was answered. One that a stop cut off or a crash interrupted is
-//! finished by the next server start (`ClientStore::finish_interrupted_removals`).
+//! audit record. The caller answers after that last write.
+//!
+//! A log-out of a subject already under way joins it: it drives the chunks too, and the row
+//! (which keeps the first request's record) takes the grants created by the latest
+//! request's time. So one that a failure cut off part-way (its caller answered `503`) is
+//! finished by the subject's next log-out, or, failing that, by the next server start
+//! (`ClientStore::finish_interrupted_removals`). Either way it takes the grants created by
+//! its `issued_by`: its latest request's time plus the allowance for clocks
+//! ([`EXPIRY_GRACE`]), which covers those issued while it runs; not the sessions opened
+//! since, however late it is finished.
 
 use latch_core::audit::{AuditContext, AuditEvent};
+use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::id::{Subject, TenantId};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -23,12 +30,11 @@ use super::marks::RevocationMarks;
 use super::removals::LiveGrants;
 use super::revocations::{count_marks, last_audit_event};
 
-/// A log-out of a subject everywhere, under way.
+/// A log-out of a subject everywhere, under way: the key of its `subject_logouts` row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SubjectLogout {
-    /// Its `subject_logouts` row.
-    id: i64,
-    grants: LiveGrants,
+    tenant: String,
+    subject: String,
 }
 
 /// Where a chunk left a log-out.
@@ -36,15 +42,28 @@ pub(super) struct SubjectLogout {
 pub(super) enum Progress {
     /// Grants of it may remain.
     More,
-    /// It has ended, with this audit record (`None`: nothing died, or another process
-    /// ended it).
+    /// It has ended, with this audit record (`None`: nothing died, or another caller ended
+    /// it).
     Ended(Option<AuditEvent>),
 }
 
 impl SubjectLogout {
-    /// The log-out of `subject` of `tenant`, recorded as under way with what its audit
-    /// record will say (`audit`), if its live grants number more than `chunk`; `None` when
-    /// one write can revoke them all.
+    /// The log-out under way of `subject` of `tenant`, if there is one.
+    pub(super) fn under_way(
+        c: &Connection,
+        tenant: &TenantId,
+        subject: &Subject,
+    ) -> rusqlite::Result<Option<Self>> {
+        let logout = Self {
+            tenant: tenant.to_string(),
+            subject: subject.as_str().to_owned(),
+        };
+        Ok(logout.issued_by(c)?.map(|_| logout))
+    }
+
+    /// The log-out of `subject` of `tenant` asked for as `audit` says: joined if one is under
+    /// way, else recorded as under way if its live grants number more than `chunk`; `None`
+    /// when one write can revoke them all.
     pub(super) fn begin_if_large(
         c: &Connection,
         tenant: &TenantId,
@@ -52,48 +71,70 @@ impl SubjectLogout {
         audit: &AuditContext,
         chunk: u32,
     ) -> rusqlite::Result<Option<Self>> {
-        let grants = LiveGrants::of_subject(tenant.as_str(), subject.as_str());
-        if !grants.at_least(c, chunk.saturating_add(1))? {
+        if Self::under_way(c, tenant, subject)?.is_none()
+            && !LiveGrants::of_subject(tenant.as_str(), subject.as_str())
+                .at_least(c, chunk.saturating_add(1))?
+        {
             return Ok(None);
         }
         c.prepare_cached(
-            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, actor, route, address) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
+               route, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             ON CONFLICT (tenant_id, subject) DO UPDATE \
+               SET issued_by = max(issued_by, excluded.issued_by)",
         )?
         .execute(params![
             tenant.as_str(),
             subject.as_str(),
             audit.reason.as_str(),
             audit.at,
+            audit.at.saturating_add(EXPIRY_GRACE),
             audit.actor,
             audit.route,
             audit.address.map(|a| a.to_string()),
         ])?;
         Ok(Some(Self {
-            id: c.last_insert_rowid(),
-            grants,
+            tenant: tenant.to_string(),
+            subject: subject.as_str().to_owned(),
         }))
     }
 
-    /// Every one under way, oldest first.
+    /// Every one under way.
     pub(super) fn all_under_way(c: &Connection) -> rusqlite::Result<Vec<Self>> {
-        c.prepare("SELECT id, tenant_id, subject FROM subject_logouts ORDER BY id")?
+        c.prepare("SELECT tenant_id, subject FROM subject_logouts")?
             .query_map([], |r| {
-                let (tenant, subject): (String, String) = (r.get(1)?, r.get(2)?);
                 Ok(Self {
-                    id: r.get(0)?,
-                    grants: LiveGrants::of_subject(&tenant, &subject),
+                    tenant: r.get(0)?,
+                    subject: r.get(1)?,
                 })
             })?
             .collect()
     }
 
-    /// One chunk: revokes, at `now`, up to `limit` of the subject's live grants with their
-    /// tokens and adds what died to its row; once less than a full chunk was left, records
-    /// the whole log-out in the audit trail (nothing when nothing died) and deletes its row.
+    /// Ends, with the removal of their tenant (which revokes every grant they would take),
+    /// the log-outs under way in `tenant`: what their chunks revoked is recorded, each in an
+    /// audit record as its row describes it (none where nothing died), so that no
+    /// revocation goes without its record.
+    pub(super) fn end_with_tenant(c: &Connection, tenant: &str) -> rusqlite::Result<()> {
+        c.prepare_cached(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) \
+             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, address \
+             FROM subject_logouts WHERE tenant_id = ?1 AND grants + tokens > 0",
+        )?
+        .execute([tenant])?;
+        c.prepare_cached("DELETE FROM subject_logouts WHERE tenant_id = ?1")?
+            .execute([tenant])?;
+        Ok(())
+    }
+
+    /// One chunk: revokes, at `now`, up to `limit` of the subject's live grants created by
+    /// its bound, with their tokens, and adds what died to its row; once less than a full
+    /// chunk was left, records the whole log-out in the audit trail (nothing when nothing
+    /// died) and deletes its row.
     ///
-    /// `now` is the time of whatever drives it: the request that asked for it, or the start
-    /// finishing it. Its record keeps the time it was asked for.
+    /// `now` is the time of whatever drives it: a request that asked for it, or the start
+    /// finishing it. Its record keeps the time it was first asked for.
     pub(super) fn chunk(
         &self,
         c: &Connection,
@@ -101,51 +142,69 @@ impl SubjectLogout {
         now: UnixTime,
         limit: u32,
     ) -> rusqlite::Result<Progress> {
-        let under_way = c
-            .prepare_cached("SELECT 1 FROM subject_logouts WHERE id = ?1")?
-            .query_row([self.id], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !under_way {
+        let Some(issued_by) = self.issued_by(c)? else {
             return Ok(Progress::Ended(None));
-        }
+        };
+        let grants = LiveGrants::of_subject(&self.tenant, &self.subject).issued_by(issued_by);
         let mut marked = Vec::new();
-        let (killed, more) = (self.grants).revoke_chunk(c, marks, now, limit, &mut marked)?;
-        let progress = if more {
-            c.prepare_cached(
-                "UPDATE subject_logouts SET grants = grants + ?2, tokens = tokens + ?3 \
-                 WHERE id = ?1",
-            )?
-            .execute(params![self.id, killed.grants, killed.tokens])?;
-            Progress::More
-        } else {
-            let recorded = c
+        let (killed, more) = grants.revoke_chunk(c, marks, now, limit, &mut marked)?;
+        let progress =
+            if more {
+                c.prepare_cached(
+                    "UPDATE subject_logouts SET grants = grants + ?3, tokens = tokens + ?4 \
+                 WHERE tenant_id = ?1 AND subject = ?2",
+                )?
+                .execute(params![
+                    self.tenant,
+                    self.subject,
+                    killed.grants,
+                    killed.tokens
+                ])?;
+                Progress::More
+            } else {
+                let recorded = c
                 .prepare_cached(
                     "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
                        grants, tokens, address) \
-                     SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?2, \
-                       tokens + ?3, address \
+                     SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
+                       tokens + ?4, address \
                      FROM subject_logouts \
-                     WHERE id = ?1 AND grants + ?2 + tokens + ?3 > 0",
+                     WHERE tenant_id = ?1 AND subject = ?2 AND grants + ?3 + tokens + ?4 > 0",
                 )?
-                .execute(params![self.id, killed.grants, killed.tokens])?;
-            let event = if recorded > 0 {
-                Some(last_audit_event(c)?)
-            } else {
-                None
+                .execute(params![self.tenant, self.subject, killed.grants, killed.tokens])?;
+                let event = if recorded > 0 {
+                    Some(last_audit_event(c)?)
+                } else {
+                    None
+                };
+                c.prepare_cached(
+                    "DELETE FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2",
+                )?
+                .execute(params![self.tenant, self.subject])?;
+                Progress::Ended(event)
             };
-            c.prepare_cached("DELETE FROM subject_logouts WHERE id = ?1")?
-                .execute([self.id])?;
-            Progress::Ended(event)
-        };
         // Its marks count once this write can no longer fail: kept until then.
         count_marks(marks, now, marked);
         Ok(progress)
+    }
+
+    /// The latest creation time of the grants it takes; `None` once it has ended (its row
+    /// gone).
+    fn issued_by(&self, c: &Connection) -> rusqlite::Result<Option<UnixTime>> {
+        c.prepare_cached(
+            "SELECT issued_by FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2",
+        )?
+        .query_row(params![self.tenant, self.subject], |r| r.get(0))
+        .optional()
     }
 }
 
 impl std::fmt::Display for SubjectLogout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the log-out of {}", self.grants)
+        write!(
+            f,
+            "the log-out of {}",
+            LiveGrants::of_subject(&self.tenant, &self.subject)
+        )
     }
 }
