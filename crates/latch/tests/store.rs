@@ -2282,6 +2282,76 @@ async fn postgres_a_long_logout_holds_up_no_other_write_of_its_node() {
     assert!(!store.token(&issued[0]).await.unwrap().unwrap().is_revoked());
 }
 
+/// And a write that may need a row such a write holds locked (an issuance for the client
+/// being removed, which waits on the client's row) waits for it apart, before it joins a
+/// batch: in the bounded writes' batch it would hold up every other write of the node behind
+/// that lock, then fail them all at the query deadline.
+#[tokio::test]
+async fn postgres_a_write_waiting_on_a_long_removal_holds_up_no_other_write_of_its_node() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let (grant, _) = issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
+    let holder = OtherNode::begin(
+        &db,
+        &format!(
+            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
+            grant.as_str()
+        ),
+    )
+    .await;
+    let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
+    let removal = tokio::spawn({
+        let (store, home, app) = (store.clone(), home.clone(), app.clone());
+        async move {
+            let removed = audit(0, Reason::ClientRemoved, 200);
+            store.delete_client(&home, &app, &removed).await
+        }
+    });
+    // Its client's row deleted, it waits on the grant's.
+    holder.until_waited_on(&db, "UPDATE grants", &removal).await;
+    let issuance = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let grant = Grant {
+                id: GrantId::generate(),
+                tenant: TenantId::default_tenant(),
+                client_id: ClientId::parse("app").unwrap(),
+                subject: subject(2),
+                scope: Scope::parse("read").unwrap(),
+                created_at: 100,
+                expires_at: 20_000,
+                revoked_at: None,
+            };
+            let token = NewToken {
+                hash: TokenHash::of("another"),
+                kind: TokenKind::Access,
+                scope: Scope::parse("read").unwrap(),
+                issued_at: 100,
+                expires_at: 10_000,
+                generation: 0,
+            };
+            store.issue(&grant, &[token], None).await
+        }
+    });
+    store
+        .create_tenant(&TenantId::parse("other").unwrap(), 300)
+        .await
+        .unwrap();
+    assert!(!removal.is_finished() && !issuance.is_finished());
+    // Still in its transaction (PostgreSQL ends it after 10 s idle): the tenant did not wait
+    // for it.
+    holder.commit().await;
+    let removed = removal.await.unwrap().unwrap();
+    assert!(
+        removed.is_some_and(|event| event.is_some()),
+        "removed, recorded"
+    );
+    assert!(
+        !issuance.await.unwrap().unwrap(),
+        "nothing issued to a removed client"
+    );
+}
+
 /// Grants of client `app` written straight into a SQLite database, `n` of them, live (no
 /// tokens): a large client without the time its issuances would take.
 fn bulk_grants(n: usize) -> String {

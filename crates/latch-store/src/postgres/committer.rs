@@ -16,15 +16,16 @@ use latch_core::commits::CommitMeter;
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition,
 };
-use latch_core::id::{ClientId, TenantId};
+use latch_core::id::{ClientId, Subject, TenantId};
 use latch_core::store::StoreResult;
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_postgres::error::SqlState;
 
 use tokio_postgres::types::ToSql;
@@ -66,21 +67,139 @@ impl Op {
     fn may_conflict(&self) -> bool {
         matches!(self, Op::CreateTenant(..) | Op::PutClient(..))
     }
+}
 
-    /// Whether the write's work is bounded (a token, a grant, a client's settings), so that
-    /// its batch gets the [`Deadline`]. Removing a tenant or a client and logging a subject
-    /// out revoke every grant they hold, which may take longer than any deadline, and must
-    /// still get done: those commit apart from the bounded ones ([`Committer`]).
-    fn bounded(&self) -> bool {
-        !matches!(
-            self,
-            Op::DeleteTenant(..)
-                | Op::DeleteClient(..)
-                | Op::Revoke(
-                    Revocation::Subject { .. } | Revocation::Tenant(_) | Revocation::Client { .. },
-                    _
-                )
-        )
+/// What an unbounded write ([`Op::reach`]) may hold locked for as long as it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reach {
+    /// A tenant's rows (its removal).
+    Tenant(TenantId),
+    /// A client's row and its grants' (its removal, or its grants' revocation).
+    Client(TenantId, ClientId),
+    /// A subject's grants (its log-out).
+    Subject(TenantId, Subject),
+}
+
+impl Op {
+    /// What the write may hold locked for long, if its work is unbounded; `None` when it is
+    /// bounded (a token, a grant, a client's settings), so that its batch gets the
+    /// [`Deadline`]. Removing a tenant or a client, revoking a client's grants and logging a
+    /// subject out revoke every grant they hold, which may take longer than any deadline,
+    /// and must still get done: those commit apart from the bounded ones ([`Committer`]).
+    fn reach(&self) -> Option<Reach> {
+        match self {
+            Op::DeleteTenant(tenant, _) | Op::Revoke(Revocation::Tenant(tenant), _) => {
+                Some(Reach::Tenant(tenant.clone()))
+            }
+            Op::DeleteClient(tenant, client_id, _)
+            | Op::Revoke(Revocation::Client { tenant, client_id }, _) => {
+                Some(Reach::Client(tenant.clone(), client_id.clone()))
+            }
+            Op::Revoke(Revocation::Subject { tenant, subject }, _) => {
+                Some(Reach::Subject(tenant.clone(), subject.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this bounded write may need a row an unbounded write of `reach` holds
+    /// locked. Coarse (a refresh exchange names no subject, a grant's revocation no client):
+    /// a write wrongly taken to need one only waits a little longer.
+    fn may_need(&self, reach: &Reach) -> bool {
+        let tenant = match self {
+            // At a start, on declared clients anywhere.
+            Op::UndeclareClients(_) => return true,
+            Op::CreateTenant(t, _)
+            | Op::DeleteTenant(t, _)
+            | Op::SetSecret(t, ..)
+            | Op::DeleteClient(t, ..) => t,
+            Op::PutClient(c, _) => &c.tenant,
+            Op::Issue(g, ..) => &g.tenant,
+            Op::Rotate(r) => &r.tenant,
+            Op::Revoke(_, audit) => &audit.tenant,
+        };
+        match reach {
+            Reach::Tenant(t) => tenant == t,
+            Reach::Client(t, id) => {
+                tenant == t
+                    && match self {
+                        Op::PutClient(c, _) => &c.id == id,
+                        Op::SetSecret(_, c, ..) => c == id,
+                        Op::Issue(g, ..) => &g.client_id == id,
+                        Op::Rotate(r) => &r.client_id == id,
+                        Op::Revoke(Revocation::Grant(_), _) => true,
+                        _ => false,
+                    }
+            }
+            Reach::Subject(t, subject) => {
+                tenant == t
+                    && match self {
+                        Op::Rotate(_) => true,
+                        Op::Revoke(Revocation::Grant(_), audit) => {
+                            audit.subject.as_ref().is_none_or(|s| s == subject)
+                        }
+                        _ => false,
+                    }
+            }
+        }
+    }
+}
+
+/// The unbounded writes under way on a node, by what they may hold locked, and a signal as
+/// each ends.
+#[derive(Default)]
+struct UnderWay {
+    /// How many (read first: a bounded write checks nothing more while none runs).
+    count: AtomicUsize,
+    reaches: Mutex<Vec<Reach>>,
+    ended: Notify,
+}
+
+impl UnderWay {
+    /// Records `reach` as under way until the guard returned is dropped.
+    fn begin(&self, reach: Reach) -> Running<'_> {
+        self.reaches().push(reach.clone());
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Running {
+            under_way: self,
+            reach,
+        }
+    }
+
+    /// Waits until no write under way may hold a row `op` needs.
+    async fn clear_for(&self, op: &Op) {
+        while self.count.load(Ordering::Acquire) > 0 {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so that an end between the two is not missed.
+            ended.as_mut().enable();
+            if !self.reaches().iter().any(|r| op.may_need(r)) {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    fn reaches(&self) -> std::sync::MutexGuard<'_, Vec<Reach>> {
+        self.reaches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An unbounded write under way ([`UnderWay::begin`]).
+struct Running<'a> {
+    under_way: &'a UnderWay,
+    reach: Reach,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut reaches = self.under_way.reaches();
+        if let Some(i) = reaches.iter().position(|r| *r == self.reach) {
+            reaches.swap_remove(i);
+        }
+        drop(reaches);
+        self.under_way.count.fetch_sub(1, Ordering::AcqRel);
+        self.under_way.ended.notify_waiters();
     }
 }
 
@@ -156,14 +275,18 @@ struct Pending {
 }
 
 /// The handle writers use to reach the node's two committer tasks: one for the bounded
-/// writes ([`Op::bounded`]), one for the others (removals, log-outs), each on a connection of
+/// writes, one for the others ([`Op::reach`]: removals, log-outs), each on a connection of
 /// its own. A removal or a log-out of a subject holding many grants may take seconds, and on
-/// the bounded writes' connection it held every other write of the node up meanwhile;
-/// apart, it holds up only the writes that need a row it locked. (Writes on two
-/// connections are concurrent, as several nodes' are: the same locks order them.)
+/// the bounded writes' connection it held every other write of the node up meanwhile.
+/// Apart, it holds up only the writes that may need a row it locks ([`Op::may_need`]),
+/// which wait for it before they join a batch: in a batch, one waiting on its lock would
+/// hold up the whole batch, and with it every bounded write of the node, then fail it at the
+/// deadline. (Writes on two connections are concurrent, as several nodes' are: the same
+/// locks order them.)
 pub(crate) struct Committer {
     bounded: mpsc::Sender<Pending>,
     unbounded: mpsc::Sender<Pending>,
+    under_way: UnderWay,
 }
 
 impl Committer {
@@ -193,16 +316,26 @@ impl Committer {
         ));
         let (unbounded, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run(config, tls, rx, meter, deadline, Deadline(None)));
-        Self { bounded, unbounded }
+        Self {
+            bounded,
+            unbounded,
+            under_way: UnderWay::default(),
+        }
     }
 
     /// Applies `op` in the next batch of its committer; returns once the batch is committed.
     pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
         let (reply, answer) = oneshot::channel();
-        let queue = if op.bounded() {
-            &self.bounded
-        } else {
-            &self.unbounded
+        let _running;
+        let queue = match op.reach() {
+            None => {
+                self.under_way.clear_for(&op).await;
+                &self.bounded
+            }
+            Some(reach) => {
+                _running = self.under_way.begin(reach);
+                &self.unbounded
+            }
         };
         queue
             .send(Pending { op, reply })
