@@ -45,6 +45,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::{Clock, SystemClock, UnixTime};
@@ -214,9 +215,11 @@ impl Index {
     }
 
     /// Drops the marks of tokens expired at `now`, unless that was done less than
-    /// [`FORGET_INTERVAL`] ago.
+    /// [`FORGET_INTERVAL`] ago (by a clock that has not stepped back since: one corrected
+    /// after running ahead would otherwise forget nothing for as long as it ran ahead).
     fn forget_expired(&mut self, now: UnixTime) {
-        if now < self.next_forget {
+        let stepped_back = now < self.next_forget.saturating_sub(FORGET_INTERVAL);
+        if now < self.next_forget && !stepped_back {
             return;
         }
         self.next_forget = now.saturating_add(FORGET_INTERVAL);
@@ -241,6 +244,9 @@ pub(super) struct RevocationMarks {
     /// The marks the writer's open batch has added (the writer thread's alone).
     batch: Mutex<Batch>,
     capacity: usize,
+    /// The system clock's time when the index was made, and the monotonic clock's then: the
+    /// latest time a full index forgets by ([`RevocationMarks::has_room`]).
+    started: (UnixTime, Instant),
 }
 
 impl RevocationMarks {
@@ -255,6 +261,7 @@ impl RevocationMarks {
             }),
             batch: Mutex::new(Batch::default()),
             capacity,
+            started: (SystemClock.now(), Instant::now()),
         }
     }
 
@@ -457,13 +464,20 @@ impl RevocationMarks {
     /// `pending` marks the write has made and not yet handed to the batch. A full index first
     /// forgets the marks of tokens expired more than [`EXPIRY_GRACE`] before `now`
     /// ([`FORGET_INTERVAL`]), as the clean-up would: a clock stepped back must not revive a
-    /// token whose expiry it undoes.
+    /// token whose expiry it undoes. Unlike the clean-up, it deletes no token row with the
+    /// mark, so the token then reads as its row says: `now` is taken no later than the
+    /// system clock at start-up plus the time the monotonic clock has counted since, or a
+    /// clock that ran ahead, once corrected, would find live the tokens it had forgotten the
+    /// revocations of.
     pub(super) fn has_room(&self, now: UnixTime, pending: usize) -> bool {
         let batch = self.batch().len() + pending;
         let mut index = self.index();
         if index.len() + batch < self.capacity {
             return true;
         }
+        let (wall, instant) = self.started;
+        let elapsed = UnixTime::try_from(instant.elapsed().as_secs()).unwrap_or(UnixTime::MAX);
+        let now = now.min(wall.saturating_add(elapsed).saturating_add(1));
         index.forget_expired(now.saturating_sub(EXPIRY_GRACE));
         index.len() + batch < self.capacity
     }
@@ -678,6 +692,37 @@ mod tests {
         assert_eq!(marks.mark_in_write(&later), Some(650));
         assert_eq!(marks.len(), 4);
         assert_eq!(marks.index().through, 5);
+    }
+
+    /// A full index forgets by the time its start and the monotonic clock allow, not by a
+    /// system clock that ran ahead: once that clock is corrected, the tokens whose marks it
+    /// would have forgotten are unexpired again, and their rows do not say they are revoked.
+    #[test]
+    fn a_full_index_forgets_nothing_by_a_clock_that_ran_ahead() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
+        let now = SystemClock.now();
+        let marks = RevocationMarks::new(2);
+        log_mark(&conn, &marks, now + 1_800);
+        log_mark(&conn, &marks, now + 1_200);
+        // An hour ahead, both would look expired.
+        assert!(!marks.has_room(now + 3_600, 0), "full");
+        assert_eq!(marks.len(), 2, "both unexpired tokens' marks kept");
+    }
+
+    /// A clock corrected after running ahead forgets again at once, instead of waiting out
+    /// the time it ran ahead by.
+    #[test]
+    fn a_clock_stepped_back_forgets_again_without_waiting() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
+        let marks = RevocationMarks::new(MAX_MARKS);
+        log_mark(&conn, &marks, 1_000);
+        marks.forget_expired(10_000 + 3_600);
+        assert_eq!(marks.len(), 0);
+        log_mark(&conn, &marks, 2_000);
+        marks.forget_expired(10_000);
+        assert_eq!(marks.len(), 0);
     }
 
     #[test]
