@@ -2080,14 +2080,7 @@ async fn postgres_a_grace_use_racing_another_nodes_exchange_leaves_one_chain() {
     assert_eq!(first, RotationOutcome::Rotated);
 
     // Both exchanges start while a third session holds the grant's row.
-    let holder = OtherNode::begin(
-        &db,
-        &format!(
-            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
-            grant.as_str()
-        ),
-    )
-    .await;
+    let holder = holding_grant(&db, &grant).await;
     let grace_use = tokio::spawn({
         let (node, grant) = (node_a.clone(), grant.clone());
         async move {
@@ -2247,14 +2240,7 @@ async fn postgres_a_long_logout_holds_up_no_other_write_of_its_node() {
     let store = latch_store::open(&db.url).await.unwrap();
     let (grant, tokens) =
         issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
-    let holder = OtherNode::begin(
-        &db,
-        &format!(
-            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
-            grant.as_str()
-        ),
-    )
-    .await;
+    let holder = holding_grant(&db, &grant).await;
     let logout = tokio::spawn({
         let store = store.clone();
         async move {
@@ -2291,14 +2277,7 @@ async fn postgres_a_write_waiting_on_a_long_removal_holds_up_no_other_write_of_i
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let store = latch_store::open(&db.url).await.unwrap();
     let (grant, _) = issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
-    let holder = OtherNode::begin(
-        &db,
-        &format!(
-            "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
-            grant.as_str()
-        ),
-    )
-    .await;
+    let holder = holding_grant(&db, &grant).await;
     let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
     let removal = tokio::spawn({
         let (store, home, app) = (store.clone(), home.clone(), app.clone());
@@ -2350,6 +2329,15 @@ async fn postgres_a_write_waiting_on_a_long_removal_holds_up_no_other_write_of_i
         !issuance.await.unwrap().unwrap(),
         "nothing issued to a removed client"
     );
+}
+
+/// Another node's session holding `grant`'s row locked.
+async fn holding_grant(db: &TestDb, grant: &GrantId) -> OtherNode {
+    let lock = format!(
+        "SELECT 1 FROM grants WHERE id = '{}' FOR UPDATE",
+        grant.as_str()
+    );
+    OtherNode::begin(db, &lock).await
 }
 
 /// Grants of client `app` written straight into a SQLite database, `n` of them, live (no

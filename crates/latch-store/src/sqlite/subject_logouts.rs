@@ -20,7 +20,7 @@
 //! ([`EXPIRY_GRACE`]), which covers those issued while it runs; not the sessions opened
 //! since, however late it is finished.
 
-use latch_core::audit::{AuditContext, AuditEvent};
+use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::UnixTime;
 use latch_core::id::{Subject, TenantId};
@@ -148,44 +148,58 @@ impl SubjectLogout {
         let grants = LiveGrants::of_subject(&self.tenant, &self.subject).issued_by(issued_by);
         let mut marked = Vec::new();
         let (killed, more) = grants.revoke_chunk(c, marks, now, limit, &mut marked)?;
-        let progress =
-            if more {
-                c.prepare_cached(
-                    "UPDATE subject_logouts SET grants = grants + ?3, tokens = tokens + ?4 \
-                 WHERE tenant_id = ?1 AND subject = ?2",
-                )?
-                .execute(params![
-                    self.tenant,
-                    self.subject,
-                    killed.grants,
-                    killed.tokens
-                ])?;
-                Progress::More
-            } else {
-                let recorded = c
-                .prepare_cached(
-                    "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
-                       grants, tokens, address) \
-                     SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
-                       tokens + ?4, address \
-                     FROM subject_logouts \
-                     WHERE tenant_id = ?1 AND subject = ?2 AND grants + ?3 + tokens + ?4 > 0",
-                )?
-                .execute(params![self.tenant, self.subject, killed.grants, killed.tokens])?;
-                let event = if recorded > 0 {
-                    Some(last_audit_event(c)?)
-                } else {
-                    None
-                };
-                c.prepare_cached(
-                    "DELETE FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2",
-                )?
-                .execute(params![self.tenant, self.subject])?;
-                Progress::Ended(event)
-            };
+        let progress = if more {
+            self.add(c, killed)?;
+            Progress::More
+        } else {
+            Progress::Ended(self.end(c, killed)?)
+        };
         // Its marks count once this write can no longer fail: kept until then.
         count_marks(marks, now, marked);
         Ok(progress)
+    }
+
+    /// Adds what a chunk killed to its row.
+    fn add(&self, c: &Connection, killed: Killed) -> rusqlite::Result<()> {
+        c.prepare_cached(
+            "UPDATE subject_logouts SET grants = grants + ?3, tokens = tokens + ?4 \
+             WHERE tenant_id = ?1 AND subject = ?2",
+        )?
+        .execute(params![
+            self.tenant,
+            self.subject,
+            killed.grants,
+            killed.tokens
+        ])?;
+        Ok(())
+    }
+
+    /// Ends it, with its last chunk having killed `killed`: records it in the audit trail
+    /// with what all its chunks killed (nothing when nothing died), and deletes its row.
+    fn end(&self, c: &Connection, killed: Killed) -> rusqlite::Result<Option<AuditEvent>> {
+        let recorded = c
+            .prepare_cached(
+                "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
+                   grants, tokens, address) \
+                 SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
+                   tokens + ?4, address \
+                 FROM subject_logouts \
+                 WHERE tenant_id = ?1 AND subject = ?2 AND grants + ?3 + tokens + ?4 > 0",
+            )?
+            .execute(params![
+                self.tenant,
+                self.subject,
+                killed.grants,
+                killed.tokens
+            ])?;
+        let event = if recorded > 0 {
+            Some(last_audit_event(c)?)
+        } else {
+            None
+        };
+        c.prepare_cached("DELETE FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2")?
+            .execute(params![self.tenant, self.subject])?;
+        Ok(event)
     }
 
     /// The latest creation time of the grants it takes; `None` once it has ended (its row
