@@ -37,6 +37,7 @@ mod pipelined;
 mod reads;
 mod tls;
 
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -183,6 +184,8 @@ pub struct PgStore {
     committer: Committer,
     /// The committer's batches, counted.
     commits: Arc<CommitMeter>,
+    /// The latest audit id this node has seen settled (`reads::audit_events`).
+    settled_audit: AtomicI64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -227,6 +230,7 @@ impl PgStore {
             committer: Committer::start(config, tls.clone(), commits.clone(), deadline),
             tls,
             commits,
+            settled_audit: AtomicI64::new(0),
         })
     }
 
@@ -501,7 +505,7 @@ impl RevocationStore for PgStore {
 #[async_trait]
 impl AuditStore for PgStore {
     async fn audit_events(&self, tenant: &TenantId, query: &AuditQuery) -> StoreResult<AuditPage> {
-        self.pooled(async |c| reads::audit_events(c, tenant, query).await)
+        self.pooled(async |c| reads::audit_events(c, tenant, query, &self.settled_audit).await)
             .await
     }
 }
