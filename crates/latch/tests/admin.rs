@@ -1436,11 +1436,20 @@ async fn sqlite_a_large_logout_cut_off_by_a_failure_is_finished_when_asked_again
     assert!(!s.is_active(&at).await);
 }
 
+/// And through the admin API, of a user holding as many grants.
+#[tokio::test]
+async fn sqlite_a_large_users_logout_through_the_admin_api_goes_on_when_its_caller_hangs_up() {
+    large_revocation_whose_caller_hangs_up("default", Ask::AdminLogout, "logout_everywhere", None)
+        .await;
+}
+
 /// How a large revocation is asked for.
 #[derive(Clone, Copy)]
 enum Ask {
     /// `DELETE /admin/v1/tenants/{tenant}{path}`.
     Admin(&'static str),
+    /// Every grant made user `bulk`'s first, `DELETE …/subjects/bulk/grants`.
+    AdminLogout,
     /// The client's first access token presented at the sentinel profile's route, which
     /// logs its subject out everywhere.
     Sentinel,
@@ -1493,6 +1502,10 @@ async fn large_revocation_whose_caller_hangs_up(
          FROM k"
     ))
     .await;
+    if matches!(ask, Ask::AdminLogout) {
+        s.db.execute("UPDATE grants SET subject = 'bulk' WHERE client_id = 'svc'")
+            .await;
+    }
     let live = "SELECT count(*) FROM grants WHERE client_id = 'svc' AND revoked_at IS NULL";
     assert_eq!(s.db.query_i64(live).await, 100_001);
 
@@ -1504,6 +1517,9 @@ async fn large_revocation_whose_caller_hangs_up(
     let request = match ask {
         Ask::Admin(path) => impatient
             .delete(s.url(&format!("/admin/v1/tenants/{tenant}{path}")))
+            .bearer_auth(ADMIN_TOKEN),
+        Ask::AdminLogout => impatient
+            .delete(s.url(&format!("/admin/v1/tenants/{tenant}/subjects/bulk/grants")))
             .bearer_auth(ADMIN_TOKEN),
         Ask::Sentinel => impatient
             .post(s.url(&format!(
@@ -1536,7 +1552,7 @@ async fn large_revocation_whose_caller_hangs_up(
         "SELECT coalesce(sum(grants), 0) FROM audit WHERE reason = '{reason}' AND grant_id IS NULL"
     );
     assert_eq!(db.query_i64(&recorded).await, 100_001);
-    if matches!(ask, Ask::Sentinel) {
+    if matches!(ask, Ask::Sentinel | Ask::AdminLogout) {
         let records = format!("SELECT count(*) FROM audit WHERE reason = '{reason}'");
         assert_eq!(db.query_i64(&records).await, 1, "one log-out, one record");
     }
