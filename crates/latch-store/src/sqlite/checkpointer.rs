@@ -110,13 +110,14 @@ fn checkpoint_holding(_running: MutexGuard<'_, ()>, conn: &Connection) {
     }
 }
 
-/// Whether a checkpoint failed to sync: pages copied into the database file, by this pass or
-/// an earlier one that recorded its progress without a sync (a pass that cannot copy
-/// everything), may never have reached the disk. Linux reports a failed write-back to one
-/// `fsync` only and may then drop the pages, so the next pass's sync succeeds, SQLite counts
-/// them as copied, rewinds the WAL over their only good copy, and readers read the database
-/// file's stale ones (a revoked token active again).
-pub(super) fn write_back_failed(e: &rusqlite::Error) -> bool {
+/// Whether `e` says a sync failed (of a file, or of its directory). For a checkpoint: pages
+/// copied into the database file, by this pass or an earlier one that recorded its progress
+/// without a sync (a pass that cannot copy everything), may never have reached the disk.
+/// Linux reports a failed write-back to one `fsync` only and may then drop the pages, so the
+/// next pass's sync succeeds, SQLite counts them as copied, rewinds the WAL over their only
+/// good copy, and readers read the database file's stale ones (a revoked token active
+/// again). For a commit, see `committer::stop_if_outcome_unknown`.
+pub(super) fn sync_failed(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, _)
@@ -125,13 +126,13 @@ pub(super) fn write_back_failed(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Stops the process at once if `e` is a [`write_back_failed`], as PostgreSQL stops on a
+/// Stops the process at once if `e` is a checkpoint's [`sync_failed`], as PostgreSQL stops on a
 /// failed `fsync`: no further pass may record the pages as copied, no reader may go on from
 /// the database file, and no connection may checkpoint when it closes. The WAL, which still
 /// holds every page since its last rewind, is replayed into the database file from its
 /// start at the next start (the first connection rebuilds SQLite's WAL index).
 pub(super) fn stop_if_write_back_failed(e: &rusqlite::Error) {
-    if write_back_failed(e) {
+    if sync_failed(e) {
         tracing::error!(
             error = %e,
             "a WAL checkpoint could not sync the database file: stopping at once; the next \
@@ -307,8 +308,8 @@ mod tests {
         let failure = |code: c_int| {
             rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some("checkpoint".into()))
         };
-        assert!(write_back_failed(&failure(ffi::SQLITE_IOERR_FSYNC)));
-        assert!(write_back_failed(&failure(ffi::SQLITE_IOERR_DIR_FSYNC)));
+        assert!(sync_failed(&failure(ffi::SQLITE_IOERR_FSYNC)));
+        assert!(sync_failed(&failure(ffi::SQLITE_IOERR_DIR_FSYNC)));
         // A failed write or read leaves the pass unrecorded and its pages in the WAL; a busy
         // database only postpones the pass.
         for code in [
@@ -317,7 +318,7 @@ mod tests {
             ffi::SQLITE_BUSY,
             ffi::SQLITE_FULL,
         ] {
-            assert!(!write_back_failed(&failure(code)), "{code}");
+            assert!(!sync_failed(&failure(code)), "{code}");
         }
     }
 

@@ -24,7 +24,7 @@ use latch_core::StoreError;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::checkpointer::Checkpointer;
+use super::checkpointer::{sync_failed, Checkpointer};
 use super::{execute_cached, unavailable};
 
 /// The most writes committed in one transaction. Large enough to amortise an fsync over a
@@ -220,10 +220,32 @@ fn apply_and_commit(
         run_cached(conn, "ROLLBACK")?;
         apply_batch(conn, batch, true, observer)?;
     }
-    run_cached(conn, "COMMIT").inspect_err(|_| {
-        // Leave the connection usable for the next batch.
-        let _ = conn.execute_batch("ROLLBACK");
-    })
+    execute_cached(conn, "COMMIT")
+        .inspect_err(|e| {
+            stop_if_outcome_unknown(e);
+            // Leave the connection usable for the next batch.
+            let _ = conn.execute_batch("ROLLBACK");
+        })
+        .map_err(super::store_error)
+}
+
+/// Stops the process at once if a COMMIT failed to sync the WAL ([`sync_failed`]): its
+/// frames were written, commit frame included, and may be on the disk all the same, so a
+/// crash before the next commit overwrites them would have the next start replay the batch.
+/// Its writes can be answered neither as committed nor as failed (a refresh-token exchange
+/// answered `503`, then retried, would read as a reuse of a token already exchanged and
+/// revoke its grant). Stopped, no answer goes out (the clients' connections close: outcome
+/// unknown, which is the truth), and the next start settles it by replaying the WAL as the
+/// disk has it; as a failed checkpoint sync does, and PostgreSQL on a failed `fsync`.
+fn stop_if_outcome_unknown(e: &rusqlite::Error) {
+    if sync_failed(e) {
+        tracing::error!(
+            error = %e,
+            "a commit could not sync the write-ahead log: stopping at once, its writes \
+             unanswered; the next start replays the log as the disk has it (check the disk)"
+        );
+        std::process::abort();
+    }
 }
 
 /// Opens the batch's transaction and applies its writes, each `isolated` in a savepoint or
