@@ -32,10 +32,12 @@
 //!   otherwise;
 //! - a mark leaves the index only once its token has expired, when it no longer matters,
 //!   and the clocks' allowance ([`EXPIRY_GRACE`]) has passed, as for the rows themselves:
-//!   at an expiry clean-up, and when the index is full, so that a server whose own clean-up
-//!   is off, the purge left to `latch gc`, does not stay full; either at most once a minute,
-//!   as it walks the whole index with every read waiting. At start-up the log's expired rows
-//!   are not loaded ([`RevocationMarks::load`]).
+//!   at an expiry clean-up (at most once a minute, as it walks the whole index with every
+//!   read waiting), once the clean-up has deleted those tokens' rows, so that they read as
+//!   unknown. A full index forgets nothing itself ([`RevocationMarks::has_room`]): a server
+//!   whose own clean-up is off (the purge left to `latch gc`) marks the rows of its
+//!   revocations once its index is full, until it restarts. At start-up the log's expired
+//!   rows are not loaded ([`RevocationMarks::load`]).
 //!
 //! So the index holds one entry per revoked, unexpired token or grant revoked this way. To
 //! keep that bounded whatever clients do, past [`MAX_MARKS`] a revocation marks the token's
@@ -45,7 +47,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
 
 use latch_core::cleanup::EXPIRY_GRACE;
 use latch_core::clock::{Clock, SystemClock, UnixTime};
@@ -244,9 +245,6 @@ pub(super) struct RevocationMarks {
     /// The marks the writer's open batch has added (the writer thread's alone).
     batch: Mutex<Batch>,
     capacity: usize,
-    /// The system clock's time when the index was made, and the monotonic clock's then: the
-    /// latest time a full index forgets by ([`RevocationMarks::has_room`]).
-    started: (UnixTime, Instant),
 }
 
 impl RevocationMarks {
@@ -261,7 +259,6 @@ impl RevocationMarks {
             }),
             batch: Mutex::new(Batch::default()),
             capacity,
-            started: (SystemClock.now(), Instant::now()),
         }
     }
 
@@ -460,26 +457,17 @@ impl RevocationMarks {
         }
     }
 
-    /// Whether a new mark may go in the log at `now` (or must go in the token's row), given
-    /// `pending` marks the write has made and not yet handed to the batch. A full index first
-    /// forgets the marks of tokens expired more than [`EXPIRY_GRACE`] before `now`
-    /// ([`FORGET_INTERVAL`]), as the clean-up would: a clock stepped back must not revive a
-    /// token whose expiry it undoes. Unlike the clean-up, it deletes no token row with the
-    /// mark, so the token then reads as its row says: `now` is taken no later than the
-    /// system clock at start-up plus the time the monotonic clock has counted since, or a
-    /// clock that ran ahead, once corrected, would find live the tokens it had forgotten the
-    /// revocations of.
-    pub(super) fn has_room(&self, now: UnixTime, pending: usize) -> bool {
+    /// Whether a new mark may go in the log (or must go in the token's row), given `pending`
+    /// marks the write has made and not yet handed to the batch. A full index forgets nothing
+    /// itself: only the clean-up does, once it has deleted the rows of the tokens it forgets
+    /// ([`RevocationMarks::forget_expired`]), which then read as unknown. Forgotten by a
+    /// clock that ran ahead with their rows kept, tokens still unexpired would read as live
+    /// once it was corrected; and no start-time reading of the clock makes that safe (it may
+    /// have run ahead since before the start). A node whose clean-up is off marks the rows
+    /// of its revocations once the index is full.
+    pub(super) fn has_room(&self, pending: usize) -> bool {
         let batch = self.batch().len() + pending;
-        let mut index = self.index();
-        if index.len() + batch < self.capacity {
-            return true;
-        }
-        let (wall, instant) = self.started;
-        let elapsed = UnixTime::try_from(instant.elapsed().as_secs()).unwrap_or(UnixTime::MAX);
-        let now = now.min(wall.saturating_add(elapsed).saturating_add(1));
-        index.forget_expired(now.saturating_sub(EXPIRY_GRACE));
-        index.len() + batch < self.capacity
+        self.index().len() + batch < self.capacity
     }
 
     /// Drops the marks of tokens expired at `now` ([`FORGET_INTERVAL`]).
@@ -694,20 +682,22 @@ mod tests {
         assert_eq!(marks.index().through, 5);
     }
 
-    /// A full index forgets by the time its start and the monotonic clock allow, not by a
-    /// system clock that ran ahead: once that clock is corrected, the tokens whose marks it
-    /// would have forgotten are unexpired again, and their rows do not say they are revoked.
+    /// A full index forgets nothing itself, however expired its marks look by the clock: a
+    /// clock that ran ahead, once corrected, would find unexpired the tokens whose marks it
+    /// forgot, and their rows do not say they are revoked. The clean-up makes room.
     #[test]
-    fn a_full_index_forgets_nothing_by_a_clock_that_ran_ahead() {
+    fn a_full_index_forgets_nothing_itself() {
         let mut conn = Connection::open_in_memory().unwrap();
         super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
-        let now = SystemClock.now();
         let marks = RevocationMarks::new(2);
-        log_mark(&conn, &marks, now + 1_800);
-        log_mark(&conn, &marks, now + 1_200);
-        // An hour ahead, both would look expired.
-        assert!(!marks.has_room(now + 3_600, 0), "full");
-        assert_eq!(marks.len(), 2, "both unexpired tokens' marks kept");
+        log_mark(&conn, &marks, 1_000);
+        assert!(marks.has_room(0));
+        log_mark(&conn, &marks, 1_200);
+        assert!(!marks.has_room(0), "full");
+        assert_eq!(marks.len(), 2);
+        marks.forget_expired(1_100);
+        assert!(marks.has_room(0), "the clean-up made room");
+        assert_eq!(marks.len(), 1);
     }
 
     /// A clock corrected after running ahead forgets again at once, instead of waiting out
@@ -723,31 +713,5 @@ mod tests {
         log_mark(&conn, &marks, 2_000);
         marks.forget_expired(10_000);
         assert_eq!(marks.len(), 0);
-    }
-
-    #[test]
-    fn a_full_index_makes_room_by_forgetting_expired_marks_at_most_once_a_minute() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
-        let marks = RevocationMarks::new(2);
-        log_mark(&conn, &marks, 1000);
-        assert!(marks.has_room(0, 0));
-        log_mark(&conn, &marks, 2000);
-        // The token expiring at 1,000 has expired, but within the clocks' allowance: a clock
-        // stepped back could still take it as live.
-        assert!(!marks.has_room(999 + EXPIRY_GRACE, 0), "full");
-        assert_eq!(marks.len(), 2);
-
-        // Past the allowance; but the last attempt was under a minute ago.
-        assert!(!marks.has_room(1000 + EXPIRY_GRACE, 0));
-        assert_eq!(marks.len(), 2);
-        // A minute after that attempt, the full index forgets it and has room again.
-        assert!(marks.has_room(999 + EXPIRY_GRACE + FORGET_INTERVAL, 0));
-        assert_eq!(marks.len(), 1);
-
-        // The mark that stays still counts; full again, and nothing to forget.
-        log_mark(&conn, &marks, 3000);
-        assert!(!marks.has_room(1100 + EXPIRY_GRACE + FORGET_INTERVAL, 0));
-        assert_eq!(marks.len(), 2);
     }
 }

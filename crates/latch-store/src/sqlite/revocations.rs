@@ -226,7 +226,7 @@ fn mark_owned_grants(
         if !owned || full || logged.contains(grant) {
             continue;
         }
-        full = !marks.has_room(now, marked.len());
+        full = !marks.has_room(marked.len());
         if !full {
             // A grant outlives each of its tokens, so its mark lasts as long as they do.
             let expires_at: UnixTime = row.get(3)?;
@@ -256,7 +256,7 @@ fn revoke_token(
     if marks.mark_in_write(hash).is_some() {
         return Ok(None);
     }
-    if !marks.has_room(now, 0) {
+    if !marks.has_room(0) {
         return c
             .prepare_cached(
                 "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL \
