@@ -4,11 +4,12 @@
 -- client acting for itself, whose grants are all its subject's) held the database's one
 -- write lock for seconds, every other write waiting. A row here records the log-out under
 -- way, from before its first chunk until its last, which turns it into the audit record;
--- each chunk adds what died to it. A log-out of a subject already under way joins it. One
--- that a failure cut off is finished by the next log-out of the subject, or by the next
--- server start. It takes the grants created by `issued_by`: its latest request's time,
--- plus the allowance for clocks (`latch_core::cleanup::EXPIRY_GRACE`); not those created
--- after, however late it is finished.
+-- each chunk adds what died to it. A log-out of a subject already under way takes it over
+-- (the earlier one recorded with what its chunks revoked). One that a failure cut off is
+-- finished by the next log-out of the subject, or by the next server start. It takes the
+-- grants created by `issued_by`: its latest request's time, plus the allowance for clocks
+-- (`latch_core::cleanup::EXPIRY_GRACE`); not those created after, however late it is
+-- finished.
 CREATE TABLE subject_logouts (
     tenant_id TEXT NOT NULL,
     subject   TEXT NOT NULL,

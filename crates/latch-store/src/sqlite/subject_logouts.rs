@@ -11,14 +11,15 @@
 //! last, which finds less than a chunk left, revokes the rest and turns the row into the
 //! audit record. The caller answers after that last write.
 //!
-//! A log-out of a subject already under way joins it: it drives the chunks too, and the row
-//! (which keeps the first request's record) takes the grants created by the latest
-//! request's time. So one that a failure cut off part-way (its caller answered `503`) is
-//! finished by the subject's next log-out, or, failing that, by the next server start
+//! A log-out of a subject already under way takes it over: what the earlier one's chunks
+//! revoked is recorded as its record, and the row carries on as the new one's, taking the
+//! grants created by the new request's time too (both callers drive its chunks). So one that
+//! a failure cut off part-way (its caller answered `503`) is finished by the subject's next
+//! log-out, or, failing that, by the next server start
 //! (`ClientStore::finish_interrupted_removals`). Either way it takes the grants created by
 //! its `issued_by`: its latest request's time plus the allowance for clocks
 //! ([`EXPIRY_GRACE`]), which covers those issued while it runs; not the sessions opened
-//! since, however late it is finished.
+//! more than that after it, however late it is finished.
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::cleanup::EXPIRY_GRACE;
@@ -61,9 +62,12 @@ impl SubjectLogout {
         Ok(logout.issued_by(c)?.map(|_| logout))
     }
 
-    /// The log-out of `subject` of `tenant` asked for as `audit` says: joined if one is under
-    /// way, else recorded as under way if its live grants number more than `chunk`; `None`
-    /// when one write can revoke them all.
+    /// The log-out of `subject` of `tenant` asked for as `audit` says: taking over the one
+    /// under way if there is one, else recorded as under way if its live grants number more
+    /// than `chunk`; `None` when one write can revoke them all. Taken over, the earlier
+    /// log-out's row is first recorded in the audit trail with what its chunks revoked (when
+    /// they revoked something), then becomes this one's, its counts from zero: each request
+    /// has its record, with what was revoked on its behalf.
     pub(super) fn begin_if_large(
         c: &Connection,
         tenant: &TenantId,
@@ -78,10 +82,20 @@ impl SubjectLogout {
             return Ok(None);
         }
         c.prepare_cached(
+            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+               tokens, address) \
+             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, address \
+             FROM subject_logouts \
+             WHERE tenant_id = ?1 AND subject = ?2 AND grants + tokens > 0",
+        )?
+        .execute(params![tenant.as_str(), subject.as_str()])?;
+        c.prepare_cached(
             "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
                route, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (tenant_id, subject) DO UPDATE \
-               SET issued_by = max(issued_by, excluded.issued_by)",
+               SET reason = excluded.reason, at = excluded.at, \
+                 issued_by = max(issued_by, excluded.issued_by), actor = excluded.actor, \
+                 route = excluded.route, address = excluded.address, grants = 0, tokens = 0",
         )?
         .execute(params![
             tenant.as_str(),
