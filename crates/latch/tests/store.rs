@@ -2331,6 +2331,44 @@ async fn postgres_a_write_waiting_on_a_long_removal_holds_up_no_other_write_of_i
     );
 }
 
+/// A write held back for a long one (here a grant's revocation, which may need the grant a
+/// log-out of its subject holds) waits no longer than the query deadline: it is then
+/// refused, as a batch PostgreSQL leaves unanswered is, instead of waiting for as long as the
+/// log-out does (here, for as long as another session holds one of its grants).
+#[tokio::test]
+async fn postgres_a_write_held_back_for_a_long_one_is_refused_at_the_query_deadline() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&format!("{}&query_timeout=1", db.url_string())).unwrap();
+    let store = latch_store::open(&url).await.unwrap();
+    let (grant, _) = issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
+    let holder = holding_grant(&db, &grant).await;
+    let logout = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let logout = Revocation::Subject {
+                tenant: TenantId::default_tenant(),
+                subject: subject(1),
+            };
+            store
+                .revoke(&logout, &audit(0, Reason::LogoutEverywhere, 200))
+                .await
+        }
+    });
+    holder.until_waited_on(&db, "UPDATE grants", &logout).await;
+    let context = audit(0, Reason::ClientRequest, 200).about(Some(&grant), Some(&subject(1)));
+    let refused = store
+        .revoke(&Revocation::Grant(grant.clone()), &context)
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(e)) if e.contains("a removal or a log-out")),
+        "{refused:?}"
+    );
+    assert!(!logout.is_finished());
+    holder.commit().await;
+    let event = logout.await.unwrap().unwrap().expect("recorded");
+    assert_eq!(event.grants, 1);
+}
+
 /// Another node's session holding `grant`'s row locked.
 async fn holding_grant(db: &TestDb, grant: &GrantId) -> OtherNode {
     let lock = format!(

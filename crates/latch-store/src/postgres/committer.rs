@@ -22,7 +22,7 @@ use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -151,36 +151,59 @@ impl Op {
 struct UnderWay {
     /// How many (read first: a bounded write checks nothing more while none runs).
     count: AtomicUsize,
-    reaches: Mutex<Vec<Reach>>,
+    /// Each with an id of its own.
+    reaches: Mutex<Vec<(u64, Reach)>>,
+    next_id: AtomicU64,
     ended: Notify,
 }
 
 impl UnderWay {
     /// Records `reach` as under way until the guard returned is dropped.
     fn begin(&self, reach: Reach) -> Running<'_> {
-        self.reaches().push(reach.clone());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.reaches().push((id, reach));
         self.count.fetch_add(1, Ordering::AcqRel);
         Running {
             under_way: self,
-            reach,
+            id,
         }
     }
 
-    /// Waits until no write under way may hold a row `op` needs.
-    async fn clear_for(&self, op: &Op) {
-        while self.count.load(Ordering::Acquire) > 0 {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            // Registered before the check, so that an end between the two is not missed.
-            ended.as_mut().enable();
-            if !self.reaches().iter().any(|r| op.may_need(r)) {
-                return;
+    /// Waits, within `deadline`, until none of the writes under way when it was called that
+    /// may hold a row `op` needs is; those that begin meanwhile it does not wait for, so a
+    /// stream of them cannot hold `op` off. Past the deadline `op` is refused, as a batch
+    /// PostgreSQL leaves unanswered is.
+    async fn clear_for(&self, op: &Op, deadline: Deadline) -> StoreResult<()> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let before: Vec<u64> = (self.reaches().iter())
+            .filter(|(_, reach)| op.may_need(reach))
+            .map(|(id, _)| *id)
+            .collect();
+        if before.is_empty() {
+            return Ok(());
+        }
+        let cleared = async {
+            loop {
+                let ended = self.ended.notified();
+                tokio::pin!(ended);
+                // Registered before the check, so that an end between the two is not missed.
+                ended.as_mut().enable();
+                if !self.reaches().iter().any(|(id, _)| before.contains(id)) {
+                    return;
+                }
+                ended.await;
             }
-            ended.await;
-        }
+        };
+        deadline.within(cleared).await.map_err(|late| {
+            StoreError::Unavailable(format!(
+                "a removal or a log-out holds what this write needs; {late}"
+            ))
+        })
     }
 
-    fn reaches(&self) -> std::sync::MutexGuard<'_, Vec<Reach>> {
+    fn reaches(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Reach)>> {
         self.reaches.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -188,13 +211,13 @@ impl UnderWay {
 /// An unbounded write under way ([`UnderWay::begin`]).
 struct Running<'a> {
     under_way: &'a UnderWay,
-    reach: Reach,
+    id: u64,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let mut reaches = self.under_way.reaches();
-        if let Some(i) = reaches.iter().position(|r| *r == self.reach) {
+        if let Some(i) = reaches.iter().position(|(id, _)| *id == self.id) {
             reaches.swap_remove(i);
         }
         drop(reaches);
@@ -287,6 +310,8 @@ pub(crate) struct Committer {
     bounded: mpsc::Sender<Pending>,
     unbounded: mpsc::Sender<Pending>,
     under_way: UnderWay,
+    /// How long a bounded write waits for the unbounded ones it may need ([`UnderWay`]).
+    deadline: Deadline,
 }
 
 impl Committer {
@@ -320,6 +345,7 @@ impl Committer {
             bounded,
             unbounded,
             under_way: UnderWay::default(),
+            deadline,
         }
     }
 
@@ -329,7 +355,7 @@ impl Committer {
         let _running;
         let queue = match op.reach() {
             None => {
-                self.under_way.clear_for(&op).await;
+                self.under_way.clear_for(&op, self.deadline).await?;
                 &self.bounded
             }
             Some(reach) => {
