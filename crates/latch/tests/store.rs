@@ -2238,22 +2238,7 @@ async fn postgres_connections_use_tls_as_the_url_asks_and_check_the_certificate(
 async fn postgres_a_long_logout_holds_up_no_other_write_of_its_node() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let store = latch_store::open(&db.url).await.unwrap();
-    let (grant, tokens) =
-        issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
-    let holder = holding_grant(&db, &grant).await;
-    let logout = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let logout = Revocation::Subject {
-                tenant: TenantId::default_tenant(),
-                subject: subject(1),
-            };
-            store
-                .revoke(&logout, &audit(0, Reason::LogoutEverywhere, 200))
-                .await
-        }
-    });
-    holder.until_waited_on(&db, "UPDATE grants", &logout).await;
+    let (_, tokens, holder, logout) = logout_held_up(&db, &store).await;
     let other = TenantId::parse("other").unwrap();
     store.create_tenant(&other, 300).await.unwrap();
     let issued = issue(&*store, 2, &[("another", TokenKind::Access, 10_000)]).await;
@@ -2340,21 +2325,7 @@ async fn postgres_a_write_held_back_for_a_long_one_is_refused_at_the_query_deadl
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let url = DatabaseUrl::parse(&format!("{}&query_timeout=1", db.url_string())).unwrap();
     let store = latch_store::open(&url).await.unwrap();
-    let (grant, _) = issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
-    let holder = holding_grant(&db, &grant).await;
-    let logout = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let logout = Revocation::Subject {
-                tenant: TenantId::default_tenant(),
-                subject: subject(1),
-            };
-            store
-                .revoke(&logout, &audit(0, Reason::LogoutEverywhere, 200))
-                .await
-        }
-    });
-    holder.until_waited_on(&db, "UPDATE grants", &logout).await;
+    let (grant, _, holder, logout) = logout_held_up(&db, &store).await;
     let context = audit(0, Reason::ClientRequest, 200).about(Some(&grant), Some(&subject(1)));
     let refused = store
         .revoke(&Revocation::Grant(grant.clone()), &context)
@@ -2367,6 +2338,37 @@ async fn postgres_a_write_held_back_for_a_long_one_is_refused_at_the_query_deadl
     holder.commit().await;
     let event = logout.await.unwrap().unwrap().expect("recorded");
     assert_eq!(event.grants, 1);
+}
+
+/// A log-out of `subject(1)` under way on `store` and waiting on another session's lock on
+/// its one grant (issued here, with one access token): the grant, its tokens, that session,
+/// and the log-out.
+async fn logout_held_up(
+    db: &TestDb,
+    store: &Arc<dyn Storage>,
+) -> (
+    GrantId,
+    Vec<TokenHash>,
+    OtherNode,
+    tokio::task::JoinHandle<Result<Option<AuditEvent>, StoreError>>,
+) {
+    let (grant, tokens) =
+        issue_expiring(&**store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
+    let holder = holding_grant(db, &grant).await;
+    let logout = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let logout = Revocation::Subject {
+                tenant: TenantId::default_tenant(),
+                subject: subject(1),
+            };
+            store
+                .revoke(&logout, &audit(0, Reason::LogoutEverywhere, 200))
+                .await
+        }
+    });
+    holder.until_waited_on(db, "UPDATE grants", &logout).await;
+    (grant, tokens, holder, logout)
 }
 
 /// Another node's session holding `grant`'s row locked.

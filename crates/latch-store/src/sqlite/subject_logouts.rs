@@ -81,14 +81,12 @@ impl SubjectLogout {
         {
             return Ok(None);
         }
-        c.prepare_cached(
-            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-               tokens, address) \
-             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, address \
-             FROM subject_logouts \
-             WHERE tenant_id = ?1 AND subject = ?2 AND grants + tokens > 0",
-        )?
-        .execute(params![tenant.as_str(), subject.as_str()])?;
+        record(
+            c,
+            tenant.as_str(),
+            Some(subject.as_str()),
+            Killed::default(),
+        )?;
         c.prepare_cached(
             "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
                route, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -130,13 +128,7 @@ impl SubjectLogout {
     /// audit record as its row describes it (none where nothing died), so that no
     /// revocation goes without its record.
     pub(super) fn end_with_tenant(c: &Connection, tenant: &str) -> rusqlite::Result<()> {
-        c.prepare_cached(
-            "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
-               tokens, address) \
-             SELECT tenant_id, at, actor, route, reason, NULL, subject, grants, tokens, address \
-             FROM subject_logouts WHERE tenant_id = ?1 AND grants + tokens > 0",
-        )?
-        .execute([tenant])?;
+        record(c, tenant, None, Killed::default())?;
         c.prepare_cached("DELETE FROM subject_logouts WHERE tenant_id = ?1")?
             .execute([tenant])?;
         Ok(())
@@ -191,21 +183,7 @@ impl SubjectLogout {
     /// Ends it, with its last chunk having killed `killed`: records it in the audit trail
     /// with what all its chunks killed (nothing when nothing died), and deletes its row.
     fn end(&self, c: &Connection, killed: Killed) -> rusqlite::Result<Option<AuditEvent>> {
-        let recorded = c
-            .prepare_cached(
-                "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, \
-                   grants, tokens, address) \
-                 SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, \
-                   tokens + ?4, address \
-                 FROM subject_logouts \
-                 WHERE tenant_id = ?1 AND subject = ?2 AND grants + ?3 + tokens + ?4 > 0",
-            )?
-            .execute(params![
-                self.tenant,
-                self.subject,
-                killed.grants,
-                killed.tokens
-            ])?;
+        let recorded = record(c, &self.tenant, Some(&self.subject), killed)?;
         let event = if recorded > 0 {
             Some(last_audit_event(c)?)
         } else {
@@ -225,6 +203,27 @@ impl SubjectLogout {
         .query_row(params![self.tenant, self.subject], |r| r.get(0))
         .optional()
     }
+}
+
+/// Records in the audit trail each log-out under way of `tenant` (of `subject`'s alone, if
+/// given) as its row describes it, with what its chunks revoked plus `more` (none where
+/// nothing died); returns how many it recorded.
+fn record(
+    c: &Connection,
+    tenant: &str,
+    subject: Option<&str>,
+    more: Killed,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "INSERT INTO audit (tenant_id, at, actor, route, reason, grant_id, subject, grants, \
+           tokens, address) \
+         SELECT tenant_id, at, actor, route, reason, NULL, subject, grants + ?3, tokens + ?4, \
+           address \
+         FROM subject_logouts \
+         WHERE tenant_id = ?1 AND subject = coalesce(?2, subject) \
+           AND grants + ?3 + tokens + ?4 > 0",
+    )?
+    .execute(params![tenant, subject, more.grants, more.tokens])
 }
 
 impl std::fmt::Display for SubjectLogout {
