@@ -1586,6 +1586,50 @@ async fn apply(
 mod tests {
     use super::*;
 
+    /// A subject's log-out and a grant's revocation in its tenant, by `subject`.
+    fn logout(subject: &str) -> Reach {
+        Reach::Subject(TenantId::default_tenant(), Subject::parse(subject).unwrap())
+    }
+
+    fn grant_revocation() -> Op {
+        let audit = AuditContext::new(
+            TenantId::default_tenant(),
+            "app",
+            "test",
+            latch_core::audit::Reason::ClientRequest,
+            None,
+            0,
+        );
+        Op::Revoke(
+            Revocation::Grant(latch_core::id::GrantId::generate()),
+            audit,
+        )
+    }
+
+    /// A bounded write that may need what unbounded ones hold waits for those under way when
+    /// it came, not for those that begin meanwhile: a stream of them cannot hold it off.
+    #[tokio::test]
+    async fn a_held_back_write_waits_only_for_the_long_writes_under_way_when_it_came() {
+        let under_way = UnderWay::default();
+        let first = under_way.begin(logout("alice"));
+        let op = grant_revocation();
+        let waiting = under_way.clear_for(&op, Deadline(None));
+        tokio::pin!(waiting);
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_pending(),
+            "it waits"
+        );
+        let second = under_way.begin(logout("bob"));
+        drop(first);
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_ready(),
+            "the one it came upon has ended"
+        );
+        drop(second);
+        // With nothing under way it waits for nothing.
+        assert!(under_way.clear_for(&op, Deadline(None)).await.is_ok());
+    }
+
     /// A transaction whose `COMMIT` went unanswered is answered committed only when
     /// PostgreSQL says so and commits do not wait for a synchronous standby: with one,
     /// "committed" may be the primary's alone (a deadline's cancel ends the wait so).
