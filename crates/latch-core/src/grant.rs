@@ -141,6 +141,9 @@ pub struct Rotation {
     pub tenant: TenantId,
     /// See `tenant`.
     pub client_id: ClientId,
+    /// The grant's subject (so that PostgreSQL holds an exchange back only for a log-out of
+    /// its own subject, not of its tenant's every one).
+    pub subject: Subject,
     /// The stored secret hash the request authenticated against (`None`: a client without
     /// a secret). The exchange happens only if the client still has it when the write runs:
     /// a secret rotated, or the client removed and created again, after the request

@@ -112,6 +112,7 @@ async fn of_concurrent_rotations_of_one_token_exactly_one_wins() {
                     grant_id: g.id.clone(),
                     tenant: TenantId::default_tenant(),
                     client_id: ClientId::parse("app").unwrap(),
+                    subject: g.subject.clone(),
                     client_secret: None,
                     old: TokenHash::of(&old),
                     old_generation: 0,

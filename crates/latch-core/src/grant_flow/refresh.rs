@@ -155,6 +155,7 @@ impl Authority {
                 grant_id: record.grant_id.clone(),
                 tenant: client.tenant.clone(),
                 client_id: client.id.clone(),
+                subject: record.subject.clone(),
                 client_secret: client.secret.clone(),
                 old: record.hash,
                 old_generation: record.generation,

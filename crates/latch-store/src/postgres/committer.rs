@@ -103,8 +103,9 @@ impl Op {
     }
 
     /// Whether this bounded write may need a row an unbounded write of `reach` holds
-    /// locked. Coarse (a refresh exchange names no subject, a grant's revocation no client):
-    /// a write wrongly taken to need one only waits a little longer.
+    /// locked. Coarse where a write does not say whose rows it touches (a grant's revocation
+    /// names no client, nor always a subject): one wrongly taken to need them only waits a
+    /// little longer.
     fn may_need(&self, reach: &Reach) -> bool {
         let tenant = match self {
             // At a start, on declared clients anywhere.
@@ -134,7 +135,7 @@ impl Op {
             Reach::Subject(t, subject) => {
                 tenant == t
                     && match self {
-                        Op::Rotate(_) => true,
+                        Op::Rotate(r) => &r.subject == subject,
                         Op::Revoke(Revocation::Grant(_), audit) => {
                             audit.subject.as_ref().is_none_or(|s| s == subject)
                         }
@@ -1604,6 +1605,36 @@ mod tests {
             Revocation::Grant(latch_core::id::GrantId::generate()),
             audit,
         )
+    }
+
+    /// A refresh-token exchange is held back only by a log-out of its own grant's subject; a
+    /// grant's revocation that names no subject by any log-out in its tenant.
+    #[test]
+    fn an_exchange_waits_only_for_a_logout_of_its_own_subject() {
+        let exchange = |subject: &str| {
+            Op::Rotate(Rotation {
+                grant_id: latch_core::id::GrantId::generate(),
+                tenant: TenantId::default_tenant(),
+                client_id: ClientId::parse("app").unwrap(),
+                subject: Subject::parse(subject).unwrap(),
+                client_secret: None,
+                old: TokenHash::of("rt"),
+                old_generation: 0,
+                precondition: RotationPrecondition::Unused,
+                new_tokens: vec![],
+                grant_expires_at: 0,
+                now: 0,
+                client_has_grace: false,
+            })
+        };
+        assert!(exchange("alice").may_need(&logout("alice")));
+        assert!(!exchange("bob").may_need(&logout("alice")));
+        let elsewhere = Reach::Subject(
+            TenantId::parse("acme").unwrap(),
+            Subject::parse("alice").unwrap(),
+        );
+        assert!(!exchange("alice").may_need(&elsewhere));
+        assert!(grant_revocation().may_need(&logout("alice")));
     }
 
     /// A bounded write that may need what unbounded ones hold waits for those under way when
