@@ -820,6 +820,11 @@ backend_test! {
     }
 }
 
+/// What an issuance locks of its client's row (the demo client `app`), taken by another
+/// session: a removal waits for it, other issuances do not.
+const CLIENT_ROW_FOR_SHARE: &str =
+    "SELECT 1 FROM clients WHERE tenant_id = 'default' AND client_id = 'app' FOR SHARE";
+
 backend_test! {
     async fn no_issuance_racing_its_clients_removal_leaves_a_live_token() {
         let db = TestDb::fresh().await;
@@ -838,9 +843,24 @@ backend_test! {
                 issuances[range].iter().map(|(grant, tokens)| store.issue(grant, tokens, None)),
             )
         };
+        // PostgreSQL commits the removal on a connection of its own, so the database orders
+        // it against the issuances' batch, and it could take the client's row before any of
+        // them: a session holding the row `FOR SHARE` (as an issuance does) holds the
+        // removal off until the first half has committed, so that some are stored.
+        let holder = match db.is_postgres() {
+            true => Some(OtherNode::begin(&db, CLIENT_ROW_FOR_SHARE).await),
+            false => None,
+        };
+        let first_half = async {
+            let stored = issue(0..24).await;
+            if let Some(holder) = holder {
+                holder.commit().await;
+            }
+            stored
+        };
         // Queued in this order: half the issuances, the removal, the other half.
         let (before, removed, after) = futures_util::future::join3(
-            issue(0..24),
+            first_half,
             store.delete_client(&home, &app, &removal),
             issue(24..48),
         )
@@ -859,8 +879,8 @@ backend_test! {
         }
         // Issuances were stored while the client existed (SQLite removes its row with the
         // removal's last write, PostgreSQL's removal is one), and revoked by the removal all
-        // the same. (Issuances
-        // refused once it is gone: the test above, and the next one across nodes.)
+        // the same. (Issuances refused once it is gone: the test above, and the next one
+        // across nodes.)
         assert!(outcomes.contains(&true), "{outcomes:?}");
         drop(store);
         drop(db);
