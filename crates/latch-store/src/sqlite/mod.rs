@@ -775,6 +775,46 @@ mod tests {
         assert_eq!(tokens, 1);
     }
 
+    /// "Durable means durable": a write is answered only once the WAL holding its commit is
+    /// synced, whether it commits alone (each of a run of writes awaited one by one) or in a
+    /// group commit (writes sent at once, each answered after a sync that began after it was
+    /// sent). `synchronous=NORMAL`, or a sync the VFS skipped, would answer first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_write_is_answered_once_its_commit_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().canonicalize().unwrap().join("latch.db");
+        let store = SqliteStore::open_file(&path).unwrap();
+        let wal = path.with_file_name("latch.db-wal");
+        let syncs = || wal_writes::tests::syncs_of(&wal);
+        let add_tenant = |name: String| {
+            store.write(move |c| {
+                c.execute(
+                    "INSERT INTO tenants (id, created_at) VALUES (?1, 1)",
+                    [&name],
+                )
+            })
+        };
+        for i in 0..20 {
+            let before = syncs();
+            add_tenant(format!("alone{i}")).await.unwrap();
+            assert!(syncs() > before, "write {i} answered before its sync");
+        }
+        let before = syncs();
+        let answered_after = (0..64).map(|i| {
+            let write = add_tenant(format!("grouped{i}"));
+            async move {
+                write.await.unwrap();
+                syncs()
+            }
+        });
+        let seen = futures_util::future::join_all(answered_after).await;
+        assert!(seen.iter().all(|&s| s > before), "{before}: {seen:?}");
+        let tenants: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(tenants, 1 + 20 + 64, "the default tenant and each write's");
+    }
+
     /// A write that panics ends the writer thread (a bug, which the batch cannot outlive):
     /// from then on every write fails, and the store says so, so that liveness and readiness
     /// report it instead of a node that answers 503 to every write for ever.

@@ -155,6 +155,9 @@ struct GatheringFile {
     base: ffi::sqlite3_file,
     pending: *mut Pending,
     real: *mut ffi::sqlite3_file,
+    /// The file's count of completed syncs ([`tests::syncs_of`]).
+    #[cfg(test)]
+    syncs: *const std::sync::atomic::AtomicU64,
 }
 
 const REAL_OFFSET: usize = size_of::<GatheringFile>().next_multiple_of(align_of::<u64>());
@@ -224,6 +227,8 @@ unsafe extern "C" fn open(
             base: ffi::sqlite3_file { pMethods: &METHODS },
             pending: Box::into_raw(Box::default()),
             real,
+            #[cfg(test)]
+            syncs: tests::sync_counter(name),
         },
     );
     rc
@@ -322,7 +327,25 @@ macro_rules! delegate {
 }
 
 delegate!(flush xTruncate(size: ffi::sqlite3_int64) -> ffi::SQLITE_IOERR_TRUNCATE);
-delegate!(flush xSync(flags: c_int) -> ffi::SQLITE_IOERR_FSYNC);
+
+/// Writes out what is gathered, then syncs the real file (`delegate!`'s `flush`, and in
+/// tests counts each sync that succeeded).
+unsafe extern "C" fn xSync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let real = parts(file).1;
+    let rc = match (*(*real).pMethods).xSync {
+        Some(m) => m(real, flags),
+        None => ffi::SQLITE_IOERR_FSYNC,
+    };
+    #[cfg(test)]
+    if rc == ffi::SQLITE_OK {
+        (*(*file.cast::<GatheringFile>()).syncs).fetch_add(1, Ordering::SeqCst);
+    }
+    rc
+}
 delegate!(flush xFileSize(size: *mut ffi::sqlite3_int64) -> ffi::SQLITE_IOERR_FSTAT);
 delegate!(flush xFileControl(op: c_int, arg: *mut c_void) -> ffi::SQLITE_NOTFOUND);
 delegate!(flush xFetch(offset: ffi::sqlite3_int64, len: c_int, pp: *mut *mut c_void) -> {
@@ -423,6 +446,30 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 pub(super) mod tests {
     use super::*;
     use rusqlite::{Connection, OpenFlags};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    /// Completed syncs of each WAL file opened through this VFS in this process, by name.
+    /// Kept for the life of the process, so that an open handle's pointer stays valid.
+    static SYNCS: LazyLock<Mutex<HashMap<String, Arc<AtomicU64>>>> = LazyLock::new(Mutex::default);
+
+    /// The counter of the WAL file `name` (a handle [`open`] opens).
+    pub(super) unsafe fn sync_counter(name: ffi::sqlite3_filename) -> *const AtomicU64 {
+        let name = match name.is_null() {
+            true => String::new(),
+            false => CStr::from_ptr(name).to_string_lossy().into_owned(),
+        };
+        let mut syncs = SYNCS.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::as_ptr(syncs.entry(name).or_default())
+    }
+
+    /// How many syncs of the WAL file `wal` (as SQLite names it: the database's full path
+    /// and `-wal`) have returned so far, on handles this VFS opened.
+    pub(in crate::sqlite) fn syncs_of(wal: &std::path::Path) -> u64 {
+        let syncs = SYNCS.lock().unwrap_or_else(|e| e.into_inner());
+        (syncs.get(wal.to_string_lossy().as_ref())).map_or(0, |c| c.load(Ordering::SeqCst))
+    }
 
     /// A file as a byte vector, written the way the real file would be.
     #[derive(Default)]
