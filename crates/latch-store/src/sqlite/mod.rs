@@ -775,10 +775,10 @@ mod tests {
         assert_eq!(tokens, 1);
     }
 
-    /// "Durable means durable": a write is answered only once the WAL holding its commit is
-    /// synced, whether it commits alone (each of a run of writes awaited one by one) or in a
-    /// group commit (writes sent at once, each answered after a sync that began after it was
-    /// sent). `synchronous=NORMAL`, or a sync the VFS skipped, would answer first.
+    /// "Durable means durable": a write is answered only after a sync of the WAL. Awaited
+    /// alone (a run of writes one by one, the writer idle in between), that sync is its own
+    /// commit's; sent at once with others (group commits), each is answered after a sync
+    /// completed since it was sent. With the writer on `synchronous=NORMAL` no commit syncs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_write_is_answered_once_its_commit_is_synced() {
         let dir = tempfile::tempdir().unwrap();
