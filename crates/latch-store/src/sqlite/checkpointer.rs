@@ -37,8 +37,13 @@
 //! rewind, made the commits' own syncs wait behind those write-backs instead: issuance and
 //! rotation slower or their p99 longer (docs/benchmarks.md, round of 2026-12-03).
 //!
-//! When the server stops, [`Turns`] lets one last checkpoint (`TRUNCATE`, which empties the
-//! WAL into the database file) wait for a pass in progress instead of failing beside it.
+//! When the server stops, [`Turns`] runs one last checkpoint (`TRUNCATE`, which empties the
+//! WAL into the database file) on the checkpoint thread's connection, after a pass in
+//! progress instead of failing beside it. That connection, not a fresh one: Linux reports a
+//! failed write-back of the database file to every descriptor open when it failed, but not
+//! to one opened after another has seen it (another process's checkpoint, a CLI command's),
+//! so a fresh connection's sync could succeed, and TRUNCATE empty the WAL over pages never
+//! written back.
 //!
 //! Durability does not depend on any of it: a commit is durable once its WAL frames are
 //! fsynced; a checkpoint only moves committed pages into the database file, and SQLite
@@ -174,33 +179,55 @@ fn lower_priority() {
     }
 }
 
-/// Turns at checkpointing, shared with a [`Checkpointer`]: SQLite answers a checkpoint
-/// started while another runs with `SQLITE_BUSY` at once, without waiting.
+/// What the checkpoint thread is asked to do.
+enum Job {
+    /// A background pass (a nudge after a commit).
+    Pass,
+    /// Another checkpoint, in its turn ([`Turns::take`]).
+    Run(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// Turns at checkpointing on the checkpoint thread's connection, shared with a
+/// [`Checkpointer`]: SQLite answers a checkpoint started while another runs with
+/// `SQLITE_BUSY` at once, without waiting.
 #[derive(Clone)]
-pub(crate) struct Turns(Arc<Shared>);
+pub(crate) struct Turns {
+    shared: Arc<Shared>,
+    jobs: SyncSender<Job>,
+}
 
 impl Turns {
-    /// Runs `checkpoint` once no other checkpoint runs, and none starts until it is done.
-    pub(crate) fn take<T>(&self, checkpoint: impl FnOnce() -> T) -> T {
-        let _turn = self.0.wait_turn();
-        checkpoint()
+    /// Runs `checkpoint` on the checkpoint thread's connection once no other checkpoint
+    /// runs, and none starts until it is done; `None` if the thread has stopped.
+    pub(crate) fn take<T: Send + 'static>(
+        &self,
+        checkpoint: impl FnOnce(&Connection) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (reply, answer) = sync_channel(1);
+        let shared = self.shared.clone();
+        let job = Job::Run(Box::new(move |conn| {
+            let _turn = shared.wait_turn();
+            let _ = reply.send(checkpoint(conn));
+        }));
+        self.jobs.send(job).ok()?;
+        answer.recv().ok()
     }
 }
 
 /// The writer's handle on the checkpoint thread.
 pub(crate) struct Checkpointer {
     shared: Arc<Shared>,
-    nudge: SyncSender<()>,
+    jobs: SyncSender<Job>,
     rewind_at_pages: i64,
 }
 
 impl Checkpointer {
     /// Starts the checkpoint thread over its own connection to the database file. The
-    /// thread stops when the handle is dropped.
+    /// thread stops once this handle and every [`Turns`] are dropped.
     pub(crate) fn start(conn: Connection, policy: WalPolicy) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
-        // One pending nudge at most: nudges that arrive during a pass coalesce into one more.
-        let (nudge, nudges) = sync_channel::<()>(1);
+        // One pending job at most: nudges that arrive during a pass coalesce into one more.
+        let (jobs, queue) = sync_channel::<Job>(1);
         let background = shared.clone();
         let (lowered, ready) = sync_channel::<()>(0);
         thread::Builder::new()
@@ -208,12 +235,18 @@ impl Checkpointer {
             .spawn(move || {
                 lower_priority();
                 let _ = lowered.send(());
-                while nudges.recv().is_ok() {
-                    let started = Instant::now();
-                    background.checkpoint(&conn);
-                    // Nudges arriving meanwhile wait in the channel for the next pass.
-                    if let Some(rest) = policy.pass_interval.checked_sub(started.elapsed()) {
-                        thread::sleep(rest);
+                while let Ok(job) = queue.recv() {
+                    match job {
+                        Job::Run(checkpoint) => checkpoint(&conn),
+                        Job::Pass => {
+                            let started = Instant::now();
+                            background.checkpoint(&conn);
+                            // Nudges arriving meanwhile wait in the channel for the next pass.
+                            let rest = policy.pass_interval.checked_sub(started.elapsed());
+                            if let Some(rest) = rest {
+                                thread::sleep(rest);
+                            }
+                        }
                     }
                 }
             })?;
@@ -221,7 +254,7 @@ impl Checkpointer {
         let _ = ready.recv();
         Ok(Self {
             shared,
-            nudge,
+            jobs,
             rewind_at_pages: policy.rewind_at_pages,
         })
     }
@@ -229,7 +262,10 @@ impl Checkpointer {
     /// A handle for running a checkpoint of another kind ([`Turns::take`]) that never
     /// overlaps a background pass or the writer's own copying.
     pub(crate) fn turns(&self) -> Turns {
-        Turns(self.shared.clone())
+        Turns {
+            shared: self.shared.clone(),
+            jobs: self.jobs.clone(),
+        }
     }
 
     /// Registers the WAL hook on the writer connection, so that [`after_commit`] knows the
@@ -294,7 +330,7 @@ impl Checkpointer {
                 return true;
             }
         }
-        let _ = self.nudge.try_send(());
+        let _ = self.jobs.try_send(Job::Pass);
         false
     }
 }
@@ -330,23 +366,28 @@ mod tests {
         fields[19 - 3].parse().unwrap()
     }
 
+    /// The checkpoint thread runs at a lower priority, and a checkpoint taken in its turn
+    /// (the final `TRUNCATE`) runs on it, with its connection. Asked of the thread itself: a
+    /// scan of `/proc` would also see other tests' checkpoint threads, starting or ending.
     #[test]
-    fn the_checkpoint_thread_runs_at_a_lower_priority() {
-        let conn = Connection::open_in_memory().unwrap();
-        let _checkpointer = Checkpointer::start(conn, WalPolicy::default()).unwrap();
-        // No other test in this binary starts a checkpoint thread.
-        let ours: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .map(|t| t.unwrap().file_name().into_string().unwrap())
-            .filter(|tid| {
-                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
-                    .is_ok_and(|name| name.trim() == "latch-checkpoin")
+    fn the_checkpoint_thread_runs_at_a_lower_priority_and_takes_the_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("latch.db")).unwrap();
+        let checkpointer = Checkpointer::start(conn, WalPolicy::default()).unwrap();
+        let tid = || unsafe { libc::gettid() }.to_string();
+        let here = nice(&tid());
+        let (thread, its_nice, file) = (checkpointer.turns())
+            .take(move |conn| {
+                let thread = thread::current().name().map(String::from);
+                (thread, nice(&tid()), conn.path().map(String::from))
             })
-            .collect();
-        assert!(!ours.is_empty(), "no checkpoint thread found");
-        let here = nice(&unsafe { libc::gettid() }.to_string());
-        for tid in ours {
-            assert_eq!(nice(&tid), (here + 10).min(19), "thread {tid}");
-        }
+            .expect("the checkpoint thread runs");
+        assert_eq!(thread.as_deref(), Some("latch-checkpoint"));
+        assert_eq!(its_nice, (here + 10).min(19));
+        assert!(file.is_some_and(|f| f.ends_with("latch.db")));
+        // The writer's handle gone (its thread ended), the final checkpoint still runs.
+        let turns = checkpointer.turns();
+        drop(checkpointer);
+        assert!(turns.take(|_| ()).is_some(), "the turns keep the thread");
     }
 }
