@@ -490,6 +490,30 @@ async fn closing_empties_the_wal_into_the_file_and_later_writes_still_land() {
         .is_some());
 }
 
+/// A stopping server does not wait for the checkpoint thread's next pass: with passes an
+/// hour apart, the final checkpoint still runs at once (it waited out the interval behind a
+/// pending nudge), and empties the WAL. (The timeout only turns a hang into a failure.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_waits_for_no_pass_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let wal_len = || std::fs::metadata(dir.path().join("latch.db-wal")).map_or(0, |m| m.len());
+    let policy = WalPolicy {
+        pass_interval: Duration::from_secs(3600),
+        ..WalPolicy::default()
+    };
+    let store = with_app(SqliteStore::open_file_with(&path, policy).unwrap()).await;
+    for i in 0..3 {
+        let name = format!("t{i}");
+        let tokens = [token(&name, TokenKind::Access)];
+        store.issue(&grant("u"), &tokens, None).await.unwrap();
+    }
+    assert!(wal_len() > 0, "the issuances are in the WAL");
+    let closed = tokio::time::timeout(Duration::from_secs(60), store.close()).await;
+    closed.expect("closing waited for the next pass").unwrap();
+    assert_eq!(wal_len(), 0, "closing empties the WAL");
+}
+
 #[tokio::test]
 async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
     use latch_core::store::{CleanupStore, Sweep};

@@ -846,7 +846,9 @@ backend_test! {
         // PostgreSQL commits the removal on a connection of its own, so the database orders
         // it against the issuances' batch, and it could take the client's row before any of
         // them: a session holding the row `FOR SHARE` (as an issuance does) holds the
-        // removal off until the first half has committed, so that some are stored.
+        // removal off until the first half has committed, so that some are stored. The
+        // second half waits for the removal on this node (`UnderWay`); what an issuance's
+        // lock does against a removal another node runs, the cross-node test below shows.
         let holder = match db.is_postgres() {
             true => Some(OtherNode::begin(&db, CLIENT_ROW_FOR_SHARE).await),
             false => None,

@@ -52,8 +52,9 @@
 //! stops at once and the next start replays the WAL ([`stop_if_write_back_failed`]).
 
 use std::ffi::{c_char, c_int, c_void};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -198,7 +199,8 @@ pub(crate) struct Turns {
 
 impl Turns {
     /// Runs `checkpoint` on the checkpoint thread's connection once no other checkpoint
-    /// runs, and none starts until it is done; `None` if the thread has stopped.
+    /// runs, and none starts until it is done; `None` if the thread has stopped. A panic in
+    /// `checkpoint` is the caller's, and leaves the thread running.
     pub(crate) fn take<T: Send + 'static>(
         &self,
         checkpoint: impl FnOnce(&Connection) -> T + Send + 'static,
@@ -207,10 +209,14 @@ impl Turns {
         let shared = self.shared.clone();
         let job = Job::Run(Box::new(move |conn| {
             let _turn = shared.wait_turn();
-            let _ = reply.send(checkpoint(conn));
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| checkpoint(conn)));
+            let _ = reply.send(outcome);
         }));
         self.jobs.send(job).ok()?;
-        answer.recv().ok()
+        match answer.recv().ok()? {
+            Ok(done) => Some(done),
+            Err(panicked) => panic::resume_unwind(panicked),
+        }
     }
 }
 
@@ -235,19 +241,24 @@ impl Checkpointer {
             .spawn(move || {
                 lower_priority();
                 let _ = lowered.send(());
+                // A pass starts at most every `pass_interval`: a nudge waits out the rest of
+                // it (nudges arriving meanwhile coalesce into it), while a checkpoint taken
+                // in turn runs at once (a stopping server waits for none of that interval).
+                let mut next_pass = Instant::now();
                 while let Ok(job) = queue.recv() {
-                    match job {
-                        Job::Run(checkpoint) => checkpoint(&conn),
-                        Job::Pass => {
-                            let started = Instant::now();
-                            background.checkpoint(&conn);
-                            // Nudges arriving meanwhile wait in the channel for the next pass.
-                            let rest = policy.pass_interval.checked_sub(started.elapsed());
-                            if let Some(rest) = rest {
-                                thread::sleep(rest);
-                            }
+                    if let Job::Run(checkpoint) = job {
+                        checkpoint(&conn);
+                        continue;
+                    }
+                    while let Some(rest) = next_pass.checked_duration_since(Instant::now()) {
+                        match queue.recv_timeout(rest) {
+                            Ok(Job::Run(checkpoint)) => checkpoint(&conn),
+                            Ok(Job::Pass) | Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
+                    next_pass = Instant::now() + policy.pass_interval;
+                    background.checkpoint(&conn);
                 }
             })?;
         // Once `start` returns, the thread runs at its lower priority.
@@ -385,6 +396,11 @@ mod tests {
         assert_eq!(thread.as_deref(), Some("latch-checkpoint"));
         assert_eq!(its_nice, (here + 10).min(19));
         assert!(file.is_some_and(|f| f.ends_with("latch.db")));
+        // A panic in a checkpoint taken in turn is its caller's; the thread runs on.
+        let turns = checkpointer.turns();
+        let panicked = panic::catch_unwind(|| turns.take(|_| panic!("a checkpoint's bug")));
+        assert!(panicked.is_err(), "the caller panics");
+        assert_eq!(turns.take(|_| 7), Some(7), "the thread runs on");
         // The writer's handle gone (its thread ended), the final checkpoint still runs.
         let turns = checkpointer.turns();
         drop(checkpointer);

@@ -583,16 +583,15 @@ impl Storage for SqliteStore {
         let Some(checkpoints) = self.checkpoints.clone() else {
             return Ok(()); // an in-memory database has no file
         };
-        tokio::task::spawn_blocking(move || checkpoints.take(empty_the_wal))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| {
-                // The WAL stays as it is, for the next start to replay.
-                Err(unavailable(
-                    "the final checkpoint did not run: the checkpoint thread has stopped",
-                ))
-            })
+        // Whatever keeps it from running, the WAL stays as it is, for the next start to
+        // replay.
+        match tokio::task::spawn_blocking(move || checkpoints.take(empty_the_wal)).await {
+            Ok(Some(emptied)) => emptied,
+            Ok(None) => Err(unavailable(
+                "the final checkpoint did not run: the checkpoint thread has stopped",
+            )),
+            Err(e) => Err(unavailable(format!("the final checkpoint failed: {e}"))),
+        }
     }
 
     async fn client_and_token(
@@ -781,7 +780,8 @@ mod tests {
     /// "Durable means durable": a write is answered only after a sync of the WAL. Awaited
     /// alone (a run of writes one by one, the writer idle in between), that sync is its own
     /// commit's; sent at once with others (group commits), each is answered after a sync
-    /// completed since it was sent. With the writer on `synchronous=NORMAL` no commit syncs.
+    /// completed since it was sent, and there are at least as many syncs as commits. With
+    /// the writer on `synchronous=NORMAL` no commit syncs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_write_is_answered_once_its_commit_is_synced() {
         let dir = tempfile::tempdir().unwrap();
@@ -802,16 +802,24 @@ mod tests {
             add_tenant(format!("alone{i}")).await.unwrap();
             assert!(syncs() > before, "write {i} answered before its sync");
         }
-        let before = syncs();
-        let answered_after = (0..64).map(|i| {
+        let (syncs_before, commits_before) = (syncs(), store.commit_stats().commits);
+        let grouped = (0..64).map(|i| {
             let write = add_tenant(format!("grouped{i}"));
             async move {
+                // Before the write is sent (a future does nothing until polled).
+                let sent = syncs();
                 write.await.unwrap();
-                syncs()
+                (sent, syncs())
             }
         });
-        let seen = futures_util::future::join_all(answered_after).await;
-        assert!(seen.iter().all(|&s| s > before), "{before}: {seen:?}");
+        let seen = futures_util::future::join_all(grouped).await;
+        assert!(
+            seen.iter().all(|(sent, answered)| answered > sent),
+            "{seen:?}"
+        );
+        // And every batch committed synced: none was answered on another's sync.
+        let commits = store.commit_stats().commits - commits_before;
+        assert!(syncs() - syncs_before >= commits, "{commits} commits");
         let tenants: i64 = store
             .read(|c| c.query_row("SELECT count(*) FROM tenants", [], |r| r.get(0)))
             .unwrap();
