@@ -382,7 +382,8 @@ pub(super) fn last_audit_event(c: &Connection) -> rusqlite::Result<AuditEvent> {
         .query_row([c.last_insert_rowid()], event_from_row)
 }
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
+/// An audit record, from a row of [`AUDIT_COLUMNS`].
+pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEvent> {
     let reason: String = r.get(5)?;
     Ok(AuditEvent {
         id: r.get(0)?,

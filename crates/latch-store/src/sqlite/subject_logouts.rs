@@ -13,7 +13,9 @@
 //!
 //! A log-out of a subject already under way takes it over: what the earlier one's chunks
 //! revoked is recorded as its record, and the row carries on as the new one's, taking the
-//! grants created by the new request's time too (both callers drive its chunks). So one that
+//! grants created by the new request's time too. The earlier caller's next chunk finds the
+//! row another's (or gone) and answers with its own record, found in the trail; the new
+//! caller drives the rest. So one that
 //! a failure cut off part-way (its caller answered `503`) is finished by the subject's next
 //! log-out, or, failing that, by the next server start
 //! (`ClientStore::finish_interrupted_removals`). Either way it takes the grants created by
@@ -29,13 +31,60 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::marks::RevocationMarks;
 use super::removals::LiveGrants;
-use super::revocations::{count_marks, last_audit_event};
+use super::revocations::{count_marks, event_from_row, last_audit_event};
+use crate::audit_query::{audit_block, AUDIT_BLOCK_BITS, AUDIT_COLUMNS};
 
-/// A log-out of a subject everywhere, under way: the key of its `subject_logouts` row.
+/// A log-out of a subject everywhere, under way: the key of its `subject_logouts` row, and
+/// the request driving it, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SubjectLogout {
     tenant: String,
     subject: String,
+    /// The request that began it or took it over, when this handle is that request's;
+    /// `None` when it is finished for one cut off (the subject's next log-out through a dead
+    /// token, the next start).
+    asked: Option<Asked>,
+}
+
+/// A request's log-out, as its handle knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Asked {
+    /// What its row said when the request wrote it: while it still says so, the row is the
+    /// request's.
+    by: Requester,
+    /// The trail's last id when the request began: its record comes after.
+    since: i64,
+}
+
+/// Who asked for a log-out, when, how and why: the fields of its row that its audit record
+/// carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Requester {
+    reason: String,
+    at: UnixTime,
+    actor: String,
+    route: String,
+    address: Option<String>,
+}
+
+impl Requester {
+    fn of(audit: &AuditContext) -> Self {
+        Self {
+            reason: audit.reason.as_str().to_owned(),
+            at: audit.at,
+            actor: audit.actor.clone(),
+            route: audit.route.to_owned(),
+            address: audit.address.map(|a| a.to_string()),
+        }
+    }
+
+    /// Whether `event` records a log-out this requester asked for.
+    fn recorded_in(&self, event: &AuditEvent) -> bool {
+        event.grant_id.is_none()
+            && event.reason.as_str() == self.reason
+            && (event.at, &event.actor, &event.route) == (self.at, &self.actor, &self.route)
+            && event.address == self.address
+    }
 }
 
 /// Where a chunk left a log-out.
@@ -43,8 +92,9 @@ pub(super) struct SubjectLogout {
 pub(super) enum Progress {
     /// Grants of it may remain.
     More,
-    /// It has ended, with this audit record (`None`: nothing died, or another caller ended
-    /// it).
+    /// It has ended, or, for a request's handle, is no longer that request's (another took
+    /// it over, or ended it): with that request's audit record (`None`: nothing died on its
+    /// behalf, or, for a handle of no request, another ended it).
     Ended(Option<AuditEvent>),
 }
 
@@ -58,8 +108,9 @@ impl SubjectLogout {
         let logout = Self {
             tenant: tenant.to_string(),
             subject: subject.as_str().to_owned(),
+            asked: None,
         };
-        Ok(logout.issued_by(c)?.map(|_| logout))
+        Ok(logout.row(c)?.map(|_| logout))
     }
 
     /// The log-out of `subject` of `tenant` asked for as `audit` says: taking over the one
@@ -87,6 +138,11 @@ impl SubjectLogout {
             Some(subject.as_str()),
             Killed::default(),
         )?;
+        // After the record of the one taken over, which may say the same (one actor asking
+        // twice in a second).
+        let since: i64 = c
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM audit")?
+            .query_row([], |r| r.get(0))?;
         c.prepare_cached(
             "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
                route, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
@@ -108,6 +164,10 @@ impl SubjectLogout {
         Ok(Some(Self {
             tenant: tenant.to_string(),
             subject: subject.as_str().to_owned(),
+            asked: Some(Asked {
+                by: Requester::of(audit),
+                since,
+            }),
         }))
     }
 
@@ -118,6 +178,7 @@ impl SubjectLogout {
                 Ok(Self {
                     tenant: r.get(0)?,
                     subject: r.get(1)?,
+                    asked: None,
                 })
             })?
             .collect()
@@ -148,8 +209,12 @@ impl SubjectLogout {
         now: UnixTime,
         limit: u32,
     ) -> rusqlite::Result<Progress> {
-        let Some(issued_by) = self.issued_by(c)? else {
-            return Ok(Progress::Ended(None));
+        let issued_by = match (self.row(c)?, &self.asked) {
+            (Some((issued_by, _)), None) => issued_by,
+            (Some((issued_by, by)), Some(asked)) if by == asked.by => issued_by,
+            (None, None) => return Ok(Progress::Ended(None)),
+            // Taken over, or ended, by another: its own part is recorded already.
+            (_, Some(asked)) => return Ok(Progress::Ended(self.record_of(c, asked)?)),
         };
         let grants = LiveGrants::of_subject(&self.tenant, &self.subject).issued_by(issued_by);
         let mut marked = Vec::new();
@@ -194,14 +259,52 @@ impl SubjectLogout {
         Ok(event)
     }
 
-    /// The latest creation time of the grants it takes; `None` once it has ended (its row
-    /// gone).
-    fn issued_by(&self, c: &Connection) -> rusqlite::Result<Option<UnixTime>> {
+    /// The latest creation time of the grants it takes, and who asked for it last; `None`
+    /// once it has ended (its row gone).
+    fn row(&self, c: &Connection) -> rusqlite::Result<Option<(UnixTime, Requester)>> {
         c.prepare_cached(
-            "SELECT issued_by FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2",
+            "SELECT issued_by, reason, at, actor, route, address FROM subject_logouts \
+             WHERE tenant_id = ?1 AND subject = ?2",
         )?
-        .query_row(params![self.tenant, self.subject], |r| r.get(0))
+        .query_row(params![self.tenant, self.subject], |r| {
+            let by = Requester {
+                reason: r.get(1)?,
+                at: r.get(2)?,
+                actor: r.get(3)?,
+                route: r.get(4)?,
+                address: r.get(5)?,
+            };
+            Ok((r.get(0)?, by))
+        })
         .optional()
+    }
+
+    /// The audit record of `asked`'s log-out, which another request wrote as it took the
+    /// log-out over or ended it: the first of the subject's records since `asked` began that
+    /// says what it asked (`None`: nothing died on its behalf). Read through the trail's
+    /// index by subject, block by block from there to the trail's end: the few blocks
+    /// written since.
+    fn record_of(&self, c: &Connection, asked: &Asked) -> rusqlite::Result<Option<AuditEvent>> {
+        let last: i64 = c
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM audit")?
+            .query_row([], |r| r.get(0))?;
+        // Spelled as the index's expression (`audit_by_subject_in_block`).
+        let mut in_block = c.prepare_cached(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit \
+             WHERE tenant_id = ?1 AND (id >> {AUDIT_BLOCK_BITS}) = ?2 AND subject = ?3 \
+               AND id > ?4 \
+             ORDER BY id"
+        ))?;
+        for block in audit_block(asked.since.saturating_add(1))..=audit_block(last) {
+            let params = params![self.tenant, block, self.subject, asked.since];
+            for event in in_block.query_map(params, event_from_row)? {
+                let event = event?;
+                if asked.by.recorded_in(&event) {
+                    return Ok(Some(event));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -233,5 +336,129 @@ impl std::fmt::Display for SubjectLogout {
             "the log-out of {}",
             LiveGrants::of_subject(&self.tenant, &self.subject)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latch_core::audit::Reason;
+
+    /// A migrated database where subject `crowd` holds 25 live grants.
+    fn database() -> (Connection, RevocationMarks) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut conn, super::super::Migrations::Apply).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 25) \
+             INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+               expires_at) \
+             SELECT 'g' || i, 'default', 'app', 'crowd', 'read', 100, 10000 FROM k",
+        )
+        .unwrap();
+        (conn, RevocationMarks::new(1_000))
+    }
+
+    fn asked(actor: &str, at: UnixTime) -> AuditContext {
+        let tenant = TenantId::default_tenant();
+        AuditContext::new(tenant, actor, "test", Reason::LogoutEverywhere, None, at)
+            .about(None, Some(&Subject::parse("crowd").unwrap()))
+    }
+
+    /// Runs `f` in a write transaction of its own, as the writer runs a batch.
+    fn in_batch<T>(c: &Connection, marks: &RevocationMarks, f: impl FnOnce() -> T) -> T {
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        marks.begin_batch(c).unwrap();
+        let done = f();
+        c.execute_batch("COMMIT").unwrap();
+        marks.batch_committed();
+        done
+    }
+
+    /// A request's log-out, begun, with its first chunk of 10 grants.
+    fn begun(c: &Connection, marks: &RevocationMarks, audit: &AuditContext) -> SubjectLogout {
+        in_batch(c, marks, || {
+            let (tenant, subject) = (&audit.tenant, audit.subject.as_ref().unwrap());
+            let logout = SubjectLogout::begin_if_large(c, tenant, subject, audit, 10).unwrap();
+            let logout = logout.expect("more than a chunk");
+            assert!(matches!(
+                logout.chunk(c, marks, audit.at, 10).unwrap(),
+                Progress::More
+            ));
+            logout
+        })
+    }
+
+    /// What a chunk of `logout` answers: `Some` once it ended, with its record's time and
+    /// grants (0 for no record).
+    fn chunk(
+        c: &Connection,
+        marks: &RevocationMarks,
+        logout: &SubjectLogout,
+    ) -> Option<(i64, u64)> {
+        match in_batch(c, marks, || logout.chunk(c, marks, 500, 10).unwrap()) {
+            Progress::More => None,
+            Progress::Ended(event) => Some(event.map_or((0, 0), |e| (e.at, e.grants))),
+        }
+    }
+
+    fn live(c: &Connection) -> i64 {
+        let sql = "SELECT count(*) FROM grants WHERE revoked_at IS NULL";
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// A log-out taken over answers its caller with its own record, and drives no chunk of
+    /// the other's: whether its next chunk finds the row another's or already ended.
+    #[test]
+    fn a_logout_taken_over_answers_with_its_own_record() {
+        for later_ends_first in [false, true] {
+            let (c, marks) = database();
+            let first = begun(&c, &marks, &asked("admin", 200));
+            let second = begun(&c, &marks, &asked("ops", 400));
+            if later_ends_first {
+                assert_eq!(chunk(&c, &marks, &second), Some((400, 15)));
+                assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
+            } else {
+                assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
+                assert_eq!(live(&c), 5, "the first revoked nothing more");
+                assert_eq!(chunk(&c, &marks, &second), Some((400, 15)));
+            }
+            assert_eq!(live(&c), 0);
+        }
+    }
+
+    /// Two requests alike in every recorded field (one actor asking twice in a second) each
+    /// get their own record; one whose chunks revoked nothing before it was taken over gets
+    /// none; a log-out finished for no request (`under_way`) answers what it ended.
+    #[test]
+    fn each_of_two_like_requests_gets_its_own_record_and_one_that_revoked_nothing_none() {
+        let (c, marks) = database();
+        let first = begun(&c, &marks, &asked("admin", 200));
+        let second = begun(&c, &marks, &asked("admin", 200));
+        assert_eq!(chunk(&c, &marks, &second), Some((200, 15)));
+        assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
+
+        let (c, marks) = database();
+        let first = in_batch(&c, &marks, || {
+            let audit = asked("admin", 200);
+            let (tenant, subject) = (&audit.tenant, audit.subject.as_ref().unwrap());
+            SubjectLogout::begin_if_large(&c, tenant, subject, &audit, 10)
+                .unwrap()
+                .unwrap()
+        });
+        let second = begun(&c, &marks, &asked("ops", 400));
+        assert_eq!(
+            chunk(&c, &marks, &first),
+            Some((0, 0)),
+            "no record of its own"
+        );
+        let tenant = TenantId::default_tenant();
+        let crowd = Subject::parse("crowd").unwrap();
+        let finishing = SubjectLogout::under_way(&c, &tenant, &crowd)
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunk(&c, &marks, &finishing), None);
+        assert_eq!(chunk(&c, &marks, &finishing), Some((400, 25)));
+        assert_eq!(chunk(&c, &marks, &second), Some((400, 25)));
+        assert_eq!(live(&c), 0);
     }
 }
