@@ -21,5 +21,8 @@ CREATE TABLE subject_logouts (
     address   TEXT,
     grants    INTEGER NOT NULL DEFAULT 0,
     tokens    INTEGER NOT NULL DEFAULT 0,
+    -- How many times it was taken over: a request's handle drives its chunks only while
+    -- this is still what it wrote (two requests may say the same in every other field).
+    turn      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, subject)
 ) WITHOUT ROWID;

@@ -49,10 +49,12 @@ pub(super) struct SubjectLogout {
 /// A request's log-out, as its handle knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Asked {
-    /// What its row said when the request wrote it: while it still says so, the row is the
-    /// request's.
+    /// The row's turn the request wrote: while the row is at it, it is the request's.
+    turn: i64,
+    /// Who asked, as its record will say.
     by: Requester,
-    /// The trail's last id when the request began: its record comes after.
+    /// The last audit id the trail had handed out when the request began: its record comes
+    /// after.
     since: i64,
 }
 
@@ -140,31 +142,36 @@ impl SubjectLogout {
         )?;
         // After the record of the one taken over, which may say the same (one actor asking
         // twice in a second).
-        let since: i64 = c
-            .prepare_cached("SELECT coalesce(max(id), 0) FROM audit")?
-            .query_row([], |r| r.get(0))?;
-        c.prepare_cached(
-            "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
+        let since = last_audit_id(c)?;
+        let turn: i64 = c
+            .prepare_cached(
+                "INSERT INTO subject_logouts (tenant_id, subject, reason, at, issued_by, actor, \
                route, address) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (tenant_id, subject) DO UPDATE \
                SET reason = excluded.reason, at = excluded.at, \
                  issued_by = max(issued_by, excluded.issued_by), actor = excluded.actor, \
-                 route = excluded.route, address = excluded.address, grants = 0, tokens = 0",
-        )?
-        .execute(params![
-            tenant.as_str(),
-            subject.as_str(),
-            audit.reason.as_str(),
-            audit.at,
-            audit.at.saturating_add(EXPIRY_GRACE),
-            audit.actor,
-            audit.route,
-            audit.address.map(|a| a.to_string()),
-        ])?;
+                 route = excluded.route, address = excluded.address, grants = 0, tokens = 0, \
+                 turn = turn + 1 \
+             RETURNING turn",
+            )?
+            .query_row(
+                params![
+                    tenant.as_str(),
+                    subject.as_str(),
+                    audit.reason.as_str(),
+                    audit.at,
+                    audit.at.saturating_add(EXPIRY_GRACE),
+                    audit.actor,
+                    audit.route,
+                    audit.address.map(|a| a.to_string()),
+                ],
+                |r| r.get(0),
+            )?;
         Ok(Some(Self {
             tenant: tenant.to_string(),
             subject: subject.as_str().to_owned(),
             asked: Some(Asked {
+                turn,
                 by: Requester::of(audit),
                 since,
             }),
@@ -211,7 +218,7 @@ impl SubjectLogout {
     ) -> rusqlite::Result<Progress> {
         let issued_by = match (self.row(c)?, &self.asked) {
             (Some((issued_by, _)), None) => issued_by,
-            (Some((issued_by, by)), Some(asked)) if by == asked.by => issued_by,
+            (Some((issued_by, turn)), Some(asked)) if turn == asked.turn => issued_by,
             (None, None) => return Ok(Progress::Ended(None)),
             // Taken over, or ended, by another: its own part is recorded already.
             (_, Some(asked)) => return Ok(Progress::Ended(self.record_of(c, asked)?)),
@@ -259,22 +266,14 @@ impl SubjectLogout {
         Ok(event)
     }
 
-    /// The latest creation time of the grants it takes, and who asked for it last; `None`
-    /// once it has ended (its row gone).
-    fn row(&self, c: &Connection) -> rusqlite::Result<Option<(UnixTime, Requester)>> {
+    /// The latest creation time of the grants it takes, and its turn; `None` once it has
+    /// ended (its row gone).
+    fn row(&self, c: &Connection) -> rusqlite::Result<Option<(UnixTime, i64)>> {
         c.prepare_cached(
-            "SELECT issued_by, reason, at, actor, route, address FROM subject_logouts \
-             WHERE tenant_id = ?1 AND subject = ?2",
+            "SELECT issued_by, turn FROM subject_logouts WHERE tenant_id = ?1 AND subject = ?2",
         )?
         .query_row(params![self.tenant, self.subject], |r| {
-            let by = Requester {
-                reason: r.get(1)?,
-                at: r.get(2)?,
-                actor: r.get(3)?,
-                route: r.get(4)?,
-                address: r.get(5)?,
-            };
-            Ok((r.get(0)?, by))
+            Ok((r.get(0)?, r.get(1)?))
         })
         .optional()
     }
@@ -285,27 +284,45 @@ impl SubjectLogout {
     /// index by subject, block by block from there to the trail's end: the few blocks
     /// written since.
     fn record_of(&self, c: &Connection, asked: &Asked) -> rusqlite::Result<Option<AuditEvent>> {
-        let last: i64 = c
-            .prepare_cached("SELECT coalesce(max(id), 0) FROM audit")?
-            .query_row([], |r| r.get(0))?;
-        // Spelled as the index's expression (`audit_by_subject_in_block`).
+        let last = last_audit_id(c)?;
+        // Spelled as the index's expression (`audit_by_subject_in_block`); the other fields
+        // are compared here too, as the trail stores them.
         let mut in_block = c.prepare_cached(&format!(
             "SELECT {AUDIT_COLUMNS} FROM audit \
              WHERE tenant_id = ?1 AND (id >> {AUDIT_BLOCK_BITS}) = ?2 AND subject = ?3 \
-               AND id > ?4 \
+               AND id > ?4 AND grant_id IS NULL AND at = ?5 AND actor = ?6 \
              ORDER BY id"
         ))?;
+        let by = &asked.by;
         for block in audit_block(asked.since.saturating_add(1))..=audit_block(last) {
-            let params = params![self.tenant, block, self.subject, asked.since];
+            let params = params![
+                self.tenant,
+                block,
+                self.subject,
+                asked.since,
+                by.at,
+                by.actor
+            ];
             for event in in_block.query_map(params, event_from_row)? {
                 let event = event?;
-                if asked.by.recorded_in(&event) {
+                if by.recorded_in(&event) {
                     return Ok(Some(event));
                 }
             }
         }
         Ok(None)
     }
+}
+
+/// The last id the audit trail has handed out: its newest record's, or one the clean-up
+/// has deleted since (ids are never reused, `AUTOINCREMENT`), so that a search from it
+/// starts at the trail's end even when the clean-up has emptied the trail.
+fn last_audit_id(c: &Connection) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'audit'), 0), \
+                    coalesce((SELECT max(id) FROM audit), 0))",
+    )?
+    .query_row([], |r| r.get(0))
 }
 
 /// Records in the audit trail each log-out under way of `tenant` (of `subject`'s alone, if
@@ -427,38 +444,49 @@ mod tests {
     }
 
     /// Two requests alike in every recorded field (one actor asking twice in a second) each
-    /// get their own record; one whose chunks revoked nothing before it was taken over gets
-    /// none; a log-out finished for no request (`under_way`) answers what it ended.
+    /// drive only their own turn and get their own record, whichever chunk comes first;
+    /// here with their records in two blocks of the trail's index by subject.
     #[test]
-    fn each_of_two_like_requests_gets_its_own_record_and_one_that_revoked_nothing_none() {
+    fn each_of_two_like_requests_gets_its_own_record() {
+        for later_ends_first in [false, true] {
+            let (c, marks) = database();
+            // The next audit ids: 65,535 (the last of block 0), then 65,536 (block 1).
+            c.execute_batch("INSERT INTO sqlite_sequence (name, seq) VALUES ('audit', 65534)")
+                .unwrap();
+            let first = begun(&c, &marks, &asked("admin", 200));
+            let second = begun(&c, &marks, &asked("admin", 200));
+            let (first_end, second_end) = if later_ends_first {
+                let second_end = chunk(&c, &marks, &second);
+                (chunk(&c, &marks, &first), second_end)
+            } else {
+                let first_end = chunk(&c, &marks, &first);
+                (first_end, chunk(&c, &marks, &second))
+            };
+            assert_eq!((first_end, second_end), (Some((200, 10)), Some((200, 15))));
+            assert_eq!(live(&c), 0);
+            let ids: String = c
+                .query_row("SELECT group_concat(id, ' ') FROM audit", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(ids, "65535 65536");
+        }
+    }
+
+    /// A log-out finished for no request (`under_way`: the next start, a dead token's
+    /// log-out) answers what it ended; the request whose turn it ended gets its own record
+    /// all the same, and so does the one it had taken over.
+    #[test]
+    fn a_logout_finished_for_no_request_leaves_each_request_its_record() {
         let (c, marks) = database();
         let first = begun(&c, &marks, &asked("admin", 200));
-        let second = begun(&c, &marks, &asked("admin", 200));
-        assert_eq!(chunk(&c, &marks, &second), Some((200, 15)));
-        assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
-
-        let (c, marks) = database();
-        let first = in_batch(&c, &marks, || {
-            let audit = asked("admin", 200);
-            let (tenant, subject) = (&audit.tenant, audit.subject.as_ref().unwrap());
-            SubjectLogout::begin_if_large(&c, tenant, subject, &audit, 10)
-                .unwrap()
-                .unwrap()
-        });
         let second = begun(&c, &marks, &asked("ops", 400));
-        assert_eq!(
-            chunk(&c, &marks, &first),
-            Some((0, 0)),
-            "no record of its own"
-        );
         let tenant = TenantId::default_tenant();
         let crowd = Subject::parse("crowd").unwrap();
         let finishing = SubjectLogout::under_way(&c, &tenant, &crowd)
             .unwrap()
             .unwrap();
-        assert_eq!(chunk(&c, &marks, &finishing), None);
-        assert_eq!(chunk(&c, &marks, &finishing), Some((400, 25)));
-        assert_eq!(chunk(&c, &marks, &second), Some((400, 25)));
+        assert_eq!(chunk(&c, &marks, &finishing), Some((400, 15)));
+        assert_eq!(chunk(&c, &marks, &second), Some((400, 15)));
+        assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
         assert_eq!(live(&c), 0);
     }
 }
