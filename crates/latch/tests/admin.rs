@@ -1143,6 +1143,42 @@ backend_test! {
 }
 
 backend_test! {
+    /// The admin API's writes read no query, and a DELETE no body: a filter copied from a
+    /// listing, or one a write does not know, is refused with nothing revoked, where it
+    /// revoked everything as if it had narrowed it.
+    async fn an_admin_write_with_a_query_or_a_delete_with_a_body_changes_nothing() {
+        let s = TestServer::start().await;
+        let app = s.confidential("app", "read").await;
+        let other = s.confidential("other", "read").await;
+        s.grant_for(&app, "alice", None).await;
+        s.grant_for(&other, "alice", None).await;
+        let refused = [
+            (Method::DELETE, "/tenants/default/subjects/alice/grants?client_id=app"),
+            (Method::DELETE, "/tenants/default/subjects/alice/grants?limit=5"),
+            (Method::DELETE, "/tenants/default/clients/app/grants?subject=alice"),
+            (Method::POST, "/cleanup?x=1"),
+        ];
+        for (method, path) in refused {
+            let query = path.split_once('?').unwrap().1;
+            let resp = s.admin(method.clone(), path, None).await;
+            let body = assert_error(resp, 400, "invalid_request").await;
+            let why = format!("the admin API's {method} requests read no query parameters; got {query}");
+            assert_eq!(body["error_description"], why, "{path}");
+        }
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let logout = "/tenants/default/subjects/alice/grants";
+        let narrowed = Some(json!({ "client_id": "app" }));
+        let resp = admin_as(&s, Method::DELETE, logout, Some(&bearer), narrowed).await;
+        let body = assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(body["error_description"], "the admin API's DELETE requests read no body");
+        assert_eq!(live_grants(&s, "alice").await.len(), 2, "nothing revoked");
+        // As asked, the log-out goes through.
+        assert_eq!(s.admin(Method::DELETE, logout, None).await.status(), 200);
+        assert!(live_grants(&s, "alice").await.is_empty());
+    }
+}
+
+backend_test! {
     async fn tenants_are_listed_by_id_a_page_at_a_time() {
         let s = TestServer::start().await;
         for id in ["t3", "t1", "t2"] {

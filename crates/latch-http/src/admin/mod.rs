@@ -9,10 +9,12 @@ mod tenants;
 
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
@@ -56,6 +58,30 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/subjects/{subject}/grants",
             get(grants::list_for_subject).delete(grants::logout_everywhere),
         )
+        .route_layer(middleware::from_fn(writes_read_no_query))
+}
+
+/// Refuses a write (every method but `GET` and `HEAD`) with a query, and a `DELETE` with a
+/// body: the writes read neither, and a filter one does not know
+/// (`DELETE …/subjects/alice/grants?client_id=app`) would revoke everything as if it had
+/// narrowed it, as an unknown filter on a listing would list everything
+/// ([`listing_query`]).
+async fn writes_read_no_query(request: Request, next: Next) -> Response {
+    let method = request.method();
+    if method != Method::GET && method != Method::HEAD {
+        if let Some(query) = request.uri().query() {
+            let description = format!(
+                "the admin API's {method} requests read no query parameters; got {}",
+                crate::form::printable(query)
+            );
+            return ApiError::invalid_request(description).into_response();
+        }
+        if method == Method::DELETE && request.body().size_hint().exact() != Some(0) {
+            let description = "the admin API's DELETE requests read no body";
+            return ApiError::invalid_request(description).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// A listing's query, holding only the parameters it reads (`names`), each with a value.
