@@ -25,6 +25,19 @@ fn check_printable(what: &'static str, s: &str, max: usize) -> Result<(), Error>
     Ok(())
 }
 
+/// Refuses an id of dots alone. The admin API names clients and subjects in URL paths, where
+/// HTTP clients resolve a `.` or `..` segment away (`DELETE …/clients/./grants` reaches
+/// `…/clients/grants`, removing a client named `grants`): one so named could never be
+/// managed, its secret rotated or its grants revoked.
+fn check_not_dots(what: &'static str, s: &str) -> Result<(), Error> {
+    if s.bytes().all(|b| b == b'.') {
+        return Err(Error::invalid_request(format!(
+            "{what} is dots alone, which a URL path cannot name"
+        )));
+    }
+    Ok(())
+}
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -105,17 +118,19 @@ impl TenantId {
 }
 
 impl ClientId {
-    /// Parses a client id: 1 to 255 bytes, no control characters.
+    /// Parses a client id: 1 to 255 bytes, no control characters, not dots alone.
     pub fn parse(s: &str) -> Result<Self, Error> {
         check_printable("client_id", s, MAX_ID_LEN)?;
+        check_not_dots("client_id", s)?;
         Ok(Self(s.to_owned()))
     }
 }
 
 impl Subject {
-    /// Parses a subject: 1 to 255 bytes, no control characters.
+    /// Parses a subject: 1 to 255 bytes, no control characters, not dots alone.
     pub fn parse(s: &str) -> Result<Self, Error> {
         check_printable("subject", s, MAX_ID_LEN)?;
+        check_not_dots("subject", s)?;
         Ok(Self(s.to_owned()))
     }
 
@@ -220,6 +235,12 @@ mod tests {
         assert!(ClientId::parse("\0").is_err());
         assert!(ClientId::parse(&"c".repeat(256)).is_err());
         assert!(ClientId::parse("").is_err());
+        // Dots alone cannot be named in a URL path; dots among other characters can.
+        for dots in [".", "..", "..."] {
+            assert!(ClientId::parse(dots).is_err(), "{dots}");
+            assert!(Subject::parse(dots).is_err(), "{dots}");
+        }
+        assert!(ClientId::parse("..a").is_ok() && Subject::parse("a.").is_ok());
     }
 
     #[test]

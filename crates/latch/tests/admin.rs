@@ -793,13 +793,21 @@ backend_test! {
             )
             .await;
         assert_error(resp, 404, "not_found").await;
-        // Shape errors.
+        // Shape errors; a subject of dots alone, which no URL path of the admin API can name.
         for body in [
             json!({ "client_id": "svc" }),
             json!({ "subject": "alice" }),
             json!({ "client_id": "svc", "subject": "alice", "ttl": 5 }),
+            json!({ "client_id": "svc", "subject": ".." }),
         ] {
             assert_error(post(body).await, 400, "invalid_request").await;
+        }
+        // Nor a client so named: `DELETE …/clients/./grants` would reach `…/clients/grants`.
+        for id in [".", ".."] {
+            let client = Some(json!({ "client_id": id, "scope": "read" }));
+            let resp = s.admin(Method::POST, "/tenants/default/clients", client).await;
+            let body = assert_error(resp, 400, "invalid_request").await;
+            assert_eq!(body["error_description"], "client_id is dots alone, which a URL path cannot name");
         }
         let resp = admin_raw(&s, "/tenants/default/grants", Some("application/json"), "{").await;
         assert_error(resp, 400, "invalid_request").await;
