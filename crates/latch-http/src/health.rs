@@ -15,7 +15,14 @@ use crate::AppState;
 /// its supervisor to restart it; an unreachable database does not (a restart would not help).
 pub(crate) async fn live(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     if state.authority.store().writer_stopped() {
-        tracing::error!("the writer has stopped: every write fails until latch restarts");
+        // Bounded: a supervisor or a load balancer may probe at any rate.
+        static BUDGET: LogBudget = LogBudget::new();
+        if let Some(left_out) = BUDGET.admit() {
+            tracing::error!(
+                left_out,
+                "the writer has stopped: every write fails until latch restarts"
+            );
+        }
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "writer_stopped" })),

@@ -1,7 +1,7 @@
 //! A bound on how many lines an event that clients or an outage can repeat at request rate
 //! writes to the log: a failed client authentication (an attacker holding many addresses
-//! passes the per-address limit), a storage failure and a failed readiness check (every
-//! request during an outage). Past [`LogBudget::PER_SECOND`] lines of one kind in a second,
+//! passes the per-address limit; the admin token's too), a storage failure, a failed
+//! readiness check (every request during an outage) and a dead writer's liveness check. Past [`LogBudget::PER_SECOND`] lines of one kind in a second,
 //! the rest of that second's are left out, and the next line logged says how many were.
 //! Counters (`/metrics`) still count every response.
 

@@ -239,6 +239,45 @@ backend_test! {
     }
 }
 
+/// Wrong admin tokens are logged at most 10 a second (the rest counted in the next line's
+/// `left_out`): past the per-address limit, an attacker with many addresses logged one line
+/// per guess. Here the 50 guesses one address is allowed, sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_logged_within_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--admin-token",
+            ADMIN_TOKEN,
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let guesses = (0..50).map(|i| {
+        let req = http.get(format!("{}/admin/v1/tenants", p.base));
+        async move { req.bearer_auth(format!("guess-{i}")).send().await.unwrap() }
+    });
+    for resp in futures_util::future::join_all(guesses).await {
+        assert_error(resp, 401, "invalid_token").await;
+    }
+    // Each second the guesses spanned logs 10 lines at most.
+    let seconds = started.elapsed().as_secs() + 2;
+    let logs = p.stderr_path.clone();
+    assert!(p.terminate().success());
+    let logs = std::fs::read_to_string(logs).unwrap();
+    let lines = logs.matches("admin authentication failed").count() as u64;
+    assert!(lines >= 1, "{logs}");
+    assert!(
+        lines <= 10 * seconds,
+        "{lines} lines in {seconds} s: {logs}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_an_admin_token_has_no_admin_api() {
     let dir = tempfile::tempdir().unwrap();

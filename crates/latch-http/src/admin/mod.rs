@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::form::{read_body, Form};
+use crate::log_budget::LogBudget;
 use crate::serve::Connection;
 use crate::AppState;
 
@@ -197,7 +198,12 @@ impl FromRequestParts<Arc<AppState>> for Admin {
             if let Some(a) = address {
                 state.auth_limiter.failed_admin(a, now);
             }
-            tracing::info!("admin authentication failed");
+            // Bounded: past the per-address limit, many addresses could still log at
+            // request rate.
+            static BUDGET: LogBudget = LogBudget::new();
+            if let Some(left_out) = BUDGET.admit() {
+                tracing::info!(left_out, "admin authentication failed");
+            }
             Err(ApiError::admin_unauthorized(true))
         }
     }
