@@ -484,6 +484,19 @@ fn check_issuer(issuer: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An admin token a request can present as it is: visible ASCII (spaces within), nothing
+/// around it. A header cannot carry other bytes, and the token presented is read without the
+/// spaces around it, so one configured otherwise would never match, and the admin API
+/// answer `401` for ever, as if every caller had it wrong. (Never quoted: it is a secret.)
+fn check_admin_token(token: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        token.trim() == token && token.bytes().all(|b| b == b' ' || b.is_ascii_graphic()),
+        "admin_token must be visible ASCII characters (spaces only between them): no request \
+         could present it as configured"
+    );
+    Ok(())
+}
+
 /// The `[auth_limits]` table, each value at least 1: a limit of 0 would refuse a client
 /// after its first failure, not switch the limit off, and a window of 0 means nothing.
 fn auth_limits(table: &AuthLimitsConfig) -> anyhow::Result<AuthLimits> {
@@ -533,13 +546,17 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
             c.tenant.as_str()
         );
     }
+    let admin_token = (server.admin_token.clone())
+        .or_else(|| file.admin_token.clone())
+        .filter(|t| !t.expose().is_empty());
+    if let Some(token) = &admin_token {
+        check_admin_token(token.expose())?;
+    }
     Ok(Settings {
         listen,
         database: database_url(overrides, &file)?,
         issuer,
-        admin_token: (server.admin_token.clone())
-            .or_else(|| file.admin_token.clone())
-            .filter(|t| !t.expose().is_empty()),
+        admin_token,
         log: log_filter(
             (server.log.clone())
                 .or_else(|| file.log.clone())

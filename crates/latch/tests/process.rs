@@ -211,9 +211,18 @@ fn no_secret_shows_in_help_or_in_a_configuration_error() {
             "issuer = \"https://a.example/*\"\n",
             "has a path segment starting with `:` or `*`",
         ),
+        (
+            "admin_token = \"sekret-9c2e \"\n",
+            "admin_token must be visible ASCII characters",
+        ),
+        (
+            "admin_token = \"sekret-9c2e\\u00e9\"\n",
+            "admin_token must be visible ASCII characters",
+        ),
     ] {
         let stderr = refused(file);
         assert!(stderr.contains(says), "{file}: {stderr}");
+        assert!(!stderr.contains("sekret-9c2e"), "{stderr}");
     }
 }
 
