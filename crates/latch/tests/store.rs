@@ -2366,6 +2366,67 @@ async fn postgres_a_write_held_back_for_a_long_one_is_refused_at_the_query_deadl
     assert_eq!(event.grants, 1);
 }
 
+/// A long write (here a client's removal) lets the writes let through to the bounded queue
+/// before it began go first: an issuance for the client, queued behind a batch another
+/// session holds up, is stored, and then revoked by the removal, which waits for it. The
+/// removal took the client's row at once before, and the issuance's batch waited behind it,
+/// each of its writes refused at the query deadline (here, the removal is seen waiting for
+/// the session holding the batch up).
+#[tokio::test]
+async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    let expiring = [("at", TokenKind::Access, 10_000)];
+    let (held, _) = issue_expiring(&*store, 1, 20_000, &expiring).await;
+    let holder = holding_grant(&db, &held).await;
+    // A batch the holder holds up.
+    let held_up = tokio::spawn({
+        let (store, grant) = (store.clone(), held.clone());
+        async move {
+            let context = audit(0, Reason::ClientRequest, 200).about(Some(&grant), None);
+            store.revoke(&Revocation::Grant(grant), &context).await
+        }
+    });
+    holder.until_waited_on(&db, "grants", &held_up).await;
+    // An issuance for `app`, let through to the queue behind it (one poll).
+    let (grant, tokens) = late_issuance(&TenantId::default_tenant(), "app", "queued");
+    let issuing = store.issue(&grant, &tokens, None);
+    tokio::pin!(issuing);
+    assert!(futures_util::poll!(issuing.as_mut()).is_pending());
+    // The removal of `app` begins, and waits for it: it does not go to the database, where
+    // revoking the client's grants it would wait for the holder.
+    let removal = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let app = ClientId::parse("app").unwrap();
+            let removal = audit(0, Reason::ClientRemoved, 200);
+            store
+                .delete_client(&TenantId::default_tenant(), &app, &removal)
+                .await
+        }
+    });
+    let mut went_first = false;
+    for _ in 0..20 {
+        went_first |= holder.waiting(&db, "g.client_id").await > 0;
+        tokio::task::yield_now().await;
+    }
+    holder.commit().await;
+    // (Checked once nothing holds a lock: a test failing while its sessions hold some
+    // cannot drop its schema.)
+    let held_up = held_up.await.unwrap();
+    let (issued, removed) = (issuing.await, removal.await.unwrap());
+    assert!(!went_first, "the removal went to the database first");
+    assert!(held_up.unwrap().is_some());
+    assert!(issued.unwrap(), "stored, before the removal");
+    assert!(removed.unwrap().is_some());
+    let queued = store
+        .token(&TokenHash::of("queued"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(queued.is_revoked(), "and revoked by it");
+}
+
 /// A log-out of `subject(1)` under way on `store` and waiting on another session's lock on
 /// its one grant (issued here, with one access token): the grant, its tokens, that session,
 /// and the log-out.

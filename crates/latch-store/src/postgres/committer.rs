@@ -147,7 +147,15 @@ impl Op {
 }
 
 /// The unbounded writes under way on a node, by what they may hold locked, and a signal as
-/// each ends.
+/// each ends; and the bounded writes let through to their queue, counted.
+///
+/// Both sides announce themselves before they look at the other (`SeqCst`): a bounded write
+/// counts itself let through, then reads whether an unbounded one is under way; an unbounded
+/// write registers, then reads how many bounded ones were let through. So of two that cross,
+/// at least one sees the other: the bounded write waits for the unbounded one, or the
+/// unbounded one for the bounded writes let through before it ([`UnderWay::drain`]), which
+/// may be queued for a batch that its locks would otherwise hold up, with every other write
+/// of that batch, until the deadline.
 #[derive(Default)]
 struct UnderWay {
     /// How many (read first: a bounded write checks nothing more while none runs).
@@ -156,6 +164,12 @@ struct UnderWay {
     reaches: Mutex<Vec<(u64, Reach)>>,
     next_id: AtomicU64,
     ended: Notify,
+    /// Bounded writes let through ([`UnderWay::clear_for`]), and those of them answered (or
+    /// given up by their callers), since the start.
+    let_through: AtomicU64,
+    answered: AtomicU64,
+    /// Signalled as bounded writes are answered while an unbounded one is under way.
+    drained: Notify,
 }
 
 impl UnderWay {
@@ -163,28 +177,52 @@ impl UnderWay {
     fn begin(&self, reach: Reach) -> Running<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.reaches().push((id, reach));
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.count.fetch_add(1, Ordering::SeqCst);
         Running {
             under_way: self,
             id,
         }
     }
 
+    /// Waits until as many bounded writes have been answered as had been let through when
+    /// it was called, the caller having begun ([`UnderWay::begin`]): those it came upon,
+    /// nearly always (a write let through after it may be answered before one let through
+    /// before, and count in its stead). Bounded: each such write is answered within its
+    /// deadline.
+    async fn drain(&self) {
+        let let_through = self.let_through.load(Ordering::SeqCst);
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so that an answer between the two is not missed.
+            drained.as_mut().enable();
+            if self.answered.load(Ordering::SeqCst) >= let_through {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     /// Waits, within `deadline`, until none of the writes under way when it was called that
     /// may hold a row `op` needs is; those that begin meanwhile it does not wait for, so a
     /// stream of them cannot hold `op` off. Past the deadline `op` is refused, as a batch
-    /// PostgreSQL leaves unanswered is.
-    async fn clear_for(&self, op: &Op, deadline: Deadline) -> StoreResult<()> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return Ok(());
+    /// PostgreSQL leaves unanswered is. The write is then let through, counted until the
+    /// guard returned is dropped (once it is answered).
+    async fn clear_for(&self, op: &Op, deadline: Deadline) -> StoreResult<LetThrough<'_>> {
+        let through = self.let_through();
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return Ok(through);
         }
         let before: Vec<u64> = (self.reaches().iter())
             .filter(|(_, reach)| op.may_need(reach))
             .map(|(id, _)| *id)
             .collect();
         if before.is_empty() {
-            return Ok(());
+            return Ok(through);
         }
+        // Not let through while it waits: an unbounded write beginning meanwhile need not
+        // wait for it.
+        drop(through);
         let cleared = async {
             loop {
                 let ended = self.ended.notified();
@@ -201,11 +239,33 @@ impl UnderWay {
             StoreError::Unavailable(format!(
                 "a removal or a log-out holds what this write needs; {late}"
             ))
-        })
+        })?;
+        Ok(self.let_through())
+    }
+
+    /// Counts a bounded write let through until the guard returned is dropped.
+    fn let_through(&self) -> LetThrough<'_> {
+        self.let_through.fetch_add(1, Ordering::SeqCst);
+        LetThrough { under_way: self }
     }
 
     fn reaches(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Reach)>> {
         self.reaches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A bounded write let through to its queue ([`UnderWay::clear_for`]), until it is answered.
+struct LetThrough<'a> {
+    under_way: &'a UnderWay,
+}
+
+impl Drop for LetThrough<'_> {
+    fn drop(&mut self) {
+        let under_way = self.under_way;
+        under_way.answered.fetch_add(1, Ordering::SeqCst);
+        if under_way.count.load(Ordering::SeqCst) > 0 {
+            under_way.drained.notify_waiters();
+        }
     }
 }
 
@@ -222,7 +282,7 @@ impl Drop for Running<'_> {
             reaches.swap_remove(i);
         }
         drop(reaches);
-        self.under_way.count.fetch_sub(1, Ordering::AcqRel);
+        self.under_way.count.fetch_sub(1, Ordering::SeqCst);
         self.under_way.ended.notify_waiters();
     }
 }
@@ -353,14 +413,17 @@ impl Committer {
     /// Applies `op` in the next batch of its committer; returns once the batch is committed.
     pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
         let (reply, answer) = oneshot::channel();
-        let _running;
+        let (_let_through, _running);
         let queue = match op.reach() {
             None => {
-                self.under_way.clear_for(&op, self.deadline).await?;
+                _let_through = self.under_way.clear_for(&op, self.deadline).await?;
                 &self.bounded
             }
             Some(reach) => {
                 _running = self.under_way.begin(reach);
+                // Bounded writes let through before it may be queued for a batch that its
+                // locks would hold up: they go first.
+                self.under_way.drain().await;
                 &self.unbounded
             }
         };
@@ -1659,6 +1722,45 @@ mod tests {
         drop(second);
         // With nothing under way it waits for nothing.
         assert!(under_way.clear_for(&op, Deadline(None)).await.is_ok());
+    }
+
+    /// An unbounded write waits for the bounded writes let through before it began to be
+    /// answered, not for those let through after; a bounded write held back is not let
+    /// through while it waits.
+    #[tokio::test]
+    async fn a_long_write_lets_the_writes_let_through_before_it_go_first() {
+        let under_way = UnderWay::default();
+        let op = grant_revocation();
+        let queued = under_way.clear_for(&op, Deadline(None)).await.unwrap();
+        let first = under_way.begin(logout("alice"));
+        let draining = under_way.drain();
+        tokio::pin!(draining);
+        assert!(
+            futures_util::poll!(draining.as_mut()).is_pending(),
+            "it waits"
+        );
+        // Held back by the log-out, a write is not counted as let through.
+        let held = under_way.clear_for(&op, Deadline(None));
+        tokio::pin!(held);
+        assert!(futures_util::poll!(held.as_mut()).is_pending());
+        drop(queued);
+        assert!(
+            futures_util::poll!(draining.as_mut()).is_ready(),
+            "the write let through before it was answered"
+        );
+        drop(first);
+        let after = match futures_util::poll!(held.as_mut()) {
+            std::task::Poll::Ready(let_through) => let_through.unwrap(),
+            std::task::Poll::Pending => panic!("the log-out has ended"),
+        };
+        // Let through after this log-out began: the next one waits for it.
+        let second = under_way.begin(logout("bob"));
+        let draining = under_way.drain();
+        tokio::pin!(draining);
+        assert!(futures_util::poll!(draining.as_mut()).is_pending());
+        drop(after);
+        assert!(futures_util::poll!(draining.as_mut()).is_ready());
+        drop(second);
     }
 
     /// A transaction whose `COMMIT` went unanswered is answered committed only when

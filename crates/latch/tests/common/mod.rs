@@ -317,6 +317,13 @@ impl OtherNode {
         }
     }
 
+    /// How many sessions running a statement containing `statement` wait now for a lock
+    /// this session holds ([`OtherNode::waiting_sql`]).
+    #[allow(dead_code)]
+    pub async fn waiting(&self, db: &TestDb, statement: &str) -> i64 {
+        db.query_i64(&self.waiting_sql(statement)).await
+    }
+
     /// Counts the sessions running a statement containing `statement` that wait for a lock
     /// this one holds, directly or behind another waiter (a second waiter for a row waits for
     /// the first). Only those: tests in other schemas of the database wait for locks of their
