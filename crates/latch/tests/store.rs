@@ -1945,12 +1945,24 @@ async fn postgres_access_tokens_carry_their_owner_and_die_with_a_grant_any_node_
 async fn exchange(
     store: &dyn Storage,
     grant: &GrantId,
-    (old, old_generation): (&str, u32),
+    old: (&str, u32),
     precondition: RotationPrecondition,
     new: &str,
     client_has_grace: bool,
 ) -> RotationOutcome {
-    let rotation = Rotation {
+    let rotation = exchange_of(grant, old, precondition, new, client_has_grace);
+    store.rotate(&rotation).await.unwrap()
+}
+
+/// The exchange [`exchange`] asks for.
+fn exchange_of(
+    grant: &GrantId,
+    (old, old_generation): (&str, u32),
+    precondition: RotationPrecondition,
+    new: &str,
+    client_has_grace: bool,
+) -> Rotation {
+    Rotation {
         grant_id: grant.clone(),
         tenant: TenantId::default_tenant(),
         client_id: ClientId::parse("app").unwrap(),
@@ -1970,8 +1982,7 @@ async fn exchange(
         grant_expires_at: 20_000,
         now: 200,
         client_has_grace,
-    };
-    store.rotate(&rotation).await.unwrap()
+    }
 }
 
 /// A grant of refresh token "{name}0", exchanged once for "{name}1", then used once more in
@@ -2425,6 +2436,67 @@ async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
         .unwrap()
         .unwrap();
     assert!(queued.is_revoked(), "and revoked by it");
+}
+
+/// A long write queued behind another (here a subject's log-out behind a client's removal
+/// another session holds up) holds nothing up while it waits: the subject's refresh-token
+/// exchange goes through, and the log-out, once it runs, revokes what it issued. It counted
+/// as under way from when it was queued, and the exchange was refused at the query deadline.
+#[tokio::test]
+async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let url = DatabaseUrl::parse(&format!("{}&query_timeout=1", db.url_string())).unwrap();
+    let store = latch_store::open(&url).await.unwrap();
+    let home = TenantId::default_tenant();
+    let (grant, _) =
+        issue_expiring(&*store, 0, 20_000, &[("rt0", TokenKind::Refresh, 10_000)]).await;
+    store
+        .create_client(&client(&home, "web", 3600))
+        .await
+        .unwrap();
+    let (web, web_tokens) = late_issuance(&home, "web", "web-at");
+    assert!(store.issue(&web, &web_tokens, None).await.unwrap());
+    let holder = holding_grant(&db, &web.id).await;
+    let removal = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let web = ClientId::parse("web").unwrap();
+            let context = audit(0, Reason::ClientRemoved, 200);
+            store
+                .delete_client(&TenantId::default_tenant(), &web, &context)
+                .await
+        }
+    });
+    holder.until_waited_on(&db, "g.client_id", &removal).await;
+    // The log-out of subject 0, queued behind the removal (one poll).
+    let logout = Revocation::Subject {
+        tenant: home.clone(),
+        subject: subject(0),
+    };
+    let context = audit(1, Reason::LogoutEverywhere, 200);
+    let logging_out = store.revoke(&logout, &context);
+    tokio::pin!(logging_out);
+    assert!(futures_util::poll!(logging_out.as_mut()).is_pending());
+    let unused = RotationPrecondition::Unused;
+    let exchanged = store
+        .rotate(&exchange_of(&grant, ("rt0", 0), unused, "rt0-next", false))
+        .await;
+    holder.commit().await;
+    // (Checked once nothing holds a lock: a test failing while its sessions hold some
+    // cannot drop its schema.)
+    let (removed, logged_out) = (removal.await.unwrap(), logging_out.await);
+    assert_eq!(exchanged.unwrap(), RotationOutcome::Rotated);
+    assert!(removed.unwrap().is_some());
+    assert_eq!(logged_out.unwrap().expect("recorded").grants, 1);
+    let next = store
+        .token(&TokenHash::of("rt0-next"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        next.is_revoked(),
+        "the log-out revoked the exchange's token"
+    );
 }
 
 /// A log-out of `subject(1)` under way on `store` and waiting on another session's lock on

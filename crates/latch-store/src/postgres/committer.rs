@@ -365,12 +365,14 @@ struct Pending {
 /// Apart, it holds up only the writes that may need a row it locks ([`Op::may_need`]),
 /// which wait for it before they join a batch: in a batch, one waiting on its lock would
 /// hold up the whole batch, and with it every bounded write of the node, then fail it at the
-/// deadline. (Writes on two connections are concurrent, as several nodes' are: the same
-/// locks order them.)
+/// deadline. The others run one at a time, each its own transaction, under way
+/// ([`UnderWay`]) from when its task takes it to when it is answered: one queued behind
+/// another holds nothing, so holds nothing up. (Writes on two connections are concurrent,
+/// as several nodes' are: the same locks order them.)
 pub(crate) struct Committer {
     bounded: mpsc::Sender<Pending>,
     unbounded: mpsc::Sender<Pending>,
-    under_way: UnderWay,
+    under_way: Arc<UnderWay>,
     /// How long a bounded write waits for the unbounded ones it may need ([`UnderWay`]).
     deadline: Deadline,
 }
@@ -391,21 +393,17 @@ impl Committer {
         meter: Arc<CommitMeter>,
         deadline: Deadline,
     ) -> Self {
+        let under_way = Arc::new(UnderWay::default());
         let (bounded, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(
-            config.clone(),
-            tls.clone(),
-            rx,
-            meter.clone(),
-            deadline,
-            deadline,
-        ));
+        let writer = Writer::new(config.clone(), tls.clone(), meter.clone(), deadline);
+        tokio::spawn(run(writer, rx, deadline, None));
         let (unbounded, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(config, tls, rx, meter, deadline, Deadline(None)));
+        let writer = Writer::new(config, tls, meter, deadline);
+        tokio::spawn(run(writer, rx, Deadline(None), Some(under_way.clone())));
         Self {
             bounded,
             unbounded,
-            under_way: UnderWay::default(),
+            under_way,
             deadline,
         }
     }
@@ -413,19 +411,13 @@ impl Committer {
     /// Applies `op` in the next batch of its committer; returns once the batch is committed.
     pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
         let (reply, answer) = oneshot::channel();
-        let (_let_through, _running);
+        let _let_through;
         let queue = match op.reach() {
             None => {
                 _let_through = self.under_way.clear_for(&op, self.deadline).await?;
                 &self.bounded
             }
-            Some(reach) => {
-                _running = self.under_way.begin(reach);
-                // Bounded writes let through before it may be queued for a batch that its
-                // locks would hold up: they go first.
-                self.under_way.drain().await;
-                &self.unbounded
-            }
+            Some(_) => &self.unbounded,
         };
         queue
             .send(Pending { op, reply })
@@ -509,25 +501,32 @@ async fn begin_batch<'a>(
 
 /// A committer task: commits the writes `rx` brings, a batch at a time, each batch within
 /// `batch_deadline`.
+/// A committer task: commits what `rx` brings within `batch_deadline`, in batches of what is
+/// queued; or, given the node's [`UnderWay`] (the unbounded writes' task), one write at a
+/// time, each under way from before it begins (once the bounded writes let through before
+/// it are answered) until it is answered.
 async fn run(
-    config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    mut writer: Writer,
     mut rx: mpsc::Receiver<Pending>,
-    meter: Arc<CommitMeter>,
-    deadline: Deadline,
     batch_deadline: Deadline,
+    under_way: Option<Arc<UnderWay>>,
 ) {
-    let mut writer = Writer {
-        config,
-        tls,
-        meter,
-        deadline,
-        link: None,
-        statements: Statements::default(),
-    };
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    let most = if under_way.is_some() { 1 } else { MAX_BATCH };
+    let mut batch: Vec<Pending> = Vec::with_capacity(most);
     // Waits for a write, then takes every other one already queued.
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    while rx.recv_many(&mut batch, most).await > 0 {
+        let _running = match &under_way {
+            Some(under_way) => {
+                let running: Vec<_> = (batch.iter().filter_map(|p| p.op.reach()))
+                    .map(|reach| under_way.begin(reach))
+                    .collect();
+                // Bounded writes let through before it may be queued for a batch that its
+                // locks would hold up: they go first.
+                under_way.drain().await;
+                running
+            }
+            None => Vec::new(),
+        };
         writer.commit(&mut batch, batch_deadline).await;
     }
 }
@@ -544,6 +543,23 @@ struct Writer {
 }
 
 impl Writer {
+    /// A writer that connects when it first commits, within `deadline`.
+    fn new(
+        config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        meter: Arc<CommitMeter>,
+        deadline: Deadline,
+    ) -> Self {
+        Self {
+            config,
+            tls,
+            meter,
+            deadline,
+            link: None,
+            statements: Statements::default(),
+        }
+    }
+
     /// Commits `batch` in one transaction within `deadline` and answers each write, leaving
     /// it empty.
     async fn commit(&mut self, batch: &mut Vec<Pending>, deadline: Deadline) {
