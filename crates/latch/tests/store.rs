@@ -2378,34 +2378,33 @@ async fn postgres_a_write_held_back_for_a_long_one_is_refused_at_the_query_deadl
 }
 
 /// A long write (here a client's removal) lets the writes let through to the bounded queue
-/// before it began go first: an issuance for the client, queued behind a batch another
-/// session holds up, is stored, and then revoked by the removal, which waits for it. The
-/// removal took the client's row at once before, and the issuance's batch waited behind it,
-/// each of its writes refused at the query deadline (here, the removal is seen waiting for
-/// the session holding the batch up).
+/// before it began go first, even those whose callers gave up: an issuance for the client,
+/// its batch held up by another session, is stored, then revoked by the removal, which
+/// waits for it before it goes to the database. The removal went at once before, and took
+/// the client's row: the issuance's batch waited behind it, each of its writes refused at
+/// the query deadline (here, the removal is seen waiting for that other session).
 #[tokio::test]
 async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
     let store = latch_store::open(&db.url).await.unwrap();
-    let expiring = [("at", TokenKind::Access, 10_000)];
-    let (held, _) = issue_expiring(&*store, 1, 20_000, &expiring).await;
-    let holder = holding_grant(&db, &held).await;
-    // A batch the holder holds up.
-    let held_up = tokio::spawn({
-        let (store, grant) = (store.clone(), held.clone());
-        async move {
-            let context = audit(0, Reason::ClientRequest, 200).about(Some(&grant), None);
-            store.revoke(&Revocation::Grant(grant), &context).await
-        }
-    });
-    holder.until_waited_on(&db, "grants", &held_up).await;
-    // An issuance for `app`, let through to the queue behind it (one poll).
+    ensure_app(&*store).await;
+    let holder = OtherNode::begin(
+        &db,
+        "SELECT 1 FROM clients WHERE tenant_id = 'default' AND client_id = 'app' \
+         FOR NO KEY UPDATE",
+    )
+    .await;
+    // An issuance for `app`, its batch held up, whose caller then gives up: the write goes
+    // on all the same.
     let (grant, tokens) = late_issuance(&TenantId::default_tenant(), "app", "queued");
-    let issuing = store.issue(&grant, &tokens, None);
-    tokio::pin!(issuing);
-    assert!(futures_util::poll!(issuing.as_mut()).is_pending());
+    let issuing = tokio::spawn({
+        let store = store.clone();
+        async move { store.issue(&grant, &tokens, None).await }
+    });
+    holder.until_waited_on(&db, "clients", &issuing).await;
+    issuing.abort();
     // The removal of `app` begins, and waits for it: it does not go to the database, where
-    // revoking the client's grants it would wait for the holder.
+    // its DELETE would wait for the holder too.
     let removal = tokio::spawn({
         let store = store.clone();
         async move {
@@ -2418,23 +2417,17 @@ async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
     });
     let mut went_first = false;
     for _ in 0..20 {
-        went_first |= holder.waiting(&db, "g.client_id").await > 0;
+        went_first |= holder.waiting(&db, "DELETE FROM clients").await > 0;
         tokio::task::yield_now().await;
     }
     holder.commit().await;
     // (Checked once nothing holds a lock: a test failing while its sessions hold some
     // cannot drop its schema.)
-    let held_up = held_up.await.unwrap();
-    let (issued, removed) = (issuing.await, removal.await.unwrap());
+    let removed = removal.await.unwrap();
     assert!(!went_first, "the removal went to the database first");
-    assert!(held_up.unwrap().is_some());
-    assert!(issued.unwrap(), "stored, before the removal");
     assert!(removed.unwrap().is_some());
-    let queued = store
-        .token(&TokenHash::of("queued"))
-        .await
-        .unwrap()
-        .unwrap();
+    let queued = store.token(&TokenHash::of("queued")).await.unwrap();
+    let queued = queued.expect("stored, before the removal");
     assert!(queued.is_revoked(), "and revoked by it");
 }
 
@@ -2445,7 +2438,7 @@ async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
 #[tokio::test]
 async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     let db = TestDb::fresh_on(common::Backend::Postgres).await;
-    let url = DatabaseUrl::parse(&format!("{}&query_timeout=1", db.url_string())).unwrap();
+    let url = DatabaseUrl::parse(&format!("{}&query_timeout=5", db.url_string())).unwrap();
     let store = latch_store::open(&url).await.unwrap();
     let home = TenantId::default_tenant();
     let (grant, _) =

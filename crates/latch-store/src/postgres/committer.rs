@@ -21,8 +21,7 @@ use latch_core::store::StoreResult;
 use latch_core::token::{TokenHash, TokenKind};
 use latch_core::StoreError;
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -146,143 +145,167 @@ impl Op {
     }
 }
 
-/// The unbounded writes under way on a node, by what they may hold locked, and a signal as
-/// each ends; and the bounded writes let through to their queue, counted.
-///
-/// Both sides announce themselves before they look at the other (`SeqCst`): a bounded write
-/// counts itself let through, then reads whether an unbounded one is under way; an unbounded
-/// write registers, then reads how many bounded ones were let through. So of two that cross,
-/// at least one sees the other: the bounded write waits for the unbounded one, or the
-/// unbounded one for the bounded writes let through before it ([`UnderWay::drain`]), which
-/// may be queued for a batch that its locks would otherwise hold up, with every other write
-/// of that batch, until the deadline.
+/// The long writes under way on a node, by what they may hold locked, and the bounded writes
+/// let through to their queue and not yet answered, under one lock: a bounded write is let
+/// through only if no long write under way may hold a row it needs, and a long write,
+/// registered, waits for the bounded writes let through before it ([`UnderWay::drain`]),
+/// which may be queued for a batch that its locks would otherwise hold up, with every other
+/// write of that batch, until the deadline. Registering and letting through each take the
+/// lock, so of two that cross, one sees the other.
 #[derive(Default)]
 struct UnderWay {
-    /// How many (read first: a bounded write checks nothing more while none runs).
-    count: AtomicUsize,
-    /// Each with an id of its own.
-    reaches: Mutex<Vec<(u64, Reach)>>,
-    next_id: AtomicU64,
+    state: Mutex<WritesUnderWay>,
+    /// Signalled as a long write ends.
     ended: Notify,
-    /// Bounded writes let through ([`UnderWay::clear_for`]), and those of them answered (or
-    /// given up by their callers), since the start.
-    let_through: AtomicU64,
-    answered: AtomicU64,
-    /// Signalled as bounded writes are answered while an unbounded one is under way.
-    drained: Notify,
+    /// Signalled as a bounded write let through is answered while a long one drains.
+    answered: Notify,
+}
+
+#[derive(Default)]
+struct WritesUnderWay {
+    /// The long writes, each with an id of its own.
+    long: Vec<(u64, Reach)>,
+    /// The ids of the bounded writes let through, until each is answered.
+    let_through: HashSet<u64>,
+    next_id: u64,
+    /// Long writes waiting in [`UnderWay::drain`].
+    draining: usize,
+}
+
+impl WritesUnderWay {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
 }
 
 impl UnderWay {
-    /// Records `reach` as under way until the guard returned is dropped.
-    fn begin(&self, reach: Reach) -> Running<'_> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.reaches().push((id, reach));
-        self.count.fetch_add(1, Ordering::SeqCst);
+    /// Records a long write of `reach` as under way until the guard returned is dropped.
+    fn begin(self: &Arc<Self>, reach: Reach) -> Running {
+        let mut state = self.lock();
+        let id = state.id();
+        state.long.push((id, reach));
         Running {
-            under_way: self,
+            under_way: self.clone(),
             id,
         }
     }
 
-    /// Waits until as many bounded writes have been answered as had been let through when
-    /// it was called, the caller having begun ([`UnderWay::begin`]): those it came upon,
-    /// nearly always (a write let through after it may be answered before one let through
-    /// before, and count in its stead). Bounded: each such write is answered within its
-    /// deadline.
+    /// Waits, once a long write has begun ([`UnderWay::begin`]), until the bounded writes let
+    /// through before are answered (those let through since may need none of its rows). A
+    /// write is answered within its batch's deadline, when there is one.
     async fn drain(&self) {
-        let let_through = self.let_through.load(Ordering::SeqCst);
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Registered before the check, so that an answer between the two is not missed.
-            drained.as_mut().enable();
-            if self.answered.load(Ordering::SeqCst) >= let_through {
+        let before: Vec<u64> = {
+            let mut state = self.lock();
+            if state.let_through.is_empty() {
                 return;
             }
-            drained.await;
+            state.draining += 1;
+            state.let_through.iter().copied().collect()
+        };
+        let _draining = Draining(self);
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            // Registered before the check, so that an answer between the two is not missed.
+            answered.as_mut().enable();
+            if !before.iter().any(|id| self.lock().let_through.contains(id)) {
+                return;
+            }
+            answered.await;
         }
     }
 
-    /// Waits, within `deadline`, until none of the writes under way when it was called that
-    /// may hold a row `op` needs is; those that begin meanwhile it does not wait for, so a
-    /// stream of them cannot hold `op` off. Past the deadline `op` is refused, as a batch
-    /// PostgreSQL leaves unanswered is. The write is then let through, counted until the
-    /// guard returned is dropped (once it is answered).
-    async fn clear_for(&self, op: &Op, deadline: Deadline) -> StoreResult<LetThrough<'_>> {
-        let through = self.let_through();
-        if self.count.load(Ordering::SeqCst) == 0 {
-            return Ok(through);
-        }
-        let before: Vec<u64> = (self.reaches().iter())
-            .filter(|(_, reach)| op.may_need(reach))
-            .map(|(id, _)| *id)
-            .collect();
-        if before.is_empty() {
-            return Ok(through);
-        }
-        // Not let through while it waits: an unbounded write beginning meanwhile need not
-        // wait for it.
-        drop(through);
+    /// Lets a bounded write through once no long write under way may hold a row `op` needs
+    /// (each checked again as one ends: another may have begun meanwhile), within
+    /// `deadline`; past it, `op` is refused, as a batch PostgreSQL leaves unanswered is. It
+    /// counts as let through until the guard returned is dropped, once it is answered; not
+    /// while it waits, so that a long write beginning meanwhile does not wait for it.
+    async fn clear_for(self: &Arc<Self>, op: &Op, deadline: Deadline) -> StoreResult<LetThrough> {
         let cleared = async {
             loop {
-                let ended = self.ended.notified();
-                tokio::pin!(ended);
-                // Registered before the check, so that an end between the two is not missed.
-                ended.as_mut().enable();
-                if !self.reaches().iter().any(|(id, _)| before.contains(id)) {
-                    return;
+                let holding: Vec<u64> = {
+                    let mut state = self.lock();
+                    let holding: Vec<u64> = (state.long.iter())
+                        .filter(|(_, reach)| op.may_need(reach))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    if holding.is_empty() {
+                        let id = state.id();
+                        state.let_through.insert(id);
+                        return LetThrough {
+                            under_way: self.clone(),
+                            id,
+                        };
+                    }
+                    holding
+                };
+                loop {
+                    let ended = self.ended.notified();
+                    tokio::pin!(ended);
+                    // Registered before the check, so that an end between the two is not
+                    // missed.
+                    ended.as_mut().enable();
+                    if !self.lock().long.iter().any(|(id, _)| holding.contains(id)) {
+                        break;
+                    }
+                    ended.await;
                 }
-                ended.await;
             }
         };
         deadline.within(cleared).await.map_err(|late| {
             StoreError::Unavailable(format!(
                 "a removal or a log-out holds what this write needs; {late}"
             ))
-        })?;
-        Ok(self.let_through())
+        })
     }
 
-    /// Counts a bounded write let through until the guard returned is dropped.
-    fn let_through(&self) -> LetThrough<'_> {
-        self.let_through.fetch_add(1, Ordering::SeqCst);
-        LetThrough { under_way: self }
-    }
-
-    fn reaches(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Reach)>> {
-        self.reaches.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, WritesUnderWay> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// A bounded write let through to its queue ([`UnderWay::clear_for`]), until it is answered.
-struct LetThrough<'a> {
-    under_way: &'a UnderWay,
-}
+/// A long write waiting in [`UnderWay::drain`], counted so that answers signal it.
+struct Draining<'a>(&'a UnderWay);
 
-impl Drop for LetThrough<'_> {
+impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        let under_way = self.under_way;
-        under_way.answered.fetch_add(1, Ordering::SeqCst);
-        if under_way.count.load(Ordering::SeqCst) > 0 {
-            under_way.drained.notify_waiters();
-        }
+        self.0.lock().draining -= 1;
     }
 }
 
-/// An unbounded write under way ([`UnderWay::begin`]).
-struct Running<'a> {
-    under_way: &'a UnderWay,
+/// A bounded write let through to its queue ([`UnderWay::clear_for`]), until it is answered:
+/// it goes with the write to its committer task, which drops it once it has answered.
+struct LetThrough {
+    under_way: Arc<UnderWay>,
     id: u64,
 }
 
-impl Drop for Running<'_> {
+impl Drop for LetThrough {
     fn drop(&mut self) {
-        let mut reaches = self.under_way.reaches();
-        if let Some(i) = reaches.iter().position(|(id, _)| *id == self.id) {
-            reaches.swap_remove(i);
+        let mut state = self.under_way.lock();
+        state.let_through.remove(&self.id);
+        let draining = state.draining > 0;
+        drop(state);
+        if draining {
+            self.under_way.answered.notify_waiters();
         }
-        drop(reaches);
-        self.under_way.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A long write under way ([`UnderWay::begin`]).
+struct Running {
+    under_way: Arc<UnderWay>,
+    id: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut state = self.under_way.lock();
+        if let Some(i) = state.long.iter().position(|(id, _)| *id == self.id) {
+            state.long.swap_remove(i);
+        }
+        drop(state);
         self.under_way.ended.notify_waiters();
     }
 }
@@ -356,6 +379,8 @@ impl Statements {
 struct Pending {
     op: Op,
     reply: oneshot::Sender<StoreResult<Reply>>,
+    /// A bounded write's place among those let through, until the write is answered.
+    _let_through: Option<LetThrough>,
 }
 
 /// The handle writers use to reach the node's two committer tasks: one for the bounded
@@ -411,16 +436,20 @@ impl Committer {
     /// Applies `op` in the next batch of its committer; returns once the batch is committed.
     pub(crate) async fn submit(&self, op: Op) -> StoreResult<Reply> {
         let (reply, answer) = oneshot::channel();
-        let _let_through;
-        let queue = match op.reach() {
+        let (queue, let_through) = match op.reach() {
             None => {
-                _let_through = self.under_way.clear_for(&op, self.deadline).await?;
-                &self.bounded
+                let through = self.under_way.clear_for(&op, self.deadline).await?;
+                (&self.bounded, Some(through))
             }
-            Some(_) => &self.unbounded,
+            Some(_) => (&self.unbounded, None),
+        };
+        let pending = Pending {
+            op,
+            reply,
+            _let_through: let_through,
         };
         queue
-            .send(Pending { op, reply })
+            .send(pending)
             .await
             .map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
         answer
@@ -1716,36 +1745,13 @@ mod tests {
         assert!(grant_revocation().may_need(&logout("alice")));
     }
 
-    /// A bounded write that may need what unbounded ones hold waits for those under way when
-    /// it came, not for those that begin meanwhile: a stream of them cannot hold it off.
-    #[tokio::test]
-    async fn a_held_back_write_waits_only_for_the_long_writes_under_way_when_it_came() {
-        let under_way = UnderWay::default();
-        let first = under_way.begin(logout("alice"));
-        let op = grant_revocation();
-        let waiting = under_way.clear_for(&op, Deadline(None));
-        tokio::pin!(waiting);
-        assert!(
-            futures_util::poll!(waiting.as_mut()).is_pending(),
-            "it waits"
-        );
-        let second = under_way.begin(logout("bob"));
-        drop(first);
-        assert!(
-            futures_util::poll!(waiting.as_mut()).is_ready(),
-            "the one it came upon has ended"
-        );
-        drop(second);
-        // With nothing under way it waits for nothing.
-        assert!(under_way.clear_for(&op, Deadline(None)).await.is_ok());
-    }
-
-    /// An unbounded write waits for the bounded writes let through before it began to be
-    /// answered, not for those let through after; a bounded write held back is not let
-    /// through while it waits.
+    /// A long write waits for the bounded writes let through before it began to be answered,
+    /// not for those held back meanwhile (however often they are polled), which are let
+    /// through only once no long write they may need is under way: one that began as the one
+    /// they waited for ended holds them back too.
     #[tokio::test]
     async fn a_long_write_lets_the_writes_let_through_before_it_go_first() {
-        let under_way = UnderWay::default();
+        let under_way = Arc::new(UnderWay::default());
         let op = grant_revocation();
         let queued = under_way.clear_for(&op, Deadline(None)).await.unwrap();
         let first = under_way.begin(logout("alice"));
@@ -1755,21 +1761,31 @@ mod tests {
             futures_util::poll!(draining.as_mut()).is_pending(),
             "it waits"
         );
-        // Held back by the log-out, a write is not counted as let through.
+        // Held back by the log-out, a write is not let through, nor counted as answered.
         let held = under_way.clear_for(&op, Deadline(None));
         tokio::pin!(held);
-        assert!(futures_util::poll!(held.as_mut()).is_pending());
+        for _ in 0..3 {
+            assert!(futures_util::poll!(held.as_mut()).is_pending());
+            assert!(futures_util::poll!(draining.as_mut()).is_pending());
+        }
         drop(queued);
         assert!(
             futures_util::poll!(draining.as_mut()).is_ready(),
             "the write let through before it was answered"
         );
+        // The log-out ends, and another it may need begins before it is polled again.
         drop(first);
+        let again = under_way.begin(logout("alice"));
+        assert!(
+            futures_util::poll!(held.as_mut()).is_pending(),
+            "held back again"
+        );
+        drop(again);
         let after = match futures_util::poll!(held.as_mut()) {
             std::task::Poll::Ready(let_through) => let_through.unwrap(),
-            std::task::Poll::Pending => panic!("the log-out has ended"),
+            std::task::Poll::Pending => panic!("no log-out is under way"),
         };
-        // Let through after this log-out began: the next one waits for it.
+        // Let through before the next log-out began: it waits for it.
         let second = under_way.begin(logout("bob"));
         let draining = under_way.drain();
         tokio::pin!(draining);
@@ -1777,6 +1793,10 @@ mod tests {
         drop(after);
         assert!(futures_util::poll!(draining.as_mut()).is_ready());
         drop(second);
+        // With none let through, a long write waits for nothing.
+        let third = under_way.begin(logout("carol"));
+        assert!(futures_util::poll!(std::pin::pin!(under_way.drain())).is_ready());
+        drop(third);
     }
 
     /// A transaction whose `COMMIT` went unanswered is answered committed only when
