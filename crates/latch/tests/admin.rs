@@ -1218,6 +1218,15 @@ backend_test! {
         let resp = admin_as(&s, Method::DELETE, logout, Some(&bearer), narrowed).await;
         let body = assert_error(resp, 400, "invalid_request").await;
         assert_eq!(body["error_description"], "the admin API's DELETE requests read no body");
+        // Nor one with several Authorization headers (which would be the token?).
+        let twice = (s.http.delete(s.url(&format!("/admin/v1{logout}"))))
+            .header("authorization", &bearer)
+            .header("authorization", "Bearer another")
+            .send()
+            .await
+            .unwrap();
+        let body = assert_error(twice, 400, "invalid_request").await;
+        assert_eq!(body["error_description"], "several Authorization headers: send one");
         assert_eq!(live_grants(&s, "alice").await.len(), 2, "nothing revoked");
         // As asked, the log-out goes through.
         assert_eq!(s.admin(Method::DELETE, logout, None).await.status(), 200);

@@ -180,6 +180,18 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        // Which of several would be the token? As on the OAuth routes, refused.
+        if parts
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return Err(ApiError::invalid_request(
+                "several Authorization headers: send one",
+            ));
+        }
         let presented = bearer(&parts.headers);
         let expected =
             (state.admin_token).ok_or_else(|| ApiError::admin_unauthorized(presented.is_some()))?;
