@@ -209,7 +209,11 @@ impl UnderWay {
             tokio::pin!(answered);
             // Registered before the check, so that an answer between the two is not missed.
             answered.as_mut().enable();
-            if !before.iter().any(|id| self.lock().let_through.contains(id)) {
+            let pending = {
+                let state = self.lock();
+                before.iter().any(|id| state.let_through.contains(id))
+            };
+            if !pending {
                 return;
             }
             answered.await;
@@ -542,7 +546,7 @@ async fn run(
 ) {
     let most = if under_way.is_some() { 1 } else { MAX_BATCH };
     let mut batch: Vec<Pending> = Vec::with_capacity(most);
-    // Waits for a write, then takes every other one already queued.
+    // Waits for a write, then takes the others already queued, up to `most`.
     while rx.recv_many(&mut batch, most).await > 0 {
         let _running = match &under_way {
             Some(under_way) => {
