@@ -1288,9 +1288,10 @@ async fn an_exchange_whose_commit_answer_is_cut(cut: Cut, url_query: &str) {
 }
 
 /// PostgreSQL: when the `COMMIT` itself was lost, on a connection the network cut without
-/// closing PostgreSQL's side, the transaction stays in progress; the committer gives up
-/// asking after a bounded wait (every write of the node waits meanwhile) and answers it
-/// unavailable, and the exchange never happens.
+/// closing PostgreSQL's side, the transaction stays in progress; after a bounded wait
+/// (every write of the node waits meanwhile) the committer ends its backend, so that it
+/// holds no lock and can commit nothing later, and answers it unavailable: the exchange
+/// never happens.
 #[tokio::test]
 async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavailable() {
     let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("").await;
@@ -1304,7 +1305,14 @@ async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavail
         matches!(&outcome, Err(StoreError::Unavailable(e)) if !e.contains("query_timeout")),
         "{outcome:?}"
     );
-    // Its connection closed at last, PostgreSQL rolls it back.
+    // Ended while its connection is still open: it locks none of its rows any more.
+    let locked = "SELECT (SELECT count(*) FROM tokens) \
+                  - (SELECT count(*) FROM (SELECT 1 FROM tokens FOR UPDATE SKIP LOCKED) t)";
+    assert_eq!(
+        db.query_i64(locked).await,
+        0,
+        "its backend still holds its rows"
+    );
     proxy.held.lock().unwrap().clear();
     let (later, later_tokens) = late_issuance(&grant.tenant, "svc", "later");
     assert!(store.issue(&later, &later_tokens, None).await.unwrap());
@@ -2489,6 +2497,55 @@ async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     assert!(
         next.is_revoked(),
         "the log-out revoked the exchange's token"
+    );
+}
+
+/// A removal runs for as long as it takes, whatever timeouts the server sets: here every
+/// session of latch's has a `lock_timeout` of 1 ms and a `statement_timeout` of 200 ms (as a
+/// role's or a database's settings would give it), and the removal waits longer for another
+/// session's lock on its client's grant, then removes the client.
+#[tokio::test]
+async fn postgres_a_long_write_keeps_no_server_timeout() {
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let timeouts = "options=-c%20lock_timeout%3D1%20-c%20statement_timeout%3D200%20";
+    let url = db.url_string().replace("options=", timeouts);
+    let store = latch_store::open(&DatabaseUrl::parse(&url).unwrap())
+        .await
+        .unwrap();
+    let home = TenantId::default_tenant();
+    store
+        .create_client(&client(&home, "web", 3600))
+        .await
+        .unwrap();
+    let (web, web_tokens) = late_issuance(&home, "web", "web-at");
+    assert!(store.issue(&web, &web_tokens, None).await.unwrap());
+    let holder = holding_grant(&db, &web.id).await;
+    let removal = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let web = ClientId::parse("web").unwrap();
+            let context = audit(0, Reason::ClientRemoved, 200);
+            store
+                .delete_client(&TenantId::default_tenant(), &web, &context)
+                .await
+        }
+    });
+    let wait = std::time::Duration::from_millis(400);
+    let outlasted = holder
+        .waited_on_for(&db, "g.client_id", wait, &removal)
+        .await;
+    holder.commit().await;
+    // (Checked once nothing holds a lock: a test failing while its sessions hold some
+    // cannot drop its schema.)
+    let removed = removal.await.unwrap();
+    assert!(outlasted, "the removal gave up waiting: {removed:?}");
+    assert!(removed.unwrap().is_some());
+    let web_id = ClientId::parse("web").unwrap();
+    assert!(store.client(&home, &web_id).await.unwrap().is_none());
+    let token = store.token(&TokenHash::of("web-at")).await.unwrap();
+    assert!(
+        token.is_none_or(|t| t.is_revoked()),
+        "its client's token lives on"
     );
 }
 

@@ -414,8 +414,9 @@ impl Committer {
 
     /// Starts the committer tasks on the current runtime, counting their batches in `meter`;
     /// a batch of bounded writes that PostgreSQL does not commit within `deadline` is
-    /// answered unavailable, and its connection closed. The others commit without it, for
-    /// as long as they take (TCP's bounds still catch a server that went silent).
+    /// answered unavailable, and its connection closed. The others commit without it, and
+    /// without the server's own timeouts ([`LIFT_TIMEOUTS_SQL`]), for as long as they take
+    /// (TCP's bounds still catch a server that went silent).
     pub(crate) fn start(
         config: tokio_postgres::Config,
         tls: MakeRustlsConnect,
@@ -424,10 +425,17 @@ impl Committer {
     ) -> Self {
         let under_way = Arc::new(UnderWay::default());
         let (bounded, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(config.clone(), tls.clone(), meter.clone(), deadline);
+        let timeouts = ServerTimeouts::Kept;
+        let writer = Writer::new(
+            config.clone(),
+            tls.clone(),
+            meter.clone(),
+            deadline,
+            timeouts,
+        );
         tokio::spawn(run(writer, rx, deadline, None));
         let (unbounded, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer::new(config, tls, meter, deadline);
+        let writer = Writer::new(config, tls, meter, deadline, ServerTimeouts::Lifted);
         tokio::spawn(run(writer, rx, Deadline(None), Some(under_way.clone())));
         Self {
             bounded,
@@ -476,14 +484,46 @@ impl Committer {
 /// transaction pooler (PgBouncer in transaction mode) each transaction may run on another
 /// server connection than the one a session-wide setting was made on.
 ///
-/// It also reads the transaction's id, so that a batch whose `COMMIT` went unanswered (the
-/// connection lost meanwhile) can be asked after ([`Writer::committed`]).
+/// It also reads the transaction's id and its backend's, so that a batch whose `COMMIT` went
+/// unanswered (the connection lost meanwhile) can be asked after, and ended
+/// ([`Writer::committed`]).
 const BEGIN_BATCH_SQL: &str = concat!(
     "SELECT pg_advisory_xact_lock_shared(",
     audit_lock_key!(),
     "), CASE WHEN current_setting('synchronous_commit') = 'off' \
-          THEN set_config('synchronous_commit', 'on', true) END, txid_current()"
+          THEN set_config('synchronous_commit', 'on', true) END, txid_current(), \
+     pg_backend_pid()"
 );
+
+/// A batch's transaction as PostgreSQL knows it: enough to ask after it, and to end it, once
+/// the connection it runs on is lost.
+#[derive(Clone, Copy, Debug)]
+struct Began {
+    /// Its id (`txid_current()`, with the epoch).
+    xid: i64,
+    /// Its backend's process id.
+    backend: i32,
+}
+
+/// Run first in an unbounded write's transaction, before it waits for any lock: a
+/// `statement_timeout` or `lock_timeout` set on the server, the database, the role or in the
+/// URL's options would otherwise fail every removal or log-out slower than it allows, each
+/// time it is asked again (latch gives these writes no deadline: [`Committer::start`]); and
+/// so would PostgreSQL 17's `transaction_timeout`, where the server knows it. Local to the
+/// transaction, as [`BEGIN_BATCH_SQL`]'s setting is; bounded batches keep the server's.
+const LIFT_TIMEOUTS_SQL: &str = "SELECT set_config('statement_timeout', '0', true), \
+     set_config('lock_timeout', '0', true), \
+     CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL \
+          THEN set_config('transaction_timeout', '0', true) END";
+
+/// Whether a committer's transactions keep the server's timeouts ([`LIFT_TIMEOUTS_SQL`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ServerTimeouts {
+    /// Bounded batches: the server's timeouts apply, as well as latch's deadline.
+    Kept,
+    /// Unbounded writes: none applies.
+    Lifted,
+}
 
 /// The committer's connection, and the task that drives it.
 struct Link {
@@ -521,15 +561,24 @@ impl Link {
 }
 
 /// Opens a batch's transaction ([`BEGIN_BATCH_SQL`]): one whose commit flushes the WAL, and
-/// that holds the audit trail's lock shared. Returns it with its id.
+/// that holds the audit trail's lock shared. Returns it with its ids.
 async fn begin_batch<'a>(
     client: &'a mut PgClient,
     st: &mut Statements,
-) -> Result<(Transaction<'a>, i64), tokio_postgres::Error> {
+    timeouts: ServerTimeouts,
+) -> Result<(Transaction<'a>, Began), tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    if timeouts == ServerTimeouts::Lifted {
+        let lift = st.prepared(&tx, LIFT_TIMEOUTS_SQL).await?;
+        tx.query_one(&lift, &[]).await?;
+    }
     let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;
-    let xid = tx.query_one(&begin, &[]).await?.try_get(2)?;
-    Ok((tx, xid))
+    let row = tx.query_one(&begin, &[]).await?;
+    let began = Began {
+        xid: row.try_get(2)?,
+        backend: row.try_get(3)?,
+    };
+    Ok((tx, began))
 }
 
 /// A committer task: commits the writes `rx` brings, a batch at a time, each batch within
@@ -573,6 +622,7 @@ struct Writer {
     deadline: Deadline,
     link: Option<Link>,
     statements: Statements,
+    timeouts: ServerTimeouts,
 }
 
 impl Writer {
@@ -582,6 +632,7 @@ impl Writer {
         tls: MakeRustlsConnect,
         meter: Arc<CommitMeter>,
         deadline: Deadline,
+        timeouts: ServerTimeouts,
     ) -> Self {
         Self {
             config,
@@ -590,6 +641,7 @@ impl Writer {
             deadline,
             link: None,
             statements: Statements::default(),
+            timeouts,
         }
     }
 
@@ -636,11 +688,12 @@ impl Writer {
         };
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
         let statements = &mut self.statements;
+        let timeouts = self.timeouts;
         let mut sent = None;
         let attempts = async {
             let mut attempt = 0;
             loop {
-                match commit_batch(&mut link.client, statements, &ops, &mut sent).await {
+                match commit_batch(&mut link.client, statements, &ops, timeouts, &mut sent).await {
                     Err(Failed::Aborted(e)) if is_retryable(&e) && attempt < MAX_RETRIES => {
                         attempt += 1
                     }
@@ -675,7 +728,7 @@ impl Writer {
         // with the token it just retired: a reuse, which revokes the grant. A COMMIT the
         // deadline overtook has most likely committed (it was flushing the WAL).
         match sent {
-            Some(Sent { xid, replies }) if self.committed(xid).await? => {
+            Some(Sent { began, replies }) if self.committed(began).await? => {
                 tracing::warn!(error = %unknown, "the answer to a batch's COMMIT was lost; it had committed");
                 Ok(replies)
             }
@@ -683,30 +736,31 @@ impl Writer {
         }
     }
 
-    /// Whether transaction `xid` committed, asked on a new connection once the one it ran on
-    /// was lost, or given up at the deadline, before `COMMIT` was answered. Its backend may
-    /// not have ended it yet (only this side of the connection went, or it is still flushing
-    /// the WAL): asked again until it has, for at most
-    /// [`UNANSWERED_COMMIT_WAIT`] and within the URL's deadline; still in progress then
-    /// (its backend never got the `COMMIT`, and waits for the next message of a connection
-    /// the network cut silently), it is answered as not committed, as it would have been
-    /// before this question was asked. An id PostgreSQL no longer knows (far too old) did
-    /// not commit here; nor, for this answer, one whose commit waits for a synchronous
-    /// standby ([`committed`]).
-    async fn committed(&mut self, xid: i64) -> StoreResult<bool> {
+    /// Whether transaction `began` committed, asked on a new connection once the one it ran
+    /// on was lost, or given up at the deadline, before `COMMIT` was answered. Its backend
+    /// may not have ended it yet (only this side of the connection went, or it is still
+    /// flushing the WAL): asked again until it has, for at most [`UNANSWERED_COMMIT_WAIT`].
+    /// Still in progress then, its backend never got the `COMMIT` and waits for the next
+    /// message of a connection the network cut silently: it is ended ([`END_BACKEND_SQL`]),
+    /// then asked after once more. Left alive, it would hold its locks (every batch needing
+    /// one of its rows held up) until the server noticed the dead peer, and a `COMMIT` still
+    /// under way in the network could yet commit what was answered unavailable. All within
+    /// the URL's deadline. An id PostgreSQL no longer knows (far too old) did not commit
+    /// here; nor, for this answer, one whose commit waits for a synchronous standby
+    /// ([`committed`]).
+    async fn committed(&mut self, began: Began) -> StoreResult<bool> {
         let ask = async {
             let link = connect(&self.config, &self.tls).await?;
-            let asked = Instant::now();
-            let (status, standby) = loop {
-                let row = link.client.query_one(ASK_COMMITTED_SQL, &[&xid]).await?;
-                let status: Option<String> = row.try_get(0)?;
-                if status.as_deref() != Some("in progress")
-                    || asked.elapsed() >= UNANSWERED_COMMIT_WAIT
-                {
-                    break (status, row.try_get::<_, bool>(1)?);
+            let (mut status, mut standby) = ended(&link.client, began.xid).await?;
+            if status.as_deref() == Some("in progress") {
+                let backend = [&began.backend as &(dyn ToSql + Sync), &began.xid];
+                match link.client.execute(END_BACKEND_SQL, &backend).await {
+                    Ok(_) => (status, standby) = ended(&link.client, began.xid).await?,
+                    Err(e) => {
+                        tracing::warn!(error = %super::describe(&e), "could not end the backend of a batch whose COMMIT was lost")
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            }
             Ok::<_, tokio_postgres::Error>((link, status, standby))
         };
         let (link, status, standby) = self
@@ -719,6 +773,31 @@ impl Writer {
         Ok(committed(status.as_deref(), standby))
     }
 }
+
+/// Transaction `xid`'s status and whether commits wait for a synchronous standby
+/// ([`ASK_COMMITTED_SQL`]), asked until it is no longer in progress, for at most
+/// [`UNANSWERED_COMMIT_WAIT`].
+async fn ended(
+    client: &PgClient,
+    xid: i64,
+) -> Result<(Option<String>, bool), tokio_postgres::Error> {
+    let asked = Instant::now();
+    loop {
+        let row = client.query_one(ASK_COMMITTED_SQL, &[&xid]).await?;
+        let status: Option<String> = row.try_get(0)?;
+        if status.as_deref() != Some("in progress") || asked.elapsed() >= UNANSWERED_COMMIT_WAIT {
+            return Ok((status, row.try_get(1)?));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ends backend `$1` if it still runs transaction `$2` (a `txid_current()`, whose low 32 bits
+/// are the `xid` PostgreSQL shows): a process id alone could by now be another session's.
+/// PostgreSQL rolls back a transaction whose `COMMIT` it never got; one it did get ends as
+/// it would have. A role may end its own backends.
+const END_BACKEND_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+     WHERE pid = $1 AND backend_xid::text::bigint = $2::bigint % 4294967296";
 
 /// Asks after transaction `$1`: its status, and whether a commit waits for a synchronous
 /// standby (`synchronous_standby_names` set, and `synchronous_commit` not `local`; the
@@ -737,7 +816,8 @@ fn committed(status: Option<&str>, standby: bool) -> bool {
 }
 
 /// How long [`Writer::committed`] waits for a transaction whose `COMMIT` went unanswered to
-/// end, every write of the node waiting meanwhile.
+/// end, before its backend is ended and again after, every write of the node waiting
+/// meanwhile.
 const UNANSWERED_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How a batch that was not committed, or not known to be, failed.
@@ -750,10 +830,10 @@ enum Failed {
     Unanswered(tokio_postgres::Error),
 }
 
-/// A batch whose `COMMIT` was sent: its transaction's id, and its writes' replies should it
-/// have committed.
+/// A batch whose `COMMIT` was sent: its transaction, and its writes' replies should it have
+/// committed.
 struct Sent {
-    xid: i64,
+    began: Began,
     replies: Vec<StoreResult<Reply>>,
 }
 
@@ -775,10 +855,11 @@ async fn commit_batch(
     client: &mut PgClient,
     st: &mut Statements,
     ops: &[&Op],
+    timeouts: ServerTimeouts,
     sent: &mut Option<Sent>,
 ) -> Result<Vec<StoreResult<Reply>>, Failed> {
     *sent = None;
-    let (mut tx, xid) = begin_batch(client, st).await?;
+    let (mut tx, began) = begin_batch(client, st, timeouts).await?;
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
     while let Some(op) = rest.first() {
@@ -819,7 +900,7 @@ async fn commit_batch(
             replies.push(Ok(apply(&tx, st, op).await?));
         }
     }
-    let sent = sent.insert(Sent { xid, replies });
+    let sent = sent.insert(Sent { began, replies });
     match tx.commit().await {
         Ok(()) => Ok(std::mem::take(&mut sent.replies)),
         // PostgreSQL answered: it did not commit.
@@ -1844,7 +1925,9 @@ mod tests {
                     let set = format!("SET synchronous_commit = {setting}");
                     client.batch_execute(&set).await.unwrap();
                 }
-                let (tx, _) = begin_batch(&mut client, &mut st).await.unwrap();
+                let (tx, _) = begin_batch(&mut client, &mut st, ServerTimeouts::Kept)
+                    .await
+                    .unwrap();
                 let row = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap();
                 assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
                 tx.commit().await.unwrap();

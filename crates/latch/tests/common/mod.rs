@@ -317,6 +317,31 @@ impl OtherNode {
         }
     }
 
+    /// Yields until a statement containing `statement` has waited for a lock this session
+    /// holds for at least `at_least` since it began; false if `task`, which runs it,
+    /// finished first (it gave up waiting, or this session's transaction ended).
+    #[allow(dead_code)]
+    pub async fn waited_on_for<T>(
+        &self,
+        db: &TestDb,
+        statement: &str,
+        at_least: std::time::Duration,
+        task: &tokio::task::JoinHandle<T>,
+    ) -> bool {
+        let waited = format!(
+            "{} AND clock_timestamp() - query_start >= interval '{} milliseconds'",
+            self.waiting_sql(statement),
+            at_least.as_millis()
+        );
+        while !task.is_finished() {
+            if db.query_i64(&waited).await > 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        false
+    }
+
     /// How many sessions running a statement containing `statement` wait now for a lock
     /// this session holds ([`OtherNode::waiting_sql`]).
     #[allow(dead_code)]
