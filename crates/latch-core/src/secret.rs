@@ -271,7 +271,7 @@ impl SecretVerifier {
         self.lock().remove(&slot);
     }
 
-    /// Drops everything cached (e.g. after losing the cross-node invalidation feed).
+    /// Drops everything cached (after a tenant's removal, whose clients may be many).
     pub fn clear(&self) {
         self.lock().clear();
     }

@@ -329,6 +329,15 @@ backend_test! {
         .await;
         assert_eq!(resp.status(), 200, "unknown in account two");
         assert!(active_in(&s, "one", &one.introspector, rt).await);
+        // The same subject signed in to account two, logged out there: every application
+        // of account two, none of account one.
+        let [a, b] = &signed_in(&s, "two", &two, "alice").await;
+        let resp = sentinel_revoke(&s, "two", &two.app_a, field(a, "access_token")).await;
+        assert_eq!(resp.status(), 200);
+        for token in [a, b].map(|g| field(g, "refresh_token")) {
+            assert!(!active_in(&s, "two", &two.introspector, token).await, "logged out in two");
+        }
+        assert!(active_in(&s, "one", &one.introspector, rt).await, "still in one");
     }
 }
 
@@ -563,8 +572,12 @@ backend_test! {
             .await;
         assert_camel_error(json_body, 400).await;
 
-        // 401: no credentials, a public client, a wrong secret.
+        // 401: no credentials (first: whatever else is missing), a secret without its
+        // client's id, a public client, a wrong secret.
         assert_camel_error(s.post_form(path, Auth::None, &[("token", rt)]).await, 401).await;
+        assert_camel_error(s.post_form(path, Auth::None, &[]).await, 401).await;
+        let secret_alone = [("client_secret", "x"), ("token", rt)];
+        assert_camel_error(s.post_form(path, Auth::None, &secret_alone).await, 401).await;
         assert_camel_error(
             s.post_form(path, Auth::Public(&spa), &[("token", rt)])
                 .await,

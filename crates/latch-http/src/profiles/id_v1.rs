@@ -2,7 +2,8 @@
 //!
 //! Form body with `token` and the token type (`token_type_hint` or `token_type`; only
 //! `access_token` and `refresh_token` are allowed). Client credentials are required (Basic or
-//! body); a public client proves nothing and is refused. Every error body is the document's
+//! body), and checked for first: a request without them is answered 401 whatever else it
+//! lacks; a public client proves nothing and is refused. Every error body is the document's
 //! camelCase `{"error": ..., "errorDescription": ...}`.
 
 use std::sync::Arc;
@@ -41,6 +42,14 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let (parts, form) = Form::from_request(request).await?;
     let headers = &parts.headers;
+    // The document's first rule: without credentials, 401, whatever else the request lacks
+    // (a secret without its client's id names no client). Checked before the token, as
+    // client authentication comes first on the OAuth routes of the mature servers.
+    let has_credentials = headers.contains_key(header::AUTHORIZATION)
+        || (form.get("client_id").is_some() && form.get("client_secret").is_some());
+    if !has_credentials {
+        return Err(ApiError::invalid_client(false));
+    }
     form.require("token")?;
     let kinds: Vec<&str> = ["token_type_hint", "token_type"]
         .iter()
@@ -57,11 +66,6 @@ async fn serve(
         return Err(ApiError::invalid_request(
             "token_type_hint and token_type disagree",
         ));
-    }
-    let has_secret =
-        headers.contains_key(header::AUTHORIZATION) || form.get("client_secret").is_some();
-    if !has_secret {
-        return Err(ApiError::invalid_client(false));
     }
     revoke(state, tenant, peer, "id_v1", headers, &form, Effect::Token).await?;
     Ok(revoked())
