@@ -31,6 +31,19 @@ pub const MAX_CLOCK_SKEW: UnixTime = EXPIRY_GRACE / 2;
 /// A node's clock off the database's by more than this is logged as a warning.
 const CLOCK_SKEW_WARNING: UnixTime = 10;
 
+/// This node's clock against the database's ([`Authority::clock_offset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockOffset {
+    /// Nothing to compare with: the database has no clock of its own (SQLite), or this
+    /// node's clock is not the machine's (a test's).
+    Unknown,
+    /// Ahead of the database's by so many seconds (negative: behind), within
+    /// [`MAX_CLOCK_SKEW`].
+    InStep(UnixTime),
+    /// Further off than [`MAX_CLOCK_SKEW`], by so many seconds.
+    Off(UnixTime),
+}
+
 /// Counters for metrics: what the clean-up has deleted since start-up, and when it last ran.
 #[derive(Debug, Default)]
 pub struct CleanupStats {
@@ -91,25 +104,34 @@ impl Authority {
     /// [`clock_skew`](Self::clock_skew)), so that a node so far off neither starts nor
     /// cleans up; warns past a few seconds.
     pub async fn check_clock(&self) -> Result<(), Error> {
-        let Some(skew) = self.clock_skew().await? else {
-            return Ok(());
-        };
-        if skew.abs() > MAX_CLOCK_SKEW {
-            return Err(StoreError::Unavailable(format!(
+        match self.clock_offset().await? {
+            ClockOffset::Off(skew) => Err(StoreError::Unavailable(format!(
                 "this node's clock is {skew} s off the database's (PostgreSQL's \
                  clock_timestamp()): nodes sharing a database must keep within \
                  {MAX_CLOCK_SKEW} s of it, or one could take a token as live whose revocation \
                  another has already cleaned up; set the time right (NTP)"
             ))
-            .into());
+            .into()),
+            ClockOffset::InStep(skew) if skew.abs() > CLOCK_SKEW_WARNING => {
+                tracing::warn!(
+                    skew_seconds = skew,
+                    "this node's clock is off the database's; keep the nodes' clocks in step (NTP)"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        if skew.abs() > CLOCK_SKEW_WARNING {
-            tracing::warn!(
-                skew_seconds = skew,
-                "this node's clock is off the database's; keep the nodes' clocks in step (NTP)"
-            );
-        }
-        Ok(())
+    }
+
+    /// This node's clock against the database's. Logs nothing: readiness probes ask it at
+    /// any rate, so that a node whose clock drifted since it started is taken out of
+    /// rotation.
+    pub async fn clock_offset(&self) -> Result<ClockOffset, Error> {
+        Ok(match self.clock_skew().await? {
+            None => ClockOffset::Unknown,
+            Some(skew) if skew.abs() > MAX_CLOCK_SKEW => ClockOffset::Off(skew),
+            Some(skew) => ClockOffset::InStep(skew),
+        })
     }
 
     /// Sweeps every token and grant once, [`SWEEP_BATCH`] rows at a time, deleting those that

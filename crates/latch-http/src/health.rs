@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use latch_core::cleanup::ClockOffset;
+
 use crate::log_budget::LogBudget;
 use crate::AppState;
 
@@ -31,19 +33,32 @@ pub(crate) async fn live(State(state): State<Arc<AppState>>) -> (StatusCode, Jso
     (StatusCode::OK, Json(json!({ "status": "ok" })))
 }
 
-/// `GET /readyz`: the database answers and the writer runs.
+/// `GET /readyz`: the database answers, and this node's clock is within the allowance of the
+/// database's ([`latch_core::Authority::clock_offset`]): a node whose clock drifted since it
+/// started could take a token as live whose revocation another node has cleaned up, so it is
+/// taken out of rotation until its clock is set right.
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    match state.authority.store().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Err(e) => {
-            static BUDGET: LogBudget = LogBudget::new();
-            if let Some(left_out) = BUDGET.admit() {
-                tracing::warn!(error = %e, left_out, "not ready");
-            }
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "error": "temporarily_unavailable" })),
-            )
-        }
+    let authority = &state.authority;
+    let checked = match authority.store().ping().await {
+        Ok(()) => authority.clock_offset().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let not_ready = match checked {
+        Ok(ClockOffset::Off(skew)) => (
+            "clock_off",
+            format!("this node's clock is {skew} s off the database's"),
+        ),
+        Ok(_) => return (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Err(e) => ("unavailable", e),
+    };
+    let (status, error) = not_ready;
+    // Bounded: a load balancer may probe at any rate.
+    static BUDGET: LogBudget = LogBudget::new();
+    if let Some(left_out) = BUDGET.admit() {
+        tracing::warn!(error = %error, left_out, "not ready");
     }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "status": status, "error": "temporarily_unavailable" })),
+    )
 }

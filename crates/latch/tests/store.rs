@@ -1389,6 +1389,47 @@ async fn postgres_a_node_whose_clock_is_off_the_databases_does_not_start_or_clea
     drop(db);
 }
 
+/// PostgreSQL: a node whose clock drifts off the database's after it started is not ready
+/// (`/readyz` answers 503 `clock_off`, so a load balancer takes it out of rotation) until
+/// its clock is set right; the check at the start and before each clean-up run alone never
+/// saw it on a node that does not clean up.
+#[tokio::test]
+async fn postgres_a_node_whose_clock_drifted_off_the_databases_is_not_ready() {
+    use latch_core::cleanup::MAX_CLOCK_SKEW;
+    use latch_core::clock::{Clock, SystemClock, UnixTime};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    /// The machine's time, shifted by as many seconds as it is told.
+    struct Drifting(Arc<AtomicI64>);
+    impl Clock for Drifting {
+        fn now(&self) -> UnixTime {
+            SystemClock.now() + self.0.load(Ordering::Relaxed)
+        }
+    }
+    let db = TestDb::fresh_on(common::Backend::Postgres).await;
+    let drift = Arc::new(AtomicI64::new(0));
+    let clock = Arc::new(Drifting(drift.clone()));
+    let server = latch::server::Server::start(&common::settings_for(&db), clock)
+        .await
+        .unwrap();
+    let ready = async || {
+        let url = format!("http://{}/readyz", server.addr);
+        let response = reqwest::get(url).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    for off in [-MAX_CLOCK_SKEW - 5, MAX_CLOCK_SKEW + 5] {
+        drift.store(off, Ordering::Relaxed);
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{off} s off");
+        assert_eq!(body["status"], "clock_off", "{body}");
+    }
+    drift.store(MAX_CLOCK_SKEW - 5, Ordering::Relaxed);
+    assert_eq!(ready().await.0, 200, "within the allowance");
+    server.shutdown().await.unwrap();
+    drop(db);
+}
+
 /// PostgreSQL: the clean-up's sweep runs beside the node's writes, and waits for no other
 /// node. Another node holds a lock on an expired token row (as a long tenant removal does):
 /// the sweep leaves that row for its next run, deletes the other expired one, and a
