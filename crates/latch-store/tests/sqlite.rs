@@ -545,6 +545,63 @@ async fn the_expiry_clean_up_gets_past_a_stretch_of_live_revocation_log_rows() {
     assert_eq!(log_rows(), 5, "the clean-up stayed on the live rows");
 }
 
+/// A clean-up run cut off part-way deletes no revocation-log row whose token, or a token of
+/// whose grant, is still stored. Run on a clock gone ahead (the tokens expired by it, not
+/// yet by the right time), a run that deleted a mark's row before the token's and then
+/// stopped left that token read live once the clock was set right and the process started
+/// again, its marks loaded from the log.
+#[tokio::test]
+async fn a_clean_up_cut_off_part_way_leaves_every_stored_tokens_revocation_in_the_log() {
+    use latch_core::store::{CleanupStore, Sweep};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latch.db");
+    let store = with_app(SqliteStore::open_file(&path).unwrap()).await;
+    let expiring = |name: &str| NewToken {
+        expires_at: 1000,
+        ..token(name, TokenKind::Access)
+    };
+    let expiring_grant = |subject: &str| Grant {
+        expires_at: 1000,
+        ..grant(subject)
+    };
+    // Two tokens the sweep reaches first (key order), one batch of one row each.
+    let (alone, in_grant) = (TokenHash::of("alone"), TokenHash::of("in-grant"));
+    let first: Vec<String> = (0..)
+        .map(|i| format!("f{i}"))
+        .filter(|f| {
+            let key = TokenHash::of(f);
+            key.as_bytes() < alone.as_bytes() && key.as_bytes() < in_grant.as_bytes()
+        })
+        .take(2)
+        .collect();
+    let names = [first[0].as_str(), first[1].as_str(), "alone", "in-grant"];
+    for (grant, token) in names.map(|name| (expiring_grant("u"), expiring(name))) {
+        store.issue(&grant, &[token], None).await.unwrap();
+    }
+    let live = token("live", TokenKind::Access);
+    store.issue(&grant("u"), &[live], None).await.unwrap();
+    // The log: `alone`'s row, then `in-grant`'s grant's, then the newest (kept whatever).
+    let in_grant_id = store.token(&in_grant).await.unwrap().unwrap().grant_id;
+    for revocation in [
+        Revocation::Token(alone),
+        Revocation::Grant(in_grant_id),
+        Revocation::Token(TokenHash::of("live")),
+    ] {
+        store.revoke(&revocation, &audit(200)).await.unwrap();
+    }
+    // Two batches by a clock at 2,000, each sweeping one token (a filler) and one log row.
+    let (_, next) = store.purge_expired(2000, Sweep::START, 1).await.unwrap();
+    store.purge_expired(2000, next.unwrap(), 1).await.unwrap();
+    let swept = store.token(&TokenHash::of(&first[1])).await.unwrap();
+    assert!(swept.is_none(), "the second batch swept the second filler");
+    drop(store);
+    let reopened = SqliteStore::open_file(&path).unwrap();
+    for (name, hash) in [("alone", alone), ("in-grant", in_grant)] {
+        let token = reopened.token(&hash).await.unwrap().expect("not swept yet");
+        assert!(token.is_revoked(), "{name} reads live");
+    }
+}
+
 #[tokio::test]
 async fn a_presented_token_revoked_in_the_write_is_logged_with_its_own_expiry_and_only_if_live() {
     let dir = tempfile::tempdir().unwrap();

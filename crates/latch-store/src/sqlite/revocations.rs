@@ -537,7 +537,11 @@ impl ToSql for SweepKey<'_> {
 /// the oldest are usually the first to expire; but they need not be (a client's long-lived
 /// tokens), and a stretch that always began at the oldest row could stay stuck on live ones.
 /// The newest row stays, so that a new row never takes a `seq` a reader has already passed
-/// (`schema_v4.sql`).
+/// (`schema_v4.sql`). So does a row whose token is still stored, or any token of whose grant
+/// is: the sweep deletes token rows in key order over many batches, and a run cut off
+/// part-way (a stop, a failed batch) on a clock gone ahead would otherwise leave such a
+/// token without its mark once the clock was set right and the marks loaded from the log
+/// again: read live. A later run deletes the row once the tokens are gone.
 fn purge_log(
     c: &Connection,
     now: UnixTime,
@@ -557,7 +561,11 @@ fn purge_log(
     let deleted = c
         .prepare_cached(
             "DELETE FROM revocation_log WHERE seq > ?1 AND seq <= ?2 AND expires_at <= ?3 \
-             AND seq < (SELECT max(seq) FROM revocation_log)",
+             AND seq < (SELECT max(seq) FROM revocation_log) \
+             AND CASE WHEN grant_id IS NULL \
+                   THEN NOT EXISTS (SELECT 1 FROM tokens t WHERE t.hash = revocation_log.hash) \
+                   ELSE NOT EXISTS \
+                        (SELECT 1 FROM tokens t WHERE t.grant_id = revocation_log.grant_id) END",
         )?
         .execute(params![from, end, now])?;
     Ok((deleted, if rows < stretch { 0 } else { end }))
@@ -910,6 +918,8 @@ mod tests {
         }
         let purge = |now: i64| purge_log(&conn, now, 100, 0).unwrap().0;
         assert_eq!(purge(999), 0, "nothing has expired yet");
+        assert_eq!(purge(1000), 0, "their tokens are still stored");
+        conn.execute("DELETE FROM tokens", []).unwrap(); // as the sweep does
         assert_eq!(purge(1000), 2);
         assert_eq!(count(&conn, "SELECT max(seq) FROM revocation_log"), 3);
         // So the next row is 4, past what every reader has seen.
