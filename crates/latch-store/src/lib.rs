@@ -63,6 +63,14 @@ impl DatabaseUrl {
                 url.split("://").next().unwrap_or_default()
             ));
         }
+        if let Some(scheme) = mistyped_scheme(url) {
+            // Only the scheme: the rest may hold a password.
+            return Err(format!(
+                "the database URL starts with {scheme:?} and a colon but no \"://\": a URL \
+                 mistyped, not a file's path (use postgres://…, sqlite://PATH, or ./{scheme}:… \
+                 for a file so named)"
+            ));
+        }
         Self::sqlite_file(url)
     }
 
@@ -77,6 +85,21 @@ impl DatabaseUrl {
         }
         Ok(Self::SqliteFile(PathBuf::from(path)))
     }
+}
+
+/// The scheme a bare value starts with (`postgres:/u:pw@h/db`, a slash short of a URL), if it
+/// starts with one: such a value is a URL mistyped far more often than a file's path, and
+/// read as one it would have a node serve from a new, empty SQLite file of its own (the
+/// other nodes never seeing its revocations), the URL's password in the file's path and
+/// in the logs. `file:` is left to [`DatabaseUrl::sqlite_file`], which says why it is
+/// refused; a one-letter "scheme" is a drive letter.
+fn mistyped_scheme(value: &str) -> Option<&str> {
+    let (scheme, _) = value.split_once(':')?;
+    let mut chars = scheme.chars();
+    let is_scheme = scheme.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    (is_scheme && !scheme.eq_ignore_ascii_case("file")).then_some(scheme)
 }
 
 /// Opens the database a URL names, applying migrations. Must run within a tokio runtime.
@@ -188,6 +211,30 @@ mod tests {
             Ok(DatabaseUrl::SqliteFile("/tmp/x.db".into()))
         );
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        // A URL a slash or two short is no file's path, and its password is not repeated.
+        for typo in [
+            "postgres:/u:S3cret@h/db",
+            "postgresql:u:S3cret@h/db",
+            "Postgres:/u:S3cret@h/db",
+            "sqlite-x:data/latch.db",
+        ] {
+            let refused = DatabaseUrl::parse(typo).unwrap_err();
+            assert!(
+                refused.contains("mistyped") && !refused.contains("S3cret"),
+                "{refused}"
+            );
+        }
+        for path in [
+            "data/latch.db",
+            "./postgres:x.db",
+            "/srv/a:b/latch.db",
+            "c:latch.db",
+        ] {
+            assert_eq!(
+                DatabaseUrl::parse(path),
+                Ok(DatabaseUrl::SqliteFile(path.into()))
+            );
+        }
         for uri in [
             "file:/data/latch.db?psow=0",
             "sqlite:file:x.db",

@@ -259,7 +259,8 @@ pub struct Overrides {
         hide_env_values = true
     )]
     pub database_url: Option<Secret>,
-    /// Folder for the default SQLite database [default: data].
+    /// Folder for the default SQLite database (`DIR/latch.db`), unless a database URL is
+    /// given as a flag or in the environment [default: data].
     #[arg(long, env = "LATCH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Days to keep audit records; the clean-up deletes older ones. Unset: kept for ever.
@@ -386,19 +387,18 @@ impl From<&str> for Secret {
     }
 }
 
-/// Resolves the database URL: flag/env, then file, then `DATA_DIR/latch.db`.
+/// Resolves the database URL, the first given of: the flag's (or environment's) URL, then
+/// its data folder's `latch.db`, then the file's URL, then its data folder's, then
+/// `data/latch.db`. A flag beats the file whichever of the two it names: `--data-dir`
+/// beside a file that sets `database_url` is the folder's database.
 pub fn database_url(overrides: &Overrides, file: &FileConfig) -> anyhow::Result<DatabaseUrl> {
-    let url = match (overrides.database_url.as_ref()).or(file.database_url.as_ref()) {
-        Some(url) => url.expose().to_owned(),
-        None => {
-            let dir = overrides
-                .data_dir
-                .clone()
-                .or_else(|| file.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-            format!("sqlite://{}", dir.join("latch.db").display())
-        }
+    let in_dir = |dir: &PathBuf| format!("sqlite://{}", dir.join("latch.db").display());
+    let given = |url: Option<&Secret>, dir: Option<&PathBuf>| {
+        (url.map(|url| url.expose().to_owned())).or_else(|| dir.map(in_dir))
     };
+    let url = given(overrides.database_url.as_ref(), overrides.data_dir.as_ref())
+        .or_else(|| given(file.database_url.as_ref(), file.data_dir.as_ref()))
+        .unwrap_or_else(|| in_dir(&PathBuf::from(DEFAULT_DATA_DIR)));
     DatabaseUrl::parse(&url).map_err(anyhow::Error::msg)
 }
 
@@ -604,4 +604,39 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         auth_limits: auth_limits(&file.auth_limits)?,
         clients,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_beats_the_file_whichever_of_url_and_folder_each_names() {
+        let url = |overrides: &Overrides, file: &FileConfig| {
+            database_url(overrides, file).unwrap().to_string()
+        };
+        let file_url = FileConfig {
+            database_url: Some("sqlite://from-file/latch.db".into()),
+            data_dir: Some("file-dir".into()),
+            ..FileConfig::default()
+        };
+        let dir_flag = Overrides {
+            data_dir: Some("/srv/latch".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(url(&dir_flag, &file_url), "sqlite:///srv/latch/latch.db");
+        let both_flags = Overrides {
+            database_url: Some("sqlite://flag.db".into()),
+            ..dir_flag.clone()
+        };
+        assert_eq!(url(&both_flags, &file_url), "sqlite://flag.db");
+        let none = Overrides::default();
+        assert_eq!(url(&none, &file_url), "sqlite://from-file/latch.db");
+        let file_dir = FileConfig {
+            data_dir: Some("file-dir".into()),
+            ..FileConfig::default()
+        };
+        assert_eq!(url(&none, &file_dir), "sqlite://file-dir/latch.db");
+        assert_eq!(url(&none, &FileConfig::default()), "sqlite://data/latch.db");
+    }
 }
