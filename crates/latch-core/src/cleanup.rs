@@ -25,8 +25,16 @@ pub const EXPIRY_GRACE: UnixTime = 300;
 
 /// The most a node's clock may be off the database's ([`Authority::check_clock`]): half of
 /// [`EXPIRY_GRACE`], so that two nodes within it of the database are within the allowance
-/// of each other.
-pub const MAX_CLOCK_SKEW: UnixTime = EXPIRY_GRACE / 2;
+/// of each other, less what the measure itself may miss by ([`SKEW_MEASURE_ERROR`]).
+pub const MAX_CLOCK_SKEW: UnixTime = EXPIRY_GRACE / 2 - SKEW_MEASURE_ERROR;
+
+/// How far a measured skew may be off the true one: both clocks are read in whole seconds
+/// (up to a second each), a round trip apart. Two nodes each measured at exactly half the
+/// allowance could otherwise be a few seconds further apart than the allowance.
+const SKEW_MEASURE_ERROR: UnixTime = 5;
+
+// Two nodes at the bound, each measured short by the error, stay within the allowance.
+const _: () = assert!(2 * (MAX_CLOCK_SKEW + SKEW_MEASURE_ERROR) <= EXPIRY_GRACE);
 
 /// A node's clock off the database's by more than this is logged as a warning.
 const CLOCK_SKEW_WARNING: UnixTime = 10;
