@@ -273,7 +273,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if state.admin_token.is_some() {
         // The admin routes' `405`s are made inside them, so that the layer counts them.
-        let admin = admin::routes().method_not_allowed_fallback(method_not_allowed);
+        let admin = admin::routes(state.clone()).method_not_allowed_fallback(method_not_allowed);
         app = app.nest(
             "/admin/v1",
             admin.layer(metrics::counted(&state, Endpoint::Admin)),

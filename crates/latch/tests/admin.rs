@@ -1192,7 +1192,9 @@ backend_test! {
 backend_test! {
     /// The admin API's writes read no query, and a DELETE no body: a filter copied from a
     /// listing, or one a write does not know, is refused with nothing revoked, where it
-    /// revoked everything as if it had narrowed it.
+    /// revoked everything as if it had narrowed it. Nor does a listing read a body, nor
+    /// the clean-up. Authentication comes first, and a refused query is named by its
+    /// parameters alone.
     async fn an_admin_write_with_a_query_or_a_delete_with_a_body_changes_nothing() {
         let s = TestServer::start().await;
         let app = s.confidential("app", "read").await;
@@ -1206,12 +1208,30 @@ backend_test! {
             (Method::POST, "/cleanup?x=1"),
         ];
         for (method, path) in refused {
-            let query = path.split_once('?').unwrap().1;
+            let (_, query) = path.split_once('?').unwrap();
+            let (name, _) = query.split_once('=').unwrap();
             let resp = s.admin(method.clone(), path, None).await;
             let body = assert_error(resp, 400, "invalid_request").await;
-            let why = format!("the admin API's {method} requests read no query parameters; got {query}");
+            let why = format!("the admin API's {method} requests read no query parameters; got {name}");
             assert_eq!(body["error_description"], why, "{path}");
         }
+        // A value is not repeated (it may be a secret), and a caller without the token
+        // learns nothing of its request's faults.
+        let secret_in_query = "/tenants/default/clients/app/secret?client_secret=N3wS3cret";
+        let resp = s.admin(Method::POST, secret_in_query, None).await;
+        let body = assert_error(resp, 400, "invalid_request").await;
+        assert!(!body.to_string().contains("N3wS3cret"), "{body}");
+        let resp = admin_as(&s, Method::POST, secret_in_query, None, None).await;
+        assert_eq!(resp.status(), 401);
+        // A listing's filter in a body, and a body on the clean-up, are refused too.
+        let filter = Some(json!({ "subject": "alice" }));
+        let resp = s.admin(Method::GET, "/tenants/default/audit", filter).await;
+        let body = assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(body["error_description"], "the admin API's GET requests read no body");
+        let dry_run = Some(json!({ "dry_run": true }));
+        let resp = s.admin(Method::POST, "/cleanup", dry_run).await;
+        let body = assert_error(resp, 400, "invalid_request").await;
+        assert_eq!(body["error_description"], "this request reads no body");
         let bearer = format!("Bearer {ADMIN_TOKEN}");
         let logout = "/tenants/default/subjects/alice/grants";
         let narrowed = Some(json!({ "client_id": "app" }));

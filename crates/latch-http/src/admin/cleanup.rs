@@ -7,13 +7,14 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::Admin;
+use super::{Admin, NoBody};
 use crate::error::ApiError;
 use crate::AppState;
 
 pub(crate) async fn run(
     _: Admin,
     State(state): State<Arc<AppState>>,
+    _: NoBody,
 ) -> Result<Json<Value>, ApiError> {
     let purged = state.authority.purge_expired().await?;
     Ok(Json(json!({

@@ -10,7 +10,7 @@ mod tenants;
 use std::sync::Arc;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::{self, Next};
@@ -22,13 +22,13 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::form::{read_body, Form};
+use crate::form::{printable, read_body, Form};
 use crate::log_budget::LogBudget;
 use crate::serve::Connection;
 use crate::AppState;
 
 /// The admin routes, mounted under `/admin/v1`.
-pub(crate) fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/cleanup", post(cleanup::run))
         .route("/tenants", post(tenants::create).get(tenants::list))
@@ -59,30 +59,59 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
             "/tenants/{tenant}/subjects/{subject}/grants",
             get(grants::list_for_subject).delete(grants::logout_everywhere),
         )
-        .route_layer(middleware::from_fn(writes_read_no_query))
+        .route_layer(middleware::from_fn_with_state(state, unread_parts_refused))
 }
 
-/// Refuses a write (every method but `GET` and `HEAD`) with a query, and a `DELETE` with a
-/// body: the writes read neither, and a filter one does not know
-/// (`DELETE …/subjects/alice/grants?client_id=app`) would revoke everything as if it had
-/// narrowed it, as an unknown filter on a listing would list everything
-/// ([`listing_query`]).
-async fn writes_read_no_query(request: Request, next: Next) -> Response {
-    let method = request.method();
-    if method != Method::GET && method != Method::HEAD {
-        if let Some(query) = request.uri().query() {
-            let description = format!(
-                "the admin API's {method} requests read no query parameters; got {}",
-                crate::form::printable(query)
-            );
-            return ApiError::invalid_request(description).into_response();
-        }
-        if method == Method::DELETE && request.body().size_hint().exact() != Some(0) {
-            let description = "the admin API's DELETE requests read no body";
-            return ApiError::invalid_request(description).into_response();
+/// Authenticates the request first (a caller without the token learns nothing of the rest,
+/// and is counted by the rate limiter), then refuses what its handler would not read: a
+/// query on a write (every method but `GET` and `HEAD`), and a body on a request of any
+/// other method than `POST` (and on `POST /cleanup`, [`NoBody`]). A filter a write does not
+/// know (`DELETE …/subjects/alice/grants?client_id=app`) would revoke everything as if it
+/// had narrowed it, as a filter in a listing's body would list everything (a listing's
+/// query is checked by [`listing_query`]). The query is named by its parameters alone: a
+/// value may be a secret.
+async fn unread_parts_refused(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Err(refused) = Admin::from_request_parts(&mut parts, &state).await {
+        return refused.into_response();
+    }
+    let method = &parts.method;
+    let write = method != Method::GET && method != Method::HEAD;
+    if let Some(query) = parts.uri.query().filter(|_| write) {
+        let names = Form::parse(query.as_bytes()).map(|form| {
+            let names: Vec<_> = form.pairs().map(|(name, _)| printable(name)).collect();
+            names.join(", ")
+        });
+        let description = format!(
+            "the admin API's {method} requests read no query parameters; got {}",
+            names.unwrap_or_else(|_| "a malformed query".into())
+        );
+        return ApiError::invalid_request(description).into_response();
+    }
+    if method != Method::POST && body.size_hint().exact() != Some(0) {
+        let description = format!("the admin API's {method} requests read no body");
+        return ApiError::invalid_request(description).into_response();
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// A request whose body, if any, is refused: for a `POST` that reads none.
+pub(crate) struct NoBody;
+
+impl FromRequest<Arc<AppState>> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        if req.body().size_hint().exact() == Some(0) {
+            Ok(NoBody)
+        } else {
+            Err(ApiError::invalid_request("this request reads no body"))
         }
     }
-    next.run(request).await
 }
 
 /// A listing's query, holding only the parameters it reads (`names`), each with a value.
