@@ -1182,8 +1182,16 @@ backend_test! {
         refused_queries(&s, grants, &[
             ("?limit=0", "limit must be between 1 and 1000"),
             ("?limit=1001", "limit must be between 1 and 1000"),
-            ("?limit=two", "limit must be a number"),
+            ("?limit=two", "limit must be a number, digits alone"),
+            ("?limit=%2B5", "limit must be a number, digits alone"),
             ("?before=g_%00", "before must be a grant id"),
+        ])
+        .await;
+        // Nor does a cursor of the audit trail take a sign: `after=-5` read as its start.
+        refused_queries(&s, "/tenants/default/audit", &[
+            ("?after=-5", "after must be a number, digits alone"),
+            ("?since=-1", "since must be a number, digits alone"),
+            ("?after=%2B5", "after must be a number, digits alone"),
         ])
         .await;
     }

@@ -179,13 +179,16 @@ pub(crate) fn next_cursor<'a, T, K>(
         .flatten()
 }
 
-/// The number `key` of a query, if given.
+/// The number `key` of a query, if given: digits alone. Rust's parsers take a sign, so a
+/// cursor gone wrong (`after=-5`) would read as the trail's start, and `limit=+5` pass.
 pub(crate) fn number<T: std::str::FromStr>(query: &Form, key: &str) -> Result<Option<T>, ApiError> {
     query
         .get(key)
         .map(|v| {
-            v.parse()
-                .map_err(|_| ApiError::invalid_request(format!("{key} must be a number")))
+            let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| v.parse().ok()).flatten().ok_or_else(|| {
+                ApiError::invalid_request(format!("{key} must be a number, digits alone"))
+            })
         })
         .transpose()
 }
