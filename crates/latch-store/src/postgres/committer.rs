@@ -415,7 +415,7 @@ impl Committer {
     /// Starts the committer tasks on the current runtime, counting their batches in `meter`;
     /// a batch of bounded writes that PostgreSQL does not commit within `deadline` is
     /// answered unavailable, and its connection closed. The others commit without it, and
-    /// without the server's own timeouts ([`LIFT_TIMEOUTS_SQL`]), for as long as they take
+    /// without the server's own timeouts ([`super::LIFT_TIMEOUTS_SQL`]), for as long as they take
     /// (TCP's bounds still catch a server that went silent).
     pub(crate) fn start(
         config: tokio_postgres::Config,
@@ -505,18 +505,8 @@ struct Began {
     backend: i32,
 }
 
-/// Run first in an unbounded write's transaction, before it waits for any lock: a
-/// `statement_timeout` or `lock_timeout` set on the server, the database, the role or in the
-/// URL's options would otherwise fail every removal or log-out slower than it allows, each
-/// time it is asked again (latch gives these writes no deadline: [`Committer::start`]); and
-/// so would PostgreSQL 17's `transaction_timeout`, where the server knows it. Local to the
-/// transaction, as [`BEGIN_BATCH_SQL`]'s setting is; bounded batches keep the server's.
-const LIFT_TIMEOUTS_SQL: &str = "SELECT set_config('statement_timeout', '0', true), \
-     set_config('lock_timeout', '0', true), \
-     CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL \
-          THEN set_config('transaction_timeout', '0', true) END";
-
-/// Whether a committer's transactions keep the server's timeouts ([`LIFT_TIMEOUTS_SQL`]).
+/// Whether a committer's transactions keep the server's timeouts
+/// ([`super::LIFT_TIMEOUTS_SQL`]).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ServerTimeouts {
     /// Bounded batches: the server's timeouts apply, as well as latch's deadline.
@@ -569,7 +559,7 @@ async fn begin_batch<'a>(
 ) -> Result<(Transaction<'a>, Began), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if timeouts == ServerTimeouts::Lifted {
-        let lift = st.prepared(&tx, LIFT_TIMEOUTS_SQL).await?;
+        let lift = st.prepared(&tx, super::LIFT_TIMEOUTS_SQL).await?;
         tx.query_one(&lift, &[]).await?;
     }
     let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;

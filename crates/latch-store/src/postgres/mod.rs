@@ -142,6 +142,19 @@ const POOL_SIZE: usize = 16;
 /// backend; more nodes use more.
 const PIPELINED_CONNECTIONS: usize = 1;
 
+/// Run first in a transaction latch gives no deadline (a removal, a log-out, the schema's
+/// migrations), before it waits for any lock: a `statement_timeout` or `lock_timeout` set on
+/// the server, the database, the role or in the URL's options would otherwise fail every
+/// such transaction slower than it allows, each time it is asked again (a node starting
+/// while another migrates waits on the migrations' lock; a migration may build an index on
+/// a large table); and so would PostgreSQL 17's `transaction_timeout`, where the server
+/// knows it. Local to the transaction (`SET LOCAL`), as behind a transaction pooler a
+/// session's setting would not follow it; everything else keeps the server's timeouts.
+pub(crate) const LIFT_TIMEOUTS_SQL: &str = "SELECT set_config('statement_timeout', '0', true), \
+     set_config('lock_timeout', '0', true), \
+     CASE WHEN current_setting('transaction_timeout', true) IS NOT NULL \
+          THEN set_config('transaction_timeout', '0', true) END";
+
 /// The advisory lock that serialises migrations ("latch" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006c_6174_6368;
 
@@ -288,6 +301,7 @@ async fn migrate_once(
     client: &mut tokio_postgres::Client,
 ) -> Result<StoreResult<()>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    tx.query_one(LIFT_TIMEOUTS_SQL, &[]).await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
