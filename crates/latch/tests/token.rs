@@ -810,3 +810,315 @@ backend_test! {
         concurrent_refreshes(4, 10).await;
     }
 }
+
+// ---- grace-period races ----------------------------------------------------------------------
+
+/// Races two refreshes of `rt` by `client` (which has a grace period) and checks that both
+/// are answered 200 with tokens of their own, in the grant of `grant_id`, both new refresh
+/// tokens active and `rt` retired; returns the two responses.
+async fn raced_within_grace(
+    s: &TestServer,
+    client: &TestClient,
+    rt: &str,
+    grant_id: &Value,
+) -> [Value; 2] {
+    let results = race(s, client, rt, 2).await;
+    for (status, _) in &results {
+        assert_eq!(
+            *status, 200,
+            "both refreshes succeed within the grace period: {results:?}"
+        );
+    }
+    let [(_, a), (_, b)]: [(u16, Value); 2] = results.try_into().unwrap();
+    let (rt_a, rt_b) = (field(&a, "refresh_token"), field(&b, "refresh_token"));
+    let (at_a, at_b) = (field(&a, "access_token"), field(&b, "access_token"));
+    assert_ne!(rt_a, rt_b, "each refresh gets a refresh token of its own");
+    assert_ne!(at_a, at_b, "each refresh gets an access token of its own");
+    assert!(rt_a != rt && rt_b != rt);
+    assert_all_active(s, &[&at_a, &rt_a, &at_b, &rt_b]).await;
+    assert!(!s.is_active(rt).await, "the raced refresh token is retired");
+    for t in [&rt_a, &rt_b] {
+        assert_eq!(
+            &s.introspect(t).await["grant_id"],
+            grant_id,
+            "same grant, not a new one"
+        );
+    }
+    [a, b]
+}
+
+backend_test! {
+    async fn two_raced_refreshes_within_grace_both_succeed_and_either_new_one_retires_the_other() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        // Whichever of the two responses' refresh tokens is exchanged first (the first in
+        // even rounds, the second in odd ones) retires the other: presenting that one
+        // afterwards is a reuse (RFC 9700 §4.14.2), which kills the whole grant.
+        for round in 0..10 {
+            let g = s.grant_for(&app, &format!("user{round}"), None).await;
+            let rt0 = field(&g, "refresh_token");
+            let [a, b] = raced_within_grace(&s, &app, &rt0, &g["grant_id"]).await;
+            let (kept, other) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            let (kept_rt, other_rt) = (field(kept, "refresh_token"), field(other, "refresh_token"));
+
+            let r3 = refresh_ok(&s, &app, &kept_rt).await;
+            let (at3, rt3) = (field(&r3, "access_token"), field(&r3, "refresh_token"));
+            assert!(!s.is_active(&other_rt).await, "round {round}: the other token is retired");
+            assert_all_active(&s, &[&at3, &rt3, &field(other, "access_token")]).await;
+
+            refresh_rejected(&s, &app, &other_rt).await;
+            assert_all_inactive(
+                &s,
+                &[
+                    &field(&g, "access_token"),
+                    &field(&a, "access_token"),
+                    &field(&b, "access_token"),
+                    &at3,
+                    &rt3,
+                ],
+            )
+            .await;
+            refresh_rejected(&s, &app, &rt3).await;
+        }
+    }
+}
+
+backend_test! {
+    async fn a_third_use_of_a_refresh_token_raced_twice_within_the_grace_period_is_a_reuse() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        for round in 0..5 {
+            let g = s.grant_for(&app, &format!("user{round}"), None).await;
+            let (at0, rt0) = (field(&g, "access_token"), field(&g, "refresh_token"));
+            let [a, b] = raced_within_grace(&s, &app, &rt0, &g["grant_id"]).await;
+
+            // Still well within the 30 s: the one grace use is spent, so this is a reuse.
+            let body =
+                assert_error(s.refresh(Auth::Basic(&app), &rt0).await, 400, "invalid_grant").await;
+            assert!(
+                body["error_description"].as_str().unwrap().contains("already used"),
+                "round {round}: {body}"
+            );
+            let grant = [
+                at0.as_str(),
+                &rt0,
+                &field(&a, "access_token"),
+                &field(&a, "refresh_token"),
+                &field(&b, "access_token"),
+                &field(&b, "refresh_token"),
+            ];
+            assert_all_inactive(&s, &grant).await;
+            refresh_rejected(&s, &app, &field(&a, "refresh_token")).await;
+            refresh_rejected(&s, &app, &field(&b, "refresh_token")).await;
+        }
+    }
+}
+
+backend_test! {
+    async fn three_concurrent_refreshes_within_the_grace_period_two_succeed_and_the_grant_dies() {
+        let s = TestServer::start().await;
+        let app = client_with_grace(&s, "app", 30).await;
+        // One first use, one grace use; the third, whenever it is looked at, finds the grace
+        // use spent (or loses it to the other) and is a reuse.
+        for round in 0..10 {
+            let g = s.grant_for(&app, &format!("user{round}"), None).await;
+            let rt0 = field(&g, "refresh_token");
+            let results = race(&s, &app, &rt0, 3).await;
+            let winners: Vec<&Value> =
+                results.iter().filter(|(st, _)| *st == 200).map(|(_, b)| b).collect();
+            assert_eq!(winners.len(), 2, "round {round}: {results:?}");
+            for (status, body) in results.iter().filter(|(st, _)| *st != 200) {
+                assert_eq!(*status, 400, "round {round}: {body}");
+                assert_eq!(body["error"], "invalid_grant", "round {round}: {body}");
+            }
+            let mut grant = vec![field(&g, "access_token"), rt0.clone()];
+            for w in &winners {
+                grant.push(field(w, "access_token"));
+                grant.push(field(w, "refresh_token"));
+            }
+            assert_ne!(grant[3], grant[5], "round {round}: distinct refresh tokens");
+            let grant: Vec<&str> = grant.iter().map(String::as_str).collect();
+            assert_all_inactive(&s, &grant).await;
+        }
+    }
+}
+
+// ---- the exact expiry of a refresh token ---------------------------------------------------
+
+backend_test! {
+    async fn a_refresh_token_is_refused_at_exactly_its_expiry_and_presenting_it_revokes_nothing() {
+        use latch_core::clock::Clock as _;
+        let s = TestServer::start().await;
+        // Access tokens outliving the refresh token, so that one is still alive to show the
+        // grant was not revoked.
+        let app = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "app",
+                    "client_secret": "app-secret",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                    "refresh_token_ttl": 100,
+                    "access_token_ttl": 1000,
+                }),
+            )
+            .await;
+        let early = s.grant_for(&app, "alice", None).await;
+        let g = s.grant_for(&app, "bob", None).await;
+        let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+        let issued = s.clock.now();
+        let exp = s.introspect(&rt).await["exp"].as_i64().unwrap();
+        assert_eq!(exp, issued + 100);
+
+        // One second before: still exchanged.
+        s.advance(exp - 1 - s.clock.now());
+        refresh_ok(&s, &app, &field(&early, "refresh_token")).await;
+        // now == expires_at: refused, as expired, not as a reuse.
+        s.advance(1);
+        assert_eq!(s.clock.now(), exp);
+        let resp = s.refresh(Auth::Basic(&app), &rt).await;
+        let body = assert_error(resp, 400, "invalid_grant").await;
+        assert!(
+            !body["error_description"].as_str().unwrap().contains("already used"),
+            "{body}"
+        );
+        assert!(!s.is_active(&rt).await);
+        // The grant is not revoked: its access token lives on (to issued + 1000).
+        assert!(s.is_active(&at).await, "presenting an expired refresh token revoked its grant");
+        assert_eq!(s.introspect(&at).await["exp"].as_i64(), Some(issued + 1000));
+        // And a second presentation is refused the same way, still revoking nothing.
+        refresh_rejected(&s, &app, &rt).await;
+        assert!(s.is_active(&at).await);
+    }
+}
+
+// ---- a client's secret rotated --------------------------------------------------------------
+
+backend_test! {
+    async fn a_refresh_with_a_secret_rotated_away_is_401_invalid_client_and_mints_nothing() {
+        let s = TestServer::start().await;
+        let old = s.confidential("app", "read").await;
+        let g = s.grant_for(&old, "alice", None).await;
+        // Used once with each method before the rotation, so the node's verification cache
+        // knows the old secret.
+        let r1 = refresh_ok(&s, &old, &field(&g, "refresh_token")).await;
+        let resp = s.refresh(Auth::Post(&old), &field(&r1, "refresh_token")).await;
+        assert_eq!(resp.status(), 200);
+        let r2: Value = resp.json().await.unwrap();
+        let (at, rt) = (field(&r2, "access_token"), field(&r2, "refresh_token"));
+
+        let resp = s
+            .admin(
+                reqwest::Method::POST,
+                "/tenants/default/clients/app/secret",
+                Some(json!({ "client_secret": "new-secret" })),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let new = TestClient { id: "app".into(), secret: Some("new-secret".into()) };
+        let tokens = s.db.query_i64("SELECT count(*) FROM tokens").await;
+
+        // Basic: 401 with the Basic challenge (RFC 6749 §5.2).
+        let resp = s.refresh(Auth::Basic(&old), &rt).await;
+        assert_eq!(resp.status(), 401, "the old secret is refused");
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert!(
+            challenge.as_deref().is_some_and(|c| c.starts_with("Basic")),
+            "{challenge:?}"
+        );
+        assert_error(resp, 401, "invalid_client").await;
+        // client_secret_post: 401, no challenge.
+        let resp = s.refresh(Auth::Post(&old), &rt).await;
+        assert!(resp.headers().get("www-authenticate").is_none());
+        assert_error(resp, 401, "invalid_client").await;
+
+        // Nothing minted, nothing consumed, nothing revoked.
+        assert_eq!(s.db.query_i64("SELECT count(*) FROM tokens").await, tokens);
+        assert_all_active(&s, &[&at, &rt]).await;
+        // The refresh token was not rotated (a second use would be a reuse): it is exchanged
+        // with the new secret, and the grant goes on.
+        let r3 = refresh_ok(&s, &new, &rt).await;
+        assert_all_active(&s, &[&field(&r3, "access_token"), &field(&r3, "refresh_token")]).await;
+        refresh_ok(&s, &new, &field(&r3, "refresh_token")).await;
+    }
+}
+
+/// PostgreSQL only: another node's change of the client's secret, committed after the refresh
+/// authenticated with the old one and before its write, makes the exchange claim nothing
+/// (`RotationOutcome::ClientChanged`): 401 `invalid_client` with the Basic challenge, nothing
+/// minted, the refresh token unconsumed. (Over HTTP alone nothing holds a refresh between its
+/// authentication and its write for a test to put the admin API's rotation there: both are
+/// writes of the node's one committer, or of SQLite's one writer; hence the other node.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_secret_changed_before_a_refreshs_write_is_401_and_mints_nothing() {
+    let db = common::TestDb::fresh_on(common::Backend::Postgres).await;
+    let s = TestServer::start_on(db).await;
+    let app = s.confidential("app", "read").await;
+    let g = s.grant_for(&app, "alice", None).await;
+    let (at, rt) = (field(&g, "access_token"), field(&g, "refresh_token"));
+    let tokens = s.db.query_i64("SELECT count(*) FROM tokens").await;
+
+    // The other node's new secret, uncommitted: the refresh authenticates with the old one,
+    // and its write waits for the client's row.
+    let other = common::OtherNode::begin(
+        &s.db,
+        "UPDATE clients SET secret_hash = 'changed' \
+         WHERE tenant_id = 'default' AND client_id = 'app'",
+    )
+    .await;
+    let refreshing = tokio::spawn({
+        let (http, base, app, rt) = (s.http.clone(), s.base.clone(), app.clone(), rt.clone());
+        async move {
+            common::post_form_at(
+                &http,
+                &base,
+                "/oauth2/token",
+                Auth::Basic(&app),
+                &[("grant_type", "refresh_token"), ("refresh_token", &rt)],
+            )
+            .await
+        }
+    });
+    other.until_waited_on(&s.db, "FOR SHARE", &refreshing).await;
+    other.commit().await;
+    let resp = refreshing.await.unwrap();
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert!(
+        challenge.as_deref().is_some_and(|c| c.starts_with("Basic")),
+        "{challenge:?}"
+    );
+
+    assert_eq!(
+        s.db.query_i64("SELECT count(*) FROM tokens").await,
+        tokens,
+        "nothing minted"
+    );
+    assert_all_active(&s, &[&at, &rt]).await;
+    // Given a secret again through the admin API, the client exchanges the same refresh
+    // token: the refused request consumed nothing.
+    let resp = s
+        .admin(
+            reqwest::Method::POST,
+            "/tenants/default/clients/app/secret",
+            Some(json!({ "client_secret": "new-secret" })),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let new = TestClient {
+        id: "app".into(),
+        secret: Some("new-secret".into()),
+    };
+    let r1 = refresh_ok(&s, &new, &rt).await;
+    assert_all_active(&s, &[&field(&r1, "refresh_token")]).await;
+}
