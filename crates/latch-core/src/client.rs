@@ -77,6 +77,17 @@ impl GrantType {
         }
     }
 
+    /// A client's grant types when its registration names none: `client_credentials` for a
+    /// confidential client, `refresh_token` for a public one, which has no secret to
+    /// authenticate that grant with (RFC 6749 §4.4: confidential clients only).
+    pub fn defaults_for(auth_method: AuthMethod) -> Vec<Self> {
+        if auth_method.is_confidential() {
+            vec![GrantType::ClientCredentials]
+        } else {
+            vec![GrantType::RefreshToken]
+        }
+    }
+
     /// Parses a client's list of grant types; an unknown name is `invalid_request`.
     pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Vec<Self>, Error> {
         names
@@ -240,7 +251,8 @@ impl Client {
 
     /// Checks internal consistency: redirect URIs storable as given; tokens live at least a
     /// second; a rotation grace of at most [`defaults::MAX_ROTATION_GRACE`]; a confidential
-    /// client has a secret, a public one has none.
+    /// client has a secret, a public one has none, nor the `client_credentials` grant (RFC
+    /// 6749 §4.4: registered, it could never use it, every request `unauthorized_client`).
     pub fn validate(&self) -> Result<(), Error> {
         // Stored space-separated: an empty one or one with whitespace would come back
         // changed; and no back-end stores a NUL the same way (PostgreSQL refuses it in text),
@@ -275,6 +287,12 @@ impl Client {
             (false, true) => Err(Error::invalid_request(
                 "a public client (token_endpoint_auth_method none) cannot have a secret",
             )),
+            (false, false) if self.allows(GrantType::ClientCredentials) => {
+                Err(Error::invalid_request(
+                    "a public client (token_endpoint_auth_method none) cannot use the \
+                     client_credentials grant: it has no secret to authenticate with",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -342,5 +360,26 @@ mod tests {
             client(defaults::MAX_ROTATION_GRACE + 1).validate(),
             Err(Error::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn a_public_client_has_no_client_credentials_grant_not_even_by_default() {
+        let public = |grant_types| Client {
+            grant_types,
+            ..sample_client()
+        };
+        assert!(public(vec![GrantType::RefreshToken]).validate().is_ok());
+        for grants in [GrantType::ALL.to_vec(), vec![GrantType::ClientCredentials]] {
+            assert!(matches!(
+                public(grants).validate(),
+                Err(Error::InvalidRequest(_))
+            ));
+        }
+        let defaults = GrantType::defaults_for(AuthMethod::None);
+        assert!(public(defaults).validate().is_ok());
+        assert_eq!(
+            GrantType::defaults_for(AuthMethod::ClientSecretBasic),
+            vec![GrantType::ClientCredentials]
+        );
     }
 }

@@ -155,12 +155,9 @@ pub struct AddClientArgs {
     /// Read the secret from standard input instead (arguments show up in process lists).
     #[arg(long, conflicts_with = "secret")]
     pub secret_stdin: bool,
-    /// Allowed grant types (repeat or comma-separate).
-    #[arg(
-        long = "grant-type",
-        value_delimiter = ',',
-        default_value = "client_credentials"
-    )]
+    /// Allowed grant types (repeat or comma-separate) [default: client_credentials for a
+    /// confidential client, refresh_token for a public one].
+    #[arg(long = "grant-type", value_delimiter = ',')]
     pub grant_types: Vec<String>,
     /// Space-separated scopes the client may obtain.
     #[arg(long, default_value = "")]
@@ -190,7 +187,10 @@ impl AddClientArgs {
             auth_method,
             secret: given_secret(self.secret.clone(), self.secret_stdin)?
                 .map_or(SecretSpec::Generate, SecretSpec::Plain),
-            grant_types: GrantType::parse_list(&self.grant_types)?,
+            grant_types: match self.grant_types.as_slice() {
+                [] => GrantType::defaults_for(auth_method),
+                names => GrantType::parse_list(names)?,
+            },
             scope: Scope::parse(&self.scope)?,
             redirect_uris: vec![],
             access_token_ttl: self.access_token_ttl,

@@ -185,7 +185,7 @@ impl ClientConfig {
             bail!("{}: a confidential client needs client_secret_hash", ctx());
         }
         let grant_types = match &self.grant_types {
-            None => vec![GrantType::ClientCredentials],
+            None => GrantType::defaults_for(auth_method),
             Some(names) => GrantType::parse_list(names).with_context(ctx)?,
         };
         Ok(ClientSpec {

@@ -148,18 +148,28 @@ backend_test! {
 backend_test! {
     async fn client_credentials_is_refused_to_public_clients_and_clients_without_the_grant() {
         let s = TestServer::start().await;
-        // §4.4: "MUST only be used by confidential clients", even one registered for it.
+        // §4.4: "MUST only be used by confidential clients": a public client is not
+        // registered for it, and one registered without grant types gets refresh_token.
+        let spa_for_it = json!({
+            "client_id": "spa",
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["client_credentials", "refresh_token"],
+            "scope": "read",
+        });
+        let path = "/tenants/default/clients";
+        let refused = s.admin(reqwest::Method::POST, path, Some(spa_for_it)).await;
+        let body = assert_error(refused, 400, "invalid_request").await;
+        let why = body["error_description"].as_str().unwrap_or_default();
+        assert!(why.contains("client_credentials"), "{body}");
         let spa = s
             .create_client(
                 "default",
-                json!({
-                    "client_id": "spa",
-                    "token_endpoint_auth_method": "none",
-                    "grant_types": ["client_credentials", "refresh_token"],
-                    "scope": "read",
-                }),
+                json!({ "client_id": "spa", "token_endpoint_auth_method": "none", "scope": "read" }),
             )
             .await;
+        let shown = s.admin(reqwest::Method::GET, &format!("{path}/spa"), None).await;
+        let shown: Value = shown.json().await.unwrap();
+        assert_eq!(shown["grant_types"], json!(["refresh_token"]), "{shown}");
         let resp = token(&s, Auth::Public(&spa), &[("grant_type", "client_credentials")]).await;
         assert_error(resp, 400, "unauthorized_client").await;
 

@@ -81,7 +81,7 @@ impl NewClient {
             .as_deref()
             .map_or(Ok(AuthMethod::ClientSecretBasic), AuthMethod::parse)?;
         let grant_types = match self.grant_types {
-            None => vec![GrantType::ClientCredentials],
+            None => GrantType::defaults_for(auth_method),
             Some(names) => GrantType::parse_list(&names)?,
         };
         Ok(ClientSpec {
