@@ -2349,14 +2349,7 @@ async fn postgres_a_write_waiting_on_a_long_removal_holds_up_no_other_write_of_i
     let store = latch_store::open(&db.url).await.unwrap();
     let (grant, _) = issue_expiring(&*store, 1, 20_000, &[("at", TokenKind::Access, 10_000)]).await;
     let holder = holding_grant(&db, &grant).await;
-    let (home, app) = (TenantId::default_tenant(), ClientId::parse("app").unwrap());
-    let removal = tokio::spawn({
-        let (store, home, app) = (store.clone(), home.clone(), app.clone());
-        async move {
-            let removed = audit(0, Reason::ClientRemoved, 200);
-            store.delete_client(&home, &app, &removed).await
-        }
-    });
+    let removal = removing(&store, "app");
     // Its client's row deleted, it waits on the grant's.
     holder.until_waited_on(&db, "UPDATE grants", &removal).await;
     let issuance = tokio::spawn({
@@ -2454,16 +2447,7 @@ async fn postgres_a_long_write_lets_the_writes_queued_before_it_go_first() {
     issuing.abort();
     // The removal of `app` begins, and waits for it: it does not go to the database, where
     // its DELETE would wait for the holder too.
-    let removal = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let app = ClientId::parse("app").unwrap();
-            let removal = audit(0, Reason::ClientRemoved, 200);
-            store
-                .delete_client(&TenantId::default_tenant(), &app, &removal)
-                .await
-        }
-    });
+    let removal = removing(&store, "app");
     let mut went_first = false;
     for _ in 0..20 {
         went_first |= holder.waiting(&db, "DELETE FROM clients").await > 0;
@@ -2499,16 +2483,7 @@ async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     let (web, web_tokens) = late_issuance(&home, "web", "web-at");
     assert!(store.issue(&web, &web_tokens, None).await.unwrap());
     let holder = holding_grant(&db, &web.id).await;
-    let removal = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let web = ClientId::parse("web").unwrap();
-            let context = audit(0, Reason::ClientRemoved, 200);
-            store
-                .delete_client(&TenantId::default_tenant(), &web, &context)
-                .await
-        }
-    });
+    let removal = removing(&store, "web");
     holder.until_waited_on(&db, "g.client_id", &removal).await;
     // The log-out of subject 0, queued behind the removal (one poll).
     let logout = Revocation::Subject {
@@ -2541,6 +2516,18 @@ async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     );
 }
 
+/// The removal of client `id` of the default tenant, under way on a task of its own.
+fn removing(
+    store: &Arc<dyn Storage>,
+    id: &str,
+) -> tokio::task::JoinHandle<Result<Option<Option<AuditEvent>>, StoreError>> {
+    let (store, id) = (store.clone(), ClientId::parse(id).unwrap());
+    tokio::spawn(async move {
+        let context = audit(0, Reason::ClientRemoved, 200);
+        (store.delete_client(&TenantId::default_tenant(), &id, &context)).await
+    })
+}
+
 /// A removal runs for as long as it takes, whatever timeouts the server sets: here every
 /// session of latch's has a `lock_timeout` of 1 ms and a `statement_timeout` of 200 ms (as a
 /// role's or a database's settings would give it), and the removal waits longer for another
@@ -2561,16 +2548,7 @@ async fn postgres_a_long_write_keeps_no_server_timeout() {
     let (web, web_tokens) = late_issuance(&home, "web", "web-at");
     assert!(store.issue(&web, &web_tokens, None).await.unwrap());
     let holder = holding_grant(&db, &web.id).await;
-    let removal = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let web = ClientId::parse("web").unwrap();
-            let context = audit(0, Reason::ClientRemoved, 200);
-            store
-                .delete_client(&TenantId::default_tenant(), &web, &context)
-                .await
-        }
-    });
+    let removal = removing(&store, "web");
     let wait = std::time::Duration::from_millis(400);
     let outlasted = holder
         .waited_on_for(&db, "g.client_id", wait, &removal)
