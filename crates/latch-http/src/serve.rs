@@ -75,6 +75,12 @@ pub struct Connection {
     pub read_timeout: Duration,
 }
 
+/// The most a connection's read buffer holds, and so the largest request head (`431`
+/// past it): hyper's default, 408 KiB, let every connection of the limit hold that much
+/// (4 GiB at 10,000 connections, renewed every read timeout). An OAuth request's head is a
+/// few hundred bytes; proxies in front usually allow 8-16 KiB.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
 /// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
 /// connection finish the request it is serving (an idle one closes at once), and returns
 /// once all have closed. Once `cut` completes (a stop that gives up waiting), or if this is
@@ -90,7 +96,8 @@ pub async fn serve(
 ) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout);
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // `stopping` is dropped to tell every connection to stop. Each connection holds a
     // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.

@@ -304,3 +304,30 @@ async fn id_v1_answers_a_body_not_sent_in_time_408_in_camel_case() {
     let description = body["errorDescription"].as_str().unwrap();
     assert!(description.contains("not received within 1 s"), "{body}");
 }
+
+/// A request head past `MAX_HEAD_BYTES` is refused (`431`) instead of buffered: hyper's
+/// default let each connection hold 408 KiB of one. A large head within it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_past_the_limit_is_refused_not_buffered() {
+    use latch_http::serve::MAX_HEAD_BYTES;
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    for (padding, status) in [(MAX_HEAD_BYTES / 2, "200"), (100_000, "431")] {
+        let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(padding)
+        );
+        // Written whole or not (the server may refuse before reading it all).
+        let _ = conn.write_all(head.as_bytes()).await;
+        let answer = read_until_closed(&mut conn).await;
+        let expected = format!("HTTP/1.1 {status}");
+        // Refused, the server closes with the rest of the head unread, so its kernel may
+        // reset the connection and drop the answer before it is read: then none came.
+        let reset = status == "431" && answer.is_empty();
+        assert!(
+            answer.starts_with(&expected) || reset,
+            "{padding}: {answer}"
+        );
+    }
+}
