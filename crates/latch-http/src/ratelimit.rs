@@ -55,19 +55,30 @@ enum Key {
 }
 
 /// The source an address counts as: an IPv4 address (also when written as an IPv4-mapped
-/// IPv6 one), or the /64 network of an IPv6 address. One IPv6 host is usually given a whole
-/// /64 (a cloud VM, a home), so counted address by address, it could try 50 wrong secrets
-/// from each of its 2^64 addresses.
+/// IPv6 one, or as one a NAT64 translator embedded in its well-known prefix), or the /64
+/// network of an IPv6 address. One IPv6 host is usually given a whole /64 (a cloud VM, a
+/// home), so counted address by address, it could try 50 wrong secrets from each of its
+/// 2^64 addresses; but behind NAT64 every IPv4 client shares the translator's /64, one of
+/// them could lock all the others out.
 fn source(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| nat64_embedded(v6)) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(std::net::Ipv6Addr::from(
                 v6.to_bits() & !u128::from(u64::MAX),
             )),
         },
     }
+}
+
+/// The IPv4 address a NAT64 translator embedded in `v6` with the well-known prefix
+/// `64:ff9b::/96` (RFC 6052 §2.1). (A network-specific prefix is the operator's own and
+/// counts as an IPv6 /64.)
+fn nat64_embedded(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    const WELL_KNOWN: u128 = 0x0064_ff9b_0000_0000_0000_0000_0000_0000;
+    let bits = v6.to_bits();
+    (bits & !u128::from(u32::MAX) == WELL_KNOWN).then(|| std::net::Ipv4Addr::from_bits(bits as u32))
 }
 
 /// Who an attempt authenticates as.
@@ -599,6 +610,15 @@ mod tests {
         l.failed(&t, Some("b"), ip("192.0.2.1"), 1);
         assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.1"), 2), Some(9));
         assert_eq!(l.blocked(&t, Some("c"), ip("192.0.2.2"), 2), None);
+        // Behind NAT64, each IPv4 client is itself, not the translator's /64: two of them
+        // failing leave a third free, and one is counted with its own IPv4 address.
+        l.failed(&t, Some("a"), ip("64:ff9b::c000:2a1"), 1);
+        l.failed(&t, Some("b"), ip("64:ff9b::c000:2a2"), 1);
+        assert_eq!(l.blocked(&t, Some("c"), ip("64:ff9b::c000:2a3"), 2), None);
+        assert_eq!(
+            l.blocked(&t, Some("c"), ip("64:ff9b::c000:201"), 2),
+            Some(9)
+        );
         l.failed_admin("2001:db8:0:3::1".parse().unwrap(), 2);
         l.failed_admin("2001:db8:0:3::2".parse().unwrap(), 2);
         assert_eq!(
