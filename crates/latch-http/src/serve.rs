@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,10 +133,17 @@ pub async fn serve(
             read_timeout: limits.read_timeout,
         };
         let router = router.clone();
+        let serving = Arc::new(AtomicUsize::new(0));
+        let requests = serving.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(connection);
+            let serving = Serving::begin(&requests);
             // `Router` is always ready, and cloning it clones an `Arc`.
-            router.clone().call(request)
+            let response = router.clone().call(request);
+            async move {
+                let _serving = serving;
+                response.await
+            }
         });
         // Reads are bounded by hyper's timer and `read_body`; only writes need the wrapper,
         // whose timer runs only while a write is pending.
@@ -156,6 +164,7 @@ pub async fn serve(
                         // The stop gave up waiting (its timeout): the request is cut off
                         // here, unanswered, rather than served on while the database closes.
                         _ = cut_seen.changed() => {}
+                        () = serving_none(&serving) => {}
                     }
                 }
             }
@@ -176,6 +185,43 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A request being served on a connection, counted there from when hyper hands it over (its
+/// head received) until its response is ready.
+struct Serving(Arc<AtomicUsize>);
+
+impl Serving {
+    fn begin(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a stopping connection serving no request is left to hyper before it is closed.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// Completes once a stopping connection has served no request for [`STOP_GRACE`]. Told to
+/// stop, hyper closes a connection at once if it is idle, and once it has answered if it
+/// is serving a request; but one that has sent part of a request's head it keeps until its
+/// read timeout (30 s by default), which outlasts the stop's own (20 s): one such client,
+/// slow or hostile, made every stop wait its whole timeout and cut the requests still in
+/// flight. Its head incomplete, its request has not begun, so nothing is lost. (An answer
+/// already made is written at once, and the connection then closed by hyper: only one a
+/// client has stopped reading for that long is given up, as its write timeout would.)
+async fn serving_none(serving: &AtomicUsize) {
+    loop {
+        tokio::time::sleep(STOP_GRACE).await;
+        if serving.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+    }
 }
 
 fn log_end(result: Result<(), hyper::Error>) {

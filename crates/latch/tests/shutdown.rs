@@ -210,3 +210,68 @@ fn read_until_blank_line(conn: &mut TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+/// A client that has sent part of a request's head when the stop comes holds it up for no
+/// more than a moment: hyper kept such a connection until its read timeout (30 s by default,
+/// more than the stop's own 20 s), so one slow or hostile client made every stop wait its
+/// whole timeout and cut off the requests still in flight. Here both timeouts are an hour;
+/// the stop is bounded at 10 s (it takes about half a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_half_sent_does_not_hold_a_stop() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let mut settings = common::settings_for(&db);
+    settings.shutdown_timeout = 3600;
+    settings.read_timeout = 3600;
+    let server = latch::server::Server::start(
+        &settings,
+        std::sync::Arc::new(latch_core::clock::SystemClock),
+    )
+    .await
+    .expect("server starts");
+    let addr = server.addr;
+    let conn = tokio::task::spawn_blocking(move || {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+        let client = conn.local_addr().unwrap();
+        until_read_by_server(addr.port(), client.port());
+        conn
+    })
+    .await
+    .unwrap();
+    let stop = tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown()).await;
+    let stopped = stop.expect("the stop waited for the half-sent head");
+    stopped.expect("a clean stop");
+    let response = tokio::task::spawn_blocking(move || {
+        let mut conn = conn;
+        let mut response = Vec::new();
+        let _ = conn.read_to_end(&mut response);
+        response
+    })
+    .await
+    .unwrap();
+    assert!(
+        response.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
+/// Waits (bounded) until the server's end of the connection from `client_port` to
+/// `server_port` on 127.0.0.1 has nothing left unread in the kernel (`/proc/net/tcp`'s
+/// receive queue): what the client sent is in the server's hands.
+fn until_read_by_server(server_port: u16, client_port: u16) {
+    let ends = format!("0100007F:{server_port:04X} 0100007F:{client_port:04X}");
+    for _ in 0..5_000 {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let queues = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() > 4 && format!("{} {}", fields[1], fields[2]) == ends)
+                .then(|| fields[4].to_owned())
+        });
+        if queues.is_some_and(|q| q.ends_with(":00000000")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("the server never read what was sent to it");
+}
