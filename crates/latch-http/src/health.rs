@@ -43,7 +43,7 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Js
         Ok(()) => authority.clock_offset().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    let not_ready = match checked {
+    let (status, error) = match checked {
         Ok(ClockOffset::Off(skew)) => (
             "clock_off",
             format!("this node's clock is {skew} s off the database's"),
@@ -51,7 +51,6 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Js
         Ok(_) => return (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(e) => ("unavailable", e),
     };
-    let (status, error) = not_ready;
     // Bounded: a load balancer may probe at any rate.
     static BUDGET: LogBudget = LogBudget::new();
     if let Some(left_out) = BUDGET.admit() {

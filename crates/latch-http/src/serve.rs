@@ -83,7 +83,8 @@ pub struct Connection {
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
-/// connection finish the request it is serving (an idle one closes at once), and returns
+/// connection finish the request it is serving (an idle one closes at once, one in the
+/// middle of a request's head after [`STOP_GRACE`]), and returns
 /// once all have closed. Once `cut` completes (a stop that gives up waiting), or if this is
 /// dropped, the connections still open close at once, their requests unanswered: a caller
 /// that awaits it after `cut` knows that none is still served (nor commits) when it goes on
