@@ -107,7 +107,7 @@ backend_test! {
 backend_test! {
     async fn scopes_supported_follows_the_registered_clients() {
         let s = TestServer::start().await;
-        // None yet: left out, as RFC 8414 §2 asks of a claim with zero elements.
+        // None yet: left out, as RFC 8414 §3.2 asks of a claim with zero elements.
         let m = metadata(&s).await;
         assert!(m.get("scopes_supported").is_none(), "{m}");
         assert_eq!(m["response_types_supported"], json!([]), "required, so sent");

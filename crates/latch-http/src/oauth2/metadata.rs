@@ -20,10 +20,12 @@ pub(crate) struct Metadata {
     revocation_endpoint: String,
     introspection_endpoint: String,
     grant_types_supported: Vec<&'static str>,
-    /// latch has no authorization endpoint, so no response type. Sent empty all the same:
-    /// RFC 8414 §2 makes it REQUIRED, and clients that parse it would fail without it.
+    /// latch has no authorization endpoint, so no response type. Sent empty all the same,
+    /// knowingly against RFC 8414 §3.2's "Claims with zero elements MUST be omitted": §2
+    /// makes this one REQUIRED, the two cannot both hold here, and clients that parse it
+    /// fail without it. (Erratum 7793, reported, would let it be left out.)
     response_types_supported: [&'static str; 0],
-    /// Sorted, each once; left out when the tenant's clients have no scope (RFC 8414 §2:
+    /// Sorted, each once; left out when the tenant's clients have no scope (RFC 8414 §3.2:
     /// "Claims with zero elements MUST be omitted").
     #[serde(skip_serializing_if = "Vec::is_empty")]
     scopes_supported: Vec<String>,
