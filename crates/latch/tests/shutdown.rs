@@ -131,24 +131,12 @@ async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
     .await
     .expect("server starts");
     let addr = server.addr.to_string();
-    let mut conn = tokio::task::spawn_blocking(move || request_in_flight(&addr, 100, "grant_type"))
+    let conn = tokio::task::spawn_blocking(move || request_in_flight(&addr, 100, "grant_type"))
         .await
         .unwrap();
     server.shutdown().await.expect("a stop that timed out");
-    let response = tokio::task::spawn_blocking(move || {
-        // The rest of the body, then whatever comes back.
-        let _ = conn.write_all(&[b'x'; 90]);
-        let mut response = Vec::new();
-        let _ = conn.read_to_end(&mut response);
-        response
-    })
-    .await
-    .unwrap();
-    assert!(
-        response.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&response)
-    );
+    // The rest of the body, then whatever comes back.
+    assert_unanswered(answer_after(conn, vec![b'x'; 90]).await);
 }
 
 /// The process's exit status, once it has exited, polled for at most a minute.
@@ -241,14 +229,22 @@ async fn a_request_head_half_sent_does_not_hold_a_stop() {
     let stop = tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown()).await;
     let stopped = stop.expect("the stop waited for the half-sent head");
     stopped.expect("a clean stop");
-    let response = tokio::task::spawn_blocking(move || {
-        let mut conn = conn;
+    assert_unanswered(answer_after(conn, Vec::new()).await);
+}
+
+/// What comes back on `conn` until it closes, once `rest` is sent (or refused).
+async fn answer_after(mut conn: TcpStream, rest: Vec<u8>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || {
+        let _ = conn.write_all(&rest);
         let mut response = Vec::new();
         let _ = conn.read_to_end(&mut response);
         response
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+fn assert_unanswered(response: Vec<u8>) {
     assert!(
         response.is_empty(),
         "{}",

@@ -2476,14 +2476,7 @@ async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     let home = TenantId::default_tenant();
     let (grant, _) =
         issue_expiring(&*store, 0, 20_000, &[("rt0", TokenKind::Refresh, 10_000)]).await;
-    store
-        .create_client(&client(&home, "web", 3600))
-        .await
-        .unwrap();
-    let (web, web_tokens) = late_issuance(&home, "web", "web-at");
-    assert!(store.issue(&web, &web_tokens, None).await.unwrap());
-    let holder = holding_grant(&db, &web.id).await;
-    let removal = removing(&store, "web");
+    let (holder, removal) = web_removal_held_up(&db, &store).await;
     holder.until_waited_on(&db, "g.client_id", &removal).await;
     // The log-out of subject 0, queued behind the removal (one poll).
     let logout = Revocation::Subject {
@@ -2516,6 +2509,26 @@ async fn postgres_a_long_write_queued_behind_another_holds_nothing_up() {
     );
 }
 
+/// Client `web` of the default tenant, with one grant (its access token `web-at`) that
+/// another session holds locked, and its removal under way (not yet waiting on that lock).
+async fn web_removal_held_up(
+    db: &TestDb,
+    store: &Arc<dyn Storage>,
+) -> (
+    OtherNode,
+    tokio::task::JoinHandle<Result<Option<Option<AuditEvent>>, StoreError>>,
+) {
+    let home = TenantId::default_tenant();
+    store
+        .create_client(&client(&home, "web", 3600))
+        .await
+        .unwrap();
+    let (web, web_tokens) = late_issuance(&home, "web", "web-at");
+    assert!(store.issue(&web, &web_tokens, None).await.unwrap());
+    let holder = holding_grant(db, &web.id).await;
+    (holder, removing(store, "web"))
+}
+
 /// The removal of client `id` of the default tenant, under way on a task of its own.
 fn removing(
     store: &Arc<dyn Storage>,
@@ -2541,14 +2554,7 @@ async fn postgres_a_long_write_keeps_no_server_timeout() {
         .await
         .unwrap();
     let home = TenantId::default_tenant();
-    store
-        .create_client(&client(&home, "web", 3600))
-        .await
-        .unwrap();
-    let (web, web_tokens) = late_issuance(&home, "web", "web-at");
-    assert!(store.issue(&web, &web_tokens, None).await.unwrap());
-    let holder = holding_grant(&db, &web.id).await;
-    let removal = removing(&store, "web");
+    let (holder, removal) = web_removal_held_up(&db, &store).await;
     let wait = std::time::Duration::from_millis(400);
     let outlasted = holder
         .waited_on_for(&db, "g.client_id", wait, &removal)
