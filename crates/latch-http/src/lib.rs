@@ -5,8 +5,9 @@
 //! No OAuth rule is decided here.
 //!
 //! ## Layout
-//! - [`router`] wires every route; [`AppState`] is what handlers share; [`serve`] runs
-//!   the router on a listener, with read and write timeouts, a connection limit and a
+//! - [`router`] wires the routes a listener [`Serves`] (every route, or the clients' and the
+//!   operators' on listeners of their own); [`AppState`] is what handlers share; [`serve`]
+//!   runs a router on a listener, with read and write timeouts, a connection limit and a
 //!   graceful stop.
 //! - [`form`]: strict form-body parsing (content type, size limit, duplicates, encoding),
 //!   and [`credentials`]: client credentials from Basic or the body. Both are written once
@@ -242,11 +243,26 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
 }
 
-/// Every route latch serves.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Which of latch's routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serves {
+    /// Every route, on one listener (the default).
+    Everything,
+    /// What clients and resource servers call: the OAuth endpoints, the metadata, the
+    /// profiles, and the health checks (for a load balancer in front).
+    Clients,
+    /// What operators and their tools call: the health checks, `/metrics` and the admin API,
+    /// on a listener of their own, so that clients holding every connection of the other
+    /// cannot starve a liveness probe (which would restart the node), and the admin API and
+    /// metrics need not be reachable where clients are.
+    Operations,
+}
+
+/// The routes a listener that `serves` them answers.
+pub fn router(state: Arc<AppState>, serves: Serves) -> Router {
+    let clients = serves != Serves::Operations;
+    let operations = serves != Serves::Clients;
     let mut app = Router::new()
-        .merge(oauth_routes(&state))
-        .nest("/tenants/{tenant}", oauth_routes(&state))
         .route(
             "/healthz",
             counted!(&state, Endpoint::Health, get(health::live)),
@@ -254,30 +270,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/readyz",
             counted!(&state, Endpoint::Health, get(health::ready)),
-        )
-        .route(
+        );
+    if clients {
+        app = app
+            .merge(oauth_routes(&state))
+            .nest("/tenants/{tenant}", oauth_routes(&state));
+        for path in oauth2::metadata::paths(state.issuer_path()) {
+            app = app.route(
+                &path,
+                counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
+            );
+        }
+        if state.profiles.sentinel {
+            app = app.route(
+                "/sentinel/api/account/{accountid}/token/revoke",
+                counted!(&state, Endpoint::Sentinel, post(profiles::sentinel::handle)),
+            );
+        }
+    }
+    if operations {
+        app = app.route(
             "/metrics",
             counted!(&state, Endpoint::Metrics, get(metrics::handle)),
         );
-    for path in oauth2::metadata::paths(state.issuer_path()) {
-        app = app.route(
-            &path,
-            counted!(&state, Endpoint::Metadata, get(oauth2::metadata::handle)),
-        );
-    }
-    if state.profiles.sentinel {
-        app = app.route(
-            "/sentinel/api/account/{accountid}/token/revoke",
-            counted!(&state, Endpoint::Sentinel, post(profiles::sentinel::handle)),
-        );
-    }
-    if state.admin_token.is_some() {
-        // The admin routes' `405`s are made inside them, so that the layer counts them.
-        let admin = admin::routes(state.clone()).method_not_allowed_fallback(method_not_allowed);
-        app = app.nest(
-            "/admin/v1",
-            admin.layer(metrics::counted(&state, Endpoint::Admin)),
-        );
+        if state.admin_token.is_some() {
+            // The admin routes' `405`s are made inside them, so that the layer counts them.
+            let admin =
+                admin::routes(state.clone()).method_not_allowed_fallback(method_not_allowed);
+            app = app.nest(
+                "/admin/v1",
+                admin.layer(metrics::counted(&state, Endpoint::Admin)),
+            );
+        }
     }
     let app = app
         .method_not_allowed_fallback(method_not_allowed)

@@ -448,13 +448,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     tracing::info!(
         addr = %server.addr,
+        operations_addr = server.operations_addr.map(tracing::field::display),
         database = %settings.database,
         admin_api = settings.admin_token.is_some(),
         "latch is serving"
     );
-    // Scripts and tests read this line to learn the bound port. Nobody reads a closed stdout:
-    // serving goes on.
-    if let Err(e) = print(format_args!("latch listening on http://{}", server.addr)) {
+    // Scripts and tests read these lines to learn the bound ports; the operations line comes
+    // first, so that a reader stopping at the listening line has seen both. Nobody reads a
+    // closed stdout: serving goes on.
+    let operations = server.operations_addr.map_or(Ok(()), |at| {
+        print(format_args!("latch operations on http://{at}"))
+    });
+    let listening =
+        operations.and_then(|()| print(format_args!("latch listening on http://{}", server.addr)));
+    if let Err(e) = listening {
         tracing::warn!(error = %e, "the listening line");
     }
     stop.recv().await;

@@ -40,6 +40,9 @@ pub const DEFAULT_DATA_DIR: &str = "data";
 pub struct FileConfig {
     /// Address to listen on.
     pub listen: Option<String>,
+    /// Address of a listener of its own for the health checks, `/metrics` and the admin API
+    /// (which then leave the main listener); without one, everything is on `listen`.
+    pub operations_listen: Option<String>,
     /// Database URL (`sqlite://PATH`, `sqlite::memory:`, `postgres://…`).
     pub database_url: Option<Secret>,
     /// Folder for the default SQLite database.
@@ -275,6 +278,11 @@ pub struct ServerOverrides {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "LATCH_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Address of a listener of its own for `/healthz`, `/readyz`, `/metrics` and the admin
+    /// API, which then leave the main one (health checks stay on both) [default: none,
+    /// everything on --listen].
+    #[arg(long, env = "LATCH_OPERATIONS_LISTEN", value_name = "ADDR")]
+    pub operations_listen: Option<String>,
     /// Issuer identifier [default: http://ADDR].
     #[arg(long, env = "LATCH_ISSUER", value_name = "URL")]
     pub issuer: Option<String>,
@@ -315,6 +323,8 @@ pub struct ServerOverrides {
 pub struct Settings {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where the health checks, `/metrics` and the admin API listen, if not on `listen`.
+    pub operations_listen: Option<SocketAddr>,
     /// The database.
     pub database: DatabaseUrl,
     /// The issuer identifier; `None` derives it from the bound address.
@@ -527,6 +537,24 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
     let listen: SocketAddr = listen_str
         .parse()
         .with_context(|| format!("invalid listen address {listen_str:?}"))?;
+    let operations_listen = match (server.operations_listen.as_ref())
+        .or(file.operations_listen.as_ref())
+        .filter(|at| !at.is_empty())
+    {
+        None => None,
+        Some(at) => {
+            let at: SocketAddr = at
+                .parse()
+                .with_context(|| format!("invalid operations_listen address {at:?}"))?;
+            // The same fixed address twice fails to bind with a less helpful message; port 0
+            // twice is two ephemeral ports.
+            anyhow::ensure!(
+                at != listen || at.port() == 0,
+                "operations_listen must differ from listen ({listen})"
+            );
+            Some(at)
+        }
+    };
     let issuer = server.issuer.clone().or_else(|| file.issuer.clone());
     if let Some(issuer) = &issuer {
         check_issuer(issuer)?;
@@ -554,6 +582,7 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
     }
     Ok(Settings {
         listen,
+        operations_listen,
         database: database_url(overrides, &file)?,
         issuer,
         admin_token,
@@ -609,6 +638,39 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operations_listener_is_off_by_default_and_refused_on_the_listen_address() {
+        let resolved = |listen: &str, operations: Option<&str>| {
+            let server = ServerOverrides {
+                listen: Some(listen.into()),
+                operations_listen: operations.map(Into::into),
+                ..ServerOverrides::default()
+            };
+            resolve(&Overrides::default(), &server).map(|s| s.operations_listen)
+        };
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        assert_eq!(resolved("127.0.0.1:8080", None).unwrap(), None);
+        assert_eq!(resolved("127.0.0.1:8080", Some("")).unwrap(), None);
+        assert_eq!(
+            resolved("127.0.0.1:8080", Some("127.0.0.1:9090")).unwrap(),
+            Some(at("127.0.0.1:9090"))
+        );
+        assert_eq!(
+            resolved("127.0.0.1:0", Some("127.0.0.1:0")).unwrap(),
+            Some(at("127.0.0.1:0"))
+        );
+        let same = resolved("127.0.0.1:8080", Some("127.0.0.1:8080")).unwrap_err();
+        assert!(
+            same.to_string().contains("must differ from listen"),
+            "{same}"
+        );
+        let bad = resolved("127.0.0.1:8080", Some("localhost")).unwrap_err();
+        assert!(
+            bad.to_string().contains("invalid operations_listen"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn a_flag_beats_the_file_whichever_of_url_and_folder_each_names() {

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use latch_core::clock::Clock;
 use latch_core::Authority;
+use latch_http::serve::Limits;
 use latch_http::AppState;
+use latch_http::Serves;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Secret, Settings};
@@ -68,12 +70,21 @@ pub async fn open_authority(
     Ok(authority)
 }
 
-/// The connections to serve at once: `configured`, or as many as the file-descriptor limit
-/// (raised to its hard limit first) leaves room for, at most the default.
-fn max_connections(configured: Option<usize>) -> usize {
+/// Connections the operations listener serves at once: probes, a metrics scraper and admin
+/// tools need a handful, and a bound keeps them from taking the descriptors clients need.
+pub const OPERATIONS_MAX_CONNECTIONS: usize = 64;
+
+/// The clients' connections to serve at once: `configured`, or as many as the
+/// file-descriptor limit (raised to its hard limit first) leaves room for beside `kept`
+/// other connections, at most the default.
+fn max_connections(configured: Option<usize>, kept: usize) -> usize {
     use latch_http::serve::DEFAULT_MAX_CONNECTIONS;
     let fds = fd_limit::raise_to_hard();
-    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, fd_limit::connections_within);
+    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, |fds| {
+        fd_limit::connections_within(fds)
+            .saturating_sub(kept)
+            .max(1)
+    });
     match configured {
         Some(n) => {
             if n > room {
@@ -94,11 +105,14 @@ fn max_connections(configured: Option<usize>) -> usize {
 pub struct Server {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of its operations listener (health, metrics, admin API), if it has one.
+    pub operations_addr: Option<SocketAddr>,
     /// Its domain object, for tests that inspect state.
     pub authority: Arc<Authority>,
-    shutdown: Option<oneshot::Sender<()>>,
-    /// Cuts the connections a stop gave up waiting for.
-    cut: Option<oneshot::Sender<()>>,
+    /// Dropped to stop serving.
+    shutdown: Option<watch::Sender<()>>,
+    /// Dropped to cut the connections a stop gave up waiting for.
+    cut: Option<watch::Sender<()>>,
     /// How long [`Server::shutdown`] waits for the requests in flight.
     shutdown_timeout: Duration,
     task: JoinHandle<std::io::Result<()>>,
@@ -118,13 +132,20 @@ async fn cleanup_loop(authority: Arc<Authority>, interval: Duration) {
 }
 
 impl Server {
-    /// Binds `settings.listen` and starts serving in the background.
+    /// Binds `settings.listen` (and `settings.operations_listen`, if set) and starts serving
+    /// in the background.
     pub async fn start(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let authority = open_authority(settings, clock).await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let listener = bind(settings.listen).await?;
         let addr = listener.local_addr()?;
+        let operations = match settings.operations_listen {
+            Some(at) => Some(bind(at).await?),
+            None => None,
+        };
+        let operations_addr = operations
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let issuer = settings.issuer.clone().unwrap_or_else(|| {
             let derived = format!("http://{addr}");
             if addr.ip().is_unspecified() {
@@ -147,33 +168,55 @@ impl Server {
             .with_profiles(settings.profiles)
             .with_auth_limits(settings.auth_limits),
         );
-        let app = latch_http::router(state);
         let cleanup = (settings.cleanup_interval > 0).then(|| {
             tokio::spawn(cleanup_loop(
                 authority.clone(),
                 Duration::from_secs(settings.cleanup_interval),
             ))
         });
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let (cut, cut_signal) = oneshot::channel::<()>();
-        let limits = latch_http::serve::Limits {
+        let (shutdown, signal) = watch::channel(());
+        let (cut, cut_signal) = watch::channel(());
+        let limits = Limits {
             read_timeout: Duration::from_secs(settings.read_timeout),
             write_timeout: Duration::from_secs(settings.write_timeout),
-            max_connections: max_connections(settings.max_connections),
+            max_connections: max_connections(
+                settings.max_connections,
+                operations
+                    .as_ref()
+                    .map_or(0, |_| OPERATIONS_MAX_CONNECTIONS),
+            ),
         };
-        let task = tokio::spawn(latch_http::serve::serve(
-            listener,
-            app,
-            limits,
-            async {
-                let _ = signal.await;
-            },
-            async {
-                let _ = cut_signal.await;
-            },
-        ));
+        let serving = |listener, serves, limits| {
+            latch_http::serve::serve(
+                listener,
+                latch_http::router(state.clone(), serves),
+                limits,
+                dropped(signal.clone()),
+                dropped(cut_signal.clone()),
+            )
+        };
+        let task = match operations {
+            None => tokio::spawn(serving(listener, Serves::Everything, limits)),
+            Some(operations) => {
+                let clients = serving(listener, Serves::Clients, limits);
+                let operations = serving(
+                    operations,
+                    Serves::Operations,
+                    Limits {
+                        max_connections: OPERATIONS_MAX_CONNECTIONS,
+                        ..limits
+                    },
+                );
+                // Both stop together, and the stop waits for both.
+                tokio::spawn(async move {
+                    let (clients, operations) = tokio::join!(clients, operations);
+                    clients.and(operations)
+                })
+            }
+        };
         Ok(Self {
             addr,
+            operations_addr,
             authority,
             shutdown: Some(shutdown),
             cut: Some(cut),
@@ -189,9 +232,7 @@ impl Server {
     /// ([`latch_core::store::Storage::close`]), and returns. A write cut off is either
     /// committed or never answered: its client saw no `200`.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        drop(self.shutdown.take());
         if let Some(cleanup) = self.cleanup.take() {
             cleanup.abort();
         }
@@ -205,9 +246,7 @@ impl Server {
                 // Every connection lets go of its request at once, and `serve` returns once
                 // the last has: no request is served on (nor commits) while the database
                 // closes. (Bounded all the same: a handler stuck outside an `.await`.)
-                if let Some(cut) = self.cut.take() {
-                    let _ = cut.send(());
-                }
+                drop(self.cut.take());
                 match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
                     Ok(served) => served??,
                     Err(_) => self.task.abort(),
@@ -286,4 +325,16 @@ impl StopSignal {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Binds `at`, saying which address failed.
+async fn bind(at: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen on {at}"))
+}
+
+/// Completes once `signal`'s sender is dropped.
+async fn dropped(mut signal: watch::Receiver<()>) {
+    while signal.changed().await.is_ok() {}
 }

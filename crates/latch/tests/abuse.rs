@@ -154,31 +154,68 @@ async fn read_until_closed(conn: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_limit_wait_until_one_closes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// The first bytes of an answer on `conn`: its status line's start.
+async fn answered(conn: &mut tokio::net::TcpStream) -> std::io::Result<[u8; 12]> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).await.map(|_| head)
+}
+
+/// On a server of one connection (`s.http` must hold none of it): a first connection served
+/// and kept open, and a second whose request waits unanswered in the listen backlog.
+async fn every_connection_taken(s: &TestServer) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
-    /// The first bytes of an answer: its status line's start.
-    async fn answered(conn: &mut TcpStream) -> std::io::Result<[u8; 12]> {
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).await.map(|_| head)
-    }
-    let mut s = TestServer::start_with(|settings| settings.max_connections = Some(1)).await;
-    // The harness's HTTP client keeps its connection from setting up the server open, in
-    // the one slot: dropping the client closes it.
-    s.http = reqwest::Client::new();
     let request = b"GET /healthz HTTP/1.1\r\nHost: latch\r\n\r\n";
     // The first connection is served, and kept open (keep-alive): it holds the one slot.
     let mut first = TcpStream::connect(s.addr).await.unwrap();
     first.write_all(request).await.unwrap();
     assert_eq!(&answered(&mut first).await.unwrap(), b"HTTP/1.1 200");
-    // The second waits in the listen backlog, its request unanswered...
+    // The second waits in the listen backlog, its request unanswered.
     let mut second = TcpStream::connect(s.addr).await.unwrap();
     second.write_all(request).await.unwrap();
     let early =
         tokio::time::timeout(std::time::Duration::from_millis(500), answered(&mut second)).await;
     assert!(early.is_err(), "answered past the limit: {early:?}");
+    (first, second)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let mut s = TestServer::start_with(|settings| settings.max_connections = Some(1)).await;
+    // The harness's HTTP client keeps its connection from setting up the server open, in
+    // the one slot: dropping the client closes it.
+    s.http = reqwest::Client::new();
+    // The second connection waits...
+    let (first, mut second) = every_connection_taken(&s).await;
     // ...until the first closes.
+    drop(first);
+    let late = tokio::time::timeout(std::time::Duration::from_secs(60), answered(&mut second))
+        .await
+        .expect("served once a slot was free");
+    assert_eq!(&late.unwrap(), b"HTTP/1.1 200");
+}
+
+/// Clients holding every connection of theirs leave the operations listener its own: its
+/// probes, metrics and admin API answer at once (a liveness probe timing out would restart
+/// the node), and the clients' backlog is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_holding_every_connection_leave_the_operations_listener_its_own() {
+    let s = TestServer::start_with(|settings| {
+        settings.max_connections = Some(1);
+        settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    assert_ne!(s.operations_base, s.base);
+    // The harness set the server up through the operations listener: the one slot is free.
+    let (first, mut second) = every_connection_taken(&s).await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let url = format!("{}{path}", s.operations_base);
+        let resp = s.http.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    let tenants = s.admin(reqwest::Method::GET, "/tenants", None).await;
+    assert_eq!(tenants.status(), 200);
     drop(first);
     let late = tokio::time::timeout(std::time::Duration::from_secs(60), answered(&mut second))
         .await

@@ -1681,3 +1681,95 @@ async fn large_revocation_whose_caller_hangs_up(
         assert!(!s.is_active(&at).await);
     }
 }
+
+/// With `--operations-listen`, the admin API and `/metrics` are served there and no longer
+/// where clients call (404), the OAuth endpoints only where clients call, and the health
+/// checks on both; the responses of both are counted in one `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operations_listener_takes_the_admin_api_and_metrics_off_the_clients_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let p = Process::serve(
+        dir.path(),
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--operations-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let (clients, operations) = (p.base.clone(), p.operations_base.clone());
+    assert_ne!(clients, operations);
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        let req = http.get(url).bearer_auth(ADMIN_TOKEN);
+        async move { req.send().await.unwrap() }
+    };
+    // The admin API answers on the operations listener only.
+    let created = http
+        .post(format!("{operations}/admin/v1/tenants/default/clients"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({
+            "client_id": "svc",
+            "client_secret": "svc-secret",
+            "grant_types": ["client_credentials"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for path in ["/admin/v1/tenants", "/metrics"] {
+        assert_error(get(format!("{clients}{path}")).await, 404, "not_found").await;
+    }
+    // The OAuth endpoints and the metadata answer on the clients' listener only.
+    let svc = TestClient {
+        id: "svc".into(),
+        secret: Some("svc-secret".into()),
+    };
+    let issued = common::post_form_at(
+        &http,
+        &clients,
+        "/oauth2/token",
+        Auth::Basic(&svc),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_eq!(issued.status(), 200);
+    let refused = common::post_form_at(
+        &http,
+        &operations,
+        "/oauth2/token",
+        Auth::Basic(&svc),
+        &[("grant_type", "client_credentials")],
+    )
+    .await;
+    assert_error(refused, 404, "not_found").await;
+    let metadata = "/.well-known/oauth-authorization-server";
+    assert_eq!(get(format!("{clients}{metadata}")).await.status(), 200);
+    assert_error(
+        get(format!("{operations}{metadata}")).await,
+        404,
+        "not_found",
+    )
+    .await;
+    for base in [&clients, &operations] {
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(
+                get(format!("{base}{path}")).await.status(),
+                200,
+                "{base}{path}"
+            );
+        }
+    }
+    let metrics = get(format!("{operations}/metrics")).await;
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"latch_http_responses_total{endpoint="token",status="200"} 1"#),
+        "{metrics}"
+    );
+    assert!(p.terminate().success());
+}

@@ -417,6 +417,9 @@ pub struct TestServer {
     server: Option<Server>,
     pub base: String,
     pub addr: SocketAddr,
+    /// Where the health checks, metrics and admin API are served: the operations listener's
+    /// base URL if the server has one, else `base`.
+    pub operations_base: String,
     pub clock: Arc<ManualClock>,
     pub http: reqwest::Client,
     pub db: TestDb,
@@ -483,9 +486,11 @@ impl TestServer {
             .await
             .expect("server starts");
         let addr = server.addr;
+        let operations_addr = server.operations_addr.unwrap_or(addr);
         let mut this = Self {
             base: format!("http://{addr}"),
             addr,
+            operations_base: format!("http://{operations_addr}"),
             clock,
             http: reqwest::Client::new(),
             db,
@@ -545,7 +550,7 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> Response {
-        admin_at(&self.http, &self.base, method, path, body).await
+        admin_at(&self.http, &self.operations_base, method, path, body).await
     }
 
     /// Registers a client through the admin API in tenant `default`, returning its
@@ -782,6 +787,8 @@ pub fn latch_bin() -> &'static str {
 pub struct Process {
     pub child: Child,
     pub base: String,
+    /// The operations listener's base URL if it has one, else `base`.
+    pub operations_base: String,
     pub stderr_path: PathBuf,
 }
 
@@ -809,19 +816,24 @@ impl Process {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn latch");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("latch listening on ")
-            .unwrap_or_else(|| {
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut operations_base = None;
+        let base = loop {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let line = line.trim();
+            if let Some(at) = line.strip_prefix("latch operations on ") {
+                operations_base = Some(at.to_owned());
+            } else if let Some(at) = line.strip_prefix("latch listening on ") {
+                break at.to_owned();
+            } else {
                 let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                 panic!("latch did not start: {line:?}\n{err}")
-            })
-            .to_owned();
+            }
+        };
         Self {
             child,
+            operations_base: operations_base.unwrap_or_else(|| base.clone()),
             base,
             stderr_path,
         }
@@ -904,6 +916,7 @@ pub fn run_cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> std::process::
 pub fn settings_for(db: &TestDb) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        operations_listen: None,
         database: db.url.clone(),
         issuer: None,
         admin_token: Some(ADMIN_TOKEN.into()),
