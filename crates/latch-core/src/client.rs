@@ -249,6 +249,15 @@ impl Client {
         self.auth_method.is_confidential()
     }
 
+    /// The lifetime of an access token issued beside a refresh token: never past the refresh
+    /// token's. Revoking the refresh token is how a client ends the session (RFC 7009 §2.1:
+    /// it takes the grant's access tokens with it), and a refresh token expired past the
+    /// clocks' allowance no longer can (its row may be gone): an access token outliving it
+    /// would outlive every sign-out its client can make.
+    pub fn access_token_ttl_beside_refresh(&self) -> u32 {
+        self.access_token_ttl.min(self.refresh_token_ttl)
+    }
+
     /// Checks internal consistency: redirect URIs storable as given; tokens live at least a
     /// second; a rotation grace of at most [`defaults::MAX_ROTATION_GRACE`]; a confidential
     /// client has a secret, a public one has none, nor the `client_credentials` grant (RFC

@@ -196,6 +196,60 @@ backend_test! {
 }
 
 backend_test! {
+    async fn an_access_token_issued_beside_a_refresh_token_never_outlives_it() {
+        let s = TestServer::start().await;
+        let lifetime = |info: &Value| info["exp"].as_i64().unwrap() - info["iat"].as_i64().unwrap();
+        // Access tokens of an hour, refresh tokens of ten minutes: a session's access tokens
+        // end with its refresh token (revoking it, or its expiry, ends them all).
+        let long = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "long",
+                    "client_secret": "long-secret",
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "scope": "read",
+                    "access_token_ttl": 3600,
+                    "refresh_token_ttl": 600,
+                }),
+            )
+            .await;
+        let granted = s.grant_for(&long, "alice", None).await;
+        assert_eq!(granted["expires_in"], 600);
+        let info = s.introspect(&field(&granted, "access_token")).await;
+        assert_eq!(lifetime(&info), 600, "{info}");
+        s.advance(100);
+        let refreshed = refresh_ok(&s, &long, &field(&granted, "refresh_token")).await;
+        assert_eq!(refreshed["expires_in"], 600);
+        let info = s.introspect(&field(&refreshed, "access_token")).await;
+        assert_eq!(lifetime(&info), 600, "{info}");
+        // Without a refresh token, the client's own lifetime.
+        let own = s.client_credentials(&long).await;
+        assert_eq!(own["expires_in"], 3600);
+        assert_eq!(lifetime(&s.introspect(&field(&own, "access_token")).await), 3600);
+        // Shorter than the refresh token's, an access token's lifetime is the client's.
+        let short = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "short",
+                    "client_secret": "short-secret",
+                    "grant_types": ["refresh_token"],
+                    "scope": "read",
+                    "access_token_ttl": 300,
+                    "refresh_token_ttl": 600,
+                }),
+            )
+            .await;
+        let granted = s.grant_for(&short, "bob", None).await;
+        assert_eq!(granted["expires_in"], 300);
+        let refreshed = refresh_ok(&s, &short, &field(&granted, "refresh_token")).await;
+        assert_eq!(refreshed["expires_in"], 300);
+        assert_eq!(lifetime(&s.introspect(&field(&refreshed, "access_token")).await), 300);
+    }
+}
+
+backend_test! {
     async fn the_refresh_token_grant_is_refused_to_a_client_without_it() {
         let s = TestServer::start().await;
         let app = s.confidential("app", "read").await;
@@ -959,8 +1013,6 @@ backend_test! {
     async fn a_refresh_token_is_refused_at_exactly_its_expiry_and_presenting_it_revokes_nothing() {
         use latch_core::clock::Clock as _;
         let s = TestServer::start().await;
-        // Access tokens outliving the refresh token, so that one is still alive to show the
-        // grant was not revoked.
         let app = s
             .create_client(
                 "default",
@@ -970,7 +1022,6 @@ backend_test! {
                     "grant_types": ["refresh_token"],
                     "scope": "read",
                     "refresh_token_ttl": 100,
-                    "access_token_ttl": 1000,
                 }),
             )
             .await;
@@ -994,12 +1045,17 @@ backend_test! {
             "{body}"
         );
         assert!(!s.is_active(&rt).await);
-        // The grant is not revoked: its access token lives on (to issued + 1000).
-        assert!(s.is_active(&at).await, "presenting an expired refresh token revoked its grant");
-        assert_eq!(s.introspect(&at).await["exp"].as_i64(), Some(issued + 1000));
-        // And a second presentation is refused the same way, still revoking nothing.
+        // Its access token ended with it (an access token never outlives its refresh token).
+        assert!(!s.is_active(&at).await);
+        // And a second presentation is refused the same way. Neither was taken for a reuse:
+        // the grant was not revoked, so nothing was recorded.
         refresh_rejected(&s, &app, &rt).await;
-        assert!(s.is_active(&at).await);
+        let trail = s
+            .admin(reqwest::Method::GET, "/tenants/default/audit?subject=bob", None)
+            .await;
+        assert_eq!(trail.status(), 200);
+        let trail: Value = trail.json().await.unwrap();
+        assert_eq!(trail["events"], json!([]), "presenting an expired refresh token revoked its grant: {trail}");
     }
 }
 

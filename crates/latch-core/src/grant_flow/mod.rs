@@ -58,9 +58,14 @@ impl Authority {
         with_refresh: bool,
     ) -> Result<IssuedTokens, Error> {
         let now = self.clock.now();
-        let (access, access_rec) = mint(TokenKind::Access, &scope, now, client.access_token_ttl, 0);
+        let access_ttl = if with_refresh {
+            client.access_token_ttl_beside_refresh()
+        } else {
+            client.access_token_ttl
+        };
+        let (access, access_rec) = mint(TokenKind::Access, &scope, now, access_ttl, 0);
         let mut records = vec![access_rec];
-        let mut expires_at = now + i64::from(client.access_token_ttl);
+        let mut expires_at = now + i64::from(access_ttl);
         let refresh = with_refresh.then(|| {
             let (refresh, refresh_rec) =
                 mint(TokenKind::Refresh, &scope, now, client.refresh_token_ttl, 0);
@@ -90,7 +95,7 @@ impl Authority {
         Ok(IssuedTokens {
             grant_id: grant.id,
             access_token: access,
-            expires_in: client.access_token_ttl,
+            expires_in: access_ttl,
             refresh_token: refresh,
             scope,
         })

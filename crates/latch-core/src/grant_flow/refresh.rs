@@ -137,13 +137,8 @@ impl Authority {
                 ));
             }
             let access_scope = Scope::narrow(&allowed, requested)?;
-            let (access, access_rec) = mint(
-                TokenKind::Access,
-                &access_scope,
-                now,
-                client.access_token_ttl,
-                0,
-            );
+            let access_ttl = client.access_token_ttl_beside_refresh();
+            let (access, access_rec) = mint(TokenKind::Access, &access_scope, now, access_ttl, 0);
             let (refresh, refresh_rec) = mint(
                 TokenKind::Refresh,
                 &record.scope,
@@ -170,7 +165,7 @@ impl Authority {
                     return Ok(IssuedTokens {
                         grant_id: record.grant_id,
                         access_token: access,
-                        expires_in: client.access_token_ttl,
+                        expires_in: access_ttl,
                         refresh_token: Some(refresh),
                         scope: access_scope,
                     })
