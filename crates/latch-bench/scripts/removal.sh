@@ -36,6 +36,8 @@ if [ "$how" = logout ]; then
 fi
 sync
 url=sqlite://$work/a.db
+# The admin API is called on the one listener.
+unset LATCH_OPERATIONS_LISTEN
 taskset -c 0 "$bin" serve --database-url "$url" --listen 127.0.0.1:18080 --admin-token tok \
   --log warn >"$work/server.out" 2>&1 &
 server=$!

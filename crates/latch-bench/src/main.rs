@@ -246,6 +246,9 @@ fn spawn(
     die_with_parent(&mut cmd);
     let mut child = cmd
         .args(args)
+        // The benchmark reads `/metrics` and calls the admin API where latch listens: an
+        // operations listener of the caller's environment would take them elsewhere.
+        .env_remove("LATCH_OPERATIONS_LISTEN")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -256,14 +259,20 @@ fn spawn(
     let stdout = child.stdout.take().context("no stdout")?;
     children.0.push(child);
     let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .split_once(" listening on http://")
-        .with_context(|| format!("{program} did not start: {line:?}"))?
-        .1
-        .parse()?;
+    // latch prints its operations listener's address first, if it has one.
+    let addr = loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.starts_with("latch operations on ") {
+            continue;
+        }
+        break line
+            .trim()
+            .split_once(" listening on http://")
+            .with_context(|| format!("{program} did not start: {line:?}"))?
+            .1
+            .parse()?;
+    };
     // Keep draining its stdout, so a chatty server never blocks on a full pipe.
     std::thread::spawn(move || {
         for line in reader.lines().map_while(Result::ok) {

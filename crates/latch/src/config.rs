@@ -546,11 +546,14 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
             let at: SocketAddr = at
                 .parse()
                 .with_context(|| format!("invalid operations_listen address {at:?}"))?;
-            // The same fixed address twice fails to bind with a less helpful message; port 0
-            // twice is two ephemeral ports.
+            // Port 0 twice is two ephemeral ports. One port on overlapping addresses fails
+            // to bind with a less helpful message on Linux, and where the system lets both
+            // bind, the admin API would answer on the port meant for clients.
+            let overlap =
+                at.ip() == listen.ip() || at.ip().is_unspecified() || listen.ip().is_unspecified();
             anyhow::ensure!(
-                at != listen || at.port() == 0,
-                "operations_listen must differ from listen ({listen})"
+                at.port() != listen.port() || at.port() == 0 || !overlap,
+                "operations_listen must not share listen's port on the same address ({listen})"
             );
             Some(at)
         }
@@ -660,11 +663,37 @@ mod tests {
             resolved("127.0.0.1:0", Some("127.0.0.1:0")).unwrap(),
             Some(at("127.0.0.1:0"))
         );
-        let same = resolved("127.0.0.1:8080", Some("127.0.0.1:8080")).unwrap_err();
-        assert!(
-            same.to_string().contains("must differ from listen"),
-            "{same}"
-        );
+        for (listen, operations) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "0.0.0.0:8080"),
+            ("[::]:8080", "0.0.0.0:8080"),
+        ] {
+            let same = resolved(listen, Some(operations)).unwrap_err();
+            assert!(
+                same.to_string().contains("must not share listen's port"),
+                "{listen} {operations}: {same}"
+            );
+        }
+        // Another address of the host may have the same port.
+        assert!(resolved("10.0.0.5:8080", Some("127.0.0.1:8080")).is_ok());
+        // Read from the file, and a flag beats it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latch.toml");
+        std::fs::write(&file, "operations_listen = \"127.0.0.1:9191\"\n").unwrap();
+        let overrides = Overrides {
+            config: Some(file),
+            ..Overrides::default()
+        };
+        let from = |operations: Option<&str>| {
+            let server = ServerOverrides {
+                operations_listen: operations.map(Into::into),
+                ..ServerOverrides::default()
+            };
+            resolve(&overrides, &server).unwrap().operations_listen
+        };
+        assert_eq!(from(None), Some(at("127.0.0.1:9191")));
+        assert_eq!(from(Some("127.0.0.1:9292")), Some(at("127.0.0.1:9292")));
         let bad = resolved("127.0.0.1:8080", Some("localhost")).unwrap_err();
         assert!(
             bad.to_string().contains("invalid operations_listen"),

@@ -70,21 +70,37 @@ pub async fn open_authority(
     Ok(authority)
 }
 
-/// Connections the operations listener serves at once: probes, a metrics scraper and admin
-/// tools need a handful, and a bound keeps them from taking the descriptors clients need.
+/// Connections the operations listener serves at most at once: probes, a metrics scraper
+/// and admin tools need a handful, and a bound keeps them from taking the descriptors
+/// clients need.
 pub const OPERATIONS_MAX_CONNECTIONS: usize = 64;
 
-/// The clients' connections to serve at once: `configured`, or as many as the
-/// file-descriptor limit (raised to its hard limit first) leaves room for beside `kept`
-/// other connections, at most the default.
-fn max_connections(configured: Option<usize>, kept: usize) -> usize {
+/// The operations listener's share of `room` connections: [`OPERATIONS_MAX_CONNECTIONS`], or
+/// half of a room too small for that (a small file-descriptor limit), at least one.
+fn operations_share(room: usize) -> usize {
+    OPERATIONS_MAX_CONNECTIONS.min(room / 2).max(1)
+}
+
+/// The connections to serve at once on the clients' listener and, if there is one
+/// (`operations`), on the operations listener. The clients': `configured`, or as many as
+/// the file-descriptor limit (raised to its hard limit first) leaves room for beside the
+/// operations listener's share, at most the default.
+fn connection_limits(configured: Option<usize>, operations: bool) -> (usize, usize) {
     use latch_http::serve::DEFAULT_MAX_CONNECTIONS;
     let fds = fd_limit::raise_to_hard();
-    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, |fds| {
-        fd_limit::connections_within(fds)
-            .saturating_sub(kept)
-            .max(1)
-    });
+    let room = fds.map_or(DEFAULT_MAX_CONNECTIONS, fd_limit::connections_within);
+    let kept = if operations {
+        operations_share(room)
+    } else {
+        0
+    };
+    (clients_connections(configured, fds, room - kept), kept)
+}
+
+/// The clients' connections: `configured`, or `room`, at most the default.
+fn clients_connections(configured: Option<usize>, fds: Option<u64>, room: usize) -> usize {
+    use latch_http::serve::DEFAULT_MAX_CONNECTIONS;
+    let room = room.max(1);
     match configured {
         Some(n) => {
             if n > room {
@@ -176,15 +192,12 @@ impl Server {
         });
         let (shutdown, signal) = watch::channel(());
         let (cut, cut_signal) = watch::channel(());
+        let (clients_connections, operations_connections) =
+            connection_limits(settings.max_connections, operations.is_some());
         let limits = Limits {
             read_timeout: Duration::from_secs(settings.read_timeout),
             write_timeout: Duration::from_secs(settings.write_timeout),
-            max_connections: max_connections(
-                settings.max_connections,
-                operations
-                    .as_ref()
-                    .map_or(0, |_| OPERATIONS_MAX_CONNECTIONS),
-            ),
+            max_connections: clients_connections,
         };
         let serving = |listener, serves, limits| {
             latch_http::serve::serve(
@@ -203,7 +216,7 @@ impl Server {
                     operations,
                     Serves::Operations,
                     Limits {
-                        max_connections: OPERATIONS_MAX_CONNECTIONS,
+                        max_connections: operations_connections,
                         ..limits
                     },
                 );
@@ -337,4 +350,25 @@ async fn bind(at: SocketAddr) -> anyhow::Result<TcpListener> {
 /// Completes once `signal`'s sender is dropped.
 async fn dropped(mut signal: watch::Receiver<()>) {
     while signal.changed().await.is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_operations_listener_takes_its_share_of_the_room_never_all_of_it() {
+        assert_eq!(operations_share(10_000), OPERATIONS_MAX_CONNECTIONS);
+        assert_eq!(operations_share(128), OPERATIONS_MAX_CONNECTIONS);
+        // A small descriptor limit is shared half and half, each listener at least one.
+        assert_eq!(operations_share(100), 50);
+        assert_eq!(operations_share(1), 1);
+        for room in [1, 2, 3, 100, 128, 129, 10_000] {
+            let kept = operations_share(room);
+            assert!(
+                clients_connections(None, None, room - kept) + kept <= room.max(2),
+                "{room}"
+            );
+        }
+    }
 }

@@ -209,10 +209,22 @@ async fn clients_holding_every_connection_leave_the_operations_listener_its_own(
     assert_ne!(s.operations_base, s.base);
     // The harness set the server up through the operations listener: the one slot is free.
     let (first, mut second) = every_connection_taken(&s).await;
-    for path in ["/healthz", "/readyz", "/metrics"] {
-        let url = format!("{}{path}", s.operations_base);
-        let resp = s.http.get(url).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
+    // Probes open connections of their own, several at once: each is answered, bounded.
+    let operations = s.operations_base.trim_start_matches("http://").to_owned();
+    let mut probes = Vec::new();
+    for path in ["/healthz", "/readyz", "/metrics", "/healthz"] {
+        let mut probe = tokio::net::TcpStream::connect(&operations).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: latch\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut probe, request.as_bytes())
+            .await
+            .unwrap();
+        probes.push((path, probe));
+    }
+    for (path, probe) in &mut probes {
+        let head = tokio::time::timeout(std::time::Duration::from_secs(60), answered(probe))
+            .await
+            .unwrap_or_else(|_| panic!("{path} unanswered on the operations listener"));
+        assert_eq!(&head.unwrap(), b"HTTP/1.1 200", "{path}");
     }
     let tenants = s.admin(reqwest::Method::GET, "/tenants", None).await;
     assert_eq!(tenants.status(), 200);

@@ -1749,12 +1749,23 @@ async fn an_operations_listener_takes_the_admin_api_and_metrics_off_the_clients_
     assert_error(refused, 404, "not_found").await;
     let metadata = "/.well-known/oauth-authorization-server";
     assert_eq!(get(format!("{clients}{metadata}")).await.status(), 200);
-    assert_error(
-        get(format!("{operations}{metadata}")).await,
-        404,
-        "not_found",
-    )
-    .await;
+    for path in [
+        metadata,
+        "/.well-known/oauth-authorization-server/tenants/default",
+        "/tenants/default/oauth2/introspect",
+        "/api/v1.0/oauth2/revoke",
+        "/api/id/v1/auth/token/revoke",
+        "/sentinel/api/account/default/token/revoke",
+    ] {
+        let resp = http
+            .post(format!("{operations}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, 404, "not_found").await;
+        let resp = http.post(format!("{clients}{path}")).send().await.unwrap();
+        assert_ne!(resp.status(), 404, "{path} on the clients' listener");
+    }
     for base in [&clients, &operations] {
         for path in ["/healthz", "/readyz"] {
             assert_eq!(

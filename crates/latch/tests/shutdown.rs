@@ -139,6 +139,79 @@ async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
     assert_unanswered(answer_after(conn, vec![b'x'; 90]).await);
 }
 
+/// With an operations listener, a stop lets the requests in flight on it finish before the
+/// database closes, as on the clients' listener, and stops accepting on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_finishes_a_request_in_flight_on_the_operations_listener() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let mut settings = common::settings_for(&db);
+    settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = latch::server::Server::start(
+        &settings,
+        std::sync::Arc::new(latch_core::clock::SystemClock),
+    )
+    .await
+    .expect("server starts");
+    let (clients, operations) = (server.addr, server.operations_addr.unwrap());
+    let body = br#"{"tenant_id":"late"}"#;
+    let conn = tokio::task::spawn_blocking(move || {
+        admin_request_in_flight(&operations.to_string(), "/tenants", body.len(), "{")
+    })
+    .await
+    .unwrap();
+    let stop = tokio::spawn(server.shutdown());
+    // Stopping, both listeners close (bounded: the stop has begun within a minute).
+    for addr in [clients, operations] {
+        let mut refused = false;
+        for _ in 0..3_000 {
+            refused = std::net::TcpStream::connect(addr).is_err();
+            if refused {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(refused, "{addr} still accepts connections during the stop");
+    }
+    // The admin request is served to the end, its write committed, before the stop returns.
+    let answer = answer_after(conn, body[1..].to_vec()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    stop.await.unwrap().expect("a clean stop");
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM tenants WHERE id = 'late'")
+            .await,
+        1
+    );
+}
+
+/// With an operations listener, the shutdown timeout cuts the requests still in flight on
+/// both listeners alike: neither is answered once the database closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_timeout_cuts_off_the_requests_of_both_listeners() {
+    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
+    let mut settings = common::settings_for(&db);
+    settings.shutdown_timeout = 1;
+    settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
+    let server = latch::server::Server::start(
+        &settings,
+        std::sync::Arc::new(latch_core::clock::SystemClock),
+    )
+    .await
+    .expect("server starts");
+    let (clients, operations) = (server.addr, server.operations_addr.unwrap());
+    let (token, admin) = tokio::task::spawn_blocking(move || {
+        (
+            request_in_flight(&clients.to_string(), 100, "grant_type"),
+            admin_request_in_flight(&operations.to_string(), "/tenants", 100, "{"),
+        )
+    })
+    .await
+    .unwrap();
+    server.shutdown().await.expect("a stop that timed out");
+    assert_unanswered(answer_after(token, vec![b'x'; 90]).await);
+    assert_unanswered(answer_after(admin, vec![b' '; 99]).await);
+}
+
 /// The process's exit status, once it has exited, polled for at most a minute.
 fn exited_within_a_minute(p: &mut Process) -> Option<std::process::ExitStatus> {
     for _ in 0..3_000 {
@@ -164,15 +237,31 @@ fn serve_dev(dir: &std::path::Path, extra: &[&str]) -> Process {
 /// hyper sends it only once the handler starts reading the body, i.e. once the request is
 /// truly in flight.
 fn request_in_flight(addr: &str, len: usize, first: &str) -> TcpStream {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    write!(
-        conn,
-        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\n\
+    let authorization = basic_header("demo-service", "demo-service-secret");
+    let head = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    in_flight(addr, &head, first)
+}
+
+/// The same, of a `POST` of JSON to the admin API's `path` at `addr`.
+fn admin_request_in_flight(addr: &str, path: &str, len: usize, first: &str) -> TcpStream {
+    let head = format!(
+        "POST /admin/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\n\
          Expect: 100-continue\r\n\r\n",
-        basic_header("demo-service", "demo-service-secret"),
-    )
-    .unwrap();
+        common::ADMIN_TOKEN
+    );
+    in_flight(addr, &head, first)
+}
+
+/// Sends `head` (which asks for `100 Continue`) and, once the server is reading the body,
+/// `first` of it.
+fn in_flight(addr: &str, head: &str, first: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.write_all(head.as_bytes()).unwrap();
     conn.flush().unwrap();
     let interim = read_until_blank_line(&mut conn);
     assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");

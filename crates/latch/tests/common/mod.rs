@@ -807,6 +807,7 @@ impl Process {
         cmd.args(args)
             .current_dir(dir)
             .env_remove("LATCH_LISTEN")
+            .env_remove("LATCH_OPERATIONS_LISTEN")
             .env_remove("LATCH_DATABASE_URL")
             .env_remove("LATCH_ADMIN_TOKEN")
             .env_remove("LATCH_CONFIG")
