@@ -308,6 +308,7 @@ impl Authority {
         subject: Subject,
         requested: Option<&Scope>,
     ) -> Result<IssuedTokens, Error> {
+        subject.check_new()?;
         let mut client = self.client(tenant, client_id).await?;
         // The write stores the grant only if the client is still as read (its secret too,
         // which matters to a client's own token requests). One changed in between (removed,

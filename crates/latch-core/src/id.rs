@@ -25,6 +25,37 @@ fn check_printable(what: &'static str, s: &str, max: usize) -> Result<(), Error>
     Ok(())
 }
 
+/// Refuses, in an identifier being created, what makes it another identifier than the one
+/// meant, or shows it as another: whitespace at either end (`"alice "` is not `"alice"`: a
+/// log-out everywhere of `alice` would miss its grants), line and paragraph separators, and
+/// invisible format characters (zero-width spaces and joiners, which make two ids that look
+/// alike differ; bidirectional overrides, which show an id in an audit trail or a log as
+/// another). An id is compared as given, byte for byte, as OAuth compares `client_id` and
+/// `sub`: no normalisation makes two spellings one.
+fn check_plain(what: &'static str, s: &str) -> Result<(), Error> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return Err(Error::invalid_request(format!(
+            "{what} starts or ends with whitespace"
+        )));
+    }
+    let hidden = s.chars().find(|c| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    });
+    if let Some(c) = hidden {
+        return Err(Error::invalid_request(format!(
+            "{what} contains an invisible formatting character (U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses an id of dots alone. The admin API names clients and subjects in URL paths, where
 /// HTTP clients resolve a `.` or `..` segment away (`DELETE …/clients/./grants` reaches
 /// `…/clients/grants`, removing a client named `grants`): one so named could never be
@@ -124,6 +155,13 @@ impl ClientId {
         check_not_dots("client_id", s)?;
         Ok(Self(s.to_owned()))
     }
+
+    /// Checks an id a client is being registered under: no whitespace at either end, no
+    /// invisible formatting character ([`check_plain`]). Only new ids are checked, so that a
+    /// client registered before can still be looked up and managed.
+    pub fn check_new(&self) -> Result<(), Error> {
+        check_plain("client_id", &self.0)
+    }
 }
 
 impl Subject {
@@ -132,6 +170,15 @@ impl Subject {
         check_printable("subject", s, MAX_ID_LEN)?;
         check_not_dots("subject", s)?;
         Ok(Self(s.to_owned()))
+    }
+
+    /// Checks a subject a grant is being issued for, as [`ClientId::check_new`] does a new
+    /// client's id. A client's own subject is its id's, checked when it was registered.
+    pub fn check_new(&self) -> Result<(), Error> {
+        match self.client() {
+            Some(_) => Ok(()),
+            None => check_plain("subject", &self.0),
+        }
     }
 
     /// The subject of a `client_credentials` grant: the client itself, in a namespace of its
@@ -241,6 +288,56 @@ mod tests {
             assert!(Subject::parse(dots).is_err(), "{dots}");
         }
         assert!(ClientId::parse("..a").is_ok() && Subject::parse("a.").is_ok());
+    }
+
+    #[test]
+    fn new_ids_refuse_whitespace_at_their_ends_and_invisible_formatting() {
+        for good in [
+            "alice",
+            "alice smith",
+            "ü@example.com",
+            "d51186e9-e1a1",
+            "日本 語",
+        ] {
+            assert!(
+                ClientId::parse(good).unwrap().check_new().is_ok(),
+                "{good:?}"
+            );
+            assert!(
+                Subject::parse(good).unwrap().check_new().is_ok(),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            " alice",
+            "alice ",
+            " ",
+            "alice\u{a0}",
+            "\u{3000}alice",
+            "al\u{200b}ice",
+            "alice\u{200d}",
+            "evil\u{202e}gpj",
+            "\u{2066}a",
+            "\u{feff}alice",
+            "soft\u{ad}hyphen",
+            "line\u{2028}two",
+            "para\u{2029}two",
+            "tag\u{e0041}",
+        ] {
+            // Still parsed, so that one stored before can be looked up...
+            let (client, subject) = (ClientId::parse(bad).unwrap(), Subject::parse(bad).unwrap());
+            // ...but never created.
+            assert!(client.check_new().is_err(), "{bad:?}");
+            assert!(subject.check_new().is_err(), "{bad:?}");
+        }
+        let message = ClientId::parse("a\u{202e}b")
+            .unwrap()
+            .check_new()
+            .unwrap_err();
+        assert!(message.to_string().contains("U+202E"), "{message}");
+        assert!(Subject::of_client(&ClientId::parse("svc").unwrap())
+            .check_new()
+            .is_ok());
     }
 
     #[test]

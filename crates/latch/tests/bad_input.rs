@@ -808,6 +808,18 @@ fn admin_cases() -> Vec<Case> {
             bad(),
         ),
         post(
+            "a client id ending in a space",
+            "/tenants/default/clients",
+            json!({ "client_id": "app ", "client_secret": "x" }),
+            bad(),
+        ),
+        post(
+            "a client id with a right-to-left override",
+            "/tenants/default/clients",
+            json!({ "client_id": "app\u{202e}nimda", "client_secret": "x" }),
+            bad(),
+        ),
+        post(
             "a client in an unknown tenant",
             "/tenants/nope/clients",
             json!({ "client_id": "x", "client_secret": "x" }),
@@ -860,6 +872,18 @@ fn admin_cases() -> Vec<Case> {
             "/tenants/default/grants",
             json!({ "client_id": "nobody", "subject": "alice" }),
             Error(404, "not_found"),
+        ),
+        post(
+            "a subject padded with spaces",
+            "/tenants/default/grants",
+            json!({ "client_id": "svc", "subject": " alice " }),
+            bad(),
+        ),
+        post(
+            "a subject with a zero-width space",
+            "/tenants/default/grants",
+            json!({ "client_id": "svc", "subject": "al\u{200b}ice" }),
+            bad(),
         ),
         post(
             "a subject with control characters",

@@ -919,6 +919,11 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "access_token_ttl must be at least 1 second",
         ),
         (
+            "padded",
+            dev.replacen(spa, "client_id = \"demo-spa \"", 1),
+            "client_id starts or ends with whitespace",
+        ),
+        (
             "grace",
             dev.replacen(
                 "rotation_grace_period = 10",
