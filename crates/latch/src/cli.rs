@@ -15,7 +15,7 @@ use latch_core::secret::hash_secret;
 use latch_core::Authority;
 use serde_json::json;
 
-use crate::config::{self, Overrides, Secret, ServerOverrides};
+use crate::config::{self, LogFormat, Overrides, Secret, ServerOverrides};
 use crate::server::{self, Server};
 
 /// latch: an OAuth 2.0 token server where a revoked token is dead everywhere, at once.
@@ -227,15 +227,19 @@ fn print(line: impl std::fmt::Display) -> anyhow::Result<()> {
         .context("the command's output could not be written to standard output")
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr; stdout carries the command's output.
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 /// Opens the database for a CLI command (configured clients are not registered). A SQLite
@@ -299,11 +303,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print(hash_secret(&secret).as_str())
         }
         Command::Client(cmd) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             client(cmd).await
         }
         Command::Gc { overrides } => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             let purged = authority(&overrides).await?.purge_expired().await?;
             print(json!({
                 "tokens_deleted": purged.tokens,
@@ -312,7 +316,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Tenant(cmd) => {
-            init_logging("warn");
+            init_logging("warn", LogFormat::Text);
             tenant(cmd).await
         }
     }
@@ -435,7 +439,7 @@ async fn client(cmd: ClientCommand) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = config::resolve(&args.overrides, &args.server)?;
-    init_logging(&settings.log);
+    init_logging(&settings.log, settings.log_format);
     let mut stop = server::StopSignal::install().context("cannot catch SIGTERM and SIGINT")?;
     // A start can take long (a PostgreSQL migration waiting for another node's): a stop
     // request meanwhile abandons it.

@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub admin_token: Option<Secret>,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: Option<String>,
+    /// `text` (the default) or `json`, one object per line.
+    pub log_format: Option<LogFormat>,
     /// Seconds between expiry clean-up runs; 0 turns the background job off.
     pub cleanup_interval: Option<u64>,
     /// Seconds a stop waits for the requests in flight before cutting them off.
@@ -297,6 +299,10 @@ pub struct ServerOverrides {
     /// Log filter, e.g. `info` or `latch=debug,tower_http=debug` [default: info].
     #[arg(long, env = "LATCH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// How log lines are written: `text`, for people, or `json`, one object per line for a
+    /// log pipeline (the `latch::audit` records among them) [default: text].
+    #[arg(long, env = "LATCH_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Seconds between expiry clean-up runs; 0 turns it off [default: 300].
     #[arg(long, env = "LATCH_CLEANUP_INTERVAL", value_name = "SECS")]
     pub cleanup_interval: Option<u64>,
@@ -333,6 +339,8 @@ pub struct Settings {
     pub admin_token: Option<Secret>,
     /// Log filter.
     pub log: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Seconds between expiry clean-up runs; 0 = off.
     pub cleanup_interval: u64,
     /// Seconds a stop waits for the requests in flight.
@@ -354,6 +362,18 @@ pub struct Settings {
     pub auth_limits: AuthLimits,
     /// Clients to register at start-up.
     pub clients: Vec<ClientSpec>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (the message and
+    /// the event's fields) and the spans it happened in.
+    Json,
 }
 
 /// Loads the file named by `overrides.config`, if any.
@@ -589,6 +609,7 @@ pub fn resolve(overrides: &Overrides, server: &ServerOverrides) -> anyhow::Resul
         database: database_url(overrides, &file)?,
         issuer,
         admin_token,
+        log_format: server.log_format.or(file.log_format).unwrap_or_default(),
         log: log_filter(
             (server.log.clone())
                 .or_else(|| file.log.clone())
@@ -677,6 +698,11 @@ mod tests {
         }
         // Another address of the host may have the same port.
         assert!(resolved("10.0.0.5:8080", Some("127.0.0.1:8080")).is_ok());
+        let bad = resolved("127.0.0.1:8080", Some("localhost")).unwrap_err();
+        assert!(
+            bad.to_string().contains("invalid operations_listen"),
+            "{bad}"
+        );
         // Read from the file, and a flag beats it.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("latch.toml");
@@ -694,11 +720,36 @@ mod tests {
         };
         assert_eq!(from(None), Some(at("127.0.0.1:9191")));
         assert_eq!(from(Some("127.0.0.1:9292")), Some(at("127.0.0.1:9292")));
-        let bad = resolved("127.0.0.1:8080", Some("localhost")).unwrap_err();
-        assert!(
-            bad.to_string().contains("invalid operations_listen"),
-            "{bad}"
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_the_file_or_a_flag_says_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("latch.toml");
+        let format = |file_says: Option<&str>, flag: Option<LogFormat>| {
+            let text = file_says.map_or(String::new(), |f| format!("log_format = \"{f}\"\n"));
+            std::fs::write(&file, text).unwrap();
+            let overrides = Overrides {
+                config: Some(file.clone()),
+                ..Overrides::default()
+            };
+            let server = ServerOverrides {
+                log_format: flag,
+                ..ServerOverrides::default()
+            };
+            resolve(&overrides, &server).map(|s| s.log_format)
+        };
+        assert_eq!(format(None, None).unwrap(), LogFormat::Text);
+        assert_eq!(format(Some("json"), None).unwrap(), LogFormat::Json);
+        assert_eq!(
+            format(Some("json"), Some(LogFormat::Text)).unwrap(),
+            LogFormat::Text
         );
+        assert_eq!(
+            format(None, Some(LogFormat::Json)).unwrap(),
+            LogFormat::Json
+        );
+        assert!(format(Some("JSON"), None).is_err());
     }
 
     #[test]

@@ -221,21 +221,21 @@ backend_test! {
     }
 }
 
-#[tokio::test]
-async fn each_revocation_is_one_structured_log_event_without_token_values() {
+/// What a server started with `extra` arguments, logging at `trace`, logged of a refresh
+/// token's revocation, then of a client's grants' (`CLIENT_GRANTS`), with a token sent in a
+/// query string meanwhile; and the grant whose refresh token it revoked.
+async fn logs_of_two_revocations(extra: &[&str]) -> (String, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let p = common::Process::serve(
-        dir.path(),
-        &[
-            "--admin-token",
-            common::ADMIN_TOKEN,
-            "--database-url",
-            "sqlite://latch.db",
-            "--log",
-            "trace",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "--admin-token",
+        common::ADMIN_TOKEN,
+        "--database-url",
+        "sqlite://latch.db",
+        "--log",
+        "trace",
+    ];
+    args.extend_from_slice(extra);
+    let p = common::Process::serve(dir.path(), &args, &[]);
     let http = reqwest::Client::new();
     let resp = common::admin_at(
         &http,
@@ -276,8 +276,7 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
     let path = "/tenants/default/grants";
     let resp = common::admin_at(&http, &p.base, Method::POST, path, Some(bob)).await;
     assert_eq!(resp.status(), 201);
-    let path = "/tenants/default/clients/svc/grants";
-    let resp = common::admin_at(&http, &p.base, Method::DELETE, path, None).await;
+    let resp = common::admin_at(&http, &p.base, Method::DELETE, CLIENT_GRANTS, None).await;
     assert_eq!(resp.status(), 200);
     // A token wrongly sent in a query string is not logged either (spans carry the path only).
     http.get(format!("{}/healthz?token=leak-me-not", p.base))
@@ -287,7 +286,28 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
     let status = p.terminate();
     let logs = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(status.success(), "exit {status}; the server's log:\n{logs}");
+    (logs, g)
+}
 
+/// The admin path that revokes client `svc`'s grants.
+const CLIENT_GRANTS: &str = "/tenants/default/clients/svc/grants";
+
+/// No token, secret or query string in `logs` of [`logs_of_two_revocations`].
+fn assert_no_secret_in(logs: &str, g: &Value) {
+    for token in ["refresh_token", "access_token"] {
+        assert!(!logs.contains(g[token].as_str().unwrap()), "{token} logged");
+    }
+    assert!(!logs.contains("svc-secret"));
+    assert!(
+        !logs.contains("leak-me-not") && logs.contains("/healthz"),
+        "path logged, query not"
+    );
+}
+
+#[tokio::test]
+async fn each_revocation_is_one_structured_log_event_without_token_values() {
+    let (logs, g) = logs_of_two_revocations(&[]).await;
+    let path = CLIENT_GRANTS;
     let events: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("latch::audit"))
@@ -311,12 +331,43 @@ async fn each_revocation_is_one_structured_log_event_without_token_values() {
             events[0]
         );
     }
-    assert!(!logs.contains(rt) && !logs.contains(g["access_token"].as_str().unwrap()));
-    assert!(!logs.contains("svc-secret"));
-    assert!(
-        !logs.contains("leak-me-not") && logs.contains("/healthz"),
-        "path logged, query not"
-    );
+    assert_no_secret_in(&logs, &g);
+}
+
+/// With `--log-format json` every line is one JSON object, and each revocation's audit event
+/// carries its details as fields a log pipeline can select on.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_each_revocations_fields() {
+    let (logs, g) = logs_of_two_revocations(&["--log-format", "json"]).await;
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() > 2, "{logs}");
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "fields"] {
+            assert!(line.get(key).is_some(), "{key} missing from {line}");
+        }
+    }
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "latch::audit")
+        .collect();
+    assert_eq!(events.len(), 2, "{logs}");
+    let revoked = &events[0]["fields"];
+    assert_eq!(revoked["message"], "revoked");
+    assert_eq!(revoked["route"], "oauth2/revoke");
+    assert_eq!(revoked["reason"], "client_request");
+    assert_eq!(revoked["subject"], "alice");
+    assert_eq!(revoked["grant_id"], g["grant_id"]);
+    assert_eq!(revoked["address"], "127.0.0.1");
+    assert_eq!(revoked["grants"], 1);
+    // A client's grants revoked on a task of its own, in the request's span.
+    assert_eq!(events[1]["fields"]["route"], "admin");
+    assert_eq!(events[1]["fields"]["grants"], 1);
+    let path = format!("/admin/v1{CLIENT_GRANTS}");
+    assert_eq!(events[1]["span"]["path"], path, "{}", events[1]);
+    assert_no_secret_in(&logs, &g);
 }
 
 backend_test! {

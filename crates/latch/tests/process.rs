@@ -919,6 +919,11 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "access_token_ttl must be at least 1 second",
         ),
         (
+            "log_format",
+            dev.replacen("log = \"info\"", "log = \"info\"\nlog_format = \"xml\"", 1),
+            "unknown variant `xml`, expected `text` or `json`",
+        ),
+        (
             "padded",
             dev.replacen(spa, "client_id = \"demo-spa \"", 1),
             "client_id starts or ends with whitespace",

@@ -922,6 +922,7 @@ pub fn settings_for(db: &TestDb) -> Settings {
         issuer: None,
         admin_token: Some(ADMIN_TOKEN.into()),
         log: "warn".into(),
+        log_format: Default::default(),
         cleanup_interval: 0,
         shutdown_timeout: latch::config::DEFAULT_SHUTDOWN_TIMEOUT,
         read_timeout: latch::config::DEFAULT_READ_TIMEOUT,
