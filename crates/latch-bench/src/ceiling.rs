@@ -23,6 +23,7 @@ pub async fn serve(listen: &str) -> anyhow::Result<()> {
         listener,
         app,
         latch_http::serve::Limits::default(),
+        Default::default(),
         std::future::pending(),
         std::future::pending(),
     )

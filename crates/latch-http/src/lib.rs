@@ -74,6 +74,8 @@ pub struct AppState {
     pub auth_limiter: AuthLimiter,
     /// Responses by endpoint and status, for `/metrics`.
     responses: Arc<metrics::ResponseCounters>,
+    /// Each listener's connections, by the name `/metrics` gives it.
+    listeners: Vec<(&'static str, Arc<serve::ConnectionStats>)>,
 }
 
 impl AppState {
@@ -89,7 +91,18 @@ impl AppState {
             profiles: Profiles::default(),
             auth_limiter: AuthLimiter::new(AuthLimits::default()),
             responses: Arc::default(),
+            listeners: Vec::new(),
         }
+    }
+
+    /// Names the listeners whose connections `/metrics` shows, with what [`serve::serve`]
+    /// counts of each.
+    pub fn with_listeners(
+        mut self,
+        listeners: Vec<(&'static str, Arc<serve::ConnectionStats>)>,
+    ) -> Self {
+        self.listeners = listeners;
+        self
     }
 
     /// Sets the limits on failed client authentication.

@@ -1,5 +1,5 @@
-//! `GET /metrics`: the responses by endpoint and status, and the clean-up's and the group
-//! commit's counters, in the Prometheus text format.
+//! `GET /metrics`: the responses by endpoint and status, the clean-up's and the group
+//! commit's counters, and each listener's connections, in the Prometheus text format.
 
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use latch_core::commits::{CommitStats, COMMIT_SECONDS_BUCKETS};
 use tower::util::MapResponseLayer;
 
+use crate::serve::ConnectionStats;
 use crate::AppState;
 
 /// What a request was for, as `latch_http_responses_total` names it.
@@ -213,7 +214,40 @@ pub(crate) async fn handle(State(state): State<Arc<AppState>>) -> impl IntoRespo
         &state.authority.store().revocation_marks(),
     );
     commit_histogram(&mut body, &w);
+    connections(&mut body, &state.listeners);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Each listener's connections: served now, the most it serves at once, and how often every
+/// one was taken (an alert on `open` near `max` sees a flood before clients time out).
+fn connections(body: &mut String, listeners: &[(&'static str, Arc<ConnectionStats>)]) {
+    type Value = fn(&ConnectionStats) -> u64;
+    let families: [(&str, &str, &str, Value); 3] = [
+        (
+            "latch_http_connections",
+            "Connections a listener is serving now.",
+            "gauge",
+            |c| c.open() as u64,
+        ),
+        (
+            "latch_http_connections_max",
+            "The most connections a listener serves at once; past it, newcomers wait in the listen backlog.",
+            "gauge",
+            |c| c.max() as u64,
+        ),
+        (
+            "latch_http_connections_at_limit_total",
+            "Times every connection slot of a listener was taken when it would accept another.",
+            "counter",
+            ConnectionStats::at_limit,
+        ),
+    ];
+    for (name, help, kind, value) in families {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (listener, stats) in listeners {
+            let _ = writeln!(body, "{name}{{listener=\"{listener}\"}} {}", value(stats));
+        }
+    }
 }
 
 /// The batches' durations as a Prometheus histogram (cumulative buckets, sum and count).

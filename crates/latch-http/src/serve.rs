@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +67,36 @@ impl Default for Limits {
     }
 }
 
+/// A listener's connections, counted for `/metrics`: how close clients are to holding them
+/// all (past that, newcomers wait in the listen backlog, their requests unanswered).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections served now.
+    open: AtomicUsize,
+    /// The most served at once ([`Limits::max_connections`]), once serving began.
+    max: AtomicUsize,
+    /// Times every slot was taken when the accept loop wanted one.
+    at_limit: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Connections served now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The most served at once (0 before serving began).
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Times every slot was taken when the accept loop wanted one: from then until one
+    /// closed, newcomers waited in the listen backlog.
+    pub fn at_limit(&self) -> u64 {
+        self.at_limit.load(Ordering::Relaxed)
+    }
+}
+
 /// What the server knows of a request's connection; a request extension.
 #[derive(Clone, Copy, Debug)]
 pub struct Connection {
@@ -82,7 +112,8 @@ pub struct Connection {
 /// few hundred bytes; proxies in front usually allow 8-16 KiB.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Serves `router` on `listener` until `stop` completes; then stops accepting, lets each
+/// Serves `router` on `listener`, counting its connections in `stats`, until `stop`
+/// completes; then stops accepting, lets each
 /// connection finish the request it is serving (an idle one closes at once, one in the
 /// middle of a request's head after [`STOP_GRACE`]), and returns
 /// once all have closed. Once `cut` completes (a stop that gives up waiting), or if this is
@@ -93,6 +124,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    stats: Arc<ConnectionStats>,
     stop: impl Future<Output = ()>,
     cut: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -101,6 +133,9 @@ pub async fn serve(
         .header_read_timeout(limits.read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    stats
+        .max
+        .store(limits.max_connections.max(1), Ordering::Relaxed);
     // `stopping` is dropped to tell every connection to stop. Each connection holds a
     // receiver of `closed` until it ends, so `closed_tx` learns when the last one has.
     let (stopping, stop_seen) = watch::channel(());
@@ -110,12 +145,18 @@ pub async fn serve(
     let mut stop = std::pin::pin!(stop);
     loop {
         // A slot first, then the connection: at the limit, newcomers wait in the backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-            () = &mut stop => break,
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                stats.at_limit.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break, // never closed
+                    },
+                    () = &mut stop => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -154,6 +195,7 @@ pub async fn serve(
         let mut stop_seen = stop_seen.clone();
         let mut cut_seen = cut_seen.clone();
         let closed = closed.clone();
+        let open = Open::begin(&stats);
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -170,6 +212,7 @@ pub async fn serve(
                 }
             }
             drop(closed);
+            drop(open);
             drop(slot);
         });
     }
@@ -186,6 +229,22 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A connection open, counted in its listener's [`ConnectionStats`] until it closes.
+struct Open(Arc<ConnectionStats>);
+
+impl Open {
+    fn begin(stats: &Arc<ConnectionStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A request being served on a connection, counted there from when hyper hands it over (its

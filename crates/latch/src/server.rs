@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use latch_core::clock::Clock;
 use latch_core::Authority;
-use latch_http::serve::Limits;
+use latch_http::serve::{ConnectionStats, Limits};
 use latch_http::AppState;
 use latch_http::Serves;
 use tokio::net::TcpListener;
@@ -175,6 +175,15 @@ impl Server {
             }
             derived
         });
+        let connections = Arc::new(ConnectionStats::default());
+        let operations_connections = Arc::new(ConnectionStats::default());
+        let listeners = match operations {
+            None => vec![("all", connections.clone())],
+            Some(_) => vec![
+                ("clients", connections.clone()),
+                ("operations", operations_connections.clone()),
+            ],
+        };
         let state = Arc::new(
             AppState::new(
                 authority.clone(),
@@ -182,7 +191,8 @@ impl Server {
                 settings.admin_token.as_ref().map(Secret::expose),
             )
             .with_profiles(settings.profiles)
-            .with_auth_limits(settings.auth_limits),
+            .with_auth_limits(settings.auth_limits)
+            .with_listeners(listeners),
         );
         let cleanup = (settings.cleanup_interval > 0).then(|| {
             tokio::spawn(cleanup_loop(
@@ -192,33 +202,35 @@ impl Server {
         });
         let (shutdown, signal) = watch::channel(());
         let (cut, cut_signal) = watch::channel(());
-        let (clients_connections, operations_connections) =
+        let (clients_slots, operations_slots) =
             connection_limits(settings.max_connections, operations.is_some());
         let limits = Limits {
             read_timeout: Duration::from_secs(settings.read_timeout),
             write_timeout: Duration::from_secs(settings.write_timeout),
-            max_connections: clients_connections,
+            max_connections: clients_slots,
         };
-        let serving = |listener, serves, limits| {
+        let serving = |listener, serves, limits, stats| {
             latch_http::serve::serve(
                 listener,
                 latch_http::router(state.clone(), serves),
                 limits,
+                stats,
                 dropped(signal.clone()),
                 dropped(cut_signal.clone()),
             )
         };
         let task = match operations {
-            None => tokio::spawn(serving(listener, Serves::Everything, limits)),
+            None => tokio::spawn(serving(listener, Serves::Everything, limits, connections)),
             Some(operations) => {
-                let clients = serving(listener, Serves::Clients, limits);
+                let clients = serving(listener, Serves::Clients, limits, connections);
                 let operations = serving(
                     operations,
                     Serves::Operations,
                     Limits {
-                        max_connections: operations_connections,
+                        max_connections: operations_slots,
                         ..limits
                     },
+                    operations_connections,
                 );
                 // Both stop together, and the stop waits for both.
                 tokio::spawn(async move {

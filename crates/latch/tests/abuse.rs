@@ -228,6 +228,39 @@ async fn clients_holding_every_connection_leave_the_operations_listener_its_own(
     }
     let tenants = s.admin(reqwest::Method::GET, "/tenants", None).await;
     assert_eq!(tenants.status(), 200);
+    // The operations listener's metrics show the clients' listener full.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.operations_base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"));
+        line[name.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(value(r#"latch_http_connections{listener="clients"}"#), 1);
+    assert_eq!(
+        value(r#"latch_http_connections_max{listener="clients"}"#),
+        1
+    );
+    assert_eq!(
+        value(r#"latch_http_connections_max{listener="operations"}"#),
+        64
+    );
+    assert!(value(r#"latch_http_connections{listener="operations"}"#) >= 1);
+    // The loop took the one slot, then found none free for the connection waiting.
+    assert!(value(r#"latch_http_connections_at_limit_total{listener="clients"}"#) >= 1);
+    assert_eq!(
+        value(r#"latch_http_connections_at_limit_total{listener="operations"}"#),
+        0
+    );
     drop(first);
     let late = tokio::time::timeout(std::time::Duration::from_secs(60), answered(&mut second))
         .await

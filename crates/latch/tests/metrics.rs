@@ -160,4 +160,9 @@ async fn every_response_is_counted_once_by_endpoint_and_status() {
         after.contains("# TYPE latch_http_responses_total counter"),
         "{after}"
     );
+    // One listener serves everything: its connections, the scrape's own among them.
+    assert!(sample(&after, r#"latch_http_connections{listener="all"}"#) >= 1.0);
+    // (What the file-descriptor limit leaves room for: the machine's.)
+    assert!(sample(&after, r#"latch_http_connections_max{listener="all"}"#) >= 1.0);
+    assert!(after.contains("# TYPE latch_http_connections_at_limit_total counter"));
 }
