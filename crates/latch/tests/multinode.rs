@@ -388,3 +388,649 @@ async fn nodes_recover_when_their_database_connections_are_cut() {
         assert!(!c.active(node, &rs, &at).await);
     }
 }
+
+/// What a tenant's removal, a client's grants' revocation and the CLI need beyond the
+/// cluster's basics: a tenant's paths, the exact answers of introspection and the CLI.
+impl Cluster {
+    /// The tenant's path prefix: `""` for `default`, `/tenants/{tenant}` otherwise.
+    fn prefix(tenant: &str) -> String {
+        if tenant == "default" {
+            String::new()
+        } else {
+            format!("/tenants/{tenant}")
+        }
+    }
+
+    /// Registers a confidential client `id` (secret `{id}-secret`) in `tenant` through `node`,
+    /// allowed both grants, checking the answer.
+    async fn client_in(&self, node: usize, tenant: &str, id: &str) -> TestClient {
+        let secret = format!("{id}-secret");
+        let resp = self
+            .admin(
+                node,
+                Method::POST,
+                &format!("/tenants/{tenant}/clients"),
+                Some(json!({
+                    "client_id": id,
+                    "client_secret": secret,
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "scope": "read",
+                })),
+            )
+            .await;
+        assert_eq!(resp.status(), 201, "client {id} in {tenant} on node {node}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["client_id"], id, "{body}");
+        TestClient {
+            id: id.into(),
+            secret: Some(secret),
+        }
+    }
+
+    /// Creates tenant `tenant` through `node`, checking the answer exactly.
+    async fn create_tenant(&self, node: usize, tenant: &str) {
+        let resp = self
+            .admin(
+                node,
+                Method::POST,
+                "/tenants",
+                Some(json!({ "tenant_id": tenant })),
+            )
+            .await;
+        assert_eq!(resp.status(), 201);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({
+                "tenant_id": tenant,
+                "issuer": format!("{}/tenants/{tenant}", self.base(node)),
+            })
+        );
+    }
+
+    /// A grant for `subject` in `tenant` through `node`'s admin API: the token response.
+    async fn grant_in(
+        &self,
+        node: usize,
+        tenant: &str,
+        client: &TestClient,
+        subject: &str,
+    ) -> Value {
+        let resp = self
+            .admin(
+                node,
+                Method::POST,
+                &format!("/tenants/{tenant}/grants"),
+                Some(json!({ "client_id": client.id, "subject": subject })),
+            )
+            .await;
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        assert_eq!(body["scope"], "read", "{body}");
+        body
+    }
+
+    /// A `client_credentials` access token from `tenant`'s token endpoint at `node`.
+    async fn token_in(&self, node: usize, tenant: &str, client: &TestClient) -> Response {
+        self.form(
+            node,
+            &format!("{}/oauth2/token", Self::prefix(tenant)),
+            Auth::Basic(client),
+            &[("grant_type", "client_credentials")],
+        )
+        .await
+    }
+
+    /// A refresh at `tenant`'s token endpoint at `node`.
+    async fn refresh_in(
+        &self,
+        node: usize,
+        tenant: &str,
+        client: &TestClient,
+        rt: &str,
+    ) -> Response {
+        self.form(
+            node,
+            &format!("{}/oauth2/token", Self::prefix(tenant)),
+            Auth::Basic(client),
+            &[("grant_type", "refresh_token"), ("refresh_token", rt)],
+        )
+        .await
+    }
+
+    /// A successful token response from `resp`: `200`, a Bearer token with scope `read`.
+    async fn issued(resp: Response) -> Value {
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+        assert_eq!(body["scope"], "read", "{body}");
+        assert!(body["access_token"].is_string(), "{body}");
+        body
+    }
+
+    /// Introspects `token` at `tenant`'s endpoint at `node` as `rs`: status and body.
+    async fn introspect_in(
+        &self,
+        node: usize,
+        tenant: &str,
+        rs: &TestClient,
+        token: &str,
+    ) -> (u16, Value) {
+        let resp = self
+            .form(
+                node,
+                &format!("{}/oauth2/introspect", Self::prefix(tenant)),
+                Auth::Basic(rs),
+                &[("token", token)],
+            )
+            .await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Asserts that `token` introspects at `node` as dead: `200 {"active": false}`.
+    async fn assert_dead(
+        &self,
+        node: usize,
+        tenant: &str,
+        rs: &TestClient,
+        token: &str,
+        what: &str,
+    ) {
+        assert_eq!(
+            self.introspect_in(node, tenant, rs, token).await,
+            (200, json!({ "active": false })),
+            "{what} on node {node}"
+        );
+    }
+
+    /// Asserts that `token` introspects at `node` as live, with exactly the members latch
+    /// answers for it: those known beforehand by value, the rest (times, ids) by form.
+    #[allow(clippy::too_many_arguments)]
+    async fn assert_live(
+        &self,
+        node: usize,
+        tenant: &str,
+        rs: &TestClient,
+        token: &str,
+        (client_id, sub, token_use): (&str, &str, &str),
+        grant_id: Option<&str>,
+        what: &str,
+    ) {
+        let (status, body) = self.introspect_in(node, tenant, rs, token).await;
+        assert_eq!(status, 200, "{what} on node {node}: {body}");
+        let (exp, iat) = (body["exp"].as_i64(), body["iat"].as_i64());
+        assert!(
+            matches!((exp, iat), (Some(e), Some(i)) if e > i),
+            "{what} on node {node}: {body}"
+        );
+        let jti = body["jti"].as_str().unwrap_or_default();
+        assert!(!jti.is_empty(), "{what} on node {node}: {body}");
+        let gid = body["grant_id"].as_str().unwrap_or_default();
+        assert!(gid.starts_with("g_"), "{what} on node {node}: {body}");
+        if let Some(g) = grant_id {
+            assert_eq!(gid, g, "{what} on node {node}: {body}");
+        }
+        let mut want = json!({
+            "active": true,
+            "scope": "read",
+            "client_id": client_id,
+            "sub": sub,
+            "exp": exp,
+            "iat": iat,
+            "token_use": token_use,
+            "iss": format!("{}{}", self.base(node), Self::prefix(tenant)),
+            "jti": jti,
+            "grant_id": gid,
+        });
+        if token_use == "access_token" {
+            want["token_type"] = "Bearer".into();
+        }
+        assert_eq!(body, want, "{what} on node {node}");
+    }
+}
+
+/// Asserts an OAuth error answer exactly: status, JSON content type, and body.
+async fn assert_error_exactly(resp: Response, status: u16, error: &str, description: &str) {
+    let got = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        (got, content_type.as_deref()),
+        (status, Some("application/json")),
+        "{body}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({ "error": error, "error_description": description })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_removed_through_one_node_is_gone_on_every_node_at_once() {
+    let c = Cluster::start(3).await;
+    c.create_tenant(0, "acme").await;
+    // The same client ids in both tenants: only acme's may die.
+    let app = c.client_in(1, "acme", "app").await;
+    let rs = c.client_in(1, "acme", "rs").await;
+    let dapp = c.client_in(1, "default", "app").await;
+    let drs = c.client_in(1, "default", "rs").await;
+
+    // Everything issued through node 1, and seen live there (and on node 2) first.
+    let machine = s(
+        &Cluster::issued(c.token_in(1, "acme", &app).await).await,
+        "access_token",
+    );
+    let alice = c.grant_in(1, "acme", &app, "alice").await;
+    let d_machine = s(
+        &Cluster::issued(c.token_in(1, "default", &dapp).await).await,
+        "access_token",
+    );
+    let d_alice = c.grant_in(1, "default", &dapp, "alice").await;
+    let acme_tokens = [
+        (machine.clone(), ("app", "app", "access_token"), None),
+        (
+            s(&alice, "access_token"),
+            ("app", "alice", "access_token"),
+            Some(s(&alice, "grant_id")),
+        ),
+        (
+            s(&alice, "refresh_token"),
+            ("app", "alice", "refresh_token"),
+            Some(s(&alice, "grant_id")),
+        ),
+    ];
+    let default_tokens = [
+        (d_machine.clone(), ("app", "app", "access_token"), None),
+        (
+            s(&d_alice, "access_token"),
+            ("app", "alice", "access_token"),
+            Some(s(&d_alice, "grant_id")),
+        ),
+        (
+            s(&d_alice, "refresh_token"),
+            ("app", "alice", "refresh_token"),
+            Some(s(&d_alice, "grant_id")),
+        ),
+    ];
+    for node in 1..3 {
+        for (t, claims, g) in &acme_tokens {
+            c.assert_live(node, "acme", &rs, t, *claims, g.as_deref(), "acme's token")
+                .await;
+        }
+    }
+
+    let resp = c.admin(0, Method::DELETE, "/tenants/acme", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({ "tenant_id": "acme", "deleted": true })
+    );
+
+    // From the very next request, every node answers for acme as for a tenant that never
+    // was: introspection, a new token, a refresh.
+    for node in [1, 2, 0] {
+        for (t, _, _) in &acme_tokens {
+            let resp = c
+                .form(
+                    node,
+                    "/tenants/acme/oauth2/introspect",
+                    Auth::Basic(&rs),
+                    &[("token", t)],
+                )
+                .await;
+            assert_error_exactly(resp, 404, "not_found", "no tenant acme").await;
+        }
+        assert_error_exactly(
+            c.token_in(node, "acme", &app).await,
+            404,
+            "not_found",
+            "no tenant acme",
+        )
+        .await;
+        assert_error_exactly(
+            c.refresh_in(node, "acme", &app, &s(&alice, "refresh_token"))
+                .await,
+            404,
+            "not_found",
+            "no tenant acme",
+        )
+        .await;
+        // The default tenant's tokens, its namesake clients' included, live on.
+        for (t, claims, g) in &default_tokens {
+            c.assert_live(
+                node,
+                "default",
+                &drs,
+                t,
+                *claims,
+                g.as_deref(),
+                "default's token",
+            )
+            .await;
+        }
+    }
+    // Nor does acme's token pass at the default tenant (it never did).
+    c.assert_dead(1, "default", &drs, &machine, "acme's token at default")
+        .await;
+    let resp = c.admin(2, Method::GET, "/tenants", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({ "tenants": ["default"], "next_after": null })
+    );
+    let resp = c
+        .admin(1, Method::GET, "/tenants/acme/clients/app", None)
+        .await;
+    assert_error_exactly(resp, 404, "not_found", "no tenant acme").await;
+
+    // The tokens themselves died: a tenant and clients created again under the same names,
+    // through another node, revive none of them, while what they obtain now lives.
+    c.create_tenant(2, "acme").await;
+    let app = c.client_in(2, "acme", "app").await;
+    let rs = c.client_in(2, "acme", "rs").await;
+    for node in 0..3 {
+        for (t, _, _) in &acme_tokens {
+            c.assert_dead(node, "acme", &rs, t, "acme's old token")
+                .await;
+        }
+    }
+    assert_error_exactly(
+        c.refresh_in(1, "acme", &app, &s(&alice, "refresh_token"))
+            .await,
+        400,
+        "invalid_grant",
+        "the refresh token is expired or revoked",
+    )
+    .await;
+    let fresh = s(
+        &Cluster::issued(c.token_in(1, "acme", &app).await).await,
+        "access_token",
+    );
+    for node in 0..3 {
+        c.assert_live(
+            node,
+            "acme",
+            &rs,
+            &fresh,
+            ("app", "app", "access_token"),
+            None,
+            "a new token",
+        )
+        .await;
+        for (t, claims, g) in &default_tokens {
+            c.assert_live(
+                node,
+                "default",
+                &drs,
+                t,
+                *claims,
+                g.as_deref(),
+                "default's token",
+            )
+            .await;
+        }
+    }
+}
+
+/// Tokens of client `app` of every kind, issued through node 1: a `client_credentials`
+/// access token, a grant for alice, and that grant's refresh at node 1. Returns the tokens
+/// with their claims (client, subject, use) and grant, and the live refresh token.
+async fn app_tokens_through_node_1(
+    c: &Cluster,
+    app: &TestClient,
+) -> (
+    Vec<(
+        String,
+        (&'static str, &'static str, &'static str),
+        Option<String>,
+    )>,
+    String,
+) {
+    let machine = s(
+        &Cluster::issued(c.token(1, app).await).await,
+        "access_token",
+    );
+    let alice = c.grant(1, app, "alice").await;
+    let refreshed = Cluster::issued(c.refresh(1, app, &s(&alice, "refresh_token")).await).await;
+    let rt = s(&refreshed, "refresh_token");
+    let g = Some(s(&alice, "grant_id"));
+    let tokens = vec![
+        (machine, ("app", "app", "access_token"), None),
+        (
+            s(&alice, "access_token"),
+            ("app", "alice", "access_token"),
+            g.clone(),
+        ),
+        (
+            s(&refreshed, "access_token"),
+            ("app", "alice", "access_token"),
+            g.clone(),
+        ),
+        (rt.clone(), ("app", "alice", "refresh_token"), g),
+    ];
+    (tokens, rt)
+}
+
+/// After a revocation of every grant of `app`: its `tokens` (and its rotated-away refresh
+/// token `old_rt`) are dead on every node and its refresh token is refused at node 1, while
+/// `other`'s tokens live, and `app` itself obtains live tokens at node 1 (a
+/// `client_credentials` token, and a grant that refreshes).
+#[allow(clippy::type_complexity)]
+async fn assert_only_apps_grants_died(
+    c: &Cluster,
+    rs: &TestClient,
+    app: &TestClient,
+    tokens: &[(String, (&str, &str, &str), Option<String>)],
+    rt: &str,
+    other: &[(String, (&str, &str, &str), Option<String>)],
+) {
+    for node in [1, 0, 2] {
+        for (t, _, _) in tokens {
+            c.assert_dead(node, "default", rs, t, "app's token").await;
+        }
+    }
+    assert_error_exactly(
+        c.refresh(1, app, rt).await,
+        400,
+        "invalid_grant",
+        "the refresh token is expired or revoked",
+    )
+    .await;
+    for node in 0..3 {
+        for (t, claims, g) in other {
+            c.assert_live(
+                node,
+                "default",
+                rs,
+                t,
+                *claims,
+                g.as_deref(),
+                "another client's token",
+            )
+            .await;
+        }
+    }
+    // The client stays: what it obtains from now on lives.
+    let machine = s(
+        &Cluster::issued(c.token(1, app).await).await,
+        "access_token",
+    );
+    let bob = c.grant(1, app, "bob").await;
+    let refreshed = Cluster::issued(c.refresh(1, app, &s(&bob, "refresh_token")).await).await;
+    let g = s(&bob, "grant_id");
+    for node in 0..3 {
+        c.assert_live(
+            node,
+            "default",
+            rs,
+            &machine,
+            ("app", "app", "access_token"),
+            None,
+            "a new token",
+        )
+        .await;
+        for t in ["access_token", "refresh_token"] {
+            c.assert_live(
+                node,
+                "default",
+                rs,
+                &s(&refreshed, t),
+                ("app", "bob", t),
+                Some(&g),
+                "a new grant's token",
+            )
+            .await;
+        }
+    }
+}
+
+/// Tokens of client `other` (a client credentials token and a grant for alice) through
+/// node 1.
+async fn other_tokens_through_node_1(
+    c: &Cluster,
+    other: &TestClient,
+) -> Vec<(
+    String,
+    (&'static str, &'static str, &'static str),
+    Option<String>,
+)> {
+    let machine = s(
+        &Cluster::issued(c.token(1, other).await).await,
+        "access_token",
+    );
+    let alice = c.grant(1, other, "alice").await;
+    let g = Some(s(&alice, "grant_id"));
+    vec![
+        (machine, ("other", "other", "access_token"), None),
+        (
+            s(&alice, "access_token"),
+            ("other", "alice", "access_token"),
+            g.clone(),
+        ),
+        (
+            s(&alice, "refresh_token"),
+            ("other", "alice", "refresh_token"),
+            g,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_clients_grants_on_one_node_kills_its_tokens_on_every_node_at_once() {
+    let c = Cluster::start(3).await;
+    let rs = c.client(0, "rs").await;
+    let app = c.client(0, "app").await;
+    let other = c.client(0, "other").await;
+    let (tokens, rt) = app_tokens_through_node_1(&c, &app).await;
+    let others = other_tokens_through_node_1(&c, &other).await;
+    for (t, claims, g) in &tokens {
+        c.assert_live(1, "default", &rs, t, *claims, g.as_deref(), "app's token")
+            .await;
+    }
+
+    let resp = c
+        .admin(
+            0,
+            Method::DELETE,
+            "/tenants/default/clients/app/grants",
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // Two grants; the machine's token, and alice's first access token, her second and
+    // her refresh token (the first was rotated away, dead already).
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({ "client_id": "app", "revoked_grants": 2, "revoked_tokens": 4 })
+    );
+    assert_only_apps_grants_died(&c, &rs, &app, &tokens, &rt, &others).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_revoking_a_clients_grants_beside_live_nodes_kills_its_tokens_on_every_node() {
+    let c = Cluster::start(3).await;
+    let rs = c.client(0, "rs").await;
+    let app = c.client(0, "app").await;
+    let other = c.client(2, "other").await;
+    let (tokens, rt) = app_tokens_through_node_1(&c, &app).await;
+    let others = other_tokens_through_node_1(&c, &other).await;
+    for node in 0..3 {
+        for (t, claims, g) in &tokens {
+            c.assert_live(
+                node,
+                "default",
+                &rs,
+                t,
+                *claims,
+                g.as_deref(),
+                "app's token",
+            )
+            .await;
+        }
+    }
+
+    let url = c._db.url_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        common::run_cli(
+            dir.path(),
+            &["client", "revoke-grants", "app", "--database-url", &url],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "latch client revoke-grants: {stderr}");
+    assert_eq!(stderr, "");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        printed,
+        json!({ "client_id": "app", "revoked_grants": 2, "revoked_tokens": 4 })
+    );
+    assert_only_apps_grants_died(&c, &rs, &app, &tokens, &rt, &others).await;
+
+    // The revocation is recorded in the tenant's trail, as the CLI's.
+    let resp = c
+        .admin(
+            2,
+            Method::GET,
+            "/tenants/default/audit?client_subject=app",
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let page: Value = resp.json().await.unwrap();
+    let records: Vec<&Value> = page["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .filter(|e| e["grant_id"].is_null())
+        .collect();
+    assert_eq!(records.len(), 1, "{page}");
+    let mut record = records[0].clone();
+    assert!(record["id"].is_i64() && record["at"].is_i64(), "{record}");
+    record["id"] = Value::Null;
+    record["at"] = Value::Null;
+    assert_eq!(
+        record,
+        json!({
+            "id": null,
+            "at": null,
+            "actor": "admin",
+            "route": "cli",
+            "reason": "admin",
+            "grant_id": null,
+            "subject": "app",
+            "subject_kind": "client",
+            "grants": 2,
+            "tokens": 4,
+            "address": null,
+        })
+    );
+}
