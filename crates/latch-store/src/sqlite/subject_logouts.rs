@@ -13,9 +13,10 @@
 //!
 //! A log-out of a subject already under way takes it over: what the earlier one's chunks
 //! revoked is recorded as its record, and the row carries on as the new one's, taking the
-//! grants created by the new request's time too. The earlier caller's next chunk finds the
-//! row another's (or gone) and answers with its own record, found in the trail; the new
-//! caller drives the rest. So one that
+//! grants created by the new request's time too. The earlier caller goes on driving chunks,
+//! now the new one's (whatever they revoke is on the new one's record), until the row is
+//! gone, and then answers with its own record, found in the trail: its `200` still means
+//! every grant it covers is revoked, even if the new caller's chunks fail. So one that
 //! a failure cut off part-way (its caller answered `503`) is finished by the subject's next
 //! log-out, or, failing that, by the next server start
 //! (`ClientStore::finish_interrupted_removals`). Either way it takes the grants created by
@@ -216,12 +217,15 @@ impl SubjectLogout {
         now: UnixTime,
         limit: u32,
     ) -> rusqlite::Result<Progress> {
-        let issued_by = match (self.row(c)?, &self.asked) {
-            (Some((issued_by, _)), None) => issued_by,
-            (Some((issued_by, turn)), Some(asked)) if turn == asked.turn => issued_by,
+        // Taken over by another (`taken_over`), a request's handle drives the other's chunks
+        // all the same: until the row is gone, grants its request covers may be live.
+        let (issued_by, taken_over) = match (self.row(c)?, &self.asked) {
+            (Some((issued_by, _)), None) => (issued_by, None),
+            (Some((issued_by, turn)), Some(asked)) if turn == asked.turn => (issued_by, None),
+            (Some((issued_by, _)), Some(asked)) => (issued_by, Some(asked)),
             (None, None) => return Ok(Progress::Ended(None)),
-            // Taken over, or ended, by another: its own part is recorded already.
-            (_, Some(asked)) => return Ok(Progress::Ended(self.record_of(c, asked)?)),
+            // Ended by another: its own part is recorded already.
+            (None, Some(asked)) => return Ok(Progress::Ended(self.record_of(c, asked)?)),
         };
         let grants = LiveGrants::of_subject(&self.tenant, &self.subject).issued_by(issued_by);
         let mut marked = Vec::new();
@@ -230,7 +234,13 @@ impl SubjectLogout {
             self.add(c, killed)?;
             Progress::More
         } else {
-            Progress::Ended(self.end(c, killed)?)
+            // Ended with the record of the request whose turn the row is at; a request
+            // taken over answers with its own, recorded when it was taken over.
+            let ended = self.end(c, killed)?;
+            match taken_over {
+                None => Progress::Ended(ended),
+                Some(asked) => Progress::Ended(self.record_of(c, asked)?),
+            }
         };
         // Its marks count once this write can no longer fail: kept until then.
         count_marks(marks, now, marked);
@@ -423,8 +433,10 @@ mod tests {
         c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
-    /// A log-out taken over answers its caller with its own record, and drives no chunk of
-    /// the other's: whether its next chunk finds the row another's or already ended.
+    /// A log-out taken over answers its caller with its own record, and only once every grant
+    /// its request covers is revoked: finding the row another's, it drives the other's
+    /// chunks to the end (a failure of the other's caller must not leave them live after
+    /// its `200`), which then count on the other's record.
     #[test]
     fn a_logout_taken_over_answers_with_its_own_record() {
         for later_ends_first in [false, true] {
@@ -436,7 +448,11 @@ mod tests {
                 assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
             } else {
                 assert_eq!(chunk(&c, &marks, &first), Some((200, 10)));
-                assert_eq!(live(&c), 5, "the first revoked nothing more");
+                assert_eq!(
+                    live(&c),
+                    0,
+                    "answered once every grant it covers is revoked"
+                );
                 assert_eq!(chunk(&c, &marks, &second), Some((400, 15)));
             }
             assert_eq!(live(&c), 0);
