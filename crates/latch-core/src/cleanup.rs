@@ -156,8 +156,20 @@ impl Authority {
         // so every token of a grant the run deletes goes in the same run, before it. Read
         // anew for each batch, a later batch's (a clock stepped forward meanwhile, or just
         // time passing) could delete a grant whose tokens an earlier batch's had kept.
-        let expired_by = self.clock.now().saturating_sub(EXPIRY_GRACE);
+        let started = self.clock.now();
+        let expired_by = started.saturating_sub(EXPIRY_GRACE);
         loop {
+            if from != Sweep::START && self.clock.now() < started {
+                // The clock stepped back since the run began: a token minted since may sort
+                // in a stretch already swept (kept) yet expire by the run's cut-off, and the
+                // run's end would forget its revocation mark (SQLite) or delete its grant's
+                // row while it lives by the clock now. Stopped; the next run starts afresh.
+                tracing::warn!(
+                    "the clock stepped back during an expiry clean-up: stopped it; the next \
+                     one goes on"
+                );
+                break;
+            }
             let (batch, next) = self
                 .store
                 .purge_expired(expired_by, from, SWEEP_BATCH)
