@@ -3133,3 +3133,36 @@ async fn sqlite_a_removal_gives_up_a_client_declared_meanwhile() {
     assert_eq!(db.query_i64(app_row).await, 1);
     assert!(store.token(&app[0]).await.unwrap().unwrap().is_revoked());
 }
+
+/// A client's removal another process gave up meanwhile (a start that found the client
+/// declared by its configuration deleted the removal's row) answers `Conflict`, not
+/// "removed": the client is still there, with the grants the chunks had not reached.
+#[tokio::test]
+async fn sqlite_a_removal_another_process_gave_up_is_a_conflict() {
+    let db = TestDb::fresh_on(common::Backend::Sqlite).await;
+    let store = latch_store::open(&db.url).await.unwrap();
+    ensure_app(&*store).await;
+    issue(&*store, 1, &[("at-app", TokenKind::Access, 10_000)]).await;
+    // As the first chunk adds what it revoked, the other process gives the removal up.
+    db.execute(
+        "CREATE TRIGGER given_up AFTER UPDATE ON removals BEGIN \
+           UPDATE clients SET declared = 1 WHERE client_id = 'app'; \
+           DELETE FROM removals WHERE client_id = 'app'; \
+         END",
+    )
+    .await;
+    let tenant = TenantId::default_tenant();
+    let app = ClientId::parse("app").unwrap();
+    let removal = AuditContext::new(
+        tenant.clone(),
+        "admin",
+        "test",
+        Reason::ClientRemoved,
+        None,
+        300,
+    );
+    let removed = store.delete_client(&tenant, &app, &removal).await;
+    assert!(matches!(removed, Err(StoreError::Conflict)), "{removed:?}");
+    let app_row = "SELECT count(*) FROM clients WHERE client_id = 'app'";
+    assert_eq!(db.query_i64(app_row).await, 1);
+}

@@ -134,7 +134,8 @@ impl Removal {
     /// ids may be given again). `Ok(None)` when it had ended (another caller finished it).
     /// `Err(Conflict)` when what it removes is now declared by the configuration (a start
     /// declared it while the removal ran): the removal is then given up, its row deleted, the
-    /// grants its chunks revoked staying revoked.
+    /// grants its chunks revoked staying revoked; also when another process gave it up so
+    /// (its row gone, what it removes still there).
     pub(super) fn finish(
         &self,
         c: &Connection,
@@ -142,7 +143,11 @@ impl Removal {
         now: UnixTime,
     ) -> rusqlite::Result<Result<Option<AuditEvent>, StoreError>> {
         if !self.under_way(c)? {
-            return Ok(Ok(None));
+            return Ok(if self.removes_something(c)? {
+                Err(StoreError::Conflict)
+            } else {
+                Ok(None)
+            });
         }
         let (of, values) = self.grants.rows(1);
         let declared: bool = c
@@ -207,6 +212,20 @@ impl Removal {
             "SELECT EXISTS (SELECT 1 FROM removals WHERE tenant_id = ?1 AND client_id = ?2)",
         )?
         .query_row(params![self.tenant, self.client], |r| r.get(0))
+    }
+
+    /// Whether what it removes (the client, or the tenant) is still there: once its row is
+    /// gone, it was given up rather than finished.
+    fn removes_something(&self, c: &Connection) -> rusqlite::Result<bool> {
+        if self.client.is_empty() {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = ?1)")?
+                .query_row(params![self.tenant], |r| r.get(0))
+        } else {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM clients WHERE tenant_id = ?1 AND client_id = ?2)",
+            )?
+            .query_row(params![self.tenant, self.client], |r| r.get(0))
+        }
     }
 }
 
