@@ -3,7 +3,9 @@
 
 use crate::audit::{self, AuditEvent, AuditPage, AuditQuery, Killed, Origin, Reason};
 use crate::authority::Authority;
-use crate::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use crate::client::{
+    AccessTokenRevocation, AuthMethod, Client, GrantType, Introspects, SecretHash,
+};
 use crate::error::{Error, StoreError};
 use crate::grant::{Grant, Revocation};
 use crate::grant_flow::IssuedTokens;
@@ -40,6 +42,8 @@ pub struct ClientSpec {
     pub rotation_grace: u32,
     /// What revoking one of its access tokens kills.
     pub access_token_revocation: AccessTokenRevocation,
+    /// Which tokens it may introspect.
+    pub introspects: Introspects,
 }
 
 /// How a client's secret is given.
@@ -113,6 +117,7 @@ impl Authority {
             refresh_token_ttl: spec.refresh_token_ttl,
             rotation_grace: spec.rotation_grace,
             access_token_revocation: spec.access_token_revocation,
+            introspects: spec.introspects,
             created_at: self.clock.now(),
             declared,
         };

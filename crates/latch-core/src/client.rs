@@ -133,6 +133,40 @@ impl AccessTokenRevocation {
     }
 }
 
+/// Which tokens a confidential client may introspect (RFC 7662 §4: the server decides which
+/// protected resources may learn about which tokens). A resource server needs to read the
+/// tokens every client of its tenant presents to it; an application that is not one has no
+/// business reading other clients' tokens (their subjects and scopes), nor refresh tokens
+/// only their own client uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Introspects {
+    /// Every token of its tenant: a resource server (the default, as RFC 7662 and most
+    /// servers have it).
+    #[default]
+    Any,
+    /// Only the tokens issued to itself: any other token reads `active: false`.
+    Own,
+}
+
+impl Introspects {
+    /// The configuration name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Introspects::Any => "any",
+            Introspects::Own => "own",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        match s {
+            "any" => Ok(Introspects::Any),
+            "own" => Ok(Introspects::Own),
+            _ => Err(Error::invalid_request("introspects must be any or own")),
+        }
+    }
+}
+
 /// An argon2id hash of a client secret, as a PHC string.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretHash(String);
@@ -230,6 +264,8 @@ pub struct Client {
     pub rotation_grace: u32,
     /// What revoking one of its access tokens kills.
     pub access_token_revocation: AccessTokenRevocation,
+    /// Which tokens it may introspect.
+    pub introspects: Introspects,
     /// When the client was registered.
     pub created_at: UnixTime,
     /// Declared in the configuration file, which alone changes or removes it: it is written
@@ -325,6 +361,7 @@ pub(crate) fn sample_client() -> Client {
         refresh_token_ttl: 60,
         rotation_grace: 0,
         access_token_revocation: AccessTokenRevocation::Token,
+        introspects: Introspects::Any,
         created_at: 0,
         declared: false,
     }

@@ -1,7 +1,7 @@
 //! Token introspection (RFC 7662).
 
 use crate::authority::Authority;
-use crate::client::Client;
+use crate::client::{Client, Introspects};
 use crate::clock::UnixTime;
 use crate::error::Error;
 use crate::grant::TokenRecord;
@@ -34,7 +34,8 @@ impl Authority {
     /// Introspects a token for an authenticated `caller`: `record` is the presented token
     /// as [`Authority::authenticate_presenting`] found it (`None`: malformed or unknown).
     /// Only confidential clients may introspect, and only tokens of their own tenant are
-    /// ever active.
+    /// ever active; to a client registered to introspect its own tokens alone
+    /// ([`Introspects::Own`]), only those.
     ///
     /// `Ok(None)` is "inactive". A storage failure never reaches here as "inactive" (the
     /// read that found `record` fails with an `Err` instead): answering inactive because the
@@ -51,6 +52,11 @@ impl Authority {
             return Ok(None);
         };
         if record.tenant != caller.tenant || !record.is_active(self.clock.now()) {
+            return Ok(None);
+        }
+        // Another client's token, to one that may read only its own: as if unknown, so that
+        // it learns nothing of which tokens exist.
+        if caller.introspects == Introspects::Own && record.client_id != caller.id {
             return Ok(None);
         }
         Ok(Some(ActiveToken {

@@ -11,4 +11,4 @@ pub(crate) const REPLACE_SETTINGS: &str = "ON CONFLICT (tenant_id, client_id) DO
        refresh_token_ttl = excluded.refresh_token_ttl, \
        rotation_grace = excluded.rotation_grace, \
        access_token_revocation = excluded.access_token_revocation, \
-       declared = excluded.declared";
+       introspects = excluded.introspects, declared = excluded.declared";

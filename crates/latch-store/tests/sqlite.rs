@@ -276,6 +276,7 @@ fn client() -> latch_core::client::Client {
         refresh_token_ttl: 60,
         rotation_grace: 0,
         access_token_revocation: latch_core::client::AccessTokenRevocation::Token,
+        introspects: latch_core::client::Introspects::Any,
         created_at: 100,
         declared: false,
     }

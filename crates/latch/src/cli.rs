@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use latch_core::admin::{ClientSpec, SecretSpec};
 use latch_core::audit::{Killed, Origin};
-use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType};
+use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType, Introspects};
 use latch_core::clock::SystemClock;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
@@ -174,6 +174,9 @@ pub struct AddClientArgs {
     /// What revoking an access token kills: token or grant.
     #[arg(long, default_value = "token")]
     pub access_token_revocation: String,
+    /// Which tokens it may introspect: any (of its tenant: a resource server) or own.
+    #[arg(long, default_value = "any")]
+    pub introspects: String,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -197,6 +200,7 @@ impl AddClientArgs {
             refresh_token_ttl: self.refresh_token_ttl,
             rotation_grace: self.rotation_grace,
             access_token_revocation: AccessTokenRevocation::parse(&self.access_token_revocation)?,
+            introspects: Introspects::parse(&self.introspects)?,
         })
     }
 }
@@ -288,6 +292,7 @@ fn client_json(c: &latch_core::client::Client) -> serde_json::Value {
         "refresh_token_ttl": c.refresh_token_ttl,
         "rotation_grace_period": c.rotation_grace,
         "access_token_revocation": c.access_token_revocation.as_str(),
+        "introspects": c.introspects.as_str(),
         "declared": c.declared,
     })
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use latch_core::admin::{ClientSpec, SecretSpec};
-use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, GrantType, SecretHash};
+use latch_core::client::{
+    defaults, AccessTokenRevocation, AuthMethod, GrantType, Introspects, SecretHash,
+};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
 use latch_http::{AuthLimits, Profiles};
@@ -169,6 +171,9 @@ pub struct ClientConfig {
     pub rotation_grace_period: Option<u32>,
     /// `token` (default) or `grant`: what revoking an access token kills.
     pub access_token_revocation: Option<String>,
+    /// `any` (default: every token of its tenant, a resource server) or `own`: which tokens
+    /// it may introspect.
+    pub introspects: Option<String>,
 }
 
 impl ClientConfig {
@@ -215,6 +220,9 @@ impl ClientConfig {
                     Ok(AccessTokenRevocation::default()),
                     AccessTokenRevocation::parse,
                 )
+                .with_context(ctx)?,
+            introspects: (self.introspects.as_deref())
+                .map_or(Ok(Introspects::default()), Introspects::parse)
                 .with_context(ctx)?,
         })
     }

@@ -1390,6 +1390,7 @@ backend_test! {
                 refresh_token_ttl: 86_400,
                 rotation_grace: 0,
                 access_token_revocation: Default::default(),
+                introspects: Default::default(),
             }];
         })
         .await;

@@ -808,6 +808,12 @@ fn admin_cases() -> Vec<Case> {
             bad(),
         ),
         post(
+            "an unknown introspection setting",
+            "/tenants/default/clients",
+            json!({ "client_id": "x", "client_secret": "x", "introspects": "all" }),
+            bad(),
+        ),
+        post(
             "a client id ending in a space",
             "/tenants/default/clients",
             json!({ "client_id": "app ", "client_secret": "x" }),

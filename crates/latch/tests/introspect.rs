@@ -398,3 +398,65 @@ backend_test! {
         }
     }
 }
+
+backend_test! {
+    async fn a_client_registered_to_introspect_its_own_tokens_reads_no_other() {
+        let s = TestServer::start().await;
+        // An application, not a resource server: it may read its own tokens only.
+        let app = s
+            .create_client(
+                "default",
+                json!({
+                    "client_id": "app",
+                    "client_secret": "app-secret",
+                    "grant_types": ["client_credentials", "refresh_token"],
+                    "scope": "read",
+                    "introspects": "own",
+                }),
+            )
+            .await;
+        let shown = |id: &'static str| {
+            let s = &s;
+            async move {
+                let path = format!("/tenants/default/clients/{id}");
+                let resp = s.admin(Method::GET, &path, None).await;
+                assert_eq!(resp.status(), 200);
+                resp.json::<Value>().await.unwrap()["introspects"].clone()
+            }
+        };
+        assert_eq!(shown("app").await, "own");
+        assert_eq!(shown("introspector").await, "any");
+        let other = s.confidential("other", "read").await;
+        let own = s.client_credentials(&app).await;
+        let own_session = s.grant_for(&app, "alice", None).await;
+        let foreign = s.client_credentials(&other).await;
+        let foreign_session = s.grant_for(&other, "bob", None).await;
+        let tokens = |issued: &[&Value]| -> Vec<String> {
+            let mut tokens = Vec::new();
+            for v in issued {
+                for kind in ["access_token", "refresh_token"] {
+                    if let Some(t) = v[kind].as_str() {
+                        tokens.push(t.to_owned());
+                    }
+                }
+            }
+            tokens
+        };
+        let (mine, theirs) = (tokens(&[&own, &own_session]), tokens(&[&foreign, &foreign_session]));
+        assert_eq!((mine.len(), theirs.len()), (3, 3));
+        for token in &mine {
+            let info: Value = introspect_as(&s, Auth::Basic(&app), token).await.json().await.unwrap();
+            assert_eq!((&info["active"], &info["client_id"]), (&json!(true), &json!("app")), "{info}");
+        }
+        // Another client's token reads as unknown: nothing of it, not even that it exists.
+        for token in &theirs {
+            let resp = introspect_as(&s, Auth::Basic(&app), token).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.json::<Value>().await.unwrap(), json!({ "active": false }));
+        }
+        // A resource server (the default, `any`) reads every token of its tenant.
+        for token in mine.iter().chain(&theirs) {
+            assert!(s.is_active(token).await);
+        }
+    }
+}

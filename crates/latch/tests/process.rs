@@ -924,6 +924,11 @@ fn out_of_range_settings_are_refused_at_start_with_a_clear_error() {
             "unknown variant `xml`, expected `text` or `json`",
         ),
         (
+            "introspects",
+            dev.replacen(spa, &format!("{spa}\nintrospects = \"all\""), 1),
+            "introspects must be any or own",
+        ),
+        (
             "padded",
             dev.replacen(spa, "client_id = \"demo-spa \"", 1),
             "client_id starts or ends with whitespace",
@@ -1138,10 +1143,10 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
     let url = sqlite_url(&path);
     common::new_sqlite_database(&path);
     cli_json(d, &["client", "add", "app", "--database-url", &url]);
-    // As a database of the previous schema version: version 14's change undone.
+    // As a database of the previous schema version: version 15's change undone.
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch("DROP TABLE subject_logouts; PRAGMA user_version = 13;")
+        .execute_batch("ALTER TABLE clients DROP COLUMN introspects; PRAGMA user_version = 14;")
         .unwrap();
 
     let out = run_cli(d, &["client", "list", "--database-url", &url], None);
@@ -1155,7 +1160,7 @@ async fn a_command_never_migrates_a_database_an_older_server_may_be_serving() {
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 13, "the schema was left as it was");
+    assert_eq!(version, 14, "the schema was left as it was");
 
     let server = Process::serve(d, &["--database-url", &url], &[]);
     assert!(server.terminate().success());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{OtherNode, TestDb};
 use latch_core::audit::{AuditContext, AuditEvent, AuditQuery, Reason};
-use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, SecretHash};
+use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, Introspects, SecretHash};
 use latch_core::grant::{
     Grant, NewToken, Revocation, Rotation, RotationOutcome, RotationPrecondition, TokenRecord,
 };
@@ -529,6 +529,7 @@ fn client(tenant: &TenantId, id: &str, ttl: u32) -> Client {
         refresh_token_ttl: 60,
         rotation_grace: 0,
         access_token_revocation: AccessTokenRevocation::Token,
+        introspects: Introspects::Any,
         created_at: 100,
         declared: false,
     }
@@ -1821,7 +1822,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
            DROP COLUMN subject; DROP INDEX grants_revoked; \
          DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
          ALTER TABLE grants DROP COLUMN forked_generation; \
-         ALTER TABLE clients DROP COLUMN declared; \
+         ALTER TABLE clients DROP COLUMN declared, DROP COLUMN introspects; \
          DROP INDEX audit_by_subject_in_block; \
          CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
          DROP INDEX tokens_by_grant_kind; CREATE INDEX tokens_by_grant ON tokens (grant_id);",
@@ -1850,7 +1851,7 @@ async fn postgres_identifiers_compare_byte_by_byte_also_after_migrating_a_versio
     assert_eq!(
         db.query_i64("SELECT max(version)::BIGINT FROM latch_migrations")
             .await,
-        9
+        10
     );
     // Version 4 dropped the indexes on expiry times (the clean-up sweeps the tables).
     // From the catalogs, as above (`pg_indexes` reads every index's definition).
@@ -2108,7 +2109,7 @@ backend_test! {
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant ON tokens; DROP FUNCTION latch_record_fork(); \
              ALTER TABLE grants DROP COLUMN forked_generation; \
-             ALTER TABLE clients DROP COLUMN declared; \
+             ALTER TABLE clients DROP COLUMN declared, DROP COLUMN introspects; \
              DELETE FROM latch_migrations WHERE version >= 6;"
         } else {
             "DROP TABLE subject_logouts; DROP TABLE client_grant_revocations; DROP TABLE removals; \
@@ -2117,7 +2118,8 @@ backend_test! {
              CREATE INDEX audit_by_subject ON audit (tenant_id, subject, id); \
              DROP TRIGGER grace_use_forks_its_grant; \
              ALTER TABLE grants DROP COLUMN forked_generation; \
-             ALTER TABLE clients DROP COLUMN declared; PRAGMA user_version = 7;"
+             ALTER TABLE clients DROP COLUMN declared; \
+             ALTER TABLE clients DROP COLUMN introspects; PRAGMA user_version = 7;"
         })
         .await;
         let store = latch_store::open(&db.url).await.unwrap();

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use latch_core::admin::{ClientSpec, SecretSpec};
 use latch_core::audit::Killed;
-use latch_core::client::{defaults, AccessTokenRevocation, AuthMethod, Client, GrantType};
+use latch_core::client::{
+    defaults, AccessTokenRevocation, AuthMethod, Client, GrantType, Introspects,
+};
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
 use latch_core::store::ClientPage;
@@ -33,6 +35,8 @@ pub(crate) struct ClientView {
     refresh_token_ttl: u32,
     rotation_grace_period: u32,
     access_token_revocation: &'static str,
+    /// Which tokens it may introspect: `any` of its tenant, or its `own`.
+    introspects: &'static str,
     created_at: i64,
     /// Declared in the configuration file, which alone changes or removes it.
     declared: bool,
@@ -51,6 +55,7 @@ impl From<&Client> for ClientView {
             refresh_token_ttl: c.refresh_token_ttl,
             rotation_grace_period: c.rotation_grace,
             access_token_revocation: c.access_token_revocation.as_str(),
+            introspects: c.introspects.as_str(),
             created_at: c.created_at,
             declared: c.declared,
         }
@@ -72,6 +77,7 @@ pub(crate) struct NewClient {
     refresh_token_ttl: Option<u32>,
     rotation_grace_period: Option<u32>,
     access_token_revocation: Option<String>,
+    introspects: Option<String>,
 }
 
 impl NewClient {
@@ -105,6 +111,8 @@ impl NewClient {
                 Ok(AccessTokenRevocation::default()),
                 AccessTokenRevocation::parse,
             )?,
+            introspects: (self.introspects.as_deref())
+                .map_or(Ok(Introspects::default()), Introspects::parse)?,
         })
     }
 }

@@ -1679,8 +1679,10 @@ async fn apply(
                 &format!(
                     "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, \
                        grant_types, scope, redirect_uris, access_token_ttl, refresh_token_ttl, \
-                       rotation_grace, access_token_revocation, created_at, declared) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {conflict}"
+                       rotation_grace, access_token_revocation, created_at, declared, \
+                       introspects) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     {conflict}"
                 ),
                 &[
                     &c.tenant.as_str(),
@@ -1696,6 +1698,7 @@ async fn apply(
                     &c.access_token_revocation.as_str(),
                     &c.created_at,
                     &c.declared,
+                    &c.introspects.as_str(),
                 ],
             )
             .await?;

@@ -129,6 +129,12 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("schema_v9.sql"),
         older_nodes_safe: true,
     },
+    // Which tokens a client may introspect: older nodes let every client read any, as
+    // before.
+    Migration {
+        sql: include_str!("schema_v10.sql"),
+        older_nodes_safe: true,
+    },
 ];
 
 /// Connections in the read pool of one node, [`PIPELINED_CONNECTIONS`] of them included.

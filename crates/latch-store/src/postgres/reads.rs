@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::LazyLock;
 
 use latch_core::audit::{AuditEvent, AuditPage, AuditQuery, Reason};
-use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use latch_core::client::{
+    AccessTokenRevocation, AuthMethod, Client, GrantType, Introspects, SecretHash,
+};
 use latch_core::clock::UnixTime;
 use latch_core::grant::{Grant, TokenRecord};
 use latch_core::id::{ClientId, GrantId, Subject, TenantId};
@@ -65,7 +67,7 @@ pub(super) async fn list_tenants(
 
 const CLIENT_COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, \
      scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
-     access_token_revocation, created_at, declared";
+     access_token_revocation, created_at, declared, introspects";
 
 fn client_from_row(r: &Row) -> StoreResult<Client> {
     let secret = r.get::<_, Option<String>>(2).map(SecretHash::from_stored);
@@ -74,6 +76,7 @@ fn client_from_row(r: &Row) -> StoreResult<Client> {
     let scope: String = r.get(5);
     let redirect_uris: String = r.get(6);
     let access: String = r.get(10);
+    let introspects: String = r.get(13);
     Ok(Client {
         tenant: TenantId::from_stored(r.get(0)),
         id: ClientId::from_stored(r.get(1)),
@@ -94,6 +97,7 @@ fn client_from_row(r: &Row) -> StoreResult<Client> {
         rotation_grace: u32_of(r.get(9), "rotation_grace")?,
         access_token_revocation: AccessTokenRevocation::parse(&access)
             .map_err(|_| corrupt("access_token_revocation"))?,
+        introspects: Introspects::parse(&introspects).map_err(|_| corrupt("introspects"))?,
         created_at: r.get(11),
         declared: r.get(12),
     })

@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use latch_core::audit::{AuditContext, AuditEvent};
-use latch_core::client::{AccessTokenRevocation, AuthMethod, Client, GrantType, SecretHash};
+use latch_core::client::{
+    AccessTokenRevocation, AuthMethod, Client, GrantType, Introspects, SecretHash,
+};
 use latch_core::clock::UnixTime;
 use latch_core::id::{ClientId, TenantId};
 use latch_core::scope::Scope;
@@ -17,10 +19,10 @@ use super::{join, live_clients, ClientGrantsRevocation, Removal, SqliteStore, Su
 
 const COLUMNS: &str = "tenant_id, client_id, secret_hash, auth_method, grant_types, scope, \
      redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
-     access_token_revocation, created_at, declared";
+     access_token_revocation, created_at, declared, introspects";
 
 /// How many columns [`COLUMNS`] names.
-pub(super) const COLUMN_COUNT: usize = 13;
+pub(super) const COLUMN_COUNT: usize = 14;
 
 /// One client, on a connection already chosen.
 pub(super) fn select_client(
@@ -76,6 +78,8 @@ pub(super) fn client_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Client> {
         .collect();
     let access_token_revocation = AccessTokenRevocation::parse(&r.get::<_, String>(base + 10)?)
         .map_err(|_| corrupt(base + 10, "access_token_revocation"))?;
+    let introspects = Introspects::parse(&r.get::<_, String>(base + 13)?)
+        .map_err(|_| corrupt(base + 13, "introspects"))?;
     Ok(Client {
         tenant: TenantId::from_stored(r.get(base)?),
         id: ClientId::from_stored(r.get(base + 1)?),
@@ -88,6 +92,7 @@ pub(super) fn client_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Client> {
         refresh_token_ttl: r.get(base + 8)?,
         rotation_grace: r.get(base + 9)?,
         access_token_revocation,
+        introspects,
         created_at: r.get(base + 11)?,
         declared: r.get(base + 12)?,
     })
@@ -108,6 +113,7 @@ struct ClientRow {
     access_token_revocation: &'static str,
     created_at: UnixTime,
     declared: bool,
+    introspects: &'static str,
 }
 
 impl ClientRow {
@@ -126,6 +132,7 @@ impl ClientRow {
             access_token_revocation: c.access_token_revocation.as_str(),
             created_at: c.created_at,
             declared: c.declared,
+            introspects: c.introspects.as_str(),
         }
     }
 
@@ -133,7 +140,7 @@ impl ClientRow {
     fn insert(&self, c: &rusqlite::Connection, on_conflict: &str) -> rusqlite::Result<usize> {
         c.prepare_cached(&format!(
             "INSERT INTO clients ({COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) {on_conflict}"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) {on_conflict}"
         ))?
         .execute(params![
             self.tenant_id,
@@ -149,6 +156,7 @@ impl ClientRow {
             self.access_token_revocation,
             self.created_at,
             self.declared,
+            self.introspects,
         ])
     }
 }

@@ -60,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v12.sql"),
     include_str!("schema_v13.sql"),
     include_str!("schema_v14.sql"),
+    include_str!("schema_v15.sql"),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -948,15 +949,15 @@ mod tests {
         Connection::open(&path)
             .unwrap()
             .execute_batch(&format!(
-                "DROP TABLE subject_logouts; PRAGMA user_version = {older};"
+                "ALTER TABLE clients DROP COLUMN introspects; PRAGMA user_version = {older};"
             ))
             .unwrap();
-        // The latest version's table of subjects' log-outs under way.
+        // The latest version's column: which tokens a client may introspect.
         let latest_table = |p: &Path| -> bool {
             Connection::open(p)
                 .unwrap()
                 .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE name = 'subject_logouts'",
+                    "SELECT count(*) FROM pragma_table_info('clients') WHERE name = 'introspects'",
                     [],
                     |r| r.get::<_, i64>(0),
                 )
