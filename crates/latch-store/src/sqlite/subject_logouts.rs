@@ -19,12 +19,10 @@
 //! every grant it covers is revoked, even if the new caller's chunks fail. So one that
 //! a failure cut off part-way (its caller answered `503`) is finished by the subject's next
 //! log-out, or, failing that, by the next server start
-//! (`ClientStore::finish_interrupted_removals`). A request's own chunks take every live
-//! grant of the subject, as a small log-out's one write does (a grant created with a clock
-//! ahead of this one's is a session opened before all the same); one finished late, for no
-//! request, takes the grants created by its `issued_by`: its latest request's time plus the
-//! allowance for clocks ([`EXPIRY_GRACE`]), not the sessions opened more than that after
-//! it.
+//! (`ClientStore::finish_interrupted_removals`). Either way it takes the grants created by
+//! its `issued_by`: its latest request's time plus the allowance for clocks
+//! ([`EXPIRY_GRACE`]), which covers those issued while it runs; not the sessions opened
+//! more than that after it, however late it is finished.
 
 use latch_core::audit::{AuditContext, AuditEvent, Killed};
 use latch_core::cleanup::EXPIRY_GRACE;
@@ -229,15 +227,7 @@ impl SubjectLogout {
             // Ended by another: its own part is recorded already.
             (None, Some(asked)) => return Ok(Progress::Ended(self.record_of(c, asked)?)),
         };
-        // A request's own chunks take every live grant of the subject, as a small log-out's
-        // one write does: one created "later" by a clock that ran ahead is a session opened
-        // before the request all the same. Only a log-out finished late, for no request,
-        // spares those created past its bound: sessions opened since.
-        let grants = LiveGrants::of_subject(&self.tenant, &self.subject);
-        let grants = match self.asked {
-            Some(_) => grants,
-            None => grants.issued_by(issued_by),
-        };
+        let grants = LiveGrants::of_subject(&self.tenant, &self.subject).issued_by(issued_by);
         let mut marked = Vec::new();
         let (killed, more) = grants.revoke_chunk(c, marks, now, limit, &mut marked)?;
         let progress = if more {
@@ -494,38 +484,6 @@ mod tests {
                 .query_row("SELECT group_concat(id, ' ') FROM audit", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(ids, "65535 65536");
-        }
-    }
-
-    /// A request's log-out takes the grants created "later" by a clock that ran ahead (a
-    /// small log-out's one write does too); one finished late, for no request, spares them
-    /// as sessions opened since.
-    #[test]
-    fn a_requests_logout_takes_grants_a_clock_ahead_created_later() {
-        for by_request in [true, false] {
-            let (c, marks) = database();
-            c.execute_batch(
-                "INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
-                   expires_at) VALUES ('zz', 'default', 'app', 'crowd', 'read', 5000, 10000)",
-            )
-            .unwrap();
-            // (Its id sorts last: the request's first chunk, in `begun`, does not reach it.)
-            let request = begun(&c, &marks, &asked("admin", 200));
-            let driving = if by_request {
-                request
-            } else {
-                let (tenant, crowd) =
-                    (TenantId::default_tenant(), Subject::parse("crowd").unwrap());
-                SubjectLogout::under_way(&c, &tenant, &crowd)
-                    .unwrap()
-                    .unwrap()
-            };
-            while chunk(&c, &marks, &driving).is_none() {}
-            assert_eq!(
-                live(&c),
-                if by_request { 0 } else { 1 },
-                "by request: {by_request}"
-            );
         }
     }
 
