@@ -129,6 +129,7 @@ impl Authority {
     /// is shown once and never stored).
     pub async fn create_client(&self, spec: ClientSpec) -> Result<(Client, Option<String>), Error> {
         self.require_tenant(&spec.tenant).await?;
+        spec.id.check_new()?;
         let generated = matches!(spec.secret, SecretSpec::Generate);
         let (client, plain) = self.build_client(spec, false).await?;
         let created = self.store.create_client(&client).await;
@@ -151,6 +152,11 @@ impl Authority {
     /// declared ([`Client::declared`]).
     pub async fn declare_client(&self, spec: ClientSpec) -> Result<Client, Error> {
         self.require_tenant(&spec.tenant).await?;
+        // A client declared before ids were so checked is declared again as it is: refusing
+        // it would stop every start.
+        if self.store.client(&spec.tenant, &spec.id).await?.is_none() {
+            spec.id.check_new()?;
+        }
         let (client, _) = self.build_client(spec, true).await?;
         let upserted = self.store.upsert_client(&client).await;
         self.scopes.forget(&client.tenant);
@@ -249,8 +255,14 @@ impl Authority {
             })
             .await;
         self.scopes.forget(tenant);
-        let Some(event) = deleted? else {
-            return Err(self.why_unchanged(tenant, id).await);
+        let event = match deleted {
+            Ok(Some(event)) => event,
+            // Gone before it began, or given up because a start declared the client
+            // meanwhile (the store's `Conflict`): said as what the client is now.
+            Ok(None) | Err(StoreError::Conflict) => {
+                return Err(self.why_unchanged(tenant, id).await)
+            }
+            Err(e) => return Err(e.into()),
         };
         self.secrets.forget(tenant, id);
         Ok(audit::killed(&event))
@@ -313,7 +325,23 @@ impl Authority {
         subject: Subject,
         requested: Option<&Scope>,
     ) -> Result<IssuedTokens, Error> {
-        subject.check_new()?;
+        if let Err(refused) = subject.check_new() {
+            // A subject that holds live grants already (issued before subjects were so
+            // checked) signs in again as it is; only a new one is refused.
+            let one = GrantPage {
+                before: None,
+                limit: 1,
+            };
+            let now = self.clock.now();
+            if self
+                .store
+                .live_grants(tenant, &subject, now, &one)
+                .await?
+                .is_empty()
+            {
+                return Err(refused);
+            }
+        }
         let mut client = self.client(tenant, client_id).await?;
         // The write stores the grant only if the client is still as read (its secret too,
         // which matters to a client's own token requests). One changed in between (removed,

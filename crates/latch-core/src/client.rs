@@ -294,13 +294,11 @@ impl Client {
         self.access_token_ttl.min(self.refresh_token_ttl)
     }
 
-    /// Checks internal consistency: an id fit for a new client ([`ClientId::check_new`]);
-    /// redirect URIs storable as given; tokens live at least a
+    /// Checks internal consistency: redirect URIs storable as given; tokens live at least a
     /// second; a rotation grace of at most [`defaults::MAX_ROTATION_GRACE`]; a confidential
     /// client has a secret, a public one has none, nor the `client_credentials` grant (RFC
     /// 6749 §4.4: registered, it could never use it, every request `unauthorized_client`).
     pub fn validate(&self) -> Result<(), Error> {
-        self.id.check_new()?;
         // Stored space-separated: an empty one or one with whitespace would come back
         // changed; and no back-end stores a NUL the same way (PostgreSQL refuses it in text),
         // nor may any control character reach a log or a header.

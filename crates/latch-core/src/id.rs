@@ -39,13 +39,26 @@ fn check_plain(what: &'static str, s: &str) -> Result<(), Error> {
             "{what} starts or ends with whitespace"
         )));
     }
-    let hidden = s.chars().find(|c| {
+    let hidden_kind = |c: char| {
         matches!(
             c.general_category(),
             GeneralCategory::Format
                 | GeneralCategory::LineSeparator
                 | GeneralCategory::ParagraphSeparator
         )
+    };
+    let chars: Vec<char> = s.chars().collect();
+    let hidden = chars.iter().enumerate().find_map(|(i, &c)| {
+        // Zero-width non-joiner and joiner spell words in Persian and Indic scripts (and
+        // emoji sequences): allowed between two visible characters, as PRECIS's contextual
+        // rules allow them; nowhere else.
+        let joining = matches!(c, '\u{200c}' | '\u{200d}')
+            && i > 0
+            && chars.get(i + 1).is_some_and(|&next| {
+                let visible = |x: char| !hidden_kind(x) && !x.is_whitespace();
+                visible(chars[i - 1]) && visible(next)
+            });
+        (hidden_kind(c) && !joining).then_some(c)
     });
     if let Some(c) = hidden {
         return Err(Error::invalid_request(format!(
@@ -298,6 +311,8 @@ mod tests {
             "ü@example.com",
             "d51186e9-e1a1",
             "日本 語",
+            "محمد\u{200c}رضا",
+            "क्\u{200d}ष",
         ] {
             assert!(
                 ClientId::parse(good).unwrap().check_new().is_ok(),
@@ -316,6 +331,8 @@ mod tests {
             "\u{3000}alice",
             "al\u{200b}ice",
             "alice\u{200d}",
+            "\u{200c}alice",
+            "a\u{200c}\u{200c}b",
             "evil\u{202e}gpj",
             "\u{2066}a",
             "\u{feff}alice",

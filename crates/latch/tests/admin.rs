@@ -1785,3 +1785,87 @@ async fn an_operations_listener_takes_the_admin_api_and_metrics_off_the_clients_
     );
     assert!(p.terminate().success());
 }
+
+backend_test! {
+    async fn ids_stored_before_they_were_checked_stay_usable() {
+        // A client id and a subject an older latch accepted, now refused as new ones
+        // (whitespace at an end): stored as it stored them.
+        let db = TestServer::start().await.stop().await;
+        db.execute(
+            "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, grant_types, \
+               scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
+               access_token_revocation, created_at, declared) \
+             VALUES ('default', 'legacy ', NULL, 'none', 'refresh_token', 'read', '', 3600, \
+               86400, 0, 'token', 1, TRUE); \
+             INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
+               expires_at) \
+             VALUES ('g_legacy', 'default', 'legacy ', 'alice ', 'read', 1, 4102444800);",
+        )
+        .await;
+        // The configuration declares the client again at every start: the start goes on.
+        let s = TestServer::start_configured(db, |settings| {
+            settings.clients = vec![latch_core::admin::ClientSpec {
+                tenant: latch_core::id::TenantId::default_tenant(),
+                id: latch_core::id::ClientId::parse("legacy ").unwrap(),
+                auth_method: latch_core::client::AuthMethod::None,
+                secret: latch_core::admin::SecretSpec::Generate,
+                grant_types: vec![latch_core::client::GrantType::RefreshToken],
+                scope: latch_core::scope::Scope::parse("read").unwrap(),
+                redirect_uris: vec![],
+                access_token_ttl: 3600,
+                refresh_token_ttl: 86_400,
+                rotation_grace: 0,
+                access_token_revocation: Default::default(),
+                introspects: Default::default(),
+            }];
+        })
+        .await;
+        let legacy = TestClient { id: "legacy ".into(), secret: None };
+        // The subject holding a live grant signs in again; a new one so spelled is refused.
+        let again = s.grant_for(&legacy, "alice ", None).await;
+        assert!(s.is_active(str_of(&again, "refresh_token")).await);
+        let body = json!({ "client_id": "legacy ", "subject": "bob " });
+        let refused = s.admin(Method::POST, "/tenants/default/grants", Some(body)).await;
+        let error = assert_error(refused, 400, "invalid_request").await;
+        assert!(
+            error["error_description"].as_str().unwrap().contains("whitespace"),
+            "{error}"
+        );
+        // A new client so spelled is refused too.
+        let body = json!({ "client_id": "fresh ", "token_endpoint_auth_method": "none" });
+        let refused = s.admin(Method::POST, "/tenants/default/clients", Some(body)).await;
+        assert_error(refused, 400, "invalid_request").await;
+    }
+}
+
+/// SQLite: a client's removal that a start of another process gave up meanwhile (it found
+/// the client declared by its configuration) is answered `409` naming the configuration
+/// file, not `503` as a storage failure, nor `200` as removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_removal_given_up_meanwhile_is_409() {
+    let s = TestServer::start_on(common::TestDb::fresh_on(common::Backend::Sqlite).await).await;
+    s.confidential("app", "read").await;
+    // As the first chunk adds what it revoked, the other process gives the removal up.
+    s.db.execute(
+        "CREATE TRIGGER given_up AFTER UPDATE ON removals BEGIN \
+           UPDATE clients SET declared = 1 WHERE client_id = 'app'; \
+           DELETE FROM removals WHERE client_id = 'app'; \
+         END",
+    )
+    .await;
+    let resp = s
+        .admin(Method::DELETE, "/tenants/default/clients/app", None)
+        .await;
+    let error = assert_error(resp, 409, "conflict").await;
+    assert!(
+        error["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("declared in the configuration file"),
+        "{error}"
+    );
+    let shown = s
+        .admin(Method::GET, "/tenants/default/clients/app", None)
+        .await;
+    assert_eq!(shown.status(), 200);
+}
