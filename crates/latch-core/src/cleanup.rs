@@ -158,17 +158,14 @@ impl Authority {
         // time passing) could delete a grant whose tokens an earlier batch's had kept.
         let started = self.clock.now();
         let expired_by = started.saturating_sub(EXPIRY_GRACE);
-        loop {
-            if from != Sweep::START && self.clock.now() < started {
-                // The clock stepped back since the run began: a token minted since may sort
-                // in a stretch already swept (kept) yet expire by the run's cut-off, and the
-                // run's end would forget its revocation mark (SQLite) or delete its grant's
-                // row while it lives by the clock now. Stopped; the next run starts afresh.
-                tracing::warn!(
-                    "the clock stepped back during an expiry clean-up: stopped it; the next \
-                     one goes on"
-                );
-                break;
+        // The clock stepped back since the run began: a token minted since may sort in a
+        // stretch already swept (kept) yet expire by the run's cut-off, and the run's end
+        // would forget its revocation mark (SQLite) or a later batch delete its grant's row
+        // while it lives by the clock now. Then the run stops; the next starts afresh.
+        let stepped_back = || self.clock.now() < started;
+        let stopped = loop {
+            if from != Sweep::START && stepped_back() {
+                break true;
             }
             let (batch, next) = self
                 .store
@@ -182,10 +179,24 @@ impl Authority {
             self.cleanup
                 .grants
                 .fetch_add(batch.grants, Ordering::Relaxed);
-            let Some(next) = next else { break };
+            let Some(next) = next else {
+                if stepped_back() {
+                    break true;
+                }
+                self.store.forget_expired(expired_by);
+                break false;
+            };
             from = next;
             // Let queued requests' writes go first between batches.
             tokio::task::yield_now().await;
+        };
+        if stopped {
+            // Not counted as a run: `/metrics` shows the sweeps that went through.
+            tracing::warn!(
+                "the clock stepped back during an expiry clean-up: stopped it; the next one \
+                 goes on"
+            );
+            return Ok(total);
         }
         if let Some(retention) = self.audit_retention {
             total.audit = self.purge_audit(retention).await?;

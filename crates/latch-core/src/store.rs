@@ -284,14 +284,18 @@ pub trait CleanupStore: Send + Sync {
     /// table, at the start of `grants` once `tokens` is done, `None` once both are. Only
     /// expired rows go: a revoked but unexpired token keeps its row, so it keeps reading as
     /// revoked. The caller allows for skewed clocks ([`crate::cleanup::EXPIRY_GRACE`]):
-    /// `expired_by` is some minutes before now, and a back-end forgets anything it holds of
-    /// those rows (SQLite's revocation marks) by the same time.
+    /// `expired_by` is some minutes before now.
     async fn purge_expired(
         &self,
         expired_by: UnixTime,
         from: Sweep,
         limit: u32,
     ) -> StoreResult<(Purged, Option<Sweep>)>;
+
+    /// Once a run of [`purge_expired`](Self::purge_expired) has swept everything by
+    /// `expired_by`: forgets what the back-end holds in memory of the rows it deleted
+    /// (SQLite's revocation marks). An expired token is inactive whatever its mark says.
+    fn forget_expired(&self, _expired_by: UnixTime) {}
 
     /// Deletes audit records written before `before`, at most `limit` of them, oldest first,
     /// in one short transaction; returns how many went. Only the oldest `limit` records are

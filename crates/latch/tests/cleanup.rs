@@ -30,20 +30,31 @@ async fn short_lived_client(s: &TestServer) -> TestClient {
     .await
 }
 
-/// A clock that reads `first` once, then `then` for good: one stepped back right after an
-/// expiry clean-up read its start.
-struct StepsBackAfterOneRead {
+/// A clock that reads `first` for its first `reads` reads, then a day earlier for good:
+/// stepped back once an expiry clean-up has read it that many times.
+struct StepsBackAfter {
+    reads: usize,
     first: latch_core::clock::UnixTime,
-    then: latch_core::clock::UnixTime,
-    read: std::sync::atomic::AtomicBool,
+    read: std::sync::atomic::AtomicUsize,
 }
 
-impl latch_core::clock::Clock for StepsBackAfterOneRead {
+impl StepsBackAfter {
+    fn new(reads: usize, first: latch_core::clock::UnixTime) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            reads,
+            first,
+            read: Default::default(),
+        })
+    }
+}
+
+impl latch_core::clock::Clock for StepsBackAfter {
     fn now(&self) -> latch_core::clock::UnixTime {
-        if self.read.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            self.then
-        } else {
+        let read = self.read.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if read < self.reads {
             self.first
+        } else {
+            self.first - 86_400
         }
     }
 
@@ -64,17 +75,49 @@ backend_test! {
         // the tokens' batch, begun, goes; the grants' batch after it does not run (a grant
         // minted since could sort where the sweep had passed, and its marks be forgotten at
         // the run's end while it lives by the clock now).
-        let clock = StepsBackAfterOneRead {
-            first: expired,
-            then: expired - 86_400,
-            read: Default::default(),
-        };
         let store = latch_store::open(&db.url).await.unwrap();
-        let authority = latch_core::Authority::new(store, std::sync::Arc::new(clock));
+        let authority = latch_core::Authority::new(store, StepsBackAfter::new(1, expired));
         let purged = authority.purge_expired().await.unwrap();
         assert_eq!((purged.tokens, purged.grants), (2, 0));
         assert_eq!(db.query_i64("SELECT count(*) FROM grants").await, 1);
         assert_eq!(db.query_i64("SELECT count(*) FROM tokens").await, 0);
+        // Not counted as a run (`/metrics` shows the sweeps that went through).
+        assert_eq!(authority.cleanup_stats().runs, 0);
+        authority.store().close().await.unwrap();
+    }
+}
+
+/// SQLite: a clean-up run whose clock steps back during its last batch keeps the revocation
+/// marks of the tokens it swept (forgotten, a token minted meanwhile by the stepped clock and
+/// revoked could read live); a run that went through forgets them.
+#[tokio::test]
+async fn sqlite_a_clean_up_whose_clock_steps_back_in_its_last_batch_forgets_no_mark() {
+    for steps_back in [true, false] {
+        let s = TestServer::start_on(common::TestDb::fresh_on(common::Backend::Sqlite).await).await;
+        let short = short_lived_client(&s).await;
+        let issued = s.client_credentials(&short).await;
+        let token = issued["access_token"].as_str().unwrap();
+        assert_eq!(s.revoke(Auth::Basic(&short), token).await.status(), 200);
+        s.advance(61 + EXPIRY_GRACE);
+        let expired = latch_core::clock::Clock::now(&*s.clock);
+        let db = s.stop().await;
+        // Its start, the check before the grants' batch (the last): then a day back, or not.
+        let reads = if steps_back { 2 } else { usize::MAX };
+        let store = latch_store::open(&db.url).await.unwrap();
+        let held = store.revocation_marks();
+        assert_eq!(held, 1, "the revoked token's mark, loaded at the start");
+        let authority = latch_core::Authority::new(store, StepsBackAfter::new(reads, expired));
+        let purged = authority.purge_expired().await.unwrap();
+        assert_eq!(purged.tokens, 1, "the token's row swept");
+        let (marks, runs) = (
+            authority.store().revocation_marks(),
+            authority.cleanup_stats().runs,
+        );
+        assert_eq!(
+            (marks, runs),
+            if steps_back { (1, 0) } else { (0, 1) },
+            "steps back: {steps_back}"
+        );
         authority.store().close().await.unwrap();
     }
 }

@@ -589,12 +589,12 @@ impl CleanupStore for SqliteStore {
             .await?;
         // Moved on only once the write has committed (a replayed batch runs it twice).
         self.log_purge_from.store(log_next, Ordering::Relaxed);
-        if next.is_none() {
-            // An expired token is inactive whatever its mark says.
-            self.marks.forget_expired(expired_by);
-        }
         self.pause_between_chunks().await;
         Ok((purged, next))
+    }
+
+    fn forget_expired(&self, expired_by: UnixTime) {
+        self.marks.forget_expired(expired_by);
     }
 
     async fn purge_audit(&self, before: UnixTime, limit: u32) -> StoreResult<u64> {
