@@ -544,6 +544,22 @@ impl Cluster {
         );
     }
 
+    /// [`assert_live`](Self::assert_live) for each of `tokens` (each with its claims and, if
+    /// known, its grant) at `node`.
+    async fn assert_all_live(
+        &self,
+        node: usize,
+        tenant: &str,
+        rs: &TestClient,
+        tokens: &[Known],
+        what: &str,
+    ) {
+        for (token, claims, grant) in tokens {
+            self.assert_live(node, tenant, rs, token, *claims, grant.as_deref(), what)
+                .await;
+        }
+    }
+
     /// Asserts that `token` introspects at `node` as live, with exactly the members latch
     /// answers for it: those known beforehand by value, the rest (times, ids) by form.
     #[allow(clippy::too_many_arguments)]
@@ -626,42 +642,15 @@ async fn a_tenant_removed_through_one_node_is_gone_on_every_node_at_once() {
         "access_token",
     );
     let alice = c.grant_in(1, "acme", &app, "alice").await;
+    let acme_tokens = app_and_alice(&machine, &alice);
     let d_machine = s(
         &Cluster::issued(c.token_in(1, "default", &dapp).await).await,
         "access_token",
     );
-    let d_alice = c.grant_in(1, "default", &dapp, "alice").await;
-    let acme_tokens = [
-        (machine.clone(), ("app", "app", "access_token"), None),
-        (
-            s(&alice, "access_token"),
-            ("app", "alice", "access_token"),
-            Some(s(&alice, "grant_id")),
-        ),
-        (
-            s(&alice, "refresh_token"),
-            ("app", "alice", "refresh_token"),
-            Some(s(&alice, "grant_id")),
-        ),
-    ];
-    let default_tokens = [
-        (d_machine.clone(), ("app", "app", "access_token"), None),
-        (
-            s(&d_alice, "access_token"),
-            ("app", "alice", "access_token"),
-            Some(s(&d_alice, "grant_id")),
-        ),
-        (
-            s(&d_alice, "refresh_token"),
-            ("app", "alice", "refresh_token"),
-            Some(s(&d_alice, "grant_id")),
-        ),
-    ];
+    let default_tokens = app_and_alice(&d_machine, &c.grant_in(1, "default", &dapp, "alice").await);
     for node in 1..3 {
-        for (t, claims, g) in &acme_tokens {
-            c.assert_live(node, "acme", &rs, t, *claims, g.as_deref(), "acme's token")
-                .await;
-        }
+        c.assert_all_live(node, "acme", &rs, &acme_tokens, "acme's token")
+            .await;
     }
 
     let resp = c.admin(0, Method::DELETE, "/tenants/acme", None).await;
@@ -701,18 +690,8 @@ async fn a_tenant_removed_through_one_node_is_gone_on_every_node_at_once() {
         )
         .await;
         // The default tenant's tokens, its namesake clients' included, live on.
-        for (t, claims, g) in &default_tokens {
-            c.assert_live(
-                node,
-                "default",
-                &drs,
-                t,
-                *claims,
-                g.as_deref(),
-                "default's token",
-            )
+        c.assert_all_live(node, "default", &drs, &default_tokens, "default's token")
             .await;
-        }
     }
     // Nor does acme's token pass at the default tenant (it never did).
     c.assert_dead(1, "default", &drs, &machine, "acme's token at default")
@@ -762,35 +741,42 @@ async fn a_tenant_removed_through_one_node_is_gone_on_every_node_at_once() {
             "a new token",
         )
         .await;
-        for (t, claims, g) in &default_tokens {
-            c.assert_live(
-                node,
-                "default",
-                &drs,
-                t,
-                *claims,
-                g.as_deref(),
-                "default's token",
-            )
+        c.assert_all_live(node, "default", &drs, &default_tokens, "default's token")
             .await;
-        }
     }
+}
+
+/// A token a test obtained, with the claims introspection must show for it (client,
+/// subject, use) and its grant, if known.
+type Known = (
+    String,
+    (&'static str, &'static str, &'static str),
+    Option<String>,
+);
+
+/// Client `app`'s `client_credentials` token `machine`, and the tokens of its grant for alice
+/// (`alice`, the admin API's answer), with their claims and grant.
+fn app_and_alice(machine: &str, alice: &Value) -> [Known; 3] {
+    let grant = || Some(s(alice, "grant_id"));
+    [
+        (machine.to_owned(), ("app", "app", "access_token"), None),
+        (
+            s(alice, "access_token"),
+            ("app", "alice", "access_token"),
+            grant(),
+        ),
+        (
+            s(alice, "refresh_token"),
+            ("app", "alice", "refresh_token"),
+            grant(),
+        ),
+    ]
 }
 
 /// Tokens of client `app` of every kind, issued through node 1: a `client_credentials`
 /// access token, a grant for alice, and that grant's refresh at node 1. Returns the tokens
 /// with their claims (client, subject, use) and grant, and the live refresh token.
-async fn app_tokens_through_node_1(
-    c: &Cluster,
-    app: &TestClient,
-) -> (
-    Vec<(
-        String,
-        (&'static str, &'static str, &'static str),
-        Option<String>,
-    )>,
-    String,
-) {
+async fn app_tokens_through_node_1(c: &Cluster, app: &TestClient) -> (Vec<Known>, String) {
     let machine = s(
         &Cluster::issued(c.token(1, app).await).await,
         "access_token",
@@ -820,14 +806,13 @@ async fn app_tokens_through_node_1(
 /// token `old_rt`) are dead on every node and its refresh token is refused at node 1, while
 /// `other`'s tokens live, and `app` itself obtains live tokens at node 1 (a
 /// `client_credentials` token, and a grant that refreshes).
-#[allow(clippy::type_complexity)]
 async fn assert_only_apps_grants_died(
     c: &Cluster,
     rs: &TestClient,
     app: &TestClient,
-    tokens: &[(String, (&str, &str, &str), Option<String>)],
+    tokens: &[Known],
     rt: &str,
-    other: &[(String, (&str, &str, &str), Option<String>)],
+    other: &[Known],
 ) {
     for node in [1, 0, 2] {
         for (t, _, _) in tokens {
@@ -842,18 +827,8 @@ async fn assert_only_apps_grants_died(
     )
     .await;
     for node in 0..3 {
-        for (t, claims, g) in other {
-            c.assert_live(
-                node,
-                "default",
-                rs,
-                t,
-                *claims,
-                g.as_deref(),
-                "another client's token",
-            )
+        c.assert_all_live(node, "default", rs, other, "another client's token")
             .await;
-        }
     }
     // The client stays: what it obtains from now on lives.
     let machine = s(
@@ -891,14 +866,7 @@ async fn assert_only_apps_grants_died(
 
 /// Tokens of client `other` (a client credentials token and a grant for alice) through
 /// node 1.
-async fn other_tokens_through_node_1(
-    c: &Cluster,
-    other: &TestClient,
-) -> Vec<(
-    String,
-    (&'static str, &'static str, &'static str),
-    Option<String>,
-)> {
+async fn other_tokens_through_node_1(c: &Cluster, other: &TestClient) -> Vec<Known> {
     let machine = s(
         &Cluster::issued(c.token(1, other).await).await,
         "access_token",
@@ -928,10 +896,8 @@ async fn revoking_a_clients_grants_on_one_node_kills_its_tokens_on_every_node_at
     let other = c.client(0, "other").await;
     let (tokens, rt) = app_tokens_through_node_1(&c, &app).await;
     let others = other_tokens_through_node_1(&c, &other).await;
-    for (t, claims, g) in &tokens {
-        c.assert_live(1, "default", &rs, t, *claims, g.as_deref(), "app's token")
-            .await;
-    }
+    c.assert_all_live(1, "default", &rs, &tokens, "app's token")
+        .await;
 
     let resp = c
         .admin(
@@ -960,18 +926,8 @@ async fn the_cli_revoking_a_clients_grants_beside_live_nodes_kills_its_tokens_on
     let (tokens, rt) = app_tokens_through_node_1(&c, &app).await;
     let others = other_tokens_through_node_1(&c, &other).await;
     for node in 0..3 {
-        for (t, claims, g) in &tokens {
-            c.assert_live(
-                node,
-                "default",
-                &rs,
-                t,
-                *claims,
-                g.as_deref(),
-                "app's token",
-            )
+        c.assert_all_live(node, "default", &rs, &tokens, "app's token")
             .await;
-        }
     }
 
     let url = c._db.url_string();

@@ -115,21 +115,30 @@ fn a_second_signal_stops_at_once() {
     assert!(p.logs().contains("a second stop signal"), "{}", p.logs());
 }
 
-/// A request the shutdown timeout cut off is never answered, however its client goes on:
-/// its connection closes before the database does. Left running, it read the rest of its
-/// body and was served while the store closed, or after (a write committed past the final
-/// checkpoint, the "cut off" request answered).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
+/// A server on a fresh SQLite database, its settings adjusted by `configure`, on the system
+/// clock; with its database.
+async fn started(
+    configure: impl FnOnce(&mut latch::config::Settings),
+) -> (latch::server::Server, common::TestDb) {
     let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
     let mut settings = common::settings_for(&db);
-    settings.shutdown_timeout = 1;
+    configure(&mut settings);
     let server = latch::server::Server::start(
         &settings,
         std::sync::Arc::new(latch_core::clock::SystemClock),
     )
     .await
     .expect("server starts");
+    (server, db)
+}
+
+/// A request the shutdown timeout cut off is never answered, however its client goes on:
+/// its connection closes before the database does. Left running, it read the rest of its
+/// body and was served while the store closed, or after (a write committed past the final
+/// checkpoint, the "cut off" request answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
+    let (server, _db) = started(|settings| settings.shutdown_timeout = 1).await;
     let addr = server.addr.to_string();
     let conn = tokio::task::spawn_blocking(move || request_in_flight(&addr, 100, "grant_type"))
         .await
@@ -143,15 +152,10 @@ async fn a_request_the_shutdown_timeout_cut_off_is_closed_unanswered() {
 /// database closes, as on the clients' listener, and stops accepting on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_finishes_a_request_in_flight_on_the_operations_listener() {
-    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
-    let mut settings = common::settings_for(&db);
-    settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = latch::server::Server::start(
-        &settings,
-        std::sync::Arc::new(latch_core::clock::SystemClock),
-    )
-    .await
-    .expect("server starts");
+    let (server, db) = started(|settings| {
+        settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let (clients, operations) = (server.addr, server.operations_addr.unwrap());
     let body = br#"{"tenant_id":"late"}"#;
     let conn = tokio::task::spawn_blocking(move || {
@@ -188,16 +192,11 @@ async fn a_stop_finishes_a_request_in_flight_on_the_operations_listener() {
 /// both listeners alike: neither is answered once the database closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_timeout_cuts_off_the_requests_of_both_listeners() {
-    let db = common::TestDb::fresh_on(common::Backend::Sqlite).await;
-    let mut settings = common::settings_for(&db);
-    settings.shutdown_timeout = 1;
-    settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = latch::server::Server::start(
-        &settings,
-        std::sync::Arc::new(latch_core::clock::SystemClock),
-    )
-    .await
-    .expect("server starts");
+    let (server, _db) = started(|settings| {
+        settings.shutdown_timeout = 1;
+        settings.operations_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
     let (clients, operations) = (server.addr, server.operations_addr.unwrap());
     let (token, admin) = tokio::task::spawn_blocking(move || {
         (
