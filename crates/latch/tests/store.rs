@@ -1123,6 +1123,10 @@ enum Cut {
     /// The `COMMIT` never reaches PostgreSQL, whose side of the connection stays open and
     /// silent (a network cut that closes nothing): the transaction stays in progress.
     CommitLostSilently,
+    /// The answer to a refresh-token exchange's statement, before any `COMMIT`, is held back,
+    /// and both sides of the connection kept open and silent: the client gives up at its
+    /// deadline, and the backend waits, idle in its transaction, holding its locks.
+    ExchangeAnswerHeld,
 }
 
 /// A TCP proxy to the test PostgreSQL that, once told where ([`Cut`]), cuts the connection
@@ -1154,6 +1158,11 @@ impl CuttingProxy {
                 // Closes the client's side once its reader or writer half says so.
                 let (close_client, mut closing) = tokio::sync::watch::channel(false);
                 let upstream_cut = cut.clone();
+                // For `ExchangeAnswerHeld`: 1 once the exchange's statement went up (its
+                // answer is held), 2 once held (PostgreSQL's side is kept when the client
+                // goes).
+                let exchange = Arc::new(std::sync::atomic::AtomicU8::new(0));
+                let (exchange_up, exchange_down) = (exchange.clone(), exchange);
                 tokio::spawn(async move {
                     // The startup message has no type byte; every later one has.
                     let mut len = [0u8; 4];
@@ -1174,11 +1183,20 @@ impl CuttingProxy {
                             let _ = close_client.send(true);
                             return;
                         }
+                        // The exchange's statement, parsed once per connection.
+                        let parse = head[0] == b'P' && contains(&body, b"claimed AS");
+                        if parse && take(&upstream_cut, Cut::ExchangeAnswerHeld) {
+                            exchange_up.store(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         if server_out.write_all(&head).await.is_err()
                             || server_out.write_all(&body).await.is_err()
                         {
                             return;
                         }
+                    }
+                    // The client went: a held exchange keeps PostgreSQL's side open.
+                    if exchange_up.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                        held.lock().unwrap().push(server_out);
                     }
                 });
                 tokio::spawn(async move {
@@ -1188,6 +1206,13 @@ impl CuttingProxy {
                             _ = closing.changed() => return,
                         };
                         let Some((head, body)) = next else { return };
+                        // The exchange's execution answers with a `CommandComplete`.
+                        let holding = std::sync::atomic::Ordering::SeqCst;
+                        if head[0] == b'C' && exchange_down.load(holding) == 1 {
+                            exchange_down.store(2, holding);
+                            held_answers.lock().unwrap().push(client_out);
+                            return;
+                        }
                         if head[0] == b'C' && body.starts_with(b"COMMIT\0") {
                             if take(&cut, Cut::AnswerLost) {
                                 return;
@@ -1231,6 +1256,11 @@ impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
+}
+
+/// Whether `bytes` holds `part`.
+fn contains(bytes: &[u8], part: &[u8]) -> bool {
+    bytes.windows(part.len()).any(|w| w == part)
 }
 
 /// Takes the pending cut if it is `this` one.
@@ -1292,10 +1322,17 @@ async fn an_exchange_whose_commit_answer_is_cut(cut: Cut, url_query: &str) {
 /// closing PostgreSQL's side, the transaction stays in progress; after a bounded wait
 /// (every write of the node waits meanwhile) the committer ends its backend, so that it
 /// holds no lock and can commit nothing later, and answers it unavailable: the exchange
-/// never happens.
+/// never happens. So too with a query deadline shorter than that wait: the waits shrink to
+/// fit it, so that the backend is still ended.
 #[tokio::test]
 async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavailable() {
-    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("").await;
+    for url_query in ["", "&query_timeout=1"] {
+        an_exchange_whose_commit_is_lost_silently(url_query).await;
+    }
+}
+
+async fn an_exchange_whose_commit_is_lost_silently(url_query: &str) {
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy(url_query).await;
     proxy.arm(Cut::CommitLostSilently);
     let outcome = store
         .rotate(&exchange_of_rt(&grant, &tokens[0], None))
@@ -1319,6 +1356,43 @@ async fn postgres_an_exchange_whose_commit_was_lost_silently_is_answered_unavail
     assert!(store.issue(&later, &later_tokens, None).await.unwrap());
     let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
     assert_eq!(old.rotated_at, None);
+    drop((store, proxy, db));
+}
+
+/// PostgreSQL: a batch given up at the query deadline before its `COMMIT` was sent (the
+/// answer to its exchange held by a network cut that closed nothing) is answered
+/// unavailable, and its backend, idle in the transaction on its side of the connection, is
+/// ended: it holds none of the batch's locks (every batch needing one of its rows would wait
+/// for them until the server noticed its peer gone, minutes to hours later), and the
+/// exchange never happens.
+#[tokio::test]
+async fn postgres_a_batch_given_up_before_its_commit_leaves_no_backend_holding_its_locks() {
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("&query_timeout=1").await;
+    proxy.arm(Cut::ExchangeAnswerHeld);
+    let outcome = store
+        .rotate(&exchange_of_rt(&grant, &tokens[0], None))
+        .await;
+    assert!(proxy.made(), "no exchange's answer was held");
+    assert!(
+        matches!(&outcome, Err(StoreError::Unavailable(e)) if e.contains("query_timeout")),
+        "{outcome:?}"
+    );
+    // Ended in the background: bounded at a minute, while its connection is still open.
+    let locked = "SELECT (SELECT count(*) FROM tokens) \
+                  - (SELECT count(*) FROM (SELECT 1 FROM tokens FOR UPDATE SKIP LOCKED) t)";
+    let mut held = 1;
+    for _ in 0..600 {
+        held = db.query_i64(locked).await;
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 0, "its backend still holds its rows");
+    let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
+    assert_eq!(old.rotated_at, None);
+    let (later, later_tokens) = late_issuance(&grant.tenant, "svc", "later");
+    assert!(store.issue(&later, &later_tokens, None).await.unwrap());
     drop((store, proxy, db));
 }
 

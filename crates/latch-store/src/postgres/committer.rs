@@ -679,11 +679,19 @@ impl Writer {
         let ops: Vec<&Op> = batch.iter().map(|p| &p.op).collect();
         let statements = &mut self.statements;
         let timeouts = self.timeouts;
-        let mut sent = None;
+        let (mut begun, mut sent) = (None, None);
         let attempts = async {
             let mut attempt = 0;
             loop {
-                match commit_batch(&mut link.client, statements, &ops, timeouts, &mut sent).await {
+                let batch = commit_batch(
+                    &mut link.client,
+                    statements,
+                    &ops,
+                    timeouts,
+                    &mut begun,
+                    &mut sent,
+                );
+                match batch.await {
                     Err(Failed::Aborted(e)) if is_retryable(&e) && attempt < MAX_RETRIES => {
                         attempt += 1
                     }
@@ -694,7 +702,15 @@ impl Writer {
         let unknown = match deadline.within(attempts).await {
             Ok(Ok(replies)) => return Ok(replies),
             Ok(Err(Failed::Aborted(e))) => {
-                return Err(StoreError::Unavailable(super::describe(&e)))
+                // The connection failed before the `COMMIT` was sent: the backend, on its
+                // side of a connection the network may have cut silently, may still hold
+                // the transaction open. (A statement PostgreSQL refused aborted it there.)
+                if e.as_db_error().is_none() {
+                    if let Some(began) = begun {
+                        self.end_in_background(began);
+                    }
+                }
+                return Err(StoreError::Unavailable(super::describe(&e)));
             }
             Ok(Err(Failed::Unanswered(e))) => {
                 self.link = None;
@@ -709,6 +725,11 @@ impl Writer {
                         Some(_) => link.close(),
                         None => link.abandon(&self.tls, self.deadline),
                     }
+                }
+                // Given up before its `COMMIT`, its backend may sit idle in the transaction
+                // (a cancel does not end that) holding its locks.
+                if let (None, Some(began)) = (&sent, begun) {
+                    self.end_in_background(began);
                 }
                 late.into()
             }
@@ -726,6 +747,36 @@ impl Writer {
         }
     }
 
+    /// Ends, on a connection of its own and in the background (the writes are answered
+    /// meanwhile), the backend of a batch given up before its `COMMIT` was sent: idle in its
+    /// transaction on a connection the network cut silently, it would hold the batch's locks
+    /// (every batch of every node needing one of its rows held up, and the audit trail's
+    /// head unreadable) until the server noticed its peer gone, minutes to hours later. The
+    /// transaction never got a `COMMIT`: ended, it rolls back.
+    fn end_in_background(&self, began: Began) {
+        let (config, tls, deadline) = (self.config.clone(), self.tls.clone(), self.deadline);
+        tokio::spawn(async move {
+            let end = async {
+                let link = connect(&config, &tls).await?;
+                let backend = [&began.backend as &(dyn ToSql + Sync), &began.xid];
+                let ended = link.client.execute(END_BACKEND_SQL, &backend).await;
+                link.close();
+                ended
+            };
+            match deadline.within(end).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %super::describe(&e),
+                    "could not end the backend of a batch given up before its COMMIT"
+                ),
+                Err(late) => tracing::warn!(
+                    error = %late,
+                    "could not end the backend of a batch given up before its COMMIT"
+                ),
+            }
+        });
+    }
+
     /// Whether transaction `began` committed, asked on a new connection once the one it ran
     /// on was lost, or given up at the deadline, before `COMMIT` was answered. Its backend
     /// may not have ended it yet (only this side of the connection went, or it is still
@@ -739,13 +790,19 @@ impl Writer {
     /// here; nor, for this answer, one whose commit waits for a synchronous standby
     /// ([`committed`]).
     async fn committed(&mut self, began: Began) -> StoreResult<bool> {
+        // Both waits, and the backend's end between them, within the deadline: cut before
+        // the end, the backend would keep its locks, and a `COMMIT` still in the network
+        // could yet commit what was answered unavailable.
+        let wait = self.deadline.0.map_or(UNANSWERED_COMMIT_WAIT, |limit| {
+            UNANSWERED_COMMIT_WAIT.min(limit / 3)
+        });
         let ask = async {
             let link = connect(&self.config, &self.tls).await?;
-            let (mut status, mut standby) = ended(&link.client, began.xid).await?;
+            let (mut status, mut standby) = ended(&link.client, began.xid, wait).await?;
             if status.as_deref() == Some("in progress") {
                 let backend = [&began.backend as &(dyn ToSql + Sync), &began.xid];
                 match link.client.execute(END_BACKEND_SQL, &backend).await {
-                    Ok(_) => (status, standby) = ended(&link.client, began.xid).await?,
+                    Ok(_) => (status, standby) = ended(&link.client, began.xid, wait).await?,
                     Err(e) => {
                         tracing::warn!(error = %super::describe(&e), "could not end the backend of a batch whose COMMIT was lost")
                     }
@@ -765,17 +822,17 @@ impl Writer {
 }
 
 /// Transaction `xid`'s status and whether commits wait for a synchronous standby
-/// ([`ASK_COMMITTED_SQL`]), asked until it is no longer in progress, for at most
-/// [`UNANSWERED_COMMIT_WAIT`].
+/// ([`ASK_COMMITTED_SQL`]), asked until it is no longer in progress, for at most `wait`.
 async fn ended(
     client: &PgClient,
     xid: i64,
+    wait: Duration,
 ) -> Result<(Option<String>, bool), tokio_postgres::Error> {
     let asked = Instant::now();
     loop {
         let row = client.query_one(ASK_COMMITTED_SQL, &[&xid]).await?;
         let status: Option<String> = row.try_get(0)?;
-        if status.as_deref() != Some("in progress") || asked.elapsed() >= UNANSWERED_COMMIT_WAIT {
+        if status.as_deref() != Some("in progress") || asked.elapsed() >= wait {
             return Ok((status, row.try_get(1)?));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -807,7 +864,7 @@ fn committed(status: Option<&str>, standby: bool) -> bool {
 
 /// How long [`Writer::committed`] waits for a transaction whose `COMMIT` went unanswered to
 /// end, before its backend is ended and again after, every write of the node waiting
-/// meanwhile.
+/// meanwhile; a third of the URL's deadline if that is shorter.
 const UNANSWERED_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How a batch that was not committed, or not known to be, failed.
@@ -839,17 +896,20 @@ pub(crate) fn is_retryable(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Applies a batch in one transaction. The outer error aborts the whole batch; per-write
-/// errors (constraint violations in a savepoint) are in the replies. `sent` holds the
-/// transaction once its `COMMIT` is sent, until this attempt is answered.
+/// errors (constraint violations in a savepoint) are in the replies. `begun` holds the
+/// transaction once it has begun, `sent` once its `COMMIT` is sent, until this attempt is
+/// answered.
 async fn commit_batch(
     client: &mut PgClient,
     st: &mut Statements,
     ops: &[&Op],
     timeouts: ServerTimeouts,
+    begun: &mut Option<Began>,
     sent: &mut Option<Sent>,
 ) -> Result<Vec<StoreResult<Reply>>, Failed> {
     *sent = None;
     let (mut tx, began) = begin_batch(client, st, timeouts).await?;
+    *begun = Some(began);
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
     while let Some(op) = rest.first() {
