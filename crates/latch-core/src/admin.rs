@@ -325,23 +325,6 @@ impl Authority {
         subject: Subject,
         requested: Option<&Scope>,
     ) -> Result<IssuedTokens, Error> {
-        if let Err(refused) = subject.check_new() {
-            // A subject that holds live grants already (issued before subjects were so
-            // checked) signs in again as it is; only a new one is refused.
-            let one = GrantPage {
-                before: None,
-                limit: 1,
-            };
-            let now = self.clock.now();
-            if self
-                .store
-                .live_grants(tenant, &subject, now, &one)
-                .await?
-                .is_empty()
-            {
-                return Err(refused);
-            }
-        }
         let mut client = self.client(tenant, client_id).await?;
         // The write stores the grant only if the client is still as read (its secret too,
         // which matters to a client's own token requests). One changed in between (removed,

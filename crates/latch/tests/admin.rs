@@ -1787,19 +1787,16 @@ async fn an_operations_listener_takes_the_admin_api_and_metrics_off_the_clients_
 }
 
 backend_test! {
-    async fn ids_stored_before_they_were_checked_stay_usable() {
-        // A client id and a subject an older latch accepted, now refused as new ones
-        // (whitespace at an end): stored as it stored them.
+    async fn client_ids_stored_before_they_were_checked_stay_usable() {
+        // A client id an older latch accepted, now refused as a new one (whitespace at an
+        // end): stored as it stored it.
         let db = TestServer::start().await.stop().await;
         db.execute(
             "INSERT INTO clients (tenant_id, client_id, secret_hash, auth_method, grant_types, \
                scope, redirect_uris, access_token_ttl, refresh_token_ttl, rotation_grace, \
                access_token_revocation, created_at, declared) \
              VALUES ('default', 'legacy ', NULL, 'none', 'refresh_token', 'read', '', 3600, \
-               86400, 0, 'token', 1, TRUE); \
-             INSERT INTO grants (id, tenant_id, client_id, subject, scope, created_at, \
-               expires_at) \
-             VALUES ('g_legacy', 'default', 'legacy ', 'alice ', 'read', 1, 4102444800);",
+               86400, 0, 'token', 1, TRUE);",
         )
         .await;
         // The configuration declares the client again at every start: the start goes on.
@@ -1821,20 +1818,19 @@ backend_test! {
         })
         .await;
         let legacy = TestClient { id: "legacy ".into(), secret: None };
-        // The subject holding a live grant signs in again; a new one so spelled is refused.
-        let again = s.grant_for(&legacy, "alice ", None).await;
-        assert!(s.is_active(str_of(&again, "refresh_token")).await);
-        let body = json!({ "client_id": "legacy ", "subject": "bob " });
-        let refused = s.admin(Method::POST, "/tenants/default/grants", Some(body)).await;
+        // It is managed and used as before.
+        let granted = s.grant_for(&legacy, "alice", None).await;
+        assert!(s.is_active(str_of(&granted, "refresh_token")).await);
+        let shown = s.admin(Method::GET, "/tenants/default/clients/legacy%20", None).await;
+        assert_eq!(shown.status(), 200);
+        // A new client so spelled is refused.
+        let body = json!({ "client_id": "fresh ", "token_endpoint_auth_method": "none" });
+        let refused = s.admin(Method::POST, "/tenants/default/clients", Some(body)).await;
         let error = assert_error(refused, 400, "invalid_request").await;
         assert!(
             error["error_description"].as_str().unwrap().contains("whitespace"),
             "{error}"
         );
-        // A new client so spelled is refused too.
-        let body = json!({ "client_id": "fresh ", "token_endpoint_auth_method": "none" });
-        let refused = s.admin(Method::POST, "/tenants/default/clients", Some(body)).await;
-        assert_error(refused, 400, "invalid_request").await;
     }
 }
 

@@ -1123,10 +1123,15 @@ enum Cut {
     /// The `COMMIT` never reaches PostgreSQL, whose side of the connection stays open and
     /// silent (a network cut that closes nothing): the transaction stays in progress.
     CommitLostSilently,
-    /// The answer to a refresh-token exchange's statement, before any `COMMIT`, is held back,
+    /// The first answer after a refresh-token exchange's statement was sent (before any
+    /// `COMMIT`; its batch's statements are pipelined, so the exchange has run) is held back,
     /// and both sides of the connection kept open and silent: the client gives up at its
     /// deadline, and the backend waits, idle in its transaction, holding its locks.
     ExchangeAnswerHeld,
+    /// The answer to a batch's opening statement (the audit trail's lock taken, the
+    /// transaction's id read) is held back, both sides kept open: the client never learns
+    /// the transaction's id, and the backend waits, idle in it, holding the lock.
+    BatchBeginAnswerHeld,
 }
 
 /// A TCP proxy to the test PostgreSQL that, once told where ([`Cut`]), cuts the connection
@@ -1200,6 +1205,7 @@ impl CuttingProxy {
                     }
                 });
                 tokio::spawn(async move {
+                    let mut after_begin = false;
                     loop {
                         let next = tokio::select! {
                             next = message(&mut server_in) => next,
@@ -1212,6 +1218,20 @@ impl CuttingProxy {
                             exchange_down.store(2, holding);
                             held_answers.lock().unwrap().push(client_out);
                             return;
+                        }
+                        // A batch's opening statement answers one row, after its `BEGIN` (which
+                        // tokio-postgres spells `START TRANSACTION`).
+                        let begin = [&b"BEGIN\0"[..], b"START TRANSACTION\0"];
+                        if head[0] == b'C' && begin.iter().any(|tag| body.starts_with(tag)) {
+                            after_begin = true;
+                        } else if head[0] == b'C' {
+                            let opening = after_begin && body.starts_with(b"SELECT 1\0");
+                            after_begin = false;
+                            if opening && take(&cut, Cut::BatchBeginAnswerHeld) {
+                                exchange_down.store(2, holding);
+                                held_answers.lock().unwrap().push(client_out);
+                                return;
+                            }
                         }
                         if head[0] == b'C' && body.starts_with(b"COMMIT\0") {
                             if take(&cut, Cut::AnswerLost) {
@@ -1369,30 +1389,72 @@ async fn an_exchange_whose_commit_is_lost_silently(url_query: &str) {
 async fn postgres_a_batch_given_up_before_its_commit_leaves_no_backend_holding_its_locks() {
     let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("&query_timeout=1").await;
     proxy.arm(Cut::ExchangeAnswerHeld);
-    let outcome = store
-        .rotate(&exchange_of_rt(&grant, &tokens[0], None))
-        .await;
+    let exchange = exchange_of_rt(&grant, &tokens[0], None);
+    let rotating = tokio::spawn({
+        let store = store.clone();
+        async move { store.rotate(&exchange).await }
+    });
+    // The exchange ran: its rows are locked, before the deadline gives its batch up.
+    let locked = "SELECT (SELECT count(*) FROM tokens) \
+                  - (SELECT count(*) FROM (SELECT 1 FROM tokens FOR UPDATE SKIP LOCKED) t)";
+    assert!(
+        until(&db, locked, |held| held > 0).await,
+        "the exchange locked nothing"
+    );
+    let outcome = rotating.await.unwrap();
     assert!(proxy.made(), "no exchange's answer was held");
     assert!(
         matches!(&outcome, Err(StoreError::Unavailable(e)) if e.contains("query_timeout")),
         "{outcome:?}"
     );
-    // Ended in the background: bounded at a minute, while its connection is still open.
-    let locked = "SELECT (SELECT count(*) FROM tokens) \
-                  - (SELECT count(*) FROM (SELECT 1 FROM tokens FOR UPDATE SKIP LOCKED) t)";
-    let mut held = 1;
-    for _ in 0..600 {
-        held = db.query_i64(locked).await;
-        if held == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(held, 0, "its backend still holds its rows");
+    // Ended, while its connection is still open: bounded at a minute.
+    assert!(
+        until(&db, locked, |held| held == 0).await,
+        "its backend still holds its rows"
+    );
     let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
     assert_eq!(old.rotated_at, None);
     let (later, later_tokens) = late_issuance(&grant.tenant, "svc", "later");
     assert!(store.issue(&later, &later_tokens, None).await.unwrap());
+    drop((store, proxy, db));
+}
+
+/// Polls `sql` on `db` until its count satisfies `done`, for at most a minute.
+async fn until(db: &TestDb, sql: &str, done: impl Fn(i64) -> bool) -> bool {
+    for _ in 0..600 {
+        if done(db.query_i64(sql).await) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// PostgreSQL: a batch whose opening statement's answer is lost (latch never learns its
+/// transaction's id, so cannot end its backend) is ended by the server once it sits idle
+/// past the batch's deadline (`idle_in_transaction_session_timeout`, set for the batch):
+/// the audit trail's lock it took goes with it, and every node can read the trail's head
+/// again, rather than answer `503` until the server noticed its peer gone.
+#[tokio::test]
+async fn postgres_a_batch_whose_opening_answer_is_lost_is_ended_by_the_server() {
+    let (db, proxy, store, grant, tokens) = behind_a_cutting_proxy("&query_timeout=1").await;
+    proxy.arm(Cut::BatchBeginAnswerHeld);
+    let outcome = store
+        .rotate(&exchange_of_rt(&grant, &tokens[0], None))
+        .await;
+    assert!(proxy.made(), "no batch's opening answer was held");
+    assert!(
+        matches!(&outcome, Err(StoreError::Unavailable(e)) if e.contains("query_timeout")),
+        "{outcome:?}"
+    );
+    let audit_lock = "SELECT count(*) FROM pg_locks \
+                      WHERE locktype = 'advisory' AND objid = 'audit'::regclass::oid";
+    assert!(
+        until(&db, audit_lock, |held| held == 0).await,
+        "the audit lock is still held"
+    );
+    let old = store.token(&TokenHash::of("rt")).await.unwrap().unwrap();
+    assert_eq!(old.rotated_at, None);
     drop((store, proxy, db));
 }
 

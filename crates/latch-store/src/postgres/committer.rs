@@ -486,13 +486,19 @@ impl Committer {
 ///
 /// It also reads the transaction's id and its backend's, so that a batch whose `COMMIT` went
 /// unanswered (the connection lost meanwhile) can be asked after, and ended
-/// ([`Writer::committed`]).
+/// ([`Writer::committed`]). And, given a number of milliseconds (`$1`, a bounded batch's
+/// deadline), it has the server end the transaction once it sits idle that long
+/// (`idle_in_transaction_session_timeout`, local to it): on a connection the network cut
+/// silently, given up by latch whatever it was waiting for (an answer lost before latch
+/// knew the transaction's id, or with no new connection to end its backend from), it would
+/// otherwise hold its locks until the server noticed its peer gone.
 const BEGIN_BATCH_SQL: &str = concat!(
     "SELECT pg_advisory_xact_lock_shared(",
     audit_lock_key!(),
     "), CASE WHEN current_setting('synchronous_commit') = 'off' \
           THEN set_config('synchronous_commit', 'on', true) END, txid_current(), \
-     pg_backend_pid()"
+     pg_backend_pid(), CASE WHEN $1::int > 0 \
+          THEN set_config('idle_in_transaction_session_timeout', $1::int::text, true) END"
 );
 
 /// A batch's transaction as PostgreSQL knows it: enough to ask after it, and to end it, once
@@ -556,14 +562,20 @@ async fn begin_batch<'a>(
     client: &'a mut PgClient,
     st: &mut Statements,
     timeouts: ServerTimeouts,
+    deadline: Deadline,
 ) -> Result<(Transaction<'a>, Began), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if timeouts == ServerTimeouts::Lifted {
         let lift = st.prepared(&tx, super::LIFT_TIMEOUTS_SQL).await?;
         tx.query_one(&lift, &[]).await?;
     }
+    // A bounded batch idle in its transaction past its deadline has been given up.
+    let idle_limit: i32 = match (timeouts, deadline.0) {
+        (ServerTimeouts::Kept, Some(limit)) => i32::try_from(limit.as_millis()).unwrap_or(i32::MAX),
+        _ => 0,
+    };
     let begin = st.prepared(&tx, BEGIN_BATCH_SQL).await?;
-    let row = tx.query_one(&begin, &[]).await?;
+    let row = tx.query_one(&begin, &[&idle_limit]).await?;
     let began = Began {
         xid: row.try_get(2)?,
         backend: row.try_get(3)?,
@@ -688,6 +700,7 @@ impl Writer {
                     statements,
                     &ops,
                     timeouts,
+                    deadline,
                     &mut begun,
                     &mut sent,
                 );
@@ -704,8 +717,10 @@ impl Writer {
             Ok(Err(Failed::Aborted(e))) => {
                 // The connection failed before the `COMMIT` was sent: the backend, on its
                 // side of a connection the network may have cut silently, may still hold
-                // the transaction open. (A statement PostgreSQL refused aborted it there.)
-                if e.as_db_error().is_none() {
+                // the transaction open. (A statement PostgreSQL refused aborted it there;
+                // and on a connection still open, the transaction's end is queued on it.)
+                let lost = self.link.as_ref().is_none_or(|l| l.client.is_closed());
+                if e.as_db_error().is_none() && lost {
                     if let Some(began) = begun {
                         self.end_in_background(began);
                     }
@@ -904,11 +919,12 @@ async fn commit_batch(
     st: &mut Statements,
     ops: &[&Op],
     timeouts: ServerTimeouts,
+    deadline: Deadline,
     begun: &mut Option<Began>,
     sent: &mut Option<Sent>,
 ) -> Result<Vec<StoreResult<Reply>>, Failed> {
-    *sent = None;
-    let (mut tx, began) = begin_batch(client, st, timeouts).await?;
+    (*begun, *sent) = (None, None);
+    let (mut tx, began) = begin_batch(client, st, timeouts, deadline).await?;
     *begun = Some(began);
     let mut replies = Vec::with_capacity(ops.len());
     let mut rest = ops;
@@ -1978,11 +1994,18 @@ mod tests {
                     let set = format!("SET synchronous_commit = {setting}");
                     client.batch_execute(&set).await.unwrap();
                 }
-                let (tx, _) = begin_batch(&mut client, &mut st, ServerTimeouts::Kept)
+                let deadline = Deadline::default();
+                let (tx, _) = begin_batch(&mut client, &mut st, ServerTimeouts::Kept, deadline)
                     .await
                     .unwrap();
                 let row = tx.query_one("SHOW synchronous_commit", &[]).await.unwrap();
                 assert_eq!(row.get::<_, String>(0), used, "configured {configured}");
+                // A bounded batch is ended by the server once idle past its deadline.
+                let row = tx
+                    .query_one("SHOW idle_in_transaction_session_timeout", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), "10s");
                 tx.commit().await.unwrap();
             }
         }
