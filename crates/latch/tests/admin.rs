@@ -9,6 +9,19 @@ use common::{assert_error, Auth, Process, TestClient, TestServer, ADMIN_TOKEN};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
+/// `latch serve` with its data in `data` and the admin API on, with `extra` arguments; its
+/// logs in `dir`.
+fn serve_with_admin(dir: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    Process::serve(dir, &args, &[])
+}
+
 /// A request to the admin API with exactly the given `Authorization` header (or none).
 async fn admin_as(
     s: &TestServer,
@@ -246,16 +259,7 @@ backend_test! {
 async fn wrong_admin_tokens_are_logged_within_a_budget() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let p = Process::serve(
-        dir.path(),
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--admin-token",
-            ADMIN_TOKEN,
-        ],
-        &[],
-    );
+    let p = serve_with_admin(dir.path(), data.path(), &[]);
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
     let guesses = (0..50).map(|i| {
@@ -1690,17 +1694,10 @@ async fn large_revocation_whose_caller_hangs_up(
 async fn an_operations_listener_takes_the_admin_api_and_metrics_off_the_clients_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let p = Process::serve(
+    let p = serve_with_admin(
         dir.path(),
-        &[
-            "--data-dir",
-            data.path().to_str().unwrap(),
-            "--admin-token",
-            ADMIN_TOKEN,
-            "--operations-listen",
-            "127.0.0.1:0",
-        ],
-        &[],
+        data.path(),
+        &["--operations-listen", "127.0.0.1:0"],
     );
     let (clients, operations) = (p.base.clone(), p.operations_base.clone());
     assert_ne!(clients, operations);
