@@ -642,12 +642,16 @@ async fn a_tenant_removed_through_one_node_is_gone_on_every_node_at_once() {
         "access_token",
     );
     let alice = c.grant_in(1, "acme", &app, "alice").await;
-    let acme_tokens = app_and_alice(&machine, &alice);
+    let acme_tokens = machine_and_alice("app", &machine, &alice);
     let d_machine = s(
         &Cluster::issued(c.token_in(1, "default", &dapp).await).await,
         "access_token",
     );
-    let default_tokens = app_and_alice(&d_machine, &c.grant_in(1, "default", &dapp, "alice").await);
+    let default_tokens = machine_and_alice(
+        "app",
+        &d_machine,
+        &c.grant_in(1, "default", &dapp, "alice").await,
+    );
     for node in 1..3 {
         c.assert_all_live(node, "acme", &rs, &acme_tokens, "acme's token")
             .await;
@@ -754,20 +758,20 @@ type Known = (
     Option<String>,
 );
 
-/// Client `app`'s `client_credentials` token `machine`, and the tokens of its grant for alice
-/// (`alice`, the admin API's answer), with their claims and grant.
-fn app_and_alice(machine: &str, alice: &Value) -> [Known; 3] {
+/// Client `client`'s `client_credentials` token `machine`, and the tokens of its grant for
+/// alice (`alice`, the admin API's answer), with their claims and grant.
+fn machine_and_alice(client: &'static str, machine: &str, alice: &Value) -> [Known; 3] {
     let grant = || Some(s(alice, "grant_id"));
     [
-        (machine.to_owned(), ("app", "app", "access_token"), None),
+        (machine.to_owned(), (client, client, "access_token"), None),
         (
             s(alice, "access_token"),
-            ("app", "alice", "access_token"),
+            (client, "alice", "access_token"),
             grant(),
         ),
         (
             s(alice, "refresh_token"),
-            ("app", "alice", "refresh_token"),
+            (client, "alice", "refresh_token"),
             grant(),
         ),
     ]
@@ -866,26 +870,13 @@ async fn assert_only_apps_grants_died(
 
 /// Tokens of client `other` (a client credentials token and a grant for alice) through
 /// node 1.
-async fn other_tokens_through_node_1(c: &Cluster, other: &TestClient) -> Vec<Known> {
+async fn other_tokens_through_node_1(c: &Cluster, other: &TestClient) -> [Known; 3] {
+    assert_eq!(other.id, "other");
     let machine = s(
         &Cluster::issued(c.token(1, other).await).await,
         "access_token",
     );
-    let alice = c.grant(1, other, "alice").await;
-    let g = Some(s(&alice, "grant_id"));
-    vec![
-        (machine, ("other", "other", "access_token"), None),
-        (
-            s(&alice, "access_token"),
-            ("other", "alice", "access_token"),
-            g.clone(),
-        ),
-        (
-            s(&alice, "refresh_token"),
-            ("other", "alice", "refresh_token"),
-            g,
-        ),
-    ]
+    machine_and_alice("other", &machine, &c.grant(1, other, "alice").await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
